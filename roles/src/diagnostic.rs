@@ -1,0 +1,122 @@
+//! Errors a user can act on: every problem found in a roles repository, each
+//! with the file, line and column where it was found.
+
+use std::fmt;
+
+/// One problem in a roles repository.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Diagnostic {
+    /// Path relative to the repository root, e.g. `roles/web.toml`.
+    pub file: String,
+    /// 1-based; 0 when the problem has no position (a missing file).
+    pub line: u32,
+    /// 1-based; 0 when unknown.
+    pub column: u32,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn new(file: impl Into<String>, position: Position, message: impl Into<String>) -> Self {
+        Diagnostic {
+            file: file.into(),
+            line: position.line,
+            column: position.column,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (0, _) => write!(f, "{}: {}", self.file, self.message),
+            (line, 0) => write!(f, "{}:{}: {}", self.file, line, self.message),
+            (line, column) => write!(f, "{}:{}:{}: {}", self.file, line, column, self.message),
+        }
+    }
+}
+
+/// A 1-based line and column in a file; zero means unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub line: u32,
+    pub column: u32,
+}
+
+impl Position {
+    pub const UNKNOWN: Position = Position { line: 0, column: 0 };
+
+    /// The position of a byte offset in `text`.
+    pub fn of_offset(text: &str, offset: usize) -> Position {
+        let offset = offset.min(text.len());
+        let before = &text.as_bytes()[..offset];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count()
+            + 1;
+        Position {
+            line: line as u32,
+            column: column as u32,
+        }
+    }
+}
+
+/// All the problems found at once, sorted by file and position.
+#[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl Diagnostics {
+    pub fn push(&mut self, diagnostic: Diagnostic) {
+        self.0.push(diagnostic);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.0.iter()
+    }
+
+    pub fn extend(&mut self, other: Diagnostics) {
+        self.0.extend(other.0);
+    }
+
+    /// Sorted by file and position, with exact repeats removed: validating
+    /// several nodes can find the same problem more than once.
+    pub fn into_sorted(mut self) -> Diagnostics {
+        self.0.sort();
+        self.0.dedup();
+        self
+    }
+
+    /// `Ok(value)` when nothing was found, the diagnostics otherwise.
+    pub fn into_result<T>(self, value: T) -> Result<T, Diagnostics> {
+        if self.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.into_sorted())
+        }
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, diagnostic) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,33 @@
+//! The cms role language.
+//!
+//! A roles repository is a folder (or a git commit) of TOML role files,
+//! handlebars templates, static files and hierarchical data. This crate
+//! parses it ([`Repository::parse`]), and compiles the [`Catalog`] of one
+//! node from its tags and facts ([`compile`]). It does no I/O beyond
+//! [`RepoFiles::read_dir`], and never talks to the network: the server and
+//! the agent's local mode both call it.
+
+#![forbid(unsafe_code)]
+
+mod catalog;
+mod compile;
+mod diagnostic;
+mod repository;
+mod resource;
+mod source;
+mod template;
+mod validate;
+
+pub use catalog::{Catalog, CatalogDecodeError, Content, Resource, sha256_hex};
+pub use compile::{Node, compile, deep_merge, glob_match, role_matches, select_roles};
+pub use diagnostic::{Diagnostic, Diagnostics, Position};
+pub use repository::{
+    DeclaredResource, Hierarchy, Repository, Role, SETTINGS_FILE, Settings, Spec,
+};
+pub use resource::*;
+pub use source::{Entry, ReadError, RepoFiles, join_inside};
+pub use template::Templates;
+pub use validate::{example_facts, validate};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,672 @@
+//! Parsing a roles repository: `cms.toml`, `roles/*.toml`, `templates/**`,
+//! `files/**` and `data/**.toml`, into a [`Repository`] that can compile
+//! catalogs for any number of nodes.
+//!
+//! Parsing reports every problem it finds, not just the first: each file is
+//! parsed on its own, and TOML's recoverable parser keeps going after a
+//! syntax error. Resources are checked against their types (unknown fields
+//! are errors) here when they contain no placeholders, and after rendering
+//! when they do.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use crate::diagnostic::{Diagnostic, Diagnostics, Position};
+use crate::resource::{
+    Directory, Exec, FileSpec, Group, JavaAppSpec, Package, RESOURCE_TYPES, RepositorySpec,
+    Service, Symlink, User,
+};
+use crate::source::{Entry, RepoFiles};
+use crate::template::{Templates, has_placeholders};
+
+/// The repository settings file.
+pub const SETTINGS_FILE: &str = "cms.toml";
+
+/// A parsed roles repository.
+#[derive(Debug)]
+pub struct Repository {
+    pub settings: Settings,
+    /// Roles by name (the file stem of `roles/<name>.toml`).
+    pub roles: BTreeMap<String, Role>,
+    /// Every template under `templates/`, compiled.
+    pub templates: Templates,
+    /// Data files by layer path (`env/prod` for `data/env/prod.toml`).
+    pub data: BTreeMap<String, Value>,
+    /// All files, for `source` lookups.
+    pub files: RepoFiles,
+}
+
+/// `cms.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub hierarchy: Hierarchy,
+}
+
+/// The data hierarchy, most specific layer first.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hierarchy {
+    pub layers: Vec<String>,
+}
+
+impl Default for Hierarchy {
+    fn default() -> Self {
+        Hierarchy {
+            layers: vec!["common".to_string()],
+        }
+    }
+}
+
+/// One role file.
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub name: String,
+    /// `roles/<name>.toml`.
+    pub file: String,
+    pub description: Option<String>,
+    /// Tag name → value or glob; all must hold.
+    pub matchers: BTreeMap<String, String>,
+    /// Roles applied before this one, with where each was named.
+    pub includes: Vec<(String, Position)>,
+    /// In declaration order.
+    pub resources: Vec<DeclaredResource>,
+}
+
+/// A resource as written in a role file, before rendering.
+#[derive(Debug, Clone)]
+pub struct DeclaredResource {
+    pub type_name: &'static str,
+    /// Where its table starts.
+    pub position: Position,
+    /// Where each of its fields was written.
+    pub field_positions: BTreeMap<String, Position>,
+    pub require: Vec<String>,
+    pub notify: Vec<String>,
+    /// `data.apps`: declare one resource per element of that list.
+    pub for_each: Option<String>,
+    /// The fields as written, without `require`, `notify` and `for_each`.
+    pub fields: Value,
+    /// Whether any field (other than a file's literal `content`) holds a
+    /// placeholder and must be rendered per node.
+    pub templated: bool,
+    /// The typed resource, when it needs no rendering.
+    pub parsed: Option<Spec>,
+}
+
+impl DeclaredResource {
+    /// Where a field was written, or the resource itself when unknown.
+    pub fn position_of(&self, field: &str) -> Position {
+        self.field_positions
+            .get(field)
+            .copied()
+            .unwrap_or(self.position)
+    }
+}
+
+/// A typed resource as a role declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    Package(Package),
+    File(FileSpec),
+    Directory(Directory),
+    Symlink(Symlink),
+    Service(Service),
+    User(User),
+    Group(Group),
+    Exec(Exec),
+    Repository(RepositorySpec),
+    JavaApp(JavaAppSpec),
+}
+
+impl Spec {
+    /// Deserializes the fields of a resource of `type_name`.
+    pub fn deserialize<'de, D>(type_name: &str, deserializer: D) -> Result<Spec, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+    {
+        fn typed<'de, T: DeserializeOwned, D: serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<T, D::Error> {
+            T::deserialize(deserializer)
+        }
+        Ok(match type_name {
+            "package" => Spec::Package(typed(deserializer)?),
+            "file" => Spec::File(typed(deserializer)?),
+            "directory" => Spec::Directory(typed(deserializer)?),
+            "symlink" => Spec::Symlink(typed(deserializer)?),
+            "service" => Spec::Service(typed(deserializer)?),
+            "user" => Spec::User(typed(deserializer)?),
+            "group" => Spec::Group(typed(deserializer)?),
+            "exec" => Spec::Exec(typed(deserializer)?),
+            "repository" => Spec::Repository(typed(deserializer)?),
+            "java_app" => Spec::JavaApp(typed(deserializer)?),
+            other => unreachable!("resource type {other} is checked before deserializing"),
+        })
+    }
+}
+
+impl Repository {
+    /// Parses every file of a repository, reporting all problems found.
+    pub fn parse(files: RepoFiles) -> Result<Repository, Diagnostics> {
+        let mut diagnostics = Diagnostics::default();
+        let settings = parse_settings(&files, &mut diagnostics);
+        let mut templates = Templates::new();
+        for (path, entry) in files.under("templates/") {
+            match entry {
+                Entry::File(bytes) => match std::str::from_utf8(bytes) {
+                    Ok(text) => {
+                        if let Err(d) = templates.register(path, text) {
+                            diagnostics.push(d);
+                        }
+                    }
+                    Err(_) => diagnostics.push(Diagnostic::new(
+                        path,
+                        Position::UNKNOWN,
+                        "template is not valid UTF-8",
+                    )),
+                },
+                Entry::EscapingSymlink(target) => {
+                    diagnostics.push(escaping_symlink(path, target));
+                }
+            }
+        }
+        let mut data = BTreeMap::new();
+        for (path, entry) in files.under("data/") {
+            let Some(layer) = path
+                .strip_prefix("data/")
+                .and_then(|p| p.strip_suffix(".toml"))
+            else {
+                continue;
+            };
+            match entry {
+                Entry::File(bytes) => {
+                    if let Some(value) = parse_data_file(path, bytes, &mut diagnostics) {
+                        data.insert(layer.to_string(), value);
+                    }
+                }
+                Entry::EscapingSymlink(target) => {
+                    diagnostics.push(escaping_symlink(path, target));
+                }
+            }
+        }
+        let mut roles = BTreeMap::new();
+        for (path, entry) in files.under("roles/") {
+            let Some(name) = path
+                .strip_prefix("roles/")
+                .and_then(|p| p.strip_suffix(".toml"))
+            else {
+                continue;
+            };
+            if name.contains('/') {
+                diagnostics.push(Diagnostic::new(
+                    path,
+                    Position::UNKNOWN,
+                    "role files live directly in roles/: move it up, or name it after its role",
+                ));
+                continue;
+            }
+            match entry {
+                Entry::File(bytes) => {
+                    if let Some(role) = parse_role(name, path, bytes, &mut diagnostics) {
+                        roles.insert(name.to_string(), role);
+                    }
+                }
+                Entry::EscapingSymlink(target) => {
+                    diagnostics.push(escaping_symlink(path, target));
+                }
+            }
+        }
+        check_includes(&roles, &mut diagnostics);
+        let repository = Repository {
+            settings: settings.unwrap_or(Settings {
+                hierarchy: Hierarchy::default(),
+            }),
+            roles,
+            templates,
+            data,
+            files,
+        };
+        diagnostics.into_result(repository)
+    }
+
+    /// Reads and parses a repository folder.
+    pub fn read_dir(root: &std::path::Path) -> Result<Repository, Diagnostics> {
+        let files = RepoFiles::read_dir(root).map_err(|error| {
+            let mut message = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            Diagnostics(vec![Diagnostic::new(
+                root.display().to_string(),
+                Position::UNKNOWN,
+                message,
+            )])
+        })?;
+        Repository::parse(files)
+    }
+}
+
+fn escaping_symlink(path: &str, target: &str) -> Diagnostic {
+    Diagnostic::new(
+        path,
+        Position::UNKNOWN,
+        format!("symbolic link to `{target}` leaves the repository; it is never followed"),
+    )
+}
+
+fn parse_settings(files: &RepoFiles, diagnostics: &mut Diagnostics) -> Option<Settings> {
+    let bytes = match files.get(SETTINGS_FILE) {
+        Some(Entry::File(bytes)) => bytes,
+        Some(Entry::EscapingSymlink(target)) => {
+            diagnostics.push(escaping_symlink(SETTINGS_FILE, target));
+            return None;
+        }
+        None => {
+            diagnostics.push(Diagnostic::new(
+                SETTINGS_FILE,
+                Position::UNKNOWN,
+                "missing: a roles repository has cms.toml at its root (is --repo the right folder?)",
+            ));
+            return None;
+        }
+    };
+    let text = utf8(SETTINGS_FILE, bytes, diagnostics)?;
+    match toml::from_str::<Settings>(text) {
+        Ok(settings) => {
+            if settings.hierarchy.layers.is_empty() {
+                diagnostics.push(Diagnostic::new(
+                    SETTINGS_FILE,
+                    Position::UNKNOWN,
+                    "[hierarchy] layers is empty: list at least one layer, e.g. \"common\"",
+                ));
+            }
+            Some(settings)
+        }
+        Err(error) => {
+            diagnostics.push(toml_diagnostic(SETTINGS_FILE, text, &error));
+            None
+        }
+    }
+}
+
+fn utf8<'a>(path: &str, bytes: &'a [u8], diagnostics: &mut Diagnostics) -> Option<&'a str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Some(text),
+        Err(error) => {
+            diagnostics.push(Diagnostic::new(
+                path,
+                Position::UNKNOWN,
+                format!("not valid UTF-8 (byte {})", error.valid_up_to()),
+            ));
+            None
+        }
+    }
+}
+
+/// A TOML error at its position in `text`.
+pub(crate) fn toml_diagnostic(path: &str, text: &str, error: &toml::de::Error) -> Diagnostic {
+    let position = error
+        .span()
+        .map(|span| Position::of_offset(text, span.start))
+        .unwrap_or_default();
+    Diagnostic::new(path, position, error.message().trim().to_string())
+}
+
+fn parse_data_file(path: &str, bytes: &[u8], diagnostics: &mut Diagnostics) -> Option<Value> {
+    let text = utf8(path, bytes, diagnostics)?;
+    let (table, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        for error in &errors {
+            diagnostics.push(toml_diagnostic(path, text, error));
+        }
+        return None;
+    }
+    Some(to_json(&DeValue::Table(table.into_inner())))
+}
+
+/// A TOML value as JSON, the form templates see. Datetimes become strings.
+fn to_json(value: &DeValue<'_>) -> Value {
+    match value {
+        DeValue::String(s) => Value::String(s.to_string()),
+        DeValue::Integer(i) => {
+            let text = i.as_str().replace('_', "");
+            let parsed = match i.radix() {
+                10 => text.parse::<i64>().ok(),
+                radix => i64::from_str_radix(&text[2..], radix).ok(),
+            };
+            parsed.map(Value::from).unwrap_or(Value::String(text))
+        }
+        DeValue::Float(f) => {
+            let text = f.as_str().replace('_', "");
+            text.parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map(Value::Number)
+                .unwrap_or(Value::String(text))
+        }
+        DeValue::Boolean(b) => Value::Bool(*b),
+        DeValue::Datetime(d) => Value::String(d.to_string()),
+        DeValue::Array(items) => Value::Array(items.iter().map(|v| to_json(v.get_ref())).collect()),
+        DeValue::Table(table) => Value::Object(
+            table
+                .iter()
+                .map(|(k, v)| (k.get_ref().to_string(), to_json(v.get_ref())))
+                .collect(),
+        ),
+    }
+}
+
+fn deserialize_value<T: DeserializeOwned>(
+    value: &Spanned<DeValue<'_>>,
+) -> Result<T, toml::de::Error> {
+    T::deserialize(ValueDeserializer::from(value.clone()))
+}
+
+/// Keys a role file may have besides resource arrays.
+const ROLE_KEYS: &[&str] = &["description", "match", "include"];
+/// Keys every resource may have besides its own fields.
+const META_KEYS: &[&str] = &["require", "notify", "for_each"];
+
+fn parse_role(name: &str, path: &str, bytes: &[u8], diagnostics: &mut Diagnostics) -> Option<Role> {
+    let text = utf8(path, bytes, diagnostics)?;
+    let (table, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        for error in &errors {
+            diagnostics.push(toml_diagnostic(path, text, error));
+        }
+        return None;
+    }
+    let at = |offset: usize| Position::of_offset(text, offset);
+    let mut role = Role {
+        name: name.to_string(),
+        file: path.to_string(),
+        description: None,
+        matchers: BTreeMap::new(),
+        includes: Vec::new(),
+        resources: Vec::new(),
+    };
+    let mut declared: Vec<(usize, DeclaredResource)> = Vec::new();
+    for (key, value) in table.get_ref().iter() {
+        let key_name = key.get_ref().as_ref();
+        match key_name {
+            "description" => match deserialize_value::<String>(value) {
+                Ok(d) => role.description = Some(d),
+                Err(e) => diagnostics.push(toml_diagnostic(path, text, &e)),
+            },
+            "match" => match deserialize_value::<BTreeMap<String, String>>(value) {
+                Ok(m) => role.matchers = m,
+                Err(e) => diagnostics.push(toml_diagnostic(path, text, &e)),
+            },
+            "include" => match deserialize_value::<Vec<Spanned<String>>>(value) {
+                Ok(includes) => {
+                    role.includes = includes
+                        .into_iter()
+                        .map(|i| {
+                            let position = at(i.span().start);
+                            (i.into_inner(), position)
+                        })
+                        .collect();
+                }
+                Err(e) => diagnostics.push(toml_diagnostic(path, text, &e)),
+            },
+            type_name if RESOURCE_TYPES.contains(&type_name) => {
+                let type_name = RESOURCE_TYPES
+                    .iter()
+                    .copied()
+                    .find(|t| *t == type_name)
+                    .expect("checked above");
+                let Some(items) = value.get_ref().as_array() else {
+                    diagnostics.push(Diagnostic::new(
+                        path,
+                        at(key.span().start),
+                        format!("`{type_name}` must be an array of tables: write [[{type_name}]]"),
+                    ));
+                    continue;
+                };
+                for item in items.iter() {
+                    if let Some(resource) = parse_resource(type_name, item, path, text, diagnostics)
+                    {
+                        declared.push((item.span().start, resource));
+                    }
+                }
+            }
+            unknown => {
+                let expected: Vec<&str> = ROLE_KEYS.iter().chain(RESOURCE_TYPES).copied().collect();
+                diagnostics.push(Diagnostic::new(
+                    path,
+                    at(key.span().start),
+                    unknown_key_message(unknown, &expected),
+                ));
+            }
+        }
+    }
+    // Tables of different types interleave in a file; declaration order is
+    // the order in the text.
+    declared.sort_by_key(|(offset, _)| *offset);
+    role.resources = declared.into_iter().map(|(_, r)| r).collect();
+    Some(role)
+}
+
+fn parse_resource(
+    type_name: &'static str,
+    item: &Spanned<DeValue<'_>>,
+    path: &str,
+    text: &str,
+    diagnostics: &mut Diagnostics,
+) -> Option<DeclaredResource> {
+    let position = Position::of_offset(text, item.span().start);
+    let Some(table) = item.get_ref().as_table() else {
+        diagnostics.push(Diagnostic::new(
+            path,
+            position,
+            format!("each `{type_name}` must be a table: write [[{type_name}]]"),
+        ));
+        return None;
+    };
+    let mut fields = DeTable::new();
+    let mut field_positions = BTreeMap::new();
+    let mut require = Vec::new();
+    let mut notify = Vec::new();
+    let mut for_each = None;
+    let mut failed = false;
+    for (key, value) in table.iter() {
+        let name = key.get_ref().as_ref();
+        field_positions.insert(
+            name.to_string(),
+            Position::of_offset(text, key.span().start),
+        );
+        match name {
+            "require" | "notify" => match deserialize_value::<Vec<String>>(value) {
+                Ok(list) if name == "require" => require = list,
+                Ok(list) => notify = list,
+                Err(e) => {
+                    diagnostics.push(toml_diagnostic(path, text, &e));
+                    failed = true;
+                }
+            },
+            "for_each" => match deserialize_value::<String>(value) {
+                Ok(expression) => for_each = Some(expression),
+                Err(e) => {
+                    diagnostics.push(toml_diagnostic(path, text, &e));
+                    failed = true;
+                }
+            },
+            _ => {
+                fields.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    let json_fields = to_json(&DeValue::Table(fields.clone()));
+    let templated = for_each.is_some()
+        || require.iter().chain(&notify).any(|r| has_placeholders(r))
+        || value_has_placeholders(&json_fields, type_name == "file");
+    let spanned_fields = Spanned::new(item.span(), DeValue::Table(fields));
+    let parsed = match Spec::deserialize(type_name, ValueDeserializer::from(spanned_fields)) {
+        Ok(spec) => Some(spec),
+        Err(error) => {
+            let unknown_field = error.message().starts_with("unknown field");
+            if !templated || unknown_field {
+                let mut diagnostic = toml_diagnostic(path, text, &error);
+                if unknown_field {
+                    diagnostic.message = improve_unknown_field(&diagnostic.message, &META_KEYS);
+                }
+                diagnostics.push(diagnostic);
+                failed = true;
+            }
+            // A templated resource may only become valid once rendered
+            // (`ensure = "{{item.version}}"`); it is checked again then.
+            None
+        }
+    };
+    if failed {
+        return None;
+    }
+    Some(DeclaredResource {
+        type_name,
+        position,
+        field_positions,
+        require,
+        notify,
+        for_each,
+        fields: json_fields,
+        templated,
+        parsed: if templated { None } else { parsed },
+    })
+}
+
+/// Whether a field value holds a placeholder. A file's literal `content` is
+/// never rendered, so it does not count.
+pub(crate) fn value_has_placeholders(value: &Value, is_file: bool) -> bool {
+    match value {
+        Value::String(s) => has_placeholders(s),
+        Value::Array(items) => items.iter().any(|v| value_has_placeholders(v, false)),
+        Value::Object(map) => map
+            .iter()
+            .filter(|(k, _)| !(is_file && k.as_str() == "content"))
+            .any(|(_, v)| value_has_placeholders(v, false)),
+        _ => false,
+    }
+}
+
+/// serde lists the expected fields; add the ones every resource takes and a
+/// suggestion for the likely typo.
+pub(crate) fn improve_unknown_field(message: &str, extra: &[&str]) -> String {
+    let Some(unknown) = message.split('`').nth(1) else {
+        return message.to_string();
+    };
+    let mut expected: Vec<String> = message
+        .split("expected")
+        .nth(1)
+        .map(|rest| {
+            rest.split('`')
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 1)
+                .map(|(_, s)| s.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    expected.extend(extra.iter().map(|s| s.to_string()));
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    unknown_key_message(unknown, &expected)
+}
+
+fn unknown_key_message(unknown: &str, expected: &[&str]) -> String {
+    let mut message = format!(
+        "unknown field `{unknown}`, expected one of {}",
+        expected.join(", ")
+    );
+    if let Some(suggestion) = closest(unknown, expected) {
+        message.push_str(&format!(" (did you mean `{suggestion}`?)"));
+    }
+    message
+}
+
+/// The candidate within edit distance 2 of `word`, if any.
+fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// Every include names a role, and includes form no cycle.
+fn check_includes(roles: &BTreeMap<String, Role>, diagnostics: &mut Diagnostics) {
+    for role in roles.values() {
+        for (include, position) in &role.includes {
+            if !roles.contains_key(include) {
+                diagnostics.push(Diagnostic::new(
+                    &role.file,
+                    *position,
+                    format!(
+                        "include of unknown role `{include}`: there is no roles/{include}.toml"
+                    ),
+                ));
+            }
+        }
+    }
+    let mut reported = BTreeSet::new();
+    for name in roles.keys() {
+        let mut stack = vec![name.as_str()];
+        find_include_cycle(roles, &mut stack, &mut reported, diagnostics);
+    }
+}
+
+fn find_include_cycle<'a>(
+    roles: &'a BTreeMap<String, Role>,
+    stack: &mut Vec<&'a str>,
+    reported: &mut BTreeSet<Vec<String>>,
+    diagnostics: &mut Diagnostics,
+) {
+    let current = *stack.last().expect("stack starts with a role");
+    let Some(role) = roles.get(current) else {
+        return;
+    };
+    for (include, position) in &role.includes {
+        if let Some(start) = stack.iter().position(|r| r == include) {
+            let mut cycle: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
+            // Report each cycle once, whichever role the walk started from.
+            let mut key = cycle.clone();
+            key.sort();
+            if reported.insert(key) {
+                cycle.push(include.clone());
+                diagnostics.push(Diagnostic::new(
+                    &role.file,
+                    *position,
+                    format!("include cycle: {}", cycle.join(" -> ")),
+                ));
+            }
+            continue;
+        }
+        if roles.contains_key(include) {
+            stack.push(include);
+            find_include_cycle(roles, stack, reported, diagnostics);
+            stack.pop();
+        }
+    }
+}

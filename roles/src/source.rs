@@ -1,0 +1,165 @@
+//! The files of a roles repository, held in memory.
+//!
+//! The compiler never reads the filesystem: a repository is a map from
+//! relative path to bytes, filled from a directory here or from a git commit
+//! by the server. That keeps compilation a pure function of its inputs, and
+//! makes path traversal impossible past this point: a path that is not a key
+//! of the map does not exist.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path};
+
+/// One entry of a repository tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    File(Vec<u8>),
+    /// A symbolic link whose target leaves the repository. It is never
+    /// followed; referring to it is an error.
+    EscapingSymlink(String),
+}
+
+/// The files of a roles repository, by path relative to its root, with `/`
+/// as separator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepoFiles {
+    entries: BTreeMap<String, Entry>,
+}
+
+/// Why a repository directory could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("Failed to read roles repository at {path}")]
+pub struct ReadError {
+    pub path: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl RepoFiles {
+    pub fn new() -> Self {
+        RepoFiles::default()
+    }
+
+    /// Adds a file; `path` is relative to the repository root.
+    pub fn insert(&mut self, path: impl Into<String>, bytes: impl Into<Vec<u8>>) {
+        self.entries.insert(path.into(), Entry::File(bytes.into()));
+    }
+
+    pub fn insert_escaping_symlink(&mut self, path: impl Into<String>, target: impl Into<String>) {
+        self.entries
+            .insert(path.into(), Entry::EscapingSymlink(target.into()));
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.entries.get(path)
+    }
+
+    /// Every entry whose path starts with `prefix` (e.g. `roles/`).
+    pub fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a Entry)> + 'a {
+        self.entries
+            .range(prefix.to_string()..)
+            .take_while(move |(path, _)| path.starts_with(prefix))
+            .map(|(path, entry)| (path.as_str(), entry))
+    }
+
+    /// Reads a directory tree. Symbolic links are followed when they stay
+    /// inside the repository and recorded as [`Entry::EscapingSymlink`]
+    /// otherwise; `.git` is skipped.
+    pub fn read_dir(root: &Path) -> Result<RepoFiles, ReadError> {
+        let canonical_root = root.canonicalize().map_err(|source| ReadError {
+            path: root.display().to_string(),
+            source,
+        })?;
+        let mut files = RepoFiles::new();
+        let mut stack = vec![canonical_root.clone()];
+        while let Some(dir) = stack.pop() {
+            let read = std::fs::read_dir(&dir).map_err(|source| ReadError {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            for entry in read {
+                let entry = entry.map_err(|source| ReadError {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+                let path = entry.path();
+                if entry.file_name() == ".git" {
+                    continue;
+                }
+                let relative = relative_name(&canonical_root, &path);
+                let file_type = entry.file_type().map_err(|source| ReadError {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let error = |source| ReadError {
+                    path: path.display().to_string(),
+                    source,
+                };
+                if file_type.is_symlink() {
+                    let target = std::fs::read_link(&path).map_err(error)?;
+                    match path.canonicalize() {
+                        Ok(resolved) if resolved.starts_with(&canonical_root) => {
+                            if resolved.is_dir() {
+                                // A link to a directory inside the repository
+                                // would list the same files twice; skip it.
+                                continue;
+                            }
+                            let bytes = std::fs::read(&resolved).map_err(|source| ReadError {
+                                path: path.display().to_string(),
+                                source,
+                            })?;
+                            files.insert(relative, bytes);
+                        }
+                        _ => files.insert_escaping_symlink(relative, target.display().to_string()),
+                    }
+                } else if file_type.is_dir() {
+                    stack.push(path);
+                } else if file_type.is_file() {
+                    let bytes = std::fs::read(&path).map_err(error)?;
+                    files.insert(relative, bytes);
+                }
+            }
+        }
+        Ok(files)
+    }
+}
+
+fn relative_name(root: &Path, path: &Path) -> String {
+    let relative = path.strip_prefix(root).unwrap_or(path);
+    relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Joins a user-written relative path onto a repository folder (`files`,
+/// `templates`), refusing anything that would leave that folder: an absolute
+/// path, or `..` climbing above it.
+pub fn join_inside(folder: &str, user_path: &str) -> Result<String, String> {
+    let path = Path::new(user_path);
+    let mut parts: Vec<String> = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => parts.push(part.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if parts.pop().is_none() {
+                    return Err(format!(
+                        "path `{user_path}` leaves `{folder}/`: paths are relative to `{folder}/` and may not climb out of it"
+                    ));
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "path `{user_path}` is absolute: give a path relative to `{folder}/`"
+                ));
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Err(format!(
+            "path `{user_path}` names no file under `{folder}/`"
+        ));
+    }
+    Ok(format!("{folder}/{}", parts.join("/")))
+}

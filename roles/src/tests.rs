@@ -1,0 +1,764 @@
+//! Tests of the role language, written in terms of repositories, nodes and
+//! catalogs: each builds a small repository in memory, compiles it and looks
+//! at what a user would see.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    Catalog, Diagnostics, Node, RepoFiles, Repository, ResourceKind, compile, example_facts,
+    validate,
+};
+
+const SETTINGS: &str = r#"
+[hierarchy]
+layers = ["node/{{fact.instance_id}}", "env/{{tag.env}}", "role/{{tag.role}}", "common"]
+"#;
+
+/// A repository from `(path, text)` pairs; `cms.toml` is added unless given.
+fn repo(files: &[(&str, &str)]) -> RepoFiles {
+    let mut repo = RepoFiles::new();
+    if !files.iter().any(|(path, _)| *path == "cms.toml") {
+        repo.insert("cms.toml", SETTINGS);
+    }
+    for (path, text) in files {
+        repo.insert(*path, *text);
+    }
+    repo
+}
+
+fn node(tags: &str) -> Node {
+    let tags = tags
+        .split(',')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').expect("k=v");
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    Node {
+        id: "i-test".to_string(),
+        tags,
+        facts: example_facts(),
+    }
+}
+
+#[track_caller]
+fn compile_ok(files: &[(&str, &str)], tags: &str) -> Catalog {
+    let repository =
+        Repository::parse(repo(files)).unwrap_or_else(|d| panic!("parse failed:\n{d}"));
+    compile(&repository, &node(tags)).unwrap_or_else(|d| panic!("compile failed:\n{d}"))
+}
+
+/// Parses and compiles, expecting failure; returns the diagnostics as text,
+/// one per line.
+#[track_caller]
+fn compile_err(files: &[(&str, &str)], tags: &str) -> String {
+    let result =
+        Repository::parse(repo(files)).and_then(|repository| compile(&repository, &node(tags)));
+    match result {
+        Ok(catalog) => panic!(
+            "expected errors, got a catalog with {:?}",
+            references(&catalog)
+        ),
+        Err(diagnostics) => diagnostics.to_string(),
+    }
+}
+
+fn references(catalog: &Catalog) -> Vec<&str> {
+    catalog
+        .resources
+        .iter()
+        .map(|r| r.reference.as_str())
+        .collect()
+}
+
+fn content<'c>(catalog: &'c Catalog, path: &str) -> &'c str {
+    let reference = format!("file:{path}");
+    let resource = catalog
+        .resource(&reference)
+        .unwrap_or_else(|| panic!("no {reference}"));
+    let ResourceKind::File(file) = &resource.kind else {
+        panic!("{reference} is not a file")
+    };
+    let hash = file.content_sha256.as_ref().expect("file has content");
+    std::str::from_utf8(&catalog.contents[hash].0).expect("utf-8")
+}
+
+#[track_caller]
+fn assert_contains(haystack: &str, needle: &str) {
+    assert!(
+        haystack.contains(needle),
+        "expected to find {needle:?} in:\n{haystack}"
+    );
+}
+
+#[test]
+fn roles_are_selected_when_every_match_holds_with_globs() {
+    let files = [
+        ("roles/base.toml", "[[package]]\nname = \"curl\"\n"),
+        (
+            "roles/api.toml",
+            "[match]\nrole = \"api\"\nenv = \"*\"\n[[package]]\nname = \"openjdk-17-jre-headless\"\n",
+        ),
+        (
+            "roles/prod_only.toml",
+            "[match]\nenv = \"prod-*\"\n[[package]]\nname = \"auditd\"\n",
+        ),
+    ];
+    // General roles come before specific ones.
+    assert_eq!(
+        compile_ok(&files, "role=api,env=prod-eu").roles,
+        ["base", "prod_only", "api"]
+    );
+    assert_eq!(
+        compile_ok(&files, "role=api,env=staging").roles,
+        ["base", "api"]
+    );
+    // `env = "*"` needs the tag to exist.
+    assert_eq!(compile_ok(&files, "role=api").roles, ["base"]);
+    assert_eq!(compile_ok(&files, "").roles, ["base"]);
+}
+
+#[test]
+fn included_roles_apply_first_and_once() {
+    let files = [
+        (
+            "roles/base.toml",
+            "[match]\nnever = \"x\"\n[[package]]\nname = \"curl\"\n",
+        ),
+        (
+            "roles/java.toml",
+            "include = [\"base\"]\n[match]\nnever = \"x\"\n[[package]]\nname = \"openjdk-17-jre-headless\"\n",
+        ),
+        (
+            "roles/api.toml",
+            "include = [\"java\", \"base\"]\n[match]\nrole = \"api\"\n[[package]]\nname = \"api-tools\"\n",
+        ),
+    ];
+    let catalog = compile_ok(&files, "role=api");
+    assert_eq!(catalog.roles, ["base", "java", "api"]);
+    assert_eq!(
+        references(&catalog),
+        [
+            "package:curl",
+            "package:openjdk-17-jre-headless",
+            "package:api-tools"
+        ]
+    );
+}
+
+#[test]
+fn include_cycles_and_unknown_includes_are_errors_with_lines() {
+    let errors = compile_err(
+        &[
+            ("roles/a.toml", "include = [\"b\"]\n"),
+            (
+                "roles/b.toml",
+                "description = \"b\"\ninclude = [\"a\", \"missing\"]\n",
+            ),
+        ],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/b.toml:2:17: include of unknown role `missing`",
+    );
+    assert_contains(&errors, "include cycle: a -> b -> a");
+}
+
+#[test]
+fn more_specific_data_layers_win_and_tables_merge_deeply() {
+    let files = [
+        (
+            "data/common.toml",
+            "port = 80\n[db]\nhost = \"db.common\"\npool = 5\n",
+        ),
+        ("data/env/prod.toml", "[db]\nhost = \"db.prod\"\n"),
+        (
+            "data/role/web.toml",
+            "port = 8080\n[db]\nhost = \"db.web\"\n",
+        ),
+        ("data/node/i-0123456789abcdef0.toml", "port = 9999\n"),
+        (
+            "templates/app.conf.hbs",
+            "port={{data.port}} db={{data.db.host}} pool={{data.db.pool}}\n",
+        ),
+        (
+            "roles/web.toml",
+            "[match]\nrole = \"web\"\n[[file]]\npath = \"/etc/app.conf\"\ntemplate = \"app.conf.hbs\"\n",
+        ),
+    ];
+    let catalog = compile_ok(&files, "role=web,env=prod");
+    assert_eq!(
+        content(&catalog, "/etc/app.conf"),
+        "port=9999 db=db.prod pool=5\n"
+    );
+    // Without the env tag its layer is skipped; role data beats common.
+    let mut facts_without_id = node("role=web");
+    facts_without_id.facts.remove("instance_id");
+    let repository = Repository::parse(repo(&files)).expect("parses");
+    let catalog = compile(&repository, &facts_without_id).expect("compiles");
+    assert_eq!(
+        content(&catalog, "/etc/app.conf"),
+        "port=8080 db=db.web pool=5\n"
+    );
+}
+
+#[test]
+fn a_missing_template_variable_fails_naming_the_template_and_line() {
+    let errors = compile_err(
+        &[
+            (
+                "templates/nginx.conf.hbs",
+                "user www-data;\nworker_processes {{fact.cpus}};\nlisten {{data.nginx.port}};\n",
+            ),
+            (
+                "roles/web.toml",
+                "[[file]]\npath = \"/etc/nginx/nginx.conf\"\ntemplate = \"nginx.conf.hbs\"\n",
+            ),
+        ],
+        "",
+    );
+    assert_contains(&errors, "templates/nginx.conf.hbs:3:");
+    assert_contains(&errors, "data.nginx.port");
+}
+
+#[test]
+fn template_helpers_cover_defaults_joins_tags_and_memory_shares() {
+    let files = [
+        ("data/common.toml", "servers = [\"a\", \"b\"]\n"),
+        (
+            "templates/t.hbs",
+            "{{default data.missing \"fallback\"}}|{{join data.servers \",\"}}|{{#if (tag_is \"env\" \"prod\")}}prod{{else}}other{{/if}}|{{#if (has_tag \"canary\")}}canary{{/if}}|-Xmx{{memory_percent 50}}|{{upper vars.name}}|{{#if tag.absent}}x{{else}}no-tag{{/if}}",
+        ),
+        (
+            "roles/r.toml",
+            "[[file]]\npath = \"/t\"\ntemplate = \"t.hbs\"\nvars = { name = \"api\" }\n",
+        ),
+    ];
+    let catalog = compile_ok(&files, "env=prod");
+    assert_eq!(
+        content(&catalog, "/t"),
+        "fallback|a,b|prod||-Xmx2048m|API|no-tag"
+    );
+    let catalog = compile_ok(&files, "env=dev,canary=yes");
+    assert_eq!(
+        content(&catalog, "/t"),
+        "fallback|a,b|other|canary|-Xmx2048m|API|no-tag"
+    );
+}
+
+#[test]
+fn for_each_declares_one_resource_per_element_with_item_in_fields_and_templates() {
+    let files = [
+        (
+            "data/common.toml",
+            "[[apps]]\nname = \"orders\"\nport = 8081\n[[apps]]\nname = \"users\"\nport = 8082\n",
+        ),
+        (
+            "templates/app.properties.hbs",
+            "server.port={{item.port}}\nspring.application.name={{vars.app}}\n",
+        ),
+        (
+            "roles/apps.toml",
+            r#"
+[[service]]
+name = "{{item.name}}"
+ensure = "running"
+for_each = "data.apps"
+
+[[file]]
+path = "/etc/{{item.name}}/application.properties"
+template = "app.properties.hbs"
+vars = { app = "{{item.name}}" }
+for_each = "data.apps"
+notify = ["service:{{item.name}}"]
+"#,
+        ),
+    ];
+    let catalog = compile_ok(&files, "");
+    // Declaration order, except that a file comes before the service it
+    // notifies.
+    assert_eq!(
+        references(&catalog),
+        [
+            "file:/etc/orders/application.properties",
+            "service:orders",
+            "file:/etc/users/application.properties",
+            "service:users",
+        ]
+    );
+    assert_eq!(
+        content(&catalog, "/etc/users/application.properties"),
+        "server.port=8082\nspring.application.name=users\n"
+    );
+}
+
+#[test]
+fn a_resource_declared_twice_in_one_role_is_a_duplicate() {
+    let errors = compile_err(
+        &[(
+            "roles/base.toml",
+            "[[package]]\nname = \"curl\"\n\n[[package]]\nname = \"curl\"\n",
+        )],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:4:1: duplicate resource `package:curl`: already declared in this role at line 1",
+    );
+}
+
+#[test]
+fn roles_may_share_identical_resources_but_not_conflicting_ones() {
+    let agree = [
+        ("roles/a.toml", "[[package]]\nname = \"curl\"\n"),
+        ("roles/b.toml", "[[package]]\nname = \"curl\"\n"),
+    ];
+    assert_eq!(references(&compile_ok(&agree, "")), ["package:curl"]);
+    let errors = compile_err(
+        &[
+            ("roles/a.toml", "[[package]]\nname = \"curl\"\n"),
+            (
+                "roles/b.toml",
+                "[[package]]\nname = \"curl\"\nensure = \"absent\"\n",
+            ),
+        ],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/b.toml:1:1: conflicting resource `package:curl`: role `a` declares it differently at roles/a.toml:1",
+    );
+}
+
+#[test]
+fn dangling_references_are_errors_at_their_line() {
+    let errors = compile_err(
+        &[(
+            "roles/web.toml",
+            "[[file]]\npath = \"/etc/x\"\ncontent = \"x\"\nrequire = [\"package:nginx\"]\nnotify = [\"service:nginx\", \"nonsense\", \"widget:a\"]\n",
+        )],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/web.toml:4:1: require `package:nginx` refers to no resource",
+    );
+    assert_contains(
+        &errors,
+        "roles/web.toml:5:1: notify `service:nginx` refers to no resource",
+    );
+    assert_contains(&errors, "notify `nonsense` is not a reference");
+    assert_contains(&errors, "unknown resource type `widget`");
+}
+
+#[test]
+fn notifying_something_that_cannot_refresh_is_an_error() {
+    let errors = compile_err(
+        &[(
+            "roles/web.toml",
+            "[[package]]\nname = \"a\"\n[[package]]\nname = \"b\"\nnotify = [\"package:a\"]\n",
+        )],
+        "",
+    );
+    assert_contains(&errors, "a package does nothing when notified");
+}
+
+#[test]
+fn dependency_cycles_are_errors_naming_the_cycle() {
+    let errors = compile_err(
+        &[(
+            "roles/web.toml",
+            r#"
+[[package]]
+name = "nginx"
+require = ["file:/etc/nginx/nginx.conf"]
+
+[[file]]
+path = "/etc/nginx/nginx.conf"
+content = "x"
+require = ["service:nginx"]
+
+[[service]]
+name = "nginx"
+require = ["package:nginx"]
+"#,
+        )],
+        "",
+    );
+    // The package needs the file, the file the service, the service the
+    // package: no order satisfies all three.
+    assert_contains(&errors, "dependency cycle:");
+    for reference in [
+        "package:nginx",
+        "file:/etc/nginx/nginx.conf",
+        "service:nginx",
+    ] {
+        assert_contains(&errors, reference);
+    }
+}
+
+#[test]
+fn resources_are_ordered_by_require_then_declaration() {
+    let catalog = compile_ok(
+        &[(
+            "roles/web.toml",
+            r#"
+[[service]]
+name = "nginx"
+ensure = "running"
+require = ["package:nginx"]
+
+[[file]]
+path = "/etc/nginx/nginx.conf"
+content = "x"
+require = ["package:nginx"]
+notify = ["service:nginx"]
+
+[[package]]
+name = "nginx"
+"#,
+        )],
+        "",
+    );
+    assert_eq!(
+        references(&catalog),
+        [
+            "package:nginx",
+            "file:/etc/nginx/nginx.conf",
+            "service:nginx"
+        ]
+    );
+}
+
+#[test]
+fn paths_that_leave_the_repository_are_refused() {
+    let errors = compile_err(
+        &[(
+            "roles/evil.toml",
+            r#"
+[[file]]
+path = "/a"
+source = "../../etc/shadow"
+
+[[file]]
+path = "/b"
+template = "/etc/shadow"
+
+[[file]]
+path = "/c"
+source = "ok/../../cms.toml"
+"#,
+        )],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/evil.toml:4:1: path `../../etc/shadow` leaves `files/`",
+    );
+    assert_contains(
+        &errors,
+        "roles/evil.toml:8:1: path `/etc/shadow` is absolute",
+    );
+    assert_contains(
+        &errors,
+        "roles/evil.toml:12:1: path `ok/../../cms.toml` leaves `files/`",
+    );
+}
+
+#[test]
+fn symlinks_out_of_the_repository_are_never_followed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("repo");
+    let outside = dir.path().join("secret");
+    std::fs::write(&outside, "top secret").expect("write");
+    std::fs::create_dir_all(root.join("files")).expect("mkdir");
+    std::fs::create_dir_all(root.join("roles")).expect("mkdir");
+    std::fs::write(root.join("cms.toml"), SETTINGS).expect("write");
+    std::fs::write(root.join("files/inside.txt"), "inside").expect("write");
+    std::os::unix::fs::symlink(&outside, root.join("files/secret")).expect("symlink");
+    std::os::unix::fs::symlink("inside.txt", root.join("files/alias")).expect("symlink");
+    std::fs::write(
+        root.join("roles/r.toml"),
+        "[[file]]\npath = \"/alias\"\nsource = \"alias\"\n\n[[file]]\npath = \"/secret\"\nsource = \"secret\"\n",
+    )
+    .expect("write");
+    let repository = Repository::read_dir(&root).expect("parses");
+    let errors = compile(&repository, &node(""))
+        .expect_err("refused")
+        .to_string();
+    assert_contains(
+        &errors,
+        "roles/r.toml:7:1: `files/secret` is a symbolic link to",
+    );
+    assert!(!errors.contains("top secret"));
+
+    std::fs::write(
+        root.join("roles/r.toml"),
+        "[[file]]\npath = \"/alias\"\nsource = \"alias\"\n",
+    )
+    .expect("write");
+    let repository = Repository::read_dir(&root).expect("parses");
+    let catalog = compile(&repository, &node("")).expect("a link inside the repository is fine");
+    assert_eq!(content(&catalog, "/alias"), "inside");
+}
+
+#[test]
+fn unknown_fields_are_refused_with_their_line_and_a_suggestion() {
+    let errors = compile_err(
+        &[(
+            "roles/web.toml",
+            "[[file]]\npath = \"/etc/x\"\ncontent = \"x\"\nmdoe = \"0644\"\n\n[[pakage]]\nname = \"x\"\n",
+        )],
+        "",
+    );
+    assert_contains(&errors, "roles/web.toml:4:1: unknown field `mdoe`");
+    assert_contains(&errors, "(did you mean `mode`?)");
+    assert_contains(&errors, "roles/web.toml:6:3: unknown field `pakage`");
+    assert_contains(&errors, "(did you mean `package`?)");
+}
+
+#[test]
+fn unknown_fields_in_templated_resources_are_refused_too() {
+    let errors = compile_err(
+        &[
+            ("data/common.toml", "apps = [\"a\"]\n"),
+            (
+                "roles/r.toml",
+                "[[service]]\nname = \"{{item}}\"\nfor_each = \"data.apps\"\nensrue = \"running\"\n",
+            ),
+        ],
+        "",
+    );
+    assert_contains(&errors, "roles/r.toml:4:1: unknown field `ensrue`");
+}
+
+#[test]
+fn values_are_checked_after_rendering() {
+    let errors = compile_err(
+        &[
+            (
+                "data/common.toml",
+                "[[pkgs]]\nname = \"a\"\nversion = \"not a version\"\n",
+            ),
+            (
+                "roles/r.toml",
+                "[[package]]\nname = \"{{item.name}}\"\nensure = \"{{item.version}}\"\nfor_each = \"data.pkgs\"\n",
+            ),
+        ],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/r.toml:1:1: in package after rendering: invalid package ensure `not a version`",
+    );
+}
+
+#[test]
+fn modes_must_be_octal_strings() {
+    let errors = compile_err(
+        &[(
+            "roles/r.toml",
+            "[[file]]\npath = \"/x\"\ncontent = \"\"\nmode = 644\n",
+        )],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/r.toml:4:8: mode 644 is a number: write it as a string",
+    );
+}
+
+#[test]
+fn a_broken_repository_reports_every_mistake_in_every_file() {
+    let errors = compile_err(
+        &[
+            (
+                "cms.toml",
+                "[hierarchy]\nlayers = [\"common\"]\nextra = 1\n",
+            ),
+            ("roles/a.toml", "[[package]\nname = \"x\"\n"),
+            (
+                "roles/b.toml",
+                "[[service]]\nname = \"nginx\"\nensure = \"runing\"\n",
+            ),
+            ("roles/c.toml", "include = [\"nope\"]\n"),
+            ("templates/bad.hbs", "{{#if x}}never closed\n"),
+            ("data/common.toml", "key = \n"),
+        ],
+        "",
+    );
+    let lines: Vec<&str> = errors.lines().collect();
+    for expected in [
+        "cms.toml:3:1:",
+        "roles/a.toml:1:",
+        "roles/b.toml:3:10:",
+        "roles/c.toml:1:12:",
+        "templates/bad.hbs:",
+        "data/common.toml:1:",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(expected)),
+            "no error starting with {expected} in:\n{errors}"
+        );
+    }
+}
+
+#[test]
+fn the_same_inputs_give_the_same_catalog_id_whatever_the_file_order() {
+    let files = [
+        ("files/motd", "hello\n"),
+        (
+            "roles/base.toml",
+            "[[file]]\npath = \"/etc/motd\"\nsource = \"motd\"\n[[package]]\nname = \"curl\"\n",
+        ),
+        (
+            "roles/web.toml",
+            "[match]\nrole = \"web\"\n[[package]]\nname = \"nginx\"\n",
+        ),
+    ];
+    let mut reversed = files;
+    reversed.reverse();
+    let first = compile_ok(&files, "role=web");
+    let second = compile_ok(&reversed, "role=web");
+    assert_eq!(first.catalog_id, second.catalog_id);
+    assert_eq!(first.canonical_bytes(), second.canonical_bytes());
+    assert_eq!(first.catalog_id.len(), 64);
+
+    let changed = compile_ok(
+        &[
+            files[0],
+            files[1],
+            (
+                "roles/web.toml",
+                "[match]\nrole = \"web\"\n[[package]]\nname = \"apache2\"\n",
+            ),
+        ],
+        "role=web",
+    );
+    assert_ne!(first.catalog_id, changed.catalog_id);
+}
+
+#[test]
+fn catalog_ids_are_stable_across_read_order_on_disk() {
+    let write_repo = |order: &[usize]| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = [
+            ("cms.toml", SETTINGS),
+            ("roles/a.toml", "[[package]]\nname = \"a\"\n"),
+            ("roles/b.toml", "[[package]]\nname = \"b\"\n"),
+            ("roles/c.toml", "[[package]]\nname = \"c\"\n"),
+        ];
+        for &i in order {
+            let path = dir.path().join(files[i].0);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, files[i].1).expect("write");
+        }
+        let repository = Repository::read_dir(dir.path()).expect("parses");
+        compile(&repository, &node(""))
+            .expect("compiles")
+            .catalog_id
+    };
+    assert_eq!(write_repo(&[0, 1, 2, 3]), write_repo(&[3, 2, 0, 1]));
+}
+
+#[test]
+fn a_catalog_survives_its_canonical_encoding_and_detects_tampering() {
+    let catalog = compile_ok(
+        &[(
+            "roles/r.toml",
+            "[[file]]\npath = \"/x\"\ncontent = \"data\"\nmode = \"0640\"\n",
+        )],
+        "",
+    );
+    let bytes = catalog.canonical_bytes();
+    assert_eq!(
+        Catalog::from_canonical_bytes(&bytes).expect("decodes"),
+        catalog
+    );
+    let tampered = String::from_utf8(bytes)
+        .expect("json")
+        .replace("0640", "0777");
+    assert!(Catalog::from_canonical_bytes(tampered.as_bytes()).is_err());
+}
+
+#[test]
+fn validation_compiles_each_role_for_the_environments_the_data_knows() {
+    let files = [
+        ("data/env/prod.toml", "db = \"db.prod\"\n"),
+        ("data/env/staging.toml", "other = 1\n"),
+        ("templates/app.hbs", "db={{data.db}}\n"),
+        (
+            "roles/api.toml",
+            "[match]\nrole = \"api\"\nenv = \"*\"\n[[file]]\npath = \"/etc/app\"\ntemplate = \"app.hbs\"\n",
+        ),
+    ];
+    let repository = Repository::parse(repo(&files)).expect("parses");
+    let found: Diagnostics = validate(&repository, &example_facts());
+    let text = found.to_string();
+    assert_eq!(found.len(), 1, "{text}");
+    assert_contains(&text, "templates/app.hbs:1:");
+    assert_contains(&text, "data.db");
+}
+
+#[test]
+fn java_apps_resolve_artifacts_and_render_configuration() {
+    let catalog = compile_ok(
+        &[
+            ("files/app.jar", "PK-not-really-a-jar"),
+            (
+                "roles/api.toml",
+                r#"
+[[java_app]]
+name = "api"
+runtime_package = "openjdk-17-jre-headless"
+artifact = { source = "app.jar" }
+heap = "50%"
+properties = { server = { port = 8080 }, "spring.profiles.active" = "{{tag.env}}" }
+health = { http = "http://127.0.0.1:8080/actuator/health", timeout = "90s" }
+"#,
+            ),
+        ],
+        "env=prod",
+    );
+    let ResourceKind::JavaApp(app) = &catalog.resource("java_app:api").expect("app").kind else {
+        panic!()
+    };
+    assert_eq!(
+        app.artifact_sha256,
+        crate::sha256_hex(b"PK-not-really-a-jar")
+    );
+    assert_eq!(app.home, "/opt/api");
+    let config = &catalog.contents[app.config_sha256.as_ref().expect("config")].0;
+    assert_eq!(
+        std::str::from_utf8(config).expect("utf-8"),
+        "server.port=8080\nspring.profiles.active=prod\n"
+    );
+    assert_eq!(
+        app.health.as_ref().and_then(|h| h.timeout).map(|t| t.0),
+        Some(90)
+    );
+}
+
+#[test]
+fn the_example_repository_validates_and_compiles_for_an_api_node() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/roles-repo");
+    let repository = Repository::read_dir(&root).unwrap_or_else(|d| panic!("{d}"));
+    let found = validate(&repository, &example_facts());
+    assert!(found.is_empty(), "{found}");
+    let tags: BTreeMap<String, String> = [("role", "api"), ("env", "prod")]
+        .map(|(k, v)| (k.into(), v.into()))
+        .into();
+    let catalog = compile(
+        &repository,
+        &Node {
+            id: "i-1".into(),
+            tags,
+            facts: example_facts(),
+        },
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(catalog.roles, ["base", "java", "api"]);
+    assert!(catalog.resource("java_app:orders").is_some());
+}
