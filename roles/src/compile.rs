@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use crate::catalog::{Catalog, Content, Resource, sha256_hex};
 use crate::diagnostic::{Diagnostic, Diagnostics, Position};
 use crate::repository::{
-    DeclaredResource, Repository, Role, SETTINGS_FILE, Spec, improve_unknown_field,
+    DeclaredResource, META_KEYS, Repository, Role, SETTINGS_FILE, Spec, improve_unknown_field,
 };
 use crate::resource::{
     ConfigFormat, Ensure, File, FileSpec, JavaApp, JavaAppSpec, RESOURCE_TYPES,
@@ -197,7 +197,13 @@ pub fn compile(repository: &Repository, node: &Node) -> Result<Catalog, Diagnost
         contents,
         ..
     } = compiler;
-    check_references(&resources, &origins, &by_reference, &mut diagnostics);
+    check_references(
+        repository,
+        &resources,
+        &origins,
+        &by_reference,
+        &mut diagnostics,
+    );
     if !diagnostics.is_empty() {
         return Err(diagnostics.into_sorted());
     }
@@ -318,10 +324,7 @@ impl Compiler<'_> {
                         let (message, position) = if message.starts_with("unknown field") {
                             let field = message.split('`').nth(1).unwrap_or_default();
                             let position = declared.position_of(field);
-                            (
-                                improve_unknown_field(&message, &["require", "notify", "for_each"]),
-                                position,
-                            )
+                            (improve_unknown_field(&message, META_KEYS), position)
                         } else {
                             (message, declared.position)
                         };
@@ -951,6 +954,7 @@ fn lookup_path<'v>(context: &'v Value, path: &str) -> Option<&'v Value> {
 }
 
 fn check_references(
+    repository: &Repository,
     resources: &[Resource],
     origins: &[Origin],
     by_reference: &HashMap<String, usize>,
@@ -979,6 +983,13 @@ fn check_references(
                     continue;
                 }
                 if !by_reference.contains_key(reference) {
+                    if repository.failed_references.contains(reference)
+                        || !repository.unparsed_roles.is_empty()
+                    {
+                        // Already reported where that resource (or its whole
+                        // role file) failed to parse.
+                        continue;
+                    }
                     let hint = if is_path_type(type_name) && !name.starts_with('/') {
                         " (file-like resources are referenced by their absolute path)"
                     } else {
@@ -1022,13 +1033,12 @@ fn apply_order(
     let mut successors: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut indegree = vec![0usize; n];
     for (i, resource) in resources.iter().enumerate() {
-        for reference in &resource.require {
-            let dependency = by_reference[reference];
+        // References to nothing were reported (or excused) already.
+        for &dependency in resource.require.iter().filter_map(|r| by_reference.get(r)) {
             successors[dependency].push(i);
             indegree[i] += 1;
         }
-        for reference in &resource.notify {
-            let target = by_reference[reference];
+        for &target in resource.notify.iter().filter_map(|r| by_reference.get(r)) {
             successors[i].push(target);
             indegree[target] += 1;
         }

@@ -39,6 +39,16 @@ pub struct Repository {
     pub data: BTreeMap<String, Value>,
     /// All files, for `source` lookups.
     pub files: RepoFiles,
+    /// Role files that could not be parsed at all (TOML syntax errors).
+    /// What they declare is unknown, so references that find nothing are
+    /// not reported while any exist: the syntax error is reported instead.
+    pub unparsed_roles: BTreeSet<String>,
+    /// References of resources that failed to parse; references to them are
+    /// not reported again as dangling.
+    pub failed_references: BTreeSet<String>,
+    /// Whether `cms.toml` was read; without it the hierarchy is a guess and
+    /// compiling would report errors that are not there.
+    pub settings_ok: bool,
 }
 
 /// `cms.toml`.
@@ -155,6 +165,15 @@ impl Spec {
 impl Repository {
     /// Parses every file of a repository, reporting all problems found.
     pub fn parse(files: RepoFiles) -> Result<Repository, Diagnostics> {
+        let (repository, diagnostics) = Repository::load(files);
+        diagnostics.into_result(repository)
+    }
+
+    /// Parses what can be parsed and reports the rest: the repository keeps
+    /// every role, resource, template and data file that is valid on its
+    /// own, so that validation can go on to find the problems that only
+    /// compiling shows.
+    pub fn load(files: RepoFiles) -> (Repository, Diagnostics) {
         let mut diagnostics = Diagnostics::default();
         let settings = parse_settings(&files, &mut diagnostics);
         let mut templates = Templates::new();
@@ -197,6 +216,8 @@ impl Repository {
             }
         }
         let mut roles = BTreeMap::new();
+        let mut unparsed_roles = BTreeSet::new();
+        let mut failed_references = BTreeSet::new();
         for (path, entry) in files.under("roles/") {
             let Some(name) = path
                 .strip_prefix("roles/")
@@ -214,8 +235,13 @@ impl Repository {
             }
             match entry {
                 Entry::File(bytes) => {
-                    if let Some(role) = parse_role(name, path, bytes, &mut diagnostics) {
-                        roles.insert(name.to_string(), role);
+                    match parse_role(name, path, bytes, &mut diagnostics, &mut failed_references) {
+                        Some(role) => {
+                            roles.insert(name.to_string(), role);
+                        }
+                        None => {
+                            unparsed_roles.insert(name.to_string());
+                        }
                     }
                 }
                 Entry::EscapingSymlink(target) => {
@@ -223,8 +249,9 @@ impl Repository {
                 }
             }
         }
-        check_includes(&roles, &mut diagnostics);
+        check_includes(&roles, &unparsed_roles, &mut diagnostics);
         let repository = Repository {
+            settings_ok: settings.is_some(),
             settings: settings.unwrap_or(Settings {
                 hierarchy: Hierarchy::default(),
             }),
@@ -232,26 +259,37 @@ impl Repository {
             templates,
             data,
             files,
+            unparsed_roles,
+            failed_references,
         };
-        diagnostics.into_result(repository)
+        (repository, diagnostics.into_sorted())
     }
 
-    /// Reads and parses a repository folder.
-    pub fn read_dir(root: &std::path::Path) -> Result<Repository, Diagnostics> {
-        let files = RepoFiles::read_dir(root).map_err(|error| {
-            let mut message = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
+    /// Reads a repository folder and parses what can be parsed.
+    pub fn load_dir(root: &std::path::Path) -> (Repository, Diagnostics) {
+        match RepoFiles::read_dir(root) {
+            Ok(files) => Repository::load(files),
+            Err(error) => {
+                let mut message = error.to_string();
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    message.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                let diagnostics = Diagnostics(vec![Diagnostic::new(
+                    root.display().to_string(),
+                    Position::UNKNOWN,
+                    message,
+                )]);
+                (Repository::load(RepoFiles::new()).0, diagnostics)
             }
-            Diagnostics(vec![Diagnostic::new(
-                root.display().to_string(),
-                Position::UNKNOWN,
-                message,
-            )])
-        })?;
-        Repository::parse(files)
+        }
+    }
+
+    /// Reads and parses a repository folder, failing on any problem.
+    pub fn read_dir(root: &std::path::Path) -> Result<Repository, Diagnostics> {
+        let (repository, diagnostics) = Repository::load_dir(root);
+        diagnostics.into_result(repository)
     }
 }
 
@@ -374,9 +412,18 @@ fn deserialize_value<T: DeserializeOwned>(
 /// Keys a role file may have besides resource arrays.
 const ROLE_KEYS: &[&str] = &["description", "match", "include"];
 /// Keys every resource may have besides its own fields.
-const META_KEYS: &[&str] = &["require", "notify", "for_each"];
+pub(crate) const META_KEYS: &[&str] = &["require", "notify", "for_each"];
 
-fn parse_role(name: &str, path: &str, bytes: &[u8], diagnostics: &mut Diagnostics) -> Option<Role> {
+/// Parses a role file. `None` when the file is not TOML at all; otherwise
+/// the role with every resource that is valid, and the references of those
+/// that are not in `failed_references`.
+fn parse_role(
+    name: &str,
+    path: &str,
+    bytes: &[u8],
+    diagnostics: &mut Diagnostics,
+    failed_references: &mut BTreeSet<String>,
+) -> Option<Role> {
     let text = utf8(path, bytes, diagnostics)?;
     let (table, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
@@ -433,9 +480,13 @@ fn parse_role(name: &str, path: &str, bytes: &[u8], diagnostics: &mut Diagnostic
                     continue;
                 };
                 for item in items.iter() {
-                    if let Some(resource) = parse_resource(type_name, item, path, text, diagnostics)
-                    {
-                        declared.push((item.span().start, resource));
+                    match parse_resource(type_name, item, path, text, diagnostics) {
+                        Some(resource) => declared.push((item.span().start, resource)),
+                        None => {
+                            if let Some(reference) = attempted_reference(type_name, item) {
+                                failed_references.insert(reference);
+                            }
+                        }
                     }
                 }
             }
@@ -454,6 +505,20 @@ fn parse_role(name: &str, path: &str, bytes: &[u8], diagnostics: &mut Diagnostic
     declared.sort_by_key(|(offset, _)| *offset);
     role.resources = declared.into_iter().map(|(_, r)| r).collect();
     Some(role)
+}
+
+/// The reference a resource that failed to parse would have had, when its
+/// name is plain text.
+fn attempted_reference(type_name: &str, item: &Spanned<DeValue<'_>>) -> Option<String> {
+    let key = if crate::resource::is_path_type(type_name) {
+        "path"
+    } else {
+        "name"
+    };
+    let table = item.get_ref().as_table()?;
+    let (_, value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == key)?;
+    let name = value.get_ref().as_str()?;
+    (!has_placeholders(name)).then(|| format!("{type_name}:{name}"))
 }
 
 fn parse_resource(
@@ -517,7 +582,7 @@ fn parse_resource(
             if !templated || unknown_field {
                 let mut diagnostic = toml_diagnostic(path, text, &error);
                 if unknown_field {
-                    diagnostic.message = improve_unknown_field(&diagnostic.message, &META_KEYS);
+                    diagnostic.message = improve_unknown_field(&diagnostic.message, META_KEYS);
                 }
                 diagnostics.push(diagnostic);
                 failed = true;
@@ -616,10 +681,14 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// Every include names a role, and includes form no cycle.
-fn check_includes(roles: &BTreeMap<String, Role>, diagnostics: &mut Diagnostics) {
+fn check_includes(
+    roles: &BTreeMap<String, Role>,
+    unparsed_roles: &BTreeSet<String>,
+    diagnostics: &mut Diagnostics,
+) {
     for role in roles.values() {
         for (include, position) in &role.includes {
-            if !roles.contains_key(include) {
+            if !roles.contains_key(include) && !unparsed_roles.contains(include) {
                 diagnostics.push(Diagnostic::new(
                     &role.file,
                     *position,
@@ -631,22 +700,29 @@ fn check_includes(roles: &BTreeMap<String, Role>, diagnostics: &mut Diagnostics)
         }
     }
     let mut reported = BTreeSet::new();
+    let mut explored = BTreeSet::new();
     for name in roles.keys() {
         let mut stack = vec![name.as_str()];
-        find_include_cycle(roles, &mut stack, &mut reported, diagnostics);
+        find_include_cycle(roles, &mut stack, &mut explored, &mut reported, diagnostics);
     }
 }
 
+/// Depth-first search for include cycles. A role whose includes were all
+/// explored is not walked again, so shared includes cost nothing.
 fn find_include_cycle<'a>(
     roles: &'a BTreeMap<String, Role>,
     stack: &mut Vec<&'a str>,
+    explored: &mut BTreeSet<&'a str>,
     reported: &mut BTreeSet<Vec<String>>,
     diagnostics: &mut Diagnostics,
 ) {
     let current = *stack.last().expect("stack starts with a role");
-    let Some(role) = roles.get(current) else {
+    let Some((current, role)) = roles.get_key_value(current) else {
         return;
     };
+    if explored.contains(current.as_str()) {
+        return;
+    }
     for (include, position) in &role.includes {
         if let Some(start) = stack.iter().position(|r| r == include) {
             let mut cycle: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
@@ -663,10 +739,11 @@ fn find_include_cycle<'a>(
             }
             continue;
         }
-        if roles.contains_key(include) {
+        if let Some((include, _)) = roles.get_key_value(include) {
             stack.push(include);
-            find_include_cycle(roles, stack, reported, diagnostics);
+            find_include_cycle(roles, stack, explored, reported, diagnostics);
             stack.pop();
         }
     }
+    explored.insert(current.as_str());
 }

@@ -42,6 +42,11 @@ pub fn example_facts() -> BTreeMap<String, Value> {
 /// problem found, each once.
 pub fn validate(repository: &Repository, facts: &BTreeMap<String, Value>) -> Diagnostics {
     let mut diagnostics = Diagnostics::default();
+    if !repository.settings_ok {
+        // Without cms.toml the data hierarchy is unknown; compiling would
+        // report missing data that is really there.
+        return diagnostics;
+    }
     for role in repository.roles.values() {
         for tags in candidate_tags(repository, role) {
             let node = Node {
@@ -58,7 +63,7 @@ pub fn validate(repository: &Repository, facts: &BTreeMap<String, Value>) -> Dia
             }
         }
     }
-    if repository.roles.is_empty() {
+    if repository.roles.is_empty() && repository.unparsed_roles.is_empty() {
         diagnostics.push(Diagnostic::new(
             "roles/",
             Position::UNKNOWN,

@@ -1,0 +1,206 @@
+//! `cms-server check`: validate a roles repository, or show the catalog a
+//! node would get. Data goes to stdout, problems to stderr.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use cms_roles::{
+    Catalog, Diagnostics, Node, Repository, ResourceKind, compile, example_facts, validate,
+};
+use serde_json::Value;
+
+use crate::cli::{CheckArgs, EXIT_INVALID, Format};
+
+pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let facts = match &args.facts {
+        Some(path) => read_facts(path)?,
+        None => example_facts(),
+    };
+    let tags = args.tags.as_deref().map(parse_tags).transpose()?;
+    let (repository, parse_problems) = Repository::load_dir(&args.repo);
+    let Some(tags) = tags else {
+        let mut diagnostics = parse_problems;
+        diagnostics.extend(validate(&repository, &facts));
+        let diagnostics = diagnostics.into_sorted();
+        if !diagnostics.is_empty() {
+            return Ok(invalid(&diagnostics, args.format));
+        }
+        let summary = serde_json::json!({
+            "valid": true,
+            "roles": repository.roles.keys().collect::<Vec<_>>(),
+            "data_layers": repository.data.len(),
+        });
+        match args.format {
+            Format::Json => println!("{summary:#}"),
+            Format::Text => println!(
+                "ok: {} roles valid ({})",
+                repository.roles.len(),
+                repository
+                    .roles
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let node = Node {
+        id: args
+            .node
+            .clone()
+            .or_else(|| {
+                facts
+                    .get("instance_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "example".to_string()),
+        tags,
+        facts,
+    };
+    if !parse_problems.is_empty() {
+        return Ok(invalid(&parse_problems, args.format));
+    }
+    if args.facts.is_none() {
+        eprintln!(
+            "note: no --facts given; compiling with the example facts of a small Debian instance"
+        );
+    }
+    match compile(&repository, &node) {
+        Ok(catalog) => {
+            let mut out = std::io::stdout().lock();
+            match args.format {
+                Format::Json => {
+                    serde_json::to_writer_pretty(&mut out, &catalog)?;
+                    writeln!(out)?;
+                }
+                Format::Text => write_catalog_text(&mut out, &node, &catalog)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diagnostics) => Ok(invalid(&diagnostics, args.format)),
+    }
+}
+
+fn invalid(diagnostics: &Diagnostics, format: Format) -> ExitCode {
+    for diagnostic in diagnostics.iter() {
+        eprintln!("error: {diagnostic}");
+    }
+    eprintln!(
+        "error: Failed to check the repository: {} problem{}",
+        diagnostics.len(),
+        if diagnostics.len() == 1 { "" } else { "s" }
+    );
+    if format == Format::Json {
+        let json = serde_json::json!({ "valid": false, "errors": diagnostics.0 });
+        println!("{json:#}");
+    }
+    ExitCode::from(EXIT_INVALID)
+}
+
+/// `role=api,env=prod` → tags.
+pub fn parse_tags(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut tags = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, value)) = pair.split_once('=') else {
+            bail!(
+                "Failed to parse tags: `{pair}` is not name=value\nhint: write --tags role=api,env=prod"
+            );
+        };
+        let (name, value) = (name.trim(), value.trim());
+        if name.is_empty() {
+            bail!("Failed to parse tags: `{pair}` has an empty name");
+        }
+        if tags.insert(name.to_string(), value.to_string()).is_some() {
+            bail!("Failed to parse tags: `{name}` is given twice");
+        }
+    }
+    Ok(tags)
+}
+
+fn read_facts(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("Failed to read facts from {}", path.display()))?;
+    let value: Value = serde_json::from_str(&text)
+        .with_context(|| format!("Failed to parse facts in {} as JSON", path.display()))?;
+    match value {
+        Value::Object(map) => Ok(map.into_iter().collect()),
+        _ => bail!(
+            "Failed to read facts from {}: expected a JSON object",
+            path.display()
+        ),
+    }
+}
+
+fn write_catalog_text(out: &mut impl Write, node: &Node, catalog: &Catalog) -> std::io::Result<()> {
+    let tags: Vec<String> = node.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    writeln!(out, "catalog {}", catalog.catalog_id)?;
+    writeln!(out, "node    {} ({})", node.id, tags.join(", "))?;
+    writeln!(out, "roles   {}", catalog.roles.join(", "))?;
+    writeln!(out)?;
+    for resource in &catalog.resources {
+        writeln!(
+            out,
+            "{}  [{}]{}",
+            resource.reference,
+            resource.role,
+            details(&resource.kind)
+        )?;
+        for required in &resource.require {
+            writeln!(out, "    require {required}")?;
+        }
+        for notified in &resource.notify {
+            writeln!(out, "    notify  {notified}")?;
+        }
+    }
+    writeln!(out)?;
+    let total: usize = catalog.contents.values().map(|c| c.0.len()).sum();
+    writeln!(
+        out,
+        "{} resources, {} contents ({} bytes)",
+        catalog.resources.len(),
+        catalog.contents.len(),
+        total
+    )
+}
+
+/// A short summary of what a resource asks for.
+fn details(kind: &ResourceKind) -> String {
+    match kind {
+        ResourceKind::Package(p) => format!(" ensure={}", p.ensure),
+        ResourceKind::File(f) => {
+            let mut s = format!(" ensure={:?}", f.ensure).to_lowercase();
+            if let Some(mode) = f.mode {
+                s.push_str(&format!(" mode={mode}"));
+            }
+            if let Some(hash) = &f.content_sha256 {
+                s.push_str(&format!(" sha256={}", &hash[..12]));
+            }
+            s
+        }
+        ResourceKind::Service(s) => {
+            let mut text = String::new();
+            if let Some(ensure) = s.ensure {
+                text.push_str(&format!(" ensure={ensure:?}").to_lowercase());
+            }
+            if let Some(enable) = s.enable {
+                text.push_str(&format!(" enable={enable}"));
+            }
+            text
+        }
+        ResourceKind::JavaApp(j) => format!(
+            " artifact={} heap={}",
+            &j.artifact_sha256[..12],
+            j.heap.as_deref().unwrap_or("default")
+        ),
+        ResourceKind::Exec(e) => format!(
+            " command={:?}{}",
+            e.command,
+            if e.refreshonly { " refreshonly" } else { "" }
+        ),
+        _ => String::new(),
+    }
+}

@@ -1,0 +1,159 @@
+//! `cms-server check` as a user runs it: the real binary, on the example
+//! repository and on broken repositories in fresh temp folders.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn example_repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../roles/examples/roles-repo")
+}
+
+fn check(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cms-server"))
+        .arg("check")
+        .args(args)
+        .output()
+        .expect("cms-server runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Writes `(path, text)` pairs into a fresh folder.
+fn write_repo(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (path, content) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, content).expect("write");
+    }
+    dir
+}
+
+#[test]
+fn the_example_repository_is_valid() {
+    let out = check(&["--repo", example_repo().to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "ok: 4 roles valid (api, base, java, web)\n"
+    );
+}
+
+#[test]
+fn with_tags_it_prints_the_catalog_of_such_a_node() {
+    let repo = example_repo();
+    let out = check(&[
+        "--repo",
+        repo.to_str().expect("utf-8"),
+        "--tags",
+        "role=api,env=prod",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("roles   base, java, api"), "{stdout}");
+    assert!(stdout.contains("java_app:orders  [api]"), "{stdout}");
+
+    let out = check(&[
+        "--repo",
+        repo.to_str().expect("utf-8"),
+        "--tags",
+        "role=api,env=prod",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let catalog: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(catalog["roles"], serde_json::json!(["base", "java", "api"]));
+    assert_eq!(catalog["catalog_id"].as_str().map(str::len), Some(64));
+}
+
+#[test]
+fn facts_from_a_file_reach_the_templates() {
+    let repo = write_repo(&[
+        ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
+        ("templates/t.hbs", "cpus={{fact.cpus}}"),
+        (
+            "roles/r.toml",
+            "[[file]]\npath = \"/t\"\ntemplate = \"t.hbs\"\n",
+        ),
+        ("facts.json", "{\"cpus\": 64}"),
+    ]);
+    let root = repo.path().to_str().expect("utf-8");
+    let facts = repo.path().join("facts.json");
+    let out = check(&[
+        "--repo",
+        root,
+        "--tags",
+        "",
+        "--facts",
+        facts.to_str().expect("utf-8"),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let catalog: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let content = catalog["contents"]
+        .as_object()
+        .expect("contents")
+        .values()
+        .next()
+        .expect("one");
+    assert_eq!(content, "Y3B1cz02NA=="); // base64 of "cpus=64"
+}
+
+#[test]
+fn a_broken_repository_fails_with_every_error_on_stderr() {
+    let repo = write_repo(&[
+        ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
+        (
+            "roles/a.toml",
+            "[[file]]\npath = \"/x\"\ncontent = \"x\"\nowner = \"root\"\nmdoe = \"0644\"\n",
+        ),
+        (
+            "roles/b.toml",
+            "[[service]]\nname = \"nginx\"\nrequire = [\"package:nginx\"]\n",
+        ),
+        (
+            "roles/c.toml",
+            "[[package]]\nname = \"x\"\nensure = \"sometimes\"\n",
+        ),
+        ("templates/t.hbs", "{{#each x}}unclosed\n"),
+    ]);
+    let out = check(&["--repo", repo.path().to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "");
+    let stderr = text(&out.stderr);
+    for expected in [
+        "error: roles/a.toml:5:1: unknown field `mdoe`",
+        "error: roles/b.toml:3:1: require `package:nginx` refers to no resource",
+        "error: roles/c.toml:3:10: invalid package ensure `sometimes`",
+        "error: templates/t.hbs:",
+        "error: Failed to check the repository: 4 problems",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn malformed_tags_and_missing_repositories_are_explained() {
+    let out = check(&["--repo", "/nonexistent/roles", "--tags", "role"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("`role` is not name=value"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = check(&["--repo", "/nonexistent/roles"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("Failed to read roles repository at /nonexistent/roles"),
+        "{}",
+        text(&out.stderr)
+    );
+}
