@@ -1,1 +1,57 @@
-//! The end-to-end test harness: real systemd instances booted from an image (see the testbed issue).
+//! The testbed: real Debian instances with systemd as PID 1, booted on this
+//! machine, on which the end-to-end tests of cms run.
+//!
+//! The story it mimics is the one cms is for. An operations team bakes
+//! `cms-agent` into a machine image, boots cattle instances from it with tags,
+//! and lets them install packages from an internal package repository. Here:
+//!
+//! - [`Image`] is a Debian root file system built once with `debootstrap` and
+//!   cached outside git; [`Image::bake`] adds the agent, its systemd unit and
+//!   its configuration, giving a [`BakedImage`] (our AMI).
+//! - [`Testbed`] owns the host side: a machine-wide lock, a private bridge
+//!   (`cmstb-br0`, `10.213.0.1/24`) that routes nowhere, and the clean-up of
+//!   whatever an earlier crashed run left behind.
+//! - [`Instance`] is one booted copy of a baked image (an overlayfs mount or a
+//!   full copy), in its own network namespace on the bridge, with its own
+//!   address and tags. Commands run inside it with `nsenter`.
+//! - [`PackageRepo`] is the internal apt repository, built from `.deb` files
+//!   and served over HTTP on the bridge address by [`HttpFileServer`]; it is
+//!   the only apt source a baked image knows.
+//!
+//! Everything the testbed creates on the host is named with the `cmstb-`
+//! prefix and removed by a drop guard, even when a test panics. Where the
+//! machine cannot run the testbed (not root, a tool missing), every entry
+//! point fails with a message naming what is missing: the tests never skip.
+#![forbid(unsafe_code)]
+
+mod cargo_build;
+mod filesystem;
+mod host_command;
+mod http_file_server;
+mod image;
+mod instance;
+mod leftovers;
+mod network;
+mod package_repo;
+mod prerequisites;
+mod process_table;
+mod settings;
+mod testbed;
+mod wait;
+
+pub use cargo_build::build_workspace_binary;
+pub use host_command::CommandOutput;
+pub use http_file_server::{AccessLogEntry, HttpFileServer};
+pub use image::{AgentBake, AgentConfigFile, BakedImage, Image, ImageOrigin, ImageRecipe};
+pub use instance::{Instance, InstanceConfig, RootFilesystemStrategy, SystemState, TAGS_FILE_PATH};
+pub use leftovers::{Leftovers, find_leftovers};
+pub use network::{BRIDGE_NAME, HOST_ADDRESS, NETWORK_PREFIX_LENGTH, PACKAGE_REPO_PORT};
+pub use package_repo::{DebPackageFile, DebPackageSpec, PackageRepo};
+pub use prerequisites::check_prerequisites;
+pub use settings::{CACHE_DIRECTORY_VARIABLE, DEBIAN_MIRROR_VARIABLE, TestbedSettings};
+pub use testbed::Testbed;
+
+/// The prefix of every name the testbed gives to something on the host:
+/// network namespaces, links, machines, instance and scratch directories.
+/// Leftovers of a crashed run are recognised by it.
+pub const NAME_PREFIX: &str = "cmstb-";

@@ -1,0 +1,87 @@
+//! Building a binary of this workspace from a test, the way a release job
+//! builds the agent before baking it: `cargo build`, asking cargo itself
+//! where the executable landed (so `CARGO_TARGET_DIR` and profiles just
+//! work) instead of guessing a path under `target/`.
+
+use crate::host_command::{describe_command, run_command};
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A cold debug build of the workspace takes minutes on two cores.
+const CARGO_BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Builds binary `binary` of workspace package `package` (debug profile)
+/// and returns the path of the executable.
+pub fn build_workspace_binary(package: &str, binary: &str) -> Result<PathBuf> {
+    // The cargo running this test, if cargo runs it; else the one on PATH.
+    let cargo = std::env::var_os("CARGO")
+        .or_else(|| option_env!("CARGO").map(Into::into))
+        .unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args(["build", "--package", package, "--bin", binary])
+        .arg("--message-format=json-render-diagnostics")
+        .current_dir(workspace_root());
+    let command_line = describe_command(&command);
+    let output = run_command(command, CARGO_BUILD_TIMEOUT)?;
+    if !output.succeeded() {
+        // stdout holds cargo's JSON messages; the compiler's diagnostics,
+        // rendered for humans, are on stderr.
+        bail!(
+            "Failed to build {binary}: `{command_line}` failed\n{}",
+            output.stderr.trim_end()
+        );
+    }
+    find_executable(&output.stdout, binary).with_context(|| {
+        format!("Failed to build {binary}: `{command_line}` reported no executable named {binary}")
+    })
+}
+
+fn workspace_root() -> &'static Path {
+    // This crate lives at `<workspace>/integration`.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The `executable` of the `compiler-artifact` message for binary `binary`
+/// in cargo's JSON messages.
+fn find_executable(messages: &str, binary: &str) -> Result<PathBuf> {
+    for line in messages.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_the_binary = message["reason"] == "compiler-artifact"
+            && message["target"]["name"] == binary
+            && message["target"]["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|kind| kind == "bin"));
+        if let (true, Some(executable)) = (is_the_binary, message["executable"].as_str()) {
+            return Ok(PathBuf::from(executable));
+        }
+    }
+    bail!("no compiler-artifact message for binary {binary}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_executable_is_read_from_cargo_messages() {
+        let messages = concat!(
+            r#"{"reason":"compiler-artifact","target":{"name":"cms_roles","kind":["lib"]},"executable":null}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"name":"cms-agent","kind":["bin"]},"executable":"/t/debug/cms-agent"}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        assert_eq!(
+            find_executable(messages, "cms-agent").unwrap(),
+            PathBuf::from("/t/debug/cms-agent")
+        );
+        assert!(find_executable(messages, "cms-server").is_err());
+    }
+}

@@ -1,0 +1,263 @@
+//! The internal package repository: a flat apt repository (`Packages` and
+//! `Release` beside the `.deb` files) that tests fill with small packages
+//! built by `dpkg-deb` and with real Debian packages fetched by
+//! `apt-get download`. [`crate::Testbed::serve_package_repo`] serves it on
+//! the bridge; baked images name it as their only apt source, trusted
+//! without a signature (`[trusted=yes]`): the repository is not signed.
+//!
+//! The index is rebuilt after every added package, so the repository is
+//! always consistent, also while it is being served.
+
+use crate::filesystem::{ScratchDirectory, write_file_atomically, write_file_with_mode};
+use crate::host_command::{DEFAULT_COMMAND_TIMEOUT, host_tool, run_command_successfully};
+use crate::settings::TestbedSettings;
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A package for a test to build: its control fields and its files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DebPackageSpec {
+    pub name: String,
+    pub version: String,
+    /// `all` for packages without machine code.
+    pub architecture: String,
+    pub description: String,
+    /// Entries of the `Depends:` field, e.g. `adduser (>= 3.11)`.
+    pub depends: Vec<String>,
+    pub files: Vec<DebPackageFile>,
+}
+
+/// A file a built package installs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DebPackageFile {
+    /// Absolute path on the instance, e.g. `/usr/bin/hello-cms`.
+    pub path: PathBuf,
+    pub contents: Vec<u8>,
+    pub mode: u32,
+}
+
+impl DebPackageSpec {
+    /// A package of architecture `all` without dependencies or files.
+    pub fn new(name: &str, version: &str) -> DebPackageSpec {
+        DebPackageSpec {
+            name: name.to_string(),
+            version: version.to_string(),
+            architecture: "all".to_string(),
+            description: format!("{name}, a package built by the cms testbed"),
+            depends: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    pub fn with_file(
+        mut self,
+        path: &str,
+        contents: impl Into<Vec<u8>>,
+        mode: u32,
+    ) -> DebPackageSpec {
+        self.files.push(DebPackageFile {
+            path: PathBuf::from(path),
+            contents: contents.into(),
+            mode,
+        });
+        self
+    }
+
+    pub fn with_dependency(mut self, dependency: &str) -> DebPackageSpec {
+        self.depends.push(dependency.to_string());
+        self
+    }
+
+    fn control_file(&self) -> String {
+        let mut control = format!(
+            "Package: {}\nVersion: {}\nArchitecture: {}\nMaintainer: cms testbed <testbed@cms.invalid>\n",
+            self.name, self.version, self.architecture
+        );
+        if !self.depends.is_empty() {
+            control.push_str(&format!("Depends: {}\n", self.depends.join(", ")));
+        }
+        control.push_str(&format!("Description: {}\n", self.description));
+        control
+    }
+}
+
+/// The internal package repository's directory and contents.
+#[derive(Debug)]
+pub struct PackageRepo {
+    directory: Arc<ScratchDirectory>,
+    settings: TestbedSettings,
+    package_files: Vec<PathBuf>,
+}
+
+impl PackageRepo {
+    /// An empty repository (with an empty, valid index) in a new scratch
+    /// directory.
+    pub fn create(settings: &TestbedSettings) -> Result<PackageRepo> {
+        crate::check_prerequisites()?;
+        let directory = ScratchDirectory::create(&settings.scratch_directory(), "repo")?;
+        let repo = PackageRepo {
+            directory: Arc::new(directory),
+            settings: settings.clone(),
+            package_files: Vec::new(),
+        };
+        repo.rebuild_index()?;
+        Ok(repo)
+    }
+
+    /// The directory the repository is served from.
+    pub fn directory(&self) -> &Path {
+        self.directory.path()
+    }
+
+    /// The `.deb` files added so far.
+    pub fn package_files(&self) -> &[PathBuf] {
+        &self.package_files
+    }
+
+    /// Copies a `.deb` file into the repository.
+    pub fn add_deb_file(&mut self, deb_file: &Path) -> Result<PathBuf> {
+        let file_name = deb_file
+            .file_name()
+            .with_context(|| format!("Failed to add {}: not a file name", deb_file.display()))?;
+        let destination = self.directory().join(file_name);
+        std::fs::copy(deb_file, &destination).with_context(|| {
+            format!(
+                "Failed to copy {} into the package repository",
+                deb_file.display()
+            )
+        })?;
+        self.added(destination)
+    }
+
+    /// Builds a package with `dpkg-deb --build` and adds it.
+    pub fn build_package(&mut self, spec: &DebPackageSpec) -> Result<PathBuf> {
+        let staging = ScratchDirectory::create(&self.settings.scratch_directory(), "deb-build")?;
+        let control_path = staging.path().join("DEBIAN/control");
+        write_file_with_mode(&control_path, spec.control_file().as_bytes(), 0o644)?;
+        for file in &spec.files {
+            let Ok(relative_path) = file.path.strip_prefix("/") else {
+                bail!(
+                    "Failed to build package {}: file path {} is not absolute",
+                    spec.name,
+                    file.path.display()
+                );
+            };
+            write_file_with_mode(
+                &staging.path().join(relative_path),
+                &file.contents,
+                file.mode,
+            )?;
+        }
+        let deb_file = self.directory().join(format!(
+            "{}_{}_{}.deb",
+            spec.name, spec.version, spec.architecture
+        ));
+        let mut build = host_tool("dpkg-deb");
+        build
+            .args(["--root-owner-group", "--build"])
+            .arg(staging.path())
+            .arg(&deb_file);
+        run_command_successfully(build, DEFAULT_COMMAND_TIMEOUT)
+            .with_context(|| format!("Failed to build package {}", spec.name))?;
+        self.added(deb_file)
+    }
+
+    /// Downloads a real Debian package with the host's `apt-get download`
+    /// (from the host's apt sources, so the host's package lists must be
+    /// current) and adds it. Its dependencies are not fetched.
+    pub fn download_debian_package(&mut self, package_name: &str) -> Result<PathBuf> {
+        let download = ScratchDirectory::create(&self.settings.scratch_directory(), "download")?;
+        let mut apt_get = host_tool("apt-get");
+        apt_get
+            .args(["download", "--quiet", package_name])
+            .current_dir(download.path());
+        run_command_successfully(apt_get, DEFAULT_COMMAND_TIMEOUT).with_context(|| {
+            format!(
+                "Failed to download Debian package {package_name}\n\
+                 hint: run `apt-get update` on the host so that its package lists are current"
+            )
+        })?;
+        let downloaded: Vec<PathBuf> = std::fs::read_dir(download.path())
+            .context("Failed to list the downloaded package")?
+            .map(|entry| entry.map(|entry| entry.path()))
+            .collect::<std::io::Result<_>>()
+            .context("Failed to list the downloaded package")?;
+        let [deb_file] = downloaded.as_slice() else {
+            bail!(
+                "Failed to download Debian package {package_name}: expected one .deb file, found \
+                 {downloaded:?}"
+            );
+        };
+        self.add_deb_file(deb_file)
+    }
+
+    fn added(&mut self, deb_file: PathBuf) -> Result<PathBuf> {
+        if !self.package_files.contains(&deb_file) {
+            self.package_files.push(deb_file.clone());
+        }
+        self.rebuild_index()?;
+        Ok(deb_file)
+    }
+
+    /// Writes `Packages` with `dpkg-scanpackages`, then `Release` with its
+    /// SHA-256, each atomically, the index before the file naming its hash.
+    fn rebuild_index(&self) -> Result<()> {
+        let mut scan = host_tool("dpkg-scanpackages");
+        scan.args(["--multiversion", ".", "/dev/null"])
+            .current_dir(self.directory());
+        let packages = run_command_successfully(scan, DEFAULT_COMMAND_TIMEOUT)
+            .context("Failed to index the package repository")?
+            .stdout;
+        write_file_atomically(&self.directory().join("Packages"), packages.as_bytes())?;
+        write_file_atomically(
+            &self.directory().join("Release"),
+            release_file(packages.as_bytes()).as_bytes(),
+        )
+    }
+
+    pub(crate) fn shared_directory(&self) -> Arc<ScratchDirectory> {
+        Arc::clone(&self.directory)
+    }
+}
+
+/// The `Release` file of a flat repository whose only index is `Packages`.
+fn release_file(packages: &[u8]) -> String {
+    let digest: String = Sha256::digest(packages)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!(
+        "Origin: cms-testbed\nLabel: cms testbed internal package repository\n\
+         SHA256:\n {digest} {} Packages\n",
+        packages.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_files_carry_the_fields_dpkg_needs() {
+        let spec = DebPackageSpec::new("hello-cms", "1.0")
+            .with_dependency("adduser")
+            .with_file("/usr/bin/hello-cms", "#!/bin/sh\necho hello\n", 0o755);
+        assert_eq!(
+            spec.control_file(),
+            "Package: hello-cms\nVersion: 1.0\nArchitecture: all\n\
+             Maintainer: cms testbed <testbed@cms.invalid>\nDepends: adduser\n\
+             Description: hello-cms, a package built by the cms testbed\n"
+        );
+    }
+
+    #[test]
+    fn the_release_file_lists_the_index_with_its_hash_and_size() {
+        assert_eq!(
+            release_file(b""),
+            "Origin: cms-testbed\nLabel: cms testbed internal package repository\nSHA256:\n \
+             e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 0 Packages\n"
+        );
+    }
+}
