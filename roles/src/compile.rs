@@ -18,9 +18,8 @@ use crate::repository::{
     DeclaredResource, META_KEYS, Repository, Role, SETTINGS_FILE, Spec, improve_unknown_field,
 };
 use crate::resource::{
-    ConfigFormat, Ensure, File, FileSpec, JavaApp, JavaAppSpec, RESOURCE_TYPES,
-    Repository as RepoResource, RepositorySpec, ResourceKind, is_path_type, is_refreshable_type,
-    validate_heap,
+    ConfigFormat, Ensure, File, FileSpec, JavaApp, JavaAppSpec, PackageRepository, RESOURCE_TYPES,
+    RepositorySpec, ResourceKind, is_path_type, is_refreshable_type, validate_heap,
 };
 use crate::source::{Entry, join_inside};
 use crate::template::has_placeholders;
@@ -718,7 +717,7 @@ impl Compiler<'_> {
         &mut self,
         spec: RepositorySpec,
         problems: &mut Vec<(&'static str, String)>,
-    ) -> Option<RepoResource> {
+    ) -> Option<PackageRepository> {
         check_name(&spec.name, problems);
         if !(spec.uri.starts_with("http://")
             || spec.uri.starts_with("https://")
@@ -750,7 +749,7 @@ impl Compiler<'_> {
         if spec.format == crate::resource::RepositoryFormat::Apt && spec.suite.is_none() {
             problems.push(("suite", "an apt repository needs a `suite`, e.g. \"bookworm\" or \"./\" for a flat repository".into()));
         }
-        Some(RepoResource {
+        Some(PackageRepository {
             name: spec.name,
             ensure: spec.ensure,
             format: spec.format,
@@ -758,6 +757,7 @@ impl Compiler<'_> {
             suite: spec.suite,
             components,
             key_sha256,
+            trusted: spec.trusted,
             enabled: spec.enabled,
         })
     }

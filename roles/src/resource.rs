@@ -48,7 +48,7 @@ pub enum ResourceKind {
     User(User),
     Group(Group),
     Exec(Exec),
-    Repository(Repository),
+    Repository(PackageRepository),
     JavaApp(JavaApp),
 }
 
@@ -446,14 +446,20 @@ pub struct RepositorySpec {
     pub components: Option<Vec<String>>,
     /// The signing key: a path under `files/` (ASCII-armored or binary).
     pub key: Option<String>,
+    /// Accept the repository unsigned (apt `[trusted=yes]`, yum
+    /// `gpgcheck=0`). Only for an internal repository on a network you
+    /// control; give a `key` instead wherever you can.
+    #[serde(default)]
+    pub trusted: bool,
     #[serde(default = "default_true")]
     pub enabled: bool,
 }
 
-/// A package source as a catalog carries it.
+/// A package source as a catalog carries it. (Named apart from the roles
+/// `Repository` the compiler reads.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Repository {
+pub struct PackageRepository {
     pub name: String,
     pub ensure: Ensure,
     pub format: RepositoryFormat,
@@ -461,6 +467,7 @@ pub struct Repository {
     pub suite: Option<String>,
     pub components: Vec<String>,
     pub key_sha256: Option<String>,
+    pub trusted: bool,
     pub enabled: bool,
 }
 
