@@ -1,22 +1,20 @@
-//! `cms-agent`: the agent baked into every instance image.
-//!
-//! Its commands (`apply`, `run`, `converge`, `facts`, `enroll`) arrive with
-//! the agent and server issues. Today the binary exists so that the testbed
-//! can bake it into an image exactly as a user would.
+//! `cms-agent`: parses flags, reads the environment once, runs the command.
 
-#![forbid(unsafe_code)]
+use std::process::ExitCode;
 
 use clap::Parser;
+use cms_agent::cli::{Cli, EXIT_ERROR, Terminal, run};
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "cms-agent",
-    version,
-    about = "The cms agent: pulls the catalog for this instance's tags and converges it"
-)]
-struct Cli {}
-
-fn main() {
-    let _cli = Cli::parse();
-    println!("cms-agent {}", env!("CARGO_PKG_VERSION"));
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let terminal = Terminal {
+        no_color: std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
+    };
+    match run(cli, terminal) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
 }

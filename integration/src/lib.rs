@@ -26,6 +26,7 @@
 
 mod cargo_build;
 mod filesystem;
+mod fixtures;
 mod host_command;
 mod http_file_server;
 mod image;
@@ -40,6 +41,7 @@ mod testbed;
 mod wait;
 
 pub use cargo_build::build_workspace_binary;
+pub use fixtures::{AGENT_CONFIG, AGENT_UNIT, bake_agent_image, begin_end_to_end_test};
 pub use host_command::CommandOutput;
 pub use http_file_server::{AccessLogEntry, HttpFileServer};
 pub use image::{AgentBake, AgentConfigFile, BakedImage, Image, ImageOrigin, ImageRecipe};

@@ -9,17 +9,12 @@
 
 use anyhow::{Context, Result, ensure};
 use cms_integration::{
-    AgentBake, AgentConfigFile, BakedImage, DebPackageSpec, HOST_ADDRESS, Image, ImageOrigin,
-    ImageRecipe, Instance, InstanceConfig, PACKAGE_REPO_PORT, PackageRepo, RootFilesystemStrategy,
-    SystemState, TAGS_FILE_PATH, Testbed, TestbedSettings, build_workspace_binary, find_leftovers,
+    AGENT_CONFIG, DebPackageSpec, HOST_ADDRESS, Image, ImageOrigin, ImageRecipe, Instance,
+    InstanceConfig, PACKAGE_REPO_PORT, PackageRepo, RootFilesystemStrategy, SystemState,
+    TAGS_FILE_PATH, Testbed, bake_agent_image, begin_end_to_end_test, find_leftovers,
 };
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-const AGENT_UNIT: &str = include_str!("../data/cms-agent.service");
-
-const AGENT_CONFIG: &str = "# The agent's configuration. The placeholder agent reads none yet.\n";
 
 /// A package the tests build: one script that says where it came from.
 fn hello_from_the_internal_repository() -> DebPackageSpec {
@@ -28,35 +23,6 @@ fn hello_from_the_internal_repository() -> DebPackageSpec {
         "#!/bin/sh\necho \"hello from the internal package repository\"\n",
         0o755,
     )
-}
-
-/// What every test starts with. Tests that boot instances share the bridge
-/// and check for leftovers on the whole machine, so they run one at a time;
-/// and on a machine that cannot boot instances they fail first thing, saying
-/// what is missing.
-fn begin_end_to_end_test() -> Result<(MutexGuard<'static, ()>, TestbedSettings)> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    // A test that failed while holding the lock leaves nothing to protect.
-    let alone = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    cms_integration::check_prerequisites()?;
-    Ok((alone, TestbedSettings::from_environment()))
-}
-
-/// The image every test boots: the cached bookworm image with the
-/// workspace's `cms-agent` baked in.
-fn bake_agent_image(settings: &TestbedSettings) -> Result<BakedImage> {
-    let agent_binary = build_workspace_binary("cms-agent", "cms-agent")?;
-    let image = Image::build_or_reuse(&ImageRecipe::debian_bookworm(), settings)?;
-    image.bake(&AgentBake {
-        agent_binary,
-        systemd_unit: AGENT_UNIT.to_string(),
-        config_files: vec![AgentConfigFile {
-            relative_path: "agent.toml".into(),
-            contents: AGENT_CONFIG.to_string(),
-        }],
-    })
 }
 
 #[test]

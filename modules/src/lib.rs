@@ -1,5 +1,156 @@
 //! Resource providers that run on an instance: each one checks what differs
-//! from the catalog and applies only that.
+//! between the catalog and the host, and applies only that.
 //!
-//! The providers arrive with the agent issue; this crate holds the boundary
-//! they will sit behind so the workspace layout is settled from the start.
+//! Every provider follows query → diff → apply: [`Provider::check`] returns
+//! the list of [`Change`]s (empty when the host already matches), and
+//! [`Provider::apply`] makes exactly those changes. The list is the dry-run
+//! output and the report, so a `--noop` run shows what a real run would do.
+//!
+//! All I/O goes through [`Host`] (`host/`): its filesystem root is a
+//! parameter, so tests converge into a temporary directory.
+
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use cms_roles::{Content, ResourceKind};
+use serde::{Deserialize, Serialize};
+
+pub mod backup;
+pub mod host;
+
+pub mod package;
+pub mod session;
+
+mod account;
+mod directory;
+mod exec;
+mod file;
+mod repository;
+mod service;
+mod symlink;
+
+pub use backup::{BackupEntry, BackupError, BackupStore, Restored};
+pub use host::fs::{FileAttributes, FileKind, FileStatus};
+pub use host::{CommandOutput, CommandSpec, Host, HostError};
+pub use session::Session;
+
+/// One difference between what the catalog asks for and what the host has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// What differs: `ensure`, `content`, `mode`, `owner`, `group`,
+    /// `target`, `state`, `enabled`, `version`, `run`, ….
+    pub attribute: String,
+    /// The host's value, in words (`absent`, `0644`, `stopped`).
+    pub from: String,
+    /// The catalog's value.
+    pub to: String,
+    /// A unified diff, for content changes of text files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
+impl Change {
+    pub fn new(
+        attribute: impl Into<String>,
+        from: impl Into<String>,
+        to: impl Into<String>,
+    ) -> Change {
+        Change {
+            attribute: attribute.into(),
+            from: from.into(),
+            to: to.into(),
+            diff: None,
+        }
+    }
+
+    pub fn with_diff(mut self, diff: impl Into<String>) -> Change {
+        self.diff = Some(diff.into());
+        self
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} -> {}", self.attribute, self.from, self.to)
+    }
+}
+
+/// Why a provider could not check or apply a resource.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Backup(#[from] backup::BackupError),
+    /// The catalog refers to content the agent does not have.
+    #[error("Failed to find content {0} in the catalog")]
+    MissingContent(String),
+    /// Anything else, stated for the operator.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Where providers find file contents by sha256.
+pub trait ContentStore {
+    fn get(&self, sha256: &str) -> Option<&[u8]>;
+}
+
+impl ContentStore for BTreeMap<String, Content> {
+    fn get(&self, sha256: &str) -> Option<&[u8]> {
+        BTreeMap::get(self, sha256).map(|c| c.0.as_slice())
+    }
+}
+
+/// What a provider may use besides its resource.
+pub struct Context<'a> {
+    pub host: &'a Host,
+    pub contents: &'a dyn ContentStore,
+    pub backups: &'a BackupStore,
+    /// Every path managed by a file, directory or symlink resource of the
+    /// catalog: what a purging directory keeps.
+    pub managed_paths: &'a BTreeSet<String>,
+    /// What the run has learned so far (installed packages, pending
+    /// daemon-reload).
+    pub session: &'a Session,
+}
+
+/// A resource that can be checked and applied.
+pub trait Provider {
+    /// What differs; empty when the host already matches. Never changes
+    /// the host.
+    fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError>;
+
+    /// Makes the changes `check` returned, and only those.
+    fn apply(&self, changes: &[Change], cx: &Context<'_>) -> Result<(), ProviderError>;
+
+    /// Reacts to a notification from a changed resource (a service restarts,
+    /// an exec runs). Returns what it did, or `None` for types that do not
+    /// react. Called at most once per run, after all notifiers.
+    fn refresh(&self, _cx: &Context<'_>) -> Result<Option<String>, ProviderError> {
+        Ok(None)
+    }
+
+    /// What `refresh` would do, for a `--noop` run.
+    fn refresh_description(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The provider of a catalog resource, or `None` for a type this agent
+/// cannot apply yet.
+pub fn provider(kind: &ResourceKind) -> Option<Box<dyn Provider + '_>> {
+    match kind {
+        ResourceKind::File(f) => Some(Box::new(file::FileProvider(f))),
+        ResourceKind::Directory(d) => Some(Box::new(directory::DirectoryProvider(d))),
+        ResourceKind::Symlink(s) => Some(Box::new(symlink::SymlinkProvider(s))),
+        ResourceKind::Exec(e) => Some(Box::new(exec::ExecProvider(e))),
+        ResourceKind::Package(p) => Some(Box::new(package::PackageProvider(p))),
+        ResourceKind::Service(s) => Some(Box::new(service::ServiceProvider(s))),
+        ResourceKind::Repository(r) => Some(Box::new(repository::RepositoryProvider(r))),
+        ResourceKind::User(u) => Some(Box::new(account::UserProvider(u))),
+        ResourceKind::Group(g) => Some(Box::new(account::GroupProvider(g))),
+        _ => None,
+    }
+}

@@ -1,0 +1,440 @@
+//! The command line of `cms-agent`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use cms_modules::{BackupStore, Host};
+use cms_roles::{Node, Repository, compile};
+
+use crate::converge::{ConvergeOptions, converge};
+use crate::facts::{FactSources, gather};
+use crate::lock::RunLock;
+use crate::output::{Colour, write_text};
+use crate::tags::{TagSources, discover};
+
+/// Exit code when the run could not start (bad repository, bad flags).
+pub const EXIT_ERROR: u8 = 1;
+
+/// The state directory on an instance.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/cms/agent";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cms-agent",
+    version,
+    about = "The cms agent: converges this instance to the catalog for its tags"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compile a roles repository locally and converge this machine (or a
+    /// folder, with --root) to it: masterless mode, and how to try a role
+    /// before committing it.
+    #[command(
+        after_help = "Examples:\n  cms-agent apply --repo roles-repo --noop\n  cms-agent apply --repo roles-repo --tags role=web,env=staging\n  cms-agent apply --repo roles-repo --tags role=web --root /tmp/try --format json\n\nExit status: 0 nothing changed, 2 changes made (with --noop: would be made), 4 failures, 6 changes and failures, 1 the run could not start."
+    )]
+    Apply(ApplyArgs),
+    /// Print the facts and tags this agent sees.
+    Facts(FactsArgs),
+    /// Put back a file's content from the local backup store.
+    #[command(
+        after_help = "Examples:\n  cms-agent restore /etc/nginx/nginx.conf --list\n  cms-agent restore /etc/nginx/nginx.conf\n  cms-agent restore /etc/nginx/nginx.conf --at 2026-11-25T10:00:00Z"
+    )]
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TargetArgs {
+    /// Converge the files under this folder instead of `/`; packages,
+    /// services and commands are then skipped, since they would act on the
+    /// real machine.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Where the agent keeps its lock, backups and last report [default:
+    /// /var/lib/cms/agent, or ROOT/var/lib/cms/agent with --root].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| {
+            if self.root == Path::new("/") {
+                PathBuf::from(DEFAULT_STATE_DIR)
+            } else {
+                self.root.join(DEFAULT_STATE_DIR.trim_start_matches('/'))
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DiscoveryArgs {
+    /// Use these tags instead of discovering them, e.g. `role=api,env=prod`.
+    #[arg(long, value_name = "K=V,...")]
+    pub tags: Option<String>,
+    /// `host:port` of an instance metadata service (IMDSv2); by default
+    /// EC2's, asked only on an EC2 instance.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metadata_endpoint: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// The roles repository folder (the one holding cms.toml).
+    #[arg(long, value_name = "DIR")]
+    pub repo: PathBuf,
+    /// Show what would change, change nothing.
+    #[arg(long)]
+    pub noop: bool,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// The node id to compile for [default: the instance id].
+    #[arg(long, value_name = "ID")]
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FactsArgs {
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Read facts from the files under this folder instead of `/`.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The file to restore, as the catalog names it (absolute).
+    pub path: String,
+    /// Put back the content the file had at this time: Unix seconds or
+    /// `YYYY-MM-DDTHH:MM:SSZ` [default: undo the last change].
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// List the backups of the file instead.
+    #[arg(long)]
+    pub list: bool,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// What the environment says about output; read once in `main`.
+#[derive(Debug, Clone, Copy)]
+pub struct Terminal {
+    /// `NO_COLOR` is set (https://no-color.org).
+    pub no_color: bool,
+}
+
+pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Apply(args) => apply(&args, terminal),
+        Command::Facts(args) => facts(&args),
+        Command::Restore(args) => restore(&args),
+    }
+}
+
+/// Tags, facts, and where the tags came from.
+type NodeInputs = (
+    std::collections::BTreeMap<String, String>,
+    std::collections::BTreeMap<String, serde_json::Value>,
+    String,
+);
+
+/// Tags and facts, as the agent sees them.
+fn node_inputs(root: &Path, discovery: &DiscoveryArgs) -> anyhow::Result<NodeInputs> {
+    let (tags, instance_id, source) = match &discovery.tags {
+        Some(text) => (parse_tags(text)?, None, "--tags".to_string()),
+        None => {
+            let found = discover(&TagSources {
+                root,
+                metadata_endpoint: discovery.metadata_endpoint.clone(),
+                metadata_timeout: Duration::from_millis(500),
+            })?;
+            if let Some(warning) = &found.warning {
+                eprintln!(
+                    "warning: {warning}\nwarning: using {} instead",
+                    found.source
+                );
+            }
+            (found.tags, found.instance_id, found.source)
+        }
+    };
+    let facts = gather(&FactSources { root, instance_id });
+    Ok((tags, facts, source))
+}
+
+fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
+    let state_dir = args.target.state_dir();
+    let _lock = RunLock::acquire(&state_dir, |holder| {
+        eprintln!(
+            "waiting: another cms-agent run (pid {holder}) holds {}/run.lock",
+            state_dir.display()
+        );
+    })?;
+    // Facts describe the machine the agent runs on, also when it
+    // converges a folder with --root.
+    let (tags, facts, _) = node_inputs(Path::new("/"), &args.discovery)?;
+    let repository = match Repository::read_dir(&args.repo) {
+        Ok(repository) => repository,
+        Err(diagnostics) => {
+            for diagnostic in diagnostics.iter() {
+                eprintln!("error: {diagnostic}");
+            }
+            bail!(
+                "Failed to read the roles repository {}: {}",
+                args.repo.display(),
+                problems(diagnostics.len())
+            );
+        }
+    };
+    let node = Node {
+        id: args
+            .node
+            .clone()
+            .or_else(|| {
+                facts
+                    .get("instance_id")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            })
+            .or_else(|| {
+                facts
+                    .get("hostname")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "localhost".to_string()),
+        tags,
+        facts,
+    };
+    let catalog = match compile(&repository, &node) {
+        Ok(catalog) => catalog,
+        Err(diagnostics) => {
+            for diagnostic in diagnostics.iter() {
+                eprintln!("error: {diagnostic}");
+            }
+            bail!(
+                "Failed to compile the catalog of node {}: {}",
+                node.id,
+                problems(diagnostics.len())
+            );
+        }
+    };
+    let host = Host::new(&args.target.root);
+    let backups = BackupStore::open(state_dir.join("backups"))
+        .with_context(|| format!("Failed to open the backup store in {}", state_dir.display()))?;
+    let report = converge(
+        &catalog,
+        &host,
+        &backups,
+        &ConvergeOptions {
+            noop: args.noop,
+            run_id: format!("{}-{}", node.id, std::process::id()),
+        },
+    );
+    crate::state::save_report(&state_dir, &report)?;
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, &report)?;
+            use std::io::Write;
+            writeln!(out)?;
+        }
+        Format::Text => {
+            let colour = if std::io::stdout().is_terminal() && !terminal.no_color {
+                Colour::Always
+            } else {
+                Colour::Never
+            };
+            write_text(&mut out, &report, colour)?;
+        }
+    }
+    Ok(ExitCode::from(report.exit_code()))
+}
+
+fn facts(args: &FactsArgs) -> anyhow::Result<ExitCode> {
+    let (tags, facts, source) = node_inputs(&args.root, &args.discovery)?;
+    match args.format {
+        Format::Json => {
+            let json = serde_json::json!({ "tags": tags, "tags_source": source, "facts": facts });
+            println!("{json:#}");
+        }
+        Format::Text => {
+            println!("tags (from {source}):");
+            for (name, value) in &tags {
+                println!("  {name} = {value}");
+            }
+            println!("facts:");
+            for (name, value) in &facts {
+                println!("  {name} = {value}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    let state_dir = args.target.state_dir();
+    let backups = BackupStore::open(state_dir.join("backups"))
+        .with_context(|| format!("Failed to open the backup store in {}", state_dir.display()))?;
+    if args.list {
+        let entries = backups.entries(&args.path)?;
+        if entries.is_empty() {
+            eprintln!("no backups of {}", args.path);
+        }
+        for entry in entries {
+            println!(
+                "{}  {}  {} bytes  sha256:{}",
+                format_time(entry.time),
+                entry.path,
+                entry.size,
+                entry.sha256
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let at = args.at.as_deref().map(parse_time).transpose()?;
+    let _lock = RunLock::acquire(&state_dir, |holder| {
+        eprintln!(
+            "waiting: another cms-agent run (pid {holder}) holds {}/run.lock",
+            state_dir.display()
+        );
+    })?;
+    let host = Host::new(&args.target.root);
+    let restored = backups.restore(&host, &args.path, at)?;
+    let entry = restored.restored;
+    println!(
+        "restored {} to its content of {} (sha256:{})",
+        args.path,
+        format_time(entry.time),
+        entry.sha256
+    );
+    if let Some(replaced) = restored.replaced {
+        println!(
+            "the content it replaced is kept in the backup store as sha256:{}",
+            replaced.sha256
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn problems(count: usize) -> String {
+    format!("{count} problem{}", if count == 1 { "" } else { "s" })
+}
+
+/// `role=api,env=prod` → tags.
+pub fn parse_tags(text: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut tags = std::collections::BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, value)) = pair.split_once('=') else {
+            bail!(
+                "Failed to parse tags: `{pair}` is not name=value\nhint: write --tags role=api,env=prod"
+            );
+        };
+        if name.trim().is_empty() {
+            bail!("Failed to parse tags: `{pair}` has an empty name");
+        }
+        tags.insert(name.trim().to_string(), value.trim().to_string());
+    }
+    Ok(tags)
+}
+
+/// Unix seconds, or `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+pub fn parse_time(text: &str) -> anyhow::Result<u64> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(seconds);
+    }
+    let parse = || -> Option<u64> {
+        let text = text.strip_suffix('Z').unwrap_or(text);
+        let (date, time) = text.split_once(['T', ' ']).unwrap_or((text, "00:00:00"));
+        let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+        let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+        let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
+        let (hour, minute) = (t.next()??, t.next()??);
+        let second = t.next().flatten().unwrap_or(0);
+        if !(1..=12).contains(&month)
+            || !(1..=31).contains(&day)
+            || hour > 23
+            || minute > 59
+            || second > 60
+        {
+            return None;
+        }
+        let days = days_from_civil(year, month, day);
+        u64::try_from(days * 86400 + hour * 3600 + minute * 60 + second).ok()
+    };
+    parse().with_context(|| {
+        format!("Failed to parse time `{text}`: expected Unix seconds or YYYY-MM-DDTHH:MM:SSZ")
+    })
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146097 + day_of_era - 719468
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn format_time(unix: u64) -> String {
+    let days = (unix / 86400) as i64;
+    let rest = unix % 86400;
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let day_of_era = z - era * 146097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_as_unix_seconds_or_utc_dates_and_print_back() {
+        assert_eq!(parse_time("1764100800").expect("seconds"), 1764100800);
+        assert_eq!(
+            parse_time("2025-11-25T20:00:00Z").expect("date"),
+            1764100800
+        );
+        assert_eq!(format_time(1764100800), "2025-11-25T20:00:00Z");
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
+        assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("2025-13-01T00:00:00Z").is_err());
+    }
+}

@@ -1,0 +1,325 @@
+//! The converge engine: apply a catalog to a host, resource by resource, in
+//! catalog order.
+//!
+//! For each resource: skip it if something it requires (or something that
+//! notifies it) failed; otherwise check, and apply what differs. A resource
+//! that changed queues a refresh of the resources it notifies; since the
+//! compiler orders every notifier before its target, a target is refreshed
+//! once, when the engine reaches it, after all its notifiers ran. A failure
+//! never stops the run: independent resources still converge, and the
+//! report says what failed and what was skipped because of it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use cms_modules::package::{PackageProvider, apply_batch};
+use cms_modules::{BackupStore, Change, Context, Host, Provider, Session, provider};
+use cms_roles::{Catalog, Package, ResourceKind, is_path_type};
+
+use crate::report::{ResourceResult, RunReport, Status};
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct ConvergeOptions {
+    /// Check and report, change nothing.
+    pub noop: bool,
+    /// A name for the run in its report.
+    pub run_id: String,
+}
+
+/// Converges `catalog` onto `host` and reports every resource.
+pub fn converge(
+    catalog: &Catalog,
+    host: &Host,
+    backups: &BackupStore,
+    options: &ConvergeOptions,
+) -> RunReport {
+    let started = Instant::now();
+    let started_at_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let managed_paths: BTreeSet<String> = catalog
+        .resources
+        .iter()
+        .filter(|r| is_path_type(r.kind.type_name()))
+        .map(|r| r.kind.name().to_string())
+        .collect();
+    let package_names = catalog
+        .resources
+        .iter()
+        .filter_map(|r| match &r.kind {
+            ResourceKind::Package(p) => Some(p.name.clone()),
+            _ => None,
+        })
+        .collect();
+    let session = Session::new(package_names);
+    let context = Context {
+        host,
+        contents: &catalog.contents,
+        backups,
+        managed_paths: &managed_paths,
+        session: &session,
+    };
+    // Results of packages installed together with an earlier one.
+    let mut batched: HashMap<&str, Result<Vec<Change>, String>> = HashMap::new();
+    // Who notifies whom, looked up when the engine reaches the target.
+    let mut notifiers: HashMap<&str, Vec<&str>> = HashMap::new();
+    for resource in &catalog.resources {
+        for target in &resource.notify {
+            notifiers
+                .entry(target.as_str())
+                .or_default()
+                .push(resource.reference.as_str());
+        }
+    }
+    let confined = host.root() != std::path::Path::new("/");
+    let mut outcomes: BTreeMap<&str, Outcome> = BTreeMap::new();
+    let mut results = Vec::with_capacity(catalog.resources.len());
+    for resource in &catalog.resources {
+        let resource_started = Instant::now();
+        let reference = resource.reference.as_str();
+        let incoming: &[&str] = notifiers.get(reference).map(Vec::as_slice).unwrap_or(&[]);
+        let blocker = resource
+            .require
+            .iter()
+            .map(String::as_str)
+            .chain(incoming.iter().copied())
+            .find(|dependency| {
+                outcomes
+                    .get(dependency)
+                    .is_some_and(|o| o.blocks_dependents)
+            });
+        let mut result = ResourceResult {
+            reference: reference.to_string(),
+            status: Status::Unchanged,
+            changes: Vec::new(),
+            refresh: None,
+            error: None,
+            reason: None,
+            duration_ms: 0.0,
+        };
+        let mut blocks_dependents = false;
+        if let Some(blocker) = blocker {
+            result.status = Status::Skipped;
+            result.reason = Some(format!("{blocker} failed or was skipped"));
+            blocks_dependents = true;
+        } else if confined && !is_path_type(resource.kind.type_name()) {
+            // Under --root only files are confined; packages, services and
+            // commands would act on the real machine.
+            result.status = Status::Skipped;
+            result.reason = Some(format!(
+                "not applied under --root {}: only file, directory and symlink resources stay inside a root",
+                host.root().display()
+            ));
+        } else {
+            match provider(&resource.kind) {
+                None => {
+                    result.status = Status::Failed;
+                    result.error = Some(format!(
+                        "Failed to apply {reference}: this agent cannot apply {} resources yet",
+                        resource.kind.type_name()
+                    ));
+                }
+                Some(provider) => {
+                    if let ResourceKind::Package(_) = &resource.kind
+                        && !batched.contains_key(reference)
+                    {
+                        let index = results.len();
+                        batch_packages(
+                            catalog,
+                            index,
+                            &outcomes,
+                            &context,
+                            options.noop,
+                            &mut batched,
+                        );
+                    }
+                    let notified = incoming
+                        .iter()
+                        .any(|n| outcomes.get(n).is_some_and(|o| o.changed));
+                    match batched.remove(reference) {
+                        Some(Ok(changes)) => {
+                            if !changes.is_empty() {
+                                result.status = Status::Changed;
+                                result.changes = changes;
+                            }
+                        }
+                        Some(Err(error)) => {
+                            result.status = Status::Failed;
+                            result.error = Some(error);
+                        }
+                        None => run_resource(
+                            &*provider,
+                            &context,
+                            options.noop,
+                            notified,
+                            &resource.kind,
+                            &mut result,
+                        ),
+                    }
+                    if result.status == Status::Changed
+                        && !options.noop
+                        && is_path_type(resource.kind.type_name())
+                    {
+                        // A unit file, or a link masking one, changed.
+                        session.file_changed(resource.kind.name());
+                    }
+                }
+            }
+            blocks_dependents = result.status == Status::Failed;
+        }
+        result.duration_ms = resource_started.elapsed().as_secs_f64() * 1000.0;
+        outcomes.insert(
+            reference,
+            Outcome {
+                changed: result.status == Status::Changed,
+                blocks_dependents,
+            },
+        );
+        results.push(result);
+    }
+    RunReport {
+        run_id: options.run_id.clone(),
+        catalog_id: catalog.catalog_id.clone(),
+        roles: catalog.roles.clone(),
+        noop: options.noop,
+        started_at_unix_ms,
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        summary: RunReport::summarize(&results),
+        resources: results,
+    }
+}
+
+/// Checks the run of consecutive package resources that starts at `start`
+/// and applies all their changes in one transaction, so that a role's ten
+/// packages cost one `apt-get install`, not ten. Packages whose
+/// dependencies failed are left for the main loop to skip.
+fn batch_packages<'c>(
+    catalog: &'c Catalog,
+    start: usize,
+    outcomes: &BTreeMap<&str, Outcome>,
+    context: &Context<'_>,
+    noop: bool,
+    batched: &mut HashMap<&'c str, Result<Vec<Change>, String>>,
+) {
+    let mut members: Vec<(&'c str, &'c Package)> = Vec::new();
+    for resource in &catalog.resources[start..] {
+        let ResourceKind::Package(package) = &resource.kind else {
+            break;
+        };
+        let blocked = resource.require.iter().any(|r| {
+            outcomes
+                .get(r.as_str())
+                .is_some_and(|o| o.blocks_dependents)
+        });
+        if blocked {
+            break;
+        }
+        members.push((resource.reference.as_str(), package));
+    }
+    let mut checked: Vec<(&str, &Package, Vec<Change>)> = Vec::new();
+    for (reference, package) in members {
+        match PackageProvider(package).check(context) {
+            Ok(changes) => checked.push((reference, package, changes)),
+            Err(error) => {
+                batched.insert(reference, Err(error_chain(&error)));
+            }
+        }
+    }
+    let outcome = if noop {
+        Ok(())
+    } else {
+        let work: Vec<(&Package, &[Change])> = checked
+            .iter()
+            .filter(|(_, _, c)| !c.is_empty())
+            .map(|(_, p, c)| (*p, c.as_slice()))
+            .collect();
+        if work.is_empty() {
+            Ok(())
+        } else {
+            apply_batch(&work, context).map_err(|e| error_chain(&e))
+        }
+    };
+    for (reference, _, changes) in checked {
+        let result = match &outcome {
+            Err(error) if !changes.is_empty() => Err(error.clone()),
+            _ => Ok(changes),
+        };
+        batched.insert(reference, result);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    changed: bool,
+    blocks_dependents: bool,
+}
+
+fn run_resource(
+    provider: &dyn Provider,
+    context: &Context<'_>,
+    noop: bool,
+    notified: bool,
+    kind: &ResourceKind,
+    result: &mut ResourceResult,
+) {
+    let changes = match provider.check(context) {
+        Ok(changes) => changes,
+        Err(error) => {
+            result.status = Status::Failed;
+            result.error = Some(error_chain(&error));
+            return;
+        }
+    };
+    if !changes.is_empty() {
+        if !noop && let Err(error) = provider.apply(&changes, context) {
+            result.status = Status::Failed;
+            result.error = Some(error_chain(&error));
+            result.changes = changes;
+            return;
+        }
+        result.status = Status::Changed;
+        result.changes = changes;
+    }
+    if notified && !just_started(&result.changes, kind) {
+        if noop {
+            if let Some(description) = provider.refresh_description() {
+                result.refresh = Some(description);
+                result.status = Status::Changed;
+            }
+        } else {
+            match provider.refresh(context) {
+                Ok(Some(done)) => {
+                    result.refresh = Some(done);
+                    result.status = Status::Changed;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    result.status = Status::Failed;
+                    result.error = Some(error_chain(&error));
+                }
+            }
+        }
+    }
+}
+
+/// A service this run started needs no restart for the changes that
+/// notified it: it started with them.
+fn just_started(changes: &[Change], kind: &ResourceKind) -> bool {
+    matches!(kind, ResourceKind::Service(_) | ResourceKind::JavaApp(_))
+        && changes
+            .iter()
+            .any(|c| c.attribute == "state" && c.to == "running")
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

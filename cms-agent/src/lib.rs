@@ -1,0 +1,15 @@
+//! The cms agent: discovers the instance's tags and facts, gets its catalog
+//! (compiled locally from a roles repository in `apply`; pulled from the
+//! server in later modes), and converges it with the providers of
+//! `cms-modules`.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod converge;
+pub mod facts;
+pub mod lock;
+pub mod output;
+pub mod report;
+pub mod state;
+pub mod tags;

@@ -1,0 +1,251 @@
+//! Tags: how an instance says what it is (`role=api`, `env=prod`).
+//!
+//! On EC2 they come from the instance metadata service (IMDSv2: a session
+//! token from `PUT /latest/api/token`, then `/latest/meta-data/tags/instance`
+//! and one request per key). Off EC2, or when the instance's tags are not
+//! exposed in its metadata, they come from `/etc/cms/tags.toml`. The
+//! metadata service is asked only when it is configured or when the machine
+//! says it is an EC2 instance (its DMI vendor), so an agent elsewhere never
+//! sends a packet to the link-local metadata address and never waits for it.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// The EC2 instance metadata service.
+pub const EC2_METADATA_ENDPOINT: &str = "169.254.169.254:80";
+/// Where tags live off EC2, relative to the root.
+pub const TAGS_FILE: &str = "etc/cms/tags.toml";
+
+/// Where the agent looks for its tags.
+#[derive(Debug, Clone)]
+pub struct TagSources<'a> {
+    pub root: &'a Path,
+    /// `host:port` of an instance metadata service; `None` means "EC2's,
+    /// if this machine is an EC2 instance".
+    pub metadata_endpoint: Option<String>,
+    /// How long one metadata request may take; boot must not wait on it.
+    pub metadata_timeout: Duration,
+}
+
+/// Tags and the instance id, with where they came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discovered {
+    pub tags: BTreeMap<String, String>,
+    pub instance_id: Option<String>,
+    /// `metadata service` or the tags file path.
+    pub source: String,
+    /// Why the metadata service was not used, when it was tried.
+    pub warning: Option<String>,
+}
+
+/// Finds the instance's tags: metadata service first when there is one,
+/// else the tags file, else none.
+pub fn discover(sources: &TagSources<'_>) -> anyhow::Result<Discovered> {
+    let endpoint = sources
+        .metadata_endpoint
+        .clone()
+        .or_else(|| looks_like_ec2(sources.root).then(|| EC2_METADATA_ENDPOINT.to_string()));
+    let mut warning = None;
+    if let Some(endpoint) = endpoint {
+        let client = MetadataClient {
+            endpoint,
+            timeout: sources.metadata_timeout,
+        };
+        match client.instance_tags() {
+            Ok((tags, instance_id)) => {
+                return Ok(Discovered {
+                    tags,
+                    instance_id,
+                    source: "metadata service".into(),
+                    warning: None,
+                });
+            }
+            Err(error) => warning = Some(format!("{error:#}")),
+        }
+    }
+    let path = sources.root.join(TAGS_FILE);
+    let tags = match std::fs::read_to_string(&path) {
+        Ok(text) => parse_tags_file(&text)
+            .with_context(|| format!("Failed to read tags from {}", path.display()))?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(error) => {
+            return Err(error)
+                .with_context(|| format!("Failed to read tags from {}", path.display()));
+        }
+    };
+    Ok(Discovered {
+        tags,
+        instance_id: None,
+        source: path.display().to_string(),
+        warning,
+    })
+}
+
+/// `role = "api"` lines; every value must be a string.
+pub fn parse_tags_file(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let table: toml::Table = toml::from_str(text)?;
+    let mut tags = BTreeMap::new();
+    for (name, value) in table {
+        match value {
+            toml::Value::String(value) => {
+                tags.insert(name, value);
+            }
+            other => bail!(
+                "tag `{name}` must be a string, not {}: write {name} = \"{}\"",
+                other.type_str(),
+                other.to_string().trim_matches('"')
+            ),
+        }
+    }
+    Ok(tags)
+}
+
+/// EC2 instances say so in their DMI vendor strings (Nitro) or in the Xen
+/// hypervisor uuid (older types), as cloud-init's detection reads them.
+fn looks_like_ec2(root: &Path) -> bool {
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_default();
+    read("sys/class/dmi/id/sys_vendor").contains("Amazon")
+        || read("sys/class/dmi/id/board_vendor").contains("Amazon")
+        || read("sys/hypervisor/uuid")
+            .to_ascii_lowercase()
+            .starts_with("ec2")
+}
+
+/// A small IMDSv2 client: plain HTTP/1.1 on a link-local address, so a
+/// socket and a few lines of parsing are all it takes.
+struct MetadataClient {
+    endpoint: String,
+    timeout: Duration,
+}
+
+struct HttpResponse {
+    status: u16,
+    body: String,
+}
+
+impl MetadataClient {
+    fn instance_tags(&self) -> anyhow::Result<(BTreeMap<String, String>, Option<String>)> {
+        let token = self.token()?;
+        let keys = self.get(&token, "/latest/meta-data/tags/instance")?;
+        let keys = match keys.status {
+            200 => keys.body,
+            404 => bail!(
+                "the instance metadata service has no tags for this instance\nhint: allow tags in instance metadata (aws ec2 modify-instance-metadata-options --instance-metadata-tags enabled), or write /etc/cms/tags.toml"
+            ),
+            status => bail!("the instance metadata service answered {status} for the tag list"),
+        };
+        let mut tags = BTreeMap::new();
+        for key in keys.lines().map(str::trim).filter(|k| !k.is_empty()) {
+            let value = self.get(&token, &format!("/latest/meta-data/tags/instance/{key}"))?;
+            if value.status != 200 {
+                bail!(
+                    "the instance metadata service answered {} for tag `{key}`",
+                    value.status
+                );
+            }
+            tags.insert(key.to_string(), value.body);
+        }
+        let id = self.get(&token, "/latest/meta-data/instance-id")?;
+        let instance_id =
+            (id.status == 200 && !id.body.trim().is_empty()).then(|| id.body.trim().to_string());
+        Ok((tags, instance_id))
+    }
+
+    fn token(&self) -> anyhow::Result<String> {
+        let response = self.request(
+            "PUT",
+            "/latest/api/token",
+            &[("X-aws-ec2-metadata-token-ttl-seconds", "300")],
+        )?;
+        if response.status != 200 || response.body.trim().is_empty() {
+            bail!(
+                "the instance metadata service refused a session token (status {})",
+                response.status
+            );
+        }
+        Ok(response.body.trim().to_string())
+    }
+
+    fn get(&self, token: &str, path: &str) -> anyhow::Result<HttpResponse> {
+        self.request("GET", path, &[("X-aws-ec2-metadata-token", token)])
+    }
+
+    /// One request, retried once: the service can be slow to answer right
+    /// after boot, and one retry costs at most one more timeout.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<HttpResponse> {
+        match self.request_once(method, path, headers) {
+            Ok(response) => Ok(response),
+            Err(_) => self.request_once(method, path, headers).with_context(|| {
+                format!(
+                    "Failed to reach the instance metadata service at {} ({method} {path})",
+                    self.endpoint
+                )
+            }),
+        }
+    }
+
+    fn request_once(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<HttpResponse> {
+        let address: SocketAddr = self
+            .endpoint
+            .to_socket_addrs()?
+            .next()
+            .context("the metadata endpoint resolves to no address")?;
+        let mut stream = TcpStream::connect_timeout(&address, self.timeout)?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n",
+            self.endpoint
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes())?;
+        let mut raw = Vec::new();
+        stream.take(1 << 20).read_to_end(&mut raw)?;
+        parse_response(&raw)
+    }
+}
+
+fn parse_response(raw: &[u8]) -> anyhow::Result<HttpResponse> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    let status_line = head.lines().next().unwrap_or_default();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("malformed HTTP status line `{status_line}`"))?;
+    let length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    let body = match length {
+        Some(length) => body.get(..length).unwrap_or(body),
+        None => body,
+    };
+    Ok(HttpResponse {
+        status,
+        body: body.to_string(),
+    })
+}

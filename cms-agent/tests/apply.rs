@@ -1,0 +1,228 @@
+//! `cms-agent apply` as a user runs it: the real binary, a roles repository
+//! and a target root in fresh temporary folders.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    repo: PathBuf,
+    root: PathBuf,
+}
+
+const ROLE: &str = r#"
+[[directory]]
+path = "/etc/app"
+mode = "0755"
+
+[[file]]
+path = "/etc/app/app.conf"
+template = "app.conf.hbs"
+mode = "0640"
+require = ["directory:/etc/app"]
+
+[[file]]
+path = "/etc/app/static.txt"
+content = "static\n"
+
+[[symlink]]
+path = "/etc/app/current.conf"
+target = "app.conf"
+
+[[package]]
+name = "not-applied-under-a-root"
+"#;
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        let root = dir.path().join("root");
+        for (path, text) in [
+            ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
+            ("data/common.toml", "port = 8080\n"),
+            (
+                "templates/app.conf.hbs",
+                "role={{tag.role}}\nport={{data.port}}\n",
+            ),
+            ("roles/app.toml", ROLE),
+        ] {
+            let path = repo.join(path);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, text).expect("write");
+        }
+        std::fs::create_dir_all(root.join("etc")).expect("mkdir");
+        Fixture {
+            _dir: dir,
+            repo,
+            root,
+        }
+    }
+
+    fn agent(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cms-agent"))
+            .args(args)
+            .arg("--root")
+            .arg(&self.root)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("cms-agent runs")
+    }
+
+    fn apply(&self, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "apply",
+            "--repo",
+            self.repo.to_str().expect("utf-8"),
+            "--tags",
+            "role=api",
+        ];
+        args.extend_from_slice(extra);
+        self.agent(&args)
+    }
+
+    fn file(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn apply_converges_then_changes_nothing_then_repairs_drift() {
+    let fixture = Fixture::new();
+    let first = fixture.apply(&[]);
+    assert_eq!(
+        first.status.code(),
+        Some(2),
+        "{}{}",
+        stdout(&first),
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(
+        read(&fixture.file("/etc/app/app.conf")),
+        "role=api\nport=8080\n"
+    );
+    assert_eq!(
+        std::fs::read_link(fixture.file("/etc/app/current.conf")).expect("link"),
+        Path::new("app.conf")
+    );
+    assert!(
+        stdout(&first).contains("skipped package:not-applied-under-a-root"),
+        "{}",
+        stdout(&first)
+    );
+
+    let second = fixture.apply(&[]);
+    assert_eq!(second.status.code(), Some(0), "{}", stdout(&second));
+    assert!(stdout(&second).contains("0 changed"), "{}", stdout(&second));
+
+    std::fs::write(fixture.file("/etc/app/app.conf"), "edited by hand\n").expect("edit");
+    std::fs::remove_file(fixture.file("/etc/app/static.txt")).expect("delete");
+    let repair = fixture.apply(&[]);
+    assert_eq!(repair.status.code(), Some(2));
+    let text = stdout(&repair);
+    assert!(text.contains("changed file:/etc/app/app.conf"), "{text}");
+    assert!(
+        text.contains("-edited by hand") && text.contains("+role=api"),
+        "{text}"
+    );
+    assert_eq!(
+        read(&fixture.file("/etc/app/app.conf")),
+        "role=api\nport=8080\n"
+    );
+    assert_eq!(read(&fixture.file("/etc/app/static.txt")), "static\n");
+}
+
+#[test]
+fn noop_shows_the_diff_and_changes_nothing() {
+    let fixture = Fixture::new();
+    assert_eq!(fixture.apply(&[]).status.code(), Some(2));
+    std::fs::write(fixture.file("/etc/app/app.conf"), "edited by hand\n").expect("edit");
+    let noop = fixture.apply(&["--noop"]);
+    assert_eq!(noop.status.code(), Some(2));
+    let text = stdout(&noop);
+    assert!(
+        text.contains("would change file:/etc/app/app.conf"),
+        "{text}"
+    );
+    assert!(
+        text.contains("--- /etc/app/app.conf") && text.contains("+port=8080"),
+        "{text}"
+    );
+    assert!(text.contains("(nothing was changed)"), "{text}");
+    assert_eq!(read(&fixture.file("/etc/app/app.conf")), "edited by hand\n");
+}
+
+#[test]
+fn json_output_is_the_run_report() {
+    let fixture = Fixture::new();
+    let output = fixture.apply(&["--format", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["summary"]["changed"], 4);
+    assert_eq!(report["summary"]["skipped"], 1);
+    assert_eq!(report["resources"][0]["reference"], "directory:/etc/app");
+    assert_eq!(report["resources"][0]["status"], "changed");
+}
+
+#[test]
+fn restore_puts_back_what_a_run_replaced() {
+    let fixture = Fixture::new();
+    assert_eq!(fixture.apply(&[]).status.code(), Some(2));
+    std::fs::write(fixture.file("/etc/app/app.conf"), "hand-tuned\n").expect("edit");
+    assert_eq!(fixture.apply(&[]).status.code(), Some(2));
+    assert_eq!(
+        read(&fixture.file("/etc/app/app.conf")),
+        "role=api\nport=8080\n"
+    );
+
+    let listed = fixture.agent(&["restore", "/etc/app/app.conf", "--list"]);
+    assert!(
+        stdout(&listed).contains("/etc/app/app.conf"),
+        "{}",
+        stdout(&listed)
+    );
+    let restored = fixture.agent(&["restore", "/etc/app/app.conf"]);
+    assert_eq!(
+        restored.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_eq!(read(&fixture.file("/etc/app/app.conf")), "hand-tuned\n");
+}
+
+#[test]
+fn a_broken_repository_stops_the_run_before_anything_changes() {
+    let fixture = Fixture::new();
+    std::fs::write(
+        fixture.repo.join("roles/app.toml"),
+        format!("{ROLE}\n[[file]]\npath = \"/x\"\ncontnet = \"typo\"\n"),
+    )
+    .expect("write");
+    let output = fixture.apply(&[]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("roles/app.toml:25:1: unknown field `contnet`"),
+        "{stderr}"
+    );
+    assert!(!fixture.file("/etc/app").exists());
+}
+
+#[test]
+fn a_missing_parent_directory_fails_that_file_only_and_says_which() {
+    let fixture = Fixture::new();
+    std::fs::remove_dir(fixture.root.join("etc")).expect("rmdir");
+    let output = fixture.apply(&[]);
+    assert_eq!(output.status.code(), Some(4));
+    let text = stdout(&output);
+    assert!(text.contains("failed directory:/etc/app"), "{text}");
+    assert!(text.contains("skipped file:/etc/app/app.conf"), "{text}");
+}

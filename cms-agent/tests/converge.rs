@@ -1,0 +1,199 @@
+//! The converge engine on real commands and files: ordering, failures and
+//! what they skip, notifications, noop, and exit codes. Each test compiles a
+//! small role and converges it on this machine, with every command writing
+//! only inside the test's own temporary directory.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use cms_agent::converge::{ConvergeOptions, converge};
+use cms_agent::report::{RunReport, Status};
+use cms_modules::{BackupStore, Host};
+use cms_roles::{Node, RepoFiles, Repository, compile};
+
+/// Compiles `role` (the text of one role file) with `{dir}` replaced by
+/// the test's directory, and converges it on `host`.
+fn run(dir: &Path, host: &Host, role: &str, noop: bool) -> RunReport {
+    let mut files = RepoFiles::new();
+    files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+    files.insert(
+        "roles/test.toml",
+        role.replace("{dir}", &dir.display().to_string()),
+    );
+    let repository = Repository::parse(files).unwrap_or_else(|d| panic!("{d}"));
+    let node = Node {
+        id: "test".into(),
+        tags: BTreeMap::new(),
+        facts: BTreeMap::new(),
+    };
+    let catalog = compile(&repository, &node).unwrap_or_else(|d| panic!("{d}"));
+    let backups = BackupStore::open(dir.join("backups")).expect("backup store");
+    converge(
+        &catalog,
+        host,
+        &backups,
+        &ConvergeOptions {
+            noop,
+            run_id: "test".into(),
+        },
+    )
+}
+
+fn status<'r>(report: &'r RunReport, reference: &str) -> &'r Status {
+    &report
+        .resources
+        .iter()
+        .find(|r| r.reference == reference)
+        .unwrap_or_else(|| panic!("no {reference} in report"))
+        .status
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+const FAILURE_ROLE: &str = r#"
+[[exec]]
+name = "broken"
+command = "echo 'disk on fire' >&2; exit 3"
+
+[[exec]]
+name = "needs-broken"
+command = "touch {dir}/needs-broken"
+require = ["exec:broken"]
+
+[[exec]]
+name = "needs-needs-broken"
+command = "touch {dir}/needs-needs-broken"
+require = ["exec:needs-broken"]
+
+[[exec]]
+name = "independent"
+command = "touch {dir}/independent"
+creates = "{dir}/independent"
+"#;
+
+#[test]
+fn a_failed_resource_skips_its_dependents_and_the_rest_still_converges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = run(dir.path(), &Host::system(), FAILURE_ROLE, false);
+    assert_eq!(status(&report, "exec:broken"), &Status::Failed);
+    let broken = report
+        .resources
+        .iter()
+        .find(|r| r.reference == "exec:broken")
+        .expect("broken");
+    let error = broken.error.as_deref().expect("error");
+    assert!(
+        error.contains("exited with status 3") && error.contains("disk on fire"),
+        "{error}"
+    );
+    assert_eq!(status(&report, "exec:needs-broken"), &Status::Skipped);
+    assert_eq!(status(&report, "exec:needs-needs-broken"), &Status::Skipped);
+    assert_eq!(status(&report, "exec:independent"), &Status::Changed);
+    assert!(dir.path().join("independent").exists());
+    assert!(!dir.path().join("needs-broken").exists());
+    assert_eq!(report.exit_code(), 6);
+}
+
+#[test]
+fn exit_codes_say_unchanged_changed_or_failed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let role =
+        "[[exec]]\nname = \"once\"\ncommand = \"touch {dir}/once\"\ncreates = \"{dir}/once\"\n";
+    assert_eq!(run(dir.path(), &Host::system(), role, false).exit_code(), 2);
+    assert_eq!(run(dir.path(), &Host::system(), role, false).exit_code(), 0);
+    let failing = "[[exec]]\nname = \"fails\"\ncommand = \"exit 1\"\n";
+    assert_eq!(
+        run(dir.path(), &Host::system(), failing, false).exit_code(),
+        4
+    );
+}
+
+const NOTIFY_ROLE: &str = r#"
+[[exec]]
+name = "first-change"
+command = "touch {dir}/a"
+creates = "{dir}/a"
+notify = ["exec:reload"]
+
+[[exec]]
+name = "second-change"
+command = "touch {dir}/b"
+creates = "{dir}/b"
+notify = ["exec:reload"]
+
+[[exec]]
+name = "unchanged"
+command = "true"
+creates = "/"
+notify = ["exec:reload"]
+
+[[exec]]
+name = "reload"
+command = "echo reloaded >> {dir}/reloads"
+refreshonly = true
+"#;
+
+#[test]
+fn a_notified_resource_refreshes_once_after_all_its_notifiers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = run(dir.path(), &Host::system(), NOTIFY_ROLE, false);
+    assert_eq!(read(&dir.path().join("reloads")), "reloaded\n");
+    let order: Vec<&str> = report
+        .resources
+        .iter()
+        .map(|r| r.reference.as_str())
+        .collect();
+    assert_eq!(order.last(), Some(&"exec:reload"));
+    assert_eq!(status(&report, "exec:reload"), &Status::Changed);
+
+    // Nothing changed the second time: no refresh.
+    let again = run(dir.path(), &Host::system(), NOTIFY_ROLE, false);
+    assert_eq!(read(&dir.path().join("reloads")), "reloaded\n");
+    assert_eq!(status(&again, "exec:reload"), &Status::Unchanged);
+    assert_eq!(again.exit_code(), 0);
+}
+
+#[test]
+fn noop_changes_nothing_and_lists_the_refreshes_a_real_run_would_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = run(dir.path(), &Host::system(), NOTIFY_ROLE, true);
+    assert!(report.noop);
+    assert!(!dir.path().join("a").exists());
+    assert!(!dir.path().join("reloads").exists());
+    let reload = report
+        .resources
+        .iter()
+        .find(|r| r.reference == "exec:reload")
+        .expect("reload");
+    assert_eq!(reload.status, Status::Changed);
+    assert!(
+        reload
+            .refresh
+            .as_deref()
+            .is_some_and(|r| r.contains("would run")),
+        "{reload:?}"
+    );
+    assert_eq!(report.exit_code(), 2);
+}
+
+#[test]
+fn under_a_root_only_files_are_applied_and_commands_are_skipped_with_a_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let role = "[[exec]]\nname = \"would-touch-the-machine\"\ncommand = \"touch {dir}/escaped\"\n";
+    let report = run(dir.path(), &Host::new(&root), role, false);
+    assert_eq!(
+        status(&report, "exec:would-touch-the-machine"),
+        &Status::Skipped
+    );
+    assert!(!dir.path().join("escaped").exists());
+    assert!(
+        report.resources[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("--root"))
+    );
+}

@@ -1,0 +1,204 @@
+//! Tag discovery against a test double of EC2's instance metadata service
+//! (IMDSv2), since the real one cannot exist on this machine; and the
+//! fallback to `/etc/cms/tags.toml` when the service is absent, slow, or has
+//! instance tags switched off.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use cms_agent::tags::{TagSources, discover};
+
+/// How the test double behaves.
+#[derive(Clone, Copy, PartialEq)]
+enum ImdsBehaviour {
+    /// Serves tags `role=api`, `env=prod` to requests with a valid token.
+    Tags,
+    /// Instance tags not allowed in metadata: `tags/instance` is 404.
+    TagsSwitchedOff,
+    /// Accepts connections and never answers.
+    Silent,
+}
+
+/// A test double of IMDSv2 on 127.0.0.1: a token from `PUT
+/// /latest/api/token`, then tag keys and values, refusing requests without
+/// the token (401) as IMDSv2 does.
+struct ImdsTestDouble {
+    address: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl ImdsTestDouble {
+    fn start(behaviour: ImdsBehaviour) -> ImdsTestDouble {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                if behaviour == ImdsBehaviour::Silent {
+                    // Hold the connection open without a word.
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_secs(5));
+                        drop(stream);
+                    });
+                    continue;
+                }
+                std::thread::spawn(move || serve(stream, behaviour));
+            }
+        });
+        ImdsTestDouble { address, stop }
+    }
+}
+
+impl Drop for ImdsTestDouble {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(&self.address);
+    }
+}
+
+const TOKEN: &str = "test-double-token";
+
+fn serve(stream: TcpStream, behaviour: ImdsBehaviour) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let mut token = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("x-aws-ec2-metadata-token")
+        {
+            token = Some(value.trim().to_string());
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, body) = match (method, path) {
+        ("PUT", "/latest/api/token") => (200, TOKEN.to_string()),
+        _ if token.as_deref() != Some(TOKEN) => (401, String::new()),
+        ("GET", "/latest/meta-data/instance-id") => (200, "i-0testdouble".to_string()),
+        ("GET", "/latest/meta-data/tags/instance")
+            if behaviour == ImdsBehaviour::TagsSwitchedOff =>
+        {
+            (404, String::new())
+        }
+        ("GET", "/latest/meta-data/tags/instance") => (200, "env\nrole".to_string()),
+        ("GET", "/latest/meta-data/tags/instance/env") => (200, "prod".to_string()),
+        ("GET", "/latest/meta-data/tags/instance/role") => (200, "api".to_string()),
+        _ => (404, String::new()),
+    };
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+fn root_with_tags_file(text: &str) -> tempfile::TempDir {
+    let root = tempfile::tempdir().expect("tempdir");
+    let path = root.path().join("etc/cms/tags.toml");
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write");
+    root
+}
+
+fn sources(root: &Path, endpoint: Option<String>) -> TagSources<'_> {
+    TagSources {
+        root,
+        metadata_endpoint: endpoint,
+        metadata_timeout: Duration::from_millis(300),
+    }
+}
+
+#[test]
+fn tags_and_instance_id_come_from_the_metadata_service_with_a_session_token() {
+    let imds = ImdsTestDouble::start(ImdsBehaviour::Tags);
+    let root = root_with_tags_file("role = \"from-file\"\n");
+    let found = discover(&sources(root.path(), Some(imds.address.clone()))).expect("discovered");
+    assert_eq!(found.tags.get("role").map(String::as_str), Some("api"));
+    assert_eq!(found.tags.get("env").map(String::as_str), Some("prod"));
+    assert_eq!(found.instance_id.as_deref(), Some("i-0testdouble"));
+    assert_eq!(found.source, "metadata service");
+    assert_eq!(found.warning, None);
+}
+
+#[test]
+fn tags_switched_off_in_metadata_fall_back_to_the_tags_file_with_a_hint() {
+    let imds = ImdsTestDouble::start(ImdsBehaviour::TagsSwitchedOff);
+    let root = root_with_tags_file("role = \"web\"\n");
+    let found = discover(&sources(root.path(), Some(imds.address.clone()))).expect("discovered");
+    assert_eq!(found.tags.get("role").map(String::as_str), Some("web"));
+    let warning = found.warning.expect("a warning");
+    assert!(
+        warning.contains("instance-metadata-tags enabled"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn an_absent_or_silent_metadata_service_falls_back_to_the_tags_file() {
+    // A port that nothing listens on.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .to_string();
+    let root = root_with_tags_file("role = \"web\"\n");
+    let found = discover(&sources(root.path(), Some(closed))).expect("discovered");
+    assert_eq!(found.tags.get("role").map(String::as_str), Some("web"));
+    assert!(found.warning.is_some());
+
+    let silent = ImdsTestDouble::start(ImdsBehaviour::Silent);
+    let found = discover(&sources(root.path(), Some(silent.address.clone()))).expect("discovered");
+    assert_eq!(found.tags.get("role").map(String::as_str), Some("web"));
+    assert!(
+        found
+            .warning
+            .expect("a warning")
+            .contains("Failed to reach the instance metadata service")
+    );
+}
+
+#[test]
+fn off_ec2_without_an_endpoint_only_the_tags_file_is_read() {
+    let root = root_with_tags_file("role = \"web\"\nenv = \"staging\"\n");
+    let found = discover(&sources(root.path(), None)).expect("discovered");
+    assert_eq!(found.tags.len(), 2);
+    assert_eq!(found.warning, None);
+
+    let empty = tempfile::tempdir().expect("tempdir");
+    assert!(
+        discover(&sources(empty.path(), None))
+            .expect("no file is no tags")
+            .tags
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_tags_file_with_a_non_string_value_is_an_error_naming_the_tag() {
+    let root = root_with_tags_file("role = \"web\"\nreplicas = 3\n");
+    let error = discover(&sources(root.path(), None)).expect_err("refused");
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("tag `replicas` must be a string, not integer: write replicas = \"3\""),
+        "{text}"
+    );
+    assert!(text.contains("tags.toml"), "{text}");
+}

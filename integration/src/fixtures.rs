@@ -1,0 +1,44 @@
+//! What every end-to-end test starts with: one test at a time, the
+//! prerequisites checked, and the image with the workspace's `cms-agent`
+//! baked in.
+
+use std::sync::{Mutex, MutexGuard};
+
+use anyhow::Result;
+
+use crate::{
+    AgentBake, AgentConfigFile, BakedImage, Image, ImageRecipe, TestbedSettings,
+    build_workspace_binary, check_prerequisites,
+};
+
+/// The agent's systemd unit as the tests bake it.
+pub const AGENT_UNIT: &str = include_str!("../data/cms-agent.service");
+
+pub const AGENT_CONFIG: &str = "# The agent's configuration. The agent reads none yet.\n";
+
+/// Tests that boot instances share the bridge and check for leftovers on
+/// the whole machine, so they run one at a time; on a machine that cannot
+/// boot instances they fail first thing, saying what is missing.
+pub fn begin_end_to_end_test() -> Result<(MutexGuard<'static, ()>, TestbedSettings)> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    // A test that failed while holding the lock leaves nothing to protect.
+    let alone = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    check_prerequisites()?;
+    Ok((alone, TestbedSettings::from_environment()))
+}
+
+/// The cached bookworm image with the workspace's `cms-agent` baked in.
+pub fn bake_agent_image(settings: &TestbedSettings) -> Result<BakedImage> {
+    let agent_binary = build_workspace_binary("cms-agent", "cms-agent")?;
+    let image = Image::build_or_reuse(&ImageRecipe::debian_bookworm(), settings)?;
+    image.bake(&AgentBake {
+        agent_binary,
+        systemd_unit: AGENT_UNIT.to_string(),
+        config_files: vec![AgentConfigFile {
+            relative_path: "agent.toml".into(),
+            contents: AGENT_CONFIG.to_string(),
+        }],
+    })
+}

@@ -1,0 +1,73 @@
+//! The host: the only place that touches the filesystem or runs commands.
+//!
+//! A [`Host`] has a filesystem root. On an instance it is `/`; in tests it is
+//! a temporary directory, and every absolute path of the catalog is taken
+//! relative to it. Commands always run on the real machine (with the root as
+//! their working directory only when asked), so providers that need
+//! `systemctl` or `apt-get` are tested in testbed instances, not here.
+
+use std::path::{Path, PathBuf};
+
+mod command;
+pub mod fs;
+
+pub use command::{CommandOutput, CommandSpec};
+
+/// Why an operation on the host failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("Failed to {action} {path}")]
+    Io {
+        action: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Failed to run `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` did not finish within {seconds} s and was killed")]
+    Timeout { command: String, seconds: u64 },
+    #[error("Failed to find {kind} `{name}` on this host")]
+    UnknownAccount { kind: &'static str, name: String },
+}
+
+impl HostError {
+    pub fn io(action: &'static str, path: &Path, source: std::io::Error) -> HostError {
+        HostError::Io {
+            action,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// The machine being converged, seen through its filesystem root.
+#[derive(Debug, Clone)]
+pub struct Host {
+    root: PathBuf,
+}
+
+impl Host {
+    /// The host whose files live under `root` (`/` on a real instance).
+    pub fn new(root: impl Into<PathBuf>) -> Host {
+        Host { root: root.into() }
+    }
+
+    /// The real machine.
+    pub fn system() -> Host {
+        Host::new("/")
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where an absolute catalog path lives on this host.
+    pub fn path(&self, absolute: &str) -> PathBuf {
+        self.root.join(absolute.trim_start_matches('/'))
+    }
+}

@@ -1,0 +1,402 @@
+//! `package`: apt/dpkg on Debian and Ubuntu, dnf/rpm on Amazon Linux and
+//! RHEL-likes, behind one provider.
+//!
+//! The installed state of every package of the catalog is read with one
+//! query (`dpkg-query` or `rpm -q`) the first time any package is checked,
+//! not one process per package. Installs of several packages that need it
+//! go in one transaction ([`apply_batch`]). The package manager is chosen
+//! by what the host has: `dpkg` first, then `rpm`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cms_roles::{Package, PackageEnsure};
+
+use crate::{Change, CommandOutput, CommandSpec, Context, Host, Provider, ProviderError};
+
+/// apt and dnf can take minutes on a slow mirror; a stuck one must not hang
+/// the agent for ever.
+const PACKAGE_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// Which package manager a host uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Manager {
+    Apt,
+    Dnf,
+}
+
+impl Manager {
+    /// dpkg's status file means apt; an rpm database or dnf/yum
+    /// configuration means dnf (also for a `dnf --installroot` tree being
+    /// built, which has configuration before it has a database).
+    pub fn detect(host: &Host) -> Option<Manager> {
+        let exists = |path: &str| matches!(host.status(path), Ok(Some(_)));
+        if exists("/var/lib/dpkg/status") {
+            Some(Manager::Apt)
+        } else if [
+            "/var/lib/rpm",
+            "/usr/lib/sysimage/rpm",
+            "/etc/dnf",
+            "/etc/yum.repos.d",
+        ]
+        .iter()
+        .any(|path| exists(path))
+        {
+            Some(Manager::Dnf)
+        } else {
+            None
+        }
+    }
+}
+
+pub struct PackageProvider<'a>(pub &'a Package);
+
+impl Provider for PackageProvider<'_> {
+    fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
+        let manager = manager(cx.host)?;
+        let installed = installed_version(cx, manager, &self.0.name)?;
+        let wanted = &self.0.ensure;
+        let change = |to: String| {
+            Ok(vec![Change::new(
+                "version",
+                installed.clone().unwrap_or_else(|| "absent".into()),
+                to,
+            )])
+        };
+        match (wanted, &installed) {
+            (PackageEnsure::Present, None) => change("present".into()),
+            (PackageEnsure::Absent | PackageEnsure::Purged, Some(_)) => change(wanted.to_string()),
+            (PackageEnsure::Version(version), current)
+                if current.as_deref() != Some(version.as_str()) =>
+            {
+                change(version.clone())
+            }
+            (PackageEnsure::Latest, current) => {
+                let candidate = candidate_version(cx, manager, &self.0.name)?;
+                match candidate {
+                    None if current.is_none() => Err(ProviderError::Failed(format!(
+                        "Failed to find package `{}` in the package sources",
+                        self.0.name
+                    ))),
+                    Some(candidate) if current.as_deref() != Some(candidate.as_str()) => {
+                        change(candidate)
+                    }
+                    _ => Ok(Vec::new()),
+                }
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn apply(&self, changes: &[Change], cx: &Context<'_>) -> Result<(), ProviderError> {
+        apply_batch(&[(self.0, changes)], cx)
+    }
+}
+
+/// Installs, upgrades and removes several packages in as few transactions
+/// as possible: one for everything to install or upgrade, one for removals,
+/// one for purges.
+pub fn apply_batch(
+    packages: &[(&Package, &[Change])],
+    cx: &Context<'_>,
+) -> Result<(), ProviderError> {
+    let manager = manager(cx.host)?;
+    let mut install = Vec::new();
+    let mut remove = Vec::new();
+    let mut purge = Vec::new();
+    for (package, changes) in packages {
+        if changes.is_empty() {
+            continue;
+        }
+        let target = changes
+            .iter()
+            .find(|c| c.attribute == "version")
+            .map(|c| c.to.as_str());
+        match (&package.ensure, target) {
+            (PackageEnsure::Absent, _) => remove.push(package.name.clone()),
+            (PackageEnsure::Purged, _) => purge.push(package.name.clone()),
+            (PackageEnsure::Present, _) => install.push(package.name.clone()),
+            (PackageEnsure::Latest | PackageEnsure::Version(_), Some(version)) => {
+                install.push(match manager {
+                    Manager::Apt => format!("{}={version}", package.name),
+                    Manager::Dnf => format!("{}-{version}", package.name),
+                });
+            }
+            (_, None) => {}
+        }
+    }
+    if !install.is_empty() {
+        install_packages(cx, manager, &install)?;
+    }
+    if !remove.is_empty() {
+        run_manager(cx, manager, "remove", &remove)?;
+    }
+    if !purge.is_empty() {
+        run_manager(cx, manager, "purge", &purge)?;
+    }
+    // What changed is read again on the next check.
+    *cx.session.installed.borrow_mut() = None;
+    Ok(())
+}
+
+fn manager(host: &Host) -> Result<Manager, ProviderError> {
+    Manager::detect(host).ok_or_else(|| {
+        ProviderError::Failed(format!(
+            "Failed to find a package manager under {}: neither dpkg nor rpm is installed",
+            host.root().display()
+        ))
+    })
+}
+
+fn installed_version(
+    cx: &Context<'_>,
+    manager: Manager,
+    name: &str,
+) -> Result<Option<String>, ProviderError> {
+    let mut cache = cx.session.installed.borrow_mut();
+    if cache.as_ref().is_none_or(|known| !known.contains_key(name)) {
+        let mut names = cx.session.package_names.clone();
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+        *cache = Some(query_installed(cx.host, manager, &names)?);
+    }
+    Ok(cache
+        .as_ref()
+        .and_then(|known| known.get(name).cloned())
+        .flatten())
+}
+
+/// The installed version of each package, in one process.
+pub fn query_installed(
+    host: &Host,
+    manager: Manager,
+    names: &[String],
+) -> Result<BTreeMap<String, Option<String>>, ProviderError> {
+    let mut versions: BTreeMap<String, Option<String>> =
+        names.iter().map(|n| (n.clone(), None)).collect();
+    if names.is_empty() {
+        return Ok(versions);
+    }
+    match manager {
+        Manager::Apt => {
+            let mut argv = vec![
+                "dpkg-query".to_string(),
+                format!("--admindir={}", host.path("/var/lib/dpkg").display()),
+                "-W".into(),
+                "-f=${Package}\t${db:Status-Abbrev}\t${Version}\n".into(),
+            ];
+            argv.extend(names.iter().cloned());
+            // dpkg-query exits 1 when some name is unknown; the output for
+            // the others is still complete.
+            let output = host.run(&CommandSpec::new(argv).timeout(Duration::from_secs(60)))?;
+            for line in output.stdout.lines() {
+                let mut fields = line.split('\t');
+                let (Some(name), Some(status), Some(version)) =
+                    (fields.next(), fields.next(), fields.next())
+                else {
+                    continue;
+                };
+                // `ii` is installed; `rc` (removed, config left) and the
+                // rest are not.
+                let name = name.split(':').next().unwrap_or(name);
+                if status.trim().starts_with("ii") || status.trim().starts_with("hi") {
+                    versions.insert(name.to_string(), Some(version.to_string()));
+                }
+            }
+        }
+        Manager::Dnf => {
+            let mut argv = vec![
+                "rpm".to_string(),
+                "--root".into(),
+                host.root().display().to_string(),
+                "-q".into(),
+                "--qf".into(),
+                "%{NAME}\t%{VERSION}-%{RELEASE}\n".into(),
+            ];
+            argv.extend(names.iter().cloned());
+            let output = host.run(&CommandSpec::new(argv).timeout(Duration::from_secs(60)))?;
+            for line in output.stdout.lines() {
+                if let Some((name, version)) = line.split_once('\t') {
+                    versions.insert(name.to_string(), Some(version.to_string()));
+                }
+            }
+        }
+    }
+    Ok(versions)
+}
+
+fn candidate_version(
+    cx: &Context<'_>,
+    manager: Manager,
+    name: &str,
+) -> Result<Option<String>, ProviderError> {
+    if cx.session.index_stale.get() {
+        refresh_index(cx, manager)?;
+    }
+    let mut cache = cx.session.candidates.borrow_mut();
+    if let Some(known) = cache.as_ref()
+        && let Some(version) = known.get(name)
+    {
+        return Ok(version.clone());
+    }
+    let host = cx.host;
+    let mut found = BTreeMap::new();
+    match manager {
+        Manager::Apt => {
+            let output = host.run(
+                &CommandSpec::new(["apt-cache", "policy", name]).timeout(Duration::from_secs(120)),
+            )?;
+            let candidate = output
+                .stdout
+                .lines()
+                .find_map(|line| line.trim().strip_prefix("Candidate:"))
+                .map(str::trim)
+                .filter(|v| *v != "(none)")
+                .map(str::to_string);
+            found.insert(name.to_string(), candidate);
+        }
+        Manager::Dnf => {
+            let output = host.run(
+                &dnf_command(
+                    host,
+                    &[
+                        "-q",
+                        "repoquery",
+                        "--latest-limit",
+                        "1",
+                        "--qf",
+                        "%{version}-%{release}\n",
+                        name,
+                    ],
+                )
+                .timeout(Duration::from_secs(300)),
+            )?;
+            found.insert(
+                name.to_string(),
+                output
+                    .stdout
+                    .lines()
+                    .next()
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty()),
+            );
+        }
+    }
+    let result = found.get(name).cloned().flatten();
+    cache.get_or_insert_with(BTreeMap::new).extend(found);
+    Ok(result)
+}
+
+fn dnf_command(host: &Host, args: &[&str]) -> CommandSpec {
+    let mut argv = vec!["dnf".to_string(), "-y".into()];
+    if host.root() != std::path::Path::new("/") {
+        argv.push(format!("--installroot={}", host.root().display()));
+    }
+    argv.extend(args.iter().map(|a| a.to_string()));
+    CommandSpec::new(argv)
+}
+
+fn apt_command(args: &[&str], packages: &[String]) -> CommandSpec {
+    let mut argv: Vec<String> = vec![
+        "apt-get".into(),
+        "-y".into(),
+        "-q".into(),
+        // Keep the configuration files the role manages; never ask.
+        "-o".into(),
+        "Dpkg::Options::=--force-confdef".into(),
+        "-o".into(),
+        "Dpkg::Options::=--force-confold".into(),
+    ];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    argv.extend(packages.iter().cloned());
+    let mut spec = CommandSpec::new(argv).timeout(PACKAGE_TIMEOUT);
+    spec.environment
+        .insert("DEBIAN_FRONTEND".into(), "noninteractive".into());
+    spec
+}
+
+fn refresh_index(cx: &Context<'_>, manager: Manager) -> Result<(), ProviderError> {
+    let spec = match manager {
+        Manager::Apt => apt_command(&["update"], &[]),
+        Manager::Dnf => dnf_command(cx.host, &["makecache", "--refresh"]).timeout(PACKAGE_TIMEOUT),
+    };
+    check_output(&spec, cx.host.run(&spec)?)?;
+    cx.session.index_stale.set(false);
+    *cx.session.candidates.borrow_mut() = None;
+    Ok(())
+}
+
+fn install_packages(
+    cx: &Context<'_>,
+    manager: Manager,
+    packages: &[String],
+) -> Result<(), ProviderError> {
+    if cx.session.index_stale.get() {
+        refresh_index(cx, manager)?;
+    }
+    let spec = match manager {
+        Manager::Apt => apt_command(&["install", "--allow-downgrades"], packages),
+        Manager::Dnf => {
+            let mut args = vec!["install"];
+            args.extend(packages.iter().map(String::as_str));
+            dnf_command(cx.host, &args).timeout(PACKAGE_TIMEOUT)
+        }
+    };
+    let output = cx.host.run(&spec)?;
+    let not_found_in_index = !output.success()
+        && [
+            "Unable to locate package",
+            "has no installation candidate",
+            "Version '",
+            "Unable to find a match",
+            "No match for argument",
+        ]
+        .iter()
+        .any(|symptom| output.stderr.contains(symptom) || output.stdout.contains(symptom));
+    if not_found_in_index {
+        // A fresh image often has no package lists yet, and a repository
+        // may have gained a version since they were read: refresh once and
+        // try again.
+        refresh_index(cx, manager)?;
+        return check_output(&spec, cx.host.run(&spec)?);
+    }
+    check_output(&spec, output)
+}
+
+fn run_manager(
+    cx: &Context<'_>,
+    manager: Manager,
+    action: &str,
+    packages: &[String],
+) -> Result<(), ProviderError> {
+    let spec = match manager {
+        Manager::Apt => apt_command(&[action], packages),
+        Manager::Dnf => {
+            let mut args = vec!["remove"];
+            args.extend(packages.iter().map(String::as_str));
+            dnf_command(cx.host, &args).timeout(PACKAGE_TIMEOUT)
+        }
+    };
+    check_output(&spec, cx.host.run(&spec)?)
+}
+
+fn check_output(spec: &CommandSpec, output: CommandOutput) -> Result<(), ProviderError> {
+    if output.success() {
+        Ok(())
+    } else {
+        Err(ProviderError::Failed(format!(
+            "`{}` failed ({}):\n{}",
+            spec.argv
+                .iter()
+                .filter(|a| !a.starts_with("Dpkg::"))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" "),
+            output
+                .code
+                .map_or("killed".to_string(), |c| format!("status {c}")),
+            output.tail(15)
+        )))
+    }
+}

@@ -1,0 +1,172 @@
+//! `service`: a systemd unit, started or stopped, enabled or disabled, and
+//! restarted when notified.
+//!
+//! It talks to systemd through `systemctl`, not D-Bus: `systemctl` is on
+//! every systemd host, its exit codes for `is-active` and `is-enabled` are a
+//! stable interface, and it keeps the agent free of a D-Bus stack. Each
+//! check costs two short processes. When a unit file changed earlier in the
+//! run, `systemctl daemon-reload` runs once before the next service action.
+
+use std::time::Duration;
+
+use cms_roles::{Service, ServiceEnsure};
+
+use crate::{Change, CommandSpec, Context, Provider, ProviderError};
+
+/// Starting a unit can wait on its start-up; a broken one must not hang the
+/// run.
+const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub struct ServiceProvider<'a>(pub &'a Service);
+
+impl ServiceProvider<'_> {
+    fn unit(&self) -> String {
+        let name = &self.0.name;
+        if name.contains('.') {
+            name.clone()
+        } else {
+            format!("{name}.service")
+        }
+    }
+
+    fn systemctl(
+        &self,
+        cx: &Context<'_>,
+        args: &[&str],
+    ) -> Result<crate::CommandOutput, ProviderError> {
+        let mut argv = vec!["systemctl"];
+        argv.extend_from_slice(args);
+        Ok(cx
+            .host
+            .run(&CommandSpec::new(argv).timeout(SYSTEMCTL_TIMEOUT))?)
+    }
+
+    fn reload_units_if_needed(&self, cx: &Context<'_>) -> Result<(), ProviderError> {
+        if cx.session.daemon_reload_pending() {
+            let output = self.systemctl(cx, &["daemon-reload"])?;
+            if !output.success() {
+                return Err(ProviderError::Failed(format!(
+                    "`systemctl daemon-reload` failed:\n{}",
+                    output.tail(10)
+                )));
+            }
+            cx.session.daemon_reload_pending.set(false);
+        }
+        Ok(())
+    }
+
+    fn act(&self, cx: &Context<'_>, verb: &str) -> Result<(), ProviderError> {
+        let unit = self.unit();
+        let output = self.systemctl(cx, &[verb, &unit])?;
+        if output.success() {
+            return Ok(());
+        }
+        // The unit's own last log lines say why far better than systemctl.
+        let journal = cx
+            .host
+            .run(
+                &CommandSpec::new([
+                    "journalctl",
+                    "-u",
+                    unit.as_str(),
+                    "-n",
+                    "10",
+                    "--no-pager",
+                    "-q",
+                ])
+                .timeout(Duration::from_secs(10)),
+            )
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        Err(ProviderError::Failed(format!(
+            "`systemctl {verb} {unit}` failed:\n{}{}",
+            output.tail(10),
+            if journal.trim().is_empty() {
+                String::new()
+            } else {
+                format!("\nlast log lines:\n{}", journal.trim_end())
+            }
+        )))
+    }
+}
+
+impl Provider for ServiceProvider<'_> {
+    fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
+        self.reload_units_if_needed(cx)?;
+        let unit = self.unit();
+        let mut changes = Vec::new();
+        if let Some(ensure) = self.0.ensure {
+            let active = self
+                .systemctl(cx, &["is-active", "--quiet", &unit])?
+                .success();
+            match (ensure, active) {
+                (ServiceEnsure::Running, false) => {
+                    changes.push(Change::new("state", "stopped", "running"))
+                }
+                (ServiceEnsure::Stopped, true) => {
+                    changes.push(Change::new("state", "running", "stopped"))
+                }
+                _ => {}
+            }
+        }
+        if let Some(enable) = self.0.enable {
+            let output = self.systemctl(cx, &["is-enabled", &unit])?;
+            let state = output.stdout.trim().to_string();
+            if state.is_empty() || state == "not-found" || output.stderr.contains("No such file") {
+                return Err(ProviderError::Failed(format!(
+                    "Failed to find unit {unit}: is the package that ships it installed?"
+                )));
+            }
+            // `static` and `indirect` units cannot be enabled; leave them.
+            let enabled = matches!(
+                state.as_str(),
+                "enabled" | "enabled-runtime" | "alias" | "static" | "indirect" | "generated"
+            );
+            if enable != enabled {
+                changes.push(Change::new(
+                    "enabled",
+                    if enabled { "true" } else { state.as_str() },
+                    enable.to_string(),
+                ));
+            }
+        }
+        Ok(changes)
+    }
+
+    fn apply(&self, changes: &[Change], cx: &Context<'_>) -> Result<(), ProviderError> {
+        for change in changes {
+            match (change.attribute.as_str(), change.to.as_str()) {
+                ("enabled", "true") => self.act(cx, "enable")?,
+                ("enabled", _) => self.act(cx, "disable")?,
+                ("state", "running") => self.act(cx, "start")?,
+                ("state", _) => self.act(cx, "stop")?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn refresh(&self, cx: &Context<'_>) -> Result<Option<String>, ProviderError> {
+        self.reload_units_if_needed(cx)?;
+        match self.0.ensure {
+            // A service meant to be stopped is not started by a notification.
+            Some(ServiceEnsure::Stopped) => Ok(None),
+            Some(ServiceEnsure::Running) => {
+                self.act(cx, "restart")?;
+                Ok(Some(format!("restarted {}", self.unit())))
+            }
+            // Unmanaged state: restart only if it runs.
+            None => {
+                self.act(cx, "try-restart")?;
+                Ok(Some(format!("restarted {} if it was running", self.unit())))
+            }
+        }
+    }
+
+    fn refresh_description(&self) -> Option<String> {
+        match self.0.ensure {
+            Some(ServiceEnsure::Stopped) => None,
+            _ => Some(format!("would restart {}", self.unit())),
+        }
+    }
+}
