@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod cargo_build;
+mod example;
 mod filesystem;
 mod fixtures;
 mod host_command;
@@ -41,6 +42,7 @@ mod testbed;
 mod wait;
 
 pub use cargo_build::build_workspace_binary;
+pub use example::{EXAMPLE_PACKAGES, EXAMPLE_REPOSITORY, ExampleRun, converge_example_web_role};
 pub use fixtures::{AGENT_CONFIG, AGENT_UNIT, bake_agent_image, begin_end_to_end_test};
 pub use host_command::CommandOutput;
 pub use http_file_server::{AccessLogEntry, HttpFileServer};

@@ -8,6 +8,7 @@
 //! The index is rebuilt after every added package, so the repository is
 //! always consistent, also while it is being served.
 
+use crate::Image;
 use crate::filesystem::{ScratchDirectory, write_file_atomically, write_file_with_mode};
 use crate::host_command::{DEFAULT_COMMAND_TIMEOUT, host_tool, run_command_successfully};
 use crate::settings::TestbedSettings;
@@ -191,6 +192,66 @@ impl PackageRepo {
             );
         };
         self.add_deb_file(deb_file)
+    }
+
+    /// Downloads real Debian packages with every dependency that `image`
+    /// lacks, as the host's apt resolves them against the image's own dpkg
+    /// status (`apt-get install --download-only`), and adds them all. This
+    /// is how a test gets, say, nginx into the internal repository without
+    /// fetching the whole of Debian.
+    pub fn download_with_dependencies(
+        &mut self,
+        image: &Image,
+        package_names: &[&str],
+    ) -> Result<Vec<PathBuf>> {
+        let download = ScratchDirectory::create(&self.settings.scratch_directory(), "download")?;
+        let archives = download.path().join("archives");
+        std::fs::create_dir_all(archives.join("partial"))
+            .context("Failed to create the download folder")?;
+        let status = image.root_directory().join("var/lib/dpkg/status");
+        let mut apt_get = host_tool("apt-get");
+        apt_get
+            .args([
+                "install",
+                "--download-only",
+                "--no-install-recommends",
+                "--yes",
+                "--quiet",
+            ])
+            .arg("-o")
+            .arg(format!("Dir::State::Status={}", status.display()))
+            .arg("-o")
+            .arg(format!("Dir::Cache::Archives={}", archives.display()))
+            .arg("-o")
+            .arg("Debug::NoLocking=true")
+            .args(package_names)
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        run_command_successfully(apt_get, DEFAULT_COMMAND_TIMEOUT).with_context(|| {
+            format!(
+                "Failed to download Debian packages {package_names:?} with their dependencies\n\
+                 hint: run `apt-get update` on the host so that its package lists are current"
+            )
+        })?;
+        let mut added = Vec::new();
+        let mut debs: Vec<PathBuf> = std::fs::read_dir(&archives)
+            .context("Failed to list the downloaded packages")?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|extension| extension == "deb"))
+            .collect();
+        debs.sort();
+        for deb in debs {
+            let target = self
+                .directory()
+                .join(deb.file_name().context("a .deb has a name")?);
+            std::fs::copy(&deb, &target)
+                .with_context(|| format!("Failed to copy {}", deb.display()))?;
+            if !self.package_files.contains(&target) {
+                self.package_files.push(target.clone());
+            }
+            added.push(target);
+        }
+        self.rebuild_index()?;
+        Ok(added)
     }
 
     fn added(&mut self, deb_file: PathBuf) -> Result<PathBuf> {
