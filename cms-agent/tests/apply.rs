@@ -226,3 +226,96 @@ fn a_missing_parent_directory_fails_that_file_only_and_says_which() {
     assert!(text.contains("failed directory:/etc/app"), "{text}");
     assert!(text.contains("skipped file:/etc/app/app.conf"), "{text}");
 }
+
+#[test]
+fn a_second_run_says_who_holds_the_lock_and_waits_for_it() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+
+    let fixture = Fixture::new();
+    let state_dir = fixture.root.join("var/lib/cms/agent");
+    let held = cms_agent::lock::RunLock::acquire(&state_dir, |_| panic!("nobody else holds it"))
+        .expect("lock");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cms-agent"))
+        .args([
+            "apply",
+            "--repo",
+            fixture.repo.to_str().expect("utf-8"),
+            "--tags",
+            "role=api",
+            "--root",
+        ])
+        .arg(&fixture.root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cms-agent runs");
+    let (lines, received) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let waiting = loop {
+        let line = received
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the second run says it waits");
+        if line.starts_with("waiting:") {
+            break line;
+        }
+    };
+    assert!(
+        waiting.contains(&format!("pid {}", std::process::id())),
+        "{waiting}"
+    );
+    assert!(
+        child.try_wait().expect("status").is_none(),
+        "it waits while the lock is held"
+    );
+    assert!(
+        !fixture.file("/etc/app").exists(),
+        "nothing converged while waiting"
+    );
+
+    drop(held);
+    let status = child.wait().expect("finishes");
+    assert_eq!(status.code(), Some(2));
+    assert!(fixture.file("/etc/app/app.conf").exists());
+}
+
+#[test]
+fn facts_prints_the_facts_and_the_tags_from_the_tags_file() {
+    let fixture = Fixture::new();
+    std::fs::create_dir_all(fixture.file("/etc/cms")).expect("mkdir");
+    std::fs::write(
+        fixture.file("/etc/cms/tags.toml"),
+        "role = \"web\"\nenv = \"prod\"\n",
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_cms-agent"))
+        .args(["facts", "--format", "json", "--root"])
+        .arg(&fixture.root)
+        .output()
+        .expect("runs");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(
+        json["tags"],
+        serde_json::json!({"env": "prod", "role": "web"})
+    );
+    assert!(
+        json["tags_source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("etc/cms/tags.toml"))
+    );
+    assert!(json["facts"]["cpus"].as_u64().is_some_and(|n| n >= 1));
+    assert!(json["facts"]["hostname"].is_string());
+}

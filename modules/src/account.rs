@@ -33,9 +33,7 @@ struct GroupEntry {
 }
 
 fn read_passwd(host: &Host) -> Result<Vec<PasswdEntry>, ProviderError> {
-    let path = host.path("/etc/passwd");
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| crate::HostError::io("read", &path, e))?;
+    let text = String::from_utf8_lossy(&host.read_file("/etc/passwd")?).into_owned();
     Ok(text
         .lines()
         .filter_map(|line| {
@@ -53,9 +51,7 @@ fn read_passwd(host: &Host) -> Result<Vec<PasswdEntry>, ProviderError> {
 }
 
 fn read_groups(host: &Host) -> Result<Vec<GroupEntry>, ProviderError> {
-    let path = host.path("/etc/group");
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| crate::HostError::io("read", &path, e))?;
+    let text = String::from_utf8_lossy(&host.read_file("/etc/group")?).into_owned();
     Ok(text
         .lines()
         .filter_map(|line| {
