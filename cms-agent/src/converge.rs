@@ -238,6 +238,9 @@ fn batch_packages<'c>(
         if work.is_empty() {
             Ok(())
         } else {
+            // Packages bring and take unit files; systemd must see them
+            // before the next service action.
+            context.session.packages_changed();
             apply_batch(&work, context).map_err(|e| error_chain(&e))
         }
     };
@@ -282,11 +285,18 @@ fn run_resource(
         result.status = Status::Changed;
         result.changes = changes;
     }
-    if notified && !just_started(&result.changes, kind) {
+    if notified && !refreshed_by_its_own_change(&result.changes, kind) {
         if noop {
-            if let Some(description) = provider.refresh_description() {
-                result.refresh = Some(description);
-                result.status = Status::Changed;
+            match provider.refresh_description(context) {
+                Ok(Some(description)) => {
+                    result.refresh = Some(description);
+                    result.status = Status::Changed;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    result.status = Status::Failed;
+                    result.error = Some(error_chain(&error));
+                }
             }
         } else {
             match provider.refresh(context) {
@@ -305,12 +315,16 @@ fn run_resource(
 }
 
 /// A service this run started needs no restart for the changes that
-/// notified it: it started with them.
-fn just_started(changes: &[Change], kind: &ResourceKind) -> bool {
-    matches!(kind, ResourceKind::Service(_) | ResourceKind::JavaApp(_))
-        && changes
+/// notified it: it started with them. An exec that ran in this run has done
+/// what a notification asks; it does not run twice.
+fn refreshed_by_its_own_change(changes: &[Change], kind: &ResourceKind) -> bool {
+    match kind {
+        ResourceKind::Service(_) | ResourceKind::JavaApp(_) => changes
             .iter()
-            .any(|c| c.attribute == "state" && c.to == "running")
+            .any(|c| c.attribute == "state" && c.to == "running"),
+        ResourceKind::Exec(_) => changes.iter().any(|c| c.attribute == "run"),
+        _ => false,
+    }
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -319,3 +319,17 @@ fn facts_prints_the_facts_and_the_tags_from_the_tags_file() {
     assert!(json["facts"]["cpus"].as_u64().is_some_and(|n| n >= 1));
     assert!(json["facts"]["hostname"].is_string());
 }
+
+#[test]
+fn a_usage_error_exits_1_not_the_changes_made_code() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cms-agent"))
+        .args(["apply", "--no-such-flag"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let help = Command::new(env!("CARGO_BIN_EXE_cms-agent"))
+        .arg("--help")
+        .output()
+        .expect("runs");
+    assert_eq!(help.status.code(), Some(0));
+}

@@ -197,3 +197,60 @@ fn under_a_root_only_files_are_applied_and_commands_are_skipped_with_a_reason() 
             .is_some_and(|r| r.contains("--root"))
     );
 }
+
+#[test]
+fn a_notified_exec_that_already_ran_in_this_run_does_not_run_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let role = r#"
+[[exec]]
+name = "notifier"
+command = "touch {dir}/trigger"
+creates = "{dir}/trigger"
+notify = ["exec:counted"]
+
+[[exec]]
+name = "counted"
+command = "echo ran >> {dir}/count"
+unless = "test -f {dir}/count"
+"#;
+    let report = run(dir.path(), &Host::system(), role, false);
+    assert_eq!(status(&report, "exec:counted"), &Status::Changed);
+    assert_eq!(read(&dir.path().join("count")), "ran\n");
+}
+
+#[test]
+fn noop_does_not_promise_a_refresh_that_the_guards_would_prevent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let role = r#"
+[[exec]]
+name = "notifier"
+command = "touch {dir}/trigger"
+creates = "{dir}/trigger"
+notify = ["exec:guarded"]
+
+[[exec]]
+name = "guarded"
+command = "echo ran >> {dir}/count"
+onlyif = "false"
+refreshonly = true
+"#;
+    let report = run(dir.path(), &Host::system(), role, true);
+    let guarded = report
+        .resources
+        .iter()
+        .find(|r| r.reference == "exec:guarded")
+        .expect("guarded");
+    assert_eq!(guarded.status, Status::Unchanged, "{guarded:?}");
+    assert_eq!(guarded.refresh, None);
+}
+
+#[test]
+fn an_absent_directory_with_purge_is_removed_with_its_contents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("old/nested")).expect("mkdir");
+    std::fs::write(dir.path().join("old/nested/file"), "x").expect("write");
+    let role = "[[directory]]\npath = \"{dir}/old\"\nensure = \"absent\"\npurge = true\n";
+    let report = run(dir.path(), &Host::system(), role, false);
+    assert_eq!(report.exit_code(), 2, "{report:?}");
+    assert!(!dir.path().join("old").exists());
+}

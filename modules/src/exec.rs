@@ -94,7 +94,11 @@ impl Provider for ExecProvider<'_> {
         Ok(Some(format!("ran `{}`", self.0.command)))
     }
 
-    fn refresh_description(&self) -> Option<String> {
-        Some(format!("would run `{}`", self.0.command))
+    fn refresh_description(&self, cx: &Context<'_>) -> Result<Option<String>, ProviderError> {
+        // The guards only look, so noop can ask them, as a real refresh would.
+        if !self.guards_allow(cx)? {
+            return Ok(None);
+        }
+        Ok(Some(format!("would run `{}`", self.0.command)))
     }
 }

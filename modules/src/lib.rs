@@ -132,9 +132,10 @@ pub trait Provider {
         Ok(None)
     }
 
-    /// What `refresh` would do, for a `--noop` run.
-    fn refresh_description(&self) -> Option<String> {
-        None
+    /// What `refresh` would do, for a `--noop` run. May look at the host
+    /// (an exec's guards), never change it.
+    fn refresh_description(&self, _cx: &Context<'_>) -> Result<Option<String>, ProviderError> {
+        Ok(None)
     }
 }
 

@@ -163,10 +163,10 @@ impl Provider for ServiceProvider<'_> {
         }
     }
 
-    fn refresh_description(&self) -> Option<String> {
-        match self.0.ensure {
+    fn refresh_description(&self, _cx: &Context<'_>) -> Result<Option<String>, ProviderError> {
+        Ok(match self.0.ensure {
             Some(ServiceEnsure::Stopped) => None,
             _ => Some(format!("would restart {}", self.unit())),
-        }
+        })
     }
 }

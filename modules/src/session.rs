@@ -51,6 +51,12 @@ impl Session {
         }
     }
 
+    /// Tells the session that packages were installed or removed: they may
+    /// have brought or taken unit files.
+    pub fn packages_changed(&self) {
+        self.daemon_reload_pending.set(true);
+    }
+
     /// Whether a unit file changed since the last daemon-reload.
     pub fn daemon_reload_pending(&self) -> bool {
         self.daemon_reload_pending.get()

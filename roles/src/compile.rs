@@ -510,12 +510,6 @@ impl Compiler<'_> {
             },
             Spec::Directory(d) => {
                 check_path(&d.path, "path", &mut problems);
-                if d.purge && d.ensure == Ensure::Absent {
-                    problems.push((
-                        "purge",
-                        "purge has no meaning for an absent directory".into(),
-                    ));
-                }
                 ResourceKind::Directory(d)
             }
             Spec::Symlink(s) => {
