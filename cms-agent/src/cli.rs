@@ -44,6 +44,20 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Print the facts and tags this agent sees.
     Facts(FactsArgs),
+    /// Enroll this instance with a server: a new key (it never leaves the
+    /// instance) and a certificate for the tags the token allows.
+    #[command(
+        after_help = "Examples:\n  cms-agent enroll --server cms.internal:7470 --token \"$(cat /run/cms-token)\"\n  cms-agent enroll --server 10.0.0.5:7470 --token TOKEN --tags role=api,env=prod"
+    )]
+    Enroll(EnrollArgs),
+    /// Pull this instance's catalog from the server and converge it now.
+    #[command(
+        after_help = "Exit status: 0 nothing changed, 2 changes made (with --noop: would be made), 4 failures, 6 changes and failures, 1 the run could not start."
+    )]
+    Converge(ConvergeArgs),
+    /// The daemon: enroll if needed, converge at once, then every interval
+    /// (with a per-node splay), until stopped.
+    Run(RunArgs),
     /// Put back a file's content from the local backup store.
     #[command(
         after_help = "Examples:\n  cms-agent restore /etc/nginx/nginx.conf --list\n  cms-agent restore /etc/nginx/nginx.conf\n  cms-agent restore /etc/nginx/nginx.conf --at 2026-11-25T10:00:00Z"
@@ -107,6 +121,47 @@ pub struct ApplyArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct EnrollArgs {
+    /// The server's gRPC address, `host:port`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: String,
+    /// The enrollment token `cms-server token create` printed.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: String,
+    /// The node's name [default: the instance id, else the hostname].
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConvergeArgs {
+    /// Show what would change, change nothing.
+    #[arg(long)]
+    pub noop: bool,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The server [default: from the configuration, else the one enrolled with].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: Option<String>,
+    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG_FILE)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG_FILE)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct FactsArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -150,7 +205,79 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
         Command::Apply(args) => apply(&args, terminal),
         Command::Facts(args) => facts(&args),
         Command::Restore(args) => restore(&args),
+        Command::Enroll(args) => {
+            let tags = args.discovery.tags.as_deref().map(parse_tags).transpose()?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let response = runtime.block_on(crate::remote::enroll_instance(
+                &args.state_dir,
+                &args.server,
+                &args.token,
+                args.node.clone(),
+                tags,
+                args.discovery.metadata_endpoint.clone(),
+            ))?;
+            let tags: Vec<String> = response
+                .bound_tags
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            println!(
+                "enrolled as {} with tags {}",
+                response.node_id,
+                tags.join(",")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Converge(args) => {
+            let config = crate::config::AgentConfig::load(&args.config)?;
+            let server = args
+                .server
+                .clone()
+                .or(config.server.clone())
+                .or_else(|| crate::remote::enrolled_server(&args.state_dir))
+                .context("Failed to find the server: pass --server, set `server` in the agent configuration, or enroll first")?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(crate::remote::converge_from_server(
+                &args.state_dir,
+                &server,
+                args.noop,
+                config.metadata_endpoint.clone(),
+            ))?;
+            print_report(&report, args.format, terminal)?;
+            Ok(ExitCode::from(report.exit_code()))
+        }
+        Command::Run(args) => {
+            let config = crate::config::AgentConfig::load(&args.config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(crate::remote::run_daemon(&args.state_dir, config, terminal))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Prints a run report for people or machines.
+pub fn print_report(
+    report: &crate::report::RunReport,
+    format: Format,
+    terminal: Terminal,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, report)?;
+            writeln!(out)?;
+        }
+        Format::Text => {
+            let colour = if std::io::stdout().is_terminal() && !terminal.no_color {
+                Colour::Always
+            } else {
+                Colour::Never
+            };
+            write_text(&mut out, report, colour)?;
+        }
+    }
+    Ok(())
 }
 
 /// Tags, facts, and where the tags came from.

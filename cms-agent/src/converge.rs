@@ -18,6 +18,14 @@ use cms_roles::{Catalog, Package, ResourceKind, is_path_type};
 
 use crate::report::{ResourceResult, RunReport, Status};
 
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
 /// How to run.
 #[derive(Debug, Clone, Default)]
 pub struct ConvergeOptions {

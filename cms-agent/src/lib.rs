@@ -6,10 +6,14 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod client;
+pub mod config;
 pub mod converge;
 pub mod facts;
+pub mod identity;
 pub mod lock;
 pub mod output;
+pub mod remote;
 pub mod report;
 pub mod state;
 pub mod tags;

@@ -1,24 +1,32 @@
-//! The agent's state directory: the last run's report, written atomically so
-//! a crash never leaves half a report.
+//! The agent's state directory: the last run's report, the last good
+//! catalog, and the queue of reports the server has not acknowledged yet.
+//! Everything is written owner-only through a temporary file, fsync and
+//! rename, so a crash or a full disk never leaves half a file, and the last
+//! good state is never lost to a failed write.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use cms_roles::Catalog;
 
 use crate::report::RunReport;
 
-/// Writes `last_run.json` (owner-only) through a temporary file and rename.
-pub fn save_report(state_dir: &Path, report: &RunReport) -> anyhow::Result<()> {
+/// Writes `bytes` to `path` owner-only (0600), atomically.
+pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(state_dir).with_context(|| {
+    let directory = path.parent().context("a state file has a folder")?;
+    std::fs::create_dir_all(directory).with_context(|| {
         format!(
             "Failed to create the state directory {}",
-            state_dir.display()
+            directory.display()
         )
     })?;
-    let target = state_dir.join("last_run.json");
-    let temporary = state_dir.join(format!(".last_run.json.{}", std::process::id()));
+    let file_name = path
+        .file_name()
+        .context("a state file has a name")?
+        .to_string_lossy();
+    let temporary = directory.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -26,14 +34,274 @@ pub fn save_report(state_dir: &Path, report: &RunReport) -> anyhow::Result<()> {
             .truncate(true)
             .mode(0o600)
             .open(&temporary)?;
-        file.write_all(&serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?)?;
+        file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&temporary, &target)?;
-        std::fs::File::open(state_dir)?.sync_all()
+        std::fs::rename(&temporary, path)?;
+        std::fs::File::open(directory)?.sync_all()
     };
     write()
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&temporary);
         })
-        .with_context(|| format!("Failed to write the run report {}", target.display()))
+        .with_context(|| format!("Failed to write {}", path.display()))
+}
+
+/// Writes `last_run.json`.
+pub fn save_report(state_dir: &Path, report: &RunReport) -> anyhow::Result<()> {
+    let bytes = serde_json::to_vec_pretty(report).context("Failed to encode the run report")?;
+    write_private_atomically(&state_dir.join("last_run.json"), &bytes)
+}
+
+/// The last catalog that was fetched and verified, for converging while the
+/// server is away.
+#[derive(Debug, Clone)]
+pub struct CatalogCache {
+    path: PathBuf,
+}
+
+impl CatalogCache {
+    pub fn new(state_dir: &Path) -> CatalogCache {
+        CatalogCache {
+            path: state_dir.join("catalog.json"),
+        }
+    }
+
+    pub fn save(&self, catalog: &Catalog) -> anyhow::Result<()> {
+        write_private_atomically(&self.path, &catalog.canonical_bytes())
+    }
+
+    /// The cached catalog, checked against its id; `None` when there is
+    /// none. A cache that fails its check is an error, not silently
+    /// ignored: the operator must learn that the disk lies.
+    pub fn load(&self) -> anyhow::Result<Option<Catalog>> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("Failed to read {}", self.path.display()));
+            }
+        };
+        Catalog::from_canonical_bytes(&bytes)
+            .map(Some)
+            .with_context(|| {
+                format!(
+                    "Failed to verify the cached catalog {}",
+                    self.path.display()
+                )
+            })
+    }
+}
+
+/// Run reports waiting for the server's acknowledgement, one file each,
+/// oldest first. A report leaves the queue only when the server has stored
+/// it, so none is lost across a restart of either side.
+#[derive(Debug, Clone)]
+pub struct ReportQueue {
+    dir: PathBuf,
+}
+
+impl ReportQueue {
+    pub fn new(state_dir: &Path) -> ReportQueue {
+        ReportQueue {
+            dir: state_dir.join("reports"),
+        }
+    }
+
+    /// Queues a report; returns where it is kept.
+    pub fn enqueue(&self, report: &RunReport) -> anyhow::Result<PathBuf> {
+        self.enqueue_with(report, "", None)
+    }
+
+    /// Queues a report with the revision its catalog came from and a note
+    /// (why it did not use a fresh catalog).
+    pub fn enqueue_with(
+        &self,
+        report: &RunReport,
+        revision: &str,
+        note: Option<&str>,
+    ) -> anyhow::Result<PathBuf> {
+        let queued = QueuedReport {
+            report: report.clone(),
+            revision: revision.to_string(),
+            note: note.map(str::to_string),
+        };
+        let bytes = serde_json::to_vec(&queued).context("Failed to encode the run report")?;
+        // Start time first, so names sort oldest first.
+        let path = self.dir.join(format!(
+            "{:020}-{}.json",
+            report.started_at_unix_ms,
+            sanitize(&report.run_id)
+        ));
+        write_private_atomically(&path, &bytes)?;
+        Ok(path)
+    }
+
+    /// Every queued report, oldest first. A file that does not decode is
+    /// moved aside to `<name>.corrupt` and reported, never dropped silently.
+    pub fn pending(&self) -> anyhow::Result<Vec<(PathBuf, QueuedReport)>> {
+        let mut paths: Vec<PathBuf> = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("Failed to list {}", self.dir.display()));
+            }
+        };
+        paths.sort();
+        let mut reports = Vec::new();
+        for path in paths {
+            let decoded = std::fs::read(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| {
+                    serde_json::from_slice::<QueuedReport>(&bytes).map_err(anyhow::Error::from)
+                });
+            match decoded {
+                Ok(report) => reports.push((path, report)),
+                Err(error) => {
+                    let aside = path.with_extension("json.corrupt");
+                    eprintln!(
+                        "warning: queued report {} does not decode ({error:#}); kept as {}",
+                        path.display(),
+                        aside.display()
+                    );
+                    let _ = std::fs::rename(&path, &aside);
+                }
+            }
+        }
+        Ok(reports)
+    }
+
+    /// The queued reports as the contract carries them.
+    pub fn pending_proto(&self) -> anyhow::Result<Vec<(PathBuf, cms_proto::v1::RunReport)>> {
+        Ok(self
+            .pending()?
+            .into_iter()
+            .map(|(path, queued)| {
+                let proto = crate::remote::to_proto(
+                    &queued.report,
+                    &queued.revision,
+                    queued.note.as_deref(),
+                );
+                (path, proto)
+            })
+            .collect())
+    }
+
+    /// The server stored it: drop it from the queue.
+    pub fn acknowledge(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::remove_file(path)
+            .with_context(|| format!("Failed to remove {}", path.display()))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("Failed to sync {}", self.dir.display()))
+    }
+}
+
+/// A queued report and what the server needs besides it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct QueuedReport {
+    pub report: RunReport,
+    pub revision: String,
+    pub note: Option<String>,
+}
+
+fn sanitize(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{RunReport, Summary};
+
+    fn report(run_id: &str, started: u64) -> RunReport {
+        RunReport {
+            run_id: run_id.into(),
+            catalog_id: "c".into(),
+            roles: vec![],
+            noop: false,
+            started_at_unix_ms: started,
+            duration_ms: 1.0,
+            summary: Summary::default(),
+            resources: vec![],
+        }
+    }
+
+    #[test]
+    fn queued_reports_survive_a_restart_and_leave_only_when_acknowledged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let queue = ReportQueue::new(dir.path());
+        queue.enqueue(&report("second", 2000)).expect("enqueue");
+        queue.enqueue(&report("first", 1000)).expect("enqueue");
+
+        let reopened = ReportQueue::new(dir.path());
+        let pending = reopened.pending().expect("pending");
+        let ids: Vec<&str> = pending
+            .iter()
+            .map(|(_, q)| q.report.run_id.as_str())
+            .collect();
+        assert_eq!(ids, ["first", "second"]);
+        reopened.acknowledge(&pending[0].0).expect("ack");
+        let left: Vec<String> = reopened
+            .pending()
+            .expect("pending")
+            .into_iter()
+            .map(|(_, q)| q.report.run_id)
+            .collect();
+        assert_eq!(left, ["second"]);
+    }
+
+    #[test]
+    fn a_corrupt_queued_report_is_kept_aside_not_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let queue = ReportQueue::new(dir.path());
+        queue.enqueue(&report("good", 1)).expect("enqueue");
+        std::fs::write(
+            dir.path().join("reports/00000000000000000000-bad.json"),
+            "{truncated",
+        )
+        .expect("write");
+        let pending = queue.pending().expect("pending");
+        assert_eq!(pending.len(), 1);
+        assert!(
+            dir.path()
+                .join("reports/00000000000000000000-bad.json.corrupt")
+                .exists()
+        );
+    }
+
+    #[test]
+    fn the_catalog_cache_returns_what_was_saved_and_refuses_a_tampered_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = CatalogCache::new(dir.path());
+        assert!(cache.load().expect("no cache yet").is_none());
+        let catalog = Catalog::new(vec!["base".into()], vec![], Default::default());
+        cache.save(&catalog).expect("save");
+        assert_eq!(cache.load().expect("loads"), Some(catalog));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("catalog.json"))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let text = std::fs::read_to_string(dir.path().join("catalog.json")).expect("read");
+        std::fs::write(
+            dir.path().join("catalog.json"),
+            text.replace("base", "evil"),
+        )
+        .expect("tamper");
+        assert!(cache.load().is_err());
+    }
 }

@@ -7,5 +7,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod catalogs;
 pub mod check;
 pub mod cli;
+pub mod commands;
+pub mod git_sync;
+pub mod http;
+pub mod pki;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod webhook;

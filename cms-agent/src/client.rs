@@ -1,0 +1,275 @@
+//! Talking to the server: trusting it the first time, enrolling, pulling
+//! the catalog, and delivering reports.
+//!
+//! Before enrollment the agent has no CA to trust. The enrollment token
+//! carries the sha256 of the server CA's certificate (`SECRET.FINGERPRINT`),
+//! and the server sends its CA in its TLS chain: the agent trusts a chain
+//! only when its CA has that fingerprint and the server certificate verifies
+//! against it ([`fetch_pinned_ca`]). From then on every call is mTLS with
+//! the certificate enrollment gave it.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cms_proto::v1 as pb;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+
+use crate::identity::Identity;
+
+/// How long to wait for the server to answer a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `host:port` and the TLS name to expect, from `--server`.
+#[derive(Debug, Clone)]
+pub struct ServerAddress {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl ServerAddress {
+    pub fn parse(server: &str) -> anyhow::Result<ServerAddress> {
+        let without_scheme = server
+            .strip_prefix("https://")
+            .unwrap_or(server)
+            .trim_end_matches('/');
+        let (host, port) = match without_scheme.rsplit_once(':') {
+            Some((host, port)) => (
+                host.to_string(),
+                port.parse::<u16>()
+                    .with_context(|| format!("Failed to parse the port of {server}"))?,
+            ),
+            None => (without_scheme.to_string(), 7470),
+        };
+        if host.is_empty() {
+            bail!("Failed to parse the server address `{server}`: expected host:port");
+        }
+        Ok(ServerAddress {
+            url: format!("https://{host}:{port}"),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+        })
+    }
+}
+
+/// Splits a token into its secret and the CA fingerprint it pins.
+pub fn split_token(token: &str) -> anyhow::Result<(&str, &str)> {
+    match token.trim().rsplit_once('.') {
+        Some((secret, fingerprint))
+            if fingerprint.len() == 64 && fingerprint.chars().all(|c| c.is_ascii_hexdigit()) =>
+        {
+            Ok((secret, fingerprint))
+        }
+        _ => bail!(
+            "Failed to read the enrollment token: expected SECRET.FINGERPRINT as `cms-server token create` prints it"
+        ),
+    }
+}
+
+/// Connects once with TLS and returns the server's CA certificate (PEM),
+/// accepted only if its sha256 is `fingerprint` and the server's
+/// certificate verifies against it for `address.host`.
+pub fn fetch_pinned_ca(address: &ServerAddress, fingerprint: &str) -> anyhow::Result<String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PinnedCaVerifier {
+        fingerprint: fingerprint.to_ascii_lowercase(),
+        provider: provider.clone(),
+        ca: Mutex::new(None),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    let name = ServerName::try_from(address.host.clone())
+        .context("Failed to use the server name for TLS")?;
+    let mut connection = rustls::ClientConnection::new(Arc::new(config), name)?;
+    let socket_address = (address.host.as_str(), address.port)
+        .to_socket_addrs()?
+        .next()
+        .with_context(|| format!("Failed to resolve {}", address.host))?;
+    let mut socket = TcpStream::connect_timeout(&socket_address, CONNECT_TIMEOUT)
+        .with_context(|| format!("Failed to connect to the server at {}", address.url))?;
+    socket.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    let mut tls = rustls::Stream::new(&mut connection, &mut socket);
+    // A handshake is enough; the server may close when no request follows.
+    let _ = tls.write_all(b"");
+    let _ = tls.flush();
+    while tls.conn.is_handshaking() {
+        if let Err(error) = tls.conn.complete_io(tls.sock) {
+            return Err(error).with_context(|| {
+                format!(
+                    "Failed to verify the server at {} against the token's CA fingerprint",
+                    address.url
+                )
+            });
+        }
+    }
+    let mut discard = [0u8; 0];
+    let _ = tls.read(&mut discard);
+    let ca = verifier
+        .ca
+        .lock()
+        .expect("lock")
+        .clone()
+        .context("the server sent no CA with the token's fingerprint")?;
+    Ok(der_to_pem(&ca))
+}
+
+fn der_to_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    sha256_digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn sha256_digest(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
+}
+
+/// Trusts a server chain whose CA has the pinned fingerprint, and verifies
+/// the server's certificate against that CA as any TLS client would.
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    fingerprint: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    ca: Mutex<Option<Vec<u8>>>,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(ca) = intermediates
+            .iter()
+            .find(|c| sha256_hex(c.as_ref()) == self.fingerprint)
+        else {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ));
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone().into_owned()).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)?;
+        *self.ca.lock().expect("lock") = Some(ca.as_ref().to_vec());
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+async fn channel(
+    address: &ServerAddress,
+    ca_pem: &str,
+    identity: Option<&Identity>,
+) -> anyhow::Result<Channel> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name(address.host.clone());
+    if let Some(identity) = identity {
+        tls = tls.identity(TlsIdentity::from_pem(
+            &identity.certificate_pem,
+            &identity.private_key_pem,
+        ));
+    }
+    let endpoint = Endpoint::from_shared(address.url.clone())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(Duration::from_secs(300))
+        .tls_config(tls)?;
+    endpoint
+        .connect()
+        .await
+        .with_context(|| format!("Failed to connect to the server at {}", address.url))
+}
+
+/// Sends a CSR and the tags; returns what the server signed.
+pub async fn enroll(
+    address: &ServerAddress,
+    ca_pem: &str,
+    request: pb::EnrollRequest,
+) -> anyhow::Result<pb::EnrollResponse> {
+    let mut client =
+        pb::enrollment_client::EnrollmentClient::new(channel(address, ca_pem, None).await?);
+    let response = client
+        .enroll(request)
+        .await
+        .map_err(|status| anyhow::anyhow!("Failed to enroll: {}", status.message()))?;
+    Ok(response.into_inner())
+}
+
+/// An mTLS connection to the agent API.
+pub async fn connect(
+    address: &ServerAddress,
+    identity: &Identity,
+) -> anyhow::Result<pb::agent_client::AgentClient<Channel>> {
+    Ok(pb::agent_client::AgentClient::new(
+        channel(address, &identity.ca_certificate_pem, Some(identity)).await?,
+    ))
+}

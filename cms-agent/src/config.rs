@@ -1,0 +1,80 @@
+//! `/etc/cms/agent.toml`: what the agent needs to find its server, read in
+//! two stages (what the user wrote, with unknown keys refused; then
+//! resolved durations).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// The default configuration file.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/cms/agent.toml";
+
+/// What the user wrote.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgentConfig {
+    /// `host:port` of cms-server.
+    pub server: Option<String>,
+    /// An enrollment token, for the first start of an instance.
+    pub token: Option<String>,
+    /// Or a file holding it (e.g. written from EC2 user data).
+    pub token_file: Option<String>,
+    /// Time between runs, e.g. "30m".
+    pub interval: Option<String>,
+    /// The largest delay added to each interval, spread per node, e.g. "5m".
+    pub splay: Option<String>,
+    /// `host:port` of an instance metadata service.
+    pub metadata_endpoint: Option<String>,
+}
+
+/// Resolved.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server: Option<String>,
+    pub token: Option<String>,
+    pub interval: Duration,
+    pub splay: Duration,
+    pub metadata_endpoint: Option<String>,
+}
+
+impl AgentConfig {
+    /// Reads `path`; a missing file means the defaults.
+    pub fn load(path: &Path) -> anyhow::Result<AgentConfig> {
+        let raw: RawAgentConfig = match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).with_context(|| {
+                format!("Failed to read the agent configuration {}", path.display())
+            })?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => RawAgentConfig::default(),
+            Err(error) => {
+                return Err(error).with_context(|| format!("Failed to read {}", path.display()));
+            }
+        };
+        let duration = |text: Option<&str>, default: u64| -> anyhow::Result<Duration> {
+            Ok(Duration::from_secs(match text {
+                Some(text) => cms_roles::parse_duration(text).map_err(anyhow::Error::msg)?,
+                None => default,
+            }))
+        };
+        let token = match (raw.token, raw.token_file) {
+            (Some(token), _) => Some(token),
+            (None, Some(file)) => match std::fs::read_to_string(&file) {
+                Ok(token) => Some(token.trim().to_string()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+                Err(error) => {
+                    return Err(error)
+                        .with_context(|| format!("Failed to read the token file {file}"));
+                }
+            },
+            (None, None) => None,
+        };
+        Ok(AgentConfig {
+            server: raw.server,
+            token,
+            interval: duration(raw.interval.as_deref(), 30 * 60)?,
+            splay: duration(raw.splay.as_deref(), 5 * 60)?,
+            metadata_endpoint: raw.metadata_endpoint,
+        })
+    }
+}

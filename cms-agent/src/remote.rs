@@ -1,0 +1,366 @@
+//! The agent with a server: enroll, pull the catalog and converge, report,
+//! and the daemon that does it at boot and then on an interval.
+//!
+//! The last good catalog is kept on disk; when the server cannot be reached
+//! the agent converges from it and says so in its report. Reports are queued
+//! on disk and leave the queue only when the server has acknowledged them.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cms_modules::{BackupStore, Host};
+use cms_proto::v1 as pb;
+use cms_roles::Catalog;
+
+use crate::client::{ServerAddress, connect, enroll, fetch_pinned_ca, split_token};
+use crate::converge::{ConvergeOptions, converge};
+use crate::facts::{FactSources, gather};
+use crate::identity::{generate_key_and_csr, load_identity, save_identity};
+use crate::lock::RunLock;
+use crate::report::{RunReport, Status};
+use crate::state::{CatalogCache, ReportQueue, save_report};
+use crate::tags::{TagSources, discover};
+
+/// Enrolls this instance: a new key and CSR, the token, the tags.
+pub async fn enroll_instance(
+    state_dir: &Path,
+    server: &str,
+    token: &str,
+    node_name: Option<String>,
+    tags: Option<std::collections::BTreeMap<String, String>>,
+    metadata_endpoint: Option<String>,
+) -> anyhow::Result<pb::EnrollResponse> {
+    let address = ServerAddress::parse(server)?;
+    let (_, fingerprint) = split_token(token)?;
+    let discovered = discover(&TagSources {
+        root: Path::new("/"),
+        metadata_endpoint,
+        metadata_timeout: Duration::from_millis(500),
+    })?;
+    let facts = gather(&FactSources {
+        root: Path::new("/"),
+        instance_id: discovered.instance_id.clone(),
+    });
+    let node_name = node_name
+        .or(discovered.instance_id)
+        .or_else(|| {
+            facts
+                .get("hostname")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
+        .context("Failed to find a name for this node: pass --node")?;
+    let tags = tags.unwrap_or(discovered.tags);
+    let address_for_ca = address.clone();
+    let fingerprint = fingerprint.to_string();
+    let ca_pem =
+        tokio::task::spawn_blocking(move || fetch_pinned_ca(&address_for_ca, &fingerprint))
+            .await??;
+    let key = generate_key_and_csr(&node_name)?;
+    let response = enroll(
+        &address,
+        &ca_pem,
+        pb::EnrollRequest {
+            token: token.trim().to_string(),
+            csr_pem: key.csr_pem.clone(),
+            tags: tags.into_iter().collect(),
+            node_name,
+            identity: None,
+        },
+    )
+    .await?;
+    save_identity(
+        state_dir,
+        &key.private_key_pem,
+        &response.certificate_pem,
+        &response.ca_certificate_pem,
+    )?;
+    std::fs::write(state_dir.join("server"), server.as_bytes())
+        .with_context(|| format!("Failed to record the server in {}", state_dir.display()))?;
+    Ok(response)
+}
+
+/// The server this agent enrolled with.
+pub fn enrolled_server(state_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(state_dir.join("server"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Where the catalog of a run came from.
+pub struct Pulled {
+    pub catalog: Catalog,
+    pub revision: String,
+    /// Set when the run could not use a fresh catalog.
+    pub note: Option<String>,
+}
+
+/// One run: pull the catalog (or fall back to the cached one), converge,
+/// queue the report and deliver every queued report the server will take.
+pub async fn converge_from_server(
+    state_dir: &Path,
+    server: &str,
+    noop: bool,
+    metadata_endpoint: Option<String>,
+) -> anyhow::Result<RunReport> {
+    let lock_dir = state_dir.to_path_buf();
+    let _lock = tokio::task::spawn_blocking(move || {
+        RunLock::acquire(&lock_dir, |holder| {
+            eprintln!("waiting: another cms-agent run (pid {holder}) holds the run lock")
+        })
+    })
+    .await??;
+    let identity = load_identity(state_dir)?.context("Failed to find this agent's identity: it is not enrolled\nhint: run cms-agent enroll --server HOST:PORT --token TOKEN")?;
+    let address = ServerAddress::parse(server)?;
+    let discovered = discover(&TagSources {
+        root: Path::new("/"),
+        metadata_endpoint,
+        metadata_timeout: Duration::from_millis(500),
+    })?;
+    let facts = gather(&FactSources {
+        root: Path::new("/"),
+        instance_id: discovered.instance_id,
+    });
+    let cache = CatalogCache::new(state_dir);
+    let cached = cache.load()?;
+    let client = connect(&address, &identity).await;
+    let pulled = match client {
+        Ok(mut client) => {
+            let request = pb::CatalogRequest {
+                facts_json: serde_json::to_string(&facts)?,
+                have_catalog_id: cached
+                    .as_ref()
+                    .map(|c| c.catalog_id.clone())
+                    .unwrap_or_default(),
+            };
+            match client.get_catalog(request).await {
+                Ok(response) => match response.into_inner().result {
+                    Some(pb::catalog_response::Result::Catalog(catalog)) => {
+                        let decoded = Catalog::from_canonical_bytes(&catalog.canonical_json)
+                            .context("Failed to verify the catalog from the server")?;
+                        cache.save(&decoded)?;
+                        Pulled {
+                            catalog: decoded,
+                            revision: catalog.revision,
+                            note: None,
+                        }
+                    }
+                    Some(pb::catalog_response::Result::NotModified(not_modified)) => Pulled {
+                        catalog: cached.clone().context(
+                            "the server says the catalog is unchanged, but none is cached",
+                        )?,
+                        revision: not_modified.revision,
+                        note: None,
+                    },
+                    None => bail!("Failed to read the server's answer: no catalog"),
+                },
+                Err(status)
+                    if status.code() == tonic::Code::PermissionDenied
+                        || status.code() == tonic::Code::Unauthenticated =>
+                {
+                    bail!(
+                        "Failed to get the catalog: the server refused this node: {}",
+                        status.message()
+                    )
+                }
+                Err(status) => fallback(
+                    cached,
+                    format!(
+                        "the server could not give a catalog ({}): converged from the cached catalog",
+                        status.message()
+                    ),
+                )?,
+            }
+        }
+        Err(error) => fallback(
+            cached,
+            format!("server unreachable ({error:#}): converged from the cached catalog"),
+        )?,
+    };
+    let backups = BackupStore::open(state_dir.join("backups"))?;
+    let catalog = pulled.catalog;
+    let options = ConvergeOptions {
+        noop,
+        run_id: format!(
+            "{}-{}",
+            facts
+                .get("instance_id")
+                .and_then(|v| v.as_str())
+                .unwrap_or("node"),
+            crate::converge::now_unix_ms()
+        ),
+    };
+    let report = tokio::task::spawn_blocking(move || {
+        converge(&catalog, &Host::system(), &backups, &options)
+    })
+    .await?;
+    save_report(state_dir, &report)?;
+    let queue = ReportQueue::new(state_dir);
+    queue.enqueue_with(&report, &pulled.revision, pulled.note.as_deref())?;
+    if let Some(note) = &pulled.note {
+        eprintln!("warning: {note}");
+    }
+    if let Err(error) = deliver_reports(&address, &identity, &queue).await {
+        eprintln!("warning: reports stay queued until the server takes them: {error:#}");
+    }
+    Ok(report)
+}
+
+fn fallback(cached: Option<Catalog>, note: String) -> anyhow::Result<Pulled> {
+    let catalog = cached.with_context(|| format!("{note}: but there is no cached catalog yet"))?;
+    Ok(Pulled {
+        catalog,
+        revision: String::new(),
+        note: Some(note),
+    })
+}
+
+/// Sends every queued report, oldest first; stops at the first failure so
+/// the rest keep their order for the next try.
+pub async fn deliver_reports(
+    address: &ServerAddress,
+    identity: &crate::identity::Identity,
+    queue: &ReportQueue,
+) -> anyhow::Result<usize> {
+    let pending = queue.pending_proto()?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let mut client = connect(address, identity).await?;
+    let mut delivered = 0;
+    for (path, report) in pending {
+        client
+            .report(report)
+            .await
+            .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
+        queue.acknowledge(&path)?;
+        delivered += 1;
+    }
+    Ok(delivered)
+}
+
+/// A report as the contract carries it.
+pub fn to_proto(report: &RunReport, revision: &str, note: Option<&str>) -> pb::RunReport {
+    pb::RunReport {
+        run_id: report.run_id.clone(),
+        catalog_id: report.catalog_id.clone(),
+        revision: revision.to_string(),
+        started_at_unix_ms: report.started_at_unix_ms as i64,
+        duration_ms: report.duration_ms as u64,
+        noop: report.noop,
+        trigger_id: String::new(),
+        note: note.unwrap_or_default().to_string(),
+        resources: report
+            .resources
+            .iter()
+            .map(|r| pb::ResourceResult {
+                reference: r.reference.clone(),
+                status: match r.status {
+                    Status::Unchanged => pb::ResourceStatus::Unchanged,
+                    Status::Changed => pb::ResourceStatus::Changed,
+                    Status::Failed => pb::ResourceStatus::Failed,
+                    Status::Skipped => pb::ResourceStatus::Skipped,
+                } as i32,
+                diff: r
+                    .changes
+                    .iter()
+                    .map(|c| match &c.diff {
+                        Some(diff) => format!("{}: {} -> {}\n{diff}", c.attribute, c.from, c.to),
+                        None => format!("{}: {} -> {}", c.attribute, c.from, c.to),
+                    })
+                    .chain(
+                        r.refresh
+                            .iter()
+                            .map(|refresh| format!("refresh: {refresh}")),
+                    )
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                error: r
+                    .error
+                    .clone()
+                    .or_else(|| r.reason.clone())
+                    .unwrap_or_default(),
+                duration_ms: r.duration_ms as u64,
+            })
+            .collect(),
+    }
+}
+
+/// The daemon: converge at boot (enrolling first when there is a token and
+/// no identity), then every interval plus this node's splay, until SIGTERM
+/// or Ctrl-C. A failed run is reported and the next one comes on schedule.
+pub async fn run_daemon(
+    state_dir: &Path,
+    config: crate::config::AgentConfig,
+    terminal: crate::cli::Terminal,
+) -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut backoff = Duration::from_secs(5);
+    loop {
+        if load_identity(state_dir)?.is_none() {
+            let (Some(server), Some(token)) = (config.server.clone(), config.token.clone()) else {
+                bail!(
+                    "Failed to start: this agent is not enrolled and its configuration has no server and token\nhint: set server and token (or token_file) in /etc/cms/agent.toml, or run cms-agent enroll"
+                );
+            };
+            match enroll_instance(
+                state_dir,
+                &server,
+                &token,
+                None,
+                None,
+                config.metadata_endpoint.clone(),
+            )
+            .await
+            {
+                Ok(response) => eprintln!("enrolled as {}", response.node_id),
+                Err(error) => {
+                    eprintln!("error: {error:#}; retrying in {} s", backoff.as_secs());
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = terminate.recv() => return Ok(()),
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(300));
+                    continue;
+                }
+            }
+        }
+        let server = config
+            .server
+            .clone()
+            .or_else(|| enrolled_server(state_dir))
+            .context("Failed to find the server: set `server` in /etc/cms/agent.toml")?;
+        match converge_from_server(state_dir, &server, false, config.metadata_endpoint.clone())
+            .await
+        {
+            Ok(report) => {
+                let _ = crate::cli::print_report(&report, crate::cli::Format::Text, terminal);
+            }
+            Err(error) => eprintln!("error: {error:#}"),
+        }
+        let wait = config.interval + splay_for(state_dir, config.splay);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = terminate.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// The same delay for a node on every run, different across nodes, so a
+/// fleet spreads its runs over the splay without any coordination.
+fn splay_for(state_dir: &Path, splay: Duration) -> Duration {
+    if splay.is_zero() {
+        return Duration::ZERO;
+    }
+    let identity = load_identity(state_dir)
+        .ok()
+        .flatten()
+        .map(|i| i.certificate_pem)
+        .unwrap_or_default();
+    let digest = crate::client::sha256_digest(identity.as_bytes());
+    let number = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+    Duration::from_millis(number % splay.as_millis().max(1) as u64)
+}

@@ -1,0 +1,292 @@
+//! The long-running and admin commands of `cms-server` (everything but
+//! `check`): resolve flags into configuration, then call the server or the
+//! admin API.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cms_proto::v1 as pb;
+
+use crate::check::parse_tags;
+use crate::cli::{
+    AdminArgs, Command, Format, NodeCommand, ServeArgs, TokenCommand, default_data_dir,
+};
+use crate::server::ServeConfig;
+
+/// The example roles repository of this source tree: what `serve` serves
+/// when no `--repo` is given.
+pub const EXAMPLE_REPOSITORY: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../roles/examples/roles-repo");
+
+fn data_dir(flag: &Option<PathBuf>) -> PathBuf {
+    flag.clone().unwrap_or_else(|| {
+        default_data_dir(
+            std::env::var_os("HOME").map(PathBuf::from),
+            std::env::var_os("XDG_STATE_HOME").map(PathBuf::from),
+        )
+    })
+}
+
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check(_) => unreachable!("check runs without a runtime"),
+        Command::Serve(args) => serve(args).await,
+        Command::Token(TokenCommand::Create(args)) => {
+            let scope = crate::pki::parse_scope(&args.tags)?;
+            let ttl = cms_roles::parse_duration(&args.ttl).map_err(anyhow::Error::msg)?;
+            let mut client =
+                crate::admin::connect(&args.admin.server, &data_dir(&args.admin.data)).await?;
+            let response = client
+                .create_token(pb::CreateTokenRequest {
+                    scope: scope.into_iter().collect(),
+                    ttl_seconds: ttl,
+                    uses: args.uses.unwrap_or(0),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{}", response.token);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Nodes(args) => {
+            let selector: BTreeMap<String, String> = args
+                .select
+                .as_deref()
+                .map(parse_tags)
+                .transpose()?
+                .unwrap_or_default();
+            let mut client =
+                crate::admin::connect(&args.admin.server, &data_dir(&args.admin.data)).await?;
+            let nodes = client
+                .list_nodes(pb::ListNodesRequest {
+                    selector: Some(pb::Selector {
+                        tags: selector.into_iter().collect(),
+                    }),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .nodes;
+            print_nodes(&nodes, args.admin.format);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reports(args) => {
+            let mut client =
+                crate::admin::connect(&args.admin.server, &data_dir(&args.admin.data)).await?;
+            let reports = client
+                .get_reports(pb::GetReportsRequest {
+                    node_id: args.node.clone(),
+                    limit: args.limit,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .reports;
+            print_reports(&args.node, &reports, args.admin.format);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node(NodeCommand::Revoke(args)) => {
+            let mut client =
+                crate::admin::connect(&args.admin.server, &data_dir(&args.admin.data)).await?;
+            let revoked = client
+                .revoke_node(pb::RevokeNodeRequest {
+                    node_id: args.id.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!(
+                "revoked {} certificate(s) of {}",
+                revoked.revoked_serials.len(),
+                args.id
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync(args) => sync(&args).await,
+    }
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let repo = match args.repo {
+        Some(repo) => repo,
+        None if std::path::Path::new(EXAMPLE_REPOSITORY).is_dir() => EXAMPLE_REPOSITORY.to_string(),
+        None => bail!(
+            "Failed to find a roles repository to serve\nhint: pass --repo with a git URL or a folder"
+        ),
+    };
+    let config = ServeConfig {
+        data_dir: data_dir(&args.data),
+        repo,
+        branch: args.branch,
+        sync_interval: Duration::from_secs(
+            cms_roles::parse_duration(&args.sync_interval)
+                .map_err(anyhow::Error::msg)?
+                .max(1),
+        ),
+        certificate_validity: Duration::from_secs(30 * 24 * 3600),
+        server_names: args.server_names,
+        server_addresses: Vec::new(),
+        webhook_secret: args.webhook_secret,
+    };
+    let grpc = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("Failed to listen on {}", args.listen))?;
+    let http = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("Failed to listen on {}", args.http))?;
+    tracing::info!(grpc = %args.listen, http = %args.http, data = %config.data_dir.display(), repo = %config.repo, "serving");
+    crate::server::run(grpc, Some(http), config, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM (systemd's stop).
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(signal) => { signal.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+async fn sync(args: &AdminArgs) -> anyhow::Result<ExitCode> {
+    let mut client = crate::admin::connect(&args.server, &data_dir(&args.data)).await?;
+    let response = client
+        .sync(pb::SyncRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if response.accepted {
+        println!("serving {}", response.revision);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for error in &response.errors {
+        eprintln!(
+            "error: {}:{}:{}: {}",
+            error.file, error.line, error.column, error.message
+        );
+    }
+    eprintln!(
+        "error: Refused commit {}: the last good revision stays",
+        response.revision
+    );
+    Ok(ExitCode::from(crate::cli::EXIT_INVALID))
+}
+
+fn print_nodes(nodes: &[pb::NodeSummary], format: Format) {
+    match format {
+        Format::Json => {
+            let json: Vec<serde_json::Value> = nodes
+                .iter()
+                .map(|n| {
+                    serde_json::json!({
+                        "id": n.node_id,
+                        "tags": n.tags.iter().collect::<BTreeMap<_, _>>(),
+                        "status": n.status,
+                        "revision": n.revision,
+                        "catalog_id": n.catalog_id,
+                        "last_seen_unix_ms": n.last_seen_unix_ms,
+                        "last_run_unix_ms": n.last_run_unix_ms,
+                        "changed": n.changed,
+                        "failed": n.failed,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&json).expect("JSON"));
+        }
+        Format::Text => {
+            println!("{:<24} {:<10} {:<12} TAGS", "NODE", "STATUS", "REVISION");
+            for node in nodes {
+                let tags: Vec<String> = node
+                    .tags
+                    .iter()
+                    .collect::<BTreeMap<_, _>>()
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                println!(
+                    "{:<24} {:<10} {:<12} {}",
+                    node.node_id,
+                    node.status,
+                    node.revision.chars().take(12).collect::<String>(),
+                    tags.join(",")
+                );
+            }
+        }
+    }
+}
+
+fn print_reports(node: &str, reports: &[pb::RunReport], format: Format) {
+    let status = |s: i32| match pb::ResourceStatus::try_from(s) {
+        Ok(pb::ResourceStatus::Changed) => "changed",
+        Ok(pb::ResourceStatus::Failed) => "failed",
+        Ok(pb::ResourceStatus::Skipped) => "skipped",
+        _ => "unchanged",
+    };
+    match format {
+        Format::Json => {
+            let json: Vec<serde_json::Value> = reports
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "run_id": r.run_id, "catalog_id": r.catalog_id, "revision": r.revision,
+                        "started_at_unix_ms": r.started_at_unix_ms, "duration_ms": r.duration_ms, "noop": r.noop, "note": r.note,
+                        "resources": r.resources.iter().map(|x| serde_json::json!({"reference": x.reference, "status": status(x.status), "diff": x.diff, "error": x.error})).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&json).expect("JSON"));
+        }
+        Format::Text => {
+            if reports.is_empty() {
+                println!("no reports from {node}");
+            }
+            for report in reports {
+                let count = |s: &str| {
+                    report
+                        .resources
+                        .iter()
+                        .filter(|r| status(r.status) == s)
+                        .count()
+                };
+                println!(
+                    "run {} ({}): {} changed, {} failed, {} skipped{}",
+                    report.run_id,
+                    report.revision.chars().take(12).collect::<String>(),
+                    count("changed"),
+                    count("failed"),
+                    count("skipped"),
+                    if report.noop { " (noop)" } else { "" }
+                );
+                for resource in report
+                    .resources
+                    .iter()
+                    .filter(|r| status(r.status) != "unchanged")
+                {
+                    println!("  {} {}", status(resource.status), resource.reference);
+                    for line in resource.diff.lines().chain(resource.error.lines()) {
+                        println!("    {line}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! The running server: opens the store, loads or creates the CA and the
+//! admin credential, restores the last good revision, follows the roles
+//! repository, and serves gRPC (mTLS) and HTTP until shutdown.
+//!
+//! `run` takes listeners that are already bound, so tests pass
+//! `127.0.0.1:0`, and a shutdown future, so tests stop it cleanly. Every
+//! task it spawns is owned by a `JoinSet` and ends on shutdown.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use cms_proto::v1 as pb;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::catalogs::Catalogs;
+use crate::git_sync::{GitSource, Revision, SyncOutcome, Syncer};
+use crate::pki::CertificateAuthority;
+use crate::service::{AdminService, AgentService, EnrollmentService, now_unix_ms};
+use crate::store::{CaRecord, RevisionError, RevisionRecord, Store};
+
+/// What `serve` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    /// A local path or a git URL.
+    pub repo: String,
+    pub branch: String,
+    pub sync_interval: Duration,
+    /// How long a node certificate is valid.
+    pub certificate_validity: Duration,
+    /// Names and addresses the server's certificate is valid for, besides
+    /// `localhost` and `127.0.0.1`.
+    pub server_names: Vec<String>,
+    pub server_addresses: Vec<IpAddr>,
+    /// The shared secret of the git webhook; `None` refuses every webhook.
+    pub webhook_secret: Option<String>,
+}
+
+/// Where the admin credential lives in the data directory.
+pub fn admin_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin")
+}
+
+/// Shared by every request.
+pub struct ServerState {
+    pub store: Store,
+    pub ca: CertificateAuthority,
+    /// sha256 (hex) of the CA certificate (DER): part of every enrollment
+    /// token, so an agent can check the server before trusting it.
+    pub ca_fingerprint: String,
+    pub config: ServeConfig,
+    pub catalogs: Catalogs,
+    revision: RwLock<Option<Revision>>,
+    sync_requests: mpsc::Sender<oneshot::Sender<anyhow::Result<pb::SyncResponse>>>,
+}
+
+impl std::fmt::Debug for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerState")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerState {
+    /// The revision catalogs are compiled from: the last commit that
+    /// validated.
+    pub fn current_revision(&self) -> Option<Revision> {
+        self.revision.read().expect("revision lock").clone()
+    }
+
+    /// Syncs now and says what happened.
+    pub async fn sync_now(&self) -> anyhow::Result<pb::SyncResponse> {
+        let (reply, answer) = oneshot::channel();
+        self.sync_requests
+            .send(reply)
+            .await
+            .context("Failed to reach the sync task")?;
+        answer.await.context("The sync task stopped")?
+    }
+}
+
+/// The sha256 hex of the DER of the first certificate in `pem`.
+pub fn certificate_fingerprint(pem: &str) -> anyhow::Result<String> {
+    let der = pem_to_der(pem).context("Failed to read the CA certificate")?;
+    Ok(crate::store::sha256_hex(&der))
+}
+
+fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(body).ok()
+}
+
+/// Runs the server until `shutdown` completes.
+pub async fn run(
+    grpc_listener: TcpListener,
+    http_listener: Option<TcpListener>,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "Failed to create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let store = Store::open(&config.data_dir.join("db"))?;
+    let ca = load_or_create_ca(&store)?;
+    write_admin_credential(&ca, &config.data_dir)?;
+    let ca_fingerprint = certificate_fingerprint(ca.certificate_pem())?;
+
+    let source = RolesSource::for_repo(&config);
+    let restored = restore_revision(&store, &source);
+    let (sync_requests, sync_receiver) = mpsc::channel(16);
+    let state = Arc::new(ServerState {
+        store,
+        ca,
+        ca_fingerprint,
+        catalogs: Catalogs::new(
+            10_000,
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        ),
+        revision: RwLock::new(restored),
+        sync_requests,
+        config: config.clone(),
+    });
+
+    let mut names = vec!["localhost".to_string()];
+    names.extend(config.server_names.iter().cloned());
+    let mut addresses: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
+    addresses.extend(config.server_addresses.iter().copied());
+    if let Ok(local) = grpc_listener.local_addr()
+        && !local.ip().is_unspecified()
+    {
+        addresses.push(local.ip());
+    }
+    let server_credential = state.ca.issue_server_certificate(&names, &addresses)?;
+    // The chain ends with the CA, so an enrolling agent sees the CA and can
+    // check its fingerprint against its token.
+    let chain = format!(
+        "{}{}",
+        server_credential.certificate_pem,
+        state.ca.certificate_pem()
+    );
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            chain,
+            &server_credential.private_key_pem,
+        ))
+        .client_ca_root(Certificate::from_pem(state.ca.certificate_pem()))
+        // Enrollment is the one call without a client certificate; every
+        // other call checks for one (service::caller).
+        .client_auth_optional(true);
+
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(sync_loop(
+        state.clone(),
+        source,
+        sync_receiver,
+        stop.clone(),
+    ));
+    if let Some(http_listener) = http_listener {
+        tasks.spawn(crate::http::serve(
+            http_listener,
+            state.clone(),
+            stop.clone(),
+        ));
+    }
+    let mut grpc_stop = stop.clone();
+    let grpc = Server::builder()
+        .tls_config(tls)?
+        .add_service(pb::enrollment_server::EnrollmentServer::new(
+            EnrollmentService(state.clone()),
+        ))
+        .add_service(pb::agent_server::AgentServer::new(AgentService(
+            state.clone(),
+        )))
+        .add_service(pb::admin_server::AdminServer::new(AdminService(
+            state.clone(),
+        )))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+            let _ = grpc_stop.wait_for(|stopped| *stopped).await;
+        });
+    tasks.spawn(async move { grpc.await.context("The gRPC server failed") });
+    shutdown.await;
+    let _ = stop_sender.send(true);
+    while let Some(result) = tasks.join_next().await {
+        result.context("A server task panicked")??;
+    }
+    Ok(())
+}
+
+fn load_or_create_ca(store: &Store) -> anyhow::Result<CertificateAuthority> {
+    if let Some(record) = store.ca()? {
+        return Ok(CertificateAuthority::from_pem(
+            &record.certificate_pem,
+            &record.private_key_pem,
+        )?);
+    }
+    let ca = CertificateAuthority::create("server")?;
+    store.put_ca(&CaRecord {
+        certificate_pem: ca.certificate_pem().to_string(),
+        private_key_pem: ca.private_key_pem(),
+    })?;
+    Ok(ca)
+}
+
+/// The admin credential, made once: `admin/admin.pem`, `admin/admin.key`
+/// and `admin/ca.pem`, readable by the server's user only.
+fn write_admin_credential(ca: &CertificateAuthority, data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = admin_dir(data_dir);
+    if dir.join("admin.key").exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("Failed to create {}", dir.display()))?;
+    let credential = ca.issue_admin_certificate()?;
+    for (name, text) in [
+        ("ca.pem", ca.certificate_pem().to_string()),
+        ("admin.pem", credential.certificate_pem.clone()),
+        ("admin.key", credential.private_key_pem.clone()),
+    ] {
+        let path = dir.join(name);
+        let temporary = dir.join(format!(".{name}.tmp"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)
+            .with_context(|| format!("Failed to write {}", temporary.display()))?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &path)
+            .with_context(|| format!("Failed to write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The last good revision of an earlier run, from the store's pointer and
+/// the git mirror, so a restart keeps serving it even if the branch now
+/// points to a broken commit.
+fn restore_revision(store: &Store, source: &RolesSource) -> Option<Revision> {
+    let commit = store.current_revision().ok().flatten()?;
+    let RolesSource::Git(syncer) = source else {
+        // A plain folder has no history to go back to.
+        return None;
+    };
+    let files = syncer.source().read_commit(&commit).ok()?;
+    let (repository, diagnostics) = cms_roles::Repository::load(files);
+    diagnostics.is_empty().then(|| Revision {
+        commit,
+        repository: Arc::new(repository),
+    })
+}
+
+/// Where roles come from: a git repository (the normal case), or a plain
+/// folder, for trying the server on a roles repository that is not under
+/// git yet (its revision is the sha256 of its files).
+pub enum RolesSource {
+    Git(Syncer),
+    Directory {
+        path: PathBuf,
+        current: Option<String>,
+    },
+}
+
+impl RolesSource {
+    pub fn for_repo(config: &ServeConfig) -> RolesSource {
+        let path = Path::new(&config.repo);
+        let is_plain_folder =
+            path.is_dir() && !path.join(".git").exists() && !path.join("HEAD").exists();
+        if is_plain_folder {
+            RolesSource::Directory {
+                path: path.to_path_buf(),
+                current: None,
+            }
+        } else {
+            RolesSource::Git(Syncer::new(GitSource {
+                url: config.repo.clone(),
+                branch: config.branch.clone(),
+                mirror_dir: config.data_dir.join("git"),
+            }))
+        }
+    }
+
+    fn sync_once(&mut self) -> anyhow::Result<SyncOutcome> {
+        match self {
+            RolesSource::Git(syncer) => Ok(syncer.sync_once()?),
+            RolesSource::Directory { path, current } => {
+                let files = cms_roles::RepoFiles::read_dir(path)?;
+                let mut digest = Vec::new();
+                for (name, entry) in files.under("") {
+                    digest.extend_from_slice(name.as_bytes());
+                    digest.push(0);
+                    if let cms_roles::Entry::File(bytes) = entry {
+                        digest.extend_from_slice(crate::store::sha256_hex(bytes).as_bytes());
+                    }
+                    digest.push(0);
+                }
+                let commit = format!("dir-{}", crate::store::sha256_hex(&digest));
+                if current.as_deref() == Some(commit.as_str()) {
+                    return Ok(SyncOutcome::Unchanged { commit });
+                }
+                let (repository, mut diagnostics) = cms_roles::Repository::load(files);
+                diagnostics.extend(cms_roles::validate(
+                    &repository,
+                    &cms_roles::example_facts(),
+                ));
+                if !diagnostics.is_empty() {
+                    return Ok(SyncOutcome::Refused {
+                        commit,
+                        diagnostics: diagnostics.into_sorted(),
+                    });
+                }
+                *current = Some(commit.clone());
+                Ok(SyncOutcome::Accepted(Revision {
+                    commit,
+                    repository: Arc::new(repository),
+                }))
+            }
+        }
+    }
+}
+
+type SyncReply = oneshot::Sender<anyhow::Result<pb::SyncResponse>>;
+
+/// Syncs at start, on every interval and on request, until shutdown. git
+/// work blocks, so it runs in `spawn_blocking`.
+async fn sync_loop(
+    state: Arc<ServerState>,
+    syncer: RolesSource,
+    mut requests: mpsc::Receiver<SyncReply>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let syncer = Arc::new(Mutex::new(syncer));
+    let mut interval = tokio::time::interval(state.config.sync_interval);
+    loop {
+        let reply = tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            _ = interval.tick() => None,
+            request = requests.recv() => match request {
+                Some(reply) => Some(reply),
+                None => return Ok(()),
+            },
+        };
+        let outcome = sync_once(&state, syncer.clone()).await;
+        if let Err(error) = &outcome {
+            tracing::warn!("{error:#}");
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+async fn sync_once(
+    state: &Arc<ServerState>,
+    syncer: Arc<Mutex<RolesSource>>,
+) -> anyhow::Result<pb::SyncResponse> {
+    let outcome =
+        tokio::task::spawn_blocking(move || syncer.lock().expect("syncer lock").sync_once())
+            .await
+            .context("The sync task panicked")??;
+    let store = state.store.clone();
+    let response = match outcome {
+        SyncOutcome::Unchanged { commit } => pb::SyncResponse {
+            revision: commit,
+            accepted: true,
+            errors: Vec::new(),
+        },
+        SyncOutcome::Accepted(revision) => {
+            let commit = revision.commit.clone();
+            let record = RevisionRecord {
+                commit: commit.clone(),
+                accepted: true,
+                errors: Vec::new(),
+                synced_unix_ms: now_unix_ms(),
+            };
+            let pointer = commit.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                store.put_revision(&record)?;
+                store.set_current_revision(&pointer)?;
+                Ok(())
+            })
+            .await??;
+            *state.revision.write().expect("revision lock") = Some(revision);
+            state.catalogs.clear();
+            tracing::info!(commit = %commit, "serving a new revision");
+            pb::SyncResponse {
+                revision: commit,
+                accepted: true,
+                errors: Vec::new(),
+            }
+        }
+        SyncOutcome::Refused {
+            commit,
+            diagnostics,
+        } => {
+            let errors: Vec<RevisionError> = diagnostics
+                .iter()
+                .map(|d| RevisionError {
+                    file: d.file.clone(),
+                    line: d.line,
+                    column: d.column,
+                    message: d.message.clone(),
+                })
+                .collect();
+            let record = RevisionRecord {
+                commit: commit.clone(),
+                accepted: false,
+                errors: errors.clone(),
+                synced_unix_ms: now_unix_ms(),
+            };
+            tokio::task::spawn_blocking(move || store.put_revision(&record)).await??;
+            tracing::warn!(commit = %commit, problems = errors.len(), "refused a commit that does not validate; the last good revision stays");
+            pb::SyncResponse {
+                revision: commit,
+                accepted: false,
+                errors: errors
+                    .into_iter()
+                    .map(|e| pb::ValidationError {
+                        file: e.file,
+                        line: e.line,
+                        column: e.column,
+                        message: e.message,
+                    })
+                    .collect(),
+            }
+        }
+    };
+    Ok(response)
+}

@@ -1,0 +1,683 @@
+//! The gRPC services: thin trait impls that decode the request, find out who
+//! is calling from the verified client certificate, call the domain (store,
+//! pki, catalogs) and map errors to a `Status`.
+//!
+//! Who calls is never taken from a request field: an agent's node id comes
+//! from its certificate (`PeerIdentity::Node`), the operator's from the
+//! admin certificate (`PeerIdentity::Admin`). The TLS layer lets clients
+//! without a certificate through only so that `Enroll` can be reached; every
+//! other call requires one, and a revoked serial is refused on every call.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cms_proto::v1 as pb;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::pki::{PeerIdentity, check_node_id, check_scope, peer_identity};
+use crate::server::ServerState;
+use crate::store::{NodeRecord, NodeStatus, RunSummary, StoreError, StoredReport, TokenRecord};
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Size of one `GetContent` chunk.
+const CONTENT_CHUNK: usize = 64 * 1024;
+
+/// Who is calling, from the verified client certificate; refused when there
+/// is none or it is revoked.
+fn caller<T>(state: &ServerState, request: &Request<T>) -> Result<PeerIdentity, Status> {
+    let certificates = request
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required: enroll first"))?;
+    let leaf = certificates
+        .first()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required: enroll first"))?;
+    let (identity, serial) =
+        peer_identity(leaf.as_ref()).map_err(|e| Status::unauthenticated(format!("{e}")))?;
+    if state.store.is_revoked(&serial).map_err(internal)? {
+        return Err(Status::permission_denied(format!(
+            "certificate {serial} is revoked"
+        )));
+    }
+    Ok(identity)
+}
+
+fn node_caller<T>(state: &ServerState, request: &Request<T>) -> Result<String, Status> {
+    match caller(state, request)? {
+        PeerIdentity::Node(id) => Ok(id),
+        PeerIdentity::Admin => Err(Status::permission_denied(
+            "this call is for nodes, not the admin credential",
+        )),
+    }
+}
+
+fn admin_caller<T>(state: &ServerState, request: &Request<T>) -> Result<(), Status> {
+    match caller(state, request)? {
+        PeerIdentity::Admin => Ok(()),
+        PeerIdentity::Node(id) => Err(Status::permission_denied(format!(
+            "node {id} may not call admin functions"
+        ))),
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> Status {
+    Status::internal(format!("{error}"))
+}
+
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// Runs blocking store work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work).await.map_err(internal)?
+}
+
+#[derive(Debug, Clone)]
+pub struct EnrollmentService(pub Arc<ServerState>);
+
+#[tonic::async_trait]
+impl pb::enrollment_server::Enrollment for EnrollmentService {
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let state = self.0.clone();
+        let request = request.into_inner();
+        let node_id = request.node_name.clone();
+        check_node_id(&node_id).map_err(|e| Status::invalid_argument(format!("{e}")))?;
+        let secret = request
+            .token
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let tags: BTreeMap<String, String> = request.tags.into_iter().collect();
+        blocking(move || {
+            let token_id = TokenRecord::id_for_secret(&secret);
+            // Check the scope before using the token up.
+            let token = state
+                .store
+                .tokens()
+                .map_err(internal)?
+                .into_iter()
+                .find(|t| t.id == token_id)
+                .ok_or_else(|| Status::unauthenticated("Failed to enroll: the token is unknown"))?;
+            check_scope(&token.scope, &tags)
+                .map_err(|e| Status::permission_denied(format!("Failed to enroll: {e}")))?;
+            state
+                .store
+                .consume_token(&token_id, now_unix_ms() / 1000)
+                .map_err(|e| match e {
+                    StoreError::TokenUnknown
+                    | StoreError::TokenExpired { .. }
+                    | StoreError::TokenUsedUp => Status::unauthenticated(format!("{e}")),
+                    other => internal(other),
+                })?;
+            let issued = state
+                .ca
+                .sign_node_csr(
+                    &request.csr_pem,
+                    &node_id,
+                    state.config.certificate_validity,
+                )
+                .map_err(|e| Status::invalid_argument(format!("{e}")))?;
+            state
+                .store
+                .put_certificate(&crate::store::CertificateRecord {
+                    serial: issued.serial_hex.clone(),
+                    node_id: node_id.clone(),
+                    not_after_unix: issued.not_after_unix.max(0) as u64,
+                    revoked: false,
+                })
+                .map_err(internal)?;
+            let now = now_unix_ms();
+            let previous = state.store.node(&node_id).map_err(internal)?;
+            state
+                .store
+                .put_node(&NodeRecord {
+                    id: node_id.clone(),
+                    tags: tags.clone(),
+                    facts: previous
+                        .as_ref()
+                        .map_or(serde_json::Value::Null, |n| n.facts.clone()),
+                    certificate_serial: issued.serial_hex.clone(),
+                    first_seen_unix_ms: previous.as_ref().map_or(now, |n| n.first_seen_unix_ms),
+                    last_seen_unix_ms: now,
+                    last_run: previous.and_then(|n| n.last_run),
+                    status: NodeStatus::Active,
+                })
+                .map_err(internal)?;
+            Ok(pb::EnrollResponse {
+                node_id,
+                certificate_pem: issued.certificate_pem,
+                ca_certificate_pem: state.ca.certificate_pem().to_string(),
+                bound_tags: tags.into_iter().collect(),
+                not_after: issued.not_after_unix,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentService(pub Arc<ServerState>);
+
+#[tonic::async_trait]
+impl pb::agent_server::Agent for AgentService {
+    async fn get_catalog(
+        &self,
+        request: Request<pb::CatalogRequest>,
+    ) -> Result<Response<pb::CatalogResponse>, Status> {
+        let state = self.0.clone();
+        let node_id = node_caller(&state, &request)?;
+        let request = request.into_inner();
+        let facts: BTreeMap<String, serde_json::Value> = if request.facts_json.trim().is_empty() {
+            BTreeMap::new()
+        } else {
+            serde_json::from_str(&request.facts_json)
+                .map_err(|e| Status::invalid_argument(format!("facts_json: {e}")))?
+        };
+        let revision = state.current_revision().ok_or_else(|| {
+            Status::unavailable(
+                "no valid roles revision yet: the server has not synced a commit that validates",
+            )
+        })?;
+        let store_state = state.clone();
+        let facts_for_store = serde_json::to_value(&facts).unwrap_or_default();
+        let id_for_store = node_id.clone();
+        let node_record = blocking(move || {
+            store_state
+                .store
+                .update_node(&id_for_store, |node| {
+                    node.facts = facts_for_store.clone();
+                    node.last_seen_unix_ms = now_unix_ms();
+                })
+                .map_err(internal)?
+                .ok_or_else(|| Status::not_found(format!("node {id_for_store} is not enrolled")))
+        })
+        .await?;
+        let node = crate::catalogs::node(&node_id, &node_record.tags, facts);
+        let catalog = state
+            .catalogs
+            .get(&revision.commit, revision.repository.clone(), node)
+            .await
+            .map_err(|diagnostics| {
+                Status::failed_precondition(format!(
+                    "Failed to compile the catalog of {node_id}:\n{diagnostics}"
+                ))
+            })?;
+        if request.have_catalog_id == catalog.catalog_id {
+            return Ok(Response::new(pb::CatalogResponse {
+                result: Some(pb::catalog_response::Result::NotModified(pb::NotModified {
+                    catalog_id: catalog.catalog_id.clone(),
+                    revision: revision.commit.clone(),
+                })),
+            }));
+        }
+        // Contents go to the store too, so GetContent can serve them.
+        let contents_state = state.clone();
+        let contents = catalog.contents.clone();
+        blocking(move || {
+            for (hash, content) in &contents {
+                if contents_state
+                    .store
+                    .get_content(hash)
+                    .map_err(internal)?
+                    .is_none()
+                {
+                    contents_state
+                        .store
+                        .put_content(hash, &content.0)
+                        .map_err(internal)?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(pb::CatalogResponse {
+            result: Some(pb::catalog_response::Result::Catalog(pb::Catalog {
+                catalog_id: catalog.catalog_id.clone(),
+                revision: revision.commit.clone(),
+                canonical_json: catalog.canonical_bytes(),
+            })),
+        }))
+    }
+
+    type GetContentStream = ResponseStream<pb::ContentChunk>;
+
+    async fn get_content(
+        &self,
+        request: Request<pb::ContentRequest>,
+    ) -> Result<Response<Self::GetContentStream>, Status> {
+        let state = self.0.clone();
+        node_caller(&state, &request)?;
+        let hash = request.into_inner().sha256;
+        let bytes = blocking(move || {
+            state
+                .store
+                .get_content(&hash)
+                .map_err(internal)?
+                .ok_or_else(|| Status::not_found(format!("no content {hash}")))
+        })
+        .await?;
+        let chunks: Vec<Result<pb::ContentChunk, Status>> = bytes
+            .chunks(CONTENT_CHUNK)
+            .map(|chunk| {
+                Ok(pb::ContentChunk {
+                    data: chunk.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn report(
+        &self,
+        request: Request<pb::RunReport>,
+    ) -> Result<Response<pb::ReportAck>, Status> {
+        let state = self.0.clone();
+        let node_id = node_caller(&state, &request)?;
+        let report = request.into_inner();
+        let run_id = report.run_id.clone();
+        blocking(move || {
+            let changed = report
+                .resources
+                .iter()
+                .filter(|r| r.status == pb::ResourceStatus::Changed as i32)
+                .count() as u32;
+            let failed = report
+                .resources
+                .iter()
+                .filter(|r| r.status == pb::ResourceStatus::Failed as i32)
+                .count() as u32;
+            let skipped = report
+                .resources
+                .iter()
+                .filter(|r| r.status == pb::ResourceStatus::Skipped as i32)
+                .count() as u32;
+            let json = report_json(&report);
+            let now = now_unix_ms();
+            state
+                .store
+                .put_report(&StoredReport {
+                    node_id: node_id.clone(),
+                    run_id: report.run_id.clone(),
+                    received_unix_ms: now,
+                    report_json: json,
+                })
+                .map_err(internal)?;
+            state
+                .store
+                .update_node(&node_id, |node| {
+                    node.last_seen_unix_ms = now;
+                    node.last_run = Some(RunSummary {
+                        run_id: report.run_id.clone(),
+                        finished_unix_ms: report.started_at_unix_ms.max(0) as u64
+                            + report.duration_ms,
+                        catalog_id: report.catalog_id.clone(),
+                        revision: report.revision.clone(),
+                        changed,
+                        failed,
+                        skipped,
+                        noop: report.noop,
+                    });
+                })
+                .map_err(internal)?;
+            Ok(())
+        })
+        .await?;
+        // Acknowledged only now that the report is on disk.
+        Ok(Response::new(pb::ReportAck { run_id }))
+    }
+
+    type WatchStream = ResponseStream<pb::WatchEvent>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        node_caller(&self.0, &request)?;
+        // Converge-now triggers arrive with fleet operations; until then the
+        // stream carries heartbeats so the agent knows the server is there.
+        let heartbeats = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(
+                Duration::from_secs(30),
+            )),
+            |_| {
+                Ok(pb::WatchEvent {
+                    event: Some(pb::watch_event::Event::Heartbeat(pb::Heartbeat {})),
+                })
+            },
+        );
+        Ok(Response::new(Box::pin(heartbeats)))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let state = self.0.clone();
+        let node_id = node_caller(&state, &request)?;
+        let csr = request.into_inner().csr_pem;
+        blocking(move || {
+            let node = state
+                .store
+                .node(&node_id)
+                .map_err(internal)?
+                .ok_or_else(|| Status::not_found(format!("node {node_id} is not enrolled")))?;
+            let issued = state
+                .ca
+                .sign_node_csr(&csr, &node_id, state.config.certificate_validity)
+                .map_err(|e| Status::invalid_argument(format!("{e}")))?;
+            state
+                .store
+                .put_certificate(&crate::store::CertificateRecord {
+                    serial: issued.serial_hex.clone(),
+                    node_id: node_id.clone(),
+                    not_after_unix: issued.not_after_unix.max(0) as u64,
+                    revoked: false,
+                })
+                .map_err(internal)?;
+            state
+                .store
+                .update_node(&node_id, |n| {
+                    n.certificate_serial = issued.serial_hex.clone()
+                })
+                .map_err(internal)?;
+            Ok(pb::EnrollResponse {
+                node_id,
+                certificate_pem: issued.certificate_pem,
+                ca_certificate_pem: state.ca.certificate_pem().to_string(),
+                bound_tags: node.tags.into_iter().collect(),
+                not_after: issued.not_after_unix,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+}
+
+/// A report as JSON for the store: the proto fields, statuses in words.
+fn report_json(report: &pb::RunReport) -> serde_json::Value {
+    let status = |s: i32| match pb::ResourceStatus::try_from(s) {
+        Ok(pb::ResourceStatus::Unchanged) => "unchanged",
+        Ok(pb::ResourceStatus::Changed) => "changed",
+        Ok(pb::ResourceStatus::Failed) => "failed",
+        Ok(pb::ResourceStatus::Skipped) => "skipped",
+        _ => "unknown",
+    };
+    serde_json::json!({
+        "run_id": report.run_id,
+        "catalog_id": report.catalog_id,
+        "revision": report.revision,
+        "started_at_unix_ms": report.started_at_unix_ms,
+        "duration_ms": report.duration_ms,
+        "noop": report.noop,
+        "note": report.note,
+        "resources": report.resources.iter().map(|r| serde_json::json!({
+            "reference": r.reference,
+            "status": status(r.status),
+            "diff": r.diff,
+            "error": r.error,
+            "duration_ms": r.duration_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminService(pub Arc<ServerState>);
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let state = self.0.clone();
+        admin_caller(&state, &request)?;
+        let selector: BTreeMap<String, String> = request
+            .into_inner()
+            .selector
+            .map(|s| s.tags.into_iter().collect())
+            .unwrap_or_default();
+        blocking(move || {
+            let nodes = state.store.nodes().map_err(internal)?;
+            Ok(pb::ListNodesResponse {
+                nodes: nodes
+                    .into_iter()
+                    .filter(|n| {
+                        selector.iter().all(|(k, pattern)| {
+                            n.tags
+                                .get(k)
+                                .is_some_and(|v| cms_roles::glob_match(pattern, v))
+                        })
+                    })
+                    .map(|n| pb::NodeSummary {
+                        node_id: n.id,
+                        tags: n.tags.into_iter().collect(),
+                        status: match (&n.status, &n.last_run) {
+                            (NodeStatus::Gone, _) => "gone".into(),
+                            (_, None) => "enrolled".into(),
+                            (_, Some(run)) if run.failed > 0 => "failed".into(),
+                            (_, Some(run)) if run.changed > 0 => "changed".into(),
+                            _ => "unchanged".into(),
+                        },
+                        revision: n
+                            .last_run
+                            .as_ref()
+                            .map(|r| r.revision.clone())
+                            .unwrap_or_default(),
+                        catalog_id: n
+                            .last_run
+                            .as_ref()
+                            .map(|r| r.catalog_id.clone())
+                            .unwrap_or_default(),
+                        last_seen_unix_ms: n.last_seen_unix_ms as i64,
+                        last_run_unix_ms: n
+                            .last_run
+                            .as_ref()
+                            .map_or(0, |r| r.finished_unix_ms as i64),
+                        changed: n.last_run.as_ref().map_or(0, |r| r.changed),
+                        failed: n.last_run.as_ref().map_or(0, |r| r.failed),
+                    })
+                    .collect(),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn get_reports(
+        &self,
+        request: Request<pb::GetReportsRequest>,
+    ) -> Result<Response<pb::GetReportsResponse>, Status> {
+        let state = self.0.clone();
+        admin_caller(&state, &request)?;
+        let request = request.into_inner();
+        blocking(move || {
+            let limit = if request.limit == 0 {
+                10
+            } else {
+                request.limit as usize
+            };
+            let reports = state
+                .store
+                .reports(&request.node_id, limit)
+                .map_err(internal)?;
+            Ok(pb::GetReportsResponse {
+                reports: reports.into_iter().map(|r| stored_to_proto(&r)).collect(),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let state = self.0.clone();
+        admin_caller(&state, &request)?;
+        let request = request.into_inner();
+        if request.scope.is_empty() {
+            return Err(Status::invalid_argument(
+                "a token needs a scope, e.g. env=staging,role=*",
+            ));
+        }
+        blocking(move || {
+            let token = crate::pki::new_token().map_err(internal)?;
+            let now = now_unix_ms() / 1000;
+            let ttl = if request.ttl_seconds == 0 {
+                24 * 3600
+            } else {
+                request.ttl_seconds
+            };
+            state
+                .store
+                .put_token(&TokenRecord {
+                    id: token.id.clone(),
+                    scope: request.scope.into_iter().collect(),
+                    expires_unix: now + ttl,
+                    uses_left: (request.uses > 0).then_some(request.uses),
+                    created_unix: now,
+                })
+                .map_err(internal)?;
+            // The secret, then the CA's fingerprint: the agent checks the
+            // server it enrolls with against it before trusting it.
+            Ok(pb::CreateTokenResponse {
+                token: format!("{}.{}", token.secret, state.ca_fingerprint),
+                expires_at_unix: (now + ttl) as i64,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn revoke_node(
+        &self,
+        request: Request<pb::RevokeNodeRequest>,
+    ) -> Result<Response<pb::RevokeNodeResponse>, Status> {
+        let state = self.0.clone();
+        admin_caller(&state, &request)?;
+        let node_id = request.into_inner().node_id;
+        blocking(move || {
+            let serials = state.store.revoke_node(&node_id).map_err(internal)?;
+            if serials.is_empty() {
+                return Err(Status::not_found(format!(
+                    "node {node_id} has no certificates"
+                )));
+            }
+            Ok(pb::RevokeNodeResponse {
+                revoked_serials: serials,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn sync(
+        &self,
+        request: Request<pb::SyncRequest>,
+    ) -> Result<Response<pb::SyncResponse>, Status> {
+        admin_caller(&self.0, &request)?;
+        let outcome = self
+            .0
+            .sync_now()
+            .await
+            .map_err(|e| Status::unavailable(format!("{e:#}")))?;
+        Ok(Response::new(outcome))
+    }
+
+    type TriggerStream = ResponseStream<pb::TriggerProgress>;
+
+    async fn trigger(
+        &self,
+        request: Request<pb::TriggerRequest>,
+    ) -> Result<Response<Self::TriggerStream>, Status> {
+        admin_caller(&self.0, &request)?;
+        Err(Status::unimplemented(
+            "fleet triggers are not available in this server version",
+        ))
+    }
+
+    async fn trigger_status(
+        &self,
+        request: Request<pb::TriggerStatusRequest>,
+    ) -> Result<Response<pb::TriggerProgress>, Status> {
+        admin_caller(&self.0, &request)?;
+        Err(Status::unimplemented(
+            "fleet triggers are not available in this server version",
+        ))
+    }
+}
+
+fn stored_to_proto(stored: &StoredReport) -> pb::RunReport {
+    let json = &stored.report_json;
+    let text = |key: &str| {
+        json.get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let number = |key: &str| json.get(key).and_then(|v| v.as_u64()).unwrap_or_default();
+    let status = |s: &str| match s {
+        "unchanged" => pb::ResourceStatus::Unchanged,
+        "changed" => pb::ResourceStatus::Changed,
+        "failed" => pb::ResourceStatus::Failed,
+        "skipped" => pb::ResourceStatus::Skipped,
+        _ => pb::ResourceStatus::Unspecified,
+    } as i32;
+    pb::RunReport {
+        run_id: stored.run_id.clone(),
+        catalog_id: text("catalog_id"),
+        revision: text("revision"),
+        started_at_unix_ms: number("started_at_unix_ms") as i64,
+        duration_ms: number("duration_ms"),
+        noop: json.get("noop").and_then(|v| v.as_bool()).unwrap_or(false),
+        note: text("note"),
+        trigger_id: String::new(),
+        resources: json
+            .get("resources")
+            .and_then(|r| r.as_array())
+            .map(|resources| {
+                resources
+                    .iter()
+                    .map(|r| pb::ResourceResult {
+                        reference: r
+                            .get("reference")
+                            .and_then(|v| v.as_str())
+                            .unwrap_or_default()
+                            .into(),
+                        status: status(
+                            r.get("status").and_then(|v| v.as_str()).unwrap_or_default(),
+                        ),
+                        diff: r
+                            .get("diff")
+                            .and_then(|v| v.as_str())
+                            .unwrap_or_default()
+                            .into(),
+                        error: r
+                            .get("error")
+                            .and_then(|v| v.as_str())
+                            .unwrap_or_default()
+                            .into(),
+                        duration_ms: r
+                            .get("duration_ms")
+                            .and_then(|v| v.as_u64())
+                            .unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}

@@ -1,0 +1,553 @@
+//! The server and the agent together, over real mTLS on loopback: a roles
+//! repository in git, `cms-server`'s `run` in this process, and the real
+//! `cms-agent` binary enrolling and converging files under a temporary
+//! folder. Enrollment scope, catalogs by bound tags, not-modified answers,
+//! refused commits, revocation, and reports that survive the server being
+//! away.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use cms_integration::build_workspace_binary;
+use cms_proto::v1 as pb;
+
+struct Git {
+    dir: PathBuf,
+}
+
+impl Git {
+    fn init(dir: &Path) -> Result<Git> {
+        std::fs::create_dir_all(dir)?;
+        let git = Git {
+            dir: dir.to_path_buf(),
+        };
+        git.run(&["init", "-q", "-b", "main"])?;
+        Ok(git)
+    }
+
+    fn run(&self, args: &[&str]) -> Result<()> {
+        let output = Command::new("git")
+            .arg("-C")
+            .arg(&self.dir)
+            .args([
+                "-c",
+                "user.name=cms test",
+                "-c",
+                "user.email=test@cms.invalid",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+
+    fn commit(&self, files: &[(&str, &str)], message: &str) -> Result<()> {
+        for (path, text) in files {
+            let path = self.dir.join(path);
+            std::fs::create_dir_all(path.parent().context("parent")?)?;
+            std::fs::write(path, text)?;
+        }
+        self.run(&["add", "-A"])?;
+        self.run(&["commit", "-q", "-m", message])
+    }
+}
+
+fn role(out: &Path, text: &str) -> String {
+    format!(
+        "[match]\nrole = \"app\"\n\n[[directory]]\npath = \"{out}\"\n\n[[file]]\npath = \"{out}/app.conf\"\ncontent = \"{text}\\n\"\nrequire = [\"directory:{out}\"]\n",
+        out = out.display()
+    )
+}
+
+/// The server, running in its own runtime on a thread, stopped on drop.
+struct RunningServer {
+    address: String,
+    data: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl RunningServer {
+    fn start(data: &Path, repo: &Path, port: u16) -> Result<RunningServer> {
+        RunningServer::start_on(
+            data,
+            repo,
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        )
+    }
+
+    fn start_on(data: &Path, repo: &Path, address: std::net::SocketAddr) -> Result<RunningServer> {
+        let runtime = tokio::runtime::Runtime::new()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(address))?;
+        let address = listener.local_addr()?.to_string();
+        let config = cms_server::server::ServeConfig {
+            data_dir: data.to_path_buf(),
+            repo: repo.display().to_string(),
+            branch: "main".into(),
+            sync_interval: Duration::from_secs(3600),
+            certificate_validity: Duration::from_secs(3600),
+            server_names: Vec::new(),
+            server_addresses: Vec::new(),
+            webhook_secret: None,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = runtime.handle().clone();
+        let thread = std::thread::spawn(move || {
+            handle.block_on(cms_server::server::run(
+                listener,
+                None,
+                config,
+                async move {
+                    let _ = stopped.await;
+                },
+            ))
+        });
+        let server = RunningServer {
+            address,
+            data: data.to_path_buf(),
+            stop: Some(stop),
+            thread: Some(thread),
+            runtime,
+        };
+        server.wait_until_serving()?;
+        Ok(server)
+    }
+
+    fn wait_until_serving(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            // Answering is enough: after a restart the branch may point at a
+            // refused commit while the last good revision is served.
+            match self.runtime.block_on(self.sync()) {
+                Ok(_) => return Ok(()),
+                result if std::time::Instant::now() > deadline => {
+                    anyhow::bail!("the server never served: {result:?}")
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    async fn admin(&self) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {
+        cms_server::admin::connect(&self.address, &self.data).await
+    }
+
+    async fn sync(&self) -> Result<pb::SyncResponse> {
+        Ok(self
+            .admin()
+            .await?
+            .sync(pb::SyncRequest {})
+            .await?
+            .into_inner())
+    }
+
+    fn token(&self, scope: &[(&str, &str)]) -> Result<String> {
+        self.runtime.block_on(async {
+            let response = self
+                .admin()
+                .await?
+                .create_token(pb::CreateTokenRequest {
+                    scope: scope
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ttl_seconds: 600,
+                    uses: 0,
+                })
+                .await?;
+            Ok(response.into_inner().token)
+        })
+    }
+
+    fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Agent {
+    binary: PathBuf,
+    state: PathBuf,
+    config: PathBuf,
+}
+
+impl Agent {
+    fn run(&self, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(&self.binary)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()?)
+    }
+
+    fn enroll(&self, server: &str, token: &str, node: &str, tags: &str) -> Result<Output> {
+        self.run(&[
+            "enroll",
+            "--server",
+            server,
+            "--token",
+            token,
+            "--node",
+            node,
+            "--tags",
+            tags,
+            "--state-dir",
+            self.state.to_str().context("utf-8")?,
+        ])
+    }
+
+    fn converge(&self) -> Result<(i32, String)> {
+        let output = self.run(&[
+            "converge",
+            "--state-dir",
+            self.state.to_str().context("utf-8")?,
+            "--config",
+            self.config.to_str().context("utf-8")?,
+        ])?;
+        Ok((
+            output.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        ))
+    }
+}
+
+#[test]
+fn agents_enroll_converge_by_bound_tags_and_their_reports_survive_the_server_being_away()
+-> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("out");
+    let git = Git::init(&dir.path().join("roles"))?;
+    git.commit(
+        &[
+            ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
+            ("roles/app.toml", &role(&out, "version one")),
+        ],
+        "first",
+    )?;
+    let binary = build_workspace_binary("cms-agent", "cms-agent")?;
+    let agent = |name: &str| Agent {
+        binary: binary.clone(),
+        state: dir.path().join(format!("agent-{name}")),
+        config: dir.path().join("no-agent.toml"),
+    };
+    let server = RunningServer::start(&dir.path().join("server"), &git.dir, 0)?;
+    let token = server.token(&[("role", "app")])?;
+
+    // A token for role=app cannot enroll a db node.
+    let intruder = agent("intruder");
+    let refused = intruder.enroll(&server.address, &token, "db-1", "role=db")?;
+    ensure!(
+        refused.status.code() == Some(1),
+        "enrollment outside the scope must fail"
+    );
+    ensure!(
+        String::from_utf8_lossy(&refused.stderr).contains("role"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let first = agent("one");
+    let enrolled = first.enroll(&server.address, &token, "app-1", "role=app")?;
+    ensure!(
+        enrolled.status.success(),
+        "enroll: {}",
+        String::from_utf8_lossy(&enrolled.stderr)
+    );
+    let (code, output) = first.converge()?;
+    ensure!(
+        code == 2,
+        "first converge should change things, got {code}:\n{output}"
+    );
+    ensure!(std::fs::read_to_string(out.join("app.conf"))? == "version one\n");
+    let (code, output) = first.converge()?;
+    ensure!(
+        code == 0,
+        "an unchanged catalog changes nothing, got {code}:\n{output}"
+    );
+
+    // A role change is synced and converged.
+    git.commit(&[("roles/app.toml", &role(&out, "version two"))], "second")?;
+    ensure!(
+        server.runtime.block_on(server.sync())?.accepted,
+        "a valid commit is accepted"
+    );
+    let (code, output) = first.converge()?;
+    ensure!(code == 2, "{output}");
+    ensure!(std::fs::read_to_string(out.join("app.conf"))? == "version two\n");
+
+    // A broken commit is refused; the node keeps the last good state.
+    git.commit(
+        &[(
+            "roles/app.toml",
+            &format!("{}\nmdoe = \"0644\"\n", role(&out, "broken")),
+        )],
+        "broken",
+    )?;
+    let refused = server.runtime.block_on(server.sync())?;
+    ensure!(
+        !refused.accepted
+            && refused
+                .errors
+                .iter()
+                .any(|e| e.file == "roles/app.toml" && e.message.contains("mdoe")),
+        "{refused:?}"
+    );
+    let (code, output) = first.converge()?;
+    ensure!(
+        code == 0,
+        "the last good revision is still served, got {code}:\n{output}"
+    );
+    ensure!(std::fs::read_to_string(out.join("app.conf"))? == "version two\n");
+
+    // The server knows the node and its runs.
+    let (nodes, reports) = server.runtime.block_on(async {
+        let mut admin = server.admin().await?;
+        let nodes = admin
+            .list_nodes(pb::ListNodesRequest { selector: None })
+            .await?
+            .into_inner()
+            .nodes;
+        let reports = admin
+            .get_reports(pb::GetReportsRequest {
+                node_id: "app-1".into(),
+                limit: 10,
+            })
+            .await?
+            .into_inner()
+            .reports;
+        anyhow::Ok((nodes, reports))
+    })?;
+    ensure!(
+        nodes.len() == 1
+            && nodes[0].node_id == "app-1"
+            && nodes[0].tags.get("role").map(String::as_str) == Some("app"),
+        "{nodes:?}"
+    );
+    ensure!(
+        reports.len() == 4,
+        "four runs reported, got {}",
+        reports.len()
+    );
+
+    // The server away: the agent converges from its cache and queues its
+    // report, which arrives once the server is back.
+    let address = server.address.clone();
+    let port: u16 = address.rsplit_once(':').context("port")?.1.parse()?;
+    let data = server.data.clone();
+    server.stop()?;
+    std::fs::write(out.join("app.conf"), "drifted\n")?;
+    let (code, output) = first.converge()?;
+    ensure!(
+        code == 2 && output.contains("server unreachable"),
+        "from the cache, got {code}:\n{output}"
+    );
+    ensure!(std::fs::read_to_string(out.join("app.conf"))? == "version two\n");
+    let server = RunningServer::start(&data, &git.dir, port)?;
+    let (code, output) = first.converge()?;
+    ensure!(code == 0, "{output}");
+    let reports = server.runtime.block_on(async {
+        let mut admin = server.admin().await?;
+        anyhow::Ok(
+            admin
+                .get_reports(pb::GetReportsRequest {
+                    node_id: "app-1".into(),
+                    limit: 10,
+                })
+                .await?
+                .into_inner()
+                .reports,
+        )
+    })?;
+    ensure!(
+        reports.len() == 6,
+        "the queued report arrived after the restart: {} reports",
+        reports.len()
+    );
+    ensure!(
+        reports
+            .iter()
+            .any(|r| r.note.contains("server unreachable")),
+        "the report says it ran from the cache"
+    );
+
+    // A revoked node is refused at once.
+    server.runtime.block_on(async {
+        let mut admin = server.admin().await?;
+        admin
+            .revoke_node(pb::RevokeNodeRequest {
+                node_id: "app-1".into(),
+            })
+            .await?;
+        anyhow::Ok(())
+    })?;
+    let (code, output) = first.converge()?;
+    ensure!(
+        code == 1 && output.contains("revoked"),
+        "a revoked node is refused, got {code}:\n{output}"
+    );
+    server.stop()?;
+    Ok(())
+}
+
+/// The agent's real unit, as a package would install it.
+const AGENT_SERVICE: &str = include_str!("../../cms-agent/cms-agent.service");
+
+#[test]
+fn an_instance_boots_enrolls_with_its_token_converges_its_role_and_reports() -> Result<()> {
+    use cms_integration::{
+        AgentBake, AgentConfigFile, HOST_ADDRESS, Image, ImageRecipe, InstanceConfig, Testbed,
+        begin_end_to_end_test,
+    };
+
+    let (_alone, settings) = begin_end_to_end_test()?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir()?;
+    let git = Git::init(&dir.path().join("roles"))?;
+    git.commit(
+        &[
+            ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
+            ("templates/motd.hbs", "{{node.id}} is a {{tag.role}} instance\n"),
+            (
+                "roles/web.toml",
+                "[match]\nrole = \"web\"\n\n[[file]]\npath = \"/etc/motd\"\ntemplate = \"motd.hbs\"\n\n[[exec]]\nname = \"converged-marker\"\ncommand = \"date > /var/tmp/converged\"\ncreates = \"/var/tmp/converged\"\n",
+            ),
+        ],
+        "roles",
+    )?;
+    let testbed = Testbed::start(&settings)?;
+    // The server listens on the bridge, where instances reach the host.
+    let server = RunningServerOn::start(&dir.path().join("server"), &git.dir, HOST_ADDRESS)?;
+    let token = server.inner.token(&[("role", "web"), ("env", "*")])?;
+
+    let agent_binary = build_workspace_binary("cms-agent", "cms-agent")?;
+    let image = Image::build_or_reuse(&ImageRecipe::debian_bookworm(), &settings)?;
+    let baked = image.bake(&AgentBake {
+        agent_binary,
+        systemd_unit: AGENT_SERVICE.to_string(),
+        config_files: vec![AgentConfigFile {
+            relative_path: "agent.toml".into(),
+            contents: format!(
+                "server = \"{}\"\ntoken = \"{token}\"\ninterval = \"30m\"\nsplay = \"0s\"\n",
+                server.inner.address
+            ),
+        }],
+    })?;
+    let instance = testbed.boot(
+        &baked,
+        InstanceConfig::new("web-7")
+            .with_tag("role", "web")
+            .with_tag("env", "test"),
+    )?;
+
+    // Boot to converged: the agent enrolls and converges at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let reports = loop {
+        let reports = server.inner.runtime.block_on(async {
+            let mut admin = server.inner.admin().await?;
+            let nodes = admin
+                .list_nodes(pb::ListNodesRequest { selector: None })
+                .await?
+                .into_inner()
+                .nodes;
+            let mut reports = Vec::new();
+            for node in nodes {
+                reports.extend(
+                    admin
+                        .get_reports(pb::GetReportsRequest {
+                            node_id: node.node_id,
+                            limit: 5,
+                        })
+                        .await?
+                        .into_inner()
+                        .reports,
+                );
+            }
+            anyhow::Ok(reports)
+        })?;
+        if !reports.is_empty() {
+            break reports;
+        }
+        if std::time::Instant::now() > deadline {
+            let journal =
+                instance.run(&["journalctl", "-u", "cms-agent", "--no-pager", "-n", "40"])?;
+            anyhow::bail!(
+                "no report within 60 s; the agent's journal:\n{}",
+                journal.stdout
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let motd = instance.run_successfully(&["cat", "/etc/motd"])?.stdout;
+    ensure!(motd.ends_with("is a web instance\n"), "motd {motd:?}");
+    ensure!(
+        instance
+            .run(&["test", "-f", "/var/tmp/converged"])?
+            .succeeded(),
+        "the exec ran"
+    );
+    ensure!(
+        reports[0]
+            .resources
+            .iter()
+            .all(|r| r.status != pb::ResourceStatus::Failed as i32),
+        "{reports:?}"
+    );
+
+    // `cms-agent converge` on the instance: nothing left to do.
+    let again = instance.run(&["cms-agent", "converge"])?;
+    ensure!(
+        again.exit_code == Some(0),
+        "{}{}",
+        again.stdout,
+        again.stderr
+    );
+
+    instance.shutdown()?;
+    server.inner.stop()?;
+    testbed.shutdown()?;
+    Ok(())
+}
+
+/// A server bound to a given address (the testbed bridge).
+struct RunningServerOn {
+    inner: RunningServer,
+}
+
+impl RunningServerOn {
+    fn start(data: &Path, repo: &Path, address: std::net::Ipv4Addr) -> Result<RunningServerOn> {
+        Ok(RunningServerOn {
+            inner: RunningServer::start_on(data, repo, std::net::SocketAddr::from((address, 0)))?,
+        })
+    }
+}
