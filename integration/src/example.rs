@@ -1,18 +1,26 @@
-//! The example roles repository converging a real instance: what the
-//! `cms-demo` binary shows a new user, and what a test keeps true.
+//! The example roles repository served by `cms-server` and converged by the
+//! agent of a real instance: what the `cms-demo` binary shows a new user,
+//! and what a test keeps true.
 //!
-//! One cattle instance boots from the testbed image (the agent baked in,
-//! tags `role=web`, `env=prod` in `/etc/cms/tags.toml`); the internal
-//! package repository gets what the example roles install (nginx, curl,
-//! procps and the dependencies the image lacks); the example repository is
-//! copied into the instance and `cms-agent apply` runs there twice.
+//! The server runs in this process on the testbed bridge, serving the
+//! example repository (a plain folder: its revision is the hash of its
+//! files). An enrollment token for `role=web, env=*` goes into the image's
+//! `/etc/cms/agent.toml` with the server's address, beside the agent's real
+//! systemd unit, as a user bakes an AMI. One instance boots with tags
+//! `role=web`, `env=prod`: its agent enrolls, pulls its catalog and
+//! converges at boot, and reports. Then `cms-agent converge` runs once more
+//! on the instance, which finds nothing to change.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use cms_proto::v1 as pb;
 
+use crate::filesystem::ScratchDirectory;
 use crate::{
-    CommandOutput, InstanceConfig, PackageRepo, Testbed, TestbedSettings, bake_agent_image,
+    AgentBake, AgentConfigFile, CommandOutput, HOST_ADDRESS, Image, ImageRecipe, InstanceConfig,
+    PackageRepo, TestServer, Testbed, TestbedSettings, build_workspace_binary,
 };
 
 /// The example roles repository.
@@ -22,50 +30,117 @@ pub const EXAMPLE_REPOSITORY: &str =
 /// What the example `base` and `web` roles install.
 pub const EXAMPLE_PACKAGES: &[&str] = &["nginx", "curl", "procps"];
 
-/// What happened in the instance.
+/// The agent's real unit, as its package installs it.
+pub const AGENT_SERVICE: &str = include_str!("../../cms-agent/cms-agent.service");
+
+/// What happened.
 #[derive(Debug)]
 pub struct ExampleRun {
-    pub first_apply: CommandOutput,
-    pub second_apply: CommandOutput,
+    /// The agent's journal up to its first report: enrollment and the
+    /// first converge at boot.
+    pub boot_journal: String,
+    /// How long from the instance's boot to the server holding its report.
+    pub boot_to_report: Duration,
+    /// `cms-agent converge` run afterwards on the instance.
+    pub second_converge: CommandOutput,
+    /// The nodes as the server lists them.
+    pub nodes: Vec<pb::NodeSummary>,
+    /// The node's first report as the server stored it.
+    pub first_report: pb::RunReport,
     /// `curl` of nginx inside the instance: `HTTP <code>`.
     pub http_answer: String,
     pub motd: String,
 }
 
-/// Boots an instance, converges the example `web` role in it twice, and
-/// tears everything down. `progress` is told what is happening.
+/// Runs the whole example and tears everything down. `progress` is told
+/// what is happening.
 pub fn converge_example_web_role(
     settings: &TestbedSettings,
     mut progress: impl FnMut(&str),
 ) -> Result<ExampleRun> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     progress(
-        "building cms-agent and baking it into the instance image (the first time, debootstrap takes about a minute)",
+        "building cms-agent; the instance image is built once with debootstrap (about a minute) and cached",
     );
-    let baked = bake_agent_image(settings)?;
+    let agent_binary = build_workspace_binary("cms-agent", "cms-agent")?;
+    let image = Image::build_or_reuse(&ImageRecipe::debian_bookworm(), settings)?;
     let testbed = Testbed::start(settings)?;
     progress(&format!(
         "filling the internal package repository with {} and their dependencies",
         EXAMPLE_PACKAGES.join(", ")
     ));
     let mut repo = PackageRepo::create(settings)?;
-    repo.download_with_dependencies(baked.base(), EXAMPLE_PACKAGES)?;
-    let server = testbed.serve_package_repo(&repo)?;
+    repo.download_with_dependencies(&image, EXAMPLE_PACKAGES)?;
+    let package_server = testbed.serve_package_repo(&repo)?;
 
-    progress("booting instance web-1 with tags role=web, env=prod");
+    progress(
+        "starting cms-server on the bridge, serving the example roles repository (sled in a fresh data directory)",
+    );
+    let data = ScratchDirectory::create(&settings.scratch_directory(), "server-data")?;
+    let server = TestServer::start_on(
+        data.path(),
+        Path::new(EXAMPLE_REPOSITORY),
+        std::net::SocketAddr::from((HOST_ADDRESS, 0)),
+    )?;
+    let token = server.token(&[("role", "web"), ("env", "*")])?;
+
+    progress(
+        "baking the agent, its unit and /etc/cms/agent.toml (server address and token) into the image",
+    );
+    let baked = image.bake(&AgentBake {
+        agent_binary,
+        systemd_unit: AGENT_SERVICE.to_string(),
+        config_files: vec![AgentConfigFile {
+            relative_path: "agent.toml".into(),
+            contents: format!(
+                "server = \"{}\"\ntoken = \"{token}\"\ninterval = \"30m\"\nsplay = \"0s\"\n",
+                server.address
+            ),
+        }],
+    })?;
+
+    progress(
+        "booting instance web-1 with tags role=web, env=prod; its agent enrolls and converges at boot",
+    );
+    let booted = Instant::now();
     let instance = testbed.boot(
         &baked,
         InstanceConfig::new("web-1")
             .with_tag("role", "web")
             .with_tag("env", "prod"),
     )?;
-    copy_tree(
-        Path::new(EXAMPLE_REPOSITORY),
-        &instance.root_directory().join("srv/roles"),
-    )?;
-
-    let apply = ["cms-agent", "apply", "--repo", "/srv/roles"];
-    let first_apply = instance.run(&apply)?;
-    let second_apply = instance.run(&apply)?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let first_report = loop {
+        let reports = server.runtime.block_on(async {
+            let mut admin = server.admin().await?;
+            let reports = admin
+                .get_reports(pb::GetReportsRequest {
+                    node_id: "web-1".into(),
+                    limit: 1,
+                })
+                .await?
+                .into_inner()
+                .reports;
+            anyhow::Ok(reports)
+        })?;
+        if let Some(report) = reports.into_iter().next() {
+            break report;
+        }
+        if Instant::now() > deadline {
+            let journal =
+                instance.run(&["journalctl", "-u", "cms-agent", "--no-pager", "-n", "60"])?;
+            bail!(
+                "the agent sent no report within 3 minutes; its journal:\n{}",
+                journal.stdout
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let boot_to_report = booted.elapsed();
+    let boot_journal = instance
+        .run(&["journalctl", "-u", "cms-agent", "--no-pager", "-o", "cat"])?
+        .stdout;
+    let second_converge = instance.run(&["cms-agent", "converge"])?;
     let http_answer = instance
         .run(&[
             "curl",
@@ -80,31 +155,28 @@ pub fn converge_example_web_role(
         ])?
         .stdout;
     let motd = instance.run(&["cat", "/etc/motd"])?.stdout;
+    let nodes = server.runtime.block_on(async {
+        let mut admin = server.admin().await?;
+        anyhow::Ok(
+            admin
+                .list_nodes(pb::ListNodesRequest { selector: None })
+                .await?
+                .into_inner()
+                .nodes,
+        )
+    })?;
 
     instance.shutdown()?;
-    drop(server);
+    server.stop().context("Failed to stop the server")?;
+    drop(package_server);
     testbed.shutdown()?;
     Ok(ExampleRun {
-        first_apply,
-        second_apply,
+        boot_journal,
+        boot_to_report,
+        second_converge,
+        nodes,
+        first_report,
         http_answer,
         motd,
     })
-}
-
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to).with_context(|| format!("Failed to create {}", to.display()))?;
-    for entry in
-        std::fs::read_dir(from).with_context(|| format!("Failed to read {}", from.display()))?
-    {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)
-                .with_context(|| format!("Failed to copy {}", entry.path().display()))?;
-        }
-    }
-    Ok(())
 }

@@ -38,11 +38,14 @@ mod package_repo;
 mod prerequisites;
 mod process_table;
 mod settings;
+mod test_server;
 mod testbed;
 mod wait;
 
 pub use cargo_build::build_workspace_binary;
-pub use example::{EXAMPLE_PACKAGES, EXAMPLE_REPOSITORY, ExampleRun, converge_example_web_role};
+pub use example::{
+    AGENT_SERVICE, EXAMPLE_PACKAGES, EXAMPLE_REPOSITORY, ExampleRun, converge_example_web_role,
+};
 pub use fixtures::{AGENT_CONFIG, AGENT_UNIT, bake_agent_image, begin_end_to_end_test};
 pub use host_command::CommandOutput;
 pub use http_file_server::{AccessLogEntry, HttpFileServer};
@@ -53,6 +56,7 @@ pub use network::{BRIDGE_NAME, HOST_ADDRESS, NETWORK_PREFIX_LENGTH, PACKAGE_REPO
 pub use package_repo::{DebPackageFile, DebPackageSpec, PackageRepo};
 pub use prerequisites::check_prerequisites;
 pub use settings::{CACHE_DIRECTORY_VARIABLE, DEBIAN_MIRROR_VARIABLE, TestbedSettings};
+pub use test_server::TestServer;
 pub use testbed::Testbed;
 
 /// The prefix of every name the testbed gives to something on the host:

@@ -372,32 +372,3 @@ content = "converged\n"
     testbed.shutdown()?;
     Ok(())
 }
-
-#[test]
-fn the_example_web_role_converges_in_an_instance_and_a_second_run_changes_nothing() -> Result<()> {
-    let (_alone, settings) = begin_end_to_end_test()?;
-    let run = cms_integration::converge_example_web_role(&settings, |_| {})?;
-    let first = format!("{}{}", run.first_apply.stdout, run.first_apply.stderr);
-    ensure!(run.first_apply.exit_code == Some(2), "first run:\n{first}");
-    ensure!(first.contains("changed service:nginx"), "{first}");
-    ensure!(
-        run.second_apply.exit_code == Some(0),
-        "second run:\n{}{}",
-        run.second_apply.stdout,
-        run.second_apply.stderr
-    );
-    // nginx runs with the role's upstream, whose application is absent.
-    ensure!(
-        run.http_answer == "HTTP 502",
-        "nginx answered {:?}",
-        run.http_answer
-    );
-    ensure!(
-        run.motd.starts_with("web-1 (web, prod)"),
-        "motd {:?}",
-        run.motd
-    );
-    let leftovers = find_leftovers(&settings)?;
-    ensure!(leftovers.is_empty(), "after teardown, {leftovers}");
-    Ok(())
-}

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use cms_integration::build_workspace_binary;
+use cms_integration::{TestServer, build_workspace_binary};
 use cms_proto::v1 as pb;
 
 struct Git {
@@ -65,131 +65,6 @@ fn role(out: &Path, text: &str) -> String {
         "[match]\nrole = \"app\"\n\n[[directory]]\npath = \"{out}\"\n\n[[file]]\npath = \"{out}/app.conf\"\ncontent = \"{text}\\n\"\nrequire = [\"directory:{out}\"]\n",
         out = out.display()
     )
-}
-
-/// The server, running in its own runtime on a thread, stopped on drop.
-struct RunningServer {
-    address: String,
-    data: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<()>>>,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl RunningServer {
-    fn start(data: &Path, repo: &Path, port: u16) -> Result<RunningServer> {
-        RunningServer::start_on(
-            data,
-            repo,
-            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        )
-    }
-
-    fn start_on(data: &Path, repo: &Path, address: std::net::SocketAddr) -> Result<RunningServer> {
-        let runtime = tokio::runtime::Runtime::new()?;
-        let listener = runtime.block_on(tokio::net::TcpListener::bind(address))?;
-        let address = listener.local_addr()?.to_string();
-        let config = cms_server::server::ServeConfig {
-            data_dir: data.to_path_buf(),
-            repo: repo.display().to_string(),
-            branch: "main".into(),
-            sync_interval: Duration::from_secs(3600),
-            certificate_validity: Duration::from_secs(3600),
-            server_names: Vec::new(),
-            server_addresses: Vec::new(),
-            webhook_secret: None,
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let handle = runtime.handle().clone();
-        let thread = std::thread::spawn(move || {
-            handle.block_on(cms_server::server::run(
-                listener,
-                None,
-                config,
-                async move {
-                    let _ = stopped.await;
-                },
-            ))
-        });
-        let server = RunningServer {
-            address,
-            data: data.to_path_buf(),
-            stop: Some(stop),
-            thread: Some(thread),
-            runtime,
-        };
-        server.wait_until_serving()?;
-        Ok(server)
-    }
-
-    fn wait_until_serving(&self) -> Result<()> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            // Answering is enough: after a restart the branch may point at a
-            // refused commit while the last good revision is served.
-            match self.runtime.block_on(self.sync()) {
-                Ok(_) => return Ok(()),
-                result if std::time::Instant::now() > deadline => {
-                    anyhow::bail!("the server never served: {result:?}")
-                }
-                _ => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    }
-
-    async fn admin(&self) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {
-        cms_server::admin::connect(&self.address, &self.data).await
-    }
-
-    async fn sync(&self) -> Result<pb::SyncResponse> {
-        Ok(self
-            .admin()
-            .await?
-            .sync(pb::SyncRequest {})
-            .await?
-            .into_inner())
-    }
-
-    fn token(&self, scope: &[(&str, &str)]) -> Result<String> {
-        self.runtime.block_on(async {
-            let response = self
-                .admin()
-                .await?
-                .create_token(pb::CreateTokenRequest {
-                    scope: scope
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ttl_seconds: 600,
-                    uses: 0,
-                })
-                .await?;
-            Ok(response.into_inner().token)
-        })
-    }
-
-    fn stop(mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            thread
-                .join()
-                .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 struct Agent {
@@ -261,7 +136,7 @@ fn agents_enroll_converge_by_bound_tags_and_their_reports_survive_the_server_bei
         state: dir.path().join(format!("agent-{name}")),
         config: dir.path().join("no-agent.toml"),
     };
-    let server = RunningServer::start(&dir.path().join("server"), &git.dir, 0)?;
+    let server = TestServer::start(&dir.path().join("server"), &git.dir, 0)?;
     let token = server.token(&[("role", "app")])?;
 
     // A token for role=app cannot enroll a db node.
@@ -373,7 +248,7 @@ fn agents_enroll_converge_by_bound_tags_and_their_reports_survive_the_server_bei
         "from the cache, got {code}:\n{output}"
     );
     ensure!(std::fs::read_to_string(out.join("app.conf"))? == "version two\n");
-    let server = RunningServer::start(&data, &git.dir, port)?;
+    let server = TestServer::start(&data, &git.dir, port)?;
     let (code, output) = first.converge()?;
     ensure!(code == 0, "{output}");
     let reports = server.runtime.block_on(async {
@@ -447,8 +322,12 @@ fn an_instance_boots_enrolls_with_its_token_converges_its_role_and_reports() -> 
     )?;
     let testbed = Testbed::start(&settings)?;
     // The server listens on the bridge, where instances reach the host.
-    let server = RunningServerOn::start(&dir.path().join("server"), &git.dir, HOST_ADDRESS)?;
-    let token = server.inner.token(&[("role", "web"), ("env", "*")])?;
+    let server = TestServer::start_on(
+        &dir.path().join("server"),
+        &git.dir,
+        std::net::SocketAddr::from((HOST_ADDRESS, 0)),
+    )?;
+    let token = server.token(&[("role", "web"), ("env", "*")])?;
 
     let agent_binary = build_workspace_binary("cms-agent", "cms-agent")?;
     let image = Image::build_or_reuse(&ImageRecipe::debian_bookworm(), &settings)?;
@@ -459,7 +338,7 @@ fn an_instance_boots_enrolls_with_its_token_converges_its_role_and_reports() -> 
             relative_path: "agent.toml".into(),
             contents: format!(
                 "server = \"{}\"\ntoken = \"{token}\"\ninterval = \"30m\"\nsplay = \"0s\"\n",
-                server.inner.address
+                server.address
             ),
         }],
     })?;
@@ -473,8 +352,8 @@ fn an_instance_boots_enrolls_with_its_token_converges_its_role_and_reports() -> 
     // Boot to converged: the agent enrolls and converges at once.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let reports = loop {
-        let reports = server.inner.runtime.block_on(async {
-            let mut admin = server.inner.admin().await?;
+        let reports = server.runtime.block_on(async {
+            let mut admin = server.admin().await?;
             let nodes = admin
                 .list_nodes(pb::ListNodesRequest { selector: None })
                 .await?
@@ -534,20 +413,59 @@ fn an_instance_boots_enrolls_with_its_token_converges_its_role_and_reports() -> 
     );
 
     instance.shutdown()?;
-    server.inner.stop()?;
+    server.stop()?;
     testbed.shutdown()?;
     Ok(())
 }
 
-/// A server bound to a given address (the testbed bridge).
-struct RunningServerOn {
-    inner: RunningServer,
-}
-
-impl RunningServerOn {
-    fn start(data: &Path, repo: &Path, address: std::net::Ipv4Addr) -> Result<RunningServerOn> {
-        Ok(RunningServerOn {
-            inner: RunningServer::start_on(data, repo, std::net::SocketAddr::from((address, 0)))?,
-        })
-    }
+#[test]
+fn the_example_web_role_is_served_and_converged_at_boot_and_a_second_run_changes_nothing()
+-> Result<()> {
+    let (_alone, settings) = cms_integration::begin_end_to_end_test()?;
+    let run = cms_integration::converge_example_web_role(&settings, |_| {})?;
+    let failed: Vec<&pb::ResourceResult> = run
+        .first_report
+        .resources
+        .iter()
+        .filter(|r| r.status == pb::ResourceStatus::Failed as i32)
+        .collect();
+    ensure!(
+        failed.is_empty(),
+        "failures at boot: {failed:?}\njournal:\n{}",
+        run.boot_journal
+    );
+    ensure!(
+        run.first_report
+            .resources
+            .iter()
+            .any(|r| r.reference == "service:nginx"
+                && r.status == pb::ResourceStatus::Changed as i32),
+        "nginx configured and restarted at boot: {:?}",
+        run.first_report
+    );
+    ensure!(
+        run.second_converge.exit_code == Some(0),
+        "second run:\n{}{}",
+        run.second_converge.stdout,
+        run.second_converge.stderr
+    );
+    ensure!(
+        run.nodes.len() == 1 && run.nodes[0].node_id == "web-1",
+        "{:?}",
+        run.nodes
+    );
+    // nginx runs with the role's upstream, whose application is absent.
+    ensure!(
+        run.http_answer == "HTTP 502",
+        "nginx answered {:?}",
+        run.http_answer
+    );
+    ensure!(
+        run.motd.starts_with("web-1 (web, prod)"),
+        "motd {:?}",
+        run.motd
+    );
+    let leftovers = cms_integration::find_leftovers(&settings)?;
+    ensure!(leftovers.is_empty(), "after teardown, {leftovers}");
+    Ok(())
 }

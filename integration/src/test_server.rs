@@ -1,0 +1,134 @@
+//! `cms-server` running in this process, for tests and the demo: its own
+//! tokio runtime on a thread, listening where it is told (loopback, or the
+//! testbed bridge where instances reach the host), stopped on drop.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use cms_proto::v1 as pb;
+
+/// The server, running in its own runtime on a thread, stopped on drop.
+pub struct TestServer {
+    pub address: String,
+    pub data: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+impl TestServer {
+    pub fn start(data: &Path, repo: &Path, port: u16) -> Result<TestServer> {
+        TestServer::start_on(
+            data,
+            repo,
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        )
+    }
+
+    pub fn start_on(data: &Path, repo: &Path, address: std::net::SocketAddr) -> Result<TestServer> {
+        let runtime = tokio::runtime::Runtime::new()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(address))?;
+        let address = listener.local_addr()?.to_string();
+        let config = cms_server::server::ServeConfig {
+            data_dir: data.to_path_buf(),
+            repo: repo.display().to_string(),
+            branch: "main".into(),
+            sync_interval: Duration::from_secs(3600),
+            certificate_validity: Duration::from_secs(3600),
+            server_names: Vec::new(),
+            server_addresses: Vec::new(),
+            webhook_secret: None,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = runtime.handle().clone();
+        let thread = std::thread::spawn(move || {
+            handle.block_on(cms_server::server::run(
+                listener,
+                None,
+                config,
+                async move {
+                    let _ = stopped.await;
+                },
+            ))
+        });
+        let server = TestServer {
+            address,
+            data: data.to_path_buf(),
+            stop: Some(stop),
+            thread: Some(thread),
+            runtime,
+        };
+        server.wait_until_serving()?;
+        Ok(server)
+    }
+
+    fn wait_until_serving(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            // Answering is enough: after a restart the branch may point at a
+            // refused commit while the last good revision is served.
+            match self.runtime.block_on(self.sync()) {
+                Ok(_) => return Ok(()),
+                result if std::time::Instant::now() > deadline => {
+                    anyhow::bail!("the server never served: {result:?}")
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    pub async fn admin(&self) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {
+        cms_server::admin::connect(&self.address, &self.data).await
+    }
+
+    pub async fn sync(&self) -> Result<pb::SyncResponse> {
+        Ok(self
+            .admin()
+            .await?
+            .sync(pb::SyncRequest {})
+            .await?
+            .into_inner())
+    }
+
+    pub fn token(&self, scope: &[(&str, &str)]) -> Result<String> {
+        self.runtime.block_on(async {
+            let response = self
+                .admin()
+                .await?
+                .create_token(pb::CreateTokenRequest {
+                    scope: scope
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ttl_seconds: 600,
+                    uses: 0,
+                })
+                .await?;
+            Ok(response.into_inner().token)
+        })
+    }
+
+    pub fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
