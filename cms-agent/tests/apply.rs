@@ -333,3 +333,79 @@ fn a_usage_error_exits_1_not_the_changes_made_code() {
         .expect("runs");
     assert_eq!(help.status.code(), Some(0));
 }
+
+#[test]
+fn a_run_killed_with_sigkill_midway_is_completed_by_the_next_run() {
+    use std::time::{Duration, Instant};
+
+    // Commands only run on the real root, so this role works in a
+    // temporary folder of the real machine.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repo, state, target) = (
+        dir.path().join("repo"),
+        dir.path().join("state"),
+        dir.path().join("target"),
+    );
+    std::fs::create_dir_all(repo.join("roles")).expect("mkdir");
+    std::fs::create_dir_all(&target).expect("mkdir");
+    std::fs::write(
+        repo.join("cms.toml"),
+        "[hierarchy]\nlayers = [\"common\"]\n",
+    )
+    .expect("write");
+    let t = target.display();
+    // The exec is slow until `fast` exists: the first run is killed while
+    // it waits, after the first file was written.
+    std::fs::write(
+        repo.join("roles/app.toml"),
+        format!(
+            "[[file]]\npath = \"{t}/first.conf\"\ncontent = \"first\\n\"\n\n[[exec]]\nname = \"slow\"\ncommand = \"if [ -f {t}/fast ]; then touch {t}/done; else touch {t}/started; sleep 60; fi\"\ncreates = \"{t}/done\"\ntimeout = 120\n\n[[file]]\npath = \"{t}/last.conf\"\ncontent = \"last\\n\"\n"
+        ),
+    )
+    .expect("write role");
+    let apply = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cms-agent"));
+        command
+            .args([
+                "apply",
+                "--repo",
+                repo.to_str().expect("utf-8"),
+                "--tags",
+                "role=api",
+                "--state-dir",
+            ])
+            .arg(&state)
+            .env("NO_COLOR", "1");
+        command
+    };
+    let mut child = apply()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("runs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !target.join("started").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the first run never reached the slow exec"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    assert_eq!(read(&target.join("first.conf")), "first\n");
+    assert!(!target.join("last.conf").exists());
+
+    std::fs::write(target.join("fast"), "").expect("write");
+    let next = apply().output().expect("runs");
+    assert_eq!(next.status.code(), Some(2), "{}", stdout(&next));
+    assert_eq!(read(&target.join("last.conf")), "last\n");
+    assert!(stdout(&next).contains("last.conf"), "{}", stdout(&next));
+    assert!(
+        !stdout(&next).contains("first.conf"),
+        "what the killed run did stays done:\n{}",
+        stdout(&next)
+    );
+    let after = apply().output().expect("runs");
+    assert_eq!(after.status.code(), Some(0), "{}", stdout(&after));
+}

@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// The git webhook's shared secret (GitHub secret or GitLab token).
     #[arg(long, value_name = "SECRET")]
     pub webhook_secret: Option<String>,
+    /// How long run reports are kept.
+    #[arg(long, value_name = "DURATION", default_value = "30d")]
+    pub report_retention: String,
     /// A DNS name agents use to reach this server (repeatable); `localhost`
     /// and the listen address are always included.
     #[arg(long = "server-name", value_name = "NAME")]

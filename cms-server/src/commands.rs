@@ -140,6 +140,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         server_names: args.server_names,
         server_addresses: Vec::new(),
         webhook_secret: args.webhook_secret,
+        report_retention: Duration::from_secs(
+            cms_roles::parse_duration(&args.report_retention).map_err(anyhow::Error::msg)?,
+        ),
     };
     let grpc = tokio::net::TcpListener::bind(args.listen)
         .await

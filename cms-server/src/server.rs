@@ -41,6 +41,8 @@ pub struct ServeConfig {
     pub server_addresses: Vec<IpAddr>,
     /// The shared secret of the git webhook; `None` refuses every webhook.
     pub webhook_secret: Option<String>,
+    /// How long run reports are kept.
+    pub report_retention: Duration,
 }
 
 /// Where the admin credential lives in the data directory.
@@ -354,6 +356,9 @@ async fn sync_loop(
 ) -> anyhow::Result<()> {
     let syncer = Arc::new(Mutex::new(syncer));
     let mut interval = tokio::time::interval(state.config.sync_interval);
+    // Pruning scans every report key: hourly is plenty for a retention
+    // counted in days.
+    let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
         let reply = tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
@@ -367,9 +372,25 @@ async fn sync_loop(
         if let Err(error) = &outcome {
             tracing::warn!("{error:#}");
         }
+        if last_prune.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600)) {
+            prune_reports(&state).await;
+            last_prune = Some(tokio::time::Instant::now());
+        }
         if let Some(reply) = reply {
             let _ = reply.send(outcome);
         }
+    }
+}
+
+/// Drops reports older than the retention, on the sync interval.
+async fn prune_reports(state: &Arc<ServerState>) {
+    let cutoff = now_unix_ms().saturating_sub(state.config.report_retention.as_millis() as u64);
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.prune_reports(cutoff)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(pruned)) => tracing::info!(pruned, "pruned run reports past their retention"),
+        Ok(Err(error)) => tracing::warn!("Failed to prune run reports: {error}"),
+        Err(error) => tracing::warn!("Failed to prune run reports: {error}"),
     }
 }
 

@@ -39,6 +39,7 @@ impl TestServer {
             server_names: Vec::new(),
             server_addresses: Vec::new(),
             webhook_secret: None,
+            report_retention: Duration::from_secs(30 * 24 * 3600),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = runtime.handle().clone();
