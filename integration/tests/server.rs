@@ -171,6 +171,26 @@ fn agents_enroll_converge_by_bound_tags_and_their_reports_survive_the_server_bei
         "an unchanged catalog changes nothing, got {code}:\n{output}"
     );
 
+    // A client without a certificate gets nothing but a refusal.
+    let anonymous = server.runtime.block_on(async {
+        let ca = std::fs::read_to_string(server.data.join("admin/ca.pem"))?;
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("https://{}", server.address))?
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                        .domain_name("localhost"),
+                )?
+                .connect()
+                .await?;
+        let mut client = pb::agent_client::AgentClient::new(channel);
+        anyhow::Ok(client.get_catalog(pb::CatalogRequest::default()).await)
+    })?;
+    ensure!(
+        matches!(&anonymous, Err(status) if status.code() == tonic::Code::Unauthenticated),
+        "a call without a certificate is refused: {anonymous:?}"
+    );
+
     // A role change is synced and converged.
     git.commit(&[("roles/app.toml", &role(&out, "version two"))], "second")?;
     ensure!(
