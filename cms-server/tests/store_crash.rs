@@ -11,7 +11,8 @@
 //! intact. All rounds use the same directory, so damage would accumulate.
 //!
 //! The kill moment is random; the seed is printed, and
-//! `CMS_STORE_CRASH_SEED=N` replays a run.
+//! `CMS_STORE_CRASH_SEED=N` replays a run. `CMS_STORE_CRASH_ROUNDS=N` runs
+//! more rounds than the default 16, for a longer soak.
 //!
 //! What this proves: the store's writes reach the file before it
 //! acknowledges them, and sled recovers from a log cut at any point. It
@@ -30,31 +31,31 @@ use cms_server::store::{Store, StoredReport};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-const ROUNDS: u64 = 16;
+const DEFAULT_ROUNDS: u64 = 16;
 const MAX_ACKNOWLEDGED_PER_ROUND: u64 = 250;
-/// A bound for the whole test, so a hung writer fails it instead of
-/// hanging CI. Normal runs take a fraction of this.
-const TOTAL_DEADLINE: Duration = Duration::from_secs(300);
+/// A bound for each round, so a hung writer fails the test instead of
+/// hanging CI. A round normally takes well under a second.
+const ROUND_DEADLINE: Duration = Duration::from_secs(60);
 
 #[test]
 fn a_sigkill_under_write_load_loses_no_acknowledged_write() {
     let seed = seed();
+    let rounds = rounds();
     eprintln!("store_crash: seed {seed} (CMS_STORE_CRASH_SEED={seed} replays it)");
     let mut random = XorShift(seed.max(1));
-    let deadline = Instant::now() + TOTAL_DEADLINE;
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("db");
 
     let mut acknowledged = Acknowledged::default();
     let mut log = String::new();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let kill_at = match random.below(8) {
             0 => KillAt::Spawned,
             1 => KillAt::Opened,
             2 => KillAt::Acknowledged(1 + random.below(3)),
             _ => KillAt::Acknowledged(1 + random.below(MAX_ACKNOWLEDGED_PER_ROUND)),
         };
-        let outcome = run_writer_and_kill(&db, round, kill_at, deadline);
+        let outcome = run_writer_and_kill(&db, round, kill_at, Instant::now() + ROUND_DEADLINE);
         let new_reports = outcome
             .lines
             .iter()
@@ -82,12 +83,12 @@ fn a_sigkill_under_write_load_loses_no_acknowledged_write() {
         }
     }
     eprintln!(
-        "store_crash: {ROUNDS} rounds, {} reports and {} node updates acknowledged, all present\n{log}",
+        "store_crash: {rounds} rounds, {} reports and {} node updates acknowledged, all present\n{log}",
         acknowledged.reports.len(),
         acknowledged.node_updates
     );
     assert!(
-        acknowledged.reports.len() as u64 >= ROUNDS,
+        acknowledged.reports.len() as u64 >= rounds,
         "the writer acknowledged too few reports to test anything\n{log}"
     );
 }
@@ -334,6 +335,13 @@ fn seed() -> u64 {
         .expect("clock after 1970")
         .subsec_nanos();
     (u64::from(nanos) << 16) ^ u64::from(std::process::id()) | 1
+}
+
+fn rounds() -> u64 {
+    match std::env::var("CMS_STORE_CRASH_ROUNDS") {
+        Ok(rounds) => rounds.parse().expect("CMS_STORE_CRASH_ROUNDS is a number"),
+        Err(_) => DEFAULT_ROUNDS,
+    }
 }
 
 /// A small deterministic generator (xorshift64), enough to pick kill moments.
