@@ -3,7 +3,6 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -11,10 +10,8 @@ use cms_modules::{BackupStore, Host};
 use cms_roles::{Node, Repository, compile};
 
 use crate::converge::{ConvergeOptions, converge};
-use crate::facts::{FactSources, gather};
 use crate::lock::RunLock;
 use crate::output::{Colour, write_text};
-use crate::tags::{TagSources, discover};
 
 /// Exit code when the run could not start (bad repository, bad flags).
 pub const EXIT_ERROR: u8 = 1;
@@ -280,34 +277,10 @@ pub fn print_report(
     Ok(())
 }
 
-/// Tags, facts, and where the tags came from.
-type NodeInputs = (
-    std::collections::BTreeMap<String, String>,
-    std::collections::BTreeMap<String, serde_json::Value>,
-    String,
-);
-
 /// Tags and facts, as the agent sees them.
-fn node_inputs(root: &Path, discovery: &DiscoveryArgs) -> anyhow::Result<NodeInputs> {
-    let (tags, instance_id, source) = match &discovery.tags {
-        Some(text) => (parse_tags(text)?, None, "--tags".to_string()),
-        None => {
-            let found = discover(&TagSources {
-                root,
-                metadata_endpoint: discovery.metadata_endpoint.clone(),
-                metadata_timeout: Duration::from_millis(500),
-            })?;
-            if let Some(warning) = &found.warning {
-                eprintln!(
-                    "warning: {warning}\nwarning: using {} instead",
-                    found.source
-                );
-            }
-            (found.tags, found.instance_id, found.source)
-        }
-    };
-    let facts = gather(&FactSources { root, instance_id });
-    Ok((tags, facts, source))
+fn observe_node(root: &Path, discovery: &DiscoveryArgs) -> anyhow::Result<crate::node::Observed> {
+    let given = discovery.tags.as_deref().map(parse_tags).transpose()?;
+    crate::node::observe(root, given, discovery.metadata_endpoint.clone())
 }
 
 fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
@@ -320,7 +293,7 @@ fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
     })?;
     // Facts describe the machine the agent runs on, also when it
     // converges a folder with --root.
-    let (tags, facts, _) = node_inputs(Path::new("/"), &args.discovery)?;
+    let observed = observe_node(Path::new("/"), &args.discovery)?;
     let repository = match Repository::read_dir(&args.repo) {
         Ok(repository) => repository,
         Err(diagnostics) => {
@@ -335,24 +308,9 @@ fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
         }
     };
     let node = Node {
-        id: args
-            .node
-            .clone()
-            .or_else(|| {
-                facts
-                    .get("instance_id")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-            })
-            .or_else(|| {
-                facts
-                    .get("hostname")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| "localhost".to_string()),
-        tags,
-        facts,
+        id: crate::node::node_id(args.node.clone(), &observed.facts),
+        tags: observed.tags,
+        facts: observed.facts,
     };
     let catalog = match compile(&repository, &node) {
         Ok(catalog) => catalog,
@@ -400,7 +358,11 @@ fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
 }
 
 fn facts(args: &FactsArgs) -> anyhow::Result<ExitCode> {
-    let (tags, facts, source) = node_inputs(&args.root, &args.discovery)?;
+    let crate::node::Observed {
+        tags,
+        facts,
+        tags_source: source,
+    } = observe_node(&args.root, &args.discovery)?;
     match args.format {
         Format::Json => {
             let json = serde_json::json!({ "tags": tags, "tags_source": source, "facts": facts });
@@ -471,19 +433,7 @@ fn problems(count: usize) -> String {
 
 /// `role=api,env=prod` → tags.
 pub fn parse_tags(text: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let mut tags = std::collections::BTreeMap::new();
-    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((name, value)) = pair.split_once('=') else {
-            bail!(
-                "Failed to parse tags: `{pair}` is not name=value\nhint: write --tags role=api,env=prod"
-            );
-        };
-        if name.trim().is_empty() {
-            bail!("Failed to parse tags: `{pair}` has an empty name");
-        }
-        tags.insert(name.trim().to_string(), value.trim().to_string());
-    }
-    Ok(tags)
+    cms_roles::parse_tag_list(text).map_err(anyhow::Error::msg)
 }
 
 /// Unix seconds, or `YYYY-MM-DDTHH:MM:SSZ` (UTC).

@@ -15,12 +15,10 @@ use cms_roles::Catalog;
 
 use crate::client::{ServerAddress, connect, enroll, fetch_pinned_ca, split_token};
 use crate::converge::{ConvergeOptions, converge};
-use crate::facts::{FactSources, gather};
 use crate::identity::{generate_key_and_csr, load_identity, save_identity};
 use crate::lock::RunLock;
 use crate::report::{RunReport, Status};
 use crate::state::{CatalogCache, ReportQueue, save_report};
-use crate::tags::{TagSources, discover};
 
 /// Enrolls this instance: a new key and CSR, the token, the tags.
 pub async fn enroll_instance(
@@ -33,25 +31,9 @@ pub async fn enroll_instance(
 ) -> anyhow::Result<pb::EnrollResponse> {
     let address = ServerAddress::parse(server)?;
     let (_, fingerprint) = split_token(token)?;
-    let discovered = discover(&TagSources {
-        root: Path::new("/"),
-        metadata_endpoint,
-        metadata_timeout: Duration::from_millis(500),
-    })?;
-    let facts = gather(&FactSources {
-        root: Path::new("/"),
-        instance_id: discovered.instance_id.clone(),
-    });
-    let node_name = node_name
-        .or(discovered.instance_id)
-        .or_else(|| {
-            facts
-                .get("hostname")
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        })
-        .context("Failed to find a name for this node: pass --node")?;
-    let tags = tags.unwrap_or(discovered.tags);
+    let observed = crate::node::observe(Path::new("/"), tags, metadata_endpoint)?;
+    let node_name = crate::node::node_id(node_name, &observed.facts);
+    let tags = observed.tags;
     let address_for_ca = address.clone();
     let fingerprint = fingerprint.to_string();
     let ca_pem =
@@ -113,15 +95,9 @@ pub async fn converge_from_server(
     .await??;
     let identity = load_identity(state_dir)?.context("Failed to find this agent's identity: it is not enrolled\nhint: run cms-agent enroll --server HOST:PORT --token TOKEN")?;
     let address = ServerAddress::parse(server)?;
-    let discovered = discover(&TagSources {
-        root: Path::new("/"),
-        metadata_endpoint,
-        metadata_timeout: Duration::from_millis(500),
-    })?;
-    let facts = gather(&FactSources {
-        root: Path::new("/"),
-        instance_id: discovered.instance_id,
-    });
+    // The server compiles for the tags bound at enrollment; the node sends
+    // its facts.
+    let facts = crate::node::observe(Path::new("/"), None, metadata_endpoint)?.facts;
     let cache = CatalogCache::new(state_dir);
     let cached = cache.load()?;
     let client = connect(&address, &identity).await;
@@ -184,10 +160,7 @@ pub async fn converge_from_server(
         noop,
         run_id: format!(
             "{}-{}",
-            facts
-                .get("instance_id")
-                .and_then(|v| v.as_str())
-                .unwrap_or("node"),
+            crate::node::node_id(None, &facts),
             crate::converge::now_unix_ms()
         ),
     };

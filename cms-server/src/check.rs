@@ -103,22 +103,7 @@ fn invalid(diagnostics: &Diagnostics, format: Format) -> ExitCode {
 
 /// `role=api,env=prod` → tags.
 pub fn parse_tags(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut tags = BTreeMap::new();
-    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((name, value)) = pair.split_once('=') else {
-            bail!(
-                "Failed to parse tags: `{pair}` is not name=value\nhint: write --tags role=api,env=prod"
-            );
-        };
-        let (name, value) = (name.trim(), value.trim());
-        if name.is_empty() {
-            bail!("Failed to parse tags: `{pair}` has an empty name");
-        }
-        if tags.insert(name.to_string(), value.to_string()).is_some() {
-            bail!("Failed to parse tags: `{name}` is given twice");
-        }
-    }
-    Ok(tags)
+    cms_roles::parse_tag_list(text).map_err(anyhow::Error::msg)
 }
 
 fn read_facts(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Value>> {

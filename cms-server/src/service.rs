@@ -81,6 +81,28 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(internal)?
 }
 
+/// Signs a node's CSR and records the certificate, so it can be revoked.
+fn issue_certificate(
+    state: &ServerState,
+    csr_pem: &str,
+    node_id: &str,
+) -> Result<crate::pki::IssuedCertificate, Status> {
+    let issued = state
+        .ca
+        .sign_node_csr(csr_pem, node_id, state.config.certificate_validity)
+        .map_err(|e| Status::invalid_argument(format!("{e}")))?;
+    state
+        .store
+        .put_certificate(&crate::store::CertificateRecord {
+            serial: issued.serial_hex.clone(),
+            node_id: node_id.to_string(),
+            not_after_unix: issued.not_after_unix.max(0) as u64,
+            revoked: false,
+        })
+        .map_err(internal)?;
+    Ok(issued)
+}
+
 #[derive(Debug, Clone)]
 pub struct EnrollmentService(pub Arc<ServerState>);
 
@@ -122,23 +144,7 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
                     | StoreError::TokenUsedUp => Status::unauthenticated(format!("{e}")),
                     other => internal(other),
                 })?;
-            let issued = state
-                .ca
-                .sign_node_csr(
-                    &request.csr_pem,
-                    &node_id,
-                    state.config.certificate_validity,
-                )
-                .map_err(|e| Status::invalid_argument(format!("{e}")))?;
-            state
-                .store
-                .put_certificate(&crate::store::CertificateRecord {
-                    serial: issued.serial_hex.clone(),
-                    node_id: node_id.clone(),
-                    not_after_unix: issued.not_after_unix.max(0) as u64,
-                    revoked: false,
-                })
-                .map_err(internal)?;
+            let issued = issue_certificate(&state, &request.csr_pem, &node_id)?;
             let now = now_unix_ms();
             let previous = state.store.node(&node_id).map_err(internal)?;
             state
@@ -375,19 +381,7 @@ impl pb::agent_server::Agent for AgentService {
                 .node(&node_id)
                 .map_err(internal)?
                 .ok_or_else(|| Status::not_found(format!("node {node_id} is not enrolled")))?;
-            let issued = state
-                .ca
-                .sign_node_csr(&csr, &node_id, state.config.certificate_validity)
-                .map_err(|e| Status::invalid_argument(format!("{e}")))?;
-            state
-                .store
-                .put_certificate(&crate::store::CertificateRecord {
-                    serial: issued.serial_hex.clone(),
-                    node_id: node_id.clone(),
-                    not_after_unix: issued.not_after_unix.max(0) as u64,
-                    revoked: false,
-                })
-                .map_err(internal)?;
+            let issued = issue_certificate(&state, &csr, &node_id)?;
             state
                 .store
                 .update_node(&node_id, |n| {

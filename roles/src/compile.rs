@@ -80,6 +80,28 @@ fn push_with_includes<'r>(
     order.push(role);
 }
 
+/// Parses `role=api,env=prod` (as `--tags` and `--select` take it) into
+/// tags; an entry without `=`, an empty name or a name given twice is an
+/// error.
+pub fn parse_tag_list(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut tags = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(format!(
+                "Failed to parse tags: `{pair}` is not name=value\nhint: write role=api,env=prod"
+            ));
+        };
+        let (name, value) = (name.trim(), value.trim());
+        if name.is_empty() {
+            return Err(format!("Failed to parse tags: `{pair}` has an empty name"));
+        }
+        if tags.insert(name.to_string(), value.to_string()).is_some() {
+            return Err(format!("Failed to parse tags: `{name}` is given twice"));
+        }
+    }
+    Ok(tags)
+}
+
 /// Shell-style glob: `*` matches any run of characters, `?` any one.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let pattern: Vec<char> = pattern.chars().collect();

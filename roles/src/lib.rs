@@ -19,7 +19,9 @@ mod template;
 mod validate;
 
 pub use catalog::{Catalog, CatalogDecodeError, Content, Resource, sha256_hex};
-pub use compile::{Node, compile, deep_merge, glob_match, role_matches, select_roles};
+pub use compile::{
+    Node, compile, deep_merge, glob_match, parse_tag_list, role_matches, select_roles,
+};
 pub use diagnostic::{Diagnostic, Diagnostics, Position};
 pub use repository::{
     DeclaredResource, Hierarchy, Repository, Role, SETTINGS_FILE, Settings, Spec,
