@@ -89,13 +89,17 @@ pub fn gather(sources: &FactSources<'_>) -> BTreeMap<String, Value> {
     facts.insert("ipv4".into(), json!(ipv4));
     facts.insert("ipv6".into(), json!(ipv6));
 
-    let instance_id = sources.instance_id.clone().or_else(|| {
-        read("etc/machine-id")
-            .map(|id| id.trim().to_string())
-            .filter(|id| !id.is_empty())
-    });
-    if let Some(id) = instance_id {
+    // The instance id comes only from the cloud's metadata: off the cloud a
+    // node is known by its hostname (or the name it enrolled with), and the
+    // machine id is a fact of its own.
+    if let Some(id) = &sources.instance_id {
         facts.insert("instance_id".into(), json!(id));
+    }
+    if let Some(machine_id) = read("etc/machine-id")
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty())
+    {
+        facts.insert("machine_id".into(), json!(machine_id));
     }
     facts
 }
@@ -190,7 +194,11 @@ mod tests {
         assert_eq!(facts["os_codename"], "bookworm");
         assert_eq!(facts["cpus"], 2);
         assert_eq!(facts["memory_mb"], 7851);
-        assert_eq!(facts["instance_id"], "abc123");
+        assert_eq!(facts["machine_id"], "abc123");
+        assert!(
+            !facts.contains_key("instance_id"),
+            "no instance id off the cloud"
+        );
 
         let with_metadata = gather(&FactSources {
             root: root.path(),
