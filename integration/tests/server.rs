@@ -296,6 +296,25 @@ fn agents_enroll_converge_by_bound_tags_and_their_reports_survive_the_server_bei
         "the report says it ran from the cache"
     );
 
+    // Another node gets the catalog of its own bound tags, never app-1's:
+    // there is no way to ask for another node's catalog.
+    let other = agent("other");
+    let wide = server.token(&[("role", "*")])?;
+    ensure!(
+        other
+            .enroll(&server.address, &wide, "web-9", "role=web")?
+            .status
+            .success()
+    );
+    std::fs::write(out.join("app.conf"), "left alone\n")?;
+    let (code, output) = other.converge()?;
+    ensure!(
+        code == 0 && output.contains("0 resources"),
+        "web-9 has no role here, got {code}:\n{output}"
+    );
+    ensure!(std::fs::read_to_string(out.join("app.conf"))? == "left alone\n");
+    std::fs::write(out.join("app.conf"), "version two\n")?;
+
     // A revoked node is refused at once.
     server.runtime.block_on(async {
         let mut admin = server.admin().await?;
