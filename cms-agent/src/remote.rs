@@ -110,7 +110,7 @@ pub async fn converge_from_server(
                     .map(|c| c.catalog_id.clone())
                     .unwrap_or_default(),
             };
-            match client.get_catalog(request).await {
+            match get_catalog_with_retries(&mut client, request).await {
                 Ok(response) => match response.into_inner().result {
                     Some(pb::catalog_response::Result::Catalog(catalog)) => {
                         let decoded = Catalog::from_canonical_bytes(&catalog.canonical_json)
@@ -336,4 +336,85 @@ fn splay_for(state_dir: &Path, splay: Duration) -> Duration {
     let digest = crate::client::sha256_digest(identity.as_bytes());
     let number = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
     Duration::from_millis(number % splay.as_millis().max(1) as u64)
+}
+
+/// Status codes that mean "busy, try again": a server shedding load in a
+/// boot storm, or restarting.
+fn worth_retrying(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded
+    )
+}
+
+/// How many times a busy server is asked again before the agent falls back
+/// to its cached catalog.
+const CATALOG_RETRIES: u32 = 4;
+
+/// `GetCatalog`, asked again with exponential backoff and full jitter while
+/// the server says it is busy, so a fleet booting at once spreads its
+/// retries instead of hammering the server in step.
+async fn get_catalog_with_retries(
+    client: &mut pb::agent_client::AgentClient<tonic::transport::Channel>,
+    request: pb::CatalogRequest,
+) -> Result<tonic::Response<pb::CatalogResponse>, tonic::Status> {
+    let seed = jitter_seed();
+    let mut attempt = 0;
+    loop {
+        match client.get_catalog(request.clone()).await {
+            Err(status) if worth_retrying(status.code()) && attempt < CATALOG_RETRIES => {
+                tokio::time::sleep(backoff_delay(attempt, seed)).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The delay before retry `attempt` (0-based): a random point in
+/// `[0, min(cap, base * 2^attempt)]` ("full jitter"), drawn from `seed`.
+pub fn backoff_delay(attempt: u32, seed: u64) -> Duration {
+    const BASE_MS: u64 = 500;
+    const CAP_MS: u64 = 15_000;
+    let ceiling = BASE_MS.saturating_mul(1u64 << attempt.min(16)).min(CAP_MS);
+    // SplitMix64 of (seed, attempt): cheap, and different per attempt.
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(u64::from(attempt) + 1));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    Duration::from_millis(z % (ceiling + 1))
+}
+
+/// Different on every node and every run, without a random number crate.
+fn jitter_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_cap_and_jitter_spreads_nodes() {
+        for attempt in 0..10 {
+            let ceiling = (500u64 << attempt).min(15_000);
+            for seed in 0..200u64 {
+                assert!(
+                    backoff_delay(attempt, seed.wrapping_mul(7919))
+                        <= Duration::from_millis(ceiling)
+                );
+            }
+        }
+        // Many nodes retrying at once do not pick the same moment.
+        let delays: std::collections::BTreeSet<Duration> = (0..100u64)
+            .map(|node| backoff_delay(3, node * 104_729))
+            .collect();
+        assert!(delays.len() > 90, "{} distinct delays of 100", delays.len());
+        // The same node and attempt always get the same delay.
+        assert_eq!(backoff_delay(2, 42), backoff_delay(2, 42));
+    }
 }
