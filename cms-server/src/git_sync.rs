@@ -431,9 +431,7 @@ impl Syncer {
 
         let files = self.source.read_commit(&commit)?;
         let read = started.elapsed();
-        let (repository, mut diagnostics) = Repository::load(files);
-        diagnostics.extend(validate(&repository, &example_facts()));
-        let diagnostics = diagnostics.into_sorted();
+        let (repository, diagnostics) = validate_files(files);
         let validated = started.elapsed();
         tracing::info!(
             commit,
@@ -573,6 +571,15 @@ fn redacted(url: &str) -> String {
         Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
         None => url.to_string(),
     }
+}
+
+/// Parses and validates a commit's files: every parse problem, and every
+/// problem compiling each role for the nodes it is written for. The
+/// repository is usable only when the diagnostics are empty.
+pub fn validate_files(files: cms_roles::RepoFiles) -> (Repository, cms_roles::Diagnostics) {
+    let (repository, mut diagnostics) = Repository::load(files);
+    diagnostics.extend(validate(&repository, &example_facts()));
+    (repository, diagnostics.into_sorted())
 }
 
 #[cfg(test)]

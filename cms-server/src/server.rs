@@ -323,15 +323,11 @@ impl RolesSource {
                 if current.as_deref() == Some(commit.as_str()) {
                     return Ok(SyncOutcome::Unchanged { commit });
                 }
-                let (repository, mut diagnostics) = cms_roles::Repository::load(files);
-                diagnostics.extend(cms_roles::validate(
-                    &repository,
-                    &cms_roles::example_facts(),
-                ));
+                let (repository, diagnostics) = crate::git_sync::validate_files(files);
                 if !diagnostics.is_empty() {
                     return Ok(SyncOutcome::Refused {
                         commit,
-                        diagnostics: diagnostics.into_sorted(),
+                        diagnostics,
                     });
                 }
                 *current = Some(commit.clone());
