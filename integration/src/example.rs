@@ -19,8 +19,8 @@ use cms_proto::v1 as pb;
 
 use crate::filesystem::ScratchDirectory;
 use crate::{
-    AgentBake, AgentConfigFile, CommandOutput, HOST_ADDRESS, Image, ImageRecipe, InstanceConfig,
-    PackageRepo, TestServer, Testbed, TestbedSettings, build_workspace_binary,
+    CommandOutput, HOST_ADDRESS, Image, ImageRecipe, InstanceConfig, PackageRepo, TestServer,
+    Testbed, TestbedSettings, bake_agent_for_server,
 };
 
 /// The example roles repository.
@@ -62,7 +62,6 @@ pub fn converge_example_web_role(
     progress(
         "building cms-agent; the instance image is built once with debootstrap (about a minute) and cached",
     );
-    let agent_binary = build_workspace_binary("cms-agent", "cms-agent")?;
     let image = Image::build_or_reuse(&ImageRecipe::debian_bookworm(), settings)?;
     let testbed = Testbed::start(settings)?;
     progress(&format!(
@@ -87,17 +86,7 @@ pub fn converge_example_web_role(
     progress(
         "baking the agent, its unit and /etc/cms/agent.toml (server address and token) into the image",
     );
-    let baked = image.bake(&AgentBake {
-        agent_binary,
-        systemd_unit: AGENT_SERVICE.to_string(),
-        config_files: vec![AgentConfigFile {
-            relative_path: "agent.toml".into(),
-            contents: format!(
-                "server = \"{}\"\ntoken = \"{token}\"\ninterval = \"30m\"\nsplay = \"0s\"\n",
-                server.address
-            ),
-        }],
-    })?;
+    let baked = bake_agent_for_server(&image, &server.address, &token)?;
 
     progress(
         "booting instance web-1 with tags role=web, env=prod; its agent enrolls and converges at boot",

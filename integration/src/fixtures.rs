@@ -42,3 +42,24 @@ pub fn bake_agent_image(settings: &TestbedSettings) -> Result<BakedImage> {
         }],
     })
 }
+
+/// The image with the workspace's agent, its real unit
+/// (`cms-agent/cms-agent.service`) and an `/etc/cms/agent.toml` that names
+/// the server and an enrollment token: what a user bakes into an AMI so
+/// that instances enroll and converge at boot.
+pub fn bake_agent_for_server(
+    image: &Image,
+    server_address: &str,
+    token: &str,
+) -> Result<BakedImage> {
+    image.bake(&AgentBake {
+        agent_binary: build_workspace_binary("cms-agent", "cms-agent")?,
+        systemd_unit: crate::AGENT_SERVICE.to_string(),
+        config_files: vec![AgentConfigFile {
+            relative_path: "agent.toml".into(),
+            contents: format!(
+                "server = \"{server_address}\"\ntoken = \"{token}\"\ninterval = \"30m\"\nsplay = \"0s\"\n"
+            ),
+        }],
+    })
+}

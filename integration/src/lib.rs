@@ -46,7 +46,9 @@ pub use cargo_build::build_workspace_binary;
 pub use example::{
     AGENT_SERVICE, EXAMPLE_PACKAGES, EXAMPLE_REPOSITORY, ExampleRun, converge_example_web_role,
 };
-pub use fixtures::{AGENT_CONFIG, AGENT_UNIT, bake_agent_image, begin_end_to_end_test};
+pub use fixtures::{
+    AGENT_CONFIG, AGENT_UNIT, bake_agent_for_server, bake_agent_image, begin_end_to_end_test,
+};
 pub use host_command::CommandOutput;
 pub use http_file_server::{AccessLogEntry, HttpFileServer};
 pub use image::{AgentBake, AgentConfigFile, BakedImage, Image, ImageOrigin, ImageRecipe};

@@ -334,14 +334,10 @@ fn agents_enroll_converge_by_bound_tags_and_their_reports_survive_the_server_bei
     Ok(())
 }
 
-/// The agent's real unit, as a package would install it.
-const AGENT_SERVICE: &str = include_str!("../../cms-agent/cms-agent.service");
-
 #[test]
 fn an_instance_boots_enrolls_with_its_token_converges_its_role_and_reports() -> Result<()> {
     use cms_integration::{
-        AgentBake, AgentConfigFile, HOST_ADDRESS, Image, ImageRecipe, InstanceConfig, Testbed,
-        begin_end_to_end_test,
+        HOST_ADDRESS, Image, ImageRecipe, InstanceConfig, Testbed, begin_end_to_end_test,
     };
 
     let (_alone, settings) = begin_end_to_end_test()?;
@@ -368,19 +364,8 @@ fn an_instance_boots_enrolls_with_its_token_converges_its_role_and_reports() -> 
     )?;
     let token = server.token(&[("role", "web"), ("env", "*")])?;
 
-    let agent_binary = build_workspace_binary("cms-agent", "cms-agent")?;
     let image = Image::build_or_reuse(&ImageRecipe::debian_bookworm(), &settings)?;
-    let baked = image.bake(&AgentBake {
-        agent_binary,
-        systemd_unit: AGENT_SERVICE.to_string(),
-        config_files: vec![AgentConfigFile {
-            relative_path: "agent.toml".into(),
-            contents: format!(
-                "server = \"{}\"\ntoken = \"{token}\"\ninterval = \"30m\"\nsplay = \"0s\"\n",
-                server.address
-            ),
-        }],
-    })?;
+    let baked = cms_integration::bake_agent_for_server(&image, &server.address, &token)?;
     let instance = testbed.boot(
         &baked,
         InstanceConfig::new("web-7")
