@@ -61,6 +61,11 @@ impl ServiceProvider<'_> {
         if output.success() {
             return Ok(());
         }
+        if output.stderr.contains("not found") || output.stderr.contains("does not exist") {
+            return Err(ProviderError::Failed(format!(
+                "Failed to {verb} {unit}: there is no such unit\nhint: is the package that ships it installed, and required by this service?"
+            )));
+        }
         // The unit's own last log lines say why far better than systemctl.
         let journal = cx
             .host
@@ -113,9 +118,14 @@ impl Provider for ServiceProvider<'_> {
             let output = self.systemctl(cx, &["is-enabled", &unit])?;
             let state = output.stdout.trim().to_string();
             if state.is_empty() || state == "not-found" || output.stderr.contains("No such file") {
-                return Err(ProviderError::Failed(format!(
-                    "Failed to find unit {unit}: is the package that ships it installed?"
-                )));
+                // Not installed yet: in a --noop run the package that ships
+                // it has not been installed. Say what a real run would do;
+                // if the unit is still missing then, `enable` fails and
+                // says so.
+                if enable {
+                    changes.push(Change::new("enabled", "not installed", "true"));
+                }
+                return Ok(changes);
             }
             // `static` and `indirect` units cannot be enabled; leave them.
             let enabled = matches!(

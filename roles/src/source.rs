@@ -7,7 +7,7 @@
 //! of the map does not exist.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 /// One entry of a repository tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,16 +61,36 @@ impl RepoFiles {
             .map(|(path, entry)| (path.as_str(), entry))
     }
 
-    /// Reads a directory tree. Symbolic links are followed when they stay
-    /// inside the repository and recorded as [`Entry::EscapingSymlink`]
-    /// otherwise; `.git` is skipped.
+    /// Reads a repository folder: `cms.toml` and the `roles/`,
+    /// `templates/`, `files/` and `data/` trees, nothing else (a README, CI
+    /// files or a wrong `--repo` pointing at `/etc` are never read).
+    /// Symbolic links are followed when they stay inside the repository and
+    /// recorded as [`Entry::EscapingSymlink`] otherwise.
     pub fn read_dir(root: &Path) -> Result<RepoFiles, ReadError> {
         let canonical_root = root.canonicalize().map_err(|source| ReadError {
             path: root.display().to_string(),
             source,
         })?;
         let mut files = RepoFiles::new();
-        let mut stack = vec![canonical_root.clone()];
+        let top = std::fs::read_dir(&canonical_root).map_err(|source| ReadError {
+            path: canonical_root.display().to_string(),
+            source,
+        })?;
+        drop(top);
+        let mut stack: Vec<PathBuf> = REPOSITORY_FOLDERS
+            .iter()
+            .map(|folder| canonical_root.join(folder))
+            .filter(|folder| folder.symlink_metadata().is_ok())
+            .collect();
+        let settings = canonical_root.join(crate::repository::SETTINGS_FILE);
+        if settings.symlink_metadata().is_ok() {
+            read_entry(&canonical_root, &settings, &mut files, &mut stack)?;
+        }
+        // The folders themselves may be links; read each through its entry.
+        let folders = std::mem::take(&mut stack);
+        for folder in folders {
+            read_entry(&canonical_root, &folder, &mut files, &mut stack)?;
+        }
         while let Some(dir) = stack.pop() {
             let read = std::fs::read_dir(&dir).map_err(|source| ReadError {
                 path: dir.display().to_string(),
@@ -81,46 +101,54 @@ impl RepoFiles {
                     path: dir.display().to_string(),
                     source,
                 })?;
-                let path = entry.path();
-                if entry.file_name() == ".git" {
-                    continue;
-                }
-                let relative = relative_name(&canonical_root, &path);
-                let file_type = entry.file_type().map_err(|source| ReadError {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                let error = |source| ReadError {
-                    path: path.display().to_string(),
-                    source,
-                };
-                if file_type.is_symlink() {
-                    let target = std::fs::read_link(&path).map_err(error)?;
-                    match path.canonicalize() {
-                        Ok(resolved) if resolved.starts_with(&canonical_root) => {
-                            if resolved.is_dir() {
-                                // A link to a directory inside the repository
-                                // would list the same files twice; skip it.
-                                continue;
-                            }
-                            let bytes = std::fs::read(&resolved).map_err(|source| ReadError {
-                                path: path.display().to_string(),
-                                source,
-                            })?;
-                            files.insert(relative, bytes);
-                        }
-                        _ => files.insert_escaping_symlink(relative, target.display().to_string()),
-                    }
-                } else if file_type.is_dir() {
-                    stack.push(path);
-                } else if file_type.is_file() {
-                    let bytes = std::fs::read(&path).map_err(error)?;
-                    files.insert(relative, bytes);
-                }
+                read_entry(&canonical_root, &entry.path(), &mut files, &mut stack)?;
             }
         }
         Ok(files)
     }
+}
+
+/// The folders of a repository besides `cms.toml`.
+const REPOSITORY_FOLDERS: &[&str] = &["roles", "templates", "files", "data"];
+
+/// Reads one entry: a file into `files`, a folder onto `stack`, a link
+/// followed when it stays inside the repository.
+fn read_entry(
+    root: &Path,
+    path: &Path,
+    files: &mut RepoFiles,
+    stack: &mut Vec<PathBuf>,
+) -> Result<(), ReadError> {
+    let error = |source| ReadError {
+        path: path.display().to_string(),
+        source,
+    };
+    let relative = relative_name(root, path);
+    let file_type = path.symlink_metadata().map_err(error)?.file_type();
+    if file_type.is_symlink() {
+        let target = std::fs::read_link(path).map_err(error)?;
+        match path.canonicalize() {
+            Ok(resolved) if resolved.starts_with(root) => {
+                if resolved.is_dir() {
+                    // A link to a folder inside the repository would list the
+                    // same files twice, unless it is one of the top folders.
+                    if REPOSITORY_FOLDERS.contains(&relative.as_str()) {
+                        stack.push(path.to_path_buf());
+                    }
+                    return Ok(());
+                }
+                let bytes = std::fs::read(&resolved).map_err(error)?;
+                files.insert(relative, bytes);
+            }
+            _ => files.insert_escaping_symlink(relative, target.display().to_string()),
+        }
+    } else if file_type.is_dir() {
+        stack.push(path.to_path_buf());
+    } else if file_type.is_file() {
+        let bytes = std::fs::read(path).map_err(error)?;
+        files.insert(relative, bytes);
+    }
+    Ok(())
 }
 
 fn relative_name(root: &Path, path: &Path) -> String {

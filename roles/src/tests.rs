@@ -762,3 +762,25 @@ fn the_example_repository_validates_and_compiles_for_an_api_node() {
     assert_eq!(catalog.roles, ["base", "java", "api"]);
     assert!(catalog.resource("java_app:orders").is_some());
 }
+
+#[test]
+fn only_the_repository_parts_of_a_folder_are_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (path, text) in [
+        ("cms.toml", SETTINGS),
+        ("roles/a.toml", "[[package]]\nname = \"a\"\n"),
+        ("README.md", "# roles\n"),
+        (".github/workflows/ci.yml", "on: push\n"),
+        ("notes/private.txt", "not for the compiler\n"),
+    ] {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
+    let files = RepoFiles::read_dir(dir.path()).expect("reads");
+    assert!(files.get("cms.toml").is_some());
+    assert!(files.get("roles/a.toml").is_some());
+    for outside in ["README.md", ".github/workflows/ci.yml", "notes/private.txt"] {
+        assert!(files.get(outside).is_none(), "{outside} was read");
+    }
+}
