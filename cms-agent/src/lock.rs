@@ -20,12 +20,7 @@ impl RunLock {
     /// Takes the lock, waiting for a run in progress to finish; `on_wait` is
     /// told the holder's pid first.
     pub fn acquire(state_dir: &Path, on_wait: impl FnOnce(&str)) -> anyhow::Result<RunLock> {
-        std::fs::create_dir_all(state_dir).with_context(|| {
-            format!(
-                "Failed to create the state directory {}",
-                state_dir.display()
-            )
-        })?;
+        crate::state::create_private_dir(state_dir)?;
         let path = state_dir.join("run.lock");
         let open = || {
             OpenOptions::new()

@@ -12,16 +12,22 @@ use cms_roles::Catalog;
 
 use crate::report::RunReport;
 
+/// Creates the agent's state folders owner-only (0700): they hold the
+/// node's private key, its catalog (with secrets) and backups.
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("Failed to create the state directory {}", dir.display()))
+}
+
 /// Writes `bytes` to `path` owner-only (0600), atomically.
 pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let directory = path.parent().context("a state file has a folder")?;
-    std::fs::create_dir_all(directory).with_context(|| {
-        format!(
-            "Failed to create the state directory {}",
-            directory.display()
-        )
-    })?;
+    create_private_dir(directory)?;
     let file_name = path
         .file_name()
         .context("a state file has a name")?

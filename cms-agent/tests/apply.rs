@@ -409,3 +409,15 @@ fn a_run_killed_with_sigkill_midway_is_completed_by_the_next_run() {
     let after = apply().output().expect("runs");
     assert_eq!(after.status.code(), Some(0), "{}", stdout(&after));
 }
+
+#[test]
+fn the_state_directory_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let fixture = Fixture::new();
+    assert_eq!(fixture.apply(&[]).status.code(), Some(2));
+    let state = fixture.root.join("var/lib/cms/agent");
+    for path in [state.clone(), state.join("last_run.json"), state.join("backups")] {
+        let mode = std::fs::metadata(&path).expect("exists").permissions().mode() & 0o077;
+        assert_eq!(mode, 0, "{} is readable by others", path.display());
+    }
+}
