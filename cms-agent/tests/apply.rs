@@ -416,8 +416,16 @@ fn the_state_directory_is_owner_only() {
     let fixture = Fixture::new();
     assert_eq!(fixture.apply(&[]).status.code(), Some(2));
     let state = fixture.root.join("var/lib/cms/agent");
-    for path in [state.clone(), state.join("last_run.json"), state.join("backups")] {
-        let mode = std::fs::metadata(&path).expect("exists").permissions().mode() & 0o077;
+    for path in [
+        state.clone(),
+        state.join("last_run.json"),
+        state.join("backups"),
+    ] {
+        let mode = std::fs::metadata(&path)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o077;
         assert_eq!(mode, 0, "{} is readable by others", path.display());
     }
 }
