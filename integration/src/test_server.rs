@@ -40,6 +40,8 @@ impl TestServer {
             server_addresses: Vec::new(),
             webhook_secret: None,
             report_retention: Duration::from_secs(30 * 24 * 3600),
+            http_tls: false,
+            metrics_token: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = runtime.handle().clone();
