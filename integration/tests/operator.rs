@@ -123,6 +123,8 @@ impl Agent {
 struct Fleet {
     server: TestServer,
     repo: PathBuf,
+    /// Where app-1's agent wrote its last run's figures for node_exporter.
+    app_textfile: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -140,7 +142,18 @@ fn fleet(configure: impl FnOnce(&mut cms_server::server::ServeConfig)) -> Result
     };
     let token = server.token(&[("role", "*")])?;
 
-    let app = agent("app");
+    // app-1's agent writes its figures for node_exporter's textfile
+    // collector.
+    let app_textfile = dir.path().join("node-exporter/cms_agent.prom");
+    std::fs::create_dir_all(app_textfile.parent().context("folder")?)?;
+    let app = Agent {
+        config: dir.path().join("app-agent.toml"),
+        ..agent("app")
+    };
+    std::fs::write(
+        &app.config,
+        format!("textfile_collector = \"{}\"\n", app_textfile.display()),
+    )?;
     app.enroll(&server.address, &token, "app-1", "role=app")?;
     let code = app.converge()?;
     ensure!(code == 2, "app-1's first run changes things, exit {code}");
@@ -157,6 +170,7 @@ fn fleet(configure: impl FnOnce(&mut cms_server::server::ServeConfig)) -> Result
     Ok(Fleet {
         server,
         repo,
+        app_textfile,
         _dir: dir,
     })
 }
@@ -313,6 +327,25 @@ fn metrics_count_enrollments_catalogs_runs_and_nodes_in_the_openmetrics_format()
             "the Grafana dashboard queries {name}, which the server does not serve"
         );
     }
+
+    // The agent wrote its last run's figures where node_exporter reads them.
+    let textfile = std::fs::read_to_string(&fleet.app_textfile)
+        .with_context(|| format!("Failed to read {}", fleet.app_textfile.display()))?;
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(&textfile)
+        .map_err(|e| anyhow::anyhow!("not the Prometheus text format: {e:?}\n{textfile}"))?;
+    let gauge = |name: &str| {
+        exposition.families.get(name).and_then(|f| {
+            f.iter_samples().next().and_then(|s| match &s.value {
+                openmetrics_parser::PrometheusValue::Gauge(n) => Some(n.as_f64()),
+                _ => None,
+            })
+        })
+    };
+    ensure!(
+        gauge("cms_agent_last_run_exit_code") == Some(0.0)
+            && gauge("cms_agent_last_run_success") == Some(1.0),
+        "app-1's last run (unchanged) in its textfile:\n{textfile}"
+    );
 
     // Without TLS on the HTTP port the dashboard is off, not open.
     let (status, body) = http_get(&address, "/dashboard", &[])?;
