@@ -50,17 +50,17 @@ fn node(i: usize) -> NodeRecord {
         certificate_serial: format!("{i:032x}"),
         first_seen_unix_ms: 1_764_000_000_000,
         last_seen_unix_ms: 1_764_000_000_000 + i as u64,
-        last_run: (i % 50 != 0).then(|| RunSummary {
+        last_run: (!i.is_multiple_of(50)).then(|| RunSummary {
             run_id: format!("run-{i}"),
             finished_unix_ms: 1_764_000_000_000 + i as u64,
             catalog_id: format!("{:064x}", i % 5),
-            revision: if i % 10 == 0 {
+            revision: if i.is_multiple_of(10) {
                 "a".repeat(40)
             } else {
                 "b".repeat(40)
             },
-            changed: u32::from(i % 7 == 0),
-            failed: u32::from(i % 97 == 0),
+            changed: u32::from(i.is_multiple_of(7)),
+            failed: u32::from(i.is_multiple_of(97)),
             skipped: 0,
             noop: false,
         }),
