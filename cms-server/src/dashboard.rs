@@ -1009,6 +1009,38 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_commit_shows_its_validation_errors_beside_the_revision_still_served() {
+        let view = FleetView {
+            nodes: Vec::new(),
+            current_revision: Some("good".into()),
+            last_synced: Some(RevisionRecord {
+                commit: "bad".into(),
+                accepted: false,
+                errors: vec![crate::store::RevisionError {
+                    file: "roles/web.toml".into(),
+                    line: 3,
+                    column: 1,
+                    message: "unknown field `mdoe` <here>".into(),
+                }],
+                synced_unix_ms: 0,
+            }),
+            triggers: Vec::new(),
+            now_unix_ms: 10,
+        };
+        let html = render_fleet(&view, &FleetFilter::default());
+        assert!(
+            html.contains("Serving <code class=\"revision\">good</code>"),
+            "{html}"
+        );
+        assert!(html.contains("Refused <code>bad</code>"), "{html}");
+        assert!(
+            html.contains("<td>roles/web.toml</td><td>3</td><td>1</td><td>unknown field `mdoe` &lt;here&gt;</td>"),
+            "{html}"
+        );
+        assert!(html.contains("No triggers in progress."), "{html}");
+    }
+
+    #[test]
     fn times_are_shown_as_utc_dates() {
         assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
