@@ -854,7 +854,7 @@ code{font:12px ui-monospace,monospace}pre{font:12px/1.35 ui-monospace,monospace;
 .badge.failed,.total.failed b,td.failed{color:#fff;background:#c01c28}.total.failed b{background:none;color:#c01c28}\
 .badge.changed{background:#f6d32d}.badge.unchanged{background:#8ff0a4}.badge.gone{background:#c0bfbc}\
 tr.failed td:first-child{border-left:4px solid #c01c28}\
-.error{color:#a51d2d}.muted{color:#6b7280}\
+#tags th{width:25%}.error{color:#a51d2d}.muted{color:#6b7280}\
 .login{display:flex;gap:8px;align-items:center}.login input{flex:1;padding:6px}\
 details.run{border:1px solid #eef0f3;border-radius:4px;margin:8px 0;padding:4px 8px}";
 

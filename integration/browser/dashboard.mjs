@@ -97,7 +97,12 @@ try {
   const tags = await page.locator('table#tags').innerText();
   check(tags.includes('role') && tags.includes('app'), `the node's tags are missing: ${tags}`);
   check(await page.locator('pre#facts').count() === 1, 'the node has no facts shown');
-  check(await page.locator('details.run').count() >= 1, 'the node page shows no runs');
+  check(await page.locator('details.run').count() >= 2, 'the node page does not show both runs');
+  // The file's content is markup on purpose: the diff shows it as text.
+  const diff = page.locator('details.run.changed pre.diff').filter({ hasText: 'app.conf' });
+  check(await diff.count() === 1, 'the changed run shows no diff of app.conf');
+  check((await diff.innerText()).includes('+<b>served</b>'), `the diff does not show the new line as text: ${await diff.innerText()}`);
+  check(await diff.locator('b').count() === 0, 'markup from a diff became an element');
   await page.screenshot({ path: join(artifacts, 'dashboard-node.png'), fullPage: true });
 
   // The failed node's page shows the failure and its error.
