@@ -240,6 +240,7 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
                 args.noop,
                 config.metadata_endpoint.clone(),
             ))?;
+            crate::textfile::record(&config.textfile, &report);
             print_report(&report, args.format, terminal)?;
             Ok(ExitCode::from(report.exit_code()))
         }

@@ -27,6 +27,9 @@ pub struct RawAgentConfig {
     pub splay: Option<String>,
     /// `host:port` of an instance metadata service.
     pub metadata_endpoint: Option<String>,
+    /// The file node_exporter's textfile collector reads the last run's
+    /// figures from; `""` turns it off (see `textfile`).
+    pub textfile_collector: Option<String>,
 }
 
 /// Resolved.
@@ -37,6 +40,7 @@ pub struct AgentConfig {
     pub interval: Duration,
     pub splay: Duration,
     pub metadata_endpoint: Option<String>,
+    pub textfile: crate::textfile::Textfile,
 }
 
 impl AgentConfig {
@@ -75,6 +79,7 @@ impl AgentConfig {
             interval: duration(raw.interval.as_deref(), 30 * 60)?,
             splay: duration(raw.splay.as_deref(), 5 * 60)?,
             metadata_endpoint: raw.metadata_endpoint,
+            textfile: crate::textfile::Textfile::from_setting(raw.textfile_collector.as_deref()),
         })
     }
 }

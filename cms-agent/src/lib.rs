@@ -18,3 +18,4 @@ pub mod remote;
 pub mod report;
 pub mod state;
 pub mod tags;
+pub mod textfile;

@@ -309,6 +309,7 @@ pub async fn run_daemon(
             .await
         {
             Ok(report) => {
+                crate::textfile::record(&config.textfile, &report);
                 let _ = crate::cli::print_report(&report, crate::cli::Format::Text, terminal);
             }
             Err(error) => eprintln!("error: {error:#}"),

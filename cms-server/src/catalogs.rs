@@ -37,6 +37,8 @@ pub struct Catalogs {
     permits: Arc<Semaphore>,
     state: Mutex<State>,
     capacity: usize,
+    /// Where each compile's duration goes (`metrics`).
+    compile_duration: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 #[derive(Debug, Default)]
@@ -64,7 +66,17 @@ impl Catalogs {
             permits: Arc::new(Semaphore::new(max_concurrent_compiles.max(1))),
             state: Mutex::new(State::default()),
             capacity: capacity.max(1),
+            compile_duration: None,
         }
+    }
+
+    /// Records the duration of every compile in `histogram`.
+    pub fn observe_compiles(
+        mut self,
+        histogram: prometheus_client::metrics::histogram::Histogram,
+    ) -> Catalogs {
+        self.compile_duration = Some(histogram);
+        self
     }
 
     pub fn stats(&self) -> CatalogStats {
@@ -115,8 +127,14 @@ impl Catalogs {
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
+            let compile_duration = self.compile_duration.clone();
             tokio::task::spawn_blocking(move || {
-                compile(&repository, &node).map(Arc::new).map_err(Arc::new)
+                let started = std::time::Instant::now();
+                let result = compile(&repository, &node).map(Arc::new).map_err(Arc::new);
+                if let Some(histogram) = compile_duration {
+                    histogram.observe(started.elapsed().as_secs_f64());
+                }
+                result
             })
             .await
             .unwrap_or_else(|panic| {

@@ -48,6 +48,12 @@ pub enum Command {
     Node(NodeCommand),
     /// Sync the roles repository now.
     Sync(AdminArgs),
+    /// Make a login token for the fleet dashboard; prints it once. Run it
+    /// where the server's data directory is.
+    #[command(
+        after_help = "Examples:\n  cms-server dashboard-token --data /var/lib/cms-server\n\nThe dashboard is at https://SERVER:7471/dashboard when the server runs with --http-tls."
+    )]
+    DashboardToken(DashboardTokenArgs),
     /// Check a roles repository: validate every role, or print the catalog
     /// that a node with the given tags would get.
     #[command(
@@ -87,6 +93,21 @@ pub struct ServeArgs {
     /// and the listen address are always included.
     #[arg(long = "server-name", value_name = "NAME")]
     pub server_names: Vec<String>,
+    /// Serve the HTTP port over TLS with the server's certificate (from its
+    /// CA). The fleet dashboard is served only then.
+    #[arg(long)]
+    pub http_tls: bool,
+    /// A file holding a bearer token that `GET /metrics` then requires
+    /// [default: /metrics is open, as Prometheus scrapes usually are].
+    #[arg(long, value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DashboardTokenArgs {
+    /// The server's data directory, where the token's hash is kept.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
 }
 
 /// Finding the running server and its admin credential.

@@ -106,6 +106,10 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync(args) => sync(&args).await,
+        Command::DashboardToken(args) => {
+            println!("{}", crate::dashboard::create_token(&data_dir(&args.data))?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -140,6 +144,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         server_names: args.server_names,
         server_addresses: Vec::new(),
         webhook_secret: args.webhook_secret,
+        http_tls: args.http_tls,
+        metrics_token: match &args.metrics_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("Failed to read {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        },
         report_retention: Duration::from_secs(
             cms_roles::parse_duration(&args.report_retention).map_err(anyhow::Error::msg)?,
         ),

@@ -1,34 +1,116 @@
 //! The HTTP side of the server: the git webhook (`POST /hooks/git`, a
-//! GitHub or GitLab push checked with the shared secret) and a liveness
-//! check (`GET /healthz`).
+//! GitHub or GitLab push checked with the shared secret), a liveness check
+//! (`GET /healthz`), Prometheus metrics (`GET /metrics`, see `metrics`) and
+//! the fleet dashboard (`/dashboard`, see `dashboard`).
+//!
+//! Plain HTTP by default; with `ServeConfig::http_tls` the port speaks TLS
+//! with the server's certificate (the same as gRPC's, from the server's CA),
+//! which the dashboard requires.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::server::ServerState;
+use crate::store::sha256_hex;
 use crate::webhook::{pushed_branch, verify_github, verify_gitlab};
 
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ServerState>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/hooks/git", post(git_hook))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        })
-        .await?;
+        .route("/metrics", get(metrics))
+        .with_state(state.clone())
+        .merge(crate::dashboard::router(state, tls.is_some()));
+    let Some(tls) = tls else {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .await?;
+        return Ok(());
+    };
+    // TLS: each connection is handshaken and served in its own task, so a
+    // slow client holds up no one; they end with the server.
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => break,
+            accepted = listener.accept() => accepted,
+        };
+        // Reap finished connections as we go.
+        while connections.try_join_next().is_some() {}
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!("Failed to accept an HTTP connection: {error}");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        connections.spawn(async move {
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, "TLS handshake failed: {error}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+        });
+    }
+    connections.shutdown().await;
     Ok(())
+}
+
+/// `GET /metrics`: open, or with a bearer token when one is configured.
+async fn metrics(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &state.config.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given.map(|g| sha256_hex(g.as_bytes())) != Some(sha256_hex(expected.as_bytes())) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "metrics need the bearer token configured with --metrics-token-file\n",
+            )
+                .into_response();
+        }
+    }
+    let scrape = state.clone();
+    match tokio::task::spawn_blocking(move || scrape.metrics.render(&scrape)).await {
+        Ok(Ok(text)) => {
+            ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+        }
+        Ok(Err(error)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Failed to read the store: {error}\n"),
+        )
+            .into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response(),
+    }
 }
 
 async fn git_hook(

@@ -43,6 +43,12 @@ pub struct ServeConfig {
     pub webhook_secret: Option<String>,
     /// How long run reports are kept.
     pub report_retention: Duration,
+    /// Serve the HTTP port over TLS with the server's certificate (needed
+    /// by the dashboard).
+    pub http_tls: bool,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>`;
+    /// otherwise it is open, as Prometheus scrapes usually are.
+    pub metrics_token: Option<String>,
 }
 
 /// Where the admin credential lives in the data directory.
@@ -59,6 +65,7 @@ pub struct ServerState {
     pub ca_fingerprint: String,
     pub config: ServeConfig,
     pub catalogs: Catalogs,
+    pub metrics: crate::metrics::Metrics,
     revision: RwLock<Option<Revision>>,
     sync_requests: mpsc::Sender<oneshot::Sender<anyhow::Result<pb::SyncResponse>>>,
 }
@@ -128,6 +135,7 @@ pub async fn run(
     let source = RolesSource::for_repo(&config);
     let restored = restore_revision(&store, &source);
     let (sync_requests, sync_receiver) = mpsc::channel(16);
+    let metrics = crate::metrics::Metrics::new();
     let state = Arc::new(ServerState {
         store,
         ca,
@@ -135,7 +143,9 @@ pub async fn run(
         catalogs: Catalogs::new(
             10_000,
             std::thread::available_parallelism().map_or(2, |n| n.get()),
-        ),
+        )
+        .observe_compiles(metrics.compile_duration()),
+        metrics,
         revision: RwLock::new(restored),
         sync_requests,
         config: config.clone(),
@@ -177,9 +187,19 @@ pub async fn run(
         stop.clone(),
     ));
     if let Some(http_listener) = http_listener {
+        let http_tls = if config.http_tls {
+            Some(http_tls_config(
+                &server_credential.certificate_pem,
+                state.ca.certificate_pem(),
+                &server_credential.private_key_pem,
+            )?)
+        } else {
+            None
+        };
         tasks.spawn(crate::http::serve(
             http_listener,
             state.clone(),
+            http_tls,
             stop.clone(),
         ));
     }
@@ -205,6 +225,31 @@ pub async fn run(
         result.context("A server task panicked")??;
     }
     Ok(())
+}
+
+/// The HTTP port's TLS: the server certificate and the CA, as on gRPC.
+fn http_tls_config(
+    certificate_pem: &str,
+    ca_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut chain = Vec::new();
+    for pem in [certificate_pem, ca_pem] {
+        chain.push(
+            CertificateDer::from_pem_slice(pem.as_bytes())
+                .context("Failed to read the server certificate")?,
+        );
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .context("Failed to read the server key")?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("Failed to set up TLS on the HTTP port")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 fn load_or_create_ca(store: &Store) -> anyhow::Result<CertificateAuthority> {
@@ -365,6 +410,7 @@ async fn sync_loop(
             },
         };
         let outcome = sync_once(&state, syncer.clone()).await;
+        state.metrics.sync_finished(&outcome);
         if let Err(error) = &outcome {
             tracing::warn!("{error:#}");
         }

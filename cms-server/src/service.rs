@@ -123,7 +123,8 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             .unwrap_or_default()
             .to_string();
         let tags: BTreeMap<String, String> = request.tags.into_iter().collect();
-        blocking(move || {
+        let metrics_state = state.clone();
+        let enrolled = blocking(move || {
             let token_id = TokenRecord::id_for_secret(&secret);
             // Check the scope before using the token up.
             let token = state
@@ -170,8 +171,9 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
                 not_after: issued.not_after_unix,
             })
         })
-        .await
-        .map(Response::new)
+        .await;
+        metrics_state.metrics.enrollment(&enrolled);
+        enrolled.map(Response::new)
     }
 }
 
@@ -185,6 +187,7 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::CatalogRequest>,
     ) -> Result<Response<pb::CatalogResponse>, Status> {
         let state = self.0.clone();
+        let answer = state.metrics.catalog_request();
         let node_id = node_caller(&state, &request)?;
         let request = request.into_inner();
         let facts: BTreeMap<String, serde_json::Value> = if request.facts_json.trim().is_empty() {
@@ -223,6 +226,7 @@ impl pb::agent_server::Agent for AgentService {
                 ))
             })?;
         if request.have_catalog_id == catalog.catalog_id {
+            answer.answered(crate::metrics::CatalogAnswer::NotModified);
             return Ok(Response::new(pb::CatalogResponse {
                 result: Some(pb::catalog_response::Result::NotModified(pb::NotModified {
                     catalog_id: catalog.catalog_id.clone(),
@@ -250,6 +254,7 @@ impl pb::agent_server::Agent for AgentService {
             Ok(())
         })
         .await?;
+        answer.answered(crate::metrics::CatalogAnswer::Catalog);
         Ok(Response::new(pb::CatalogResponse {
             result: Some(pb::catalog_response::Result::Catalog(pb::Catalog {
                 catalog_id: catalog.catalog_id.clone(),
@@ -313,7 +318,7 @@ impl pb::agent_server::Agent for AgentService {
                 .count() as u32;
             let json = report_json(&report);
             let now = now_unix_ms();
-            state
+            let write = state
                 .store
                 .put_report(&StoredReport {
                     node_id: node_id.clone(),
@@ -322,6 +327,9 @@ impl pb::agent_server::Agent for AgentService {
                     report_json: json,
                 })
                 .map_err(internal)?;
+            if write == crate::store::ReportWrite::Stored {
+                state.metrics.run_reported(&report);
+            }
             state
                 .store
                 .update_node(&node_id, |node| {

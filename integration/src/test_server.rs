@@ -11,6 +11,8 @@ use cms_proto::v1 as pb;
 /// The server, running in its own runtime on a thread, stopped on drop.
 pub struct TestServer {
     pub address: String,
+    /// The HTTP port's address, when the server was started with one.
+    pub http_address: Option<String>,
     pub data: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
@@ -27,10 +29,47 @@ impl TestServer {
     }
 
     pub fn start_on(data: &Path, repo: &Path, address: std::net::SocketAddr) -> Result<TestServer> {
+        TestServer::start_with(data, repo, address, false, |_| {})
+    }
+
+    /// On loopback, with the HTTP port too (on port 0, like gRPC), and the
+    /// configuration changed by `configure`.
+    pub fn start_with_http(
+        data: &Path,
+        repo: &Path,
+        configure: impl FnOnce(&mut cms_server::server::ServeConfig),
+    ) -> Result<TestServer> {
+        TestServer::start_with(
+            data,
+            repo,
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            true,
+            configure,
+        )
+    }
+
+    fn start_with(
+        data: &Path,
+        repo: &Path,
+        address: std::net::SocketAddr,
+        http: bool,
+        configure: impl FnOnce(&mut cms_server::server::ServeConfig),
+    ) -> Result<TestServer> {
         let runtime = tokio::runtime::Runtime::new()?;
         let listener = runtime.block_on(tokio::net::TcpListener::bind(address))?;
         let address = listener.local_addr()?.to_string();
-        let config = cms_server::server::ServeConfig {
+        let http_listener = if http {
+            let mut http_address = address.parse::<std::net::SocketAddr>()?;
+            http_address.set_port(0);
+            Some(runtime.block_on(tokio::net::TcpListener::bind(http_address))?)
+        } else {
+            None
+        };
+        let http_address = match &http_listener {
+            Some(listener) => Some(listener.local_addr()?.to_string()),
+            None => None,
+        };
+        let mut config = cms_server::server::ServeConfig {
             data_dir: data.to_path_buf(),
             repo: repo.display().to_string(),
             branch: "main".into(),
@@ -40,13 +79,16 @@ impl TestServer {
             server_addresses: Vec::new(),
             webhook_secret: None,
             report_retention: Duration::from_secs(30 * 24 * 3600),
+            http_tls: false,
+            metrics_token: None,
         };
+        configure(&mut config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = runtime.handle().clone();
         let thread = std::thread::spawn(move || {
             handle.block_on(cms_server::server::run(
                 listener,
-                None,
+                http_listener,
                 config,
                 async move {
                     let _ = stopped.await;
@@ -55,6 +97,7 @@ impl TestServer {
         });
         let server = TestServer {
             address,
+            http_address,
             data: data.to_path_buf(),
             stop: Some(stop),
             thread: Some(thread),

@@ -28,3 +28,18 @@ ensure_debian_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
   fi
 }
+
+# Installs a folder's npm packages from its package-lock.json with `npm ci`,
+# unless they were installed from this very lock file already.
+#
+# Usage: ensure_npm_packages FOLDER
+ensure_npm_packages() {
+  local folder="$1"
+  local stamp="$folder/node_modules/.installed-from-package-lock.json"
+  if cmp -s "$folder/package-lock.json" "$stamp"; then
+    return 0
+  fi
+  echo "installing the npm packages of $folder" >&2
+  (cd "$folder" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$folder/package-lock.json" "$stamp"
+}

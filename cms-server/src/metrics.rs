@@ -1,0 +1,408 @@
+//! The server's Prometheus metrics, served at `GET /metrics` on the HTTP
+//! port in the OpenMetrics text format (what Prometheus asks for first; it
+//! reads it like its classic text format).
+//!
+//! Counters and histograms are fed by one-line calls where things happen
+//! (`enrollment`, `catalog_answer`, `run_reported`, `sync_finished`, and the
+//! compile histogram handed to `Catalogs`). What the store already knows —
+//! nodes by role and status, the current revision, the catalog cache — is
+//! read at scrape time by `render`, so it is never out of date and costs
+//! nothing between scrapes.
+//!
+//! Metric names (all prefixed `cms_`) are a contract with dashboards:
+//! `docs/grafana-dashboard.json` queries them and a test checks that every
+//! metric it queries is served.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use cms_proto::v1 as pb;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::server::ServerState;
+use crate::store::{NodeRecord, NodeStatus};
+
+/// The content type of `render`'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What a node's last run says about it, in the words of listings, metrics
+/// and the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NodeState {
+    /// Its last run failed at least one resource. Listed first.
+    Failed,
+    /// Enrolled, but no run reported yet.
+    Enrolled,
+    /// Its last run changed something.
+    Changed,
+    /// Its last run found nothing to do.
+    Unchanged,
+    /// Retired: the instance is gone.
+    Gone,
+}
+
+impl NodeState {
+    pub const ALL: [NodeState; 5] = [
+        NodeState::Failed,
+        NodeState::Enrolled,
+        NodeState::Changed,
+        NodeState::Unchanged,
+        NodeState::Gone,
+    ];
+
+    pub fn of(node: &NodeRecord) -> NodeState {
+        match (&node.status, &node.last_run) {
+            (NodeStatus::Gone, _) => NodeState::Gone,
+            (_, None) => NodeState::Enrolled,
+            (_, Some(run)) if run.failed > 0 => NodeState::Failed,
+            (_, Some(run)) if run.changed > 0 => NodeState::Changed,
+            _ => NodeState::Unchanged,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Failed => "failed",
+            NodeState::Enrolled => "enrolled",
+            NodeState::Changed => "changed",
+            NodeState::Unchanged => "unchanged",
+            NodeState::Gone => "gone",
+        }
+    }
+}
+
+/// The `role` tag of a node, or `""` when it has none.
+pub fn role_of(node: &NodeRecord) -> &str {
+    node.tags.get("role").map_or("", String::as_str)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    role: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnswerLabel {
+    answer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RevisionLabel {
+    revision: String,
+}
+
+/// How a catalog request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogAnswer {
+    /// A catalog was sent.
+    Catalog,
+    /// The agent already had it: `NotModified`.
+    NotModified,
+    /// Refused or failed (not enrolled, no revision, compile error).
+    Error,
+}
+
+/// One catalog request being answered (see `Metrics::catalog_request`).
+#[derive(Debug)]
+pub struct CatalogRequest<'a> {
+    metrics: &'a Metrics,
+    answered: bool,
+}
+
+impl CatalogRequest<'_> {
+    pub fn answered(mut self, answer: CatalogAnswer) {
+        self.answered = true;
+        self.metrics.catalog_answer(answer);
+    }
+}
+
+impl Drop for CatalogRequest<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.metrics.catalog_answer(CatalogAnswer::Error);
+        }
+    }
+}
+
+/// The registry and every metric the server keeps.
+pub struct Metrics {
+    registry: Registry,
+    nodes: Family<NodeLabels, Gauge>,
+    runs: Family<ResultLabel, Counter>,
+    run_duration: Histogram,
+    resources: Family<StatusLabel, Counter>,
+    catalog_requests: Family<AnswerLabel, Counter>,
+    compile_duration: Histogram,
+    catalog_cache_entries: Gauge,
+    syncs: Family<ResultLabel, Counter>,
+    sync_ok: Gauge,
+    last_sync: Gauge<f64, AtomicU64>,
+    revision: Family<RevisionLabel, Gauge>,
+    enrollments: Family<ResultLabel, Counter>,
+    /// One scrape at a time: a scrape resets and refills the gauges it
+    /// computes.
+    scrape: Mutex<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            nodes: Family::default(),
+            runs: Family::default(),
+            // 0.25 s to about 34 min: a run with nothing to do takes well
+            // under a second, one that installs packages minutes.
+            run_duration: Histogram::new(exponential_buckets(0.25, 2.0, 14)),
+            resources: Family::default(),
+            catalog_requests: Family::default(),
+            // 1 ms to about 16 s.
+            compile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            catalog_cache_entries: Gauge::default(),
+            syncs: Family::default(),
+            sync_ok: Gauge::default(),
+            last_sync: Gauge::default(),
+            revision: Family::default(),
+            enrollments: Family::default(),
+            scrape: Mutex::new(()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "cms_nodes",
+            "Enrolled nodes by role tag and the status of their last run (failed, enrolled, changed, unchanged, gone)",
+            metrics.nodes.clone(),
+        );
+        registry.register(
+            "cms_runs",
+            "Agent runs reported, by result (failed, changed, unchanged)",
+            metrics.runs.clone(),
+        );
+        registry.register(
+            "cms_run_duration_seconds",
+            "How long reported agent runs took",
+            metrics.run_duration.clone(),
+        );
+        registry.register(
+            "cms_resources",
+            "Resources in reported runs, by status (changed, failed, skipped, unchanged)",
+            metrics.resources.clone(),
+        );
+        registry.register(
+            "cms_catalog_requests",
+            "Catalog requests by answer (catalog, not_modified, error)",
+            metrics.catalog_requests.clone(),
+        );
+        registry.register(
+            "cms_catalog_compile_duration_seconds",
+            "How long catalog compiles took (cache hits are not compiles)",
+            metrics.compile_duration.clone(),
+        );
+        registry.register(
+            "cms_catalog_cache_entries",
+            "Compiled catalogs held in the cache",
+            metrics.catalog_cache_entries.clone(),
+        );
+        registry.register(
+            "cms_roles_syncs",
+            "Syncs of the roles repository by result (accepted, refused, failed); an unchanged branch counts as accepted",
+            metrics.syncs.clone(),
+        );
+        registry.register(
+            "cms_roles_sync_ok",
+            "1 when the last sync of the roles repository was accepted, 0 when it was refused or failed",
+            metrics.sync_ok.clone(),
+        );
+        registry.register(
+            "cms_roles_last_sync_timestamp_seconds",
+            "When the roles repository was last synced (Unix time)",
+            metrics.last_sync.clone(),
+        );
+        registry.register(
+            "cms_roles_revision",
+            "The roles revision catalogs are compiled from, as a label; the value is 1",
+            metrics.revision.clone(),
+        );
+        registry.register(
+            "cms_enrollments",
+            "Enrollment attempts by result (enrolled, refused)",
+            metrics.enrollments.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// An enrollment succeeded or was refused.
+    pub fn enrollment<T, E>(&self, outcome: &Result<T, E>) {
+        let result = if outcome.is_ok() {
+            "enrolled"
+        } else {
+            "refused"
+        };
+        self.enrollments
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// A catalog request was answered.
+    pub fn catalog_answer(&self, answer: CatalogAnswer) {
+        let answer = match answer {
+            CatalogAnswer::Catalog => "catalog",
+            CatalogAnswer::NotModified => "not_modified",
+            CatalogAnswer::Error => "error",
+        };
+        self.catalog_requests
+            .get_or_create(&AnswerLabel {
+                answer: answer.into(),
+            })
+            .inc();
+    }
+
+    /// Counts one catalog request: as an error unless `answered` is called
+    /// before the guard is dropped.
+    pub fn catalog_request(&self) -> CatalogRequest<'_> {
+        CatalogRequest {
+            metrics: self,
+            answered: false,
+        }
+    }
+
+    /// A run report was received and stored for the first time.
+    pub fn run_reported(&self, report: &pb::RunReport) {
+        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+        for resource in &report.resources {
+            let status = match pb::ResourceStatus::try_from(resource.status) {
+                Ok(pb::ResourceStatus::Changed) => "changed",
+                Ok(pb::ResourceStatus::Failed) => "failed",
+                Ok(pb::ResourceStatus::Skipped) => "skipped",
+                Ok(pb::ResourceStatus::Unchanged) => "unchanged",
+                _ => "unknown",
+            };
+            *counts.entry(status).or_default() += 1;
+        }
+        for (status, count) in &counts {
+            self.resources
+                .get_or_create(&StatusLabel {
+                    status: (*status).into(),
+                })
+                .inc_by(*count);
+        }
+        let result = if counts.contains_key("failed") {
+            "failed"
+        } else if counts.contains_key("changed") {
+            "changed"
+        } else {
+            "unchanged"
+        };
+        self.runs
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+        self.run_duration
+            .observe(report.duration_ms as f64 / 1000.0);
+    }
+
+    /// The histogram `Catalogs` records each compile's duration in.
+    pub fn compile_duration(&self) -> Histogram {
+        self.compile_duration.clone()
+    }
+
+    /// A sync of the roles repository ended.
+    pub fn sync_finished<E>(&self, outcome: &Result<pb::SyncResponse, E>) {
+        let result = match outcome {
+            Ok(response) if response.accepted => "accepted",
+            Ok(_) => "refused",
+            Err(_) => "failed",
+        };
+        self.syncs
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+        self.sync_ok.set(i64::from(result == "accepted"));
+        self.last_sync.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+    }
+
+    /// The metrics in the OpenMetrics text format, with the gauges that
+    /// come from the store computed now. Reads every node: call it off the
+    /// async workers.
+    pub fn render(&self, state: &ServerState) -> Result<String, crate::store::StoreError> {
+        let nodes = state.store.nodes()?;
+        let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts: BTreeMap<(String, NodeState), i64> = BTreeMap::new();
+        for node in &nodes {
+            *counts
+                .entry((role_of(node).to_string(), NodeState::of(node)))
+                .or_default() += 1;
+        }
+        self.nodes.clear();
+        // Every status appears for every role, so a status that empties
+        // shows 0 rather than vanishing.
+        let roles: std::collections::BTreeSet<&String> = counts.keys().map(|(r, _)| r).collect();
+        for role in roles {
+            for status in NodeState::ALL {
+                self.nodes
+                    .get_or_create(&NodeLabels {
+                        role: role.clone(),
+                        status: status.as_str().into(),
+                    })
+                    .set(
+                        counts
+                            .get(&(role.clone(), status))
+                            .copied()
+                            .unwrap_or_default(),
+                    );
+            }
+        }
+        self.revision.clear();
+        if let Some(revision) = state.current_revision() {
+            self.revision
+                .get_or_create(&RevisionLabel {
+                    revision: revision.commit,
+                })
+                .set(1);
+        }
+        self.catalog_cache_entries
+            .set(state.catalogs.stats().cached as i64);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String does not fail");
+        Ok(text)
+    }
+}
