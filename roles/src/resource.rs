@@ -39,6 +39,9 @@ pub fn is_refreshable_type(type_name: &str) -> bool {
 /// A resolved resource of a catalog, tagged with its type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// A catalog holds tens to thousands of these, once: boxing the largest
+// variant would save little and change every match on it.
+#[allow(clippy::large_enum_variant)]
 pub enum ResourceKind {
     Package(Package),
     File(File),
