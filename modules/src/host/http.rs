@@ -375,6 +375,85 @@ mod tests {
     }
 
     #[test]
+    fn https_is_verified_against_the_hosts_ca_bundle() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use std::sync::Arc;
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let server_key = KeyPair::generate().expect("key");
+        let server_cert = CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .signed_by(&server_key, &issuer)
+            .expect("certificate");
+
+        // A host whose CA bundle holds the test CA, and one whose bundle
+        // does not.
+        let trusting = tempfile::tempdir().expect("tempdir");
+        let bundle = trusting.path().join(CA_BUNDLE.trim_start_matches('/'));
+        std::fs::create_dir_all(bundle.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&bundle, ca.pem()).expect("bundle");
+        let other = tempfile::tempdir().expect("tempdir");
+        let other_bundle = other.path().join(CA_BUNDLE.trim_start_matches('/'));
+        std::fs::create_dir_all(other_bundle.parent().expect("parent")).expect("mkdir");
+        let unrelated_key = KeyPair::generate().expect("key");
+        let unrelated = CertificateParams::new(Vec::<String>::new())
+            .expect("params")
+            .self_signed(&unrelated_key)
+            .expect("ca");
+        std::fs::write(&other_bundle, unrelated.pem()).expect("bundle");
+
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server_cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der())
+                .expect("key der"),
+        )
+        .expect("server config");
+        let config = Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let port = listener.local_addr().expect("address").port();
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (stream, _) = listener.accept().expect("accepts");
+                let connection =
+                    rustls::ServerConnection::new(Arc::clone(&config)).expect("connection");
+                let mut tls = rustls::StreamOwned::new(connection, stream);
+                let mut request = [0u8; 1024];
+                if tls.read(&mut request).is_ok() {
+                    let _ = tls.write_all(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\njar\r\n0\r\n\r\n",
+                    );
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                }
+            }
+        });
+        let url = format!("https://localhost:{port}/app.jar");
+        let mut body = Vec::new();
+        let status = Host::new(trusting.path())
+            .http_get(&url, Duration::from_secs(5), &mut body)
+            .expect("a server whose CA the host trusts");
+        assert_eq!((status, body.as_slice()), (200, &b"jar"[..]));
+        let refused = Host::new(other.path())
+            .http_get(&url, Duration::from_secs(5), &mut Vec::new())
+            .expect_err("a server whose CA the host does not trust");
+        assert!(
+            crate::error_text(&refused).contains("invalid peer certificate"),
+            "{}",
+            crate::error_text(&refused)
+        );
+        server.join().expect("server");
+    }
+
+    #[test]
     fn bodies_are_streamed_from_a_local_server() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
         let port = listener.local_addr().expect("address").port();
