@@ -107,14 +107,20 @@ fn write_roles(instance: &Instance, role_text: &str) -> Result<()> {
 
 /// `cms-agent apply` in the instance: exit code and output.
 fn apply(instance: &Instance) -> Result<(i32, String)> {
-    let output = instance.run(&[
+    apply_with(instance, &[])
+}
+
+fn apply_with(instance: &Instance, extra: &[&str]) -> Result<(i32, String)> {
+    let mut args = vec![
         "cms-agent",
         "apply",
         "--repo",
         "/srv/roles",
         "--tags",
         "role=api",
-    ])?;
+    ];
+    args.extend_from_slice(extra);
+    let output = instance.run(&args)?;
     Ok((
         output.exit_code.unwrap_or(-1),
         format!("{}{}", output.stdout, output.stderr),
@@ -239,9 +245,24 @@ fn a_java_app_deploys_restarts_once_per_change_upgrades_and_rolls_back_a_broken_
     );
     ensure!(starts(&instance)?.len() == 1, "no restart");
     ensure!(downloads() == 1, "no download on an unchanged run");
+    eprintln!("unchanged run:\n{output}");
+
+    // A property change under --noop: shown with its diff, nothing done.
+    write_roles(&instance, &role(&url("1"), &sha[0], "bonjour", ""))?;
+    let (code, output) = apply_with(&instance, &["--noop"])?;
+    ensure!(
+        code == 2,
+        "noop with a change (exit 2), got {code}:\n{output}"
+    );
+    ensure!(output.contains("would change java_app:greeter"), "{output}");
+    ensure!(output.contains("+greeting=bonjour"), "{output}");
+    ensure!(starts(&instance)?.len() == 1, "noop restarted nothing");
+    ensure!(
+        get(&instance, 8080, "/greeting")? == "hello",
+        "noop changed nothing"
+    );
 
     // A property change: one restart, the new value served.
-    write_roles(&instance, &role(&url("1"), &sha[0], "bonjour", ""))?;
     let (code, output) = apply(&instance)?;
     ensure!(code == 2, "property change (exit 2), got {code}:\n{output}");
     ensure!(
@@ -364,6 +385,30 @@ properties = { "server.port" = 8081, greeting = "" }
         get(&instance, 8080, "/greeting")? == "bonjour",
         "the other app is untouched"
     );
+
+    // Absent: stopped, disabled, unit and home removed; data and logs kept.
+    write_roles(
+        &instance,
+        &role(&url("2"), &sha[1], "bonjour", "").replace(
+            "name = \"greeter\"\n",
+            "name = \"greeter\"\nensure = \"absent\"\n",
+        ),
+    )?;
+    let (code, output) = apply(&instance)?;
+    ensure!(code == 2, "removal (exit 2), got {code}:\n{output}");
+    ensure!(
+        run(&instance, "systemctl is-active greeter || true")? != "active",
+        "{output}"
+    );
+    ensure!(
+        run(
+            &instance,
+            "test -e /etc/systemd/system/greeter.service -o -e /opt/greeter && echo left || echo gone"
+        )? == "gone"
+    );
+    ensure!(run(&instance, "test -d /var/lib/greeter && echo kept")? == "kept");
+    let (code, output) = apply(&instance)?;
+    ensure!(code == 0, "removed stays removed, got {code}:\n{output}");
 
     instance.shutdown()?;
     drop((package_server, artifacts));
