@@ -95,6 +95,13 @@ greeting = "{greeting}"
     )
 }
 
+/// A file that notifies the app.
+fn notifying_file(content: &str) -> String {
+    format!(
+        "\n[[file]]\npath = \"/etc/greeter-feature\"\ncontent = \"{content}\"\nnotify = [\"java_app:greeter\"]\n"
+    )
+}
+
 fn write_roles(instance: &Instance, role_text: &str) -> Result<()> {
     let repo = instance.root_directory().join("srv/roles");
     for (path, text) in [("cms.toml", SETTINGS), ("roles/api.toml", role_text)] {
@@ -248,7 +255,10 @@ fn a_java_app_deploys_restarts_once_per_change_upgrades_and_rolls_back_a_broken_
     eprintln!("unchanged run:\n{output}");
 
     // A property change under --noop: shown with its diff, nothing done.
-    write_roles(&instance, &role(&url("1"), &sha[0], "bonjour", ""))?;
+    write_roles(
+        &instance,
+        &role(&url("1"), &sha[0], "bonjour", &notifying_file("on")),
+    )?;
     let (code, output) = apply_with(&instance, &["--noop"])?;
     ensure!(
         code == 2,
@@ -262,7 +272,8 @@ fn a_java_app_deploys_restarts_once_per_change_upgrades_and_rolls_back_a_broken_
         "noop changed nothing"
     );
 
-    // A property change: one restart, the new value served.
+    // A property change, and a file that notifies the app: one restart,
+    // the new value served.
     let (code, output) = apply(&instance)?;
     ensure!(code == 2, "property change (exit 2), got {code}:\n{output}");
     ensure!(
@@ -271,9 +282,22 @@ fn a_java_app_deploys_restarts_once_per_change_upgrades_and_rolls_back_a_broken_
     );
     ensure!(
         starts(&instance)? == ["start 1", "start 1"],
-        "restarted once:\n{output}"
+        "restarted once for its own change and the notification:\n{output}"
     );
     ensure!(get(&instance, 8080, "/greeting")? == "bonjour");
+
+    // Only the notifying file changes: the app restarts once, health-checked.
+    write_roles(
+        &instance,
+        &role(&url("1"), &sha[0], "bonjour", &notifying_file("off")),
+    )?;
+    let (code, output) = apply(&instance)?;
+    ensure!(code == 2, "notification (exit 2), got {code}:\n{output}");
+    ensure!(
+        output.contains("refresh: restarted greeter.service; it is healthy"),
+        "{output}"
+    );
+    ensure!(starts(&instance)?.len() == 3, "restarted once:\n{output}");
 
     // A new version: downloaded, made current, one restart; the previous
     // release is kept for rollback.
@@ -281,7 +305,7 @@ fn a_java_app_deploys_restarts_once_per_change_upgrades_and_rolls_back_a_broken_
     let (code, output) = apply(&instance)?;
     ensure!(code == 2, "new version (exit 2), got {code}:\n{output}");
     ensure!(get(&instance, 8080, "/version")? == "2", "{output}");
-    ensure!(starts(&instance)?.len() == 3, "restarted once");
+    ensure!(starts(&instance)?.len() == 4, "restarted once");
     ensure!(
         run(&instance, "ls /opt/greeter/releases")? == {
             let mut kept = [format!("{}.jar", sha[0]), format!("{}.jar", sha[1])];
