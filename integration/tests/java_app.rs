@@ -3,9 +3,12 @@
 //! HTTP application (`integration/fixtures/java-app/Greeter.java`) that the
 //! test compiles with the host's javac, fetched as a jar from an artifact
 //! server on the bridge. One instance goes through the whole life of an
-//! app: first deployment, an unchanged run, a property change, a new
-//! version, a broken configuration rolled back, a jar whose sha256 is
-//! wrong, and a first deployment of another app that never becomes healthy.
+//! app: first deployment (with the heap as a share of memory), an
+//! unchanged run, a property change (under --noop, then for real, with a
+//! notifying file), a notification alone, a new version, a broken
+//! configuration rolled back, a jar whose sha256 is wrong, a third version
+//! that prunes the oldest release, a first deployment of another app that
+//! never becomes healthy, and removal.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -378,6 +381,21 @@ fn a_java_app_deploys_restarts_once_per_change_upgrades_and_rolls_back_a_broken_
     ensure!(starts(&instance)?.len() == before, "no restart");
     ensure!(get(&instance, 8080, "/version")? == "2");
 
+    // The right jar for version 3: deployed, and with keep_releases = 1 the
+    // oldest release is pruned, the one before kept.
+    write_roles(&instance, &role(&url("3"), &sha[2], "bonjour", ""))?;
+    let (code, output) = apply(&instance)?;
+    ensure!(code == 2, "version 3 (exit 2), got {code}:\n{output}");
+    ensure!(get(&instance, 8080, "/version")? == "3", "{output}");
+    ensure!(
+        run(&instance, "ls -A /opt/greeter/releases")? == {
+            let mut kept = [format!("{}.jar", sha[1]), format!("{}.jar", sha[2])];
+            kept.sort();
+            kept.join("\n")
+        },
+        "release 1 pruned, release 2 kept"
+    );
+
     // A first deployment that never becomes healthy is a failure, and the
     // app is stopped rather than left crash-looping.
     let never = r#"
@@ -390,7 +408,7 @@ properties = { "server.port" = 8081, greeting = "" }
 "#
     .replace("URL", &url("2"))
     .replace("SHA", &sha[1]);
-    write_roles(&instance, &role(&url("2"), &sha[1], "bonjour", &never))?;
+    write_roles(&instance, &role(&url("3"), &sha[2], "bonjour", &never))?;
     let (code, output) = apply(&instance)?;
     ensure!(
         code == 4,
@@ -413,7 +431,7 @@ properties = { "server.port" = 8081, greeting = "" }
     // Absent: stopped, disabled, unit and home removed; data and logs kept.
     write_roles(
         &instance,
-        &role(&url("2"), &sha[1], "bonjour", "").replace(
+        &role(&url("3"), &sha[2], "bonjour", "").replace(
             "name = \"greeter\"\n",
             "name = \"greeter\"\nensure = \"absent\"\n",
         ),
