@@ -809,11 +809,14 @@ impl JavaAppProvider<'_> {
 }
 
 /// Prefixes a part's changes with its name.
-fn labelled(label: &str, changes: Vec<Change>) -> impl Iterator<Item = Change> + '_ {
-    changes.into_iter().map(move |mut change| {
-        change.attribute = format!("{label}: {}", change.attribute);
-        change
-    })
+fn labelled(label: &str, changes: Vec<Change>) -> Vec<Change> {
+    changes
+        .into_iter()
+        .map(|mut change| {
+            change.attribute = format!("{label}: {}", change.attribute);
+            change
+        })
+        .collect()
 }
 
 /// The changes of one part, with the part's name taken off again.
@@ -856,9 +859,7 @@ impl Provider for JavaAppProvider<'_> {
         changes.extend(labelled("user", UserProvider(&plan.user).check(cx)?));
         for directory in &plan.directories {
             let label = format!("directory {}", directory.path);
-            changes.extend(
-                labelled(&label, DirectoryProvider(directory).check(cx)?).collect::<Vec<_>>(),
-            );
+            changes.extend(labelled(&label, DirectoryProvider(directory).check(cx)?));
         }
         changes.extend(self.check_release(cx)?);
         changes.extend(labelled(
