@@ -201,8 +201,9 @@ impl PackageRepo {
     /// fetching the whole of Debian.
     ///
     /// What one set of names downloads for one image is kept under the
-    /// cache directory (`debs/<sha256 of the names and the image's dpkg
-    /// status>`), so the next test adds the same files without the network.
+    /// cache directory (`debs/<first 16 hex digits of the sha256 of the
+    /// image's dpkg status and the names>`), so the next test adds the same
+    /// files without the network.
     pub fn download_with_dependencies(
         &mut self,
         image: &Image,
