@@ -58,6 +58,8 @@ pub fn converge(
         .iter()
         .filter_map(|r| match &r.kind {
             ResourceKind::Package(p) => Some(p.name.clone()),
+            // A Java application's runtime is read in the same query.
+            ResourceKind::JavaApp(j) => j.runtime_package.clone(),
             _ => None,
         })
         .collect();
@@ -322,14 +324,17 @@ fn run_resource(
     }
 }
 
-/// A service this run started needs no restart for the changes that
-/// notified it: it started with them. An exec that ran in this run has done
+/// A service this run started, or a Java application it restarted, needs no
+/// restart for the changes that notified it: it started with them. An exec that ran in this run has done
 /// what a notification asks; it does not run twice.
 fn refreshed_by_its_own_change(changes: &[Change], kind: &ResourceKind) -> bool {
     match kind {
-        ResourceKind::Service(_) | ResourceKind::JavaApp(_) => changes
+        ResourceKind::Service(_) => changes
             .iter()
             .any(|c| c.attribute == "state" && c.to == "running"),
+        // A Java application restarts (and is health-checked) once for any
+        // change of its release, configuration, unit or state.
+        ResourceKind::JavaApp(_) => cms_modules::java_app::restarts_on(changes),
         ResourceKind::Exec(_) => changes.iter().any(|c| c.attribute == "run"),
         _ => false,
     }

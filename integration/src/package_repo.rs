@@ -199,11 +199,73 @@ impl PackageRepo {
     /// status (`apt-get install --download-only`), and adds them all. This
     /// is how a test gets, say, nginx into the internal repository without
     /// fetching the whole of Debian.
+    ///
+    /// What one set of names downloads for one image is kept under the
+    /// cache directory (`debs/<first 16 hex digits of the sha256 of the
+    /// image's dpkg status and the names>`), so the next test adds the same
+    /// files without the network.
     pub fn download_with_dependencies(
         &mut self,
         image: &Image,
         package_names: &[&str],
     ) -> Result<Vec<PathBuf>> {
+        let status = image.root_directory().join("var/lib/dpkg/status");
+        let mut key = Sha256::new();
+        key.update(
+            std::fs::read(&status)
+                .with_context(|| format!("Failed to read {}", status.display()))?,
+        );
+        for name in package_names {
+            key.update(b"\0");
+            key.update(name.as_bytes());
+        }
+        let key: String = key.finalize()[..8]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        let cached = self.settings.cache_directory().join("debs").join(key);
+        if !cached.is_dir() {
+            let parent = cached.parent().context("the cache has a parent")?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("Failed to create {}", parent.display()))?;
+            // Complete or absent: filled aside, then renamed into place.
+            let staging =
+                tempfile::tempdir_in(parent).context("Failed to stage the package cache")?;
+            self.download_into(image, package_names, staging.path())?;
+            let staging = staging.keep();
+            if let Err(error) = std::fs::rename(&staging, &cached) {
+                // Another test cached the same download meanwhile.
+                let _ = std::fs::remove_dir_all(&staging);
+                if !cached.is_dir() {
+                    return Err(error).context("Failed to cache the downloaded packages");
+                }
+            }
+        }
+        let mut added = Vec::new();
+        let mut debs: Vec<PathBuf> = std::fs::read_dir(&cached)
+            .with_context(|| format!("Failed to list {}", cached.display()))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|extension| extension == "deb"))
+            .collect();
+        debs.sort();
+        for deb in debs {
+            let target = self
+                .directory()
+                .join(deb.file_name().context("a .deb has a name")?);
+            std::fs::copy(&deb, &target)
+                .with_context(|| format!("Failed to copy {}", deb.display()))?;
+            if !self.package_files.contains(&target) {
+                self.package_files.push(target.clone());
+            }
+            added.push(target);
+        }
+        self.rebuild_index()?;
+        Ok(added)
+    }
+
+    /// `apt-get install --download-only` in a scratch folder; moves the
+    /// downloaded files into `into`.
+    fn download_into(&self, image: &Image, package_names: &[&str], into: &Path) -> Result<()> {
         let download = ScratchDirectory::create(&self.settings.scratch_directory(), "download")?;
         let archives = download.path().join("archives");
         std::fs::create_dir_all(archives.join("partial"))
@@ -232,7 +294,6 @@ impl PackageRepo {
                  hint: run `apt-get update` on the host so that its package lists are current"
             )
         })?;
-        let mut added = Vec::new();
         let mut debs: Vec<PathBuf> = std::fs::read_dir(&archives)
             .context("Failed to list the downloaded packages")?
             .filter_map(|entry| entry.ok().map(|entry| entry.path()))
@@ -240,18 +301,12 @@ impl PackageRepo {
             .collect();
         debs.sort();
         for deb in debs {
-            let target = self
-                .directory()
-                .join(deb.file_name().context("a .deb has a name")?);
-            std::fs::copy(&deb, &target)
-                .with_context(|| format!("Failed to copy {}", deb.display()))?;
-            if !self.package_files.contains(&target) {
-                self.package_files.push(target.clone());
-            }
-            added.push(target);
+            let target = into.join(deb.file_name().context("a .deb has a name")?);
+            std::fs::rename(&deb, &target)
+                .or_else(|_| std::fs::copy(&deb, &target).map(drop))
+                .with_context(|| format!("Failed to keep {}", deb.display()))?;
         }
-        self.rebuild_index()?;
-        Ok(added)
+        Ok(())
     }
 
     fn added(&mut self, deb_file: PathBuf) -> Result<PathBuf> {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 pub mod backup;
 pub mod host;
 
+pub mod java_app;
 pub mod package;
 pub mod session;
 
@@ -92,6 +93,18 @@ pub enum ProviderError {
     Failed(String),
 }
 
+/// An error with its causes, `: `-separated, as reports show it.
+pub fn error_text(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Where providers find file contents by sha256.
 pub trait ContentStore {
     fn get(&self, sha256: &str) -> Option<&[u8]>;
@@ -152,6 +165,6 @@ pub fn provider(kind: &ResourceKind) -> Option<Box<dyn Provider + '_>> {
         ResourceKind::Repository(r) => Some(Box::new(repository::RepositoryProvider(r))),
         ResourceKind::User(u) => Some(Box::new(account::UserProvider(u))),
         ResourceKind::Group(g) => Some(Box::new(account::GroupProvider(g))),
-        _ => None,
+        ResourceKind::JavaApp(j) => Some(Box::new(java_app::JavaAppProvider(j))),
     }
 }

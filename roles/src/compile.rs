@@ -19,7 +19,8 @@ use crate::repository::{
 };
 use crate::resource::{
     ConfigFormat, Ensure, File, FileSpec, JavaApp, JavaAppSpec, PackageRepository, RESOURCE_TYPES,
-    RepositorySpec, ResourceKind, is_path_type, is_refreshable_type, validate_heap,
+    RepositorySpec, ResourceKind, Seconds, is_path_type, is_refreshable_type, validate_heap,
+    validate_size,
 };
 use crate::source::{Entry, join_inside};
 use crate::template::has_placeholders;
@@ -784,12 +785,7 @@ impl Compiler<'_> {
         context: &Value,
         problems: &mut Vec<(&'static str, String)>,
     ) -> Option<JavaApp> {
-        check_name(&spec.name, problems);
-        if let Some(heap) = &spec.heap
-            && let Err(message) = validate_heap(heap)
-        {
-            problems.push(("heap", message));
-        }
+        check_java_app(&spec, problems);
         let artifact = &spec.artifact;
         let artifact_sha256 = match (&artifact.url, &artifact.source) {
             (Some(url), None) => {
@@ -850,13 +846,22 @@ impl Compiler<'_> {
             (None, None) => None,
         };
         let config_sha256 = config.map(|bytes| self.add_content(bytes));
+        let home = spec.home.unwrap_or_else(|| format!("/opt/{}", spec.name));
         Some(JavaApp {
             user: spec.user.unwrap_or_else(|| spec.name.clone()),
             group: spec.group.unwrap_or_else(|| spec.name.clone()),
-            home: spec.home.unwrap_or_else(|| format!("/opt/{}", spec.name)),
+            config_dir: spec.config_dir.unwrap_or_else(|| format!("{home}/config")),
+            log_dir: spec
+                .log_dir
+                .unwrap_or_else(|| format!("/var/log/{}", spec.name)),
+            data_dir: spec
+                .data_dir
+                .unwrap_or_else(|| format!("/var/lib/{}", spec.name)),
+            home,
             name: spec.name,
             ensure: spec.ensure,
             runtime_package: spec.runtime_package,
+            java: spec.java.unwrap_or_else(|| "/usr/bin/java".into()),
             artifact_url: spec.artifact.url,
             artifact_sha256,
             config_format: spec.config_format,
@@ -867,7 +872,154 @@ impl Compiler<'_> {
             args: spec.args,
             health: spec.health,
             keep_releases: spec.keep_releases.unwrap_or(3),
+            restart: spec.restart,
+            restart_delay: spec.restart_delay.unwrap_or(Seconds(5)),
+            limits: spec.limits,
         })
+    }
+}
+
+/// The checks of a Java application's fields that need nothing but the
+/// fields.
+fn check_java_app(spec: &JavaAppSpec, problems: &mut Vec<(&'static str, String)>) {
+    // The name names the unit and, by default, folders: no room for
+    // anything a path or a unit name would misread.
+    let name_ok = spec
+        .name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && spec
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !name_ok {
+        problems.push((
+            "name",
+            format!(
+                "java_app name `{}` must start with a letter or digit and hold only letters, digits, `-`, `_` and `.`: it names the systemd unit and the app's folders",
+                spec.name
+            ),
+        ));
+    }
+    for (field, account) in [("user", &spec.user), ("group", &spec.group)] {
+        let (account, defaulted) = match account {
+            Some(account) => (account, ""),
+            None => (&spec.name, " (the app's name, its default)"),
+        };
+        let valid = account
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && account
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_".contains(c))
+            && account.len() <= 32;
+        if !valid {
+            problems.push((
+                field,
+                format!("{field} `{account}`{defaulted} is not a valid account name: lowercase letters, digits, `-` and `_`, starting with a letter or `_`"),
+            ));
+        } else if account == "root" {
+            problems.push((
+                field,
+                format!("{field} `root`{defaulted}: a java_app runs as its own unprivileged account, never as root"),
+            ));
+        }
+    }
+    for (field, path) in [
+        ("home", &spec.home),
+        ("config_dir", &spec.config_dir),
+        ("log_dir", &spec.log_dir),
+        ("data_dir", &spec.data_dir),
+        ("java", &spec.java),
+    ] {
+        if let Some(path) = path {
+            check_path(path, field, problems);
+        }
+    }
+    if let Some(heap) = &spec.heap
+        && let Err(message) = validate_heap(heap)
+    {
+        problems.push(("heap", message));
+    }
+    for (key, value) in &spec.environment {
+        let key_ok = key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !key_ok {
+            problems.push((
+                "environment",
+                format!("environment variable name `{key}` must be letters, digits and `_`, not starting with a digit"),
+            ));
+        }
+        if value.contains(['\n', '\0']) {
+            problems.push((
+                "environment",
+                format!("environment variable `{key}` holds a newline or NUL"),
+            ));
+        }
+    }
+    for option in &spec.jvm_options {
+        if !option.starts_with('-') || option.contains(['\n', '\0']) {
+            problems.push((
+                "jvm_options",
+                format!("jvm option `{option}` must start with `-` and hold no newline"),
+            ));
+        } else if spec.heap.is_some() && option.starts_with("-Xmx") {
+            problems.push((
+                "jvm_options",
+                format!("jvm option `{option}` sets the heap, which `heap` already does: keep one"),
+            ));
+        }
+    }
+    for arg in &spec.args {
+        if arg.contains(['\n', '\0']) {
+            problems.push(("args", format!("argument {arg:?} holds a newline or NUL")));
+        }
+    }
+    if let Some(health) = &spec.health {
+        match (&health.http, health.tcp) {
+            (Some(_), Some(_)) | (None, None) => problems.push((
+                "health",
+                "a health check has exactly one of `http` (a URL answering 2xx) or `tcp` (a port accepting connections)".into(),
+            )),
+            (Some(url), None) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                problems.push((
+                    "health",
+                    format!("health url `{url}` must start with http:// or https://"),
+                ))
+            }
+            (None, Some(0)) => problems.push(("health", "health port 0 is not a port".into())),
+            _ => {}
+        }
+        if health.timeout.is_some_and(|t| t.0 == 0) {
+            problems.push((
+                "health",
+                "a health timeout of 0 s leaves the app no time to start".into(),
+            ));
+        }
+    }
+    if let Some(keep) = spec.keep_releases
+        && keep > 100
+    {
+        problems.push((
+            "keep_releases",
+            format!("keep_releases = {keep}: at most 100 earlier releases are kept"),
+        ));
+    }
+    if let Some(memory) = &spec.limits.memory
+        && let Err(message) = validate_size(memory)
+    {
+        problems.push(("limits", format!("limits.memory: {message}")));
+    }
+    if spec.limits.nofile == Some(0) || spec.limits.nproc == Some(0) {
+        problems.push((
+            "limits",
+            "a limit of 0 would keep the app from starting".into(),
+        ));
     }
 }
 

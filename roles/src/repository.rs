@@ -122,6 +122,9 @@ impl DeclaredResource {
 
 /// A typed resource as a role declares it.
 #[derive(Debug, Clone, PartialEq)]
+// A catalog holds tens to thousands of these, once: boxing the largest
+// variant would save little and change every match on it.
+#[allow(clippy::large_enum_variant)]
 pub enum Spec {
     Package(Package),
     File(FileSpec),

@@ -39,6 +39,9 @@ pub fn is_refreshable_type(type_name: &str) -> bool {
 /// A resolved resource of a catalog, tagged with its type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// A catalog holds tens to thousands of these, once: boxing the largest
+// variant would save little and change every match on it.
+#[allow(clippy::large_enum_variant)]
 pub enum ResourceKind {
     Package(Package),
     File(File),
@@ -510,6 +513,42 @@ pub struct HealthCheck {
     pub timeout: Option<Seconds>,
 }
 
+/// systemd's `Restart=`: when systemd restarts the application by itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    No,
+    Always,
+    #[default]
+    OnFailure,
+    OnAbnormal,
+    OnAbort,
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::OnAbnormal => "on-abnormal",
+            RestartPolicy::OnAbort => "on-abort",
+        })
+    }
+}
+
+/// Resource limits of a Java application's unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// `LimitNOFILE=`: open files.
+    pub nofile: Option<u64>,
+    /// `LimitNPROC=`: processes (threads count).
+    pub nproc: Option<u64>,
+    /// `MemoryMax=`: a size such as `"2g"`, beyond which the kernel kills it.
+    pub memory: Option<String>,
+}
+
 /// A Java application as a role declares it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -519,12 +558,21 @@ pub struct JavaAppSpec {
     pub ensure: Ensure,
     /// The JDK/JRE package, e.g. `openjdk-17-jre-headless`.
     pub runtime_package: Option<String>,
+    /// The `java` to run (default `/usr/bin/java`).
+    pub java: Option<String>,
     pub artifact: ArtifactSpec,
     /// Defaults to the application's name.
     pub user: Option<String>,
     pub group: Option<String>,
-    /// Defaults to `/opt/<name>`.
+    /// Defaults to `/opt/<name>`: releases, the `current` link, and the
+    /// working directory.
     pub home: Option<String>,
+    /// Defaults to `<home>/config`, where Spring Boot looks by itself.
+    pub config_dir: Option<String>,
+    /// Defaults to `/var/log/<name>`.
+    pub log_dir: Option<String>,
+    /// Defaults to `/var/lib/<name>`.
+    pub data_dir: Option<String>,
     #[serde(default)]
     pub config_format: ConfigFormat,
     /// Configuration as a table, written in `config_format`.
@@ -543,6 +591,13 @@ pub struct JavaAppSpec {
     pub health: Option<HealthCheck>,
     /// How many earlier releases to keep for rollback (default 3).
     pub keep_releases: Option<u32>,
+    /// systemd's `Restart=` (default `on-failure`).
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// systemd's `RestartSec=` (default 5 s).
+    pub restart_delay: Option<Seconds>,
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// A Java application as a catalog carries it.
@@ -552,6 +607,7 @@ pub struct JavaApp {
     pub name: String,
     pub ensure: Ensure,
     pub runtime_package: Option<String>,
+    pub java: String,
     pub artifact_url: Option<String>,
     /// The jar's sha256; for a jar from the roles repository, also the key
     /// of its bytes in the catalog's contents.
@@ -559,6 +615,9 @@ pub struct JavaApp {
     pub user: String,
     pub group: String,
     pub home: String,
+    pub config_dir: String,
+    pub log_dir: String,
+    pub data_dir: String,
     pub config_format: ConfigFormat,
     /// The rendered configuration file.
     pub config_sha256: Option<String>,
@@ -568,6 +627,21 @@ pub struct JavaApp {
     pub args: Vec<String>,
     pub health: Option<HealthCheck>,
     pub keep_releases: u32,
+    pub restart: RestartPolicy,
+    pub restart_delay: Seconds,
+    pub limits: Limits,
+}
+
+impl JavaApp {
+    /// The configuration file: `<config_dir>/application.properties` or
+    /// `application.yml`.
+    pub fn config_path(&self) -> String {
+        let file = match self.config_format {
+            ConfigFormat::Properties => "application.properties",
+            ConfigFormat::Yaml => "application.yml",
+        };
+        format!("{}/{file}", self.config_dir)
+    }
 }
 
 /// Checks a heap size: `512m`, `2g`, `1024k`, or a percentage `1%`–`100%`.
@@ -580,15 +654,26 @@ pub fn validate_heap(text: &str) -> Result<(), String> {
             )),
         };
     }
+    validate_size(text).map_err(|_| {
+        format!(
+            "invalid heap `{text}`: expected a size such as \"512m\" or \"2g\", or a share of memory such as \"50%\""
+        )
+    })
+}
+
+/// Checks a size with a unit: `512m`, `2g`, `1024k` (as the JVM and systemd
+/// read them: powers of 1024).
+pub fn validate_size(text: &str) -> Result<(), String> {
     let digits = text.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G']);
     if digits.len() + 1 == text.len()
         && !digits.is_empty()
         && digits.chars().all(|c| c.is_ascii_digit())
+        && digits.parse::<u64>().is_ok_and(|n| n > 0)
     {
         Ok(())
     } else {
         Err(format!(
-            "invalid heap `{text}`: expected a size such as \"512m\" or \"2g\", or a share of memory such as \"50%\""
+            "invalid size `{text}`: expected a number with a unit k, m or g, e.g. \"512m\" or \"2g\""
         ))
     }
 }

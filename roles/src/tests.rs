@@ -742,6 +742,94 @@ health = { http = "http://127.0.0.1:8080/actuator/health", timeout = "90s" }
 }
 
 #[test]
+fn java_apps_get_their_folders_unit_settings_and_limits() {
+    let catalog = compile_ok(
+        &[(
+            "roles/api.toml",
+            r#"
+[[java_app]]
+name = "billing"
+artifact = { url = "https://artifacts.internal/billing-1.jar", sha256 = "AB00000000000000000000000000000000000000000000000000000000000000" }
+config_format = "yaml"
+properties = { server = { port = 8080 } }
+restart = "always"
+restart_delay = "10s"
+limits = { nofile = 65536, memory = "2g" }
+"#,
+        )],
+        "env=prod",
+    );
+    let ResourceKind::JavaApp(app) = &catalog.resource("java_app:billing").expect("app").kind
+    else {
+        panic!()
+    };
+    assert_eq!(
+        app.artifact_sha256,
+        "ab00000000000000000000000000000000000000000000000000000000000000"
+    );
+    assert_eq!(app.config_path(), "/opt/billing/config/application.yml");
+    assert_eq!(
+        (
+            app.log_dir.as_str(),
+            app.data_dir.as_str(),
+            app.java.as_str()
+        ),
+        ("/var/log/billing", "/var/lib/billing", "/usr/bin/java")
+    );
+    assert_eq!(app.restart.to_string(), "always");
+    assert_eq!(app.restart_delay.0, 10);
+    assert_eq!(app.limits.nofile, Some(65536));
+    let config = &catalog.contents[app.config_sha256.as_ref().expect("config")].0;
+    assert_eq!(
+        std::str::from_utf8(config).expect("utf-8"),
+        "server.port: \"8080\"\n"
+    );
+}
+
+#[test]
+fn bad_java_app_values_are_errors_naming_the_field() {
+    let errors = compile_err(
+        &[(
+            "roles/api.toml",
+            r#"
+[[java_app]]
+name = "my app"
+user = "root"
+artifact = { url = "ftp://x/app.jar", sha256 = "00" }
+heap = "150%"
+jvm_options = ["UseG1GC"]
+environment = { "1BAD" = "x" }
+health = { http = "http://127.0.0.1:8080/health", tcp = 8080 }
+limits = { memory = "lots" }
+"#,
+        )],
+        "env=prod",
+    );
+    for expected in [
+        "java_app name `my app` must start with a letter or digit",
+        "user `root`: a java_app runs as its own unprivileged account",
+        "invalid heap `150%`",
+        "jvm option `UseG1GC` must start with `-`",
+        "environment variable name `1BAD`",
+        "exactly one of `http`",
+        "limits.memory: invalid size `lots`",
+        "artifact url `ftp://x/app.jar` must start with http:// or https://",
+        "artifact sha256 `00` is not 64 hex digits",
+    ] {
+        assert_contains(&errors, expected);
+    }
+    let errors = compile_err(
+        &[(
+            "roles/api.toml",
+            "[[java_app]]\nname = \"api\"\nartifact = { url = \"http://x/a.jar\", sha256 = \"00\" }\nrestart = \"sometimes\"\n",
+        )],
+        "env=prod",
+    );
+    assert_contains(&errors, "sometimes");
+    assert_contains(&errors, "on-failure");
+}
+
+#[test]
 fn the_example_repository_validates_and_compiles_for_an_api_node() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/roles-repo");
     let repository = Repository::read_dir(&root).unwrap_or_else(|d| panic!("{d}"));

@@ -313,6 +313,26 @@ impl Host {
         sync_directory(directory)
     }
 
+    /// When a file's content last changed (or [`Host::touch`] was called),
+    /// not following a symlink at the path.
+    pub fn modified(&self, path: &str) -> Result<std::time::SystemTime, HostError> {
+        let host_path = self.path(path);
+        std::fs::symlink_metadata(&host_path)
+            .and_then(|metadata| metadata.modified())
+            .map_err(|e| HostError::io("read the status of", &host_path, e))
+    }
+
+    /// Sets a regular file's modification time to now, leaving its content.
+    pub fn touch(&self, path: &str) -> Result<(), HostError> {
+        let host_path = self.path(path);
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&host_path)
+            .and_then(|file| file.set_modified(std::time::SystemTime::now()))
+            .map_err(|e| HostError::io("set the modification time of", &host_path, e))
+    }
+
     /// Sets the permission bits (including setuid, setgid and sticky) of a
     /// file or directory. Fails on a symlink rather than following it.
     pub fn set_mode(&self, path: &str, mode: u32) -> Result<(), HostError> {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 mod command;
 pub mod fs;
+pub mod http;
 
 pub use command::{CommandOutput, CommandSpec};
 
@@ -31,6 +32,8 @@ pub enum HostError {
     },
     #[error("`{command}` did not finish within {seconds} s and was killed")]
     Timeout { command: String, seconds: u64 },
+    #[error("Failed to fetch {url}: {message}")]
+    Http { url: String, message: String },
     #[error("Failed to find {kind} `{name}` on this host")]
     UnknownAccount { kind: &'static str, name: String },
 }
