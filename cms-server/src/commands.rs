@@ -32,7 +32,9 @@ fn data_dir(flag: &Option<PathBuf>) -> PathBuf {
 
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check(_) => unreachable!("check runs without a runtime"),
+        Command::Check(_) | Command::Completions(_) => {
+            unreachable!("check and completions run without a runtime")
+        }
         Command::Serve(args) => serve(args).await,
         Command::Token(TokenCommand::Create(args)) => {
             let scope = crate::pki::parse_scope(&args.tags)?;
@@ -114,12 +116,7 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::logging::init(args.log_format);
     let repo = match args.repo {
         Some(repo) => repo,
         None if std::path::Path::new(EXAMPLE_REPOSITORY).is_dir() => EXAMPLE_REPOSITORY.to_string(),
