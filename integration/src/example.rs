@@ -30,9 +30,6 @@ pub const EXAMPLE_REPOSITORY: &str =
 /// What the example `base` and `web` roles install.
 pub const EXAMPLE_PACKAGES: &[&str] = &["nginx", "curl", "procps"];
 
-/// The agent's real unit, as its package installs it.
-pub const AGENT_SERVICE: &str = include_str!("../../cms-agent/cms-agent.service");
-
 /// What happened.
 #[derive(Debug)]
 pub struct ExampleRun {
