@@ -23,6 +23,8 @@ enum ImdsBehaviour {
     Silent,
     /// Serves tags like `Tags`, each answer after this delay.
     Slow(Duration),
+    /// Serves 40 tags, `tag0` … `tag39`, each answer after this delay.
+    SlowWithManyTags(Duration),
 }
 
 /// A test double of IMDSv2 on 127.0.0.1: a token from `PUT
@@ -97,7 +99,7 @@ fn serve(stream: TcpStream, behaviour: ImdsBehaviour) {
             token = Some(value.trim().to_string());
         }
     }
-    if let ImdsBehaviour::Slow(delay) = behaviour {
+    if let ImdsBehaviour::Slow(delay) | ImdsBehaviour::SlowWithManyTags(delay) = behaviour {
         std::thread::sleep(delay);
     }
     let mut parts = request_line.split_whitespace();
@@ -110,6 +112,15 @@ fn serve(stream: TcpStream, behaviour: ImdsBehaviour) {
             if behaviour == ImdsBehaviour::TagsSwitchedOff =>
         {
             (404, String::new())
+        }
+        ("GET", "/latest/meta-data/tags/instance")
+            if matches!(behaviour, ImdsBehaviour::SlowWithManyTags(_)) =>
+        {
+            let keys: Vec<String> = (0..40).map(|n| format!("tag{n}")).collect();
+            (200, keys.join("\n"))
+        }
+        ("GET", path) if path.starts_with("/latest/meta-data/tags/instance/tag") => {
+            (200, "value".to_string())
         }
         ("GET", "/latest/meta-data/tags/instance") => (200, "env\nrole".to_string()),
         ("GET", "/latest/meta-data/tags/instance/env") => (200, "prod".to_string()),
@@ -137,6 +148,7 @@ fn sources(root: &Path, endpoint: Option<String>) -> TagSources<'_> {
         root,
         metadata_endpoint: endpoint,
         metadata_timeout: Duration::from_millis(300),
+        metadata_budget: Duration::from_secs(5),
     }
 }
 
@@ -249,4 +261,22 @@ fn with_instance_tags_switched_off_no_tag_is_asked_for() {
     discover(&sources(root.path(), Some(imds.address.clone()))).expect("discovered");
     // The token, then the tag list (404): nothing more, no retry of a 404.
     assert_eq!(imds.connections.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_slow_service_with_many_tags_is_given_up_when_the_budget_is_spent() {
+    // 40 tags at 100 ms each would take over 4 s; the budget is 1 s.
+    let imds = ImdsTestDouble::start(ImdsBehaviour::SlowWithManyTags(Duration::from_millis(100)));
+    let root = root_with_tags_file("role = \"web\"\n");
+    let mut sources = sources(root.path(), Some(imds.address.clone()));
+    sources.metadata_budget = Duration::from_secs(1);
+    let found = discover(&sources).expect("discovered");
+    assert_eq!(found.tags.get("role").map(String::as_str), Some("web"));
+    let warning = found.warning.expect("a warning");
+    assert!(
+        warning.contains("gave up on the instance metadata service after 1000 ms"),
+        "{warning}"
+    );
+    // Fewer requests than the 43 the service wanted.
+    assert!(imds.connections.load(Ordering::SeqCst) < 43);
 }
