@@ -50,7 +50,10 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("{}", response.token);
+            match args.admin.format {
+                Format::Json => println!("{}", serde_json::json!({ "token": response.token })),
+                Format::Text => println!("{}", response.token),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Nodes(args) => {
@@ -100,11 +103,17 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!(
-                "revoked {} certificate(s) of {}",
-                revoked.revoked_serials.len(),
-                args.id
-            );
+            match args.admin.format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({ "node": args.id, "revoked_serials": revoked.revoked_serials })
+                ),
+                Format::Text => println!(
+                    "revoked {} certificate(s) of {}",
+                    revoked.revoked_serials.len(),
+                    args.id
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync(args) => sync(&args).await,
@@ -174,6 +183,29 @@ async fn sync(args: &AdminArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(status_error)?
         .into_inner();
+    if args.format == Format::Json {
+        let errors: Vec<serde_json::Value> = response
+            .errors
+            .iter()
+            .map(|error| {
+                serde_json::json!({
+                    "file": error.file, "line": error.line,
+                    "column": error.column, "message": error.message,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "accepted": response.accepted, "revision": response.revision, "errors": errors,
+            })
+        );
+        return Ok(ExitCode::from(if response.accepted {
+            0
+        } else {
+            crate::cli::EXIT_INVALID
+        }));
+    }
     if response.accepted {
         println!("serving {}", response.revision);
         return Ok(ExitCode::SUCCESS);

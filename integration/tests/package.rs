@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail, ensure};
 use cms_integration::{
     HOST_ADDRESS, Image, ImageRecipe, Instance, InstanceConfig, TestServer, Testbed,
     bake_agent_for_server, bake_agent_image, begin_end_to_end_test, build_agent_package,
-    build_server_package,
+    build_server_package, build_workspace_binary,
 };
 use cms_proto::v1 as pb;
 
@@ -191,6 +191,35 @@ fn the_agent_package_baked_into_an_image_starts_at_boot_enrolls_and_converges() 
     // Its journal: no colour codes.
     let journal = run(&instance, "journalctl -u cms-agent --no-pager -o cat")?;
     ensure!(!journal.contains('\u{1b}'), "{journal:?}");
+    // The admin commands' JSON, as a script would read it.
+    let admin = |arguments: &[&str]| -> Result<serde_json::Value> {
+        let output =
+            std::process::Command::new(build_workspace_binary("cms-server", "cms-server")?)
+                .args(arguments)
+                .args(["--server", &server.address, "--format", "json"])
+                .arg("--data")
+                .arg(&server.data)
+                .output()?;
+        ensure!(output.status.success(), "{output:?}");
+        Ok(serde_json::from_slice(&output.stdout)?)
+    };
+    let nodes = admin(&["nodes"])?;
+    let node = nodes
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|node| node["id"] == "pkg-1"))
+        .with_context(|| format!("pkg-1 is not listed: {nodes}"))?;
+    ensure!(node["tags"]["role"] == "base", "{node}");
+    ensure!(node["failed"] == 0, "{node}");
+    let reports = admin(&["reports", "pkg-1"])?;
+    ensure!(
+        reports[0]["resources"]
+            .as_array()
+            .is_some_and(|resources| resources
+                .iter()
+                .any(|resource| resource["reference"] == "file:/etc/motd"
+                    && resource["status"] == "changed")),
+        "{reports}"
+    );
     // `facts --format json` on the instance parses and names the tags.
     let facts: serde_json::Value =
         serde_json::from_str(&run(&instance, "cms-agent facts --format json")?)?;
