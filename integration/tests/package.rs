@@ -220,6 +220,18 @@ fn the_agent_package_baked_into_an_image_starts_at_boot_enrolls_and_converges() 
                     && resource["status"] == "changed")),
         "{reports}"
     );
+    let synced = admin(&["sync"])?;
+    ensure!(
+        synced["accepted"] == true && synced["errors"] == serde_json::json!([]),
+        "{synced}"
+    );
+    let token = admin(&["token", "create", "--tags", "role=base"])?;
+    ensure!(
+        token["token"]
+            .as_str()
+            .is_some_and(|token| token.contains('.')),
+        "{token}"
+    );
     // `facts --format json` on the instance parses and names the tags.
     let facts: serde_json::Value =
         serde_json::from_str(&run(&instance, "cms-agent facts --format json")?)?;
@@ -232,7 +244,8 @@ fn the_agent_package_baked_into_an_image_starts_at_boot_enrolls_and_converges() 
 }
 
 #[test]
-fn the_server_package_makes_its_user_and_data_directory_and_serves_once_configured() -> Result<()> {
+fn the_server_package_makes_its_user_and_data_directory_serves_once_configured_and_keeps_its_data()
+-> Result<()> {
     let (_alone, settings) = begin_end_to_end_test()?;
     let server_package = build_server_package()?;
     let baked = bake_agent_image(&settings)?;
@@ -296,6 +309,28 @@ fn the_server_package_makes_its_user_and_data_directory_and_serves_once_configur
     ensure!(
         !journal.contains("<6>") && !journal.contains('\u{1b}'),
         "{journal}"
+    );
+
+    // An upgrade (here the same version again) restarts the running server
+    // and keeps the configuration the admin edited.
+    let main_pid =
+        |instance: &Instance| run(instance, "systemctl show --value -p MainPID cms-server");
+    let before = main_pid(&instance)?;
+    run(&instance, "dpkg -i /var/tmp/cms-server.deb")?;
+    ensure!(run(&instance, "systemctl is-active cms-server")?.trim() == "active");
+    ensure!(main_pid(&instance)? != before, "not restarted");
+    ensure!(run(&instance, "cat /etc/cms/server.env")?.contains("CMS_SERVER_REPO=/srv/roles"));
+
+    // Purging stops it and keeps the CA and database, and the user.
+    run(&instance, "dpkg --purge cms-server")?;
+    let active = instance.run(&["systemctl", "is-active", "cms-server"])?;
+    ensure!(active.stdout.trim() == "inactive", "{active:?}");
+    ensure!(run(&instance, "ls /var/lib/cms-server")?.contains("admin"));
+    run(&instance, "getent passwd cms-server")?;
+    ensure!(
+        !instance
+            .run(&["test", "-e", "/usr/bin/cms-server"])?
+            .succeeded()
     );
 
     instance.shutdown()?;
