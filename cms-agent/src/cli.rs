@@ -176,8 +176,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG_FILE)]
     pub config: PathBuf,
     /// Logs as text lines (for journald or a terminal) or JSON objects.
-    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = crate::logging::LogFormat::Text, env = "CMS_LOG_FORMAT")]
-    pub log_format: crate::logging::LogFormat,
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = cms_logging::LogFormat::Text, env = "CMS_LOG_FORMAT")]
+    pub log_format: cms_logging::LogFormat,
 }
 
 #[derive(Debug, clap::Args)]
@@ -274,7 +274,7 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(report.exit_code()))
         }
         Command::Run(args) => {
-            crate::logging::init(args.log_format);
+            cms_logging::init(args.log_format);
             let config = crate::config::AgentConfig::load(&args.config)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(crate::remote::run_daemon(&args.state_dir, config, terminal))?;

@@ -12,7 +12,6 @@ pub mod converge;
 pub mod facts;
 pub mod identity;
 pub mod lock;
-pub mod logging;
 pub mod node;
 pub mod output;
 pub mod remote;

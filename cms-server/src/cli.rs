@@ -128,8 +128,8 @@ pub struct ServeArgs {
     )]
     pub server_names: Vec<String>,
     /// Logs as text lines (for journald or a terminal) or JSON objects.
-    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = crate::logging::LogFormat::Text, env = "CMS_LOG_FORMAT")]
-    pub log_format: crate::logging::LogFormat,
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = cms_logging::LogFormat::Text, env = "CMS_LOG_FORMAT")]
+    pub log_format: cms_logging::LogFormat,
 }
 
 /// Finding the running server and its admin credential.

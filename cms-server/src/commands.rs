@@ -125,7 +125,7 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    crate::logging::init(args.log_format);
+    cms_logging::init(args.log_format);
     let repo = match args.repo {
         Some(repo) => repo,
         None if std::path::Path::new(EXAMPLE_REPOSITORY).is_dir() => EXAMPLE_REPOSITORY.to_string(),

@@ -14,7 +14,6 @@ pub mod cli;
 pub mod commands;
 pub mod git_sync;
 pub mod http;
-pub mod logging;
 pub mod pki;
 pub mod server;
 pub mod service;

@@ -5,6 +5,10 @@
 //! file gets no colour and no timestamp either; a terminal gets both. JSON
 //! logs (one object a line, with a timestamp) are the option for log
 //! shippers. `RUST_LOG` filters, `info` by default.
+//!
+//! Shared by `cms-agent` and `cms-server`.
+
+#![forbid(unsafe_code)]
 
 use std::fmt;
 
