@@ -23,7 +23,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/cms/agent";
 #[command(
     name = "cms-agent",
     version,
-    about = "The cms agent: converges this instance to the catalog for its tags"
+    about = "The cms agent: converges this instance to the catalog for its tags",
+    after_help = "Examples:\n  cms-agent enroll --server cms.internal:7470 --token TOKEN\n  cms-agent converge --noop\n  cms-agent facts --format json\n  cms-agent apply --repo roles-repo --tags role=web --noop\n  cms-agent completions bash > /etc/bash_completion.d/cms-agent\n\nOn an instance, the cms-agent.service unit runs `cms-agent run` with /etc/cms/agent.toml."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -40,6 +41,9 @@ pub enum Command {
     )]
     Apply(ApplyArgs),
     /// Print the facts and tags this agent sees.
+    #[command(
+        after_help = "Examples:\n  cms-agent facts\n  cms-agent facts --format json | jq .tags\n  cms-agent facts --metadata-endpoint 169.254.169.254:80"
+    )]
     Facts(FactsArgs),
     /// Enroll this instance with a server: a new key (it never leaves the
     /// instance) and a certificate for the tags the token allows.
@@ -49,17 +53,32 @@ pub enum Command {
     Enroll(EnrollArgs),
     /// Pull this instance's catalog from the server and converge it now.
     #[command(
-        after_help = "Exit status: 0 nothing changed, 2 changes made (with --noop: would be made), 4 failures, 6 changes and failures, 1 the run could not start."
+        after_help = "Examples:\n  cms-agent converge\n  cms-agent converge --noop --format json\n\nExit status: 0 nothing changed, 2 changes made (with --noop: would be made), 4 failures, 6 changes and failures, 1 the run could not start."
     )]
     Converge(ConvergeArgs),
     /// The daemon: enroll if needed, converge at once, then every interval
     /// (with a per-node splay), until stopped.
+    #[command(
+        after_help = "Examples:\n  cms-agent run\n  cms-agent run --config /etc/cms/agent.toml --log-format json\n\nUsually started by systemd (cms-agent.service); its logs are in `journalctl -u cms-agent`."
+    )]
     Run(RunArgs),
     /// Put back a file's content from the local backup store.
     #[command(
         after_help = "Examples:\n  cms-agent restore /etc/nginx/nginx.conf --list\n  cms-agent restore /etc/nginx/nginx.conf\n  cms-agent restore /etc/nginx/nginx.conf --at 2026-11-25T10:00:00Z"
     )]
     Restore(RestoreArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  cms-agent completions bash > /etc/bash_completion.d/cms-agent\n  cms-agent completions zsh > \"${fpath[1]}/_cms-agent\"\n  cms-agent completions fish > ~/.config/fish/completions/cms-agent.fish\n\nThe Debian package installs all three."
+    )]
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -156,6 +175,9 @@ pub struct RunArgs {
     pub state_dir: PathBuf,
     #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG_FILE)]
     pub config: PathBuf,
+    /// Logs as text lines (for journald or a terminal) or JSON objects.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = cms_logging::LogFormat::Text, env = "CMS_LOG_FORMAT")]
+    pub log_format: cms_logging::LogFormat,
 }
 
 #[derive(Debug, clap::Args)]
@@ -180,6 +202,9 @@ pub struct RestoreArgs {
     /// List the backups of the file instead.
     #[arg(long)]
     pub list: bool,
+    /// Output of --list: a table for people, or JSON for programs.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
     #[command(flatten)]
     pub target: TargetArgs,
 }
@@ -202,6 +227,11 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
         Command::Apply(args) => apply(&args, terminal),
         Command::Facts(args) => facts(&args),
         Command::Restore(args) => restore(&args),
+        Command::Completions(args) => {
+            use std::io::Write;
+            std::io::stdout().write_all(&completion_script(args.shell))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Enroll(args) => {
             let tags = args.discovery.tags.as_deref().map(parse_tags).transpose()?;
             let runtime = tokio::runtime::Runtime::new()?;
@@ -245,6 +275,7 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(report.exit_code()))
         }
         Command::Run(args) => {
+            cms_logging::init(args.log_format);
             let config = crate::config::AgentConfig::load(&args.config)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(crate::remote::run_daemon(&args.state_dir, config, terminal))?;
@@ -389,14 +420,31 @@ fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("Failed to open the backup store in {}", state_dir.display()))?;
     if args.list {
         let entries = backups.entries(&args.path)?;
+        if args.format == Format::Json {
+            let json: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|entry| {
+                    serde_json::json!({
+                        "time": format_time(entry.time),
+                        "time_unix": entry.time,
+                        "path": entry.path,
+                        "size": entry.size,
+                        "sha256": entry.sha256,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&json)?);
+            return Ok(ExitCode::SUCCESS);
+        }
         if entries.is_empty() {
             eprintln!("no backups of {}", args.path);
+            return Ok(ExitCode::SUCCESS);
         }
+        println!("{:<20}  {:>10}  SHA256", "TIME", "BYTES");
         for entry in entries {
             println!(
-                "{}  {}  {} bytes  sha256:{}",
+                "{:<20}  {:>10}  {}",
                 format_time(entry.time),
-                entry.path,
                 entry.size,
                 entry.sha256
             );
@@ -497,6 +545,21 @@ pub fn format_time(unix: u64) -> String {
         rest / 60 % 60,
         rest % 60
     )
+}
+
+/// The completion script for `shell`. clap_complete 4.6 names the bash
+/// functions of subcommands after the binary with its `-` replaced twice
+/// over (`cms__subcmd__agent`, where the dispatcher uses `cms__agent`), so
+/// subcommand flags would not complete; the names are put back in line.
+pub fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "cms-agent", &mut script);
+    if shell == clap_complete::Shell::Bash {
+        let text = String::from_utf8_lossy(&script).replace("cms__subcmd__agent", "cms__agent");
+        return text.into_bytes();
+    }
+    script
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use crate::tags::{TagSources, discover};
 
 /// How long one instance-metadata request may take: boot must not wait.
 const METADATA_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long all of them together may take.
+const METADATA_BUDGET: Duration = Duration::from_secs(3);
 
 /// The node as the agent sees it.
 #[derive(Debug, Clone)]
@@ -39,6 +41,7 @@ pub fn observe(
                 root,
                 metadata_endpoint,
                 metadata_timeout: METADATA_TIMEOUT,
+                metadata_budget: METADATA_BUDGET,
             })?;
             if let Some(warning) = &found.warning {
                 eprintln!(

@@ -287,9 +287,9 @@ pub async fn run_daemon(
             )
             .await
             {
-                Ok(response) => eprintln!("enrolled as {}", response.node_id),
+                Ok(response) => tracing::info!(node = %response.node_id, "enrolled"),
                 Err(error) => {
-                    eprintln!("error: {error:#}; retrying in {} s", backoff.as_secs());
+                    tracing::error!("{error:#}; retrying in {} s", backoff.as_secs());
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = terminate.recv() => return Ok(()),
@@ -312,7 +312,7 @@ pub async fn run_daemon(
                 crate::textfile::record(&config.textfile, &report);
                 let _ = crate::cli::print_report(&report, crate::cli::Format::Text, terminal);
             }
-            Err(error) => eprintln!("error: {error:#}"),
+            Err(error) => tracing::error!("{error:#}"),
         }
         let wait = config.interval + splay_for(state_dir, config.splay);
         tokio::select! {

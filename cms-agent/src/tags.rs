@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
@@ -30,6 +30,10 @@ pub struct TagSources<'a> {
     pub metadata_endpoint: Option<String>,
     /// How long one metadata request may take; boot must not wait on it.
     pub metadata_timeout: Duration,
+    /// How long all metadata requests together may take (token, tag list,
+    /// one request per tag, instance id, and their retries): a slow service
+    /// with many tags must not hold boot either.
+    pub metadata_budget: Duration,
 }
 
 /// Tags and the instance id, with where they came from.
@@ -55,6 +59,8 @@ pub fn discover(sources: &TagSources<'_>) -> anyhow::Result<Discovered> {
         let client = MetadataClient {
             endpoint,
             timeout: sources.metadata_timeout,
+            deadline: Instant::now() + sources.metadata_budget,
+            budget: sources.metadata_budget,
         };
         match client.instance_tags() {
             Ok((tags, instance_id)) => {
@@ -121,6 +127,9 @@ fn looks_like_ec2(root: &Path) -> bool {
 struct MetadataClient {
     endpoint: String,
     timeout: Duration,
+    /// When the whole discovery gives up.
+    deadline: Instant,
+    budget: Duration,
 }
 
 struct HttpResponse {
@@ -200,14 +209,22 @@ impl MetadataClient {
         path: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<HttpResponse> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!(
+                "gave up on the instance metadata service after {} ms ({method} {path})",
+                self.budget.as_millis()
+            );
+        }
+        let timeout = self.timeout.min(left);
         let address: SocketAddr = self
             .endpoint
             .to_socket_addrs()?
             .next()
             .context("the metadata endpoint resolves to no address")?;
-        let mut stream = TcpStream::connect_timeout(&address, self.timeout)?;
-        stream.set_read_timeout(Some(self.timeout))?;
-        stream.set_write_timeout(Some(self.timeout))?;
+        let mut stream = TcpStream::connect_timeout(&address, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         let mut request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n",
             self.endpoint

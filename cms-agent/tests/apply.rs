@@ -1,6 +1,7 @@
 //! `cms-agent apply` as a user runs it: the real binary, a roles repository
 //! and a target root in fresh temporary folders.
 
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -183,10 +184,23 @@ fn restore_puts_back_what_a_run_replaced() {
     );
 
     let listed = fixture.agent(&["restore", "/etc/app/app.conf", "--list"]);
+    let table = stdout(&listed);
+    assert!(table.starts_with("TIME"), "{table}");
+    let hand_tuned_sha256: String = sha2::Sha256::digest(b"hand-tuned\n")
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    assert!(table.contains(&hand_tuned_sha256), "{table}");
+    let listed = fixture.agent(&["restore", "/etc/app/app.conf", "--list", "--format", "json"]);
+    let backups: serde_json::Value = serde_json::from_str(&stdout(&listed)).expect("JSON");
+    let backups = backups.as_array().expect("a list of backups");
     assert!(
-        stdout(&listed).contains("/etc/app/app.conf"),
-        "{}",
-        stdout(&listed)
+        backups
+            .iter()
+            .any(|backup| backup["sha256"] == hand_tuned_sha256.as_str()
+                && backup["path"] == "/etc/app/app.conf"
+                && backup["size"] == 11),
+        "{backups:?}"
     );
     let restored = fixture.agent(&["restore", "/etc/app/app.conf"]);
     assert_eq!(

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cms_agent::tags::{TagSources, discover};
@@ -21,6 +21,10 @@ enum ImdsBehaviour {
     TagsSwitchedOff,
     /// Accepts connections and never answers.
     Silent,
+    /// Serves tags like `Tags`, each answer after this delay.
+    Slow(Duration),
+    /// Serves 40 tags, `tag0` … `tag39`, each answer after this delay.
+    SlowWithManyTags(Duration),
 }
 
 /// A test double of IMDSv2 on 127.0.0.1: a token from `PUT
@@ -29,6 +33,8 @@ enum ImdsBehaviour {
 struct ImdsTestDouble {
     address: String,
     stop: Arc<AtomicBool>,
+    /// Connections accepted so far.
+    connections: Arc<AtomicUsize>,
 }
 
 impl ImdsTestDouble {
@@ -37,12 +43,15 @@ impl ImdsTestDouble {
         let address = listener.local_addr().expect("address").to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopping.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
+                counted.fetch_add(1, Ordering::SeqCst);
                 if behaviour == ImdsBehaviour::Silent {
                     // Hold the connection open without a word.
                     std::thread::spawn(move || {
@@ -54,7 +63,11 @@ impl ImdsTestDouble {
                 std::thread::spawn(move || serve(stream, behaviour));
             }
         });
-        ImdsTestDouble { address, stop }
+        ImdsTestDouble {
+            address,
+            stop,
+            connections,
+        }
     }
 }
 
@@ -86,6 +99,9 @@ fn serve(stream: TcpStream, behaviour: ImdsBehaviour) {
             token = Some(value.trim().to_string());
         }
     }
+    if let ImdsBehaviour::Slow(delay) | ImdsBehaviour::SlowWithManyTags(delay) = behaviour {
+        std::thread::sleep(delay);
+    }
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, body) = match (method, path) {
@@ -96,6 +112,15 @@ fn serve(stream: TcpStream, behaviour: ImdsBehaviour) {
             if behaviour == ImdsBehaviour::TagsSwitchedOff =>
         {
             (404, String::new())
+        }
+        ("GET", "/latest/meta-data/tags/instance")
+            if matches!(behaviour, ImdsBehaviour::SlowWithManyTags(_)) =>
+        {
+            let keys: Vec<String> = (0..40).map(|n| format!("tag{n}")).collect();
+            (200, keys.join("\n"))
+        }
+        ("GET", path) if path.starts_with("/latest/meta-data/tags/instance/tag") => {
+            (200, "value".to_string())
         }
         ("GET", "/latest/meta-data/tags/instance") => (200, "env\nrole".to_string()),
         ("GET", "/latest/meta-data/tags/instance/env") => (200, "prod".to_string()),
@@ -123,6 +148,7 @@ fn sources(root: &Path, endpoint: Option<String>) -> TagSources<'_> {
         root,
         metadata_endpoint: endpoint,
         metadata_timeout: Duration::from_millis(300),
+        metadata_budget: Duration::from_secs(5),
     }
 }
 
@@ -201,4 +227,56 @@ fn a_tags_file_with_a_non_string_value_is_an_error_naming_the_tag() {
         "{text}"
     );
     assert!(text.contains("tags.toml"), "{text}");
+}
+
+#[test]
+fn a_slow_metadata_service_that_answers_within_the_timeout_gives_the_tags() {
+    // Each answer takes half the client's 300 ms timeout.
+    let imds = ImdsTestDouble::start(ImdsBehaviour::Slow(Duration::from_millis(150)));
+    let root = root_with_tags_file("role = \"from-file\"\n");
+    let found = discover(&sources(root.path(), Some(imds.address.clone()))).expect("discovered");
+    assert_eq!(found.source, "metadata service");
+    assert_eq!(found.tags.get("role").map(String::as_str), Some("api"));
+    assert_eq!(found.warning, None);
+}
+
+#[test]
+fn a_silent_metadata_service_is_tried_twice_then_given_up() {
+    // Boot must not wait on it: the token request is retried once, and no
+    // tag request follows a token that never came.
+    let silent = ImdsTestDouble::start(ImdsBehaviour::Silent);
+    let root = root_with_tags_file("role = \"web\"\n");
+    let found = discover(&sources(root.path(), Some(silent.address.clone()))).expect("discovered");
+    assert_eq!(
+        found.source,
+        root.path().join("etc/cms/tags.toml").display().to_string()
+    );
+    assert_eq!(silent.connections.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn with_instance_tags_switched_off_no_tag_is_asked_for() {
+    let imds = ImdsTestDouble::start(ImdsBehaviour::TagsSwitchedOff);
+    let root = root_with_tags_file("role = \"web\"\n");
+    discover(&sources(root.path(), Some(imds.address.clone()))).expect("discovered");
+    // The token, then the tag list (404): nothing more, no retry of a 404.
+    assert_eq!(imds.connections.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_slow_service_with_many_tags_is_given_up_when_the_budget_is_spent() {
+    // 40 tags at 100 ms each would take over 4 s; the budget is 1 s.
+    let imds = ImdsTestDouble::start(ImdsBehaviour::SlowWithManyTags(Duration::from_millis(100)));
+    let root = root_with_tags_file("role = \"web\"\n");
+    let mut sources = sources(root.path(), Some(imds.address.clone()));
+    sources.metadata_budget = Duration::from_secs(1);
+    let found = discover(&sources).expect("discovered");
+    assert_eq!(found.tags.get("role").map(String::as_str), Some("web"));
+    let warning = found.warning.expect("a warning");
+    assert!(
+        warning.contains("gave up on the instance metadata service after 1000 ms"),
+        "{warning}"
+    );
+    // Fewer requests than the 43 the service wanted.
+    assert!(imds.connections.load(Ordering::SeqCst) < 43);
 }

@@ -14,7 +14,8 @@ pub const EXIT_ERROR: u8 = 3;
 #[command(
     name = "cms-server",
     version,
-    about = "The cms server and its admin commands"
+    about = "The cms server and its admin commands",
+    after_help = "Examples:\n  cms-server serve --repo https://git.internal/ops/roles.git\n  cms-server token create --tags 'env=prod,role=*'\n  cms-server nodes --select role=api --format json\n  cms-server reports web-1\n  cms-server check --repo roles-repo\n  cms-server completions bash > /etc/bash_completion.d/cms-server\n\nThe admin commands find the server's admin credential in --data, by default the\ncurrent user's state directory, else /var/lib/cms-server (the package's)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -40,8 +41,14 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// List nodes, with their tags, last run and status.
+    #[command(
+        after_help = "Examples:\n  cms-server nodes\n  cms-server nodes --select 'role=api,env=prod'\n  cms-server nodes --format json | jq -r '.[] | select(.failed > 0) | .id'"
+    )]
     Nodes(NodesArgs),
     /// Show a node's last runs, with their changes and failures.
+    #[command(
+        after_help = "Examples:\n  cms-server reports web-1\n  cms-server reports web-1 --limit 20 --format json"
+    )]
     Reports(ReportsArgs),
     /// Manage one node.
     #[command(subcommand)]
@@ -60,47 +67,83 @@ pub enum Command {
         after_help = "Examples:\n  cms-server check --repo roles-repo\n  cms-server check --repo roles-repo --tags role=api,env=prod\n  cms-server check --repo roles-repo --tags role=web --facts facts.json --format json\n\nExit status: 0 valid, 1 invalid (errors on stderr), 3 the check could not run."
     )]
     Check(CheckArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  cms-server completions bash > /etc/bash_completion.d/cms-server\n  cms-server completions zsh > \"${fpath[1]}/_cms-server\"\n  cms-server completions fish > ~/.config/fish/completions/cms-server.fish\n\nThe Debian package installs all three."
+    )]
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// The data directory (database, CA, admin credential, git mirror)
     /// [default: the current user's state directory, cms-server/].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "CMS_SERVER_DATA")]
     pub data: Option<PathBuf>,
     /// The roles repository: a git URL (https, ssh, file) or a local path
     /// [default: the example roles repository].
-    #[arg(long, value_name = "URL_OR_PATH")]
+    #[arg(long, value_name = "URL_OR_PATH", env = "CMS_SERVER_REPO")]
     pub repo: Option<String>,
-    #[arg(long, default_value = "main")]
+    #[arg(long, default_value = "main", env = "CMS_SERVER_BRANCH")]
     pub branch: String,
     /// The gRPC address agents and admin commands use.
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN, env = "CMS_SERVER_LISTEN")]
     pub listen: std::net::SocketAddr,
     /// The HTTP address (git webhook at POST /hooks/git, GET /healthz).
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_HTTP)]
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_HTTP, env = "CMS_SERVER_HTTP")]
     pub http: std::net::SocketAddr,
     /// How often to sync the roles repository.
-    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "60s",
+        env = "CMS_SERVER_SYNC_INTERVAL"
+    )]
     pub sync_interval: String,
     /// The git webhook's shared secret (GitHub secret or GitLab token).
-    #[arg(long, value_name = "SECRET")]
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "CMS_SERVER_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
     pub webhook_secret: Option<String>,
     /// How long run reports are kept.
-    #[arg(long, value_name = "DURATION", default_value = "30d")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30d",
+        env = "CMS_SERVER_REPORT_RETENTION"
+    )]
     pub report_retention: String,
-    /// A DNS name agents use to reach this server (repeatable); `localhost`
-    /// and the listen address are always included.
-    #[arg(long = "server-name", value_name = "NAME")]
+    /// A DNS name agents use to reach this server (repeatable; in the
+    /// environment, comma-separated); `localhost` and the listen address are
+    /// always included.
+    #[arg(
+        long = "server-name",
+        value_name = "NAME",
+        env = "CMS_SERVER_NAMES",
+        value_delimiter = ','
+    )]
     pub server_names: Vec<String>,
     /// Serve the HTTP port over TLS with the server's certificate (from its
     /// CA). The fleet dashboard is served only then.
-    #[arg(long)]
+    #[arg(long, env = "CMS_SERVER_HTTP_TLS")]
     pub http_tls: bool,
     /// A file holding a bearer token that `GET /metrics` then requires
     /// [default: /metrics is open, as Prometheus scrapes usually are].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "CMS_SERVER_METRICS_TOKEN_FILE")]
     pub metrics_token_file: Option<PathBuf>,
+    /// Logs as text lines (for journald or a terminal) or JSON objects.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = cms_logging::LogFormat::Text, env = "CMS_LOG_FORMAT")]
+    pub log_format: cms_logging::LogFormat,
 }
 
 #[derive(Debug, clap::Args)]
@@ -116,9 +159,12 @@ pub struct AdminArgs {
     /// The server's gRPC address.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_SERVER)]
     pub server: String,
-    /// The server's data directory, where its admin credential is.
-    #[arg(long, value_name = "DIR")]
+    /// The server's data directory, where its admin credential is
+    /// [default: the current user's state directory, cms-server/, else
+    /// /var/lib/cms-server when it holds an admin credential].
+    #[arg(long, value_name = "DIR", env = "CMS_SERVER_DATA")]
     pub data: Option<PathBuf>,
+    /// Output: a table for people, or JSON for programs.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
@@ -205,10 +251,55 @@ pub enum Format {
     Json,
 }
 
+/// The packaged server's data directory.
+pub const PACKAGED_DATA_DIR: &str = "/var/lib/cms-server";
+
+impl Command {
+    /// The admin flags of an admin command.
+    fn admin_args_mut(&mut self) -> Option<&mut AdminArgs> {
+        match self {
+            Command::Token(TokenCommand::Create(args)) => Some(&mut args.admin),
+            Command::Nodes(args) => Some(&mut args.admin),
+            Command::Reports(args) => Some(&mut args.admin),
+            Command::Node(NodeCommand::Revoke(args)) => Some(&mut args.admin),
+            Command::Sync(args) => Some(args),
+            _ => None,
+        }
+    }
+}
+
+/// The data directory an admin command reads its credential from when
+/// `--data` is not given: the user's own (`user_default`) when it exists,
+/// else the packaged server's when it holds an admin credential, else the
+/// user's.
+pub fn admin_data_dir(user_default: PathBuf, packaged: &std::path::Path) -> PathBuf {
+    if !user_default.exists() && packaged.join("admin").is_dir() {
+        return packaged.to_path_buf();
+    }
+    user_default
+}
+
 /// Runs a parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(admin) = cli.command.admin_args_mut()
+        && admin.data.is_none()
+    {
+        let user_default = default_data_dir(
+            std::env::var_os("HOME").map(PathBuf::from),
+            std::env::var_os("XDG_STATE_HOME").map(PathBuf::from),
+        );
+        admin.data = Some(admin_data_dir(
+            user_default,
+            std::path::Path::new(PACKAGED_DATA_DIR),
+        ));
+    }
     match cli.command {
         Command::Check(args) => crate::check::run(&args),
+        Command::Completions(args) => {
+            use std::io::Write;
+            std::io::stdout().write_all(&completion_script(args.shell))?;
+            Ok(ExitCode::SUCCESS)
+        }
         other => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(crate::commands::run(other))
@@ -223,5 +314,39 @@ pub fn default_data_dir(home: Option<PathBuf>, xdg_state_home: Option<PathBuf>) 
         (Some(state), _) if state.is_absolute() => state.join("cms-server"),
         (_, Some(home)) => home.join(".local/state/cms-server"),
         _ => PathBuf::from("/var/lib/cms-server"),
+    }
+}
+
+/// The completion script for `shell`. clap_complete 4.6 names the bash
+/// functions of subcommands after the binary with its `-` replaced twice
+/// over (`cms__subcmd__server`, where the dispatcher uses `cms__server`), so
+/// subcommand flags would not complete; the names are put back in line.
+pub fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "cms-server", &mut script);
+    if shell == clap_complete::Shell::Bash {
+        let text = String::from_utf8_lossy(&script).replace("cms__subcmd__server", "cms__server");
+        return text.into_bytes();
+    }
+    script
+}
+
+#[cfg(test)]
+mod admin_data_dir_tests {
+    use super::*;
+
+    #[test]
+    fn admin_commands_find_the_packaged_server_when_the_user_has_no_data_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let packaged = dir.path().join("var-lib-cms-server");
+        let user = dir.path().join("home/.local/state/cms-server");
+        // No packaged server either: the user's directory, for the error.
+        assert_eq!(admin_data_dir(user.clone(), &packaged), user);
+        std::fs::create_dir_all(packaged.join("admin")).expect("mkdir");
+        assert_eq!(admin_data_dir(user.clone(), &packaged), packaged);
+        // The user's own server comes first.
+        std::fs::create_dir_all(&user).expect("mkdir");
+        assert_eq!(admin_data_dir(user.clone(), &packaged), user);
     }
 }

@@ -32,7 +32,9 @@ fn data_dir(flag: &Option<PathBuf>) -> PathBuf {
 
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check(_) => unreachable!("check runs without a runtime"),
+        Command::Check(_) | Command::Completions(_) => {
+            unreachable!("check and completions run without a runtime")
+        }
         Command::Serve(args) => serve(args).await,
         Command::Token(TokenCommand::Create(args)) => {
             let scope = crate::pki::parse_scope(&args.tags)?;
@@ -48,7 +50,10 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("{}", response.token);
+            match args.admin.format {
+                Format::Json => println!("{}", serde_json::json!({ "token": response.token })),
+                Format::Text => println!("{}", response.token),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Nodes(args) => {
@@ -98,11 +103,17 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!(
-                "revoked {} certificate(s) of {}",
-                revoked.revoked_serials.len(),
-                args.id
-            );
+            match args.admin.format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({ "node": args.id, "revoked_serials": revoked.revoked_serials })
+                ),
+                Format::Text => println!(
+                    "revoked {} certificate(s) of {}",
+                    revoked.revoked_serials.len(),
+                    args.id
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync(args) => sync(&args).await,
@@ -118,12 +129,7 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    cms_logging::init(args.log_format);
     let repo = match args.repo {
         Some(repo) => repo,
         None if std::path::Path::new(EXAMPLE_REPOSITORY).is_dir() => EXAMPLE_REPOSITORY.to_string(),
@@ -191,6 +197,29 @@ async fn sync(args: &AdminArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(status_error)?
         .into_inner();
+    if args.format == Format::Json {
+        let errors: Vec<serde_json::Value> = response
+            .errors
+            .iter()
+            .map(|error| {
+                serde_json::json!({
+                    "file": error.file, "line": error.line,
+                    "column": error.column, "message": error.message,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "accepted": response.accepted, "revision": response.revision, "errors": errors,
+            })
+        );
+        return Ok(ExitCode::from(if response.accepted {
+            0
+        } else {
+            crate::cli::EXIT_INVALID
+        }));
+    }
     if response.accepted {
         println!("serving {}", response.revision);
         return Ok(ExitCode::SUCCESS);

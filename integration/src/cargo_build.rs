@@ -39,6 +39,63 @@ pub fn build_workspace_binary(package: &str, binary: &str) -> Result<PathBuf> {
     })
 }
 
+/// Builds the agent's Debian package with `scripts/package` (dev profile,
+/// the build the tests already have) and returns its path. Built once per
+/// test process.
+pub fn build_agent_package() -> Result<PathBuf> {
+    static BUILT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(path) = built.as_ref() {
+        return Ok(path.clone());
+    }
+    let path = run_package_script(&["--profile", "dev", "--package", "cms-agent"])?
+        .into_iter()
+        .next()
+        .context("Failed to build the agent's package: scripts/package named no package")?;
+    *built = Some(path.clone());
+    Ok(path)
+}
+
+/// Builds the server's Debian package (dev profile); see [`build_agent_package`].
+pub fn build_server_package() -> Result<PathBuf> {
+    run_package_script(&["--profile", "dev", "--package", "cms-server"])?
+        .into_iter()
+        .next()
+        .context("Failed to build the server's package: scripts/package named no package")
+}
+
+/// Runs `scripts/package` with `arguments`; the paths it printed.
+fn run_package_script(arguments: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut command = Command::new(workspace_root().join("scripts/package"));
+    command.args(arguments).current_dir(workspace_root());
+    // The cargo running this test, so the script builds with the same one.
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let directory = Path::new(&cargo).parent().map(Path::to_path_buf);
+        if let Some(directory) = directory {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut paths = vec![directory];
+            paths.extend(std::env::split_paths(&path));
+            command.env("PATH", std::env::join_paths(paths)?);
+        }
+    }
+    let command_line = describe_command(&command);
+    let output = run_command(command, CARGO_BUILD_TIMEOUT)?;
+    if !output.succeeded() {
+        bail!(
+            "Failed to build a Debian package: `{command_line}` failed\n{}",
+            output.stderr.trim_end()
+        );
+    }
+    Ok(output
+        .stdout
+        .lines()
+        .filter(|line| line.ends_with(".deb"))
+        .map(PathBuf::from)
+        .collect())
+}
+
 fn workspace_root() -> &'static Path {
     // This crate lives at `<workspace>/integration`.
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -4,9 +4,9 @@
 //!
 //! The server runs in this process on the testbed bridge, serving the
 //! example repository (a plain folder: its revision is the hash of its
-//! files). An enrollment token for `role=web, env=*` goes into the image's
-//! `/etc/cms/agent.toml` with the server's address, beside the agent's real
-//! systemd unit, as a user bakes an AMI. One instance boots with tags
+//! files). The agent's Debian package is installed into the image, and an
+//! enrollment token for `role=web, env=*` goes into its
+//! `/etc/cms/agent.toml` with the server's address, as a user bakes an AMI. One instance boots with tags
 //! `role=web`, `env=prod`: its agent enrolls, pulls its catalog and
 //! converges at boot, and reports. Then `cms-agent converge` runs once more
 //! on the instance, which finds nothing to change.
@@ -29,9 +29,6 @@ pub const EXAMPLE_REPOSITORY: &str =
 
 /// What the example `base` and `web` roles install.
 pub const EXAMPLE_PACKAGES: &[&str] = &["nginx", "curl", "procps"];
-
-/// The agent's real unit, as its package installs it.
-pub const AGENT_SERVICE: &str = include_str!("../../cms-agent/cms-agent.service");
 
 /// What happened.
 #[derive(Debug)]
@@ -84,7 +81,7 @@ pub fn converge_example_web_role(
     let token = server.token(&[("role", "web"), ("env", "*")])?;
 
     progress(
-        "baking the agent, its unit and /etc/cms/agent.toml (server address and token) into the image",
+        "baking the agent into the image: its Debian package (dpkg -i), and /etc/cms/agent.toml with the server address and token",
     );
     let baked = bake_agent_for_server(&image, &server.address, &token)?;
 

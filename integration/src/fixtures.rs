@@ -8,13 +8,13 @@ use anyhow::Result;
 
 use crate::{
     AgentBake, AgentConfigFile, BakedImage, Image, ImageRecipe, TestbedSettings,
-    build_workspace_binary, check_prerequisites,
+    build_agent_package, check_prerequisites,
 };
 
-/// The agent's systemd unit as the tests bake it.
-pub const AGENT_UNIT: &str = include_str!("../data/cms-agent.service");
-
-pub const AGENT_CONFIG: &str = "# The agent's configuration. The agent reads none yet.\n";
+/// The agent's configuration in images baked without a server: its daemon
+/// has nothing to enroll with, and tests run `cms-agent apply` themselves.
+pub const AGENT_CONFIG: &str =
+    "# No server: this image's agent is used masterless (cms-agent apply).\n";
 
 /// Tests that boot instances share the bridge and check for leftovers on
 /// the whole machine, so they run one at a time; on a machine that cannot
@@ -29,13 +29,13 @@ pub fn begin_end_to_end_test() -> Result<(MutexGuard<'static, ()>, TestbedSettin
     Ok((alone, TestbedSettings::from_environment()))
 }
 
-/// The cached bookworm image with the workspace's `cms-agent` baked in.
+/// The cached bookworm image with the workspace's `cms-agent` package
+/// installed.
 pub fn bake_agent_image(settings: &TestbedSettings) -> Result<BakedImage> {
-    let agent_binary = build_workspace_binary("cms-agent", "cms-agent")?;
+    let agent_package = build_agent_package()?;
     let image = Image::build_or_reuse(&ImageRecipe::debian_bookworm(), settings)?;
     image.bake(&AgentBake {
-        agent_binary,
-        systemd_unit: AGENT_UNIT.to_string(),
+        agent_package,
         config_files: vec![AgentConfigFile {
             relative_path: "agent.toml".into(),
             contents: AGENT_CONFIG.to_string(),
@@ -43,18 +43,17 @@ pub fn bake_agent_image(settings: &TestbedSettings) -> Result<BakedImage> {
     })
 }
 
-/// The image with the workspace's agent, its real unit
-/// (`cms-agent/cms-agent.service`) and an `/etc/cms/agent.toml` that names
-/// the server and an enrollment token: what a user bakes into an AMI so
-/// that instances enroll and converge at boot.
+/// The image with the workspace's `cms-agent` package installed and an
+/// `/etc/cms/agent.toml` that names the server and an enrollment token:
+/// what a user bakes into an AMI so that instances enroll and converge at
+/// boot.
 pub fn bake_agent_for_server(
     image: &Image,
     server_address: &str,
     token: &str,
 ) -> Result<BakedImage> {
     image.bake(&AgentBake {
-        agent_binary: build_workspace_binary("cms-agent", "cms-agent")?,
-        systemd_unit: crate::AGENT_SERVICE.to_string(),
+        agent_package: build_agent_package()?,
         config_files: vec![AgentConfigFile {
             relative_path: "agent.toml".into(),
             contents: format!(

@@ -5,12 +5,16 @@
 //! The base image is built once per recipe, atomically: into a temporary
 //! directory, renamed into place when complete, under a lock file so that two
 //! test processes never build the same image twice. Baking does not touch
-//! the base image: it writes the agent, its unit, its configuration and the
-//! apt sources into a small layer of its own, which instances stack on top
-//! of the base (as an overlayfs lower layer, or copied over a full copy).
+//! the base image: it installs the agent's Debian package with `dpkg` inside
+//! the image (chrooted, as an image build does: no systemd runs, so the
+//! package enables its unit and starts nothing), then writes the agent's
+//! configuration and the apt sources. Everything lands in a small layer of
+//! its own (the upper directory of an overlay mount that lives in a private
+//! mount namespace, so no other process sees it), which instances stack on
+//! top of the base (as an overlayfs lower layer, or copied over a full copy).
 
 use crate::filesystem::{ScratchDirectory, remove_tree, write_file_with_mode};
-use crate::host_command::{host_tool, run_command_successfully, run_host_tool};
+use crate::host_command::{host_tool, run_command_successfully};
 use crate::settings::TestbedSettings;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
@@ -179,17 +183,18 @@ impl Image {
         self.directory.join("rootfs")
     }
 
-    /// Bakes the agent into a new image layer: the agent binary at
-    /// `/usr/bin/cms-agent`, its unit in `/usr/lib/systemd/system/`, enabled
-    /// with `systemctl --root`, its configuration under `/etc/cms/`, and apt
-    /// sources naming only the internal package repository (trusted without
-    /// a signature: `[trusted=yes]`, as the repository is not signed).
+    /// Bakes the agent into a new image layer: its Debian package installed
+    /// with `dpkg -i` chrooted into the image (binary, unit enabled by the
+    /// package's postinst, default configuration), then the configuration
+    /// files under `/etc/cms/`, and apt sources naming only the internal
+    /// package repository (trusted without a signature: `[trusted=yes]`, as
+    /// the repository is not signed).
     pub fn bake(&self, bake: &AgentBake) -> Result<BakedImage> {
         let layer = ScratchDirectory::create(&self.settings.scratch_directory(), "bake")?;
-        write_bake_layer(layer.path(), bake).with_context(|| {
+        write_bake_layer(&self.root_directory(), layer.path(), bake).with_context(|| {
             format!(
                 "Failed to bake {} into an image layer at {}",
-                bake.agent_binary.display(),
+                bake.agent_package.display(),
                 layer.path().display()
             )
         })?;
@@ -202,15 +207,15 @@ impl Image {
     }
 }
 
-/// What baking adds to an image: the agent as its package would install it.
+/// What baking adds to an image: the agent's package, and its configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentBake {
-    /// The `cms-agent` binary built on this host (Debian 12, like the image).
-    pub agent_binary: PathBuf,
-    /// The contents of `cms-agent.service`; it needs an `[Install]` section
-    /// to be enabled.
-    pub systemd_unit: String,
-    /// Files written under `/etc/cms/`.
+    /// The `cms-agent` Debian package built by `scripts/package` on this
+    /// host (Debian 12, like the image).
+    pub agent_package: PathBuf,
+    /// Files written under `/etc/cms/` after the package is installed, as an
+    /// image build's provisioner writes them (replacing the package's
+    /// defaults).
     pub config_files: Vec<AgentConfigFile>,
 }
 
@@ -242,8 +247,8 @@ impl BakedImage {
     }
 
     /// The directory holding only what baking added.
-    pub fn layer_directory(&self) -> &Path {
-        self.inner.layer.path()
+    pub fn layer_directory(&self) -> PathBuf {
+        self.inner.layer.path().join(LAYER)
     }
 }
 
@@ -323,42 +328,29 @@ fn prepare_root_for_cloning(recipe: &ImageRecipe, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The agent's unit, named as the agent's Debian package will name it.
-const AGENT_UNIT_NAME: &str = "cms-agent.service";
+/// The layer's directory inside the bake's scratch directory; `work/` beside
+/// it is the overlay's work directory while the package is installed.
+const LAYER: &str = "layer";
 
-fn write_bake_layer(layer: &Path, bake: &AgentBake) -> Result<()> {
-    // Only directories under usr/ and etc/: a top-level `lib` or `bin`
-    // directory in this layer would hide the base image's merged-/usr
-    // symlinks of the same name.
-    let agent_binary = std::fs::read(&bake.agent_binary).with_context(|| {
-        format!(
-            "Failed to read the agent binary {}",
-            bake.agent_binary.display()
-        )
-    })?;
-    write_file_with_mode(&layer.join("usr/bin/cms-agent"), &agent_binary, 0o755)?;
-    write_file_with_mode(
-        &layer.join("usr/lib/systemd/system").join(AGENT_UNIT_NAME),
-        bake.systemd_unit.as_bytes(),
-        0o644,
-    )?;
-    let enable = run_host_tool(
-        "systemctl",
-        [
-            std::ffi::OsStr::new("--root"),
-            layer.as_os_str(),
-            std::ffi::OsStr::new("enable"),
-            std::ffi::OsStr::new(AGENT_UNIT_NAME),
-        ],
-    )
-    .context("Failed to enable the agent's unit")?;
-    if !layer.join("etc/systemd/system").is_dir() {
+/// How long installing the agent's package may take.
+const DPKG_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// Where the package is put inside the image while dpkg installs it.
+const PACKAGE_IN_IMAGE: &str = "tmp/cms-agent.deb";
+
+fn write_bake_layer(base_root: &Path, scratch: &Path, bake: &AgentBake) -> Result<()> {
+    let layer = scratch.join(LAYER);
+    std::fs::create_dir(&layer).with_context(|| format!("Failed to create {}", layer.display()))?;
+    if !bake.agent_package.is_file() {
         bail!(
-            "Failed to enable the agent's unit: `systemctl enable` linked nothing; does the unit \
-             have an [Install] section with WantedBy=?\n{}",
-            enable.stderr
+            "Failed to find the agent's package {}",
+            bake.agent_package.display()
         );
     }
+    install_package_into_layer(base_root, scratch, &layer, &bake.agent_package)?;
+    // Only directories under usr/, etc/ and var/: a top-level `lib` or `bin`
+    // directory in this layer would hide the base image's merged-/usr
+    // symlinks of the same name.
     for config_file in &bake.config_files {
         let relative_path = checked_relative_path(&config_file.relative_path)?;
         write_file_with_mode(
@@ -367,7 +359,6 @@ fn write_bake_layer(layer: &Path, bake: &AgentBake) -> Result<()> {
             0o644,
         )?;
     }
-    std::fs::create_dir_all(layer.join("etc/cms")).context("Failed to create /etc/cms")?;
     // The internal package repository is the image's only apt source. It is
     // a flat repository (`./`), unsigned, hence `[trusted=yes]`.
     let sources = format!(
@@ -380,6 +371,84 @@ fn write_bake_layer(layer: &Path, bake: &AgentBake) -> Result<()> {
         sources.as_bytes(),
         0o644,
     )?;
+    Ok(())
+}
+
+/// Runs `dpkg -i` chrooted into the image with `layer` catching every write:
+/// the upper directory of an overlay over the base image, mounted in a
+/// private mount namespace (`unshare`), so the mount is seen by no other
+/// process and goes away with the command, even if this process dies.
+/// Without overlayfs the layer is a full copy of the image instead.
+fn install_package_into_layer(
+    base_root: &Path,
+    scratch: &Path,
+    layer: &Path,
+    package: &Path,
+) -> Result<()> {
+    let script = "set -eu\n\
+        root=\"$1\"; package=\"$2\"; in_image=\"$3\"\n\
+        if [ \"$4\" = overlay ]; then\n\
+          mount -t overlay cmstb-bake -o \"lowerdir=$5,upperdir=$6,workdir=$7\" \"$root\"\n\
+        fi\n\
+        cp \"$package\" \"$root/$in_image\"\n\
+        chroot \"$root\" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \\\n\
+          DEBIAN_FRONTEND=noninteractive dpkg -i \"/$in_image\"\n\
+        rm -f \"$root/$in_image\"\n";
+    let mut command = host_tool("unshare");
+    command.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        script,
+        "bake",
+    ]);
+    if crate::instance::kernel_has_overlayfs() {
+        let work = scratch.join("work");
+        let merged = scratch.join("merged");
+        for directory in [&work, &merged] {
+            std::fs::create_dir(directory)
+                .with_context(|| format!("Failed to create {}", directory.display()))?;
+        }
+        let paths = [base_root, layer, &work];
+        if let Some(unusable) = paths
+            .iter()
+            .find(|path| path.to_string_lossy().contains([',', ':']))
+        {
+            bail!(
+                "Failed to mount an overlay: the path {} contains `,` or `:`; choose another \
+                 cache directory",
+                unusable.display()
+            );
+        }
+        command
+            .arg(&merged)
+            .arg(package)
+            .arg(PACKAGE_IN_IMAGE)
+            .arg("overlay")
+            .arg(base_root)
+            .arg(layer)
+            .arg(&work);
+        let result = run_command_successfully(command, DPKG_TIMEOUT);
+        remove_tree(&work)?;
+        remove_tree(&merged)?;
+        result.context("Failed to install the agent's package with dpkg inside the image")?;
+    } else {
+        let mut copy = host_tool("cp");
+        copy.args(["-a", "--reflink=auto"])
+            .arg(base_root.join("."))
+            .arg(layer);
+        run_command_successfully(copy, DEBOOTSTRAP_TIMEOUT)?;
+        command
+            .arg(layer)
+            .arg(package)
+            .arg(PACKAGE_IN_IMAGE)
+            .arg("copy");
+        run_command_successfully(command, DPKG_TIMEOUT)
+            .context("Failed to install the agent's package with dpkg inside the image")?;
+    }
     Ok(())
 }
 

@@ -331,7 +331,8 @@ impl Instance {
             .with_context(|| format!("Failed to create {}", self.root_directory.display()))?;
         self.directory_created = true;
         let base_root = image.base().root_directory();
-        let layer = image.layer_directory();
+        let layer_directory = image.layer_directory();
+        let layer = layer_directory.as_path();
         if strategy == RootFilesystemStrategy::OverlayWhenAvailable && kernel_has_overlayfs() {
             let upper = self.directory.join("upper");
             let work = self.directory.join("work");
@@ -574,7 +575,7 @@ fn kill_init_if_still_systemd(init_pid: u32) {
     }
 }
 
-fn kernel_has_overlayfs() -> bool {
+pub(crate) fn kernel_has_overlayfs() -> bool {
     std::fs::read_to_string("/proc/filesystems")
         .map(|text| {
             text.lines()

@@ -24,9 +24,14 @@ const REQUIRED_TOOLS: &[RequiredTool] = &[
         used_for: "booting instances",
     },
     RequiredTool {
-        program: "systemctl",
-        debian_package: "systemd",
-        used_for: "enabling the agent's unit while baking",
+        program: "unshare",
+        debian_package: "util-linux",
+        used_for: "installing the agent's package into the image in a private mount namespace",
+    },
+    RequiredTool {
+        program: "objcopy",
+        debian_package: "binutils",
+        used_for: "stripping binaries in scripts/package",
     },
     RequiredTool {
         program: "nsenter",
@@ -201,7 +206,7 @@ mod tests {
     fn a_bare_unprivileged_host_is_told_everything_it_lacks() {
         let outcome = check(FakeHost {
             effective_user_id: 1000,
-            installed_programs: vec!["cp", "apt-get", "systemctl", "dpkg-deb", "nsenter"],
+            installed_programs: vec!["cp", "apt-get", "dpkg-deb", "nsenter", "unshare", "objcopy"],
         });
         assert_eq!(
             outcome,
