@@ -48,6 +48,13 @@ pub enum Command {
     Node(NodeCommand),
     /// Sync the roles repository now.
     Sync(AdminArgs),
+    /// Converge a selection of the fleet now: the canary first, then batch
+    /// after batch, stopping when failures pass the limit; or show a
+    /// trigger's progress with --status.
+    #[command(
+        after_help = "Examples:\n  cms-server trigger --select role=web --canary 1 --batch 50%\n  cms-server trigger --select role=api,env=prod --batch 25% --max-failures 2\n  cms-server trigger --select role=api --noop\n  cms-server trigger --status t1764108000000\n\nExit status: 0 every node converged (changed or unchanged), 4 a node failed or was unreachable, or the rollout stopped, 1 the trigger could not start."
+    )]
+    Trigger(TriggerArgs),
     /// Check a roles repository: validate every role, or print the catalog
     /// that a node with the given tags would get.
     #[command(
@@ -87,6 +94,47 @@ pub struct ServeArgs {
     /// and the listen address are always included.
     #[arg(long = "server-name", value_name = "NAME")]
     pub server_names: Vec<String>,
+    /// How long a node certificate is valid; agents renew theirs when two
+    /// thirds of it have passed.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub certificate_lifetime: String,
+    /// A node not seen for this long is marked gone and its name is free
+    /// for a new instance.
+    #[arg(long, value_name = "DURATION", default_value = "2h")]
+    pub gone_after: String,
+    /// A gone node is removed, and its certificates refused, this long
+    /// after it was marked gone.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub remove_after: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TriggerArgs {
+    /// The nodes to converge: tags as name=value or glob, all must hold.
+    #[arg(long, value_name = "K=V,...", required_unless_present = "status")]
+    pub select: Option<String>,
+    /// How many nodes converge at once after the canary: a count or a
+    /// percentage of the selected nodes [default: all at once].
+    #[arg(long, value_name = "N|P%")]
+    pub batch: Option<String>,
+    /// How many nodes converge first, alone; any failure among them stops
+    /// the rollout.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub canary: u32,
+    /// Ask the nodes what would change, change nothing.
+    #[arg(long)]
+    pub noop: bool,
+    /// How many nodes may fail (or be unreachable) before the rollout stops.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_failures: u32,
+    /// How long to wait for one node's report.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub timeout: String,
+    /// Show the progress or result of a trigger instead of starting one.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["select", "batch", "canary", "noop", "max_failures"])]
+    pub status: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// Finding the running server and its admin credential.

@@ -21,7 +21,7 @@ use crate::server::ServeConfig;
 pub const EXAMPLE_REPOSITORY: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/../roles/examples/roles-repo");
 
-fn data_dir(flag: &Option<PathBuf>) -> PathBuf {
+pub fn data_dir(flag: &Option<PathBuf>) -> PathBuf {
     flag.clone().unwrap_or_else(|| {
         default_data_dir(
             std::env::var_os("HOME").map(PathBuf::from),
@@ -106,10 +106,11 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync(args) => sync(&args).await,
+        Command::Trigger(args) => crate::trigger_cli::run(args).await,
     }
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }
 
@@ -127,25 +128,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "Failed to find a roles repository to serve\nhint: pass --repo with a git URL or a folder"
         ),
     };
-    let config = ServeConfig {
-        data_dir: data_dir(&args.data),
-        repo,
-        branch: args.branch,
-        sync_interval: Duration::from_secs(
-            cms_roles::parse_duration(&args.sync_interval)
-                .map_err(anyhow::Error::msg)?
-                .max(1),
-        ),
-        certificate_validity: Duration::from_secs(30 * 24 * 3600),
-        server_names: args.server_names,
-        server_addresses: Vec::new(),
-        webhook_secret: args.webhook_secret,
-        report_retention: Duration::from_secs(
-            cms_roles::parse_duration(&args.report_retention).map_err(anyhow::Error::msg)?,
-        ),
+    let duration = |text: &str, flag: &str| -> anyhow::Result<Duration> {
+        Ok(Duration::from_secs(
+            cms_roles::parse_duration(text)
+                .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?,
+        ))
     };
-    let grpc = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let mut config = ServeConfig::new(data_dir(&args.data), repo);
+    config.branch = args.branch;
+    config.sync_interval = duration(&args.sync_interval, "sync-interval")?.max(Duration::from_secs(1));
+    config.certificate_validity = duration(&args.certificate_lifetime, "certificate-lifetime")?
+        .max(Duration::from_secs(60));
+    config.gone_after = duration(&args.gone_after, "gone-after")?.max(Duration::from_secs(1));
+    config.remove_after = duration(&args.remove_after, "remove-after")?;
+    config.server_names = args.server_names;
+    config.webhook_secret = args.webhook_secret;
+    config.report_retention = duration(&args.report_retention, "report-retention")?;
+    let grpc = listen(args.listen)
         .with_context(|| format!("Failed to listen on {}", args.listen))?;
     let http = tokio::net::TcpListener::bind(args.http)
         .await
@@ -153,6 +152,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(grpc = %args.listen, http = %args.http, data = %config.data_dir.display(), repo = %config.repo, "serving");
     crate::server::run(grpc, Some(http), config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds the gRPC address with a long accept queue: in a boot storm
+/// thousands of agents connect at once, and a short queue (tokio's default
+/// is 1024) drops their SYNs, which costs each a second or more.
+fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(8192)
 }
 
 /// Ctrl-C or SIGTERM (systemd's stop).

@@ -23,6 +23,7 @@
 //! | `certificates` | serial                                                      | `CertificateRecord`          |
 //! | `tokens`       | token id: sha256 hex of the secret, never the secret        | `TokenRecord`                |
 //! | `settings`     | name                                                        | raw bytes                    |
+//! | `triggers`     | trigger id                                                  | `TriggerRecord`              |
 //!
 //! A node's reports share the prefix `node id, 0x00`, and the inverted time
 //! makes a forward scan of that prefix list them newest first, so "the last
@@ -119,6 +120,9 @@ pub struct NodeRecord {
     pub last_seen_unix_ms: u64,
     pub last_run: Option<RunSummary>,
     pub status: NodeStatus,
+    /// When the node was marked gone; it is removed `remove_after` later.
+    #[serde(default)]
+    pub gone_since_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +205,42 @@ pub struct CertificateRecord {
     pub node_id: String,
     pub not_after_unix: u64,
     pub revoked: bool,
+}
+
+/// A fleet trigger: what was asked, and how far it got. Written after every
+/// node's outcome, so `trigger --status` shows it after the CLI has gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerRecord {
+    pub id: String,
+    pub selector: BTreeMap<String, String>,
+    /// `25%`, `10`, or empty for all at once.
+    pub batch: String,
+    pub canary: u32,
+    pub noop: bool,
+    pub max_failures: u32,
+    /// `running`, `done`, `stopped` (failure limit reached) or `interrupted`
+    /// (the server stopped while it ran).
+    pub state: String,
+    /// Why it stopped, for people.
+    pub message: String,
+    pub started_unix_ms: u64,
+    pub finished_unix_ms: Option<u64>,
+    /// The plan: the canary group first (when there is one), then batches.
+    pub batches: Vec<Vec<String>>,
+    /// How many batches have been started.
+    pub batches_started: u32,
+    /// Each node's outcome, once known.
+    pub outcomes: BTreeMap<String, TriggerOutcome>,
+}
+
+/// What one node did for a trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerOutcome {
+    /// `changed`, `unchanged`, `failed` or `unreachable`.
+    pub result: String,
+    pub run_id: String,
+    /// References of the resources that failed.
+    pub failed_resources: Vec<String>,
 }
 
 /// An enrollment token. The store never sees the secret, only its hash.
@@ -349,6 +389,7 @@ pub struct Store {
     certificates: sled::Tree,
     tokens: sled::Tree,
     settings: sled::Tree,
+    triggers: sled::Tree,
 }
 
 impl fmt::Debug for Store {
@@ -386,6 +427,7 @@ impl Store {
             certificates: tree(CERTIFICATES)?,
             tokens: tree(TOKENS)?,
             settings: tree(SETTINGS)?,
+            triggers: tree(TRIGGERS)?,
             db,
             durability: Arc::new(durability),
         };
@@ -462,6 +504,45 @@ impl Store {
                 return Ok(Some(node));
             }
         }
+    }
+
+    /// Records when nodes were last seen, many at once with one flush: the
+    /// server notes a node's calls in memory and writes them here every few
+    /// seconds, so a `GetCatalog` that changes nothing costs no fsync. A
+    /// time older than the stored one is ignored; unknown nodes are skipped.
+    pub fn touch_nodes(&self, seen: &[(String, u64)]) -> Result<usize, StoreError> {
+        let mut touched = 0;
+        for (id, at) in seen {
+            loop {
+                let Some(current) = self
+                    .nodes
+                    .get(id.as_bytes())
+                    .map_err(|e| backend(format!("read node {id}"), e))?
+                else {
+                    break;
+                };
+                let mut node: NodeRecord = decode(NODES, id.as_bytes(), &current)?;
+                if node.last_seen_unix_ms >= *at && node.status == NodeStatus::Active {
+                    break;
+                }
+                node.last_seen_unix_ms = node.last_seen_unix_ms.max(*at);
+                node.status = NodeStatus::Active;
+                node.gone_since_unix_ms = None;
+                let value = encode("node record", &node)?;
+                let swapped = self
+                    .nodes
+                    .compare_and_swap(id.as_bytes(), Some(&current), Some(value))
+                    .map_err(|e| backend(format!("write node {id}"), e))?;
+                if swapped.is_ok() {
+                    touched += 1;
+                    break;
+                }
+            }
+        }
+        if touched > 0 {
+            self.flush()?;
+        }
+        Ok(touched)
     }
 
     /// Removes a node and all its reports. Returns whether the node existed.
@@ -673,6 +754,35 @@ impl Store {
 
     /// Stores `bytes` under their sha256, after checking that it is `sha`.
     /// Storing the same content again is cheap and harmless.
+    /// Stores the contents not stored yet, with one flush for all; returns
+    /// how many were new. What a catalog's first delivery does.
+    pub fn put_contents<'a>(
+        &self,
+        contents: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<usize, StoreError> {
+        let mut added = 0;
+        for (sha, bytes) in contents {
+            check_content_hash(sha)?;
+            let write_error = |e| backend(format!("write content {sha}"), e);
+            if self.contents.contains_key(sha).map_err(write_error)? {
+                continue;
+            }
+            let actual = sha256_hex(bytes);
+            if actual != sha {
+                return Err(StoreError::ContentHashMismatch {
+                    expected: sha.to_string(),
+                    actual,
+                });
+            }
+            self.contents.insert(sha, bytes).map_err(write_error)?;
+            added += 1;
+        }
+        if added > 0 {
+            self.flush()?;
+        }
+        Ok(added)
+    }
+
     pub fn put_content(&self, sha: &str, bytes: &[u8]) -> Result<(), StoreError> {
         check_content_hash(sha)?;
         let actual = sha256_hex(bytes);
@@ -687,6 +797,13 @@ impl Store {
             self.contents.insert(sha, bytes).map_err(write_error)?;
         }
         self.flush()
+    }
+
+    /// Whether the content with this hash is stored.
+    pub fn has_content(&self, sha: &str) -> Result<bool, StoreError> {
+        self.contents
+            .contains_key(sha)
+            .map_err(|e| backend(format!("read content {sha}"), e))
     }
 
     pub fn get_content(&self, sha: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -782,6 +899,61 @@ impl Store {
         Ok(self
             .certificate(serial)?
             .is_some_and(|certificate| certificate.revoked))
+    }
+
+    /// Forgets certificate records that expired before `before_unix`: the
+    /// TLS layer refuses an expired certificate by itself, so its record
+    /// (revoked or not) is no longer needed.
+    pub fn prune_certificates(&self, before_unix: u64) -> Result<usize, StoreError> {
+        let mut expired = Vec::new();
+        for entry in self.certificates.iter() {
+            let (key, value) = entry.map_err(|e| backend("list certificates".into(), e))?;
+            let certificate: CertificateRecord = decode(CERTIFICATES, &key, &value)?;
+            if certificate.not_after_unix < before_unix {
+                expired.push(key);
+            }
+        }
+        for key in &expired {
+            self.certificates
+                .remove(key)
+                .map_err(|e| backend("remove an expired certificate".into(), e))?;
+        }
+        if !expired.is_empty() {
+            self.flush()?;
+        }
+        Ok(expired.len())
+    }
+
+    // Fleet triggers.
+
+    /// Inserts or replaces a trigger's progress.
+    pub fn put_trigger(&self, trigger: &TriggerRecord) -> Result<(), StoreError> {
+        let value = encode("trigger record", trigger)?;
+        self.triggers
+            .insert(trigger.id.as_bytes(), value)
+            .map_err(|e| backend(format!("write trigger {}", trigger.id), e))?;
+        self.flush()
+    }
+
+    pub fn trigger(&self, id: &str) -> Result<Option<TriggerRecord>, StoreError> {
+        let value = self
+            .triggers
+            .get(id.as_bytes())
+            .map_err(|e| backend(format!("read trigger {id}"), e))?;
+        value
+            .map(|value| decode(TRIGGERS, id.as_bytes(), &value))
+            .transpose()
+    }
+
+    /// All triggers, ordered by id (ids start with their start time).
+    pub fn triggers(&self) -> Result<Vec<TriggerRecord>, StoreError> {
+        self.triggers
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(|e| backend("list triggers".into(), e))?;
+                decode(TRIGGERS, &key, &value)
+            })
+            .collect()
     }
 
     // Enrollment tokens.
@@ -915,6 +1087,7 @@ const CONTENTS: &str = "contents";
 const CERTIFICATES: &str = "certificates";
 const TOKENS: &str = "tokens";
 const SETTINGS: &str = "settings";
+const TRIGGERS: &str = "triggers";
 
 const FORMAT: &[u8] = b"format";
 const CURRENT_REVISION: &[u8] = b"current_revision";
@@ -1184,6 +1357,7 @@ mod tests {
                 noop: false,
             }),
             status: NodeStatus::Active,
+            gone_since_unix_ms: None,
         }
     }
 
