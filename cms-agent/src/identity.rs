@@ -189,6 +189,48 @@ pub fn load_identity(state_dir: &Path) -> Result<Option<Identity>, IdentityError
     }))
 }
 
+/// When a certificate's validity starts and ends, in seconds since the
+/// Unix epoch.
+pub fn certificate_validity(certificate_pem: &str) -> Result<(i64, i64), IdentityError> {
+    let invalid = |reason: String| IdentityError::Invalid {
+        path: PathBuf::from(CERTIFICATE_FILE),
+        reason,
+    };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(certificate_pem.as_bytes())
+        .map_err(|e| invalid(format!("the certificate is not PEM: {e}")))?;
+    let certificate = pem
+        .parse_x509()
+        .map_err(|e| invalid(format!("the certificate does not parse: {e}")))?;
+    let validity = certificate.validity();
+    Ok((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
+/// When the certificate is due for renewal: once two thirds of its
+/// lifetime have passed (8 hours before the end of a day-long one), so a
+/// node that misses a renewal has many chances before it expires.
+pub fn renewal_due_unix(certificate_pem: &str) -> Result<i64, IdentityError> {
+    let (not_before, not_after) = certificate_validity(certificate_pem)?;
+    Ok(not_before + (not_after - not_before) * 2 / 3)
+}
+
+/// Moves an identity that can no longer be used (its certificate expired)
+/// aside as `*.expired`, so the agent enrolls again; kept for inspection.
+pub fn retire_identity(state_dir: &Path) -> Result<(), IdentityError> {
+    for (name, _) in INSTALL_ORDER.iter().rev() {
+        let from = state_dir.join(name);
+        let to = state_dir.join(format!("{name}.expired"));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(IdentityError::Write { path: to, source }),
+        }
+    }
+    sync_directory(state_dir)
+}
+
 impl fmt::Debug for Identity {
     // Never prints the private key.
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {

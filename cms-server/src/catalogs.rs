@@ -419,11 +419,20 @@ mod tests {
             ]
         };
         // Reads the role only: one compile for all three.
-        assert_eq!(compiles_for(repository_with_template("role={{tag.role}}\n"), nodes()).await, 1);
+        assert_eq!(
+            compiles_for(repository_with_template("role={{tag.role}}\n"), nodes()).await,
+            1
+        );
         // Reads the os fact: debian and rocky.
-        assert_eq!(compiles_for(repository_with_template("{{fact.os}}\n"), nodes()).await, 2);
+        assert_eq!(
+            compiles_for(repository_with_template("{{fact.os}}\n"), nodes()).await,
+            2
+        );
         // Reads the node id: one each.
-        assert_eq!(compiles_for(repository_with_template("{{node.id}}\n"), nodes()).await, 3);
+        assert_eq!(
+            compiles_for(repository_with_template("{{node.id}}\n"), nodes()).await,
+            3
+        );
         // Walks every fact: one each (their hostnames differ).
         assert_eq!(
             compiles_for(
@@ -443,7 +452,10 @@ mod tests {
             reads.facts,
             ["memory_mb".to_string(), "mounts".to_string()].into()
         );
-        assert!(!reads.node_id && !reads.all_facts, "prose outside placeholders: {reads:?}");
+        assert!(
+            !reads.node_id && !reads.all_facts,
+            "prose outside placeholders: {reads:?}"
+        );
         reads.scan("{{#with node}}{{id}}{{/with}}");
         assert!(reads.node_id);
         reads.scan("{{lookup fact \"os\"}}");

@@ -130,22 +130,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let duration = |text: &str, flag: &str| -> anyhow::Result<Duration> {
         Ok(Duration::from_secs(
-            cms_roles::parse_duration(text)
-                .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?,
+            cms_roles::parse_duration(text).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?,
         ))
     };
     let mut config = ServeConfig::new(data_dir(&args.data), repo);
     config.branch = args.branch;
-    config.sync_interval = duration(&args.sync_interval, "sync-interval")?.max(Duration::from_secs(1));
-    config.certificate_validity = duration(&args.certificate_lifetime, "certificate-lifetime")?
-        .max(Duration::from_secs(60));
+    config.sync_interval =
+        duration(&args.sync_interval, "sync-interval")?.max(Duration::from_secs(1));
+    config.certificate_validity =
+        duration(&args.certificate_lifetime, "certificate-lifetime")?.max(Duration::from_secs(60));
     config.gone_after = duration(&args.gone_after, "gone-after")?.max(Duration::from_secs(1));
     config.remove_after = duration(&args.remove_after, "remove-after")?;
     config.server_names = args.server_names;
     config.webhook_secret = args.webhook_secret;
     config.report_retention = duration(&args.report_retention, "report-retention")?;
-    let grpc = listen(args.listen)
-        .with_context(|| format!("Failed to listen on {}", args.listen))?;
+    let grpc =
+        listen(args.listen).with_context(|| format!("Failed to listen on {}", args.listen))?;
     let http = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("Failed to listen on {}", args.http))?;

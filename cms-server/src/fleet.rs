@@ -190,7 +190,11 @@ impl Fleet {
         }
     }
 
-    fn wait_for_report(&self, trigger_id: &str, node_id: &str) -> oneshot::Receiver<TriggerOutcome> {
+    fn wait_for_report(
+        &self,
+        trigger_id: &str,
+        node_id: &str,
+    ) -> oneshot::Receiver<TriggerOutcome> {
         let (sender, receiver) = oneshot::channel();
         self.waiting
             .lock()
@@ -445,7 +449,12 @@ pub fn start_trigger(
     tokio::spawn(async move {
         let id = record.id.clone();
         run_trigger(&state, record, timeout, &sender).await;
-        state.fleet.running.lock().expect("running lock").remove(&id);
+        state
+            .fleet
+            .running
+            .lock()
+            .expect("running lock")
+            .remove(&id);
     });
     receiver
 }
@@ -674,12 +683,18 @@ mod tests {
 
     #[test]
     fn batches_by_count_all_at_once_and_oversized_canaries() {
-        assert_eq!(sizes(&plan(&names(7), 0, BatchSize::Count(3))), vec![3, 3, 1]);
+        assert_eq!(
+            sizes(&plan(&names(7), 0, BatchSize::Count(3))),
+            vec![3, 3, 1]
+        );
         assert_eq!(sizes(&plan(&names(7), 2, BatchSize::All)), vec![2, 5]);
         assert_eq!(sizes(&plan(&names(2), 5, BatchSize::Count(1))), vec![2]);
         assert!(plan(&[], 1, BatchSize::All).is_empty());
         // 25% of 3 nodes rounds up to one node per batch.
-        assert_eq!(sizes(&plan(&names(3), 0, BatchSize::Percent(25))), vec![1, 1, 1]);
+        assert_eq!(
+            sizes(&plan(&names(3), 0, BatchSize::Percent(25))),
+            vec![1, 1, 1]
+        );
     }
 
     #[test]
@@ -688,7 +703,11 @@ mod tests {
         assert_eq!(parse_batch("10"), Ok(BatchSize::Count(10)));
         assert_eq!(parse_batch(""), Ok(BatchSize::All));
         assert!(parse_batch("0").unwrap_err().contains("expected a count"));
-        assert!(parse_batch("150%").unwrap_err().contains("between 1% and 100%"));
+        assert!(
+            parse_batch("150%")
+                .unwrap_err()
+                .contains("between 1% and 100%")
+        );
         assert!(parse_batch("half").is_err());
     }
 
@@ -711,7 +730,10 @@ mod tests {
             lifecycle(status, gone_since, last_seen, now, 10 * MINUTE, 30 * MINUTE)
         };
         assert_eq!(rule(NodeStatus::Active, None, seen_at(9)), Lifecycle::Keep);
-        assert_eq!(rule(NodeStatus::Active, None, seen_at(10)), Lifecycle::MarkGone);
+        assert_eq!(
+            rule(NodeStatus::Active, None, seen_at(10)),
+            Lifecycle::MarkGone
+        );
         assert_eq!(
             rule(NodeStatus::Gone, Some(seen_at(29)), seen_at(40)),
             Lifecycle::Keep
@@ -747,13 +769,48 @@ mod tests {
         let now = 100 * 60_000;
         let live = record(NodeStatus::Active);
         assert!(name_is_free(None, 0, now, gone_after, false, false));
-        assert!(!name_is_free(Some(&live), now - 60_000, now, gone_after, false, false));
-        assert!(name_is_free(Some(&live), now - 60_000, now, gone_after, false, true));
-        assert!(name_is_free(Some(&live), now - 60_000, now, gone_after, true, false));
+        assert!(!name_is_free(
+            Some(&live),
+            now - 60_000,
+            now,
+            gone_after,
+            false,
+            false
+        ));
+        assert!(name_is_free(
+            Some(&live),
+            now - 60_000,
+            now,
+            gone_after,
+            false,
+            true
+        ));
+        assert!(name_is_free(
+            Some(&live),
+            now - 60_000,
+            now,
+            gone_after,
+            true,
+            false
+        ));
         // Unseen for gone_after: free even before the lifecycle marks it.
-        assert!(name_is_free(Some(&live), now - 600_000, now, gone_after, false, false));
+        assert!(name_is_free(
+            Some(&live),
+            now - 600_000,
+            now,
+            gone_after,
+            false,
+            false
+        ));
         let gone = record(NodeStatus::Gone);
-        assert!(name_is_free(Some(&gone), now, now, gone_after, false, false));
+        assert!(name_is_free(
+            Some(&gone),
+            now,
+            now,
+            gone_after,
+            false,
+            false
+        ));
     }
 
     #[test]
@@ -808,7 +865,10 @@ mod tests {
         );
         let progress = progress_of(&record);
         assert_eq!((progress.total, progress.done, progress.failed), (3, 1, 1));
-        assert_eq!(progress.failed_resources, vec!["web-1: exec:boom".to_string()]);
+        assert_eq!(
+            progress.failed_resources,
+            vec!["web-1: exec:boom".to_string()]
+        );
         assert_eq!(progress.batches, 2);
         let results: Vec<&str> = progress.nodes.iter().map(|n| n.result.as_str()).collect();
         assert_eq!(results, vec!["failed", "pending", "pending"]);

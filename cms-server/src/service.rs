@@ -474,10 +474,8 @@ impl pb::agent_server::Agent for AgentService {
                 }
             }
         });
-        let events = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::ReceiverStream::new(receiver),
-            Ok,
-        );
+        let events =
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(receiver), Ok);
         Ok(Response::new(Box::pin(events)))
     }
 
@@ -743,10 +741,7 @@ impl pb::admin_server::Admin for AdminService {
         };
         let for_plan = state.clone();
         let record = blocking(move || {
-            let nodes = crate::fleet::select(
-                for_plan.store.nodes().map_err(internal)?,
-                &selector,
-            );
+            let nodes = crate::fleet::select(for_plan.store.nodes().map_err(internal)?, &selector);
             if nodes.is_empty() {
                 return Err(Status::not_found(format!(
                     "no live node matches {}",

@@ -29,8 +29,8 @@ pub async fn run(args: TriggerArgs) -> anyhow::Result<ExitCode> {
         return Ok(exit_code(&progress));
     }
     let selector: BTreeMap<String, String> = parse_tags(args.select.as_deref().unwrap_or(""))?;
-    let timeout = cms_roles::parse_duration(&args.timeout)
-        .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    let timeout =
+        cms_roles::parse_duration(&args.timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
     let mut stream = client
         .trigger(pb::TriggerRequest {
             selector: Some(pb::Selector {

@@ -27,20 +27,25 @@ impl TestServer {
     }
 
     pub fn start_on(data: &Path, repo: &Path, address: std::net::SocketAddr) -> Result<TestServer> {
+        TestServer::start_with(data, repo, address, |_| {})
+    }
+
+    /// Starts with settings changed by `configure` (e.g. a certificate
+    /// lifetime or gone-after time in seconds, for lifecycle tests).
+    pub fn start_with(
+        data: &Path,
+        repo: &Path,
+        address: std::net::SocketAddr,
+        configure: impl FnOnce(&mut cms_server::server::ServeConfig),
+    ) -> Result<TestServer> {
         let runtime = tokio::runtime::Runtime::new()?;
         let listener = runtime.block_on(tokio::net::TcpListener::bind(address))?;
         let address = listener.local_addr()?.to_string();
-        let config = cms_server::server::ServeConfig {
-            data_dir: data.to_path_buf(),
-            repo: repo.display().to_string(),
-            branch: "main".into(),
-            sync_interval: Duration::from_secs(3600),
-            certificate_validity: Duration::from_secs(3600),
-            server_names: Vec::new(),
-            server_addresses: Vec::new(),
-            webhook_secret: None,
-            report_retention: Duration::from_secs(30 * 24 * 3600),
-        };
+        let mut config =
+            cms_server::server::ServeConfig::new(data.to_path_buf(), repo.display().to_string());
+        config.sync_interval = Duration::from_secs(3600);
+        config.certificate_validity = Duration::from_secs(3600);
+        configure(&mut config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = runtime.handle().clone();
         let thread = std::thread::spawn(move || {
