@@ -437,7 +437,8 @@ fn renewal_instant(state_dir: &Path) -> tokio::time::Instant {
     let Ok(Some(identity)) = load_identity(state_dir) else {
         return far;
     };
-    match crate::identity::renewal_due_unix(&identity.certificate_pem) {
+    let received = crate::identity::certificate_received_unix(state_dir).unwrap_or(0);
+    match crate::identity::renewal_due_unix(&identity.certificate_pem, received) {
         Ok(due) => {
             let wait = (due - now_unix()).max(0) as u64;
             tokio::time::Instant::now() + Duration::from_secs(wait)
