@@ -103,11 +103,18 @@ impl Admin {
     }
 
     fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let (code, json) = self.json_and_code(args)?;
+        ensure!(code == Some(0), "cms-server {args:?} exited {code:?}: {json:#}");
+        Ok(json)
+    }
+
+    fn json_and_code(&self, args: &[&str]) -> Result<(Option<i32>, serde_json::Value)> {
         let mut with_format = args.to_vec();
         with_format.extend(["--format", "json"]);
         let (code, stdout, stderr) = self.run(&with_format)?;
-        ensure!(code == Some(0), "cms-server {args:?}: {stderr}");
-        Ok(serde_json::from_str(&stdout)?)
+        let json = serde_json::from_str(&stdout)
+            .with_context(|| format!("cms-server {args:?} exited {code:?}: {stdout}{stderr}"))?;
+        Ok((code, json))
     }
 }
 
@@ -341,8 +348,8 @@ fn a_trigger_converges_the_canary_then_batches_of_the_selection_only_and_a_faili
         );
         ensure!(run_for_trigger(&server, instance.name(), &second)?.is_none());
     }
-    let status = admin.json(&["trigger", "--status", &second])?;
-    ensure!(status["state"] == "stopped", "{status:#}");
+    let (code, status) = admin.json_and_code(&["trigger", "--status", &second])?;
+    ensure!(code == Some(4) && status["state"] == "stopped", "{code:?} {status:#}");
     ensure!(
         batch_of(&status, "web-2") == Some((2, "pending".into())),
         "{status:#}"
