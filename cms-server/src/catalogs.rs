@@ -140,7 +140,13 @@ pub struct Catalogs {
     permits: Arc<Semaphore>,
     state: Mutex<State>,
     capacity: usize,
+    max_bytes: usize,
 }
+
+/// The memory the cache may hold, estimated from catalog sizes: a fleet of
+/// nodes with catalogs of their own must not grow the server without
+/// bound; an evicted catalog is compiled again when asked for.
+pub const CACHE_BYTES: usize = 48 * 1024 * 1024;
 
 #[derive(Debug, Default)]
 struct State {
@@ -150,6 +156,8 @@ struct State {
     /// Compiles in flight: later callers wait on the channel.
     running: HashMap<CatalogKey, watch::Receiver<Option<CompileResult>>>,
     compiles: u64,
+    /// Estimated bytes of the catalogs in `done`.
+    bytes: usize,
     /// What each revision's repository reads of a node.
     reads: HashMap<String, Arc<NodeReads>>,
 }
@@ -169,7 +177,14 @@ impl Catalogs {
             permits: Arc::new(Semaphore::new(max_concurrent_compiles.max(1))),
             state: Mutex::new(State::default()),
             capacity: capacity.max(1),
+            max_bytes: CACHE_BYTES,
         }
+    }
+
+    /// The same with a memory budget other than `CACHE_BYTES`.
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Catalogs {
+        self.max_bytes = max_bytes;
+        self
     }
 
     pub fn stats(&self) -> CatalogStats {
@@ -257,13 +272,20 @@ impl Catalogs {
             let mut state = self.state.lock().expect("catalog cache lock");
             state.compiles += 1;
             state.running.remove(&key);
-            if state.done.len() >= self.capacity
+            let size = estimated_size(&result);
+            while (state.done.len() >= self.capacity || state.bytes + size > self.max_bytes)
                 && let Some(oldest) = state.order.pop_front()
             {
-                state.done.remove(&oldest);
+                if let Some(evicted) = state.done.remove(&oldest) {
+                    state.bytes = state.bytes.saturating_sub(estimated_size(&evicted));
+                }
             }
-            state.done.insert(key.clone(), result.clone());
-            state.order.push_back(key);
+            if let Some(previous) = state.done.insert(key.clone(), result.clone()) {
+                state.bytes = state.bytes.saturating_sub(estimated_size(&previous));
+            } else {
+                state.order.push_back(key);
+            }
+            state.bytes += size;
         }
         let _ = sender.send(Some(result.clone()));
         result
@@ -274,7 +296,25 @@ impl Catalogs {
         let mut state = self.state.lock().expect("catalog cache lock");
         state.done.clear();
         state.order.clear();
+        state.bytes = 0;
         state.reads.clear();
+    }
+}
+
+/// About what a compile result holds in memory: its contents, and a few
+/// hundred bytes per resource and per diagnostic.
+fn estimated_size(result: &CompileResult) -> usize {
+    match result {
+        Ok(catalog) => {
+            catalog
+                .contents
+                .values()
+                .map(|c| c.0.len() + 128)
+                .sum::<usize>()
+                + catalog.resources.len() * 512
+                + 256
+        }
+        Err(diagnostics) => diagnostics.len() * 256 + 256,
     }
 }
 
@@ -477,6 +517,15 @@ mod tests {
                 .expect("compiles");
         }
         assert_eq!(catalogs.stats().cached, 2);
+        // A memory budget bounds it too: these catalogs count ~0.9 KB each.
+        let small = Catalogs::new(100, 1).with_max_bytes(2000);
+        for id in ["a", "b", "c", "d"] {
+            small
+                .get("rev1", repository.clone(), web_node(id))
+                .await
+                .expect("compiles");
+        }
+        assert_eq!(small.stats().cached, 2);
     }
 
     #[tokio::test]

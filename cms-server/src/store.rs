@@ -1429,6 +1429,77 @@ mod tests {
     }
 
     #[test]
+    fn touching_nodes_moves_last_seen_forward_only_and_makes_a_gone_node_active() {
+        let (_dir, store) = fresh_store();
+        store.put_node(&node("a")).unwrap();
+        let mut gone = node("b");
+        gone.status = NodeStatus::Gone;
+        gone.gone_since_unix_ms = Some(2_500);
+        store.put_node(&gone).unwrap();
+        let touched = store
+            .touch_nodes(&[
+                ("a".into(), 1_500),
+                ("b".into(), 3_000),
+                ("unknown".into(), 9_000),
+            ])
+            .unwrap();
+        assert_eq!(touched, 1, "a's stored time is newer; unknown is skipped");
+        assert_eq!(store.node("a").unwrap().unwrap().last_seen_unix_ms, 2_000);
+        let b = store.node("b").unwrap().unwrap();
+        assert_eq!(
+            (b.last_seen_unix_ms, b.status, b.gone_since_unix_ms),
+            (3_000, NodeStatus::Active, None)
+        );
+        assert!(store.node("unknown").unwrap().is_none());
+    }
+
+    #[test]
+    fn contents_put_together_are_stored_once_and_checked_against_their_hash() {
+        let (_dir, store) = fresh_store();
+        let one = b"one".to_vec();
+        let two = b"two".to_vec();
+        let (h1, h2) = (sha256_hex(&one), sha256_hex(&two));
+        let added = store
+            .put_contents([(h1.as_str(), one.as_slice()), (h2.as_str(), two.as_slice())])
+            .unwrap();
+        assert_eq!(added, 2);
+        assert!(store.has_content(&h1).unwrap());
+        assert_eq!(
+            store.put_contents([(h1.as_str(), one.as_slice())]).unwrap(),
+            0
+        );
+        let wrong = sha256_hex(b"three");
+        assert!(matches!(
+            store.put_contents([(wrong.as_str(), one.as_slice())]),
+            Err(StoreError::ContentHashMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn triggers_round_trip() {
+        let (_dir, store) = fresh_store();
+        let trigger = TriggerRecord {
+            id: "t1".into(),
+            selector: tags(&[("role", "web")]),
+            batch: "50%".into(),
+            canary: 1,
+            noop: false,
+            max_failures: 0,
+            state: "running".into(),
+            message: String::new(),
+            started_unix_ms: 1,
+            finished_unix_ms: None,
+            batches: vec![vec!["web-1".into()], vec!["web-2".into()]],
+            batches_started: 1,
+            outcomes: BTreeMap::new(),
+        };
+        store.put_trigger(&trigger).unwrap();
+        assert_eq!(store.trigger("t1").unwrap(), Some(trigger.clone()));
+        assert_eq!(store.triggers().unwrap(), vec![trigger]);
+        assert_eq!(store.trigger("t2").unwrap(), None);
+    }
+
+    #[test]
     fn update_node_changes_an_existing_node_and_ignores_an_unknown_one() {
         let (_dir, store) = fresh_store();
         store.put_node(&node("a")).unwrap();

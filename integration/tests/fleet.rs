@@ -104,7 +104,10 @@ impl Admin {
 
     fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
         let (code, json) = self.json_and_code(args)?;
-        ensure!(code == Some(0), "cms-server {args:?} exited {code:?}: {json:#}");
+        ensure!(
+            code == Some(0),
+            "cms-server {args:?} exited {code:?}: {json:#}"
+        );
         Ok(json)
     }
 
@@ -349,7 +352,10 @@ fn a_trigger_converges_the_canary_then_batches_of_the_selection_only_and_a_faili
         ensure!(run_for_trigger(&server, instance.name(), &second)?.is_none());
     }
     let (code, status) = admin.json_and_code(&["trigger", "--status", &second])?;
-    ensure!(code == Some(4) && status["state"] == "stopped", "{code:?} {status:#}");
+    ensure!(
+        code == Some(4) && status["state"] == "stopped",
+        "{code:?} {status:#}"
+    );
     ensure!(
         batch_of(&status, "web-2") == Some((2, "pending".into())),
         "{status:#}"
