@@ -114,8 +114,11 @@ pub async fn converge_for_trigger(
     let cache = CatalogCache::new(state_dir);
     let cached = cache.load()?;
     let client = connect(&address, &identity).await;
+    // The connection of the pull also carries the report.
+    let mut connection = None;
     let pulled = match client {
         Ok(mut client) => {
+            connection = Some(client.clone());
             let request = pb::CatalogRequest {
                 facts_json: serde_json::to_string(&facts)?,
                 have_catalog_id: cached
@@ -192,7 +195,11 @@ pub async fn converge_for_trigger(
     if let Some(note) = &pulled.note {
         eprintln!("warning: {note}");
     }
-    if let Err(error) = deliver_reports(&address, &identity, &queue).await {
+    let delivered = match connection {
+        Some(mut client) => deliver_with(&mut client, &queue).await,
+        None => deliver_reports(&address, &identity, &queue).await,
+    };
+    if let Err(error) = delivered {
         eprintln!("warning: reports stay queued until the server takes them: {error:#}");
     }
     Ok(report)
@@ -219,6 +226,15 @@ pub async fn deliver_reports(
         return Ok(0);
     }
     let mut client = connect(address, identity).await?;
+    deliver_with(&mut client, queue).await
+}
+
+/// Sends every queued report over an open connection, oldest first.
+async fn deliver_with(
+    client: &mut pb::agent_client::AgentClient<tonic::transport::Channel>,
+    queue: &ReportQueue,
+) -> anyhow::Result<usize> {
+    let pending = queue.pending_proto()?;
     let mut delivered = 0;
     for (path, report) in pending {
         client
@@ -390,10 +406,38 @@ pub async fn run_daemon(
         // interval plus this node's splay, or at once when asked.
         let next_run =
             tokio::time::Instant::now() + config.interval + splay_for(state_dir, config.splay);
+        let mut delivery_attempt = 0u32;
         loop {
             let renew_at = renewal_instant(state_dir);
+            // Reports the server did not take are offered again soon, with
+            // backoff and jitter, not only at the next run.
+            let queued = ReportQueue::new(state_dir)
+                .pending()
+                .map(|p| !p.is_empty())
+                .unwrap_or(false);
+            let deliver_at = if queued {
+                tokio::time::Instant::now()
+                    + Duration::from_secs(1)
+                    + backoff_delay(delivery_attempt, seed)
+            } else {
+                next_run + Duration::from_secs(3600)
+            };
             tokio::select! {
                 _ = tokio::time::sleep_until(next_run) => break,
+                _ = tokio::time::sleep_until(deliver_at) => {
+                    let address = ServerAddress::parse(&server)?;
+                    let delivered = match load_identity(state_dir)? {
+                        Some(identity) => deliver_reports(&address, &identity, &ReportQueue::new(state_dir)).await,
+                        None => Ok(0),
+                    };
+                    match delivered {
+                        Ok(count) => {
+                            eprintln!("delivered {count} queued report(s)");
+                            delivery_attempt = 0;
+                        }
+                        Err(_) => delivery_attempt = (delivery_attempt + 1).min(16),
+                    }
+                }
                 request = requests.recv() => {
                     next = request;
                     break;
