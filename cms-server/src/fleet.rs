@@ -36,6 +36,8 @@ pub struct Fleet {
     next_watcher: AtomicU64,
     /// Last-seen times not yet written to the store.
     seen: Mutex<HashMap<String, u64>>,
+    /// New facts not yet written to the store.
+    facts: Mutex<HashMap<String, serde_json::Value>>,
     /// Triggers waiting for a node's report: (trigger id, node id).
     waiting: Mutex<HashMap<(String, String), oneshot::Sender<TriggerOutcome>>>,
     /// Progress of the triggers running in this process.
@@ -147,6 +149,16 @@ impl Fleet {
         *entry = (*entry).max(at_unix_ms);
     }
 
+    /// Notes a node's new facts (and that it called), written with the next
+    /// batch of last-seen times.
+    pub fn note_facts(&self, node_id: &str, at_unix_ms: u64, facts: serde_json::Value) {
+        self.facts
+            .lock()
+            .expect("facts lock")
+            .insert(node_id.to_string(), facts);
+        self.note_seen(node_id, at_unix_ms);
+    }
+
     /// When the node was last seen: now if it holds a `Watch` stream, else
     /// the later of the stored time and one not yet written.
     pub fn last_seen(&self, node_id: &str, stored_unix_ms: u64, now: u64) -> u64 {
@@ -163,18 +175,28 @@ impl Fleet {
         stored_unix_ms.max(pending)
     }
 
-    /// Takes the last-seen times to write.
-    pub fn take_seen(&self) -> Vec<(String, u64)> {
+    /// Takes the last-seen times (and new facts) to write.
+    pub fn take_seen(&self) -> Vec<(String, u64, Option<serde_json::Value>)> {
+        let mut facts = std::mem::take(&mut *self.facts.lock().expect("facts lock"));
         let mut seen = self.seen.lock().expect("seen lock");
-        let mut taken: Vec<(String, u64)> = seen.drain().collect();
-        taken.sort();
+        let mut taken: Vec<(String, u64, Option<serde_json::Value>)> = seen
+            .drain()
+            .map(|(node, at)| {
+                let facts = facts.remove(&node);
+                (node, at, facts)
+            })
+            .collect();
+        taken.sort_by(|a, b| a.0.cmp(&b.0));
         taken
     }
 
-    /// Puts back times whose write failed, so they are tried again.
-    fn restore_seen(&self, times: Vec<(String, u64)>) {
-        for (node, at) in times {
-            self.note_seen(&node, at);
+    /// Puts back what could not be written, so it is tried again.
+    fn restore_seen(&self, times: Vec<(String, u64, Option<serde_json::Value>)>) {
+        for (node, at, facts) in times {
+            match facts {
+                Some(facts) => self.note_facts(&node, at, facts),
+                None => self.note_seen(&node, at),
+            }
         }
     }
 
@@ -606,7 +628,7 @@ async fn flush_seen(state: &Arc<ServerState>) {
     }
     let store = state.store.clone();
     let copy = seen.clone();
-    match tokio::task::spawn_blocking(move || store.touch_nodes(&copy)).await {
+    match tokio::task::spawn_blocking(move || store.touch_nodes_with_facts(&copy)).await {
         Ok(Ok(_)) => {}
         result => {
             tracing::warn!("Failed to record when nodes were last seen: {result:?}");

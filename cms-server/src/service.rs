@@ -99,6 +99,31 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(internal)?
 }
 
+/// Signs a node's CSR; the caller records the certificate.
+fn sign_certificate(
+    state: &ServerState,
+    csr_pem: &str,
+    node_id: &str,
+) -> Result<
+    (
+        crate::pki::IssuedCertificate,
+        crate::store::CertificateRecord,
+    ),
+    Status,
+> {
+    let issued = state
+        .ca
+        .sign_node_csr(csr_pem, node_id, state.config.certificate_validity)
+        .map_err(|e| Status::invalid_argument(format!("{e}")))?;
+    let record = crate::store::CertificateRecord {
+        serial: issued.serial_hex.clone(),
+        node_id: node_id.to_string(),
+        not_after_unix: issued.not_after_unix.max(0) as u64,
+        revoked: false,
+    };
+    Ok((issued, record))
+}
+
 /// Signs a node's CSR and records the certificate, so it can be revoked.
 fn issue_certificate(
     state: &ServerState,
@@ -201,11 +226,11 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
                 state.store.revoke_node(&node_id).map_err(internal)?;
                 state.store.remove_node(&node_id).map_err(internal)?;
             }
-            let issued = issue_certificate(&state, &request.csr_pem, &node_id)?;
+            let (issued, certificate) = sign_certificate(&state, &request.csr_pem, &node_id)?;
             let kept = previous.filter(|_| same_instance);
             state
                 .store
-                .put_node(&NodeRecord {
+                .record_enrollment(&certificate, &NodeRecord {
                     id: node_id.clone(),
                     tags: tags.clone(),
                     facts: kept
@@ -269,7 +294,7 @@ impl pb::agent_server::Agent for AgentService {
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("node {node_id} is not enrolled")))?;
         let now = now_unix_ms();
-        if node_record.facts != facts_value || node_record.status != NodeStatus::Active {
+        if node_record.status != NodeStatus::Active {
             let store_state = state.clone();
             let id_for_store = node_id.clone();
             blocking(move || {
@@ -284,6 +309,8 @@ impl pb::agent_server::Agent for AgentService {
                     .map_err(internal)
             })
             .await?;
+        } else if node_record.facts != facts_value {
+            state.fleet.note_facts(&node_id, now, facts_value);
         } else {
             state.fleet.note_seen(&node_id, now);
         }

@@ -506,13 +506,47 @@ impl Store {
         }
     }
 
+    /// Records an enrollment: the certificate issued and the node record,
+    /// together in one transaction and one flush.
+    pub fn record_enrollment(
+        &self,
+        certificate: &CertificateRecord,
+        node: &NodeRecord,
+    ) -> Result<(), StoreError> {
+        check_node_id(&node.id)?;
+        let certificate_value = encode("certificate record", certificate)?;
+        let node_value = encode("node record", node)?;
+        (&self.certificates, &self.nodes)
+            .transaction(|(certificates, nodes)| {
+                certificates.insert(certificate.serial.as_bytes(), certificate_value.clone())?;
+                nodes.insert(node.id.as_bytes(), node_value.clone())?;
+                Ok::<_, TxError>(())
+            })
+            .map_err(|e| transaction_error(format!("record the enrollment of {}", node.id), e))?;
+        self.flush()
+    }
+
     /// Records when nodes were last seen, many at once with one flush: the
     /// server notes a node's calls in memory and writes them here every few
     /// seconds, so a `GetCatalog` that changes nothing costs no fsync. A
     /// time older than the stored one is ignored; unknown nodes are skipped.
     pub fn touch_nodes(&self, seen: &[(String, u64)]) -> Result<usize, StoreError> {
+        let with_facts: Vec<(String, u64, Option<serde_json::Value>)> = seen
+            .iter()
+            .map(|(id, at)| (id.clone(), *at, None))
+            .collect();
+        self.touch_nodes_with_facts(&with_facts)
+    }
+
+    /// The same, also replacing the facts of nodes that sent new ones (the
+    /// facts are informational: catalogs are compiled from the facts of
+    /// each request, so they may wait for the batch like last-seen times).
+    pub fn touch_nodes_with_facts(
+        &self,
+        seen: &[(String, u64, Option<serde_json::Value>)],
+    ) -> Result<usize, StoreError> {
         let mut touched = 0;
-        for (id, at) in seen {
+        for (id, at, facts) in seen {
             loop {
                 let Some(current) = self
                     .nodes
@@ -522,8 +556,15 @@ impl Store {
                     break;
                 };
                 let mut node: NodeRecord = decode(NODES, id.as_bytes(), &current)?;
-                if node.last_seen_unix_ms >= *at && node.status == NodeStatus::Active {
+                let new_facts = facts.as_ref().filter(|f| **f != node.facts);
+                if node.last_seen_unix_ms >= *at
+                    && node.status == NodeStatus::Active
+                    && new_facts.is_none()
+                {
                     break;
+                }
+                if let Some(facts) = new_facts {
+                    node.facts = facts.clone();
                 }
                 node.last_seen_unix_ms = node.last_seen_unix_ms.max(*at);
                 node.status = NodeStatus::Active;
@@ -754,8 +795,11 @@ impl Store {
 
     /// Stores `bytes` under their sha256, after checking that it is `sha`.
     /// Storing the same content again is cheap and harmless.
-    /// Stores the contents not stored yet, with one flush for all; returns
-    /// how many were new. What a catalog's first delivery does.
+    /// Stores the contents not stored yet; returns how many were new. What a
+    /// catalog's first delivery does. Not flushed: contents are derived
+    /// from the revision, and a content lost in a crash is stored again by
+    /// the next compile that needs it (sled writes its log within half a
+    /// second anyway).
     pub fn put_contents<'a>(
         &self,
         contents: impl IntoIterator<Item = (&'a str, &'a [u8])>,
@@ -776,9 +820,6 @@ impl Store {
             }
             self.contents.insert(sha, bytes).map_err(write_error)?;
             added += 1;
-        }
-        if added > 0 {
-            self.flush()?;
         }
         Ok(added)
     }
@@ -1120,6 +1161,11 @@ fn backend(action: String, source: sled::Error) -> StoreError {
     }
 }
 
+/// sled's page cache, bounded so the server's memory stays bounded however
+/// many nodes, reports and contents the store holds (sled's default is
+/// 1 GiB).
+const CACHE_CAPACITY: u64 = 32 * 1024 * 1024;
+
 /// How long `Store::open` waits for sled's lock on the database file.
 /// sled takes an exclusive `flock` on open and releases it only when its
 /// background threads have let go of the file, some milliseconds after the
@@ -1133,7 +1179,11 @@ const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(10);
 fn open_database(dir: &Path, lock_wait: Duration) -> Result<sled::Db, StoreError> {
     let deadline = Instant::now() + lock_wait;
     loop {
-        match sled::Config::new().path(dir).open() {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_CAPACITY)
+            .open()
+        {
             Ok(db) => return Ok(db),
             Err(source) if is_lock_contention(&source) => {
                 if Instant::now() >= deadline {
