@@ -29,10 +29,13 @@ use crate::store::{NodeRecord, NodeStatus, TriggerOutcome, TriggerRecord};
 /// How many converge-now commands may wait for one agent's stream.
 pub const WATCH_QUEUE: usize = 4;
 
+/// One registered `Watch` stream: its number and where its events go.
+type WatchSender = (u64, mpsc::Sender<pb::WatchEvent>);
+
 /// The live fleet state of one server.
 #[derive(Debug, Default)]
 pub struct Fleet {
-    watchers: Mutex<HashMap<String, Vec<(u64, mpsc::Sender<pb::WatchEvent>)>>>,
+    watchers: Mutex<HashMap<String, Vec<WatchSender>>>,
     next_watcher: AtomicU64,
     /// Last-seen times not yet written to the store.
     seen: Mutex<HashMap<String, u64>>,

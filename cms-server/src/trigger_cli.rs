@@ -89,9 +89,10 @@ pub async fn run(args: TriggerArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn exit_code(progress: &pb::TriggerProgress) -> ExitCode {
-    if progress.state == "done" && progress.failed == 0 && progress.unreachable == 0 {
-        ExitCode::SUCCESS
-    } else if progress.state == "running" {
+    let all_converged =
+        progress.state == "done" && progress.failed == 0 && progress.unreachable == 0;
+    // A trigger still running (seen with --status) is not a failure yet.
+    if all_converged || progress.state == "running" {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
