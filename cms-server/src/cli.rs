@@ -52,7 +52,7 @@ pub enum Command {
     /// after batch, stopping when failures pass the limit; or show a
     /// trigger's progress with --status.
     #[command(
-        after_help = "Examples:\n  cms-server trigger --select role=web --canary 1 --batch 50%\n  cms-server trigger --select role=api,env=prod --batch 25% --max-failures 2\n  cms-server trigger --select role=api --noop\n  cms-server trigger --status t1764108000000\n\nExit status: 0 every node converged (changed or unchanged), 4 a node failed or was unreachable, or the rollout stopped, 1 the trigger could not start."
+        after_help = "Examples:\n  cms-server trigger --select role=web --canary 1 --batch 50%\n  cms-server trigger --select role=api,env=prod --batch 25% --max-failures 2\n  cms-server trigger --select role=api --noop\n  cms-server trigger --status t1764108000000\n\nExit status: 0 every node converged (changed or unchanged), 4 a node failed or was unreachable, or the rollout stopped, 3 the trigger could not start (no node matches, the server cannot be reached)."
     )]
     Trigger(TriggerArgs),
     /// Check a roles repository: validate every role, or print the catalog
