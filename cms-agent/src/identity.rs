@@ -189,6 +189,63 @@ pub fn load_identity(state_dir: &Path) -> Result<Option<Identity>, IdentityError
     }))
 }
 
+/// When a certificate's validity starts and ends, in seconds since the
+/// Unix epoch.
+pub fn certificate_validity(certificate_pem: &str) -> Result<(i64, i64), IdentityError> {
+    let invalid = |reason: String| IdentityError::Invalid {
+        path: PathBuf::from(CERTIFICATE_FILE),
+        reason,
+    };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(certificate_pem.as_bytes())
+        .map_err(|e| invalid(format!("the certificate is not PEM: {e}")))?;
+    let certificate = pem
+        .parse_x509()
+        .map_err(|e| invalid(format!("the certificate does not parse: {e}")))?;
+    let validity = certificate.validity();
+    Ok((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
+/// When the certificate is due for renewal: once two thirds of its
+/// lifetime have passed (8 hours before the end of a day-long one), so a
+/// node that misses a renewal has many chances before it expires. The
+/// lifetime counts from when the agent received it (`received_unix`, the
+/// time `cert.pem` was written), since the server backdates `notBefore` a
+/// little to allow for clock skew.
+pub fn renewal_due_unix(certificate_pem: &str, received_unix: i64) -> Result<i64, IdentityError> {
+    let (not_before, not_after) = certificate_validity(certificate_pem)?;
+    let issued = received_unix.clamp(not_before, not_after);
+    Ok(issued + (not_after - issued) * 2 / 3)
+}
+
+/// When `cert.pem` was written, in seconds since the Unix epoch.
+pub fn certificate_received_unix(state_dir: &Path) -> Option<i64> {
+    let modified = std::fs::metadata(state_dir.join(CERTIFICATE_FILE))
+        .and_then(|m| m.modified())
+        .ok()?;
+    modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs() as i64)
+}
+
+/// Moves an identity that can no longer be used (its certificate expired)
+/// aside as `*.expired`, so the agent enrolls again; kept for inspection.
+pub fn retire_identity(state_dir: &Path) -> Result<(), IdentityError> {
+    for (name, _) in INSTALL_ORDER.iter().rev() {
+        let from = state_dir.join(name);
+        let to = state_dir.join(format!("{name}.expired"));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(IdentityError::Write { path: to, source }),
+        }
+    }
+    sync_directory(state_dir)
+}
+
 impl fmt::Debug for Identity {
     // Never prints the private key.
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -369,6 +426,31 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn renewal_is_due_when_two_thirds_of_the_lifetime_since_receipt_have_passed() {
+        const DAY: i64 = 24 * 3600;
+        const JAN_1_2030: i64 = 1_893_456_000;
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.not_before = rcgen::date_time_ymd(2030, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2030, 1, 31);
+        let pem = params.self_signed(&key).unwrap().pem();
+        assert_eq!(
+            certificate_validity(&pem).unwrap(),
+            (JAN_1_2030, JAN_1_2030 + 30 * DAY)
+        );
+        // Received 3 days after its (backdated) start: 27 days left, due
+        // after 18 of them.
+        assert_eq!(
+            renewal_due_unix(&pem, JAN_1_2030 + 3 * DAY).unwrap(),
+            JAN_1_2030 + 21 * DAY
+        );
+        // A receipt time outside the validity (a clock set wrong) is
+        // clamped into it.
+        assert_eq!(renewal_due_unix(&pem, 0).unwrap(), JAN_1_2030 + 20 * DAY);
+        assert!(certificate_validity("not a certificate").is_err());
     }
 
     #[test]

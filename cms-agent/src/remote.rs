@@ -86,6 +86,19 @@ pub async fn converge_from_server(
     noop: bool,
     metadata_endpoint: Option<String>,
 ) -> anyhow::Result<RunReport> {
+    converge_for_trigger(state_dir, server, noop, metadata_endpoint, "").await
+}
+
+/// One run asked for by a fleet trigger (`trigger_id` empty for a run of
+/// the agent's own schedule): the report names the trigger, so the server
+/// can tell the trigger this node's outcome.
+pub async fn converge_for_trigger(
+    state_dir: &Path,
+    server: &str,
+    noop: bool,
+    metadata_endpoint: Option<String>,
+    trigger_id: &str,
+) -> anyhow::Result<RunReport> {
     let lock_dir = state_dir.to_path_buf();
     let _lock = tokio::task::spawn_blocking(move || {
         RunLock::acquire(&lock_dir, |holder| {
@@ -101,8 +114,11 @@ pub async fn converge_from_server(
     let cache = CatalogCache::new(state_dir);
     let cached = cache.load()?;
     let client = connect(&address, &identity).await;
+    // The connection of the pull also carries the report.
+    let mut connection = None;
     let pulled = match client {
         Ok(mut client) => {
+            connection = Some(client.clone());
             let request = pb::CatalogRequest {
                 facts_json: serde_json::to_string(&facts)?,
                 have_catalog_id: cached
@@ -170,11 +186,20 @@ pub async fn converge_from_server(
     .await?;
     save_report(state_dir, &report)?;
     let queue = ReportQueue::new(state_dir);
-    queue.enqueue_with(&report, &pulled.revision, pulled.note.as_deref())?;
+    queue.enqueue_for_trigger(
+        &report,
+        &pulled.revision,
+        pulled.note.as_deref(),
+        trigger_id,
+    )?;
     if let Some(note) = &pulled.note {
         eprintln!("warning: {note}");
     }
-    if let Err(error) = deliver_reports(&address, &identity, &queue).await {
+    let delivered = match connection {
+        Some(mut client) => deliver_with(&mut client, &queue).await,
+        None => deliver_reports(&address, &identity, &queue).await,
+    };
+    if let Err(error) = delivered {
         eprintln!("warning: reports stay queued until the server takes them: {error:#}");
     }
     Ok(report)
@@ -201,6 +226,15 @@ pub async fn deliver_reports(
         return Ok(0);
     }
     let mut client = connect(address, identity).await?;
+    deliver_with(&mut client, queue).await
+}
+
+/// Sends every queued report over an open connection, oldest first.
+async fn deliver_with(
+    client: &mut pb::agent_client::AgentClient<tonic::transport::Channel>,
+    queue: &ReportQueue,
+) -> anyhow::Result<usize> {
+    let pending = queue.pending_proto()?;
     let mut delivered = 0;
     for (path, report) in pending {
         client
@@ -260,9 +294,20 @@ pub fn to_proto(report: &RunReport, revision: &str, note: Option<&str>) -> pb::R
     }
 }
 
+/// A converge the server asked for over the `Watch` stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvergeRequest {
+    pub trigger_id: String,
+    pub noop: bool,
+}
+
 /// The daemon: converge at boot (enrolling first when there is a token and
 /// no identity), then every interval plus this node's splay, until SIGTERM
 /// or Ctrl-C. A failed run is reported and the next one comes on schedule.
+/// Meanwhile it holds a `Watch` stream open (reconnecting with backoff and
+/// jitter): a converge-now from the server runs at once, or right after the
+/// run in progress. The certificate is renewed when two thirds of its
+/// lifetime have passed.
 pub async fn run_daemon(
     state_dir: &Path,
     config: crate::config::AgentConfig,
@@ -270,7 +315,24 @@ pub async fn run_daemon(
 ) -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut backoff = Duration::from_secs(5);
+    let seed = jitter_seed();
+    let mut enroll_attempt = 0u32;
+    let (requests_sender, mut requests) = tokio::sync::mpsc::channel::<ConvergeRequest>(16);
+    let mut watcher: Option<tokio::task::JoinHandle<()>> = None;
+    let mut next: Option<ConvergeRequest> = None;
     loop {
+        if let Some(identity) = load_identity(state_dir)?
+            && certificate_expired(&identity)
+            && config.token.is_some()
+        {
+            eprintln!(
+                "the node certificate has expired (the agent was away too long): enrolling again"
+            );
+            crate::identity::retire_identity(state_dir)?;
+            if let Some(watcher) = watcher.take() {
+                watcher.abort();
+            }
+        }
         if load_identity(state_dir)?.is_none() {
             let (Some(server), Some(token)) = (config.server.clone(), config.token.clone()) else {
                 bail!(
@@ -289,13 +351,17 @@ pub async fn run_daemon(
             {
                 Ok(response) => tracing::info!(node = %response.node_id, "enrolled"),
                 Err(error) => {
-                    tracing::error!("{error:#}; retrying in {} s", backoff.as_secs());
+                    // Jittered, so a fleet refused at once does not come
+                    // back at once.
+                    let wait = backoff / 2 + backoff_delay(enroll_attempt, seed).min(backoff / 2);
+                    tracing::error!("{error:#}; retrying in {} s", wait.as_secs());
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = terminate.recv() => return Ok(()),
                         _ = tokio::signal::ctrl_c() => return Ok(()),
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(300));
+                    enroll_attempt += 1;
                     continue;
                 }
             }
@@ -305,8 +371,31 @@ pub async fn run_daemon(
             .clone()
             .or_else(|| enrolled_server(state_dir))
             .context("Failed to find the server: set `server` in /etc/cms/agent.toml")?;
-        match converge_from_server(state_dir, &server, false, config.metadata_endpoint.clone())
-            .await
+        if watcher.as_ref().is_none_or(|w| w.is_finished()) {
+            watcher = Some(tokio::spawn(watch_loop(
+                state_dir.to_path_buf(),
+                server.clone(),
+                requests_sender.clone(),
+            )));
+        }
+        let request = next.take();
+        let (noop, trigger_id) = request
+            .as_ref()
+            .map_or((false, ""), |r| (r.noop, r.trigger_id.as_str()));
+        if !trigger_id.is_empty() {
+            eprintln!(
+                "converging now for trigger {trigger_id}{}",
+                if noop { " (noop)" } else { "" }
+            );
+        }
+        match converge_for_trigger(
+            state_dir,
+            &server,
+            noop,
+            config.metadata_endpoint.clone(),
+            trigger_id,
+        )
+        .await
         {
             Ok(report) => {
                 crate::textfile::record(&config.textfile, &report);
@@ -314,13 +403,179 @@ pub async fn run_daemon(
             }
             Err(error) => tracing::error!("{error:#}"),
         }
-        let wait = config.interval + splay_for(state_dir, config.splay);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = terminate.recv() => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+        // The first run at boot is never delayed; later ones come every
+        // interval plus this node's splay, or at once when asked.
+        let next_run =
+            tokio::time::Instant::now() + config.interval + splay_for(state_dir, config.splay);
+        let mut delivery_attempt = 0u32;
+        loop {
+            let renew_at = renewal_instant(state_dir);
+            // Reports the server did not take are offered again soon, with
+            // backoff and jitter, not only at the next run.
+            let queued = ReportQueue::new(state_dir)
+                .pending()
+                .map(|p| !p.is_empty())
+                .unwrap_or(false);
+            let deliver_at = if queued {
+                tokio::time::Instant::now()
+                    + Duration::from_secs(1)
+                    + backoff_delay(delivery_attempt, seed)
+            } else {
+                next_run + Duration::from_secs(3600)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_run) => break,
+                _ = tokio::time::sleep_until(deliver_at) => {
+                    let address = ServerAddress::parse(&server)?;
+                    let delivered = match load_identity(state_dir)? {
+                        Some(identity) => deliver_reports(&address, &identity, &ReportQueue::new(state_dir)).await,
+                        None => Ok(0),
+                    };
+                    match delivered {
+                        Ok(count) => {
+                            eprintln!("delivered {count} queued report(s)");
+                            delivery_attempt = 0;
+                        }
+                        Err(_) => delivery_attempt = (delivery_attempt + 1).min(16),
+                    }
+                }
+                request = requests.recv() => {
+                    next = request;
+                    break;
+                }
+                _ = tokio::time::sleep_until(renew_at) => {
+                    match renew_certificate(state_dir, &server).await {
+                        Ok(not_after) => eprintln!("renewed the node certificate; it is valid until {not_after} (Unix time)"),
+                        Err(error) => {
+                            eprintln!("warning: Failed to renew the node certificate: {error:#}; trying again soon");
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff_delay(3, jitter_seed()) + Duration::from_secs(1)) => {}
+                                _ = terminate.recv() => return Ok(()),
+                            }
+                        }
+                    }
+                }
+                _ = terminate.recv() => return Ok(()),
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
         }
     }
+}
+
+/// Whether the node certificate is past its end.
+fn certificate_expired(identity: &crate::identity::Identity) -> bool {
+    crate::identity::certificate_validity(&identity.certificate_pem)
+        .is_ok_and(|(_, not_after)| not_after <= now_unix())
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// When to renew the certificate, as a tokio instant; far away when the
+/// agent has no identity.
+fn renewal_instant(state_dir: &Path) -> tokio::time::Instant {
+    let far = tokio::time::Instant::now() + Duration::from_secs(24 * 3600);
+    let Ok(Some(identity)) = load_identity(state_dir) else {
+        return far;
+    };
+    let received = crate::identity::certificate_received_unix(state_dir).unwrap_or(0);
+    match crate::identity::renewal_due_unix(&identity.certificate_pem, received) {
+        Ok(due) => {
+            let wait = (due - now_unix()).max(0) as u64;
+            tokio::time::Instant::now() + Duration::from_secs(wait)
+        }
+        Err(_) => far,
+    }
+}
+
+/// Renews the node certificate with a new key: the server signs a CSR for
+/// the node it knows by the current certificate. Returns the new end of
+/// validity. Holds the run lock, so a run never sees half an identity.
+pub async fn renew_certificate(state_dir: &Path, server: &str) -> anyhow::Result<i64> {
+    let lock_dir = state_dir.to_path_buf();
+    let _lock = tokio::task::spawn_blocking(move || RunLock::acquire(&lock_dir, |_| {})).await??;
+    let identity =
+        load_identity(state_dir)?.context("Failed to renew: this agent is not enrolled")?;
+    let address = ServerAddress::parse(server)?;
+    let key = generate_key_and_csr("renewal")?;
+    let mut client = connect(&address, &identity).await?;
+    let response = client
+        .renew(pb::RenewRequest {
+            csr_pem: key.csr_pem.clone(),
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("Failed to renew: {}", status.message()))?
+        .into_inner();
+    save_identity(
+        state_dir,
+        &key.private_key_pem,
+        &response.certificate_pem,
+        &response.ca_certificate_pem,
+    )?;
+    Ok(response.not_after)
+}
+
+/// Holds a `Watch` stream open and passes converge-now commands on;
+/// reconnects with exponential backoff and full jitter when the stream
+/// breaks, so a restarted server is not hit by the whole fleet at once.
+async fn watch_loop(
+    state_dir: std::path::PathBuf,
+    server: String,
+    requests: tokio::sync::mpsc::Sender<ConvergeRequest>,
+) {
+    let seed = jitter_seed();
+    let mut attempt = 0u32;
+    loop {
+        match watch_once(&state_dir, &server, &requests, &mut attempt).await {
+            Ok(()) => {}
+            Err(error) if attempt == 0 => {
+                eprintln!("warning: the watch stream ended: {error:#}; reconnecting");
+            }
+            Err(_) => {}
+        }
+        if requests.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff_delay(attempt, seed)).await;
+        attempt = (attempt + 1).min(16);
+    }
+}
+
+async fn watch_once(
+    state_dir: &Path,
+    server: &str,
+    requests: &tokio::sync::mpsc::Sender<ConvergeRequest>,
+    attempt: &mut u32,
+) -> anyhow::Result<()> {
+    let identity = load_identity(state_dir)?.context("not enrolled")?;
+    let address = ServerAddress::parse(server)?;
+    let mut client = connect(&address, &identity).await?;
+    let mut stream = client
+        .watch(pb::WatchRequest {})
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+        .into_inner();
+    while let Some(event) = stream
+        .message()
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+    {
+        // The server answered: the next break starts the backoff afresh.
+        *attempt = 0;
+        if let Some(pb::watch_event::Event::ConvergeNow(command)) = event.event {
+            let _ = requests
+                .send(ConvergeRequest {
+                    trigger_id: command.trigger_id,
+                    noop: command.noop,
+                })
+                .await;
+        }
+    }
+    Ok(())
 }
 
 /// The same delay for a node on every run, different across nodes, so a

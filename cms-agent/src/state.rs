@@ -119,6 +119,22 @@ impl ReportQueue {
         self.enqueue_with(report, "", None)
     }
 
+    /// Queues the report of a run a fleet trigger asked for.
+    pub fn enqueue_for_trigger(
+        &self,
+        report: &RunReport,
+        revision: &str,
+        note: Option<&str>,
+        trigger_id: &str,
+    ) -> anyhow::Result<PathBuf> {
+        self.write(QueuedReport {
+            report: report.clone(),
+            revision: revision.to_string(),
+            note: note.map(str::to_string),
+            trigger_id: trigger_id.to_string(),
+        })
+    }
+
     /// Queues a report with the revision its catalog came from and a note
     /// (why it did not use a fresh catalog).
     pub fn enqueue_with(
@@ -127,11 +143,16 @@ impl ReportQueue {
         revision: &str,
         note: Option<&str>,
     ) -> anyhow::Result<PathBuf> {
-        let queued = QueuedReport {
+        self.write(QueuedReport {
             report: report.clone(),
             revision: revision.to_string(),
             note: note.map(str::to_string),
-        };
+            trigger_id: String::new(),
+        })
+    }
+
+    fn write(&self, queued: QueuedReport) -> anyhow::Result<PathBuf> {
+        let report = &queued.report;
         let bytes = serde_json::to_vec(&queued).context("Failed to encode the run report")?;
         // Start time first, so names sort oldest first.
         let path = self.dir.join(format!(
@@ -187,11 +208,12 @@ impl ReportQueue {
             .pending()?
             .into_iter()
             .map(|(path, queued)| {
-                let proto = crate::remote::to_proto(
+                let mut proto = crate::remote::to_proto(
                     &queued.report,
                     &queued.revision,
                     queued.note.as_deref(),
                 );
+                proto.trigger_id = queued.trigger_id;
                 (path, proto)
             })
             .collect())
@@ -213,6 +235,9 @@ pub struct QueuedReport {
     pub report: RunReport,
     pub revision: String,
     pub note: Option<String>,
+    /// The fleet trigger that asked for the run, if any.
+    #[serde(default)]
+    pub trigger_id: String,
 }
 
 fn sanitize(text: &str) -> String {

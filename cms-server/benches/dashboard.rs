@@ -65,6 +65,7 @@ fn node(i: usize) -> NodeRecord {
             noop: false,
         }),
         status: NodeStatus::Active,
+        gone_since_unix_ms: None,
     }
 }
 

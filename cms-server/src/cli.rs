@@ -61,6 +61,13 @@ pub enum Command {
         after_help = "Examples:\n  cms-server dashboard-token --data /var/lib/cms-server\n\nThe dashboard is at https://SERVER:7471/dashboard when the server runs with --http-tls."
     )]
     DashboardToken(DashboardTokenArgs),
+    /// Converge a selection of the fleet now: the canary first, then batch
+    /// after batch, stopping when failures pass the limit; or show a
+    /// trigger's progress with --status.
+    #[command(
+        after_help = "Examples:\n  cms-server trigger --select role=web --canary 1 --batch 50%\n  cms-server trigger --select role=api,env=prod --batch 25% --max-failures 2\n  cms-server trigger --select role=api --noop\n  cms-server trigger --status t1764108000000\n\nExit status: 0 every node converged (changed or unchanged), 4 a node failed or was unreachable, or the rollout stopped, 3 the trigger could not start (no node matches, the server cannot be reached)."
+    )]
+    Trigger(TriggerArgs),
     /// Check a roles repository: validate every role, or print the catalog
     /// that a node with the given tags would get.
     #[command(
@@ -144,6 +151,33 @@ pub struct ServeArgs {
     /// Logs as text lines (for journald or a terminal) or JSON objects.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = cms_logging::LogFormat::Text, env = "CMS_LOG_FORMAT")]
     pub log_format: cms_logging::LogFormat,
+    /// How long a node certificate is valid; agents renew theirs when two
+    /// thirds of it have passed.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "24h",
+        env = "CMS_SERVER_CERTIFICATE_LIFETIME"
+    )]
+    pub certificate_lifetime: String,
+    /// A node not seen for this long is marked gone and its name is free
+    /// for a new instance.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "2h",
+        env = "CMS_SERVER_GONE_AFTER"
+    )]
+    pub gone_after: String,
+    /// A gone node is removed, and its certificates refused, this long
+    /// after it was marked gone.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "24h",
+        env = "CMS_SERVER_REMOVE_AFTER"
+    )]
+    pub remove_after: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -151,6 +185,35 @@ pub struct DashboardTokenArgs {
     /// The server's data directory, where the token's hash is kept.
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TriggerArgs {
+    /// The nodes to converge: tags as name=value or glob, all must hold.
+    #[arg(long, value_name = "K=V,...", required_unless_present = "status")]
+    pub select: Option<String>,
+    /// How many nodes converge at once after the canary: a count or a
+    /// percentage of the selected nodes [default: all at once].
+    #[arg(long, value_name = "N|P%")]
+    pub batch: Option<String>,
+    /// How many nodes converge first, alone; any failure among them stops
+    /// the rollout.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub canary: u32,
+    /// Ask the nodes what would change, change nothing.
+    #[arg(long)]
+    pub noop: bool,
+    /// How many nodes may fail (or be unreachable) before the rollout stops.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_failures: u32,
+    /// How long to wait for one node's report.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub timeout: String,
+    /// Show the progress or result of a trigger instead of starting one.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["select", "batch", "canary", "noop", "max_failures"])]
+    pub status: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// Finding the running server and its admin credential.

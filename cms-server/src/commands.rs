@@ -21,7 +21,7 @@ use crate::server::ServeConfig;
 pub const EXAMPLE_REPOSITORY: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/../roles/examples/roles-repo");
 
-fn data_dir(flag: &Option<PathBuf>) -> PathBuf {
+pub fn data_dir(flag: &Option<PathBuf>) -> PathBuf {
     flag.clone().unwrap_or_else(|| {
         default_data_dir(
             std::env::var_os("HOME").map(PathBuf::from),
@@ -121,10 +121,11 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", crate::dashboard::create_token(&data_dir(&args.data))?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Trigger(args) => crate::trigger_cli::run(args).await,
     }
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }
 
@@ -137,42 +138,54 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "Failed to find a roles repository to serve\nhint: pass --repo with a git URL or a folder"
         ),
     };
-    let config = ServeConfig {
-        data_dir: data_dir(&args.data),
-        repo,
-        branch: args.branch,
-        sync_interval: Duration::from_secs(
-            cms_roles::parse_duration(&args.sync_interval)
-                .map_err(anyhow::Error::msg)?
-                .max(1),
-        ),
-        certificate_validity: Duration::from_secs(30 * 24 * 3600),
-        server_names: args.server_names,
-        server_addresses: Vec::new(),
-        webhook_secret: args.webhook_secret,
-        http_tls: args.http_tls,
-        metrics_token: match &args.metrics_token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("Failed to read {}", path.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        },
-        report_retention: Duration::from_secs(
-            cms_roles::parse_duration(&args.report_retention).map_err(anyhow::Error::msg)?,
-        ),
+    let duration = |text: &str, flag: &str| -> anyhow::Result<Duration> {
+        Ok(Duration::from_secs(
+            cms_roles::parse_duration(text).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?,
+        ))
     };
-    let grpc = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("Failed to listen on {}", args.listen))?;
+    let mut config = ServeConfig::new(data_dir(&args.data), repo);
+    config.branch = args.branch;
+    config.sync_interval =
+        duration(&args.sync_interval, "sync-interval")?.max(Duration::from_secs(1));
+    config.certificate_validity =
+        duration(&args.certificate_lifetime, "certificate-lifetime")?.max(Duration::from_secs(60));
+    config.gone_after = duration(&args.gone_after, "gone-after")?.max(Duration::from_secs(1));
+    config.remove_after = duration(&args.remove_after, "remove-after")?;
+    config.server_names = args.server_names;
+    config.webhook_secret = args.webhook_secret;
+    config.http_tls = args.http_tls;
+    config.metrics_token = match &args.metrics_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("Failed to read {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    config.report_retention = duration(&args.report_retention, "report-retention")?;
+    let grpc =
+        listen(args.listen).with_context(|| format!("Failed to listen on {}", args.listen))?;
     let http = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("Failed to listen on {}", args.http))?;
     tracing::info!(grpc = %args.listen, http = %args.http, data = %config.data_dir.display(), repo = %config.repo, "serving");
     crate::server::run(grpc, Some(http), config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds the gRPC address with a long accept queue: in a boot storm
+/// thousands of agents connect at once, and a short queue (tokio's default
+/// is 1024) drops their SYNs, which costs each a second or more.
+fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(8192)
 }
 
 /// Ctrl-C or SIGTERM (systemd's stop).

@@ -422,11 +422,46 @@ pub struct TriggerView {
     pub total: u32,
 }
 
-/// The triggers in progress. Fleet triggers are not in this server yet:
-/// this is where they are read from once they are, and the dashboard shows
-/// "No triggers in progress" until then.
-pub fn triggers_in_progress(_server: &ServerState) -> Vec<TriggerView> {
-    Vec::new()
+/// The triggers to show: every running one, then the most recent finished
+/// ones (so a rollout that just stopped is still on the page), newest first.
+pub fn triggers_in_progress(server: &ServerState) -> Vec<TriggerView> {
+    match server.store.triggers() {
+        Ok(records) => trigger_views(records),
+        Err(error) => {
+            tracing::warn!("dashboard: failed to read triggers: {error}");
+            Vec::new()
+        }
+    }
+}
+
+/// How many finished triggers the fleet page lists below the running ones.
+const FINISHED_TRIGGERS_SHOWN: usize = 5;
+
+fn trigger_views(mut records: Vec<crate::store::TriggerRecord>) -> Vec<TriggerView> {
+    records.sort_by_key(|r| (r.state != "running", std::cmp::Reverse(r.started_unix_ms)));
+    let running = records.iter().filter(|r| r.state == "running").count();
+    records.truncate(running + FINISHED_TRIGGERS_SHOWN);
+    records
+        .iter()
+        .map(|record| {
+            let outcomes = record.outcomes.values();
+            TriggerView {
+                id: record.id.clone(),
+                selector: record
+                    .selector
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                state: record.state.clone(),
+                done: outcomes.clone().count() as u32,
+                failed: outcomes
+                    .filter(|o| o.result == "failed" || o.result == "unreachable")
+                    .count() as u32,
+                total: record.batches.iter().map(Vec::len).sum::<usize>() as u32,
+            }
+        })
+        .collect()
 }
 
 /// What the fleet page shows, read from the server in one go.
@@ -532,7 +567,7 @@ pub fn render_fleet(view: &FleetView, filter: &FleetFilter) -> String {
     html.push_str("</section>");
 
     // Triggers.
-    html.push_str("<section><h2>Triggers in progress</h2>");
+    html.push_str("<section><h2>Triggers</h2>");
     if view.triggers.is_empty() {
         html.push_str("<p class=\"muted\" id=\"no-triggers\">No triggers in progress.</p>");
     } else {
@@ -954,6 +989,7 @@ mod tests {
                 noop: false,
             }),
             status: NodeStatus::Active,
+            gone_since_unix_ms: None,
         }
     }
 
@@ -1045,5 +1081,50 @@ mod tests {
         assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
         assert_eq!(format_time(1_764_107_407_000), "2025-11-25 21:50:07 UTC");
+    }
+
+    #[test]
+    fn running_triggers_come_first_then_the_latest_finished_ones() {
+        use crate::store::{TriggerOutcome, TriggerRecord};
+        let record = |id: &str, state: &str, started: u64| TriggerRecord {
+            id: id.into(),
+            selector: [("role".to_string(), "web".to_string())].into(),
+            batch: String::new(),
+            canary: 0,
+            noop: false,
+            max_failures: 0,
+            state: state.into(),
+            message: String::new(),
+            started_unix_ms: started,
+            finished_unix_ms: None,
+            batches: vec![vec!["a".into()], vec!["b".into(), "c".into()]],
+            batches_started: 1,
+            outcomes: [(
+                "a".to_string(),
+                TriggerOutcome {
+                    result: "failed".into(),
+                    run_id: "r".into(),
+                    failed_resources: vec!["exec:x".into()],
+                },
+            )]
+            .into(),
+        };
+        let mut records: Vec<TriggerRecord> = (0..8)
+            .map(|i| record(&format!("done{i}"), "done", i))
+            .collect();
+        records.push(record("old-running", "running", 0));
+        let views = trigger_views(records);
+        assert_eq!(views[0].id, "old-running");
+        assert_eq!(views[1].id, "done7");
+        assert_eq!(views.len(), 1 + FINISHED_TRIGGERS_SHOWN);
+        assert_eq!(
+            (
+                views[0].selector.as_str(),
+                views[0].done,
+                views[0].failed,
+                views[0].total
+            ),
+            ("role=web", 1, 1, 3)
+        );
     }
 }

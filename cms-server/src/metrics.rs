@@ -156,6 +156,7 @@ pub struct Metrics {
     last_sync: Gauge<f64, AtomicU64>,
     revision: Family<RevisionLabel, Gauge>,
     enrollments: Family<ResultLabel, Counter>,
+    watch_streams: Gauge,
     /// One scrape at a time: a scrape resets and refills the gauges it
     /// computes.
     scrape: Mutex<()>,
@@ -192,6 +193,7 @@ impl Metrics {
             last_sync: Gauge::default(),
             revision: Family::default(),
             enrollments: Family::default(),
+            watch_streams: Gauge::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -255,9 +257,43 @@ impl Metrics {
             "Enrollment attempts by result (enrolled, refused)",
             metrics.enrollments.clone(),
         );
+        registry.register(
+            "cms_watch_streams",
+            "Agents holding a Watch stream open, which converge-now commands reach",
+            metrics.watch_streams.clone(),
+        );
         Metrics {
             registry,
             ..metrics
+        }
+    }
+
+    /// Registers the fleet machinery's counters (the same atomics the
+    /// fleet increments).
+    pub fn register_fleet(&mut self, counters: &crate::fleet::Counters) {
+        for (name, help, counter) in [
+            (
+                "cms_certificate_renewals",
+                "Node certificates renewed by their agents",
+                &counters.renewals,
+            ),
+            (
+                "cms_converge_now_sent",
+                "Converge-now commands sent over Watch streams",
+                &counters.converge_now_sent,
+            ),
+            (
+                "cms_nodes_marked_gone",
+                "Nodes marked gone after not being seen for the gone-after time",
+                &counters.nodes_marked_gone,
+            ),
+            (
+                "cms_nodes_removed",
+                "Gone nodes removed with their certificates",
+                &counters.nodes_removed,
+            ),
+        ] {
+            self.registry.register(name, help, counter.clone());
         }
     }
 
@@ -400,6 +436,7 @@ impl Metrics {
         }
         self.catalog_cache_entries
             .set(state.catalogs.stats().cached as i64);
+        self.watch_streams.set(state.fleet.connected_count() as i64);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String does not fail");

@@ -49,7 +49,51 @@ pub struct ServeConfig {
     /// When set, `GET /metrics` needs `Authorization: Bearer <token>`;
     /// otherwise it is open, as Prometheus scrapes usually are.
     pub metrics_token: Option<String>,
+    /// A node not seen for this long is marked gone; its name is free.
+    pub gone_after: Duration,
+    /// A gone node is removed, with its certificates, this long after.
+    pub remove_after: Duration,
+    /// How often last-seen times noted in memory are written to the store.
+    pub presence_flush: Duration,
+    /// How long a trigger waits for one node's report by default.
+    pub trigger_timeout: Duration,
+    /// How often the server pings a `Watch` stream.
+    pub watch_heartbeat: Duration,
 }
+
+impl ServeConfig {
+    /// The defaults of `cms-server serve` for a data directory and a roles
+    /// repository.
+    pub fn new(data_dir: PathBuf, repo: String) -> ServeConfig {
+        ServeConfig {
+            data_dir,
+            repo,
+            branch: "main".into(),
+            sync_interval: Duration::from_secs(60),
+            certificate_validity: DEFAULT_CERTIFICATE_LIFETIME,
+            server_names: Vec::new(),
+            server_addresses: Vec::new(),
+            webhook_secret: None,
+            http_tls: false,
+            metrics_token: None,
+            report_retention: Duration::from_secs(30 * 24 * 3600),
+            gone_after: DEFAULT_GONE_AFTER,
+            remove_after: DEFAULT_REMOVE_AFTER,
+            presence_flush: Duration::from_secs(5),
+            trigger_timeout: Duration::from_secs(600),
+            watch_heartbeat: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Node certificates live a day; agents renew them when two thirds of
+/// that has passed.
+pub const DEFAULT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Agents call at least every interval (30 minutes by default) and hold a
+/// `Watch` stream open; two hours without a sign of life means gone.
+pub const DEFAULT_GONE_AFTER: Duration = Duration::from_secs(2 * 3600);
+/// A gone node is removed a day later.
+pub const DEFAULT_REMOVE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Where the admin credential lives in the data directory.
 pub fn admin_dir(data_dir: &Path) -> PathBuf {
@@ -66,6 +110,7 @@ pub struct ServerState {
     pub config: ServeConfig,
     pub catalogs: Catalogs,
     pub metrics: crate::metrics::Metrics,
+    pub fleet: Arc<crate::fleet::Fleet>,
     revision: RwLock<Option<Revision>>,
     sync_requests: mpsc::Sender<oneshot::Sender<anyhow::Result<pb::SyncResponse>>>,
 }
@@ -128,6 +173,7 @@ pub async fn run(
         )
     })?;
     let store = Store::open(&config.data_dir.join("db"))?;
+    interrupt_running_triggers(&store)?;
     let ca = load_or_create_ca(&store)?;
     write_admin_credential(&ca, &config.data_dir)?;
     let ca_fingerprint = certificate_fingerprint(ca.certificate_pem())?;
@@ -135,7 +181,9 @@ pub async fn run(
     let source = RolesSource::for_repo(&config);
     let restored = restore_revision(&store, &source);
     let (sync_requests, sync_receiver) = mpsc::channel(16);
-    let metrics = crate::metrics::Metrics::new();
+    let fleet = Arc::new(crate::fleet::Fleet::default());
+    let mut metrics = crate::metrics::Metrics::new();
+    metrics.register_fleet(&fleet.counters);
     let state = Arc::new(ServerState {
         store,
         ca,
@@ -146,6 +194,7 @@ pub async fn run(
         )
         .observe_compiles(metrics.compile_duration()),
         metrics,
+        fleet,
         revision: RwLock::new(restored),
         sync_requests,
         config: config.clone(),
@@ -186,6 +235,7 @@ pub async fn run(
         sync_receiver,
         stop.clone(),
     ));
+    tasks.spawn(crate::fleet::lifecycle_loop(state.clone(), stop.clone()));
     if let Some(http_listener) = http_listener {
         let http_tls = if config.http_tls {
             Some(http_tls_config(
@@ -204,7 +254,13 @@ pub async fn run(
         ));
     }
     let mut grpc_stop = stop.clone();
+    // Pings find agents that vanished without closing their connection (an
+    // instance terminated by the autoscaler), so their Watch stream ends
+    // and they stop counting as seen.
+    let keepalive = (config.gone_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let grpc = Server::builder()
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive.max(Duration::from_secs(10))))
         .tls_config(tls)?
         .add_service(pb::enrollment_server::EnrollmentServer::new(
             EnrollmentService(state.clone()),
@@ -250,6 +306,20 @@ fn http_tls_config(
         .context("Failed to set up TLS on the HTTP port")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A trigger that was running when the server stopped is marked
+/// interrupted: no one waits for its reports any more.
+fn interrupt_running_triggers(store: &Store) -> anyhow::Result<()> {
+    for mut trigger in store.triggers()? {
+        if trigger.state == "running" {
+            trigger.state = "interrupted".into();
+            trigger.message = "the server stopped while the trigger ran".into();
+            trigger.finished_unix_ms = Some(now_unix_ms());
+            store.put_trigger(&trigger)?;
+        }
+    }
+    Ok(())
 }
 
 fn load_or_create_ca(store: &Store) -> anyhow::Result<CertificateAuthority> {

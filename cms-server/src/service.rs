@@ -27,7 +27,8 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 const CONTENT_CHUNK: usize = 64 * 1024;
 
 /// Who is calling, from the verified client certificate; refused when there
-/// is none or it is revoked.
+/// is none, it is revoked, or (for a node) the server no longer knows it:
+/// the node was removed, or its name was enrolled again by a new instance.
 fn caller<T>(state: &ServerState, request: &Request<T>) -> Result<PeerIdentity, Status> {
     let certificates = request
         .peer_certs()
@@ -37,10 +38,27 @@ fn caller<T>(state: &ServerState, request: &Request<T>) -> Result<PeerIdentity, 
         .ok_or_else(|| Status::unauthenticated("a client certificate is required: enroll first"))?;
     let (identity, serial) =
         peer_identity(leaf.as_ref()).map_err(|e| Status::unauthenticated(format!("{e}")))?;
-    if state.store.is_revoked(&serial).map_err(internal)? {
-        return Err(Status::permission_denied(format!(
-            "certificate {serial} is revoked"
-        )));
+    match &identity {
+        PeerIdentity::Admin => {
+            if state.store.is_revoked(&serial).map_err(internal)? {
+                return Err(Status::permission_denied(format!(
+                    "certificate {serial} is revoked"
+                )));
+            }
+        }
+        PeerIdentity::Node(id) => match state.store.certificate(&serial).map_err(internal)? {
+            Some(record) if record.revoked => {
+                return Err(Status::permission_denied(format!(
+                    "certificate {serial} of node {id} is revoked"
+                )));
+            }
+            Some(record) if record.node_id == *id => {}
+            _ => {
+                return Err(Status::permission_denied(format!(
+                    "certificate {serial} of node {id} is no longer valid: the node was removed or its name enrolled again; enroll again"
+                )));
+            }
+        },
     }
     Ok(identity)
 }
@@ -81,6 +99,31 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(internal)?
 }
 
+/// Signs a node's CSR; the caller records the certificate.
+fn sign_certificate(
+    state: &ServerState,
+    csr_pem: &str,
+    node_id: &str,
+) -> Result<
+    (
+        crate::pki::IssuedCertificate,
+        crate::store::CertificateRecord,
+    ),
+    Status,
+> {
+    let issued = state
+        .ca
+        .sign_node_csr(csr_pem, node_id, state.config.certificate_validity)
+        .map_err(|e| Status::invalid_argument(format!("{e}")))?;
+    let record = crate::store::CertificateRecord {
+        serial: issued.serial_hex.clone(),
+        node_id: node_id.to_string(),
+        not_after_unix: issued.not_after_unix.max(0) as u64,
+        revoked: false,
+    };
+    Ok((issued, record))
+}
+
 /// Signs a node's CSR and records the certificate, so it can be revoked.
 fn issue_certificate(
     state: &ServerState,
@@ -113,9 +156,14 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
         let state = self.0.clone();
+        // An agent may present its current certificate to enroll again
+        // under its own live name (new tags, new key).
+        let presented = caller(&state, &request).ok();
         let request = request.into_inner();
         let node_id = request.node_name.clone();
         check_node_id(&node_id).map_err(|e| Status::invalid_argument(format!("{e}")))?;
+        let presented_own_certificate =
+            matches!(&presented, Some(PeerIdentity::Node(id)) if *id == node_id);
         let secret = request
             .token
             .split('.')
@@ -136,31 +184,65 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
                 .ok_or_else(|| Status::unauthenticated("Failed to enroll: the token is unknown"))?;
             check_scope(&token.scope, &tags)
                 .map_err(|e| Status::permission_denied(format!("Failed to enroll: {e}")))?;
+            let now = now_unix_ms();
+            let previous = state.store.node(&node_id).map_err(internal)?;
+            let revoked = match &previous {
+                Some(node) => state
+                    .store
+                    .is_revoked(&node.certificate_serial)
+                    .map_err(internal)?,
+                None => false,
+            };
+            let last_seen = previous.as_ref().map_or(0, |n| {
+                state.fleet.last_seen(&n.id, n.last_seen_unix_ms, now)
+            });
+            if !crate::fleet::name_is_free(
+                previous.as_ref(),
+                last_seen,
+                now,
+                state.config.gone_after,
+                revoked,
+                presented_own_certificate,
+            ) {
+                return Err(Status::already_exists(format!(
+                    "Failed to enroll: node {node_id} is live (last seen {} s ago); its name becomes free when it has not been seen for {} s, or when an operator runs `cms-server node revoke {node_id}`",
+                    now.saturating_sub(last_seen) / 1000,
+                    state.config.gone_after.as_secs()
+                )));
+            }
             state
                 .store
-                .consume_token(&token_id, now_unix_ms() / 1000)
+                .consume_token(&token_id, now / 1000)
                 .map_err(|e| match e {
                     StoreError::TokenUnknown
                     | StoreError::TokenExpired { .. }
                     | StoreError::TokenUsedUp => Status::unauthenticated(format!("{e}")),
                     other => internal(other),
                 })?;
-            let issued = issue_certificate(&state, &request.csr_pem, &node_id)?;
-            let now = now_unix_ms();
-            let previous = state.store.node(&node_id).map_err(internal)?;
+            // The same instance enrolling again keeps its history; a new
+            // instance taking a free name starts clean, and the old one's
+            // certificates are refused from now on.
+            let same_instance = presented_own_certificate;
+            if previous.is_some() && !same_instance {
+                state.store.revoke_node(&node_id).map_err(internal)?;
+                state.store.remove_node(&node_id).map_err(internal)?;
+            }
+            let (issued, certificate) = sign_certificate(&state, &request.csr_pem, &node_id)?;
+            let kept = previous.filter(|_| same_instance);
             state
                 .store
-                .put_node(&NodeRecord {
+                .record_enrollment(&certificate, &NodeRecord {
                     id: node_id.clone(),
                     tags: tags.clone(),
-                    facts: previous
+                    facts: kept
                         .as_ref()
                         .map_or(serde_json::Value::Null, |n| n.facts.clone()),
                     certificate_serial: issued.serial_hex.clone(),
-                    first_seen_unix_ms: previous.as_ref().map_or(now, |n| n.first_seen_unix_ms),
+                    first_seen_unix_ms: kept.as_ref().map_or(now, |n| n.first_seen_unix_ms),
                     last_seen_unix_ms: now,
-                    last_run: previous.and_then(|n| n.last_run),
+                    last_run: kept.and_then(|n| n.last_run),
                     status: NodeStatus::Active,
+                    gone_since_unix_ms: None,
                 })
                 .map_err(internal)?;
             Ok(pb::EnrollResponse {
@@ -201,20 +283,35 @@ impl pb::agent_server::Agent for AgentService {
                 "no valid roles revision yet: the server has not synced a commit that validates",
             )
         })?;
-        let store_state = state.clone();
-        let facts_for_store = serde_json::to_value(&facts).unwrap_or_default();
-        let id_for_store = node_id.clone();
-        let node_record = blocking(move || {
-            store_state
-                .store
-                .update_node(&id_for_store, |node| {
-                    node.facts = facts_for_store.clone();
-                    node.last_seen_unix_ms = now_unix_ms();
-                })
-                .map_err(internal)?
-                .ok_or_else(|| Status::not_found(format!("node {id_for_store} is not enrolled")))
-        })
-        .await?;
+        let facts_value = serde_json::to_value(&facts).unwrap_or_default();
+        // A read, no fsync: the common case (same facts, node active) only
+        // notes the time in memory; the lifecycle task writes it in batches.
+        let node_record = state
+            .store
+            .node(&node_id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("node {node_id} is not enrolled")))?;
+        let now = now_unix_ms();
+        if node_record.status != NodeStatus::Active {
+            let store_state = state.clone();
+            let id_for_store = node_id.clone();
+            blocking(move || {
+                store_state
+                    .store
+                    .update_node(&id_for_store, |node| {
+                        node.facts = facts_value.clone();
+                        node.last_seen_unix_ms = now;
+                        node.status = NodeStatus::Active;
+                        node.gone_since_unix_ms = None;
+                    })
+                    .map_err(internal)
+            })
+            .await?;
+        } else if node_record.facts != facts_value {
+            state.fleet.note_facts(&node_id, now, facts_value);
+        } else {
+            state.fleet.note_seen(&node_id, now);
+        }
         let node = crate::catalogs::node(&node_id, &node_record.tags, facts);
         let catalog = state
             .catalogs
@@ -235,25 +332,32 @@ impl pb::agent_server::Agent for AgentService {
             }));
         }
         // Contents go to the store too, so GetContent can serve them.
-        let contents_state = state.clone();
-        let contents = catalog.contents.clone();
-        blocking(move || {
-            for (hash, content) in &contents {
-                if contents_state
+        // Reads only, once the contents are there (the usual case: every
+        // instance of a role shares them).
+        let missing = catalog
+            .contents
+            .keys()
+            .map(|hash| state.store.has_content(hash).map(|has| !has))
+            .collect::<Result<Vec<bool>, _>>()
+            .map_err(internal)?
+            .into_iter()
+            .any(|missing| missing);
+        if missing {
+            let contents_state = state.clone();
+            let catalog_for_store = catalog.clone();
+            blocking(move || {
+                contents_state
                     .store
-                    .get_content(hash)
-                    .map_err(internal)?
-                    .is_none()
-                {
-                    contents_state
-                        .store
-                        .put_content(hash, &content.0)
-                        .map_err(internal)?;
-                }
-            }
-            Ok(())
-        })
-        .await?;
+                    .put_contents(
+                        catalog_for_store
+                            .contents
+                            .iter()
+                            .map(|(hash, content)| (hash.as_str(), content.0.as_slice())),
+                    )
+                    .map_err(internal)
+            })
+            .await?;
+        }
         answer.answered(crate::metrics::CatalogAnswer::Catalog);
         Ok(Response::new(pb::CatalogResponse {
             result: Some(pb::catalog_response::Result::Catalog(pb::Catalog {
@@ -300,6 +404,10 @@ impl pb::agent_server::Agent for AgentService {
         let node_id = node_caller(&state, &request)?;
         let report = request.into_inner();
         let run_id = report.run_id.clone();
+        let trigger = (!report.trigger_id.is_empty())
+            .then(|| (report.trigger_id.clone(), crate::fleet::outcome_of(&report)));
+        let fleet = state.fleet.clone();
+        let reporter = node_id.clone();
         blocking(move || {
             let changed = report
                 .resources
@@ -350,6 +458,9 @@ impl pb::agent_server::Agent for AgentService {
             Ok(())
         })
         .await?;
+        if let Some((trigger_id, outcome)) = trigger {
+            fleet.report_arrived(&trigger_id, &reporter, outcome);
+        }
         // Acknowledged only now that the report is on disk.
         Ok(Response::new(pb::ReportAck { run_id }))
     }
@@ -360,20 +471,32 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        node_caller(&self.0, &request)?;
-        // Converge-now triggers arrive with fleet operations; until then the
-        // stream carries heartbeats so the agent knows the server is there.
-        let heartbeats = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(
-                Duration::from_secs(30),
-            )),
-            |_| {
-                Ok(pb::WatchEvent {
-                    event: Some(pb::watch_event::Event::Heartbeat(pb::Heartbeat {})),
-                })
-            },
-        );
-        Ok(Response::new(Box::pin(heartbeats)))
+        let node_id = node_caller(&self.0, &request)?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(crate::fleet::WATCH_QUEUE);
+        let guard = self.0.fleet.register_watch(&node_id, sender.clone());
+        let heartbeat = self.0.config.watch_heartbeat;
+        // Heartbeats tell the agent the server is there; the stream stays
+        // registered until the agent goes (the receiver is dropped).
+        tokio::spawn(async move {
+            let _guard = guard;
+            let mut interval = tokio::time::interval(heartbeat);
+            loop {
+                tokio::select! {
+                    _ = sender.closed() => return,
+                    _ = interval.tick() => {
+                        let beat = pb::WatchEvent {
+                            event: Some(pb::watch_event::Event::Heartbeat(pb::Heartbeat {})),
+                        };
+                        if sender.send(beat).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let events =
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(receiver), Ok);
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn renew(
@@ -390,12 +513,17 @@ impl pb::agent_server::Agent for AgentService {
                 .map_err(internal)?
                 .ok_or_else(|| Status::not_found(format!("node {node_id} is not enrolled")))?;
             let issued = issue_certificate(&state, &csr, &node_id)?;
+            let now = now_unix_ms();
             state
                 .store
                 .update_node(&node_id, |n| {
-                    n.certificate_serial = issued.serial_hex.clone()
+                    n.certificate_serial = issued.serial_hex.clone();
+                    n.last_seen_unix_ms = n.last_seen_unix_ms.max(now);
+                    n.status = NodeStatus::Active;
+                    n.gone_since_unix_ms = None;
                 })
                 .map_err(internal)?;
+            state.fleet.counters.renewals.inc();
             Ok(pb::EnrollResponse {
                 node_id,
                 certificate_pem: issued.certificate_pem,
@@ -426,6 +554,7 @@ fn report_json(report: &pb::RunReport) -> serde_json::Value {
         "duration_ms": report.duration_ms,
         "noop": report.noop,
         "note": report.note,
+        "trigger_id": report.trigger_id,
         "resources": report.resources.iter().map(|r| serde_json::json!({
             "reference": r.reference,
             "status": status(r.status),
@@ -454,6 +583,7 @@ impl pb::admin_server::Admin for AdminService {
             .unwrap_or_default();
         blocking(move || {
             let nodes = state.store.nodes().map_err(internal)?;
+            let now = now_unix_ms();
             Ok(pb::ListNodesResponse {
                 nodes: nodes
                     .into_iter()
@@ -465,6 +595,8 @@ impl pb::admin_server::Admin for AdminService {
                         })
                     })
                     .map(|n| pb::NodeSummary {
+                        last_seen_unix_ms: state.fleet.last_seen(&n.id, n.last_seen_unix_ms, now)
+                            as i64,
                         node_id: n.id,
                         tags: n.tags.into_iter().collect(),
                         status: match (&n.status, &n.last_run) {
@@ -484,7 +616,6 @@ impl pb::admin_server::Admin for AdminService {
                             .as_ref()
                             .map(|r| r.catalog_id.clone())
                             .unwrap_or_default(),
-                        last_seen_unix_ms: n.last_seen_unix_ms as i64,
                         last_run_unix_ms: n
                             .last_run
                             .as_ref()
@@ -606,20 +737,97 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::TriggerRequest>,
     ) -> Result<Response<Self::TriggerStream>, Status> {
-        admin_caller(&self.0, &request)?;
-        Err(Status::unimplemented(
-            "fleet triggers are not available in this server version",
-        ))
+        let state = self.0.clone();
+        admin_caller(&state, &request)?;
+        let request = request.into_inner();
+        let selector: BTreeMap<String, String> = request
+            .selector
+            .map(|s| s.tags.into_iter().collect())
+            .unwrap_or_default();
+        if selector.is_empty() {
+            return Err(Status::invalid_argument(
+                "a trigger needs a selection, e.g. --select role=web",
+            ));
+        }
+        let batch = crate::fleet::parse_batch(&request.batch).map_err(Status::invalid_argument)?;
+        let timeout = if request.timeout_seconds == 0 {
+            state.config.trigger_timeout
+        } else {
+            Duration::from_secs(u64::from(request.timeout_seconds))
+        };
+        let for_plan = state.clone();
+        let record = blocking(move || {
+            let nodes = crate::fleet::select(for_plan.store.nodes().map_err(internal)?, &selector);
+            if nodes.is_empty() {
+                return Err(Status::not_found(format!(
+                    "no live node matches {}",
+                    selector
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )));
+            }
+            let record = crate::store::TriggerRecord {
+                id: crate::fleet::new_trigger_id(&for_plan).map_err(internal)?,
+                batches: crate::fleet::plan(&nodes, request.canary as usize, batch),
+                selector,
+                batch: request.batch.clone(),
+                canary: request.canary,
+                noop: request.noop,
+                max_failures: request.max_failures,
+                state: "running".into(),
+                message: String::new(),
+                started_unix_ms: now_unix_ms(),
+                finished_unix_ms: None,
+                batches_started: 0,
+                outcomes: BTreeMap::new(),
+            };
+            for_plan.store.put_trigger(&record).map_err(internal)?;
+            Ok(record)
+        })
+        .await?;
+        let progress = crate::fleet::start_trigger(state, record, timeout);
+        // Every change of progress, the last one included, then the end.
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut progress = progress;
+            loop {
+                let current = progress.borrow_and_update().clone();
+                let finished = current.state != "running";
+                if sender.send(Ok(current)).await.is_err() || finished {
+                    return;
+                }
+                if progress.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 
     async fn trigger_status(
         &self,
         request: Request<pb::TriggerStatusRequest>,
     ) -> Result<Response<pb::TriggerProgress>, Status> {
-        admin_caller(&self.0, &request)?;
-        Err(Status::unimplemented(
-            "fleet triggers are not available in this server version",
-        ))
+        let state = self.0.clone();
+        admin_caller(&state, &request)?;
+        let id = request.into_inner().trigger_id;
+        if let Some(live) = state.fleet.progress(&id) {
+            return Ok(Response::new(live.borrow().clone()));
+        }
+        blocking(move || {
+            let record = state
+                .store
+                .trigger(&id)
+                .map_err(internal)?
+                .ok_or_else(|| Status::not_found(format!("no trigger {id}")))?;
+            Ok(crate::fleet::progress_of(&record))
+        })
+        .await
+        .map(Response::new)
     }
 }
 
@@ -647,7 +855,7 @@ fn stored_to_proto(stored: &StoredReport) -> pb::RunReport {
         duration_ms: number("duration_ms"),
         noop: json.get("noop").and_then(|v| v.as_bool()).unwrap_or(false),
         note: text("note"),
-        trigger_id: String::new(),
+        trigger_id: text("trigger_id"),
         resources: json
             .get("resources")
             .and_then(|r| r.as_array())

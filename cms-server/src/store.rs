@@ -23,6 +23,7 @@
 //! | `certificates` | serial                                                      | `CertificateRecord`          |
 //! | `tokens`       | token id: sha256 hex of the secret, never the secret        | `TokenRecord`                |
 //! | `settings`     | name                                                        | raw bytes                    |
+//! | `triggers`     | trigger id                                                  | `TriggerRecord`              |
 //!
 //! A node's reports share the prefix `node id, 0x00`, and the inverted time
 //! makes a forward scan of that prefix list them newest first, so "the last
@@ -119,6 +120,9 @@ pub struct NodeRecord {
     pub last_seen_unix_ms: u64,
     pub last_run: Option<RunSummary>,
     pub status: NodeStatus,
+    /// When the node was marked gone; it is removed `remove_after` later.
+    #[serde(default)]
+    pub gone_since_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +205,42 @@ pub struct CertificateRecord {
     pub node_id: String,
     pub not_after_unix: u64,
     pub revoked: bool,
+}
+
+/// A fleet trigger: what was asked, and how far it got. Written after every
+/// node's outcome, so `trigger --status` shows it after the CLI has gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerRecord {
+    pub id: String,
+    pub selector: BTreeMap<String, String>,
+    /// `25%`, `10`, or empty for all at once.
+    pub batch: String,
+    pub canary: u32,
+    pub noop: bool,
+    pub max_failures: u32,
+    /// `running`, `done`, `stopped` (failure limit reached) or `interrupted`
+    /// (the server stopped while it ran).
+    pub state: String,
+    /// Why it stopped, for people.
+    pub message: String,
+    pub started_unix_ms: u64,
+    pub finished_unix_ms: Option<u64>,
+    /// The plan: the canary group first (when there is one), then batches.
+    pub batches: Vec<Vec<String>>,
+    /// How many batches have been started.
+    pub batches_started: u32,
+    /// Each node's outcome, once known.
+    pub outcomes: BTreeMap<String, TriggerOutcome>,
+}
+
+/// What one node did for a trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerOutcome {
+    /// `changed`, `unchanged`, `failed` or `unreachable`.
+    pub result: String,
+    pub run_id: String,
+    /// References of the resources that failed.
+    pub failed_resources: Vec<String>,
 }
 
 /// An enrollment token. The store never sees the secret, only its hash.
@@ -349,6 +389,7 @@ pub struct Store {
     certificates: sled::Tree,
     tokens: sled::Tree,
     settings: sled::Tree,
+    triggers: sled::Tree,
 }
 
 impl fmt::Debug for Store {
@@ -386,6 +427,7 @@ impl Store {
             certificates: tree(CERTIFICATES)?,
             tokens: tree(TOKENS)?,
             settings: tree(SETTINGS)?,
+            triggers: tree(TRIGGERS)?,
             db,
             durability: Arc::new(durability),
         };
@@ -462,6 +504,86 @@ impl Store {
                 return Ok(Some(node));
             }
         }
+    }
+
+    /// Records an enrollment: the certificate issued and the node record,
+    /// together in one transaction and one flush.
+    pub fn record_enrollment(
+        &self,
+        certificate: &CertificateRecord,
+        node: &NodeRecord,
+    ) -> Result<(), StoreError> {
+        check_node_id(&node.id)?;
+        let certificate_value = encode("certificate record", certificate)?;
+        let node_value = encode("node record", node)?;
+        (&self.certificates, &self.nodes)
+            .transaction(|(certificates, nodes)| {
+                certificates.insert(certificate.serial.as_bytes(), certificate_value.clone())?;
+                nodes.insert(node.id.as_bytes(), node_value.clone())?;
+                Ok::<_, TxError>(())
+            })
+            .map_err(|e| transaction_error(format!("record the enrollment of {}", node.id), e))?;
+        self.flush()
+    }
+
+    /// Records when nodes were last seen, many at once with one flush: the
+    /// server notes a node's calls in memory and writes them here every few
+    /// seconds, so a `GetCatalog` that changes nothing costs no fsync. A
+    /// time older than the stored one is ignored; unknown nodes are skipped.
+    pub fn touch_nodes(&self, seen: &[(String, u64)]) -> Result<usize, StoreError> {
+        let with_facts: Vec<(String, u64, Option<serde_json::Value>)> = seen
+            .iter()
+            .map(|(id, at)| (id.clone(), *at, None))
+            .collect();
+        self.touch_nodes_with_facts(&with_facts)
+    }
+
+    /// The same, also replacing the facts of nodes that sent new ones (the
+    /// facts are informational: catalogs are compiled from the facts of
+    /// each request, so they may wait for the batch like last-seen times).
+    pub fn touch_nodes_with_facts(
+        &self,
+        seen: &[(String, u64, Option<serde_json::Value>)],
+    ) -> Result<usize, StoreError> {
+        let mut touched = 0;
+        for (id, at, facts) in seen {
+            loop {
+                let Some(current) = self
+                    .nodes
+                    .get(id.as_bytes())
+                    .map_err(|e| backend(format!("read node {id}"), e))?
+                else {
+                    break;
+                };
+                let mut node: NodeRecord = decode(NODES, id.as_bytes(), &current)?;
+                let new_facts = facts.as_ref().filter(|f| **f != node.facts);
+                if node.last_seen_unix_ms >= *at
+                    && node.status == NodeStatus::Active
+                    && new_facts.is_none()
+                {
+                    break;
+                }
+                if let Some(facts) = new_facts {
+                    node.facts = facts.clone();
+                }
+                node.last_seen_unix_ms = node.last_seen_unix_ms.max(*at);
+                node.status = NodeStatus::Active;
+                node.gone_since_unix_ms = None;
+                let value = encode("node record", &node)?;
+                let swapped = self
+                    .nodes
+                    .compare_and_swap(id.as_bytes(), Some(&current), Some(value))
+                    .map_err(|e| backend(format!("write node {id}"), e))?;
+                if swapped.is_ok() {
+                    touched += 1;
+                    break;
+                }
+            }
+        }
+        if touched > 0 {
+            self.flush()?;
+        }
+        Ok(touched)
     }
 
     /// Removes a node and all its reports. Returns whether the node existed.
@@ -673,6 +795,35 @@ impl Store {
 
     /// Stores `bytes` under their sha256, after checking that it is `sha`.
     /// Storing the same content again is cheap and harmless.
+    /// Stores the contents not stored yet; returns how many were new. What a
+    /// catalog's first delivery does. Not flushed: contents are derived
+    /// from the revision, and a content lost in a crash is stored again by
+    /// the next compile that needs it (sled writes its log within half a
+    /// second anyway).
+    pub fn put_contents<'a>(
+        &self,
+        contents: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<usize, StoreError> {
+        let mut added = 0;
+        for (sha, bytes) in contents {
+            check_content_hash(sha)?;
+            let write_error = |e| backend(format!("write content {sha}"), e);
+            if self.contents.contains_key(sha).map_err(write_error)? {
+                continue;
+            }
+            let actual = sha256_hex(bytes);
+            if actual != sha {
+                return Err(StoreError::ContentHashMismatch {
+                    expected: sha.to_string(),
+                    actual,
+                });
+            }
+            self.contents.insert(sha, bytes).map_err(write_error)?;
+            added += 1;
+        }
+        Ok(added)
+    }
+
     pub fn put_content(&self, sha: &str, bytes: &[u8]) -> Result<(), StoreError> {
         check_content_hash(sha)?;
         let actual = sha256_hex(bytes);
@@ -687,6 +838,13 @@ impl Store {
             self.contents.insert(sha, bytes).map_err(write_error)?;
         }
         self.flush()
+    }
+
+    /// Whether the content with this hash is stored.
+    pub fn has_content(&self, sha: &str) -> Result<bool, StoreError> {
+        self.contents
+            .contains_key(sha)
+            .map_err(|e| backend(format!("read content {sha}"), e))
     }
 
     pub fn get_content(&self, sha: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -782,6 +940,61 @@ impl Store {
         Ok(self
             .certificate(serial)?
             .is_some_and(|certificate| certificate.revoked))
+    }
+
+    /// Forgets certificate records that expired before `before_unix`: the
+    /// TLS layer refuses an expired certificate by itself, so its record
+    /// (revoked or not) is no longer needed.
+    pub fn prune_certificates(&self, before_unix: u64) -> Result<usize, StoreError> {
+        let mut expired = Vec::new();
+        for entry in self.certificates.iter() {
+            let (key, value) = entry.map_err(|e| backend("list certificates".into(), e))?;
+            let certificate: CertificateRecord = decode(CERTIFICATES, &key, &value)?;
+            if certificate.not_after_unix < before_unix {
+                expired.push(key);
+            }
+        }
+        for key in &expired {
+            self.certificates
+                .remove(key)
+                .map_err(|e| backend("remove an expired certificate".into(), e))?;
+        }
+        if !expired.is_empty() {
+            self.flush()?;
+        }
+        Ok(expired.len())
+    }
+
+    // Fleet triggers.
+
+    /// Inserts or replaces a trigger's progress.
+    pub fn put_trigger(&self, trigger: &TriggerRecord) -> Result<(), StoreError> {
+        let value = encode("trigger record", trigger)?;
+        self.triggers
+            .insert(trigger.id.as_bytes(), value)
+            .map_err(|e| backend(format!("write trigger {}", trigger.id), e))?;
+        self.flush()
+    }
+
+    pub fn trigger(&self, id: &str) -> Result<Option<TriggerRecord>, StoreError> {
+        let value = self
+            .triggers
+            .get(id.as_bytes())
+            .map_err(|e| backend(format!("read trigger {id}"), e))?;
+        value
+            .map(|value| decode(TRIGGERS, id.as_bytes(), &value))
+            .transpose()
+    }
+
+    /// All triggers, ordered by id (ids start with their start time).
+    pub fn triggers(&self) -> Result<Vec<TriggerRecord>, StoreError> {
+        self.triggers
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(|e| backend("list triggers".into(), e))?;
+                decode(TRIGGERS, &key, &value)
+            })
+            .collect()
     }
 
     // Enrollment tokens.
@@ -915,6 +1128,7 @@ const CONTENTS: &str = "contents";
 const CERTIFICATES: &str = "certificates";
 const TOKENS: &str = "tokens";
 const SETTINGS: &str = "settings";
+const TRIGGERS: &str = "triggers";
 
 const FORMAT: &[u8] = b"format";
 const CURRENT_REVISION: &[u8] = b"current_revision";
@@ -947,6 +1161,11 @@ fn backend(action: String, source: sled::Error) -> StoreError {
     }
 }
 
+/// sled's page cache, bounded so the server's memory stays bounded however
+/// many nodes, reports and contents the store holds (sled's default is
+/// 1 GiB).
+const CACHE_CAPACITY: u64 = 32 * 1024 * 1024;
+
 /// How long `Store::open` waits for sled's lock on the database file.
 /// sled takes an exclusive `flock` on open and releases it only when its
 /// background threads have let go of the file, some milliseconds after the
@@ -960,7 +1179,11 @@ const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(10);
 fn open_database(dir: &Path, lock_wait: Duration) -> Result<sled::Db, StoreError> {
     let deadline = Instant::now() + lock_wait;
     loop {
-        match sled::Config::new().path(dir).open() {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_CAPACITY)
+            .open()
+        {
             Ok(db) => return Ok(db),
             Err(source) if is_lock_contention(&source) => {
                 if Instant::now() >= deadline {
@@ -1184,6 +1407,7 @@ mod tests {
                 noop: false,
             }),
             status: NodeStatus::Active,
+            gone_since_unix_ms: None,
         }
     }
 
@@ -1252,6 +1476,77 @@ mod tests {
         assert_eq!(store.node("missing").unwrap(), None);
         let ids: Vec<String> = store.nodes().unwrap().into_iter().map(|n| n.id).collect();
         assert_eq!(ids, ["a", "b"]);
+    }
+
+    #[test]
+    fn touching_nodes_moves_last_seen_forward_only_and_makes_a_gone_node_active() {
+        let (_dir, store) = fresh_store();
+        store.put_node(&node("a")).unwrap();
+        let mut gone = node("b");
+        gone.status = NodeStatus::Gone;
+        gone.gone_since_unix_ms = Some(2_500);
+        store.put_node(&gone).unwrap();
+        let touched = store
+            .touch_nodes(&[
+                ("a".into(), 1_500),
+                ("b".into(), 3_000),
+                ("unknown".into(), 9_000),
+            ])
+            .unwrap();
+        assert_eq!(touched, 1, "a's stored time is newer; unknown is skipped");
+        assert_eq!(store.node("a").unwrap().unwrap().last_seen_unix_ms, 2_000);
+        let b = store.node("b").unwrap().unwrap();
+        assert_eq!(
+            (b.last_seen_unix_ms, b.status, b.gone_since_unix_ms),
+            (3_000, NodeStatus::Active, None)
+        );
+        assert!(store.node("unknown").unwrap().is_none());
+    }
+
+    #[test]
+    fn contents_put_together_are_stored_once_and_checked_against_their_hash() {
+        let (_dir, store) = fresh_store();
+        let one = b"one".to_vec();
+        let two = b"two".to_vec();
+        let (h1, h2) = (sha256_hex(&one), sha256_hex(&two));
+        let added = store
+            .put_contents([(h1.as_str(), one.as_slice()), (h2.as_str(), two.as_slice())])
+            .unwrap();
+        assert_eq!(added, 2);
+        assert!(store.has_content(&h1).unwrap());
+        assert_eq!(
+            store.put_contents([(h1.as_str(), one.as_slice())]).unwrap(),
+            0
+        );
+        let wrong = sha256_hex(b"three");
+        assert!(matches!(
+            store.put_contents([(wrong.as_str(), one.as_slice())]),
+            Err(StoreError::ContentHashMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn triggers_round_trip() {
+        let (_dir, store) = fresh_store();
+        let trigger = TriggerRecord {
+            id: "t1".into(),
+            selector: tags(&[("role", "web")]),
+            batch: "50%".into(),
+            canary: 1,
+            noop: false,
+            max_failures: 0,
+            state: "running".into(),
+            message: String::new(),
+            started_unix_ms: 1,
+            finished_unix_ms: None,
+            batches: vec![vec!["web-1".into()], vec!["web-2".into()]],
+            batches_started: 1,
+            outcomes: BTreeMap::new(),
+        };
+        store.put_trigger(&trigger).unwrap();
+        assert_eq!(store.trigger("t1").unwrap(), Some(trigger.clone()));
+        assert_eq!(store.triggers().unwrap(), vec![trigger]);
+        assert_eq!(store.trigger("t2").unwrap(), None);
     }
 
     #[test]

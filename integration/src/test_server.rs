@@ -29,7 +29,18 @@ impl TestServer {
     }
 
     pub fn start_on(data: &Path, repo: &Path, address: std::net::SocketAddr) -> Result<TestServer> {
-        TestServer::start_with(data, repo, address, false, |_| {})
+        TestServer::start_inner(data, repo, address, false, |_| {})
+    }
+
+    /// Starts with settings changed by `configure` (e.g. a certificate
+    /// lifetime or gone-after time in seconds, for lifecycle tests).
+    pub fn start_with(
+        data: &Path,
+        repo: &Path,
+        address: std::net::SocketAddr,
+        configure: impl FnOnce(&mut cms_server::server::ServeConfig),
+    ) -> Result<TestServer> {
+        TestServer::start_inner(data, repo, address, false, configure)
     }
 
     /// On loopback, with the HTTP port too (on port 0, like gRPC), and the
@@ -39,7 +50,7 @@ impl TestServer {
         repo: &Path,
         configure: impl FnOnce(&mut cms_server::server::ServeConfig),
     ) -> Result<TestServer> {
-        TestServer::start_with(
+        TestServer::start_inner(
             data,
             repo,
             std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -48,7 +59,7 @@ impl TestServer {
         )
     }
 
-    fn start_with(
+    fn start_inner(
         data: &Path,
         repo: &Path,
         address: std::net::SocketAddr,
@@ -69,19 +80,10 @@ impl TestServer {
             Some(listener) => Some(listener.local_addr()?.to_string()),
             None => None,
         };
-        let mut config = cms_server::server::ServeConfig {
-            data_dir: data.to_path_buf(),
-            repo: repo.display().to_string(),
-            branch: "main".into(),
-            sync_interval: Duration::from_secs(3600),
-            certificate_validity: Duration::from_secs(3600),
-            server_names: Vec::new(),
-            server_addresses: Vec::new(),
-            webhook_secret: None,
-            report_retention: Duration::from_secs(30 * 24 * 3600),
-            http_tls: false,
-            metrics_token: None,
-        };
+        let mut config =
+            cms_server::server::ServeConfig::new(data.to_path_buf(), repo.display().to_string());
+        config.sync_interval = Duration::from_secs(3600);
+        config.certificate_validity = Duration::from_secs(3600);
         configure(&mut config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = runtime.handle().clone();

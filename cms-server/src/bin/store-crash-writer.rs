@@ -101,6 +101,7 @@ fn write_forever(store: &Store, round: u64, writer: u64) -> anyhow::Result<()> {
                 noop: false,
             }),
             status: NodeStatus::Active,
+            gone_since_unix_ms: None,
         };
         store.put_node(&node)?;
         acknowledge(format_args!("node {node_id} {now_unix_ms}"))?;

@@ -1,0 +1,890 @@
+//! Fleet operations: which agents hold a `Watch` stream open (so the
+//! server can tell them to converge now), when nodes were last seen, the
+//! lifecycle of cattle (gone, then removed with their certificates), and
+//! triggers that converge a selection of the fleet canary first, then batch
+//! after batch.
+//!
+//! The rules are pure functions (`plan`, `over_limit`, `lifecycle`,
+//! `name_is_free`) tested on their own; `Fleet` holds the live state and
+//! `run_trigger` / `lifecycle_loop` do the work.
+//!
+//! Last seen: a node's calls are noted in memory (`Fleet::note_seen`) and
+//! written to the store in one batch every `presence_flush` (a few seconds),
+//! so a `GetCatalog` answered `NotModified` costs no fsync. A crash loses at
+//! most that window of last-seen times, never a node or a report. A node
+//! with an open `Watch` stream counts as seen now.
+
+use prometheus_client::metrics::counter::Counter;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cms_proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::server::ServerState;
+use crate::service::now_unix_ms;
+use crate::store::{NodeRecord, NodeStatus, TriggerOutcome, TriggerRecord};
+
+/// How many converge-now commands may wait for one agent's stream.
+pub const WATCH_QUEUE: usize = 4;
+
+/// One registered `Watch` stream: its number and where its events go.
+type WatchSender = (u64, mpsc::Sender<pb::WatchEvent>);
+
+/// The live fleet state of one server.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    watchers: Mutex<HashMap<String, Vec<WatchSender>>>,
+    next_watcher: AtomicU64,
+    /// Last-seen times not yet written to the store.
+    seen: Mutex<HashMap<String, u64>>,
+    /// New facts not yet written to the store.
+    facts: Mutex<HashMap<String, serde_json::Value>>,
+    /// Triggers waiting for a node's report: (trigger id, node id).
+    waiting: Mutex<HashMap<(String, String), oneshot::Sender<TriggerOutcome>>>,
+    /// Progress of the triggers running in this process.
+    running: Mutex<HashMap<String, watch::Receiver<pb::TriggerProgress>>>,
+    pub counters: Counters,
+}
+
+/// What the fleet machinery did since the server started, exported on
+/// `/metrics` (`cms_fleet_events_total`, see `metrics::Metrics::new`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub renewals: Counter,
+    pub converge_now_sent: Counter,
+    pub nodes_marked_gone: Counter,
+    pub nodes_removed: Counter,
+}
+
+/// Unregisters a `Watch` stream when dropped.
+#[derive(Debug)]
+pub struct WatchGuard {
+    fleet: Arc<Fleet>,
+    node_id: String,
+    id: u64,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let mut watchers = self.fleet.watchers.lock().expect("watchers lock");
+        if let Some(list) = watchers.get_mut(&self.node_id) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                watchers.remove(&self.node_id);
+            }
+        }
+        drop(watchers);
+        self.fleet.note_seen(&self.node_id, now_unix_ms());
+    }
+}
+
+impl Fleet {
+    /// Registers an agent's `Watch` stream; it stays registered until the
+    /// guard is dropped.
+    pub fn register_watch(
+        self: &Arc<Self>,
+        node_id: &str,
+        sender: mpsc::Sender<pb::WatchEvent>,
+    ) -> WatchGuard {
+        let id = self.next_watcher.fetch_add(1, Ordering::Relaxed);
+        self.watchers
+            .lock()
+            .expect("watchers lock")
+            .entry(node_id.to_string())
+            .or_default()
+            .push((id, sender));
+        self.note_seen(node_id, now_unix_ms());
+        WatchGuard {
+            fleet: self.clone(),
+            node_id: node_id.to_string(),
+            id,
+        }
+    }
+
+    pub fn is_connected(&self, node_id: &str) -> bool {
+        self.watchers
+            .lock()
+            .expect("watchers lock")
+            .contains_key(node_id)
+    }
+
+    pub fn connected_count(&self) -> usize {
+        self.watchers.lock().expect("watchers lock").len()
+    }
+
+    /// Tells a node to converge now; false when it holds no `Watch` stream.
+    pub fn converge_now(&self, node_id: &str, trigger_id: &str, noop: bool) -> bool {
+        let senders: Vec<mpsc::Sender<pb::WatchEvent>> = self
+            .watchers
+            .lock()
+            .expect("watchers lock")
+            .get(node_id)
+            .map(|list| list.iter().map(|(_, s)| s.clone()).collect())
+            .unwrap_or_default();
+        let event = pb::WatchEvent {
+            event: Some(pb::watch_event::Event::ConvergeNow(pb::ConvergeNow {
+                trigger_id: trigger_id.to_string(),
+                noop,
+            })),
+        };
+        // The newest stream first: an agent that reconnected left the old
+        // one behind, which the server notices only later.
+        let sent = senders
+            .iter()
+            .rev()
+            .any(|sender| sender.try_send(event.clone()).is_ok());
+        if sent {
+            self.counters.converge_now_sent.inc();
+        }
+        sent
+    }
+
+    /// Notes that a node called now (or at `at_unix_ms`).
+    pub fn note_seen(&self, node_id: &str, at_unix_ms: u64) {
+        let mut seen = self.seen.lock().expect("seen lock");
+        let entry = seen.entry(node_id.to_string()).or_insert(at_unix_ms);
+        *entry = (*entry).max(at_unix_ms);
+    }
+
+    /// Notes a node's new facts (and that it called), written with the next
+    /// batch of last-seen times.
+    pub fn note_facts(&self, node_id: &str, at_unix_ms: u64, facts: serde_json::Value) {
+        self.facts
+            .lock()
+            .expect("facts lock")
+            .insert(node_id.to_string(), facts);
+        self.note_seen(node_id, at_unix_ms);
+    }
+
+    /// When the node was last seen: now if it holds a `Watch` stream, else
+    /// the later of the stored time and one not yet written.
+    pub fn last_seen(&self, node_id: &str, stored_unix_ms: u64, now: u64) -> u64 {
+        if self.is_connected(node_id) {
+            return now;
+        }
+        let pending = self
+            .seen
+            .lock()
+            .expect("seen lock")
+            .get(node_id)
+            .copied()
+            .unwrap_or(0);
+        stored_unix_ms.max(pending)
+    }
+
+    /// Takes the last-seen times (and new facts) to write.
+    pub fn take_seen(&self) -> Vec<(String, u64, Option<serde_json::Value>)> {
+        let mut facts = std::mem::take(&mut *self.facts.lock().expect("facts lock"));
+        let mut seen = self.seen.lock().expect("seen lock");
+        let mut taken: Vec<(String, u64, Option<serde_json::Value>)> = seen
+            .drain()
+            .map(|(node, at)| {
+                let facts = facts.remove(&node);
+                (node, at, facts)
+            })
+            .collect();
+        taken.sort_by(|a, b| a.0.cmp(&b.0));
+        taken
+    }
+
+    /// Puts back what could not be written, so it is tried again.
+    fn restore_seen(&self, times: Vec<(String, u64, Option<serde_json::Value>)>) {
+        for (node, at, facts) in times {
+            match facts {
+                Some(facts) => self.note_facts(&node, at, facts),
+                None => self.note_seen(&node, at),
+            }
+        }
+    }
+
+    /// A report arrived: tell the trigger waiting for it, if any.
+    pub fn report_arrived(&self, trigger_id: &str, node_id: &str, outcome: TriggerOutcome) {
+        let waiter = self
+            .waiting
+            .lock()
+            .expect("waiting lock")
+            .remove(&(trigger_id.to_string(), node_id.to_string()));
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(outcome);
+        }
+    }
+
+    fn wait_for_report(
+        &self,
+        trigger_id: &str,
+        node_id: &str,
+    ) -> oneshot::Receiver<TriggerOutcome> {
+        let (sender, receiver) = oneshot::channel();
+        self.waiting
+            .lock()
+            .expect("waiting lock")
+            .insert((trigger_id.to_string(), node_id.to_string()), sender);
+        receiver
+    }
+
+    fn stop_waiting(&self, trigger_id: &str, node_id: &str) {
+        self.waiting
+            .lock()
+            .expect("waiting lock")
+            .remove(&(trigger_id.to_string(), node_id.to_string()));
+    }
+
+    /// The live progress of a trigger running in this process.
+    pub fn progress(&self, trigger_id: &str) -> Option<watch::Receiver<pb::TriggerProgress>> {
+        self.running
+            .lock()
+            .expect("running lock")
+            .get(trigger_id)
+            .cloned()
+    }
+}
+
+// ---- the rules ----
+
+/// How many nodes a batch holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSize {
+    /// Everything after the canary at once.
+    All,
+    Count(usize),
+    /// A percentage of the selected nodes, rounded up.
+    Percent(u32),
+}
+
+/// Reads `25%`, `10` or an empty string (all at once).
+pub fn parse_batch(text: &str) -> Result<BatchSize, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(BatchSize::All);
+    }
+    if let Some(percent) = text.strip_suffix('%') {
+        return match percent.trim().parse::<u32>() {
+            Ok(p) if (1..=100).contains(&p) => Ok(BatchSize::Percent(p)),
+            _ => Err(format!(
+                "batch `{text}`: a percentage must be between 1% and 100%"
+            )),
+        };
+    }
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(BatchSize::Count(n)),
+        _ => Err(format!(
+            "batch `{text}`: expected a count such as 10 or a percentage such as 25%"
+        )),
+    }
+}
+
+/// The order of a rollout: the first `canary` nodes alone, then the rest in
+/// batches. A percentage is of all selected nodes (as Ansible's `serial`),
+/// rounded up, so `50%` of 5 nodes is batches of 3. Nodes are taken in the
+/// order given (the caller sorts them by id, so a plan is reproducible).
+pub fn plan(nodes: &[String], canary: usize, batch: BatchSize) -> Vec<Vec<String>> {
+    let canary = canary.min(nodes.len());
+    let mut batches = Vec::new();
+    if canary > 0 {
+        batches.push(nodes[..canary].to_vec());
+    }
+    let rest = &nodes[canary..];
+    if rest.is_empty() {
+        return batches;
+    }
+    let size = match batch {
+        BatchSize::All => rest.len(),
+        BatchSize::Count(n) => n,
+        BatchSize::Percent(p) => (nodes.len() * p as usize).div_ceil(100),
+    }
+    .max(1);
+    batches.extend(rest.chunks(size).map(<[String]>::to_vec));
+    batches
+}
+
+/// Whether a rollout must stop: more failures (failed or unreachable
+/// nodes) than allowed, or any failure in the canary group.
+pub fn over_limit(failures: u32, max_failures: u32, in_canary: bool) -> bool {
+    if in_canary {
+        return failures > 0;
+    }
+    failures > max_failures
+}
+
+/// What the lifecycle does with a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    Keep,
+    /// Not seen for `gone_after`: marked gone (still listed as such).
+    MarkGone,
+    /// Gone for `remove_after`: removed with its certificates.
+    Remove,
+}
+
+/// The lifecycle rule for one node, from when it was last seen.
+pub fn lifecycle(
+    status: NodeStatus,
+    gone_since_unix_ms: Option<u64>,
+    last_seen_unix_ms: u64,
+    now_unix_ms: u64,
+    gone_after: Duration,
+    remove_after: Duration,
+) -> Lifecycle {
+    let unseen = now_unix_ms.saturating_sub(last_seen_unix_ms);
+    if unseen < gone_after.as_millis() as u64 {
+        return Lifecycle::Keep;
+    }
+    match status {
+        NodeStatus::Active => Lifecycle::MarkGone,
+        NodeStatus::Gone => {
+            let since = gone_since_unix_ms.unwrap_or(last_seen_unix_ms);
+            if now_unix_ms.saturating_sub(since) >= remove_after.as_millis() as u64 {
+                Lifecycle::Remove
+            } else {
+                Lifecycle::Keep
+            }
+        }
+    }
+}
+
+/// Whether a new enrollment may take the name of `existing`. A name is free
+/// when no node holds it, when its node is gone (not seen for
+/// `gone_after`), or when an operator revoked it. A live node's name is
+/// taken over only by that node itself, presenting its current certificate.
+pub fn name_is_free(
+    existing: Option<&NodeRecord>,
+    last_seen_unix_ms: u64,
+    now_unix_ms: u64,
+    gone_after: Duration,
+    revoked: bool,
+    presented_own_certificate: bool,
+) -> bool {
+    let Some(node) = existing else {
+        return true;
+    };
+    node.status == NodeStatus::Gone
+        || now_unix_ms.saturating_sub(last_seen_unix_ms) >= gone_after.as_millis() as u64
+        || revoked
+        || presented_own_certificate
+}
+
+/// How a report reads for a trigger.
+pub fn outcome_of(report: &pb::RunReport) -> TriggerOutcome {
+    let with = |status: pb::ResourceStatus| {
+        report
+            .resources
+            .iter()
+            .filter(move |r| r.status == status as i32)
+    };
+    let failed: Vec<String> = with(pb::ResourceStatus::Failed)
+        .map(|r| r.reference.clone())
+        .collect();
+    let result = if !failed.is_empty() {
+        "failed"
+    } else if with(pb::ResourceStatus::Changed).next().is_some() {
+        "changed"
+    } else {
+        "unchanged"
+    };
+    TriggerOutcome {
+        result: result.to_string(),
+        run_id: report.run_id.clone(),
+        failed_resources: failed,
+    }
+}
+
+// ---- triggers ----
+
+/// What a trigger's progress looks like on the wire.
+pub fn progress_of(record: &TriggerRecord) -> pb::TriggerProgress {
+    let mut progress = pb::TriggerProgress {
+        trigger_id: record.id.clone(),
+        state: record.state.clone(),
+        total: record.batches.iter().map(Vec::len).sum::<usize>() as u32,
+        message: record.message.clone(),
+        batch: record.batches_started,
+        batches: record.batches.len() as u32,
+        started_unix_ms: record.started_unix_ms as i64,
+        finished_unix_ms: record.finished_unix_ms.unwrap_or(0) as i64,
+        ..Default::default()
+    };
+    for (index, batch) in record.batches.iter().enumerate() {
+        for node in batch {
+            let outcome = record.outcomes.get(node);
+            let result = match outcome {
+                Some(outcome) => outcome.result.clone(),
+                None if (index as u32) < record.batches_started && record.state == "running" => {
+                    "running".to_string()
+                }
+                None => "pending".to_string(),
+            };
+            if let Some(outcome) = outcome {
+                progress.done += 1;
+                match outcome.result.as_str() {
+                    "changed" => progress.changed += 1,
+                    "unchanged" => progress.unchanged += 1,
+                    "failed" => progress.failed += 1,
+                    _ => progress.unreachable += 1,
+                }
+                progress.failed_resources.extend(
+                    outcome
+                        .failed_resources
+                        .iter()
+                        .map(|r| format!("{node}: {r}")),
+                );
+            }
+            progress.nodes.push(pb::TriggerNodeOutcome {
+                node_id: node.clone(),
+                result,
+                batch: index as u32 + 1,
+                run_id: outcome.map(|o| o.run_id.clone()).unwrap_or_default(),
+            });
+        }
+    }
+    progress
+}
+
+/// A new trigger id: the start time, made unique in this store.
+pub fn new_trigger_id(state: &ServerState) -> Result<String, crate::store::StoreError> {
+    let mut at = now_unix_ms();
+    loop {
+        let id = format!("t{at}");
+        if state.store.trigger(&id)?.is_none() {
+            return Ok(id);
+        }
+        at += 1;
+    }
+}
+
+/// Starts a trigger in the background; it goes on if the client goes.
+/// Returns its progress channel.
+pub fn start_trigger(
+    state: Arc<ServerState>,
+    record: TriggerRecord,
+    timeout: Duration,
+) -> watch::Receiver<pb::TriggerProgress> {
+    let (sender, receiver) = watch::channel(progress_of(&record));
+    state
+        .fleet
+        .running
+        .lock()
+        .expect("running lock")
+        .insert(record.id.clone(), receiver.clone());
+    tokio::spawn(async move {
+        let id = record.id.clone();
+        run_trigger(&state, record, timeout, &sender).await;
+        state
+            .fleet
+            .running
+            .lock()
+            .expect("running lock")
+            .remove(&id);
+    });
+    receiver
+}
+
+async fn save(state: &Arc<ServerState>, record: &TriggerRecord) {
+    let store = state.store.clone();
+    let copy = record.clone();
+    match tokio::task::spawn_blocking(move || store.put_trigger(&copy)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!("Failed to store trigger {}: {error}", record.id),
+        Err(error) => tracing::warn!("Failed to store trigger {}: {error}", record.id),
+    }
+}
+
+async fn run_trigger(
+    state: &Arc<ServerState>,
+    mut record: TriggerRecord,
+    timeout: Duration,
+    progress: &watch::Sender<pb::TriggerProgress>,
+) {
+    let batches = record.batches.clone();
+    let has_canary = record.canary > 0;
+    let mut failures = 0u32;
+    for (index, batch) in batches.iter().enumerate() {
+        record.batches_started = index as u32 + 1;
+        save(state, &record).await;
+        let _ = progress.send(progress_of(&record));
+        let mut pending = tokio::task::JoinSet::new();
+        for node in batch {
+            let receiver = state.fleet.wait_for_report(&record.id, node);
+            if !state.fleet.converge_now(node, &record.id, record.noop) {
+                state.fleet.stop_waiting(&record.id, node);
+                record.outcomes.insert(
+                    node.clone(),
+                    TriggerOutcome {
+                        result: "unreachable".into(),
+                        run_id: String::new(),
+                        failed_resources: Vec::new(),
+                    },
+                );
+                failures += 1;
+                continue;
+            }
+            let node = node.clone();
+            pending.spawn(async move {
+                let outcome = tokio::time::timeout(timeout, receiver).await;
+                (node, outcome.ok().and_then(Result::ok))
+            });
+        }
+        save(state, &record).await;
+        let _ = progress.send(progress_of(&record));
+        while let Some(joined) = pending.join_next().await {
+            let Ok((node, outcome)) = joined else {
+                continue;
+            };
+            let outcome = outcome.unwrap_or_else(|| {
+                state.fleet.stop_waiting(&record.id, &node);
+                TriggerOutcome {
+                    result: "unreachable".into(),
+                    run_id: String::new(),
+                    failed_resources: Vec::new(),
+                }
+            });
+            if outcome.result == "failed" || outcome.result == "unreachable" {
+                failures += 1;
+            }
+            record.outcomes.insert(node, outcome);
+            save(state, &record).await;
+            let _ = progress.send(progress_of(&record));
+        }
+        let in_canary = has_canary && index == 0;
+        if over_limit(failures, record.max_failures, in_canary) {
+            record.state = "stopped".into();
+            record.message = if in_canary {
+                format!("the canary failed ({failures} failed or unreachable): rollout stopped")
+            } else {
+                format!(
+                    "{failures} nodes failed or were unreachable, more than --max-failures {}: rollout stopped",
+                    record.max_failures
+                )
+            };
+            break;
+        }
+    }
+    if record.state == "running" {
+        record.state = "done".into();
+    }
+    record.finished_unix_ms = Some(now_unix_ms());
+    save(state, &record).await;
+    let _ = progress.send(progress_of(&record));
+}
+
+/// The nodes a selector picks, sorted by id; gone nodes are left out.
+pub fn select(nodes: Vec<NodeRecord>, selector: &BTreeMap<String, String>) -> Vec<String> {
+    let mut ids: Vec<String> = nodes
+        .into_iter()
+        .filter(|n| n.status == NodeStatus::Active)
+        .filter(|n| {
+            selector.iter().all(|(k, pattern)| {
+                n.tags
+                    .get(k)
+                    .is_some_and(|v| cms_roles::glob_match(pattern, v))
+            })
+        })
+        .map(|n| n.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+// ---- the lifecycle loop ----
+
+/// Writes last-seen times, marks nodes gone and removes them, until stop.
+pub async fn lifecycle_loop(
+    state: Arc<ServerState>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let config = &state.config;
+    let tick = (config.gone_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let flush_every = config.presence_flush.min(tick);
+    let mut interval = tokio::time::interval(flush_every);
+    let mut last_check = tokio::time::Instant::now();
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => true,
+            _ = interval.tick() => false,
+        };
+        if stopping {
+            flush_seen(&state).await;
+            return Ok(());
+        }
+        flush_seen(&state).await;
+        if last_check.elapsed() >= tick {
+            last_check = tokio::time::Instant::now();
+            let state = state.clone();
+            match tokio::task::spawn_blocking(move || apply_lifecycle(&state)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!("Failed to apply the node lifecycle: {error}"),
+                Err(error) => tracing::warn!("Failed to apply the node lifecycle: {error}"),
+            }
+        }
+    }
+}
+
+async fn flush_seen(state: &Arc<ServerState>) {
+    let seen = state.fleet.take_seen();
+    if seen.is_empty() {
+        return;
+    }
+    let store = state.store.clone();
+    let copy = seen.clone();
+    match tokio::task::spawn_blocking(move || store.touch_nodes_with_facts(&copy)).await {
+        Ok(Ok(_)) => {}
+        result => {
+            tracing::warn!("Failed to record when nodes were last seen: {result:?}");
+            state.fleet.restore_seen(seen);
+        }
+    }
+}
+
+/// One pass of the lifecycle over every node.
+fn apply_lifecycle(state: &ServerState) -> Result<(), crate::store::StoreError> {
+    let now = now_unix_ms();
+    for node in state.store.nodes()? {
+        let last_seen = state.fleet.last_seen(&node.id, node.last_seen_unix_ms, now);
+        match lifecycle(
+            node.status,
+            node.gone_since_unix_ms,
+            last_seen,
+            now,
+            state.config.gone_after,
+            state.config.remove_after,
+        ) {
+            Lifecycle::Keep => {}
+            Lifecycle::MarkGone => {
+                state.store.update_node(&node.id, |n| {
+                    if n.status == NodeStatus::Active && n.last_seen_unix_ms <= last_seen {
+                        n.status = NodeStatus::Gone;
+                        n.gone_since_unix_ms = Some(now);
+                    }
+                })?;
+                state.fleet.counters.nodes_marked_gone.inc();
+                tracing::info!(node = %node.id, "node not seen for the gone-after time: marked gone");
+            }
+            Lifecycle::Remove => {
+                let revoked = state.store.revoke_node(&node.id)?;
+                state.store.remove_node(&node.id)?;
+                state.fleet.counters.nodes_removed.inc();
+                tracing::info!(node = %node.id, certificates = revoked.len(), "gone node removed with its certificates");
+            }
+        }
+    }
+    // Records of certificates past their end are no longer needed.
+    state.store.prune_certificates(now / 1000)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("web-{i}")).collect()
+    }
+
+    fn sizes(plan: &[Vec<String>]) -> Vec<usize> {
+        plan.iter().map(Vec::len).collect()
+    }
+
+    #[test]
+    fn the_canary_goes_alone_then_batches_of_a_share_of_all_selected_nodes() {
+        let plan = plan(&names(5), 1, BatchSize::Percent(50));
+        assert_eq!(sizes(&plan), vec![1, 3, 1]);
+        assert_eq!(plan[0], vec!["web-1".to_string()]);
+        let every: Vec<String> = plan.concat();
+        assert_eq!(every, names(5), "each node once, in order");
+    }
+
+    #[test]
+    fn batches_by_count_all_at_once_and_oversized_canaries() {
+        assert_eq!(
+            sizes(&plan(&names(7), 0, BatchSize::Count(3))),
+            vec![3, 3, 1]
+        );
+        assert_eq!(sizes(&plan(&names(7), 2, BatchSize::All)), vec![2, 5]);
+        assert_eq!(sizes(&plan(&names(2), 5, BatchSize::Count(1))), vec![2]);
+        assert!(plan(&[], 1, BatchSize::All).is_empty());
+        // 25% of 3 nodes rounds up to one node per batch.
+        assert_eq!(
+            sizes(&plan(&names(3), 0, BatchSize::Percent(25))),
+            vec![1, 1, 1]
+        );
+    }
+
+    #[test]
+    fn batch_sizes_are_read_from_counts_and_percentages() {
+        assert_eq!(parse_batch("25%"), Ok(BatchSize::Percent(25)));
+        assert_eq!(parse_batch("10"), Ok(BatchSize::Count(10)));
+        assert_eq!(parse_batch(""), Ok(BatchSize::All));
+        assert!(parse_batch("0").unwrap_err().contains("expected a count"));
+        assert!(
+            parse_batch("150%")
+                .unwrap_err()
+                .contains("between 1% and 100%")
+        );
+        assert!(parse_batch("half").is_err());
+    }
+
+    #[test]
+    fn a_canary_failure_stops_at_once_and_batches_stop_past_the_limit() {
+        assert!(over_limit(1, 5, true));
+        assert!(!over_limit(0, 0, true));
+        assert!(!over_limit(2, 2, false));
+        assert!(over_limit(3, 2, false));
+        assert!(over_limit(1, 0, false));
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_node_unseen_for_gone_after_is_marked_gone_then_removed_after_remove_after() {
+        let now = 100 * 60_000;
+        let seen_at = |minutes_ago: u64| now - minutes_ago * 60_000;
+        let rule = |status, gone_since, last_seen| {
+            lifecycle(status, gone_since, last_seen, now, 10 * MINUTE, 30 * MINUTE)
+        };
+        assert_eq!(rule(NodeStatus::Active, None, seen_at(9)), Lifecycle::Keep);
+        assert_eq!(
+            rule(NodeStatus::Active, None, seen_at(10)),
+            Lifecycle::MarkGone
+        );
+        assert_eq!(
+            rule(NodeStatus::Gone, Some(seen_at(29)), seen_at(40)),
+            Lifecycle::Keep
+        );
+        assert_eq!(
+            rule(NodeStatus::Gone, Some(seen_at(30)), seen_at(40)),
+            Lifecycle::Remove
+        );
+        // A gone node seen again is kept (its next call makes it active).
+        assert_eq!(
+            rule(NodeStatus::Gone, Some(seen_at(50)), seen_at(1)),
+            Lifecycle::Keep
+        );
+    }
+
+    fn record(status: NodeStatus) -> NodeRecord {
+        NodeRecord {
+            id: "web-1".into(),
+            tags: BTreeMap::new(),
+            facts: serde_json::Value::Null,
+            certificate_serial: "01".into(),
+            first_seen_unix_ms: 0,
+            last_seen_unix_ms: 0,
+            last_run: None,
+            status,
+            gone_since_unix_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_live_name_is_taken_only_by_its_own_node_and_a_gone_or_revoked_one_is_free() {
+        let gone_after = 10 * MINUTE;
+        let now = 100 * 60_000;
+        let live = record(NodeStatus::Active);
+        assert!(name_is_free(None, 0, now, gone_after, false, false));
+        assert!(!name_is_free(
+            Some(&live),
+            now - 60_000,
+            now,
+            gone_after,
+            false,
+            false
+        ));
+        assert!(name_is_free(
+            Some(&live),
+            now - 60_000,
+            now,
+            gone_after,
+            false,
+            true
+        ));
+        assert!(name_is_free(
+            Some(&live),
+            now - 60_000,
+            now,
+            gone_after,
+            true,
+            false
+        ));
+        // Unseen for gone_after: free even before the lifecycle marks it.
+        assert!(name_is_free(
+            Some(&live),
+            now - 600_000,
+            now,
+            gone_after,
+            false,
+            false
+        ));
+        let gone = record(NodeStatus::Gone);
+        assert!(name_is_free(
+            Some(&gone),
+            now,
+            now,
+            gone_after,
+            false,
+            false
+        ));
+    }
+
+    #[test]
+    fn a_report_with_a_failed_resource_is_a_failure_naming_it() {
+        let resource = |reference: &str, status: pb::ResourceStatus| pb::ResourceResult {
+            reference: reference.into(),
+            status: status as i32,
+            ..Default::default()
+        };
+        let report = pb::RunReport {
+            run_id: "r1".into(),
+            resources: vec![
+                resource("file:/a", pb::ResourceStatus::Changed),
+                resource("service:x", pb::ResourceStatus::Failed),
+            ],
+            ..Default::default()
+        };
+        let outcome = outcome_of(&report);
+        assert_eq!(outcome.result, "failed");
+        assert_eq!(outcome.failed_resources, vec!["service:x".to_string()]);
+        let unchanged = pb::RunReport {
+            resources: vec![resource("file:/a", pb::ResourceStatus::Unchanged)],
+            ..Default::default()
+        };
+        assert_eq!(outcome_of(&unchanged).result, "unchanged");
+    }
+
+    #[test]
+    fn progress_counts_outcomes_and_lists_failed_resources_by_node() {
+        let mut record = TriggerRecord {
+            id: "t1".into(),
+            selector: BTreeMap::new(),
+            batch: "50%".into(),
+            canary: 1,
+            noop: false,
+            max_failures: 0,
+            state: "running".into(),
+            message: String::new(),
+            started_unix_ms: 1,
+            finished_unix_ms: None,
+            batches: plan(&names(3), 1, BatchSize::Percent(50)),
+            batches_started: 1,
+            outcomes: BTreeMap::new(),
+        };
+        record.outcomes.insert(
+            "web-1".into(),
+            TriggerOutcome {
+                result: "failed".into(),
+                run_id: "r".into(),
+                failed_resources: vec!["exec:boom".into()],
+            },
+        );
+        let progress = progress_of(&record);
+        assert_eq!((progress.total, progress.done, progress.failed), (3, 1, 1));
+        assert_eq!(
+            progress.failed_resources,
+            vec!["web-1: exec:boom".to_string()]
+        );
+        assert_eq!(progress.batches, 2);
+        let results: Vec<&str> = progress.nodes.iter().map(|n| n.result.as_str()).collect();
+        assert_eq!(results, vec!["failed", "pending", "pending"]);
+    }
+}
