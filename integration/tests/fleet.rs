@@ -6,63 +6,16 @@
 //! instance. The server runs in this process with lifecycle times in
 //! seconds; the admin commands are the real `cms-server` binary.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use cms_integration::{
-    HOST_ADDRESS, Image, ImageRecipe, Instance, InstanceConfig, TestServer, Testbed,
+    GitRepo, HOST_ADDRESS, Image, ImageRecipe, Instance, InstanceConfig, TestServer, Testbed,
     bake_agent_for_server, begin_end_to_end_test, build_workspace_binary,
 };
 use cms_proto::v1 as pb;
-
-struct Git {
-    dir: PathBuf,
-}
-
-impl Git {
-    fn init(dir: &Path) -> Result<Git> {
-        std::fs::create_dir_all(dir)?;
-        let git = Git {
-            dir: dir.to_path_buf(),
-        };
-        git.run(&["init", "-q", "-b", "main"])?;
-        Ok(git)
-    }
-
-    fn run(&self, args: &[&str]) -> Result<()> {
-        let output = Command::new("git")
-            .arg("-C")
-            .arg(&self.dir)
-            .args([
-                "-c",
-                "user.name=cms test",
-                "-c",
-                "user.email=test@cms.invalid",
-                "-c",
-                "commit.gpgsign=false",
-            ])
-            .args(args)
-            .output()?;
-        ensure!(
-            output.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
-    }
-
-    fn commit(&self, files: &[(&str, &str)], message: &str) -> Result<()> {
-        for (path, text) in files {
-            let path = self.dir.join(path);
-            std::fs::create_dir_all(path.parent().context("parent")?)?;
-            std::fs::write(path, text)?;
-        }
-        self.run(&["add", "-A"])?;
-        self.run(&["commit", "-q", "-m", message])
-    }
-}
 
 /// The web role: one file holding `version`, and optionally a smoke test
 /// that fails.
@@ -187,7 +140,7 @@ fn a_trigger_converges_the_canary_then_batches_of_the_selection_only_and_a_faili
     let (_alone, settings) = begin_end_to_end_test()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir()?;
-    let git = Git::init(&dir.path().join("roles"))?;
+    let git = GitRepo::init(&dir.path().join("roles"))?;
     git.commit(
         &[
             ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
@@ -203,7 +156,7 @@ fn a_trigger_converges_the_canary_then_batches_of_the_selection_only_and_a_faili
     let testbed = Testbed::start(&settings)?;
     let server = TestServer::start_on(
         &dir.path().join("server"),
-        &git.dir,
+        git.path(),
         std::net::SocketAddr::from((HOST_ADDRESS, 0)),
     )?;
     let admin = Admin {
@@ -378,7 +331,7 @@ fn certificates_are_renewed_by_the_agent_a_gone_node_is_removed_and_refused_and_
     let (_alone, settings) = begin_end_to_end_test()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir()?;
-    let git = Git::init(&dir.path().join("roles"))?;
+    let git = GitRepo::init(&dir.path().join("roles"))?;
     git.commit(
         &[
             ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
@@ -391,7 +344,7 @@ fn certificates_are_renewed_by_the_agent_a_gone_node_is_removed_and_refused_and_
     let testbed = Testbed::start(&settings)?;
     let server = TestServer::start_with(
         &dir.path().join("server"),
-        &git.dir,
+        git.path(),
         std::net::SocketAddr::from((HOST_ADDRESS, 0)),
         |config| {
             config.certificate_validity = Duration::from_secs(30);

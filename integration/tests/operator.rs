@@ -14,112 +14,45 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{Context, Result, bail, ensure};
-use cms_integration::{TestServer, build_workspace_binary};
+use cms_integration::{GitRepo, HostAgent, TestServer, build_workspace_binary};
 use openmetrics_parser::{MetricFamily, OpenMetricsType, OpenMetricsValue};
-
-fn git(dir: &Path, args: &[&str]) -> Result<()> {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=cms test",
-            "-c",
-            "user.email=test@cms.invalid",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .output()?;
-    ensure!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
-}
 
 /// A roles repository in git: `app` converges a folder and a file under
 /// `out`; `broken` writes a file into a folder that does not exist, which
 /// fails (parents are never created implicitly).
 fn roles_repository(root: &Path, out: &Path) -> Result<PathBuf> {
-    let repo = root.join("roles");
-    std::fs::create_dir_all(repo.join("roles"))?;
-    git(&repo, &["init", "-q", "-b", "main"])?;
-    std::fs::write(
-        repo.join("cms.toml"),
-        "[hierarchy]\nlayers = [\"common\"]\n",
+    let repo = GitRepo::init(&root.join("roles"))?;
+    let app = format!(
+        "[match]\nrole = \"app\"\n\n[[directory]]\npath = \"{out}\"\n\n[[file]]\npath = \"{out}/app.conf\"\ncontent = \"<b>served</b>\\n\"\nrequire = [\"directory:{out}\"]\n",
+        out = out.display()
+    );
+    let broken = format!(
+        "[match]\nrole = \"broken\"\n\n[[file]]\npath = \"{}/no-such-folder/broken.conf\"\ncontent = \"never\\n\"\n",
+        out.display()
+    );
+    repo.commit(
+        &[
+            ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
+            ("roles/app.toml", &app),
+            ("roles/broken.toml", &broken),
+        ],
+        "roles",
     )?;
-    std::fs::write(
-        repo.join("roles/app.toml"),
-        format!(
-            "[match]\nrole = \"app\"\n\n[[directory]]\npath = \"{out}\"\n\n[[file]]\npath = \"{out}/app.conf\"\ncontent = \"<b>served</b>\\n\"\nrequire = [\"directory:{out}\"]\n",
-            out = out.display()
-        ),
-    )?;
-    std::fs::write(
-        repo.join("roles/broken.toml"),
-        format!(
-            "[match]\nrole = \"broken\"\n\n[[file]]\npath = \"{}/no-such-folder/broken.conf\"\ncontent = \"never\\n\"\n",
-            out.display()
-        ),
-    )?;
-    git(&repo, &["add", "-A"])?;
-    git(&repo, &["commit", "-q", "-m", "roles"])?;
-    Ok(repo)
-}
-
-struct Agent {
-    binary: PathBuf,
-    state: PathBuf,
-    config: PathBuf,
-}
-
-impl Agent {
-    fn run(&self, args: &[&str]) -> Result<Output> {
-        Ok(Command::new(&self.binary)
-            .args(args)
-            .env("NO_COLOR", "1")
-            .output()?)
-    }
-
-    fn enroll(&self, server: &str, token: &str, node: &str, tags: &str) -> Result<()> {
-        let output = self.run(&[
-            "enroll",
-            "--server",
-            server,
-            "--token",
-            token,
-            "--node",
-            node,
-            "--tags",
-            tags,
-            "--state-dir",
-            self.state.to_str().context("utf-8")?,
-        ])?;
-        ensure!(
-            output.status.success(),
-            "enroll {node}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
-    }
-
-    /// Converges and returns the exit code.
-    fn converge(&self) -> Result<i32> {
-        let output = self.run(&[
-            "converge",
-            "--state-dir",
-            self.state.to_str().context("utf-8")?,
-            "--config",
-            self.config.to_str().context("utf-8")?,
-        ])?;
-        Ok(output.status.code().unwrap_or(-1))
-    }
+    Ok(repo.path().to_path_buf())
 }
 
 /// A server with its HTTP port, and two nodes that ran: `app-1` converged
 /// (twice: changed, then not modified), `db-1` failed.
+/// Fails with the agent's stderr unless `enroll` succeeded.
+fn enrolled(output: Output) -> Result<()> {
+    ensure!(
+        output.status.success(),
+        "enroll: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
 struct Fleet {
     server: TestServer,
     repo: PathBuf,
@@ -135,7 +68,7 @@ fn fleet(configure: impl FnOnce(&mut cms_server::server::ServeConfig)) -> Result
     let repo = roles_repository(dir.path(), &out)?;
     let binary = build_workspace_binary("cms-agent", "cms-agent")?;
     let server = TestServer::start_with_http(&dir.path().join("server"), &repo, configure)?;
-    let agent = |name: &str| Agent {
+    let agent = |name: &str| HostAgent {
         binary: binary.clone(),
         state: dir.path().join(format!("agent-{name}")),
         config: dir.path().join("no-agent.toml"),
@@ -146,7 +79,7 @@ fn fleet(configure: impl FnOnce(&mut cms_server::server::ServeConfig)) -> Result
     // collector.
     let app_textfile = dir.path().join("node-exporter/cms_agent.prom");
     std::fs::create_dir_all(app_textfile.parent().context("folder")?)?;
-    let app = Agent {
+    let app = HostAgent {
         config: dir.path().join("app-agent.toml"),
         ..agent("app")
     };
@@ -154,15 +87,15 @@ fn fleet(configure: impl FnOnce(&mut cms_server::server::ServeConfig)) -> Result
         &app.config,
         format!("textfile_collector = \"{}\"\n", app_textfile.display()),
     )?;
-    app.enroll(&server.address, &token, "app-1", "role=app")?;
-    let code = app.converge()?;
+    enrolled(app.enroll(&server.address, &token, "app-1", "role=app")?)?;
+    let (code, _) = app.converge()?;
     ensure!(code == 2, "app-1's first run changes things, exit {code}");
-    let code = app.converge()?;
+    let (code, _) = app.converge()?;
     ensure!(code == 0, "app-1's second run changes nothing, exit {code}");
 
     let db = agent("db");
-    db.enroll(&server.address, &token, "db-1", "role=broken")?;
-    let code = db.converge()?;
+    enrolled(db.enroll(&server.address, &token, "db-1", "role=broken")?)?;
+    let (code, _) = db.converge()?;
     ensure!(
         code != 0 && code != 2,
         "db-1's run fails a resource, exit {code}"

@@ -5,60 +5,12 @@
 //! refused commits, revocation, and reports that survive the server being
 //! away.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use cms_integration::{TestServer, build_workspace_binary};
+use cms_integration::{GitRepo, HostAgent, TestServer, build_workspace_binary};
 use cms_proto::v1 as pb;
-
-struct Git {
-    dir: PathBuf,
-}
-
-impl Git {
-    fn init(dir: &Path) -> Result<Git> {
-        std::fs::create_dir_all(dir)?;
-        let git = Git {
-            dir: dir.to_path_buf(),
-        };
-        git.run(&["init", "-q", "-b", "main"])?;
-        Ok(git)
-    }
-
-    fn run(&self, args: &[&str]) -> Result<()> {
-        let output = Command::new("git")
-            .arg("-C")
-            .arg(&self.dir)
-            .args([
-                "-c",
-                "user.name=cms test",
-                "-c",
-                "user.email=test@cms.invalid",
-                "-c",
-                "commit.gpgsign=false",
-            ])
-            .args(args)
-            .output()?;
-        ensure!(
-            output.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
-    }
-
-    fn commit(&self, files: &[(&str, &str)], message: &str) -> Result<()> {
-        for (path, text) in files {
-            let path = self.dir.join(path);
-            std::fs::create_dir_all(path.parent().context("parent")?)?;
-            std::fs::write(path, text)?;
-        }
-        self.run(&["add", "-A"])?;
-        self.run(&["commit", "-q", "-m", message])
-    }
-}
 
 fn role(out: &Path, text: &str) -> String {
     format!(
@@ -67,62 +19,13 @@ fn role(out: &Path, text: &str) -> String {
     )
 }
 
-struct Agent {
-    binary: PathBuf,
-    state: PathBuf,
-    config: PathBuf,
-}
-
-impl Agent {
-    fn run(&self, args: &[&str]) -> Result<Output> {
-        Ok(Command::new(&self.binary)
-            .args(args)
-            .env("NO_COLOR", "1")
-            .output()?)
-    }
-
-    fn enroll(&self, server: &str, token: &str, node: &str, tags: &str) -> Result<Output> {
-        self.run(&[
-            "enroll",
-            "--server",
-            server,
-            "--token",
-            token,
-            "--node",
-            node,
-            "--tags",
-            tags,
-            "--state-dir",
-            self.state.to_str().context("utf-8")?,
-        ])
-    }
-
-    fn converge(&self) -> Result<(i32, String)> {
-        let output = self.run(&[
-            "converge",
-            "--state-dir",
-            self.state.to_str().context("utf-8")?,
-            "--config",
-            self.config.to_str().context("utf-8")?,
-        ])?;
-        Ok((
-            output.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ),
-        ))
-    }
-}
-
 #[test]
 fn agents_enroll_converge_by_bound_tags_and_their_reports_survive_the_server_being_away()
 -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("out");
-    let git = Git::init(&dir.path().join("roles"))?;
+    let git = GitRepo::init(&dir.path().join("roles"))?;
     git.commit(
         &[
             ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
@@ -131,12 +34,12 @@ fn agents_enroll_converge_by_bound_tags_and_their_reports_survive_the_server_bei
         "first",
     )?;
     let binary = build_workspace_binary("cms-agent", "cms-agent")?;
-    let agent = |name: &str| Agent {
+    let agent = |name: &str| HostAgent {
         binary: binary.clone(),
         state: dir.path().join(format!("agent-{name}")),
         config: dir.path().join("no-agent.toml"),
     };
-    let server = TestServer::start(&dir.path().join("server"), &git.dir, 0)?;
+    let server = TestServer::start(&dir.path().join("server"), git.path(), 0)?;
     let token = server.token(&[("role", "app")])?;
 
     // A token for role=app cannot enroll a db node.
@@ -268,7 +171,7 @@ fn agents_enroll_converge_by_bound_tags_and_their_reports_survive_the_server_bei
         "from the cache, got {code}:\n{output}"
     );
     ensure!(std::fs::read_to_string(out.join("app.conf"))? == "version two\n");
-    let server = TestServer::start(&data, &git.dir, port)?;
+    let server = TestServer::start(&data, git.path(), port)?;
     let (code, output) = first.converge()?;
     ensure!(code == 0, "{output}");
     let reports = server.runtime.block_on(async {
@@ -343,7 +246,7 @@ fn an_instance_boots_enrolls_with_its_token_converges_its_role_and_reports() -> 
     let (_alone, settings) = begin_end_to_end_test()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir()?;
-    let git = Git::init(&dir.path().join("roles"))?;
+    let git = GitRepo::init(&dir.path().join("roles"))?;
     git.commit(
         &[
             ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
@@ -359,7 +262,7 @@ fn an_instance_boots_enrolls_with_its_token_converges_its_role_and_reports() -> 
     // The server listens on the bridge, where instances reach the host.
     let server = TestServer::start_on(
         &dir.path().join("server"),
-        &git.dir,
+        git.path(),
         std::net::SocketAddr::from((HOST_ADDRESS, 0)),
     )?;
     let token = server.token(&[("role", "web"), ("env", "*")])?;

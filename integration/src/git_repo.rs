@@ -1,0 +1,62 @@
+//! A roles repository as a team keeps it: a real git repository on disk,
+//! committed to with the system `git`, for tests that serve it.
+
+use anyhow::{Context, Result, ensure};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A git work tree on branch `main`, with a fixed committer.
+pub struct GitRepo {
+    dir: PathBuf,
+}
+
+impl GitRepo {
+    /// Creates `dir` (and its parents) and runs `git init` there.
+    pub fn init(dir: &Path) -> Result<GitRepo> {
+        std::fs::create_dir_all(dir)?;
+        let git = GitRepo {
+            dir: dir.to_path_buf(),
+        };
+        git.run(&["init", "-q", "-b", "main"])?;
+        Ok(git)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs `git ARGS` in the work tree; fails with git's stderr.
+    pub fn run(&self, args: &[&str]) -> Result<()> {
+        let output = Command::new("git")
+            .arg("-C")
+            .arg(&self.dir)
+            .args([
+                "-c",
+                "user.name=cms test",
+                "-c",
+                "user.email=test@cms.invalid",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .output()
+            .context("Failed to run git")?;
+        ensure!(
+            output.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+
+    /// Writes each `(path, text)` and commits everything with `message`.
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> Result<()> {
+        for (path, text) in files {
+            let path = self.dir.join(path);
+            std::fs::create_dir_all(path.parent().context("parent")?)?;
+            std::fs::write(path, text)?;
+        }
+        self.run(&["add", "-A"])?;
+        self.run(&["commit", "-q", "-m", message])
+    }
+}
