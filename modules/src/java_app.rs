@@ -49,6 +49,7 @@
 //! as the `memory_mb` fact counts it (`MemTotal` of `/proc/meminfo` in whole
 //! MiB, rounded down), rounded down to whole MiB: `-Xmx<n>m`.
 
+use crate::service::systemctl;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
@@ -83,8 +84,6 @@ pub const LOG_LINES: usize = 30;
 
 /// A download may wait this long for the next bytes.
 const DOWNLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The parts whose change needs the app restarted.
 const RESTARTING_PARTS: &[&str] = &["runtime", "release", "current", "config", "unit", "service"];
@@ -553,20 +552,8 @@ impl JavaAppProvider<'_> {
         })
     }
 
-    fn systemctl(
-        &self,
-        cx: &Context<'_>,
-        args: &[&str],
-    ) -> Result<crate::CommandOutput, ProviderError> {
-        let mut argv = vec!["systemctl"];
-        argv.extend_from_slice(args);
-        Ok(cx
-            .host
-            .run(&CommandSpec::new(argv).timeout(SYSTEMCTL_TIMEOUT))?)
-    }
-
     fn daemon_reload(&self, cx: &Context<'_>) -> Result<(), ProviderError> {
-        let output = self.systemctl(cx, &["daemon-reload"])?;
+        let output = systemctl(cx, &["daemon-reload"])?;
         if !output.success() {
             return Err(ProviderError::Failed(format!(
                 "`systemctl daemon-reload` failed:\n{}",
@@ -579,7 +566,7 @@ impl JavaAppProvider<'_> {
 
     /// `ActiveState`, `SubState` and `NRestarts` of the unit.
     fn unit_state(&self, cx: &Context<'_>) -> Result<(String, String, u64), ProviderError> {
-        let output = self.systemctl(
+        let output = systemctl(
             cx,
             &[
                 "show",
@@ -606,7 +593,7 @@ impl JavaAppProvider<'_> {
     /// Restarts the app and waits until it is healthy; `Err` says why not.
     fn restart_and_wait(&self, cx: &Context<'_>) -> Result<Result<(), String>, ProviderError> {
         let unit = self.unit_name();
-        let output = self.systemctl(cx, &["restart", &unit])?;
+        let output = systemctl(cx, &["restart", &unit])?;
         if !output.success() {
             return Ok(Err(format!(
                 "`systemctl restart {unit}` failed: {}",
@@ -793,7 +780,7 @@ impl JavaAppProvider<'_> {
         let unit_path = self.unit_path();
         if cx.host.status(&unit_path)?.is_some() {
             // A unit systemd does not know is already stopped.
-            let _ = self.systemctl(cx, &["disable", "--now", &self.unit_name()])?;
+            let _ = systemctl(cx, &["disable", "--now", &self.unit_name()])?;
             cx.backups.save_from_host(cx.host, &unit_path)?;
             cx.host.remove_file(&unit_path)?;
             self.daemon_reload(cx)?;
@@ -982,7 +969,7 @@ impl Provider for JavaAppProvider<'_> {
                 ),
             },
             AfterFailure::StopFirstDeployment => {
-                let _ = self.systemctl(cx, &["stop", &self.unit_name()])?;
+                let _ = systemctl(cx, &["stop", &self.unit_name()])?;
                 "a first deployment has nothing to roll back to; the app was stopped".to_string()
             }
             AfterFailure::Report => {

@@ -17,6 +17,19 @@ use crate::{Change, CommandSpec, Context, Provider, ProviderError};
 /// run.
 const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Runs `systemctl ARGS` on the host, with a timeout long enough for a unit
+/// that starts slowly.
+pub(crate) fn systemctl(
+    cx: &Context<'_>,
+    args: &[&str],
+) -> Result<crate::CommandOutput, ProviderError> {
+    let mut argv = vec!["systemctl"];
+    argv.extend_from_slice(args);
+    Ok(cx
+        .host
+        .run(&CommandSpec::new(argv).timeout(SYSTEMCTL_TIMEOUT))?)
+}
+
 pub struct ServiceProvider<'a>(pub &'a Service);
 
 impl ServiceProvider<'_> {
@@ -29,21 +42,9 @@ impl ServiceProvider<'_> {
         }
     }
 
-    fn systemctl(
-        &self,
-        cx: &Context<'_>,
-        args: &[&str],
-    ) -> Result<crate::CommandOutput, ProviderError> {
-        let mut argv = vec!["systemctl"];
-        argv.extend_from_slice(args);
-        Ok(cx
-            .host
-            .run(&CommandSpec::new(argv).timeout(SYSTEMCTL_TIMEOUT))?)
-    }
-
     fn reload_units_if_needed(&self, cx: &Context<'_>) -> Result<(), ProviderError> {
         if cx.session.daemon_reload_pending() {
-            let output = self.systemctl(cx, &["daemon-reload"])?;
+            let output = systemctl(cx, &["daemon-reload"])?;
             if !output.success() {
                 return Err(ProviderError::Failed(format!(
                     "`systemctl daemon-reload` failed:\n{}",
@@ -57,7 +58,7 @@ impl ServiceProvider<'_> {
 
     fn act(&self, cx: &Context<'_>, verb: &str) -> Result<(), ProviderError> {
         let unit = self.unit();
-        let output = self.systemctl(cx, &[verb, &unit])?;
+        let output = systemctl(cx, &[verb, &unit])?;
         if output.success() {
             return Ok(());
         }
@@ -101,9 +102,7 @@ impl Provider for ServiceProvider<'_> {
         let unit = self.unit();
         let mut changes = Vec::new();
         if let Some(ensure) = self.0.ensure {
-            let active = self
-                .systemctl(cx, &["is-active", "--quiet", &unit])?
-                .success();
+            let active = systemctl(cx, &["is-active", "--quiet", &unit])?.success();
             match (ensure, active) {
                 (ServiceEnsure::Running, false) => {
                     changes.push(Change::new("state", "stopped", "running"))
@@ -115,7 +114,7 @@ impl Provider for ServiceProvider<'_> {
             }
         }
         if let Some(enable) = self.0.enable {
-            let output = self.systemctl(cx, &["is-enabled", &unit])?;
+            let output = systemctl(cx, &["is-enabled", &unit])?;
             let state = output.stdout.trim().to_string();
             if state.is_empty() || state == "not-found" || output.stderr.contains("No such file") {
                 // Not installed yet: in a --noop run the package that ships
