@@ -233,7 +233,7 @@ fn batch_packages<'c>(
         match PackageProvider(package).check(context) {
             Ok(changes) => checked.push((reference, package, changes)),
             Err(error) => {
-                batched.insert(reference, Err(error_chain(&error)));
+                batched.insert(reference, Err(cms_modules::error_text(&error)));
             }
         }
     }
@@ -251,7 +251,7 @@ fn batch_packages<'c>(
             // Packages bring and take unit files; systemd must see them
             // before the next service action.
             context.session.packages_changed();
-            apply_batch(&work, context).map_err(|e| error_chain(&e))
+            apply_batch(&work, context).map_err(|e| cms_modules::error_text(&e))
         }
     };
     for (reference, _, changes) in checked {
@@ -281,14 +281,14 @@ fn run_resource(
         Ok(changes) => changes,
         Err(error) => {
             result.status = Status::Failed;
-            result.error = Some(error_chain(&error));
+            result.error = Some(cms_modules::error_text(&error));
             return;
         }
     };
     if !changes.is_empty() {
         if !noop && let Err(error) = provider.apply(&changes, context) {
             result.status = Status::Failed;
-            result.error = Some(error_chain(&error));
+            result.error = Some(cms_modules::error_text(&error));
             result.changes = changes;
             return;
         }
@@ -305,7 +305,7 @@ fn run_resource(
                 Ok(None) => {}
                 Err(error) => {
                     result.status = Status::Failed;
-                    result.error = Some(error_chain(&error));
+                    result.error = Some(cms_modules::error_text(&error));
                 }
             }
         } else {
@@ -317,7 +317,7 @@ fn run_resource(
                 Ok(None) => {}
                 Err(error) => {
                     result.status = Status::Failed;
-                    result.error = Some(error_chain(&error));
+                    result.error = Some(cms_modules::error_text(&error));
                 }
             }
         }
@@ -338,15 +338,4 @@ fn refreshed_by_its_own_change(changes: &[Change], kind: &ResourceKind) -> bool 
         ResourceKind::Exec(_) => changes.iter().any(|c| c.attribute == "run"),
         _ => false,
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -55,9 +55,12 @@ pub const NODE_ROWS: usize = 2000;
 /// Runs shown on a node's page.
 pub const NODE_RUNS: usize = 10;
 
+/// The name of the file of dashboard token hashes in the admin folder.
+const TOKENS_FILE: &str = "dashboard-tokens";
+
 /// Where the hashes of dashboard tokens are kept.
 pub fn tokens_file(data_dir: &Path) -> PathBuf {
-    crate::server::admin_dir(data_dir).join("dashboard-tokens")
+    crate::server::admin_dir(data_dir).join(TOKENS_FILE)
 }
 
 /// Makes a dashboard token: adds its sha256 to `tokens_file` (atomically,
@@ -65,8 +68,8 @@ pub fn tokens_file(data_dir: &Path) -> PathBuf {
 pub fn create_token(data_dir: &Path) -> anyhow::Result<String> {
     use anyhow::Context as _;
     use base64::Engine as _;
-    use std::io::{Read as _, Write as _};
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::io::Read as _;
+    use std::os::unix::fs::DirBuilderExt;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
@@ -98,19 +101,7 @@ pub fn create_token(data_dir: &Path) -> anyhow::Result<String> {
         sha256_hex(secret.as_bytes()),
         format_time(crate::service::now_unix_ms())
     );
-    let temporary = dir.join(".dashboard-tokens.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .with_context(|| format!("Failed to write {}", temporary.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, &path)
-        .with_context(|| format!("Failed to write {}", path.display()))?;
-    std::fs::File::open(dir)?.sync_all()?;
+    crate::server::write_private_file(dir, TOKENS_FILE, text.as_bytes())?;
     Ok(secret)
 }
 

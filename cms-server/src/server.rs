@@ -340,7 +340,7 @@ fn load_or_create_ca(store: &Store) -> anyhow::Result<CertificateAuthority> {
 /// The admin credential, made once: `admin/admin.pem`, `admin/admin.key`
 /// and `admin/ca.pem`, readable by the server's user only.
 fn write_admin_credential(ca: &CertificateAuthority, data_dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let dir = admin_dir(data_dir);
     if dir.join("admin.key").exists() {
         return Ok(());
@@ -356,20 +356,30 @@ fn write_admin_credential(ca: &CertificateAuthority, data_dir: &Path) -> anyhow:
         ("admin.pem", credential.certificate_pem.clone()),
         ("admin.key", credential.private_key_pem.clone()),
     ] {
-        let path = dir.join(name);
-        let temporary = dir.join(format!(".{name}.tmp"));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temporary)
-            .with_context(|| format!("Failed to write {}", temporary.display()))?;
-        std::io::Write::write_all(&mut file, text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, &path)
-            .with_context(|| format!("Failed to write {}", path.display()))?;
+        write_private_file(&dir, name, text.as_bytes())?;
     }
+    Ok(())
+}
+
+/// Writes `dir/name` owner-only (0600), atomically: a temporary file in
+/// the same folder, synced, renamed over the old one, and the folder synced.
+pub(crate) fn write_private_file(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    let temporary = dir.join(format!(".{name}.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("Failed to write {}", temporary.display()))?;
+    std::io::Write::write_all(&mut file, bytes)
+        .with_context(|| format!("Failed to write {}", temporary.display()))?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, &path)
+        .with_context(|| format!("Failed to write {}", path.display()))?;
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
 
