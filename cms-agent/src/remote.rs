@@ -349,7 +349,7 @@ pub async fn run_daemon(
             )
             .await
             {
-                Ok(response) => tracing::info!(node = %response.node_id, "enrolled"),
+                Ok(response) => tracing::info!("enrolled as {}", response.node_id),
                 Err(error) => {
                     // Jittered, so a fleet refused at once does not come
                     // back at once.
