@@ -383,7 +383,7 @@ pub async fn run_daemon(
             .as_ref()
             .map_or((false, ""), |r| (r.noop, r.trigger_id.as_str()));
         if !trigger_id.is_empty() {
-            eprintln!(
+            tracing::info!(
                 "converging now for trigger {trigger_id}{}",
                 if noop { " (noop)" } else { "" }
             );
@@ -433,7 +433,7 @@ pub async fn run_daemon(
                     };
                     match delivered {
                         Ok(count) => {
-                            eprintln!("delivered {count} queued report(s)");
+                            tracing::info!("delivered {count} queued report(s)");
                             delivery_attempt = 0;
                         }
                         Err(_) => delivery_attempt = (delivery_attempt + 1).min(16),
@@ -445,9 +445,9 @@ pub async fn run_daemon(
                 }
                 _ = tokio::time::sleep_until(renew_at) => {
                     match renew_certificate(state_dir, &server).await {
-                        Ok(not_after) => eprintln!("renewed the node certificate; it is valid until {not_after} (Unix time)"),
+                        Ok(not_after) => tracing::info!("renewed the node certificate; it is valid until {not_after} (Unix time)"),
                         Err(error) => {
-                            eprintln!("warning: Failed to renew the node certificate: {error:#}; trying again soon");
+                            tracing::warn!("Failed to renew the node certificate: {error:#}; trying again soon");
                             tokio::select! {
                                 _ = tokio::time::sleep(backoff_delay(3, jitter_seed()) + Duration::from_secs(1)) => {}
                                 _ = terminate.recv() => return Ok(()),
@@ -533,7 +533,7 @@ async fn watch_loop(
         match watch_once(&state_dir, &server, &requests, &mut attempt).await {
             Ok(()) => {}
             Err(error) if attempt == 0 => {
-                eprintln!("warning: the watch stream ended: {error:#}; reconnecting");
+                tracing::warn!("the watch stream ended: {error:#}; reconnecting");
             }
             Err(_) => {}
         }
