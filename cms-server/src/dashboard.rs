@@ -361,6 +361,7 @@ async fn node_page(
             let Some(node) = server.store.node(&lookup)? else {
                 return Ok(None);
             };
+            let node = server.fleet.current(node, crate::service::now_unix_ms());
             let reports = server.store.reports(&lookup, NODE_RUNS)?;
             Ok(Some((node, reports)))
         },
@@ -469,7 +470,13 @@ pub struct FleetView {
 
 impl FleetView {
     pub fn read(server: &ServerState) -> anyhow::Result<FleetView> {
-        let nodes = server.store.nodes()?;
+        let now = crate::service::now_unix_ms();
+        let nodes = server
+            .store
+            .nodes()?
+            .into_iter()
+            .map(|node| server.fleet.current(node, now))
+            .collect();
         let last_synced = server
             .store
             .revisions()?

@@ -175,6 +175,16 @@ impl Fleet {
         stored_unix_ms.max(pending)
     }
 
+    /// `node` as it stands now: its stored record with the last-seen time
+    /// and the facts noted in memory but not written yet.
+    pub fn current(&self, mut node: NodeRecord, now: u64) -> NodeRecord {
+        node.last_seen_unix_ms = self.last_seen(&node.id, node.last_seen_unix_ms, now);
+        if let Some(facts) = self.facts.lock().expect("facts lock").get(&node.id) {
+            node.facts = facts.clone();
+        }
+        node
+    }
+
     /// Takes the last-seen times (and new facts) to write.
     pub fn take_seen(&self) -> Vec<(String, u64, Option<serde_json::Value>)> {
         let mut facts = std::mem::take(&mut *self.facts.lock().expect("facts lock"));

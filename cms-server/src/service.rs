@@ -597,15 +597,9 @@ impl pb::admin_server::Admin for AdminService {
                     .map(|n| pb::NodeSummary {
                         last_seen_unix_ms: state.fleet.last_seen(&n.id, n.last_seen_unix_ms, now)
                             as i64,
+                        status: crate::metrics::NodeState::of(&n).as_str().into(),
                         node_id: n.id,
                         tags: n.tags.into_iter().collect(),
-                        status: match (&n.status, &n.last_run) {
-                            (NodeStatus::Gone, _) => "gone".into(),
-                            (_, None) => "enrolled".into(),
-                            (_, Some(run)) if run.failed > 0 => "failed".into(),
-                            (_, Some(run)) if run.changed > 0 => "changed".into(),
-                            _ => "unchanged".into(),
-                        },
                         revision: n
                             .last_run
                             .as_ref()
