@@ -300,7 +300,9 @@ pub async fn run(
 pub const MAX_CONCURRENT_HANDSHAKES: usize = 64;
 
 /// How long one handshake may take once started (not counting the wait for
-/// its turn): a client that stalls mid-handshake gives its place up.
+/// its turn): a client that stalls mid-handshake gives its place up. A
+/// connection waits for its turn only once it has sent something (its
+/// ClientHello), and is closed if it sends nothing for this long.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The gRPC port's TLS: the server's chain (ending with the CA, so an
@@ -371,6 +373,15 @@ async fn accept_connections(
         let (acceptor, permits, connections) =
             (acceptor.clone(), permits.clone(), connections.clone());
         handshakes.spawn(async move {
+            // A connection that has sent nothing yet waits without a
+            // permit, so idle sockets cannot hold the handshakes up.
+            let mut first = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await,
+                Ok(Ok(1..))
+            ) {
+                return;
+            }
             let Ok(permit) = permits.acquire_owned().await else {
                 return;
             };
@@ -686,4 +697,71 @@ async fn sync_once(
         }
     };
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server TLS config and a client config holding the admin
+    /// credential, both from a fresh CA.
+    fn tls_pair() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = CertificateAuthority::create("test").unwrap();
+        let server = ca
+            .issue_server_certificate(&["localhost".into()], &[])
+            .unwrap();
+        let chain = format!("{}{}", server.certificate_pem, ca.certificate_pem());
+        let server_config =
+            grpc_tls_config(&chain, &server.private_key_pem, ca.certificate_pem()).unwrap();
+        let admin = ca.issue_admin_certificate().unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.certificate_pem().as_bytes()).unwrap())
+            .unwrap();
+        let client_config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(admin.certificate_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(admin.private_key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        (server_config, Arc::new(client_config))
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_the_handshake_limit_do_not_hold_up_a_client() {
+        let (server_config, client_config) = tls_pair();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (sender, mut connections) = mpsc::channel(4);
+        let (stop_sender, stop) = tokio::sync::watch::channel(false);
+        let accepting = tokio::spawn(accept_connections(listener, server_config, sender, stop));
+        // More silent connections than there are handshake permits.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONCURRENT_HANDSHAKES + 16 {
+            idle.push(tokio::net::TcpStream::connect(address).await.unwrap());
+        }
+        let connector = tokio_rustls::TlsConnector::from(client_config);
+        let client = tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            connector
+                .connect("localhost".try_into().unwrap(), stream)
+                .await
+        });
+        // Well within HANDSHAKE_TIMEOUT: the idle sockets hold no permit.
+        let served = tokio::time::timeout(HANDSHAKE_TIMEOUT / 2, connections.recv())
+            .await
+            .expect("the handshake waited for the idle connections")
+            .expect("a connection");
+        let certificates = served.get_ref().1.peer_certificates().unwrap();
+        let (identity, _) = crate::pki::peer_identity(&certificates[0]).unwrap();
+        assert_eq!(identity, crate::pki::PeerIdentity::Admin);
+        client.await.unwrap().unwrap();
+        drop(idle);
+        stop_sender.send(true).unwrap();
+        accepting.await.unwrap().unwrap();
+    }
 }
