@@ -16,8 +16,8 @@ use anyhow::Context;
 use cms_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tokio_stream::StreamExt as _;
+use tonic::transport::Server;
 
 use crate::catalogs::Catalogs;
 use crate::git_sync::{GitSource, Revision, SyncOutcome, Syncer};
@@ -217,15 +217,11 @@ pub async fn run(
         server_credential.certificate_pem,
         state.ca.certificate_pem()
     );
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            chain,
-            &server_credential.private_key_pem,
-        ))
-        .client_ca_root(Certificate::from_pem(state.ca.certificate_pem()))
-        // Enrollment is the one call without a client certificate; every
-        // other call checks for one (service::caller).
-        .client_auth_optional(true);
+    let tls = grpc_tls_config(
+        &chain,
+        &server_credential.private_key_pem,
+        state.ca.certificate_pem(),
+    )?;
 
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -254,6 +250,15 @@ pub async fn run(
         ));
     }
     let mut grpc_stop = stop.clone();
+    // TLS is done here rather than by tonic, so that the handshakes in
+    // progress are bounded (see `accept_connections`).
+    let (connection_sender, connections) = mpsc::channel(MAX_CONCURRENT_HANDSHAKES);
+    tasks.spawn(accept_connections(
+        grpc_listener,
+        tls,
+        connection_sender,
+        stop.clone(),
+    ));
     // Pings find agents that vanished without closing their connection (an
     // instance terminated by the autoscaler), so their Watch stream ends
     // and they stop counting as seen.
@@ -261,7 +266,6 @@ pub async fn run(
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive.max(Duration::from_secs(10))))
-        .tls_config(tls)?
         .add_service(pb::enrollment_server::EnrollmentServer::new(
             EnrollmentService(state.clone()),
         ))
@@ -271,9 +275,12 @@ pub async fn run(
         .add_service(pb::admin_server::AdminServer::new(AdminService(
             state.clone(),
         )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-            let _ = grpc_stop.wait_for(|stopped| *stopped).await;
-        });
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(connections).map(Ok::<_, std::io::Error>),
+            async move {
+                let _ = grpc_stop.wait_for(|stopped| *stopped).await;
+            },
+        );
     tasks.spawn(async move { grpc.await.context("The gRPC server failed") });
     shutdown.await;
     let _ = stop_sender.send(true);
@@ -281,6 +288,114 @@ pub async fn run(
         result.context("A server task panicked")??;
     }
     Ok(())
+}
+
+/// At most this many TLS handshakes on the gRPC port are in progress at
+/// once. Every connection is accepted at once (a queued socket costs a file
+/// descriptor and a few hundred bytes), and waits its turn, in order of
+/// arrival, for a handshake, which holds buffers and costs a signature.
+/// When 10,000 instances boot in the same second, they are served one
+/// after another at the rate the CPU allows instead of all at once, each
+/// slower than the last, with 10,000 handshakes' buffers held meanwhile.
+pub const MAX_CONCURRENT_HANDSHAKES: usize = 64;
+
+/// How long one handshake may take once started (not counting the wait for
+/// its turn): a client that stalls mid-handshake gives its place up. A
+/// connection waits for its turn only once it has sent something (its
+/// ClientHello), and is closed if it sends nothing for this long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gRPC port's TLS: the server's chain (ending with the CA, so an
+/// enrolling agent sees the CA and can check its fingerprint against its
+/// token), client certificates signed by the CA, optional because
+/// enrollment is the one call without one (every other call checks for one:
+/// service::caller), and HTTP/2 only.
+fn grpc_tls_config(
+    chain_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("Failed to read the server certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .context("Failed to read the server key")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(certificate.context("Failed to read the CA certificate")?)
+            .context("Failed to trust the CA certificate")?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()
+        .context("Failed to set up client certificate checks")?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .context("Failed to set up TLS on the gRPC port")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts gRPC connections until shutdown and hands each to tonic once its
+/// TLS handshake is done, with at most `MAX_CONCURRENT_HANDSHAKES` in
+/// progress; the others wait, in order of arrival. A failed or timed-out
+/// handshake drops its connection, as tonic's own TLS did.
+async fn accept_connections(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    connections: mpsc::Sender<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    let mut handshakes = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of descriptors, or a connection reset before it was
+                // accepted: wait a little and go on.
+                tracing::debug!("accepting a connection failed: {error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, permits, connections) =
+            (acceptor.clone(), permits.clone(), connections.clone());
+        handshakes.spawn(async move {
+            // A connection that has sent nothing yet waits without a
+            // permit, so idle sockets cannot hold the handshakes up.
+            let mut first = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await,
+                Ok(Ok(1..))
+            ) {
+                return;
+            }
+            let Ok(permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+            drop(permit);
+            match handshake {
+                Ok(Ok(connection)) => {
+                    let _ = connections.send(connection).await;
+                }
+                Ok(Err(error)) => tracing::debug!("a TLS handshake failed: {error}"),
+                Err(_) => tracing::debug!("a TLS handshake timed out"),
+            }
+        });
+    }
 }
 
 /// The HTTP port's TLS: the server certificate and the CA, as on gRPC.
@@ -592,4 +707,71 @@ async fn sync_once(
         }
     };
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server TLS config and a client config holding the admin
+    /// credential, both from a fresh CA.
+    fn tls_pair() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = CertificateAuthority::create("test").unwrap();
+        let server = ca
+            .issue_server_certificate(&["localhost".into()], &[])
+            .unwrap();
+        let chain = format!("{}{}", server.certificate_pem, ca.certificate_pem());
+        let server_config =
+            grpc_tls_config(&chain, &server.private_key_pem, ca.certificate_pem()).unwrap();
+        let admin = ca.issue_admin_certificate().unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.certificate_pem().as_bytes()).unwrap())
+            .unwrap();
+        let client_config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(admin.certificate_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(admin.private_key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        (server_config, Arc::new(client_config))
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_the_handshake_limit_do_not_hold_up_a_client() {
+        let (server_config, client_config) = tls_pair();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (sender, mut connections) = mpsc::channel(4);
+        let (stop_sender, stop) = tokio::sync::watch::channel(false);
+        let accepting = tokio::spawn(accept_connections(listener, server_config, sender, stop));
+        // More silent connections than there are handshake permits.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONCURRENT_HANDSHAKES + 16 {
+            idle.push(tokio::net::TcpStream::connect(address).await.unwrap());
+        }
+        let connector = tokio_rustls::TlsConnector::from(client_config);
+        let client = tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            connector
+                .connect("localhost".try_into().unwrap(), stream)
+                .await
+        });
+        // Well within HANDSHAKE_TIMEOUT: the idle sockets hold no permit.
+        let served = tokio::time::timeout(HANDSHAKE_TIMEOUT / 2, connections.recv())
+            .await
+            .expect("the handshake waited for the idle connections")
+            .expect("a connection");
+        let certificates = served.get_ref().1.peer_certificates().unwrap();
+        let (identity, _) = crate::pki::peer_identity(&certificates[0]).unwrap();
+        assert_eq!(identity, crate::pki::PeerIdentity::Admin);
+        client.await.unwrap().unwrap();
+        drop(idle);
+        stop_sender.send(true).unwrap();
+        accepting.await.unwrap().unwrap();
+    }
 }

@@ -92,10 +92,22 @@ pub fn now_unix_ms() -> u64 {
         .unwrap_or_default()
 }
 
-/// Runs blocking store work off the async workers.
+/// How many requests run blocking store work (a signature, a sled
+/// transaction) at once. Others wait their turn in order: a boot storm of
+/// 10,000 enrollments would otherwise start up to 512 blocking threads,
+/// each with its own stack and allocator cache, and the server grew past a
+/// gigabyte.
+pub const MAX_BLOCKING_WORK: usize = 16;
+
+static BLOCKING_PERMITS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(MAX_BLOCKING_WORK);
+
+/// Runs blocking store work off the async workers, at most
+/// `MAX_BLOCKING_WORK` at once; the rest queue.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
+    let _permit = BLOCKING_PERMITS.acquire().await.map_err(internal)?;
     tokio::task::spawn_blocking(work).await.map_err(internal)?
 }
 
