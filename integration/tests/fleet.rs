@@ -463,7 +463,7 @@ fn certificates_are_renewed_by_the_agent_a_gone_node_is_removed_and_refused_and_
     wait_for_first_reports(&server, &[&second])?;
     let journal = second.run(&["journalctl", "-u", "cms-agent", "--no-pager", "-o", "cat"])?;
     ensure!(
-        journal.stdout.contains("enrolled node=web-1"),
+        journal.stdout.contains("enrolled as web-1"),
         "{}",
         journal.stdout
     );
