@@ -12,10 +12,39 @@ use crate::check::parse_tags;
 use crate::cli::{Format, TriggerArgs};
 use crate::commands::{data_dir, status_error};
 
+/// The trigger request the flags ask for, or what is wrong with them.
+fn validated_request(args: &TriggerArgs) -> anyhow::Result<pb::TriggerRequest> {
+    let selector: BTreeMap<String, String> = parse_tags(args.select.as_deref().unwrap_or(""))
+        .map_err(|e| anyhow::anyhow!("--select: {e}"))?;
+    anyhow::ensure!(
+        !selector.is_empty(),
+        "--select: name at least one tag, e.g. --select role=web"
+    );
+    let batch = args.batch.clone().unwrap_or_default();
+    crate::fleet::parse_batch(&batch).map_err(|e| anyhow::anyhow!("--batch: {e}"))?;
+    let timeout =
+        cms_roles::parse_duration(&args.timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    Ok(pb::TriggerRequest {
+        selector: Some(pb::Selector {
+            tags: selector.into_iter().collect(),
+        }),
+        batch,
+        canary: args.canary,
+        noop: args.noop,
+        max_failures: args.max_failures,
+        timeout_seconds: u32::try_from(timeout).unwrap_or(u32::MAX),
+    })
+}
+
 /// Exit status when a node failed or the rollout stopped.
 pub const EXIT_FAILED: u8 = 4;
 
 pub async fn run(args: TriggerArgs) -> anyhow::Result<ExitCode> {
+    // Bad flags are refused here, before the server is asked anything.
+    let start = match &args.status {
+        Some(_) => None,
+        None => Some(validated_request(&args)?),
+    };
     let mut client = crate::admin::connect(&args.admin.server, &data_dir(&args.admin.data)).await?;
     if let Some(id) = &args.status {
         let progress = client
@@ -28,20 +57,9 @@ pub async fn run(args: TriggerArgs) -> anyhow::Result<ExitCode> {
         print_summary(&progress, args.admin.format);
         return Ok(exit_code(&progress));
     }
-    let selector: BTreeMap<String, String> = parse_tags(args.select.as_deref().unwrap_or(""))?;
-    let timeout =
-        cms_roles::parse_duration(&args.timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    let request = start.expect("a trigger without --status has a validated request");
     let mut stream = client
-        .trigger(pb::TriggerRequest {
-            selector: Some(pb::Selector {
-                tags: selector.into_iter().collect(),
-            }),
-            batch: args.batch.clone().unwrap_or_default(),
-            canary: args.canary,
-            noop: args.noop,
-            max_failures: args.max_failures,
-            timeout_seconds: u32::try_from(timeout).unwrap_or(u32::MAX),
-        })
+        .trigger(request)
         .await
         .map_err(status_error)?
         .into_inner();
