@@ -445,32 +445,17 @@ impl Store {
     /// Inserts or replaces a node.
     pub fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
         check_node_id(&node.id)?;
-        let value = encode("node record", node)?;
-        self.nodes
-            .insert(node.id.as_bytes(), value)
-            .map_err(|e| backend(format!("write node {}", node.id), e))?;
+        insert_record(&self.nodes, "node record", "node", &node.id, node)?;
         self.flush()
     }
 
     pub fn node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
-        let value = self
-            .nodes
-            .get(id.as_bytes())
-            .map_err(|e| backend(format!("read node {id}"), e))?;
-        value
-            .map(|value| decode(NODES, id.as_bytes(), &value))
-            .transpose()
+        get_record(&self.nodes, NODES, "node", id)
     }
 
     /// All nodes, ordered by id.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        self.nodes
-            .iter()
-            .map(|entry| {
-                let (key, value) = entry.map_err(|e| backend("list nodes".into(), e))?;
-                decode(NODES, &key, &value)
-            })
-            .collect()
+        list_records(&self.nodes, NODES, "nodes")
     }
 
     /// Changes an existing node atomically: `change` sees the current record
@@ -722,33 +707,24 @@ impl Store {
 
     /// Inserts or replaces the record of a synced commit.
     pub fn put_revision(&self, revision: &RevisionRecord) -> Result<(), StoreError> {
-        let value = encode("revision record", revision)?;
-        self.revisions
-            .insert(revision.commit.as_bytes(), value)
-            .map_err(|e| backend(format!("write revision {}", revision.commit), e))?;
+        insert_record(
+            &self.revisions,
+            "revision record",
+            "revision",
+            &revision.commit,
+            revision,
+        )?;
         self.flush()
     }
 
     pub fn revision(&self, commit: &str) -> Result<Option<RevisionRecord>, StoreError> {
-        let value = self
-            .revisions
-            .get(commit.as_bytes())
-            .map_err(|e| backend(format!("read revision {commit}"), e))?;
-        value
-            .map(|value| decode(REVISIONS, commit.as_bytes(), &value))
-            .transpose()
+        get_record(&self.revisions, REVISIONS, "revision", commit)
     }
 
     /// All recorded revisions, most recently synced first.
     pub fn revisions(&self) -> Result<Vec<RevisionRecord>, StoreError> {
-        let mut revisions = self
-            .revisions
-            .iter()
-            .map(|entry| {
-                let (key, value) = entry.map_err(|e| backend("list revisions".into(), e))?;
-                decode::<RevisionRecord>(REVISIONS, &key, &value)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut revisions: Vec<RevisionRecord> =
+            list_records(&self.revisions, REVISIONS, "revisions")?;
         revisions.sort_by(|a, b| (b.synced_unix_ms, &a.commit).cmp(&(a.synced_unix_ms, &b.commit)));
         Ok(revisions)
     }
@@ -877,21 +853,18 @@ impl Store {
 
     /// Inserts or replaces the record of an issued certificate.
     pub fn put_certificate(&self, certificate: &CertificateRecord) -> Result<(), StoreError> {
-        let value = encode("certificate record", certificate)?;
-        self.certificates
-            .insert(certificate.serial.as_bytes(), value)
-            .map_err(|e| backend(format!("write certificate {}", certificate.serial), e))?;
+        insert_record(
+            &self.certificates,
+            "certificate record",
+            "certificate",
+            &certificate.serial,
+            certificate,
+        )?;
         self.flush()
     }
 
     pub fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError> {
-        let value = self
-            .certificates
-            .get(serial.as_bytes())
-            .map_err(|e| backend(format!("read certificate {serial}"), e))?;
-        value
-            .map(|value| decode(CERTIFICATES, serial.as_bytes(), &value))
-            .transpose()
+        get_record(&self.certificates, CERTIFICATES, "certificate", serial)
     }
 
     /// Revokes every certificate issued to `node_id`. Returns the serials
@@ -969,32 +942,23 @@ impl Store {
 
     /// Inserts or replaces a trigger's progress.
     pub fn put_trigger(&self, trigger: &TriggerRecord) -> Result<(), StoreError> {
-        let value = encode("trigger record", trigger)?;
-        self.triggers
-            .insert(trigger.id.as_bytes(), value)
-            .map_err(|e| backend(format!("write trigger {}", trigger.id), e))?;
+        insert_record(
+            &self.triggers,
+            "trigger record",
+            "trigger",
+            &trigger.id,
+            trigger,
+        )?;
         self.flush()
     }
 
     pub fn trigger(&self, id: &str) -> Result<Option<TriggerRecord>, StoreError> {
-        let value = self
-            .triggers
-            .get(id.as_bytes())
-            .map_err(|e| backend(format!("read trigger {id}"), e))?;
-        value
-            .map(|value| decode(TRIGGERS, id.as_bytes(), &value))
-            .transpose()
+        get_record(&self.triggers, TRIGGERS, "trigger", id)
     }
 
     /// All triggers, ordered by id (ids start with their start time).
     pub fn triggers(&self) -> Result<Vec<TriggerRecord>, StoreError> {
-        self.triggers
-            .iter()
-            .map(|entry| {
-                let (key, value) = entry.map_err(|e| backend("list triggers".into(), e))?;
-                decode(TRIGGERS, &key, &value)
-            })
-            .collect()
+        list_records(&self.triggers, TRIGGERS, "triggers")
     }
 
     // Enrollment tokens.
@@ -1010,14 +974,7 @@ impl Store {
 
     /// All tokens, including expired and used-up ones.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.tokens
-            .iter()
-            .map(|entry| {
-                let (key, value) =
-                    entry.map_err(|e| backend("list enrollment tokens".into(), e))?;
-                decode(TOKENS, &key, &value)
-            })
-            .collect()
+        list_records(&self.tokens, TOKENS, "enrollment tokens")
     }
 
     /// Uses the token once: fails if it is unknown, expired at `now_unix`
@@ -1295,6 +1252,50 @@ fn create_private_directory(dir: &Path) -> Result<(), StoreError> {
             path: dir.to_path_buf(),
             source,
         })
+}
+
+/// Writes `value` as JSON under `key` in `tree` (not flushed). `record`
+/// names it in encoding errors, `noun` in write errors.
+fn insert_record<T: Serialize>(
+    tree: &sled::Tree,
+    record: &'static str,
+    noun: &str,
+    key: &str,
+    value: &T,
+) -> Result<(), StoreError> {
+    let bytes = encode(record, value)?;
+    tree.insert(key.as_bytes(), bytes)
+        .map_err(|e| backend(format!("write {noun} {key}"), e))?;
+    Ok(())
+}
+
+/// The JSON record under `key` in `tree` (named `tree_name`), if any.
+fn get_record<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    tree_name: &'static str,
+    noun: &str,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let value = tree
+        .get(key.as_bytes())
+        .map_err(|e| backend(format!("read {noun} {key}"), e))?;
+    value
+        .map(|value| decode(tree_name, key.as_bytes(), &value))
+        .transpose()
+}
+
+/// Every JSON record of `tree` (named `tree_name`), in key order.
+fn list_records<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    tree_name: &'static str,
+    plural: &str,
+) -> Result<Vec<T>, StoreError> {
+    tree.iter()
+        .map(|entry| {
+            let (key, value) = entry.map_err(|e| backend(format!("list {plural}"), e))?;
+            decode(tree_name, &key, &value)
+        })
+        .collect()
 }
 
 fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
