@@ -32,6 +32,12 @@ pub struct ServerAddress {
     pub url: String,
     pub host: String,
     pub port: u16,
+    /// The local address to connect from; `None` lets the system choose.
+    /// A simulated fleet on one host (`cms-storm`) gives each agent its own
+    /// loopback address, as each instance has its own: with thousands of
+    /// connections from one address to one port, the kernel's search for a
+    /// free source port costs more than the TLS handshake.
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl ServerAddress {
@@ -58,6 +64,7 @@ impl ServerAddress {
                 .trim_end_matches(']')
                 .to_string(),
             port,
+            local_address: None,
         })
     }
 }
@@ -240,6 +247,7 @@ async fn channel(
         ));
     }
     let endpoint = Endpoint::from_shared(address.url.clone())?
+        .local_address(address.local_address)
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(Duration::from_secs(300))
         .tls_config(tls)?;
@@ -262,6 +270,99 @@ pub async fn enroll(
         .await
         .map_err(|status| anyhow::anyhow!("Failed to enroll: {}", status.message()))?;
     Ok(response.into_inner())
+}
+
+/// The watch channel (`WatchEvent` in `cms.proto`): TLS 1.3 to the gRPC
+/// port with the node's certificate and the ALPN protocol `cms-watch/1`,
+/// over which the server sends events and the agent sends nothing.
+#[derive(Debug)]
+pub struct WatchChannel {
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+}
+
+/// Opens the watch channel.
+pub async fn open_watch(
+    address: &ServerAddress,
+    identity: &Identity,
+) -> anyhow::Result<WatchChannel> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(identity.ca_certificate_pem.as_bytes()) {
+        roots
+            .add(certificate.context("Failed to read the CA certificate")?)
+            .context("Failed to trust the CA certificate")?;
+    }
+    let chain = CertificateDer::pem_slice_iter(identity.certificate_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("Failed to read this node's certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(identity.private_key_pem.as_bytes())
+        .context("Failed to read this node's key")?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .context("Failed to set up TLS 1.3")?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .context("Failed to use this node's certificate")?;
+    config.alpn_protocols = vec![cms_proto::watch::ALPN.to_vec()];
+    let name = ServerName::try_from(address.host.clone())
+        .with_context(|| format!("{} is not a valid server name", address.host))?;
+    let connect = async {
+        let tcp = match address.local_address {
+            None => tokio::net::TcpStream::connect((address.host.as_str(), address.port)).await?,
+            Some(local) => {
+                let server = tokio::net::lookup_host((address.host.as_str(), address.port))
+                    .await?
+                    .find(|server| server.is_ipv4() == local.is_ipv4())
+                    .ok_or_else(|| {
+                        std::io::Error::other("no server address of the local address's family")
+                    })?;
+                let socket = if local.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(std::net::SocketAddr::new(local, 0))?;
+                socket.connect(server).await?
+            }
+        };
+        tcp.set_nodelay(true)?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+    };
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| anyhow::anyhow!("the server did not answer within {CONNECT_TIMEOUT:?}"))?
+        .with_context(|| format!("Failed to open the watch channel to {}", address.url))?;
+    if stream.get_ref().1.alpn_protocol() != Some(cms_proto::watch::ALPN) {
+        bail!(
+            "the server at {} does not offer the watch channel: upgrade cms-server",
+            address.url
+        );
+    }
+    Ok(WatchChannel { stream })
+}
+
+impl WatchChannel {
+    /// The next event from the server; an error when the channel ends.
+    pub async fn next_event(&mut self) -> anyhow::Result<pb::WatchEvent> {
+        use tokio::io::AsyncReadExt as _;
+        let mut header = [0u8; 4];
+        self.stream
+            .read_exact(&mut header)
+            .await
+            .context("the server closed the watch channel")?;
+        let len = cms_proto::watch::frame_len(header).map_err(anyhow::Error::msg)?;
+        let mut body = vec![0u8; len];
+        self.stream
+            .read_exact(&mut body)
+            .await
+            .context("the server closed the watch channel in the middle of an event")?;
+        cms_proto::watch::decode_event(&body).map_err(anyhow::Error::msg)
+    }
 }
 
 /// An mTLS connection to the agent API.

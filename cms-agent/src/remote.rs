@@ -114,11 +114,11 @@ pub async fn converge_for_trigger(
     let cache = CatalogCache::new(state_dir);
     let cached = cache.load()?;
     let client = connect(&address, &identity).await;
-    // The connection of the pull also carries the report.
-    let mut connection = None;
+    // The pull's connection closes before the converge, which can take
+    // minutes (packages): the server keeps few gRPC connections open
+    // (`MAX_GRPC_CONNECTIONS`), and the report goes over a new one.
     let pulled = match client {
         Ok(mut client) => {
-            connection = Some(client.clone());
             let request = pb::CatalogRequest {
                 facts_json: serde_json::to_string(&facts)?,
                 have_catalog_id: cached
@@ -195,11 +195,7 @@ pub async fn converge_for_trigger(
     if let Some(note) = &pulled.note {
         eprintln!("warning: {note}");
     }
-    let delivered = match connection {
-        Some(mut client) => deliver_with(&mut client, &queue).await,
-        None => deliver_reports(&address, &identity, &queue).await,
-    };
-    if let Err(error) = delivered {
+    if let Err(error) = deliver_reports(&address, &identity, &queue).await {
         eprintln!("warning: reports stay queued until the server takes them: {error:#}");
     }
     Ok(report)
@@ -545,6 +541,10 @@ async fn watch_loop(
     }
 }
 
+/// How long the agent waits for a first heartbeat before it gives up on a
+/// silent server; afterwards three of the server's announced intervals.
+const FIRST_HEARTBEAT_WAIT: Duration = Duration::from_secs(90);
+
 async fn watch_once(
     state_dir: &Path,
     server: &str,
@@ -553,29 +553,36 @@ async fn watch_once(
 ) -> anyhow::Result<()> {
     let identity = load_identity(state_dir)?.context("not enrolled")?;
     let address = ServerAddress::parse(server)?;
-    let mut client = connect(&address, &identity).await?;
-    let mut stream = client
-        .watch(pb::WatchRequest {})
-        .await
-        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
-        .into_inner();
-    while let Some(event) = stream
-        .message()
-        .await
-        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
-    {
-        // The server answered: the next break starts the backoff afresh.
-        *attempt = 0;
-        if let Some(pb::watch_event::Event::ConvergeNow(command)) = event.event {
-            let _ = requests
-                .send(ConvergeRequest {
-                    trigger_id: command.trigger_id,
-                    noop: command.noop,
-                })
-                .await;
+    let mut channel = crate::client::open_watch(&address, &identity).await?;
+    let mut patience = FIRST_HEARTBEAT_WAIT;
+    loop {
+        let event = tokio::time::timeout(patience, channel.next_event())
+            .await
+            .map_err(|_| anyhow::anyhow!("the server sent nothing for {patience:?}"))??;
+        match event.event {
+            Some(pb::watch_event::Event::Heartbeat(beat)) => {
+                // The server answered: the next break starts the backoff
+                // afresh.
+                *attempt = 0;
+                if beat.interval_seconds > 0 {
+                    patience = Duration::from_secs(3 * u64::from(beat.interval_seconds));
+                }
+            }
+            Some(pb::watch_event::Event::ConvergeNow(command)) => {
+                *attempt = 0;
+                let _ = requests
+                    .send(ConvergeRequest {
+                        trigger_id: command.trigger_id,
+                        noop: command.noop,
+                    })
+                    .await;
+            }
+            Some(pb::watch_event::Event::Refused(refused)) => {
+                bail!("the server refused the watch channel: {}", refused.message)
+            }
+            None => {}
         }
     }
-    Ok(())
 }
 
 /// The same delay for a node on every run, different across nodes, so a

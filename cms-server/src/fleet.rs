@@ -1,4 +1,4 @@
-//! Fleet operations: which agents hold a `Watch` stream open (so the
+//! Fleet operations: which agents hold a watch channel open (so the
 //! server can tell them to converge now), when nodes were last seen, the
 //! lifecycle of cattle (gone, then removed with their certificates), and
 //! triggers that converge a selection of the fleet canary first, then batch
@@ -12,7 +12,7 @@
 //! written to the store in one batch every `presence_flush` (a few seconds),
 //! so a `GetCatalog` answered `NotModified` costs no fsync. A crash loses at
 //! most that window of last-seen times, never a node or a report. A node
-//! with an open `Watch` stream counts as seen now.
+//! with an open watch channel counts as seen now.
 
 use prometheus_client::metrics::counter::Counter;
 use std::collections::{BTreeMap, HashMap};
@@ -21,17 +21,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cms_proto::v1 as pb;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::server::ServerState;
 use crate::service::now_unix_ms;
 use crate::store::{NodeRecord, NodeStatus, TriggerOutcome, TriggerRecord};
+use crate::watch::WatchSlot;
 
-/// How many converge-now commands may wait for one agent's stream.
-pub const WATCH_QUEUE: usize = 4;
-
-/// One registered `Watch` stream: its number and where its events go.
-type WatchSender = (u64, mpsc::Sender<pb::WatchEvent>);
+/// One registered watch channel: its number and where its commands wait.
+type WatchSender = (u64, Arc<WatchSlot>);
 
 /// The live fleet state of one server.
 #[derive(Debug, Default)]
@@ -59,7 +57,7 @@ pub struct Counters {
     pub nodes_removed: Counter,
 }
 
-/// Unregisters a `Watch` stream when dropped.
+/// Unregisters a watch channel when dropped.
 #[derive(Debug)]
 pub struct WatchGuard {
     fleet: Arc<Fleet>,
@@ -82,20 +80,16 @@ impl Drop for WatchGuard {
 }
 
 impl Fleet {
-    /// Registers an agent's `Watch` stream; it stays registered until the
+    /// Registers an agent's watch channel; it stays registered until the
     /// guard is dropped.
-    pub fn register_watch(
-        self: &Arc<Self>,
-        node_id: &str,
-        sender: mpsc::Sender<pb::WatchEvent>,
-    ) -> WatchGuard {
+    pub fn register_watch(self: &Arc<Self>, node_id: &str, slot: Arc<WatchSlot>) -> WatchGuard {
         let id = self.next_watcher.fetch_add(1, Ordering::Relaxed);
         self.watchers
             .lock()
             .expect("watchers lock")
             .entry(node_id.to_string())
             .or_default()
-            .push((id, sender));
+            .push((id, slot));
         self.note_seen(node_id, now_unix_ms());
         WatchGuard {
             fleet: self.clone(),
@@ -115,27 +109,22 @@ impl Fleet {
         self.watchers.lock().expect("watchers lock").len()
     }
 
-    /// Tells a node to converge now; false when it holds no `Watch` stream.
+    /// Tells a node to converge now; false when it holds no watch channel.
     pub fn converge_now(&self, node_id: &str, trigger_id: &str, noop: bool) -> bool {
-        let senders: Vec<mpsc::Sender<pb::WatchEvent>> = self
+        let slots: Vec<Arc<WatchSlot>> = self
             .watchers
             .lock()
             .expect("watchers lock")
             .get(node_id)
             .map(|list| list.iter().map(|(_, s)| s.clone()).collect())
             .unwrap_or_default();
-        let event = pb::WatchEvent {
-            event: Some(pb::watch_event::Event::ConvergeNow(pb::ConvergeNow {
-                trigger_id: trigger_id.to_string(),
-                noop,
-            })),
+        let command = pb::ConvergeNow {
+            trigger_id: trigger_id.to_string(),
+            noop,
         };
-        // The newest stream first: an agent that reconnected left the old
+        // The newest channel first: an agent that reconnected left the old
         // one behind, which the server notices only later.
-        let sent = senders
-            .iter()
-            .rev()
-            .any(|sender| sender.try_send(event.clone()).is_ok());
+        let sent = slots.iter().rev().any(|slot| slot.offer(command.clone()));
         if sent {
             self.counters.converge_now_sent.inc();
         }
@@ -159,7 +148,7 @@ impl Fleet {
         self.note_seen(node_id, at_unix_ms);
     }
 
-    /// When the node was last seen: now if it holds a `Watch` stream, else
+    /// When the node was last seen: now if it holds a watch channel, else
     /// the later of the stored time and one not yet written.
     pub fn last_seen(&self, node_id: &str, stored_unix_ms: u64, now: u64) -> u64 {
         if self.is_connected(node_id) {
@@ -185,27 +174,34 @@ impl Fleet {
         node
     }
 
-    /// Takes the last-seen times (and new facts) to write.
-    pub fn take_seen(&self) -> Vec<(String, u64, Option<serde_json::Value>)> {
-        let mut facts = std::mem::take(&mut *self.facts.lock().expect("facts lock"));
-        let mut seen = self.seen.lock().expect("seen lock");
-        let mut taken: Vec<(String, u64, Option<serde_json::Value>)> = seen
-            .drain()
-            .map(|(node, at)| {
-                let facts = facts.remove(&node);
-                (node, at, facts)
-            })
+    /// The last-seen times (and new facts) to write. They stay noted until
+    /// `forget_written` hears they are in the store, so that while they
+    /// are written a reader (`current`) finds them here, never in neither
+    /// place.
+    pub fn seen_to_write(&self) -> Vec<(String, u64, Option<serde_json::Value>)> {
+        let facts = self.facts.lock().expect("facts lock");
+        let seen = self.seen.lock().expect("seen lock");
+        let mut pending: Vec<(String, u64, Option<serde_json::Value>)> = seen
+            .iter()
+            .map(|(node, at)| (node.clone(), *at, facts.get(node).cloned()))
             .collect();
-        taken.sort_by(|a, b| a.0.cmp(&b.0));
-        taken
+        pending.sort_by(|a, b| a.0.cmp(&b.0));
+        pending
     }
 
-    /// Puts back what could not be written, so it is tried again.
-    fn restore_seen(&self, times: Vec<(String, u64, Option<serde_json::Value>)>) {
-        for (node, at, facts) in times {
-            match facts {
-                Some(facts) => self.note_facts(&node, at, facts),
-                None => self.note_seen(&node, at),
+    /// Forgets what was written, unless a newer time or newer facts were
+    /// noted meanwhile.
+    pub fn forget_written(&self, written: &[(String, u64, Option<serde_json::Value>)]) {
+        let mut facts = self.facts.lock().expect("facts lock");
+        let mut seen = self.seen.lock().expect("seen lock");
+        for (node, at, written_facts) in written {
+            if written_facts.is_some() && facts.get(node) == written_facts.as_ref() {
+                facts.remove(node);
+            }
+            // Facts noted meanwhile keep their node's entry, which carries
+            // them to the next flush.
+            if seen.get(node) == Some(at) && !facts.contains_key(node) {
+                seen.remove(node);
             }
         }
     }
@@ -632,18 +628,20 @@ pub async fn lifecycle_loop(
 }
 
 async fn flush_seen(state: &Arc<ServerState>) {
-    let seen = state.fleet.take_seen();
+    let seen = state.fleet.seen_to_write();
     if seen.is_empty() {
         return;
     }
     let store = state.store.clone();
-    let copy = seen.clone();
-    match tokio::task::spawn_blocking(move || store.touch_nodes_with_facts(&copy)).await {
-        Ok(Ok(_)) => {}
-        result => {
-            tracing::warn!("Failed to record when nodes were last seen: {result:?}");
-            state.fleet.restore_seen(seen);
-        }
+    match tokio::task::spawn_blocking(move || store.touch_nodes_with_facts(&seen).map(|_| seen))
+        .await
+    {
+        Ok(Ok(written)) => state.fleet.forget_written(&written),
+        // Kept in memory: tried again at the next flush.
+        result => tracing::warn!(
+            "Failed to record when nodes were last seen: {:?}",
+            result.map(|written| written.map(|_| ()))
+        ),
     }
 }
 
@@ -687,6 +685,34 @@ fn apply_lifecycle(state: &ServerState) -> Result<(), crate::store::StoreError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn noted_facts_stay_readable_while_written_and_newer_ones_survive_the_write() {
+        let fleet = Fleet::default();
+        let facts = |host: &str| serde_json::json!({ "hostname": host });
+        let node = |id: &str| NodeRecord {
+            id: id.to_string(),
+            ..record(NodeStatus::Active)
+        };
+        fleet.note_facts("a", 1_000, facts("a1"));
+        fleet.note_seen("b", 1_000);
+        let batch = fleet.seen_to_write();
+        assert_eq!(batch.len(), 2);
+        // While the batch is being written, the pending facts still show.
+        assert_eq!(fleet.current(node("a"), 1_500).facts, facts("a1"));
+        // Newer facts for a arrive during the write, at the same instant.
+        fleet.note_facts("a", 1_000, facts("a2"));
+        fleet.forget_written(&batch);
+        assert_eq!(fleet.current(node("a"), 2_000).facts, facts("a2"));
+        let next = fleet.seen_to_write();
+        assert_eq!(
+            next,
+            vec![("a".to_string(), 1_000, Some(facts("a2")))],
+            "b was written; a's newer facts wait for the next flush"
+        );
+        fleet.forget_written(&next);
+        assert!(fleet.seen_to_write().is_empty());
+    }
 
     fn names(n: usize) -> Vec<String> {
         (1..=n).map(|i| format!("web-{i}")).collect()

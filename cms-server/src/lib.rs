@@ -22,4 +22,5 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod trigger_cli;
+pub mod watch;
 pub mod webhook;

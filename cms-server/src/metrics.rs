@@ -259,7 +259,7 @@ impl Metrics {
         );
         registry.register(
             "cms_watch_streams",
-            "Agents holding a Watch stream open, which converge-now commands reach",
+            "Agents holding a watch channel open, which converge-now commands reach",
             metrics.watch_streams.clone(),
         );
         Metrics {
@@ -279,7 +279,7 @@ impl Metrics {
             ),
             (
                 "cms_converge_now_sent",
-                "Converge-now commands sent over Watch streams",
+                "Converge-now commands sent over watch channels",
                 &counters.converge_now_sent,
             ),
             (

@@ -57,7 +57,7 @@ pub struct ServeConfig {
     pub presence_flush: Duration,
     /// How long a trigger waits for one node's report by default.
     pub trigger_timeout: Duration,
-    /// How often the server pings a `Watch` stream.
+    /// How often the server sends a heartbeat on a watch channel.
     pub watch_heartbeat: Duration,
 }
 
@@ -90,7 +90,7 @@ impl ServeConfig {
 /// that has passed.
 pub const DEFAULT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Agents call at least every interval (30 minutes by default) and hold a
-/// `Watch` stream open; two hours without a sign of life means gone.
+/// watch channel open; two hours without a sign of life means gone.
 pub const DEFAULT_GONE_AFTER: Duration = Duration::from_secs(2 * 3600);
 /// A gone node is removed a day later.
 pub const DEFAULT_REMOVE_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -251,21 +251,37 @@ pub async fn run(
     }
     let mut grpc_stop = stop.clone();
     // TLS is done here rather than by tonic, so that the handshakes in
-    // progress are bounded (see `accept_connections`).
+    // progress and the gRPC connections open are bounded, and so that the
+    // watch channel can share the port (see `accept_connections`).
     let (connection_sender, connections) = mpsc::channel(MAX_CONCURRENT_HANDSHAKES);
+    let (watch_sender, mut watches) = mpsc::channel(MAX_CONCURRENT_HANDSHAKES);
     tasks.spawn(accept_connections(
         grpc_listener,
         tls,
-        connection_sender,
+        Accepted {
+            grpc: connection_sender,
+            watch: watch_sender,
+        },
         stop.clone(),
     ));
-    // Pings find agents that vanished without closing their connection (an
-    // instance terminated by the autoscaler), so their Watch stream ends
-    // and they stop counting as seen.
+    let watch_state = state.clone();
+    let watch_stop = stop.clone();
+    tasks.spawn(async move {
+        // Each channel's task ends on its own when the server stops.
+        while let Some(connection) = watches.recv().await {
+            crate::watch::start(&watch_state, *connection, &watch_stop);
+        }
+        Ok(())
+    });
+    // Pings find clients that vanished in the middle of a call. A
+    // connection lives at most `MAX_CONNECTION_AGE` (then it is closed
+    // gracefully: calls in progress finish, the client reconnects), so an
+    // idle client cannot hold one of the `MAX_GRPC_CONNECTIONS` for long.
     let keepalive = (config.gone_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive.max(Duration::from_secs(10))))
+        .max_connection_age(MAX_CONNECTION_AGE)
         .add_service(pb::enrollment_server::EnrollmentServer::new(
             EnrollmentService(state.clone()),
         ))
@@ -299,6 +315,20 @@ pub async fn run(
 /// slower than the last, with 10,000 handshakes' buffers held meanwhile.
 pub const MAX_CONCURRENT_HANDSHAKES: usize = 64;
 
+/// At most this many gRPC connections are open at once; a connection
+/// beyond it waits, before its handshake, until one closes. An idle HTTP/2
+/// connection costs about 25 KB (h2's fixed write and read buffers and
+/// rustls'), so a fleet that held one each would grow the server by 250 MB
+/// per 10,000 agents: agents hold only their watch channel (a socket and a
+/// key) between runs, and a run's calls take a connection for seconds.
+/// 256 keep both cores busy with room to spare.
+pub const MAX_GRPC_CONNECTIONS: usize = 256;
+
+/// The longest a gRPC connection stays open; then it is closed gracefully
+/// (the calls in progress finish) and the client reconnects if it has more
+/// to say. Runs take seconds; this only bounds a client that stays idle.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+
 /// How long one handshake may take once started (not counting the wait for
 /// its turn): a client that stalls mid-handshake gives its place up. A
 /// connection waits for its turn only once it has sent something (its
@@ -309,7 +339,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// enrolling agent sees the CA and can check its fingerprint against its
 /// token), client certificates signed by the CA, optional because
 /// enrollment is the one call without one (every other call checks for one:
-/// service::caller), and HTTP/2 only.
+/// service::caller), and HTTP/2 or the watch channel (`watch`), which takes
+/// the connection's keys over after the handshake.
 fn grpc_tls_config(
     chain_pem: &str,
     key_pem: &str,
@@ -336,30 +367,43 @@ fn grpc_tls_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .context("Failed to set up TLS on the gRPC port")?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), cms_proto::watch::ALPN.to_vec()];
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
-/// Accepts gRPC connections until shutdown and hands each to tonic once its
-/// TLS handshake is done, with at most `MAX_CONCURRENT_HANDSHAKES` in
-/// progress; the others wait, in order of arrival. A failed or timed-out
-/// handshake drops its connection, as tonic's own TLS did.
+/// Where `accept_connections` hands connections whose handshake is done.
+struct Accepted {
+    grpc: mpsc::Sender<GrpcConnection>,
+    watch: mpsc::Sender<Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
+}
+
+/// Accepts connections on the gRPC port until shutdown. Each waits (without
+/// a permit) for its ClientHello, which says whether it asks for the watch
+/// channel or gRPC; a gRPC connection then waits for one of the
+/// `MAX_GRPC_CONNECTIONS`, which it holds until it closes. Then it waits
+/// for one of the `MAX_CONCURRENT_HANDSHAKES`, in order of arrival, and is
+/// handed over once its handshake is done. Waiting costs a socket and a
+/// small task, so a boot storm queues instead of being refused. A failed or
+/// timed-out handshake drops its connection, as tonic's own TLS did.
 async fn accept_connections(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    connections: mpsc::Sender<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    accepted: Accepted,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    let handshake_permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    let connection_permits = Arc::new(tokio::sync::Semaphore::new(MAX_GRPC_CONNECTIONS));
+    let accepted = Arc::new(accepted);
     let mut handshakes = tokio::task::JoinSet::new();
     loop {
-        let accepted = tokio::select! {
+        let connection = tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
-            accepted = listener.accept() => accepted,
+            connection = listener.accept() => connection,
         };
-        let stream = match accepted {
+        let stream = match connection {
             Ok((stream, _)) => stream,
             Err(error) => {
                 // Out of descriptors, or a connection reset before it was
@@ -370,31 +414,172 @@ async fn accept_connections(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (acceptor, permits, connections) =
-            (acceptor.clone(), permits.clone(), connections.clone());
+        let (acceptor, handshake_permits, connection_permits, accepted) = (
+            acceptor.clone(),
+            handshake_permits.clone(),
+            connection_permits.clone(),
+            accepted.clone(),
+        );
         handshakes.spawn(async move {
             // A connection that has sent nothing yet waits without a
-            // permit, so idle sockets cannot hold the handshakes up.
-            let mut first = [0u8; 1];
-            if !matches!(
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await,
-                Ok(Ok(1..))
-            ) {
-                return;
-            }
-            let Ok(permit) = permits.acquire_owned().await else {
+            // permit, so idle sockets cannot hold the others up.
+            let Some(watch) = asks_for_watch(&stream).await else {
                 return;
             };
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+            let connection_permit = if watch {
+                None
+            } else {
+                let Ok(permit) = connection_permits.acquire_owned().await else {
+                    return;
+                };
+                Some(permit)
+            };
+            let Ok(permit) = handshake_permits.acquire_owned().await else {
+                return;
+            };
+            // Boxed: inline, the handshake's state (a whole rustls
+            // connection) would size every waiting connection's task.
+            let handshake =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(acceptor.accept(stream))).await;
             drop(permit);
-            match handshake {
-                Ok(Ok(connection)) => {
-                    let _ = connections.send(connection).await;
+            // Boxed too, before waiting to hand it over, for the same reason.
+            match (handshake.map(|done| done.map(Box::new)), connection_permit) {
+                (Ok(Ok(connection)), None) => {
+                    let _ = accepted.watch.send(connection).await;
                 }
-                Ok(Err(error)) => tracing::debug!("a TLS handshake failed: {error}"),
-                Err(_) => tracing::debug!("a TLS handshake timed out"),
+                (Ok(Ok(connection)), Some(permit)) => {
+                    let _ = accepted
+                        .grpc
+                        .send(GrpcConnection {
+                            stream: connection,
+                            _permit: permit,
+                        })
+                        .await;
+                }
+                (Ok(Err(error)), _) => tracing::debug!("a TLS handshake failed: {error}"),
+                (Err(_), _) => tracing::debug!("a TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Whether a connection's ClientHello offers the watch channel's ALPN
+/// protocol, read with `peek`, so that the handshake reads it again; `None`
+/// when nothing arrives within `HANDSHAKE_TIMEOUT` or the peer closes. A
+/// ClientHello that does not parse goes to the gRPC side, whose handshake
+/// fails with the proper alert.
+async fn asks_for_watch(stream: &tokio::net::TcpStream) -> Option<bool> {
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut first = [0u8; 1];
+    if !matches!(
+        tokio::time::timeout_at(deadline, stream.peek(&mut first)).await,
+        Ok(Ok(1..))
+    ) {
+        return None;
+    }
+    // A ClientHello is a few hundred bytes to a couple of KB (a post-quantum
+    // key share is 1.2 KB); one that does not fit here is not ours.
+    const LARGEST_HELLO: usize = 8 * 1024;
+    loop {
+        let mut buffer = vec![0u8; LARGEST_HELLO];
+        let read = match tokio::time::timeout_at(deadline, stream.peek(&mut buffer)).await {
+            Ok(Ok(read @ 1..)) => read,
+            _ => return None,
+        };
+        match offers_watch(&buffer[..read]) {
+            Some(watch) => return Some(watch),
+            None if read < LARGEST_HELLO => {
+                // The rest of the ClientHello is still on its way.
+                drop(buffer);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if tokio::time::Instant::now() >= deadline {
+                    return None;
+                }
+            }
+            None => return Some(false),
+        }
+    }
+}
+
+/// Whether the ClientHello at the start of `bytes` offers the watch
+/// channel's protocol; `None` while it is incomplete. Not async, so that the
+/// parser's state never sits in a waiting connection's task.
+fn offers_watch(bytes: &[u8]) -> Option<bool> {
+    let mut hello = rustls::server::Acceptor::default();
+    if hello.read_tls(&mut &bytes[..]).is_err() {
+        return Some(false);
+    }
+    match hello.accept() {
+        Ok(Some(accepted)) => Some(
+            accepted
+                .client_hello()
+                .alpn()
+                .is_some_and(|mut offered| offered.any(|p| p == cms_proto::watch::ALPN)),
+        ),
+        Ok(None) => None,
+        Err(_) => Some(false),
+    }
+}
+
+/// A gRPC connection and its place among the `MAX_GRPC_CONNECTIONS`, given
+/// back when tonic drops the connection.
+struct GrpcConnection {
+    stream: Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for GrpcConnection {
+    type ConnectInfo =
+        <tokio_rustls::server::TlsStream<tokio::net::TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for GrpcConnection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for GrpcConnection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.stream).poll_shutdown(cx)
     }
 }
 
@@ -741,37 +926,160 @@ mod tests {
         (server_config, Arc::new(client_config))
     }
 
+    /// `accept_connections` on a fresh port, with the channels it hands
+    /// gRPC and watch connections to.
+    struct Acceptor {
+        address: std::net::SocketAddr,
+        grpc: mpsc::Receiver<GrpcConnection>,
+        watch: mpsc::Receiver<Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
+        stop: tokio::sync::watch::Sender<bool>,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    }
+
+    impl Acceptor {
+        async fn start(server_config: Arc<rustls::ServerConfig>) -> Acceptor {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let (grpc_sender, grpc) = mpsc::channel(MAX_GRPC_CONNECTIONS + 8);
+            let (watch_sender, watch) = mpsc::channel(8);
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(accept_connections(
+                listener,
+                server_config,
+                Accepted {
+                    grpc: grpc_sender,
+                    watch: watch_sender,
+                },
+                stopped,
+            ));
+            Acceptor {
+                address,
+                grpc,
+                watch,
+                stop,
+                task,
+            }
+        }
+
+        async fn stop(self) {
+            self.stop.send(true).unwrap();
+            self.task.await.unwrap().unwrap();
+        }
+    }
+
+    fn with_alpn(config: &Arc<rustls::ClientConfig>, protocol: &[u8]) -> Arc<rustls::ClientConfig> {
+        let mut config = (**config).clone();
+        config.alpn_protocols = vec![protocol.to_vec()];
+        Arc::new(config)
+    }
+
+    async fn tls_connect(
+        address: std::net::SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        tokio_rustls::TlsConnector::from(config)
+            .connect("localhost".try_into().unwrap(), stream)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn idle_connections_beyond_the_handshake_limit_do_not_hold_up_a_client() {
         let (server_config, client_config) = tls_pair();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let (sender, mut connections) = mpsc::channel(4);
-        let (stop_sender, stop) = tokio::sync::watch::channel(false);
-        let accepting = tokio::spawn(accept_connections(listener, server_config, sender, stop));
+        let mut acceptor = Acceptor::start(server_config).await;
+        let address = acceptor.address;
         // More silent connections than there are handshake permits.
         let mut idle = Vec::new();
         for _ in 0..MAX_CONCURRENT_HANDSHAKES + 16 {
             idle.push(tokio::net::TcpStream::connect(address).await.unwrap());
         }
-        let connector = tokio_rustls::TlsConnector::from(client_config);
-        let client = tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-            connector
-                .connect("localhost".try_into().unwrap(), stream)
-                .await
-        });
+        let client = tokio::spawn(tls_connect(address, with_alpn(&client_config, b"h2")));
         // Well within HANDSHAKE_TIMEOUT: the idle sockets hold no permit.
-        let served = tokio::time::timeout(HANDSHAKE_TIMEOUT / 2, connections.recv())
+        let served = tokio::time::timeout(HANDSHAKE_TIMEOUT / 2, acceptor.grpc.recv())
             .await
             .expect("the handshake waited for the idle connections")
             .expect("a connection");
-        let certificates = served.get_ref().1.peer_certificates().unwrap();
+        let certificates = served.stream.get_ref().1.peer_certificates().unwrap();
         let (identity, _) = crate::pki::peer_identity(&certificates[0]).unwrap();
         assert_eq!(identity, crate::pki::PeerIdentity::Admin);
-        client.await.unwrap().unwrap();
+        client.await.unwrap();
         drop(idle);
-        stop_sender.send(true).unwrap();
-        accepting.await.unwrap().unwrap();
+        acceptor.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_client_offering_the_watch_protocol_is_handed_to_the_watch_side() {
+        let (server_config, client_config) = tls_pair();
+        let mut acceptor = Acceptor::start(server_config).await;
+        let client = tls_connect(
+            acceptor.address,
+            with_alpn(&client_config, cms_proto::watch::ALPN),
+        )
+        .await;
+        assert_eq!(
+            client.get_ref().1.alpn_protocol(),
+            Some(cms_proto::watch::ALPN)
+        );
+        let watch = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.watch.recv())
+            .await
+            .expect("the watch connection arrived")
+            .expect("a connection");
+        assert_eq!(
+            watch.get_ref().1.alpn_protocol(),
+            Some(cms_proto::watch::ALPN)
+        );
+        assert!(acceptor.grpc.try_recv().is_err());
+        let _grpc = tls_connect(acceptor.address, with_alpn(&client_config, b"h2")).await;
+        let grpc = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.grpc.recv())
+            .await
+            .expect("the gRPC connection arrived")
+            .expect("a connection");
+        assert_eq!(grpc.stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        assert!(acceptor.watch.try_recv().is_err());
+        acceptor.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_grpc_connection_beyond_the_limit_waits_until_one_closes_while_watches_do_not() {
+        let (server_config, client_config) = tls_pair();
+        let mut acceptor = Acceptor::start(server_config).await;
+        let h2 = with_alpn(&client_config, b"h2");
+        let mut clients = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..MAX_GRPC_CONNECTIONS {
+            clients.push(tls_connect(acceptor.address, h2.clone()).await);
+            held.push(acceptor.grpc.recv().await.expect("a connection"));
+        }
+        // One more: accepted by the kernel, but its handshake waits.
+        let (address, late_config) = (acceptor.address, h2.clone());
+        let late = tokio::spawn(async move { tls_connect(address, late_config).await });
+        // A watch channel is not held up by the gRPC connections.
+        let _watcher = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tls_connect(
+                acceptor.address,
+                with_alpn(&client_config, cms_proto::watch::ALPN),
+            ),
+        )
+        .await
+        .expect("the watch handshake did not wait for a gRPC place");
+        acceptor.watch.recv().await.expect("the watch connection");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), acceptor.grpc.recv())
+                .await
+                .is_err(),
+            "a connection beyond MAX_GRPC_CONNECTIONS was handed over"
+        );
+        // A connection closes: the one waiting takes its place.
+        drop(held.pop());
+        let served = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.grpc.recv())
+            .await
+            .expect("the waiting connection was served once a place was free")
+            .expect("a connection");
+        assert_eq!(served.stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        late.await.unwrap();
+        drop(clients);
+        acceptor.stop().await;
     }
 }

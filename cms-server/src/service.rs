@@ -36,8 +36,14 @@ fn caller<T>(state: &ServerState, request: &Request<T>) -> Result<PeerIdentity, 
     let leaf = certificates
         .first()
         .ok_or_else(|| Status::unauthenticated("a client certificate is required: enroll first"))?;
+    identify(state, leaf.as_ref())
+}
+
+/// Who a verified client certificate names, checked against the store as
+/// `caller` says; the watch channel checks its certificate the same way.
+pub(crate) fn identify(state: &ServerState, leaf_der: &[u8]) -> Result<PeerIdentity, Status> {
     let (identity, serial) =
-        peer_identity(leaf.as_ref()).map_err(|e| Status::unauthenticated(format!("{e}")))?;
+        peer_identity(leaf_der).map_err(|e| Status::unauthenticated(format!("{e}")))?;
     match &identity {
         PeerIdentity::Admin => {
             if state.store.is_revoked(&serial).map_err(internal)? {
@@ -343,33 +349,6 @@ impl pb::agent_server::Agent for AgentService {
                 })),
             }));
         }
-        // Contents go to the store too, so GetContent can serve them.
-        // Reads only, once the contents are there (the usual case: every
-        // instance of a role shares them).
-        let missing = catalog
-            .contents
-            .keys()
-            .map(|hash| state.store.has_content(hash).map(|has| !has))
-            .collect::<Result<Vec<bool>, _>>()
-            .map_err(internal)?
-            .into_iter()
-            .any(|missing| missing);
-        if missing {
-            let contents_state = state.clone();
-            let catalog_for_store = catalog.clone();
-            blocking(move || {
-                contents_state
-                    .store
-                    .put_contents(
-                        catalog_for_store
-                            .contents
-                            .iter()
-                            .map(|(hash, content)| (hash.as_str(), content.0.as_slice())),
-                    )
-                    .map_err(internal)
-            })
-            .await?;
-        }
         answer.answered(crate::metrics::CatalogAnswer::Catalog);
         Ok(Response::new(pb::CatalogResponse {
             result: Some(pb::catalog_response::Result::Catalog(pb::Catalog {
@@ -382,22 +361,50 @@ impl pb::agent_server::Agent for AgentService {
 
     type GetContentStream = ResponseStream<pb::ContentChunk>;
 
+    /// A content of the caller's current catalog, by hash. Contents are
+    /// derived from the revision, so the server does not store them: they
+    /// live with the compiled catalogs (one compile serves every identical
+    /// instance), and a catalog no longer cached is compiled again from
+    /// the node's tags and last facts. A hash that is not in the caller's
+    /// catalog is not found, whoever else's it is.
     async fn get_content(
         &self,
         request: Request<pb::ContentRequest>,
     ) -> Result<Response<Self::GetContentStream>, Status> {
         let state = self.0.clone();
-        node_caller(&state, &request)?;
+        let node_id = node_caller(&state, &request)?;
         let hash = request.into_inner().sha256;
-        let bytes = blocking(move || {
-            state
-                .store
-                .get_content(&hash)
-                .map_err(internal)?
-                .ok_or_else(|| Status::not_found(format!("no content {hash}")))
-        })
-        .await?;
-        let chunks: Vec<Result<pb::ContentChunk, Status>> = bytes
+        let revision = state.current_revision().ok_or_else(|| {
+            Status::unavailable(
+                "no valid roles revision yet: the server has not synced a commit that validates",
+            )
+        })?;
+        let node_record = state
+            .store
+            .node(&node_id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("node {node_id} is not enrolled")))?;
+        let node_record = state.fleet.current(node_record, now_unix_ms());
+        let facts: BTreeMap<String, serde_json::Value> =
+            serde_json::from_value(node_record.facts.clone()).unwrap_or_default();
+        let node = crate::catalogs::node(&node_id, &node_record.tags, facts);
+        let catalog = state
+            .catalogs
+            .get(&revision.commit, revision.repository.clone(), node)
+            .await
+            .map_err(|diagnostics| {
+                Status::failed_precondition(format!(
+                    "Failed to compile the catalog of {node_id}:\n{diagnostics}"
+                ))
+            })?;
+        let content = catalog.contents.get(&hash).ok_or_else(|| {
+            Status::not_found(format!(
+                "no content {hash} in the current catalog of {node_id} (revision {}): fetch the catalog again",
+                revision.commit
+            ))
+        })?;
+        let chunks: Vec<Result<pb::ContentChunk, Status>> = content
+            .0
             .chunks(CONTENT_CHUNK)
             .map(|chunk| {
                 Ok(pb::ContentChunk {
@@ -481,34 +488,11 @@ impl pb::agent_server::Agent for AgentService {
 
     async fn watch(
         &self,
-        request: Request<pb::WatchRequest>,
+        _request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let node_id = node_caller(&self.0, &request)?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(crate::fleet::WATCH_QUEUE);
-        let guard = self.0.fleet.register_watch(&node_id, sender.clone());
-        let heartbeat = self.0.config.watch_heartbeat;
-        // Heartbeats tell the agent the server is there; the stream stays
-        // registered until the agent goes (the receiver is dropped).
-        tokio::spawn(async move {
-            let _guard = guard;
-            let mut interval = tokio::time::interval(heartbeat);
-            loop {
-                tokio::select! {
-                    _ = sender.closed() => return,
-                    _ = interval.tick() => {
-                        let beat = pb::WatchEvent {
-                            event: Some(pb::watch_event::Event::Heartbeat(pb::Heartbeat {})),
-                        };
-                        if sender.send(beat).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        let events =
-            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(receiver), Ok);
-        Ok(Response::new(Box::pin(events)))
+        Err(Status::failed_precondition(
+            "the Watch stream is replaced by the watch channel (ALPN cms-watch/1 on this port): upgrade cms-agent",
+        ))
     }
 
     async fn renew(

@@ -1,4 +1,4 @@
-//! The server's storage: nodes, run reports, revisions, file contents, the
+//! The server's storage: nodes, run reports, revisions, the
 //! CA, certificates, enrollment tokens and small settings, in one embedded
 //! sled database in a directory of the server's data folder.
 //!
@@ -19,7 +19,6 @@
 //! | `reports`      | node id, `0x00`, `u64::MAX - received_unix_ms` (8 bytes big-endian), run id | `StoredReport` |
 //! | `report_index` | node id, `0x00`, run id                                     | the key in `reports`         |
 //! | `revisions`    | commit id                                                   | `RevisionRecord`             |
-//! | `contents`     | sha256 of the bytes, 64 lowercase hex digits                | the raw bytes                |
 //! | `certificates` | serial                                                      | `CertificateRecord`          |
 //! | `tokens`       | token id: sha256 hex of the secret, never the secret        | `TokenRecord`                |
 //! | `settings`     | name                                                        | raw bytes                    |
@@ -264,8 +263,8 @@ impl TokenRecord {
     }
 }
 
-/// The sha256 of `bytes` as 64 lowercase hex digits, the form content keys
-/// and token ids take.
+/// The sha256 of `bytes` as 64 lowercase hex digits, the form token ids
+/// take.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(bytes);
@@ -335,10 +334,6 @@ pub enum StoreError {
     },
     #[error("Failed to use {id:?} as a node id: it must be non-empty and contain no NUL byte")]
     InvalidNodeId { id: String },
-    #[error("Failed to use {sha:?} as a content hash: it must be 64 lowercase hex digits")]
-    InvalidContentHash { sha: String },
-    #[error("Failed to store content {expected}: the bytes have sha256 {actual}")]
-    ContentHashMismatch { expected: String, actual: String },
     #[error("Failed to make revision {commit} current: it has not been recorded")]
     RevisionUnknown { commit: String },
     #[error("Failed to make revision {commit} current: its validation refused it")]
@@ -385,7 +380,6 @@ pub struct Store {
     reports: sled::Tree,
     report_index: sled::Tree,
     revisions: sled::Tree,
-    contents: sled::Tree,
     certificates: sled::Tree,
     tokens: sled::Tree,
     settings: sled::Tree,
@@ -423,7 +417,6 @@ impl Store {
             reports: tree(REPORTS)?,
             report_index: tree(REPORT_INDEX)?,
             revisions: tree(REVISIONS)?,
-            contents: tree(CONTENTS)?,
             certificates: tree(CERTIFICATES)?,
             tokens: tree(TOKENS)?,
             settings: tree(SETTINGS)?,
@@ -767,71 +760,6 @@ impl Store {
             .transpose()
     }
 
-    // Contents.
-
-    /// Stores `bytes` under their sha256, after checking that it is `sha`.
-    /// Storing the same content again is cheap and harmless.
-    /// Stores the contents not stored yet; returns how many were new. What a
-    /// catalog's first delivery does. Not flushed: contents are derived
-    /// from the revision, and a content lost in a crash is stored again by
-    /// the next compile that needs it (sled writes its log within half a
-    /// second anyway).
-    pub fn put_contents<'a>(
-        &self,
-        contents: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-    ) -> Result<usize, StoreError> {
-        let mut added = 0;
-        for (sha, bytes) in contents {
-            check_content_hash(sha)?;
-            let write_error = |e| backend(format!("write content {sha}"), e);
-            if self.contents.contains_key(sha).map_err(write_error)? {
-                continue;
-            }
-            let actual = sha256_hex(bytes);
-            if actual != sha {
-                return Err(StoreError::ContentHashMismatch {
-                    expected: sha.to_string(),
-                    actual,
-                });
-            }
-            self.contents.insert(sha, bytes).map_err(write_error)?;
-            added += 1;
-        }
-        Ok(added)
-    }
-
-    pub fn put_content(&self, sha: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        check_content_hash(sha)?;
-        let actual = sha256_hex(bytes);
-        if actual != sha {
-            return Err(StoreError::ContentHashMismatch {
-                expected: sha.to_string(),
-                actual,
-            });
-        }
-        let write_error = |e| backend(format!("write content {sha}"), e);
-        if !self.contents.contains_key(sha).map_err(write_error)? {
-            self.contents.insert(sha, bytes).map_err(write_error)?;
-        }
-        self.flush()
-    }
-
-    /// Whether the content with this hash is stored.
-    pub fn has_content(&self, sha: &str) -> Result<bool, StoreError> {
-        self.contents
-            .contains_key(sha)
-            .map_err(|e| backend(format!("read content {sha}"), e))
-    }
-
-    pub fn get_content(&self, sha: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        check_content_hash(sha)?;
-        let value = self
-            .contents
-            .get(sha)
-            .map_err(|e| backend(format!("read content {sha}"), e))?;
-        Ok(value.map(|value| value.to_vec()))
-    }
-
     // The CA and certificates.
 
     /// Stores the CA, replacing any earlier one.
@@ -1081,7 +1009,6 @@ const NODES: &str = "nodes";
 const REPORTS: &str = "reports";
 const REPORT_INDEX: &str = "report_index";
 const REVISIONS: &str = "revisions";
-const CONTENTS: &str = "contents";
 const CERTIFICATES: &str = "certificates";
 const TOKENS: &str = "tokens";
 const SETTINGS: &str = "settings";
@@ -1330,16 +1257,6 @@ fn check_node_id(id: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn check_content_hash(sha: &str) -> Result<(), StoreError> {
-    let valid = sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if !valid {
-        return Err(StoreError::InvalidContentHash {
-            sha: sha.to_string(),
-        });
-    }
-    Ok(())
-}
-
 fn node_prefix(node_id: &str) -> Vec<u8> {
     let mut prefix = Vec::with_capacity(node_id.len() + 1);
     prefix.extend_from_slice(node_id.as_bytes());
@@ -1502,28 +1419,6 @@ mod tests {
             (3_000, NodeStatus::Active, None)
         );
         assert!(store.node("unknown").unwrap().is_none());
-    }
-
-    #[test]
-    fn contents_put_together_are_stored_once_and_checked_against_their_hash() {
-        let (_dir, store) = fresh_store();
-        let one = b"one".to_vec();
-        let two = b"two".to_vec();
-        let (h1, h2) = (sha256_hex(&one), sha256_hex(&two));
-        let added = store
-            .put_contents([(h1.as_str(), one.as_slice()), (h2.as_str(), two.as_slice())])
-            .unwrap();
-        assert_eq!(added, 2);
-        assert!(store.has_content(&h1).unwrap());
-        assert_eq!(
-            store.put_contents([(h1.as_str(), one.as_slice())]).unwrap(),
-            0
-        );
-        let wrong = sha256_hex(b"three");
-        assert!(matches!(
-            store.put_contents([(wrong.as_str(), one.as_slice())]),
-            Err(StoreError::ContentHashMismatch { .. })
-        ));
     }
 
     #[test]
@@ -1696,31 +1591,6 @@ mod tests {
     }
 
     #[test]
-    fn contents_round_trip_by_hash_and_a_wrong_hash_is_refused() {
-        let (_dir, store) = fresh_store();
-        let bytes = b"listen 80;\n";
-        let sha = sha256_hex(bytes);
-        store.put_content(&sha, bytes).unwrap();
-        store.put_content(&sha, bytes).unwrap();
-        assert_eq!(
-            store.get_content(&sha).unwrap().as_deref(),
-            Some(&bytes[..])
-        );
-        assert_eq!(store.get_content(&sha256_hex(b"other")).unwrap(), None);
-
-        let wrong = store.put_content(&sha, b"something else").unwrap_err();
-        assert!(
-            matches!(wrong, StoreError::ContentHashMismatch { .. }),
-            "{wrong}"
-        );
-        let malformed = store.put_content("not-a-hash", bytes).unwrap_err();
-        assert!(
-            matches!(malformed, StoreError::InvalidContentHash { .. }),
-            "{malformed}"
-        );
-    }
-
-    #[test]
     fn sha256_hex_matches_the_known_digest_of_abc() {
         assert_eq!(
             sha256_hex(b"abc"),
@@ -1860,8 +1730,6 @@ mod tests {
     fn reopening_after_drop_keeps_everything() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("db");
-        let bytes = b"content";
-        let sha = sha256_hex(bytes);
         let ca = CaRecord {
             certificate_pem: "cert".to_string(),
             private_key_pem: "key".to_string(),
@@ -1872,7 +1740,6 @@ mod tests {
             store.put_report(&report("n1", "r1", 1_000)).unwrap();
             store.put_revision(&revision("c1", true, 1_000)).unwrap();
             store.set_current_revision("c1").unwrap();
-            store.put_content(&sha, bytes).unwrap();
             store.put_ca(&ca).unwrap();
             store.put_certificate(&certificate("s1", "n1")).unwrap();
             store.revoke_node("n1").unwrap();
@@ -1896,10 +1763,6 @@ mod tests {
             Some(revision("c1", true, 1_000))
         );
         assert_eq!(store.current_revision().unwrap().as_deref(), Some("c1"));
-        assert_eq!(
-            store.get_content(&sha).unwrap().as_deref(),
-            Some(&bytes[..])
-        );
         assert_eq!(store.ca().unwrap(), Some(ca));
         assert!(store.is_revoked("s1").unwrap());
         assert_eq!(store.tokens().unwrap(), [token("t", Some(2), 1_000)]);
