@@ -11,12 +11,15 @@
 //!    makes its own);
 //! 2. first fetch: every agent connects with its certificate, gets its
 //!    catalog (identical instances: one compile shared by all), fetches
-//!    `--contents` file contents by hash, and reports its run;
-//! 3. not modified: `--rounds` rounds of `GetCatalog` with the catalog id the
-//!    agent holds, answered `NotModified`;
-//! 4. distinct compiles: every agent sends facts with its own hostname,
-//!    which the templates read, so each needs a fresh compile of its own
-//!    50-resource catalog.
+//!    `--contents` file contents by hash, and reports its run; then it
+//!    closes that connection and opens its watch channel, which it holds
+//!    to the end, as the agent's daemon does;
+//! 3. not modified: every agent connects again and makes `--rounds`
+//!    `GetCatalog` calls with the catalog id it holds, answered
+//!    `NotModified`;
+//! 4. distinct compiles: every agent connects again and sends facts with
+//!    its own hostname, which the templates read, so each needs a fresh
+//!    compile of its own 50-resource catalog.
 //!
 //! Each phase starts when the previous one has finished for every agent.
 //! It prints each phase's rate and latency, the server's peak RSS, and a
@@ -35,10 +38,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cms_agent::client::{ServerAddress, connect, enroll};
+use cms_agent::client::{ServerAddress, WatchChannel, connect, enroll, open_watch};
 use cms_agent::identity::{Identity, generate_key_and_csr};
 use cms_proto::v1 as pb;
 use tokio::sync::Semaphore;
+
+/// The server's address as agent `i` reaches it: from its own loopback
+/// address (127.0.1.0 to 127.0.255.255), as each instance has its own IP.
+fn address_of(server: &ServerAddress, i: usize) -> ServerAddress {
+    let mut address = server.clone();
+    let host = 256 + i % (65_536 - 256);
+    address.local_address = Some(std::net::IpAddr::from([
+        127,
+        0,
+        (host >> 8) as u8,
+        host as u8,
+    ]));
+    address
+}
 
 /// Resources in each catalog: one directory and this many files less one.
 const RESOURCES: usize = 50;
@@ -48,6 +65,7 @@ struct Options {
     rounds: usize,
     contents: usize,
     concurrency: usize,
+    file_limit: u64,
 }
 
 fn usage() -> &'static str {
@@ -64,6 +82,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         rounds: 3,
         contents: 5,
         concurrency: 0,
+        file_limit: 0,
     };
     let mut iter = args.iter();
     while let Some(flag) = iter.next() {
@@ -101,7 +120,8 @@ fn main() -> Result<()> {
         return serve_child(&args[1..]);
     }
     let options = parse_options(&args)?;
-    raise_file_limit()?;
+    let mut options = options;
+    options.file_limit = raise_file_limit()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -109,12 +129,21 @@ fn main() -> Result<()> {
 }
 
 /// 10,000 connections need 10,000 descriptors on each side: raise the soft
-/// limit to the hard one (the child server inherits it).
-fn raise_file_limit() -> Result<()> {
+/// limit to the hard one (the child server inherits it), and return it.
+fn raise_file_limit() -> Result<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
-    Ok(())
+    Ok(hard)
+}
+
+/// Agents in flight in the phases after the watch channels are open: each
+/// simulated agent holds its channel's descriptor in this one process (a
+/// real instance holds its own), so at most what the descriptor limit
+/// leaves beside them connect at once; the others start as those finish.
+fn in_flight_beside_watches(options: &Options) -> usize {
+    let spare = (options.file_limit as usize).saturating_sub(options.agents + 512);
+    options.concurrency.min(spare.max(1))
 }
 
 // ---- the server, in a child process ----
@@ -181,6 +210,30 @@ impl ServerChild {
     fn rss_mb(&self) -> f64 {
         proc_status_kb(self.child.id(), "VmRSS:") as f64 / 1024.0
     }
+
+    /// CPU seconds the server has used so far (user and system).
+    fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
+    }
+}
+
+/// User and system CPU seconds from a `/proc/PID/stat` file: fields 14 and
+/// 15, counted after the command name, which may hold spaces.
+fn cpu_seconds(stat_path: &str) -> f64 {
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    std::fs::read_to_string(stat_path)
+        .ok()
+        .and_then(|stat| {
+            let after_name = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = after_name.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / ticks_per_second)
+        })
+        .unwrap_or(0.0)
 }
 
 impl Drop for ServerChild {
@@ -274,6 +327,11 @@ struct PhaseResult {
     latencies_us: Vec<u64>,
     not_modified: u64,
     server_rss_mb: f64,
+    /// CPU seconds the server and this process (the simulated agents) used
+    /// during the phase: on two shared cores, what the agents use is not
+    /// the server's to use.
+    server_cpu_s: f64,
+    client_cpu_s: f64,
     first_error: Option<String>,
 }
 
@@ -304,6 +362,8 @@ where
 {
     let phase = Arc::new(Phase::default());
     let permits = Arc::new(Semaphore::new(concurrency));
+    let server_cpu_before = server.cpu_seconds();
+    let own_cpu_before = cpu_seconds("/proc/self/stat");
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for agent in 0..agents {
@@ -327,10 +387,12 @@ where
         latencies_us,
         not_modified: phase.not_modified.load(Ordering::Relaxed),
         server_rss_mb: server.rss_mb(),
+        server_cpu_s: server.cpu_seconds() - server_cpu_before,
+        client_cpu_s: cpu_seconds("/proc/self/stat") - own_cpu_before,
         first_error: phase.first_error.lock().expect("lock").clone(),
     };
     println!(
-        "{:<18} {:>7} requests in {:>7.2} s: {:>8.0}/s, p50 {:>8.1} ms, p99 {:>8.1} ms, {} failures, server RSS {:.0} MB",
+        "{:<18} {:>7} requests in {:>7.2} s: {:>8.0}/s, p50 {:>8.1} ms, p99 {:>8.1} ms, {} failures, server RSS {:.0} MB, CPU s server {:.1} / agents {:.1}",
         result.name,
         result.requests,
         result.seconds,
@@ -339,6 +401,8 @@ where
         percentile_ms(&result.latencies_us, 0.99),
         result.failures,
         result.server_rss_mb,
+        result.server_cpu_s,
+        result.client_cpu_s,
     );
     if let Some(error) = &result.first_error {
         println!("{:<18} first failure: {error}", "");
@@ -350,7 +414,8 @@ where
 
 struct Agent {
     identity: Option<Identity>,
-    client: Option<pb::agent_client::AgentClient<tonic::transport::Channel>>,
+    /// Held from the first run to the end, as the agent's daemon holds it.
+    watch: Option<WatchChannel>,
     catalog_id: String,
 }
 
@@ -422,7 +487,7 @@ async fn storm(options: Options) -> Result<()> {
             .map(|_| {
                 tokio::sync::Mutex::new(Agent {
                     identity: None,
-                    client: None,
+                    watch: None,
                     catalog_id: String::new(),
                 })
             })
@@ -442,7 +507,7 @@ async fn storm(options: Options) -> Result<()> {
                 let (agents, keys, address, ca_pem, token) = (
                     agents.clone(),
                     keys.clone(),
-                    address.clone(),
+                    address_of(&address, i),
                     ca_pem.clone(),
                     token.clone(),
                 );
@@ -485,7 +550,7 @@ async fn storm(options: Options) -> Result<()> {
             options.concurrency,
             &server,
             |i, phase| {
-                let (agents, address) = (agents.clone(), address.clone());
+                let (agents, address) = (agents.clone(), address_of(&address, i));
                 async move {
                     let mut agent = agents[i].lock().await;
                     let Some(identity) = agent.identity.clone() else {
@@ -570,27 +635,51 @@ async fn storm(options: Options) -> Result<()> {
                         .map_err(|s| format!("Report: {}", s.message()));
                     phase.record(started, acknowledged);
                     agent.catalog_id = decoded.catalog_id;
-                    agent.client = Some(client);
+                    // The run's connection closes; the watch channel stays.
+                    drop(client);
+                    let started = Instant::now();
+                    agent.watch = phase.record(
+                        started,
+                        open_watch(&address, &identity)
+                            .await
+                            .map_err(|e| format!("watch: {e:#}")),
+                    );
                 }
             },
         )
         .await,
     );
 
+    let later_in_flight = in_flight_beside_watches(&options);
+    if later_in_flight < options.concurrency {
+        println!(
+            "phases 3 and 4: at most {later_in_flight} agents in flight (the descriptor limit {} less the watch channels)",
+            options.file_limit
+        );
+    }
     // 3. Not modified.
     let rounds = options.rounds;
     phases.push(
         run_phase(
             "not-modified",
             options.agents,
-            options.concurrency,
+            later_in_flight,
             &server,
             |i, phase| {
-                let agents = agents.clone();
+                let (agents, address) = (agents.clone(), address_of(&address, i));
                 async move {
-                    let mut agent = agents[i].lock().await;
+                    let agent = agents[i].lock().await;
                     let have = agent.catalog_id.clone();
-                    let Some(client) = agent.client.as_mut() else {
+                    let Some(identity) = agent.identity.clone() else {
+                        return;
+                    };
+                    let started = Instant::now();
+                    let Some(mut client) = phase.record(
+                        started,
+                        connect(&address, &identity)
+                            .await
+                            .map_err(|e| format!("connect: {e:#}")),
+                    ) else {
                         return;
                     };
                     for _ in 0..rounds {
@@ -623,14 +712,24 @@ async fn storm(options: Options) -> Result<()> {
         run_phase(
             "distinct-compiles",
             options.agents,
-            options.concurrency,
+            later_in_flight,
             &server,
             |i, phase| {
-                let (agents, distinct) = (agents.clone(), distinct.clone());
+                let (agents, distinct, address) =
+                    (agents.clone(), distinct.clone(), address_of(&address, i));
                 async move {
-                    let mut agent = agents[i].lock().await;
+                    let agent = agents[i].lock().await;
                     let have = agent.catalog_id.clone();
-                    let Some(client) = agent.client.as_mut() else {
+                    let Some(identity) = agent.identity.clone() else {
+                        return;
+                    };
+                    let started = Instant::now();
+                    let Some(mut client) = phase.record(
+                        started,
+                        connect(&address, &identity)
+                            .await
+                            .map_err(|e| format!("connect: {e:#}")),
+                    ) else {
                         return;
                     };
                     let started = Instant::now();
@@ -654,6 +753,23 @@ async fn storm(options: Options) -> Result<()> {
     );
 
     let peak = server.peak_rss_mb();
+    // Every held watch channel must have been served: each has its first
+    // heartbeat waiting (read after the peak, outside any phase).
+    let mut watching = 0usize;
+    for agent in agents.iter() {
+        let mut agent = agent.lock().await;
+        if let Some(channel) = agent.watch.as_mut()
+            && let Ok(Ok(event)) =
+                tokio::time::timeout(Duration::from_secs(5), channel.next_event()).await
+            && matches!(event.event, Some(pb::watch_event::Event::Heartbeat(_)))
+        {
+            watching += 1;
+        }
+    }
+    println!(
+        "watch channels held to the end and served: {watching} of {}",
+        options.agents
+    );
     let distinct_catalogs = distinct.lock().expect("lock").len();
     let mut all: Vec<u64> = phases
         .iter()
@@ -687,6 +803,7 @@ async fn storm(options: Options) -> Result<()> {
         "enrollments_per_s": round(enroll.per_second((enroll.requests as u64 - enroll.failures) as f64)),
         "distinct_compiles_per_s": round(compiles.per_second(distinct_catalogs as f64)),
         "server_peak_rss_mb": round(peak),
+        "watch_channels": watching,
         "phases": phases.iter().map(|p| serde_json::json!({
             "phase": p.name,
             "requests": p.requests,
@@ -695,6 +812,8 @@ async fn storm(options: Options) -> Result<()> {
             "p50_ms": round(percentile_ms(&p.latencies_us, 0.50)),
             "p99_ms": round(percentile_ms(&p.latencies_us, 0.99)),
             "server_rss_mb": round(p.server_rss_mb),
+            "server_cpu_s": round(p.server_cpu_s),
+            "agents_cpu_s": round(p.client_cpu_s),
         })).collect::<Vec<_>>(),
     });
     drop(agents);
