@@ -19,12 +19,19 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::identity::Identity;
 
 /// How long to wait for the server to answer a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection may wait for its TLS handshake once the server
+/// has accepted it. A busy server queues connections before their handshake
+/// rather than refusing them (10,000 instances booting at once waited up to
+/// 20 s on two cores), so this is long; a server that is down fails the
+/// TCP connect within `CONNECT_TIMEOUT` instead.
+const HANDSHAKE_WAIT: Duration = Duration::from_secs(120);
 
 /// `host:port` and the TLS name to expect, from `--server`.
 #[derive(Debug, Clone)]
@@ -232,20 +239,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
     }
 }
 
-async fn channel(
-    address: &ServerAddress,
-    ca_pem: &str,
-    identity: Option<&Identity>,
-) -> anyhow::Result<Channel> {
-    let mut tls = ClientTlsConfig::new()
+/// A server-authenticated channel, for enrollment (the one call without a
+/// client certificate).
+async fn channel(address: &ServerAddress, ca_pem: &str) -> anyhow::Result<Channel> {
+    let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name(address.host.clone());
-    if let Some(identity) = identity {
-        tls = tls.identity(TlsIdentity::from_pem(
-            &identity.certificate_pem,
-            &identity.private_key_pem,
-        ));
-    }
     let endpoint = Endpoint::from_shared(address.url.clone())?
         .local_address(address.local_address)
         .connect_timeout(CONNECT_TIMEOUT)
@@ -263,8 +262,7 @@ pub async fn enroll(
     ca_pem: &str,
     request: pb::EnrollRequest,
 ) -> anyhow::Result<pb::EnrollResponse> {
-    let mut client =
-        pb::enrollment_client::EnrollmentClient::new(channel(address, ca_pem, None).await?);
+    let mut client = pb::enrollment_client::EnrollmentClient::new(channel(address, ca_pem).await?);
     let response = client
         .enroll(request)
         .await
@@ -280,73 +278,201 @@ pub struct WatchChannel {
     stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
 }
 
-/// Opens the watch channel.
+/// How one node reaches the server: its TLS settings, built once from its
+/// identity, for gRPC (ALPN `h2`) and for the watch channel. Both share one
+/// store of TLS sessions, so every connection after the first resumes a
+/// session (TLS 1.3 tickets): no certificate signature or verification on
+/// either side, which is most of what a connection costs.
+#[derive(Clone)]
+pub struct Connector {
+    address: ServerAddress,
+    grpc: Arc<rustls::ClientConfig>,
+    watch: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("server", &self.address.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    pub fn new(address: &ServerAddress, identity: &Identity) -> anyhow::Result<Connector> {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in CertificateDer::pem_slice_iter(identity.ca_certificate_pem.as_bytes()) {
+            roots
+                .add(certificate.context("Failed to read the CA certificate")?)
+                .context("Failed to trust the CA certificate")?;
+        }
+        let chain = CertificateDer::pem_slice_iter(identity.certificate_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .context("Failed to read this node's certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(identity.private_key_pem.as_bytes())
+            .context("Failed to read this node's key")?;
+        let mut grpc = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("Failed to set up TLS 1.3")?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .context("Failed to use this node's certificate")?;
+        let mut watch = grpc.clone();
+        grpc.alpn_protocols = vec![b"h2".to_vec()];
+        // The clone shares the session store: a ticket from either kind of
+        // connection resumes the other.
+        watch.alpn_protocols = vec![cms_proto::watch::ALPN.to_vec()];
+        let name = ServerName::try_from(address.host.clone())
+            .with_context(|| format!("{} is not a valid server name", address.host))?;
+        Ok(Connector {
+            address: address.clone(),
+            grpc: Arc::new(grpc),
+            watch: Arc::new(watch),
+            name,
+        })
+    }
+
+    /// The connector of a node's last identity in this process, made
+    /// anew when the identity or server changes (after a renewal), so that
+    /// a daemon's runs resume the TLS sessions of the previous ones.
+    pub fn for_identity(address: &ServerAddress, identity: &Identity) -> anyhow::Result<Connector> {
+        static LAST: Mutex<Option<(String, String, Connector)>> = Mutex::new(None);
+        let mut last = LAST.lock().expect("connector lock");
+        if let Some((url, certificate, connector)) = last.as_ref()
+            && *url == address.url
+            && *certificate == identity.certificate_pem
+            && connector.address.local_address == address.local_address
+        {
+            return Ok(connector.clone());
+        }
+        let connector = Connector::new(address, identity)?;
+        *last = Some((
+            address.url.clone(),
+            identity.certificate_pem.clone(),
+            connector.clone(),
+        ));
+        Ok(connector)
+    }
+
+    async fn tls(
+        &self,
+        config: &Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let timed_out = |what: &str, after: Duration| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the server did not {what} within {after:?}"),
+            )
+        };
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tcp_connect(&self.address))
+            .await
+            .map_err(|_| timed_out("accept the connection", CONNECT_TIMEOUT))??;
+        tcp.set_nodelay(true)?;
+        let handshake =
+            tokio_rustls::TlsConnector::from(config.clone()).connect(self.name.clone(), tcp);
+        tokio::time::timeout(HANDSHAKE_WAIT, handshake)
+            .await
+            .map_err(|_| timed_out("finish the TLS handshake", HANDSHAKE_WAIT))?
+    }
+
+    /// An mTLS connection to the agent API.
+    pub async fn connect(&self) -> anyhow::Result<pb::agent_client::AgentClient<Channel>> {
+        // TLS is done here, with the shared session store; tonic speaks
+        // HTTP/2 over the stream it is given.
+        let url = self.address.url.replacen("https://", "http://", 1);
+        let connector = self.clone();
+        let channel = Endpoint::from_shared(url)?
+            .timeout(Duration::from_secs(300))
+            .connect_with_connector(TlsConnect(connector))
+            .await
+            .with_context(|| format!("Failed to connect to the server at {}", self.address.url))?;
+        Ok(pb::agent_client::AgentClient::new(channel))
+    }
+
+    /// Opens the watch channel.
+    pub async fn open_watch(&self) -> anyhow::Result<WatchChannel> {
+        let stream = self
+            .tls(&self.watch)
+            .await
+            .with_context(|| format!("Failed to open the watch channel to {}", self.address.url))?;
+        if stream.get_ref().1.alpn_protocol() != Some(cms_proto::watch::ALPN) {
+            bail!(
+                "the server at {} does not offer the watch channel: upgrade cms-server",
+                self.address.url
+            );
+        }
+        Ok(WatchChannel { stream })
+    }
+}
+
+/// tonic's connector: a TLS stream from the `Connector`, whatever URI tonic
+/// passes (the connector knows its server).
+#[derive(Clone)]
+struct TlsConnect(Connector);
+
+impl tower_service::Service<tonic::codegen::http::Uri> for TlsConnect {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Uri) -> Self::Future {
+        let connector = self.0.clone();
+        Box::pin(async move {
+            let stream = connector.tls(&connector.grpc).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}
+
+/// A TCP connection to the server, from `local_address` when it is set.
+async fn tcp_connect(address: &ServerAddress) -> std::io::Result<tokio::net::TcpStream> {
+    let Some(local) = address.local_address else {
+        return tokio::net::TcpStream::connect((address.host.as_str(), address.port)).await;
+    };
+    let server = tokio::net::lookup_host((address.host.as_str(), address.port))
+        .await?
+        .find(|server| server.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| std::io::Error::other("no server address of the local address's family"))?;
+    let socket = if local.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(local, 0))?;
+    socket.connect(server).await
+}
+
+/// Opens the watch channel of the node with this identity.
 pub async fn open_watch(
     address: &ServerAddress,
     identity: &Identity,
 ) -> anyhow::Result<WatchChannel> {
-    use rustls::pki_types::PrivateKeyDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(identity.ca_certificate_pem.as_bytes()) {
-        roots
-            .add(certificate.context("Failed to read the CA certificate")?)
-            .context("Failed to trust the CA certificate")?;
-    }
-    let chain = CertificateDer::pem_slice_iter(identity.certificate_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .context("Failed to read this node's certificate")?;
-    let key = PrivateKeyDer::from_pem_slice(identity.private_key_pem.as_bytes())
-        .context("Failed to read this node's key")?;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .context("Failed to set up TLS 1.3")?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .context("Failed to use this node's certificate")?;
-    config.alpn_protocols = vec![cms_proto::watch::ALPN.to_vec()];
-    let name = ServerName::try_from(address.host.clone())
-        .with_context(|| format!("{} is not a valid server name", address.host))?;
-    let connect = async {
-        let tcp = match address.local_address {
-            None => tokio::net::TcpStream::connect((address.host.as_str(), address.port)).await?,
-            Some(local) => {
-                let server = tokio::net::lookup_host((address.host.as_str(), address.port))
-                    .await?
-                    .find(|server| server.is_ipv4() == local.is_ipv4())
-                    .ok_or_else(|| {
-                        std::io::Error::other("no server address of the local address's family")
-                    })?;
-                let socket = if local.is_ipv4() {
-                    tokio::net::TcpSocket::new_v4()?
-                } else {
-                    tokio::net::TcpSocket::new_v6()?
-                };
-                socket.bind(std::net::SocketAddr::new(local, 0))?;
-                socket.connect(server).await?
-            }
-        };
-        tcp.set_nodelay(true)?;
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-    };
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+    Connector::for_identity(address, identity)?
+        .open_watch()
         .await
-        .map_err(|_| anyhow::anyhow!("the server did not answer within {CONNECT_TIMEOUT:?}"))?
-        .with_context(|| format!("Failed to open the watch channel to {}", address.url))?;
-    if stream.get_ref().1.alpn_protocol() != Some(cms_proto::watch::ALPN) {
-        bail!(
-            "the server at {} does not offer the watch channel: upgrade cms-server",
-            address.url
-        );
-    }
-    Ok(WatchChannel { stream })
 }
 
 impl WatchChannel {
+    /// Whether the channel's TLS session was resumed from an earlier
+    /// connection's ticket (no certificate signatures on either side).
+    pub fn resumed(&self) -> bool {
+        self.stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
     /// The next event from the server; an error when the channel ends.
     pub async fn next_event(&mut self) -> anyhow::Result<pb::WatchEvent> {
         use tokio::io::AsyncReadExt as _;
@@ -365,12 +491,11 @@ impl WatchChannel {
     }
 }
 
-/// An mTLS connection to the agent API.
+/// An mTLS connection to the agent API, resuming this process's last TLS
+/// session with the server when it can (`Connector::for_identity`).
 pub async fn connect(
     address: &ServerAddress,
     identity: &Identity,
 ) -> anyhow::Result<pb::agent_client::AgentClient<Channel>> {
-    Ok(pb::agent_client::AgentClient::new(
-        channel(address, &identity.ca_certificate_pem, Some(identity)).await?,
-    ))
+    Connector::for_identity(address, identity)?.connect().await
 }

@@ -393,6 +393,15 @@ pub fn peer_identity(certificate_der: &[u8]) -> Result<(PeerIdentity, String), P
     let refuse = |reason: String| PkiError::IdentifyPeer { reason };
     let (_, certificate) = x509_parser::parse_x509_certificate(certificate_der)
         .map_err(|error| refuse(format!("not an X.509 certificate: {error}")))?;
+    // The TLS handshake checked the dates, but a resumed session or a
+    // long-lived connection outlives that check.
+    let validity = certificate.validity();
+    if !validity.is_valid() {
+        return Err(refuse(format!(
+            "the certificate is valid from {} to {}, not now: renew it or enroll again",
+            validity.not_before, validity.not_after
+        )));
+    }
     let names = certificate
         .subject_alternative_name()
         .map_err(|error| refuse(format!("unreadable subject alternative names: {error}")))?
@@ -706,6 +715,22 @@ mod tests {
         assert_eq!(
             identity_of(&issued.certificate_pem).unwrap(),
             (PeerIdentity::Node("i-0abc".to_owned()), issued.serial_hex)
+        );
+    }
+
+    #[test]
+    fn an_expired_node_certificate_identifies_nobody() {
+        // A resumed TLS session skips the handshake's date check; the
+        // identity check does it again.
+        let ca = CertificateAuthority::create("test").unwrap();
+        let issued = ca
+            .sign_node_csr(&csr("i-0abc", &[]), "i-0abc", Duration::ZERO)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1_100));
+        let error = identity_of(&issued.certificate_pem).unwrap_err();
+        assert!(
+            error.contains("not now: renew it or enroll again"),
+            "{error}"
         );
     }
 

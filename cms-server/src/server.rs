@@ -369,6 +369,13 @@ fn grpc_tls_config(
         .context("Failed to set up TLS on the gRPC port")?;
     config.alpn_protocols = vec![b"h2".to_vec(), cms_proto::watch::ALPN.to_vec()];
     config.enable_secret_extraction = true;
+    // Stateless TLS 1.3 tickets (keys rotated every 6 hours, held in memory
+    // only): an agent's later connections resume without a certificate
+    // signature or verification. A resumed session still names its client
+    // certificate, which `service::identify` checks on every call as on a
+    // full handshake, its validity period included.
+    config.ticketer =
+        rustls::crypto::ring::Ticketer::new().context("Failed to set up TLS session tickets")?;
     Ok(Arc::new(config))
 }
 

@@ -45,7 +45,7 @@ async fn enrolled(server: &TestServer, token: &str, name: &str) -> Result<Identi
 }
 
 #[test]
-fn a_watch_channel_hears_heartbeats_and_a_triggers_converge_now_and_a_revoked_node_hears_why()
+fn a_watch_channel_hears_heartbeats_and_converge_now_resumes_its_session_and_a_revoked_node_hears_why()
 -> Result<()> {
     let dir = tempfile::tempdir()?;
     let git = GitRepo::init(&dir.path().join("roles"))?;
@@ -68,6 +68,10 @@ fn a_watch_channel_hears_heartbeats_and_a_triggers_converge_now_and_a_revoked_no
         let address = ServerAddress::parse(&server.address)?;
         let identity = enrolled(&server, &token, "web-1").await?;
         let mut channel = open_watch(&address, &identity).await?;
+        assert!(
+            !channel.resumed(),
+            "the first connection has no session to resume"
+        );
         // A heartbeat at once, announcing the interval, then one per
         // interval.
         assert_eq!(
@@ -112,13 +116,22 @@ fn a_watch_channel_hears_heartbeats_and_a_triggers_converge_now_and_a_revoked_no
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         assert!(status.message().contains("upgrade cms-agent"), "{status:?}");
 
-        // A revoked node's next channel is refused, with the reason.
+        // A later connection of the same node resumes its TLS session and
+        // is still checked and served as that node.
+        let mut again = open_watch(&address, &identity).await?;
+        assert!(again.resumed(), "the second connection resumed its session");
+        assert!(matches!(next(&mut again).await?, Event::Heartbeat(_)));
+        drop(again);
+
+        // A revoked node's next channel is refused, with the reason, also
+        // when its session resumes.
         admin
             .revoke_node(pb::RevokeNodeRequest {
                 node_id: "web-1".into(),
             })
             .await?;
         let mut refused = open_watch(&address, &identity).await?;
+        assert!(refused.resumed());
         match next(&mut refused).await? {
             Event::Refused(refused) => {
                 assert!(refused.message.contains("revoked"), "{refused:?}")

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cms_agent::client::{ServerAddress, WatchChannel, connect, enroll, open_watch};
+use cms_agent::client::{Connector, ServerAddress, WatchChannel, enroll};
 use cms_agent::identity::{Identity, generate_key_and_csr};
 use cms_proto::v1 as pb;
 use tokio::sync::Semaphore;
@@ -413,7 +413,9 @@ where
 // ---- the agents ----
 
 struct Agent {
-    identity: Option<Identity>,
+    /// Made once after enrolling, as the daemon keeps one: its later
+    /// connections resume their TLS session.
+    connector: Option<Connector>,
     /// Held from the first run to the end, as the agent's daemon holds it.
     watch: Option<WatchChannel>,
     catalog_id: String,
@@ -486,7 +488,7 @@ async fn storm(options: Options) -> Result<()> {
         (0..options.agents)
             .map(|_| {
                 tokio::sync::Mutex::new(Agent {
-                    identity: None,
+                    connector: None,
                     watch: None,
                     catalog_id: String::new(),
                 })
@@ -529,11 +531,17 @@ async fn storm(options: Options) -> Result<()> {
                     if let Some(response) =
                         phase.record(started, response.map_err(|e| format!("{e:#}")))
                     {
-                        agents[i].lock().await.identity = Some(Identity {
+                        let identity = Identity {
                             private_key_pem: key.private_key_pem.clone(),
                             certificate_pem: response.certificate_pem,
                             ca_certificate_pem: response.ca_certificate_pem,
-                        });
+                        };
+                        match Connector::new(&address, &identity) {
+                            Ok(connector) => agents[i].lock().await.connector = Some(connector),
+                            Err(error) => {
+                                phase.record::<(), _>(started, Err(format!("{error:#}")));
+                            }
+                        }
                     }
                 }
             },
@@ -550,16 +558,17 @@ async fn storm(options: Options) -> Result<()> {
             options.concurrency,
             &server,
             |i, phase| {
-                let (agents, address) = (agents.clone(), address_of(&address, i));
+                let agents = agents.clone();
                 async move {
                     let mut agent = agents[i].lock().await;
-                    let Some(identity) = agent.identity.clone() else {
+                    let Some(connector) = agent.connector.clone() else {
                         return;
                     };
                     let started = Instant::now();
                     let Some(mut client) = phase.record(
                         started,
-                        connect(&address, &identity)
+                        connector
+                            .connect()
                             .await
                             .map_err(|e| format!("connect: {e:#}")),
                     ) else {
@@ -640,7 +649,8 @@ async fn storm(options: Options) -> Result<()> {
                     let started = Instant::now();
                     agent.watch = phase.record(
                         started,
-                        open_watch(&address, &identity)
+                        connector
+                            .open_watch()
                             .await
                             .map_err(|e| format!("watch: {e:#}")),
                     );
@@ -666,17 +676,18 @@ async fn storm(options: Options) -> Result<()> {
             later_in_flight,
             &server,
             |i, phase| {
-                let (agents, address) = (agents.clone(), address_of(&address, i));
+                let agents = agents.clone();
                 async move {
                     let agent = agents[i].lock().await;
                     let have = agent.catalog_id.clone();
-                    let Some(identity) = agent.identity.clone() else {
+                    let Some(connector) = agent.connector.clone() else {
                         return;
                     };
                     let started = Instant::now();
                     let Some(mut client) = phase.record(
                         started,
-                        connect(&address, &identity)
+                        connector
+                            .connect()
                             .await
                             .map_err(|e| format!("connect: {e:#}")),
                     ) else {
@@ -715,18 +726,18 @@ async fn storm(options: Options) -> Result<()> {
             later_in_flight,
             &server,
             |i, phase| {
-                let (agents, distinct, address) =
-                    (agents.clone(), distinct.clone(), address_of(&address, i));
+                let (agents, distinct) = (agents.clone(), distinct.clone());
                 async move {
                     let agent = agents[i].lock().await;
                     let have = agent.catalog_id.clone();
-                    let Some(identity) = agent.identity.clone() else {
+                    let Some(connector) = agent.connector.clone() else {
                         return;
                     };
                     let started = Instant::now();
                     let Some(mut client) = phase.record(
                         started,
-                        connect(&address, &identity)
+                        connector
+                            .connect()
                             .await
                             .map_err(|e| format!("connect: {e:#}")),
                     ) else {
