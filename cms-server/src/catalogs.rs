@@ -149,8 +149,11 @@ pub struct Catalogs {
 /// nodes with catalogs of their own must not grow the server without
 /// bound; an evicted catalog is compiled again when asked for. Measured in
 /// the boot-storm bench: a 48 MB budget held about 80 MB of catalogs when
-/// the estimate was 8 times the canonical size; it is 16 times now.
-pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// the estimate was 8 times the canonical size; it is 16 times now. 16 MB
+/// holds a few dozen 50-resource catalogs with their contents, which
+/// `GetContent` serves from here; 10,000 distinct catalogs churn through
+/// it whatever its size.
+pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Default)]
 struct State {
