@@ -169,7 +169,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let http = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("Failed to listen on {}", args.http))?;
-    tracing::info!(grpc = %args.listen, http = %args.http, data = %config.data_dir.display(), repo = %config.repo, "serving");
+    let descriptors = raise_descriptor_limit();
+    tracing::info!(grpc = %args.listen, http = %args.http, data = %config.data_dir.display(), repo = %config.repo, descriptors, "serving");
     crate::server::run(grpc, Some(http), config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -177,6 +178,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// Binds the gRPC address with a long accept queue: in a boot storm
 /// thousands of agents connect at once, and a short queue (tokio's default
 /// is 1024) drops their SYNs, which costs each a second or more.
+/// Every agent holds a watch channel, one descriptor each: the soft limit
+/// (often 1,024) is raised to the hard one, as far as the process may.
+/// Returns the limit in force.
+fn raise_descriptor_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}
+
 fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if address.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
