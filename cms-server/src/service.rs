@@ -280,6 +280,33 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
 #[derive(Debug, Clone)]
 pub struct AgentService(pub Arc<ServerState>);
 
+/// The revision catalogs are compiled from; unavailable until one validates.
+fn serving_revision(state: &ServerState) -> Result<crate::git_sync::Revision, Status> {
+    state.current_revision().ok_or_else(|| {
+        Status::unavailable(
+            "no valid roles revision yet: the server has not synced a commit that validates",
+        )
+    })
+}
+
+/// `node`'s catalog of `revision`, from the cache or compiled.
+async fn compiled(
+    state: &ServerState,
+    revision: &crate::git_sync::Revision,
+    node: cms_roles::Node,
+) -> Result<Arc<cms_roles::Catalog>, Status> {
+    let node_id = node.id.clone();
+    state
+        .catalogs
+        .get(&revision.commit, revision.repository.clone(), node)
+        .await
+        .map_err(|diagnostics| {
+            Status::failed_precondition(format!(
+                "Failed to compile the catalog of {node_id}:\n{diagnostics}"
+            ))
+        })
+}
+
 #[tonic::async_trait]
 impl pb::agent_server::Agent for AgentService {
     async fn get_catalog(
@@ -296,11 +323,7 @@ impl pb::agent_server::Agent for AgentService {
             serde_json::from_str(&request.facts_json)
                 .map_err(|e| Status::invalid_argument(format!("facts_json: {e}")))?
         };
-        let revision = state.current_revision().ok_or_else(|| {
-            Status::unavailable(
-                "no valid roles revision yet: the server has not synced a commit that validates",
-            )
-        })?;
+        let revision = serving_revision(&state)?;
         let facts_value = serde_json::to_value(&facts).unwrap_or_default();
         // A read, no fsync: the common case (same facts, node active) only
         // notes the time in memory; the lifecycle task writes it in batches.
@@ -331,15 +354,7 @@ impl pb::agent_server::Agent for AgentService {
             state.fleet.note_seen(&node_id, now);
         }
         let node = crate::catalogs::node(&node_id, &node_record.tags, facts);
-        let catalog = state
-            .catalogs
-            .get(&revision.commit, revision.repository.clone(), node)
-            .await
-            .map_err(|diagnostics| {
-                Status::failed_precondition(format!(
-                    "Failed to compile the catalog of {node_id}:\n{diagnostics}"
-                ))
-            })?;
+        let catalog = compiled(&state, &revision, node).await?;
         if request.have_catalog_id == catalog.catalog_id {
             answer.answered(crate::metrics::CatalogAnswer::NotModified);
             return Ok(Response::new(pb::CatalogResponse {
@@ -374,11 +389,7 @@ impl pb::agent_server::Agent for AgentService {
         let state = self.0.clone();
         let node_id = node_caller(&state, &request)?;
         let hash = request.into_inner().sha256;
-        let revision = state.current_revision().ok_or_else(|| {
-            Status::unavailable(
-                "no valid roles revision yet: the server has not synced a commit that validates",
-            )
-        })?;
+        let revision = serving_revision(&state)?;
         let node_record = state
             .store
             .node(&node_id)
@@ -388,15 +399,7 @@ impl pb::agent_server::Agent for AgentService {
         let facts: BTreeMap<String, serde_json::Value> =
             serde_json::from_value(node_record.facts.clone()).unwrap_or_default();
         let node = crate::catalogs::node(&node_id, &node_record.tags, facts);
-        let catalog = state
-            .catalogs
-            .get(&revision.commit, revision.repository.clone(), node)
-            .await
-            .map_err(|diagnostics| {
-                Status::failed_precondition(format!(
-                    "Failed to compile the catalog of {node_id}:\n{diagnostics}"
-                ))
-            })?;
+        let catalog = compiled(&state, &revision, node).await?;
         let content = catalog.contents.get(&hash).ok_or_else(|| {
             Status::not_found(format!(
                 "no content {hash} in the current catalog of {node_id} (revision {}): fetch the catalog again",

@@ -412,6 +412,21 @@ where
 
 // ---- the agents ----
 
+/// A run's connection, timed as one request.
+async fn connect_timed(
+    phase: &Phase,
+    connector: &Connector,
+) -> Option<pb::agent_client::AgentClient<tonic::transport::Channel>> {
+    let started = Instant::now();
+    phase.record(
+        started,
+        connector
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e:#}")),
+    )
+}
+
 struct Agent {
     /// Made once after enrolling, as the daemon keeps one: its later
     /// connections resume their TLS session.
@@ -564,14 +579,7 @@ async fn storm(options: Options) -> Result<()> {
                     let Some(connector) = agent.connector.clone() else {
                         return;
                     };
-                    let started = Instant::now();
-                    let Some(mut client) = phase.record(
-                        started,
-                        connector
-                            .connect()
-                            .await
-                            .map_err(|e| format!("connect: {e:#}")),
-                    ) else {
+                    let Some(mut client) = connect_timed(&phase, &connector).await else {
                         return;
                     };
                     let started = Instant::now();
@@ -683,14 +691,7 @@ async fn storm(options: Options) -> Result<()> {
                     let Some(connector) = agent.connector.clone() else {
                         return;
                     };
-                    let started = Instant::now();
-                    let Some(mut client) = phase.record(
-                        started,
-                        connector
-                            .connect()
-                            .await
-                            .map_err(|e| format!("connect: {e:#}")),
-                    ) else {
+                    let Some(mut client) = connect_timed(&phase, &connector).await else {
                         return;
                     };
                     for _ in 0..rounds {
@@ -733,14 +734,7 @@ async fn storm(options: Options) -> Result<()> {
                     let Some(connector) = agent.connector.clone() else {
                         return;
                     };
-                    let started = Instant::now();
-                    let Some(mut client) = phase.record(
-                        started,
-                        connector
-                            .connect()
-                            .await
-                            .map_err(|e| format!("connect: {e:#}")),
-                    ) else {
+                    let Some(mut client) = connect_timed(&phase, &connector).await else {
                         return;
                     };
                     let started = Instant::now();
