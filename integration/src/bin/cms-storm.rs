@@ -427,6 +427,25 @@ async fn connect_timed(
     )
 }
 
+/// One `GetCatalog`, timed as one request; its answer when it succeeded.
+async fn get_catalog_timed(
+    phase: &Phase,
+    client: &mut pb::agent_client::AgentClient<tonic::transport::Channel>,
+    facts_json: String,
+    have_catalog_id: String,
+) -> Option<Option<pb::catalog_response::Result>> {
+    let started = Instant::now();
+    let answer = client
+        .get_catalog(pb::CatalogRequest {
+            facts_json,
+            have_catalog_id,
+        })
+        .await
+        .map(|answer| answer.into_inner().result)
+        .map_err(|s| format!("GetCatalog: {}", s.message()));
+    phase.record(started, answer)
+}
+
 struct Agent {
     /// Made once after enrolling, as the daemon keeps one: its later
     /// connections resume their TLS session.
@@ -582,20 +601,15 @@ async fn storm(options: Options) -> Result<()> {
                     let Some(mut client) = connect_timed(&phase, &connector).await else {
                         return;
                     };
-                    let started = Instant::now();
-                    let answer = client
-                        .get_catalog(pb::CatalogRequest {
-                            facts_json: facts("storm"),
-                            have_catalog_id: String::new(),
-                        })
-                        .await
-                        .map_err(|s| format!("GetCatalog: {}", s.message()));
-                    let Some(answer) = phase.record(started, answer) else {
+                    let Some(answer) =
+                        get_catalog_timed(&phase, &mut client, facts("storm"), String::new()).await
+                    else {
                         return;
                     };
-                    let Some(pb::catalog_response::Result::Catalog(catalog)) =
-                        answer.into_inner().result
-                    else {
+                    // A failure found after the answer came; its time is
+                    // not a latency.
+                    let started = Instant::now();
+                    let Some(pb::catalog_response::Result::Catalog(catalog)) = answer else {
                         phase.record::<(), _>(started, Err("GetCatalog: no catalog"));
                         return;
                     };
@@ -695,20 +709,10 @@ async fn storm(options: Options) -> Result<()> {
                         return;
                     };
                     for _ in 0..rounds {
-                        let started = Instant::now();
-                        let answer = client
-                            .get_catalog(pb::CatalogRequest {
-                                facts_json: facts("storm"),
-                                have_catalog_id: have.clone(),
-                            })
-                            .await
-                            .map_err(|s| format!("GetCatalog: {}", s.message()));
-                        if let Some(answer) = phase.record(started, answer)
-                            && matches!(
-                                answer.into_inner().result,
-                                Some(pb::catalog_response::Result::NotModified(_))
-                            )
-                        {
+                        let answer =
+                            get_catalog_timed(&phase, &mut client, facts("storm"), have.clone())
+                                .await;
+                        if let Some(Some(pb::catalog_response::Result::NotModified(_))) = answer {
                             phase.not_modified.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -737,18 +741,10 @@ async fn storm(options: Options) -> Result<()> {
                     let Some(mut client) = connect_timed(&phase, &connector).await else {
                         return;
                     };
-                    let started = Instant::now();
-                    let answer = client
-                        .get_catalog(pb::CatalogRequest {
-                            facts_json: facts(&format!("storm-{i:05}.internal")),
-                            have_catalog_id: have,
-                        })
-                        .await
-                        .map_err(|s| format!("GetCatalog: {}", s.message()));
-                    if let Some(answer) = phase.record(started, answer)
-                        && let Some(pb::catalog_response::Result::Catalog(catalog)) =
-                            answer.into_inner().result
-                    {
+                    let hostname = format!("storm-{i:05}.internal");
+                    let answer =
+                        get_catalog_timed(&phase, &mut client, facts(&hostname), have).await;
+                    if let Some(Some(pb::catalog_response::Result::Catalog(catalog))) = answer {
                         distinct.lock().expect("lock").insert(catalog.catalog_id);
                     }
                 }
