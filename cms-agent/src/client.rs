@@ -341,21 +341,17 @@ impl Connector {
     /// anew when the identity or server changes (after a renewal), so that
     /// a daemon's runs resume the TLS sessions of the previous ones.
     pub fn for_identity(address: &ServerAddress, identity: &Identity) -> anyhow::Result<Connector> {
-        static LAST: Mutex<Option<(String, String, Connector)>> = Mutex::new(None);
+        static LAST: Mutex<Option<(String, Connector)>> = Mutex::new(None);
         let mut last = LAST.lock().expect("connector lock");
-        if let Some((url, certificate, connector)) = last.as_ref()
-            && *url == address.url
+        if let Some((certificate, connector)) = last.as_ref()
             && *certificate == identity.certificate_pem
+            && connector.address.url == address.url
             && connector.address.local_address == address.local_address
         {
             return Ok(connector.clone());
         }
         let connector = Connector::new(address, identity)?;
-        *last = Some((
-            address.url.clone(),
-            identity.certificate_pem.clone(),
-            connector.clone(),
-        ));
+        *last = Some((identity.certificate_pem.clone(), connector.clone()));
         Ok(connector)
     }
 
