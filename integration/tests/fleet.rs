@@ -408,11 +408,11 @@ fn certificates_are_renewed_by_the_agent_a_gone_node_is_removed_and_refused_and_
     );
 
     // The instance goes away for good (the autoscaler terminated it).
-    let identity = (
-        file_in(&first, &format!("{AGENT_STATE}/key.pem"))?,
-        file_in(&first, &certificate_path)?,
-        file_in(&first, &format!("{AGENT_STATE}/ca.pem"))?,
-    );
+    let identity = cms_agent::identity::Identity {
+        private_key_pem: file_in(&first, &format!("{AGENT_STATE}/key.pem"))?,
+        certificate_pem: file_in(&first, &certificate_path)?,
+        ca_certificate_pem: file_in(&first, &format!("{AGENT_STATE}/ca.pem"))?,
+    };
     first.shutdown()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen_gone = false;
@@ -437,20 +437,10 @@ fn certificates_are_renewed_by_the_agent_a_gone_node_is_removed_and_refused_and_
     }
     ensure!(seen_gone, "web-1 was listed as gone before it was removed");
     let refused = server.runtime.block_on(async {
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("https://{}", server.address))?
-                .tls_config(
-                    tonic::transport::ClientTlsConfig::new()
-                        .ca_certificate(tonic::transport::Certificate::from_pem(&identity.2))
-                        .identity(tonic::transport::Identity::from_pem(
-                            &identity.1,
-                            &identity.0,
-                        ))
-                        .domain_name("localhost"),
-                )?
-                .connect()
-                .await?;
-        let mut client = pb::agent_client::AgentClient::new(channel);
+        let address = cms_agent::client::ServerAddress::parse(&server.address)?;
+        let mut client = cms_agent::client::Connector::new(&address, &identity)?
+            .connect()
+            .await?;
         anyhow::Ok(client.get_catalog(pb::CatalogRequest::default()).await)
     })?;
     ensure!(
