@@ -8,11 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::resource::ResourceKind;
+use crate::content::Content;
+use crate::digest::sha256_hex;
+use crate::kinds::ResourceKind;
 
 /// The resolved desired state of one node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,26 +44,6 @@ pub struct Resource {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<String>,
     pub kind: ResourceKind,
-}
-
-/// The bytes of a file, base64 in the canonical encoding.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Content(pub Vec<u8>);
-
-impl Serialize for Content {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for Content {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(text.as_bytes())
-            .map(Content)
-            .map_err(serde::de::Error::custom)
-    }
 }
 
 /// What the catalog id covers: everything but the id itself and the content
@@ -146,15 +126,4 @@ pub enum CatalogDecodeError {
     IdMismatch { claimed: String, computed: String },
     #[error("Failed to verify catalog: content {claimed} hashes to {computed}")]
     ContentMismatch { claimed: String, computed: String },
-}
-
-/// Lower-case hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for byte in digest.iter() {
-        out.push(char::from_digit((byte >> 4) as u32, 16).expect("nibble"));
-        out.push(char::from_digit((byte & 0xf) as u32, 16).expect("nibble"));
-    }
-    out
 }

@@ -12,17 +12,12 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::catalog::{Catalog, Content, Resource, sha256_hex};
+use crate::catalog::{Catalog, Resource};
+use crate::content::Content;
 use crate::diagnostic::{Diagnostic, Diagnostics, Position};
-use crate::repository::{
-    DeclaredResource, META_KEYS, Repository, Role, SETTINGS_FILE, Spec, improve_unknown_field,
-};
-use crate::resource::{
-    ConfigFormat, Ensure, File, FileSpec, JavaApp, JavaAppSpec, PackageRepository, RESOURCE_TYPES,
-    RepositorySpec, ResourceKind, Seconds, is_path_type, is_refreshable_type, validate_heap,
-    validate_size,
-};
-use crate::source::{Entry, join_inside};
+use crate::kinds::{RESOURCE_TYPES, Resolver, ResourceKind, ResourceType, Spec};
+use crate::repository::{DeclaredResource, META_KEYS, Repository, Role, improve_unknown_field};
+use crate::source::SETTINGS_FILE;
 use crate::template::has_placeholders;
 
 /// What the compiler knows of a node.
@@ -81,23 +76,32 @@ fn push_with_includes<'r>(
     order.push(role);
 }
 
+/// A tag list [`parse_tag_list`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TagListError {
+    #[error("Failed to parse tags: `{0}` is not name=value\nhint: write role=api,env=prod")]
+    NotNameValue(String),
+    #[error("Failed to parse tags: `{0}` has an empty name")]
+    EmptyName(String),
+    #[error("Failed to parse tags: `{0}` is given twice")]
+    GivenTwice(String),
+}
+
 /// Parses `role=api,env=prod` (as `--tags` and `--select` take it) into
 /// tags; an entry without `=`, an empty name or a name given twice is an
 /// error.
-pub fn parse_tag_list(text: &str) -> Result<BTreeMap<String, String>, String> {
+pub fn parse_tag_list(text: &str) -> Result<BTreeMap<String, String>, TagListError> {
     let mut tags = BTreeMap::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((name, value)) = pair.split_once('=') else {
-            return Err(format!(
-                "Failed to parse tags: `{pair}` is not name=value\nhint: write role=api,env=prod"
-            ));
+            return Err(TagListError::NotNameValue(pair.to_string()));
         };
         let (name, value) = (name.trim(), value.trim());
         if name.is_empty() {
-            return Err(format!("Failed to parse tags: `{pair}` has an empty name"));
+            return Err(TagListError::EmptyName(pair.to_string()));
         }
         if tags.insert(name.to_string(), value.to_string()).is_some() {
-            return Err(format!("Failed to parse tags: `{name}` is given twice"));
+            return Err(TagListError::GivenTwice(name.to_string()));
         }
     }
     Ok(tags)
@@ -299,7 +303,7 @@ impl Compiler<'_> {
                     format!(
                         "for_each `{expression}` is {}, expected a list (or a table) to declare one {} per element",
                         type_of(other),
-                        declared.type_name
+                        declared.resource_type
                     ),
                 ));
                 return;
@@ -339,7 +343,7 @@ impl Compiler<'_> {
                     Some(rendered) => rendered,
                     None => return,
                 };
-                match Spec::deserialize(declared.type_name, rendered) {
+                match Spec::deserialize(declared.resource_type, rendered) {
                     Ok(spec) => spec,
                     Err(error) => {
                         let message = error.to_string();
@@ -353,7 +357,7 @@ impl Compiler<'_> {
                         self.diagnostics.push(Diagnostic::new(
                             file,
                             position,
-                            format!("in {} after rendering: {message}", declared.type_name),
+                            format!("in {} after rendering: {message}", declared.resource_type),
                         ));
                         return;
                     }
@@ -442,7 +446,11 @@ impl Compiler<'_> {
         };
         let mut ok = true;
         for (key, value) in map.iter_mut() {
-            if declared.type_name == "file" && key == "content" {
+            if declared
+                .resource_type
+                .literal_fields()
+                .contains(&key.as_str())
+            {
                 continue;
             }
             let position = declared.position_of(key);
@@ -512,7 +520,7 @@ impl Compiler<'_> {
     }
 
     /// Turns a role's declaration into a catalog resource: contents resolved,
-    /// values checked.
+    /// values checked. Problems are reported where their field was written.
     fn resolve(
         &mut self,
         spec: Spec,
@@ -521,577 +529,23 @@ impl Compiler<'_> {
         file: &str,
         item: Option<&Value>,
     ) -> Option<ResourceKind> {
-        let mut problems: Vec<(&'static str, String)> = Vec::new();
-        let kind = match spec {
-            Spec::Package(p) => {
-                check_name(&p.name, &mut problems);
-                ResourceKind::Package(p)
-            }
-            Spec::File(f) => match self.resolve_file(f, context, item, &mut problems) {
-                Some(f) => ResourceKind::File(f),
-                None => return self.report(problems, declared, file),
-            },
-            Spec::Directory(d) => {
-                check_path(&d.path, "path", &mut problems);
-                ResourceKind::Directory(d)
-            }
-            Spec::Symlink(s) => {
-                check_path(&s.path, "path", &mut problems);
-                match (&s.target, s.ensure) {
-                    (None, Ensure::Present) => problems.push((
-                        "path",
-                        "a symlink needs a `target` unless ensure = \"absent\"".into(),
-                    )),
-                    (Some(target), _) if target.is_empty() => {
-                        problems.push(("target", "target is empty".into()))
-                    }
-                    _ => {}
-                }
-                ResourceKind::Symlink(s)
-            }
-            Spec::Service(s) => {
-                check_name(&s.name, &mut problems);
-                ResourceKind::Service(s)
-            }
-            Spec::User(u) => {
-                check_name(&u.name, &mut problems);
-                if let Some(home) = &u.home {
-                    check_path(home, "home", &mut problems);
-                }
-                ResourceKind::User(u)
-            }
-            Spec::Group(g) => {
-                check_name(&g.name, &mut problems);
-                ResourceKind::Group(g)
-            }
-            Spec::Exec(e) => {
-                check_name(&e.name, &mut problems);
-                if e.command.trim().is_empty() {
-                    problems.push(("command", "command is empty".into()));
-                }
-                if let Some(creates) = &e.creates {
-                    check_path(creates, "creates", &mut problems);
-                }
-                ResourceKind::Exec(e)
-            }
-            Spec::Repository(r) => match self.resolve_repository(r, &mut problems) {
-                Some(r) => ResourceKind::Repository(r),
-                None => return self.report(problems, declared, file),
-            },
-            Spec::JavaApp(j) => match self.resolve_java_app(j, context, &mut problems) {
-                Some(j) => ResourceKind::JavaApp(j),
-                None => return self.report(problems, declared, file),
-            },
-        };
+        let mut resolver = Resolver::new(
+            &self.repository.files,
+            &self.repository.templates,
+            context,
+            item,
+            &mut self.contents,
+        );
+        let kind = spec.resolve(&mut resolver);
+        let problems = resolver.problems;
         if problems.is_empty() {
-            Some(kind)
-        } else {
-            self.report(problems, declared, file)
+            return kind;
         }
-    }
-
-    fn report(
-        &mut self,
-        problems: Vec<(&'static str, String)>,
-        declared: &DeclaredResource,
-        file: &str,
-    ) -> Option<ResourceKind> {
         for (field, message) in problems {
             self.diagnostics
                 .push(Diagnostic::new(file, declared.position_of(field), message));
         }
         None
-    }
-
-    fn add_content(&mut self, bytes: Vec<u8>) -> String {
-        let hash = sha256_hex(&bytes);
-        self.contents.entry(hash.clone()).or_insert(Content(bytes));
-        hash
-    }
-
-    /// The bytes of `files/<path>`, refusing paths that leave `files/`.
-    fn source_bytes(
-        &self,
-        user_path: &str,
-        field: &'static str,
-        problems: &mut Vec<(&'static str, String)>,
-    ) -> Option<Vec<u8>> {
-        let path = match join_inside("files", user_path) {
-            Ok(path) => path,
-            Err(message) => {
-                problems.push((field, message));
-                return None;
-            }
-        };
-        match self.repository.files.get(&path) {
-            Some(Entry::File(bytes)) => Some(bytes.clone()),
-            Some(Entry::EscapingSymlink(target)) => {
-                problems.push((field, format!("`{path}` is a symbolic link to `{target}`, outside the repository; it is never followed")));
-                None
-            }
-            None => {
-                problems.push((field, format!("`{path}` does not exist")));
-                None
-            }
-        }
-    }
-
-    fn render_template(
-        &self,
-        user_path: &str,
-        context: &Value,
-        field: &'static str,
-        problems: &mut Vec<(&'static str, String)>,
-    ) -> Option<Vec<u8>> {
-        let name = match join_inside("templates", user_path) {
-            Ok(name) => name,
-            Err(message) => {
-                problems.push((field, message));
-                return None;
-            }
-        };
-        if let Some(Entry::EscapingSymlink(target)) = self.repository.files.get(&name) {
-            problems.push((field, format!("`{name}` is a symbolic link to `{target}`, outside the repository; it is never followed")));
-            return None;
-        }
-        if !self.repository.templates.contains(&name) {
-            problems.push((field, format!("`{name}` does not exist")));
-            return None;
-        }
-        match self.repository.templates.render(&name, context) {
-            Ok(text) => Some(text.into_bytes()),
-            Err(diagnostic) => {
-                // The template's own file and line say where; the resource
-                // that used it is named for context.
-                problems.push((field, format!("{diagnostic}")));
-                None
-            }
-        }
-    }
-
-    fn resolve_file(
-        &mut self,
-        spec: FileSpec,
-        context: &Value,
-        item: Option<&Value>,
-        problems: &mut Vec<(&'static str, String)>,
-    ) -> Option<File> {
-        check_path(&spec.path, "path", problems);
-        let sources: Vec<&str> = [
-            spec.content.as_ref().map(|_| "content"),
-            spec.source.as_ref().map(|_| "source"),
-            spec.template.as_ref().map(|_| "template"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if sources.len() > 1 {
-            problems.push((sources[1], format!(
-                "a file takes its content from exactly one of content, source or template; this one has {}",
-                sources.join(" and ")
-            )));
-            return None;
-        }
-        if spec.ensure == Ensure::Absent && !sources.is_empty() {
-            problems.push((sources[0], format!("an absent file has no {}", sources[0])));
-            return None;
-        }
-        if spec.vars.is_some() && spec.template.is_none() {
-            problems.push(("vars", "vars are only used by a `template`".into()));
-            return None;
-        }
-        let bytes = if let Some(content) = spec.content {
-            Some(content.into_bytes())
-        } else if let Some(source) = &spec.source {
-            Some(self.source_bytes(source, "source", problems)?)
-        } else if let Some(template) = &spec.template {
-            let with_vars;
-            let context = if spec.vars.is_some() || item.is_some() {
-                let mut extended = context.clone();
-                extended["vars"] = serde_json::to_value(spec.vars.clone().unwrap_or_default())
-                    .expect("vars are JSON");
-                with_vars = extended;
-                &with_vars
-            } else {
-                context
-            };
-            Some(self.render_template(template, context, "template", problems)?)
-        } else {
-            None
-        };
-        let content_sha256 = bytes.map(|b| self.add_content(b));
-        Some(File {
-            path: spec.path,
-            ensure: spec.ensure,
-            content_sha256,
-            owner: spec.owner,
-            group: spec.group,
-            mode: spec.mode,
-        })
-    }
-
-    fn resolve_repository(
-        &mut self,
-        spec: RepositorySpec,
-        problems: &mut Vec<(&'static str, String)>,
-    ) -> Option<PackageRepository> {
-        check_name(&spec.name, problems);
-        if !(spec.uri.starts_with("http://")
-            || spec.uri.starts_with("https://")
-            || spec.uri.starts_with("file:/"))
-        {
-            problems.push((
-                "uri",
-                format!(
-                    "uri `{}` must start with http://, https:// or file:/",
-                    spec.uri
-                ),
-            ));
-        }
-        let key_sha256 = match &spec.key {
-            Some(key) => {
-                let bytes = self.source_bytes(key, "key", problems)?;
-                Some(self.add_content(bytes))
-            }
-            None => None,
-        };
-        let flat = spec.suite.as_deref().is_some_and(|s| s.ends_with('/'));
-        let components = spec.components.unwrap_or_else(|| {
-            if flat {
-                Vec::new()
-            } else {
-                vec!["main".to_string()]
-            }
-        });
-        if spec.format == crate::resource::RepositoryFormat::Apt && spec.suite.is_none() {
-            problems.push(("suite", "an apt repository needs a `suite`, e.g. \"bookworm\" or \"./\" for a flat repository".into()));
-        }
-        Some(PackageRepository {
-            name: spec.name,
-            ensure: spec.ensure,
-            format: spec.format,
-            uri: spec.uri,
-            suite: spec.suite,
-            components,
-            key_sha256,
-            trusted: spec.trusted,
-            enabled: spec.enabled,
-        })
-    }
-
-    fn resolve_java_app(
-        &mut self,
-        spec: JavaAppSpec,
-        context: &Value,
-        problems: &mut Vec<(&'static str, String)>,
-    ) -> Option<JavaApp> {
-        check_java_app(&spec, problems);
-        let artifact = &spec.artifact;
-        let artifact_sha256 = match (&artifact.url, &artifact.source) {
-            (Some(url), None) => {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    problems.push((
-                        "artifact",
-                        format!("artifact url `{url}` must start with http:// or https://"),
-                    ));
-                }
-                match &artifact.sha256 {
-                    Some(sha) if is_sha256(sha) => sha.to_lowercase(),
-                    Some(sha) => {
-                        problems.push((
-                            "artifact",
-                            format!("artifact sha256 `{sha}` is not 64 hex digits"),
-                        ));
-                        return None;
-                    }
-                    None => {
-                        problems.push(("artifact", "an artifact from a url needs its `sha256`: a jar is never used unverified".into()));
-                        return None;
-                    }
-                }
-            }
-            (None, Some(source)) => {
-                let bytes = self.source_bytes(source, "artifact", problems)?;
-                let hash = self.add_content(bytes);
-                if let Some(expected) = &artifact.sha256
-                    && !expected.eq_ignore_ascii_case(&hash)
-                {
-                    problems.push(("artifact", format!("artifact `files/{source}` has sha256 {hash}, not the {expected} the role expects")));
-                    return None;
-                }
-                hash
-            }
-            _ => {
-                problems.push((
-                    "artifact",
-                    "an artifact has exactly one of `url` or `source`".into(),
-                ));
-                return None;
-            }
-        };
-        let config = match (&spec.properties, &spec.config_template) {
-            (Some(_), Some(_)) => {
-                problems.push((
-                    "config_template",
-                    "give either `properties` or `config_template`, not both".into(),
-                ));
-                return None;
-            }
-            (Some(properties), None) => {
-                Some(render_config(properties, spec.config_format).into_bytes())
-            }
-            (None, Some(template)) => {
-                Some(self.render_template(template, context, "config_template", problems)?)
-            }
-            (None, None) => None,
-        };
-        let config_sha256 = config.map(|bytes| self.add_content(bytes));
-        let home = spec.home.unwrap_or_else(|| format!("/opt/{}", spec.name));
-        Some(JavaApp {
-            user: spec.user.unwrap_or_else(|| spec.name.clone()),
-            group: spec.group.unwrap_or_else(|| spec.name.clone()),
-            config_dir: spec.config_dir.unwrap_or_else(|| format!("{home}/config")),
-            log_dir: spec
-                .log_dir
-                .unwrap_or_else(|| format!("/var/log/{}", spec.name)),
-            data_dir: spec
-                .data_dir
-                .unwrap_or_else(|| format!("/var/lib/{}", spec.name)),
-            home,
-            name: spec.name,
-            ensure: spec.ensure,
-            runtime_package: spec.runtime_package,
-            java: spec.java.unwrap_or_else(|| "/usr/bin/java".into()),
-            artifact_url: spec.artifact.url,
-            artifact_sha256,
-            config_format: spec.config_format,
-            config_sha256,
-            environment: spec.environment,
-            heap: spec.heap,
-            jvm_options: spec.jvm_options,
-            args: spec.args,
-            health: spec.health,
-            keep_releases: spec.keep_releases.unwrap_or(3),
-            restart: spec.restart,
-            restart_delay: spec.restart_delay.unwrap_or(Seconds(5)),
-            limits: spec.limits,
-        })
-    }
-}
-
-/// The checks of a Java application's fields that need nothing but the
-/// fields.
-fn check_java_app(spec: &JavaAppSpec, problems: &mut Vec<(&'static str, String)>) {
-    // The name names the unit and, by default, folders: no room for
-    // anything a path or a unit name would misread.
-    let name_ok = spec
-        .name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
-        && spec
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if !name_ok {
-        problems.push((
-            "name",
-            format!(
-                "java_app name `{}` must start with a letter or digit and hold only letters, digits, `-`, `_` and `.`: it names the systemd unit and the app's folders",
-                spec.name
-            ),
-        ));
-    }
-    for (field, account) in [("user", &spec.user), ("group", &spec.group)] {
-        let (account, defaulted) = match account {
-            Some(account) => (account, ""),
-            None => (&spec.name, " (the app's name, its default)"),
-        };
-        let valid = account
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-            && account
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_".contains(c))
-            && account.len() <= 32;
-        if !valid {
-            problems.push((
-                field,
-                format!("{field} `{account}`{defaulted} is not a valid account name: lowercase letters, digits, `-` and `_`, starting with a letter or `_`"),
-            ));
-        } else if account == "root" {
-            problems.push((
-                field,
-                format!("{field} `root`{defaulted}: a java_app runs as its own unprivileged account, never as root"),
-            ));
-        }
-    }
-    for (field, path) in [
-        ("home", &spec.home),
-        ("config_dir", &spec.config_dir),
-        ("log_dir", &spec.log_dir),
-        ("data_dir", &spec.data_dir),
-        ("java", &spec.java),
-    ] {
-        if let Some(path) = path {
-            check_path(path, field, problems);
-        }
-    }
-    if let Some(heap) = &spec.heap
-        && let Err(message) = validate_heap(heap)
-    {
-        problems.push(("heap", message));
-    }
-    for (key, value) in &spec.environment {
-        let key_ok = key
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !key_ok {
-            problems.push((
-                "environment",
-                format!("environment variable name `{key}` must be letters, digits and `_`, not starting with a digit"),
-            ));
-        }
-        if value.contains(['\n', '\0']) {
-            problems.push((
-                "environment",
-                format!("environment variable `{key}` holds a newline or NUL"),
-            ));
-        }
-    }
-    for option in &spec.jvm_options {
-        if !option.starts_with('-') || option.contains(['\n', '\0']) {
-            problems.push((
-                "jvm_options",
-                format!("jvm option `{option}` must start with `-` and hold no newline"),
-            ));
-        } else if spec.heap.is_some() && option.starts_with("-Xmx") {
-            problems.push((
-                "jvm_options",
-                format!("jvm option `{option}` sets the heap, which `heap` already does: keep one"),
-            ));
-        }
-    }
-    for arg in &spec.args {
-        if arg.contains(['\n', '\0']) {
-            problems.push(("args", format!("argument {arg:?} holds a newline or NUL")));
-        }
-    }
-    if let Some(health) = &spec.health {
-        match (&health.http, health.tcp) {
-            (Some(_), Some(_)) | (None, None) => problems.push((
-                "health",
-                "a health check has exactly one of `http` (a URL answering 2xx) or `tcp` (a port accepting connections)".into(),
-            )),
-            (Some(url), None) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                problems.push((
-                    "health",
-                    format!("health url `{url}` must start with http:// or https://"),
-                ))
-            }
-            (None, Some(0)) => problems.push(("health", "health port 0 is not a port".into())),
-            _ => {}
-        }
-        if health.timeout.is_some_and(|t| t.0 == 0) {
-            problems.push((
-                "health",
-                "a health timeout of 0 s leaves the app no time to start".into(),
-            ));
-        }
-    }
-    if let Some(keep) = spec.keep_releases
-        && keep > 100
-    {
-        problems.push((
-            "keep_releases",
-            format!("keep_releases = {keep}: at most 100 earlier releases are kept"),
-        ));
-    }
-    if let Some(memory) = &spec.limits.memory
-        && let Err(message) = validate_size(memory)
-    {
-        problems.push(("limits", format!("limits.memory: {message}")));
-    }
-    if spec.limits.nofile == Some(0) || spec.limits.nproc == Some(0) {
-        problems.push((
-            "limits",
-            "a limit of 0 would keep the app from starting".into(),
-        ));
-    }
-}
-
-fn is_sha256(text: &str) -> bool {
-    text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit())
-}
-
-/// A Java application's configuration as `application.properties` (dotted
-/// keys) or `application.yml` (the same dotted keys, which Spring reads as
-/// nested), sorted by key.
-fn render_config(properties: &BTreeMap<String, Value>, format: ConfigFormat) -> String {
-    let mut flat = BTreeMap::new();
-    for (key, value) in properties {
-        flatten(key, value, &mut flat);
-    }
-    let mut out = String::new();
-    for (key, value) in flat {
-        match format {
-            ConfigFormat::Properties => out.push_str(&format!("{key}={value}\n")),
-            ConfigFormat::Yaml => out.push_str(&format!(
-                "{key}: {}\n",
-                serde_json::to_string(&value).expect("strings serialize")
-            )),
-        }
-    }
-    out
-}
-
-fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
-    match value {
-        Value::Object(map) => {
-            for (key, value) in map {
-                flatten(&format!("{prefix}.{key}"), value, out);
-            }
-        }
-        Value::Array(items) => {
-            let joined = items
-                .iter()
-                .map(|v| match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join(",");
-            out.insert(prefix.to_string(), joined);
-        }
-        Value::String(s) => {
-            out.insert(prefix.to_string(), s.clone());
-        }
-        other => {
-            out.insert(prefix.to_string(), other.to_string());
-        }
-    }
-}
-
-fn check_name(name: &str, problems: &mut Vec<(&'static str, String)>) {
-    if name.trim().is_empty() {
-        problems.push(("name", "name is empty".into()));
-    } else if name.contains(['\n', '\0']) {
-        problems.push(("name", format!("name {name:?} contains a newline or NUL")));
-    }
-}
-
-fn check_path(path: &str, field: &'static str, problems: &mut Vec<(&'static str, String)>) {
-    if !path.starts_with('/') {
-        problems.push((field, format!("{field} `{path}` must be absolute")));
-    } else if path.split('/').any(|part| part == ".." || part == ".")
-        || path.contains("//")
-        || (path.len() > 1 && path.ends_with('/'))
-        || path.contains('\0')
-    {
-        problems.push((field, format!("{field} `{path}` must be a normalized absolute path (no `.`, `..`, `//` or trailing `/`)")));
     }
 }
 
@@ -1142,14 +596,14 @@ fn check_references(
                     ));
                     continue;
                 };
-                if !RESOURCE_TYPES.contains(&type_name) {
+                let Some(resource_type) = ResourceType::from_name(type_name) else {
                     diagnostics.push(Diagnostic::new(
                         &origin.file,
                         position,
                         format!("{field} `{reference}`: unknown resource type `{type_name}`, expected one of {}", RESOURCE_TYPES.join(", ")),
                     ));
                     continue;
-                }
+                };
                 if !by_reference.contains_key(reference) {
                     if repository.failed_references.contains(reference)
                         || !repository.unparsed_roles.is_empty()
@@ -1158,7 +612,7 @@ fn check_references(
                         // role file) failed to parse.
                         continue;
                     }
-                    let hint = if is_path_type(type_name) && !name.starts_with('/') {
+                    let hint = if resource_type.path_named() && !name.starts_with('/') {
                         " (file-like resources are referenced by their absolute path)"
                     } else {
                         ""
@@ -1178,11 +632,11 @@ fn check_references(
                     ));
                     continue;
                 }
-                if field == "notify" && !is_refreshable_type(type_name) {
+                if field == "notify" && !resource_type.refreshable() {
                     diagnostics.push(Diagnostic::new(
                         &origin.file,
                         position,
-                        format!("notify `{reference}`: a {type_name} does nothing when notified; notify a service, exec or java_app, or use require for ordering"),
+                        format!("notify `{reference}`: a {type_name} does nothing when notified; notify a {}, or use require for ordering", ResourceType::refreshable_names()),
                     ));
                 }
             }

@@ -11,23 +11,25 @@
 
 mod catalog;
 mod compile;
+mod content;
 mod diagnostic;
+pub mod digest;
+mod kinds;
 mod repository;
-mod resource;
 mod source;
 mod template;
 mod validate;
 
-pub use catalog::{Catalog, CatalogDecodeError, Content, Resource, sha256_hex};
+pub use catalog::{Catalog, CatalogDecodeError, Resource};
 pub use compile::{
-    Node, compile, deep_merge, glob_match, parse_tag_list, role_matches, select_roles,
+    Node, TagListError, compile, deep_merge, glob_match, parse_tag_list, role_matches, select_roles,
 };
+pub use content::Content;
 pub use diagnostic::{Diagnostic, Diagnostics, Position};
-pub use repository::{
-    DeclaredResource, Hierarchy, Repository, Role, SETTINGS_FILE, Settings, Spec,
-};
-pub use resource::*;
-pub use source::{Entry, ReadError, RepoFiles, join_inside};
+pub use digest::sha256_hex;
+pub use kinds::*;
+pub use repository::{DeclaredResource, Hierarchy, Repository, Role, Settings};
+pub use source::{Entry, JoinError, ReadError, RepoFiles, SETTINGS_FILE, join_inside};
 pub use template::Templates;
 pub use validate::{example_facts, validate};
 

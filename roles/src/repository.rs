@@ -17,15 +17,9 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Position};
-use crate::resource::{
-    Directory, Exec, FileSpec, Group, JavaAppSpec, Package, RESOURCE_TYPES, RepositorySpec,
-    Service, Symlink, User,
-};
-use crate::source::{Entry, RepoFiles};
+use crate::kinds::{RESOURCE_TYPES, ResourceType, Spec};
+use crate::source::{Entry, RepoFiles, SETTINGS_FILE};
 use crate::template::{Templates, has_placeholders};
-
-/// The repository settings file.
-pub const SETTINGS_FILE: &str = "cms.toml";
 
 /// A parsed roles repository.
 #[derive(Debug)]
@@ -92,7 +86,7 @@ pub struct Role {
 /// A resource as written in a role file, before rendering.
 #[derive(Debug, Clone)]
 pub struct DeclaredResource {
-    pub type_name: &'static str,
+    pub resource_type: ResourceType,
     /// Where its table starts.
     pub position: Position,
     /// Where each of its fields was written.
@@ -103,8 +97,8 @@ pub struct DeclaredResource {
     pub for_each: Option<String>,
     /// The fields as written, without `require`, `notify` and `for_each`.
     pub fields: Value,
-    /// Whether any field (other than a file's literal `content`) holds a
-    /// placeholder and must be rendered per node.
+    /// Whether any field (other than the kind's literal fields, a file's
+    /// `content`) holds a placeholder and must be rendered per node.
     pub templated: bool,
     /// The typed resource, when it needs no rendering.
     pub parsed: Option<Spec>,
@@ -117,51 +111,6 @@ impl DeclaredResource {
             .get(field)
             .copied()
             .unwrap_or(self.position)
-    }
-}
-
-/// A typed resource as a role declares it.
-#[derive(Debug, Clone, PartialEq)]
-// A catalog holds tens to thousands of these, once: boxing the largest
-// variant would save little and change every match on it.
-#[allow(clippy::large_enum_variant)]
-pub enum Spec {
-    Package(Package),
-    File(FileSpec),
-    Directory(Directory),
-    Symlink(Symlink),
-    Service(Service),
-    User(User),
-    Group(Group),
-    Exec(Exec),
-    Repository(RepositorySpec),
-    JavaApp(JavaAppSpec),
-}
-
-impl Spec {
-    /// Deserializes the fields of a resource of `type_name`.
-    pub fn deserialize<'de, D>(type_name: &str, deserializer: D) -> Result<Spec, D::Error>
-    where
-        D: serde::Deserializer<'de>,
-    {
-        fn typed<'de, T: DeserializeOwned, D: serde::Deserializer<'de>>(
-            deserializer: D,
-        ) -> Result<T, D::Error> {
-            T::deserialize(deserializer)
-        }
-        Ok(match type_name {
-            "package" => Spec::Package(typed(deserializer)?),
-            "file" => Spec::File(typed(deserializer)?),
-            "directory" => Spec::Directory(typed(deserializer)?),
-            "symlink" => Spec::Symlink(typed(deserializer)?),
-            "service" => Spec::Service(typed(deserializer)?),
-            "user" => Spec::User(typed(deserializer)?),
-            "group" => Spec::Group(typed(deserializer)?),
-            "exec" => Spec::Exec(typed(deserializer)?),
-            "repository" => Spec::Repository(typed(deserializer)?),
-            "java_app" => Spec::JavaApp(typed(deserializer)?),
-            other => unreachable!("resource type {other} is checked before deserializing"),
-        })
     }
 }
 
@@ -468,38 +417,37 @@ fn parse_role(
                 }
                 Err(e) => diagnostics.push(toml_diagnostic(path, text, &e)),
             },
-            type_name if RESOURCE_TYPES.contains(&type_name) => {
-                let type_name = RESOURCE_TYPES
-                    .iter()
-                    .copied()
-                    .find(|t| *t == type_name)
-                    .expect("checked above");
+            other => {
+                let Some(resource_type) = ResourceType::from_name(other) else {
+                    let expected: Vec<&str> =
+                        ROLE_KEYS.iter().chain(RESOURCE_TYPES).copied().collect();
+                    diagnostics.push(Diagnostic::new(
+                        path,
+                        at(key.span().start),
+                        unknown_key_message(other, &expected),
+                    ));
+                    continue;
+                };
                 let Some(items) = value.get_ref().as_array() else {
                     diagnostics.push(Diagnostic::new(
                         path,
                         at(key.span().start),
-                        format!("`{type_name}` must be an array of tables: write [[{type_name}]]"),
+                        format!(
+                            "`{resource_type}` must be an array of tables: write [[{resource_type}]]"
+                        ),
                     ));
                     continue;
                 };
                 for item in items.iter() {
-                    match parse_resource(type_name, item, path, text, diagnostics) {
+                    match parse_resource(resource_type, item, path, text, diagnostics) {
                         Some(resource) => declared.push((item.span().start, resource)),
                         None => {
-                            if let Some(reference) = attempted_reference(type_name, item) {
+                            if let Some(reference) = attempted_reference(resource_type, item) {
                                 failed_references.insert(reference);
                             }
                         }
                     }
                 }
-            }
-            unknown => {
-                let expected: Vec<&str> = ROLE_KEYS.iter().chain(RESOURCE_TYPES).copied().collect();
-                diagnostics.push(Diagnostic::new(
-                    path,
-                    at(key.span().start),
-                    unknown_key_message(unknown, &expected),
-                ));
             }
         }
     }
@@ -512,8 +460,8 @@ fn parse_role(
 
 /// The reference a resource that failed to parse would have had, when its
 /// name is plain text.
-fn attempted_reference(type_name: &str, item: &Spanned<DeValue<'_>>) -> Option<String> {
-    let key = if crate::resource::is_path_type(type_name) {
+fn attempted_reference(resource_type: ResourceType, item: &Spanned<DeValue<'_>>) -> Option<String> {
+    let key = if resource_type.path_named() {
         "path"
     } else {
         "name"
@@ -521,11 +469,11 @@ fn attempted_reference(type_name: &str, item: &Spanned<DeValue<'_>>) -> Option<S
     let table = item.get_ref().as_table()?;
     let (_, value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == key)?;
     let name = value.get_ref().as_str()?;
-    (!has_placeholders(name)).then(|| format!("{type_name}:{name}"))
+    (!has_placeholders(name)).then(|| format!("{resource_type}:{name}"))
 }
 
 fn parse_resource(
-    type_name: &'static str,
+    resource_type: ResourceType,
     item: &Spanned<DeValue<'_>>,
     path: &str,
     text: &str,
@@ -536,7 +484,7 @@ fn parse_resource(
         diagnostics.push(Diagnostic::new(
             path,
             position,
-            format!("each `{type_name}` must be a table: write [[{type_name}]]"),
+            format!("each `{resource_type}` must be a table: write [[{resource_type}]]"),
         ));
         return None;
     };
@@ -576,9 +524,9 @@ fn parse_resource(
     let json_fields = to_json(&DeValue::Table(fields.clone()));
     let templated = for_each.is_some()
         || require.iter().chain(&notify).any(|r| has_placeholders(r))
-        || value_has_placeholders(&json_fields, type_name == "file");
+        || value_has_placeholders(&json_fields, resource_type.literal_fields());
     let spanned_fields = Spanned::new(item.span(), DeValue::Table(fields));
-    let parsed = match Spec::deserialize(type_name, ValueDeserializer::from(spanned_fields)) {
+    let parsed = match Spec::deserialize(resource_type, ValueDeserializer::from(spanned_fields)) {
         Ok(spec) => Some(spec),
         Err(error) => {
             let unknown_field = error.message().starts_with("unknown field");
@@ -599,7 +547,7 @@ fn parse_resource(
         return None;
     }
     Some(DeclaredResource {
-        type_name,
+        resource_type,
         position,
         field_positions,
         require,
@@ -611,16 +559,17 @@ fn parse_resource(
     })
 }
 
-/// Whether a field value holds a placeholder. A file's literal `content` is
-/// never rendered, so it does not count.
-pub(crate) fn value_has_placeholders(value: &Value, is_file: bool) -> bool {
+/// Whether a field value holds a placeholder. The kind's literal fields (a
+/// file's `content`) are never rendered, so they do not count; they are
+/// top-level fields only.
+fn value_has_placeholders(value: &Value, literal_fields: &[&str]) -> bool {
     match value {
         Value::String(s) => has_placeholders(s),
-        Value::Array(items) => items.iter().any(|v| value_has_placeholders(v, false)),
+        Value::Array(items) => items.iter().any(|v| value_has_placeholders(v, &[])),
         Value::Object(map) => map
             .iter()
-            .filter(|(k, _)| !(is_file && k.as_str() == "content"))
-            .any(|(_, v)| value_has_placeholders(v, false)),
+            .filter(|(k, _)| !literal_fields.contains(&k.as_str()))
+            .any(|(_, v)| value_has_placeholders(v, &[])),
         _ => false,
     }
 }

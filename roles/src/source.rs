@@ -9,6 +9,9 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
+/// The repository settings file, at the root.
+pub const SETTINGS_FILE: &str = "cms.toml";
+
 /// One entry of a repository tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
@@ -82,7 +85,7 @@ impl RepoFiles {
             .map(|folder| canonical_root.join(folder))
             .filter(|folder| folder.symlink_metadata().is_ok())
             .collect();
-        let settings = canonical_root.join(crate::repository::SETTINGS_FILE);
+        let settings = canonical_root.join(SETTINGS_FILE);
         if settings.symlink_metadata().is_ok() {
             read_entry(&canonical_root, &settings, &mut files, &mut stack)?;
         }
@@ -160,11 +163,25 @@ fn relative_name(root: &Path, path: &Path) -> String {
         .join("/")
 }
 
+/// A user-written path that [`join_inside`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error(
+        "path `{path}` leaves `{folder}/`: paths are relative to `{folder}/` and may not climb out of it"
+    )]
+    Climbs { folder: String, path: String },
+    #[error("path `{path}` is absolute: give a path relative to `{folder}/`")]
+    Absolute { folder: String, path: String },
+    #[error("path `{path}` names no file under `{folder}/`")]
+    NamesNothing { folder: String, path: String },
+}
+
 /// Joins a user-written relative path onto a repository folder (`files`,
 /// `templates`), refusing anything that would leave that folder: an absolute
 /// path, or `..` climbing above it.
-pub fn join_inside(folder: &str, user_path: &str) -> Result<String, String> {
+pub fn join_inside(folder: &str, user_path: &str) -> Result<String, JoinError> {
     let path = Path::new(user_path);
+    let owned = || (folder.to_string(), user_path.to_string());
     let mut parts: Vec<String> = Vec::new();
     for component in path.components() {
         match component {
@@ -172,22 +189,19 @@ pub fn join_inside(folder: &str, user_path: &str) -> Result<String, String> {
             Component::CurDir => {}
             Component::ParentDir => {
                 if parts.pop().is_none() {
-                    return Err(format!(
-                        "path `{user_path}` leaves `{folder}/`: paths are relative to `{folder}/` and may not climb out of it"
-                    ));
+                    let (folder, path) = owned();
+                    return Err(JoinError::Climbs { folder, path });
                 }
             }
             Component::RootDir | Component::Prefix(_) => {
-                return Err(format!(
-                    "path `{user_path}` is absolute: give a path relative to `{folder}/`"
-                ));
+                let (folder, path) = owned();
+                return Err(JoinError::Absolute { folder, path });
             }
         }
     }
     if parts.is_empty() {
-        return Err(format!(
-            "path `{user_path}` names no file under `{folder}/`"
-        ));
+        let (folder, path) = owned();
+        return Err(JoinError::NamesNothing { folder, path });
     }
     Ok(format!("{folder}/{}", parts.join("/")))
 }
