@@ -28,10 +28,10 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use cms_roles::digest::Sha256Hasher;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::host::fs::{AtomicFile, FileAttributes, FileKind, hex, parent_path, sha256_hex};
+use crate::host::fs::{AtomicFile, FileAttributes, FileKind, parent_path, sha256_hex};
 use crate::{Host, HostError};
 
 /// Keeps the content a change replaces, by hash, with path and time.
@@ -173,7 +173,7 @@ impl BackupStore {
         // temporary name, then commit under the hash.
         let incoming_path = self.dir.join("blobs").join("incoming");
         let mut blob = AtomicFile::create(&incoming_path, blob_attributes())?;
-        let mut hasher = Sha256::new();
+        let mut hasher = Sha256Hasher::new();
         let mut size = 0u64;
         let mut buffer = vec![0; 64 * 1024];
         loop {
@@ -188,7 +188,7 @@ impl BackupStore {
                 .map_err(|e| HostError::io("write", &incoming_path, e))?;
             size += count as u64;
         }
-        let sha256 = hex(&hasher.finalize());
+        let sha256 = hasher.finish_hex();
         let blob_path = self.blob_path(&sha256);
         if blob_path.is_file() {
             // Dropping the AtomicFile removes the temporary copy.

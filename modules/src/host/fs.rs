@@ -29,7 +29,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sha2::{Digest, Sha256};
+use cms_roles::digest::Sha256Hasher;
 
 use super::{Host, HostError};
 
@@ -157,7 +157,7 @@ impl Host {
         let host_path = self.path(path);
         let read_error = |e| HostError::io("read", &host_path, e);
         let mut file = std::fs::File::open(&host_path).map_err(read_error)?;
-        let mut hasher = Sha256::new();
+        let mut hasher = Sha256Hasher::new();
         let mut buffer = vec![0; 64 * 1024];
         loop {
             let count = match file.read(&mut buffer) {
@@ -168,7 +168,7 @@ impl Host {
             };
             hasher.update(&buffer[..count]);
         }
-        Ok(hex(&hasher.finalize()))
+        Ok(hasher.finish_hex())
     }
 
     /// The target of a symbolic link, as written in the link.
@@ -528,10 +528,9 @@ impl Drop for AtomicFile {
     }
 }
 
-/// The sha256 of `bytes` as lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
+/// The sha256 of `bytes` as lowercase hex: the one of `cms_roles`, so that
+/// hashes computed here compare equal to the catalog's.
+pub use cms_roles::digest::sha256_hex;
 
 /// The parent of a catalog path: `/etc/nginx` for `/etc/nginx/nginx.conf`,
 /// `/` for `/etc`.
@@ -555,16 +554,6 @@ pub(crate) fn status_at(host_path: &Path) -> Result<Option<FileStatus>, HostErro
         }
         Err(e) => Err(HostError::io("read the status of", host_path, e)),
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(DIGITS[usize::from(byte >> 4)] as char);
-        text.push(DIGITS[usize::from(byte & 0xf)] as char);
-    }
-    text
 }
 
 /// fsyncs a directory, so that a rename or removal in it survives a crash.
