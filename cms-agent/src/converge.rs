@@ -56,12 +56,9 @@ pub fn converge(
     let package_names = catalog
         .resources
         .iter()
-        .filter_map(|r| match &r.kind {
-            ResourceKind::Package(p) => Some(p.name.clone()),
-            // A Java application's runtime is read in the same query.
-            ResourceKind::JavaApp(j) => j.runtime_package.clone(),
-            _ => None,
-        })
+        // Each provider names the packages it reads (a Java application's
+        // runtime is read in the same query as the packages).
+        .flat_map(|r| cms_modules::packages_of(&r.kind))
         .collect();
     let session = Session::new(package_names);
     let context = Context {
@@ -326,16 +323,8 @@ fn run_resource(
 
 /// A service this run started, or a Java application it restarted, needs no
 /// restart for the changes that notified it: it started with them. An exec that ran in this run has done
-/// what a notification asks; it does not run twice.
+/// what a notification asks; it does not run twice. Each provider says which
+/// of its changes count (`Provider::refreshed_by`).
 fn refreshed_by_its_own_change(changes: &[Change], kind: &ResourceKind) -> bool {
-    match kind {
-        ResourceKind::Service(_) => changes
-            .iter()
-            .any(|c| c.attribute == "state" && c.to == "running"),
-        // A Java application restarts (and is health-checked) once for any
-        // change of its release, configuration, unit or state.
-        ResourceKind::JavaApp(_) => cms_modules::java_app::restarts_on(changes),
-        ResourceKind::Exec(_) => changes.iter().any(|c| c.attribute == "run"),
-        _ => false,
-    }
+    cms_modules::refreshed_by_own_change(kind, changes)
 }

@@ -154,38 +154,6 @@ fn write_catalog_text(out: &mut impl Write, node: &Node, catalog: &Catalog) -> s
 
 /// A short summary of what a resource asks for.
 fn details(kind: &ResourceKind) -> String {
-    match kind {
-        ResourceKind::Package(p) => format!(" ensure={}", p.ensure),
-        ResourceKind::File(f) => {
-            let mut s = format!(" ensure={:?}", f.ensure).to_lowercase();
-            if let Some(mode) = f.mode {
-                s.push_str(&format!(" mode={mode}"));
-            }
-            if let Some(hash) = &f.content_sha256 {
-                s.push_str(&format!(" sha256={}", &hash[..12]));
-            }
-            s
-        }
-        ResourceKind::Service(s) => {
-            let mut text = String::new();
-            if let Some(ensure) = s.ensure {
-                text.push_str(&format!(" ensure={ensure:?}").to_lowercase());
-            }
-            if let Some(enable) = s.enable {
-                text.push_str(&format!(" enable={enable}"));
-            }
-            text
-        }
-        ResourceKind::JavaApp(j) => format!(
-            " artifact={} heap={}",
-            &j.artifact_sha256[..12],
-            j.heap.as_deref().unwrap_or("default")
-        ),
-        ResourceKind::Exec(e) => format!(
-            " command={:?}{}",
-            e.command,
-            if e.refreshonly { " refreshonly" } else { "" }
-        ),
-        _ => String::new(),
-    }
+    // Each kind writes its own summary (`Kind::summary` in cms-roles).
+    kind.summary()
 }

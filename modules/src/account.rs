@@ -92,6 +92,14 @@ fn shadow_tool(host: &Host, tool: &str, args: Vec<String>) -> Result<(), Provide
 pub struct UserProvider<'a>(pub &'a User);
 
 impl Provider for UserProvider<'_> {
+    fn packages(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn refreshed_by(&self, _changes: &[Change]) -> bool {
+        false
+    }
+
     fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
         let user = self.0;
         let current = read_passwd(cx.host)?
@@ -254,6 +262,14 @@ fn create_home(host: &Host, user: &User, home: &str) -> Result<(), ProviderError
 pub struct GroupProvider<'a>(pub &'a Group);
 
 impl Provider for GroupProvider<'_> {
+    fn packages(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn refreshed_by(&self, _changes: &[Change]) -> bool {
+        false
+    }
+
     fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
         let group = self.0;
         let current = read_groups(cx.host)?

@@ -42,6 +42,14 @@ use crate::{Change, Context, Provider, ProviderError};
 pub struct DirectoryProvider<'a>(pub &'a Directory);
 
 impl Provider for DirectoryProvider<'_> {
+    fn packages(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn refreshed_by(&self, _changes: &[Change]) -> bool {
+        false
+    }
+
     fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
         let directory = self.0;
         let status = cx.host.status(&directory.path)?;

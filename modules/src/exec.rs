@@ -71,6 +71,16 @@ impl ExecProvider<'_> {
 }
 
 impl Provider for ExecProvider<'_> {
+    fn packages(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// An exec that ran in this run has done what a notification asks; it
+    /// does not run twice.
+    fn refreshed_by(&self, changes: &[Change]) -> bool {
+        changes.iter().any(|c| c.attribute == "run")
+    }
+
     fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
         if self.0.refreshonly || !self.guards_allow(cx)? {
             return Ok(Vec::new());

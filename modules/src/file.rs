@@ -37,6 +37,14 @@ const DIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 pub struct FileProvider<'a>(pub &'a File);
 
 impl Provider for FileProvider<'_> {
+    fn packages(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn refreshed_by(&self, _changes: &[Change]) -> bool {
+        false
+    }
+
     fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
         let file = self.0;
         let status = cx.host.status(&file.path)?;

@@ -150,10 +150,23 @@ pub trait Provider {
     fn refresh_description(&self, _cx: &Context<'_>) -> Result<Option<String>, ProviderError> {
         Ok(None)
     }
+
+    /// The packages whose installed version the run's first package query
+    /// reads, so that one query covers the whole catalog. No default: a
+    /// provider that installs something says so.
+    fn packages(&self) -> Vec<String>;
+
+    /// Whether `changes`, just made by this run, already did what a
+    /// notification asks (a service started, an application restarted, an
+    /// exec ran), so that the notification needs no refresh. No default:
+    /// a wrong `false` restarts twice, a wrong `true` never.
+    fn refreshed_by(&self, changes: &[Change]) -> bool;
 }
 
-/// The provider of a catalog resource, or `None` for a type this agent
-/// cannot apply yet.
+/// The provider of a catalog resource: the registry of providers, one line
+/// per kind. The match is exhaustive, so a kind added to `cms_roles` does not
+/// build until it has a provider here. Every kind has one, so this is always
+/// `Some`; the `Option` stays for the callers written when some had none.
 pub fn provider(kind: &ResourceKind) -> Option<Box<dyn Provider + '_>> {
     match kind {
         ResourceKind::File(f) => Some(Box::new(file::FileProvider(f))),
@@ -167,4 +180,16 @@ pub fn provider(kind: &ResourceKind) -> Option<Box<dyn Provider + '_>> {
         ResourceKind::Group(g) => Some(Box::new(account::GroupProvider(g))),
         ResourceKind::JavaApp(j) => Some(Box::new(java_app::JavaAppProvider(j))),
     }
+}
+
+/// The packages a resource has read in the run's first package query (see
+/// [`Provider::packages`]).
+pub fn packages_of(kind: &ResourceKind) -> Vec<String> {
+    provider(kind).map_or_else(Vec::new, |p| p.packages())
+}
+
+/// Whether a resource's own changes in this run already did what a
+/// notification asks (see [`Provider::refreshed_by`]).
+pub fn refreshed_by_own_change(kind: &ResourceKind, changes: &[Change]) -> bool {
+    provider(kind).is_some_and(|p| p.refreshed_by(changes))
 }

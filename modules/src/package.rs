@@ -52,6 +52,14 @@ impl Manager {
 pub struct PackageProvider<'a>(pub &'a Package);
 
 impl Provider for PackageProvider<'_> {
+    fn packages(&self) -> Vec<String> {
+        vec![self.0.name.clone()]
+    }
+
+    fn refreshed_by(&self, _changes: &[Change]) -> bool {
+        false
+    }
+
     fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
         let manager = manager(cx.host)?;
         let installed = installed_version(cx, manager, &self.0.name)?;

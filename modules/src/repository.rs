@@ -106,6 +106,14 @@ impl RepositoryProvider<'_> {
 }
 
 impl Provider for RepositoryProvider<'_> {
+    fn packages(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn refreshed_by(&self, _changes: &[Change]) -> bool {
+        false
+    }
+
     fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
         let mut changes = Vec::new();
         for (path, wanted) in self.desired_files(cx)? {

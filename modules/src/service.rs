@@ -97,6 +97,18 @@ impl ServiceProvider<'_> {
 }
 
 impl Provider for ServiceProvider<'_> {
+    fn packages(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// A service this run started needs no restart for the changes that
+    /// notified it: it started with them.
+    fn refreshed_by(&self, changes: &[Change]) -> bool {
+        changes
+            .iter()
+            .any(|c| c.attribute == "state" && c.to == "running")
+    }
+
     fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
         self.reload_units_if_needed(cx)?;
         let unit = self.unit();

@@ -21,6 +21,14 @@ use crate::{Change, Context, Provider, ProviderError};
 pub struct SymlinkProvider<'a>(pub &'a Symlink);
 
 impl Provider for SymlinkProvider<'_> {
+    fn packages(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn refreshed_by(&self, _changes: &[Change]) -> bool {
+        false
+    }
+
     fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
         let symlink = self.0;
         let status = cx.host.status(&symlink.path)?;

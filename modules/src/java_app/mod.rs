@@ -156,6 +156,17 @@ fn part(changes: &[Change], label: &str) -> Vec<Change> {
 }
 
 impl Provider for JavaAppProvider<'_> {
+    /// The runtime is read in the same query as the catalog's packages.
+    fn packages(&self) -> Vec<String> {
+        self.0.runtime_package.iter().cloned().collect()
+    }
+
+    /// A Java application restarts (and is health-checked) once for any
+    /// change of its release, configuration, unit or state.
+    fn refreshed_by(&self, changes: &[Change]) -> bool {
+        restarts_on(changes)
+    }
+
     fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
         if self.0.ensure == Ensure::Absent {
             return self.check_absent(cx);
