@@ -19,6 +19,36 @@ pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 const MAX_REDIRECTS: usize = 5;
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// Why a URL, a redirect or a response head is refused. Shown to the
+/// operator inside [`HostError::Http`].
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HttpError {
+    #[error("only http:// and https:// URLs are supported")]
+    UnsupportedScheme,
+    #[error("credentials in the URL are not supported")]
+    Credentials,
+    #[error("an IPv6 address needs its closing `]`")]
+    UnclosedIpv6,
+    #[error("invalid port `{0}`")]
+    InvalidPort(String),
+    #[error("unexpected `{0}` after the address")]
+    AfterAddress(String),
+    #[error("the URL has no host")]
+    NoHost,
+    #[error("refusing a redirect from https down to http ({0})")]
+    DowngradingRedirect(String),
+    #[error("unsupported redirect location `{0}`")]
+    UnsupportedRedirect(String),
+    #[error("Failed to read the response: {0}")]
+    Read(io::Error),
+    #[error("the server closed the connection without an answer")]
+    NoAnswer,
+    #[error("the response headers are larger than 64 KiB")]
+    HeadTooLarge,
+    #[error("not an HTTP response: {0:?}")]
+    NotHttp(String),
+}
+
 /// The parts of an http(s) URL a request needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Url {
@@ -31,13 +61,13 @@ pub(crate) struct Url {
 }
 
 impl Url {
-    pub(crate) fn parse(url: &str) -> Result<Url, String> {
+    pub(crate) fn parse(url: &str) -> Result<Url, HttpError> {
         let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
             (true, rest)
         } else if let Some(rest) = url.strip_prefix("http://") {
             (false, rest)
         } else {
-            return Err("only http:// and https:// URLs are supported".into());
+            return Err(HttpError::UnsupportedScheme);
         };
         let rest = rest.split('#').next().unwrap_or_default();
         let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
@@ -49,30 +79,31 @@ impl Url {
             path.to_string()
         };
         if authority.contains('@') {
-            return Err("credentials in the URL are not supported".into());
+            return Err(HttpError::Credentials);
         }
         let default_port = if https { 443 } else { 80 };
         let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (host, after) = bracketed
-                .split_once(']')
-                .ok_or("an IPv6 address needs its closing `]`")?;
+            let (host, after) = bracketed.split_once(']').ok_or(HttpError::UnclosedIpv6)?;
             let port = match after.strip_prefix(':') {
-                Some(port) => port.parse().map_err(|_| format!("invalid port `{port}`"))?,
+                Some(port) => port
+                    .parse()
+                    .map_err(|_| HttpError::InvalidPort(port.to_string()))?,
                 None if after.is_empty() => default_port,
-                None => return Err(format!("unexpected `{after}` after the address")),
+                None => return Err(HttpError::AfterAddress(after.to_string())),
             };
             (host.to_string(), port)
         } else {
             match authority.rsplit_once(':') {
                 Some((host, port)) => (
                     host.to_string(),
-                    port.parse().map_err(|_| format!("invalid port `{port}`"))?,
+                    port.parse()
+                        .map_err(|_| HttpError::InvalidPort(port.to_string()))?,
                 ),
                 None => (authority.to_string(), default_port),
             }
         };
         if host.is_empty() {
-            return Err("the URL has no host".into());
+            return Err(HttpError::NoHost);
         }
         Ok(Url {
             https,
@@ -83,13 +114,11 @@ impl Url {
     }
 
     /// Where a redirect's `Location` points, relative to this URL.
-    fn join(&self, location: &str) -> Result<Url, String> {
+    fn join(&self, location: &str) -> Result<Url, HttpError> {
         if location.starts_with("http://") || location.starts_with("https://") {
             let next = Url::parse(location)?;
             if self.https && !next.https {
-                return Err(format!(
-                    "refusing a redirect from https down to http ({location})"
-                ));
+                return Err(HttpError::DowngradingRedirect(location.to_string()));
             }
             Ok(next)
         } else if location.starts_with('/') {
@@ -98,7 +127,7 @@ impl Url {
                 ..self.clone()
             })
         } else {
-            Err(format!("unsupported redirect location `{location}`"))
+            Err(HttpError::UnsupportedRedirect(location.to_string()))
         }
     }
 
@@ -134,7 +163,7 @@ impl Host {
             url: url.to_string(),
             message,
         };
-        let mut current = Url::parse(url).map_err(fail)?;
+        let mut current = Url::parse(url).map_err(|e| fail(e.to_string()))?;
         for _ in 0..=MAX_REDIRECTS {
             let mut reader = BufReader::new(
                 self.connect(&current, timeout)
@@ -150,7 +179,7 @@ impl Host {
                 .write_all(request.as_bytes())
                 .and_then(|()| reader.get_mut().flush())
                 .map_err(|e| fail(format!("Failed to send the request: {e}")))?;
-            let (status, headers) = read_head(&mut reader).map_err(fail)?;
+            let (status, headers) = read_head(&mut reader).map_err(|e| fail(e.to_string()))?;
             let header = |name: &str| {
                 headers
                     .iter()
@@ -160,7 +189,7 @@ impl Host {
             if matches!(status, 301 | 302 | 303 | 307 | 308)
                 && let Some(location) = header("location")
             {
-                current = current.join(location).map_err(fail)?;
+                current = current.join(location).map_err(|e| fail(e.to_string()))?;
                 continue;
             }
             if !(200..300).contains(&status) {
@@ -254,20 +283,18 @@ impl Host {
 }
 
 /// The status code and headers of a response.
-fn read_head(reader: &mut impl BufRead) -> Result<(u16, Vec<(String, String)>), String> {
+fn read_head(reader: &mut impl BufRead) -> Result<(u16, Vec<(String, String)>), HttpError> {
     let mut total = 0;
     let mut line = String::new();
-    let mut read_line = |line: &mut String| -> Result<(), String> {
+    let mut read_line = |line: &mut String| -> Result<(), HttpError> {
         line.clear();
-        let count = reader
-            .read_line(line)
-            .map_err(|e| format!("Failed to read the response: {e}"))?;
+        let count = reader.read_line(line).map_err(HttpError::Read)?;
         total += count;
         if count == 0 {
-            return Err("the server closed the connection without an answer".into());
+            return Err(HttpError::NoAnswer);
         }
         if total > MAX_HEADER_BYTES {
-            return Err("the response headers are larger than 64 KiB".into());
+            return Err(HttpError::HeadTooLarge);
         }
         Ok(())
     };
@@ -277,7 +304,7 @@ fn read_head(reader: &mut impl BufRead) -> Result<(u16, Vec<(String, String)>), 
         .nth(1)
         .filter(|_| line.starts_with("HTTP/"))
         .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| format!("not an HTTP response: {:?}", line.trim_end()))?;
+        .ok_or_else(|| HttpError::NotHttp(line.trim_end().to_string()))?;
     let mut headers = Vec::new();
     loop {
         read_line(&mut line)?;
