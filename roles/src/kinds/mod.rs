@@ -7,9 +7,11 @@
 //! kinds' modules and generates [`ResourceKind`] (the catalog's tagged
 //! enum), [`Spec`], [`ResourceType`], [`RESOURCE_TYPES`] and every match
 //! over them. Every generated match is exhaustive, so a kind added to the
-//! registry must be handled everywhere a match over kinds is written, and a
-//! kind file whose type is not in the registry does not compile (its
-//! `impl Kind` needs the [`Named`] the registry gives it).
+//! registry must be handled everywhere a match over kinds is written (in
+//! `cms-modules`, its provider). A kind file is part of the crate only
+//! through its registry line (which declares its module), and its
+//! `impl Kind` needs the [`Named`] that line gives it: the name is written
+//! once, and there is no list that can drift from a match.
 
 use std::fmt;
 
