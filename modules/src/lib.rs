@@ -28,9 +28,11 @@ mod account;
 mod directory;
 mod exec;
 mod file;
+mod group;
 mod repository;
 mod service;
 mod symlink;
+mod user;
 
 pub use backup::{BackupEntry, BackupError, BackupStore, Restored};
 pub use host::fs::{FileAttributes, FileKind, FileStatus};
@@ -176,8 +178,8 @@ pub fn provider(kind: &ResourceKind) -> Option<Box<dyn Provider + '_>> {
         ResourceKind::Package(p) => Some(Box::new(package::PackageProvider(p))),
         ResourceKind::Service(s) => Some(Box::new(service::ServiceProvider(s))),
         ResourceKind::Repository(r) => Some(Box::new(repository::RepositoryProvider(r))),
-        ResourceKind::User(u) => Some(Box::new(account::UserProvider(u))),
-        ResourceKind::Group(g) => Some(Box::new(account::GroupProvider(g))),
+        ResourceKind::User(u) => Some(Box::new(user::UserProvider(u))),
+        ResourceKind::Group(g) => Some(Box::new(group::GroupProvider(g))),
         ResourceKind::JavaApp(j) => Some(Box::new(java_app::JavaAppProvider(j))),
     }
 }

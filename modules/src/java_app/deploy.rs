@@ -16,13 +16,14 @@ use super::{
     DEFAULT_HEALTH_TIMEOUT, JavaAppProvider, LOG_LINES, SETTLE_WITHOUT_HEALTH_CHECK, labelled,
     part, part_of, restarts_on,
 };
-use crate::account::{GroupProvider, UserProvider};
 use crate::directory::DirectoryProvider;
 use crate::file::FileProvider;
+use crate::group::GroupProvider;
 use crate::host::fs::{FileAttributes, FileKind, sha256_hex};
 use crate::package::PackageProvider;
 use crate::service::{ServiceProvider, systemctl};
 use crate::symlink::SymlinkProvider;
+use crate::user::UserProvider;
 use crate::{Change, CommandSpec, ContentStore, Context, Provider, ProviderError};
 
 /// The app's parts as the resources the other providers manage.
