@@ -1,6 +1,7 @@
 //! The admin commands (`token create`, `nodes`, `reports`, `node revoke`,
 //! `sync`): clients of the running server's admin API, authenticated with
 //! the admin credential the server wrote into its data directory.
+//! `cms-server trigger` (`trigger_cli`) uses the same client.
 
 use std::path::Path;
 
@@ -43,4 +44,9 @@ pub async fn connect(
         format!("Failed to connect to the server at {url}: is `cms-server serve` running?")
     })?;
     Ok(pb::admin_client::AdminClient::new(channel))
+}
+
+/// An admin API error as the commands print it.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }

@@ -11,7 +11,7 @@ use cms_roles::{
 };
 use serde_json::Value;
 
-use crate::cli::{CheckArgs, EXIT_INVALID, Format};
+use crate::cli::{CheckArgs, EXIT_INVALID, Format, parse_tags};
 
 pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let facts = match &args.facts {
@@ -102,10 +102,6 @@ fn invalid(diagnostics: &Diagnostics, format: Format) -> ExitCode {
 }
 
 /// `role=api,env=prod` → tags.
-pub fn parse_tags(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    cms_roles::parse_tag_list(text).map_err(anyhow::Error::msg)
-}
-
 fn read_facts(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Value>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("Failed to read facts from {}", path.display()))?;

@@ -1,7 +1,9 @@
-//! The command line of `cms-server`.
+//! The command line of `cms-server` as the user wrote it: clap's flags and
+//! environment variables, with no defaults that depend on the machine.
+//! `resolve` turns a `Command` into what it runs with; this module imports
+//! nothing else of the crate.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -314,70 +316,10 @@ pub enum Format {
     Json,
 }
 
-/// The packaged server's data directory.
-pub const PACKAGED_DATA_DIR: &str = "/var/lib/cms-server";
-
-impl Command {
-    /// The admin flags of an admin command.
-    fn admin_args_mut(&mut self) -> Option<&mut AdminArgs> {
-        match self {
-            Command::Token(TokenCommand::Create(args)) => Some(&mut args.admin),
-            Command::Nodes(args) => Some(&mut args.admin),
-            Command::Reports(args) => Some(&mut args.admin),
-            Command::Node(NodeCommand::Revoke(args)) => Some(&mut args.admin),
-            Command::Sync(args) => Some(args),
-            _ => None,
-        }
-    }
-}
-
-/// The data directory an admin command reads its credential from when
-/// `--data` is not given: the user's own (`user_default`) when it exists,
-/// else the packaged server's when it holds an admin credential, else the
-/// user's.
-pub fn admin_data_dir(user_default: PathBuf, packaged: &std::path::Path) -> PathBuf {
-    if !user_default.exists() && packaged.join("admin").is_dir() {
-        return packaged.to_path_buf();
-    }
-    user_default
-}
-
-/// Runs a parsed command line.
-pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Some(admin) = cli.command.admin_args_mut()
-        && admin.data.is_none()
-    {
-        let user_default = default_data_dir(
-            std::env::var_os("HOME").map(PathBuf::from),
-            std::env::var_os("XDG_STATE_HOME").map(PathBuf::from),
-        );
-        admin.data = Some(admin_data_dir(
-            user_default,
-            std::path::Path::new(PACKAGED_DATA_DIR),
-        ));
-    }
-    match cli.command {
-        Command::Check(args) => crate::check::run(&args),
-        Command::Completions(args) => {
-            use std::io::Write;
-            std::io::stdout().write_all(&completion_script(args.shell))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        other => {
-            let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(crate::commands::run(other))
-        }
-    }
-}
-
-/// The default data directory: `$XDG_STATE_HOME/cms-server`, or
-/// `~/.local/state/cms-server`.
-pub fn default_data_dir(home: Option<PathBuf>, xdg_state_home: Option<PathBuf>) -> PathBuf {
-    match (xdg_state_home, home) {
-        (Some(state), _) if state.is_absolute() => state.join("cms-server"),
-        (_, Some(home)) => home.join(".local/state/cms-server"),
-        _ => PathBuf::from("/var/lib/cms-server"),
-    }
+/// Parses a `--tags` or `--select` value: `name=value` pairs separated by
+/// commas.
+pub fn parse_tags(text: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    cms_roles::parse_tag_list(text).map_err(anyhow::Error::msg)
 }
 
 /// The completion script for `shell`. clap_complete 4.6 names the bash
@@ -393,23 +335,4 @@ pub fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
         return text.into_bytes();
     }
     script
-}
-
-#[cfg(test)]
-mod admin_data_dir_tests {
-    use super::*;
-
-    #[test]
-    fn admin_commands_find_the_packaged_server_when_the_user_has_no_data_directory() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let packaged = dir.path().join("var-lib-cms-server");
-        let user = dir.path().join("home/.local/state/cms-server");
-        // No packaged server either: the user's directory, for the error.
-        assert_eq!(admin_data_dir(user.clone(), &packaged), user);
-        std::fs::create_dir_all(packaged.join("admin")).expect("mkdir");
-        assert_eq!(admin_data_dir(user.clone(), &packaged), packaged);
-        // The user's own server comes first.
-        std::fs::create_dir_all(&user).expect("mkdir");
-        assert_eq!(admin_data_dir(user.clone(), &packaged), user);
-    }
 }

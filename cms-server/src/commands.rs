@@ -1,6 +1,7 @@
-//! The long-running and admin commands of `cms-server` (everything but
-//! `check`): resolve flags into configuration, then call the server or the
-//! admin API.
+//! Runs each resolved command of `cms-server` (`resolve::Invocation`):
+//! `serve` builds the server's configuration and starts it, the admin
+//! commands call the admin API and print what it answers, `check` and
+//! `trigger` hand over to their own modules.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,10 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use cms_proto::v1 as pb;
 
-use crate::check::parse_tags;
-use crate::cli::{
-    AdminArgs, Command, Format, NodeCommand, ServeArgs, TokenCommand, default_data_dir,
-};
+use crate::admin::status_error;
+use crate::cli::{CompletionsArgs, Format, ServeArgs, parse_tags};
+use crate::resolve::{AdminTarget, Invocation};
 use crate::server::ServeConfig;
 
 /// The example roles repository of this source tree: what `serve` serves
@@ -21,26 +21,27 @@ use crate::server::ServeConfig;
 pub const EXAMPLE_REPOSITORY: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/../roles/examples/roles-repo");
 
-pub fn data_dir(flag: &Option<PathBuf>) -> PathBuf {
-    flag.clone().unwrap_or_else(|| {
-        default_data_dir(
-            std::env::var_os("HOME").map(PathBuf::from),
-            std::env::var_os("XDG_STATE_HOME").map(PathBuf::from),
-        )
-    })
+/// Runs a resolved command. `check` and `completions` need no server, but
+/// run under the same runtime so that this is one `match` over every
+/// command; `check` compiles on this (the main) thread, in `block_on`.
+pub fn run(invocation: Invocation) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(run_async(invocation))
 }
 
-pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
-    match command {
-        Command::Check(_) | Command::Completions(_) => {
-            unreachable!("check and completions run without a runtime")
+async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
+    match invocation {
+        Invocation::Check(args) => crate::check::run(&args),
+        Invocation::Completions(CompletionsArgs { shell }) => {
+            use std::io::Write;
+            std::io::stdout().write_all(&crate::cli::completion_script(shell))?;
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Serve(args) => serve(args).await,
-        Command::Token(TokenCommand::Create(args)) => {
+        Invocation::Serve { args, data_dir } => serve(args, data_dir).await,
+        Invocation::TokenCreate { args, admin } => {
             let scope = crate::pki::parse_scope(&args.tags)?;
             let ttl = cms_roles::parse_duration(&args.ttl).map_err(anyhow::Error::msg)?;
-            let mut client =
-                crate::admin::connect(&args.admin.server, &data_dir(&args.admin.data)).await?;
+            let mut client = crate::admin::connect(&admin.server, &admin.data_dir).await?;
             let response = client
                 .create_token(pb::CreateTokenRequest {
                     scope: scope.into_iter().collect(),
@@ -50,21 +51,20 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            match args.admin.format {
+            match admin.format {
                 Format::Json => println!("{}", serde_json::json!({ "token": response.token })),
                 Format::Text => println!("{}", response.token),
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Nodes(args) => {
+        Invocation::Nodes { args, admin } => {
             let selector: BTreeMap<String, String> = args
                 .select
                 .as_deref()
                 .map(parse_tags)
                 .transpose()?
                 .unwrap_or_default();
-            let mut client =
-                crate::admin::connect(&args.admin.server, &data_dir(&args.admin.data)).await?;
+            let mut client = crate::admin::connect(&admin.server, &admin.data_dir).await?;
             let nodes = client
                 .list_nodes(pb::ListNodesRequest {
                     selector: Some(pb::Selector {
@@ -75,12 +75,11 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .map_err(status_error)?
                 .into_inner()
                 .nodes;
-            print_nodes(&nodes, args.admin.format);
+            print_nodes(&nodes, admin.format);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Reports(args) => {
-            let mut client =
-                crate::admin::connect(&args.admin.server, &data_dir(&args.admin.data)).await?;
+        Invocation::Reports { args, admin } => {
+            let mut client = crate::admin::connect(&admin.server, &admin.data_dir).await?;
             let reports = client
                 .get_reports(pb::GetReportsRequest {
                     node_id: args.node.clone(),
@@ -90,12 +89,11 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .map_err(status_error)?
                 .into_inner()
                 .reports;
-            print_reports(&args.node, &reports, args.admin.format);
+            print_reports(&args.node, &reports, admin.format);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Node(NodeCommand::Revoke(args)) => {
-            let mut client =
-                crate::admin::connect(&args.admin.server, &data_dir(&args.admin.data)).await?;
+        Invocation::NodeRevoke { args, admin } => {
+            let mut client = crate::admin::connect(&admin.server, &admin.data_dir).await?;
             let revoked = client
                 .revoke_node(pb::RevokeNodeRequest {
                     node_id: args.id.clone(),
@@ -103,7 +101,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            match args.admin.format {
+            match admin.format {
                 Format::Json => println!(
                     "{}",
                     serde_json::json!({ "node": args.id, "revoked_serials": revoked.revoked_serials })
@@ -116,20 +114,16 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sync(args) => sync(&args).await,
-        Command::DashboardToken(args) => {
-            println!("{}", crate::dashboard::create_token(&data_dir(&args.data))?);
+        Invocation::Sync(admin) => sync(&admin).await,
+        Invocation::DashboardToken { data_dir } => {
+            println!("{}", crate::dashboard::create_token(&data_dir)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Trigger(args) => crate::trigger_cli::run(args).await,
+        Invocation::Trigger { args, admin } => crate::trigger_cli::run(args, &admin).await,
     }
 }
 
-pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
     cms_logging::init(args.log_format);
     let repo = match args.repo {
         Some(repo) => repo,
@@ -143,7 +137,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             cms_roles::parse_duration(text).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?,
         ))
     };
-    let mut config = ServeConfig::new(data_dir(&args.data), repo);
+    let mut config = ServeConfig::new(data_dir, repo);
     config.branch = args.branch;
     config.sync_interval =
         duration(&args.sync_interval, "sync-interval")?.max(Duration::from_secs(1));
@@ -218,14 +212,14 @@ async fn shutdown_signal() {
     }
 }
 
-async fn sync(args: &AdminArgs) -> anyhow::Result<ExitCode> {
-    let mut client = crate::admin::connect(&args.server, &data_dir(&args.data)).await?;
+async fn sync(admin: &AdminTarget) -> anyhow::Result<ExitCode> {
+    let mut client = crate::admin::connect(&admin.server, &admin.data_dir).await?;
     let response = client
         .sync(pb::SyncRequest {})
         .await
         .map_err(status_error)?
         .into_inner();
-    if args.format == Format::Json {
+    if admin.format == Format::Json {
         let errors: Vec<serde_json::Value> = response
             .errors
             .iter()

@@ -18,6 +18,7 @@ pub mod git_sync;
 pub mod http;
 pub mod metrics;
 pub mod pki;
+pub mod resolve;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -6,7 +6,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cms_server::cli::Cli::parse();
-    match cms_server::cli::run(cli) {
+    let invocation =
+        cms_server::resolve::resolve(cli.command, &cms_server::resolve::Environment::of_process());
+    match cms_server::commands::run(invocation) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use cms_proto::v1 as pb;
 
-use crate::check::parse_tags;
-use crate::cli::{Format, TriggerArgs};
-use crate::commands::{data_dir, status_error};
+use crate::admin::status_error;
+use crate::cli::{Format, TriggerArgs, parse_tags};
+use crate::resolve::AdminTarget;
 
 /// The trigger request the flags ask for, or what is wrong with them.
 fn validated_request(args: &TriggerArgs) -> anyhow::Result<pb::TriggerRequest> {
@@ -39,13 +39,13 @@ fn validated_request(args: &TriggerArgs) -> anyhow::Result<pb::TriggerRequest> {
 /// Exit status when a node failed or the rollout stopped.
 pub const EXIT_FAILED: u8 = 4;
 
-pub async fn run(args: TriggerArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: TriggerArgs, admin: &AdminTarget) -> anyhow::Result<ExitCode> {
     // Bad flags are refused here, before the server is asked anything.
     let start = match &args.status {
         Some(_) => None,
         None => Some(validated_request(&args)?),
     };
-    let mut client = crate::admin::connect(&args.admin.server, &data_dir(&args.admin.data)).await?;
+    let mut client = crate::admin::connect(&admin.server, &admin.data_dir).await?;
     if let Some(id) = &args.status {
         let progress = client
             .trigger_status(pb::TriggerStatusRequest {
@@ -54,7 +54,7 @@ pub async fn run(args: TriggerArgs) -> anyhow::Result<ExitCode> {
             .await
             .map_err(status_error)?
             .into_inner();
-        print_summary(&progress, args.admin.format);
+        print_summary(&progress, admin.format);
         return Ok(exit_code(&progress));
     }
     let request = start.expect("a trigger without --status has a validated request");
@@ -102,7 +102,7 @@ pub async fn run(args: TriggerArgs) -> anyhow::Result<ExitCode> {
     }
     bar.finish();
     let progress = last.ok_or_else(|| anyhow::anyhow!("the server sent no progress"))?;
-    print_summary(&progress, args.admin.format);
+    print_summary(&progress, admin.format);
     Ok(exit_code(&progress))
 }
 

@@ -1,0 +1,294 @@
+//! The one step from what the user wrote (`cli::Command`: flags and their
+//! environment variables, as clap parsed them) to what each command runs
+//! with. Every default that depends on the machine is decided here, once,
+//! in one `match` over every command with no catch-all arm: a new command
+//! does not compile until it says where its data directory comes from.
+//!
+//! The process environment is read once, into `Environment`, so tests
+//! resolve command lines against folders of their own.
+
+use std::path::{Path, PathBuf};
+
+use crate::cli::{
+    AdminArgs, CheckArgs, Command, CompletionsArgs, Format, NodeCommand, NodeRevokeArgs, NodesArgs,
+    ReportsArgs, ServeArgs, TokenCommand, TokenCreateArgs, TriggerArgs,
+};
+
+/// The packaged server's data directory.
+pub const PACKAGED_DATA_DIR: &str = "/var/lib/cms-server";
+
+/// What the defaults depend on, read from the process once.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub home: Option<PathBuf>,
+    pub xdg_state_home: Option<PathBuf>,
+    /// Where the packaged server keeps its data (`PACKAGED_DATA_DIR`).
+    pub packaged_data_dir: PathBuf,
+}
+
+impl Environment {
+    /// `HOME` and `XDG_STATE_HOME` of this process.
+    pub fn of_process() -> Environment {
+        Environment {
+            home: std::env::var_os("HOME").map(PathBuf::from),
+            xdg_state_home: std::env::var_os("XDG_STATE_HOME").map(PathBuf::from),
+            packaged_data_dir: PathBuf::from(PACKAGED_DATA_DIR),
+        }
+    }
+
+    /// The current user's data directory: `$XDG_STATE_HOME/cms-server`, or
+    /// `~/.local/state/cms-server`, else the packaged one.
+    pub fn user_data_dir(&self) -> PathBuf {
+        match (&self.xdg_state_home, &self.home) {
+            (Some(state), _) if state.is_absolute() => state.join("cms-server"),
+            (_, Some(home)) => home.join(".local/state/cms-server"),
+            _ => self.packaged_data_dir.clone(),
+        }
+    }
+
+    /// The data directory of the server an admin command talks to: the
+    /// user's own when it exists, else the packaged server's when it holds
+    /// an admin credential, else the user's (so the error names it).
+    pub fn admin_data_dir(&self) -> PathBuf {
+        let user = self.user_data_dir();
+        if !user.exists() && is_server_data_dir(&self.packaged_data_dir) {
+            return self.packaged_data_dir.clone();
+        }
+        user
+    }
+}
+
+fn is_server_data_dir(dir: &Path) -> bool {
+    dir.join("admin").is_dir()
+}
+
+/// How an admin command reaches the running server, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTarget {
+    /// The server's gRPC address.
+    pub server: String,
+    /// The data directory holding the admin credential.
+    pub data_dir: PathBuf,
+    pub format: Format,
+}
+
+impl AdminTarget {
+    fn resolve(args: AdminArgs, env: &Environment) -> AdminTarget {
+        AdminTarget {
+            server: args.server,
+            data_dir: args.data.unwrap_or_else(|| env.admin_data_dir()),
+            format: args.format,
+        }
+    }
+}
+
+/// A command with every machine-dependent default decided.
+#[derive(Debug)]
+pub enum Invocation {
+    Serve {
+        args: ServeArgs,
+        data_dir: PathBuf,
+    },
+    Check(CheckArgs),
+    Completions(CompletionsArgs),
+    TokenCreate {
+        args: TokenCreateArgs,
+        admin: AdminTarget,
+    },
+    Nodes {
+        args: NodesArgs,
+        admin: AdminTarget,
+    },
+    Reports {
+        args: ReportsArgs,
+        admin: AdminTarget,
+    },
+    NodeRevoke {
+        args: NodeRevokeArgs,
+        admin: AdminTarget,
+    },
+    Sync(AdminTarget),
+    DashboardToken {
+        data_dir: PathBuf,
+    },
+    Trigger {
+        args: TriggerArgs,
+        admin: AdminTarget,
+    },
+}
+
+/// Resolves a parsed command line. A given `--data` (or `CMS_SERVER_DATA`)
+/// always wins; `serve` defaults to the user's data directory; every
+/// command that talks to, or writes for, a running server defaults to that
+/// server's (`Environment::admin_data_dir`).
+pub fn resolve(command: Command, env: &Environment) -> Invocation {
+    match command {
+        Command::Serve(args) => {
+            let data_dir = args.data.clone().unwrap_or_else(|| env.user_data_dir());
+            Invocation::Serve { args, data_dir }
+        }
+        Command::Check(args) => Invocation::Check(args),
+        Command::Completions(args) => Invocation::Completions(args),
+        Command::Token(TokenCommand::Create(mut args)) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            Invocation::TokenCreate { args, admin }
+        }
+        Command::Nodes(mut args) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            Invocation::Nodes { args, admin }
+        }
+        Command::Reports(mut args) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            Invocation::Reports { args, admin }
+        }
+        Command::Node(NodeCommand::Revoke(mut args)) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            Invocation::NodeRevoke { args, admin }
+        }
+        Command::Sync(args) => Invocation::Sync(AdminTarget::resolve(args, env)),
+        Command::DashboardToken(args) => Invocation::DashboardToken {
+            data_dir: args.data.unwrap_or_else(|| env.admin_data_dir()),
+        },
+        Command::Trigger(mut args) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            Invocation::Trigger { args, admin }
+        }
+    }
+}
+
+/// Moves the admin flags out of a command's arguments, so that only the
+/// resolved `AdminTarget` is left to read: a command cannot use the raw
+/// `--data` by mistake.
+fn take_admin(admin: &mut AdminArgs) -> AdminArgs {
+    AdminArgs {
+        server: std::mem::take(&mut admin.server),
+        data: admin.data.take(),
+        format: admin.format,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    struct Machine {
+        _dir: tempfile::TempDir,
+        env: Environment,
+        user: PathBuf,
+        packaged: PathBuf,
+    }
+
+    fn machine() -> Machine {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let packaged = dir.path().join("var-lib-cms-server");
+        Machine {
+            user: home.join(".local/state/cms-server"),
+            env: Environment {
+                home: Some(home),
+                xdg_state_home: None,
+                packaged_data_dir: packaged.clone(),
+            },
+            packaged,
+            _dir: dir,
+        }
+    }
+
+    /// The data directory a command line runs with on `machine`.
+    #[track_caller]
+    fn data_dir_of(machine: &Machine, line: &[&str]) -> PathBuf {
+        let cli = Cli::try_parse_from(std::iter::once("cms-server").chain(line.iter().copied()))
+            .unwrap_or_else(|e| panic!("{line:?} parses: {e}"));
+        match resolve(cli.command, &machine.env) {
+            Invocation::Serve { data_dir, .. } | Invocation::DashboardToken { data_dir } => {
+                data_dir
+            }
+            Invocation::TokenCreate { admin, .. }
+            | Invocation::Nodes { admin, .. }
+            | Invocation::Reports { admin, .. }
+            | Invocation::NodeRevoke { admin, .. }
+            | Invocation::Sync(admin)
+            | Invocation::Trigger { admin, .. } => admin.data_dir,
+            Invocation::Check(_) | Invocation::Completions(_) => {
+                panic!("{line:?} has no data directory")
+            }
+        }
+    }
+
+    /// Every command that talks to a running server, or writes for it.
+    const SERVER_COMMANDS: &[&[&str]] = &[
+        &["token", "create", "--tags", "env=prod,role=*"],
+        &["nodes"],
+        &["reports", "web-1"],
+        &["node", "revoke", "web-1"],
+        &["sync"],
+        &["dashboard-token"],
+        &["trigger", "--select", "role=web"],
+        &["trigger", "--status", "t1"],
+    ];
+
+    #[test]
+    fn every_server_command_finds_the_packaged_server_when_the_user_has_no_data_directory() {
+        let machine = machine();
+        std::fs::create_dir_all(machine.packaged.join("admin")).expect("mkdir");
+        for line in SERVER_COMMANDS {
+            assert_eq!(data_dir_of(&machine, line), machine.packaged, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn the_users_own_server_comes_before_the_packaged_one() {
+        let machine = machine();
+        std::fs::create_dir_all(machine.packaged.join("admin")).expect("mkdir");
+        std::fs::create_dir_all(&machine.user).expect("mkdir");
+        for line in SERVER_COMMANDS {
+            assert_eq!(data_dir_of(&machine, line), machine.user, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn without_any_server_the_users_directory_is_named_for_the_error() {
+        let machine = machine();
+        for line in SERVER_COMMANDS {
+            assert_eq!(data_dir_of(&machine, line), machine.user, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn a_given_data_directory_always_wins() {
+        let machine = machine();
+        std::fs::create_dir_all(machine.packaged.join("admin")).expect("mkdir");
+        for line in SERVER_COMMANDS.iter().chain([&["serve"][..]].iter()) {
+            let mut with_data = line.to_vec();
+            with_data.extend(["--data", "/srv/cms"]);
+            assert_eq!(
+                data_dir_of(&machine, &with_data),
+                PathBuf::from("/srv/cms"),
+                "{with_data:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn serve_defaults_to_the_users_state_directory_even_beside_a_packaged_server() {
+        let machine = machine();
+        std::fs::create_dir_all(machine.packaged.join("admin")).expect("mkdir");
+        assert_eq!(data_dir_of(&machine, &["serve"]), machine.user);
+    }
+
+    #[test]
+    fn xdg_state_home_is_used_only_when_absolute() {
+        let mut machine = machine();
+        machine.env.xdg_state_home = Some(PathBuf::from("/state"));
+        assert_eq!(
+            machine.env.user_data_dir(),
+            PathBuf::from("/state/cms-server")
+        );
+        machine.env.xdg_state_home = Some(PathBuf::from("relative"));
+        assert_eq!(machine.env.user_data_dir(), machine.user);
+        machine.env.home = None;
+        assert_eq!(machine.env.user_data_dir(), machine.packaged);
+    }
+}
