@@ -515,3 +515,466 @@ impl Runner for ServerRunner {
         crate::remote::renew_certificate(&self.state_dir, server, &self.connectors).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The daemon's timing, through its event loop, with paused tokio time
+    //! and a test double for its I/O.
+
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::schedule::{delivery_retry_wait, splay};
+
+    /// What the daemon asked of its I/O.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Call {
+        Enroll,
+        Retire,
+        Watch,
+        Converge(ConvergeRequest),
+        Deliver,
+        Renew,
+    }
+
+    /// How the test double answers, and what it was asked, when.
+    #[derive(Debug, Default)]
+    struct Script {
+        certificate: Option<Certificate>,
+        /// Enrollments refused before one is accepted.
+        enroll_refusals: u32,
+        /// The certificate an accepted enrollment gives.
+        enrolled: Option<Certificate>,
+        /// How long a run takes.
+        run_takes: Duration,
+        queued: bool,
+        /// Deliveries refused before one is accepted.
+        delivery_refusals: u32,
+        /// Renewals refused before one is accepted.
+        renewal_refusals: u32,
+        /// The certificate an accepted renewal gives.
+        renewed: Option<Certificate>,
+        /// The watch task's end of the converge-now channel.
+        watch: Option<mpsc::Sender<ConvergeRequest>>,
+        calls: Vec<(Duration, Call)>,
+    }
+
+    /// A test double of the daemon's I/O: answers from its script and
+    /// writes down every call with the (paused) time since the start.
+    #[derive(Clone)]
+    struct FakeRunner {
+        script: Arc<Mutex<Script>>,
+        start: Instant,
+    }
+
+    impl FakeRunner {
+        fn new(script: Script) -> FakeRunner {
+            FakeRunner {
+                script: Arc::new(Mutex::new(script)),
+                start: Instant::now(),
+            }
+        }
+
+        fn enrolled(certificate: Certificate) -> FakeRunner {
+            FakeRunner::new(Script {
+                certificate: Some(certificate),
+                ..Script::default()
+            })
+        }
+
+        fn log(&self, call: Call) {
+            let at = self.start.elapsed();
+            self.script.lock().expect("script").calls.push((at, call));
+        }
+
+        /// When each call matching `which` came, since the start.
+        fn times(&self, which: impl Fn(&Call) -> bool) -> Vec<Duration> {
+            let script = self.script.lock().expect("script");
+            script
+                .calls
+                .iter()
+                .filter(|(_, call)| which(call))
+                .map(|(at, _)| *at)
+                .collect()
+        }
+
+        fn calls(&self) -> Vec<Call> {
+            let script = self.script.lock().expect("script");
+            script.calls.iter().map(|(_, call)| call.clone()).collect()
+        }
+    }
+
+    impl Runner for FakeRunner {
+        async fn certificate(&mut self) -> anyhow::Result<Option<Certificate>> {
+            Ok(self.script.lock().expect("script").certificate.clone())
+        }
+
+        async fn retire_identity(&mut self) -> anyhow::Result<()> {
+            self.log(Call::Retire);
+            self.script.lock().expect("script").certificate = None;
+            Ok(())
+        }
+
+        async fn enroll(&mut self, _server: &str, _token: &str) -> anyhow::Result<String> {
+            self.log(Call::Enroll);
+            let mut script = self.script.lock().expect("script");
+            if script.enroll_refusals > 0 {
+                script.enroll_refusals -= 1;
+                bail!("Failed to enroll: the server is busy");
+            }
+            script.certificate = script.enrolled.clone();
+            Ok("node-a".into())
+        }
+
+        async fn enrolled_server(&mut self) -> Option<String> {
+            Some(SERVER.into())
+        }
+
+        fn watch(
+            &mut self,
+            _server: &str,
+            requests: mpsc::Sender<ConvergeRequest>,
+        ) -> JoinHandle<()> {
+            self.log(Call::Watch);
+            self.script.lock().expect("script").watch = Some(requests);
+            tokio::spawn(std::future::pending())
+        }
+
+        async fn converge(
+            &mut self,
+            _server: &str,
+            request: &ConvergeRequest,
+        ) -> anyhow::Result<()> {
+            self.log(Call::Converge(request.clone()));
+            let takes = self.script.lock().expect("script").run_takes;
+            tokio::time::sleep(takes).await;
+            Ok(())
+        }
+
+        async fn reports_queued(&mut self) -> bool {
+            self.script.lock().expect("script").queued
+        }
+
+        async fn deliver_reports(
+            &mut self,
+            _server: &str,
+        ) -> anyhow::Result<anyhow::Result<usize>> {
+            self.log(Call::Deliver);
+            let mut script = self.script.lock().expect("script");
+            if script.delivery_refusals > 0 {
+                script.delivery_refusals -= 1;
+                return Ok(Err(anyhow::anyhow!("the server is unavailable")));
+            }
+            script.queued = false;
+            Ok(Ok(1))
+        }
+
+        async fn renew(&mut self, _server: &str) -> anyhow::Result<i64> {
+            self.log(Call::Renew);
+            let mut script = self.script.lock().expect("script");
+            if script.renewal_refusals > 0 {
+                script.renewal_refusals -= 1;
+                bail!("Failed to renew: the server is unavailable");
+            }
+            script.certificate = script.renewed.clone();
+            Ok(0)
+        }
+    }
+
+    const SERVER: &str = "cms.test:7470";
+    /// The Unix time at which the tests' wall clock starts.
+    const START_UNIX: i64 = 1_800_000_000;
+    const DAY: i64 = 24 * 3600;
+
+    /// A certificate valid for `lifetime` seconds from the start, due for
+    /// renewal `due` seconds after the start.
+    fn certificate(pem: &str, due: i64, lifetime: i64) -> Certificate {
+        Certificate {
+            pem: pem.into(),
+            not_after: Some(START_UNIX + lifetime),
+            renewal_due: Some(START_UNIX + due),
+        }
+    }
+
+    fn config(interval: Duration, splay: Duration) -> AgentConfig {
+        AgentConfig {
+            server: Some(SERVER.into()),
+            token: Some("secret.fingerprint".into()),
+            interval,
+            splay,
+            metadata_endpoint: None,
+            textfile: crate::textfile::Textfile::Off,
+        }
+    }
+
+    /// A daemon over `runner`, and the sender that stops it.
+    fn daemon(
+        runner: &FakeRunner,
+        config: AgentConfig,
+        seed: u64,
+    ) -> (Daemon<FakeRunner>, mpsc::Sender<()>) {
+        let (stop, shutdown) = mpsc::channel(1);
+        let daemon = Daemon::new(
+            runner.clone(),
+            config,
+            WallClock::following_tokio(START_UNIX),
+            seed,
+            shutdown,
+        );
+        (daemon, stop)
+    }
+
+    /// Runs the daemon until `at` (tokio time since the start), then stops it.
+    async fn run_until(daemon: Daemon<FakeRunner>, stop: mpsc::Sender<()>, at: Duration) {
+        let (result, _) = tokio::join!(daemon.run(), async {
+            tokio::time::sleep(at).await;
+            stop.send(()).await.expect("the daemon listens");
+        });
+        result.expect("the daemon stops cleanly");
+    }
+
+    /// Timers fire on the millisecond after their deadline at the latest.
+    #[track_caller]
+    fn assert_near(actual: Duration, expected: Duration) {
+        assert!(
+            actual >= expected && actual <= expected + Duration::from_millis(2),
+            "{actual:?}, expected {expected:?}"
+        );
+    }
+
+    fn gaps(times: &[Duration]) -> Vec<Duration> {
+        times.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    fn is_run(call: &Call) -> bool {
+        matches!(call, Call::Converge(_))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runs_at_boot_then_every_interval_plus_the_nodes_own_splay() {
+        let (interval, max_splay) = (Duration::from_secs(600), Duration::from_secs(300));
+        let a = FakeRunner::enrolled(certificate("node-a", 10 * DAY, 15 * DAY));
+        let b = FakeRunner::enrolled(certificate("node-b", 10 * DAY, 15 * DAY));
+        let (daemon_a, stop_a) = daemon(&a, config(interval, max_splay), 1);
+        let (daemon_b, stop_b) = daemon(&b, config(interval, max_splay), 1);
+        let until = Duration::from_secs(3 * 900 + 1);
+        tokio::join!(
+            run_until(daemon_a, stop_a, until),
+            run_until(daemon_b, stop_b, until)
+        );
+        for (runner, pem) in [(&a, "node-a"), (&b, "node-b")] {
+            let runs = runner.times(is_run);
+            assert!(runs.len() >= 3, "{runs:?}");
+            assert_eq!(runs[0], Duration::ZERO, "the first run is at boot");
+            let node_splay = splay(pem, max_splay);
+            assert!(node_splay < max_splay);
+            for gap in gaps(&runs) {
+                assert_near(gap, interval + node_splay);
+            }
+        }
+        assert_ne!(
+            gaps(&a.times(is_run))[0],
+            gaps(&b.times(is_run))[0],
+            "two nodes spread their runs"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_enrollment_is_retried_with_a_doubling_backoff_and_full_jitter() {
+        let script = || Script {
+            enroll_refusals: 4,
+            enrolled: Some(certificate("node-a", 10 * DAY, 15 * DAY)),
+            ..Script::default()
+        };
+        let (one, two) = (FakeRunner::new(script()), FakeRunner::new(script()));
+        let interval = Duration::from_secs(3600);
+        let (daemon_one, stop_one) = daemon(&one, config(interval, Duration::ZERO), 11);
+        let (daemon_two, stop_two) = daemon(&two, config(interval, Duration::ZERO), 12);
+        let until = Duration::from_secs(200);
+        tokio::join!(
+            run_until(daemon_one, stop_one, until),
+            run_until(daemon_two, stop_two, until)
+        );
+        for (runner, seed) in [(&one, 11), (&two, 12)] {
+            let attempts = runner.times(|c| *c == Call::Enroll);
+            assert_eq!(attempts.len(), 5, "four refusals, then enrolled");
+            assert_eq!(attempts[0], Duration::ZERO);
+            let mut backoff = Duration::from_secs(5);
+            for (attempt, gap) in gaps(&attempts).into_iter().enumerate() {
+                assert!(gap >= backoff / 2 && gap <= backoff + Duration::from_millis(2));
+                assert_near(gap, enroll_retry_wait(backoff, attempt as u32, seed));
+                backoff *= 2;
+            }
+            // Enrolled, it runs at once, and watches.
+            let runs = runner.times(is_run);
+            assert_eq!(runs.len(), 1);
+            assert_near(runs[0], attempts[4]);
+            assert_eq!(runner.times(|c| *c == Call::Watch).len(), 1);
+        }
+        assert_ne!(
+            gaps(&one.times(|c| *c == Call::Enroll)),
+            gaps(&two.times(|c| *c == Call::Enroll)),
+            "two nodes refused at once come back at different times"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_reports_are_offered_again_with_backoff_until_the_server_takes_them() {
+        let seed = 5;
+        let runner = FakeRunner::new(Script {
+            certificate: Some(certificate("node-a", 10 * DAY, 15 * DAY)),
+            queued: true,
+            delivery_refusals: 5,
+            ..Script::default()
+        });
+        let interval = Duration::from_secs(3600);
+        let (daemon, stop) = daemon(&runner, config(interval, Duration::ZERO), seed);
+        run_until(daemon, stop, Duration::from_secs(600)).await;
+        let deliveries = runner.times(|c| *c == Call::Deliver);
+        assert_eq!(
+            deliveries.len(),
+            6,
+            "five refused, the sixth taken, then none"
+        );
+        let mut previous = Duration::ZERO;
+        for (attempt, at) in deliveries.into_iter().enumerate() {
+            let gap = at - previous;
+            let ceiling = Duration::from_millis((500u64 << attempt).min(15_000));
+            assert!(
+                gap >= Duration::from_secs(1)
+                    && gap <= Duration::from_secs(1) + ceiling + Duration::from_millis(2)
+            );
+            assert_near(gap, delivery_retry_wait(attempt as u32, seed));
+            previous = at;
+        }
+        assert_eq!(runner.times(is_run), [Duration::ZERO]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_certificate_is_renewed_when_due_and_again_soon_after_a_failure() {
+        let seed = 9;
+        let runner = FakeRunner::new(Script {
+            certificate: Some(certificate("node-a", 1000, 1500)),
+            renewal_refusals: 1,
+            renewed: Some(certificate("node-a renewed", 5000, 6000)),
+            ..Script::default()
+        });
+        let interval = Duration::from_secs(3600);
+        let (daemon, stop) = daemon(&runner, config(interval, Duration::ZERO), seed);
+        run_until(daemon, stop, Duration::from_secs(4000)).await;
+        let renewals = runner.times(|c| *c == Call::Renew);
+        assert_eq!(renewals.len(), 2, "{renewals:?}");
+        assert_near(renewals[0], Duration::from_secs(1000));
+        assert_near(
+            renewals[1] - renewals[0],
+            renewal_retry_wait(reseed(seed, 1)),
+        );
+        // Renewals do not move the schedule of runs.
+        let runs = runner.times(is_run);
+        assert_eq!(runs.len(), 2);
+        assert_near(runs[1], interval);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_converge_now_during_a_run_runs_right_after_it_with_its_trigger_id() {
+        let runner = FakeRunner::new(Script {
+            certificate: Some(certificate("node-a", 10 * DAY, 15 * DAY)),
+            run_takes: Duration::from_secs(30),
+            ..Script::default()
+        });
+        let interval = Duration::from_secs(600);
+        let (daemon, stop) = daemon(&runner, config(interval, Duration::ZERO), 1);
+        let asked = ConvergeRequest {
+            trigger_id: "trigger-1".into(),
+            noop: true,
+        };
+        let (result, _) = tokio::join!(daemon.run(), async {
+            // In the middle of the boot run, the server asks for another.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let watch = runner.script.lock().expect("script").watch.clone();
+            watch
+                .expect("the daemon watches")
+                .send(asked.clone())
+                .await
+                .expect("the daemon listens");
+            tokio::time::sleep(Duration::from_secs(700)).await;
+            stop.send(()).await.expect("the daemon listens");
+        });
+        result.expect("the daemon stops cleanly");
+        let runs: Vec<(Duration, Call)> = runner
+            .script
+            .lock()
+            .expect("script")
+            .calls
+            .iter()
+            .filter(|(_, call)| is_run(call))
+            .cloned()
+            .collect();
+        assert_eq!(runs.len(), 3, "{runs:?}");
+        assert_eq!(
+            runs[0],
+            (Duration::ZERO, Call::Converge(ConvergeRequest::default()))
+        );
+        assert_near(runs[1].0, Duration::from_secs(30));
+        assert_eq!(runs[1].1, Call::Converge(asked));
+        // The schedule counts from the end of the asked-for run.
+        assert_near(runs[2].0, Duration::from_secs(60) + interval);
+        assert_eq!(runs[2].1, Call::Converge(ConvergeRequest::default()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_whose_certificate_expired_enrolls_again_and_watches_anew() {
+        let runner = FakeRunner::new(Script {
+            certificate: Some(certificate("node-a", 90, 100)),
+            renewal_refusals: u32::MAX,
+            enrolled: Some(certificate("node-a again", 10 * DAY, 15 * DAY)),
+            ..Script::default()
+        });
+        let interval = Duration::from_secs(60);
+        let (daemon, stop) = daemon(&runner, config(interval, Duration::ZERO), 1);
+        run_until(daemon, stop, Duration::from_secs(150)).await;
+        let calls: Vec<Call> = runner
+            .calls()
+            .into_iter()
+            .filter(|c| *c != Call::Renew)
+            .collect();
+        let run = Call::Converge(ConvergeRequest::default());
+        assert_eq!(
+            calls,
+            [
+                Call::Watch,
+                run.clone(),
+                run.clone(),
+                Call::Retire,
+                Call::Enroll,
+                Call::Watch,
+                run
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_stops_the_daemon_while_it_waits_to_enroll() {
+        let runner = FakeRunner::new(Script {
+            enroll_refusals: u32::MAX,
+            ..Script::default()
+        });
+        let (daemon, stop) = daemon(&runner, config(Duration::from_secs(60), Duration::ZERO), 1);
+        run_until(daemon, stop, Duration::from_secs(1)).await;
+        assert_eq!(runner.calls(), [Call::Enroll]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_an_identity_or_a_token_the_daemon_says_how_to_enroll() {
+        let runner = FakeRunner::new(Script::default());
+        let mut config = config(Duration::from_secs(60), Duration::ZERO);
+        config.token = None;
+        let (daemon, _stop) = daemon(&runner, config, 1);
+        let error = daemon.run().await.expect_err("cannot start");
+        assert!(
+            format!("{error:#}").contains("hint: set server and token"),
+            "{error:#}"
+        );
+    }
+}
