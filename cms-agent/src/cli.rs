@@ -1,17 +1,16 @@
 //! The command line of `cms-agent`.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use cms_modules::{BackupStore, Host};
 use cms_roles::{Node, Repository, compile};
 
 use crate::converge::{ConvergeOptions, converge};
 use crate::lock::RunLock;
-use crate::output::{Colour, write_text};
+pub use crate::output::{Format, Terminal, print_report};
 
 /// Exit code when the run could not start (bad repository, bad flags).
 pub const EXIT_ERROR: u8 = 1;
@@ -209,19 +208,6 @@ pub struct RestoreArgs {
     pub target: TargetArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
-}
-
-/// What the environment says about output; read once in `main`.
-#[derive(Debug, Clone, Copy)]
-pub struct Terminal {
-    /// `NO_COLOR` is set (https://no-color.org).
-    pub no_color: bool,
-}
-
 pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Apply(args) => apply(&args, terminal),
@@ -278,35 +264,10 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
             cms_logging::init(args.log_format);
             let config = crate::config::AgentConfig::load(&args.config)?;
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(crate::remote::run_daemon(&args.state_dir, config, terminal))?;
+            runtime.block_on(crate::daemon::run_daemon(&args.state_dir, config, terminal))?;
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// Prints a run report for people or machines.
-pub fn print_report(
-    report: &crate::report::RunReport,
-    format: Format,
-    terminal: Terminal,
-) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match format {
-        Format::Json => {
-            serde_json::to_writer_pretty(&mut out, report)?;
-            writeln!(out)?;
-        }
-        Format::Text => {
-            let colour = if std::io::stdout().is_terminal() && !terminal.no_color {
-                Colour::Always
-            } else {
-                Colour::Never
-            };
-            write_text(&mut out, report, colour)?;
-        }
-    }
-    Ok(())
 }
 
 /// Tags and facts, as the agent sees them.
@@ -370,22 +331,7 @@ fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
         },
     );
     crate::state::save_report(&state_dir, &report)?;
-    let mut out = std::io::stdout().lock();
-    match args.format {
-        Format::Json => {
-            serde_json::to_writer_pretty(&mut out, &report)?;
-            use std::io::Write;
-            writeln!(out)?;
-        }
-        Format::Text => {
-            let colour = if std::io::stdout().is_terminal() && !terminal.no_color {
-                Colour::Always
-            } else {
-                Colour::Never
-            };
-            write_text(&mut out, &report, colour)?;
-        }
-    }
+    print_report(&report, args.format, terminal)?;
     Ok(ExitCode::from(report.exit_code()))
 }
 

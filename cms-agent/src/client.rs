@@ -337,24 +337,6 @@ impl Connector {
         })
     }
 
-    /// The connector of a node's last identity in this process, made
-    /// anew when the identity or server changes (after a renewal), so that
-    /// a daemon's runs resume the TLS sessions of the previous ones.
-    pub fn for_identity(address: &ServerAddress, identity: &Identity) -> anyhow::Result<Connector> {
-        static LAST: Mutex<Option<(String, Connector)>> = Mutex::new(None);
-        let mut last = LAST.lock().expect("connector lock");
-        if let Some((certificate, connector)) = last.as_ref()
-            && *certificate == identity.certificate_pem
-            && connector.address.url == address.url
-            && connector.address.local_address == address.local_address
-        {
-            return Ok(connector.clone());
-        }
-        let connector = Connector::new(address, identity)?;
-        *last = Some((identity.certificate_pem.clone(), connector.clone()));
-        Ok(connector)
-    }
-
     async fn tls(
         &self,
         config: &Arc<rustls::ClientConfig>,
@@ -406,6 +388,48 @@ impl Connector {
     }
 }
 
+/// The connector of a node's current identity, made anew when the identity
+/// or the server changes (after a renewal), so that every connection of a
+/// daemon (its runs' gRPC calls and its watch channels) resumes the TLS
+/// sessions of the earlier ones. Whoever makes the connections owns one (the
+/// daemon makes it at start and passes it down); clones share it.
+#[derive(Clone, Default)]
+pub struct Connectors {
+    last: Arc<Mutex<Option<(String, Connector)>>>,
+}
+
+impl std::fmt::Debug for Connectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connectors").finish_non_exhaustive()
+    }
+}
+
+impl Connectors {
+    pub fn new() -> Connectors {
+        Connectors::default()
+    }
+
+    /// The connector for `identity` at `address`: the one made last when
+    /// neither changed, else a new one, which replaces it.
+    pub fn for_identity(
+        &self,
+        address: &ServerAddress,
+        identity: &Identity,
+    ) -> anyhow::Result<Connector> {
+        let mut last = self.last.lock().expect("connector lock");
+        if let Some((certificate, connector)) = last.as_ref()
+            && *certificate == identity.certificate_pem
+            && connector.address.url == address.url
+            && connector.address.local_address == address.local_address
+        {
+            return Ok(connector.clone());
+        }
+        let connector = Connector::new(address, identity)?;
+        *last = Some((identity.certificate_pem.clone(), connector.clone()));
+        Ok(connector)
+    }
+}
+
 /// tonic's connector: a TLS stream from the `Connector`, whatever URI tonic
 /// passes (the connector knows its server).
 #[derive(Clone)]
@@ -452,16 +476,6 @@ async fn tcp_connect(address: &ServerAddress) -> std::io::Result<tokio::net::Tcp
     socket.connect(server).await
 }
 
-/// Opens the watch channel of the node with this identity.
-pub async fn open_watch(
-    address: &ServerAddress,
-    identity: &Identity,
-) -> anyhow::Result<WatchChannel> {
-    Connector::for_identity(address, identity)?
-        .open_watch()
-        .await
-}
-
 impl WatchChannel {
     /// Whether the channel's TLS session was resumed from an earlier
     /// connection's ticket (no certificate signatures on either side).
@@ -485,13 +499,4 @@ impl WatchChannel {
             .context("the server closed the watch channel in the middle of an event")?;
         cms_proto::watch::decode_event(&body).map_err(anyhow::Error::msg)
     }
-}
-
-/// An mTLS connection to the agent API, resuming this process's last TLS
-/// session with the server when it can (`Connector::for_identity`).
-pub async fn connect(
-    address: &ServerAddress,
-    identity: &Identity,
-) -> anyhow::Result<pb::agent_client::AgentClient<Channel>> {
-    Connector::for_identity(address, identity)?.connect().await
 }

@@ -7,8 +7,10 @@
 
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod converge;
+pub mod daemon;
 pub mod facts;
 pub mod identity;
 pub mod lock;
@@ -16,6 +18,8 @@ pub mod node;
 pub mod output;
 pub mod remote;
 pub mod report;
+pub mod schedule;
 pub mod state;
 pub mod tags;
 pub mod textfile;
+pub mod watch;

@@ -1,10 +1,47 @@
 //! Printing a run report for people: one line per change, unified diffs for
 //! files (coloured on a terminal), failures with their error, and a summary
-//! line. `--format json` prints the report itself instead.
+//! line. `--format json` prints the report itself instead. The command line
+//! and the daemon both print through [`print_report`].
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+
+use clap::ValueEnum;
 
 use crate::report::{RunReport, Status};
+
+/// How a command prints what it found: for people or for programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// What the environment says about output; read once in `main`.
+#[derive(Debug, Clone, Copy)]
+pub struct Terminal {
+    /// `NO_COLOR` is set (https://no-color.org).
+    pub no_color: bool,
+}
+
+/// Prints a run report for people or machines.
+pub fn print_report(report: &RunReport, format: Format, terminal: Terminal) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, report)?;
+            writeln!(out)?;
+        }
+        Format::Text => {
+            let colour = if std::io::stdout().is_terminal() && !terminal.no_color {
+                Colour::Always
+            } else {
+                Colour::Never
+            };
+            write_text(&mut out, report, colour)?;
+        }
+    }
+    Ok(())
+}
 
 /// Whether to use ANSI colours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

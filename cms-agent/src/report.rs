@@ -95,3 +95,55 @@ impl RunReport {
         }
     }
 }
+
+/// A report as the contract carries it.
+pub fn to_proto(
+    report: &RunReport,
+    revision: &str,
+    note: Option<&str>,
+) -> cms_proto::v1::RunReport {
+    use cms_proto::v1 as pb;
+    pb::RunReport {
+        run_id: report.run_id.clone(),
+        catalog_id: report.catalog_id.clone(),
+        revision: revision.to_string(),
+        started_at_unix_ms: report.started_at_unix_ms as i64,
+        duration_ms: report.duration_ms as u64,
+        noop: report.noop,
+        trigger_id: String::new(),
+        note: note.unwrap_or_default().to_string(),
+        resources: report
+            .resources
+            .iter()
+            .map(|r| pb::ResourceResult {
+                reference: r.reference.clone(),
+                status: match r.status {
+                    Status::Unchanged => pb::ResourceStatus::Unchanged,
+                    Status::Changed => pb::ResourceStatus::Changed,
+                    Status::Failed => pb::ResourceStatus::Failed,
+                    Status::Skipped => pb::ResourceStatus::Skipped,
+                } as i32,
+                diff: r
+                    .changes
+                    .iter()
+                    .map(|c| match &c.diff {
+                        Some(diff) => format!("{}: {} -> {}\n{diff}", c.attribute, c.from, c.to),
+                        None => format!("{}: {} -> {}", c.attribute, c.from, c.to),
+                    })
+                    .chain(
+                        r.refresh
+                            .iter()
+                            .map(|refresh| format!("refresh: {refresh}")),
+                    )
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                error: r
+                    .error
+                    .clone()
+                    .or_else(|| r.reason.clone())
+                    .unwrap_or_default(),
+                duration_ms: r.duration_ms as u64,
+            })
+            .collect(),
+    }
+}

@@ -208,7 +208,7 @@ impl ReportQueue {
             .pending()?
             .into_iter()
             .map(|(path, queued)| {
-                let mut proto = crate::remote::to_proto(
+                let mut proto = crate::report::to_proto(
                     &queued.report,
                     &queued.revision,
                     queued.note.as_deref(),

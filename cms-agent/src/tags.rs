@@ -59,7 +59,7 @@ pub fn discover(sources: &TagSources<'_>) -> anyhow::Result<Discovered> {
         let client = MetadataClient {
             endpoint,
             timeout: sources.metadata_timeout,
-            deadline: Instant::now() + sources.metadata_budget,
+            deadline: crate::clock::instant() + sources.metadata_budget,
             budget: sources.metadata_budget,
         };
         match client.instance_tags() {
@@ -209,7 +209,9 @@ impl MetadataClient {
         path: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<HttpResponse> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
+        let left = self
+            .deadline
+            .saturating_duration_since(crate::clock::instant());
         if left.is_zero() {
             bail!(
                 "gave up on the instance metadata service after {} ms ({method} {path})",

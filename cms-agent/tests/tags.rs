@@ -6,9 +6,9 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use cms_agent::tags::{TagSources, discover};
 
@@ -19,10 +19,11 @@ enum ImdsBehaviour {
     Tags,
     /// Instance tags not allowed in metadata: `tags/instance` is 404.
     TagsSwitchedOff,
-    /// Accepts connections and never answers.
+    /// Accepts connections and never answers (holds them until dropped).
     Silent,
-    /// Serves tags like `Tags`, each answer after this delay.
-    Slow(Duration),
+    /// Serves tags like `Tags`, each answer only when the test releases it
+    /// (see [`ImdsTestDouble::start_held`]).
+    Held,
     /// Serves 40 tags, `tag0` … `tag39`, each answer after this delay.
     SlowWithManyTags(Duration),
 }
@@ -35,16 +36,36 @@ struct ImdsTestDouble {
     stop: Arc<AtomicBool>,
     /// Connections accepted so far.
     connections: Arc<AtomicUsize>,
+    /// Connections a silent double holds open, closed when it is dropped.
+    held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+/// A request a held double has read, and the way to let its answer go.
+struct Waiting {
+    release: mpsc::Sender<()>,
 }
 
 impl ImdsTestDouble {
     fn start(behaviour: ImdsBehaviour) -> ImdsTestDouble {
+        let (waiting, _) = mpsc::channel();
+        ImdsTestDouble::start_with(behaviour, waiting)
+    }
+
+    /// A double that reads each request, says so on `waiting`, and answers
+    /// only when the test releases it.
+    fn start_held(waiting: mpsc::Sender<Message>) -> ImdsTestDouble {
+        ImdsTestDouble::start_with(ImdsBehaviour::Held, waiting)
+    }
+
+    fn start_with(behaviour: ImdsBehaviour, waiting: mpsc::Sender<Message>) -> ImdsTestDouble {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let address = listener.local_addr().expect("address").to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let connections = Arc::new(AtomicUsize::new(0));
         let counted = connections.clone();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let holding = held.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopping.load(Ordering::SeqCst) {
@@ -54,19 +75,18 @@ impl ImdsTestDouble {
                 counted.fetch_add(1, Ordering::SeqCst);
                 if behaviour == ImdsBehaviour::Silent {
                     // Hold the connection open without a word.
-                    std::thread::spawn(move || {
-                        std::thread::sleep(Duration::from_secs(5));
-                        drop(stream);
-                    });
+                    holding.lock().expect("held").push(stream);
                     continue;
                 }
-                std::thread::spawn(move || serve(stream, behaviour));
+                let waiting = waiting.clone();
+                std::thread::spawn(move || serve(stream, behaviour, &waiting));
             }
         });
         ImdsTestDouble {
             address,
             stop,
             connections,
+            held,
         }
     }
 }
@@ -74,6 +94,7 @@ impl ImdsTestDouble {
 impl Drop for ImdsTestDouble {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.held.lock().expect("held").clear();
         // Wake the accept loop so it sees the flag.
         let _ = TcpStream::connect(&self.address);
     }
@@ -81,7 +102,7 @@ impl Drop for ImdsTestDouble {
 
 const TOKEN: &str = "test-double-token";
 
-fn serve(stream: TcpStream, behaviour: ImdsBehaviour) {
+fn serve(stream: TcpStream, behaviour: ImdsBehaviour, waiting: &mpsc::Sender<Message>) {
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut request_line = String::new();
     if reader.read_line(&mut request_line).is_err() {
@@ -99,8 +120,16 @@ fn serve(stream: TcpStream, behaviour: ImdsBehaviour) {
             token = Some(value.trim().to_string());
         }
     }
-    if let ImdsBehaviour::Slow(delay) | ImdsBehaviour::SlowWithManyTags(delay) = behaviour {
+    if let ImdsBehaviour::SlowWithManyTags(delay) = behaviour {
         std::thread::sleep(delay);
+    }
+    if behaviour == ImdsBehaviour::Held {
+        // The whole request is read and the client waits for the answer.
+        let (release, released) = mpsc::channel();
+        if waiting.send(Message::Waiting(Waiting { release })).is_err() || released.recv().is_err()
+        {
+            return;
+        }
     }
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -229,12 +258,51 @@ fn a_tags_file_with_a_non_string_value_is_an_error_naming_the_tag() {
     assert!(text.contains("tags.toml"), "{text}");
 }
 
+/// What the test of a held double hears: a request waiting for its
+/// answer, or the end of the discovery.
+enum Message {
+    Waiting(Waiting),
+    Done(anyhow::Result<cms_agent::tags::Discovered>),
+}
+
 #[test]
 fn a_slow_metadata_service_that_answers_within_the_timeout_gives_the_tags() {
-    // Each answer takes half the client's 300 ms timeout.
-    let imds = ImdsTestDouble::start(ImdsBehaviour::Slow(Duration::from_millis(150)));
+    // Every answer is held until the client has sent its whole request and
+    // waits for the answer; only then does the test let it go. The client
+    // must wait for a late answer, not give up on it.
+    let (messages, heard) = mpsc::channel();
+    let imds = ImdsTestDouble::start_held(messages.clone());
     let root = root_with_tags_file("role = \"from-file\"\n");
-    let found = discover(&sources(root.path(), Some(imds.address.clone()))).expect("discovered");
+    let address = imds.address.clone();
+    let root_path = root.path().to_path_buf();
+    std::thread::spawn(move || {
+        let sources = TagSources {
+            root: &root_path,
+            metadata_endpoint: Some(address),
+            // The answers come well within the timeout however slow the
+            // machine is.
+            metadata_timeout: Duration::from_secs(60),
+            metadata_budget: Duration::from_secs(300),
+        };
+        let _ = messages.send(Message::Done(discover(&sources)));
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut released = 0;
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match heard
+            .recv_timeout(left)
+            .expect("the discovery ends within a minute")
+        {
+            Message::Waiting(request) => {
+                request.release.send(()).expect("the double waits");
+                released += 1;
+            }
+            Message::Done(result) => break result.expect("discovered"),
+        }
+    };
+    // The token, the tag list, two tags and the instance id, each held.
+    assert_eq!(released, 5);
     assert_eq!(found.source, "metadata service");
     assert_eq!(found.tags.get("role").map(String::as_str), Some("api"));
     assert_eq!(found.warning, None);

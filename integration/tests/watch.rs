@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use cms_agent::client::{ServerAddress, WatchChannel, connect, enroll, open_watch};
+use cms_agent::client::{Connector, ServerAddress, WatchChannel, enroll};
 use cms_agent::identity::{Identity, generate_key_and_csr};
 use cms_integration::{GitRepo, TestServer};
 use cms_proto::v1 as pb;
@@ -67,7 +67,10 @@ fn a_watch_channel_hears_heartbeats_and_converge_now_resumes_its_session_and_a_r
     server.runtime.block_on(async {
         let address = ServerAddress::parse(&server.address)?;
         let identity = enrolled(&server, &token, "web-1").await?;
-        let mut channel = open_watch(&address, &identity).await?;
+        // One connector for the node, as the daemon has: its connections
+        // share one store of TLS sessions.
+        let connector = Connector::new(&address, &identity)?;
+        let mut channel = connector.open_watch().await?;
         assert!(
             !channel.resumed(),
             "the first connection has no session to resume"
@@ -108,7 +111,8 @@ fn a_watch_channel_hears_heartbeats_and_converge_now_resumes_its_session_and_a_r
 
         // The retired gRPC call tells an old agent what to do.
         #[allow(deprecated)]
-        let status = connect(&address, &identity)
+        let status = connector
+            .connect()
             .await?
             .watch(pb::WatchRequest {})
             .await
@@ -118,7 +122,7 @@ fn a_watch_channel_hears_heartbeats_and_converge_now_resumes_its_session_and_a_r
 
         // A later connection of the same node resumes its TLS session and
         // is still checked and served as that node.
-        let mut again = open_watch(&address, &identity).await?;
+        let mut again = connector.open_watch().await?;
         assert!(again.resumed(), "the second connection resumed its session");
         assert!(matches!(next(&mut again).await?, Event::Heartbeat(_)));
         drop(again);
@@ -130,7 +134,7 @@ fn a_watch_channel_hears_heartbeats_and_converge_now_resumes_its_session_and_a_r
                 node_id: "web-1".into(),
             })
             .await?;
-        let mut refused = open_watch(&address, &identity).await?;
+        let mut refused = connector.open_watch().await?;
         assert!(refused.resumed());
         match next(&mut refused).await? {
             Event::Refused(refused) => {
