@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cms_proto::v1 as pb;
+use cms_roles::digest::sha256_hex;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::identity::Identity;
@@ -150,17 +150,6 @@ fn der_to_pem(der: &[u8]) -> String {
     }
     pem.push_str("-----END CERTIFICATE-----\n");
     pem
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    sha256_digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-pub fn sha256_digest(bytes: &[u8]) -> Vec<u8> {
-    Sha256::digest(bytes).to_vec()
 }
 
 /// Trusts a server chain whose CA has the pinned fingerprint, and verifies

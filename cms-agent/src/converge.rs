@@ -10,21 +10,13 @@
 //! report says what failed and what was skipped because of it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Instant;
 
 use cms_modules::package::{PackageProvider, apply_batch};
 use cms_modules::{BackupStore, Change, Context, Host, Provider, Session, provider};
 use cms_roles::{Catalog, Package, ResourceKind, is_path_type};
 
+use crate::clock;
 use crate::report::{ResourceResult, RunReport, Status};
-
-/// Milliseconds since the Unix epoch.
-pub fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
 
 /// How to run.
 #[derive(Debug, Clone, Default)]
@@ -42,11 +34,8 @@ pub fn converge(
     backups: &BackupStore,
     options: &ConvergeOptions,
 ) -> RunReport {
-    let started = Instant::now();
-    let started_at_unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
+    let started = clock::instant();
+    let started_at_unix_ms = clock::unix_ms();
     let managed_paths: BTreeSet<String> = catalog
         .resources
         .iter()
@@ -84,7 +73,7 @@ pub fn converge(
     let mut outcomes: BTreeMap<&str, Outcome> = BTreeMap::new();
     let mut results = Vec::with_capacity(catalog.resources.len());
     for resource in &catalog.resources {
-        let resource_started = Instant::now();
+        let resource_started = clock::instant();
         let reference = resource.reference.as_str();
         let incoming: &[&str] = notifiers.get(reference).map(Vec::as_slice).unwrap_or(&[]);
         let blocker = resource
@@ -120,59 +109,49 @@ pub fn converge(
                 host.root().display()
             ));
         } else {
-            match provider(&resource.kind) {
-                None => {
+            let provider = provider(&resource.kind);
+            if let ResourceKind::Package(_) = &resource.kind
+                && !batched.contains_key(reference)
+            {
+                let index = results.len();
+                batch_packages(
+                    catalog,
+                    index,
+                    &outcomes,
+                    &context,
+                    options.noop,
+                    &mut batched,
+                );
+            }
+            let notified = incoming
+                .iter()
+                .any(|n| outcomes.get(n).is_some_and(|o| o.changed));
+            match batched.remove(reference) {
+                Some(Ok(changes)) => {
+                    if !changes.is_empty() {
+                        result.status = Status::Changed;
+                        result.changes = changes;
+                    }
+                }
+                Some(Err(error)) => {
                     result.status = Status::Failed;
-                    result.error = Some(format!(
-                        "Failed to apply {reference}: this agent cannot apply {} resources yet",
-                        resource.kind.type_name()
-                    ));
+                    result.error = Some(error);
                 }
-                Some(provider) => {
-                    if let ResourceKind::Package(_) = &resource.kind
-                        && !batched.contains_key(reference)
-                    {
-                        let index = results.len();
-                        batch_packages(
-                            catalog,
-                            index,
-                            &outcomes,
-                            &context,
-                            options.noop,
-                            &mut batched,
-                        );
-                    }
-                    let notified = incoming
-                        .iter()
-                        .any(|n| outcomes.get(n).is_some_and(|o| o.changed));
-                    match batched.remove(reference) {
-                        Some(Ok(changes)) => {
-                            if !changes.is_empty() {
-                                result.status = Status::Changed;
-                                result.changes = changes;
-                            }
-                        }
-                        Some(Err(error)) => {
-                            result.status = Status::Failed;
-                            result.error = Some(error);
-                        }
-                        None => run_resource(
-                            &*provider,
-                            &context,
-                            options.noop,
-                            notified,
-                            &resource.kind,
-                            &mut result,
-                        ),
-                    }
-                    if result.status == Status::Changed
-                        && !options.noop
-                        && is_path_type(resource.kind.type_name())
-                    {
-                        // A unit file, or a link masking one, changed.
-                        session.file_changed(resource.kind.name());
-                    }
-                }
+                None => run_resource(
+                    &*provider,
+                    &context,
+                    options.noop,
+                    notified,
+                    &resource.kind,
+                    &mut result,
+                ),
+            }
+            if result.status == Status::Changed
+                && !options.noop
+                && is_path_type(resource.kind.type_name())
+            {
+                // A unit file, or a link masking one, changed.
+                session.file_changed(resource.kind.name());
             }
             blocks_dependents = result.status == Status::Failed;
         }

@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 /// The first wait after a refused enrollment; it doubles on each refusal.
 pub const ENROLL_BACKOFF_START: Duration = Duration::from_secs(5);
 /// The longest wait between two enrollment attempts.
@@ -55,7 +53,7 @@ pub fn splay(certificate_pem: &str, splay: Duration) -> Duration {
     if splay.is_zero() {
         return Duration::ZERO;
     }
-    let digest = Sha256::digest(certificate_pem.as_bytes());
+    let digest = cms_roles::digest::sha256(certificate_pem.as_bytes());
     let number = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
     Duration::from_millis(number % splay.as_millis().max(1) as u64)
 }

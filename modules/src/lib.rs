@@ -167,31 +167,30 @@ pub trait Provider {
 
 /// The provider of a catalog resource: the registry of providers, one line
 /// per kind. The match is exhaustive, so a kind added to `cms_roles` does not
-/// build until it has a provider here. Every kind has one, so this is always
-/// `Some`; the `Option` stays for the callers written when some had none.
-pub fn provider(kind: &ResourceKind) -> Option<Box<dyn Provider + '_>> {
+/// build until it has a provider here.
+pub fn provider(kind: &ResourceKind) -> Box<dyn Provider + '_> {
     match kind {
-        ResourceKind::File(f) => Some(Box::new(file::FileProvider(f))),
-        ResourceKind::Directory(d) => Some(Box::new(directory::DirectoryProvider(d))),
-        ResourceKind::Symlink(s) => Some(Box::new(symlink::SymlinkProvider(s))),
-        ResourceKind::Exec(e) => Some(Box::new(exec::ExecProvider(e))),
-        ResourceKind::Package(p) => Some(Box::new(package::PackageProvider(p))),
-        ResourceKind::Service(s) => Some(Box::new(service::ServiceProvider(s))),
-        ResourceKind::Repository(r) => Some(Box::new(repository::RepositoryProvider(r))),
-        ResourceKind::User(u) => Some(Box::new(user::UserProvider(u))),
-        ResourceKind::Group(g) => Some(Box::new(group::GroupProvider(g))),
-        ResourceKind::JavaApp(j) => Some(Box::new(java_app::JavaAppProvider(j))),
+        ResourceKind::File(f) => Box::new(file::FileProvider(f)),
+        ResourceKind::Directory(d) => Box::new(directory::DirectoryProvider(d)),
+        ResourceKind::Symlink(s) => Box::new(symlink::SymlinkProvider(s)),
+        ResourceKind::Exec(e) => Box::new(exec::ExecProvider(e)),
+        ResourceKind::Package(p) => Box::new(package::PackageProvider(p)),
+        ResourceKind::Service(s) => Box::new(service::ServiceProvider(s)),
+        ResourceKind::Repository(r) => Box::new(repository::RepositoryProvider(r)),
+        ResourceKind::User(u) => Box::new(user::UserProvider(u)),
+        ResourceKind::Group(g) => Box::new(group::GroupProvider(g)),
+        ResourceKind::JavaApp(j) => Box::new(java_app::JavaAppProvider(j)),
     }
 }
 
 /// The packages a resource has read in the run's first package query (see
 /// [`Provider::packages`]).
 pub fn packages_of(kind: &ResourceKind) -> Vec<String> {
-    provider(kind).map_or_else(Vec::new, |p| p.packages())
+    provider(kind).packages()
 }
 
 /// Whether a resource's own changes in this run already did what a
 /// notification asks (see [`Provider::refreshed_by`]).
 pub fn refreshed_by_own_change(kind: &ResourceKind, changes: &[Change]) -> bool {
-    provider(kind).is_some_and(|p| p.refreshed_by(changes))
+    provider(kind).refreshed_by(changes)
 }

@@ -125,7 +125,7 @@ impl InstallRoot {
         };
         let mut changed = 0;
         for kind in kinds {
-            let provider = provider(kind).expect("a provider");
+            let provider = provider(kind);
             let changes = provider
                 .check(&cx)
                 .unwrap_or_else(|e| panic!("check {}: {e}", kind.reference()));

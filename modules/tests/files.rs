@@ -117,7 +117,7 @@ impl TestHost {
             managed_paths: &managed_paths,
             session: &self.session,
         };
-        let provider = provider(resource).expect("a provider for file-like types");
+        let provider = provider(resource);
         let changes = provider.check(&cx)?;
         if apply && !changes.is_empty() {
             provider.apply(&changes, &cx)?;

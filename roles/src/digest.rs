@@ -8,7 +8,13 @@ use sha2::{Digest, Sha256};
 
 /// Lowercase hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
+    hex(&sha256(bytes))
+}
+
+/// The sha256 of `bytes`, for the few places that use its bits rather than
+/// its text (a node's splay).
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// Lowercase hex of any bytes.
