@@ -26,7 +26,6 @@ use std::fs::{DirBuilder, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use cms_roles::digest::Sha256Hasher;
 use serde::{Deserialize, Serialize};
@@ -376,7 +375,5 @@ fn blob_attributes() -> FileAttributes {
 }
 
 fn unix_time_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
+    crate::host::clock::unix_secs()
 }

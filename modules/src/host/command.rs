@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Host, HostError};
 
@@ -121,7 +121,7 @@ impl Host {
             let _ = stderr_pipe.read_to_end(&mut buffer);
             buffer
         });
-        let started = Instant::now();
+        let started = super::clock::instant();
         let status = loop {
             if let Some(status) = child.try_wait().map_err(spawn_error)? {
                 break status;

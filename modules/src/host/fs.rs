@@ -329,7 +329,7 @@ impl Host {
             .write(true)
             .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(&host_path)
-            .and_then(|file| file.set_modified(std::time::SystemTime::now()))
+            .and_then(|file| file.set_modified(super::clock::now()))
             .map_err(|e| HostError::io("set the modification time of", &host_path, e))
     }
 

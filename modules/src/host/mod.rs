@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod clock;
 mod command;
 pub mod fs;
 pub mod http;

@@ -4,7 +4,7 @@
 //! when the new state is not healthy.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use cms_roles::{
     Directory, Ensure, File, Group, Mode, Package, PackageEnsure, Service, ServiceEnsure, Symlink,
@@ -19,6 +19,7 @@ use super::{
 use crate::directory::DirectoryProvider;
 use crate::file::FileProvider;
 use crate::group::GroupProvider;
+use crate::host::clock;
 use crate::host::fs::{FileAttributes, FileKind, sha256_hex};
 use crate::package::PackageProvider;
 use crate::service::{ServiceProvider, systemctl};
@@ -306,7 +307,7 @@ impl JavaAppProvider<'_> {
         let timeout = health
             .and_then(|h| h.timeout)
             .map_or(DEFAULT_HEALTH_TIMEOUT, |t| Duration::from_secs(t.0));
-        let started = Instant::now();
+        let started = clock::instant();
         let mut last_problem = ProbeFailure::NoAnswerYet;
         loop {
             let (active, sub, restarts) = self.unit_state(cx)?;
@@ -591,7 +592,7 @@ impl JavaAppProvider<'_> {
         if !restarts_on(changes) {
             return Ok(());
         }
-        let restarted_at = SystemTime::now();
+        let restarted_at = clock::now();
         let problem = match self.restart_and_wait(cx)? {
             Ok(()) => {
                 if !current.is_empty() || changes.iter().any(|c| c.attribute == "release") {

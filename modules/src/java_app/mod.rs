@@ -54,10 +54,11 @@
 //! remove) and `deploy` (the plan, apply, health check and rollback); this
 //! file holds the provider itself and what the parts share.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use cms_roles::{Ensure, JavaApp};
 
+use crate::host::clock;
 use crate::{Change, Context, Provider, ProviderError};
 
 mod deploy;
@@ -188,7 +189,7 @@ impl Provider for JavaAppProvider<'_> {
         if cx.session.daemon_reload_pending() {
             self.daemon_reload(cx)?;
         }
-        let restarted_at = SystemTime::now();
+        let restarted_at = clock::now();
         match self.restart_and_wait(cx)? {
             Ok(()) => Ok(Some(format!(
                 "restarted {}; it is healthy",
