@@ -23,7 +23,7 @@ use crate::catalogs::Catalogs;
 use crate::git_sync::{GitSource, Revision, SyncOutcome, Syncer};
 use crate::pki::CertificateAuthority;
 use crate::service::{AdminService, AgentService, EnrollmentService, now_unix_ms};
-use crate::store::{CaRecord, RevisionError, RevisionRecord, Store};
+use crate::store::{CaRecord, RevisionError, RevisionRecord, SharedStore, Store};
 
 /// What `serve` needs, resolved.
 #[derive(Debug, Clone)]
@@ -102,7 +102,7 @@ pub fn admin_dir(data_dir: &Path) -> PathBuf {
 
 /// Shared by every request.
 pub struct ServerState {
-    pub store: Store,
+    pub store: SharedStore,
     pub ca: CertificateAuthority,
     /// sha256 (hex) of the CA certificate (DER): part of every enrollment
     /// token, so an agent can check the server before trusting it.
@@ -172,14 +172,14 @@ pub async fn run(
             config.data_dir.display()
         )
     })?;
-    let store = Store::open(&config.data_dir.join("db"))?;
-    interrupt_running_triggers(&store)?;
-    let ca = load_or_create_ca(&store)?;
+    let store = crate::store::open(&config.data_dir.join("db"))?;
+    interrupt_running_triggers(&*store)?;
+    let ca = load_or_create_ca(&*store)?;
     write_admin_credential(&ca, &config.data_dir)?;
     let ca_fingerprint = certificate_fingerprint(ca.certificate_pem())?;
 
     let source = RolesSource::for_repo(&config);
-    let restored = restore_revision(&store, &source);
+    let restored = restore_revision(&*store, &source);
     let (sync_requests, sync_receiver) = mpsc::channel(16);
     let fleet = Arc::new(crate::fleet::Fleet::default());
     let mut metrics = crate::metrics::Metrics::new();
@@ -641,7 +641,7 @@ fn http_tls_config(
 
 /// A trigger that was running when the server stopped is marked
 /// interrupted: no one waits for its reports any more.
-fn interrupt_running_triggers(store: &Store) -> anyhow::Result<()> {
+fn interrupt_running_triggers(store: &dyn Store) -> anyhow::Result<()> {
     for mut trigger in store.triggers()? {
         if trigger.state == "running" {
             trigger.state = "interrupted".into();
@@ -653,7 +653,7 @@ fn interrupt_running_triggers(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_or_create_ca(store: &Store) -> anyhow::Result<CertificateAuthority> {
+fn load_or_create_ca(store: &dyn Store) -> anyhow::Result<CertificateAuthority> {
     if let Some(record) = store.ca()? {
         return Ok(CertificateAuthority::from_pem(
             &record.certificate_pem,
@@ -717,7 +717,7 @@ pub(crate) fn write_private_file(dir: &Path, name: &str, bytes: &[u8]) -> anyhow
 /// The last good revision of an earlier run, from the store's pointer and
 /// the git mirror, so a restart keeps serving it even if the branch now
 /// points to a broken commit.
-fn restore_revision(store: &Store, source: &RolesSource) -> Option<Revision> {
+fn restore_revision(store: &dyn Store, source: &RolesSource) -> Option<Revision> {
     let commit = store.current_revision().ok().flatten()?;
     let RolesSource::Git(syncer) = source else {
         // A plain folder has no history to go back to.

@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cms_server::store::{Store, StoredReport};
+use cms_server::store::{SledStore, Store as _, StoredReport};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -242,7 +242,7 @@ impl Acknowledged {
 /// Opens the store and lists every way it differs from what was
 /// acknowledged: an empty list means nothing was lost.
 fn check_store(db: &Path, acknowledged: &Acknowledged) -> Vec<String> {
-    let store = match Store::open(db) {
+    let store = match SledStore::open(db) {
         Ok(store) => store,
         Err(error) => return vec![format!("the store does not open: {}", chain(&error))],
     };

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 
-use cms_server::store::{NodeRecord, NodeStatus, RunSummary, Store, StoredReport};
+use cms_server::store::{NodeRecord, NodeStatus, RunSummary, SledStore, Store as _, StoredReport};
 
 /// Threads writing at the same time.
 const WRITERS: u64 = 3;
@@ -56,7 +56,7 @@ fn run() -> anyhow::Result<()> {
         .and_then(|round| round.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("ROUND must be a number"))?;
 
-    let store = Store::open(&db_dir)?;
+    let store = SledStore::open(&db_dir)?;
     acknowledge(format_args!("opened"))?;
 
     // Several writers at once, as when several agents report together; the
@@ -76,7 +76,7 @@ fn run() -> anyhow::Result<()> {
 }
 
 /// One writer's loop: each iteration updates a node, then stores a report.
-fn write_forever(store: &Store, round: u64, writer: u64) -> anyhow::Result<()> {
+fn write_forever(store: &SledStore, round: u64, writer: u64) -> anyhow::Result<()> {
     for i in 0u64.. {
         let now_unix_ms = BASE_UNIX_MS + round * ROUND_SPAN_MS + i;
         // Each writer has its own nodes, so a node's times only grow.
