@@ -40,6 +40,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use cms_proto::report::ResourceStatus;
+
 use crate::metrics::{NodeState, role_of};
 use crate::server::ServerState;
 use crate::store::{NodeRecord, RevisionRecord, StoredReport, sha256_hex};
@@ -778,22 +780,13 @@ pub fn render_node(node: &NodeRecord, reports: &[StoredReport]) -> String {
 }
 
 fn render_run(html: &mut String, report: &StoredReport) {
-    let json = &report.report_json;
-    let text = |key: &str| json.get(key).and_then(|v| v.as_str()).unwrap_or_default();
-    let number = |key: &str| json.get(key).and_then(|v| v.as_u64()).unwrap_or_default();
-    let resources = json
-        .get("resources")
-        .and_then(|r| r.as_array())
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let status_of = |r: &serde_json::Value| {
-        r.get("status")
-            .and_then(|v| v.as_str())
-            .unwrap_or("unknown")
-            .to_string()
-    };
-    let count = |status: &str| resources.iter().filter(|r| status_of(r) == status).count();
-    let (changed, failed, skipped) = (count("changed"), count("failed"), count("skipped"));
+    let run = &report.report;
+    let resources = &run.resources;
+    let (changed, failed, skipped) = (
+        run.count(ResourceStatus::Changed),
+        run.count(ResourceStatus::Failed),
+        run.count(ResourceStatus::Skipped),
+    );
     let class = if failed > 0 {
         "failed"
     } else if changed > 0 {
@@ -801,7 +794,6 @@ fn render_run(html: &mut String, report: &StoredReport) {
     } else {
         "unchanged"
     };
-    let noop = json.get("noop").and_then(|v| v.as_bool()).unwrap_or(false);
     let _ = write!(
         html,
         "<details class=\"run {class}\"{}><summary><span class=\"badge {class}\">{class}</span> {} · {} ms · {changed} changed, {failed} failed, {skipped} skipped of {}{} · revision <code>{}</code></summary>",
@@ -810,50 +802,43 @@ fn render_run(html: &mut String, report: &StoredReport) {
         } else {
             ""
         },
-        escape(&format_time(number("started_at_unix_ms"))),
-        number("duration_ms"),
+        escape(&format_time(run.started_at_unix_ms.max(0) as u64)),
+        run.duration_ms,
         resources.len(),
-        if noop { " · noop" } else { "" },
-        escape(short(text("revision")))
+        if run.noop { " · noop" } else { "" },
+        escape(short(&run.revision))
     );
     let _ = write!(
         html,
         "<p class=\"muted\">Run {} · catalog <code>{}</code>{}</p>",
         escape(&report.run_id),
-        escape(short(text("catalog_id"))),
-        if text("note").is_empty() {
+        escape(short(&run.catalog_id)),
+        if run.note.is_empty() {
             String::new()
         } else {
-            format!(" · {}", escape(text("note")))
+            format!(" · {}", escape(&run.note))
         }
     );
     html.push_str("<table class=\"resources\"><tbody>");
     for resource in resources {
-        let status = status_of(resource);
-        if status == "unchanged" {
+        if resource.status == ResourceStatus::Unchanged {
             continue;
         }
-        let field = |key: &str| {
-            resource
-                .get(key)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-        };
         let _ = write!(
             html,
             "<tr class=\"{s}\"><td><span class=\"badge {s}\">{s}</span></td><td><code>{}</code>",
-            escape(field("reference")),
-            s = escape(&status)
+            escape(&resource.reference),
+            s = escape(resource.status.as_str())
         );
-        if !field("error").is_empty() {
+        if !resource.error.is_empty() {
             let _ = write!(
                 html,
                 "<pre class=\"error\">{}</pre>",
-                escape(field("error"))
+                escape(&resource.error)
             );
         }
-        if !field("diff").is_empty() {
-            let _ = write!(html, "<pre class=\"diff\">{}</pre>", escape(field("diff")));
+        if !resource.diff.is_empty() {
+            let _ = write!(html, "<pre class=\"diff\">{}</pre>", escape(&resource.diff));
         }
         html.push_str("</td></tr>");
     }
@@ -1009,10 +994,24 @@ mod tests {
             node_id: "n1".into(),
             run_id: "<run>".into(),
             received_unix_ms: 5,
-            report_json: serde_json::json!({
-                "resources": [{"reference": "file:/etc/<x>", "status": "changed",
-                               "diff": "+<script>alert(2)</script>", "error": ""}]
-            }),
+            report: cms_proto::report::RunRecord {
+                version: cms_proto::report::RUN_RECORD_VERSION,
+                run_id: "<run>".into(),
+                catalog_id: String::new(),
+                revision: String::new(),
+                started_at_unix_ms: 0,
+                duration_ms: 0,
+                noop: false,
+                note: String::new(),
+                trigger_id: String::new(),
+                resources: vec![cms_proto::report::ResourceRecord {
+                    reference: "file:/etc/<x>".into(),
+                    status: ResourceStatus::Changed,
+                    diff: "+<script>alert(2)</script>".into(),
+                    error: String::new(),
+                    duration_ms: 0,
+                }],
+            },
         };
         let page = render_node(&evil, &[report]);
         for raw in ["<script", "<b>", "<img", "<run>", "<x>"] {

@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cms_proto::report::{ResourceStatus, RunRecord};
 use cms_proto::v1 as pb;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -431,22 +432,11 @@ impl pb::agent_server::Agent for AgentService {
         let fleet = state.fleet.clone();
         let reporter = node_id.clone();
         blocking(move || {
-            let changed = report
-                .resources
-                .iter()
-                .filter(|r| r.status == pb::ResourceStatus::Changed as i32)
-                .count() as u32;
-            let failed = report
-                .resources
-                .iter()
-                .filter(|r| r.status == pb::ResourceStatus::Failed as i32)
-                .count() as u32;
-            let skipped = report
-                .resources
-                .iter()
-                .filter(|r| r.status == pb::ResourceStatus::Skipped as i32)
-                .count() as u32;
-            let json = report_json(&report);
+            let record = RunRecord::from(&report);
+            let changed = record.count(ResourceStatus::Changed) as u32;
+            let failed = record.count(ResourceStatus::Failed) as u32;
+            let skipped = record.count(ResourceStatus::Skipped) as u32;
+            let finished_unix_ms = record.finished_unix_ms();
             let now = now_unix_ms();
             let write = state
                 .store
@@ -454,7 +444,7 @@ impl pb::agent_server::Agent for AgentService {
                     node_id: node_id.clone(),
                     run_id: report.run_id.clone(),
                     received_unix_ms: now,
-                    report_json: json,
+                    report: record,
                 })
                 .map_err(internal)?;
             if write == crate::store::ReportWrite::Stored {
@@ -466,8 +456,7 @@ impl pb::agent_server::Agent for AgentService {
                     node.last_seen_unix_ms = now;
                     node.last_run = Some(RunSummary {
                         run_id: report.run_id.clone(),
-                        finished_unix_ms: report.started_at_unix_ms.max(0) as u64
-                            + report.duration_ms,
+                        finished_unix_ms,
                         catalog_id: report.catalog_id.clone(),
                         revision: report.revision.clone(),
                         changed,
@@ -534,34 +523,6 @@ impl pb::agent_server::Agent for AgentService {
         .await
         .map(Response::new)
     }
-}
-
-/// A report as JSON for the store: the proto fields, statuses in words.
-fn report_json(report: &pb::RunReport) -> serde_json::Value {
-    let status = |s: i32| match pb::ResourceStatus::try_from(s) {
-        Ok(pb::ResourceStatus::Unchanged) => "unchanged",
-        Ok(pb::ResourceStatus::Changed) => "changed",
-        Ok(pb::ResourceStatus::Failed) => "failed",
-        Ok(pb::ResourceStatus::Skipped) => "skipped",
-        _ => "unknown",
-    };
-    serde_json::json!({
-        "run_id": report.run_id,
-        "catalog_id": report.catalog_id,
-        "revision": report.revision,
-        "started_at_unix_ms": report.started_at_unix_ms,
-        "duration_ms": report.duration_ms,
-        "noop": report.noop,
-        "note": report.note,
-        "trigger_id": report.trigger_id,
-        "resources": report.resources.iter().map(|r| serde_json::json!({
-            "reference": r.reference,
-            "status": status(r.status),
-            "diff": r.diff,
-            "error": r.error,
-            "duration_ms": r.duration_ms,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 #[derive(Debug, Clone)]
@@ -641,7 +602,10 @@ impl pb::admin_server::Admin for AdminService {
                 .reports(&request.node_id, limit)
                 .map_err(internal)?;
             Ok(pb::GetReportsResponse {
-                reports: reports.into_iter().map(|r| stored_to_proto(&r)).collect(),
+                reports: reports
+                    .iter()
+                    .map(|r| pb::RunReport::from(&r.report))
+                    .collect(),
             })
         })
         .await
@@ -821,66 +785,5 @@ impl pb::admin_server::Admin for AdminService {
         })
         .await
         .map(Response::new)
-    }
-}
-
-fn stored_to_proto(stored: &StoredReport) -> pb::RunReport {
-    let json = &stored.report_json;
-    let text = |key: &str| {
-        json.get(key)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let number = |key: &str| json.get(key).and_then(|v| v.as_u64()).unwrap_or_default();
-    let status = |s: &str| match s {
-        "unchanged" => pb::ResourceStatus::Unchanged,
-        "changed" => pb::ResourceStatus::Changed,
-        "failed" => pb::ResourceStatus::Failed,
-        "skipped" => pb::ResourceStatus::Skipped,
-        _ => pb::ResourceStatus::Unspecified,
-    } as i32;
-    pb::RunReport {
-        run_id: stored.run_id.clone(),
-        catalog_id: text("catalog_id"),
-        revision: text("revision"),
-        started_at_unix_ms: number("started_at_unix_ms") as i64,
-        duration_ms: number("duration_ms"),
-        noop: json.get("noop").and_then(|v| v.as_bool()).unwrap_or(false),
-        note: text("note"),
-        trigger_id: text("trigger_id"),
-        resources: json
-            .get("resources")
-            .and_then(|r| r.as_array())
-            .map(|resources| {
-                resources
-                    .iter()
-                    .map(|r| pb::ResourceResult {
-                        reference: r
-                            .get("reference")
-                            .and_then(|v| v.as_str())
-                            .unwrap_or_default()
-                            .into(),
-                        status: status(
-                            r.get("status").and_then(|v| v.as_str()).unwrap_or_default(),
-                        ),
-                        diff: r
-                            .get("diff")
-                            .and_then(|v| v.as_str())
-                            .unwrap_or_default()
-                            .into(),
-                        error: r
-                            .get("error")
-                            .and_then(|v| v.as_str())
-                            .unwrap_or_default()
-                            .into(),
-                        duration_ms: r
-                            .get("duration_ms")
-                            .and_then(|v| v.as_u64())
-                            .unwrap_or_default(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
     }
 }

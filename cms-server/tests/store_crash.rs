@@ -295,11 +295,11 @@ fn check_store(db: &Path, acknowledged: &Acknowledged) -> Vec<String> {
 }
 
 fn check_report(report: &StoredReport, expected: &AcknowledgedReport) -> Result<(), String> {
-    let run_id = report.report_json["run_id"].as_str();
-    if run_id != Some(expected.run_id.as_str()) {
-        return Err(format!("its JSON has run_id {run_id:?}"));
+    let run_id = report.report.run_id.as_str();
+    if run_id != expected.run_id.as_str() {
+        return Err(format!("its record has run_id {run_id:?}"));
     }
-    let payload = report.report_json["payload"].as_str().unwrap_or_default();
+    let payload = report.report.note.as_str();
     let wanted: String = expected
         .run_id
         .chars()

@@ -86,6 +86,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cms_proto::report::RunRecord;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -321,7 +322,10 @@ pub struct StoredReport {
     pub node_id: String,
     pub run_id: String,
     pub received_unix_ms: u64,
-    pub report_json: serde_json::Value,
+    /// Stored under the name it had when it was untyped JSON, so that
+    /// reports stored then still read.
+    #[serde(rename = "report_json")]
+    pub report: RunRecord,
 }
 
 /// What `put_report` did: a re-sent report is acknowledged again but not
@@ -628,8 +632,46 @@ pub(crate) mod tests {
             node_id: node_id.to_string(),
             run_id: run_id.to_string(),
             received_unix_ms,
-            report_json: serde_json::json!({"run_id": run_id, "changed": 1}),
+            report: RunRecord {
+                version: cms_proto::report::RUN_RECORD_VERSION,
+                run_id: run_id.to_string(),
+                catalog_id: "catalog-abc".to_string(),
+                revision: "0123abcd".to_string(),
+                started_at_unix_ms: received_unix_ms as i64 - 10,
+                duration_ms: 5,
+                noop: false,
+                note: String::new(),
+                trigger_id: String::new(),
+                resources: vec![cms_proto::report::ResourceRecord {
+                    reference: "file:/etc/motd".to_string(),
+                    status: cms_proto::report::ResourceStatus::Changed,
+                    diff: "+hello".to_string(),
+                    error: String::new(),
+                    duration_ms: 1,
+                }],
+            },
         }
+    }
+
+    /// A report as stored before reports were typed (the key was
+    /// `report_json`, the value built field by field) still reads.
+    #[test]
+    fn a_report_stored_as_untyped_json_still_reads() {
+        let old = r#"{"node_id":"n1","run_id":"r1","received_unix_ms":9,"report_json":{"run_id":"r1","catalog_id":"c1","revision":"abc","started_at_unix_ms":5,"duration_ms":7,"noop":true,"note":"offline","trigger_id":"t9","resources":[{"reference":"file:/x","status":"failed","diff":"","error":"Failed to write /x","duration_ms":1}]}}"#;
+        let stored: StoredReport = serde_json::from_str(old).unwrap();
+        assert_eq!(stored.node_id, "n1");
+        assert_eq!(stored.received_unix_ms, 9);
+        assert_eq!(stored.report.version, 1);
+        assert_eq!(stored.report.trigger_id, "t9");
+        assert!(stored.report.noop);
+        assert_eq!(stored.report.note, "offline");
+        assert_eq!(
+            stored
+                .report
+                .count(cms_proto::report::ResourceStatus::Failed),
+            1
+        );
+        assert_eq!(stored.report.resources[0].error, "Failed to write /x");
     }
 
     pub(crate) fn run_ids(reports: &[StoredReport]) -> Vec<&str> {
