@@ -42,9 +42,11 @@ use axum::routing::{get, post};
 
 use cms_proto::report::ResourceStatus;
 
-use crate::metrics::{NodeState, role_of};
-use crate::server::ServerState;
-use crate::store::{NodeRecord, RevisionRecord, StoredReport, sha256_hex};
+use crate::clock::SharedClock;
+use crate::fleet::Fleet;
+use crate::node_state::{NodeState, role_of};
+use crate::revision::ServingRevision;
+use crate::store::{NodeRecord, RevisionRecord, SharedStore, Store, StoredReport, sha256_hex};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "cms_session";
@@ -62,7 +64,7 @@ const TOKENS_FILE: &str = "dashboard-tokens";
 
 /// Where the hashes of dashboard tokens are kept.
 pub fn tokens_file(data_dir: &Path) -> PathBuf {
-    crate::server::admin_dir(data_dir).join(TOKENS_FILE)
+    crate::startup::admin_dir(data_dir).join(TOKENS_FILE)
 }
 
 /// Makes a dashboard token: adds its sha256 to `tokens_file` (atomically,
@@ -101,9 +103,9 @@ pub fn create_token(data_dir: &Path) -> anyhow::Result<String> {
         text,
         "{} created {}",
         sha256_hex(secret.as_bytes()),
-        format_time(crate::service::now_unix_ms())
+        format_time(crate::clock::now_unix_ms())
     );
-    crate::server::write_private_file(dir, TOKENS_FILE, text.as_bytes())?;
+    crate::startup::write_private_file(dir, TOKENS_FILE, text.as_bytes())?;
     Ok(secret)
 }
 
@@ -155,18 +157,29 @@ fn create_session_secret() -> anyhow::Result<String> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// What the dashboard reads: narrow handles and the data directory, where
+/// the dashboard tokens are.
+#[derive(Debug, Clone)]
+pub struct DashboardApi {
+    pub store: SharedStore,
+    pub fleet: Arc<Fleet>,
+    pub revision: Arc<ServingRevision>,
+    pub clock: SharedClock,
+    pub data_dir: PathBuf,
+}
+
 #[derive(Debug)]
 struct Dashboard {
-    server: Arc<ServerState>,
+    api: DashboardApi,
     sessions: Sessions,
     /// Whether the HTTP port speaks TLS; the dashboard is off without it.
     tls: bool,
 }
 
 /// The dashboard's routes, to merge into the HTTP router.
-pub fn router(server: Arc<ServerState>, tls: bool) -> Router {
+pub fn router(api: DashboardApi, tls: bool) -> Router {
     let dashboard = Arc::new(Dashboard {
-        server,
+        api,
         sessions: Sessions::default(),
         tls,
     });
@@ -273,7 +286,7 @@ async fn login(State(dashboard): State<Arc<Dashboard>>, Form(form): Form<LoginFo
     if !dashboard.tls {
         return refusal(&dashboard, &HeaderMap::new()).expect("off without TLS");
     }
-    let data_dir = dashboard.server.config.data_dir.clone();
+    let data_dir = dashboard.api.data_dir.clone();
     let valid = tokio::task::spawn_blocking(move || token_is_valid(&data_dir, &form.token))
         .await
         .unwrap_or(false);
@@ -335,9 +348,9 @@ async fn fleet_page(
     if let Some(refused) = refusal(&dashboard, &headers) {
         return refused;
     }
-    let server = dashboard.server.clone();
+    let api = dashboard.api.clone();
     let rendered = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-        let view = FleetView::read(&server)?;
+        let view = FleetView::read(&api)?;
         Ok(render_fleet(&view, &filter))
     })
     .await;
@@ -356,15 +369,15 @@ async fn node_page(
     if let Some(refused) = refusal(&dashboard, &headers) {
         return refused;
     }
-    let server = dashboard.server.clone();
+    let api = dashboard.api.clone();
     let lookup = id.clone();
     let found = tokio::task::spawn_blocking(
         move || -> anyhow::Result<Option<(NodeRecord, Vec<StoredReport>)>> {
-            let Some(node) = server.store.node(&lookup)? else {
+            let Some(node) = api.store.node(&lookup)? else {
                 return Ok(None);
             };
-            let node = server.fleet.current(node, crate::service::now_unix_ms());
-            let reports = server.store.reports(&lookup, NODE_RUNS)?;
+            let node = api.fleet.current(node, api.clock.now_unix_ms());
+            let reports = api.store.reports(&lookup, NODE_RUNS)?;
             Ok(Some((node, reports)))
         },
     )
@@ -418,8 +431,8 @@ pub struct TriggerView {
 
 /// The triggers to show: every running one, then the most recent finished
 /// ones (so a rollout that just stopped is still on the page), newest first.
-pub fn triggers_in_progress(server: &ServerState) -> Vec<TriggerView> {
-    match server.store.triggers() {
+pub fn triggers_in_progress(store: &dyn Store) -> Vec<TriggerView> {
+    match store.triggers() {
         Ok(records) => trigger_views(records),
         Err(error) => {
             tracing::warn!("dashboard: failed to read triggers: {error}");
@@ -471,25 +484,25 @@ pub struct FleetView {
 }
 
 impl FleetView {
-    pub fn read(server: &ServerState) -> anyhow::Result<FleetView> {
-        let now = crate::service::now_unix_ms();
-        let nodes = server
+    pub fn read(api: &DashboardApi) -> anyhow::Result<FleetView> {
+        let now = api.clock.now_unix_ms();
+        let nodes = api
             .store
             .nodes()?
             .into_iter()
-            .map(|node| server.fleet.current(node, now))
+            .map(|node| api.fleet.current(node, now))
             .collect();
-        let last_synced = server
+        let last_synced = api
             .store
             .revisions()?
             .into_iter()
             .max_by_key(|r| r.synced_unix_ms);
         Ok(FleetView {
             nodes,
-            current_revision: server.current_revision().map(|r| r.commit),
+            current_revision: api.revision.current().map(|r| r.commit),
             last_synced,
-            triggers: triggers_in_progress(server),
-            now_unix_ms: crate::service::now_unix_ms(),
+            triggers: triggers_in_progress(&*api.store),
+            now_unix_ms: api.clock.now_unix_ms(),
         })
     }
 }

@@ -18,13 +18,35 @@ use axum::routing::{get, post};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-use crate::server::ServerState;
-use crate::store::sha256_hex;
+use crate::catalogs::Catalogs;
+use crate::dashboard::DashboardApi;
+use crate::fleet::Fleet;
+use crate::metrics::{Gauges, Metrics};
+use crate::revision::{ServingRevision, SyncRequests};
+use crate::store::{SharedStore, sha256_hex};
 use crate::webhook::{pushed_branch, verify_github, verify_gitlab};
+
+/// What the webhook and the metrics endpoint need.
+#[derive(Debug, Clone)]
+pub struct HttpApi {
+    pub metrics: Arc<Metrics>,
+    pub store: SharedStore,
+    pub fleet: Arc<Fleet>,
+    pub catalogs: Arc<Catalogs>,
+    pub revision: Arc<ServingRevision>,
+    pub sync: SyncRequests,
+    /// The webhook's shared secret; `None` refuses every webhook.
+    pub webhook_secret: Option<String>,
+    /// The branch served: a push to another is ignored.
+    pub branch: String,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
+}
 
 pub async fn serve(
     listener: TcpListener,
-    state: Arc<ServerState>,
+    api: HttpApi,
+    dashboard: DashboardApi,
     tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -32,8 +54,8 @@ pub async fn serve(
         .route("/hooks/git", post(git_hook))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .with_state(state.clone())
-        .merge(crate::dashboard::router(state, tls.is_some()));
+        .with_state(Arc::new(api))
+        .merge(crate::dashboard::router(dashboard, tls.is_some()));
     let Some(tls) = tls else {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -84,8 +106,8 @@ pub async fn serve(
 }
 
 /// `GET /metrics`: open, or with a bearer token when one is configured.
-async fn metrics(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
-    if let Some(expected) = &state.config.metrics_token {
+async fn metrics(State(api): State<Arc<HttpApi>>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &api.metrics_token {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -99,8 +121,18 @@ async fn metrics(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> R
                 .into_response();
         }
     }
-    let scrape = state.clone();
-    match tokio::task::spawn_blocking(move || scrape.metrics.render(&scrape)).await {
+    let scrape = api.clone();
+    // Reads every node: off the async workers.
+    let rendered = tokio::task::spawn_blocking(move || {
+        let nodes = scrape.store.nodes()?;
+        Ok::<_, crate::store::StoreError>(scrape.metrics.render(&Gauges {
+            nodes,
+            revision: scrape.revision.current().map(|r| r.commit),
+            cached_catalogs: scrape.catalogs.stats().cached,
+            watch_channels: scrape.fleet.connected_count(),
+        }))
+    });
+    match rendered.await {
         Ok(Ok(text)) => {
             ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
         }
@@ -114,11 +146,11 @@ async fn metrics(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> R
 }
 
 async fn git_hook(
-    State(state): State<Arc<ServerState>>,
+    State(api): State<Arc<HttpApi>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
-    let Some(secret) = state.config.webhook_secret.clone() else {
+    let Some(secret) = api.webhook_secret.clone() else {
         return (
             StatusCode::FORBIDDEN,
             "webhooks are off: start the server with a webhook secret\n".into(),
@@ -134,14 +166,14 @@ async fn git_hook(
         return (StatusCode::UNAUTHORIZED, format!("{error}\n"));
     }
     if let Some(branch) = pushed_branch(&body)
-        && branch != state.config.branch
+        && branch != api.branch
     {
         return (
             StatusCode::OK,
-            format!("ignored: a push to {branch}, not {}\n", state.config.branch),
+            format!("ignored: a push to {branch}, not {}\n", api.branch),
         );
     }
-    match state.sync_now().await {
+    match api.sync.sync_now().await {
         Ok(response) if response.accepted => {
             (StatusCode::OK, format!("synced {}\n", response.revision))
         }
