@@ -15,6 +15,8 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::pki::{CertificateAuthority, Credential};
+
 /// At most this many TLS handshakes on the gRPC port are in progress at
 /// once. Every connection is accepted at once (a queued socket costs a file
 /// descriptor and a few hundred bytes), and waits its turn, in order of
@@ -92,6 +94,17 @@ pub fn grpc_tls_config(
     Ok(Arc::new(config))
 }
 
+/// The gRPC port's TLS with `server`, a certificate `ca` issued to the
+/// server: its chain ends with the CA, so an enrolling agent sees the CA
+/// and can check its fingerprint against its token.
+pub fn grpc_tls_from_ca(
+    ca: &CertificateAuthority,
+    server: &Credential,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let chain = format!("{}{}", server.certificate_pem, ca.certificate_pem());
+    grpc_tls_config(&chain, &server.private_key_pem, ca.certificate_pem())
+}
+
 /// ring, with AES-128-GCM-SHA256 first (the suite every TLS 1.3 peer must
 /// offer): its key schedule runs on SHA-256, which ring computes with the
 /// CPU's SHA instructions, where the default first choice, AES-256-GCM-
@@ -113,9 +126,9 @@ fn grpc_crypto() -> rustls::crypto::CryptoProvider {
 }
 
 /// Where `accept_connections` hands connections whose handshake is done.
-pub(crate) struct Accepted {
-    pub(crate) grpc: mpsc::Sender<GrpcConnection>,
-    pub(crate) watch: mpsc::Sender<Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
+pub struct Accepted {
+    pub grpc: mpsc::Sender<GrpcConnection>,
+    pub watch: mpsc::Sender<Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
 }
 
 /// Accepts connections on the gRPC port until shutdown. Each waits (without
@@ -126,7 +139,7 @@ pub(crate) struct Accepted {
 /// handed over once its handshake is done. Waiting costs a socket and a
 /// small task, so a boot storm queues instead of being refused. A failed or
 /// timed-out handshake drops its connection, as tonic's own TLS did.
-pub(crate) async fn accept_connections(
+pub async fn accept_connections(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     accepted: Accepted,
@@ -263,7 +276,7 @@ fn offers_watch(bytes: &[u8]) -> Option<bool> {
 
 /// A gRPC connection and its place among the `MAX_GRPC_CONNECTIONS`, given
 /// back when tonic drops the connection.
-pub(crate) struct GrpcConnection {
+pub struct GrpcConnection {
     stream: Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -351,7 +364,6 @@ pub fn http_tls_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::CertificateAuthority;
 
     /// A server TLS config and a client config holding the admin
     /// credential, both from a fresh CA.

@@ -31,7 +31,7 @@ use crate::enrollment::Enrollment;
 use crate::fleet::Fleet;
 use crate::http::HttpApi;
 use crate::listener::{
-    Accepted, MAX_CONCURRENT_HANDSHAKES, MAX_CONNECTION_AGE, accept_connections, grpc_tls_config,
+    Accepted, MAX_CONCURRENT_HANDSHAKES, MAX_CONNECTION_AGE, accept_connections, grpc_tls_from_ca,
     http_tls_config,
 };
 use crate::metrics::{FleetCounters, Metrics};
@@ -202,18 +202,7 @@ pub async fn run_prepared(
         addresses.push(local.ip());
     }
     let server_credential = ca.issue_server_certificate(&names, &addresses)?;
-    // The chain ends with the CA, so an enrolling agent sees the CA and can
-    // check its fingerprint against its token.
-    let chain = format!(
-        "{}{}",
-        server_credential.certificate_pem,
-        ca.certificate_pem()
-    );
-    let tls = grpc_tls_config(
-        &chain,
-        &server_credential.private_key_pem,
-        ca.certificate_pem(),
-    )?;
+    let tls = grpc_tls_from_ca(&ca, &server_credential)?;
 
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
