@@ -263,3 +263,139 @@ fn certificate_record(issued: &IssuedCertificate, node_id: &str) -> CertificateR
         revoked: false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::MemoryStore;
+    use rustls::pki_types::pem::PemObject as _;
+
+    const HOUR_MS: u64 = 3_600_000;
+
+    /// An enrollment domain over a store in memory, at a time the test sets.
+    fn enrollment(clock: &Arc<ManualClock>) -> Enrollment {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Enrollment {
+            store: Arc::new(MemoryStore::default()),
+            ca: Arc::new(CertificateAuthority::create("test").unwrap()),
+            ca_fingerprint: "f".repeat(64),
+            fleet: Arc::new(Fleet::default()),
+            clock: clock.clone(),
+            certificate_validity: Duration::from_secs(3600),
+            gone_after: Duration::from_secs(2 * 3600),
+        }
+    }
+
+    fn csr(node_id: &str) -> String {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, node_id);
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn request(token: &str, node: &str, own: bool) -> EnrollRequest {
+        EnrollRequest {
+            node_name: node.into(),
+            token: token.into(),
+            csr_pem: csr(node),
+            tags: tags(&[("role", "web")]),
+            presented_own_certificate: own,
+        }
+    }
+
+    #[test]
+    fn a_token_enrolls_within_its_scope_and_its_uses() {
+        let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
+        let enrollment = enrollment(&clock);
+        let token = enrollment
+            .create_token(tags(&[("role", "w*")]), Duration::ZERO, 1)
+            .unwrap()
+            .token;
+        assert!(token.ends_with(&enrollment.ca_fingerprint));
+        let mut outside = request(&token, "db-1", false);
+        outside.tags = tags(&[("role", "db")]);
+        assert!(matches!(
+            enrollment.enroll(outside),
+            Err(EnrollError::OutOfScope(_))
+        ));
+        let enrolled = enrollment.enroll(request(&token, "web-1", false)).unwrap();
+        assert_eq!(enrolled.bound_tags, tags(&[("role", "web")]));
+        assert!(matches!(
+            enrollment.enroll(request(&token, "web-2", false)),
+            Err(EnrollError::TokenRefused(StoreError::TokenUsedUp))
+        ));
+        assert!(matches!(
+            enrollment.enroll(request("nope.x", "web-3", false)),
+            Err(EnrollError::TokenUnknown)
+        ));
+        assert!(matches!(
+            enrollment.create_token(BTreeMap::new(), Duration::ZERO, 0),
+            Err(EnrollError::NoScope)
+        ));
+    }
+
+    #[test]
+    fn a_live_name_is_taken_by_a_new_instance_only_once_it_is_gone() {
+        let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
+        let enrollment = enrollment(&clock);
+        let token = enrollment
+            .create_token(tags(&[("role", "*")]), Duration::from_secs(100 * 3600), 0)
+            .unwrap()
+            .token;
+        enrollment.enroll(request(&token, "web-1", false)).unwrap();
+        clock.set(1_001 * HOUR_MS);
+        assert!(matches!(
+            enrollment.enroll(request(&token, "web-1", false)),
+            Err(EnrollError::NameTaken {
+                seen_seconds_ago: 3600,
+                ..
+            })
+        ));
+        // The node itself may enroll again, and keeps its first-seen time.
+        enrollment.enroll(request(&token, "web-1", true)).unwrap();
+        let node = enrollment.store.node("web-1").unwrap().unwrap();
+        assert_eq!(node.first_seen_unix_ms, 1_000 * HOUR_MS);
+        // Unseen for the gone-after time: a new instance takes the name and
+        // starts clean.
+        clock.set(1_004 * HOUR_MS);
+        enrollment.enroll(request(&token, "web-1", false)).unwrap();
+        let node = enrollment.store.node("web-1").unwrap().unwrap();
+        assert_eq!(node.first_seen_unix_ms, 1_004 * HOUR_MS);
+    }
+
+    #[test]
+    fn renewing_needs_an_enrolled_node_and_counts_the_renewal() {
+        let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
+        let enrollment = enrollment(&clock);
+        assert!(matches!(
+            enrollment.renew("ghost", &csr("ghost")),
+            Err(EnrollError::NotEnrolled { .. })
+        ));
+        let token = enrollment
+            .create_token(tags(&[("role", "*")]), Duration::ZERO, 0)
+            .unwrap()
+            .token;
+        let first = enrollment.enroll(request(&token, "web-1", false)).unwrap();
+        let renewed = enrollment.renew("web-1", &csr("web-1")).unwrap();
+        assert_ne!(renewed.certificate_pem, first.certificate_pem);
+        assert_eq!(enrollment.fleet.counters.renewals.get(), 1);
+        let node = enrollment.store.node("web-1").unwrap().unwrap();
+        let (_, serial) = crate::pki::peer_identity(
+            &rustls::pki_types::CertificateDer::from_pem_slice(renewed.certificate_pem.as_bytes())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(node.certificate_serial, serial);
+    }
+}

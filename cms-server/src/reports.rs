@@ -69,3 +69,78 @@ impl Reports {
         Ok(self.store.reports(node_id, limit)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::{MemoryStore, NodeRecord, NodeStatus};
+    use cms_proto::report::{RUN_RECORD_VERSION, ResourceRecord};
+
+    fn run(run_id: &str, trigger_id: &str, status: ResourceStatus) -> RunRecord {
+        RunRecord {
+            version: RUN_RECORD_VERSION,
+            run_id: run_id.into(),
+            catalog_id: "c1".into(),
+            revision: "abc".into(),
+            started_at_unix_ms: 1_000,
+            duration_ms: 500,
+            noop: false,
+            note: String::new(),
+            trigger_id: trigger_id.into(),
+            resources: vec![ResourceRecord {
+                reference: "service:nginx".into(),
+                status,
+                diff: String::new(),
+                error: String::new(),
+                duration_ms: 1,
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_report_is_stored_once_summarised_on_its_node_and_handed_to_its_trigger() {
+        let store: SharedStore = Arc::new(MemoryStore::default());
+        store
+            .put_node(&NodeRecord {
+                id: "web-1".into(),
+                tags: Default::default(),
+                facts: serde_json::Value::Null,
+                certificate_serial: "s1".into(),
+                first_seen_unix_ms: 1,
+                last_seen_unix_ms: 1,
+                last_run: None,
+                status: NodeStatus::Active,
+                gone_since_unix_ms: None,
+            })
+            .unwrap();
+        let reports = Reports {
+            store: store.clone(),
+            fleet: Arc::new(Fleet::default()),
+            metrics: Arc::new(Metrics::new()),
+            clock: Arc::new(ManualClock::at(9_000)),
+        };
+        let waiting = reports.fleet.wait_for_report("t1", "web-1");
+        let report = run("r1", "t1", ResourceStatus::Failed);
+        assert_eq!(
+            reports.record("web-1", report.clone()).unwrap(),
+            ReportWrite::Stored
+        );
+        assert_eq!(
+            reports.record("web-1", report.clone()).unwrap(),
+            ReportWrite::AlreadyStored
+        );
+        let outcome = waiting.await.expect("the trigger heard of the report");
+        assert_eq!(outcome.result, "failed");
+        assert_eq!(outcome.failed_resources, ["service:nginx"]);
+        let node = store.node("web-1").unwrap().unwrap();
+        assert_eq!(node.last_seen_unix_ms, 9_000);
+        let summary = node.last_run.expect("a last run");
+        assert_eq!((summary.failed, summary.changed), (1, 0));
+        assert_eq!(summary.finished_unix_ms, 1_500);
+        let stored = reports.list("web-1", 10).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].report, report);
+        assert_eq!(stored[0].received_unix_ms, 9_000);
+    }
+}

@@ -115,3 +115,70 @@ pub fn sync_failed(error: &anyhow::Error) -> Status {
 pub fn invalid_argument(message: String) -> Status {
     Status::invalid_argument(message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn each_domain_error_has_its_grpc_code_and_keeps_its_message() {
+        let cases: Vec<(Status, Code)> = vec![
+            (AuthError::NoCertificate.into(), Code::Unauthenticated),
+            (AuthError::NotANode.into(), Code::PermissionDenied),
+            (
+                EnrollError::NameTaken {
+                    node_id: "web-1".into(),
+                    seen_seconds_ago: 3,
+                    gone_after_seconds: 7200,
+                }
+                .into(),
+                Code::AlreadyExists,
+            ),
+            (EnrollError::TokenUnknown.into(), Code::Unauthenticated),
+            (
+                EnrollError::TokenRefused(StoreError::TokenUsedUp).into(),
+                Code::Unauthenticated,
+            ),
+            (EnrollError::NoScope.into(), Code::InvalidArgument),
+            (
+                NodesError::NoCertificates {
+                    node_id: "x".into(),
+                }
+                .into(),
+                Code::NotFound,
+            ),
+            (TriggerError::NoSelection.into(), Code::InvalidArgument),
+            (
+                TriggerError::Unknown { id: "t1".into() }.into(),
+                Code::NotFound,
+            ),
+            (CatalogError::NoRevision.into(), Code::Unavailable),
+            (
+                CatalogError::Compile {
+                    node_id: "x".into(),
+                    diagnostics: "bad".into(),
+                }
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                ReportError::Store(StoreError::TokenUnknown).into(),
+                Code::Internal,
+            ),
+        ];
+        for (status, code) in cases {
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(!status.message().is_empty());
+        }
+        let status = Status::from(EnrollError::NameTaken {
+            node_id: "web-1".into(),
+            seen_seconds_ago: 3,
+            gone_after_seconds: 7200,
+        });
+        assert_eq!(
+            status.message(),
+            "Failed to enroll: node web-1 is live (last seen 3 s ago); its name becomes free when it has not been seen for 7200 s, or when an operator runs `cms-server node revoke web-1`"
+        );
+    }
+}
