@@ -26,35 +26,48 @@ use crate::revision::{ServingRevision, SyncRequests};
 use crate::store::{SharedStore, sha256_hex};
 use crate::webhook::{pushed_branch, verify_github, verify_gitlab};
 
-/// What the webhook and the metrics endpoint need.
+/// What `GET /metrics` reads: the metrics and the live gauges.
 #[derive(Debug, Clone)]
-pub struct HttpApi {
+pub struct MetricsApi {
     pub metrics: Arc<Metrics>,
     pub store: SharedStore,
     pub fleet: Arc<Fleet>,
     pub catalogs: Arc<Catalogs>,
     pub revision: Arc<ServingRevision>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+/// What `POST /hooks/git` needs.
+#[derive(Debug, Clone)]
+pub struct WebhookApi {
     pub sync: SyncRequests,
-    /// The webhook's shared secret; `None` refuses every webhook.
-    pub webhook_secret: Option<String>,
+    /// The shared secret; `None` refuses every webhook.
+    pub secret: Option<String>,
     /// The branch served: a push to another is ignored.
     pub branch: String,
-    /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
-    pub metrics_token: Option<String>,
 }
 
 pub async fn serve(
     listener: TcpListener,
-    api: HttpApi,
+    metrics: MetricsApi,
+    webhook: WebhookApi,
     dashboard: DashboardApi,
     tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let app = Router::new()
-        .route("/hooks/git", post(git_hook))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
-        .with_state(Arc::new(api))
+        .merge(
+            Router::new()
+                .route("/hooks/git", post(git_hook))
+                .with_state(Arc::new(webhook)),
+        )
+        .merge(
+            Router::new()
+                .route("/metrics", get(serve_metrics))
+                .with_state(Arc::new(metrics)),
+        )
         .merge(crate::dashboard::router(dashboard, tls.is_some()));
     let Some(tls) = tls else {
         axum::serve(listener, app)
@@ -106,8 +119,8 @@ pub async fn serve(
 }
 
 /// `GET /metrics`: open, or with a bearer token when one is configured.
-async fn metrics(State(api): State<Arc<HttpApi>>, headers: HeaderMap) -> Response {
-    if let Some(expected) = &api.metrics_token {
+async fn serve_metrics(State(api): State<Arc<MetricsApi>>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &api.token {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -146,11 +159,11 @@ async fn metrics(State(api): State<Arc<HttpApi>>, headers: HeaderMap) -> Respons
 }
 
 async fn git_hook(
-    State(api): State<Arc<HttpApi>>,
+    State(api): State<Arc<WebhookApi>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
-    let Some(secret) = api.webhook_secret.clone() else {
+    let Some(secret) = api.secret.clone() else {
         return (
             StatusCode::FORBIDDEN,
             "webhooks are off: start the server with a webhook secret\n".into(),

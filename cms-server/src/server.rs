@@ -29,7 +29,7 @@ use crate::clock::SharedClock;
 use crate::dashboard::DashboardApi;
 use crate::enrollment::Enrollment;
 use crate::fleet::Fleet;
-use crate::http::HttpApi;
+use crate::http::{MetricsApi, WebhookApi};
 use crate::listener::{
     Accepted, MAX_CONCURRENT_HANDSHAKES, MAX_CONNECTION_AGE, accept_connections, grpc_tls_from_ca,
     http_tls_config,
@@ -241,16 +241,18 @@ pub async fn run_prepared(
         };
         tasks.spawn(crate::http::serve(
             http_listener,
-            HttpApi {
+            MetricsApi {
                 metrics: metrics.clone(),
                 store: store.clone(),
                 fleet: fleet.clone(),
                 catalogs: catalogs.clone(),
                 revision: revision.clone(),
+                token: config.metrics_token.clone(),
+            },
+            WebhookApi {
                 sync: sync_requests.clone(),
-                webhook_secret: config.webhook_secret.clone(),
+                secret: config.webhook_secret.clone(),
                 branch: config.branch.clone(),
-                metrics_token: config.metrics_token.clone(),
             },
             DashboardApi {
                 store: store.clone(),
