@@ -1,15 +1,17 @@
-//! Fleet operations: which agents hold a watch channel open (so the
-//! server can tell them to converge now), when nodes were last seen, the
-//! lifecycle of cattle (gone, then removed with their certificates), and
-//! triggers that converge a selection of the fleet canary first, then batch
-//! after batch.
+//! The fleet registry and the fleet's rules: which agents hold a watch
+//! channel open (`WatchSlot`, so the server can tell them to converge
+//! now), when nodes were last seen, which triggers wait for which report,
+//! and the pure rules of the lifecycle of cattle (gone, then removed) and
+//! of triggers (canary first, then batch after batch).
 //!
 //! The rules are pure functions (`plan`, `over_limit`, `lifecycle`,
-//! `name_is_free`) tested on their own; `Fleet` holds the live state and
-//! `run_trigger` / `lifecycle_loop` do the work.
+//! `name_is_free`, `outcome_of`, `progress_of`, `select`) tested on their
+//! own; `Fleet` holds the live state, a handle the domain modules share;
+//! `triggers::run_trigger` and `nodes::lifecycle_loop` do the work.
 //!
 //! Last seen: a node's calls are noted in memory (`Fleet::note_seen`) and
-//! written to the store in one batch every `presence_flush` (a few seconds),
+//! written to the store in one batch every `presence_flush` (a few seconds,
+//! by `nodes::lifecycle_loop`),
 //! so a `GetCatalog` answered `NotModified` costs no fsync. A crash loses at
 //! most that window of last-seen times, never a node or a report. A node
 //! with an open watch channel counts as seen now.

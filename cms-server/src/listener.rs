@@ -50,7 +50,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// enrolling agent sees the CA and can check its fingerprint against its
 /// token), client certificates signed by the CA, optional because
 /// enrollment is the one call without one (every other call checks for one:
-/// service::caller), and HTTP/2 or the watch channel (`watch`), which takes
+/// `auth::identify`), and HTTP/2 or the watch channel (`watch`), which takes
 /// the connection's keys over after the handshake.
 pub fn grpc_tls_config(
     chain_pem: &str,
@@ -87,7 +87,7 @@ pub fn grpc_tls_config(
     // Stateless TLS 1.3 tickets (keys rotated every 6 hours, held in memory
     // only): an agent's later connections resume without a certificate
     // signature or verification. A resumed session still names its client
-    // certificate, which `service::identify` checks on every call as on a
+    // certificate, which `auth::identify` checks on every call as on a
     // full handshake, its validity period included.
     config.ticketer =
         rustls::crypto::ring::Ticketer::new().context("Failed to set up TLS session tickets")?;
