@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use cms_server::dashboard::{FleetFilter, FleetView, render_fleet};
-use cms_server::store::{NodeRecord, NodeStatus, RunSummary, Store};
+use cms_server::store::{NodeRecord, NodeStatus, RunSummary, SledStore, Store as _};
 
 const NODES: usize = 10_000;
 const RUNS: usize = 15;
@@ -91,7 +91,7 @@ fn print(step: &str, times: &[Duration]) {
 
 fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&dir.path().join("db")).expect("store");
+    let store = SledStore::open(&dir.path().join("db")).expect("store");
     for i in 0..NODES {
         store.put_node(&node(i)).expect("put");
     }

@@ -158,6 +158,10 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
         None => None,
     };
     config.report_retention = duration(&args.report_retention, "report-retention")?;
+    // The store, the CA and the admin credential exist before the ports
+    // are bound: a script that waits for the port and then runs
+    // `cms-server token create` finds the credential.
+    let prepared = crate::server::prepare(&config)?;
     let grpc =
         listen(args.listen).with_context(|| format!("Failed to listen on {}", args.listen))?;
     let http = tokio::net::TcpListener::bind(args.http)
@@ -165,7 +169,7 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("Failed to listen on {}", args.http))?;
     let descriptors = raise_descriptor_limit();
     tracing::info!(grpc = %args.listen, http = %args.http, data = %config.data_dir.display(), repo = %config.repo, descriptors, "serving");
-    crate::server::run(grpc, Some(http), config, shutdown_signal()).await?;
+    crate::server::run_prepared(prepared, grpc, Some(http), config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -40,9 +40,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::metrics::{NodeState, role_of};
-use crate::server::ServerState;
-use crate::store::{NodeRecord, RevisionRecord, StoredReport, sha256_hex};
+use cms_proto::report::ResourceStatus;
+
+use crate::clock::SharedClock;
+use crate::fleet::Fleet;
+use crate::node_state::{NodeState, role_of};
+use crate::revision::ServingRevision;
+use crate::store::{NodeRecord, RevisionRecord, SharedStore, Store, StoredReport, sha256_hex};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "cms_session";
@@ -60,7 +64,7 @@ const TOKENS_FILE: &str = "dashboard-tokens";
 
 /// Where the hashes of dashboard tokens are kept.
 pub fn tokens_file(data_dir: &Path) -> PathBuf {
-    crate::server::admin_dir(data_dir).join(TOKENS_FILE)
+    crate::startup::admin_dir(data_dir).join(TOKENS_FILE)
 }
 
 /// Makes a dashboard token: adds its sha256 to `tokens_file` (atomically,
@@ -99,9 +103,9 @@ pub fn create_token(data_dir: &Path) -> anyhow::Result<String> {
         text,
         "{} created {}",
         sha256_hex(secret.as_bytes()),
-        format_time(crate::service::now_unix_ms())
+        format_time(crate::clock::now_unix_ms())
     );
-    crate::server::write_private_file(dir, TOKENS_FILE, text.as_bytes())?;
+    crate::startup::write_private_file(dir, TOKENS_FILE, text.as_bytes())?;
     Ok(secret)
 }
 
@@ -153,18 +157,29 @@ fn create_session_secret() -> anyhow::Result<String> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// What the dashboard reads: narrow handles and the data directory, where
+/// the dashboard tokens are.
+#[derive(Debug, Clone)]
+pub struct DashboardApi {
+    pub store: SharedStore,
+    pub fleet: Arc<Fleet>,
+    pub revision: Arc<ServingRevision>,
+    pub clock: SharedClock,
+    pub data_dir: PathBuf,
+}
+
 #[derive(Debug)]
 struct Dashboard {
-    server: Arc<ServerState>,
+    api: DashboardApi,
     sessions: Sessions,
     /// Whether the HTTP port speaks TLS; the dashboard is off without it.
     tls: bool,
 }
 
 /// The dashboard's routes, to merge into the HTTP router.
-pub fn router(server: Arc<ServerState>, tls: bool) -> Router {
+pub fn router(api: DashboardApi, tls: bool) -> Router {
     let dashboard = Arc::new(Dashboard {
-        server,
+        api,
         sessions: Sessions::default(),
         tls,
     });
@@ -271,7 +286,7 @@ async fn login(State(dashboard): State<Arc<Dashboard>>, Form(form): Form<LoginFo
     if !dashboard.tls {
         return refusal(&dashboard, &HeaderMap::new()).expect("off without TLS");
     }
-    let data_dir = dashboard.server.config.data_dir.clone();
+    let data_dir = dashboard.api.data_dir.clone();
     let valid = tokio::task::spawn_blocking(move || token_is_valid(&data_dir, &form.token))
         .await
         .unwrap_or(false);
@@ -333,9 +348,9 @@ async fn fleet_page(
     if let Some(refused) = refusal(&dashboard, &headers) {
         return refused;
     }
-    let server = dashboard.server.clone();
+    let api = dashboard.api.clone();
     let rendered = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-        let view = FleetView::read(&server)?;
+        let view = FleetView::read(&api)?;
         Ok(render_fleet(&view, &filter))
     })
     .await;
@@ -354,15 +369,15 @@ async fn node_page(
     if let Some(refused) = refusal(&dashboard, &headers) {
         return refused;
     }
-    let server = dashboard.server.clone();
+    let api = dashboard.api.clone();
     let lookup = id.clone();
     let found = tokio::task::spawn_blocking(
         move || -> anyhow::Result<Option<(NodeRecord, Vec<StoredReport>)>> {
-            let Some(node) = server.store.node(&lookup)? else {
+            let Some(node) = api.store.node(&lookup)? else {
                 return Ok(None);
             };
-            let node = server.fleet.current(node, crate::service::now_unix_ms());
-            let reports = server.store.reports(&lookup, NODE_RUNS)?;
+            let node = api.fleet.current(node, api.clock.now_unix_ms());
+            let reports = api.store.reports(&lookup, NODE_RUNS)?;
             Ok(Some((node, reports)))
         },
     )
@@ -416,8 +431,8 @@ pub struct TriggerView {
 
 /// The triggers to show: every running one, then the most recent finished
 /// ones (so a rollout that just stopped is still on the page), newest first.
-pub fn triggers_in_progress(server: &ServerState) -> Vec<TriggerView> {
-    match server.store.triggers() {
+pub fn triggers_in_progress(store: &dyn Store) -> Vec<TriggerView> {
+    match store.triggers() {
         Ok(records) => trigger_views(records),
         Err(error) => {
             tracing::warn!("dashboard: failed to read triggers: {error}");
@@ -469,25 +484,25 @@ pub struct FleetView {
 }
 
 impl FleetView {
-    pub fn read(server: &ServerState) -> anyhow::Result<FleetView> {
-        let now = crate::service::now_unix_ms();
-        let nodes = server
+    pub fn read(api: &DashboardApi) -> anyhow::Result<FleetView> {
+        let now = api.clock.now_unix_ms();
+        let nodes = api
             .store
             .nodes()?
             .into_iter()
-            .map(|node| server.fleet.current(node, now))
+            .map(|node| api.fleet.current(node, now))
             .collect();
-        let last_synced = server
+        let last_synced = api
             .store
             .revisions()?
             .into_iter()
             .max_by_key(|r| r.synced_unix_ms);
         Ok(FleetView {
             nodes,
-            current_revision: server.current_revision().map(|r| r.commit),
+            current_revision: api.revision.current().map(|r| r.commit),
             last_synced,
-            triggers: triggers_in_progress(server),
-            now_unix_ms: crate::service::now_unix_ms(),
+            triggers: triggers_in_progress(&*api.store),
+            now_unix_ms: api.clock.now_unix_ms(),
         })
     }
 }
@@ -778,22 +793,13 @@ pub fn render_node(node: &NodeRecord, reports: &[StoredReport]) -> String {
 }
 
 fn render_run(html: &mut String, report: &StoredReport) {
-    let json = &report.report_json;
-    let text = |key: &str| json.get(key).and_then(|v| v.as_str()).unwrap_or_default();
-    let number = |key: &str| json.get(key).and_then(|v| v.as_u64()).unwrap_or_default();
-    let resources = json
-        .get("resources")
-        .and_then(|r| r.as_array())
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let status_of = |r: &serde_json::Value| {
-        r.get("status")
-            .and_then(|v| v.as_str())
-            .unwrap_or("unknown")
-            .to_string()
-    };
-    let count = |status: &str| resources.iter().filter(|r| status_of(r) == status).count();
-    let (changed, failed, skipped) = (count("changed"), count("failed"), count("skipped"));
+    let run = &report.report;
+    let resources = &run.resources;
+    let (changed, failed, skipped) = (
+        run.count(ResourceStatus::Changed),
+        run.count(ResourceStatus::Failed),
+        run.count(ResourceStatus::Skipped),
+    );
     let class = if failed > 0 {
         "failed"
     } else if changed > 0 {
@@ -801,7 +807,6 @@ fn render_run(html: &mut String, report: &StoredReport) {
     } else {
         "unchanged"
     };
-    let noop = json.get("noop").and_then(|v| v.as_bool()).unwrap_or(false);
     let _ = write!(
         html,
         "<details class=\"run {class}\"{}><summary><span class=\"badge {class}\">{class}</span> {} · {} ms · {changed} changed, {failed} failed, {skipped} skipped of {}{} · revision <code>{}</code></summary>",
@@ -810,50 +815,43 @@ fn render_run(html: &mut String, report: &StoredReport) {
         } else {
             ""
         },
-        escape(&format_time(number("started_at_unix_ms"))),
-        number("duration_ms"),
+        escape(&format_time(run.started_at_unix_ms.max(0) as u64)),
+        run.duration_ms,
         resources.len(),
-        if noop { " · noop" } else { "" },
-        escape(short(text("revision")))
+        if run.noop { " · noop" } else { "" },
+        escape(short(&run.revision))
     );
     let _ = write!(
         html,
         "<p class=\"muted\">Run {} · catalog <code>{}</code>{}</p>",
         escape(&report.run_id),
-        escape(short(text("catalog_id"))),
-        if text("note").is_empty() {
+        escape(short(&run.catalog_id)),
+        if run.note.is_empty() {
             String::new()
         } else {
-            format!(" · {}", escape(text("note")))
+            format!(" · {}", escape(&run.note))
         }
     );
     html.push_str("<table class=\"resources\"><tbody>");
     for resource in resources {
-        let status = status_of(resource);
-        if status == "unchanged" {
+        if resource.status == ResourceStatus::Unchanged {
             continue;
         }
-        let field = |key: &str| {
-            resource
-                .get(key)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-        };
         let _ = write!(
             html,
             "<tr class=\"{s}\"><td><span class=\"badge {s}\">{s}</span></td><td><code>{}</code>",
-            escape(field("reference")),
-            s = escape(&status)
+            escape(&resource.reference),
+            s = escape(resource.status.as_str())
         );
-        if !field("error").is_empty() {
+        if !resource.error.is_empty() {
             let _ = write!(
                 html,
                 "<pre class=\"error\">{}</pre>",
-                escape(field("error"))
+                escape(&resource.error)
             );
         }
-        if !field("diff").is_empty() {
-            let _ = write!(html, "<pre class=\"diff\">{}</pre>", escape(field("diff")));
+        if !resource.diff.is_empty() {
+            let _ = write!(html, "<pre class=\"diff\">{}</pre>", escape(&resource.diff));
         }
         html.push_str("</td></tr>");
     }
@@ -1009,10 +1007,24 @@ mod tests {
             node_id: "n1".into(),
             run_id: "<run>".into(),
             received_unix_ms: 5,
-            report_json: serde_json::json!({
-                "resources": [{"reference": "file:/etc/<x>", "status": "changed",
-                               "diff": "+<script>alert(2)</script>", "error": ""}]
-            }),
+            report: cms_proto::report::RunRecord {
+                version: cms_proto::report::RUN_RECORD_VERSION,
+                run_id: "<run>".into(),
+                catalog_id: String::new(),
+                revision: String::new(),
+                started_at_unix_ms: 0,
+                duration_ms: 0,
+                noop: false,
+                note: String::new(),
+                trigger_id: String::new(),
+                resources: vec![cms_proto::report::ResourceRecord {
+                    reference: "file:/etc/<x>".into(),
+                    status: ResourceStatus::Changed,
+                    diff: "+<script>alert(2)</script>".into(),
+                    error: String::new(),
+                    duration_ms: 0,
+                }],
+            },
         };
         let page = render_node(&evil, &[report]);
         for raw in ["<script", "<b>", "<img", "<run>", "<x>"] {

@@ -1,32 +1,68 @@
-//! Fleet operations: which agents hold a watch channel open (so the
-//! server can tell them to converge now), when nodes were last seen, the
-//! lifecycle of cattle (gone, then removed with their certificates), and
-//! triggers that converge a selection of the fleet canary first, then batch
-//! after batch.
+//! The fleet registry and the fleet's rules: which agents hold a watch
+//! channel open (`WatchSlot`, so the server can tell them to converge
+//! now), when nodes were last seen, which triggers wait for which report,
+//! and the pure rules of the lifecycle of cattle (gone, then removed) and
+//! of triggers (canary first, then batch after batch).
 //!
 //! The rules are pure functions (`plan`, `over_limit`, `lifecycle`,
-//! `name_is_free`) tested on their own; `Fleet` holds the live state and
-//! `run_trigger` / `lifecycle_loop` do the work.
+//! `name_is_free`, `outcome_of`, `progress_of`, `select`) tested on their
+//! own; `Fleet` holds the live state, a handle the domain modules share;
+//! `triggers::run_trigger` and `nodes::lifecycle_loop` do the work.
 //!
 //! Last seen: a node's calls are noted in memory (`Fleet::note_seen`) and
-//! written to the store in one batch every `presence_flush` (a few seconds),
+//! written to the store in one batch every `presence_flush` (a few seconds,
+//! by `nodes::lifecycle_loop`),
 //! so a `GetCatalog` answered `NotModified` costs no fsync. A crash loses at
 //! most that window of last-seen times, never a node or a report. A node
 //! with an open watch channel counts as seen now.
 
-use prometheus_client::metrics::counter::Counter;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cms_proto::report::{ResourceStatus, RunRecord};
 use cms_proto::v1 as pb;
 use tokio::sync::{oneshot, watch};
 
-use crate::server::ServerState;
-use crate::service::now_unix_ms;
+use crate::clock::now_unix_ms;
+use crate::metrics::FleetCounters;
 use crate::store::{NodeRecord, NodeStatus, TriggerOutcome, TriggerRecord};
-use crate::watch::WatchSlot;
+
+/// How many converge-now commands may wait for one agent's channel.
+pub const WATCH_QUEUE: usize = 4;
+
+/// Where converge-now commands for one held channel wait until its task
+/// writes them. A few bytes while empty (an mpsc channel would allocate a
+/// block of 32 slots for each of 10,000 agents).
+#[derive(Debug, Default)]
+pub struct WatchSlot {
+    pending: Mutex<VecDeque<pb::ConvergeNow>>,
+    pub(crate) wake: tokio::sync::Notify,
+}
+
+impl WatchSlot {
+    /// Queues a command; false when `WATCH_QUEUE` commands already wait
+    /// (the agent is not reading).
+    pub fn offer(&self, command: pb::ConvergeNow) -> bool {
+        let mut pending = self.pending.lock().expect("watch slot lock");
+        if pending.len() >= WATCH_QUEUE {
+            return false;
+        }
+        pending.push_back(command);
+        drop(pending);
+        self.wake.notify_one();
+        true
+    }
+
+    pub(crate) fn take(&self) -> Vec<pb::ConvergeNow> {
+        self.pending
+            .lock()
+            .expect("watch slot lock")
+            .drain(..)
+            .collect()
+    }
+}
 
 /// One registered watch channel: its number and where its commands wait.
 type WatchSender = (u64, Arc<WatchSlot>);
@@ -44,17 +80,7 @@ pub struct Fleet {
     waiting: Mutex<HashMap<(String, String), oneshot::Sender<TriggerOutcome>>>,
     /// Progress of the triggers running in this process.
     running: Mutex<HashMap<String, watch::Receiver<pb::TriggerProgress>>>,
-    pub counters: Counters,
-}
-
-/// What the fleet machinery did since the server started, exported on
-/// `/metrics` (`cms_fleet_events_total`, see `metrics::Metrics::new`).
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub renewals: Counter,
-    pub converge_now_sent: Counter,
-    pub nodes_marked_gone: Counter,
-    pub nodes_removed: Counter,
+    pub counters: FleetCounters,
 }
 
 /// Unregisters a watch channel when dropped.
@@ -80,6 +106,14 @@ impl Drop for WatchGuard {
 }
 
 impl Fleet {
+    /// A registry counting its events in `counters`.
+    pub fn new(counters: FleetCounters) -> Fleet {
+        Fleet {
+            counters,
+            ..Fleet::default()
+        }
+    }
+
     /// Registers an agent's watch channel; it stays registered until the
     /// guard is dropped.
     pub fn register_watch(self: &Arc<Self>, node_id: &str, slot: Arc<WatchSlot>) -> WatchGuard {
@@ -218,7 +252,7 @@ impl Fleet {
         }
     }
 
-    fn wait_for_report(
+    pub(crate) fn wait_for_report(
         &self,
         trigger_id: &str,
         node_id: &str,
@@ -231,11 +265,31 @@ impl Fleet {
         receiver
     }
 
-    fn stop_waiting(&self, trigger_id: &str, node_id: &str) {
+    pub(crate) fn stop_waiting(&self, trigger_id: &str, node_id: &str) {
         self.waiting
             .lock()
             .expect("waiting lock")
             .remove(&(trigger_id.to_string(), node_id.to_string()));
+    }
+
+    /// Makes a trigger's progress readable while it runs in this process.
+    pub(crate) fn track_trigger(
+        &self,
+        trigger_id: &str,
+        progress: watch::Receiver<pb::TriggerProgress>,
+    ) {
+        self.running
+            .lock()
+            .expect("running lock")
+            .insert(trigger_id.to_string(), progress);
+    }
+
+    /// The trigger ended: its progress is read from the store from now on.
+    pub(crate) fn forget_trigger(&self, trigger_id: &str) {
+        self.running
+            .lock()
+            .expect("running lock")
+            .remove(trigger_id);
     }
 
     /// The live progress of a trigger running in this process.
@@ -373,19 +427,14 @@ pub fn name_is_free(
 }
 
 /// How a report reads for a trigger.
-pub fn outcome_of(report: &pb::RunReport) -> TriggerOutcome {
-    let with = |status: pb::ResourceStatus| {
-        report
-            .resources
-            .iter()
-            .filter(move |r| r.status == status as i32)
-    };
-    let failed: Vec<String> = with(pb::ResourceStatus::Failed)
+pub fn outcome_of(report: &RunRecord) -> TriggerOutcome {
+    let with = |status: ResourceStatus| report.resources.iter().filter(move |r| r.status == status);
+    let failed: Vec<String> = with(ResourceStatus::Failed)
         .map(|r| r.reference.clone())
         .collect();
     let result = if !failed.is_empty() {
         "failed"
-    } else if with(pb::ResourceStatus::Changed).next().is_some() {
+    } else if with(ResourceStatus::Changed).next().is_some() {
         "changed"
     } else {
         "unchanged"
@@ -448,133 +497,6 @@ pub fn progress_of(record: &TriggerRecord) -> pb::TriggerProgress {
     progress
 }
 
-/// A new trigger id: the start time, made unique in this store.
-pub fn new_trigger_id(state: &ServerState) -> Result<String, crate::store::StoreError> {
-    let mut at = now_unix_ms();
-    loop {
-        let id = format!("t{at}");
-        if state.store.trigger(&id)?.is_none() {
-            return Ok(id);
-        }
-        at += 1;
-    }
-}
-
-/// Starts a trigger in the background; it goes on if the client goes.
-/// Returns its progress channel.
-pub fn start_trigger(
-    state: Arc<ServerState>,
-    record: TriggerRecord,
-    timeout: Duration,
-) -> watch::Receiver<pb::TriggerProgress> {
-    let (sender, receiver) = watch::channel(progress_of(&record));
-    state
-        .fleet
-        .running
-        .lock()
-        .expect("running lock")
-        .insert(record.id.clone(), receiver.clone());
-    tokio::spawn(async move {
-        let id = record.id.clone();
-        run_trigger(&state, record, timeout, &sender).await;
-        state
-            .fleet
-            .running
-            .lock()
-            .expect("running lock")
-            .remove(&id);
-    });
-    receiver
-}
-
-async fn save(state: &Arc<ServerState>, record: &TriggerRecord) {
-    let store = state.store.clone();
-    let copy = record.clone();
-    match tokio::task::spawn_blocking(move || store.put_trigger(&copy)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::warn!("Failed to store trigger {}: {error}", record.id),
-        Err(error) => tracing::warn!("Failed to store trigger {}: {error}", record.id),
-    }
-}
-
-async fn run_trigger(
-    state: &Arc<ServerState>,
-    mut record: TriggerRecord,
-    timeout: Duration,
-    progress: &watch::Sender<pb::TriggerProgress>,
-) {
-    let batches = record.batches.clone();
-    let has_canary = record.canary > 0;
-    let mut failures = 0u32;
-    for (index, batch) in batches.iter().enumerate() {
-        record.batches_started = index as u32 + 1;
-        save(state, &record).await;
-        let _ = progress.send(progress_of(&record));
-        let mut pending = tokio::task::JoinSet::new();
-        for node in batch {
-            let receiver = state.fleet.wait_for_report(&record.id, node);
-            if !state.fleet.converge_now(node, &record.id, record.noop) {
-                state.fleet.stop_waiting(&record.id, node);
-                record.outcomes.insert(
-                    node.clone(),
-                    TriggerOutcome {
-                        result: "unreachable".into(),
-                        run_id: String::new(),
-                        failed_resources: Vec::new(),
-                    },
-                );
-                failures += 1;
-                continue;
-            }
-            let node = node.clone();
-            pending.spawn(async move {
-                let outcome = tokio::time::timeout(timeout, receiver).await;
-                (node, outcome.ok().and_then(Result::ok))
-            });
-        }
-        save(state, &record).await;
-        let _ = progress.send(progress_of(&record));
-        while let Some(joined) = pending.join_next().await {
-            let Ok((node, outcome)) = joined else {
-                continue;
-            };
-            let outcome = outcome.unwrap_or_else(|| {
-                state.fleet.stop_waiting(&record.id, &node);
-                TriggerOutcome {
-                    result: "unreachable".into(),
-                    run_id: String::new(),
-                    failed_resources: Vec::new(),
-                }
-            });
-            if outcome.result == "failed" || outcome.result == "unreachable" {
-                failures += 1;
-            }
-            record.outcomes.insert(node, outcome);
-            save(state, &record).await;
-            let _ = progress.send(progress_of(&record));
-        }
-        let in_canary = has_canary && index == 0;
-        if over_limit(failures, record.max_failures, in_canary) {
-            record.state = "stopped".into();
-            record.message = if in_canary {
-                format!("the canary failed ({failures} failed or unreachable): rollout stopped")
-            } else {
-                format!(
-                    "{failures} nodes failed or were unreachable, more than --max-failures {}: rollout stopped",
-                    record.max_failures
-                )
-            };
-            break;
-        }
-    }
-    if record.state == "running" {
-        record.state = "done".into();
-    }
-    record.finished_unix_ms = Some(now_unix_ms());
-    save(state, &record).await;
-    let _ = progress.send(progress_of(&record));
-}
-
 /// The nodes a selector picks, sorted by id; gone nodes are left out.
 pub fn select(nodes: Vec<NodeRecord>, selector: &BTreeMap<String, String>) -> Vec<String> {
     let mut ids: Vec<String> = nodes
@@ -593,98 +515,26 @@ pub fn select(nodes: Vec<NodeRecord>, selector: &BTreeMap<String, String>) -> Ve
     ids
 }
 
-// ---- the lifecycle loop ----
-
-/// Writes last-seen times, marks nodes gone and removes them, until stop.
-pub async fn lifecycle_loop(
-    state: Arc<ServerState>,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let config = &state.config;
-    let tick = (config.gone_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
-    let flush_every = config.presence_flush.min(tick);
-    let mut interval = tokio::time::interval(flush_every);
-    let mut last_check = tokio::time::Instant::now();
-    loop {
-        let stopping = tokio::select! {
-            _ = stop.wait_for(|stopped| *stopped) => true,
-            _ = interval.tick() => false,
-        };
-        if stopping {
-            flush_seen(&state).await;
-            return Ok(());
-        }
-        flush_seen(&state).await;
-        if last_check.elapsed() >= tick {
-            last_check = tokio::time::Instant::now();
-            let state = state.clone();
-            match tokio::task::spawn_blocking(move || apply_lifecycle(&state)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::warn!("Failed to apply the node lifecycle: {error}"),
-                Err(error) => tracing::warn!("Failed to apply the node lifecycle: {error}"),
-            }
-        }
-    }
-}
-
-async fn flush_seen(state: &Arc<ServerState>) {
-    let seen = state.fleet.seen_to_write();
-    if seen.is_empty() {
-        return;
-    }
-    let store = state.store.clone();
-    match tokio::task::spawn_blocking(move || store.touch_nodes_with_facts(&seen).map(|_| seen))
-        .await
-    {
-        Ok(Ok(written)) => state.fleet.forget_written(&written),
-        // Kept in memory: tried again at the next flush.
-        result => tracing::warn!(
-            "Failed to record when nodes were last seen: {:?}",
-            result.map(|written| written.map(|_| ()))
-        ),
-    }
-}
-
-/// One pass of the lifecycle over every node.
-fn apply_lifecycle(state: &ServerState) -> Result<(), crate::store::StoreError> {
-    let now = now_unix_ms();
-    for node in state.store.nodes()? {
-        let last_seen = state.fleet.last_seen(&node.id, node.last_seen_unix_ms, now);
-        match lifecycle(
-            node.status,
-            node.gone_since_unix_ms,
-            last_seen,
-            now,
-            state.config.gone_after,
-            state.config.remove_after,
-        ) {
-            Lifecycle::Keep => {}
-            Lifecycle::MarkGone => {
-                state.store.update_node(&node.id, |n| {
-                    if n.status == NodeStatus::Active && n.last_seen_unix_ms <= last_seen {
-                        n.status = NodeStatus::Gone;
-                        n.gone_since_unix_ms = Some(now);
-                    }
-                })?;
-                state.fleet.counters.nodes_marked_gone.inc();
-                tracing::info!(node = %node.id, "node not seen for the gone-after time: marked gone");
-            }
-            Lifecycle::Remove => {
-                let revoked = state.store.revoke_node(&node.id)?;
-                state.store.remove_node(&node.id)?;
-                state.fleet.counters.nodes_removed.inc();
-                tracing::info!(node = %node.id, certificates = revoked.len(), "gone node removed with its certificates");
-            }
-        }
-    }
-    // Records of certificates past their end are no longer needed.
-    state.store.prune_certificates(now / 1000)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_slot_refuses_more_commands_until_its_task_takes_them() {
+        let slot = WatchSlot::default();
+        let command = |id: &str| pb::ConvergeNow {
+            trigger_id: id.into(),
+            noop: false,
+        };
+        for i in 0..WATCH_QUEUE {
+            assert!(slot.offer(command(&format!("t{i}"))));
+        }
+        assert!(!slot.offer(command("one-too-many")));
+        let taken = slot.take();
+        assert_eq!(taken.len(), WATCH_QUEUE);
+        assert_eq!(taken[0].trigger_id, "t0");
+        assert!(slot.offer(command("after")));
+    }
 
     #[test]
     fn noted_facts_stay_readable_while_written_and_newer_ones_survive_the_write() {
@@ -878,14 +728,14 @@ mod tests {
             ],
             ..Default::default()
         };
-        let outcome = outcome_of(&report);
+        let outcome = outcome_of(&RunRecord::from(&report));
         assert_eq!(outcome.result, "failed");
         assert_eq!(outcome.failed_resources, vec!["service:x".to_string()]);
         let unchanged = pb::RunReport {
             resources: vec![resource("file:/a", pb::ResourceStatus::Unchanged)],
             ..Default::default()
         };
-        assert_eq!(outcome_of(&unchanged).result, "unchanged");
+        assert_eq!(outcome_of(&RunRecord::from(&unchanged)).result, "unchanged");
     }
 
     #[test]

@@ -18,22 +18,57 @@ use axum::routing::{get, post};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-use crate::server::ServerState;
-use crate::store::sha256_hex;
+use crate::catalogs::Catalogs;
+use crate::dashboard::DashboardApi;
+use crate::fleet::Fleet;
+use crate::metrics::{Gauges, Metrics};
+use crate::revision::{ServingRevision, SyncRequests};
+use crate::store::{SharedStore, sha256_hex};
 use crate::webhook::{pushed_branch, verify_github, verify_gitlab};
+
+/// What `GET /metrics` reads: the metrics and the live gauges.
+#[derive(Debug, Clone)]
+pub struct MetricsApi {
+    pub metrics: Arc<Metrics>,
+    pub store: SharedStore,
+    pub fleet: Arc<Fleet>,
+    pub catalogs: Arc<Catalogs>,
+    pub revision: Arc<ServingRevision>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+/// What `POST /hooks/git` needs.
+#[derive(Debug, Clone)]
+pub struct WebhookApi {
+    pub sync: SyncRequests,
+    /// The shared secret; `None` refuses every webhook.
+    pub secret: Option<String>,
+    /// The branch served: a push to another is ignored.
+    pub branch: String,
+}
 
 pub async fn serve(
     listener: TcpListener,
-    state: Arc<ServerState>,
+    metrics: MetricsApi,
+    webhook: WebhookApi,
+    dashboard: DashboardApi,
     tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let app = Router::new()
-        .route("/hooks/git", post(git_hook))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
-        .with_state(state.clone())
-        .merge(crate::dashboard::router(state, tls.is_some()));
+        .merge(
+            Router::new()
+                .route("/hooks/git", post(git_hook))
+                .with_state(Arc::new(webhook)),
+        )
+        .merge(
+            Router::new()
+                .route("/metrics", get(serve_metrics))
+                .with_state(Arc::new(metrics)),
+        )
+        .merge(crate::dashboard::router(dashboard, tls.is_some()));
     let Some(tls) = tls else {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -84,8 +119,8 @@ pub async fn serve(
 }
 
 /// `GET /metrics`: open, or with a bearer token when one is configured.
-async fn metrics(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
-    if let Some(expected) = &state.config.metrics_token {
+async fn serve_metrics(State(api): State<Arc<MetricsApi>>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &api.token {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -99,8 +134,18 @@ async fn metrics(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> R
                 .into_response();
         }
     }
-    let scrape = state.clone();
-    match tokio::task::spawn_blocking(move || scrape.metrics.render(&scrape)).await {
+    let scrape = api.clone();
+    // Reads every node: off the async workers.
+    let rendered = tokio::task::spawn_blocking(move || {
+        let nodes = scrape.store.nodes()?;
+        Ok::<_, crate::store::StoreError>(scrape.metrics.render(&Gauges {
+            nodes,
+            revision: scrape.revision.current().map(|r| r.commit),
+            cached_catalogs: scrape.catalogs.stats().cached,
+            watch_channels: scrape.fleet.connected_count(),
+        }))
+    });
+    match rendered.await {
         Ok(Ok(text)) => {
             ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
         }
@@ -114,11 +159,11 @@ async fn metrics(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> R
 }
 
 async fn git_hook(
-    State(state): State<Arc<ServerState>>,
+    State(api): State<Arc<WebhookApi>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
-    let Some(secret) = state.config.webhook_secret.clone() else {
+    let Some(secret) = api.secret.clone() else {
         return (
             StatusCode::FORBIDDEN,
             "webhooks are off: start the server with a webhook secret\n".into(),
@@ -134,14 +179,14 @@ async fn git_hook(
         return (StatusCode::UNAUTHORIZED, format!("{error}\n"));
     }
     if let Some(branch) = pushed_branch(&body)
-        && branch != state.config.branch
+        && branch != api.branch
     {
         return (
             StatusCode::OK,
-            format!("ignored: a push to {branch}, not {}\n", state.config.branch),
+            format!("ignored: a push to {branch}, not {}\n", api.branch),
         );
     }
-    match state.sync_now().await {
+    match api.sync.sync_now().await {
         Ok(response) if response.accepted => {
             (StatusCode::OK, format!("synced {}\n", response.revision))
         }

@@ -1,27 +1,44 @@
 //! The cms server: roles from a git repository, catalogs for enrolled nodes,
-//! and the reports they send back.
+//! and the reports they send back; and its command line: `cli` (the flags
+//! as written), `resolve` (every default decided once), `commands`,
+//! `check`, `trigger_cli`, `admin`.
 //!
-//! Today it offers `cms-server check`, the repository checker a team runs in
-//! its own CI before merging a role change; the serving half builds on the
-//! same checker to refuse bad commits.
+//! The serving half is layered: `server` wires the APIs (`service` for
+//! gRPC, `watch`, `http`, `dashboard`) to the domain (`enrollment`,
+//! `nodes`, `reports`, `triggers`), which takes narrow handles (`store`,
+//! `pki`, `fleet`, `clock`, `catalogs`) and returns typed errors that
+//! `status` turns into gRPC statuses.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
+pub mod blocking;
 pub mod catalogs;
 pub mod check;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod dashboard;
+pub mod enrollment;
 pub mod fleet;
 pub mod git_sync;
 pub mod http;
+pub mod listener;
 pub mod metrics;
+pub mod node_state;
+pub mod nodes;
 pub mod pki;
+pub mod reports;
 pub mod resolve;
+pub mod revision;
 pub mod server;
 pub mod service;
+pub mod startup;
+pub mod status;
 pub mod store;
+pub mod sync;
 pub mod trigger_cli;
+pub mod triggers;
 pub mod watch;
 pub mod webhook;

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
+use cms_proto::report::RunRecord;
 use cms_proto::v1 as pb;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,62 +26,32 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::server::ServerState;
-use crate::store::{NodeRecord, NodeStatus};
+use crate::node_state::{NodeState, role_of};
+use crate::store::NodeRecord;
+
+/// What the fleet machinery did since the server started, exported on
+/// `/metrics` (`Metrics::register_fleet`). Clones share their counts: the
+/// fleet registry and the domain increment the same atomics.
+#[derive(Debug, Default, Clone)]
+pub struct FleetCounters {
+    pub renewals: Counter,
+    pub converge_now_sent: Counter,
+    pub nodes_marked_gone: Counter,
+    pub nodes_removed: Counter,
+}
+
+/// The gauges read at each scrape, from the store and the live server.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    pub nodes: Vec<NodeRecord>,
+    /// The revision served, if any.
+    pub revision: Option<String>,
+    pub cached_catalogs: usize,
+    pub watch_channels: usize,
+}
 
 /// The content type of `render`'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// What a node's last run says about it, in the words of listings, metrics
-/// and the dashboard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum NodeState {
-    /// Its last run failed at least one resource. Listed first.
-    Failed,
-    /// Enrolled, but no run reported yet.
-    Enrolled,
-    /// Its last run changed something.
-    Changed,
-    /// Its last run found nothing to do.
-    Unchanged,
-    /// Retired: the instance is gone.
-    Gone,
-}
-
-impl NodeState {
-    pub const ALL: [NodeState; 5] = [
-        NodeState::Failed,
-        NodeState::Enrolled,
-        NodeState::Changed,
-        NodeState::Unchanged,
-        NodeState::Gone,
-    ];
-
-    pub fn of(node: &NodeRecord) -> NodeState {
-        match (&node.status, &node.last_run) {
-            (NodeStatus::Gone, _) => NodeState::Gone,
-            (_, None) => NodeState::Enrolled,
-            (_, Some(run)) if run.failed > 0 => NodeState::Failed,
-            (_, Some(run)) if run.changed > 0 => NodeState::Changed,
-            _ => NodeState::Unchanged,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Failed => "failed",
-            NodeState::Enrolled => "enrolled",
-            NodeState::Changed => "changed",
-            NodeState::Unchanged => "unchanged",
-            NodeState::Gone => "gone",
-        }
-    }
-}
-
-/// The `role` tag of a node, or `""` when it has none.
-pub fn role_of(node: &NodeRecord) -> &str {
-    node.tags.get("role").map_or("", String::as_str)
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabels {
@@ -270,7 +241,7 @@ impl Metrics {
 
     /// Registers the fleet machinery's counters (the same atomics the
     /// fleet increments).
-    pub fn register_fleet(&mut self, counters: &crate::fleet::Counters) {
+    pub fn register_fleet(&mut self, counters: &FleetCounters) {
         for (name, help, counter) in [
             (
                 "cms_certificate_renewals",
@@ -335,17 +306,10 @@ impl Metrics {
     }
 
     /// A run report was received and stored for the first time.
-    pub fn run_reported(&self, report: &pb::RunReport) {
+    pub fn run_reported(&self, report: &RunRecord) {
         let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
         for resource in &report.resources {
-            let status = match pb::ResourceStatus::try_from(resource.status) {
-                Ok(pb::ResourceStatus::Changed) => "changed",
-                Ok(pb::ResourceStatus::Failed) => "failed",
-                Ok(pb::ResourceStatus::Skipped) => "skipped",
-                Ok(pb::ResourceStatus::Unchanged) => "unchanged",
-                _ => "unknown",
-            };
-            *counts.entry(status).or_default() += 1;
+            *counts.entry(resource.status.as_str()).or_default() += 1;
         }
         for (status, count) in &counts {
             self.resources
@@ -388,21 +352,17 @@ impl Metrics {
             })
             .inc();
         self.sync_ok.set(i64::from(result == "accepted"));
-        self.last_sync.set(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
-        );
+        self.last_sync
+            .set(crate::clock::now_unix_ms() as f64 / 1000.0);
     }
 
-    /// The metrics in the OpenMetrics text format, with the gauges that
-    /// come from the store computed now. Reads every node: call it off the
-    /// async workers.
-    pub fn render(&self, state: &ServerState) -> Result<String, crate::store::StoreError> {
-        let nodes = state.store.nodes()?;
+    /// The metrics in the OpenMetrics text format, with the gauges read for
+    /// this scrape.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let nodes = &gauges.nodes;
         let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         let mut counts: BTreeMap<(String, NodeState), i64> = BTreeMap::new();
-        for node in &nodes {
+        for node in nodes {
             *counts
                 .entry((role_of(node).to_string(), NodeState::of(node)))
                 .or_default() += 1;
@@ -427,19 +387,19 @@ impl Metrics {
             }
         }
         self.revision.clear();
-        if let Some(revision) = state.current_revision() {
+        if let Some(revision) = &gauges.revision {
             self.revision
                 .get_or_create(&RevisionLabel {
-                    revision: revision.commit,
+                    revision: revision.clone(),
                 })
                 .set(1);
         }
         self.catalog_cache_entries
-            .set(state.catalogs.stats().cached as i64);
-        self.watch_streams.set(state.fleet.connected_count() as i64);
+            .set(gauges.cached_catalogs as i64);
+        self.watch_streams.set(gauges.watch_channels as i64);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String does not fail");
-        Ok(text)
+        text
     }
 }

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use rcgen::{
@@ -604,11 +604,9 @@ fn set_validity(params: &mut CertificateParams, not_before_unix: u64, not_after_
     params.not_after = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(not_after_unix);
 }
 
+/// Now in unix seconds, from the server's one clock.
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
-        .unwrap_or(0)
+    crate::clock::now_unix_ms() / 1000
 }
 
 fn to_i64(seconds: u64) -> i64 {

@@ -19,8 +19,7 @@
 //! stream ends the channel. A vanished instance is noticed by the socket's
 //! user timeout on the next heartbeat.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cms_proto::v1 as pb;
@@ -30,11 +29,18 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use crate::fleet::{Fleet, WatchSlot};
 use crate::pki::PeerIdentity;
-use crate::server::ServerState;
+use crate::store::SharedStore;
 
-/// How many converge-now commands may wait for one agent's channel.
-pub const WATCH_QUEUE: usize = 4;
+/// What the watch channel needs.
+#[derive(Debug, Clone)]
+pub struct WatchApi {
+    pub store: SharedStore,
+    pub fleet: Arc<Fleet>,
+    /// How often the server sends a heartbeat.
+    pub heartbeat: Duration,
+}
 
 /// The largest plaintext of one TLS record (RFC 8446, section 5.1).
 const MAX_RECORD_PLAINTEXT: usize = 1 << 14;
@@ -43,38 +49,6 @@ const MAX_RECORD_PLAINTEXT: usize = 1 << 14;
 /// reconnects with fresh keys; far below the AES-GCM limit of about 2^24.5
 /// records, and at one heartbeat every 30 s, more than a decade away.
 const MAX_RECORDS_PER_KEY: u64 = 1 << 24;
-
-/// Where converge-now commands for one held channel wait until its task
-/// writes them. A few bytes while empty (an mpsc channel would allocate a
-/// block of 32 slots for each of 10,000 agents).
-#[derive(Debug, Default)]
-pub struct WatchSlot {
-    pending: Mutex<VecDeque<pb::ConvergeNow>>,
-    wake: tokio::sync::Notify,
-}
-
-impl WatchSlot {
-    /// Queues a command; false when `WATCH_QUEUE` commands already wait
-    /// (the agent is not reading).
-    pub fn offer(&self, command: pb::ConvergeNow) -> bool {
-        let mut pending = self.pending.lock().expect("watch slot lock");
-        if pending.len() >= WATCH_QUEUE {
-            return false;
-        }
-        pending.push_back(command);
-        drop(pending);
-        self.wake.notify_one();
-        true
-    }
-
-    fn take(&self) -> Vec<pb::ConvergeNow> {
-        self.pending
-            .lock()
-            .expect("watch slot lock")
-            .drain(..)
-            .collect()
-    }
-}
 
 /// Seals the server's records of a TLS 1.3 connection with the traffic
 /// secret rustls negotiated, continuing its record sequence.
@@ -166,7 +140,7 @@ impl RecordSealer {
 /// stops. The TLS connection is taken apart here, before the task starts,
 /// so that the task holds only the socket and the key.
 pub fn start(
-    state: &Arc<ServerState>,
+    api: &WatchApi,
     connection: TlsStream<TcpStream>,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) {
@@ -182,18 +156,18 @@ pub fn start(
             return;
         }
     };
-    let heartbeat = state.config.watch_heartbeat;
+    let heartbeat = api.heartbeat;
     let channel = Channel {
         tcp,
         sealer,
         write_timeout: heartbeat.max(Duration::from_secs(10)),
     };
-    let identified = identify(state, certificate.as_deref());
-    tokio::spawn(serve(state.clone(), channel, identified, stop.clone()));
+    let identified = identify(&api.store, certificate.as_deref());
+    tokio::spawn(serve(api.clone(), channel, identified, stop.clone()));
 }
 
 async fn serve(
-    state: Arc<ServerState>,
+    api: WatchApi,
     mut channel: Channel,
     identified: Result<String, String>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -215,9 +189,9 @@ async fn serve(
         nix::sys::socket::sockopt::TcpUserTimeout,
         &(channel.write_timeout.as_millis() as u32),
     );
-    let heartbeat = state.config.watch_heartbeat;
+    let heartbeat = api.heartbeat;
     let slot = Arc::new(WatchSlot::default());
-    let _guard = state.fleet.register_watch(&node_id, slot.clone());
+    let _guard = api.fleet.register_watch(&node_id, slot.clone());
     drop(node_id);
     let beat = pb::WatchEvent {
         event: Some(pb::watch_event::Event::Heartbeat(pb::Heartbeat {
@@ -286,16 +260,16 @@ impl Channel {
 }
 
 /// The node a watch channel's client certificate names, checked as every
-/// gRPC call is (`service::identify`); the message tells the agent why not.
-fn identify(state: &ServerState, certificate: Option<&[u8]>) -> Result<String, String> {
+/// gRPC call is (`auth::identify`); the message tells the agent why not.
+fn identify(store: &SharedStore, certificate: Option<&[u8]>) -> Result<String, String> {
     let certificate =
         certificate.ok_or("the watch channel needs a client certificate: enroll first")?;
-    match crate::service::identify(state, certificate) {
+    match crate::auth::identify(&**store, certificate) {
         Ok(PeerIdentity::Node(node_id)) => Ok(node_id),
         Ok(PeerIdentity::Admin) => {
             Err("the watch channel is for nodes, not the admin credential".into())
         }
-        Err(status) => Err(status.message().to_string()),
+        Err(error) => Err(error.to_string()),
     }
 }
 
@@ -437,22 +411,5 @@ mod tests {
         );
         let error = RecordSealer::take_over(server).unwrap_err();
         assert!(error.contains("TLS 1.3"), "{error}");
-    }
-
-    #[test]
-    fn a_full_slot_refuses_more_commands_until_its_task_takes_them() {
-        let slot = WatchSlot::default();
-        let command = |id: &str| pb::ConvergeNow {
-            trigger_id: id.into(),
-            noop: false,
-        };
-        for i in 0..WATCH_QUEUE {
-            assert!(slot.offer(command(&format!("t{i}"))));
-        }
-        assert!(!slot.offer(command("one-too-many")));
-        let taken = slot.take();
-        assert_eq!(taken.len(), WATCH_QUEUE);
-        assert_eq!(taken[0].trigger_id, "t0");
-        assert!(slot.offer(command("after")));
     }
 }

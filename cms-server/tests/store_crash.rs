@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cms_server::store::{Store, StoredReport};
+use cms_server::store::{SledStore, Store as _, StoredReport};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -242,7 +242,7 @@ impl Acknowledged {
 /// Opens the store and lists every way it differs from what was
 /// acknowledged: an empty list means nothing was lost.
 fn check_store(db: &Path, acknowledged: &Acknowledged) -> Vec<String> {
-    let store = match Store::open(db) {
+    let store = match SledStore::open(db) {
         Ok(store) => store,
         Err(error) => return vec![format!("the store does not open: {}", chain(&error))],
     };
@@ -295,11 +295,11 @@ fn check_store(db: &Path, acknowledged: &Acknowledged) -> Vec<String> {
 }
 
 fn check_report(report: &StoredReport, expected: &AcknowledgedReport) -> Result<(), String> {
-    let run_id = report.report_json["run_id"].as_str();
-    if run_id != Some(expected.run_id.as_str()) {
-        return Err(format!("its JSON has run_id {run_id:?}"));
+    let run_id = report.report.run_id.as_str();
+    if run_id != expected.run_id.as_str() {
+        return Err(format!("its record has run_id {run_id:?}"));
     }
-    let payload = report.report_json["payload"].as_str().unwrap_or_default();
+    let payload = report.report.note.as_str();
     let wanted: String = expected
         .run_id
         .chars()

@@ -12,6 +12,8 @@ pub mod v1 {
     tonic::include_proto!("cms.v1");
 }
 
+pub mod report;
+
 /// The watch channel's wire format (see `WatchEvent` in `cms.proto`): one
 /// place for the protocol name and the framing, used by the server that
 /// writes events and the agent that reads them.

@@ -11,9 +11,9 @@
 //! - `node NODE_ID LAST_SEEN_UNIX_MS` after `put_node`;
 //! - `ack NODE_ID RUN_ID PAYLOAD_LEN` after `put_report`.
 //!
-//! The report's JSON is `{"run_id": RUN_ID, "payload": P}`, where P is the
-//! run id repeated up to PAYLOAD_LEN characters, so the test can check the
-//! bytes it reads back. Some payloads are large (300 KB), which sled keeps
+//! The report's run id is RUN_ID and its note P, where P is the run id
+//! repeated up to PAYLOAD_LEN characters, so the test can check the bytes
+//! it reads back. Some payloads are large (300 KB), which sled keeps
 //! in separate blob files, a second path for a crash to damage.
 
 use std::collections::BTreeMap;
@@ -22,7 +22,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 
-use cms_server::store::{NodeRecord, NodeStatus, RunSummary, Store, StoredReport};
+use cms_proto::report::RunRecord;
+use cms_server::store::{NodeRecord, NodeStatus, RunSummary, SledStore, Store as _, StoredReport};
 
 /// Threads writing at the same time.
 const WRITERS: u64 = 3;
@@ -56,7 +57,7 @@ fn run() -> anyhow::Result<()> {
         .and_then(|round| round.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("ROUND must be a number"))?;
 
-    let store = Store::open(&db_dir)?;
+    let store = SledStore::open(&db_dir)?;
     acknowledge(format_args!("opened"))?;
 
     // Several writers at once, as when several agents report together; the
@@ -76,7 +77,7 @@ fn run() -> anyhow::Result<()> {
 }
 
 /// One writer's loop: each iteration updates a node, then stores a report.
-fn write_forever(store: &Store, round: u64, writer: u64) -> anyhow::Result<()> {
+fn write_forever(store: &SledStore, round: u64, writer: u64) -> anyhow::Result<()> {
     for i in 0u64.. {
         let now_unix_ms = BASE_UNIX_MS + round * ROUND_SPAN_MS + i;
         // Each writer has its own nodes, so a node's times only grow.
@@ -116,10 +117,18 @@ fn write_forever(store: &Store, round: u64, writer: u64) -> anyhow::Result<()> {
             node_id: node_id.clone(),
             run_id: run_id.clone(),
             received_unix_ms: now_unix_ms,
-            report_json: serde_json::json!({
-                "run_id": run_id,
-                "payload": payload(&run_id, payload_len),
-            }),
+            report: RunRecord {
+                version: cms_proto::report::RUN_RECORD_VERSION,
+                run_id: run_id.clone(),
+                catalog_id: String::new(),
+                revision: String::new(),
+                started_at_unix_ms: now_unix_ms as i64,
+                duration_ms: 0,
+                noop: false,
+                note: payload(&run_id, payload_len),
+                trigger_id: String::new(),
+                resources: Vec::new(),
+            },
         };
         store.put_report(&report)?;
         acknowledge(format_args!("ack {node_id} {run_id} {payload_len}"))?;

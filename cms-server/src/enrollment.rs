@@ -1,0 +1,401 @@
+//! Enrollment: a node trades a token and a CSR for a certificate bound to
+//! its name and tags; it renews that certificate before it ends; the
+//! operator makes the tokens.
+//!
+//! A name is taken while its node is live: a new instance may take it only
+//! once the old one is gone (unseen for `gone_after`) or revoked, while the
+//! node itself (presenting its current certificate) may enroll again at any
+//! time and keeps its history. Tokens are checked against the tags asked for
+//! before they are used up, and used atomically (see `Store::consume_token`).
+//!
+//! Everything here blocks (store writes, signatures): the gRPC edge runs it
+//! through `Blocking`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::SharedClock;
+use crate::fleet::Fleet;
+use crate::pki::{CertificateAuthority, IssuedCertificate, PkiError, ScopeViolation};
+use crate::store::{
+    CertificateRecord, NodeRecord, NodeStatus, SharedStore, StoreError, TokenRecord,
+};
+
+/// What enrollment needs: narrow handles and the two durations it applies.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    pub store: SharedStore,
+    pub ca: Arc<CertificateAuthority>,
+    /// sha256 (hex) of the CA certificate (DER): part of every token, so an
+    /// agent can check the server before trusting it.
+    pub ca_fingerprint: String,
+    pub fleet: Arc<Fleet>,
+    pub clock: SharedClock,
+    /// How long a node certificate is valid.
+    pub certificate_validity: Duration,
+    /// A node unseen this long is gone, and its name free.
+    pub gone_after: Duration,
+}
+
+/// An enrollment as asked.
+#[derive(Debug, Clone)]
+pub struct EnrollRequest {
+    pub node_name: String,
+    /// The token as the operator handed it out: the secret, a dot, the CA's
+    /// fingerprint.
+    pub token: String,
+    pub csr_pem: String,
+    pub tags: BTreeMap<String, String>,
+    /// The caller presented a valid certificate of this very node.
+    pub presented_own_certificate: bool,
+}
+
+/// A certificate issued to a node.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    pub node_id: String,
+    pub certificate_pem: String,
+    pub ca_certificate_pem: String,
+    pub bound_tags: BTreeMap<String, String>,
+    pub not_after_unix: i64,
+}
+
+/// A token made for the operator.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// The secret and the CA's fingerprint, as the agent takes it.
+    pub token: String,
+    pub expires_unix: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("{0}")]
+    InvalidNodeName(#[source] PkiError),
+    #[error("Failed to enroll: the token is unknown")]
+    TokenUnknown,
+    #[error("Failed to enroll: {0}")]
+    OutOfScope(#[source] ScopeViolation),
+    #[error(
+        "Failed to enroll: node {node_id} is live (last seen {seen_seconds_ago} s ago); its name becomes free when it has not been seen for {gone_after_seconds} s, or when an operator runs `cms-server node revoke {node_id}`"
+    )]
+    NameTaken {
+        node_id: String,
+        seen_seconds_ago: u64,
+        gone_after_seconds: u64,
+    },
+    /// The token expired or was used up meanwhile.
+    #[error("{0}")]
+    TokenRefused(#[source] StoreError),
+    #[error("{0}")]
+    InvalidCsr(#[source] PkiError),
+    #[error("node {node_id} is not enrolled")]
+    NotEnrolled { node_id: String },
+    #[error("a token needs a scope, e.g. env=staging,role=*")]
+    NoScope,
+    #[error("{0}")]
+    Random(#[source] PkiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Enrollment {
+    /// Enrolls a node: checks the token's scope, that the name is free (or
+    /// the caller's own), uses the token, and records the certificate and
+    /// the node together.
+    pub fn enroll(&self, request: EnrollRequest) -> Result<Enrolled, EnrollError> {
+        let node_id = request.node_name;
+        crate::pki::check_node_id(&node_id).map_err(EnrollError::InvalidNodeName)?;
+        let secret = request.token.split('.').next().unwrap_or_default();
+        let tags = request.tags;
+        let token_id = TokenRecord::id_for_secret(secret);
+        // Check the scope before using the token up.
+        let token = self
+            .store
+            .tokens()?
+            .into_iter()
+            .find(|t| t.id == token_id)
+            .ok_or(EnrollError::TokenUnknown)?;
+        crate::pki::check_scope(&token.scope, &tags).map_err(EnrollError::OutOfScope)?;
+        let now = self.clock.now_unix_ms();
+        let previous = self.store.node(&node_id)?;
+        let revoked = match &previous {
+            Some(node) => self.store.is_revoked(&node.certificate_serial)?,
+            None => false,
+        };
+        let last_seen = previous
+            .as_ref()
+            .map_or(0, |n| self.fleet.last_seen(&n.id, n.last_seen_unix_ms, now));
+        if !crate::fleet::name_is_free(
+            previous.as_ref(),
+            last_seen,
+            now,
+            self.gone_after,
+            revoked,
+            request.presented_own_certificate,
+        ) {
+            return Err(EnrollError::NameTaken {
+                node_id,
+                seen_seconds_ago: now.saturating_sub(last_seen) / 1000,
+                gone_after_seconds: self.gone_after.as_secs(),
+            });
+        }
+        self.store
+            .consume_token(&token_id, now / 1000)
+            .map_err(|e| match e {
+                StoreError::TokenUnknown
+                | StoreError::TokenExpired { .. }
+                | StoreError::TokenUsedUp => EnrollError::TokenRefused(e),
+                other => EnrollError::Store(other),
+            })?;
+        // The same instance enrolling again keeps its history; a new
+        // instance taking a free name starts clean, and the old one's
+        // certificates are refused from now on.
+        let same_instance = request.presented_own_certificate;
+        if previous.is_some() && !same_instance {
+            self.store.revoke_node(&node_id)?;
+            self.store.remove_node(&node_id)?;
+        }
+        let issued = self.sign(&request.csr_pem, &node_id)?;
+        let certificate = certificate_record(&issued, &node_id);
+        let kept = previous.filter(|_| same_instance);
+        self.store.record_enrollment(
+            &certificate,
+            &NodeRecord {
+                id: node_id.clone(),
+                tags: tags.clone(),
+                facts: kept
+                    .as_ref()
+                    .map_or(serde_json::Value::Null, |n| n.facts.clone()),
+                certificate_serial: issued.serial_hex.clone(),
+                first_seen_unix_ms: kept.as_ref().map_or(now, |n| n.first_seen_unix_ms),
+                last_seen_unix_ms: now,
+                last_run: kept.and_then(|n| n.last_run),
+                status: NodeStatus::Active,
+                gone_since_unix_ms: None,
+            },
+        )?;
+        Ok(Enrolled {
+            node_id,
+            certificate_pem: issued.certificate_pem,
+            ca_certificate_pem: self.ca.certificate_pem().to_string(),
+            bound_tags: tags,
+            not_after_unix: issued.not_after_unix,
+        })
+    }
+
+    /// A new certificate for an enrolled node, with the tags it has; the
+    /// node counts as seen and active.
+    pub fn renew(&self, node_id: &str, csr_pem: &str) -> Result<Enrolled, EnrollError> {
+        let node = self
+            .store
+            .node(node_id)?
+            .ok_or_else(|| EnrollError::NotEnrolled {
+                node_id: node_id.to_string(),
+            })?;
+        let issued = self.sign(csr_pem, node_id)?;
+        // Recorded first, so that it can be revoked.
+        self.store
+            .put_certificate(&certificate_record(&issued, node_id))?;
+        let now = self.clock.now_unix_ms();
+        self.store.update_node(node_id, |n| {
+            n.certificate_serial = issued.serial_hex.clone();
+            n.last_seen_unix_ms = n.last_seen_unix_ms.max(now);
+            n.status = NodeStatus::Active;
+            n.gone_since_unix_ms = None;
+        })?;
+        self.fleet.counters.renewals.inc();
+        Ok(Enrolled {
+            node_id: node_id.to_string(),
+            certificate_pem: issued.certificate_pem,
+            ca_certificate_pem: self.ca.certificate_pem().to_string(),
+            bound_tags: node.tags,
+            not_after_unix: issued.not_after_unix,
+        })
+    }
+
+    /// Makes an enrollment token for nodes with tags in `scope`, valid for
+    /// `ttl` (a day when zero) and `uses` times (unlimited when zero).
+    pub fn create_token(
+        &self,
+        scope: BTreeMap<String, String>,
+        ttl: Duration,
+        uses: u32,
+    ) -> Result<NewToken, EnrollError> {
+        if scope.is_empty() {
+            return Err(EnrollError::NoScope);
+        }
+        let token = crate::pki::new_token().map_err(EnrollError::Random)?;
+        let now = self.clock.now_unix_ms() / 1000;
+        let ttl = if ttl.is_zero() {
+            24 * 3600
+        } else {
+            ttl.as_secs()
+        };
+        self.store.put_token(&TokenRecord {
+            id: token.id.clone(),
+            scope,
+            expires_unix: now + ttl,
+            uses_left: (uses > 0).then_some(uses),
+            created_unix: now,
+        })?;
+        // The secret, then the CA's fingerprint: the agent checks the
+        // server it enrolls with against it before trusting it.
+        Ok(NewToken {
+            token: format!("{}.{}", token.secret, self.ca_fingerprint),
+            expires_unix: now + ttl,
+        })
+    }
+
+    fn sign(&self, csr_pem: &str, node_id: &str) -> Result<IssuedCertificate, EnrollError> {
+        self.ca
+            .sign_node_csr(csr_pem, node_id, self.certificate_validity)
+            .map_err(EnrollError::InvalidCsr)
+    }
+}
+
+fn certificate_record(issued: &IssuedCertificate, node_id: &str) -> CertificateRecord {
+    CertificateRecord {
+        serial: issued.serial_hex.clone(),
+        node_id: node_id.to_string(),
+        not_after_unix: issued.not_after_unix.max(0) as u64,
+        revoked: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::MemoryStore;
+    use rustls::pki_types::pem::PemObject as _;
+
+    const HOUR_MS: u64 = 3_600_000;
+
+    /// An enrollment domain over a store in memory, at a time the test sets.
+    fn enrollment(clock: &Arc<ManualClock>) -> Enrollment {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Enrollment {
+            store: Arc::new(MemoryStore::default()),
+            ca: Arc::new(CertificateAuthority::create("test").unwrap()),
+            ca_fingerprint: "f".repeat(64),
+            fleet: Arc::new(Fleet::default()),
+            clock: clock.clone(),
+            certificate_validity: Duration::from_secs(3600),
+            gone_after: Duration::from_secs(2 * 3600),
+        }
+    }
+
+    fn csr(node_id: &str) -> String {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, node_id);
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn request(token: &str, node: &str, own: bool) -> EnrollRequest {
+        EnrollRequest {
+            node_name: node.into(),
+            token: token.into(),
+            csr_pem: csr(node),
+            tags: tags(&[("role", "web")]),
+            presented_own_certificate: own,
+        }
+    }
+
+    #[test]
+    fn a_token_enrolls_within_its_scope_and_its_uses() {
+        let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
+        let enrollment = enrollment(&clock);
+        let token = enrollment
+            .create_token(tags(&[("role", "w*")]), Duration::ZERO, 1)
+            .unwrap()
+            .token;
+        assert!(token.ends_with(&enrollment.ca_fingerprint));
+        let mut outside = request(&token, "db-1", false);
+        outside.tags = tags(&[("role", "db")]);
+        assert!(matches!(
+            enrollment.enroll(outside),
+            Err(EnrollError::OutOfScope(_))
+        ));
+        let enrolled = enrollment.enroll(request(&token, "web-1", false)).unwrap();
+        assert_eq!(enrolled.bound_tags, tags(&[("role", "web")]));
+        assert!(matches!(
+            enrollment.enroll(request(&token, "web-2", false)),
+            Err(EnrollError::TokenRefused(StoreError::TokenUsedUp))
+        ));
+        assert!(matches!(
+            enrollment.enroll(request("nope.x", "web-3", false)),
+            Err(EnrollError::TokenUnknown)
+        ));
+        assert!(matches!(
+            enrollment.create_token(BTreeMap::new(), Duration::ZERO, 0),
+            Err(EnrollError::NoScope)
+        ));
+    }
+
+    #[test]
+    fn a_live_name_is_taken_by_a_new_instance_only_once_it_is_gone() {
+        let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
+        let enrollment = enrollment(&clock);
+        let token = enrollment
+            .create_token(tags(&[("role", "*")]), Duration::from_secs(100 * 3600), 0)
+            .unwrap()
+            .token;
+        enrollment.enroll(request(&token, "web-1", false)).unwrap();
+        clock.set(1_001 * HOUR_MS);
+        assert!(matches!(
+            enrollment.enroll(request(&token, "web-1", false)),
+            Err(EnrollError::NameTaken {
+                seen_seconds_ago: 3600,
+                ..
+            })
+        ));
+        // The node itself may enroll again, and keeps its first-seen time.
+        enrollment.enroll(request(&token, "web-1", true)).unwrap();
+        let node = enrollment.store.node("web-1").unwrap().unwrap();
+        assert_eq!(node.first_seen_unix_ms, 1_000 * HOUR_MS);
+        // Unseen for the gone-after time: a new instance takes the name and
+        // starts clean.
+        clock.set(1_004 * HOUR_MS);
+        enrollment.enroll(request(&token, "web-1", false)).unwrap();
+        let node = enrollment.store.node("web-1").unwrap().unwrap();
+        assert_eq!(node.first_seen_unix_ms, 1_004 * HOUR_MS);
+    }
+
+    #[test]
+    fn renewing_needs_an_enrolled_node_and_counts_the_renewal() {
+        let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
+        let enrollment = enrollment(&clock);
+        assert!(matches!(
+            enrollment.renew("ghost", &csr("ghost")),
+            Err(EnrollError::NotEnrolled { .. })
+        ));
+        let token = enrollment
+            .create_token(tags(&[("role", "*")]), Duration::ZERO, 0)
+            .unwrap()
+            .token;
+        let first = enrollment.enroll(request(&token, "web-1", false)).unwrap();
+        let renewed = enrollment.renew("web-1", &csr("web-1")).unwrap();
+        assert_ne!(renewed.certificate_pem, first.certificate_pem);
+        assert_eq!(enrollment.fleet.counters.renewals.get(), 1);
+        let node = enrollment.store.node("web-1").unwrap().unwrap();
+        let (_, serial) = crate::pki::peer_identity(
+            &rustls::pki_types::CertificateDer::from_pem_slice(renewed.certificate_pem.as_bytes())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(node.certificate_serial, serial);
+    }
+}

@@ -1,0 +1,1025 @@
+//! The server's storage, as a trait: nodes, run reports, revisions, the
+//! CA, certificates, enrollment tokens, fleet triggers and small settings.
+//!
+//! Callers hold a [`SharedStore`] (`Arc<dyn Store>`), whose methods take and
+//! return plain records (the serde structs below), strings and bytes, and
+//! fail with [`StoreError`], whose backend cause is opaque
+//! ([`BackendError`]). No caller sees which engine is behind it: today
+//! [`SledStore`] (`sled.rs`, one embedded sled database in the server's data
+//! folder, the only module that names sled types), and [`MemoryStore`]
+//! (`memory.rs`, for unit tests). A shared backend such as PostgreSQL, for
+//! several servers behind one address, is one more implementation.
+//!
+//! Every method is blocking I/O that can fail: from async code, run writes
+//! and bulk work (`nodes`, `prune_reports`, `remove_node`) off the async
+//! workers. Every mutating method has made its write durable when it
+//! returns, so whatever the server acknowledges to a client survives a
+//! restart. Read-modify-write is atomic where the server needs it:
+//! `consume_token` never lets concurrent enrollments over-use a token,
+//! `update_node` never loses a concurrent change, and `put_report` stores a
+//! re-sent (node, run id) once.
+//!
+//! # What replicas would share
+//!
+//! Everything a second server behind the same address must see is here:
+//! nodes, reports, revisions and the current revision, the CA (certificate
+//! and key), certificates and their revocation, enrollment tokens and
+//! triggers. Three pieces of server state are deliberately not:
+//!
+//! - the admin credential (`<data>/admin/`) is a file the operator's CLI
+//!   reads on the server host; each replica issues its own from the shared
+//!   CA, and any of them is accepted by all, since trust is the CA's;
+//! - dashboard tokens (`<data>/admin/dashboard-tokens`) are made by
+//!   `cms-server dashboard-token` on a host, without a running server, so
+//!   they stay a file next to the admin credential; replicas would each be
+//!   given the file (or the tokens move here, as enrollment tokens did);
+//! - dashboard sessions and noted last-seen times are in memory, per
+//!   process: a session is a login to one replica (12 hours at most), and
+//!   last-seen times are written here in batches.
+//!
+//! # Key layout
+//!
+//! Keys are bytes, values JSON; one keyspace (a sled tree, a SQL table) per
+//! kind of record.
+//!
+//! | keyspace       | key                                                         | value                        |
+//! |----------------|-------------------------------------------------------------|------------------------------|
+//! | `meta`         | `format`, `current_revision`, `ca`                          | `1`, the commit id as a JSON string, `CaRecord` |
+//! | `nodes`        | node id                                                     | `NodeRecord`                 |
+//! | `reports`      | node id, `0x00`, `u64::MAX - received_unix_ms` (8 bytes big-endian), run id | `StoredReport` |
+//! | `report_index` | node id, `0x00`, run id                                     | the key in `reports`         |
+//! | `revisions`    | commit id                                                   | `RevisionRecord`             |
+//! | `certificates` | serial                                                      | `CertificateRecord`          |
+//! | `tokens`       | token id: sha256 hex of the secret, never the secret        | `TokenRecord`                |
+//! | `settings`     | name                                                        | raw bytes                    |
+//! | `triggers`     | trigger id                                                  | `TriggerRecord`              |
+//!
+//! A node's reports share the prefix `node id, 0x00`, and the inverted time
+//! makes a forward scan of that prefix list them newest first, so "the last
+//! 20 runs of a node" reads 20 values. Node ids may therefore not contain a
+//! NUL byte. `report_index` makes re-sending a report idempotent: an agent
+//! that did not see the acknowledgement sends the same run id again, and the
+//! index finds the stored copy without knowing when it was received. Both
+//! change together in one transaction. `prune_reports` decodes the time
+//! from the keys alone, without parsing any JSON.
+//!
+//! # Moving to a shared store
+//!
+//! In a SQL database each keyspace becomes a table with the same key:
+//! `nodes(id)`, `reports(node_id, run_id)` as the primary key with an index
+//! on `(node_id, received_unix_ms DESC)` (the unique key replaces
+//! `report_index`), `revisions(commit)` plus a one-row table for the current
+//! revision, `certificates(serial)` with an index on `node_id`,
+//! `tokens(id)`, where `consume_token` becomes one
+//! `UPDATE … SET uses_left = uses_left - 1 WHERE id = $1 AND expires_unix > $2
+//! AND (uses_left IS NULL OR uses_left > 0) RETURNING *`, and `settings`.
+//! Contents are immutable and addressed by hash, so they fit an object store
+//! (S3 and the like) keyed by the same sha256. The durable write at the end
+//! of each method becomes the commit of a transaction. The CA's private key
+//! would then belong in a secrets manager rather than in the database.
+
+mod memory;
+mod sled;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cms_proto::report::RunRecord;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use self::memory::MemoryStore;
+pub use self::sled::SledStore;
+
+/// How callers hold the store: one handle, shared by every task.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the server's store in `dir` (today sled's, see [`SledStore::open`]).
+pub fn open(dir: &Path) -> Result<SharedStore, StoreError> {
+    Ok(Arc::new(SledStore::open(dir)?))
+}
+
+/// The format of the stored records; a store written in another is refused.
+pub(crate) const FORMAT_VERSION: &str = "1";
+
+/// The server's storage; see the module docs for the guarantees every
+/// implementation keeps.
+pub trait Store: Send + Sync + fmt::Debug {
+    // Nodes.
+
+    /// Inserts or replaces a node.
+    fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
+
+    fn node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError>;
+
+    /// All nodes, ordered by id.
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+
+    /// Changes an existing node atomically: `change` sees the current record
+    /// and may run more than once if another writer changed the node
+    /// meanwhile. Returns the record as written, or `None` (and writes
+    /// nothing) when there is no such node. Callers use
+    /// [`update_node`](trait.Store.html#method.update_node) on `dyn Store`,
+    /// which takes a closure.
+    fn update_node_with(
+        &self,
+        id: &str,
+        change: &mut dyn FnMut(&mut NodeRecord),
+    ) -> Result<Option<NodeRecord>, StoreError>;
+
+    /// Records an enrollment: the certificate issued and the node record,
+    /// together, atomically.
+    fn record_enrollment(
+        &self,
+        certificate: &CertificateRecord,
+        node: &NodeRecord,
+    ) -> Result<(), StoreError>;
+
+    /// Records when nodes were last seen, many at once with one durable
+    /// write, also replacing the facts of nodes that sent new ones. A time
+    /// older than the stored one is ignored; unknown nodes are skipped.
+    /// Returns how many nodes changed.
+    fn touch_nodes_with_facts(
+        &self,
+        seen: &[(String, u64, Option<serde_json::Value>)],
+    ) -> Result<usize, StoreError>;
+
+    /// Removes a node and all its reports. Returns whether the node existed.
+    /// Its certificates stay, so that a revocation outlives the node.
+    fn remove_node(&self, id: &str) -> Result<bool, StoreError>;
+
+    // Reports.
+
+    /// Stores a report unless the same (node, run id) is already stored, in
+    /// which case the stored copy (and its received time) stays. Either way
+    /// the report is durable when this returns, so the caller may
+    /// acknowledge it.
+    fn put_report(&self, report: &StoredReport) -> Result<ReportWrite, StoreError>;
+
+    fn report(&self, node_id: &str, run_id: &str) -> Result<Option<StoredReport>, StoreError>;
+
+    /// A node's reports, newest first, at most `limit` of them.
+    fn reports(&self, node_id: &str, limit: usize) -> Result<Vec<StoredReport>, StoreError>;
+
+    /// Removes every report received before `older_than_unix_ms`, of all
+    /// nodes. Returns how many it removed.
+    fn prune_reports(&self, older_than_unix_ms: u64) -> Result<usize, StoreError>;
+
+    // Revisions.
+
+    /// Inserts or replaces the record of a synced commit.
+    fn put_revision(&self, revision: &RevisionRecord) -> Result<(), StoreError>;
+
+    fn revision(&self, commit: &str) -> Result<Option<RevisionRecord>, StoreError>;
+
+    /// All recorded revisions, most recently synced first.
+    fn revisions(&self) -> Result<Vec<RevisionRecord>, StoreError>;
+
+    /// Makes `commit` the revision the server serves. Only a recorded,
+    /// accepted revision can become current.
+    fn set_current_revision(&self, commit: &str) -> Result<(), StoreError>;
+
+    /// The commit last made current: the last good revision.
+    fn current_revision(&self) -> Result<Option<String>, StoreError>;
+
+    // The CA and certificates.
+
+    /// Stores the CA, replacing any earlier one.
+    fn put_ca(&self, ca: &CaRecord) -> Result<(), StoreError>;
+
+    fn ca(&self) -> Result<Option<CaRecord>, StoreError>;
+
+    /// Inserts or replaces the record of an issued certificate.
+    fn put_certificate(&self, certificate: &CertificateRecord) -> Result<(), StoreError>;
+
+    fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError>;
+
+    /// Revokes every certificate issued to `node_id`. Returns the serials
+    /// this call revoked (not those revoked before).
+    fn revoke_node(&self, node_id: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Whether the certificate with this serial has been revoked. A serial
+    /// the store does not know is not revoked; the TLS layer only lets in
+    /// certificates our CA signed, and every one of those is recorded
+    /// before it is handed out.
+    fn is_revoked(&self, serial: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .certificate(serial)?
+            .is_some_and(|certificate| certificate.revoked))
+    }
+
+    /// Forgets certificate records that expired before `before_unix`: the
+    /// TLS layer refuses an expired certificate by itself, so its record
+    /// (revoked or not) is no longer needed.
+    fn prune_certificates(&self, before_unix: u64) -> Result<usize, StoreError>;
+
+    // Fleet triggers.
+
+    /// Inserts or replaces a trigger's progress.
+    fn put_trigger(&self, trigger: &TriggerRecord) -> Result<(), StoreError>;
+
+    fn trigger(&self, id: &str) -> Result<Option<TriggerRecord>, StoreError>;
+
+    /// All triggers, ordered by id (ids start with their start time).
+    fn triggers(&self) -> Result<Vec<TriggerRecord>, StoreError>;
+
+    // Enrollment tokens.
+
+    /// Inserts or replaces a token.
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+
+    /// All tokens, including expired and used-up ones.
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Uses the token once: fails if it is unknown, expired at `now_unix`
+    /// (seconds) or used up, and otherwise takes one use off a limited token,
+    /// atomically, so concurrent enrollments never use it more often than
+    /// allowed. Returns the token as it is after this use.
+    fn consume_token(&self, id: &str, now_unix: u64) -> Result<TokenRecord, StoreError>;
+
+    /// Removes a token. Returns whether it existed.
+    fn remove_token(&self, id: &str) -> Result<bool, StoreError>;
+
+    // Settings: small named values.
+
+    fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+impl dyn Store + '_ {
+    /// [`Store::update_node_with`] with a closure.
+    pub fn update_node(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut NodeRecord),
+    ) -> Result<Option<NodeRecord>, StoreError> {
+        self.update_node_with(id, &mut change)
+    }
+
+    /// [`Store::touch_nodes_with_facts`] for nodes that sent no new facts.
+    pub fn touch_nodes(&self, seen: &[(String, u64)]) -> Result<usize, StoreError> {
+        let with_facts: Vec<(String, u64, Option<serde_json::Value>)> = seen
+            .iter()
+            .map(|(id, at)| (id.clone(), *at, None))
+            .collect();
+        self.touch_nodes_with_facts(&with_facts)
+    }
+}
+
+/// Node ids are keys with a NUL separator after them (see the key layout).
+fn check_node_id(id: &str) -> Result<(), StoreError> {
+    if id.is_empty() || id.contains('\0') {
+        return Err(StoreError::InvalidNodeId { id: id.to_string() });
+    }
+    Ok(())
+}
+
+/// What the server knows about one enrolled node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    /// The tags bound at enrollment; the node cannot change them later.
+    pub tags: BTreeMap<String, String>,
+    /// The facts the node sent with its last catalog request.
+    pub facts: serde_json::Value,
+    pub certificate_serial: String,
+    pub first_seen_unix_ms: u64,
+    pub last_seen_unix_ms: u64,
+    pub last_run: Option<RunSummary>,
+    pub status: NodeStatus,
+    /// When the node was marked gone; it is removed `remove_after` later.
+    #[serde(default)]
+    pub gone_since_unix_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Active,
+    Gone,
+}
+
+/// The outcome of a node's last run, kept on the node for listings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub finished_unix_ms: u64,
+    pub catalog_id: String,
+    /// The commit the catalog was compiled from.
+    pub revision: String,
+    pub changed: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    pub noop: bool,
+}
+
+/// A run report as the server received it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredReport {
+    pub node_id: String,
+    pub run_id: String,
+    pub received_unix_ms: u64,
+    /// Stored under the name it had when it was untyped JSON, so that
+    /// reports stored then still read.
+    #[serde(rename = "report_json")]
+    pub report: RunRecord,
+}
+
+/// What `put_report` did: a re-sent report is acknowledged again but not
+/// stored twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportWrite {
+    Stored,
+    AlreadyStored,
+}
+
+/// A commit the server has synced, with the result of its validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionRecord {
+    pub commit: String,
+    pub accepted: bool,
+    /// Why the commit was refused; empty when it was accepted.
+    pub errors: Vec<RevisionError>,
+    pub synced_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionError {
+    pub file: String,
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+}
+
+/// The server's certificate authority.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRecord {
+    pub certificate_pem: String,
+    pub private_key_pem: String,
+}
+
+impl fmt::Debug for CaRecord {
+    /// Leaves the private key out, so that a debug log cannot leak it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaRecord")
+            .field("certificate_pem", &self.certificate_pem)
+            .field("private_key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A certificate the CA has issued to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateRecord {
+    pub serial: String,
+    pub node_id: String,
+    pub not_after_unix: u64,
+    pub revoked: bool,
+}
+
+/// A fleet trigger: what was asked, and how far it got. Written after every
+/// node's outcome, so `trigger --status` shows it after the CLI has gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerRecord {
+    pub id: String,
+    pub selector: BTreeMap<String, String>,
+    /// `25%`, `10`, or empty for all at once.
+    pub batch: String,
+    pub canary: u32,
+    pub noop: bool,
+    pub max_failures: u32,
+    /// `running`, `done`, `stopped` (failure limit reached) or `interrupted`
+    /// (the server stopped while it ran).
+    pub state: String,
+    /// Why it stopped, for people.
+    pub message: String,
+    pub started_unix_ms: u64,
+    pub finished_unix_ms: Option<u64>,
+    /// The plan: the canary group first (when there is one), then batches.
+    pub batches: Vec<Vec<String>>,
+    /// How many batches have been started.
+    pub batches_started: u32,
+    /// Each node's outcome, once known.
+    pub outcomes: BTreeMap<String, TriggerOutcome>,
+}
+
+/// What one node did for a trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerOutcome {
+    /// `changed`, `unchanged`, `failed` or `unreachable`.
+    pub result: String,
+    pub run_id: String,
+    /// References of the resources that failed.
+    pub failed_resources: Vec<String>,
+}
+
+/// An enrollment token. The store never sees the secret, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// sha256 hex of the secret (see [`TokenRecord::id_for_secret`]).
+    pub id: String,
+    /// The tags a node enrolling with this token may claim; values may be
+    /// globs, which the enrollment code interprets.
+    pub scope: BTreeMap<String, String>,
+    pub expires_unix: u64,
+    /// `None` means unlimited.
+    pub uses_left: Option<u32>,
+    pub created_unix: u64,
+}
+
+impl TokenRecord {
+    /// The id under which the token with this secret is stored.
+    pub fn id_for_secret(secret: &str) -> String {
+        sha256_hex(secret.as_bytes())
+    }
+}
+
+/// The sha256 of `bytes` as 64 lowercase hex digits, the form token ids
+/// take.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(bytes);
+    let mut hex = String::with_capacity(64);
+    for byte in digest.iter() {
+        hex.push(char::from(HEX[usize::from(byte >> 4)]));
+        hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    hex
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("Failed to create the store directory {}", path.display())]
+    CreateDirectory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Failed to open the store at {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: BackendError,
+    },
+    #[error(
+        "Failed to open the store at {}: it is locked, most likely by another running server",
+        path.display()
+    )]
+    Locked {
+        path: PathBuf,
+        #[source]
+        source: BackendError,
+    },
+    #[error(
+        "Failed to open the store at {}: its format is {found:?}, this server reads format {expected:?}",
+        path.display(),
+        expected = FORMAT_VERSION
+    )]
+    UnsupportedFormat { path: PathBuf, found: String },
+    #[error("Failed to make the writes to the store at {} durable (fsync)", path.display())]
+    Sync {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Failed to {action}")]
+    Backend {
+        action: String,
+        #[source]
+        source: BackendError,
+    },
+    #[error("Failed to decode the value in tree `{tree}` at key \"{key}\"")]
+    CorruptValue {
+        tree: &'static str,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("Failed to parse the key \"{key}\" in tree `{tree}`")]
+    CorruptKey { tree: &'static str, key: String },
+    #[error("Failed to encode a {what} as JSON")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("Failed to use {id:?} as a node id: it must be non-empty and contain no NUL byte")]
+    InvalidNodeId { id: String },
+    #[error("Failed to make revision {commit} current: it has not been recorded")]
+    RevisionUnknown { commit: String },
+    #[error("Failed to make revision {commit} current: its validation refused it")]
+    RevisionRefused { commit: String },
+    #[error("Failed to consume the enrollment token: there is no such token")]
+    TokenUnknown,
+    #[error("Failed to consume the enrollment token: it expired at {expires_unix} (unix time)")]
+    TokenExpired { expires_unix: u64 },
+    #[error("Failed to consume the enrollment token: it has no uses left")]
+    TokenUsedUp,
+}
+
+/// An error from the storage engine. It is opaque so that no caller comes
+/// to depend on which engine that is; its message and source chain carry
+/// the details.
+pub struct BackendError(Box<dyn std::error::Error + Send + Sync>);
+
+impl BackendError {
+    /// Wraps an engine's error; only an implementation of [`Store`] makes
+    /// one.
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> BackendError {
+        BackendError(Box::new(error))
+    }
+}
+
+impl fmt::Debug for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    use std::sync::Barrier;
+
+    /// Runs each check against every implementation of the store.
+    macro_rules! for_every_store {
+        ($($name:ident),* $(,)?) => {$(
+            mod $name {
+                #[test]
+                fn sled() {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let store = crate::store::SledStore::open(&dir.path().join("db"))
+                        .expect("open store");
+                    super::$name(&store);
+                }
+
+                #[test]
+                fn memory() {
+                    super::$name(&crate::store::MemoryStore::default());
+                }
+            }
+        )*};
+    }
+
+    for_every_store!(
+        nodes_round_trip_and_list_in_id_order,
+        touching_nodes_moves_last_seen_forward_only_and_makes_a_gone_node_active,
+        triggers_round_trip,
+        update_node_changes_an_existing_node_and_ignores_an_unknown_one,
+        a_node_id_with_a_nul_byte_is_refused,
+        reports_list_newest_first_up_to_the_limit,
+        a_resent_report_is_stored_once_and_keeps_its_first_copy,
+        the_same_run_id_on_two_nodes_is_two_reports,
+        prune_removes_only_older_reports_and_lets_their_run_ids_be_stored_again,
+        remove_node_removes_its_reports_and_no_one_elses,
+        revisions_round_trip_newest_first_and_only_an_accepted_one_becomes_current,
+        ca_and_settings_round_trip_and_the_ca_key_stays_out_of_debug_output,
+        revoking_a_node_revokes_all_its_certificates_once,
+        a_limited_token_is_used_up_and_then_refused,
+        an_unlimited_token_works_until_it_expires,
+        an_unknown_token_is_refused_and_a_removed_token_is_unknown,
+        concurrent_enrollments_never_use_a_token_more_than_allowed,
+    );
+
+    pub(crate) fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    pub(crate) fn node(id: &str) -> NodeRecord {
+        NodeRecord {
+            id: id.to_string(),
+            tags: tags(&[("role", "api"), ("env", "prod")]),
+            facts: serde_json::json!({"os": "debian", "memory_mb": 2048}),
+            certificate_serial: format!("serial-{id}"),
+            first_seen_unix_ms: 1_000,
+            last_seen_unix_ms: 2_000,
+            last_run: Some(RunSummary {
+                run_id: "run-1".to_string(),
+                finished_unix_ms: 1_900,
+                catalog_id: "catalog-abc".to_string(),
+                revision: "0123abcd".to_string(),
+                changed: 3,
+                failed: 0,
+                skipped: 1,
+                noop: false,
+            }),
+            status: NodeStatus::Active,
+            gone_since_unix_ms: None,
+        }
+    }
+
+    pub(crate) fn report(node_id: &str, run_id: &str, received_unix_ms: u64) -> StoredReport {
+        StoredReport {
+            node_id: node_id.to_string(),
+            run_id: run_id.to_string(),
+            received_unix_ms,
+            report: RunRecord {
+                version: cms_proto::report::RUN_RECORD_VERSION,
+                run_id: run_id.to_string(),
+                catalog_id: "catalog-abc".to_string(),
+                revision: "0123abcd".to_string(),
+                started_at_unix_ms: received_unix_ms as i64 - 10,
+                duration_ms: 5,
+                noop: false,
+                note: String::new(),
+                trigger_id: String::new(),
+                resources: vec![cms_proto::report::ResourceRecord {
+                    reference: "file:/etc/motd".to_string(),
+                    status: cms_proto::report::ResourceStatus::Changed,
+                    diff: "+hello".to_string(),
+                    error: String::new(),
+                    duration_ms: 1,
+                }],
+            },
+        }
+    }
+
+    /// A report as stored before reports were typed (the key was
+    /// `report_json`, the value built field by field) still reads.
+    #[test]
+    fn a_report_stored_as_untyped_json_still_reads() {
+        let old = r#"{"node_id":"n1","run_id":"r1","received_unix_ms":9,"report_json":{"run_id":"r1","catalog_id":"c1","revision":"abc","started_at_unix_ms":5,"duration_ms":7,"noop":true,"note":"offline","trigger_id":"t9","resources":[{"reference":"file:/x","status":"failed","diff":"","error":"Failed to write /x","duration_ms":1}]}}"#;
+        let stored: StoredReport = serde_json::from_str(old).unwrap();
+        assert_eq!(stored.node_id, "n1");
+        assert_eq!(stored.received_unix_ms, 9);
+        assert_eq!(stored.report.version, 1);
+        assert_eq!(stored.report.trigger_id, "t9");
+        assert!(stored.report.noop);
+        assert_eq!(stored.report.note, "offline");
+        assert_eq!(
+            stored
+                .report
+                .count(cms_proto::report::ResourceStatus::Failed),
+            1
+        );
+        assert_eq!(stored.report.resources[0].error, "Failed to write /x");
+    }
+
+    pub(crate) fn run_ids(reports: &[StoredReport]) -> Vec<&str> {
+        reports.iter().map(|r| r.run_id.as_str()).collect()
+    }
+
+    pub(crate) fn revision(commit: &str, accepted: bool, synced_unix_ms: u64) -> RevisionRecord {
+        RevisionRecord {
+            commit: commit.to_string(),
+            accepted,
+            errors: if accepted {
+                Vec::new()
+            } else {
+                vec![RevisionError {
+                    file: "roles/api.toml".to_string(),
+                    line: 3,
+                    column: 7,
+                    message: "unknown key `pakage`".to_string(),
+                }]
+            },
+            synced_unix_ms,
+        }
+    }
+
+    pub(crate) fn token(id: &str, uses_left: Option<u32>, expires_unix: u64) -> TokenRecord {
+        TokenRecord {
+            id: id.to_string(),
+            scope: tags(&[("env", "staging"), ("role", "*")]),
+            expires_unix,
+            uses_left,
+            created_unix: 100,
+        }
+    }
+
+    pub(crate) fn certificate(serial: &str, node_id: &str) -> CertificateRecord {
+        CertificateRecord {
+            serial: serial.to_string(),
+            node_id: node_id.to_string(),
+            not_after_unix: 9_999_999_999,
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn sha256_hex_matches_the_known_digest_of_abc() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    fn nodes_round_trip_and_list_in_id_order(store: &dyn Store) {
+        store.put_node(&node("b")).unwrap();
+        store.put_node(&node("a")).unwrap();
+        assert_eq!(store.node("a").unwrap(), Some(node("a")));
+        assert_eq!(store.node("missing").unwrap(), None);
+        let ids: Vec<String> = store.nodes().unwrap().into_iter().map(|n| n.id).collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
+
+    fn touching_nodes_moves_last_seen_forward_only_and_makes_a_gone_node_active(store: &dyn Store) {
+        store.put_node(&node("a")).unwrap();
+        let mut gone = node("b");
+        gone.status = NodeStatus::Gone;
+        gone.gone_since_unix_ms = Some(2_500);
+        store.put_node(&gone).unwrap();
+        let touched = store
+            .touch_nodes(&[
+                ("a".into(), 1_500),
+                ("b".into(), 3_000),
+                ("unknown".into(), 9_000),
+            ])
+            .unwrap();
+        assert_eq!(touched, 1, "a's stored time is newer; unknown is skipped");
+        assert_eq!(store.node("a").unwrap().unwrap().last_seen_unix_ms, 2_000);
+        let b = store.node("b").unwrap().unwrap();
+        assert_eq!(
+            (b.last_seen_unix_ms, b.status, b.gone_since_unix_ms),
+            (3_000, NodeStatus::Active, None)
+        );
+        assert!(store.node("unknown").unwrap().is_none());
+    }
+
+    fn triggers_round_trip(store: &dyn Store) {
+        let trigger = TriggerRecord {
+            id: "t1".into(),
+            selector: tags(&[("role", "web")]),
+            batch: "50%".into(),
+            canary: 1,
+            noop: false,
+            max_failures: 0,
+            state: "running".into(),
+            message: String::new(),
+            started_unix_ms: 1,
+            finished_unix_ms: None,
+            batches: vec![vec!["web-1".into()], vec!["web-2".into()]],
+            batches_started: 1,
+            outcomes: BTreeMap::new(),
+        };
+        store.put_trigger(&trigger).unwrap();
+        assert_eq!(store.trigger("t1").unwrap(), Some(trigger.clone()));
+        assert_eq!(store.triggers().unwrap(), vec![trigger]);
+        assert_eq!(store.trigger("t2").unwrap(), None);
+    }
+
+    fn update_node_changes_an_existing_node_and_ignores_an_unknown_one(store: &dyn Store) {
+        store.put_node(&node("a")).unwrap();
+        let updated = store
+            .update_node("a", |node| node.last_seen_unix_ms = 5_000)
+            .unwrap()
+            .expect("node exists");
+        assert_eq!(updated.last_seen_unix_ms, 5_000);
+        assert_eq!(store.node("a").unwrap(), Some(updated));
+        assert_eq!(store.update_node("nobody", |_| {}).unwrap(), None);
+        assert_eq!(store.node("nobody").unwrap(), None);
+    }
+
+    fn a_node_id_with_a_nul_byte_is_refused(store: &dyn Store) {
+        let error = store.put_node(&node("a\0b")).unwrap_err();
+        assert!(matches!(error, StoreError::InvalidNodeId { .. }), "{error}");
+    }
+
+    fn reports_list_newest_first_up_to_the_limit(store: &dyn Store) {
+        store.put_report(&report("n1", "old", 1_000)).unwrap();
+        store.put_report(&report("n1", "newest", 3_000)).unwrap();
+        store.put_report(&report("n1", "middle", 2_000)).unwrap();
+        // Another node whose id extends n1's must not leak into n1's list.
+        store.put_report(&report("n10", "other", 2_500)).unwrap();
+
+        assert_eq!(
+            run_ids(&store.reports("n1", 10).unwrap()),
+            ["newest", "middle", "old"]
+        );
+        assert_eq!(
+            run_ids(&store.reports("n1", 2).unwrap()),
+            ["newest", "middle"]
+        );
+        assert_eq!(run_ids(&store.reports("n10", 10).unwrap()), ["other"]);
+        assert_eq!(
+            store.report("n1", "middle").unwrap(),
+            Some(report("n1", "middle", 2_000))
+        );
+    }
+
+    fn a_resent_report_is_stored_once_and_keeps_its_first_copy(store: &dyn Store) {
+        let first = report("n1", "run-7", 1_000);
+        assert_eq!(store.put_report(&first).unwrap(), ReportWrite::Stored);
+        let resent = StoredReport {
+            received_unix_ms: 5_000,
+            ..first.clone()
+        };
+        assert_eq!(
+            store.put_report(&resent).unwrap(),
+            ReportWrite::AlreadyStored
+        );
+        assert_eq!(store.reports("n1", 10).unwrap(), [first]);
+    }
+
+    fn the_same_run_id_on_two_nodes_is_two_reports(store: &dyn Store) {
+        assert_eq!(
+            store.put_report(&report("n1", "run-1", 1_000)).unwrap(),
+            ReportWrite::Stored
+        );
+        assert_eq!(
+            store.put_report(&report("n2", "run-1", 1_000)).unwrap(),
+            ReportWrite::Stored
+        );
+        assert_eq!(store.reports("n1", 10).unwrap().len(), 1);
+        assert_eq!(store.reports("n2", 10).unwrap().len(), 1);
+    }
+
+    fn prune_removes_only_older_reports_and_lets_their_run_ids_be_stored_again(store: &dyn Store) {
+        store.put_report(&report("n1", "a", 1_000)).unwrap();
+        store.put_report(&report("n1", "b", 2_000)).unwrap();
+        store.put_report(&report("n2", "c", 1_500)).unwrap();
+        store.put_report(&report("n2", "d", 3_000)).unwrap();
+
+        assert_eq!(store.prune_reports(2_000).unwrap(), 2);
+        assert_eq!(run_ids(&store.reports("n1", 10).unwrap()), ["b"]);
+        assert_eq!(run_ids(&store.reports("n2", 10).unwrap()), ["d"]);
+        assert_eq!(store.report("n1", "a").unwrap(), None);
+        assert_eq!(
+            store.put_report(&report("n1", "a", 4_000)).unwrap(),
+            ReportWrite::Stored
+        );
+    }
+
+    fn remove_node_removes_its_reports_and_no_one_elses(store: &dyn Store) {
+        store.put_node(&node("n1")).unwrap();
+        store.put_node(&node("n10")).unwrap();
+        store.put_report(&report("n1", "a", 1_000)).unwrap();
+        store.put_report(&report("n1", "b", 2_000)).unwrap();
+        store.put_report(&report("n10", "c", 1_000)).unwrap();
+
+        assert!(store.remove_node("n1").unwrap());
+        assert_eq!(store.node("n1").unwrap(), None);
+        assert!(store.reports("n1", 10).unwrap().is_empty());
+        assert_eq!(store.report("n1", "a").unwrap(), None);
+        assert_eq!(run_ids(&store.reports("n10", 10).unwrap()), ["c"]);
+        assert!(store.node("n10").unwrap().is_some());
+        assert!(!store.remove_node("n1").unwrap());
+    }
+
+    fn revisions_round_trip_newest_first_and_only_an_accepted_one_becomes_current(
+        store: &dyn Store,
+    ) {
+        assert_eq!(store.current_revision().unwrap(), None);
+        store.put_revision(&revision("good1", true, 1_000)).unwrap();
+        store.put_revision(&revision("bad", false, 2_000)).unwrap();
+
+        assert_eq!(
+            store.revision("bad").unwrap(),
+            Some(revision("bad", false, 2_000))
+        );
+        let commits: Vec<String> = store
+            .revisions()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.commit)
+            .collect();
+        assert_eq!(commits, ["bad", "good1"]);
+
+        store.set_current_revision("good1").unwrap();
+        let refused = store.set_current_revision("bad").unwrap_err();
+        assert!(
+            matches!(refused, StoreError::RevisionRefused { .. }),
+            "{refused}"
+        );
+        let unknown = store.set_current_revision("never-synced").unwrap_err();
+        assert!(
+            matches!(unknown, StoreError::RevisionUnknown { .. }),
+            "{unknown}"
+        );
+        assert_eq!(store.current_revision().unwrap().as_deref(), Some("good1"));
+    }
+
+    fn ca_and_settings_round_trip_and_the_ca_key_stays_out_of_debug_output(store: &dyn Store) {
+        assert_eq!(store.ca().unwrap(), None);
+        let ca = CaRecord {
+            certificate_pem: "-----BEGIN CERTIFICATE-----".to_string(),
+            private_key_pem: "-----BEGIN PRIVATE KEY----- secret".to_string(),
+        };
+        store.put_ca(&ca).unwrap();
+        assert_eq!(store.ca().unwrap(), Some(ca.clone()));
+        assert!(!format!("{ca:?}").contains("secret"));
+
+        store.put_setting("admin_credential", b"hash").unwrap();
+        assert_eq!(
+            store.get_setting("admin_credential").unwrap().as_deref(),
+            Some(&b"hash"[..])
+        );
+        assert_eq!(store.get_setting("absent").unwrap(), None);
+    }
+
+    fn revoking_a_node_revokes_all_its_certificates_once(store: &dyn Store) {
+        store.put_certificate(&certificate("s1", "n1")).unwrap();
+        store.put_certificate(&certificate("s2", "n1")).unwrap();
+        store.put_certificate(&certificate("s3", "n2")).unwrap();
+
+        let mut revoked = store.revoke_node("n1").unwrap();
+        revoked.sort();
+        assert_eq!(revoked, ["s1", "s2"]);
+        assert!(store.is_revoked("s1").unwrap());
+        assert!(store.is_revoked("s2").unwrap());
+        assert!(!store.is_revoked("s3").unwrap());
+        assert!(!store.is_revoked("unknown").unwrap());
+        assert_eq!(store.revoke_node("n1").unwrap(), Vec::<String>::new());
+        assert!(store.certificate("s1").unwrap().expect("recorded").revoked);
+    }
+
+    fn a_limited_token_is_used_up_and_then_refused(store: &dyn Store) {
+        let id = TokenRecord::id_for_secret("secret");
+        store.put_token(&token(&id, Some(2), 1_000)).unwrap();
+
+        assert_eq!(store.consume_token(&id, 500).unwrap().uses_left, Some(1));
+        assert_eq!(store.consume_token(&id, 500).unwrap().uses_left, Some(0));
+        let error = store.consume_token(&id, 500).unwrap_err();
+        assert!(matches!(error, StoreError::TokenUsedUp), "{error}");
+        assert_eq!(store.tokens().unwrap(), [token(&id, Some(0), 1_000)]);
+    }
+
+    fn an_unlimited_token_works_until_it_expires(store: &dyn Store) {
+        store.put_token(&token("t", None, 1_000)).unwrap();
+        for _ in 0..3 {
+            assert_eq!(store.consume_token("t", 999).unwrap().uses_left, None);
+        }
+        let error = store.consume_token("t", 1_000).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StoreError::TokenExpired {
+                    expires_unix: 1_000
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    fn an_unknown_token_is_refused_and_a_removed_token_is_unknown(store: &dyn Store) {
+        let error = store.consume_token("nope", 0).unwrap_err();
+        assert!(matches!(error, StoreError::TokenUnknown), "{error}");
+
+        store.put_token(&token("t", Some(5), 1_000)).unwrap();
+        assert!(store.remove_token("t").unwrap());
+        let error = store.consume_token("t", 0).unwrap_err();
+        assert!(matches!(error, StoreError::TokenUnknown), "{error}");
+    }
+
+    fn concurrent_enrollments_never_use_a_token_more_than_allowed(store: &dyn Store) {
+        const USES: u32 = 5;
+        const THREADS: usize = 8;
+        const ATTEMPTS_PER_THREAD: usize = 4;
+        store.put_token(&token("t", Some(USES), 1_000)).unwrap();
+
+        let barrier = Barrier::new(THREADS);
+        let outcomes: Vec<Result<TokenRecord, StoreError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        (0..ATTEMPTS_PER_THREAD)
+                            .map(|_| store.consume_token("t", 10))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|handle| handle.join().expect("thread"))
+                .collect()
+        });
+
+        let mut uses_left_after_each_success: Vec<u32> = outcomes
+            .iter()
+            .filter_map(|outcome| outcome.as_ref().ok())
+            .map(|token| token.uses_left.expect("limited"))
+            .collect();
+        uses_left_after_each_success.sort();
+        assert_eq!(uses_left_after_each_success, [0, 1, 2, 3, 4]);
+        for outcome in &outcomes {
+            if let Err(error) = outcome {
+                assert!(matches!(error, StoreError::TokenUsedUp), "{error}");
+            }
+        }
+        assert_eq!(
+            store.consume_token("t", 10).unwrap_err().to_string(),
+            "Failed to consume the enrollment token: it has no uses left"
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! The sync task: follows the roles repository (a git branch, or a plain
+//! folder), at start, on every interval and on request (`SyncRequests`);
+//! validates each new commit, makes an accepted one the serving revision
+//! and records every one (refused ones with their errors). It also prunes
+//! run reports past their retention.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cms_proto::v1 as pb;
+use tokio::sync::mpsc;
+
+use crate::catalogs::Catalogs;
+use crate::clock::SharedClock;
+use crate::git_sync::{GitSource, Revision, SyncOutcome, Syncer};
+use crate::metrics::Metrics;
+use crate::revision::{ServingRevision, SyncReply};
+use crate::store::{RevisionError, RevisionRecord, SharedStore};
+
+/// Where roles come from: a git repository (the normal case), or a plain
+/// folder, for trying the server on a roles repository that is not under
+/// git yet (its revision is the sha256 of its files).
+pub enum RolesSource {
+    Git(Syncer),
+    Directory {
+        path: PathBuf,
+        current: Option<String>,
+    },
+}
+
+impl RolesSource {
+    /// The source for `repo` (a local path or a git URL) and `branch`;
+    /// a git mirror lives in `data_dir/git`.
+    pub fn for_repo(repo: &str, branch: &str, data_dir: &Path) -> RolesSource {
+        let path = Path::new(repo);
+        let is_plain_folder =
+            path.is_dir() && !path.join(".git").exists() && !path.join("HEAD").exists();
+        if is_plain_folder {
+            RolesSource::Directory {
+                path: path.to_path_buf(),
+                current: None,
+            }
+        } else {
+            RolesSource::Git(Syncer::new(GitSource {
+                url: repo.to_string(),
+                branch: branch.to_string(),
+                mirror_dir: data_dir.join("git"),
+            }))
+        }
+    }
+
+    fn sync_once(&mut self) -> anyhow::Result<SyncOutcome> {
+        match self {
+            RolesSource::Git(syncer) => Ok(syncer.sync_once()?),
+            RolesSource::Directory { path, current } => {
+                let files = cms_roles::RepoFiles::read_dir(path)?;
+                let mut digest = Vec::new();
+                for (name, entry) in files.under("") {
+                    digest.extend_from_slice(name.as_bytes());
+                    digest.push(0);
+                    if let cms_roles::Entry::File(bytes) = entry {
+                        digest.extend_from_slice(crate::store::sha256_hex(bytes).as_bytes());
+                    }
+                    digest.push(0);
+                }
+                let commit = format!("dir-{}", crate::store::sha256_hex(&digest));
+                if current.as_deref() == Some(commit.as_str()) {
+                    return Ok(SyncOutcome::Unchanged { commit });
+                }
+                let (repository, diagnostics) = crate::git_sync::validate_files(files);
+                if !diagnostics.is_empty() {
+                    return Ok(SyncOutcome::Refused {
+                        commit,
+                        diagnostics,
+                    });
+                }
+                *current = Some(commit.clone());
+                Ok(SyncOutcome::Accepted(Revision {
+                    commit,
+                    repository: Arc::new(repository),
+                }))
+            }
+        }
+    }
+}
+
+/// What the sync task needs.
+#[derive(Debug, Clone)]
+pub struct Syncing {
+    pub store: SharedStore,
+    pub revision: Arc<ServingRevision>,
+    pub catalogs: Arc<Catalogs>,
+    pub metrics: Arc<Metrics>,
+    pub clock: SharedClock,
+    pub interval: Duration,
+    /// How long run reports are kept.
+    pub report_retention: Duration,
+}
+
+/// Syncs at start, on every interval and on request, until shutdown. git
+/// work blocks, so it runs in `spawn_blocking`.
+pub async fn sync_loop(
+    state: Syncing,
+    syncer: RolesSource,
+    mut requests: mpsc::Receiver<SyncReply>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let syncer = Arc::new(Mutex::new(syncer));
+    let mut interval = tokio::time::interval(state.interval);
+    // Pruning scans every report key: hourly is plenty for a retention
+    // counted in days.
+    let mut last_prune: Option<tokio::time::Instant> = None;
+    loop {
+        let reply = tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            _ = interval.tick() => None,
+            request = requests.recv() => match request {
+                Some(reply) => Some(reply),
+                None => return Ok(()),
+            },
+        };
+        let outcome = sync_once(&state, syncer.clone()).await;
+        state.metrics.sync_finished(&outcome);
+        if let Err(error) = &outcome {
+            tracing::warn!("{error:#}");
+        }
+        if last_prune.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600)) {
+            prune_reports(&state).await;
+            last_prune = Some(tokio::time::Instant::now());
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// Drops reports older than the retention, on the sync interval.
+async fn prune_reports(state: &Syncing) {
+    let cutoff = state
+        .clock
+        .now_unix_ms()
+        .saturating_sub(state.report_retention.as_millis() as u64);
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.prune_reports(cutoff)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(pruned)) => tracing::info!(pruned, "pruned run reports past their retention"),
+        Ok(Err(error)) => tracing::warn!("Failed to prune run reports: {error}"),
+        Err(error) => tracing::warn!("Failed to prune run reports: {error}"),
+    }
+}
+
+async fn sync_once(
+    state: &Syncing,
+    syncer: Arc<Mutex<RolesSource>>,
+) -> anyhow::Result<pb::SyncResponse> {
+    let outcome =
+        tokio::task::spawn_blocking(move || syncer.lock().expect("syncer lock").sync_once())
+            .await
+            .context("The sync task panicked")??;
+    let store = state.store.clone();
+    let response = match outcome {
+        SyncOutcome::Unchanged { commit } => pb::SyncResponse {
+            revision: commit,
+            accepted: true,
+            errors: Vec::new(),
+        },
+        SyncOutcome::Accepted(revision) => {
+            let commit = revision.commit.clone();
+            let record = RevisionRecord {
+                commit: commit.clone(),
+                accepted: true,
+                errors: Vec::new(),
+                synced_unix_ms: state.clock.now_unix_ms(),
+            };
+            let pointer = commit.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                store.put_revision(&record)?;
+                store.set_current_revision(&pointer)?;
+                Ok(())
+            })
+            .await??;
+            state.revision.replace(revision);
+            state.catalogs.clear();
+            tracing::info!(commit = %commit, "serving a new revision");
+            pb::SyncResponse {
+                revision: commit,
+                accepted: true,
+                errors: Vec::new(),
+            }
+        }
+        SyncOutcome::Refused {
+            commit,
+            diagnostics,
+        } => {
+            let errors: Vec<RevisionError> = diagnostics
+                .iter()
+                .map(|d| RevisionError {
+                    file: d.file.clone(),
+                    line: d.line,
+                    column: d.column,
+                    message: d.message.clone(),
+                })
+                .collect();
+            let record = RevisionRecord {
+                commit: commit.clone(),
+                accepted: false,
+                errors: errors.clone(),
+                synced_unix_ms: state.clock.now_unix_ms(),
+            };
+            tokio::task::spawn_blocking(move || store.put_revision(&record)).await??;
+            tracing::warn!(commit = %commit, problems = errors.len(), "refused a commit that does not validate; the last good revision stays");
+            pb::SyncResponse {
+                revision: commit,
+                accepted: false,
+                errors: errors
+                    .into_iter()
+                    .map(|e| pb::ValidationError {
+                        file: e.file,
+                        line: e.line,
+                        column: e.column,
+                        message: e.message,
+                    })
+                    .collect(),
+            }
+        }
+    };
+    Ok(response)
+}
