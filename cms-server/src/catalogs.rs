@@ -275,7 +275,7 @@ impl Catalogs {
                 .expect("the semaphore is never closed");
             let compile_duration = self.compile_duration.clone();
             tokio::task::spawn_blocking(move || {
-                let started = std::time::Instant::now();
+                let started = crate::clock::instant();
                 let result = compile(&repository, &node).map(Arc::new).map_err(Arc::new);
                 if let Some(histogram) = compile_duration {
                     histogram.observe(started.elapsed().as_secs_f64());

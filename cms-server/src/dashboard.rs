@@ -130,7 +130,7 @@ impl Sessions {
     fn open(&self) -> anyhow::Result<String> {
         let secret = create_session_secret()?;
         let mut sessions = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
+        let now = crate::clock::instant();
         sessions.retain(|_, expires| *expires > now);
         sessions.insert(sha256_hex(secret.as_bytes()), now + SESSION_LIFETIME);
         Ok(secret)
@@ -140,7 +140,7 @@ impl Sessions {
         let sessions = self.0.lock().unwrap_or_else(|e| e.into_inner());
         sessions
             .get(&sha256_hex(secret.as_bytes()))
-            .is_some_and(|expires| *expires > Instant::now())
+            .is_some_and(|expires| *expires > crate::clock::instant())
     }
 
     fn close(&self, secret: &str) {

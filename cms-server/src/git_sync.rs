@@ -22,7 +22,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
 use cms_roles::{Diagnostics, RepoFiles, Repository, example_facts, validate};
 use gix::remote::Direction;
@@ -414,7 +413,7 @@ impl Syncer {
     /// before, reads and validates that commit. The current revision changes
     /// only on [`SyncOutcome::Accepted`]; an error leaves it as it was.
     pub fn sync_once(&mut self) -> Result<SyncOutcome, SyncError> {
-        let started = Instant::now();
+        let started = crate::clock::instant();
         let commit = self.source.fetch()?;
         let fetched = started.elapsed();
         if let Some(current) = &self.current

@@ -46,7 +46,7 @@ use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::sled::Transactional;
 use serde::Serialize;
@@ -819,7 +819,7 @@ impl Drop for RunningFlush<'_> {
 }
 
 fn open_database(dir: &Path, lock_wait: Duration) -> Result<::sled::Db, StoreError> {
-    let deadline = Instant::now() + lock_wait;
+    let deadline = crate::clock::instant() + lock_wait;
     loop {
         match ::sled::Config::new()
             .path(dir)
@@ -828,7 +828,7 @@ fn open_database(dir: &Path, lock_wait: Duration) -> Result<::sled::Db, StoreErr
         {
             Ok(db) => return Ok(db),
             Err(source) if is_lock_contention(&source) => {
-                if Instant::now() >= deadline {
+                if crate::clock::instant() >= deadline {
                     return Err(StoreError::Locked {
                         path: dir.to_path_buf(),
                         source: BackendError::new(source),
@@ -1082,10 +1082,10 @@ mod tests {
             })
             .collect();
         // Every later writer waits for the running flush before it ends.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = crate::clock::instant() + Duration::from_secs(10);
         while group.state.lock().unwrap().waiting < 8 {
             assert!(
-                Instant::now() < deadline,
+                crate::clock::instant() < deadline,
                 "the later writers did not all wait"
             );
             std::thread::yield_now();
