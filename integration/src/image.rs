@@ -405,7 +405,7 @@ fn install_package_into_layer(
         script,
         "bake",
     ]);
-    if crate::instance::kernel_has_overlayfs() {
+    if crate::filesystem::kernel_has_overlayfs() {
         let work = scratch.join("work");
         let merged = scratch.join("merged");
         for directory in [&work, &merged] {

@@ -14,7 +14,7 @@ use crate::host_command::{
 use crate::image::BakedImage;
 use crate::network::InstanceNetwork;
 use crate::process_table::{ProcessTable, is_process_alive};
-use crate::testbed::SlotReservation;
+use crate::slots::SlotReservation;
 use crate::wait::{POLL_INTERVAL, wait_until};
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
@@ -333,7 +333,9 @@ impl Instance {
         let base_root = image.base().root_directory();
         let layer_directory = image.layer_directory();
         let layer = layer_directory.as_path();
-        if strategy == RootFilesystemStrategy::OverlayWhenAvailable && kernel_has_overlayfs() {
+        if strategy == RootFilesystemStrategy::OverlayWhenAvailable
+            && crate::filesystem::kernel_has_overlayfs()
+        {
             let upper = self.directory.join("upper");
             let work = self.directory.join("work");
             for directory in [&upper, &work] {
@@ -573,15 +575,6 @@ fn kill_init_if_still_systemd(init_pid: u32) {
     {
         let _ = kill(Pid::from_raw(init_pid as i32), Signal::SIGKILL);
     }
-}
-
-pub(crate) fn kernel_has_overlayfs() -> bool {
-    std::fs::read_to_string("/proc/filesystems")
-        .map(|text| {
-            text.lines()
-                .any(|line| line.split_whitespace().last() == Some("overlay"))
-        })
-        .unwrap_or(false)
 }
 
 fn check_instance_name(name: &str) -> Result<()> {

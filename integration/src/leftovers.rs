@@ -89,7 +89,7 @@ fn display_paths(paths: &[PathBuf]) -> Vec<String> {
 /// testbed of another process to finish, and fails while one of this
 /// process is still running.
 pub fn find_leftovers(settings: &TestbedSettings) -> Result<Leftovers> {
-    let _machine_lock = crate::testbed::take_machine_lock_for_inspection()?;
+    let _machine_lock = crate::machine_lock::MachineLock::for_inspection()?;
     let processes = find_leftover_processes()?;
     Ok(Leftovers {
         processes: processes.iter().map(describe_process).collect(),

@@ -35,11 +35,14 @@ mod http_file_server;
 mod image;
 mod instance;
 mod leftovers;
+mod machine_lock;
 mod network;
 mod package_repo;
 mod prerequisites;
 mod process_table;
+mod reports;
 mod settings;
+mod slots;
 mod test_server;
 mod testbed;
 mod wait;
@@ -57,9 +60,11 @@ pub use leftovers::{Leftovers, find_leftovers};
 pub use network::{BRIDGE_NAME, HOST_ADDRESS, NETWORK_PREFIX_LENGTH, PACKAGE_REPO_PORT};
 pub use package_repo::{DebPackageFile, DebPackageSpec, PackageRepo};
 pub use prerequisites::check_prerequisites;
+pub use reports::{FIRST_REPORT_TIMEOUT, node_reports, wait_for_first_report};
 pub use settings::{CACHE_DIRECTORY_VARIABLE, DEBIAN_MIRROR_VARIABLE, TestbedSettings};
 pub use test_server::TestServer;
 pub use testbed::Testbed;
+pub use wait::{wait_until, wait_until_polling_every};
 
 /// The prefix of every name the testbed gives to something on the host:
 /// network namespaces, links, machines, instance and scratch directories.

@@ -6,7 +6,6 @@
 //! away.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use cms_integration::{GitRepo, HostAgent, TestServer, build_workspace_binary};
@@ -277,43 +276,7 @@ fn an_instance_boots_enrolls_with_its_token_converges_its_role_and_reports() -> 
     )?;
 
     // Boot to converged: the agent enrolls and converges at once.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let reports = loop {
-        let reports = server.runtime.block_on(async {
-            let mut admin = server.admin().await?;
-            let nodes = admin
-                .list_nodes(pb::ListNodesRequest { selector: None })
-                .await?
-                .into_inner()
-                .nodes;
-            let mut reports = Vec::new();
-            for node in nodes {
-                reports.extend(
-                    admin
-                        .get_reports(pb::GetReportsRequest {
-                            node_id: node.node_id,
-                            limit: 5,
-                        })
-                        .await?
-                        .into_inner()
-                        .reports,
-                );
-            }
-            anyhow::Ok(reports)
-        })?;
-        if !reports.is_empty() {
-            break reports;
-        }
-        if std::time::Instant::now() > deadline {
-            let journal =
-                instance.run(&["journalctl", "-u", "cms-agent", "--no-pager", "-n", "40"])?;
-            anyhow::bail!(
-                "no report within 60 s; the agent's journal:\n{}",
-                journal.stdout
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let first_report = cms_integration::wait_for_first_report(&server, &instance)?;
     let motd = instance.run_successfully(&["cat", "/etc/motd"])?.stdout;
     ensure!(motd.ends_with("is a web instance\n"), "motd {motd:?}");
     ensure!(
@@ -323,11 +286,11 @@ fn an_instance_boots_enrolls_with_its_token_converges_its_role_and_reports() -> 
         "the exec ran"
     );
     ensure!(
-        reports[0]
+        first_report
             .resources
             .iter()
             .all(|r| r.status != pb::ResourceStatus::Failed as i32),
-        "{reports:?}"
+        "{first_report:?}"
     );
 
     // `cms-agent converge` on the instance: nothing left to do.

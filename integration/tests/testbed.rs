@@ -12,6 +12,7 @@ use cms_integration::{
     AGENT_CONFIG, DebPackageSpec, HOST_ADDRESS, Image, ImageOrigin, ImageRecipe, Instance,
     InstanceConfig, PACKAGE_REPO_PORT, PackageRepo, RootFilesystemStrategy, SystemState,
     TAGS_FILE_PATH, Testbed, bake_agent_image, begin_end_to_end_test, find_leftovers,
+    wait_until_polling_every,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -208,21 +209,21 @@ fn check_agent_is_baked_in(instance: &Instance) -> Result<()> {
     );
     // systemd started the agent at boot; with no server in its
     // configuration it says what it needs.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let journal = instance
-            .run(&["journalctl", "-u", "cms-agent", "--no-pager", "-o", "cat"])?
-            .stdout;
-        if journal.contains("not enrolled and its configuration has no server and token") {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{}: cms-agent.service did not run at boot; its journal:\n{journal}",
-            instance.name()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut journal = String::new();
+    wait_until_polling_every(
+        Duration::from_millis(200),
+        Duration::from_secs(60),
+        "cms-agent.service to run at boot",
+        || {
+            journal = instance
+                .run(&["journalctl", "-u", "cms-agent", "--no-pager", "-o", "cat"])?
+                .stdout;
+            Ok(journal
+                .contains("not enrolled and its configuration has no server and token")
+                .then_some(()))
+        },
+    )
+    .with_context(|| format!("{}: its journal:\n{journal}", instance.name()))
 }
 
 fn check_apt_knows_only_the_internal_repository(instance: &Instance) -> Result<()> {
