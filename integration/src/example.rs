@@ -19,8 +19,8 @@ use cms_proto::v1 as pb;
 
 use crate::filesystem::ScratchDirectory;
 use crate::{
-    CommandOutput, HOST_ADDRESS, Image, ImageRecipe, InstanceConfig, PackageRepo, TestServer,
-    Testbed, TestbedSettings, bake_agent_for_server,
+    CommandOutput, Image, ImageRecipe, InstanceConfig, PackageRepo, TestServer, Testbed,
+    TestbedSettings, bake_agent_for_server,
 };
 
 /// The example roles repository.
@@ -76,7 +76,7 @@ pub fn converge_example_web_role(
     let server = TestServer::start_on(
         data.path(),
         Path::new(EXAMPLE_REPOSITORY),
-        std::net::SocketAddr::from((HOST_ADDRESS, 0)),
+        std::net::SocketAddr::from((testbed.host_address(), 0)),
     )?;
     let token = server.token(&[("role", "web"), ("env", "*")])?;
 

@@ -8,13 +8,13 @@ use crate::image::BakedImage;
 use crate::instance::{Instance, InstanceConfig};
 use crate::leftovers::remove_leftovers;
 use crate::machine_lock::MachineLock;
-use crate::network::{Bridge, HOST_ADDRESS, PACKAGE_REPO_PORT};
+use crate::network::{Bridge, TestbedAddresses, choose_host_address};
 use crate::package_repo::PackageRepo;
 use crate::settings::TestbedSettings;
 use crate::slots::SlotTable;
 use anyhow::{Context, Result};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{Ipv4Addr, TcpListener};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long [`Testbed::boot`] waits for an instance's systemd to finish
@@ -32,6 +32,11 @@ pub struct Testbed {
 pub(crate) struct TestbedShared {
     settings: TestbedSettings,
     slots: Arc<SlotTable>,
+    addresses: TestbedAddresses,
+    /// The package repository's port, bound when the testbed starts (so
+    /// that instances booted before the repository is served know it), and
+    /// handed to the server by [`Testbed::serve_package_repo`].
+    package_repo_listener: Mutex<Option<TcpListener>>,
     bridge: Bridge,
     // Declared last: released only after the bridge is removed.
     _machine_lock: MachineLock,
@@ -52,11 +57,21 @@ impl Testbed {
         let instances_directory = settings.instances_directory();
         std::fs::create_dir_all(&instances_directory)
             .with_context(|| format!("Failed to create {}", instances_directory.display()))?;
-        let bridge = Bridge::create()?;
+        let host = choose_host_address()?;
+        let bridge = Bridge::create(host)?;
+        let package_repo_listener = TcpListener::bind((host, 0)).with_context(|| {
+            format!("Failed to listen on {host} for the internal package repository")
+        })?;
+        let addresses = TestbedAddresses {
+            host,
+            package_repo_port: package_repo_listener.local_addr()?.port(),
+        };
         Ok(Testbed {
             shared: Arc::new(TestbedShared {
                 settings: settings.clone(),
                 slots: Arc::default(),
+                addresses,
+                package_repo_listener: Mutex::new(Some(package_repo_listener)),
                 bridge,
                 _machine_lock: machine_lock,
             }),
@@ -65,6 +80,23 @@ impl Testbed {
 
     pub fn settings(&self) -> &TestbedSettings {
         &self.shared.settings
+    }
+
+    /// The host's address on the bridge, where instances reach the host:
+    /// servers that instances use listen here (on port 0).
+    pub fn host_address(&self) -> Ipv4Addr {
+        self.shared.addresses.host
+    }
+
+    /// The internal package repository as instances see it,
+    /// `http://HOST:PORT/`: the apt source every instance is given.
+    pub fn package_repo_url(&self) -> String {
+        self.shared.addresses.package_repo_url()
+    }
+
+    /// The bridge's subnet, as `ip route` shows it (`10.213.0.0/24`).
+    pub fn subnet(&self) -> String {
+        self.shared.addresses.subnet()
     }
 
     /// Boots an instance and waits until its systemd has finished booting
@@ -89,16 +121,25 @@ impl Testbed {
             slot,
             &self.shared.settings.instances_directory(),
             image,
+            &self.shared.addresses,
             config,
         )
     }
 
-    /// Serves the repository over HTTP on the bridge address, where baked
-    /// images expect the internal package repository.
+    /// Serves the repository over HTTP on the bridge address, where
+    /// instances expect the internal package repository. Once per testbed.
     pub fn serve_package_repo(&self, repo: &PackageRepo) -> Result<HttpFileServer> {
-        let address = SocketAddr::from((HOST_ADDRESS, PACKAGE_REPO_PORT));
-        HttpFileServer::start_keeping_alive(
-            address,
+        let listener = self
+            .shared
+            .package_repo_listener
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+            .context(
+                "Failed to serve the internal package repository: this testbed serves one already",
+            )?;
+        HttpFileServer::start_on_keeping_alive(
+            listener,
             repo.directory(),
             vec![Arc::clone(&self.shared) as _, repo.shared_directory() as _],
         )

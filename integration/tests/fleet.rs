@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use cms_integration::{
-    GitRepo, HOST_ADDRESS, Image, ImageRecipe, Instance, InstanceConfig, TestServer, Testbed,
+    GitRepo, Image, ImageRecipe, Instance, InstanceConfig, TestServer, Testbed,
     bake_agent_for_server, begin_end_to_end_test, build_workspace_binary, node_reports,
     wait_for_first_report, wait_until_polling_every,
 };
@@ -134,7 +134,7 @@ fn a_trigger_converges_the_canary_then_batches_of_the_selection_only_and_a_faili
     let server = TestServer::start_on(
         &dir.path().join("server"),
         git.path(),
-        std::net::SocketAddr::from((HOST_ADDRESS, 0)),
+        std::net::SocketAddr::from((testbed.host_address(), 0)),
     )?;
     let admin = Admin {
         binary: admin_binary,
@@ -322,7 +322,7 @@ fn certificates_are_renewed_by_the_agent_a_gone_node_is_removed_and_refused_and_
     let server = TestServer::start_with(
         &dir.path().join("server"),
         git.path(),
-        std::net::SocketAddr::from((HOST_ADDRESS, 0)),
+        std::net::SocketAddr::from((testbed.host_address(), 0)),
         |config| {
             config.certificate_validity = Duration::from_secs(30);
             config.gone_after = Duration::from_secs(3);

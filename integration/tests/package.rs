@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use cms_integration::{
-    HOST_ADDRESS, Image, ImageRecipe, Instance, InstanceConfig, TestServer, Testbed,
-    bake_agent_for_server, bake_agent_image, begin_end_to_end_test, build_agent_package,
-    build_server_package, build_workspace_binary, wait_for_first_report, wait_until_polling_every,
+    Image, ImageRecipe, Instance, InstanceConfig, TestServer, Testbed, bake_agent_for_server,
+    bake_agent_image, begin_end_to_end_test, build_agent_package, build_server_package,
+    build_workspace_binary, wait_for_first_report, wait_until_polling_every,
 };
 use cms_proto::v1 as pb;
 
@@ -100,7 +100,7 @@ fn the_agent_package_baked_into_an_image_starts_at_boot_enrolls_and_converges() 
     let server = TestServer::start_on(
         &dir.path().join("server"),
         &roles,
-        std::net::SocketAddr::from((HOST_ADDRESS, 0)),
+        std::net::SocketAddr::from((testbed.host_address(), 0)),
     )?;
     let token = server.token(&[("role", "base")])?;
     let image = Image::build_or_reuse(&ImageRecipe::debian_bookworm(), &settings)?;

@@ -9,10 +9,9 @@
 
 use anyhow::{Context, Result, ensure};
 use cms_integration::{
-    AGENT_CONFIG, DebPackageSpec, HOST_ADDRESS, Image, ImageOrigin, ImageRecipe, Instance,
-    InstanceConfig, PACKAGE_REPO_PORT, PackageRepo, RootFilesystemStrategy, SystemState,
-    TAGS_FILE_PATH, Testbed, bake_agent_image, begin_end_to_end_test, find_leftovers,
-    wait_until_polling_every,
+    AGENT_CONFIG, DebPackageSpec, Image, ImageOrigin, ImageRecipe, Instance, InstanceConfig,
+    PackageRepo, RootFilesystemStrategy, SystemState, TAGS_FILE_PATH, Testbed, bake_agent_image,
+    begin_end_to_end_test, find_leftovers, wait_until_polling_every,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -75,8 +74,8 @@ fn two_tagged_instances_boot_stay_separate_install_from_the_internal_repository_
         check_system_is_up(instance)?;
         check_tags_and_identity(instance)?;
         check_agent_is_baked_in(instance)?;
-        check_apt_knows_only_the_internal_repository(instance)?;
-        check_network_reaches_the_host_and_nothing_else(instance, &repo_server)?;
+        check_apt_knows_only_the_internal_repository(instance, &testbed)?;
+        check_network_reaches_the_host_and_nothing_else(instance, &testbed, &repo_server)?;
     }
     check_instances_are_separate(&web, &db)?;
     let (_, install_time) =
@@ -226,13 +225,16 @@ fn check_agent_is_baked_in(instance: &Instance) -> Result<()> {
     .with_context(|| format!("{}: its journal:\n{journal}", instance.name()))
 }
 
-fn check_apt_knows_only_the_internal_repository(instance: &Instance) -> Result<()> {
+fn check_apt_knows_only_the_internal_repository(
+    instance: &Instance,
+    testbed: &Testbed,
+) -> Result<()> {
     let sources = instance.run_successfully(&[
         "sh",
         "-c",
         "grep -rh --no-filename -v '^#' /etc/apt/sources.list /etc/apt/sources.list.d/ | grep .",
     ])?;
-    let expected = format!("deb [trusted=yes] http://{HOST_ADDRESS}:{PACKAGE_REPO_PORT}/ ./\n");
+    let expected = format!("deb [trusted=yes] {} ./\n", testbed.package_repo_url());
     ensure!(
         sources.stdout == expected,
         "{}: apt sources are {:?}",
@@ -244,6 +246,7 @@ fn check_apt_knows_only_the_internal_repository(instance: &Instance) -> Result<(
 
 fn check_network_reaches_the_host_and_nothing_else(
     instance: &Instance,
+    testbed: &Testbed,
     repo_server: &cms_integration::HttpFileServer,
 ) -> Result<()> {
     let routes = instance
@@ -252,7 +255,8 @@ fn check_network_reaches_the_host_and_nothing_else(
     ensure!(
         routes.trim()
             == format!(
-                "10.213.0.0/24 dev eth0 proto kernel scope link src {}",
+                "{} dev eth0 proto kernel scope link src {}",
+                testbed.subnet(),
                 instance.address()
             ),
         "{}: routes are {routes:?}",
