@@ -444,6 +444,7 @@ fn the_last_good_revision_is_still_served_after_a_server_restart() -> Result<()>
 fn more_distinct_catalogs_than_compile_permits_asked_at_once_are_all_answered() -> Result<()> {
     use cms_agent::client::{ServerAddress, connect, enroll};
     use cms_agent::identity::{Identity, generate_key_and_csr};
+    use sha2::Digest as _;
 
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir()?;
@@ -451,7 +452,7 @@ fn more_distinct_catalogs_than_compile_permits_asked_at_once_are_all_answered() 
     git.commit(
         &[
             ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
-            ("templates/shard.hbs", "shard {{tag.shard}}\n"),
+            ("templates/shard.hbs", "shard {{default tag.shard \"none\"}}\n"),
             (
                 "roles/app.toml",
                 "[match]\nrole = \"app\"\n\n[[file]]\npath = \"/tmp/shard\"\ntemplate = \"shard.hbs\"\n",
@@ -460,6 +461,8 @@ fn more_distinct_catalogs_than_compile_permits_asked_at_once_are_all_answered() 
         "roles",
     )?;
     let server = TestServer::start(&dir.path().join("server"), git.path(), 0)?;
+    let synced = server.runtime.block_on(server.sync())?;
+    ensure!(synced.accepted, "the roles validate: {synced:?}");
     let token = server.token(&[("role", "app"), ("shard", "*")])?;
     // The server lets as many compiles run at once as this machine has
     // cores (cms-server/src/catalogs.rs); four times that, and one more,
@@ -521,9 +524,15 @@ fn more_distinct_catalogs_than_compile_permits_asked_at_once_are_all_answered() 
     for (shard, answer) in answers {
         match answer.result {
             Some(pb::catalog_response::Result::Catalog(catalog)) => {
+                // The catalog names its file's content by sha256.
                 let text = String::from_utf8_lossy(&catalog.canonical_json);
+                let content_sha256: String =
+                    sha2::Sha256::digest(format!("shard {shard}\n").as_bytes())
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
                 ensure!(
-                    text.contains(&format!("shard {shard}")),
+                    text.contains(&format!("\"content_sha256\":\"{content_sha256}\"")),
                     "app-{shard} got another node's catalog: {text}"
                 );
             }
