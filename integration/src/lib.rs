@@ -63,7 +63,7 @@ pub use instance::{
     Instance, InstanceConfig, PACKAGE_SOURCE_PATH, RootFilesystemStrategy, SystemState,
     TAGS_FILE_PATH,
 };
-pub use leftovers::{Leftovers, find_leftovers};
+pub use leftovers::{Leftovers, find_leftovers, find_leftovers_of_instance};
 pub use network::{BRIDGE_NAME, NETWORK_PREFIX_LENGTH};
 pub use package_repo::{DebPackageFile, DebPackageSpec, PackageRepo};
 pub use prerequisites::check_prerequisites;

@@ -14,6 +14,7 @@ use anyhow::{Context, Result, ensure};
 use cms_integration::{
     BakedImage, DebPackageSpec, HttpFileServer, Instance, InstanceConfig, PackageRepo,
     SharedFixture, Testbed, TestbedSettings, bake_agent_image, check_prerequisites,
+    find_leftovers_of_instance,
 };
 
 /// What the tests share: the testbed, the internal repository holding the
@@ -46,6 +47,16 @@ fn fixture() -> Result<Arc<Fixture>> {
             baked,
         })
     })
+}
+
+/// Shuts the test's instance down and checks that nothing of it is left on
+/// the host (the testbed itself lives on for the other tests).
+fn shut_down_leaving_nothing(fixture: &Fixture, instance: Instance) -> Result<()> {
+    let name = instance.name().to_string();
+    instance.shutdown()?;
+    let leftovers = find_leftovers_of_instance(fixture.testbed.settings(), &name)?;
+    ensure!(leftovers.is_empty(), "after {name}'s teardown, {leftovers}");
+    Ok(())
 }
 
 /// An instance of its own for one test, tagged `role=app`.
@@ -244,7 +255,7 @@ fn a_first_run_installs_creates_and_starts_everything_and_starts_the_service_onc
         run(&instance, "test -f /var/tmp/first-boot && echo yes")? == "yes",
         "exec ran"
     );
-    instance.shutdown()
+    shut_down_leaving_nothing(&fixture, instance)
 }
 
 #[test]
@@ -258,7 +269,7 @@ fn a_second_run_changes_nothing_and_restarts_nothing() -> Result<()> {
         "second run should change nothing (exit 0), got {code}:\n{output}"
     );
     ensure!(starts(&instance)? == 1, "no restart on an unchanged run");
-    instance.shutdown()
+    shut_down_leaving_nothing(&fixture, instance)
 }
 
 #[test]
@@ -279,7 +290,7 @@ fn two_changed_files_that_notify_a_service_restart_it_once() -> Result<()> {
         output.contains("refresh: restarted cms-test-daemon.service"),
         "{output}"
     );
-    instance.shutdown()
+    shut_down_leaving_nothing(&fixture, instance)
 }
 
 #[test]
@@ -315,7 +326,7 @@ fn noop_prints_the_restart_a_file_change_would_cause_and_restarts_nothing() -> R
         run(&instance, "cat /etc/cms-test-daemon.conf")? == "v1",
         "noop wrote nothing"
     );
-    instance.shutdown()
+    shut_down_leaving_nothing(&fixture, instance)
 }
 
 #[test]
@@ -353,7 +364,7 @@ fn noop_shows_every_drift_and_changes_nothing() -> Result<()> {
         run(&instance, "cat /etc/cms-test-daemon.conf")? == "drift",
         "noop wrote nothing"
     );
-    instance.shutdown()
+    shut_down_leaving_nothing(&fixture, instance)
 }
 
 #[test]
@@ -395,7 +406,7 @@ fn a_run_repairs_every_drift_and_leaves_nothing_to_do() -> Result<()> {
         code == 0,
         "after repair nothing is left to do, got {code}:\n{output}"
     );
-    instance.shutdown()
+    shut_down_leaving_nothing(&fixture, instance)
 }
 
 #[test]
@@ -444,7 +455,7 @@ fn a_declared_package_source_brings_a_new_version_and_a_package_is_removed() -> 
         code == 0,
         "after the upgrade nothing is left to do, got {code}:\n{output}"
     );
-    instance.shutdown()
+    shut_down_leaving_nothing(&fixture, instance)
 }
 
 #[test]
@@ -491,5 +502,5 @@ content = "converged\n"
         run(&instance, "cat /etc/independent")? == "converged",
         "{output}"
     );
-    instance.shutdown()
+    shut_down_leaving_nothing(&fixture, instance)
 }

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, ensure};
 use cms_integration::{
     AGENT_CONFIG, DebPackageSpec, Image, ImageOrigin, ImageRecipe, Instance, InstanceConfig,
     PackageRepo, RootFilesystemStrategy, SystemState, TAGS_FILE_PATH, Testbed, bake_agent_image,
-    begin_end_to_end_test, find_leftovers, wait_until_polling_every,
+    begin_end_to_end_test, find_leftovers, find_leftovers_of_instance, wait_until_polling_every,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -127,6 +127,15 @@ fn leftovers_of_a_crashed_run_are_removed_when_the_next_testbed_starts() -> Resu
     testbed
         .boot(&baked, InstanceConfig::new("crashed"))?
         .abandon_as_if_crashed();
+    // The check a test makes of its own instance sees all of it too.
+    let of_instance = find_leftovers_of_instance(&settings, "crashed")?;
+    ensure!(
+        !of_instance.processes.is_empty()
+            && !of_instance.mounts.is_empty()
+            && of_instance.network_namespaces == ["cmstb-crashed"]
+            && of_instance.directories.len() == 1,
+        "the crashed instance's own leftovers, found {of_instance}"
+    );
     testbed.shutdown()?;
     let leftovers = find_leftovers(&settings)?;
     ensure!(
@@ -146,6 +155,11 @@ fn leftovers_of_a_crashed_run_are_removed_when_the_next_testbed_starts() -> Resu
     drop(baked);
     let leftovers = find_leftovers(&settings)?;
     ensure!(leftovers.is_empty(), "after the next start, {leftovers}");
+    let of_instance = find_leftovers_of_instance(&settings, "crashed")?;
+    ensure!(
+        of_instance.is_empty(),
+        "after the next start, {of_instance}"
+    );
     Ok(())
 }
 
