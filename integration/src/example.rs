@@ -14,13 +14,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use cms_proto::v1 as pb;
 
 use crate::filesystem::ScratchDirectory;
 use crate::{
-    CommandOutput, HOST_ADDRESS, Image, ImageRecipe, InstanceConfig, PackageRepo, TestServer,
-    Testbed, TestbedSettings, bake_agent_for_server,
+    CommandOutput, Image, ImageRecipe, InstanceConfig, PackageRepo, TestServer, Testbed,
+    TestbedSettings, bake_agent_for_server,
 };
 
 /// The example roles repository.
@@ -76,7 +76,7 @@ pub fn converge_example_web_role(
     let server = TestServer::start_on(
         data.path(),
         Path::new(EXAMPLE_REPOSITORY),
-        std::net::SocketAddr::from((HOST_ADDRESS, 0)),
+        std::net::SocketAddr::from((testbed.host_address(), 0)),
     )?;
     let token = server.token(&[("role", "web"), ("env", "*")])?;
 
@@ -95,33 +95,7 @@ pub fn converge_example_web_role(
             .with_tag("role", "web")
             .with_tag("env", "prod"),
     )?;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let first_report = loop {
-        let reports = server.runtime.block_on(async {
-            let mut admin = server.admin().await?;
-            let reports = admin
-                .get_reports(pb::GetReportsRequest {
-                    node_id: "web-1".into(),
-                    limit: 1,
-                })
-                .await?
-                .into_inner()
-                .reports;
-            anyhow::Ok(reports)
-        })?;
-        if let Some(report) = reports.into_iter().next() {
-            break report;
-        }
-        if Instant::now() > deadline {
-            let journal =
-                instance.run(&["journalctl", "-u", "cms-agent", "--no-pager", "-n", "60"])?;
-            bail!(
-                "the agent sent no report within 3 minutes; its journal:\n{}",
-                journal.stdout
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let first_report = crate::reports::wait_for_first_report(&server, &instance)?;
     let boot_to_report = booted.elapsed();
     let boot_journal = instance
         .run(&["journalctl", "-u", "cms-agent", "--no-pager", "-o", "cat"])?

@@ -215,6 +215,15 @@ pub(crate) fn scratch_directory_owner(name: &str) -> Option<u32> {
         .ok()
 }
 
+pub(crate) fn kernel_has_overlayfs() -> bool {
+    std::fs::read_to_string("/proc/filesystems")
+        .map(|text| {
+            text.lines()
+                .any(|line| line.split_whitespace().last() == Some("overlay"))
+        })
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,16 @@ impl HttpFileServer {
     ) -> Result<HttpFileServer> {
         let listener = TcpListener::bind(bind_address)
             .with_context(|| format!("Failed to listen on {bind_address}"))?;
+        Self::start_on_keeping_alive(listener, root, keep_alive)
+    }
+
+    /// Serves `root` on a listener bound already; `keep_alive` is held until
+    /// the server stops.
+    pub(crate) fn start_on_keeping_alive(
+        listener: TcpListener,
+        root: &Path,
+        keep_alive: Vec<Arc<dyn std::any::Any + Send + Sync>>,
+    ) -> Result<HttpFileServer> {
         let address = listener
             .local_addr()
             .context("Failed to read the listening address")?;

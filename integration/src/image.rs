@@ -359,13 +359,13 @@ fn write_bake_layer(base_root: &Path, scratch: &Path, bake: &AgentBake) -> Resul
             0o644,
         )?;
     }
-    // The internal package repository is the image's only apt source. It is
-    // a flat repository (`./`), unsigned, hence `[trusted=yes]`.
-    let sources = format!(
-        "# The internal package repository: the only apt source of this image.\n\
-         deb [trusted=yes] {} ./\n",
-        crate::network::package_repo_url()
-    );
+    // The internal package repository is the image's only apt source. Its
+    // address is the testbed's, chosen when a testbed starts, so each
+    // instance is given it at boot (`Instance::start`); the image only
+    // drops the mirror debootstrap used.
+    let sources = "# The internal package repository, the only apt source of this image: \
+                   /etc/apt/sources.list.d/internal-package-repository.list, written for each \
+                   instance when it boots.\n";
     write_file_with_mode(
         &layer.join("etc/apt/sources.list"),
         sources.as_bytes(),
@@ -405,7 +405,7 @@ fn install_package_into_layer(
         script,
         "bake",
     ]);
-    if crate::instance::kernel_has_overlayfs() {
+    if crate::filesystem::kernel_has_overlayfs() {
         let work = scratch.join("work");
         let merged = scratch.join("merged");
         for directory in [&work, &merged] {

@@ -12,9 +12,9 @@ use crate::host_command::{
     run_command_successfully,
 };
 use crate::image::BakedImage;
-use crate::network::InstanceNetwork;
+use crate::network::{InstanceNetwork, TestbedAddresses};
 use crate::process_table::{ProcessTable, is_process_alive};
-use crate::testbed::SlotReservation;
+use crate::slots::SlotReservation;
 use crate::wait::{POLL_INTERVAL, wait_until};
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 
 /// Where an instance finds its tags: a TOML table of `tag = "value"`.
 pub const TAGS_FILE_PATH: &str = "/etc/cms/tags.toml";
+
+/// Where each instance finds the internal package repository.
+pub const PACKAGE_SOURCE_PATH: &str = "/etc/apt/sources.list.d/internal-package-repository.list";
 
 /// How long `systemd-nspawn` may take to start the instance's systemd.
 const INIT_APPEARANCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -137,6 +140,7 @@ impl Instance {
         slot: SlotReservation,
         instances_directory: &Path,
         image: &BakedImage,
+        addresses: &TestbedAddresses,
         config: InstanceConfig,
     ) -> Result<Instance> {
         check_instance_name(&config.name)?;
@@ -147,7 +151,7 @@ impl Instance {
             tags: config.tags.clone(),
             root_directory: directory.join("root"),
             directory,
-            address: crate::network::instance_address(slot.slot()),
+            address: addresses.instance_address(slot.slot()),
             container: None,
             root_mount: None,
             network: None,
@@ -163,9 +167,11 @@ impl Instance {
                 format!("Failed to prepare the root file system of {}", config.name)
             })?;
         instance.write_identity()?;
+        instance.write_package_source(addresses)?;
         instance.network = Some(InstanceNetwork::create(
             &prefixed_name,
             instance.slot.slot(),
+            instance.address,
         )?);
         instance
             .start_container(&prefixed_name)
@@ -333,7 +339,9 @@ impl Instance {
         let base_root = image.base().root_directory();
         let layer_directory = image.layer_directory();
         let layer = layer_directory.as_path();
-        if strategy == RootFilesystemStrategy::OverlayWhenAvailable && kernel_has_overlayfs() {
+        if strategy == RootFilesystemStrategy::OverlayWhenAvailable
+            && crate::filesystem::kernel_has_overlayfs()
+        {
             let upper = self.directory.join("upper");
             let work = self.directory.join("work");
             for directory in [&upper, &work] {
@@ -391,6 +399,19 @@ impl Instance {
         write_file_with_mode(
             &self.root_directory.join("etc/hostname"),
             format!("{}\n", self.name).as_bytes(),
+            0o644,
+        )
+    }
+
+    /// The internal package repository of this testbed, as the instance's
+    /// only apt source (the baked image has none). It is a flat repository
+    /// (`./`), unsigned, hence `[trusted=yes]`.
+    fn write_package_source(&self, addresses: &TestbedAddresses) -> Result<()> {
+        write_file_with_mode(
+            &self
+                .root_directory
+                .join(PACKAGE_SOURCE_PATH.trim_start_matches('/')),
+            format!("deb [trusted=yes] {} ./\n", addresses.package_repo_url()).as_bytes(),
             0o644,
         )
     }
@@ -573,15 +594,6 @@ fn kill_init_if_still_systemd(init_pid: u32) {
     {
         let _ = kill(Pid::from_raw(init_pid as i32), Signal::SIGKILL);
     }
-}
-
-pub(crate) fn kernel_has_overlayfs() -> bool {
-    std::fs::read_to_string("/proc/filesystems")
-        .map(|text| {
-            text.lines()
-                .any(|line| line.split_whitespace().last() == Some("overlay"))
-        })
-        .unwrap_or(false)
 }
 
 fn check_instance_name(name: &str) -> Result<()> {

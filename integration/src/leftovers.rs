@@ -89,7 +89,7 @@ fn display_paths(paths: &[PathBuf]) -> Vec<String> {
 /// testbed of another process to finish, and fails while one of this
 /// process is still running.
 pub fn find_leftovers(settings: &TestbedSettings) -> Result<Leftovers> {
-    let _machine_lock = crate::testbed::take_machine_lock_for_inspection()?;
+    let _machine_lock = crate::machine_lock::MachineLock::for_inspection()?;
     let processes = find_leftover_processes()?;
     Ok(Leftovers {
         processes: processes.iter().map(describe_process).collect(),
@@ -97,6 +97,52 @@ pub fn find_leftovers(settings: &TestbedSettings) -> Result<Leftovers> {
         network_namespaces: testbed_network_namespace_names()?,
         links: testbed_link_names()?,
         directories: find_leftover_directories(settings, ScratchOwners::DeadOrThisProcess)?,
+    })
+}
+
+/// What instance `name` left on this host after it was shut down: its
+/// container's processes, its mounts, its network namespace and its
+/// directory. Unlike [`find_leftovers`] it does not take the machine lock,
+/// so a test can check its own instance while the testbed (shared with
+/// other tests) runs on; the instance's veth pair is named after its
+/// address slot, not its name, and is left to [`find_leftovers`].
+pub fn find_leftovers_of_instance(settings: &TestbedSettings, name: &str) -> Result<Leftovers> {
+    let prefixed = format!("{}{name}", crate::NAME_PREFIX);
+    let marker = format!("/instances/{prefixed}/");
+    let own_mount_namespace = std::fs::read_link("/proc/self/ns/mnt")
+        .context("Failed to read this process's mount namespace")?;
+    let machine_argument = format!("--machine={prefixed}");
+    let processes = ProcessTable::snapshot()
+        .processes()
+        .filter(|process| !process.is_zombie())
+        .filter(|process| {
+            (process.name == "systemd-nspawn" && process.command_line.contains(&machine_argument))
+                || is_inside(process.pid, &own_mount_namespace, &marker)
+        })
+        .map(describe_process)
+        .collect();
+    let mounts = read_own_mount_table()?
+        .into_iter()
+        .map(|entry| entry.mount_point)
+        .filter(|mount_point| {
+            let path = format!("{}/", mount_point.to_string_lossy());
+            path.contains(&marker)
+        })
+        .collect();
+    let directory = settings.instances_directory().join(&prefixed);
+    Ok(Leftovers {
+        processes,
+        mounts,
+        network_namespaces: testbed_network_namespace_names()?
+            .into_iter()
+            .filter(|namespace| *namespace == prefixed)
+            .collect(),
+        links: Vec::new(),
+        directories: directory
+            .exists()
+            .then_some(directory)
+            .into_iter()
+            .collect(),
     })
 }
 
@@ -182,6 +228,12 @@ fn is_testbed_nspawn(process: &ProcessEntry) -> bool {
 }
 
 fn is_inside_an_instance(pid: u32, own_mount_namespace: &Path) -> bool {
+    is_inside(pid, own_mount_namespace, INSTANCE_DIRECTORY_MARKER)
+}
+
+/// Whether process `pid` runs in another mount namespace whose root file
+/// system's path (or overlay options) contains `marker`.
+fn is_inside(pid: u32, own_mount_namespace: &Path, marker: &str) -> bool {
     let process_directory = PathBuf::from(format!("/proc/{pid}"));
     // Processes sharing the host's mount namespace are not in an instance;
     // skipping them keeps the scan cheap.
@@ -195,10 +247,7 @@ fn is_inside_an_instance(pid: u32, own_mount_namespace: &Path) -> bool {
     mounts
         .iter()
         .filter(|mount| mount.mount_point == Path::new("/"))
-        .any(|root| {
-            root.root.contains(INSTANCE_DIRECTORY_MARKER)
-                || root.super_options.contains(INSTANCE_DIRECTORY_MARKER)
-        })
+        .any(|root| root.root.contains(marker) || root.super_options.contains(marker))
 }
 
 /// Mounts of instance root file systems and anything under the cache

@@ -9,14 +9,16 @@
 //!   cached outside git; [`Image::bake`] adds the agent, its systemd unit and
 //!   its configuration, giving a [`BakedImage`] (our AMI).
 //! - [`Testbed`] owns the host side: a machine-wide lock, a private bridge
-//!   (`cmstb-br0`, `10.213.0.1/24`) that routes nowhere, and the clean-up of
+//!   (`cmstb-br0`, on the first free /24 of `10.213.0.0/16`, the host at
+//!   `.1`) that routes nowhere, and the clean-up of
 //!   whatever an earlier crashed run left behind.
 //! - [`Instance`] is one booted copy of a baked image (an overlayfs mount or a
 //!   full copy), in its own network namespace on the bridge, with its own
 //!   address and tags. Commands run inside it with `nsenter`.
 //! - [`PackageRepo`] is the internal apt repository, built from `.deb` files
-//!   and served over HTTP on the bridge address by [`HttpFileServer`]; it is
-//!   the only apt source a baked image knows.
+//!   and served over HTTP on the bridge address (on a port chosen when the
+//!   testbed starts) by [`HttpFileServer`]; it is the only apt source an
+//!   instance knows.
 //!
 //! Everything the testbed creates on the host is named with the `cmstb-`
 //! prefix and removed by a drop guard, even when a test panics. Where the
@@ -35,11 +37,16 @@ mod http_file_server;
 mod image;
 mod instance;
 mod leftovers;
+mod machine_lock;
 mod network;
 mod package_repo;
 mod prerequisites;
 mod process_table;
+mod reports;
+mod server_process;
 mod settings;
+mod shared_fixture;
+mod slots;
 mod test_server;
 mod testbed;
 mod wait;
@@ -52,14 +59,21 @@ pub use host_agent::HostAgent;
 pub use host_command::CommandOutput;
 pub use http_file_server::{AccessLogEntry, HttpFileServer};
 pub use image::{AgentBake, AgentConfigFile, BakedImage, Image, ImageOrigin, ImageRecipe};
-pub use instance::{Instance, InstanceConfig, RootFilesystemStrategy, SystemState, TAGS_FILE_PATH};
-pub use leftovers::{Leftovers, find_leftovers};
-pub use network::{BRIDGE_NAME, HOST_ADDRESS, NETWORK_PREFIX_LENGTH, PACKAGE_REPO_PORT};
+pub use instance::{
+    Instance, InstanceConfig, PACKAGE_SOURCE_PATH, RootFilesystemStrategy, SystemState,
+    TAGS_FILE_PATH,
+};
+pub use leftovers::{Leftovers, find_leftovers, find_leftovers_of_instance};
+pub use network::{BRIDGE_NAME, NETWORK_PREFIX_LENGTH};
 pub use package_repo::{DebPackageFile, DebPackageSpec, PackageRepo};
 pub use prerequisites::check_prerequisites;
+pub use reports::{FIRST_REPORT_TIMEOUT, node_reports, wait_for_first_report};
+pub use server_process::{ServerProcess, free_loopback_port};
 pub use settings::{CACHE_DIRECTORY_VARIABLE, DEBIAN_MIRROR_VARIABLE, TestbedSettings};
+pub use shared_fixture::SharedFixture;
 pub use test_server::TestServer;
 pub use testbed::Testbed;
+pub use wait::{wait_until, wait_until_polling_every};
 
 /// The prefix of every name the testbed gives to something on the host:
 /// network namespaces, links, machines, instance and scratch directories.

@@ -1,5 +1,6 @@
 //! The testbed's private network: one host-side bridge with a private /24
-//! that this machine uses for nothing else, and per instance a network
+//! that this machine uses for nothing else (the first free one, chosen when
+//! the testbed starts), and per instance a network
 //! namespace joined to the bridge by a veth pair.
 //!
 //! Nothing routes out of it. The host does not forward for it (the testbed
@@ -14,19 +15,46 @@ use std::net::Ipv4Addr;
 /// The host-side bridge every instance is attached to.
 pub const BRIDGE_NAME: &str = "cmstb-br0";
 
-/// The host's address on the bridge: where the internal package repository
-/// (and later the cms server) listens.
-pub const HOST_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
-
-/// The bridge's subnet is `10.213.0.0/24`.
+/// The bridge's subnet is a /24 …
 pub const NETWORK_PREFIX_LENGTH: u8 = 24;
 
-/// The port of the internal package repository on [`HOST_ADDRESS`]. Fixed,
-/// because the baked image's apt sources name it, as a real image names its
-/// company's repository.
-pub const PACKAGE_REPO_PORT: u16 = 8080;
+/// … of `10.213.0.0/16`: the testbed takes the first of `10.213.0.0/24`,
+/// `10.213.1.0/24`, … that nothing on this machine uses when it starts
+/// (under the machine-wide lock, so no other testbed is choosing at the
+/// same time). The host's address on the bridge is `.1` of it.
+const SUBNETS: [u8; 2] = [10, 213];
 
-/// Instances get `10.213.0.10`, `10.213.0.11`, … in boot order.
+/// Where the tests' servers and the instances meet: the host's address on
+/// the bridge, and the port of the internal package repository there.
+/// Chosen per testbed, so that two runs never collide, and passed to each
+/// instance (its apt source) as a real image is told its company's
+/// repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TestbedAddresses {
+    pub host: Ipv4Addr,
+    pub package_repo_port: u16,
+}
+
+impl TestbedAddresses {
+    /// The internal package repository as instances see it.
+    pub fn package_repo_url(&self) -> String {
+        format!("http://{}:{}/", self.host, self.package_repo_port)
+    }
+
+    /// The address of the instance in `slot` (0-based).
+    pub fn instance_address(&self, slot: u8) -> Ipv4Addr {
+        let [a, b, c, _] = self.host.octets();
+        Ipv4Addr::new(a, b, c, FIRST_INSTANCE_HOST_PART + slot)
+    }
+
+    /// The subnet, as `ip route` shows it.
+    pub fn subnet(&self) -> String {
+        let [a, b, c, _] = self.host.octets();
+        format!("{a}.{b}.{c}.0/{NETWORK_PREFIX_LENGTH}")
+    }
+}
+
+/// Instances get `.10`, `.11`, … of the subnet in boot order.
 const FIRST_INSTANCE_HOST_PART: u8 = 10;
 
 /// How many instances a testbed can hold at once.
@@ -35,15 +63,18 @@ pub(crate) const MAXIMUM_INSTANCES: u8 = 200;
 /// The name of the network interface inside every instance.
 pub(crate) const INSTANCE_INTERFACE_NAME: &str = "eth0";
 
-/// The internal package repository as instances see it.
-pub(crate) fn package_repo_url() -> String {
-    format!("http://{HOST_ADDRESS}:{PACKAGE_REPO_PORT}/")
-}
-
-/// The address of the instance in `slot` (0-based).
-pub(crate) fn instance_address(slot: u8) -> Ipv4Addr {
-    let [a, b, c, _] = HOST_ADDRESS.octets();
-    Ipv4Addr::new(a, b, c, FIRST_INSTANCE_HOST_PART + slot)
+/// The host's bridge address of the first subnet of [`SUBNETS`] that no
+/// interface or route of this machine uses: sharing one could send test
+/// traffic to a real network.
+pub(crate) fn choose_host_address() -> Result<Ipv4Addr> {
+    let in_use = addresses_and_routes()?;
+    let [a, b] = SUBNETS;
+    (0..=u8::MAX)
+        .map(|c| Ipv4Addr::new(a, b, c, 1))
+        .find(|host| subnet_users(host, &in_use).is_empty())
+        .with_context(|| {
+            format!("Failed to find a free subnet for the testbed bridge: every /24 of {a}.{b}.0.0/16 is in use on this machine")
+        })
 }
 
 /// The host side of the veth pair of the instance in `slot`.
@@ -58,15 +89,15 @@ pub(crate) struct Bridge {
 }
 
 impl Bridge {
-    /// Creates the bridge with [`HOST_ADDRESS`], after checking that no
-    /// interface or route of this machine already uses the subnet: sharing
-    /// it could send test traffic to a real network.
-    pub fn create() -> Result<Bridge> {
-        refuse_if_subnet_is_in_use()?;
+    /// Creates the bridge with the host's address `host`, after checking
+    /// that no interface or route of this machine already uses its subnet:
+    /// sharing it could send test traffic to a real network.
+    pub fn create(host: Ipv4Addr) -> Result<Bridge> {
+        refuse_if_subnet_is_in_use(host)?;
         run_host_tool("ip", ["link", "add", BRIDGE_NAME, "type", "bridge"])
             .context("Failed to create the testbed bridge")?;
         let bridge = Bridge { removed: false };
-        let address = format!("{HOST_ADDRESS}/{NETWORK_PREFIX_LENGTH}");
+        let address = format!("{host}/{NETWORK_PREFIX_LENGTH}");
         run_host_tool("ip", ["address", "add", &address, "dev", BRIDGE_NAME])
             .context("Failed to give the testbed bridge its address")?;
         run_host_tool("ip", ["link", "set", BRIDGE_NAME, "up"])
@@ -92,24 +123,40 @@ impl Drop for Bridge {
     }
 }
 
-fn refuse_if_subnet_is_in_use() -> Result<()> {
-    let [a, b, c, _] = HOST_ADDRESS.octets();
-    let subnet_start = format!("{a}.{b}.{c}.");
-    let addresses = run_host_tool("ip", ["-o", "-4", "address", "show"])?.stdout;
-    let routes = run_host_tool("ip", ["-4", "route", "show", "table", "all"])?.stdout;
-    let users: Vec<&str> = addresses
-        .lines()
-        .chain(routes.lines())
-        .filter(|line| line.contains(&subnet_start))
-        .collect();
+fn refuse_if_subnet_is_in_use(host: Ipv4Addr) -> Result<()> {
+    let in_use = addresses_and_routes()?;
+    let users = subnet_users(&host, &in_use);
     if !users.is_empty() {
+        let [a, b, c, _] = host.octets();
         bail!(
-            "Failed to create the testbed bridge: {subnet_start}0/{NETWORK_PREFIX_LENGTH} is already \
+            "Failed to create the testbed bridge: {a}.{b}.{c}.0/{NETWORK_PREFIX_LENGTH} is already \
              in use on this machine, and the testbed refuses to share a network:\n  {}",
             users.join("\n  ")
         );
     }
     Ok(())
+}
+
+/// `ip address` and `ip route` of this machine, one entry per line.
+fn addresses_and_routes() -> Result<String> {
+    let addresses = run_host_tool("ip", ["-o", "-4", "address", "show"])?.stdout;
+    let routes = run_host_tool("ip", ["-4", "route", "show", "table", "all"])?.stdout;
+    Ok(format!("{addresses}\n{routes}"))
+}
+
+/// The lines of `in_use` that name an address of `host`'s /24.
+fn subnet_users<'a>(host: &Ipv4Addr, in_use: &'a str) -> Vec<&'a str> {
+    let [a, b, c, _] = host.octets();
+    let subnet_start = format!("{a}.{b}.{c}.");
+    in_use
+        .lines()
+        .filter(|line| {
+            line.match_indices(&subnet_start).any(|(at, _)| {
+                // `110.213.0.5` is not in `10.213.0.0/24`.
+                at == 0 || !line.as_bytes()[at - 1].is_ascii_digit()
+            })
+        })
+        .collect()
 }
 
 /// An instance's network namespace and veth pair; removed when dropped.
@@ -122,10 +169,10 @@ pub(crate) struct InstanceNetwork {
 }
 
 impl InstanceNetwork {
-    /// Creates namespace `namespace_name` holding `eth0` with the address of
-    /// `slot`, and attaches the host end of the pair to the bridge.
-    pub fn create(namespace_name: &str, slot: u8) -> Result<InstanceNetwork> {
-        let address = instance_address(slot);
+    /// Creates namespace `namespace_name` holding `eth0` with `address`
+    /// (the address of `slot`), and attaches the host end of the pair to the
+    /// bridge.
+    pub fn create(namespace_name: &str, slot: u8, address: Ipv4Addr) -> Result<InstanceNetwork> {
         run_host_tool("ip", ["netns", "add", namespace_name])
             .with_context(|| format!("Failed to create network namespace {namespace_name}"))?;
         let network = InstanceNetwork {
@@ -249,12 +296,26 @@ mod tests {
 
     #[test]
     fn instances_get_consecutive_addresses_after_the_host() {
-        assert_eq!(instance_address(0), Ipv4Addr::new(10, 213, 0, 10));
+        let addresses = TestbedAddresses {
+            host: Ipv4Addr::new(10, 213, 4, 1),
+            package_repo_port: 40123,
+        };
+        assert_eq!(addresses.instance_address(0), Ipv4Addr::new(10, 213, 4, 10));
         assert_eq!(
-            instance_address(MAXIMUM_INSTANCES - 1),
-            Ipv4Addr::new(10, 213, 0, 209)
+            addresses.instance_address(MAXIMUM_INSTANCES - 1),
+            Ipv4Addr::new(10, 213, 4, 209)
         );
-        assert_eq!(package_repo_url(), "http://10.213.0.1:8080/");
+        assert_eq!(addresses.package_repo_url(), "http://10.213.4.1:40123/");
+        assert_eq!(addresses.subnet(), "10.213.4.0/24");
+    }
+
+    #[test]
+    fn a_subnet_is_in_use_when_an_address_or_route_of_it_is_listed() {
+        let host = Ipv4Addr::new(10, 213, 1, 1);
+        let in_use =
+            "2: eth0 inet 110.213.1.5/24 scope global\n10.213.10.0/24 dev x\n10.213.1.0/24 dev y\n";
+        assert_eq!(subnet_users(&host, in_use), ["10.213.1.0/24 dev y"]);
+        assert!(subnet_users(&Ipv4Addr::new(10, 213, 2, 1), in_use).is_empty());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use cms_proto::v1 as pb;
 
 /// The server, running in its own runtime on a thread, stopped on drop.
@@ -110,18 +110,24 @@ impl TestServer {
     }
 
     fn wait_until_serving(&self) -> Result<()> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            // Answering is enough: after a restart the branch may point at a
-            // refused commit while the last good revision is served.
-            match self.runtime.block_on(self.sync()) {
-                Ok(_) => return Ok(()),
-                result if std::time::Instant::now() > deadline => {
-                    anyhow::bail!("the server never served: {result:?}")
+        let mut last_answer = String::new();
+        crate::wait::wait_until_polling_every(
+            Duration::from_millis(50),
+            Duration::from_secs(30),
+            "the server to serve",
+            || {
+                // Answering is enough: after a restart the branch may point
+                // at a refused commit while the last good revision is served.
+                match self.runtime.block_on(self.sync()) {
+                    Ok(_) => Ok(Some(())),
+                    Err(error) => {
+                        last_answer = format!("{error:#}");
+                        Ok(None)
+                    }
                 }
-                _ => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
+            },
+        )
+        .with_context(|| format!("the last answer: {last_answer}"))
     }
 
     pub async fn admin(&self) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {

@@ -1,6 +1,7 @@
-//! Waiting on a condition with a deadline. The testbed never sleeps blindly:
-//! it checks the condition, and between checks waits a short poll interval,
-//! until the condition holds or the deadline passes.
+//! Waiting on a condition with a deadline: the one way the testbed and the
+//! tests wait. Nothing sleeps blindly: the condition is checked, and between
+//! checks a short poll interval passes, until the condition holds or the
+//! deadline passes, and then the error says what was waited for.
 
 use anyhow::{Result, bail};
 use std::time::{Duration, Instant};
@@ -11,7 +12,19 @@ pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
 /// Calls `check` until it returns `Some`, an error, or `timeout` passes.
 /// `waiting_for` completes the sentence "Timed out after 5s waiting for …".
-pub(crate) fn wait_until<T>(
+pub fn wait_until<T>(
+    timeout: Duration,
+    waiting_for: &str,
+    check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    wait_until_polling_every(POLL_INTERVAL, timeout, waiting_for, check)
+}
+
+/// [`wait_until`] with a poll interval of its own, for a check that costs
+/// more than a look at /proc (a gRPC call with a TLS handshake, a command in
+/// an instance).
+pub fn wait_until_polling_every<T>(
+    poll_interval: Duration,
     timeout: Duration,
     waiting_for: &str,
     mut check: impl FnMut() -> Result<Option<T>>,
@@ -24,7 +37,7 @@ pub(crate) fn wait_until<T>(
         if Instant::now() >= deadline {
             bail!("Timed out after {timeout:?} waiting for {waiting_for}");
         }
-        std::thread::sleep(POLL_INTERVAL);
+        std::thread::sleep(poll_interval);
     }
 }
 

@@ -2,12 +2,70 @@
 //! repository, systemd services, users and groups, package sources, and
 //! commands, converged from scratch, unchanged on the second run, repaired
 //! after drift, and never touched by `--noop`.
+//!
+//! One behaviour per test. The testbed, the internal package repository and
+//! the baked image are shared by the tests of this binary (see
+//! [`SharedFixture`]); each test boots an instance of its own, so that no
+//! test sees what another one converged and tests run side by side.
+
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, ensure};
 use cms_integration::{
-    DebPackageSpec, HOST_ADDRESS, Instance, InstanceConfig, PACKAGE_REPO_PORT, PackageRepo,
-    Testbed, bake_agent_image, begin_end_to_end_test, find_leftovers,
+    BakedImage, DebPackageSpec, HttpFileServer, Instance, InstanceConfig, PackageRepo,
+    SharedFixture, Testbed, TestbedSettings, bake_agent_image, check_prerequisites,
+    find_leftovers_of_instance,
 };
+
+/// What the tests share: the testbed, the internal repository holding the
+/// test daemon 1.0 and the test tool, and the image with the agent baked in.
+struct Fixture {
+    // Declared in teardown order.
+    _package_server: HttpFileServer,
+    testbed: Testbed,
+    /// Behind a lock: the upgrade test adds the daemon's version 2.0.
+    repo: Mutex<PackageRepo>,
+    baked: BakedImage,
+}
+
+static FIXTURE: SharedFixture<Fixture> = SharedFixture::new();
+
+fn fixture() -> Result<Arc<Fixture>> {
+    FIXTURE.get_or_start(|| {
+        check_prerequisites()?;
+        let settings = TestbedSettings::from_environment();
+        let baked = bake_agent_image(&settings)?;
+        let testbed = Testbed::start(&settings)?;
+        let mut repo = PackageRepo::create(&settings)?;
+        repo.build_package(&test_daemon("1.0"))?;
+        repo.build_package(&test_tool("cms-test-tool"))?;
+        let package_server = testbed.serve_package_repo(&repo)?;
+        Ok(Fixture {
+            _package_server: package_server,
+            testbed,
+            repo: Mutex::new(repo),
+            baked,
+        })
+    })
+}
+
+/// Shuts the test's instance down and checks that nothing of it is left on
+/// the host (the testbed itself lives on for the other tests).
+fn shut_down_leaving_nothing(fixture: &Fixture, instance: Instance) -> Result<()> {
+    let name = instance.name().to_string();
+    instance.shutdown()?;
+    let leftovers = find_leftovers_of_instance(fixture.testbed.settings(), &name)?;
+    ensure!(leftovers.is_empty(), "after {name}'s teardown, {leftovers}");
+    Ok(())
+}
+
+/// An instance of its own for one test, tagged `role=app`.
+fn boot(fixture: &Fixture, name: &str) -> Result<Instance> {
+    fixture.testbed.boot(
+        &fixture.baked,
+        InstanceConfig::new(name).with_tag("role", "app"),
+    )
+}
 
 /// A daemon that records each start, so a test can count restarts.
 fn test_daemon(version: &str) -> DebPackageSpec {
@@ -132,17 +190,31 @@ fn starts(instance: &Instance) -> Result<usize> {
     .count())
 }
 
-#[test]
-fn packages_services_users_and_commands_converge_idempotently_and_repair_drift() -> Result<()> {
-    let (_alone, settings) = begin_end_to_end_test()?;
-    let baked = bake_agent_image(&settings)?;
-    let testbed = Testbed::start(&settings)?;
-    let mut repo = PackageRepo::create(&settings)?;
-    repo.build_package(&test_daemon("1.0"))?;
-    repo.build_package(&test_tool("cms-test-tool"))?;
-    let server = testbed.serve_package_repo(&repo)?;
-    let instance = testbed.boot(&baked, InstanceConfig::new("app").with_tag("role", "app"))?;
+/// The role converged from scratch: the first run changes things (exit 2).
+fn converge_from_scratch(instance: &Instance) -> Result<()> {
+    write_roles(instance, &role("1.0", "v1", "present", ""))?;
+    let (code, output) = apply(instance, &[])?;
+    ensure!(
+        code == 2,
+        "first run should change things (exit 2), got {code}:\n{output}"
+    );
+    Ok(())
+}
 
+/// Drift on every kind of resource of the role: the service stopped and
+/// disabled, the tool removed, the membership dropped, a file overwritten.
+fn drift(instance: &Instance) -> Result<()> {
+    run(
+        instance,
+        "systemctl stop cms-test-daemon && systemctl disable cms-test-daemon 2>/dev/null; apt-get remove -y -q cms-test-tool >/dev/null 2>&1; gpasswd -d appuser appgroup >/dev/null; echo drift > /etc/cms-test-daemon.conf",
+    )?;
+    Ok(())
+}
+
+#[test]
+fn a_first_run_installs_creates_and_starts_everything_and_starts_the_service_once() -> Result<()> {
+    let fixture = fixture()?;
+    let instance = boot(&fixture, "first-run")?;
     // From scratch: everything is made so; the service starts once, and the
     // notifications of its config files cause no extra restart, since it
     // started with them.
@@ -183,15 +255,28 @@ fn packages_services_users_and_commands_converge_idempotently_and_repair_drift()
         run(&instance, "test -f /var/tmp/first-boot && echo yes")? == "yes",
         "exec ran"
     );
+    shut_down_leaving_nothing(&fixture, instance)
+}
 
-    // Second run: nothing to do.
+#[test]
+fn a_second_run_changes_nothing_and_restarts_nothing() -> Result<()> {
+    let fixture = fixture()?;
+    let instance = boot(&fixture, "second-run")?;
+    converge_from_scratch(&instance)?;
     let (code, output) = apply(&instance, &[])?;
     ensure!(
         code == 0,
         "second run should change nothing (exit 0), got {code}:\n{output}"
     );
     ensure!(starts(&instance)? == 1, "no restart on an unchanged run");
+    shut_down_leaving_nothing(&fixture, instance)
+}
 
+#[test]
+fn two_changed_files_that_notify_a_service_restart_it_once() -> Result<()> {
+    let fixture = fixture()?;
+    let instance = boot(&fixture, "two-notifications")?;
+    converge_from_scratch(&instance)?;
     // Both config files change: the service restarts exactly once, after
     // both.
     write_roles(&instance, &role("1.0", "v2", "present", ""))?;
@@ -205,12 +290,55 @@ fn packages_services_users_and_commands_converge_idempotently_and_repair_drift()
         output.contains("refresh: restarted cms-test-daemon.service"),
         "{output}"
     );
+    shut_down_leaving_nothing(&fixture, instance)
+}
 
+#[test]
+fn noop_prints_the_restart_a_file_change_would_cause_and_restarts_nothing() -> Result<()> {
+    let fixture = fixture()?;
+    let instance = boot(&fixture, "noop-restart")?;
+    converge_from_scratch(&instance)?;
+    write_roles(&instance, &role("1.0", "v2", "present", ""))?;
+    let (code, output) = apply(&instance, &["--noop"])?;
+    ensure!(
+        code == 2,
+        "noop with a change should exit 2, got {code}:\n{output}"
+    );
+    for expected in [
+        "would change file:/etc/cms-test-daemon.conf",
+        "would change file:/etc/cms-test-daemon.extra",
+        "refresh: would restart cms-test-daemon.service",
+    ] {
+        ensure!(
+            output.contains(expected),
+            "noop output lacks {expected:?}:\n{output}"
+        );
+    }
+    ensure!(
+        output
+            .matches("would restart cms-test-daemon.service")
+            .count()
+            == 1,
+        "one restart announced for two notifying files:\n{output}"
+    );
+    ensure!(starts(&instance)? == 1, "noop restarted nothing");
+    ensure!(
+        run(&instance, "cat /etc/cms-test-daemon.conf")? == "v1",
+        "noop wrote nothing"
+    );
+    shut_down_leaving_nothing(&fixture, instance)
+}
+
+#[test]
+fn noop_shows_every_drift_and_changes_nothing() -> Result<()> {
+    let fixture = fixture()?;
+    let instance = boot(&fixture, "noop-drift")?;
+    converge_from_scratch(&instance)?;
+    write_roles(&instance, &role("1.0", "v2", "present", ""))?;
+    let (code, output) = apply(&instance, &[])?;
+    ensure!(code == 2, "config change, got {code}:\n{output}");
     // Drift, then --noop: every difference shown, nothing changed.
-    run(
-        &instance,
-        "systemctl stop cms-test-daemon && systemctl disable cms-test-daemon 2>/dev/null; apt-get remove -y -q cms-test-tool >/dev/null 2>&1; gpasswd -d appuser appgroup >/dev/null; echo drift > /etc/cms-test-daemon.conf",
-    )?;
+    drift(&instance)?;
     let (code, output) = apply(&instance, &["--noop"])?;
     ensure!(
         code == 2,
@@ -236,7 +364,18 @@ fn packages_services_users_and_commands_converge_idempotently_and_repair_drift()
         run(&instance, "cat /etc/cms-test-daemon.conf")? == "drift",
         "noop wrote nothing"
     );
+    shut_down_leaving_nothing(&fixture, instance)
+}
 
+#[test]
+fn a_run_repairs_every_drift_and_leaves_nothing_to_do() -> Result<()> {
+    let fixture = fixture()?;
+    let instance = boot(&fixture, "repair")?;
+    converge_from_scratch(&instance)?;
+    write_roles(&instance, &role("1.0", "v2", "present", ""))?;
+    let (code, output) = apply(&instance, &[])?;
+    ensure!(code == 2, "config change, got {code}:\n{output}");
+    drift(&instance)?;
     // A real run repairs all of it.
     let (code, output) = apply(&instance, &[])?;
     ensure!(code == 2, "repair run, got {code}:\n{output}");
@@ -267,14 +406,26 @@ fn packages_services_users_and_commands_converge_idempotently_and_repair_drift()
         code == 0,
         "after repair nothing is left to do, got {code}:\n{output}"
     );
+    shut_down_leaving_nothing(&fixture, instance)
+}
 
+#[test]
+fn a_declared_package_source_brings_a_new_version_and_a_package_is_removed() -> Result<()> {
+    let fixture = fixture()?;
+    let instance = boot(&fixture, "upgrade")?;
+    converge_from_scratch(&instance)?;
     // A new version and a package to remove, through a package source the
-    // role declares; the index is refreshed once for the new version.
-    repo.build_package(&test_daemon("2.0"))?;
+    // role declares; the index is refreshed once for the new version, which
+    // the instance's package lists do not know yet.
+    {
+        let mut repo = fixture.repo.lock().unwrap_or_else(|p| p.into_inner());
+        repo.build_package(&test_daemon("2.0"))?;
+    }
+    let url = fixture.testbed.package_repo_url();
     let source = format!(
-        "\n[[repository]]\nname = \"internal\"\nuri = \"http://{HOST_ADDRESS}:{PACKAGE_REPO_PORT}/\"\nsuite = \"./\"\ntrusted = true\n"
+        "\n[[repository]]\nname = \"internal\"\nuri = \"{url}\"\nsuite = \"./\"\ntrusted = true\n"
     );
-    let mut upgraded = role("2.0", "v2", "absent", &source);
+    let mut upgraded = role("2.0", "v1", "absent", &source);
     upgraded = upgraded.replacen(
         "ensure = \"2.0\"",
         "ensure = \"2.0\"\nrequire = [\"repository:internal\"]",
@@ -295,9 +446,8 @@ fn packages_services_users_and_commands_converge_idempotently_and_repair_drift()
         "tool removed"
     );
     ensure!(
-        run(&instance, "cat /etc/apt/sources.list.d/internal.list")?.contains(&format!(
-            "deb [trusted=yes] http://{HOST_ADDRESS}:{PACKAGE_REPO_PORT}/ ./"
-        )),
+        run(&instance, "cat /etc/apt/sources.list.d/internal.list")?
+            .contains(&format!("deb [trusted=yes] {url} ./")),
         "package source written"
     );
     let (code, output) = apply(&instance, &[])?;
@@ -305,28 +455,13 @@ fn packages_services_users_and_commands_converge_idempotently_and_repair_drift()
         code == 0,
         "after the upgrade nothing is left to do, got {code}:\n{output}"
     );
-
-    instance.shutdown()?;
-    drop(server);
-    testbed.shutdown()?;
-    drop((repo, baked));
-    let leftovers = find_leftovers(&settings)?;
-    ensure!(leftovers.is_empty(), "after teardown, {leftovers}");
-    Ok(())
+    shut_down_leaving_nothing(&fixture, instance)
 }
 
 #[test]
 fn a_failing_package_skips_its_dependents_and_the_rest_converges_in_an_instance() -> Result<()> {
-    let (_alone, settings) = begin_end_to_end_test()?;
-    let baked = bake_agent_image(&settings)?;
-    let testbed = Testbed::start(&settings)?;
-    let mut repo = PackageRepo::create(&settings)?;
-    repo.build_package(&test_tool("cms-test-tool"))?;
-    let server = testbed.serve_package_repo(&repo)?;
-    let instance = testbed.boot(
-        &baked,
-        InstanceConfig::new("broken").with_tag("role", "app"),
-    )?;
+    let fixture = fixture()?;
+    let instance = boot(&fixture, "broken")?;
     write_roles(
         &instance,
         r#"
@@ -367,8 +502,5 @@ content = "converged\n"
         run(&instance, "cat /etc/independent")? == "converged",
         "{output}"
     );
-    instance.shutdown()?;
-    drop(server);
-    testbed.shutdown()?;
-    Ok(())
+    shut_down_leaving_nothing(&fixture, instance)
 }

@@ -8,12 +8,13 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use cms_integration::{
-    GitRepo, HOST_ADDRESS, Image, ImageRecipe, Instance, InstanceConfig, TestServer, Testbed,
-    bake_agent_for_server, begin_end_to_end_test, build_workspace_binary,
+    GitRepo, Image, ImageRecipe, Instance, InstanceConfig, TestServer, Testbed,
+    bake_agent_for_server, begin_end_to_end_test, build_workspace_binary, node_reports,
+    wait_for_first_report, wait_until_polling_every,
 };
 use cms_proto::v1 as pb;
 
@@ -75,36 +76,12 @@ impl Admin {
 }
 
 fn reports(server: &TestServer, node: &str) -> Result<Vec<pb::RunReport>> {
-    server.runtime.block_on(async {
-        let mut admin = server.admin().await?;
-        anyhow::Ok(
-            admin
-                .get_reports(pb::GetReportsRequest {
-                    node_id: node.into(),
-                    limit: 50,
-                })
-                .await?
-                .into_inner()
-                .reports,
-        )
-    })
+    node_reports(server, node, 50)
 }
 
 fn wait_for_first_reports(server: &TestServer, instances: &[&Instance]) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(180);
     for instance in instances {
-        let node = instance.name();
-        while reports(server, node)?.is_empty() {
-            if Instant::now() > deadline {
-                let journal =
-                    instance.run(&["journalctl", "-u", "cms-agent", "--no-pager", "-n", "40"])?;
-                bail!(
-                    "{node} sent no report at boot; its journal:\n{}",
-                    journal.stdout
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for_first_report(server, instance)?;
     }
     Ok(())
 }
@@ -157,7 +134,7 @@ fn a_trigger_converges_the_canary_then_batches_of_the_selection_only_and_a_faili
     let server = TestServer::start_on(
         &dir.path().join("server"),
         git.path(),
-        std::net::SocketAddr::from((HOST_ADDRESS, 0)),
+        std::net::SocketAddr::from((testbed.host_address(), 0)),
     )?;
     let admin = Admin {
         binary: admin_binary,
@@ -345,7 +322,7 @@ fn certificates_are_renewed_by_the_agent_a_gone_node_is_removed_and_refused_and_
     let server = TestServer::start_with(
         &dir.path().join("server"),
         git.path(),
-        std::net::SocketAddr::from((HOST_ADDRESS, 0)),
+        std::net::SocketAddr::from((testbed.host_address(), 0)),
         |config| {
             config.certificate_validity = Duration::from_secs(30);
             config.gone_after = Duration::from_secs(3);
@@ -367,18 +344,16 @@ fn certificates_are_renewed_by_the_agent_a_gone_node_is_removed_and_refused_and_
     // The certificate lives 30 s; the agent renews it after about 20 s.
     let certificate_path = format!("{AGENT_STATE}/cert.pem");
     let original = file_in(&first, &certificate_path)?;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while file_in(&first, &certificate_path)? == original {
-        if Instant::now() > deadline {
-            let journal =
-                first.run(&["journalctl", "-u", "cms-agent", "--no-pager", "-n", "30"])?;
-            bail!(
-                "the agent did not renew its certificate; journal:\n{}",
-                journal.stdout
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_until_polling_every(
+        Duration::from_millis(500),
+        Duration::from_secs(90),
+        "the agent to renew its certificate",
+        || Ok((file_in(&first, &certificate_path)? != original).then_some(())),
+    )
+    .or_else(|error| {
+        let journal = first.run(&["journalctl", "-u", "cms-agent", "--no-pager", "-n", "30"])?;
+        Err(error.context(format!("the agent's journal:\n{}", journal.stdout)))
+    })?;
     let converge = first.run(&["cms-agent", "converge"])?;
     ensure!(
         converge.exit_code == Some(0),
@@ -414,27 +389,32 @@ fn certificates_are_renewed_by_the_agent_a_gone_node_is_removed_and_refused_and_
         ca_certificate_pem: file_in(&first, &format!("{AGENT_STATE}/ca.pem"))?,
     };
     first.shutdown()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen_gone = false;
-    loop {
-        let nodes = admin.json(&["nodes"])?;
-        let web_1 = nodes
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|n| n["id"] == "web-1")
-            .cloned();
-        match web_1 {
-            Some(node) if node["status"] == "gone" => seen_gone = true,
-            Some(_) => {}
-            None => break,
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "web-1 was never removed: {nodes:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut last_listing = serde_json::Value::Null;
+    wait_until_polling_every(
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+        "web-1 to be removed",
+        || {
+            let nodes = admin.json(&["nodes"])?;
+            let web_1 = nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|n| n["id"] == "web-1")
+                .cloned();
+            last_listing = nodes;
+            Ok(match web_1 {
+                Some(node) if node["status"] == "gone" => {
+                    seen_gone = true;
+                    None
+                }
+                Some(_) => None,
+                None => Some(()),
+            })
+        },
+    )
+    .with_context(|| format!("web-1 was never removed: {last_listing:#}"))?;
     ensure!(seen_gone, "web-1 was listed as gone before it was removed");
     let refused = server.runtime.block_on(async {
         let address = cms_agent::client::ServerAddress::parse(&server.address)?;

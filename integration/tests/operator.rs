@@ -68,32 +68,20 @@ fn fleet(configure: impl FnOnce(&mut cms_server::server::ServeConfig)) -> Result
     let repo = roles_repository(dir.path(), &out)?;
     let binary = build_workspace_binary("cms-agent", "cms-agent")?;
     let server = TestServer::start_with_http(&dir.path().join("server"), &repo, configure)?;
-    let agent = |name: &str| HostAgent {
-        binary: binary.clone(),
-        state: dir.path().join(format!("agent-{name}")),
-        config: dir.path().join("no-agent.toml"),
-    };
+    let agent = |name: &str| HostAgent::in_directory(&binary, dir.path(), name);
     let token = server.token(&[("role", "*")])?;
 
     // app-1's agent writes its figures for node_exporter's textfile
-    // collector.
-    let app_textfile = dir.path().join("node-exporter/cms_agent.prom");
-    std::fs::create_dir_all(app_textfile.parent().context("folder")?)?;
-    let app = HostAgent {
-        config: dir.path().join("app-agent.toml"),
-        ..agent("app")
-    };
-    std::fs::write(
-        &app.config,
-        format!("textfile_collector = \"{}\"\n", app_textfile.display()),
-    )?;
+    // collector, under the test's folder.
+    let app = agent("app")?;
+    let app_textfile = app.textfile();
     enrolled(app.enroll(&server.address, &token, "app-1", "role=app")?)?;
     let (code, _) = app.converge()?;
     ensure!(code == 2, "app-1's first run changes things, exit {code}");
     let (code, _) = app.converge()?;
     ensure!(code == 0, "app-1's second run changes nothing, exit {code}");
 
-    let db = agent("db");
+    let db = agent("db")?;
     enrolled(db.enroll(&server.address, &token, "db-1", "role=broken")?)?;
     let (code, _) = db.converge()?;
     ensure!(
@@ -337,6 +325,17 @@ fn the_dashboard_in_chromium_shows_a_converged_node_lists_the_failed_one_first_a
     let artifacts = std::env::var_os("CMS_TEST_ARTIFACTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-artifacts"));
+    // A screenshot left by an earlier run must not pass for this one's.
+    let screenshot = artifacts.join("dashboard-fleet.png");
+    match std::fs::remove_file(&screenshot) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(error)
+                .with_context(|| format!("Failed to remove {}", screenshot.display()));
+        }
+    }
+    let began = std::time::SystemTime::now();
     let output = Command::new("node")
         .arg(browser_dir.join("dashboard.mjs"))
         .current_dir(&browser_dir)
@@ -354,10 +353,13 @@ fn the_dashboard_in_chromium_shows_a_converged_node_lists_the_failed_one_first_a
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    let written = std::fs::metadata(&screenshot)
+        .and_then(|metadata| metadata.modified())
+        .with_context(|| format!("no screenshot {}", screenshot.display()))?;
     ensure!(
-        artifacts.join("dashboard-fleet.png").is_file(),
-        "no screenshot in {}",
-        artifacts.display()
+        written >= began,
+        "{} was written at {written:?}, before this test's browser run began at {began:?}",
+        screenshot.display()
     );
     println!("screenshots in {}", artifacts.display());
     fleet.server.stop()

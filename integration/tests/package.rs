@@ -5,13 +5,13 @@
 //! boot, and the server's package is installed into a running instance.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use cms_integration::{
-    HOST_ADDRESS, Image, ImageRecipe, Instance, InstanceConfig, TestServer, Testbed,
-    bake_agent_for_server, bake_agent_image, begin_end_to_end_test, build_agent_package,
-    build_server_package, build_workspace_binary,
+    Image, ImageRecipe, Instance, InstanceConfig, TestServer, Testbed, bake_agent_for_server,
+    bake_agent_image, begin_end_to_end_test, build_agent_package, build_server_package,
+    build_workspace_binary, wait_for_first_report, wait_until_polling_every,
 };
 use cms_proto::v1 as pb;
 
@@ -77,24 +77,6 @@ fn each_package_ships_its_binary_unit_configuration_and_completions_and_nothing_
     Ok(())
 }
 
-/// Polls `condition` until it gives a value or `timeout` passes.
-fn wait_for<T>(
-    timeout: Duration,
-    what: &str,
-    mut condition: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = condition()? {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("{what} within {} s", timeout.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn run(instance: &Instance, command: &str) -> Result<String> {
     Ok(instance.run_successfully(&["sh", "-c", command])?.stdout)
 }
@@ -118,7 +100,7 @@ fn the_agent_package_baked_into_an_image_starts_at_boot_enrolls_and_converges() 
     let server = TestServer::start_on(
         &dir.path().join("server"),
         &roles,
-        std::net::SocketAddr::from((HOST_ADDRESS, 0)),
+        std::net::SocketAddr::from((testbed.host_address(), 0)),
     )?;
     let token = server.token(&[("role", "base")])?;
     let image = Image::build_or_reuse(&ImageRecipe::debian_bookworm(), &settings)?;
@@ -139,24 +121,7 @@ fn the_agent_package_baked_into_an_image_starts_at_boot_enrolls_and_converges() 
         &baked,
         InstanceConfig::new("pkg-1").with_tag("role", "base"),
     )?;
-    let report = wait_for(Duration::from_secs(90), "no report from pkg-1", || {
-        server.runtime.block_on(async {
-            let mut admin = server.admin().await?;
-            let reports = admin
-                .get_reports(pb::GetReportsRequest {
-                    node_id: "pkg-1".into(),
-                    limit: 1,
-                })
-                .await?
-                .into_inner()
-                .reports;
-            anyhow::Ok(reports.into_iter().next())
-        })
-    })
-    .or_else(|error| {
-        let journal = instance.run(&["journalctl", "-u", "cms-agent", "--no-pager"])?;
-        Err(error.context(journal.stdout))
-    })?;
+    let report = wait_for_first_report(&server, &instance)?;
     ensure!(
         report
             .resources
@@ -282,10 +247,15 @@ fn the_server_package_makes_its_user_and_data_directory_serves_once_configured_a
          chmod -R a+rX /srv/roles && echo CMS_SERVER_REPO=/srv/roles >> /etc/cms/server.env && \
          systemctl start cms-server",
     )?;
-    let nodes = wait_for(Duration::from_secs(60), "cms-server did not answer", || {
-        let output = instance.run(&["cms-server", "nodes", "--format", "json"])?;
-        Ok(output.succeeded().then_some(output.stdout))
-    })
+    let nodes = wait_until_polling_every(
+        Duration::from_millis(200),
+        Duration::from_secs(60),
+        "cms-server to answer",
+        || {
+            let output = instance.run(&["cms-server", "nodes", "--format", "json"])?;
+            Ok(output.succeeded().then_some(output.stdout))
+        },
+    )
     .or_else(|error| {
         let journal = instance.run(&["journalctl", "-u", "cms-server", "--no-pager"])?;
         Err(error.context(journal.stdout))

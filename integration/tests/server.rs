@@ -2,11 +2,11 @@
 //! repository in git, `cms-server`'s `run` in this process, and the real
 //! `cms-agent` binary enrolling and converging files under a temporary
 //! folder. Enrollment scope, catalogs by bound tags, not-modified answers,
-//! refused commits, revocation, and reports that survive the server being
-//! away.
+//! refused commits, revocation, reports that survive the server being
+//! away, the last good revision served after a restart, and more distinct
+//! catalogs asked at once than the server compiles at once.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use cms_integration::{GitRepo, HostAgent, TestServer, build_workspace_binary};
@@ -34,16 +34,12 @@ fn agents_enroll_converge_by_bound_tags_and_their_reports_survive_the_server_bei
         "first",
     )?;
     let binary = build_workspace_binary("cms-agent", "cms-agent")?;
-    let agent = |name: &str| HostAgent {
-        binary: binary.clone(),
-        state: dir.path().join(format!("agent-{name}")),
-        config: dir.path().join("no-agent.toml"),
-    };
+    let agent = |name: &str| HostAgent::in_directory(&binary, dir.path(), name);
     let server = TestServer::start(&dir.path().join("server"), git.path(), 0)?;
     let token = server.token(&[("role", "app")])?;
 
     // A token for role=app cannot enroll a db node.
-    let intruder = agent("intruder");
+    let intruder = agent("intruder")?;
     let refused = intruder.enroll(&server.address, &token, "db-1", "role=db")?;
     ensure!(
         refused.status.code() == Some(1),
@@ -55,7 +51,7 @@ fn agents_enroll_converge_by_bound_tags_and_their_reports_survive_the_server_bei
         String::from_utf8_lossy(&refused.stderr)
     );
 
-    let first = agent("one");
+    let first = agent("one")?;
     let enrolled = first.enroll(&server.address, &token, "app-1", "role=app")?;
     ensure!(
         enrolled.status.success(),
@@ -201,7 +197,7 @@ fn agents_enroll_converge_by_bound_tags_and_their_reports_survive_the_server_bei
 
     // Another node gets the catalog of its own bound tags, never app-1's:
     // there is no way to ask for another node's catalog.
-    let other = agent("other");
+    let other = agent("other")?;
     let wide = server.token(&[("role", "*")])?;
     ensure!(
         other
@@ -239,9 +235,7 @@ fn agents_enroll_converge_by_bound_tags_and_their_reports_survive_the_server_bei
 
 #[test]
 fn an_instance_boots_enrolls_with_its_token_converges_its_role_and_reports() -> Result<()> {
-    use cms_integration::{
-        HOST_ADDRESS, Image, ImageRecipe, InstanceConfig, Testbed, begin_end_to_end_test,
-    };
+    use cms_integration::{Image, ImageRecipe, InstanceConfig, Testbed, begin_end_to_end_test};
 
     let (_alone, settings) = begin_end_to_end_test()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -263,7 +257,7 @@ fn an_instance_boots_enrolls_with_its_token_converges_its_role_and_reports() -> 
     let server = TestServer::start_on(
         &dir.path().join("server"),
         git.path(),
-        std::net::SocketAddr::from((HOST_ADDRESS, 0)),
+        std::net::SocketAddr::from((testbed.host_address(), 0)),
     )?;
     let token = server.token(&[("role", "web"), ("env", "*")])?;
 
@@ -277,43 +271,7 @@ fn an_instance_boots_enrolls_with_its_token_converges_its_role_and_reports() -> 
     )?;
 
     // Boot to converged: the agent enrolls and converges at once.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let reports = loop {
-        let reports = server.runtime.block_on(async {
-            let mut admin = server.admin().await?;
-            let nodes = admin
-                .list_nodes(pb::ListNodesRequest { selector: None })
-                .await?
-                .into_inner()
-                .nodes;
-            let mut reports = Vec::new();
-            for node in nodes {
-                reports.extend(
-                    admin
-                        .get_reports(pb::GetReportsRequest {
-                            node_id: node.node_id,
-                            limit: 5,
-                        })
-                        .await?
-                        .into_inner()
-                        .reports,
-                );
-            }
-            anyhow::Ok(reports)
-        })?;
-        if !reports.is_empty() {
-            break reports;
-        }
-        if std::time::Instant::now() > deadline {
-            let journal =
-                instance.run(&["journalctl", "-u", "cms-agent", "--no-pager", "-n", "40"])?;
-            anyhow::bail!(
-                "no report within 60 s; the agent's journal:\n{}",
-                journal.stdout
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let first_report = cms_integration::wait_for_first_report(&server, &instance)?;
     let motd = instance.run_successfully(&["cat", "/etc/motd"])?.stdout;
     ensure!(motd.ends_with("is a web instance\n"), "motd {motd:?}");
     ensure!(
@@ -323,11 +281,11 @@ fn an_instance_boots_enrolls_with_its_token_converges_its_role_and_reports() -> 
         "the exec ran"
     );
     ensure!(
-        reports[0]
+        first_report
             .resources
             .iter()
             .all(|r| r.status != pb::ResourceStatus::Failed as i32),
-        "{reports:?}"
+        "{first_report:?}"
     );
 
     // `cms-agent converge` on the instance: nothing left to do.
@@ -395,4 +353,191 @@ fn the_example_web_role_is_served_and_converged_at_boot_and_a_second_run_changes
     let leftovers = cms_integration::find_leftovers(&settings)?;
     ensure!(leftovers.is_empty(), "after teardown, {leftovers}");
     Ok(())
+}
+
+fn head(git: &GitRepo) -> Result<String> {
+    let output = std::process::Command::new("git")
+        .arg("-C")
+        .arg(git.path())
+        .args(["rev-parse", "HEAD"])
+        .output()?;
+    ensure!(output.status.success(), "git rev-parse: {output:?}");
+    Ok(String::from_utf8(output.stdout)?.trim().to_string())
+}
+
+#[test]
+fn the_last_good_revision_is_still_served_after_a_server_restart() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("out");
+    let git = GitRepo::init(&dir.path().join("roles"))?;
+    git.commit(
+        &[
+            ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
+            ("roles/app.toml", &role(&out, "version one")),
+        ],
+        "good",
+    )?;
+    let good = head(&git)?;
+    let binary = build_workspace_binary("cms-agent", "cms-agent")?;
+    let server = TestServer::start(&dir.path().join("server"), git.path(), 0)?;
+    let token = server.token(&[("role", "app")])?;
+    let agent = HostAgent::in_directory(&binary, dir.path(), "app-1")?;
+    ensure!(
+        agent
+            .enroll(&server.address, &token, "app-1", "role=app")?
+            .status
+            .success()
+    );
+    let (code, output) = agent.converge()?;
+    ensure!(
+        code == 2,
+        "the first converge changes things, got {code}:\n{output}"
+    );
+
+    // A broken commit is refused, and then the server restarts: its sync at
+    // start refuses the branch's commit again.
+    git.commit(
+        &[(
+            "roles/app.toml",
+            &format!("{}\nmdoe = \"0644\"\n", role(&out, "broken")),
+        )],
+        "broken",
+    )?;
+    ensure!(!server.runtime.block_on(server.sync())?.accepted);
+    let port: u16 = server.address.rsplit_once(':').context("port")?.1.parse()?;
+    let data = server.data.clone();
+    server.stop()?;
+    let server = TestServer::start(&data, git.path(), port)?;
+    let refused = server.runtime.block_on(server.sync())?;
+    ensure!(
+        !refused.accepted && refused.revision != good,
+        "after the restart the branch still points at the refused commit: {refused:?}"
+    );
+
+    // The node is served the last good revision: a fresh answer from the
+    // server (no note about a cached catalog), for the good commit.
+    let (code, output) = agent.converge()?;
+    ensure!(
+        code == 0,
+        "the last good revision is still served, got {code}:\n{output}"
+    );
+    ensure!(std::fs::read_to_string(out.join("app.conf"))? == "version one\n");
+    let report = cms_integration::node_reports(&server, "app-1", 1)?
+        .into_iter()
+        .next()
+        .context("no report after the restart")?;
+    ensure!(
+        report.revision == good,
+        "the report names revision {:?}, not the last good {good}",
+        report.revision
+    );
+    ensure!(
+        report.note.is_empty(),
+        "the catalog came from the server, not the agent's cache: note {:?}",
+        report.note
+    );
+    server.stop()
+}
+
+#[test]
+fn more_distinct_catalogs_than_compile_permits_asked_at_once_are_all_answered() -> Result<()> {
+    use cms_agent::client::{ServerAddress, connect, enroll};
+    use cms_agent::identity::{Identity, generate_key_and_csr};
+    use sha2::Digest as _;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir()?;
+    let git = GitRepo::init(&dir.path().join("roles"))?;
+    git.commit(
+        &[
+            ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
+            ("templates/shard.hbs", "shard {{default tag.shard \"none\"}}\n"),
+            (
+                "roles/app.toml",
+                "[match]\nrole = \"app\"\n\n[[file]]\npath = \"/tmp/shard\"\ntemplate = \"shard.hbs\"\n",
+            ),
+        ],
+        "roles",
+    )?;
+    let server = TestServer::start(&dir.path().join("server"), git.path(), 0)?;
+    let synced = server.runtime.block_on(server.sync())?;
+    ensure!(synced.accepted, "the roles validate: {synced:?}");
+    let token = server.token(&[("role", "app"), ("shard", "*")])?;
+    // The server lets as many compiles run at once as this machine has
+    // cores (cms-server/src/catalogs.rs); four times that, and one more,
+    // each with its own tags and so its own catalog, must queue, not fail.
+    let permits = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let nodes = permits * 4 + 1;
+    let answers = server.runtime.block_on(async {
+        let address = ServerAddress::parse(&server.address)?;
+        let ca_pem = std::fs::read_to_string(server.data.join("admin/ca.pem"))?;
+        let mut identities = Vec::new();
+        for shard in 0..nodes {
+            let name = format!("app-{shard}");
+            let key = generate_key_and_csr(&name)?;
+            let response = enroll(
+                &address,
+                &ca_pem,
+                cms_proto::v1::EnrollRequest {
+                    token: token.clone(),
+                    csr_pem: key.csr_pem,
+                    tags: [
+                        ("role".to_string(), "app".to_string()),
+                        ("shard".to_string(), shard.to_string()),
+                    ]
+                    .into(),
+                    node_name: name,
+                    identity: None,
+                },
+            )
+            .await?;
+            identities.push(Identity {
+                private_key_pem: key.private_key_pem,
+                certificate_pem: response.certificate_pem,
+                ca_certificate_pem: response.ca_certificate_pem,
+            });
+        }
+        let mut calls = tokio::task::JoinSet::new();
+        for (shard, identity) in identities.into_iter().enumerate() {
+            let address = address.clone();
+            calls.spawn(async move {
+                let mut client = connect(&address, &identity).await?;
+                let answer = client
+                    .get_catalog(pb::CatalogRequest::default())
+                    .await?
+                    .into_inner();
+                anyhow::Ok((shard, answer))
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(joined) = calls.join_next().await {
+            answers.push(joined??);
+        }
+        anyhow::Ok(answers)
+    })?;
+    ensure!(
+        answers.len() == nodes,
+        "{} answers for {nodes} nodes",
+        answers.len()
+    );
+    for (shard, answer) in answers {
+        match answer.result {
+            Some(pb::catalog_response::Result::Catalog(catalog)) => {
+                // The catalog names its file's content by sha256.
+                let text = String::from_utf8_lossy(&catalog.canonical_json);
+                let content_sha256: String =
+                    sha2::Sha256::digest(format!("shard {shard}\n").as_bytes())
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                ensure!(
+                    text.contains(&format!("\"content_sha256\":\"{content_sha256}\"")),
+                    "app-{shard} got another node's catalog: {text}"
+                );
+            }
+            other => anyhow::bail!("app-{shard} got no catalog: {other:?}"),
+        }
+    }
+    server.stop()
 }

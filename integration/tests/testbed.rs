@@ -9,9 +9,9 @@
 
 use anyhow::{Context, Result, ensure};
 use cms_integration::{
-    AGENT_CONFIG, DebPackageSpec, HOST_ADDRESS, Image, ImageOrigin, ImageRecipe, Instance,
-    InstanceConfig, PACKAGE_REPO_PORT, PackageRepo, RootFilesystemStrategy, SystemState,
-    TAGS_FILE_PATH, Testbed, bake_agent_image, begin_end_to_end_test, find_leftovers,
+    AGENT_CONFIG, DebPackageSpec, Image, ImageOrigin, ImageRecipe, Instance, InstanceConfig,
+    PackageRepo, RootFilesystemStrategy, SystemState, TAGS_FILE_PATH, Testbed, bake_agent_image,
+    begin_end_to_end_test, find_leftovers, find_leftovers_of_instance, wait_until_polling_every,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -74,8 +74,8 @@ fn two_tagged_instances_boot_stay_separate_install_from_the_internal_repository_
         check_system_is_up(instance)?;
         check_tags_and_identity(instance)?;
         check_agent_is_baked_in(instance)?;
-        check_apt_knows_only_the_internal_repository(instance)?;
-        check_network_reaches_the_host_and_nothing_else(instance, &repo_server)?;
+        check_apt_knows_only_the_internal_repository(instance, &testbed)?;
+        check_network_reaches_the_host_and_nothing_else(instance, &testbed, &repo_server)?;
     }
     check_instances_are_separate(&web, &db)?;
     let (_, install_time) =
@@ -127,6 +127,15 @@ fn leftovers_of_a_crashed_run_are_removed_when_the_next_testbed_starts() -> Resu
     testbed
         .boot(&baked, InstanceConfig::new("crashed"))?
         .abandon_as_if_crashed();
+    // The check a test makes of its own instance sees all of it too.
+    let of_instance = find_leftovers_of_instance(&settings, "crashed")?;
+    ensure!(
+        !of_instance.processes.is_empty()
+            && !of_instance.mounts.is_empty()
+            && of_instance.network_namespaces == ["cmstb-crashed"]
+            && of_instance.directories.len() == 1,
+        "the crashed instance's own leftovers, found {of_instance}"
+    );
     testbed.shutdown()?;
     let leftovers = find_leftovers(&settings)?;
     ensure!(
@@ -146,6 +155,11 @@ fn leftovers_of_a_crashed_run_are_removed_when_the_next_testbed_starts() -> Resu
     drop(baked);
     let leftovers = find_leftovers(&settings)?;
     ensure!(leftovers.is_empty(), "after the next start, {leftovers}");
+    let of_instance = find_leftovers_of_instance(&settings, "crashed")?;
+    ensure!(
+        of_instance.is_empty(),
+        "after the next start, {of_instance}"
+    );
     Ok(())
 }
 
@@ -208,30 +222,33 @@ fn check_agent_is_baked_in(instance: &Instance) -> Result<()> {
     );
     // systemd started the agent at boot; with no server in its
     // configuration it says what it needs.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let journal = instance
-            .run(&["journalctl", "-u", "cms-agent", "--no-pager", "-o", "cat"])?
-            .stdout;
-        if journal.contains("not enrolled and its configuration has no server and token") {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{}: cms-agent.service did not run at boot; its journal:\n{journal}",
-            instance.name()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut journal = String::new();
+    wait_until_polling_every(
+        Duration::from_millis(200),
+        Duration::from_secs(60),
+        "cms-agent.service to run at boot",
+        || {
+            journal = instance
+                .run(&["journalctl", "-u", "cms-agent", "--no-pager", "-o", "cat"])?
+                .stdout;
+            Ok(journal
+                .contains("not enrolled and its configuration has no server and token")
+                .then_some(()))
+        },
+    )
+    .with_context(|| format!("{}: its journal:\n{journal}", instance.name()))
 }
 
-fn check_apt_knows_only_the_internal_repository(instance: &Instance) -> Result<()> {
+fn check_apt_knows_only_the_internal_repository(
+    instance: &Instance,
+    testbed: &Testbed,
+) -> Result<()> {
     let sources = instance.run_successfully(&[
         "sh",
         "-c",
         "grep -rh --no-filename -v '^#' /etc/apt/sources.list /etc/apt/sources.list.d/ | grep .",
     ])?;
-    let expected = format!("deb [trusted=yes] http://{HOST_ADDRESS}:{PACKAGE_REPO_PORT}/ ./\n");
+    let expected = format!("deb [trusted=yes] {} ./\n", testbed.package_repo_url());
     ensure!(
         sources.stdout == expected,
         "{}: apt sources are {:?}",
@@ -243,6 +260,7 @@ fn check_apt_knows_only_the_internal_repository(instance: &Instance) -> Result<(
 
 fn check_network_reaches_the_host_and_nothing_else(
     instance: &Instance,
+    testbed: &Testbed,
     repo_server: &cms_integration::HttpFileServer,
 ) -> Result<()> {
     let routes = instance
@@ -251,7 +269,8 @@ fn check_network_reaches_the_host_and_nothing_else(
     ensure!(
         routes.trim()
             == format!(
-                "10.213.0.0/24 dev eth0 proto kernel scope link src {}",
+                "{} dev eth0 proto kernel scope link src {}",
+                testbed.subnet(),
                 instance.address()
             ),
         "{}: routes are {routes:?}",

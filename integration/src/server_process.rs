@@ -1,0 +1,168 @@
+//! `cms-server serve` run as a process on loopback, as an operator runs it:
+//! its flags, its own sync loop and its HTTP port (webhook, health,
+//! metrics). For tests of what only the real binary does from start to
+//! stop. Its ports are free ports of this machine, picked at start, so two
+//! runs never collide; the process is killed when dropped.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::wait::wait_until_polling_every;
+
+/// How long the server may take from its start to answering on its HTTP
+/// port.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `cms-server serve`.
+#[derive(Debug)]
+pub struct ServerProcess {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub data: PathBuf,
+    /// Its stdout and stderr, for the message of a failing test.
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl ServerProcess {
+    /// Starts `binary serve --data DATA --repo REPO` with free loopback
+    /// ports, `extra` flags after them, and waits until its HTTP port
+    /// answers `GET /healthz`.
+    pub fn start(binary: &Path, data: &Path, repo: &Path, extra: &[&str]) -> Result<ServerProcess> {
+        let grpc = SocketAddr::from(([127, 0, 0, 1], free_loopback_port()?));
+        let http = SocketAddr::from(([127, 0, 0, 1], free_loopback_port()?));
+        std::fs::create_dir_all(data)?;
+        let log = data.with_extension("log");
+        let log_file = std::fs::File::create(&log)
+            .with_context(|| format!("Failed to create {}", log.display()))?;
+        let child = Command::new(binary)
+            .arg("serve")
+            .arg("--data")
+            .arg(data)
+            .arg("--repo")
+            .arg(repo)
+            .arg("--listen")
+            .arg(grpc.to_string())
+            .arg("--http")
+            .arg(http.to_string())
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("Failed to start {}", binary.display()))?;
+        let mut server = ServerProcess {
+            grpc,
+            http,
+            data: data.to_path_buf(),
+            log,
+            child,
+        };
+        wait_until_polling_every(
+            Duration::from_millis(50),
+            START_TIMEOUT,
+            "cms-server to answer GET /healthz",
+            || {
+                if let Some(status) = server.child.try_wait()? {
+                    bail!("cms-server exited with {status}");
+                }
+                Ok(server
+                    .get("/healthz", &[])
+                    .ok()
+                    .filter(|(status, _)| *status == 200)
+                    .map(|_| ()))
+            },
+        )
+        .with_context(|| server.log_text())?;
+        Ok(server)
+    }
+
+    /// `GET path` on the HTTP port: status and body.
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
+        http_request(self.http, "GET", path, headers, b"")
+    }
+
+    /// `POST path` on the HTTP port with `body`: status and body.
+    pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(u16, String)> {
+        http_request(self.http, "POST", path, headers, body)
+    }
+
+    /// The revision the server serves, as its metrics say
+    /// (`cms_roles_revision{revision="…"} 1`); `None` before its first
+    /// accepted sync.
+    pub fn serving_revision(&self) -> Result<Option<String>> {
+        let (status, text) = self.get("/metrics", &[])?;
+        if status != 200 {
+            bail!("GET /metrics answered {status}: {text}");
+        }
+        Ok(text.lines().find_map(|line| {
+            let rest = line.strip_prefix("cms_roles_revision{revision=\"")?;
+            let (revision, value) = rest.split_once("\"}")?;
+            (value.trim() == "1").then(|| revision.to_string())
+        }))
+    }
+
+    /// What the server has logged so far.
+    pub fn log_text(&self) -> String {
+        format!(
+            "cms-server's log ({}):\n{}",
+            self.log.display(),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on now: the kernel picks it
+/// from its ephemeral range, so two test runs never pick the same one while
+/// both use it.
+pub fn free_loopback_port() -> Result<u16> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).context("Failed to find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// One HTTP/1.0 request (no chunking, the connection closes after the
+/// answer): status and body.
+fn http_request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("an HTTP response has a head and a body")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .context("a status line")?
+        .parse()?;
+    Ok((status, body.to_string()))
+}
