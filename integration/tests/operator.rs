@@ -8,6 +8,9 @@
 //! Screenshots go to `$CMS_TEST_ARTIFACTS`, by default
 //! `<cargo target dir>/tmp/test-artifacts/`.
 
+// A test or benchmark measures real time; product code reads it through its clock module.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};

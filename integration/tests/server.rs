@@ -442,7 +442,7 @@ fn the_last_good_revision_is_still_served_after_a_server_restart() -> Result<()>
 
 #[test]
 fn more_distinct_catalogs_than_compile_permits_asked_at_once_are_all_answered() -> Result<()> {
-    use cms_agent::client::{ServerAddress, connect, enroll};
+    use cms_agent::client::{Connector, ServerAddress, enroll};
     use cms_agent::identity::{Identity, generate_key_and_csr};
     use sha2::Digest as _;
 
@@ -502,7 +502,7 @@ fn more_distinct_catalogs_than_compile_permits_asked_at_once_are_all_answered() 
         for (shard, identity) in identities.into_iter().enumerate() {
             let address = address.clone();
             calls.spawn(async move {
-                let mut client = connect(&address, &identity).await?;
+                let mut client = Connector::new(&address, &identity)?.connect().await?;
                 let answer = client
                     .get_catalog(pb::CatalogRequest::default())
                     .await?

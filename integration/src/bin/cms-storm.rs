@@ -27,6 +27,8 @@
 //!
 //! `cargo run --release --bin cms-storm -- --agents 1000`
 
+// A test or benchmark measures real time; product code reads it through its clock module.
+#![allow(clippy::disallowed_methods)]
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
