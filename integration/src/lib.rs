@@ -29,6 +29,7 @@
 // the clock modules are for the product crates.
 #![allow(clippy::disallowed_methods)]
 
+mod admin_cli;
 mod cargo_build;
 mod example;
 mod filesystem;
@@ -54,6 +55,7 @@ mod test_server;
 mod testbed;
 mod wait;
 
+pub use admin_cli::AdminCli;
 pub use cargo_build::{build_agent_package, build_server_package, build_workspace_binary};
 pub use example::{EXAMPLE_PACKAGES, EXAMPLE_REPOSITORY, ExampleRun, converge_example_web_role};
 pub use fixtures::{AGENT_CONFIG, bake_agent_for_server, bake_agent_image, begin_end_to_end_test};

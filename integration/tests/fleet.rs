@@ -6,13 +6,12 @@
 //! instance. The server runs in this process with lifecycle times in
 //! seconds; the admin commands are the real `cms-server` binary.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use cms_integration::{
-    GitRepo, Image, ImageRecipe, Instance, InstanceConfig, TestServer, Testbed,
+    AdminCli, GitRepo, Image, ImageRecipe, Instance, InstanceConfig, TestServer, Testbed,
     bake_agent_for_server, begin_end_to_end_test, build_workspace_binary, node_reports,
     wait_for_first_report, wait_until_polling_every,
 };
@@ -30,49 +29,6 @@ fn web_role(version: &str, failing_smoke_test: bool) -> String {
         );
     }
     role
-}
-
-/// The admin commands, as an operator runs them on the server.
-struct Admin {
-    binary: PathBuf,
-    server: String,
-    data: PathBuf,
-}
-
-impl Admin {
-    fn run(&self, args: &[&str]) -> Result<(Option<i32>, String, String)> {
-        let output = Command::new(&self.binary)
-            .args(args)
-            .arg("--server")
-            .arg(&self.server)
-            .arg("--data")
-            .arg(&self.data)
-            .env("NO_COLOR", "1")
-            .output()?;
-        Ok((
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        ))
-    }
-
-    fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
-        let (code, json) = self.json_and_code(args)?;
-        ensure!(
-            code == Some(0),
-            "cms-server {args:?} exited {code:?}: {json:#}"
-        );
-        Ok(json)
-    }
-
-    fn json_and_code(&self, args: &[&str]) -> Result<(Option<i32>, serde_json::Value)> {
-        let mut with_format = args.to_vec();
-        with_format.extend(["--format", "json"]);
-        let (code, stdout, stderr) = self.run(&with_format)?;
-        let json = serde_json::from_str(&stdout)
-            .with_context(|| format!("cms-server {args:?} exited {code:?}: {stdout}{stderr}"))?;
-        Ok((code, json))
-    }
 }
 
 fn reports(server: &TestServer, node: &str) -> Result<Vec<pb::RunReport>> {
@@ -136,11 +92,7 @@ fn a_trigger_converges_the_canary_then_batches_of_the_selection_only_and_a_faili
         git.path(),
         std::net::SocketAddr::from((testbed.host_address(), 0)),
     )?;
-    let admin = Admin {
-        binary: admin_binary,
-        server: server.address.clone(),
-        data: server.data.clone(),
-    };
+    let admin = AdminCli::for_server(admin_binary, &server);
     let token = server.token(&[("role", "*")])?;
     let image = Image::build_or_reuse(&ImageRecipe::debian_bookworm(), &settings)?;
     let baked = bake_agent_for_server(&image, &server.address, &token)?;
@@ -330,11 +282,7 @@ fn certificates_are_renewed_by_the_agent_a_gone_node_is_removed_and_refused_and_
             config.presence_flush = Duration::from_millis(500);
         },
     )?;
-    let admin = Admin {
-        binary: admin_binary,
-        server: server.address.clone(),
-        data: server.data.clone(),
-    };
+    let admin = AdminCli::for_server(admin_binary, &server);
     let token = server.token(&[("role", "web")])?;
     let image = Image::build_or_reuse(&ImageRecipe::debian_bookworm(), &settings)?;
     let baked = bake_agent_for_server(&image, &server.address, &token)?;

@@ -5,45 +5,19 @@
 //! whose role fails. Exit codes and the summary are what an operator's
 //! script reads.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use cms_integration::{
-    GitRepo, HostAgent, TestServer, build_workspace_binary, wait_until_polling_every,
+    AdminCli, GitRepo, HostAgent, TestServer, build_workspace_binary, wait_until_polling_every,
 };
-
-/// The admin command, as an operator runs it on the server.
-struct Admin {
-    binary: PathBuf,
-    server: String,
-    data: PathBuf,
-}
-
-impl Admin {
-    /// `cms-server ARGS --server … --data …`: exit code, stdout, stderr.
-    fn run(&self, args: &[&str]) -> Result<(Option<i32>, String, String)> {
-        let output = Command::new(&self.binary)
-            .args(args)
-            .arg("--server")
-            .arg(&self.server)
-            .arg("--data")
-            .arg(&self.data)
-            .env("NO_COLOR", "1")
-            .output()?;
-        Ok((
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        ))
-    }
-}
 
 /// A server, and three enrolled `role=web` nodes whose agents never run.
 struct Fleet {
     server: TestServer,
-    admin: Admin,
+    admin: AdminCli,
     _dir: tempfile::TempDir,
 }
 
@@ -73,11 +47,7 @@ fn fleet_of_three_unreachable_nodes() -> Result<Fleet> {
             String::from_utf8_lossy(&enrolled.stderr)
         );
     }
-    let admin = Admin {
-        binary: build_workspace_binary("cms-server", "cms-server")?,
-        server: server.address.clone(),
-        data: server.data.clone(),
-    };
+    let admin = AdminCli::for_server(build_workspace_binary("cms-server", "cms-server")?, &server);
     Ok(Fleet {
         server,
         admin,
@@ -87,7 +57,7 @@ fn fleet_of_three_unreachable_nodes() -> Result<Fleet> {
 
 /// The results of the trigger's nodes, from `trigger --status ID --format
 /// json`, sorted.
-fn node_results(admin: &Admin, stdout: &str) -> Result<Vec<String>> {
+fn node_results(admin: &AdminCli, stdout: &str) -> Result<Vec<String>> {
     let id = stdout
         .lines()
         .next()
@@ -237,11 +207,7 @@ fn a_rollout_stops_once_failing_nodes_exceed_max_failures_and_exits_4() -> Resul
         ))?;
         daemons.push(daemon(&agent, &dir.path().join(format!("{node}.log")))?);
     }
-    let admin = Admin {
-        binary: build_workspace_binary("cms-server", "cms-server")?,
-        server: server.address.clone(),
-        data: server.data.clone(),
-    };
+    let admin = AdminCli::for_server(build_workspace_binary("cms-server", "cms-server")?, &server);
     // The daemons open their watch channels after their first run: until
     // a noop trigger reaches all three, they are not ready.
     wait_until_polling_every(
