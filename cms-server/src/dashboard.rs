@@ -46,7 +46,9 @@ use crate::clock::SharedClock;
 use crate::fleet::Fleet;
 use crate::node_state::{NodeState, role_of};
 use crate::revision::ServingRevision;
-use crate::store::{NodeRecord, RevisionRecord, SharedStore, Store, StoredReport, sha256_hex};
+use cms_roles::digest::sha256_hex;
+
+use crate::store::{NodeRecord, RevisionRecord, SharedStore, Store, StoredReport};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "cms_session";

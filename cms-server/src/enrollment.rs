@@ -109,7 +109,7 @@ impl Enrollment {
         crate::pki::check_node_id(&node_id).map_err(EnrollError::InvalidNodeName)?;
         let secret = request.token.split('.').next().unwrap_or_default();
         let tags = request.tags;
-        let token_id = TokenRecord::id_for_secret(secret);
+        let token_id = crate::pki::token_id(secret);
         // Check the scope before using the token up.
         let token = self
             .store

@@ -23,7 +23,9 @@ use crate::dashboard::DashboardApi;
 use crate::fleet::Fleet;
 use crate::metrics::{Gauges, Metrics};
 use crate::revision::{ServingRevision, SyncRequests};
-use crate::store::{SharedStore, sha256_hex};
+use cms_roles::digest::sha256_hex;
+
+use crate::store::SharedStore;
 use crate::webhook::{pushed_branch, verify_github, verify_gitlab};
 
 /// What `GET /metrics` reads: the metrics and the live gauges.

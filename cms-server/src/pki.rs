@@ -29,12 +29,12 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use base64::Engine;
+use cms_roles::digest::{hex, sha256_hex};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
-use sha2::{Digest, Sha256};
 use x509_parser::extensions::GeneralName;
 
 /// The SAN URI prefix of a node certificate; the node id follows it.
@@ -474,7 +474,7 @@ pub fn new_token() -> Result<NewToken, PkiError> {
 /// secret, as lowercase hex. The secret itself is never stored, so a copy of
 /// the database enrolls nothing.
 pub fn token_id(secret: &str) -> String {
-    hex(&Sha256::digest(secret.as_bytes()))
+    sha256_hex(secret.as_bytes())
 }
 
 /// Parses a token scope: `tag=glob` pairs separated by commas, such as
@@ -611,14 +611,6 @@ fn unix_now() -> u64 {
 
 fn to_i64(seconds: u64) -> i64 {
     i64::try_from(seconds).unwrap_or(i64::MAX)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut text, byte| {
-        let _ = write!(text, "{byte:02x}");
-        text
-    })
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ pub fn admin_dir(data_dir: &Path) -> PathBuf {
 /// The sha256 hex of the DER of the first certificate in `pem`.
 pub fn certificate_fingerprint(pem: &str) -> anyhow::Result<String> {
     let der = pem_to_der(pem).context("Failed to read the CA certificate")?;
-    Ok(crate::store::sha256_hex(&der))
+    Ok(cms_roles::digest::sha256_hex(&der))
 }
 
 fn pem_to_der(pem: &str) -> Option<Vec<u8>> {

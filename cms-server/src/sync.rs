@@ -61,11 +61,11 @@ impl RolesSource {
                     digest.extend_from_slice(name.as_bytes());
                     digest.push(0);
                     if let cms_roles::Entry::File(bytes) = entry {
-                        digest.extend_from_slice(crate::store::sha256_hex(bytes).as_bytes());
+                        digest.extend_from_slice(cms_roles::digest::sha256_hex(bytes).as_bytes());
                     }
                     digest.push(0);
                 }
-                let commit = format!("dir-{}", crate::store::sha256_hex(&digest));
+                let commit = format!("dir-{}", cms_roles::digest::sha256_hex(&digest));
                 if current.as_deref() == Some(commit.as_str()) {
                     return Ok(SyncOutcome::Unchanged { commit });
                 }

@@ -39,8 +39,8 @@ fn a_dashboard_token_is_printed_once_and_only_its_hash_is_kept_owner_only() {
     assert_eq!(
         hashes,
         vec![
-            cms_server::store::sha256_hex(first.as_bytes()),
-            cms_server::store::sha256_hex(second.as_bytes())
+            cms_roles::digest::sha256_hex(first.as_bytes()),
+            cms_roles::digest::sha256_hex(second.as_bytes())
         ]
     );
     let mode = std::fs::metadata(&path).expect("stat").permissions().mode();

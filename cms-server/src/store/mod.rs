@@ -88,7 +88,6 @@ use std::sync::Arc;
 
 use cms_proto::report::RunRecord;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub use self::memory::MemoryStore;
 pub use self::sled::SledStore;
@@ -419,7 +418,7 @@ pub struct TriggerOutcome {
 /// An enrollment token. The store never sees the secret, only its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
-    /// sha256 hex of the secret (see [`TokenRecord::id_for_secret`]).
+    /// sha256 hex of the secret (see `pki::token_id`).
     pub id: String,
     /// The tags a node enrolling with this token may claim; values may be
     /// globs, which the enrollment code interprets.
@@ -428,26 +427,6 @@ pub struct TokenRecord {
     /// `None` means unlimited.
     pub uses_left: Option<u32>,
     pub created_unix: u64,
-}
-
-impl TokenRecord {
-    /// The id under which the token with this secret is stored.
-    pub fn id_for_secret(secret: &str) -> String {
-        sha256_hex(secret.as_bytes())
-    }
-}
-
-/// The sha256 of `bytes` as 64 lowercase hex digits, the form token ids
-/// take.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(bytes);
-    let mut hex = String::with_capacity(64);
-    for byte in digest.iter() {
-        hex.push(char::from(HEX[usize::from(byte >> 4)]));
-        hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
-    }
-    hex
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -715,14 +694,6 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn sha256_hex_matches_the_known_digest_of_abc() {
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
-
     fn nodes_round_trip_and_list_in_id_order(store: &dyn Store) {
         store.put_node(&node("b")).unwrap();
         store.put_node(&node("a")).unwrap();
@@ -943,7 +914,7 @@ pub(crate) mod tests {
     }
 
     fn a_limited_token_is_used_up_and_then_refused(store: &dyn Store) {
-        let id = TokenRecord::id_for_secret("secret");
+        let id = cms_roles::digest::sha256_hex(b"secret");
         store.put_token(&token(&id, Some(2), 1_000)).unwrap();
 
         assert_eq!(store.consume_token(&id, 500).unwrap().uses_left, Some(1));
