@@ -135,7 +135,7 @@ pub fn free_loopback_port() -> Result<u16> {
 
 /// One HTTP/1.0 request (no chunking, the connection closes after the
 /// answer): status and body.
-fn http_request(
+pub fn http_request(
     address: SocketAddr,
     method: &str,
     path: &str,

@@ -12,7 +12,6 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -101,25 +100,7 @@ fn fleet(configure: impl FnOnce(&mut cms_server::server::ServeConfig)) -> Result
 
 /// `GET path` over plain HTTP/1.0 (no chunking): status and body.
 fn http_get(address: &str, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("an HTTP response has a head and a body")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .context("a status line")?
-        .parse()?;
-    Ok((status, body.to_string()))
+    cms_integration::http_request(address.parse()?, "GET", path, headers, b"")
 }
 
 type Families = std::collections::HashMap<String, MetricFamily<OpenMetricsType, OpenMetricsValue>>;
