@@ -304,6 +304,7 @@ fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
         id: crate::node::node_id(args.node.clone(), &observed.facts),
         tags: observed.tags,
         facts: observed.facts,
+        attested: Default::default(),
     };
     let catalog = match compile(&repository, &node) {
         Ok(catalog) => catalog,

@@ -25,6 +25,7 @@ fn run(dir: &Path, host: &Host, role: &str, noop: bool) -> RunReport {
         id: "test".into(),
         tags: BTreeMap::new(),
         facts: BTreeMap::new(),
+        attested: BTreeMap::new(),
     };
     let catalog = compile(&repository, &node).unwrap_or_else(|d| panic!("{d}"));
     let backups = BackupStore::open(dir.join("backups")).expect("backup store");

@@ -362,6 +362,7 @@ pub fn node(
         id: id.to_string(),
         tags: tags.clone(),
         facts,
+        attested: BTreeMap::new(),
     }
 }
 

@@ -60,6 +60,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| "example".to_string()),
         tags,
         facts,
+        attested: Default::default(),
     };
     if !parse_problems.is_empty() {
         return Ok(invalid(&parse_problems, args.format));

@@ -102,6 +102,7 @@ fn main() {
             ("role".to_string(), "api".to_string()),
         ]),
         facts: example_facts(),
+        attested: BTreeMap::new(),
     };
     let (compile_times, catalog) =
         time(|| compile(&repository, &node).expect("the benchmark repository compiles"));

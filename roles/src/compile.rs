@@ -28,6 +28,11 @@ pub struct Node {
     pub tags: BTreeMap<String, String>,
     /// Facts as gathered by the agent: `hostname`, `memory_mb`, ….
     pub facts: BTreeMap<String, Value>,
+    /// Values the server verified itself, not reported by the node: the
+    /// EC2 instance id, account and region of an attested enrollment.
+    /// Empty for a node that enrolled with a token.
+    #[serde(default)]
+    pub attested: BTreeMap<String, String>,
 }
 
 /// The roles a node gets, each once: general roles before specific ones

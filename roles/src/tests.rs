@@ -39,6 +39,7 @@ fn node(tags: &str) -> Node {
         id: "i-test".to_string(),
         tags,
         facts: example_facts(),
+        attested: BTreeMap::new(),
     }
 }
 
@@ -844,6 +845,7 @@ fn the_example_repository_validates_and_compiles_for_an_api_node() {
             id: "i-1".into(),
             tags,
             facts: example_facts(),
+            attested: BTreeMap::new(),
         },
     )
     .unwrap_or_else(|d| panic!("{d}"));

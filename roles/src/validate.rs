@@ -57,6 +57,7 @@ pub fn validate(repository: &Repository, facts: &BTreeMap<String, Value>) -> Dia
                     .to_string(),
                 tags,
                 facts: facts.clone(),
+                attested: Default::default(),
             };
             if let Err(found) = compile(repository, &node) {
                 diagnostics.extend(found);

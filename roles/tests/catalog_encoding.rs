@@ -71,6 +71,7 @@ limits = { memory = "1g" }
             id: "n1".into(),
             tags: BTreeMap::new(),
             facts: example_facts(),
+            attested: BTreeMap::new(),
         },
     )
     .expect("compiles");
@@ -110,6 +111,7 @@ fn the_example_repository_keeps_its_catalog_ids() {
             id: "i-1".into(),
             tags: parse_tag_list(tags).expect("tags parse"),
             facts: example_facts(),
+            attested: BTreeMap::new(),
         };
         let catalog = compile(&repository, &node).expect("compiles");
         assert_eq!(catalog.catalog_id, id, "{tags}");
