@@ -64,6 +64,10 @@ pub fn role_matches(role: &Role, tags: &BTreeMap<String, String>) -> bool {
     })
 }
 
+/// Adds `role` to `order` after the roles it includes (depth first, in
+/// the order written), each once. Walks with an explicit stack: the
+/// include depth limit is checked at parse time, but compiling must not
+/// depend on it.
 fn push_with_includes<'r>(
     repository: &'r Repository,
     role: &'r Role,
@@ -73,12 +77,21 @@ fn push_with_includes<'r>(
     if !seen.insert(role.name.as_str()) {
         return;
     }
-    for (include, _) in &role.includes {
-        if let Some(included) = repository.roles.get(include) {
-            push_with_includes(repository, included, seen, order);
+    // Each role on the walk with the index of its next include.
+    let mut stack: Vec<(&'r Role, usize)> = vec![(role, 0)];
+    while let Some((current, next)) = stack.last_mut() {
+        let Some((include, _)) = current.includes.get(*next) else {
+            order.push(current);
+            stack.pop();
+            continue;
+        };
+        *next += 1;
+        if let Some(included) = repository.roles.get(include)
+            && seen.insert(included.name.as_str())
+        {
+            stack.push((included, 0));
         }
     }
-    order.push(role);
 }
 
 /// A tag list [`parse_tag_list`] refuses.
@@ -195,7 +208,21 @@ pub fn deep_merge(base: &mut Value, overlay: &Value) {
 }
 
 /// Compiles the catalog of one node, or every problem found on the way.
+/// Runs on the compile stack ([`crate::bounded::on_compile_stack`]), so
+/// it needs the same stack whoever calls it; a panic is returned as a
+/// diagnostic.
 pub fn compile(repository: &Repository, node: &Node) -> Result<Catalog, Diagnostics> {
+    crate::bounded::on_compile_stack(|| compile_here(repository, node)).unwrap_or_else(|message| {
+        Err(Diagnostics(vec![Diagnostic::new(
+            "(compiler)",
+            Position::UNKNOWN,
+            format!("Failed to compile the catalog of {}: {message}", node.id),
+        )]))
+    })
+}
+
+/// [`compile`] on the caller's stack.
+pub(crate) fn compile_here(repository: &Repository, node: &Node) -> Result<Catalog, Diagnostics> {
     let mut diagnostics = Diagnostics::default();
     let mut context = serde_json::json!({
         "tag": node.tags,

@@ -46,7 +46,8 @@ pub struct Position {
 impl Position {
     pub const UNKNOWN: Position = Position { line: 0, column: 0 };
 
-    /// The position of a byte offset in `text`.
+    /// The position of a byte offset in `text`. It reads the text up to
+    /// the offset: for many offsets in one text, use a [`LineIndex`].
     pub fn of_offset(text: &str, offset: usize) -> Position {
         let offset = offset.min(text.len());
         let before = &text.as_bytes()[..offset];
@@ -56,6 +57,45 @@ impl Position {
             .rposition(|&b| b == b'\n')
             .map_or(0, |i| i + 1);
         let column = String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count()
+            + 1;
+        Position {
+            line: line as u32,
+            column: column as u32,
+        }
+    }
+}
+
+/// Where each line of a text starts, so that the position of any byte
+/// offset is found without reading the text again: a file of thousands of
+/// resources asks for thousands of positions.
+#[derive(Debug, Clone)]
+pub struct LineIndex<'t> {
+    text: &'t str,
+    /// The offset of the first byte of each line.
+    starts: Vec<usize>,
+}
+
+impl<'t> LineIndex<'t> {
+    pub fn new(text: &'t str) -> LineIndex<'t> {
+        let starts = std::iter::once(0)
+            .chain(
+                text.bytes()
+                    .enumerate()
+                    .filter(|(_, b)| *b == b'\n')
+                    .map(|(i, _)| i + 1),
+            )
+            .collect();
+        LineIndex { text, starts }
+    }
+
+    /// The position of a byte offset, as [`Position::of_offset`] gives it.
+    pub fn position(&self, offset: usize) -> Position {
+        let offset = offset.min(self.text.len());
+        let line = self.starts.partition_point(|&start| start <= offset);
+        let line_start = self.starts[line - 1];
+        let column = String::from_utf8_lossy(&self.text.as_bytes()[line_start..offset])
             .chars()
             .count()
             + 1;
@@ -118,5 +158,23 @@ impl fmt::Display for Diagnostics {
             write!(f, "{diagnostic}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_index_gives_the_positions_a_rescan_gives() {
+        let text = "first\nsécond é\n\n  [[x]]\nlast";
+        let index = LineIndex::new(text);
+        for offset in 0..=text.len() + 2 {
+            assert_eq!(
+                index.position(offset),
+                Position::of_offset(text, offset),
+                "offset {offset}"
+            );
+        }
     }
 }

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bounded;
 mod catalog;
 mod compile;
 mod content;
@@ -25,12 +26,16 @@ pub use compile::{
     Node, TagListError, compile, deep_merge, glob_match, parse_tag_list, role_matches, select_roles,
 };
 pub use content::Content;
-pub use diagnostic::{Diagnostic, Diagnostics, Position};
+pub use diagnostic::{Diagnostic, Diagnostics, LineIndex, Position};
 pub use digest::sha256_hex;
 pub use kinds::*;
-pub use repository::{DeclaredResource, Hierarchy, Repository, Role, Settings};
-pub use source::{Entry, JoinError, ReadError, RepoFiles, SETTINGS_FILE, join_inside};
-pub use template::Templates;
+pub use repository::{
+    DeclaredResource, Hierarchy, MAX_DATA_DEPTH, MAX_INCLUDE_DEPTH, Repository, Role, Settings,
+};
+pub use source::{
+    Entry, JoinError, ReadError, RepoFiles, SETTINGS_FILE, is_repository_path, join_inside,
+};
+pub use template::{MAX_NESTING, Templates};
 pub use validate::{example_facts, validate};
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use serde_json::Value;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use crate::diagnostic::{Diagnostic, Diagnostics, Position};
+use crate::diagnostic::{Diagnostic, Diagnostics, LineIndex, Position};
 use crate::kinds::{RESOURCE_TYPES, ResourceType, Spec};
 use crate::source::{Entry, RepoFiles, SETTINGS_FILE};
 use crate::template::{Templates, has_placeholders};
@@ -124,9 +124,32 @@ impl Repository {
     /// Parses what can be parsed and reports the rest: the repository keeps
     /// every role, resource, template and data file that is valid on its
     /// own, so that validation can go on to find the problems that only
-    /// compiling shows.
+    /// compiling shows. Runs on the compile stack
+    /// ([`crate::bounded::on_compile_stack`]).
     pub fn load(files: RepoFiles) -> (Repository, Diagnostics) {
+        match crate::bounded::on_compile_stack(move || Repository::load_here(files)) {
+            Ok(loaded) => loaded,
+            Err(message) => (
+                Repository::load_here(RepoFiles::new()).0,
+                Diagnostics(vec![Diagnostic::new(
+                    "(repository)",
+                    Position::UNKNOWN,
+                    message,
+                )]),
+            ),
+        }
+    }
+
+    /// [`Repository::load`] on the caller's stack.
+    fn load_here(files: RepoFiles) -> (Repository, Diagnostics) {
         let mut diagnostics = Diagnostics::default();
+        for name in files.invalid_names() {
+            diagnostics.push(Diagnostic::new(
+                name,
+                Position::UNKNOWN,
+                "the name is not valid UTF-8 (shown with \u{FFFD} for the bytes that are not): rename it; a repository's file names must be UTF-8",
+            ));
+        }
         let settings = parse_settings(&files, &mut diagnostics);
         let mut templates = Templates::new();
         for (path, entry) in files.under("templates/") {
@@ -147,6 +170,9 @@ impl Repository {
                     diagnostics.push(escaping_symlink(path, target));
                 }
             }
+        }
+        for diagnostic in templates.check_partials() {
+            diagnostics.push(diagnostic);
         }
         let mut data = BTreeMap::new();
         for (path, entry) in files.under("data/") {
@@ -308,7 +334,18 @@ pub(crate) fn toml_diagnostic(path: &str, text: &str, error: &toml::de::Error) -
         .span()
         .map(|span| Position::of_offset(text, span.start))
         .unwrap_or_default();
-    Diagnostic::new(path, position, error.message().trim().to_string())
+    let message = error.message().trim();
+    if message == "recursion limit" {
+        // TOML's own limit, met before ours: say what it means.
+        return Diagnostic::new(
+            path,
+            position,
+            format!(
+                "tables and arrays nested too deep for TOML's parser; the limit is {MAX_DATA_DEPTH}"
+            ),
+        );
+    }
+    Diagnostic::new(path, position, message.to_string())
 }
 
 fn parse_data_file(path: &str, bytes: &[u8], diagnostics: &mut Diagnostics) -> Option<Value> {
@@ -318,6 +355,10 @@ fn parse_data_file(path: &str, bytes: &[u8], diagnostics: &mut Diagnostics) -> O
         for error in &errors {
             diagnostics.push(toml_diagnostic(path, text, error));
         }
+        return None;
+    }
+    if let Err(diagnostic) = check_nesting(path, text, table.get_ref()) {
+        diagnostics.push(diagnostic);
         return None;
     }
     Some(to_json(&DeValue::Table(table.into_inner())))
@@ -355,6 +396,50 @@ fn to_json(value: &DeValue<'_>) -> Value {
     }
 }
 
+/// How deep tables and arrays may nest in a data or role file. Data is
+/// merged, rendered and serialized recursively; TOML's own parser allows
+/// 80 levels of inline tables and arrays, and any number through dotted
+/// keys (`[a.b.c.…]`).
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Refuses tables and arrays nested deeper than [`MAX_DATA_DEPTH`], at the
+/// key or value that passes it. Walks without recursing.
+fn check_nesting(path: &str, text: &str, table: &DeTable<'_>) -> Result<(), Diagnostic> {
+    let mut pending: Vec<(&DeValue<'_>, usize)> = Vec::new();
+    let visit = |offset: usize, depth: usize| {
+        if depth > MAX_DATA_DEPTH {
+            return Err(Diagnostic::new(
+                path,
+                Position::of_offset(text, offset),
+                format!("tables and arrays nested {depth} deep; the limit is {MAX_DATA_DEPTH}"),
+            ));
+        }
+        Ok(depth)
+    };
+    for (key, value) in table.iter() {
+        let depth = visit(key.span().start, 1)?;
+        pending.push((value.get_ref(), depth));
+    }
+    while let Some((value, depth)) = pending.pop() {
+        match value {
+            DeValue::Table(table) => {
+                for (key, value) in table.iter() {
+                    let depth = visit(key.span().start, depth + 1)?;
+                    pending.push((value.get_ref(), depth));
+                }
+            }
+            DeValue::Array(items) => {
+                for item in items.iter() {
+                    let depth = visit(item.span().start, depth + 1)?;
+                    pending.push((item.get_ref(), depth));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn deserialize_value<T: DeserializeOwned>(
     value: &Spanned<DeValue<'_>>,
 ) -> Result<T, toml::de::Error> {
@@ -384,7 +469,12 @@ fn parse_role(
         }
         return None;
     }
-    let at = |offset: usize| Position::of_offset(text, offset);
+    if let Err(diagnostic) = check_nesting(path, text, table.get_ref()) {
+        diagnostics.push(diagnostic);
+        return None;
+    }
+    let lines = LineIndex::new(text);
+    let at = |offset: usize| lines.position(offset);
     let mut role = Role {
         name: name.to_string(),
         file: path.to_string(),
@@ -439,7 +529,7 @@ fn parse_role(
                     continue;
                 };
                 for item in items.iter() {
-                    match parse_resource(resource_type, item, path, text, diagnostics) {
+                    match parse_resource(resource_type, item, path, text, &lines, diagnostics) {
                         Some(resource) => declared.push((item.span().start, resource)),
                         None => {
                             if let Some(reference) = attempted_reference(resource_type, item) {
@@ -477,9 +567,10 @@ fn parse_resource(
     item: &Spanned<DeValue<'_>>,
     path: &str,
     text: &str,
+    lines: &LineIndex<'_>,
     diagnostics: &mut Diagnostics,
 ) -> Option<DeclaredResource> {
-    let position = Position::of_offset(text, item.span().start);
+    let position = lines.position(item.span().start);
     let Some(table) = item.get_ref().as_table() else {
         diagnostics.push(Diagnostic::new(
             path,
@@ -496,10 +587,7 @@ fn parse_resource(
     let mut failed = false;
     for (key, value) in table.iter() {
         let name = key.get_ref().as_ref();
-        field_positions.insert(
-            name.to_string(),
-            Position::of_offset(text, key.span().start),
-        );
+        field_positions.insert(name.to_string(), lines.position(key.span().start));
         match name {
             "require" | "notify" => match deserialize_value::<Vec<String>>(value) {
                 Ok(list) if name == "require" => require = list,
@@ -654,30 +742,125 @@ fn check_includes(
     let mut reported = BTreeSet::new();
     let mut explored = BTreeSet::new();
     for name in roles.keys() {
-        let mut stack = vec![name.as_str()];
-        find_include_cycle(roles, &mut stack, &mut explored, &mut reported, diagnostics);
+        find_include_cycle(roles, name, &mut explored, &mut reported, diagnostics);
+    }
+    check_include_depth(roles, diagnostics);
+}
+
+/// How many roles deep includes may go (a role including one that includes
+/// another is 3 deep).
+pub const MAX_INCLUDE_DEPTH: usize = 64;
+
+/// Refuses include chains longer than [`MAX_INCLUDE_DEPTH`], at the
+/// include where the chain passes the limit. Cycles are reported by
+/// [`find_include_cycle`]; here an include back into the chain is
+/// ignored. Walks without recursing.
+fn check_include_depth(roles: &BTreeMap<String, Role>, diagnostics: &mut Diagnostics) {
+    // The longest chain from each role, and the include that starts it.
+    let mut depth: BTreeMap<&str, (usize, Option<&str>)> = BTreeMap::new();
+    let mut on_path: BTreeSet<&str> = BTreeSet::new();
+    for start in roles.keys() {
+        if depth.contains_key(start.as_str()) {
+            continue;
+        }
+        // (role, index of the next include to look at)
+        let mut stack: Vec<(&str, usize)> = vec![(start.as_str(), 0)];
+        on_path.insert(start.as_str());
+        while let Some((name, next)) = stack.last_mut() {
+            let role = &roles[*name];
+            if let Some((include, _)) = role.includes.get(*next) {
+                *next += 1;
+                if let Some((include, _)) = roles.get_key_value(include)
+                    && !depth.contains_key(include.as_str())
+                    && on_path.insert(include.as_str())
+                {
+                    stack.push((include.as_str(), 0));
+                }
+                continue;
+            }
+            let name = *name;
+            let longest = role
+                .includes
+                .iter()
+                .filter_map(|(include, _)| {
+                    depth
+                        .get_key_value(include.as_str())
+                        .map(|(k, (d, _))| (*d, *k))
+                })
+                .max();
+            let entry = match longest {
+                Some((d, include)) => (d + 1, Some(include)),
+                None => (1, None),
+            };
+            depth.insert(name, entry);
+            on_path.remove(name);
+            stack.pop();
+        }
+    }
+    for (name, (chain_depth, first)) in &depth {
+        if *chain_depth != MAX_INCLUDE_DEPTH + 1 {
+            continue;
+        }
+        let role = &roles[*name];
+        let position = role
+            .includes
+            .iter()
+            .find(|(include, _)| Some(include.as_str()) == *first)
+            .map_or(Position::UNKNOWN, |(_, position)| *position);
+        let mut chain = vec![*name];
+        let mut current = *first;
+        while let Some(next) = current {
+            chain.push(next);
+            current = depth.get(next).and_then(|(_, n)| *n);
+        }
+        let shown = if chain.len() > 6 {
+            format!(
+                "{} -> … -> {}",
+                chain[..3].join(" -> "),
+                chain[chain.len() - 1]
+            )
+        } else {
+            chain.join(" -> ")
+        };
+        diagnostics.push(Diagnostic::new(
+            &role.file,
+            position,
+            format!(
+                "includes go {chain_depth} roles deep here ({shown}); the limit is {MAX_INCLUDE_DEPTH}"
+            ),
+        ));
     }
 }
 
-/// Depth-first search for include cycles. A role whose includes were all
+/// Depth-first search for include cycles from `start`, with an explicit
+/// stack (an include chain may be long). A role whose includes were all
 /// explored is not walked again, so shared includes cost nothing.
 fn find_include_cycle<'a>(
     roles: &'a BTreeMap<String, Role>,
-    stack: &mut Vec<&'a str>,
+    start: &'a str,
     explored: &mut BTreeSet<&'a str>,
     reported: &mut BTreeSet<Vec<String>>,
     diagnostics: &mut Diagnostics,
 ) {
-    let current = *stack.last().expect("stack starts with a role");
-    let Some((current, role)) = roles.get_key_value(current) else {
-        return;
-    };
-    if explored.contains(current.as_str()) {
+    if explored.contains(start) {
         return;
     }
-    for (include, position) in &role.includes {
-        if let Some(start) = stack.iter().position(|r| r == include) {
-            let mut cycle: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
+    // The path walked, each role with the index of its next include.
+    let mut path: Vec<(&'a str, usize)> = vec![(start, 0)];
+    let mut on_path: BTreeSet<&'a str> = BTreeSet::from([start]);
+    while let Some(&(current, next)) = path.last() {
+        let role = &roles[current];
+        let Some((include, position)) = role.includes.get(next) else {
+            explored.insert(current);
+            on_path.remove(current);
+            path.pop();
+            continue;
+        };
+        path.last_mut().expect("not empty").1 += 1;
+        if on_path.contains(include.as_str())
+            && let Some(at) = path.iter().position(|(r, _)| *r == include.as_str())
+        {
+            let mut cycle: Vec<String> = path[at..].iter().map(|(r, _)| r.to_string()).collect();
             // Report each cycle once, whichever role the walk started from.
             let mut key = cycle.clone();
             key.sort();
@@ -691,11 +874,11 @@ fn find_include_cycle<'a>(
             }
             continue;
         }
-        if let Some((include, _)) = roles.get_key_value(include) {
-            stack.push(include);
-            find_include_cycle(roles, stack, explored, reported, diagnostics);
-            stack.pop();
+        if let Some((include, _)) = roles.get_key_value(include)
+            && !explored.contains(include.as_str())
+        {
+            on_path.insert(include.as_str());
+            path.push((include.as_str(), 0));
         }
     }
-    explored.insert(current.as_str());
 }

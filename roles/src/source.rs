@@ -6,7 +6,7 @@
 //! makes path traversal impossible past this point: a path that is not a key
 //! of the map does not exist.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 /// The repository settings file, at the root.
@@ -26,6 +26,9 @@ pub enum Entry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RepoFiles {
     entries: BTreeMap<String, Entry>,
+    /// Entries whose name is not UTF-8, printed lossily: reported as
+    /// errors, never read (a folder's files are not listed).
+    invalid_names: BTreeSet<String>,
 }
 
 /// Why a repository directory could not be read.
@@ -50,6 +53,18 @@ impl RepoFiles {
     pub fn insert_escaping_symlink(&mut self, path: impl Into<String>, target: impl Into<String>) {
         self.entries
             .insert(path.into(), Entry::EscapingSymlink(target.into()));
+    }
+
+    /// Records an entry whose name is not UTF-8 (`path` printed lossily);
+    /// [`crate::Repository::load`] reports it as an error. Only names under
+    /// the repository's folders count (see [`is_repository_path`]).
+    pub fn insert_invalid_name(&mut self, path: impl Into<String>) {
+        self.invalid_names.insert(path.into());
+    }
+
+    /// The entries whose name is not UTF-8, printed lossily.
+    pub fn invalid_names(&self) -> impl Iterator<Item = &str> {
+        self.invalid_names.iter().map(String::as_str)
     }
 
     pub fn get(&self, path: &str) -> Option<&Entry> {
@@ -114,6 +129,17 @@ impl RepoFiles {
 /// The folders of a repository besides `cms.toml`.
 const REPOSITORY_FOLDERS: &[&str] = &["roles", "templates", "files", "data"];
 
+/// Whether a path (relative, `/`-separated) is one a repository is made of:
+/// `cms.toml`, or anything under `roles/`, `templates/`, `files/`, `data/`.
+/// A commit is read the same way a folder is: other paths are ignored.
+pub fn is_repository_path(path: &str) -> bool {
+    path == SETTINGS_FILE
+        || REPOSITORY_FOLDERS.iter().any(|folder| {
+            path.strip_prefix(folder)
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
+}
+
 /// Reads one entry: a file into `files`, a folder onto `stack`, a link
 /// followed when it stays inside the repository.
 fn read_entry(
@@ -127,6 +153,10 @@ fn read_entry(
         source,
     };
     let relative = relative_name(root, path);
+    if path.file_name().is_some_and(|name| name.to_str().is_none()) {
+        files.insert_invalid_name(relative);
+        return Ok(());
+    }
     let file_type = path.symlink_metadata().map_err(error)?.file_type();
     if file_type.is_symlink() {
         let target = std::fs::read_link(path).map_err(error)?;

@@ -11,12 +11,27 @@ use handlebars::{
     ScopedJson, handlebars_helper,
 };
 use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::diagnostic::{Diagnostic, Position};
+use crate::diagnostic::{Diagnostic, LineIndex, Position};
+
+/// How deep blocks (`{{#if}}`, `{{#each}}`, `{{else if}}` chains),
+/// sub-expressions and partials may nest in one template or placeholder.
+/// handlebars parses and renders recursively, so the nesting is bounded
+/// before any text reaches it.
+pub const MAX_NESTING: usize = 64;
 
 /// A set of compiled templates and the helpers they may call.
 pub struct Templates {
     registry: Handlebars<'static>,
+    /// What each registered template nests and which partials it uses.
+    shapes: BTreeMap<String, Shape>,
+    /// Each template's full nesting, partials included, once
+    /// [`Templates::check_partials`] has run.
+    depths: BTreeMap<String, usize>,
+    /// Templates refused for their nesting or their partials: reported once
+    /// where they are, and never rendered.
+    refused: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -51,12 +66,25 @@ impl Templates {
         registry.register_helper("replace", Box::new(replace));
         registry.register_helper("json", Box::new(json));
         registry.register_helper("percent", Box::new(percent));
-        Templates { registry }
+        Templates {
+            registry,
+            shapes: BTreeMap::new(),
+            depths: BTreeMap::new(),
+            refused: BTreeSet::new(),
+        }
     }
 
     /// Compiles a template under its repository path (e.g.
-    /// `templates/nginx.conf.hbs`), so that errors name the file.
+    /// `templates/nginx.conf.hbs`), so that errors name the file. Nesting
+    /// deeper than [`MAX_NESTING`] is refused before handlebars sees it;
+    /// partials are checked by [`Templates::check_partials`] once every
+    /// template is registered.
     pub fn register(&mut self, name: &str, text: &str) -> Result<(), Diagnostic> {
+        let shape = Shape::of(text).map_err(|(position, message)| {
+            self.refused.insert(name.to_string());
+            Diagnostic::new(name, position, message)
+        })?;
+        self.shapes.insert(name.to_string(), shape);
         self.registry
             .register_template_string(name, text)
             .map_err(|error| {
@@ -72,12 +100,140 @@ impl Templates {
             })
     }
 
+    /// Checks the partials every template uses (`{{> templates/x.hbs}}`):
+    /// no cycle, and no deeper than [`MAX_NESTING`] with the blocks around
+    /// them. A template refused here is not rendered. Call once after
+    /// registering every template.
+    pub fn check_partials(&mut self) -> Vec<Diagnostic> {
+        let mut diagnostics = Vec::new();
+        let names: Vec<String> = self.shapes.keys().cloned().collect();
+        for name in &names {
+            let mut chain = Vec::new();
+            if let Err((position, message)) = self.depth_of(name, &mut chain)
+                && chain.is_empty()
+            {
+                diagnostics.push(Diagnostic::new(name, position, message));
+            }
+        }
+        for diagnostic in &diagnostics {
+            self.refused.insert(diagnostic.file.clone());
+        }
+        // A template using a refused one is refused with it, silently:
+        // the problem is reported where it is.
+        for name in &names {
+            if !self.depths.contains_key(name) {
+                self.refused.insert(name.clone());
+            }
+        }
+        for name in &self.refused {
+            self.registry.unregister_template(name);
+        }
+        diagnostics
+    }
+
+    /// The full nesting of a template, partials included; `chain` holds
+    /// the templates being measured, outermost first. The error is the
+    /// position in the template at `chain`'s level where the limit is
+    /// passed (or the cycle closes).
+    fn depth_of(
+        &mut self,
+        name: &str,
+        chain: &mut Vec<String>,
+    ) -> Result<usize, (Position, String)> {
+        if let Some(depth) = self.depths.get(name) {
+            return Ok(*depth);
+        }
+        let Some(shape) = self.shapes.get(name).cloned() else {
+            // Not a template: handlebars says so when it renders.
+            return Ok(0);
+        };
+        chain.push(name.to_string());
+        let mut depth = shape.depth;
+        let mut result = Ok(());
+        for partial in &shape.partials {
+            if chain.iter().any(|c| *c == partial.name) {
+                let message = if partial.name == name {
+                    format!("partial `{}` includes itself", partial.name)
+                } else {
+                    format!(
+                        "partials include each other: {} -> {}",
+                        chain.join(" -> "),
+                        partial.name
+                    )
+                };
+                result = Err((partial.position, message));
+                break;
+            }
+            let inner = match self.depth_of(&partial.name, chain) {
+                Ok(inner) => inner,
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            };
+            let total = partial.depth + 1 + inner;
+            if total > MAX_NESTING {
+                result = Err((
+                    partial.position,
+                    format!(
+                        "blocks nested {total} deep with partial `{}`; the limit is {MAX_NESTING}",
+                        partial.name
+                    ),
+                ));
+                break;
+            }
+            depth = depth.max(total);
+        }
+        chain.pop();
+        match result {
+            Ok(()) => {
+                self.depths.insert(name.to_string(), depth);
+                Ok(depth)
+            }
+            // Report the problem in the outermost template only when it is
+            // its own; a problem inside a partial is reported there.
+            Err(error) if chain.is_empty() => Err(error),
+            Err(error) => {
+                chain.clear();
+                chain.push(name.to_string());
+                Err(error)
+            }
+        }
+    }
+
     pub fn contains(&self, name: &str) -> bool {
-        self.registry.has_template(name)
+        self.registry.has_template(name) || self.refused.contains(name)
+    }
+
+    /// Checks an inline template (a field of a role, a hierarchy layer)
+    /// against [`MAX_NESTING`], partials included.
+    fn check_inline(&self, text: &str) -> Result<(), String> {
+        let shape = Shape::of(text).map_err(|(_, message)| message)?;
+        for partial in &shape.partials {
+            if self.refused.contains(&partial.name) {
+                return Err(refused_message(&partial.name));
+            }
+            let inner = self.depths.get(&partial.name).copied().unwrap_or(0);
+            let total = partial.depth + 1 + inner;
+            if total > MAX_NESTING {
+                return Err(format!(
+                    "blocks nested {total} deep with partial `{}`; the limit is {MAX_NESTING}",
+                    partial.name
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Renders a registered template.
     pub fn render(&self, name: &str, context: &Value) -> Result<String, Diagnostic> {
+        if self.refused.contains(name) {
+            return Err(Diagnostic::new(
+                name,
+                Position::UNKNOWN,
+                refused_message(name),
+            ));
+        }
         self.registry
             .render(name, context)
             .map_err(|error| render_diagnostic(name, Position::UNKNOWN, &error))
@@ -92,10 +248,224 @@ impl Templates {
         file: &str,
         position: Position,
     ) -> Result<String, Diagnostic> {
+        self.check_inline(text)
+            .map_err(|message| Diagnostic::new(file, position, message))?;
         self.registry
             .render_template(text, context)
             .map_err(|error| render_diagnostic(file, position, &error).at_field_position(position))
     }
+}
+
+fn refused_message(name: &str) -> String {
+    format!(
+        "template `{name}` is refused for its nesting or partials (see the error reported for it)"
+    )
+}
+
+/// What a template's text nests, found without parsing it: handlebars'
+/// own parser recurses, so it must not see text nested too deep.
+#[derive(Debug, Clone, Default)]
+struct Shape {
+    /// The deepest nesting of blocks and sub-expressions.
+    depth: usize,
+    partials: Vec<PartialUse>,
+}
+
+/// One `{{> name}}` (or `{{#> name}}`) in a template.
+#[derive(Debug, Clone)]
+struct PartialUse {
+    name: String,
+    /// Blocks around it.
+    depth: usize,
+    position: Position,
+}
+
+impl Shape {
+    /// Scans the mustaches of `text`: blocks opened (`{{#…}}`, `{{^name}}`,
+    /// each `{{else if …}}` of a chain, which handlebars nests) and closed
+    /// (`{{/…}}`), parentheses of sub-expressions, partials. Comments and
+    /// raw blocks are skipped. An error names the first place where the
+    /// nesting passes [`MAX_NESTING`], or a partial whose name is computed.
+    fn of(text: &str) -> Result<Shape, (Position, String)> {
+        let bytes = text.as_bytes();
+        let lines = LineIndex::new(text);
+        let mut shape = Shape::default();
+        // Per open block: how many `else if` levels it added.
+        let mut blocks: Vec<usize> = Vec::new();
+        let mut depth = 0usize;
+        let mut at = 0usize;
+        let too_deep = |offset: usize, depth: usize| {
+            (
+                lines.position(offset),
+                format!("blocks nested {depth} deep; the limit is {MAX_NESTING}"),
+            )
+        };
+        while let Some(found) = find(bytes, at, b"{{") {
+            let start = found;
+            if start > 0 && bytes[start - 1] == b'\\' {
+                // `\{{` is a literal `{{`.
+                at = start + 2;
+                continue;
+            }
+            if bytes[start..].starts_with(b"{{{{") {
+                // A raw block: nothing inside is parsed.
+                let Some(open_end) = find(bytes, start, b"}}}}") else {
+                    break;
+                };
+                at = match find(bytes, open_end + 4, b"{{{{/") {
+                    Some(close) => find(bytes, close, b"}}}}").map_or(bytes.len(), |e| e + 4),
+                    None => bytes.len(),
+                };
+                continue;
+            }
+            let mut inner = start + 2;
+            if bytes[inner..].starts_with(b"!--") {
+                at = find(bytes, inner, b"--}}").map_or(bytes.len(), |e| e + 4);
+                continue;
+            }
+            if bytes[inner..].starts_with(b"!") {
+                at = find(bytes, inner, b"}}").map_or(bytes.len(), |e| e + 2);
+                continue;
+            }
+            let triple = bytes.get(inner) == Some(&b'{');
+            if triple {
+                inner += 1;
+            }
+            if bytes.get(inner) == Some(&b'~') {
+                inner += 1;
+            }
+            // The end of the mustache, skipping quoted strings.
+            let mut end = inner;
+            let mut quote: Option<u8> = None;
+            let mut parens = 0usize;
+            let mut max_parens = 0usize;
+            while end < bytes.len() {
+                let b = bytes[end];
+                match quote {
+                    Some(q) if b == q => quote = None,
+                    Some(_) => {}
+                    None => match b {
+                        b'"' | b'\'' => quote = Some(b),
+                        b'(' => {
+                            parens += 1;
+                            max_parens = max_parens.max(parens);
+                            if depth + parens > MAX_NESTING {
+                                return Err(too_deep(start, depth + parens));
+                            }
+                        }
+                        b')' => parens = parens.saturating_sub(1),
+                        b'}' if bytes[end..].starts_with(b"}}") => break,
+                        _ => {}
+                    },
+                }
+                end += 1;
+            }
+            let body = std::str::from_utf8(&bytes[inner..end]).unwrap_or_default();
+            at = (end + 2).min(bytes.len());
+            let body_trimmed = body.trim_start();
+            let first = body_trimmed.as_bytes().first().copied();
+            let word = |s: &str| -> String {
+                s.trim_start()
+                    .split(|c: char| c.is_whitespace() || c == '~' || c == '}')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_matches(['"', '\''])
+                    .to_string()
+            };
+            match first {
+                Some(b'*') => return Err(decorator(lines.position(start))),
+                Some(b'#') if body_trimmed[1..].starts_with('*') => {
+                    return Err(decorator(lines.position(start)));
+                }
+                Some(b'#') => {
+                    let rest = &body_trimmed[1..];
+                    if let Some(partial) = rest.strip_prefix('>') {
+                        shape.partial(partial, depth, lines.position(start))?;
+                    }
+                    depth += 1;
+                    blocks.push(0);
+                    if depth > MAX_NESTING {
+                        return Err(too_deep(start, depth));
+                    }
+                }
+                Some(b'^') if !word(&body_trimmed[1..]).is_empty() => {
+                    depth += 1;
+                    blocks.push(0);
+                    if depth > MAX_NESTING {
+                        return Err(too_deep(start, depth));
+                    }
+                }
+                Some(b'/') => {
+                    let extra = blocks.pop().unwrap_or(0);
+                    depth = depth.saturating_sub(1 + extra);
+                }
+                Some(b'>') => {
+                    shape.partial(&body_trimmed[1..], depth, lines.position(start))?;
+                }
+                _ if body_trimmed.starts_with("else") && !word(&body_trimmed[4..]).is_empty() => {
+                    // `{{else if x}}`: handlebars nests the rest of the chain.
+                    if let Some(extra) = blocks.last_mut() {
+                        *extra += 1;
+                        depth += 1;
+                        if depth > MAX_NESTING {
+                            return Err(too_deep(start, depth));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            let with_parens = depth + max_parens;
+            if with_parens > MAX_NESTING {
+                return Err(too_deep(start, with_parens));
+            }
+            shape.depth = shape.depth.max(with_parens);
+        }
+        Ok(shape)
+    }
+
+    fn partial(
+        &mut self,
+        text: &str,
+        depth: usize,
+        position: Position,
+    ) -> Result<(), (Position, String)> {
+        let text = text.trim_start();
+        if text.starts_with('(') {
+            return Err((
+                position,
+                "a partial's name may not be computed: write the template's path, e.g. {{> templates/header.hbs}}".to_string(),
+            ));
+        }
+        let name: String = text
+            .split(|c: char| c.is_whitespace() || c == '~' || c == '}')
+            .next()
+            .unwrap_or_default()
+            .trim_matches(['"', '\''])
+            .to_string();
+        self.partials.push(PartialUse {
+            name,
+            depth,
+            position,
+        });
+        Ok(())
+    }
+}
+
+/// Inline partials could call themselves with no template to check.
+fn decorator(position: Position) -> (Position, String) {
+    (
+        position,
+        "decorators and inline partials ({{#*inline}}) are not supported: put the partial in its own file under templates/ and use {{> templates/name.hbs}}".to_string(),
+    )
+}
+
+/// The first `needle` in `haystack` at or after `from`.
+fn find(haystack: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
 }
 
 trait AtFieldPosition {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use crate::compile::{Node, compile, glob_match};
+use crate::compile::{Node, compile_here, glob_match};
 use crate::diagnostic::{Diagnostic, Diagnostics, Position};
 use crate::repository::{Repository, Role};
 
@@ -39,16 +39,37 @@ pub fn example_facts() -> BTreeMap<String, Value> {
 }
 
 /// Compiles every role for the nodes it is written for and reports every
-/// problem found, each once.
+/// problem found, each once. Runs on the compile stack
+/// ([`crate::bounded::on_compile_stack`]), as serving does.
 pub fn validate(repository: &Repository, facts: &BTreeMap<String, Value>) -> Diagnostics {
+    crate::bounded::on_compile_stack(|| validate_here(repository, facts)).unwrap_or_else(
+        |message| {
+            Diagnostics(vec![Diagnostic::new(
+                "(compiler)",
+                Position::UNKNOWN,
+                format!("Failed to validate: {message}"),
+            )])
+        },
+    )
+}
+
+fn validate_here(repository: &Repository, facts: &BTreeMap<String, Value>) -> Diagnostics {
     let mut diagnostics = Diagnostics::default();
     if !repository.settings_ok {
         // Without cms.toml the data hierarchy is unknown; compiling would
         // report missing data that is really there.
         return diagnostics;
     }
+    // Roles written for the same nodes (every role without `[match]`, say)
+    // share their compiles: a compile is a function of the tags, so each
+    // tag set is compiled once, and validating stays linear in the roles.
+    let mut compiled: BTreeSet<BTreeMap<String, String>> = BTreeSet::new();
     for role in repository.roles.values() {
         for tags in candidate_tags(repository, role) {
+            if compiled.contains(&tags) {
+                continue;
+            }
+            compiled.insert(tags.clone());
             let node = Node {
                 id: facts
                     .get("instance_id")
@@ -59,7 +80,7 @@ pub fn validate(repository: &Repository, facts: &BTreeMap<String, Value>) -> Dia
                 facts: facts.clone(),
                 attested: Default::default(),
             };
-            if let Err(found) = compile(repository, &node) {
+            if let Err(found) = compile_here(repository, &node) {
                 diagnostics.extend(found);
             }
         }
