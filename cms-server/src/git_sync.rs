@@ -194,7 +194,9 @@ impl GitSource {
     /// of the tree becomes a copy of that file; a link that is absolute or
     /// climbs above the root is recorded as escaping and never followed;
     /// links to directories and dangling links are left out, as are
-    /// submodules and paths that are not UTF-8.
+    /// submodules. A name that is not UTF-8 under the repository's folders
+    /// is recorded ([`RepoFiles::insert_invalid_name`]) and refused when the
+    /// commit is validated, as `cms-server check` refuses it in a folder.
     pub fn read_commit(&self, commit: &str) -> Result<RepoFiles, SyncError> {
         let repo = self.open_mirror()?;
         let id = gix::ObjectId::from_hex(commit.as_bytes()).map_err(|source| {
@@ -215,9 +217,20 @@ impl GitSource {
         let records = tree.traverse().breadthfirst.files().map_err(read_error)?;
 
         let mut nodes = BTreeMap::new();
+        let mut invalid_names = Vec::new();
         for record in records {
             let Ok(path) = std::str::from_utf8(&record.filepath) else {
-                tracing::debug!(commit, path = ?record.filepath, "skipping a path that is not UTF-8");
+                // An error, as `check` reports it for a folder: once, for
+                // the outermost entry whose own name is not UTF-8.
+                let raw: &[u8] = record.filepath.as_ref();
+                let parent = raw
+                    .iter()
+                    .rposition(|b| *b == b'/')
+                    .map_or(&raw[..0], |i| &raw[..i]);
+                let lossy = String::from_utf8_lossy(raw).into_owned();
+                if std::str::from_utf8(parent).is_ok() && cms_roles::is_repository_path(&lossy) {
+                    invalid_names.push(lossy);
+                }
                 continue;
             };
             let node = match record.mode.kind() {
@@ -248,6 +261,9 @@ impl GitSource {
         }
 
         let mut files = RepoFiles::new();
+        for name in invalid_names {
+            files.insert_invalid_name(name);
+        }
         for (path, node) in &nodes {
             match node {
                 TreeNode::File(oid) => files.insert(path.clone(), read_blob(path, *oid)?),

@@ -140,6 +140,52 @@ fn a_broken_repository_fails_with_every_error_on_stderr() {
 }
 
 #[test]
+fn a_role_file_with_a_name_that_is_not_utf8_is_an_error_naming_it() {
+    use std::os::unix::ffi::OsStrExt;
+    let repo = write_repo(&[
+        ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
+        ("roles/base.toml", "[[package]]\nname = \"curl\"\n"),
+    ]);
+    std::fs::write(
+        repo.path()
+            .join(std::ffi::OsStr::from_bytes(b"roles/caf\xe9.toml")),
+        "[[package]]\nname = \"vim\"\n",
+    )
+    .expect("write a Latin-1 file name");
+    let out = check(&["--repo", repo.path().to_str().expect("utf-8")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: roles/caf\u{FFFD}.toml: the name is not valid UTF-8"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_template_nested_1500_deep_is_refused_with_the_limit() {
+    let nested = format!(
+        "{}deep{}",
+        "{{#if fact.hostname}}\n".repeat(1500),
+        "{{/if}}\n".repeat(1500)
+    );
+    let repo = write_repo(&[
+        ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
+        (
+            "roles/base.toml",
+            "[[file]]\npath = \"/etc/deep\"\ntemplate = \"deep.hbs\"\n",
+        ),
+        ("templates/deep.hbs", &nested),
+    ]);
+    let out = check(&["--repo", repo.path().to_str().expect("utf-8")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: templates/deep.hbs:65:1: blocks nested 65 deep; the limit is 64"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn malformed_tags_and_missing_repositories_are_explained() {
     let out = check(&["--repo", "/nonexistent/roles", "--tags", "role"]);
     assert_eq!(out.status.code(), Some(3));

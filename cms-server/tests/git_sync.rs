@@ -147,15 +147,14 @@ fn a_symlink_leaving_the_repository_is_never_followed_and_a_role_using_it_is_ref
 }
 
 #[test]
-fn a_commit_is_read_like_a_checkout_links_inside_resolved_submodules_and_odd_names_left_out() {
+fn a_commit_is_read_like_a_checkout_links_inside_resolved_submodules_left_out() {
     let upstream = RolesRepository::new();
     upstream.symlink("managed.txt", "files/alias.txt");
     upstream.symlink("../files/managed.txt", "templates/from-files.hbs");
     upstream.symlink("files", "linked-files");
     upstream.symlink("missing.txt", "files/dangling.txt");
-    upstream.write_bytes(OsStr::from_bytes(b"files/caf\xe9.txt"), b"latin-1 name");
     upstream.add_submodule_entry("vendor/library");
-    let commit = upstream.commit("links, a submodule and a Latin-1 file name");
+    let commit = upstream.commit("links and a submodule");
     let server = Server::following(upstream.path_url());
 
     server.syncer.source().fetch().unwrap();
@@ -175,6 +174,26 @@ fn a_commit_is_read_like_a_checkout_links_inside_resolved_submodules_and_odd_nam
             "roles/base.toml",
             "templates/from-files.hbs",
             "templates/motd.hbs",
+        ]
+    );
+}
+
+#[test]
+fn a_file_name_that_is_not_utf8_is_refused_naming_it_as_check_does() {
+    let upstream = RolesRepository::new();
+    let mut server = Server::following(upstream.path_url());
+    server.accepted();
+    upstream.write_bytes(
+        OsStr::from_bytes(b"roles/caf\xe9.toml"),
+        b"[[package]]\nname = \"vim\"\n",
+    );
+    // Outside the repository's folders, a name is not read at all.
+    upstream.write_bytes(OsStr::from_bytes(b"docs/caf\xe9.md"), b"notes");
+    let commit = upstream.commit("a role with a Latin-1 file name");
+    assert_eq!(
+        server.refused(&commit),
+        [
+            "roles/caf\u{FFFD}.toml: the name is not valid UTF-8 (shown with \u{FFFD} for the bytes that are not): rename it; a repository's file names must be UTF-8"
         ]
     );
 }

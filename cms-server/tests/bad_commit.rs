@@ -1,0 +1,269 @@
+//! A commit built to exhaust the server (a template of 1,500 nested
+//! `{{#if}}` blocks, an include chain 6,000 roles deep) is refused by a
+//! running `cms-server serve` like any invalid commit: the process stays
+//! up, keeps serving the last good revision, and does so again after a
+//! restart, when it meets the same commit at the head of the branch.
+//!
+//! Before the limits, the server aborted with "fatal runtime error: stack
+//! overflow" (exit 134) on the sync, and again on every restart.
+
+// A test or benchmark measures real time; product code reads it through its clock module.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+const BASE_ROLE: &str = "[[package]]\nname = \"curl\"\n";
+
+#[test]
+fn a_template_nested_1500_deep_is_refused_and_the_server_keeps_serving_across_a_restart() {
+    let mut nested = String::new();
+    for _ in 0..1500 {
+        nested.push_str("{{#if fact.hostname}}");
+    }
+    nested.push_str("deep");
+    for _ in 0..1500 {
+        nested.push_str("{{/if}}");
+    }
+    assert_bad_commit_is_refused_across_restarts(
+        &[
+            ("templates/deep.hbs", nested),
+            (
+                "roles/base.toml",
+                format!("{BASE_ROLE}[[file]]\npath = \"/etc/deep\"\ntemplate = \"deep.hbs\"\n"),
+            ),
+        ],
+        "templates/deep.hbs:1:1345: blocks nested 65 deep; the limit is 64",
+    );
+}
+
+#[test]
+fn an_include_chain_6000_roles_deep_is_refused_and_the_server_keeps_serving_across_a_restart() {
+    let mut files = Vec::new();
+    for r in 0..6000 {
+        let include = if r + 1 < 6000 {
+            format!("include = [\"r{:04}\"]\n", r + 1)
+        } else {
+            String::new()
+        };
+        files.push((
+            format!("roles/r{r:04}.toml"),
+            format!("{include}[[package]]\nname = \"p{r}\"\n"),
+        ));
+    }
+    let files: Vec<(&str, String)> = files.iter().map(|(p, t)| (p.as_str(), t.clone())).collect();
+    assert_bad_commit_is_refused_across_restarts(&files, "the limit is 64");
+}
+
+fn assert_bad_commit_is_refused_across_restarts(bad: &[(&str, String)], expected_error: &str) {
+    let upstream = Upstream::new();
+    let good = upstream.head();
+    let data = TempDir::new().unwrap();
+
+    let mut server = Server::start(data.path(), &upstream.path());
+    server.wait_for_revision(&good);
+
+    for (path, text) in bad {
+        upstream.write(path, text);
+    }
+    let bad_commit = upstream.commit("a commit built to exhaust the server");
+
+    let sync = server.admin_sync();
+    let stderr = String::from_utf8_lossy(&sync.stderr);
+    assert_eq!(
+        sync.status.code(),
+        Some(1),
+        "sync of {bad_commit}: {stderr}"
+    );
+    assert!(stderr.contains(expected_error), "{stderr}");
+    assert!(
+        stderr.contains(&format!("Refused commit {bad_commit}")),
+        "{stderr}"
+    );
+    server.assert_running();
+    assert_eq!(server.revision(), good);
+
+    // A restart meets the same commit at the head of the branch.
+    drop(server);
+    let mut server = Server::start(data.path(), &upstream.path());
+    server.wait_for_grpc();
+    assert_eq!(
+        server.revision(),
+        good,
+        "the last good revision is restored"
+    );
+    let sync = server.admin_sync();
+    assert_eq!(sync.status.code(), Some(1));
+    server.assert_running();
+    assert_eq!(server.revision(), good);
+}
+
+/// A loopback port free at the moment of asking.
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("its address")
+}
+
+/// `cms-server serve`, killed when dropped.
+struct Server {
+    child: Child,
+    data: std::path::PathBuf,
+    grpc: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(data: &Path, repo: &Path) -> Server {
+        let (grpc, http) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_cms-server"))
+            .arg("serve")
+            .arg("--data")
+            .arg(data)
+            .arg("--repo")
+            .arg(repo)
+            .args(["--listen", &grpc.to_string(), "--http", &http.to_string()])
+            .args(["--sync-interval", "1h"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cms-server serve");
+        Server {
+            child,
+            data: data.to_path_buf(),
+            grpc,
+            http,
+        }
+    }
+
+    #[track_caller]
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("the server's status") {
+            panic!("cms-server serve exited: {status}");
+        }
+    }
+
+    fn wait_for_grpc(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while TcpStream::connect_timeout(&self.grpc, Duration::from_millis(200)).is_err() {
+            self.assert_running();
+            assert!(Instant::now() < deadline, "the gRPC port did not answer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_for_revision(&mut self, commit: &str) {
+        self.wait_for_grpc();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.revision() != commit {
+            self.assert_running();
+            assert!(Instant::now() < deadline, "{commit} was never served");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The revision the server serves, from its metrics.
+    fn revision(&mut self) -> String {
+        self.assert_running();
+        let mut stream = TcpStream::connect(self.http).expect("connect to the HTTP port");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).unwrap();
+        body.lines()
+            .find_map(|line| {
+                line.strip_prefix("cms_roles_revision{revision=\"")
+                    .and_then(|rest| rest.split('"').next())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default()
+    }
+
+    fn admin_sync(&mut self) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cms-server"))
+            .arg("sync")
+            .args(["--server", &self.grpc.to_string()])
+            .arg("--data")
+            .arg(&self.data)
+            .output()
+            .expect("run cms-server sync")
+    }
+}
+
+/// An upstream roles repository with one valid commit on `main`.
+struct Upstream {
+    dir: TempDir,
+}
+
+impl Upstream {
+    fn new() -> Upstream {
+        let upstream = Upstream {
+            dir: TempDir::new().unwrap(),
+        };
+        upstream.git(&["init", "--quiet", "--initial-branch=main"]);
+        upstream.write("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+        upstream.write("roles/base.toml", BASE_ROLE);
+        upstream.commit("a base role");
+        upstream
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn write(&self, path: &str, text: &str) {
+        let path = self.dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn commit(&self, message: &str) -> String {
+        self.git(&["add", "--all"]);
+        self.git(&["commit", "--quiet", "--message", message]);
+        self.head()
+    }
+
+    fn head(&self) -> String {
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    #[track_caller]
+    fn git(&self, args: &[&str]) -> String {
+        let output = Command::new("git")
+            .args([
+                "-c",
+                "user.name=cms tests",
+                "-c",
+                "user.email=tests@cms.invalid",
+            ])
+            .args(["-c", "commit.gpgsign=false"])
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .expect("the git command line is installed");
+        assert!(
+            output.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    }
+}
