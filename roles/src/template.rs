@@ -151,7 +151,7 @@ impl Templates {
         let mut depth = shape.depth;
         let mut result = Ok(());
         for partial in &shape.partials {
-            if chain.iter().any(|c| *c == partial.name) {
+            if chain.contains(&partial.name) {
                 let message = if partial.name == name {
                     format!("partial `{}` includes itself", partial.name)
                 } else {
