@@ -15,6 +15,8 @@ mod content;
 mod diagnostic;
 pub mod digest;
 mod kinds;
+mod node_reads;
+mod reads;
 mod repository;
 mod source;
 mod template;
@@ -22,16 +24,18 @@ mod validate;
 
 pub use catalog::{Catalog, CatalogDecodeError, Resource};
 pub use compile::{
-    Node, TagListError, compile, deep_merge, glob_match, parse_tag_list, role_matches, select_roles,
+    Node, TagListError, compile, data_layers, deep_merge, glob_match, node_context, parse_tag_list,
+    role_matches, select_roles,
 };
 pub use content::Content;
+pub use reads::{ATTESTED_KEYS, NodeReads};
 pub use diagnostic::{Diagnostic, Diagnostics, Position};
 pub use digest::sha256_hex;
 pub use kinds::*;
 pub use repository::{DeclaredResource, Hierarchy, Repository, Role, Settings};
 pub use source::{Entry, JoinError, ReadError, RepoFiles, SETTINGS_FILE, join_inside};
 pub use template::Templates;
-pub use validate::{example_facts, validate};
+pub use validate::{example_attested, example_facts, validate};
 
 #[cfg(test)]
 mod tests;

@@ -72,6 +72,14 @@ impl Templates {
             })
     }
 
+    /// Every registered template, parsed, by name: what `reads` walks.
+    pub fn compiled(&self) -> impl Iterator<Item = (&str, &handlebars::Template)> {
+        self.registry
+            .get_templates()
+            .iter()
+            .map(|(name, template)| (name.as_str(), template))
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.registry.has_template(name)
     }

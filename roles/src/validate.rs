@@ -38,8 +38,24 @@ pub fn example_facts() -> BTreeMap<String, Value> {
     serde_json::from_value(json).expect("example facts are an object")
 }
 
+/// Attested values used where no real node is at hand: an EC2 instance
+/// enrolled with its identity document, as `trusted.*` shows them.
+pub fn example_attested() -> BTreeMap<String, String> {
+    [
+        ("instance_id", "i-0123456789abcdef0"),
+        ("account_id", "123456789012"),
+        ("region", "us-east-1"),
+        ("availability_zone", "us-east-1a"),
+        ("instance_type", "t3.medium"),
+        ("image_id", "ami-0123456789abcdef0"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .into()
+}
+
 /// Compiles every role for the nodes it is written for and reports every
-/// problem found, each once.
+/// problem found, each once. The nodes are attested EC2 instances named by
+/// their instance id ([`example_attested`]) with `facts`.
 pub fn validate(repository: &Repository, facts: &BTreeMap<String, Value>) -> Diagnostics {
     let mut diagnostics = Diagnostics::default();
     if !repository.settings_ok {
@@ -49,15 +65,12 @@ pub fn validate(repository: &Repository, facts: &BTreeMap<String, Value>) -> Dia
     }
     for role in repository.roles.values() {
         for tags in candidate_tags(repository, role) {
+            let attested = example_attested();
             let node = Node {
-                id: facts
-                    .get("instance_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("example")
-                    .to_string(),
+                id: attested["instance_id"].clone(),
                 tags,
                 facts: facts.clone(),
-                attested: Default::default(),
+                attested,
             };
             if let Err(found) = compile(repository, &node) {
                 diagnostics.extend(found);
