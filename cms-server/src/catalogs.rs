@@ -18,7 +18,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use cms_roles::{
-    Catalog, Diagnostics, Node, NodeReads, Repository, compile, data_layers, node_context, sha256_hex,
+    Catalog, Diagnostics, Node, NodeReads, Repository, compile, data_layers, node_context,
+    sha256_hex,
 };
 use tokio::sync::{Semaphore, watch};
 
@@ -36,7 +37,12 @@ impl CatalogKey {
     /// as the repository can read them (`reads`, found by
     /// `NodeReads::of`). A value the repository reads by name and the node
     /// lacks is absent from the digest, unlike one it has.
-    pub fn of(revision: &str, repository: &Repository, node: &Node, reads: &NodeReads) -> CatalogKey {
+    pub fn of(
+        revision: &str,
+        repository: &Repository,
+        node: &Node,
+        reads: &NodeReads,
+    ) -> CatalogKey {
         let (layers, problems) = data_layers(repository, &node_context(node));
         let id = reads.node_id.then_some(node.id.as_str());
         let facts: BTreeMap<&String, &serde_json::Value> = node
@@ -596,11 +602,8 @@ mod tests {
             "trusted.instance_id",
         )
         .await;
-        node_b_gets_its_own_catalog(
-            repository_with_template("{{trusted.id}}\n"),
-            "trusted.id",
-        )
-        .await;
+        node_b_gets_its_own_catalog(repository_with_template("{{trusted.id}}\n"), "trusted.id")
+            .await;
     }
 
     #[tokio::test]

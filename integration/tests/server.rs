@@ -610,9 +610,12 @@ fn a_node_reporting_another_nodes_instance_id_is_not_served_that_nodes_data() ->
             })
         }
     };
-    let (prod, staging) = server
-        .runtime
-        .block_on(async { anyhow::Ok((enrolled("app-prod", "prod").await?, enrolled("app-staging", "staging").await?)) })?;
+    let (prod, staging) = server.runtime.block_on(async {
+        anyhow::Ok((
+            enrolled("app-prod", "prod").await?,
+            enrolled("app-staging", "staging").await?,
+        ))
+    })?;
     // The catalog a node is served when it reports `facts`, as canonical
     // JSON, or the refusal.
     let served = |identity: &Identity, facts: &str| {

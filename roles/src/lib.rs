@@ -28,10 +28,10 @@ pub use compile::{
     role_matches, select_roles,
 };
 pub use content::Content;
-pub use reads::{ATTESTED_KEYS, NodeReads};
 pub use diagnostic::{Diagnostic, Diagnostics, Position};
 pub use digest::sha256_hex;
 pub use kinds::*;
+pub use reads::{ATTESTED_KEYS, NodeReads};
 pub use repository::{DeclaredResource, Hierarchy, Repository, Role, Settings};
 pub use source::{Entry, JoinError, ReadError, RepoFiles, SETTINGS_FILE, join_inside};
 pub use template::Templates;

@@ -39,5 +39,4 @@ impl NodeReads {
         }
         reads
     }
-
 }

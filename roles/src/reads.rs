@@ -105,16 +105,24 @@ pub(crate) fn untrusted_read_in_layer(layer: &str) -> Option<String> {
     }
     let template = match Template::compile(layer) {
         Ok(template) => template,
-        Err(error) => return Some(format!("hierarchy layer `{layer}` is not a valid template: {}", error.reason())),
+        Err(error) => {
+            return Some(format!(
+                "hierarchy layer `{layer}` is not a valid template: {}",
+                error.reason()
+            ));
+        }
     };
     let mut accesses = Vec::new();
     walk(&template, &mut accesses);
     let untrusted = accesses.into_iter().find(|access| !is_trusted(access))?;
     let allowed = "layers choose which data a node gets, so they may use only values the server vouches for: `trusted.*` (the node id, its bound tags and attested values such as `trusted.instance_id`), `tag.*` and `node.id`";
-    let fact = untrusted.path.as_ref().and_then(|path| match path.as_slice() {
-        [Seg::Name(root), rest @ ..] if root == "fact" => Some(rest),
-        _ => None,
-    });
+    let fact = untrusted
+        .path
+        .as_ref()
+        .and_then(|path| match path.as_slice() {
+            [Seg::Name(root), rest @ ..] if root == "fact" => Some(rest),
+            _ => None,
+        });
     Some(match fact {
         Some([Seg::Name(name), ..]) => {
             let instead = if ATTESTED_KEYS.contains(&name.as_str()) {
@@ -324,7 +332,10 @@ impl Walker<'_> {
         };
         if name == "memory_percent" {
             self.accesses.push(Access {
-                path: Some(vec![Seg::Name("fact".into()), Seg::Name("memory_mb".into())]),
+                path: Some(vec![
+                    Seg::Name("fact".into()),
+                    Seg::Name("memory_mb".into()),
+                ]),
                 derived: false,
                 raw: "memory_percent (fact.memory_mb)".into(),
             });
@@ -559,14 +570,13 @@ mod tests {
         assert_eq!(reads_of("{{fact.os}}"), facts(&["os"]));
         assert_eq!(reads_of("{{lookup fact \"os\"}}"), facts(&["os"]));
         assert_eq!(reads_of("{{memory_percent 50}}"), facts(&["memory_mb"]));
-        assert_eq!(reads_of("{{#with fact}}{{os}}{{/with}}").all_facts, true);
+        assert!(reads_of("{{#with fact}}{{os}}{{/with}}").all_facts);
         assert_eq!(
             reads_of("{{#each data.apps}}{{name}} {{../fact.os}} {{@root.fact.cpus}}{{/each}}"),
             facts(&["cpus", "os"])
         );
-        assert_eq!(
-            reads_of("{{#each data.apps}}{{#if enabled}}{{../node.id}}{{/if}}{{/each}}").node_id,
-            true
+        assert!(
+            reads_of("{{#each data.apps}}{{#if enabled}}{{../node.id}}{{/if}}{{/each}}").node_id
         );
         let trusted = reads_of("{{trusted.instance_id}} {{trusted.tags.env}}");
         assert_eq!(trusted.attested, ["instance_id".to_string()].into());

@@ -990,13 +990,22 @@ fn hierarchy_layers_may_use_trusted_values_tags_and_the_node_id() {
             "cms.toml",
             "[hierarchy]\nlayers = [\"node/{{trusted.instance_id}}\", \"id/{{node.id}}\", \"account/{{trusted.account_id}}/{{lower trusted.region}}\", \"env/{{trusted.tags.env}}\", \"role/{{tag.role}}\", \"common\"]\n",
         ),
-        ("data/common.toml", "a = \"common\"\nb = \"common\"\nc = \"common\"\nd = \"common\"\ne = \"common\"\n"),
+        (
+            "data/common.toml",
+            "a = \"common\"\nb = \"common\"\nc = \"common\"\nd = \"common\"\ne = \"common\"\n",
+        ),
         ("data/role/web.toml", "e = \"role\"\n"),
         ("data/env/prod.toml", "d = \"env\"\n"),
-        ("data/account/123456789012/eu-west-1.toml", "c = \"account\"\n"),
+        (
+            "data/account/123456789012/eu-west-1.toml",
+            "c = \"account\"\n",
+        ),
         ("data/id/web-1.toml", "b = \"id\"\n"),
         ("data/node/i-0aaaaaaaaaaaaaaaa.toml", "a = \"node\"\n"),
-        ("templates/t.hbs", "{{data.a}} {{data.b}} {{data.c}} {{data.d}} {{data.e}}\n"),
+        (
+            "templates/t.hbs",
+            "{{data.a}} {{data.b}} {{data.c}} {{data.d}} {{data.e}}\n",
+        ),
         (
             "roles/web.toml",
             "[[file]]\npath = \"/etc/t\"\ntemplate = \"t.hbs\"\n",
@@ -1038,9 +1047,12 @@ fn templates_see_trusted_values_apart_from_reported_facts() {
         let mut node = node("role=web");
         node.id = "i-0aaaaaaaaaaaaaaaa".into();
         node.facts.insert("instance_id".into(), "i-0forged".into());
-        node.attested = [("instance_id", "i-0aaaaaaaaaaaaaaaa"), ("region", "eu-west-1")]
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .into();
+        node.attested = [
+            ("instance_id", "i-0aaaaaaaaaaaaaaaa"),
+            ("region", "eu-west-1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
         compile(&repository, &node).unwrap_or_else(|d| panic!("{d}"))
     };
     assert_eq!(
