@@ -701,6 +701,18 @@ fn validation_compiles_each_role_for_the_environments_the_data_knows() {
     assert_eq!(found.len(), 1, "{text}");
     assert_contains(&text, "templates/app.hbs:1:");
     assert_contains(&text, "data.db");
+    // With the layer written through `trusted.tags`, the same environments
+    // are found: both define `db`, so nothing is missing (an `example`
+    // environment would miss it).
+    let mut files = files.to_vec();
+    files[1] = ("data/env/staging.toml", "db = \"db.staging\"\n");
+    files.push((
+        "cms.toml",
+        "[hierarchy]\nlayers = [\"env/{{trusted.tags.env}}\", \"common\"]\n",
+    ));
+    let repository = Repository::parse(repo(&files)).expect("parses");
+    let found: Diagnostics = validate(&repository, &example_facts());
+    assert!(found.is_empty(), "{found}");
 }
 
 #[test]

@@ -112,10 +112,16 @@ fn candidate_values(repository: &Repository, tag: &str, pattern: &str) -> Vec<St
     if !pattern.contains(['*', '?']) {
         return vec![pattern.to_string()];
     }
-    let placeholder = format!("{{{{tag.{tag}}}}}");
+    let placeholders = [
+        format!("{{{{tag.{tag}}}}}"),
+        format!("{{{{trusted.tags.{tag}}}}}"),
+    ];
     let mut values = BTreeSet::new();
     for layer in &repository.settings.hierarchy.layers {
-        let Some((before, after)) = layer.split_once(&placeholder) else {
+        let Some((before, after)) = placeholders
+            .iter()
+            .find_map(|placeholder| layer.split_once(placeholder.as_str()))
+        else {
             continue;
         };
         for name in repository.data.keys() {
