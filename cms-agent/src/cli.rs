@@ -300,11 +300,21 @@ fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
             );
         }
     };
+    // No server vouches for anything here: the machine is its own
+    // authority, and `trusted.*` is its local view (docs/roles.md): the id
+    // given or found, the tags given or discovered, and the instance id its
+    // own metadata service answered.
+    let attested = observed
+        .facts
+        .get("instance_id")
+        .and_then(serde_json::Value::as_str)
+        .map(|id| [("instance_id".to_string(), id.to_string())].into())
+        .unwrap_or_default();
     let node = Node {
         id: crate::node::node_id(args.node.clone(), &observed.facts),
         tags: observed.tags,
         facts: observed.facts,
-        attested: Default::default(),
+        attested,
     };
     let catalog = match compile(&repository, &node) {
         Ok(catalog) => catalog,

@@ -1,11 +1,13 @@
 //! Compiled catalogs, cached and bounded.
 //!
 //! Many instances of one role share a catalog: same revision, same tags,
-//! and the same facts where the templates read them. A boot storm of
-//! hundreds of identical instances must cost one compile, not hundreds. So
-//! catalogs are cached by a digest of what the compile reads: the
-//! revision, the tags, and only those node inputs the repository refers to
-//! (`NodeReads`: the node id, named facts, or every fact). A compile
+//! same data layers, and the same facts and attested values where the
+//! templates read them. A boot storm of hundreds of identical instances
+//! must cost one compile, not hundreds. So catalogs are cached by a digest
+//! of what the compile reads (`CatalogKey`): the revision, the tags, the
+//! data layers that apply, and only those node values the repository can
+//! read (`cms_roles::NodeReads`, found from the parsed templates; a read
+//! whose root cannot be told counts as reading everything). A compile
 //! already running for a key is joined rather than repeated (single
 //! flight), and at most `max_concurrent_compiles` run at once; the others
 //! queue on a semaphore instead of being refused.
@@ -15,7 +17,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use cms_roles::{Catalog, Diagnostics, Node, Repository, compile, sha256_hex};
+use cms_roles::{
+    Catalog, Diagnostics, Node, NodeReads, Repository, compile, data_layers, node_context,
+    sha256_hex,
+};
 use tokio::sync::{Semaphore, watch};
 
 /// What a compile gives: the catalog, or the problems found.
@@ -26,112 +31,42 @@ pub type CompileResult = Result<Arc<Catalog>, Arc<Diagnostics>>;
 pub struct CatalogKey(String);
 
 impl CatalogKey {
-    /// A digest of everything a compile reads: the revision, the tags, and
-    /// the node id and facts as far as the repository refers to them.
-    pub fn of(revision: &str, node: &Node, reads: &NodeReads) -> CatalogKey {
+    /// A digest of everything a compile reads: the revision, the tags
+    /// (they select the roles), the data layers that apply (the node's data
+    /// is them merged), and the node id, facts and attested values as far
+    /// as the repository can read them (`reads`, found by
+    /// `NodeReads::of`). A value the repository reads by name and the node
+    /// lacks is absent from the digest, unlike one it has.
+    pub fn of(
+        revision: &str,
+        repository: &Repository,
+        node: &Node,
+        reads: &NodeReads,
+    ) -> CatalogKey {
+        let (layers, problems) = data_layers(repository, &node_context(node));
         let id = reads.node_id.then_some(node.id.as_str());
-        let facts: BTreeMap<&String, &serde_json::Value> = if reads.all_facts {
-            node.facts.iter().collect()
-        } else {
-            node.facts
-                .iter()
-                .filter(|(name, _)| reads.facts.contains(name.as_str()))
-                .collect()
-        };
-        let identity =
-            serde_json::to_vec(&(revision, &node.tags, id, facts)).expect("a node serializes");
+        let facts: BTreeMap<&String, &serde_json::Value> = node
+            .facts
+            .iter()
+            .filter(|(name, _)| reads.all_facts || reads.facts.contains(name.as_str()))
+            .collect();
+        let attested: BTreeMap<&String, &String> = node
+            .attested
+            .iter()
+            .filter(|(name, _)| reads.all_attested || reads.attested.contains(name.as_str()))
+            .collect();
+        let identity = serde_json::to_vec(&(
+            revision,
+            &node.tags,
+            id,
+            facts,
+            attested,
+            layers,
+            problems.to_string(),
+        ))
+        .expect("a node serializes");
         CatalogKey(sha256_hex(&identity))
     }
-}
-
-/// Which node inputs a repository refers to, found by reading its role
-/// files, templates, data and settings (never `files/`, which are copied
-/// as they are). It errs on the side of reading more: a bare `fact` or
-/// `node` inside `{{ }}` (as in `{{#each fact}}`) counts as every fact or
-/// the id, and so does any `fact.NAME` or `node.id` anywhere in a role
-/// file, where `for_each` names paths without braces.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeReads {
-    pub node_id: bool,
-    pub all_facts: bool,
-    pub facts: std::collections::BTreeSet<String>,
-}
-
-impl NodeReads {
-    pub fn of(repository: &Repository) -> NodeReads {
-        let mut reads = NodeReads::default();
-        for (path, entry) in repository.files.under("") {
-            if path.starts_with("files/") {
-                continue;
-            }
-            if let cms_roles::Entry::File(bytes) = entry {
-                reads.scan(&String::from_utf8_lossy(bytes));
-            }
-        }
-        reads
-    }
-
-    fn scan(&mut self, text: &str) {
-        // Dotted paths anywhere.
-        for (word, rest) in words(text) {
-            match word {
-                "fact" => {
-                    if let Some(name) = rest.strip_prefix('.') {
-                        let name: String = name.chars().take_while(|c| is_identifier(*c)).collect();
-                        if name.is_empty() {
-                            self.all_facts = true;
-                        } else {
-                            self.facts.insert(name);
-                        }
-                    }
-                }
-                "node" if rest.starts_with('.') => self.node_id = true,
-                _ => {}
-            }
-        }
-        // Bare names inside placeholders.
-        let mut remaining = text;
-        while let Some(start) = remaining.find("{{") {
-            let after = &remaining[start + 2..];
-            let end = after.find("}}").unwrap_or(after.len());
-            let inside = &after[..end];
-            for (word, rest) in words(inside) {
-                match word {
-                    "fact" if !rest.starts_with('.') => self.all_facts = true,
-                    "node" if !rest.starts_with('.') => self.node_id = true,
-                    "memory_percent" => {
-                        self.facts.insert("memory_mb".into());
-                    }
-                    _ => {}
-                }
-            }
-            remaining = &after[end..];
-        }
-    }
-}
-
-fn is_identifier(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == '-'
-}
-
-/// Each identifier of `text` with what follows it.
-fn words(text: &str) -> impl Iterator<Item = (&str, &str)> {
-    let mut index = 0;
-    std::iter::from_fn(move || {
-        let bytes = text.as_bytes();
-        while index < bytes.len() {
-            let c = bytes[index] as char;
-            if is_identifier(c) {
-                let start = index;
-                while index < bytes.len() && is_identifier(bytes[index] as char) {
-                    index += 1;
-                }
-                return Some((&text[start..index], &text[index..]));
-            }
-            index += 1;
-        }
-        None
-    })
 }
 
 /// The catalog cache of one server.
@@ -240,7 +175,7 @@ impl Catalogs {
                 }
             }
         };
-        let key = CatalogKey::of(revision, &node, &reads);
+        let key = CatalogKey::of(revision, &repository, &node, &reads);
         // Either the result is known, a compile is running (wait for it), or
         // this caller compiles. The lock is released before any await.
         enum Next {
@@ -369,7 +304,7 @@ pub fn node(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cms_roles::RepoFiles;
+    use cms_roles::{RepoFiles, compile};
 
     fn repository() -> Arc<Repository> {
         let mut files = RepoFiles::new();
@@ -504,25 +439,211 @@ mod tests {
     }
 
     #[test]
-    fn node_reads_are_found_in_placeholders_and_dotted_paths() {
-        let mut reads = NodeReads::default();
-        reads.scan("x = \"{{ memory_percent 50 }}\"\nfor_each = \"fact.mounts\"\n# a node is an instance\n");
+    fn node_reads_are_found_in_templates_fields_and_for_each() {
+        let mut files = RepoFiles::new();
+        files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+        files.insert("data/common.toml", "apps = []\n");
+        files.insert("templates/t.hbs", "{{#each data.apps}}{{name}}{{/each}}\n");
+        files.insert(
+            "roles/web.toml",
+            "# a node is an instance\n[[file]]\npath = \"/etc/t\"\ntemplate = \"t.hbs\"\nvars = { heap = \"{{ memory_percent 50 }}\" }\n[[file]]\nfor_each = \"fact.mounts\"\npath = \"/etc/m/{{item.key}}\"\ncontent = \"{{fact.never_rendered}}\"\n",
+        );
+        let repository = Repository::parse(files).expect("valid");
+        let reads = NodeReads::of(&repository);
         assert_eq!(
             reads.facts,
             ["memory_mb".to_string(), "mounts".to_string()].into()
         );
         assert!(
-            !reads.node_id && !reads.all_facts,
-            "prose outside placeholders: {reads:?}"
+            !reads.node_id && !reads.all_facts && !reads.all_attested,
+            "{reads:?}"
         );
-        reads.scan("{{#with node}}{{id}}{{/with}}");
-        assert!(reads.node_id);
-        reads.scan("{{lookup fact \"os\"}}");
-        assert!(reads.all_facts);
-        // `artifact.version` is not a fact.
-        let mut other = NodeReads::default();
-        other.scan("{{data.artifact.version}}");
-        assert_eq!(other, NodeReads::default());
+    }
+
+    /// Two nodes of one role that differ in everything but their tags.
+    fn twin_nodes() -> (Node, Node) {
+        let twin = |id: &str, host: &str, instance: &str| Node {
+            id: id.to_string(),
+            tags: BTreeMap::from([("role".to_string(), "web".to_string())]),
+            facts: BTreeMap::from([
+                ("hostname".to_string(), serde_json::json!(host)),
+                ("os".to_string(), serde_json::json!("debian")),
+            ]),
+            attested: BTreeMap::from([("instance_id".to_string(), instance.to_string())]),
+        };
+        (
+            twin("node-a", "host-a", "i-0aaaaaaaaaaaaaaaa"),
+            twin("node-b", "host-b", "i-0bbbbbbbbbbbbbbbb"),
+        )
+    }
+
+    /// Asks the cache for node A's catalog, then node B's, and checks that
+    /// B got the catalog compiled for B.
+    async fn node_b_gets_its_own_catalog(repository: Arc<Repository>, what: &str) {
+        let (a, b) = twin_nodes();
+        let catalogs = Catalogs::new(100, 2);
+        let for_a = catalogs
+            .get("rev1", repository.clone(), a.clone())
+            .await
+            .unwrap_or_else(|d| panic!("{what}: node A: {d}"));
+        let for_b = catalogs
+            .get("rev1", repository.clone(), b.clone())
+            .await
+            .unwrap_or_else(|d| panic!("{what}: node B: {d}"));
+        let own_a = compile(&repository, &a).expect("A compiles");
+        let own_b = compile(&repository, &b).expect("B compiles");
+        assert_ne!(
+            own_a.catalog_id, own_b.catalog_id,
+            "{what}: the test needs catalogs that differ"
+        );
+        assert_eq!(for_a.catalog_id, own_a.catalog_id, "{what}: node A");
+        assert_eq!(
+            for_b.catalog_id, own_b.catalog_id,
+            "{what}: node B was served node A's catalog"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_template_printing_the_whole_context_as_json_is_keyed_by_everything() {
+        node_b_gets_its_own_catalog(repository_with_template("{{json this}}\n"), "json this").await;
+    }
+
+    #[tokio::test]
+    async fn a_template_walking_the_whole_context_is_keyed_by_everything() {
+        node_b_gets_its_own_catalog(
+            repository_with_template("{{#each this}}{{@key}}={{json this}}\n{{/each}}"),
+            "each this",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_template_reading_from_the_root_inside_a_block_is_keyed_by_what_it_reads() {
+        node_b_gets_its_own_catalog(
+            repository_with_template("{{#each tag}}{{json @root.this}}{{/each}}"),
+            "json @root.this",
+        )
+        .await;
+        node_b_gets_its_own_catalog(
+            repository_with_template("{{#with tag}}{{json @root.fact}}{{/with}}"),
+            "json @root.fact",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_computed_lookup_is_keyed_by_everything_it_could_reach() {
+        node_b_gets_its_own_catalog(
+            repository_with_template("{{json (lookup this (lower \"FACT\"))}}\n"),
+            "lookup this computed",
+        )
+        .await;
+        node_b_gets_its_own_catalog(
+            repository_with_template("{{json (lookup this (lower \"NODE\"))}}\n"),
+            "lookup this computed for the node",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_with_block_over_the_facts_is_keyed_by_the_facts() {
+        node_b_gets_its_own_catalog(
+            repository_with_template("{{#with fact}}{{hostname}}{{/with}}\n"),
+            "with fact",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_parent_path_out_of_a_block_is_keyed_by_what_it_reaches() {
+        node_b_gets_its_own_catalog(
+            repository_with_template("{{#with tag}}{{json ../this}}{{/with}}\n"),
+            "../this",
+        )
+        .await;
+        node_b_gets_its_own_catalog(
+            repository_with_template("{{#each tag}}{{../fact.hostname}}{{/each}}\n"),
+            "../fact.hostname",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_partial_is_keyed_by_everything_it_could_read() {
+        let mut files = RepoFiles::new();
+        files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+        files.insert("templates/t.hbs", "{{> templates/who.hbs}}\n");
+        files.insert("templates/who.hbs", "{{json this}}");
+        files.insert(
+            "roles/web.toml",
+            "[match]\nrole = \"*\"\n[[file]]\npath = \"/etc/t\"\ntemplate = \"t.hbs\"\n",
+        );
+        let repository = Arc::new(Repository::parse(files).expect("valid"));
+        node_b_gets_its_own_catalog(repository, "partial").await;
+    }
+
+    #[tokio::test]
+    async fn a_for_each_over_a_whole_table_of_node_values_is_keyed_by_it() {
+        for table in ["fact", "node", "trusted"] {
+            let mut files = RepoFiles::new();
+            files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+            files.insert("roles/web.toml", format!(
+                "[match]\nrole = \"*\"\n[[exec]]\nfor_each = \"{table}\"\nname = \"show-{{{{item.key}}}}\"\ncommand = \"echo {{{{json item.value}}}}\"\n"
+            ).as_str());
+            let repository = Arc::new(Repository::parse(files).expect("valid"));
+            node_b_gets_its_own_catalog(repository, table).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn trusted_values_a_template_reads_are_in_the_key() {
+        node_b_gets_its_own_catalog(
+            repository_with_template("{{trusted.instance_id}}\n"),
+            "trusted.instance_id",
+        )
+        .await;
+        node_b_gets_its_own_catalog(repository_with_template("{{trusted.id}}\n"), "trusted.id")
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_data_layer_chosen_by_a_trusted_value_is_in_the_key() {
+        let mut files = RepoFiles::new();
+        files.insert(
+            "cms.toml",
+            "[hierarchy]\nlayers = [\"node/{{trusted.instance_id}}\", \"common\"]\n",
+        );
+        files.insert("data/common.toml", "secret = \"none\"\n");
+        files.insert("data/node/i-0aaaaaaaaaaaaaaaa.toml", "secret = \"for-a\"\n");
+        files.insert("templates/t.hbs", "{{data.secret}}\n");
+        files.insert(
+            "roles/web.toml",
+            "[match]\nrole = \"*\"\n[[file]]\npath = \"/etc/t\"\ntemplate = \"t.hbs\"\n",
+        );
+        let repository = Arc::new(Repository::parse(files).expect("valid"));
+        node_b_gets_its_own_catalog(repository, "data layer").await;
+    }
+
+    #[tokio::test]
+    async fn plain_data_and_tag_reads_still_share_one_compile_between_instances() {
+        let mut files = RepoFiles::new();
+        files.insert(
+            "cms.toml",
+            "[hierarchy]\nlayers = [\"node/{{trusted.instance_id}}\", \"role/{{tag.role}}\", \"common\"]\n",
+        );
+        files.insert("data/common.toml", "apps = [\"a\", \"b\"]\n");
+        files.insert("data/node/i-0other.toml", "apps = [\"other\"]\n");
+        files.insert(
+            "templates/t.hbs",
+            "{{#each data.apps}}{{this}} of {{../tag.role}} {{@index}}\n{{/each}}{{#with data}}{{json apps}}{{/with}}\n",
+        );
+        files.insert(
+            "roles/web.toml",
+            "[match]\nrole = \"*\"\n[[file]]\npath = \"/etc/t\"\ntemplate = \"t.hbs\"\n",
+        );
+        let repository = Arc::new(Repository::parse(files).expect("valid"));
+        let (a, b) = twin_nodes();
+        assert_eq!(compiles_for(repository, vec![a, b]).await, 1);
     }
 
     #[tokio::test]

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use cms_roles::{
-    Catalog, Diagnostics, Node, Repository, ResourceKind, compile, example_facts, validate,
+    Catalog, Diagnostics, Node, Repository, ResourceKind, compile, example_attested, example_facts,
+    validate,
 };
 use serde_json::Value;
 
@@ -47,20 +48,22 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     };
+    let attested = match &args.attested {
+        Some(path) => read_attested(path)?,
+        None => example_attested(),
+    };
+    // The node id is the server's (`trusted.id`): what --node says, else
+    // the attested instance id, as attested enrollment names nodes; never
+    // a fact.
     let node = Node {
         id: args
             .node
             .clone()
-            .or_else(|| {
-                facts
-                    .get("instance_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
+            .or_else(|| attested.get("instance_id").cloned())
             .unwrap_or_else(|| "example".to_string()),
         tags,
         facts,
-        attested: Default::default(),
+        attested,
     };
     if !parse_problems.is_empty() {
         return Ok(invalid(&parse_problems, args.format));
@@ -68,6 +71,12 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     if args.facts.is_none() {
         eprintln!(
             "note: no --facts given; compiling with the example facts of a small Debian instance"
+        );
+    }
+    if args.attested.is_none() {
+        eprintln!(
+            "note: no --attested given; compiling as an EC2 instance attested as {}",
+            node.attested.get("instance_id").map_or("", String::as_str)
         );
     }
     match compile(&repository, &node) {
@@ -115,6 +124,19 @@ fn read_facts(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Value>>
             path.display()
         ),
     }
+}
+
+/// `{"instance_id": "i-…", …}` → attested values; `{}` is a node enrolled
+/// with a token.
+fn read_attested(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("Failed to read attested values from {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "Failed to parse attested values in {}: expected a JSON object of strings, e.g. {{\"instance_id\": \"i-0123456789abcdef0\"}}",
+            path.display()
+        )
+    })
 }
 
 fn write_catalog_text(out: &mut impl Write, node: &Node, catalog: &Catalog) -> std::io::Result<()> {

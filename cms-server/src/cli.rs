@@ -303,9 +303,15 @@ pub struct CheckArgs {
     /// instance are used when not given.
     #[arg(long, value_name = "FILE.json")]
     pub facts: Option<PathBuf>,
-    /// The node id to compile for.
+    /// The node id to compile for (`trusted.id`, `node.id`); default: the
+    /// attested instance id.
     #[arg(long, value_name = "ID")]
     pub node: Option<String>,
+    /// Values the server attested for the node (`trusted.instance_id`, …)
+    /// as a JSON object of strings; `{}` for a node enrolled with a token.
+    /// Example values of an EC2 instance are used when not given.
+    #[arg(long, value_name = "FILE.json")]
+    pub attested: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }

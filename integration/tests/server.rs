@@ -541,3 +541,137 @@ fn more_distinct_catalogs_than_compile_permits_asked_at_once_are_all_answered() 
     }
     server.stop()
 }
+
+/// The sha256 of `text`, as a catalog names a file's content.
+fn content_sha256(text: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn a_node_reporting_another_nodes_instance_id_is_not_served_that_nodes_data() -> Result<()> {
+    use cms_agent::client::{Connector, ServerAddress, enroll};
+    use cms_agent::identity::{Identity, generate_key_and_csr};
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir()?;
+    let git = GitRepo::init(&dir.path().join("roles"))?;
+    let role = "[match]\nrole = \"app\"\n\n[[file]]\npath = \"/tmp/db-password\"\ntemplate = \"db-password.hbs\"\n";
+    // The hierarchy as the documentation had it: data chosen by the
+    // instance id the node reports.
+    git.commit(
+        &[
+            (
+                "cms.toml",
+                "[hierarchy]\nlayers = [\"node/{{fact.instance_id}}\", \"common\"]\n",
+            ),
+            ("data/common.toml", "db_password = \"none\"\n"),
+            (
+                "data/node/app-prod.toml",
+                "db_password = \"production-secret\"\n",
+            ),
+            ("templates/db-password.hbs", "{{data.db_password}}\n"),
+            ("roles/app.toml", role),
+        ],
+        "data by reported instance id",
+    )?;
+    let server = TestServer::start(&dir.path().join("server"), git.path(), 0)?;
+    let by_fact = server.runtime.block_on(server.sync())?;
+    let token = server.token(&[("role", "app"), ("env", "*")])?;
+    let address = ServerAddress::parse(&server.address)?;
+    let ca_pem = std::fs::read_to_string(server.data.join("admin/ca.pem"))?;
+    let enrolled = |name: &'static str, env: &'static str| {
+        let (address, ca_pem, token) = (address.clone(), ca_pem.clone(), token.clone());
+        async move {
+            let key = generate_key_and_csr(name)?;
+            let response = enroll(
+                &address,
+                &ca_pem,
+                pb::EnrollRequest {
+                    token,
+                    csr_pem: key.csr_pem,
+                    tags: [
+                        ("role".to_string(), "app".to_string()),
+                        ("env".to_string(), env.to_string()),
+                    ]
+                    .into(),
+                    node_name: name.to_string(),
+                    identity: None,
+                },
+            )
+            .await?;
+            anyhow::Ok(Identity {
+                private_key_pem: key.private_key_pem,
+                certificate_pem: response.certificate_pem,
+                ca_certificate_pem: response.ca_certificate_pem,
+            })
+        }
+    };
+    let (prod, staging) = server.runtime.block_on(async {
+        anyhow::Ok((
+            enrolled("app-prod", "prod").await?,
+            enrolled("app-staging", "staging").await?,
+        ))
+    })?;
+    // The catalog a node is served when it reports `facts`, as canonical
+    // JSON, or the refusal.
+    let served = |identity: &Identity, facts: &str| {
+        let (address, facts) = (address.clone(), facts.to_string());
+        server.runtime.block_on(async move {
+            let mut client = Connector::new(&address, identity)?.connect().await?;
+            let answer = client
+                .get_catalog(pb::CatalogRequest {
+                    facts_json: facts,
+                    ..Default::default()
+                })
+                .await;
+            anyhow::Ok(match answer.map(|a| a.into_inner().result) {
+                Ok(Some(pb::catalog_response::Result::Catalog(catalog))) => {
+                    Ok(String::from_utf8_lossy(&catalog.canonical_json).into_owned())
+                }
+                other => Err(format!("{other:?}")),
+            })
+        })
+    };
+    let secret = content_sha256("production-secret\n");
+    let none = content_sha256("none\n");
+    // The staging node says it is app-prod.
+    let forged = r#"{"instance_id": "app-prod", "hostname": "app-prod"}"#;
+    if let Ok(catalog) = served(&staging, forged)? {
+        ensure!(
+            !catalog.contains(&secret),
+            "the staging node was served app-prod's data: {catalog}"
+        );
+    }
+    ensure!(
+        !by_fact.accepted
+            && by_fact.errors.iter().any(|e| e.file == "cms.toml"
+                && e.message.contains("node/{{trusted.instance_id}}")),
+        "a layer naming a fact is refused, saying what to write: {by_fact:?}"
+    );
+
+    // Data named by the node id the server bound at enrollment.
+    git.commit(
+        &[(
+            "cms.toml",
+            "[hierarchy]\nlayers = [\"node/{{trusted.id}}\", \"common\"]\n",
+        )],
+        "data by trusted node id",
+    )?;
+    let by_id = server.runtime.block_on(server.sync())?;
+    ensure!(by_id.accepted, "{by_id:?}");
+    let catalog = served(&staging, forged)?.map_err(anyhow::Error::msg)?;
+    ensure!(
+        catalog.contains(&none) && !catalog.contains(&secret),
+        "the staging node gets its own data whatever it reports: {catalog}"
+    );
+    let catalog = served(&prod, "{}")?.map_err(anyhow::Error::msg)?;
+    ensure!(
+        catalog.contains(&secret),
+        "app-prod gets its data: {catalog}"
+    );
+    server.stop()
+}

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cms_roles::{Node, RepoFiles, Repository, compile, example_facts};
+use cms_roles::{Node, RepoFiles, Repository, compile, example_attested, example_facts};
 
 const ROLES: usize = 100;
 const RESOURCES_PER_ROLE: usize = 50;
@@ -24,7 +24,7 @@ fn repository() -> RepoFiles {
     let mut files = RepoFiles::new();
     files.insert(
         "cms.toml",
-        "[hierarchy]\nlayers = [\"node/{{fact.instance_id}}\", \"env/{{tag.env}}\", \"role/{{tag.role}}\", \"common\"]\n",
+        "[hierarchy]\nlayers = [\"node/{{trusted.instance_id}}\", \"env/{{tag.env}}\", \"role/{{tag.role}}\", \"common\"]\n",
     );
     files.insert(
         "data/common.toml",
@@ -102,7 +102,7 @@ fn main() {
             ("role".to_string(), "api".to_string()),
         ]),
         facts: example_facts(),
-        attested: BTreeMap::new(),
+        attested: example_attested(),
     };
     let (compile_times, catalog) =
         time(|| compile(&repository, &node).expect("the benchmark repository compiles"));

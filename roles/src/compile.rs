@@ -156,7 +156,29 @@ pub fn merged_data(
     context: &Value,
     diagnostics: &mut Diagnostics,
 ) -> Value {
+    let (layers, problems) = data_layers(repository, context);
+    diagnostics.extend(problems);
     let mut merged = Value::Object(Map::new());
+    for name in &layers {
+        if let Some(layer_data) = repository.data.get(name) {
+            deep_merge(&mut merged, layer_data);
+        }
+    }
+    merged
+}
+
+/// The data layers that apply to a node, least specific first: the layers
+/// of `[hierarchy]` that name a file under `data/` for this node's trusted
+/// values, and the problems found naming them. A node's data is these
+/// layers merged, so two nodes with the same layers get the same data.
+///
+/// A layer naming a trusted value the node does not have (a node enrolled
+/// with a token has no `trusted.instance_id`) does not apply to it; nothing
+/// takes its place. Layers cannot name reported values at all: the
+/// repository refuses them (`Repository::parse`).
+pub fn data_layers(repository: &Repository, context: &Value) -> (Vec<String>, Diagnostics) {
+    let mut layers = Vec::new();
+    let mut diagnostics = Diagnostics::default();
     for layer in repository.settings.hierarchy.layers.iter().rev() {
         let name = if has_placeholders(layer) {
             match repository.templates.render_inline(
@@ -178,16 +200,41 @@ pub fn merged_data(
                 SETTINGS_FILE,
                 Position::UNKNOWN,
                 format!(
-                    "hierarchy layer `{layer}` becomes `{name}` for this node, which is not a path under data/: tag and fact values used in layers may not be empty or contain `/`, `.` or `..` parts"
+                    "hierarchy layer `{layer}` becomes `{name}` for this node, which is not a path under data/: values used in layers may not be empty or contain `/`, `.` or `..` parts"
                 ),
             ));
             continue;
         }
-        if let Some(layer_data) = repository.data.get(&name) {
-            deep_merge(&mut merged, layer_data);
+        if repository.data.contains_key(&name) {
+            layers.push(name);
         }
     }
-    merged
+    (layers, diagnostics)
+}
+
+/// What templates see of a node: `tag.*` and `node.id` (the server's
+/// own), `fact.*` (what the node reports about itself), and `trusted.*`:
+/// `trusted.id`, `trusted.tags` and every attested value
+/// (`trusted.instance_id`, …). An attested value named `id` or `tags`
+/// would hide the server's own and is left out.
+pub fn node_context(node: &Node) -> Value {
+    let mut trusted = Map::new();
+    for (key, value) in &node.attested {
+        if key != "id" && key != "tags" {
+            trusted.insert(key.clone(), Value::String(value.clone()));
+        }
+    }
+    trusted.insert("id".into(), Value::String(node.id.clone()));
+    trusted.insert(
+        "tags".into(),
+        serde_json::to_value(&node.tags).expect("tags are JSON"),
+    );
+    serde_json::json!({
+        "tag": node.tags,
+        "fact": node.facts,
+        "node": { "id": node.id },
+        "trusted": trusted,
+    })
 }
 
 /// Tables merge key by key; anything else in `overlay` replaces `base`.
@@ -224,11 +271,7 @@ pub fn compile(repository: &Repository, node: &Node) -> Result<Catalog, Diagnost
 /// [`compile`] on the caller's stack.
 pub(crate) fn compile_here(repository: &Repository, node: &Node) -> Result<Catalog, Diagnostics> {
     let mut diagnostics = Diagnostics::default();
-    let mut context = serde_json::json!({
-        "tag": node.tags,
-        "fact": node.facts,
-        "node": { "id": node.id },
-    });
+    let mut context = node_context(node);
     let data = merged_data(repository, &context, &mut diagnostics);
     context["data"] = data;
 

@@ -16,6 +16,8 @@ mod content;
 mod diagnostic;
 pub mod digest;
 mod kinds;
+mod node_reads;
+mod reads;
 mod repository;
 mod source;
 mod template;
@@ -23,12 +25,14 @@ mod validate;
 
 pub use catalog::{Catalog, CatalogDecodeError, Resource};
 pub use compile::{
-    Node, TagListError, compile, deep_merge, glob_match, parse_tag_list, role_matches, select_roles,
+    Node, TagListError, compile, data_layers, deep_merge, glob_match, node_context, parse_tag_list,
+    role_matches, select_roles,
 };
 pub use content::Content;
 pub use diagnostic::{Diagnostic, Diagnostics, LineIndex, Position};
 pub use digest::sha256_hex;
 pub use kinds::*;
+pub use reads::{ATTESTED_KEYS, NodeReads};
 pub use repository::{
     DeclaredResource, Hierarchy, MAX_DATA_DEPTH, MAX_INCLUDE_DEPTH, Repository, Role, Settings,
 };
@@ -36,7 +40,7 @@ pub use source::{
     Entry, JoinError, ReadError, RepoFiles, SETTINGS_FILE, is_repository_path, join_inside,
 };
 pub use template::{MAX_NESTING, Templates};
-pub use validate::{example_facts, validate};
+pub use validate::{example_attested, example_facts, validate};
 
 #[cfg(test)]
 mod tests;

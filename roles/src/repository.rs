@@ -18,6 +18,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::diagnostic::{Diagnostic, Diagnostics, LineIndex, Position};
 use crate::kinds::{RESOURCE_TYPES, ResourceType, Spec};
+use crate::reads::untrusted_read_in_layer;
 use crate::source::{Entry, RepoFiles, SETTINGS_FILE};
 use crate::template::{Templates, has_placeholders};
 
@@ -297,7 +298,7 @@ fn parse_settings(files: &RepoFiles, diagnostics: &mut Diagnostics) -> Option<Se
     };
     let text = utf8(SETTINGS_FILE, bytes, diagnostics)?;
     match toml::from_str::<Settings>(text) {
-        Ok(settings) => {
+        Ok(mut settings) => {
             if settings.hierarchy.layers.is_empty() {
                 diagnostics.push(Diagnostic::new(
                     SETTINGS_FILE,
@@ -305,6 +306,7 @@ fn parse_settings(files: &RepoFiles, diagnostics: &mut Diagnostics) -> Option<Se
                     "[hierarchy] layers is empty: list at least one layer, e.g. \"common\"",
                 ));
             }
+            refuse_untrusted_layers(text, &mut settings, diagnostics);
             Some(settings)
         }
         Err(error) => {
@@ -312,6 +314,44 @@ fn parse_settings(files: &RepoFiles, diagnostics: &mut Diagnostics) -> Option<Se
             None
         }
     }
+}
+
+/// Layers choose which data a node gets, so they may name only trusted
+/// values (`trusted.*`, `tag.*`, `node.id`); a layer naming anything else is
+/// reported where it was written and left out, so that not even `check`
+/// compiles with it.
+fn refuse_untrusted_layers(text: &str, settings: &mut Settings, diagnostics: &mut Diagnostics) {
+    #[derive(Deserialize)]
+    struct Written {
+        hierarchy: Option<WrittenHierarchy>,
+    }
+    #[derive(Deserialize)]
+    struct WrittenHierarchy {
+        layers: Vec<Spanned<String>>,
+    }
+    let positions: Vec<Position> = toml::from_str::<Written>(text)
+        .ok()
+        .and_then(|written| written.hierarchy)
+        .map(|hierarchy| {
+            hierarchy
+                .layers
+                .iter()
+                .map(|layer| Position::of_offset(text, layer.span().start))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut index = 0;
+    settings.hierarchy.layers.retain(|layer| {
+        let position = positions.get(index).copied().unwrap_or(Position::UNKNOWN);
+        index += 1;
+        match untrusted_read_in_layer(layer) {
+            Some(message) => {
+                diagnostics.push(Diagnostic::new(SETTINGS_FILE, position, message));
+                false
+            }
+            None => true,
+        }
+    });
 }
 
 fn utf8<'a>(path: &str, bytes: &'a [u8], diagnostics: &mut Diagnostics) -> Option<&'a str> {

@@ -199,6 +199,12 @@ impl Templates {
                 Err(error)
             }
         }
+    /// Every registered template, parsed, by name: what `reads` walks.
+    pub fn compiled(&self) -> impl Iterator<Item = (&str, &handlebars::Template)> {
+        self.registry
+            .get_templates()
+            .iter()
+            .map(|(name, template)| (name.as_str(), template))
     }
 
     pub fn contains(&self, name: &str) -> bool {

@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    Catalog, Diagnostics, Node, RepoFiles, Repository, ResourceKind, compile, example_facts,
-    validate,
+    Catalog, Diagnostics, Node, RepoFiles, Repository, ResourceKind, compile, example_attested,
+    example_facts, validate,
 };
 
 const SETTINGS: &str = r#"
 [hierarchy]
-layers = ["node/{{fact.instance_id}}", "env/{{tag.env}}", "role/{{tag.role}}", "common"]
+layers = ["node/{{trusted.instance_id}}", "env/{{tag.env}}", "role/{{tag.role}}", "common"]
 "#;
 
 /// A repository from `(path, text)` pairs; `cms.toml` is added unless given.
@@ -39,7 +39,7 @@ fn node(tags: &str) -> Node {
         id: "i-test".to_string(),
         tags,
         facts: example_facts(),
-        attested: BTreeMap::new(),
+        attested: example_attested(),
     }
 }
 
@@ -196,7 +196,7 @@ fn more_specific_data_layers_win_and_tables_merge_deeply() {
     );
     // Without the env tag its layer is skipped; role data beats common.
     let mut facts_without_id = node("role=web");
-    facts_without_id.facts.remove("instance_id");
+    facts_without_id.attested.remove("instance_id");
     let repository = Repository::parse(repo(&files)).expect("parses");
     let catalog = compile(&repository, &facts_without_id).expect("compiles");
     assert_eq!(
@@ -701,6 +701,18 @@ fn validation_compiles_each_role_for_the_environments_the_data_knows() {
     assert_eq!(found.len(), 1, "{text}");
     assert_contains(&text, "templates/app.hbs:1:");
     assert_contains(&text, "data.db");
+    // With the layer written through `trusted.tags`, the same environments
+    // are found: both define `db`, so nothing is missing (an `example`
+    // environment would miss it).
+    let mut files = files.to_vec();
+    files[1] = ("data/env/staging.toml", "db = \"db.staging\"\n");
+    files.push((
+        "cms.toml",
+        "[hierarchy]\nlayers = [\"env/{{trusted.tags.env}}\", \"common\"]\n",
+    ));
+    let repository = Repository::parse(repo(&files)).expect("parses");
+    let found: Diagnostics = validate(&repository, &example_facts());
+    assert!(found.is_empty(), "{found}");
 }
 
 #[test]
@@ -873,4 +885,190 @@ fn only_the_repository_parts_of_a_folder_are_read() {
     for outside in ["README.md", ".github/workflows/ci.yml", "notes/private.txt"] {
         assert!(files.get(outside).is_none(), "{outside} was read");
     }
+}
+
+/// The example repository with a secret kept for one production instance
+/// and a role that writes whatever secret a node's data gives it.
+fn example_with_an_instance_secret() -> Repository {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/roles-repo");
+    let mut files = RepoFiles::read_dir(&root).expect("reads the example");
+    files.insert(
+        "data/node/i-0aaaaaaaaaaaaaaaa.toml",
+        "db_password = \"production-secret\"\n",
+    );
+    files.insert(
+        "templates/db-password.hbs",
+        "{{default data.db_password \"none\"}}\n",
+    );
+    files.insert(
+        "roles/secret.toml",
+        "[match]\nrole = \"api\"\n[[file]]\npath = \"/etc/db-password\"\ntemplate = \"db-password.hbs\"\n",
+    );
+    Repository::parse(files).unwrap_or_else(|d| panic!("{d}"))
+}
+
+fn api_node(id: &str, env: &str, attested_instance: Option<&str>, reported_instance: &str) -> Node {
+    let mut facts = example_facts();
+    facts.insert("instance_id".into(), reported_instance.into());
+    Node {
+        id: id.to_string(),
+        tags: [("role", "api"), ("env", env)]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+        facts,
+        attested: attested_instance
+            .map(|instance| ("instance_id".to_string(), instance.to_string()))
+            .into_iter()
+            .collect(),
+    }
+}
+
+#[test]
+fn a_node_reporting_another_instances_id_does_not_get_that_instances_data() {
+    let repository = example_with_an_instance_secret();
+    // A staging node, attested as i-0bbb…, whose metadata service answers
+    // the production instance's id.
+    let intruder = api_node(
+        "i-0bbbbbbbbbbbbbbbb",
+        "staging",
+        Some("i-0bbbbbbbbbbbbbbbb"),
+        "i-0aaaaaaaaaaaaaaaa",
+    );
+    let catalog = compile(&repository, &intruder).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(content(&catalog, "/etc/db-password"), "none\n");
+    // A node enrolled with a token has no attested instance id: the node
+    // layer does not apply, whatever it reports.
+    let token_node = api_node("web-7", "staging", None, "i-0aaaaaaaaaaaaaaaa");
+    let catalog = compile(&repository, &token_node).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(content(&catalog, "/etc/db-password"), "none\n");
+    // The instance itself gets its secret.
+    let owner = api_node(
+        "i-0aaaaaaaaaaaaaaaa",
+        "prod",
+        Some("i-0aaaaaaaaaaaaaaaa"),
+        "i-0aaaaaaaaaaaaaaaa",
+    );
+    let catalog = compile(&repository, &owner).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(content(&catalog, "/etc/db-password"), "production-secret\n");
+}
+
+#[test]
+fn a_hierarchy_layer_naming_a_reported_fact_is_refused_saying_what_to_use() {
+    let settings = "[hierarchy]\nlayers = [\n  \"node/{{fact.instance_id}}\",\n  \"host/{{fact.hostname}}\",\n  \"common\",\n]\n";
+    let errors = Repository::parse(repo(&[
+        ("cms.toml", settings),
+        ("roles/a.toml", "[[package]]\nname = \"a\"\n"),
+    ]))
+    .expect_err("a fact in a layer is refused")
+    .to_string();
+    assert_contains(&errors, "cms.toml:3:");
+    assert_contains(&errors, "fact.instance_id");
+    assert_contains(&errors, "node/{{trusted.instance_id}}");
+    assert_contains(&errors, "cms.toml:4:");
+    assert_contains(&errors, "fact.hostname");
+    assert_contains(&errors, "host/{{trusted.id}}");
+}
+
+#[test]
+fn a_hierarchy_layer_reading_values_it_cannot_name_is_refused() {
+    for layer in [
+        "x/{{lookup this \\\"fact\\\"}}",
+        "x/{{lookup fact (lower \\\"OS\\\")}}",
+        "x/{{@root.fact.os}}",
+        "x/{{#each fact}}{{this}}{{/each}}",
+        "x/{{json this}}",
+        "x/{{default trusted.instance_id fact.instance_id}}",
+        "x/{{#with fact}}{{os}}{{/with}}",
+        "x/{{> templates/id.hbs}}",
+        "x/{{data.name}}",
+    ] {
+        let settings = format!("[hierarchy]\nlayers = [\"{layer}\", \"common\"]\n");
+        let errors = match Repository::parse(repo(&[
+            ("cms.toml", settings.as_str()),
+            ("roles/a.toml", "[[package]]\nname = \"a\"\n"),
+        ])) {
+            Ok(_) => panic!("layer {layer} was accepted"),
+            Err(errors) => errors.to_string(),
+        };
+        assert_contains(&errors, "cms.toml:2:");
+        assert_contains(&errors, "trusted.");
+    }
+}
+
+#[test]
+fn hierarchy_layers_may_use_trusted_values_tags_and_the_node_id() {
+    let files = [
+        (
+            "cms.toml",
+            "[hierarchy]\nlayers = [\"node/{{trusted.instance_id}}\", \"id/{{node.id}}\", \"account/{{trusted.account_id}}/{{lower trusted.region}}\", \"env/{{trusted.tags.env}}\", \"role/{{tag.role}}\", \"common\"]\n",
+        ),
+        (
+            "data/common.toml",
+            "a = \"common\"\nb = \"common\"\nc = \"common\"\nd = \"common\"\ne = \"common\"\n",
+        ),
+        ("data/role/web.toml", "e = \"role\"\n"),
+        ("data/env/prod.toml", "d = \"env\"\n"),
+        (
+            "data/account/123456789012/eu-west-1.toml",
+            "c = \"account\"\n",
+        ),
+        ("data/id/web-1.toml", "b = \"id\"\n"),
+        ("data/node/i-0aaaaaaaaaaaaaaaa.toml", "a = \"node\"\n"),
+        (
+            "templates/t.hbs",
+            "{{data.a}} {{data.b}} {{data.c}} {{data.d}} {{data.e}}\n",
+        ),
+        (
+            "roles/web.toml",
+            "[[file]]\npath = \"/etc/t\"\ntemplate = \"t.hbs\"\n",
+        ),
+    ];
+    let repository = Repository::parse(repo(&files)).unwrap_or_else(|d| panic!("{d}"));
+    let mut node = node("role=web,env=prod");
+    node.id = "web-1".into();
+    node.attested = [
+        ("instance_id", "i-0aaaaaaaaaaaaaaaa"),
+        ("account_id", "123456789012"),
+        ("region", "EU-WEST-1"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .into();
+    let catalog = compile(&repository, &node).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(content(&catalog, "/etc/t"), "node id account env role\n");
+    // Without attested values (a node enrolled with a token) the layers
+    // naming them do not apply; the others do.
+    node.attested.clear();
+    let catalog = compile(&repository, &node).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(content(&catalog, "/etc/t"), "common id common env role\n");
+}
+
+#[test]
+fn templates_see_trusted_values_apart_from_reported_facts() {
+    let catalog = {
+        let repository = Repository::parse(repo(&[
+            (
+                "templates/t.hbs",
+                "{{trusted.id}} {{trusted.tags.role}} {{trusted.instance_id}} {{trusted.region}} {{node.id}} {{tag.role}} {{fact.instance_id}}\n",
+            ),
+            (
+                "roles/web.toml",
+                "[[file]]\npath = \"/etc/t\"\ntemplate = \"t.hbs\"\n",
+            ),
+        ]))
+        .unwrap_or_else(|d| panic!("{d}"));
+        let mut node = node("role=web");
+        node.id = "i-0aaaaaaaaaaaaaaaa".into();
+        node.facts.insert("instance_id".into(), "i-0forged".into());
+        node.attested = [
+            ("instance_id", "i-0aaaaaaaaaaaaaaaa"),
+            ("region", "eu-west-1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        compile(&repository, &node).unwrap_or_else(|d| panic!("{d}"))
+    };
+    assert_eq!(
+        content(&catalog, "/etc/t"),
+        "i-0aaaaaaaaaaaaaaaa web i-0aaaaaaaaaaaaaaaa eu-west-1 i-0aaaaaaaaaaaaaaaa web i-0forged\n"
+    );
 }

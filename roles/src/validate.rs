@@ -38,9 +38,25 @@ pub fn example_facts() -> BTreeMap<String, Value> {
     serde_json::from_value(json).expect("example facts are an object")
 }
 
+/// Attested values used where no real node is at hand: an EC2 instance
+/// enrolled with its identity document, as `trusted.*` shows them.
+pub fn example_attested() -> BTreeMap<String, String> {
+    [
+        ("instance_id", "i-0123456789abcdef0"),
+        ("account_id", "123456789012"),
+        ("region", "us-east-1"),
+        ("availability_zone", "us-east-1a"),
+        ("instance_type", "t3.medium"),
+        ("image_id", "ami-0123456789abcdef0"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .into()
+}
+
 /// Compiles every role for the nodes it is written for and reports every
-/// problem found, each once. Runs on the compile stack
-/// ([`crate::bounded::on_compile_stack`]), as serving does.
+/// problem found, each once. The nodes are attested EC2 instances named by
+/// their instance id ([`example_attested`]) with `facts`. Runs on the
+/// compile stack ([`crate::bounded::on_compile_stack`]), as serving does.
 pub fn validate(repository: &Repository, facts: &BTreeMap<String, Value>) -> Diagnostics {
     crate::bounded::on_compile_stack(|| validate_here(repository, facts)).unwrap_or_else(
         |message| {
@@ -70,15 +86,12 @@ fn validate_here(repository: &Repository, facts: &BTreeMap<String, Value>) -> Di
                 continue;
             }
             compiled.insert(tags.clone());
+            let attested = example_attested();
             let node = Node {
-                id: facts
-                    .get("instance_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("example")
-                    .to_string(),
+                id: attested["instance_id"].clone(),
                 tags,
                 facts: facts.clone(),
-                attested: Default::default(),
+                attested,
             };
             if let Err(found) = compile_here(repository, &node) {
                 diagnostics.extend(found);
@@ -120,10 +133,16 @@ fn candidate_values(repository: &Repository, tag: &str, pattern: &str) -> Vec<St
     if !pattern.contains(['*', '?']) {
         return vec![pattern.to_string()];
     }
-    let placeholder = format!("{{{{tag.{tag}}}}}");
+    let placeholders = [
+        format!("{{{{tag.{tag}}}}}"),
+        format!("{{{{trusted.tags.{tag}}}}}"),
+    ];
     let mut values = BTreeSet::new();
     for layer in &repository.settings.hierarchy.layers {
-        let Some((before, after)) = layer.split_once(&placeholder) else {
+        let Some((before, after)) = placeholders
+            .iter()
+            .find_map(|placeholder| layer.split_once(placeholder.as_str()))
+        else {
             continue;
         };
         for name in repository.data.keys() {
