@@ -20,18 +20,20 @@ mod source;
 mod template;
 mod validate;
 
-pub use catalog::{Catalog, CatalogDecodeError, Resource};
+pub use catalog::{
+    Catalog, CatalogDecodeError, MAX_CATALOG_BYTES, Resource, RoleWeight, SizeProblem, human_size,
+};
 pub use compile::{
     Node, TagListError, compile, deep_merge, glob_match, parse_tag_list, role_matches, select_roles,
 };
-pub use content::Content;
+pub use content::{Content, INLINE_CONTENT_MAX, MAX_CONTENT_BYTES, is_sha256_hex};
 pub use diagnostic::{Diagnostic, Diagnostics, Position};
 pub use digest::sha256_hex;
 pub use kinds::*;
 pub use repository::{DeclaredResource, Hierarchy, Repository, Role, Settings};
 pub use source::{Entry, JoinError, ReadError, RepoFiles, SETTINGS_FILE, join_inside};
 pub use template::Templates;
-pub use validate::{example_facts, validate};
+pub use validate::{check_catalog_size, example_facts, validate};
 
 #[cfg(test)]
 mod tests;
