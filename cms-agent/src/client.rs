@@ -358,7 +358,9 @@ impl Connector {
             .connect_with_connector(TlsConnect(connector))
             .await
             .with_context(|| format!("Failed to connect to the server at {}", self.address.url))?;
-        Ok(pb::agent_client::AgentClient::new(channel))
+        Ok(pb::agent_client::AgentClient::new(channel)
+            .max_decoding_message_size(cms_proto::limits::MAX_AGENT_RESPONSE_BYTES)
+            .max_encoding_message_size(cms_proto::limits::MAX_REQUEST_BYTES))
     }
 
     /// Opens the watch channel.
@@ -488,4 +490,77 @@ impl WatchChannel {
             .context("the server closed the watch channel in the middle of an event")?;
         cms_proto::watch::decode_event(&body).map_err(anyhow::Error::msg)
     }
+}
+
+/// Fetches from the server every content `catalog` names by hash and does
+/// not hold yet, keeps each in `cache` and attaches it. Each arrives in
+/// chunks (`GetContent`); more bytes than the catalog names, a short
+/// stream or a sha256 that differs is an error naming the content, and
+/// nothing of it is kept.
+pub async fn fetch_contents(
+    client: &mut pb::agent_client::AgentClient<Channel>,
+    catalog: &mut cms_roles::Catalog,
+    cache: &crate::contents::ContentCache,
+) -> anyhow::Result<()> {
+    if catalog.to_fetch.is_empty() {
+        return Ok(());
+    }
+    // What an earlier catalog already brought is not fetched again.
+    let filled = {
+        let (cache, mut catalog) = (cache.clone(), std::mem::replace(catalog, empty_catalog()));
+        tokio::task::spawn_blocking(move || {
+            cache.fill(&mut catalog);
+            catalog
+        })
+        .await?
+    };
+    *catalog = filled;
+    let wanted: Vec<(String, u64)> = catalog
+        .to_fetch
+        .iter()
+        .map(|(hash, size)| (hash.clone(), *size))
+        .collect();
+    for (hash, size) in wanted {
+        let mut stream = client
+            .get_content(pb::ContentRequest {
+                sha256: hash.clone(),
+            })
+            .await
+            .map_err(|status| {
+                anyhow::anyhow!(
+                    "Failed to fetch content {hash} ({size} bytes): {}",
+                    status.message()
+                )
+            })?
+            .into_inner();
+        let mut bytes = Vec::with_capacity(size as usize);
+        while let Some(chunk) = stream.message().await.map_err(|status| {
+            anyhow::anyhow!(
+                "Failed to fetch content {hash} ({size} bytes) after {} bytes: {}",
+                bytes.len(),
+                status.message()
+            )
+        })? {
+            if (bytes.len() + chunk.data.len()) as u64 > size {
+                bail!(
+                    "Failed to fetch content {hash}: the server sent more than the catalog's {size} bytes"
+                );
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let cache = cache.clone();
+        let key = hash.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            let bytes = crate::contents::verified(&key, size, bytes)?;
+            cache.put(&key, &bytes)?;
+            anyhow::Ok(bytes)
+        })
+        .await??;
+        crate::contents::attach(catalog, &hash, bytes);
+    }
+    Ok(())
+}
+
+fn empty_catalog() -> cms_roles::Catalog {
+    cms_roles::Catalog::new(Vec::new(), Vec::new(), Default::default())
 }

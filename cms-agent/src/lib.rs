@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod contents;
 pub mod converge;
 pub mod daemon;
 pub mod facts;

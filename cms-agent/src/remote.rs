@@ -17,7 +17,10 @@ use cms_modules::{BackupStore, Host};
 use cms_proto::v1 as pb;
 use cms_roles::Catalog;
 
-use crate::client::{Connectors, ServerAddress, enroll, fetch_pinned_ca, split_token};
+use crate::client::{
+    Connectors, ServerAddress, enroll, fetch_contents, fetch_pinned_ca, split_token,
+};
+use crate::contents::ContentCache;
 use crate::converge::{ConvergeOptions, converge};
 use crate::identity::{Identity, generate_key_and_csr, load_identity, save_identity};
 use crate::lock::RunLock;
@@ -147,9 +150,17 @@ pub async fn converge_for_trigger(
         blocking(move || Ok(crate::node::observe(Path::new("/"), None, metadata_endpoint)?.facts))
             .await?;
     let cache = CatalogCache::new(state_dir);
+    let contents = ContentCache::new(state_dir);
     let cached = {
-        let cache = cache.clone();
-        blocking(move || cache.load()).await?
+        let (cache, contents) = (cache.clone(), contents.clone());
+        blocking(move || {
+            let mut cached = cache.load()?;
+            if let Some(catalog) = &mut cached {
+                contents.fill(catalog);
+            }
+            Ok(cached)
+        })
+        .await?
     };
     let client = match connectors.for_identity(&address, &identity) {
         Ok(connector) => connector.connect().await,
@@ -170,27 +181,47 @@ pub async fn converge_for_trigger(
             match get_catalog_with_retries(&mut client, request).await {
                 Ok(response) => match response.into_inner().result {
                     Some(pb::catalog_response::Result::Catalog(catalog)) => {
-                        let cache = cache.clone();
-                        let decoded = blocking(move || {
-                            let decoded = Catalog::from_canonical_bytes(&catalog.canonical_json)
-                                .context("Failed to verify the catalog from the server")?;
-                            cache.save(&decoded)?;
-                            Ok(decoded)
+                        let json = catalog.canonical_json;
+                        let mut decoded = blocking(move || {
+                            Catalog::from_canonical_bytes(&json)
+                                .context("Failed to verify the catalog from the server")
                         })
                         .await?;
-                        Pulled {
-                            catalog: decoded,
-                            revision: catalog.revision,
-                            note: None,
+                        // Saved only once every content it names is at hand.
+                        match fetch_contents(&mut client, &mut decoded, &contents).await {
+                            Ok(()) => {
+                                let (cache, contents) = (cache.clone(), contents.clone());
+                                blocking(move || {
+                                    cache.save(&decoded)?;
+                                    contents.keep_only(&decoded)?;
+                                    Ok(Pulled {
+                                        catalog: decoded,
+                                        revision: catalog.revision,
+                                        note: None,
+                                    })
+                                })
+                                .await?
+                            }
+                            Err(error) => fallback(
+                                cached,
+                                format!("{error:#}: converged from the cached catalog"),
+                            )?,
                         }
                     }
-                    Some(pb::catalog_response::Result::NotModified(not_modified)) => Pulled {
-                        catalog: cached.clone().context(
+                    Some(pb::catalog_response::Result::NotModified(not_modified)) => {
+                        let mut catalog = cached.clone().context(
                             "the server says the catalog is unchanged, but none is cached",
-                        )?,
-                        revision: not_modified.revision,
-                        note: None,
-                    },
+                        )?;
+                        let note = fetch_contents(&mut client, &mut catalog, &contents)
+                            .await
+                            .err()
+                            .map(|error| format!("{error:#}"));
+                        Pulled {
+                            catalog,
+                            revision: not_modified.revision,
+                            note,
+                        }
+                    }
                     None => bail!("Failed to read the server's answer: no catalog"),
                 },
                 Err(status)
@@ -282,13 +313,21 @@ pub async fn deliver_reports(
         .await?;
     let mut delivered = 0;
     for (path, report) in pending {
-        client
-            .report(report)
-            .await
-            .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
         let queue = queue.clone();
-        blocking(move || queue.acknowledge(&path)).await?;
-        delivered += 1;
+        match client.report(report).await {
+            Ok(_) => {
+                blocking(move || queue.acknowledge(&path)).await?;
+                delivered += 1;
+            }
+            // Refused for what it is (too large, malformed), not for the
+            // server's state: sending it again cannot succeed, and it must
+            // not hold up the reports behind it.
+            Err(status) if refused_for_good(status.code()) => {
+                let why = status.message().to_string();
+                blocking(move || queue.set_aside(&path, &why)).await?;
+            }
+            Err(status) => bail!("{}", status.message()),
+        }
     }
     Ok(delivered)
 }
@@ -341,6 +380,11 @@ fn worth_retrying(code: tonic::Code) -> bool {
         code,
         tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded
     )
+}
+
+/// Status codes with which the server refuses a report for good.
+fn refused_for_good(code: tonic::Code) -> bool {
+    matches!(code, tonic::Code::InvalidArgument | tonic::Code::OutOfRange)
 }
 
 /// How many times a busy server is asked again before the agent falls back

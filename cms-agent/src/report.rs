@@ -96,14 +96,15 @@ impl RunReport {
     }
 }
 
-/// A report as the contract carries it.
+/// A report as the contract carries it, trimmed to fit
+/// `MAX_REPORT_BYTES` (see [`trim_to_fit`]).
 pub fn to_proto(
     report: &RunReport,
     revision: &str,
     note: Option<&str>,
 ) -> cms_proto::v1::RunReport {
     use cms_proto::v1 as pb;
-    pb::RunReport {
+    let mut proto = pb::RunReport {
         run_id: report.run_id.clone(),
         catalog_id: report.catalog_id.clone(),
         revision: revision.to_string(),
@@ -145,5 +146,177 @@ pub fn to_proto(
                 duration_ms: r.duration_ms as u64,
             })
             .collect(),
+    };
+    trim_to_fit(&mut proto, REPORT_BUDGET);
+    proto
+}
+
+/// What a report may take once encoded: the server's limit less room for
+/// what is set after [`to_proto`] (the trigger id).
+pub const REPORT_BUDGET: usize = cms_proto::limits::MAX_REPORT_BYTES - 4096;
+
+/// Shrinks a report over `budget` bytes (encoded) until it fits: first the
+/// diffs and errors, each cut to a shorter and shorter length with a line
+/// that says how much was cut; then, if it still does not fit (tens of
+/// thousands of resources), the unchanged resources are left out and the
+/// report's note says how many. Counts of changed and failed resources
+/// are never changed. A report that fits is left as it is.
+pub fn trim_to_fit(report: &mut cms_proto::v1::RunReport, budget: usize) {
+    use prost::Message as _;
+    if report.encoded_len() <= budget {
+        return;
+    }
+    let originals: Vec<(String, String)> = report
+        .resources
+        .iter()
+        .map(|r| (r.diff.clone(), r.error.clone()))
+        .collect();
+    let mut cap = 64 * 1024;
+    loop {
+        for (resource, (diff, error)) in report.resources.iter_mut().zip(&originals) {
+            resource.diff = truncated(diff, cap, "diff", budget);
+            resource.error = truncated(error, cap, "error", budget);
+        }
+        if report.encoded_len() <= budget || cap == 0 {
+            break;
+        }
+        cap = if cap > 256 { cap / 4 } else { 0 };
+    }
+    if report.encoded_len() <= budget {
+        return;
+    }
+    let before = report.resources.len();
+    report
+        .resources
+        .retain(|r| r.status != cms_proto::v1::ResourceStatus::Unchanged as i32);
+    let left_out = before - report.resources.len();
+    if left_out > 0 {
+        let line = format!(
+            "{left_out} unchanged resources not listed: the report was over {budget} bytes"
+        );
+        report.note = if report.note.is_empty() {
+            line
+        } else {
+            format!("{}; {line}", report.note)
+        };
+    }
+}
+
+/// `text` cut to at most `cap` bytes (on a character boundary), with a line
+/// saying what was cut; `text` itself when it fits.
+fn truncated(text: &str, cap: usize, what: &str, budget: usize) -> String {
+    // Never cut below the length of the line that says so.
+    let cap = cap.max(128);
+    if text.len() <= cap {
+        return text.to_string();
+    }
+    let mut end = cap;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}\n[{what} truncated: {end} of {} bytes shown; the report was over {budget} bytes]",
+        &text[..end],
+        text.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cms_proto::v1 as pb;
+    use prost::Message as _;
+
+    fn resource(reference: &str, status: pb::ResourceStatus, diff: String) -> pb::ResourceResult {
+        pb::ResourceResult {
+            reference: reference.into(),
+            status: status as i32,
+            diff,
+            error: String::new(),
+            duration_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_five_megabyte_report_is_trimmed_below_the_limit_with_its_diffs_marked_truncated() {
+        let mut report = pb::RunReport {
+            run_id: "r1".into(),
+            resources: (0..5)
+                .map(|i| {
+                    resource(
+                        &format!("file:/big/{i}"),
+                        pb::ResourceStatus::Changed,
+                        "+é line of a large file\n".repeat(40_000),
+                    )
+                })
+                .chain([resource(
+                    "file:/small",
+                    pb::ResourceStatus::Changed,
+                    "content: a -> b".into(),
+                )])
+                .collect(),
+            ..Default::default()
+        };
+        assert!(report.encoded_len() > 5_000_000);
+        trim_to_fit(&mut report, REPORT_BUDGET);
+        assert!(
+            report.encoded_len() <= REPORT_BUDGET,
+            "{}",
+            report.encoded_len()
+        );
+        assert_eq!(report.resources.len(), 6, "every changed resource is kept");
+        for big in &report.resources[..5] {
+            assert!(big.diff.starts_with("+é line"));
+            assert!(
+                big.diff.contains("[diff truncated: ")
+                    && big.diff.contains(" of 1000000 bytes shown"),
+                "a diff of {} bytes",
+                big.diff.len()
+            );
+        }
+        assert_eq!(report.resources[5].diff, "content: a -> b");
+    }
+
+    #[test]
+    fn a_report_that_fits_is_sent_as_it_is() {
+        let mut report = pb::RunReport {
+            resources: vec![resource(
+                "file:/a",
+                pb::ResourceStatus::Changed,
+                "x".repeat(100_000),
+            )],
+            ..Default::default()
+        };
+        let before = report.clone();
+        trim_to_fit(&mut report, REPORT_BUDGET);
+        assert_eq!(report, before);
+    }
+
+    #[test]
+    fn a_report_of_too_many_resources_leaves_out_the_unchanged_ones_and_says_so() {
+        let mut report = pb::RunReport {
+            note: "from cache".into(),
+            resources: (0..50_000)
+                .map(|i| {
+                    resource(
+                        &format!("file:/etc/many/a-rather-long-path-name-{i}"),
+                        if i % 1000 == 0 {
+                            pb::ResourceStatus::Failed
+                        } else {
+                            pb::ResourceStatus::Unchanged
+                        },
+                        String::new(),
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        trim_to_fit(&mut report, 1024 * 1024);
+        assert!(report.encoded_len() <= 1024 * 1024);
+        assert_eq!(report.resources.len(), 50, "failures are kept");
+        assert_eq!(
+            report.note,
+            "from cache; 49950 unchanged resources not listed: the report was over 1048576 bytes"
+        );
     }
 }

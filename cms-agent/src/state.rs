@@ -219,6 +219,20 @@ impl ReportQueue {
             .collect())
     }
 
+    /// The server refused it for good (`why`): kept aside as
+    /// `<name>.json.refused`, out of the queue, with a log line; never
+    /// dropped.
+    pub fn set_aside(&self, path: &Path, why: &str) -> anyhow::Result<()> {
+        let aside = path.with_extension("json.refused");
+        eprintln!(
+            "warning: the server refused queued report {} for good ({why}); kept as {}",
+            path.display(),
+            aside.display()
+        );
+        std::fs::rename(path, &aside)
+            .with_context(|| format!("Failed to set {} aside", path.display()))
+    }
+
     /// The server stored it: drop it from the queue.
     pub fn acknowledge(&self, path: &Path) -> anyhow::Result<()> {
         std::fs::remove_file(path)

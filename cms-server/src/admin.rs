@@ -43,7 +43,8 @@ pub async fn connect(
     let channel = endpoint.connect().await.with_context(|| {
         format!("Failed to connect to the server at {url}: is `cms-server serve` running?")
     })?;
-    Ok(pb::admin_client::AdminClient::new(channel))
+    Ok(pb::admin_client::AdminClient::new(channel)
+        .max_decoding_message_size(cms_proto::limits::MAX_ADMIN_RESPONSE_BYTES))
 }
 
 /// An admin API error as the commands print it.

@@ -79,7 +79,16 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             node.attested.get("instance_id").map_or("", String::as_str)
         );
     }
-    match compile(&repository, &node) {
+    // A catalog the server would refuse to send is invalid, as in validation.
+    let compiled = compile(&repository, &node).and_then(|catalog| {
+        let too_large = cms_roles::check_catalog_size(&repository, &catalog);
+        if too_large.is_empty() {
+            Ok(catalog)
+        } else {
+            Err(too_large)
+        }
+    });
+    match compiled {
         Ok(catalog) => {
             let mut out = std::io::stdout().lock();
             match args.format {

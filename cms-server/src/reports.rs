@@ -24,6 +24,36 @@ pub struct Reports {
 pub enum ReportError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(
+        "the report of run {run_id} from {node_id} is {size} bytes, over the limit of {limit} bytes: it is not stored (cms-agent trims its reports to fit; upgrade it)"
+    )]
+    TooLarge {
+        node_id: String,
+        run_id: String,
+        size: usize,
+        limit: usize,
+    },
+}
+
+/// Refuses a report over `MAX_REPORT_BYTES` (encoded), before anything is
+/// stored. Requests over `MAX_REQUEST_BYTES` never get here: the gRPC layer
+/// refuses them with OUT_OF_RANGE.
+pub fn check_report_size(
+    node_id: &str,
+    report: &cms_proto::v1::RunReport,
+) -> Result<(), ReportError> {
+    use prost::Message as _;
+    let size = report.encoded_len();
+    let limit = cms_proto::limits::MAX_REPORT_BYTES;
+    if size > limit {
+        return Err(ReportError::TooLarge {
+            node_id: node_id.to_string(),
+            run_id: report.run_id.clone(),
+            size,
+            limit,
+        });
+    }
+    Ok(())
 }
 
 impl Reports {

@@ -79,6 +79,12 @@ pub enum CatalogError {
         node_id: String,
         revision: String,
     },
+    #[error("the catalog of {node_id} (revision {revision}) is too large to send: {problems}")]
+    TooLarge {
+        node_id: String,
+        revision: String,
+        problems: String,
+    },
 }
 
 /// `node`'s catalog of `revision`, from the cache or compiled.

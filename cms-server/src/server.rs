@@ -298,36 +298,48 @@ pub async fn run_prepared(
     // gracefully: calls in progress finish, the client reconnects), so an
     // idle client cannot hold one of the `MAX_GRPC_CONNECTIONS` for long.
     let keepalive = (config.gone_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    // Message sizes are set, not left to tonic's 4 MiB default, so that
+    // the limits are the ones the agent and validation are built around.
+    use cms_proto::limits;
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive.max(Duration::from_secs(10))))
         .max_connection_age(MAX_CONNECTION_AGE)
-        .add_service(pb::enrollment_server::EnrollmentServer::new(
-            EnrollmentService {
+        .add_service(
+            pb::enrollment_server::EnrollmentServer::new(EnrollmentService {
                 enrollment: enrollment.clone(),
                 metrics: metrics.clone(),
                 blocking: blocking.clone(),
-            },
-        ))
-        .add_service(pb::agent_server::AgentServer::new(AgentService {
-            store: store.clone(),
-            nodes: nodes.clone(),
-            reports: reports.clone(),
-            enrollment: enrollment.clone(),
-            catalogs: catalogs.clone(),
-            revision: revision.clone(),
-            metrics: metrics.clone(),
-            blocking: blocking.clone(),
-        }))
-        .add_service(pb::admin_server::AdminServer::new(AdminService {
-            store: store.clone(),
-            nodes,
-            reports,
-            enrollment,
-            triggers,
-            sync: sync_requests,
-            blocking,
-        }))
+            })
+            .max_decoding_message_size(limits::MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            pb::agent_server::AgentServer::new(AgentService {
+                store: store.clone(),
+                nodes: nodes.clone(),
+                reports: reports.clone(),
+                enrollment: enrollment.clone(),
+                catalogs: catalogs.clone(),
+                revision: revision.clone(),
+                metrics: metrics.clone(),
+                blocking: blocking.clone(),
+            })
+            .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
+            .max_encoding_message_size(limits::MAX_AGENT_RESPONSE_BYTES),
+        )
+        .add_service(
+            pb::admin_server::AdminServer::new(AdminService {
+                store: store.clone(),
+                nodes,
+                reports,
+                enrollment,
+                triggers,
+                sync: sync_requests,
+                blocking,
+            })
+            .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
+            .max_encoding_message_size(limits::MAX_ADMIN_RESPONSE_BYTES),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::ReceiverStream::new(connections).map(Ok::<_, std::io::Error>),
             async move {

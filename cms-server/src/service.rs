@@ -33,7 +33,47 @@ use crate::triggers::{TriggerRequest, Triggers};
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Size of one `GetContent` chunk.
-const CONTENT_CHUNK: usize = 64 * 1024;
+const CONTENT_CHUNK: usize = cms_proto::limits::CONTENT_CHUNK_BYTES;
+
+/// Refuses to send a catalog an agent could not receive: one over the
+/// catalog limits (`Catalog::size_problems`) or a response over
+/// `MAX_AGENT_RESPONSE_BYTES`.
+fn check_deliverable(
+    catalog: &cms_roles::Catalog,
+    response: &pb::CatalogResponse,
+    node_id: &str,
+    revision: &str,
+) -> Result<(), CatalogError> {
+    use prost::Message as _;
+    let too_large = |problems: String| CatalogError::TooLarge {
+        node_id: node_id.to_string(),
+        revision: revision.to_string(),
+        problems,
+    };
+    let oversized_content = catalog
+        .contents
+        .values()
+        .any(|c| c.0.len() > cms_roles::MAX_CONTENT_BYTES);
+    let encoded = response.encoded_len();
+    if oversized_content || encoded > cms_roles::MAX_CATALOG_BYTES {
+        let problems: Vec<String> = catalog
+            .size_problems()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if !problems.is_empty() {
+            return Err(too_large(problems.join("; ")));
+        }
+    }
+    if encoded > cms_proto::limits::MAX_AGENT_RESPONSE_BYTES {
+        return Err(too_large(format!(
+            "the response is {}, over the limit of {}",
+            cms_roles::human_size(encoded),
+            cms_roles::human_size(cms_proto::limits::MAX_AGENT_RESPONSE_BYTES)
+        )));
+    }
+    Ok(())
+}
 
 /// Who is calling, from the verified client certificate.
 fn caller<T>(store: &SharedStore, request: &Request<T>) -> Result<PeerIdentity, AuthError> {
@@ -159,14 +199,20 @@ impl pb::agent_server::Agent for AgentService {
                 })),
             }));
         }
-        answer.answered(CatalogAnswer::Catalog);
-        Ok(Response::new(pb::CatalogResponse {
+        let response = pb::CatalogResponse {
             result: Some(pb::catalog_response::Result::Catalog(pb::Catalog {
                 catalog_id: catalog.catalog_id.clone(),
                 revision: revision.commit.clone(),
                 canonical_json: catalog.canonical_bytes(),
             })),
-        }))
+        };
+        // Validation refuses a commit whose catalogs are too large; a node
+        // whose own facts make its catalog larger than what validation saw
+        // gets this error rather than a message the agent cannot decode,
+        // and the catalog does not count as served.
+        check_deliverable(&catalog, &response, &node_id, &revision.commit)?;
+        answer.answered(CatalogAnswer::Catalog);
+        Ok(Response::new(response))
     }
 
     type GetContentStream = ResponseStream<pb::ContentChunk>;
@@ -189,23 +235,24 @@ impl pb::agent_server::Agent for AgentService {
             serde_json::from_value(node_record.facts.clone()).unwrap_or_default();
         let node = crate::catalogs::node(&node_id, &node_record.tags, facts);
         let catalog = compiled(&self.catalogs, &revision, node).await?;
-        let content = catalog
-            .contents
-            .get(&hash)
-            .ok_or_else(|| CatalogError::NoContent {
-                hash: hash.clone(),
-                node_id: node_id.clone(),
+        if !catalog.contents.contains_key(&hash) {
+            return Err(CatalogError::NoContent {
+                hash,
+                node_id,
                 revision: revision.commit.clone(),
-            })?;
-        let chunks: Vec<Result<pb::ContentChunk, Status>> = content
-            .0
-            .chunks(CONTENT_CHUNK)
-            .map(|chunk| {
-                Ok(pb::ContentChunk {
-                    data: chunk.to_vec(),
-                })
+            }
+            .into());
+        }
+        // Chunks are cut as the stream is sent, so a large content is never
+        // copied whole: the catalog (shared with the cache) holds it.
+        let size = catalog.contents[&hash].0.len();
+        let chunks = (0..size.div_ceil(CONTENT_CHUNK)).map(move |index| {
+            let bytes = &catalog.contents[&hash].0;
+            let start = index * CONTENT_CHUNK;
+            Ok(pb::ContentChunk {
+                data: bytes[start..(start + CONTENT_CHUNK).min(bytes.len())].to_vec(),
             })
-            .collect();
+        });
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
@@ -214,7 +261,9 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::RunReport>,
     ) -> Result<Response<pb::ReportAck>, Status> {
         let node_id = node_caller(&self.store, &request)?;
-        let record = RunRecord::from(&request.into_inner());
+        let report = request.into_inner();
+        crate::reports::check_report_size(&node_id, &report)?;
+        let record = RunRecord::from(&report);
         let run_id = record.run_id.clone();
         let reports = self.reports.clone();
         self.blocking

@@ -66,6 +66,7 @@ impl From<ReportError> for Status {
     fn from(error: ReportError) -> Status {
         match error {
             ReportError::Store(error) => internal(error),
+            ReportError::TooLarge { .. } => Status::invalid_argument(error.to_string()),
         }
     }
 }
@@ -90,6 +91,7 @@ impl From<CatalogError> for Status {
             CatalogError::NoRevision => Status::unavailable(message),
             CatalogError::Compile { .. } => Status::failed_precondition(message),
             CatalogError::NoContent { .. } => Status::not_found(message),
+            CatalogError::TooLarge { .. } => Status::failed_precondition(message),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod v1 {
     tonic::include_proto!("cms.v1");
 }
 
+pub mod limits;
 pub mod report;
 
 /// The watch channel's wire format (see `WatchEvent` in `cms.proto`): one

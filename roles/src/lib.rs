@@ -23,12 +23,14 @@ mod source;
 mod template;
 mod validate;
 
-pub use catalog::{Catalog, CatalogDecodeError, Resource};
+pub use catalog::{
+    Catalog, CatalogDecodeError, MAX_CATALOG_BYTES, Resource, RoleWeight, SizeProblem, human_size,
+};
 pub use compile::{
     Node, TagListError, compile, data_layers, deep_merge, glob_match, node_context, parse_tag_list,
     role_matches, select_roles,
 };
-pub use content::Content;
+pub use content::{Content, INLINE_CONTENT_MAX, MAX_CONTENT_BYTES, is_sha256_hex};
 pub use diagnostic::{Diagnostic, Diagnostics, LineIndex, Position};
 pub use digest::sha256_hex;
 pub use kinds::*;
@@ -40,7 +42,7 @@ pub use source::{
     Entry, JoinError, ReadError, RepoFiles, SETTINGS_FILE, is_repository_path, join_inside,
 };
 pub use template::{MAX_NESTING, Templates};
-pub use validate::{example_attested, example_facts, validate};
+pub use validate::{check_catalog_size, example_attested, example_facts, validate};
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
+use crate::catalog::Catalog;
 use crate::compile::{Node, compile_here, glob_match};
 use crate::diagnostic::{Diagnostic, Diagnostics, Position};
 use crate::repository::{Repository, Role};
@@ -93,8 +94,9 @@ fn validate_here(repository: &Repository, facts: &BTreeMap<String, Value>) -> Di
                 facts: facts.clone(),
                 attested,
             };
-            if let Err(found) = compile_here(repository, &node) {
-                diagnostics.extend(found);
+            match compile_here(repository, &node) {
+                Ok(catalog) => diagnostics.extend(check_catalog_size(repository, &catalog)),
+                Err(found) => diagnostics.extend(found),
             }
         }
     }
@@ -106,6 +108,26 @@ fn validate_here(repository: &Repository, facts: &BTreeMap<String, Value>) -> Di
         ));
     }
     diagnostics.into_sorted()
+}
+
+/// The catalog-size check of validation: a catalog the server could not
+/// send (over `MAX_CATALOG_BYTES`, or with a content over
+/// `MAX_CONTENT_BYTES`) is an error in the file of the role that weighs
+/// most, naming the resources and sizes.
+pub fn check_catalog_size(repository: &Repository, catalog: &Catalog) -> Diagnostics {
+    let mut diagnostics = Diagnostics::default();
+    for problem in catalog.size_problems() {
+        let file = problem
+            .role()
+            .and_then(|role| repository.roles.get(role))
+            .map_or_else(|| "roles/".to_string(), |role| role.file.clone());
+        diagnostics.push(Diagnostic::new(
+            file,
+            Position::UNKNOWN,
+            problem.to_string(),
+        ));
+    }
+    diagnostics
 }
 
 /// The tag sets a role is compiled for during validation.
