@@ -140,6 +140,80 @@ pub fn fetch_pinned_ca(address: &ServerAddress, fingerprint: &str) -> anyhow::Re
     Ok(der_to_pem(&ca))
 }
 
+/// A handshake that failed because of time (a certificate not valid yet or
+/// expired, by one side's clock) says so, with both times: "check the
+/// clock". Other errors pass unchanged. The rustls error stays the source.
+fn clock_hint(error: std::io::Error, own_not_after: Option<i64>) -> std::io::Error {
+    use rustls::CertificateError::{ExpiredContext, NotValidYetContext};
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return error;
+    };
+    let agent_now = crate::clock::unix_secs();
+    let message = match tls {
+        rustls::Error::InvalidCertificate(NotValidYetContext { time, not_before }) => format!(
+            "the server's certificate is not valid yet by this agent's clock: the agent's clock reads {}, the certificate starts at {}; check the clock (this host's or the server's)",
+            show_time(time.as_secs() as i64),
+            show_time(not_before.as_secs() as i64)
+        ),
+        rustls::Error::InvalidCertificate(ExpiredContext { time, not_after }) => format!(
+            "the server's certificate has expired by this agent's clock: the agent's clock reads {}, the certificate ended at {}; check the clock (this host's or the server's)",
+            show_time(time.as_secs() as i64),
+            show_time(not_after.as_secs() as i64)
+        ),
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired | rustls::CertificateError::NotValidYet,
+        ) => format!(
+            "the server's certificate is outside its validity by this agent's clock, which reads {}; check the clock (this host's or the server's)",
+            show_time(agent_now)
+        ),
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired) => format!(
+            "the server refused this node's certificate as expired or not yet valid: the agent's clock reads {}, the certificate ends at {}; check the clock (this host's or the server's)",
+            show_time(agent_now),
+            own_not_after.map_or_else(|| "an unknown time".to_string(), show_time)
+        ),
+        _ => return error,
+    };
+    let kind = error.kind();
+    let source = error
+        .into_inner()
+        .and_then(|inner| inner.downcast::<rustls::Error>().ok())
+        .map(|tls| *tls);
+    match source {
+        Some(source) => std::io::Error::new(kind, ClockError { message, source }),
+        None => std::io::Error::new(kind, message),
+    }
+}
+
+/// A TLS failure caused by time, with the hint and both times.
+#[derive(Debug)]
+struct ClockError {
+    message: String,
+    source: rustls::Error,
+}
+
+impl std::fmt::Display for ClockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ClockError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Unix seconds as a date people read, with the number itself.
+fn show_time(unix: i64) -> String {
+    match x509_parser::time::ASN1Time::from_timestamp(unix) {
+        Ok(time) => format!("{time} (Unix time {unix})"),
+        Err(_) => format!("Unix time {unix}"),
+    }
+}
+
 fn der_to_pem(der: &[u8]) -> String {
     use base64::Engine as _;
     let body = base64::engine::general_purpose::STANDARD.encode(der);
@@ -278,6 +352,9 @@ pub struct Connector {
     grpc: Arc<rustls::ClientConfig>,
     watch: Arc<rustls::ClientConfig>,
     name: ServerName<'static>,
+    /// The end of this node's certificate (Unix seconds), for the clock
+    /// hint when the server refuses it as expired.
+    certificate_not_after: Option<i64>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -323,6 +400,9 @@ impl Connector {
             grpc: Arc::new(grpc),
             watch: Arc::new(watch),
             name,
+            certificate_not_after: crate::identity::certificate_validity(&identity.certificate_pem)
+                .ok()
+                .map(|(_, not_after)| not_after),
         })
     }
 
@@ -345,6 +425,7 @@ impl Connector {
         tokio::time::timeout(HANDSHAKE_WAIT, handshake)
             .await
             .map_err(|_| timed_out("finish the TLS handshake", HANDSHAKE_WAIT))?
+            .map_err(|error| clock_hint(error, self.certificate_not_after))
     }
 
     /// An mTLS connection to the agent API.

@@ -60,7 +60,9 @@ pub enum Event {
 pub struct Certificate {
     /// The certificate itself (its hash is the node's splay).
     pub pem: String,
-    /// The end of its validity (Unix seconds), if it parses.
+    /// The end of its validity on this agent's clock (Unix seconds), if it
+    /// parses: when it was received plus the life the server gave it, so a
+    /// clock that runs ahead or behind the server's does not move it.
     pub not_after: Option<i64>,
     /// When it is due for renewal (Unix seconds), if that can be worked out.
     pub renewal_due: Option<i64>,
@@ -256,6 +258,7 @@ impl<R: Runner> Daemon<R> {
                 .not_after
                 .is_some_and(|end| expired(end, self.clock.unix_secs()))
             && self.config.token.is_some()
+            && self.expired_at_the_server().await
         {
             eprintln!(
                 "the node certificate has expired (the agent was away too long): enrolling again"
@@ -322,6 +325,39 @@ impl<R: Runner> Daemon<R> {
         };
         self.delivery_attempt = 0;
         Ok(())
+    }
+
+    /// Whether the server says the node's certificate has expired: this
+    /// agent's clock said so, but the agent never discards its identity on
+    /// its own clock's say-so (a clock running ahead would throw away a
+    /// good identity, and its name stays taken while it is live). It asks
+    /// by renewing: a renewal the server refuses as expired is the signal;
+    /// a renewal that works keeps the identity, and any other failure
+    /// (server unreachable) keeps it too, for the next run.
+    async fn expired_at_the_server(&mut self) -> bool {
+        let server = match self.config.server.clone() {
+            Some(server) => Some(server),
+            None => self.runner.enrolled_server().await,
+        };
+        let Some(server) = server else {
+            return true;
+        };
+        match self.runner.renew(&server).await {
+            Ok(not_after) => {
+                tracing::warn!(
+                    "this agent's clock ({}, Unix time) says the node certificate has expired, but the server renewed it (valid until {not_after}); check the clock",
+                    self.clock.unix_secs()
+                );
+                false
+            }
+            Err(error) if crate::identity::refused_as_expired(&error) => true,
+            Err(error) => {
+                tracing::warn!(
+                    "this agent's clock says the node certificate has expired, and asking the server failed: {error:#}; keeping the identity and trying again later"
+                );
+                false
+            }
+        }
     }
 
     /// Offers the queued reports again.
@@ -426,9 +462,7 @@ impl Runner for ServerRunner {
             let pem = identity.certificate_pem;
             let received = crate::identity::certificate_received_unix(dir).unwrap_or(0);
             Ok(Some(Certificate {
-                not_after: crate::identity::certificate_validity(&pem)
-                    .ok()
-                    .map(|(_, not_after)| not_after),
+                not_after: crate::identity::expires_on_agent_clock(&pem, received).ok(),
                 renewal_due: crate::identity::renewal_due_unix(&pem, received).ok(),
                 pem,
             }))
@@ -553,6 +587,9 @@ mod tests {
         delivery_refusals: u32,
         /// Renewals refused before one is accepted.
         renewal_refusals: u32,
+        /// Whether a refused renewal is refused as expired (the TLS alert
+        /// the server sends for an expired client certificate).
+        expired_at_server: bool,
         /// The certificate an accepted renewal gives.
         renewed: Option<Certificate>,
         /// The watch task's end of the converge-now channel.
@@ -675,6 +712,9 @@ mod tests {
             let mut script = self.script.lock().expect("script");
             if script.renewal_refusals > 0 {
                 script.renewal_refusals -= 1;
+                if script.expired_at_server {
+                    bail!("Failed to renew: received fatal alert: CertificateExpired");
+                }
                 bail!("Failed to renew: the server is unavailable");
             }
             script.certificate = script.renewed.clone();
@@ -928,6 +968,7 @@ mod tests {
         let runner = FakeRunner::new(Script {
             certificate: Some(certificate("node-a", 90, 100)),
             renewal_refusals: u32::MAX,
+            expired_at_server: true,
             enrolled: Some(certificate("node-a again", 10 * DAY, 15 * DAY)),
             ..Script::default()
         });
@@ -952,6 +993,44 @@ mod tests {
                 run
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_whose_clock_says_expired_keeps_its_identity_when_the_server_renews_it() {
+        // This agent's clock runs two days ahead: by its clock the
+        // certificate ended a day ago; the server, asked, renews it.
+        let runner = FakeRunner::new(Script {
+            certificate: Some(certificate("node-a", -DAY - 10, -DAY)),
+            renewed: Some(certificate("node-a renewed", 10 * DAY, 15 * DAY)),
+            enrolled: Some(certificate("node-a again", 10 * DAY, 15 * DAY)),
+            ..Script::default()
+        });
+        let (daemon, stop) = daemon(&runner, config(Duration::from_secs(60), Duration::ZERO), 1);
+        run_until(daemon, stop, Duration::from_secs(150)).await;
+        let calls = runner.calls();
+        assert!(!calls.contains(&Call::Retire), "{calls:?}");
+        assert!(!calls.contains(&Call::Enroll), "{calls:?}");
+        assert_eq!(calls.first(), Some(&Call::Renew), "{calls:?}");
+        assert!(
+            calls.contains(&Call::Converge(ConvergeRequest::default())),
+            "{calls:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_whose_clock_says_expired_keeps_its_identity_while_the_server_is_unreachable()
+    {
+        let runner = FakeRunner::new(Script {
+            certificate: Some(certificate("node-a", -DAY - 10, -DAY)),
+            renewal_refusals: u32::MAX,
+            enrolled: Some(certificate("node-a again", 10 * DAY, 15 * DAY)),
+            ..Script::default()
+        });
+        let (daemon, stop) = daemon(&runner, config(Duration::from_secs(60), Duration::ZERO), 1);
+        run_until(daemon, stop, Duration::from_secs(150)).await;
+        let calls = runner.calls();
+        assert!(!calls.contains(&Call::Retire), "{calls:?}");
+        assert!(!calls.contains(&Call::Enroll), "{calls:?}");
     }
 
     #[tokio::test(start_paused = true)]

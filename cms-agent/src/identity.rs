@@ -208,16 +208,55 @@ pub fn certificate_validity(certificate_pem: &str) -> Result<(i64, i64), Identit
     ))
 }
 
-/// When the certificate is due for renewal: once two thirds of its
-/// lifetime have passed (8 hours before the end of a day-long one), so a
-/// node that misses a renewal has many chances before it expires. The
-/// lifetime counts from when the agent received it (`received_unix`, the
-/// time `cert.pem` was written), since the server backdates `notBefore` a
-/// little to allow for clock skew.
+/// When the server issued a certificate, on the server's clock: its
+/// `notBefore` plus the backdate the server applies
+/// (`cms_proto::CERTIFICATE_BACKDATE_SECS`), never past its end.
+fn issued_unix(not_before: i64, not_after: i64) -> i64 {
+    not_before
+        .saturating_add(cms_proto::CERTIFICATE_BACKDATE_SECS as i64)
+        .min(not_after)
+}
+
+/// When the certificate is due for renewal, on this agent's clock: once two
+/// thirds of its life have passed (8 hours before the end of a day-long
+/// one), so a node that misses a renewal has many chances before it
+/// expires. Its life is what the server gave it (`notAfter` minus the issue
+/// time), counted from when the agent received it (`received_unix`, the
+/// time `cert.pem` was written, on the agent's clock), so a clock that runs
+/// ahead of or behind the server's does not make the agent renew in a loop
+/// or too late.
 pub fn renewal_due_unix(certificate_pem: &str, received_unix: i64) -> Result<i64, IdentityError> {
     let (not_before, not_after) = certificate_validity(certificate_pem)?;
-    let issued = received_unix.clamp(not_before, not_after);
-    Ok(issued + (not_after - issued) * 2 / 3)
+    let life = not_after - issued_unix(not_before, not_after);
+    Ok(received_unix + life * 2 / 3)
+}
+
+/// When the certificate ends, on this agent's clock: when it was received
+/// plus the life the server gave it (see [`renewal_due_unix`]). Only a hint:
+/// the agent asks the server before it gives up an identity.
+pub fn expires_on_agent_clock(
+    certificate_pem: &str,
+    received_unix: i64,
+) -> Result<i64, IdentityError> {
+    let (not_before, not_after) = certificate_validity(certificate_pem)?;
+    Ok(received_unix + (not_after - issued_unix(not_before, not_after)))
+}
+
+/// Whether a failed renewal (or any call) failed because the server
+/// refused this node's certificate as expired: the TLS alert
+/// `certificate_expired`, which the server sends for an expired client
+/// certificate. The one signal on which the agent gives up its identity.
+pub fn refused_as_expired(error: &anyhow::Error) -> bool {
+    let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired);
+    error.chain().any(|cause| {
+        let rustls_error = cause.downcast_ref::<rustls::Error>().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        rustls_error == Some(&alert) || cause.to_string().contains("CertificateExpired")
+    })
 }
 
 /// When `cert.pem` was written, in seconds since the Unix epoch.
@@ -429,11 +468,14 @@ mod tests {
     }
 
     #[test]
-    fn renewal_is_due_when_two_thirds_of_the_lifetime_since_receipt_have_passed() {
+    fn renewal_and_expiry_count_the_life_the_server_gave_on_the_agents_own_clock() {
         const DAY: i64 = 24 * 3600;
         const JAN_1_2030: i64 = 1_893_456_000;
+        let backdate = cms_proto::CERTIFICATE_BACKDATE_SECS as i64;
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
+        // Issued on January 2 (the server backdates notBefore a day), valid
+        // until January 31: a life of 29 days.
         params.not_before = rcgen::date_time_ymd(2030, 1, 1);
         params.not_after = rcgen::date_time_ymd(2030, 1, 31);
         let pem = params.self_signed(&key).unwrap().pem();
@@ -441,16 +483,35 @@ mod tests {
             certificate_validity(&pem).unwrap(),
             (JAN_1_2030, JAN_1_2030 + 30 * DAY)
         );
-        // Received 3 days after its (backdated) start: 27 days left, due
-        // after 18 of them.
-        assert_eq!(
-            renewal_due_unix(&pem, JAN_1_2030 + 3 * DAY).unwrap(),
-            JAN_1_2030 + 21 * DAY
-        );
-        // A receipt time outside the validity (a clock set wrong) is
-        // clamped into it.
-        assert_eq!(renewal_due_unix(&pem, 0).unwrap(), JAN_1_2030 + 20 * DAY);
+        let issued = JAN_1_2030 + backdate;
+        let life = JAN_1_2030 + 30 * DAY - issued;
+        // An agent whose clock is right, two days ahead or 30 minutes
+        // behind: due after two thirds of the life, on its own clock, and
+        // expired (by its clock) after the whole life.
+        for skew in [0, 2 * DAY, -1800] {
+            let received = issued + skew;
+            assert_eq!(
+                renewal_due_unix(&pem, received).unwrap(),
+                received + life * 2 / 3,
+                "skew {skew}"
+            );
+            assert_eq!(
+                expires_on_agent_clock(&pem, received).unwrap(),
+                received + life,
+                "skew {skew}"
+            );
+        }
         assert!(certificate_validity("not a certificate").is_err());
+    }
+
+    #[test]
+    fn only_the_servers_expired_certificate_alert_counts_as_expired() {
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, alert);
+        let error = anyhow::Error::new(io).context("Failed to renew the node certificate");
+        assert!(refused_as_expired(&error));
+        let unreachable = anyhow::anyhow!("Failed to connect: connection refused");
+        assert!(!refused_as_expired(&unreachable));
     }
 
     #[test]

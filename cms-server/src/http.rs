@@ -1,6 +1,7 @@
 //! The HTTP side of the server: the git webhook (`POST /hooks/git`, a
 //! GitHub or GitLab push checked with the shared secret), a liveness check
-//! (`GET /healthz`), Prometheus metrics (`GET /metrics`, see `metrics`) and
+//! (`GET /healthz`: `200 ok`, or `503` naming the cause while the store
+//! cannot write), Prometheus metrics (`GET /metrics`, see `metrics`) and
 //! the fleet dashboard (`/dashboard`, see `dashboard`).
 //!
 //! Plain HTTP by default; with `ServeConfig::http_tls` the port speaks TLS
@@ -59,7 +60,7 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz).with_state(metrics.store.clone()))
         .merge(
             Router::new()
                 .route("/hooks/git", post(git_hook))
@@ -118,6 +119,27 @@ pub async fn serve(
     }
     connections.shutdown().await;
     Ok(())
+}
+
+/// `GET /healthz`: `ok` while the server can do its work; `503` with the
+/// cause while its store cannot write (a full disk), which asking here also
+/// tries to recover from, so the check turns healthy again by itself once
+/// space returns.
+async fn healthz(State(store): State<SharedStore>) -> Response {
+    let checked = tokio::task::spawn_blocking(move || store.check_writable()).await;
+    match checked {
+        Ok(Ok(())) => "ok\n".into_response(),
+        Ok(Err(error)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {}\n", crate::store::error_chain(&error)),
+        )
+            .into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: the store check failed: {error}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// `GET /metrics`: open, or with a bearer token when one is configured.

@@ -49,9 +49,11 @@ pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 /// The longest node id [`CertificateAuthority::sign_node_csr`] accepts.
 pub const MAX_NODE_ID_LENGTH: usize = 128;
 
-/// How far in the past certificates start, so that a peer whose clock is a
-/// little behind the server's does not refuse a certificate it just got.
-const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60);
+/// How far in the past certificates start, so that a peer whose clock is
+/// behind the server's (by up to a day) does not refuse a certificate it
+/// just got, nor the server's own after a restart. See
+/// `cms_proto::CERTIFICATE_BACKDATE_SECS` and docs/operations.md.
+const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(cms_proto::CERTIFICATE_BACKDATE_SECS);
 
 /// The server's certificate authority: its certificate and signing key.
 pub struct CertificateAuthority {
@@ -326,8 +328,8 @@ impl CertificateAuthority {
         })
     }
 
-    /// The parameters every leaf shares, with a random serial, valid from a
-    /// minute ago until `not_after_unix` or the CA's end, whichever is first.
+    /// The parameters every leaf shares, with a random serial, valid from
+    /// `CLOCK_SKEW_ALLOWANCE` (a day) ago until `not_after_unix` or the CA's end, whichever is first.
     /// Returns them with the serial as hex and the actual end of validity.
     fn leaf_params(
         &self,
@@ -802,7 +804,7 @@ mod tests {
     }
 
     #[test]
-    fn node_certificate_starts_a_minute_ago_and_lasts_the_requested_validity() {
+    fn node_certificate_starts_a_day_early_for_clock_skew_and_lasts_the_requested_validity() {
         let ca = CertificateAuthority::create("test").unwrap();
         let before = to_i64(unix_now());
         let issued = ca.sign_node_csr(&csr("n", &[]), "n", DAY).unwrap();
@@ -811,7 +813,8 @@ mod tests {
         let (_, certificate) = x509_parser::parse_x509_certificate(&certificate_der).unwrap();
         let not_before = certificate.validity().not_before.timestamp();
         let not_after = certificate.validity().not_after.timestamp();
-        assert!((before - 60..=after - 60).contains(&not_before));
+        let backdate = cms_proto::CERTIFICATE_BACKDATE_SECS as i64;
+        assert!((before - backdate..=after - backdate).contains(&not_before));
         assert_eq!(not_after, issued.not_after_unix);
         assert!((before + 86_400..=after + 86_400).contains(&not_after));
     }

@@ -1,5 +1,6 @@
 //! What the server does before it listens: opens the store, marks the
-//! triggers of an earlier run interrupted, loads or creates the CA, writes
+//! triggers of an earlier run interrupted, loads or creates the CA (kept in
+//! the store and, owner-only, in `<data>/ca/`, see `ca_dir`), writes
 //! the admin credential, and restores the last good revision. Only then
 //! are its ports bound (`commands::serve`), so a client that finds the port
 //! answering also finds the admin credential.
@@ -47,7 +48,7 @@ pub fn prepare(
         .with_context(|| format!("Failed to create the data directory {}", data_dir.display()))?;
     let store = crate::store::open(&data_dir.join("db"))?;
     crate::triggers::interrupt_running(&*store, clock)?;
-    let ca = load_or_create_ca(&*store)?;
+    let ca = load_or_create_ca(&*store, data_dir)?;
     write_admin_credential(&ca, data_dir)?;
     let ca_fingerprint = certificate_fingerprint(ca.certificate_pem())?;
     let restored = restore_revision(&*store, &source);
@@ -82,19 +83,111 @@ fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(body).ok()
 }
 
-fn load_or_create_ca(store: &dyn Store) -> anyhow::Result<CertificateAuthority> {
-    if let Some(record) = store.ca()? {
-        return Ok(CertificateAuthority::from_pem(
-            &record.certificate_pem,
-            &record.private_key_pem,
-        )?);
+/// Where the CA's certificate and key are kept outside the store:
+/// `<data>/ca/ca.pem` and `<data>/ca/ca.key`, owner-only (0600, in a 0700
+/// folder), so the server's identity survives any damage to the store.
+pub fn ca_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("ca")
+}
+
+const CA_CERTIFICATE_FILE: &str = "ca.pem";
+const CA_KEY_FILE: &str = "ca.key";
+
+/// The CA: from the store and its copy in `ca/`, which are kept the same.
+/// A store that lost it (a new store after damage) gets it back from the
+/// file; a store-held key without its file (an older server) is copied to
+/// the file; a new server creates it, file first. The two differing is an
+/// error an operator resolves, never a silent choice.
+fn load_or_create_ca(store: &dyn Store, data_dir: &Path) -> anyhow::Result<CertificateAuthority> {
+    let dir = ca_dir(data_dir);
+    let from_file = read_ca_files(&dir)?;
+    let from_store = match store.ca() {
+        Ok(record) => record,
+        Err(error) if from_file.is_some() => {
+            tracing::warn!(
+                "{}; using the CA kept in {}",
+                crate::store::error_chain(&error),
+                dir.display()
+            );
+            None
+        }
+        Err(error) => return Err(error.into()),
+    };
+    match (from_store, from_file) {
+        (Some(stored), Some(file)) => {
+            if stored != file {
+                anyhow::bail!(
+                    "Failed to load the CA: the store at {} and {} hold different CAs; keep the one your agents trust (the fingerprint in enrollment tokens) and move the other aside",
+                    data_dir.join("db").display(),
+                    dir.display()
+                );
+            }
+            Ok(ca_from_record(&stored)?)
+        }
+        (Some(stored), None) => {
+            let ca = ca_from_record(&stored)?;
+            write_ca_files(&dir, &stored)?;
+            tracing::info!("copied the CA from the store to {}", dir.display());
+            Ok(ca)
+        }
+        (None, Some(file)) => {
+            let ca = ca_from_record(&file)?;
+            store.put_ca(&file)?;
+            tracing::warn!("the store held no CA: restored it from {}", dir.display());
+            Ok(ca)
+        }
+        (None, None) => {
+            let ca = CertificateAuthority::create("server")?;
+            let record = CaRecord {
+                certificate_pem: ca.certificate_pem().to_string(),
+                private_key_pem: ca.private_key_pem(),
+            };
+            write_ca_files(&dir, &record)?;
+            store.put_ca(&record)?;
+            Ok(ca)
+        }
     }
-    let ca = CertificateAuthority::create("server")?;
-    store.put_ca(&CaRecord {
-        certificate_pem: ca.certificate_pem().to_string(),
-        private_key_pem: ca.private_key_pem(),
-    })?;
-    Ok(ca)
+}
+
+fn ca_from_record(record: &CaRecord) -> anyhow::Result<CertificateAuthority> {
+    Ok(CertificateAuthority::from_pem(
+        &record.certificate_pem,
+        &record.private_key_pem,
+    )?)
+}
+
+/// The CA kept in `dir`, if both files are there.
+fn read_ca_files(dir: &Path) -> anyhow::Result<Option<CaRecord>> {
+    let read = |name: &str| -> anyhow::Result<Option<String>> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error).with_context(|| format!("Failed to read {}", path.display())),
+        }
+    };
+    match (read(CA_CERTIFICATE_FILE)?, read(CA_KEY_FILE)?) {
+        (Some(certificate_pem), Some(private_key_pem)) => Ok(Some(CaRecord {
+            certificate_pem,
+            private_key_pem,
+        })),
+        (None, None) => Ok(None),
+        _ => anyhow::bail!(
+            "Failed to load the CA from {}: one of {CA_CERTIFICATE_FILE} and {CA_KEY_FILE} is missing",
+            dir.display()
+        ),
+    }
+}
+
+fn write_ca_files(dir: &Path, record: &CaRecord) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("Failed to create {}", dir.display()))?;
+    write_private_file(dir, CA_CERTIFICATE_FILE, record.certificate_pem.as_bytes())?;
+    write_private_file(dir, CA_KEY_FILE, record.private_key_pem.as_bytes())
 }
 
 /// The admin credential, made once: `admin/admin.pem`, `admin/admin.key`
@@ -158,4 +251,95 @@ fn restore_revision(store: &dyn Store, source: &RolesSource) -> Option<Revision>
         commit,
         repository: Arc::new(repository),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn start(data_dir: &Path) -> Prepared {
+        let source = RolesSource::Directory {
+            path: data_dir.join("roles"),
+            current: None,
+        };
+        prepare(data_dir, source, &crate::clock::ManualClock::at(1_000_000)).expect("start")
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_ca_is_kept_owner_only_outside_the_store_and_survives_the_loss_of_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let first = start(data).ca_fingerprint;
+        assert_eq!(mode(&ca_dir(data)), 0o700);
+        assert_eq!(mode(&ca_dir(data).join(CA_KEY_FILE)), 0o600);
+        assert_eq!(mode(&ca_dir(data).join(CA_CERTIFICATE_FILE)), 0o600);
+        // The store is lost (damaged beyond repair and moved aside).
+        std::fs::rename(data.join("db"), data.join("db.damaged")).unwrap();
+        let again = start(data);
+        assert_eq!(again.ca_fingerprint, first, "the server's identity changed");
+        let restored = again
+            .store
+            .ca()
+            .unwrap()
+            .expect("the new store holds the CA");
+        assert_eq!(
+            certificate_fingerprint(&restored.certificate_pem).unwrap(),
+            first
+        );
+    }
+
+    #[test]
+    fn a_ca_held_only_by_the_store_is_copied_to_its_owner_only_file_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let ca = CertificateAuthority::create("older server").unwrap();
+        {
+            let store = crate::store::open(&data.join("db")).unwrap();
+            store
+                .put_ca(&CaRecord {
+                    certificate_pem: ca.certificate_pem().to_string(),
+                    private_key_pem: ca.private_key_pem(),
+                })
+                .unwrap();
+        }
+        let prepared = start(data);
+        assert_eq!(
+            prepared.ca_fingerprint,
+            certificate_fingerprint(ca.certificate_pem()).unwrap()
+        );
+        let key = std::fs::read_to_string(ca_dir(data).join(CA_KEY_FILE)).unwrap();
+        assert_eq!(key, ca.private_key_pem());
+        assert_eq!(mode(&ca_dir(data).join(CA_KEY_FILE)), 0o600);
+    }
+
+    #[test]
+    fn a_store_and_a_file_holding_different_cas_stop_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        drop(start(data));
+        let other = CertificateAuthority::create("other").unwrap();
+        write_ca_files(
+            &ca_dir(data),
+            &CaRecord {
+                certificate_pem: other.certificate_pem().to_string(),
+                private_key_pem: other.private_key_pem(),
+            },
+        )
+        .unwrap();
+        let source = RolesSource::Directory {
+            path: data.join("roles"),
+            current: None,
+        };
+        let error =
+            prepare(data, source, &crate::clock::ManualClock::at(1_000_000)).expect_err("two CAs");
+        assert!(
+            format!("{error:#}").contains("hold different CAs"),
+            "{error:#}"
+        );
+    }
 }

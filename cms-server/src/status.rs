@@ -17,6 +17,19 @@ fn internal(error: impl std::fmt::Display) -> Status {
     Status::internal(format!("{error}"))
 }
 
+/// A store failure, with its causes in the message (what an agent prints
+/// and an operator acts on): `UNAVAILABLE` when the disk refused the write
+/// (a full disk: the store recovers by itself, so a retry later succeeds),
+/// `INTERNAL` otherwise. `outer` is the error that carries `store`.
+fn store_failure(store: &StoreError, outer: &dyn std::error::Error) -> Status {
+    let message = crate::store::error_chain(outer);
+    if store.medium_failure().is_some() {
+        Status::unavailable(message)
+    } else {
+        Status::internal(message)
+    }
+}
+
 impl From<AuthError> for Status {
     fn from(error: AuthError) -> Status {
         let message = error.to_string();
@@ -27,7 +40,7 @@ impl From<AuthError> for Status {
             | AuthError::NodeUnknown { .. }
             | AuthError::NotANode
             | AuthError::NotAdmin { .. } => Status::permission_denied(message),
-            AuthError::Store(error) => internal(error),
+            AuthError::Store(ref store) => store_failure(store, &error),
         }
     }
 }
@@ -45,7 +58,8 @@ impl From<EnrollError> for Status {
             EnrollError::OutOfScope(_) => Status::permission_denied(message),
             EnrollError::NameTaken { .. } => Status::already_exists(message),
             EnrollError::NotEnrolled { .. } => Status::not_found(message),
-            EnrollError::Random(_) | EnrollError::Store(_) => Status::internal(message),
+            EnrollError::Store(ref store) => store_failure(store, &error),
+            EnrollError::Random(_) => Status::internal(message),
         }
     }
 }
@@ -57,7 +71,7 @@ impl From<NodesError> for Status {
             NodesError::NotEnrolled { .. } | NodesError::NoCertificates { .. } => {
                 Status::not_found(message)
             }
-            NodesError::Store(_) => Status::internal(message),
+            NodesError::Store(ref store) => store_failure(store, &error),
         }
     }
 }
@@ -65,7 +79,7 @@ impl From<NodesError> for Status {
 impl From<ReportError> for Status {
     fn from(error: ReportError) -> Status {
         match error {
-            ReportError::Store(error) => internal(error),
+            ReportError::Store(ref store) => store_failure(store, &error),
             ReportError::TooLarge { .. } => Status::invalid_argument(error.to_string()),
         }
     }
@@ -79,7 +93,7 @@ impl From<TriggerError> for Status {
             TriggerError::NoNodeMatches { .. } | TriggerError::Unknown { .. } => {
                 Status::not_found(message)
             }
-            TriggerError::Store(_) => Status::internal(message),
+            TriggerError::Store(ref store) => store_failure(store, &error),
         }
     }
 }
@@ -104,7 +118,7 @@ impl From<BlockingFailed> for Status {
 
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Status {
-        internal(error)
+        store_failure(&error, &error)
     }
 }
 
@@ -124,7 +138,7 @@ mod tests {
     use tonic::Code;
 
     #[test]
-    fn each_domain_error_has_its_grpc_code_and_keeps_its_message() {
+    fn each_domain_error_has_its_grpc_code_and_keeps_its_message_with_its_cause() {
         let cases: Vec<(Status, Code)> = vec![
             (AuthError::NoCertificate.into(), Code::Unauthenticated),
             (AuthError::NotANode.into(), Code::PermissionDenied),
@@ -172,6 +186,25 @@ mod tests {
         for (status, code) in cases {
             assert_eq!(status.code(), code, "{status:?}");
             assert!(!status.message().is_empty());
+        }
+        // A full disk: retryable, and the cause reaches the caller.
+        let full = || StoreError::Unwritable {
+            action: "write report r1 of node n1".into(),
+            path: "/var/lib/cms-server/db".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        for status in [
+            Status::from(ReportError::Store(full())),
+            Status::from(EnrollError::Store(full())),
+            Status::from(full()),
+        ] {
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            assert!(
+                status
+                    .message()
+                    .contains("the server's store cannot write: No space left on device (os error 28) (store at /var/lib/cms-server/db)"),
+                "{status:?}"
+            );
         }
         let status = Status::from(EnrollError::NameTaken {
             node_id: "web-1".into(),

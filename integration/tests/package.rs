@@ -77,6 +77,37 @@ fn each_package_ships_its_binary_unit_configuration_and_completions_and_nothing_
     Ok(())
 }
 
+/// Each configuration file a package ships may hold a secret (the agent's
+/// enrollment token, the server's webhook secret): installed owner-only,
+/// root's, never readable by other local users.
+#[test]
+fn configuration_files_that_may_hold_secrets_are_installed_owner_only() -> Result<()> {
+    for (package, config) in [
+        (build_agent_package()?, "./etc/cms/agent.toml"),
+        (build_server_package()?, "./etc/cms/server.env"),
+    ] {
+        let output = std::process::Command::new("dpkg-deb")
+            .arg("--contents")
+            .arg(&package)
+            .output()
+            .context("Failed to run dpkg-deb")?;
+        ensure!(output.status.success(), "dpkg-deb: {output:?}");
+        let listing = String::from_utf8_lossy(&output.stdout);
+        let line = listing
+            .lines()
+            .find(|line| line.split_whitespace().nth(5) == Some(config))
+            .with_context(|| format!("{config} is not in {}", package.display()))?;
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            (fields[0], fields[1]),
+            ("-rw-------", "root/root"),
+            "{config} in {}: {line}",
+            package.display()
+        );
+    }
+    Ok(())
+}
+
 fn run(instance: &Instance, command: &str) -> Result<String> {
     Ok(instance.run_successfully(&["sh", "-c", command])?.stdout)
 }

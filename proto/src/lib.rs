@@ -15,6 +15,13 @@ pub mod v1 {
 pub mod limits;
 pub mod report;
 
+/// How far before its issue the server starts every certificate it issues
+/// (`notBefore` = issue time − this): 24 hours, so that a peer whose clock
+/// is behind the server's by up to a day accepts a certificate it has just
+/// received. The agent also reads the issue time back from `notBefore`
+/// with it, to measure a certificate's life on its own clock.
+pub const CERTIFICATE_BACKDATE_SECS: u64 = 24 * 60 * 60;
+
 /// The watch channel's wire format (see `WatchEvent` in `cms.proto`): one
 /// place for the protocol name and the framing, used by the server that
 /// writes events and the agent that reads them.

@@ -79,6 +79,7 @@
 //! would then belong in a secrets manager rather than in the database.
 
 mod memory;
+mod reopen;
 mod sled;
 
 use std::collections::BTreeMap;
@@ -90,14 +91,35 @@ use cms_proto::report::RunRecord;
 use serde::{Deserialize, Serialize};
 
 pub use self::memory::MemoryStore;
+pub use self::reopen::Reopening;
 pub use self::sled::SledStore;
 
 /// How callers hold the store: one handle, shared by every task.
 pub type SharedStore = Arc<dyn Store>;
 
-/// Opens the server's store in `dir` (today sled's, see [`SledStore::open`]).
+/// Opens the server's store in `dir` (today sled's, see [`SledStore::open`]),
+/// behind [`Reopening`], which reopens it by itself after the disk failed a
+/// write (a full disk) and takes writes again.
 pub fn open(dir: &Path) -> Result<SharedStore, StoreError> {
-    Ok(Arc::new(SledStore::open(dir)?))
+    Ok(Arc::new(Reopening::open(dir, |dir| {
+        Ok(Arc::new(SledStore::open(dir)?) as SharedStore)
+    })?))
+}
+
+/// An error and its causes on one line, `outer: inner: innermost`, each
+/// cause once (a cause whose text its outer one already shows is skipped).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The format of the stored records; a store written in another is refused.
@@ -246,6 +268,16 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
 
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    // Health.
+
+    /// `Ok` while the store can write. After a write failed for a cause
+    /// outside the server (a full disk, an I/O error), tries to recover and
+    /// returns the error for as long as it cannot. What `/healthz` asks.
+    /// Blocks.
+    fn check_writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 impl dyn Store + '_ {
@@ -497,6 +529,30 @@ pub enum StoreError {
     TokenExpired { expires_unix: u64 },
     #[error("Failed to consume the enrollment token: it has no uses left")]
     TokenUsedUp,
+    /// The disk under the store refused a write (full, read-only, failing).
+    #[error(
+        "Failed to {action}: the server's store cannot write: {source} (store at {}); free space there or fix the disk, the store recovers by itself",
+        path.display()
+    )]
+    Unwritable {
+        action: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// The text of the disk's error when this is one of the medium (the
+    /// store cannot write), `None` for every other error.
+    pub fn medium_failure(&self) -> Option<String> {
+        match self {
+            StoreError::Unwritable { source, .. } | StoreError::Sync { source, .. } => {
+                Some(source.to_string())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// An error from the storage engine. It is opaque so that no caller comes

@@ -716,9 +716,37 @@ fn transaction_error(
 }
 
 fn backend(action: String, source: ::sled::Error) -> StoreError {
-    StoreError::Backend {
-        action,
-        source: BackendError::new(source),
+    match source {
+        // The disk's own error (a full disk above all): the caller, the
+        // agent and the operator see it, and `Reopening` recovers from it.
+        ::sled::Error::Io(io) => StoreError::Unwritable {
+            action,
+            path: PathBuf::new(),
+            source: plain_io_error(io),
+        },
+        source => StoreError::Backend {
+            action,
+            source: BackendError::new(source),
+        },
+    }
+}
+
+/// sled hands out copies of its first I/O error whose text is the
+/// original's `Debug` (`Os { code: 28, kind: StorageFull, message: … }`):
+/// this turns such a copy back into the error of that OS code, which reads
+/// "No space left on device (os error 28)".
+fn plain_io_error(error: std::io::Error) -> std::io::Error {
+    if error.raw_os_error().is_some() {
+        return error;
+    }
+    let text = error.to_string();
+    let code = text.split_once("code: ").and_then(|(_, rest)| {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<i32>().ok()
+    });
+    match code {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => error,
     }
 }
 
@@ -819,6 +847,51 @@ impl Drop for RunningFlush<'_> {
 }
 
 fn open_database(dir: &Path, lock_wait: Duration) -> Result<::sled::Db, StoreError> {
+    match open_database_once(dir, lock_wait) {
+        Err(StoreError::Open { .. }) if remove_unfinished_snapshots(dir)? > 0 => {
+            open_database_once(dir, lock_wait)
+        }
+        result => result,
+    }
+}
+
+/// Removes the snapshot files sled was still writing when it stopped
+/// (`snap.*.generating`: a start on a full disk, a SIGKILL) and returns how
+/// many. sled picks the newest snapshot file by name, and a `.generating`
+/// one sorts after the finished snapshot of the same log position, so a
+/// truncated one makes every later open fail with "Read corrupted data at
+/// file offset None". Such a file is never needed: sled renames a snapshot
+/// only once it is complete and synced, and recovers from the older
+/// snapshot and its log. Called only after an open failed, so never while
+/// another process has the database open (that fails with `Locked`).
+fn remove_unfinished_snapshots(dir: &Path) -> Result<usize, StoreError> {
+    let io_error = |source: std::io::Error| StoreError::Open {
+        path: dir.to_path_buf(),
+        source: BackendError::new(source),
+    };
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(io_error)? {
+        let entry = entry.map_err(io_error)?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(entry.path()).map_err(io_error)?;
+            tracing::warn!(
+                "removed {}, a snapshot sled did not finish writing (a start on a full disk or a killed server)",
+                entry.path().display()
+            );
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error)?;
+    }
+    Ok(removed)
+}
+
+fn open_database_once(dir: &Path, lock_wait: Duration) -> Result<::sled::Db, StoreError> {
     let deadline = crate::clock::instant() + lock_wait;
     loop {
         match ::sled::Config::new()
@@ -1232,6 +1305,48 @@ mod tests {
                 .ends_with("its format is \"2\", this server reads format \"1\""),
             "{error}"
         );
+    }
+
+    /// A killed server (or a start on a full disk) leaves the snapshot it
+    /// was writing as a truncated `snap.*.generating`, which sled picks as
+    /// the newest snapshot and refuses ("Read corrupted data at file offset
+    /// None"): the store removes it and opens.
+    #[test]
+    fn a_leftover_unfinished_snapshot_file_does_not_stop_the_store_from_opening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        {
+            let store = SledStore::open(&path).unwrap();
+            store.put_node(&node("n1")).unwrap();
+        }
+        for name in [
+            "snap.FFFFFFFFFFFFFFF0.generating",
+            "snap.FFFFFFFFFFFFFFFF.generating",
+        ] {
+            std::fs::write(path.join(name), b"").unwrap();
+        }
+        let store = SledStore::open(&path).expect("opens despite the leftover");
+        assert_eq!(store.node("n1").unwrap(), Some(node("n1")));
+        let leftovers: Vec<_> = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .filter(|name| name.to_string_lossy().ends_with(".generating"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn sleds_copies_of_an_io_error_read_as_the_os_error_again() {
+        let copied = std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            r#"Os { code: 28, kind: StorageFull, message: "No space left on device" }"#,
+        );
+        assert_eq!(
+            plain_io_error(copied).to_string(),
+            "No space left on device (os error 28)"
+        );
+        let other = std::io::Error::other("odd");
+        assert_eq!(plain_io_error(other).to_string(), "odd");
     }
 
     #[test]
