@@ -14,6 +14,12 @@ pub mod v1 {
 
 pub mod report;
 
+/// `IdentityDocument.kind` of an EC2 instance identity document: the
+/// document as `/latest/dynamic/instance-identity/document` serves it and
+/// its signature as `/latest/dynamic/instance-identity/signature` serves it
+/// (base64 RSA-SHA256 over the document's bytes).
+pub const AWS_INSTANCE_IDENTITY: &str = "aws-ec2-instance-identity";
+
 /// The watch channel's wire format (see `WatchEvent` in `cms.proto`): one
 /// place for the protocol name and the framing, used by the server that
 /// writes events and the agent that reads them.
