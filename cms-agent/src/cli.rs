@@ -141,7 +141,12 @@ pub struct EnrollArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub server: String,
     /// The enrollment token `cms-server token create` printed.
-    #[arg(long, value_name = "TOKEN", required_unless_present = "ca_fingerprint", conflicts_with = "ca_fingerprint")]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        required_unless_present = "ca_fingerprint",
+        conflicts_with = "ca_fingerprint"
+    )]
     pub token: Option<String>,
     /// Enroll by attestation on EC2 instead of a token: the instance
     /// identity document, signed by AWS, proves the instance, and the
@@ -235,7 +240,9 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
                     (None, Some(ca_fingerprint)) => crate::remote::EnrollWith::Attestation {
                         ca_fingerprint: ca_fingerprint.clone(),
                     },
-                    (None, None) => anyhow::bail!("Failed to enroll: pass --token or --ca-fingerprint"),
+                    (None, None) => {
+                        anyhow::bail!("Failed to enroll: pass --token or --ca-fingerprint")
+                    }
                 },
                 args.node.clone(),
                 tags,

@@ -103,3 +103,31 @@ impl AgentConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::EnrollWith;
+
+    fn load(text: &str) -> AgentConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        AgentConfig::load(&path).unwrap()
+    }
+
+    #[test]
+    fn a_token_wins_over_attestation_and_attestation_needs_the_ca_fingerprint() {
+        assert_eq!(
+            load("token = \"s.f\"\nca_fingerprint = \"abc\"\n").enroll_with(),
+            Some(EnrollWith::Token("s.f".into()))
+        );
+        assert_eq!(
+            load("ca_fingerprint = \"abc\"\n").enroll_with(),
+            Some(EnrollWith::Attestation {
+                ca_fingerprint: "abc".into()
+            })
+        );
+        assert_eq!(load("server = \"cms:7470\"\n").enroll_with(), None);
+    }
+}

@@ -72,10 +72,9 @@ pub async fn enroll_instance(
             )
         }
         EnrollWith::Attestation { ca_fingerprint } => {
-            let identity = blocking(move || {
-                crate::node::instance_identity(Path::new("/"), metadata_endpoint)
-            })
-            .await?;
+            let identity =
+                blocking(move || crate::node::instance_identity(Path::new("/"), metadata_endpoint))
+                    .await?;
             // The server names the node by the document's instance id and
             // reads its tags from EC2: nothing else is sent.
             (

@@ -163,9 +163,8 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
         let environment: BTreeMap<String, String> = std::env::vars()
             .filter(|(name, _)| name.starts_with("AWS_"))
             .collect();
-        config.aws =
-            crate::aws::load_config(path, &environment, crate::clock::system())?
-                .map(std::sync::Arc::new);
+        config.aws = crate::aws::load_config(path, &environment, crate::clock::system())?
+            .map(std::sync::Arc::new);
     }
     // The store, the CA and the admin credential exist before the ports
     // are bound: a script that waits for the port and then runs

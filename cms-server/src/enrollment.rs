@@ -585,7 +585,10 @@ mod tests {
         fn put_revision(&self, revision: &crate::store::RevisionRecord) -> Result<(), StoreError> {
             self.inner.put_revision(revision)
         }
-        fn revision(&self, commit: &str) -> Result<Option<crate::store::RevisionRecord>, StoreError> {
+        fn revision(
+            &self,
+            commit: &str,
+        ) -> Result<Option<crate::store::RevisionRecord>, StoreError> {
             self.inner.revision(commit)
         }
         fn revisions(&self) -> Result<Vec<crate::store::RevisionRecord>, StoreError> {
@@ -672,7 +675,11 @@ mod tests {
             racers.into_iter().map(|r| r.join().unwrap()).collect()
         });
         let won: Vec<&Enrolled> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
-        assert_eq!(won.len(), 1, "both enrollments got a certificate: {outcomes:?}");
+        assert_eq!(
+            won.len(),
+            1,
+            "both enrollments got a certificate: {outcomes:?}"
+        );
         assert!(
             outcomes
                 .iter()
@@ -680,7 +687,9 @@ mod tests {
             "{outcomes:?}"
         );
         // The winner's certificate is the one the store holds, unrevoked.
-        store.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+        store
+            .armed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let node = enrollment.store.node("web-1").unwrap().unwrap();
         let serial = crate::pki::peer_identity(
             &rustls::pki_types::CertificateDer::from_pem_slice(won[0].certificate_pem.as_bytes())

@@ -65,7 +65,10 @@ fn credentials() -> BTreeMap<String, String> {
     .collect()
 }
 
-async fn start_server(enrollment_file: Option<String>, environment: BTreeMap<String, String>) -> Server {
+async fn start_server(
+    enrollment_file: Option<String>,
+    environment: BTreeMap<String, String>,
+) -> Server {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let data = tempfile::tempdir().unwrap();
     let repo = data.path().join("repo");
@@ -112,7 +115,9 @@ fn csr(name: &str) -> String {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
     params.serialize_request(&key).unwrap().pem().unwrap()
 }
 
@@ -161,7 +166,11 @@ async fn an_agent_enrolls_by_attestation_and_receives_the_catalog_for_its_ec2_ta
     ec2.add(
         "i-0aaa",
         "running",
-        &[("role", "web"), ("env", "prod"), ("aws:autoscaling:groupName", "web-prod")],
+        &[
+            ("role", "web"),
+            ("env", "prod"),
+            ("aws:autoscaling:groupName", "web-prod"),
+        ],
     );
     let server = start_server(
         Some(aws_table(&ec2, "autoscaling_groups = [\"web-prod\"]")),
@@ -299,7 +308,10 @@ async fn an_instance_outside_the_allowed_autoscaling_groups_is_refused() {
     ec2.add(
         "i-0aaa",
         "running",
-        &[("role", "web"), ("aws:autoscaling:groupName", "web-staging")],
+        &[
+            ("role", "web"),
+            ("aws:autoscaling:groupName", "web-staging"),
+        ],
     );
     ec2.add("i-0bbb", "running", &[("role", "web")]);
     let server = start_server(
@@ -327,7 +339,9 @@ async fn tags_and_a_name_the_agent_reports_are_ignored_for_those_of_ec2() {
     let document = identity_document("i-0aaa", ACCOUNT, REGION);
     let signature = TestSigner::from_fixture("aws-test").sign(document.as_bytes());
     let mut request = attested(&document, &signature);
-    request.tags = tags(&[("role", "db"), ("env", "prod")]).into_iter().collect();
+    request.tags = tags(&[("role", "db"), ("env", "prod")])
+        .into_iter()
+        .collect();
     request.node_name = "db-prod-1".into();
     let response = send(&server, request).await.expect("enrolled");
     assert_eq!(response.node_id, "i-0aaa");
@@ -393,12 +407,20 @@ async fn a_stopped_or_unknown_instance_cannot_enroll() {
     let signer = TestSigner::from_fixture("aws-test");
     let document = identity_document("i-0aaa", ACCOUNT, REGION);
     assert_refused(
-        send(&server, attested(&document, &signer.sign(document.as_bytes()))).await,
+        send(
+            &server,
+            attested(&document, &signer.sign(document.as_bytes())),
+        )
+        .await,
         "instance i-0aaa is stopped, not running",
     );
     let unknown = identity_document("i-0ccc", ACCOUNT, REGION);
     assert_refused(
-        send(&server, attested(&unknown, &signer.sign(unknown.as_bytes()))).await,
+        send(
+            &server,
+            attested(&unknown, &signer.sign(unknown.as_bytes())),
+        )
+        .await,
         "InvalidInstanceID.NotFound",
     );
 }
@@ -418,6 +440,29 @@ async fn requests_to_ec2_are_signed_with_the_servers_credentials() {
     );
     assert!(ec2.refused.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     assert_eq!(ec2.answered.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_credentials_in_its_environment_the_server_uses_its_instance_role() {
+    let ec2 = Ec2ApiDouble::start();
+    ec2.add("i-0aaa", "running", &[("role", "web")]);
+    let document = identity_document("i-0aaa", ACCOUNT, REGION);
+    let signature = TestSigner::from_fixture("aws-test").sign(document.as_bytes());
+    // The server's host's metadata service, serving its role's credentials.
+    let host = ImdsDouble::start(String::new(), String::new());
+    let server = start_server(
+        Some(aws_table(
+            &ec2,
+            &format!("metadata_endpoint = \"{}\"", host.address),
+        )),
+        BTreeMap::new(),
+    )
+    .await;
+    let response = send(&server, attested(&document, &signature))
+        .await
+        .expect("enrolled with the role's credentials");
+    assert_eq!(response.node_id, "i-0aaa");
+    assert_eq!(ec2.refused.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

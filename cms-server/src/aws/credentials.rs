@@ -87,7 +87,9 @@ impl CredentialsSource {
             CredentialsSource::Static(credentials) => Ok(credentials.clone()),
             CredentialsSource::InstanceRole { endpoint, kept } => {
                 let now = clock.now_unix_ms();
-                let mut kept = kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut kept = kept
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if let Some((credentials, until)) = kept.as_ref()
                     && now < *until
                 {
@@ -137,7 +139,9 @@ fn role_credentials(
         .find(|line| !line.is_empty())
         .with_context(|| format!("{}: the instance has no role", failed()))?
         .to_string();
-    let body = get(&format!("/latest/meta-data/iam/security-credentials/{role}"))?;
+    let body = get(&format!(
+        "/latest/meta-data/iam/security-credentials/{role}"
+    ))?;
     let parsed: RoleCredentials = serde_json::from_str(&body).with_context(failed)?;
     Ok(Credentials {
         access_key_id: parsed.access_key_id,

@@ -129,7 +129,11 @@ impl Ec2Client {
     }
 
     /// One signed POST, retried; the URL and the body of a 200 answer.
-    fn call(&self, region: &str, parameters: &[(&str, String)]) -> Result<(String, String), Ec2Error> {
+    fn call(
+        &self,
+        region: &str,
+        parameters: &[(&str, String)],
+    ) -> Result<(String, String), Ec2Error> {
         let url = match &self.endpoint {
             Some(endpoint) => format!("{endpoint}/"),
             None => format!("https://ec2.{region}.amazonaws.com/"),
@@ -152,7 +156,8 @@ impl Ec2Client {
                         return Ok((url, text));
                     }
                     let (code, message) = parse_error(&text);
-                    let retry = status >= 500 || code == "RequestLimitExceeded" || code == "Throttling";
+                    let retry =
+                        status >= 500 || code == "RequestLimitExceeded" || code == "Throttling";
                     if !retry {
                         return Err(Ec2Error::Refused {
                             url,
@@ -339,10 +344,11 @@ mod tests {
   </tagSet>
 </DescribeTagsResponse>"#;
         let page = parse_tags(xml, "i-1").unwrap();
-        let expected: BTreeMap<String, String> = [("empty", ""), ("role", "web"), ("team", "a & b")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let expected: BTreeMap<String, String> =
+            [("empty", ""), ("role", "web"), ("team", "a & b")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
         assert_eq!(page.tags, expected);
         assert_eq!(page.next_token, None);
     }

@@ -160,13 +160,19 @@ pub enum AttestationError {
     UnknownKind { kind: String },
     #[error("the identity document is not valid JSON of an EC2 instance identity: {0}")]
     Unreadable(String),
-    #[error("the identity document is of region {region}, for which no AWS certificate is configured (configured: {configured})")]
+    #[error(
+        "the identity document is of region {region}, for which no AWS certificate is configured (configured: {configured})"
+    )]
     NoCertificate { region: String, configured: String },
-    #[error("the identity document's signature does not verify with the AWS certificate of region {region}")]
+    #[error(
+        "the identity document's signature does not verify with the AWS certificate of region {region}"
+    )]
     BadSignature { region: String },
     #[error("account {account} is not allowed to enroll (allowed: {allowed})")]
     AccountNotAllowed { account: String, allowed: String },
-    #[error("instance {instance_id} is in autoscaling group {group:?}, which is not allowed to enroll (allowed: {allowed})")]
+    #[error(
+        "instance {instance_id} is in autoscaling group {group:?}, which is not allowed to enroll (allowed: {allowed})"
+    )]
     GroupNotAllowed {
         instance_id: String,
         group: String,

@@ -89,7 +89,10 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         check_node_id(&node.id)?;
         let mut data = self.data();
-        let held = data.nodes.get(&node.id).map(|n| n.certificate_serial.as_str());
+        let held = data
+            .nodes
+            .get(&node.id)
+            .map(|n| n.certificate_serial.as_str());
         if held != expected_serial {
             return Err(StoreError::NameClaimed {
                 id: node.id.clone(),

@@ -520,9 +520,7 @@ pub enum StoreError {
     TokenExpired { expires_unix: u64 },
     #[error("Failed to consume the enrollment token: it has no uses left")]
     TokenUsedUp,
-    #[error(
-        "Failed to enroll node {id}: another enrollment took the name meanwhile"
-    )]
+    #[error("Failed to enroll node {id}: another enrollment took the name meanwhile")]
     NameClaimed { id: String },
 }
 
@@ -1086,7 +1084,10 @@ pub(crate) mod tests {
         store
             .claim_name(&certificate("s2", "web-1"), &second, Some("s1"), false)
             .unwrap();
-        assert_eq!(store.node("web-1").unwrap().unwrap().certificate_serial, "s2");
+        assert_eq!(
+            store.node("web-1").unwrap().unwrap().certificate_serial,
+            "s2"
+        );
     }
 
     fn a_fresh_claim_clears_the_history_and_revokes_the_old_certificates(store: &dyn Store) {

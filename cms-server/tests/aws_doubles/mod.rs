@@ -166,13 +166,25 @@ impl ImdsDouble {
             if request.method == "PUT" && request.path == "/latest/api/token" {
                 return (200, TOKEN.to_string());
             }
-            if request.headers.get("x-aws-ec2-metadata-token").map(String::as_str) != Some(TOKEN)
+            if request
+                .headers
+                .get("x-aws-ec2-metadata-token")
+                .map(String::as_str)
+                != Some(TOKEN)
             {
                 return (401, String::new());
             }
             match request.path.as_str() {
                 "/latest/dynamic/instance-identity/document" => (200, document.clone()),
                 "/latest/dynamic/instance-identity/signature" => (200, signature.clone()),
+                // The role of the host, for a server that runs on EC2.
+                "/latest/meta-data/iam/security-credentials/" => (200, ROLE.to_string()),
+                path if path == format!("/latest/meta-data/iam/security-credentials/{ROLE}") => (
+                    200,
+                    format!(
+                        r#"{{"Code":"Success","Type":"AWS-HMAC","AccessKeyId":"{ACCESS_KEY_ID}","SecretAccessKey":"{SECRET_ACCESS_KEY}","Token":null,"Expiration":"2026-12-02T23:00:00Z"}}"#
+                    ),
+                ),
                 _ => (404, String::new()),
             }
         };
@@ -200,6 +212,8 @@ pub struct Ec2ApiDouble {
 }
 
 pub const ACCESS_KEY_ID: &str = "AKIDEC2DOUBLE";
+/// The instance role `ImdsDouble` serves credentials of.
+pub const ROLE: &str = "cms-server-role";
 pub const SECRET_ACCESS_KEY: &str = "ec2-double-secret-key";
 
 impl Ec2ApiDouble {
@@ -225,9 +239,8 @@ impl Ec2ApiDouble {
                     );
                 }
                 answered.fetch_add(1, Ordering::SeqCst);
-                let form: BTreeMap<String, String> = form_urlencoded::parse(&request.body)
-                    .into_owned()
-                    .collect();
+                let form: BTreeMap<String, String> =
+                    form_urlencoded::parse(&request.body).into_owned().collect();
                 let instances = instances.lock().unwrap();
                 match form.get("Action").map(String::as_str) {
                     Some("DescribeTags") => {
@@ -241,16 +254,37 @@ impl Ec2ApiDouble {
                                     .collect()
                             })
                             .unwrap_or_default();
-                        (200, format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeTagsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>double</requestId><tagSet>{items}</tagSet></DescribeTagsResponse>"))
+                        (
+                            200,
+                            format!(
+                                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeTagsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>double</requestId><tagSet>{items}</tagSet></DescribeTagsResponse>"
+                            ),
+                        )
                     }
                     Some("DescribeInstances") => {
                         let id = form.get("InstanceId.1").cloned().unwrap_or_default();
                         match instances.get(&id) {
-                            Some(instance) => (200, format!("<DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><reservationSet><item><instancesSet><item><instanceId>{id}</instanceId><instanceState><code>16</code><name>{}</name></instanceState></item></instancesSet></item></reservationSet></DescribeInstancesResponse>", instance.state)),
-                            None => (400, format!("<Response><Errors><Error><Code>InvalidInstanceID.NotFound</Code><Message>The instance ID '{id}' does not exist</Message></Error></Errors></Response>")),
+                            Some(instance) => (
+                                200,
+                                format!(
+                                    "<DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><reservationSet><item><instancesSet><item><instanceId>{id}</instanceId><instanceState><code>16</code><name>{}</name></instanceState></item></instancesSet></item></reservationSet></DescribeInstancesResponse>",
+                                    instance.state
+                                ),
+                            ),
+                            None => (
+                                400,
+                                format!(
+                                    "<Response><Errors><Error><Code>InvalidInstanceID.NotFound</Code><Message>The instance ID '{id}' does not exist</Message></Error></Errors></Response>"
+                                ),
+                            ),
                         }
                     }
-                    other => (400, format!("<Response><Errors><Error><Code>InvalidAction</Code><Message>{other:?}</Message></Error></Errors></Response>")),
+                    other => (
+                        400,
+                        format!(
+                            "<Response><Errors><Error><Code>InvalidAction</Code><Message>{other:?}</Message></Error></Errors></Response>"
+                        ),
+                    ),
                 }
             }
         };
@@ -280,7 +314,9 @@ impl Ec2ApiDouble {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Whether the request carries the SigV4 signature that the double's
