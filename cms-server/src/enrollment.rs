@@ -169,6 +169,10 @@ impl Enrollment {
                 (node_id, request.tags.clone(), BTreeMap::new(), Some(token))
             }
         };
+        // The caller's certificate counts only for the name it names: an
+        // enrolled node replaying another instance's document is a stranger
+        // to that instance's name.
+        let own_certificate = request.presented_own_certificate && request.node_name == node_id;
         let now = self.clock.now_unix_ms();
         let previous = self.store.node(&node_id)?;
         let revoked = match &previous {
@@ -184,7 +188,7 @@ impl Enrollment {
             now,
             self.gone_after,
             revoked,
-            request.presented_own_certificate,
+            own_certificate,
         ) {
             return Err(EnrollError::NameTaken {
                 node_id,
@@ -196,7 +200,7 @@ impl Enrollment {
         // token that could have enrolled that node, or to the instance the
         // name is (an attested enrollment is named by its verified id).
         if let (Some(old), Some(token)) = (&previous, &token)
-            && !request.presented_own_certificate
+            && !own_certificate
         {
             crate::pki::check_scope(&token.scope, &old.tags).map_err(|violation| {
                 EnrollError::NameOutOfScope {
@@ -221,15 +225,11 @@ impl Enrollment {
                     other => EnrollError::Store(other),
                 })?;
         }
-        // The same instance enrolling again keeps its history; a new
-        // instance taking a free name starts clean, and the old one's
-        // certificates are refused from now on.
-        let same_instance = request.presented_own_certificate
-            || (!attested.is_empty()
-                && previous
-                    .as_ref()
-                    .and_then(|n| n.attested.get("instance_id"))
-                    == Some(&node_id));
+        // The node enrolling again with its certificate keeps its history;
+        // anyone else taking a free name starts clean (an attested instance
+        // too: its document may be a copy), and the old certificates are
+        // refused from now on.
+        let same_instance = own_certificate;
         let issued = self.sign(&request.csr_pem, &node_id)?;
         let certificate = certificate_record(&issued, &node_id);
         let expected_serial = previous.as_ref().map(|n| n.certificate_serial.clone());

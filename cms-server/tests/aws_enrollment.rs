@@ -112,13 +112,58 @@ async fn start_server(
 }
 
 fn csr(name: &str) -> String {
+    csr_and_key(name).0
+}
+
+/// A CSR and its private key (PEM).
+fn csr_and_key(name: &str) -> (String, String) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, name);
-    params.serialize_request(&key).unwrap().pem().unwrap()
+    (
+        params.serialize_request(&key).unwrap().pem().unwrap(),
+        key.serialize_pem(),
+    )
+}
+
+/// An enrollment sent with a node's certificate, as a node enrolling
+/// again does.
+async fn send_as_node(
+    server: &Server,
+    certificate_pem: &str,
+    key_pem: &str,
+    request: pb::EnrollRequest,
+) -> anyhow::Result<pb::EnrollResponse> {
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&server.ca_pem))
+        .identity(tonic::transport::Identity::from_pem(
+            certificate_pem,
+            key_pem,
+        ));
+    let channel = tonic::transport::Endpoint::from_shared(server.address.url.clone())?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let mut client = pb::enrollment_client::EnrollmentClient::new(channel);
+    Ok(client
+        .enroll(request)
+        .await
+        .map_err(|status| anyhow::anyhow!("Failed to enroll: {}", status.message()))?
+        .into_inner())
+}
+
+fn serial_of(certificate_pem: &str) -> String {
+    cms_server::pki::peer_identity(
+        &<rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::from_pem_slice(
+            certificate_pem.as_bytes(),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+    .1
 }
 
 /// An attested enrollment request: the document and signature as sent.
@@ -372,16 +417,46 @@ async fn a_copied_document_of_a_live_instance_is_refused() {
         "node i-0aaa is live",
     );
     let node = server.store.node("i-0aaa").unwrap().unwrap();
-    let first_serial = cms_server::pki::peer_identity(
-        &<rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::from_pem_slice(
-            first.certificate_pem.as_bytes(),
-        )
-        .unwrap(),
-    )
-    .unwrap()
-    .1;
+    let first_serial = serial_of(&first.certificate_pem);
     assert_eq!(node.certificate_serial, first_serial);
     assert!(!server.store.is_revoked(&first_serial).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_enrolled_node_cannot_use_its_certificate_to_take_another_live_instances_name() {
+    let ec2 = Ec2ApiDouble::start();
+    ec2.add("i-0aaa", "running", &[("role", "web")]);
+    ec2.add("i-0bbb", "running", &[("role", "db")]);
+    let server = start_server(Some(aws_table(&ec2, "")), credentials()).await;
+    let signer = TestSigner::from_fixture("aws-test");
+    let victim_document = identity_document("i-0bbb", ACCOUNT, REGION);
+    let victim_signature = signer.sign(victim_document.as_bytes());
+    let victim = send(&server, attested(&victim_document, &victim_signature))
+        .await
+        .expect("the victim enrolls");
+    let own_document = identity_document("i-0aaa", ACCOUNT, REGION);
+    let (csr_pem, key_pem) = csr_and_key("i-0aaa");
+    let mut own = attested(&own_document, &signer.sign(own_document.as_bytes()));
+    own.csr_pem = csr_pem;
+    let attacker = send(&server, own)
+        .await
+        .expect("the attacker enrolls as itself");
+    // With its own (valid) certificate and its own name in the request, the
+    // attacker replays the victim's copied document.
+    let mut replay = attested(&victim_document, &victim_signature);
+    replay.node_name = "i-0aaa".into();
+    assert_refused(
+        send_as_node(&server, &attacker.certificate_pem, &key_pem, replay).await,
+        "node i-0bbb is live",
+    );
+    let node = server.store.node("i-0bbb").unwrap().unwrap();
+    assert_eq!(node.certificate_serial, serial_of(&victim.certificate_pem));
+    assert!(
+        !server
+            .store
+            .is_revoked(&serial_of(&victim.certificate_pem))
+            .unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
