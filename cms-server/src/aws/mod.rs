@@ -272,10 +272,10 @@ impl Attestor {
     }
 }
 
-/// EC2's tags as cms tags: every tag as it is, as the agent's discovery
-/// reads them from the metadata service, except AWS's own (`aws:…`),
-/// which the metadata service does not show either; the autoscaling group
-/// is an attested value instead.
+/// EC2's tags as cms tags: every tag as it is, key and value, as the
+/// agent's discovery takes them from the metadata service, except AWS's
+/// own (`aws:…`, which no user sets); the autoscaling group is an attested
+/// value instead.
 pub fn cms_tags(ec2_tags: BTreeMap<String, String>) -> BTreeMap<String, String> {
     ec2_tags
         .into_iter()
