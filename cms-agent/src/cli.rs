@@ -152,7 +152,9 @@ pub struct EnrollArgs {
     /// identity document, signed by AWS, proves the instance, and the
     /// server reads its tags from EC2. The value pins the server's CA
     /// (sha256 hex of its certificate, the part of a token after the dot).
-    #[arg(long, value_name = "SHA256")]
+    /// The server names the node by its instance id and reads its tags
+    /// from EC2, so `--node` and `--tags` do not go with it.
+    #[arg(long, value_name = "SHA256", conflicts_with_all = ["node", "tags"])]
     pub ca_fingerprint: Option<String>,
     /// The node's name [default: the instance id, else the hostname].
     #[arg(long, value_name = "NAME")]
