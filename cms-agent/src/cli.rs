@@ -47,7 +47,7 @@ pub enum Command {
     /// Enroll this instance with a server: a new key (it never leaves the
     /// instance) and a certificate for the tags the token allows.
     #[command(
-        after_help = "Examples:\n  cms-agent enroll --server cms.internal:7470 --token \"$(cat /run/cms-token)\"\n  cms-agent enroll --server 10.0.0.5:7470 --token TOKEN --tags role=api,env=prod"
+        after_help = "Examples:\n  cms-agent enroll --server cms.internal:7470 --token \"$(cat /run/cms-token)\"\n  cms-agent enroll --server 10.0.0.5:7470 --token TOKEN --tags role=api,env=prod\n  cms-agent enroll --server cms.internal:7470 --ca-fingerprint SHA256   (on EC2, by attestation)"
     )]
     Enroll(EnrollArgs),
     /// Pull this instance's catalog from the server and converge it now.
@@ -141,8 +141,21 @@ pub struct EnrollArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub server: String,
     /// The enrollment token `cms-server token create` printed.
-    #[arg(long, value_name = "TOKEN")]
-    pub token: String,
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        required_unless_present = "ca_fingerprint",
+        conflicts_with = "ca_fingerprint"
+    )]
+    pub token: Option<String>,
+    /// Enroll by attestation on EC2 instead of a token: the instance
+    /// identity document, signed by AWS, proves the instance, and the
+    /// server reads its tags from EC2. The value pins the server's CA
+    /// (sha256 hex of its certificate, the part of a token after the dot).
+    /// The server names the node by its instance id and reads its tags
+    /// from EC2, so `--node` and `--tags` do not go with it.
+    #[arg(long, value_name = "SHA256", conflicts_with_all = ["node", "tags"])]
+    pub ca_fingerprint: Option<String>,
     /// The node's name [default: the instance id, else the hostname].
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
@@ -224,7 +237,15 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
             let response = runtime.block_on(crate::remote::enroll_instance(
                 &args.state_dir,
                 &args.server,
-                &args.token,
+                &match (&args.token, &args.ca_fingerprint) {
+                    (Some(token), _) => crate::remote::EnrollWith::Token(token.clone()),
+                    (None, Some(ca_fingerprint)) => crate::remote::EnrollWith::Attestation {
+                        ca_fingerprint: ca_fingerprint.clone(),
+                    },
+                    (None, None) => {
+                        anyhow::bail!("Failed to enroll: pass --token or --ca-fingerprint")
+                    }
+                },
                 args.node.clone(),
                 tags,
                 args.discovery.metadata_endpoint.clone(),

@@ -21,6 +21,10 @@ pub struct RawAgentConfig {
     pub token: Option<String>,
     /// Or a file holding it (e.g. written from EC2 user data).
     pub token_file: Option<String>,
+    /// sha256 (hex) of the server's CA certificate. With no token, the
+    /// agent enrolls by attestation on EC2 (the signed instance identity
+    /// document) and trusts the server whose CA has this fingerprint.
+    pub ca_fingerprint: Option<String>,
     /// Time between runs, e.g. "30m".
     pub interval: Option<String>,
     /// The largest delay added to each interval, spread per node, e.g. "5m".
@@ -37,6 +41,8 @@ pub struct RawAgentConfig {
 pub struct AgentConfig {
     pub server: Option<String>,
     pub token: Option<String>,
+    /// The server CA's fingerprint, for attested enrollment.
+    pub ca_fingerprint: Option<String>,
     pub interval: Duration,
     pub splay: Duration,
     pub metadata_endpoint: Option<String>,
@@ -44,6 +50,19 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// How this agent enrolls: with its token when it has one, else by
+    /// attestation when the server's CA fingerprint is configured, else
+    /// it cannot.
+    pub fn enroll_with(&self) -> Option<crate::remote::EnrollWith> {
+        match (&self.token, &self.ca_fingerprint) {
+            (Some(token), _) => Some(crate::remote::EnrollWith::Token(token.clone())),
+            (None, Some(ca_fingerprint)) => Some(crate::remote::EnrollWith::Attestation {
+                ca_fingerprint: ca_fingerprint.clone(),
+            }),
+            (None, None) => None,
+        }
+    }
+
     /// Reads `path`; a missing file means the defaults.
     pub fn load(path: &Path) -> anyhow::Result<AgentConfig> {
         let raw: RawAgentConfig = match std::fs::read_to_string(path) {
@@ -76,10 +95,39 @@ impl AgentConfig {
         Ok(AgentConfig {
             server: raw.server,
             token,
+            ca_fingerprint: raw.ca_fingerprint,
             interval: duration(raw.interval.as_deref(), 30 * 60)?,
             splay: duration(raw.splay.as_deref(), 5 * 60)?,
             metadata_endpoint: raw.metadata_endpoint,
             textfile: crate::textfile::Textfile::from_setting(raw.textfile_collector.as_deref()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::EnrollWith;
+
+    fn load(text: &str) -> AgentConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        AgentConfig::load(&path).unwrap()
+    }
+
+    #[test]
+    fn a_token_wins_over_attestation_and_attestation_needs_the_ca_fingerprint() {
+        assert_eq!(
+            load("token = \"s.f\"\nca_fingerprint = \"abc\"\n").enroll_with(),
+            Some(EnrollWith::Token("s.f".into()))
+        );
+        assert_eq!(
+            load("ca_fingerprint = \"abc\"\n").enroll_with(),
+            Some(EnrollWith::Attestation {
+                ca_fingerprint: "abc".into()
+            })
+        );
+        assert_eq!(load("server = \"cms:7470\"\n").enroll_with(), None);
     }
 }

@@ -79,7 +79,11 @@ pub(crate) trait Runner {
     /// Moves an expired identity aside, so the node enrolls again.
     async fn retire_identity(&mut self) -> anyhow::Result<()>;
     /// Enrolls with `server`; returns the node id the server gave.
-    async fn enroll(&mut self, server: &str, token: &str) -> anyhow::Result<String>;
+    async fn enroll(
+        &mut self,
+        server: &str,
+        with: &crate::remote::EnrollWith,
+    ) -> anyhow::Result<String>;
     /// The server recorded at enrollment.
     async fn enrolled_server(&mut self) -> Option<String>;
     /// Starts holding the watch channel to `server` open, passing the
@@ -257,7 +261,7 @@ impl<R: Runner> Daemon<R> {
             && certificate
                 .not_after
                 .is_some_and(|end| expired(end, self.clock.unix_secs()))
-            && self.config.token.is_some()
+            && self.config.enroll_with().is_some()
             && self.expired_at_the_server().await
         {
             eprintln!(
@@ -269,14 +273,14 @@ impl<R: Runner> Daemon<R> {
             }
         }
         if self.runner.certificate().await?.is_none() {
-            let (Some(server), Some(token)) =
-                (self.config.server.clone(), self.config.token.clone())
+            let (Some(server), Some(with)) =
+                (self.config.server.clone(), self.config.enroll_with())
             else {
                 bail!(
-                    "Failed to start: this agent is not enrolled and its configuration has no server and token\nhint: set server and token (or token_file) in /etc/cms/agent.toml, or run cms-agent enroll"
+                    "Failed to start: this agent is not enrolled and its configuration has no server and token\nhint: set server and token (or token_file) in /etc/cms/agent.toml (on EC2, server and ca_fingerprint to enroll by attestation), or run cms-agent enroll"
                 );
             };
-            match self.runner.enroll(&server, &token).await {
+            match self.runner.enroll(&server, &with).await {
                 Ok(node_id) => tracing::info!("enrolled as {node_id}"),
                 Err(error) => {
                     // Jittered, so a fleet refused at once does not come
@@ -475,11 +479,15 @@ impl Runner for ServerRunner {
             .await
     }
 
-    async fn enroll(&mut self, server: &str, token: &str) -> anyhow::Result<String> {
+    async fn enroll(
+        &mut self,
+        server: &str,
+        with: &crate::remote::EnrollWith,
+    ) -> anyhow::Result<String> {
         let response = crate::remote::enroll_instance(
             &self.state_dir,
             server,
-            token,
+            with,
             None,
             None,
             self.metadata_endpoint.clone(),
@@ -653,7 +661,11 @@ mod tests {
             Ok(())
         }
 
-        async fn enroll(&mut self, _server: &str, _token: &str) -> anyhow::Result<String> {
+        async fn enroll(
+            &mut self,
+            _server: &str,
+            _with: &crate::remote::EnrollWith,
+        ) -> anyhow::Result<String> {
             self.log(Call::Enroll);
             let mut script = self.script.lock().expect("script");
             if script.enroll_refusals > 0 {
@@ -741,6 +753,7 @@ mod tests {
         AgentConfig {
             server: Some(SERVER.into()),
             token: Some("secret.fingerprint".into()),
+            ca_fingerprint: None,
             interval,
             splay,
             metadata_endpoint: None,

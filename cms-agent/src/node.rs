@@ -60,6 +60,20 @@ pub fn observe(
     })
 }
 
+/// The instance identity document and its signature, for attested
+/// enrollment, read with the same time limits as tag discovery.
+pub fn instance_identity(
+    root: &Path,
+    metadata_endpoint: Option<String>,
+) -> anyhow::Result<crate::tags::InstanceIdentity> {
+    crate::tags::instance_identity(&TagSources {
+        root,
+        metadata_endpoint,
+        metadata_timeout: METADATA_TIMEOUT,
+        metadata_budget: METADATA_BUDGET,
+    })
+}
+
 /// The node's id: the one given, else its instance id, else its hostname.
 pub fn node_id(given: Option<String>, facts: &BTreeMap<String, Value>) -> String {
     let fact = |name: &str| facts.get(name).and_then(Value::as_str).map(str::to_string);

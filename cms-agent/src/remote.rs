@@ -35,23 +35,65 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await?
 }
 
-/// Enrolls this instance: a new key and CSR, the token, the tags.
+/// How an agent proves it may enroll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrollWith {
+    /// A token from `cms-server token create` (`SECRET.CA_FINGERPRINT`).
+    Token(String),
+    /// The EC2 instance identity document, signed by AWS: no secret on the
+    /// instance. The server's CA is pinned by its fingerprint (sha256 hex
+    /// of its certificate), since there is no token to carry it.
+    Attestation { ca_fingerprint: String },
+}
+
+/// Enrolls this instance: a new key and CSR, and the token with the tags
+/// (or the signed identity document, from which the server takes the name
+/// and reads the tags itself).
 pub async fn enroll_instance(
     state_dir: &Path,
     server: &str,
-    token: &str,
+    with: &EnrollWith,
     node_name: Option<String>,
     tags: Option<std::collections::BTreeMap<String, String>>,
     metadata_endpoint: Option<String>,
 ) -> anyhow::Result<pb::EnrollResponse> {
     let address = ServerAddress::parse(server)?;
-    let (_, fingerprint) = split_token(token)?;
-    let observed =
-        blocking(move || crate::node::observe(Path::new("/"), tags, metadata_endpoint)).await?;
-    let node_name = crate::node::node_id(node_name, &observed.facts);
-    let tags = observed.tags;
+    let (token, fingerprint, node_name, tags, identity) = match with {
+        EnrollWith::Token(token) => {
+            let (_, fingerprint) = split_token(token)?;
+            let fingerprint = fingerprint.to_string();
+            let observed =
+                blocking(move || crate::node::observe(Path::new("/"), tags, metadata_endpoint))
+                    .await?;
+            let node_name = crate::node::node_id(node_name, &observed.facts);
+            (
+                token.trim().to_string(),
+                fingerprint,
+                node_name,
+                observed.tags,
+                None,
+            )
+        }
+        EnrollWith::Attestation { ca_fingerprint } => {
+            let identity =
+                blocking(move || crate::node::instance_identity(Path::new("/"), metadata_endpoint))
+                    .await?;
+            // The server names the node by the document's instance id and
+            // reads its tags from EC2: nothing else is sent.
+            (
+                String::new(),
+                ca_fingerprint.trim().to_string(),
+                identity.instance_id.clone(),
+                std::collections::BTreeMap::new(),
+                Some(pb::IdentityDocument {
+                    kind: cms_proto::AWS_INSTANCE_IDENTITY.to_string(),
+                    document: identity.document,
+                    signature: identity.signature,
+                }),
+            )
+        }
+    };
     let address_for_ca = address.clone();
-    let fingerprint = fingerprint.to_string();
     let ca_pem = blocking(move || fetch_pinned_ca(&address_for_ca, &fingerprint)).await?;
     let name = node_name.clone();
     let key = blocking(move || Ok(generate_key_and_csr(&name)?)).await?;
@@ -59,11 +101,11 @@ pub async fn enroll_instance(
         &address,
         &ca_pem,
         pb::EnrollRequest {
-            token: token.trim().to_string(),
+            token,
             csr_pem: key.csr_pem.clone(),
             tags: tags.into_iter().collect(),
             node_name,
-            identity: None,
+            identity,
         },
     )
     .await?;

@@ -92,6 +92,62 @@ pub fn discover(sources: &TagSources<'_>) -> anyhow::Result<Discovered> {
     })
 }
 
+/// The instance identity document and its signature, exactly as the
+/// metadata service serves them, for attested enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceIdentity {
+    pub document: Vec<u8>,
+    /// Base64, as served.
+    pub signature: Vec<u8>,
+    /// The document's `instanceId`, which the server names the node by.
+    pub instance_id: String,
+}
+
+/// Reads the instance identity document and its signature from the
+/// metadata service (the configured one, else EC2's when this machine is
+/// an EC2 instance), with the same budget as tag discovery.
+pub fn instance_identity(sources: &TagSources<'_>) -> anyhow::Result<InstanceIdentity> {
+    let endpoint = sources
+        .metadata_endpoint
+        .clone()
+        .or_else(|| looks_like_ec2(sources.root).then(|| EC2_METADATA_ENDPOINT.to_string()))
+        .context(
+            "Failed to enroll by attestation: this machine is not an EC2 instance and no metadata_endpoint is configured\nhint: off AWS, enroll with a token",
+        )?;
+    let client = MetadataClient {
+        endpoint,
+        timeout: sources.metadata_timeout,
+        deadline: crate::clock::instant() + sources.metadata_budget,
+        budget: sources.metadata_budget,
+    };
+    let token = client.token()?;
+    let read = |path: &str| -> anyhow::Result<String> {
+        let response = client.get(&token, path)?;
+        if response.status != 200 || response.body.trim().is_empty() {
+            bail!(
+                "the instance metadata service at {} answered {} for {path}",
+                client.endpoint,
+                response.status
+            );
+        }
+        Ok(response.body)
+    };
+    let document = read("/latest/dynamic/instance-identity/document")?;
+    let signature = read("/latest/dynamic/instance-identity/signature")?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Named {
+        instance_id: String,
+    }
+    let named: Named = serde_json::from_str(&document)
+        .context("the instance identity document names no instanceId")?;
+    Ok(InstanceIdentity {
+        document: document.into_bytes(),
+        signature: signature.trim().as_bytes().to_vec(),
+        instance_id: named.instance_id,
+    })
+}
+
 /// `role = "api"` lines; every value must be a string.
 pub fn parse_tags_file(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let table: toml::Table = toml::from_str(text)?;

@@ -69,6 +69,7 @@ fn node(i: usize) -> NodeRecord {
         }),
         status: NodeStatus::Active,
         gone_since_unix_ms: None,
+        attested: Default::default(),
     }
 }
 

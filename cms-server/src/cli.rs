@@ -150,6 +150,12 @@ pub struct ServeArgs {
     /// [default: /metrics is open, as Prometheus scrapes usually are].
     #[arg(long, value_name = "FILE", env = "CMS_SERVER_METRICS_TOKEN_FILE")]
     pub metrics_token_file: Option<PathBuf>,
+    /// A TOML file of enrollment settings: its `[aws]` table turns on
+    /// attested enrollment of EC2 instances (allowed accounts, the AWS
+    /// certificate of each region, optional autoscaling groups) [default:
+    /// tokens only].
+    #[arg(long, value_name = "FILE", env = "CMS_SERVER_ENROLLMENT_CONFIG")]
+    pub enrollment_config: Option<PathBuf>,
     /// Logs as text lines (for journald or a terminal) or JSON objects.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = cms_logging::LogFormat::Text, env = "CMS_LOG_FORMAT")]
     pub log_format: cms_logging::LogFormat,

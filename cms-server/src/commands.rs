@@ -158,6 +158,14 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
         None => None,
     };
     config.report_retention = duration(&args.report_retention, "report-retention")?;
+    if let Some(path) = &args.enrollment_config {
+        // The server's own AWS credentials, when given in the environment.
+        let environment: BTreeMap<String, String> = std::env::vars()
+            .filter(|(name, _)| name.starts_with("AWS_"))
+            .collect();
+        config.aws = crate::aws::load_config(path, &environment, crate::clock::system())?
+            .map(std::sync::Arc::new);
+    }
     // The store, the CA and the admin credential exist before the ports
     // are bound: a script that waits for the port and then runs
     // `cms-server token create` finds the credential.

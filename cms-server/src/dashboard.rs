@@ -988,6 +988,7 @@ mod tests {
             }),
             status: NodeStatus::Active,
             gone_since_unix_ms: None,
+            attested: Default::default(),
         }
     }
 

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::aws::{AttestationError, Attestor};
 use crate::clock::SharedClock;
 use crate::fleet::Fleet;
 use crate::pki::{CertificateAuthority, IssuedCertificate, PkiError, ScopeViolation};
@@ -36,6 +37,8 @@ pub struct Enrollment {
     pub certificate_validity: Duration,
     /// A node unseen this long is gone, and its name free.
     pub gone_after: Duration,
+    /// Attested enrollment on AWS, when the server is configured for it.
+    pub aws: Option<Arc<Attestor>>,
 }
 
 /// An enrollment as asked.
@@ -49,6 +52,17 @@ pub struct EnrollRequest {
     pub tags: BTreeMap<String, String>,
     /// The caller presented a valid certificate of this very node.
     pub presented_own_certificate: bool,
+    /// A signed identity document (attested enrollment): then the token,
+    /// the name and the tags above are not used.
+    pub identity: Option<IdentityProof>,
+}
+
+/// An identity document as the agent sent it.
+#[derive(Debug, Clone)]
+pub struct IdentityProof {
+    pub kind: String,
+    pub document: Vec<u8>,
+    pub signature: Vec<u8>,
 }
 
 /// A certificate issued to a node.
@@ -85,11 +99,27 @@ pub enum EnrollError {
         seen_seconds_ago: u64,
         gone_after_seconds: u64,
     },
+    #[error(
+        "Failed to enroll: node {node_id} is gone, but its tags ({old_tags}) are outside this token's scope: {violation}; only a token whose scope covers them may take its name"
+    )]
+    NameOutOfScope {
+        node_id: String,
+        old_tags: String,
+        violation: ScopeViolation,
+    },
+    #[error("Failed to enroll: another enrollment took the name {node_id} meanwhile")]
+    NameClaimed { node_id: String },
     /// The token expired or was used up meanwhile.
     #[error("{0}")]
     TokenRefused(#[source] StoreError),
     #[error("{0}")]
     InvalidCsr(#[source] PkiError),
+    #[error(
+        "Failed to enroll: this server does not accept identity documents; enroll with a token, or configure [aws] in the server's enrollment file (--enrollment-config)"
+    )]
+    AttestationOff,
+    #[error("Failed to enroll by attestation: {0}")]
+    Attestation(#[source] AttestationError),
     #[error("node {node_id} is not enrolled")]
     NotEnrolled { node_id: String },
     #[error("a token needs a scope, e.g. env=staging,role=*")]
@@ -101,23 +131,48 @@ pub enum EnrollError {
 }
 
 impl Enrollment {
-    /// Enrolls a node: checks the token's scope, that the name is free (or
-    /// the caller's own), uses the token, and records the certificate and
-    /// the node together.
+    /// Enrolls a node. With an identity document (attested enrollment on
+    /// AWS) the node is named by its verified instance id and bound to the
+    /// tags EC2 holds for it; the tags and name it sent are ignored and no
+    /// token is needed. Otherwise the token's scope is checked against the
+    /// tags asked for. Either way the name must be free (or the caller's
+    /// own), a gone node's name is taken only by a token whose scope covers
+    /// that node's tags (or by the same attested instance), the token is
+    /// used up, and the certificate and the node are recorded with a
+    /// compare-and-swap on the name, so two enrollments of one name never
+    /// both get a certificate.
     pub fn enroll(&self, request: EnrollRequest) -> Result<Enrolled, EnrollError> {
-        let node_id = request.node_name;
-        crate::pki::check_node_id(&node_id).map_err(EnrollError::InvalidNodeName)?;
-        let secret = request.token.split('.').next().unwrap_or_default();
-        let tags = request.tags;
-        let token_id = crate::pki::token_id(secret);
-        // Check the scope before using the token up.
-        let token = self
-            .store
-            .tokens()?
-            .into_iter()
-            .find(|t| t.id == token_id)
-            .ok_or(EnrollError::TokenUnknown)?;
-        crate::pki::check_scope(&token.scope, &tags).map_err(EnrollError::OutOfScope)?;
+        let (node_id, tags, attested, token) = match &request.identity {
+            Some(proof) => {
+                let attestor = self.aws.as_ref().ok_or(EnrollError::AttestationOff)?;
+                let verified = attestor
+                    .attest(&proof.kind, &proof.document, &proof.signature)
+                    .map_err(EnrollError::Attestation)?;
+                crate::pki::check_node_id(&verified.instance_id)
+                    .map_err(EnrollError::InvalidNodeName)?;
+                (verified.instance_id, verified.tags, verified.values, None)
+            }
+            None => {
+                let node_id = request.node_name.clone();
+                crate::pki::check_node_id(&node_id).map_err(EnrollError::InvalidNodeName)?;
+                let secret = request.token.split('.').next().unwrap_or_default();
+                let token_id = crate::pki::token_id(secret);
+                // Check the scope before using the token up.
+                let token = self
+                    .store
+                    .tokens()?
+                    .into_iter()
+                    .find(|t| t.id == token_id)
+                    .ok_or(EnrollError::TokenUnknown)?;
+                crate::pki::check_scope(&token.scope, &request.tags)
+                    .map_err(EnrollError::OutOfScope)?;
+                (node_id, request.tags.clone(), BTreeMap::new(), Some(token))
+            }
+        };
+        // The caller's certificate counts only for the name it names: an
+        // enrolled node replaying another instance's document is a stranger
+        // to that instance's name.
+        let own_certificate = request.presented_own_certificate && request.node_name == node_id;
         let now = self.clock.now_unix_ms();
         let previous = self.store.node(&node_id)?;
         let revoked = match &previous {
@@ -133,7 +188,7 @@ impl Enrollment {
             now,
             self.gone_after,
             revoked,
-            request.presented_own_certificate,
+            own_certificate,
         ) {
             return Err(EnrollError::NameTaken {
                 node_id,
@@ -141,41 +196,71 @@ impl Enrollment {
                 gone_after_seconds: self.gone_after.as_secs(),
             });
         }
-        self.store
-            .consume_token(&token_id, now / 1000)
-            .map_err(|e| match e {
-                StoreError::TokenUnknown
-                | StoreError::TokenExpired { .. }
-                | StoreError::TokenUsedUp => EnrollError::TokenRefused(e),
-                other => EnrollError::Store(other),
+        // A free name that still has a record (gone or revoked) goes to a
+        // token that could have enrolled that node, or to the instance the
+        // name is (an attested enrollment is named by its verified id).
+        if let (Some(old), Some(token)) = (&previous, &token)
+            && !own_certificate
+        {
+            crate::pki::check_scope(&token.scope, &old.tags).map_err(|violation| {
+                EnrollError::NameOutOfScope {
+                    node_id: node_id.clone(),
+                    old_tags: old
+                        .tags
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    violation,
+                }
             })?;
-        // The same instance enrolling again keeps its history; a new
-        // instance taking a free name starts clean, and the old one's
-        // certificates are refused from now on.
-        let same_instance = request.presented_own_certificate;
-        if previous.is_some() && !same_instance {
-            self.store.revoke_node(&node_id)?;
-            self.store.remove_node(&node_id)?;
         }
+        if let Some(token) = &token {
+            self.store
+                .consume_token(&token.id, now / 1000)
+                .map_err(|e| match e {
+                    StoreError::TokenUnknown
+                    | StoreError::TokenExpired { .. }
+                    | StoreError::TokenUsedUp => EnrollError::TokenRefused(e),
+                    other => EnrollError::Store(other),
+                })?;
+        }
+        // The node enrolling again with its certificate keeps its history;
+        // anyone else taking a free name starts clean (an attested instance
+        // too: its document may be a copy), and the old certificates are
+        // refused from now on.
+        let same_instance = own_certificate;
         let issued = self.sign(&request.csr_pem, &node_id)?;
         let certificate = certificate_record(&issued, &node_id);
+        let expected_serial = previous.as_ref().map(|n| n.certificate_serial.clone());
+        let clear_history = previous.is_some() && !same_instance;
         let kept = previous.filter(|_| same_instance);
-        self.store.record_enrollment(
-            &certificate,
-            &NodeRecord {
-                id: node_id.clone(),
-                tags: tags.clone(),
-                facts: kept
-                    .as_ref()
-                    .map_or(serde_json::Value::Null, |n| n.facts.clone()),
-                certificate_serial: issued.serial_hex.clone(),
-                first_seen_unix_ms: kept.as_ref().map_or(now, |n| n.first_seen_unix_ms),
-                last_seen_unix_ms: now,
-                last_run: kept.and_then(|n| n.last_run),
-                status: NodeStatus::Active,
-                gone_since_unix_ms: None,
-            },
-        )?;
+        self.store
+            .claim_name(
+                &certificate,
+                &NodeRecord {
+                    id: node_id.clone(),
+                    tags: tags.clone(),
+                    facts: kept
+                        .as_ref()
+                        .map_or(serde_json::Value::Null, |n| n.facts.clone()),
+                    certificate_serial: issued.serial_hex.clone(),
+                    first_seen_unix_ms: kept.as_ref().map_or(now, |n| n.first_seen_unix_ms),
+                    last_seen_unix_ms: now,
+                    last_run: kept.and_then(|n| n.last_run),
+                    status: NodeStatus::Active,
+                    gone_since_unix_ms: None,
+                    attested,
+                },
+                expected_serial.as_deref(),
+                clear_history,
+            )
+            .map_err(|e| match e {
+                StoreError::NameClaimed { .. } => EnrollError::NameClaimed {
+                    node_id: node_id.clone(),
+                },
+                other => EnrollError::Store(other),
+            })?;
         Ok(Enrolled {
             node_id,
             certificate_pem: issued.certificate_pem,
@@ -284,6 +369,7 @@ mod tests {
             clock: clock.clone(),
             certificate_validity: Duration::from_secs(3600),
             gone_after: Duration::from_secs(2 * 3600),
+            aws: None,
         }
     }
 
@@ -311,6 +397,7 @@ mod tests {
             csr_pem: csr(node),
             tags: tags(&[("role", "web")]),
             presented_own_certificate: own,
+            identity: None,
         }
     }
 
@@ -372,6 +459,246 @@ mod tests {
         enrollment.enroll(request(&token, "web-1", false)).unwrap();
         let node = enrollment.store.node("web-1").unwrap().unwrap();
         assert_eq!(node.first_seen_unix_ms, 1_004 * HOUR_MS);
+    }
+
+    #[test]
+    fn a_dev_scoped_token_cannot_take_the_name_of_a_gone_prod_node() {
+        let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
+        let enrollment = enrollment(&clock);
+        let prod = enrollment
+            .create_token(tags(&[("env", "prod")]), Duration::from_secs(100 * 3600), 0)
+            .unwrap()
+            .token;
+        let dev = enrollment
+            .create_token(tags(&[("env", "dev")]), Duration::from_secs(100 * 3600), 0)
+            .unwrap()
+            .token;
+        let mut real = request(&prod, "db-1", false);
+        real.tags = tags(&[("env", "prod")]);
+        let real_certificate = enrollment.enroll(real).unwrap().certificate_pem;
+        // The prod node falls silent and is gone: its name is free, but
+        // only for a token whose scope covers its tags.
+        clock.set(1_004 * HOUR_MS);
+        let mut thief = request(&dev, "db-1", false);
+        thief.tags = tags(&[("env", "dev")]);
+        let refused = enrollment.enroll(thief);
+        assert!(
+            matches!(refused, Err(EnrollError::NameOutOfScope { .. })),
+            "a dev token took a prod node's name: {refused:?}"
+        );
+        let node = enrollment.store.node("db-1").unwrap().unwrap();
+        assert_eq!(node.tags, tags(&[("env", "prod")]));
+        let serial = crate::pki::peer_identity(
+            &rustls::pki_types::CertificateDer::from_pem_slice(real_certificate.as_bytes())
+                .unwrap(),
+        )
+        .unwrap()
+        .1;
+        assert!(!enrollment.store.is_revoked(&serial).unwrap());
+        // A prod token may take it.
+        let mut replacement = request(&prod, "db-1", false);
+        replacement.tags = tags(&[("env", "prod")]);
+        enrollment.enroll(replacement).unwrap();
+        assert!(enrollment.store.is_revoked(&serial).unwrap());
+    }
+
+    /// A store whose `node` reads wait for each other, so that two
+    /// enrollments both see the name free before either writes: the
+    /// interleaving a race would need, made certain.
+    #[derive(Debug)]
+    struct RacingReads {
+        inner: MemoryStore,
+        barrier: std::sync::Barrier,
+        armed: std::sync::atomic::AtomicBool,
+    }
+
+    impl crate::store::Store for RacingReads {
+        fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+            self.inner.put_node(node)
+        }
+        fn node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
+            let read = self.inner.node(id);
+            if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+                self.barrier.wait();
+            }
+            read
+        }
+        fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+            self.inner.nodes()
+        }
+        fn update_node_with(
+            &self,
+            id: &str,
+            change: &mut dyn FnMut(&mut NodeRecord),
+        ) -> Result<Option<NodeRecord>, StoreError> {
+            self.inner.update_node_with(id, change)
+        }
+        fn record_enrollment(
+            &self,
+            certificate: &CertificateRecord,
+            node: &NodeRecord,
+        ) -> Result<(), StoreError> {
+            self.inner.record_enrollment(certificate, node)
+        }
+        fn claim_name(
+            &self,
+            certificate: &CertificateRecord,
+            node: &NodeRecord,
+            expected_serial: Option<&str>,
+            clear_history: bool,
+        ) -> Result<(), StoreError> {
+            self.inner
+                .claim_name(certificate, node, expected_serial, clear_history)
+        }
+        fn touch_nodes_with_facts(
+            &self,
+            seen: &[(String, u64, Option<serde_json::Value>)],
+        ) -> Result<usize, StoreError> {
+            self.inner.touch_nodes_with_facts(seen)
+        }
+        fn remove_node(&self, id: &str) -> Result<bool, StoreError> {
+            self.inner.remove_node(id)
+        }
+        fn put_report(
+            &self,
+            report: &crate::store::StoredReport,
+        ) -> Result<crate::store::ReportWrite, StoreError> {
+            self.inner.put_report(report)
+        }
+        fn report(
+            &self,
+            node_id: &str,
+            run_id: &str,
+        ) -> Result<Option<crate::store::StoredReport>, StoreError> {
+            self.inner.report(node_id, run_id)
+        }
+        fn reports(
+            &self,
+            node_id: &str,
+            limit: usize,
+        ) -> Result<Vec<crate::store::StoredReport>, StoreError> {
+            self.inner.reports(node_id, limit)
+        }
+        fn prune_reports(&self, older_than_unix_ms: u64) -> Result<usize, StoreError> {
+            self.inner.prune_reports(older_than_unix_ms)
+        }
+        fn put_revision(&self, revision: &crate::store::RevisionRecord) -> Result<(), StoreError> {
+            self.inner.put_revision(revision)
+        }
+        fn revision(
+            &self,
+            commit: &str,
+        ) -> Result<Option<crate::store::RevisionRecord>, StoreError> {
+            self.inner.revision(commit)
+        }
+        fn revisions(&self) -> Result<Vec<crate::store::RevisionRecord>, StoreError> {
+            self.inner.revisions()
+        }
+        fn set_current_revision(&self, commit: &str) -> Result<(), StoreError> {
+            self.inner.set_current_revision(commit)
+        }
+        fn current_revision(&self) -> Result<Option<String>, StoreError> {
+            self.inner.current_revision()
+        }
+        fn put_ca(&self, ca: &crate::store::CaRecord) -> Result<(), StoreError> {
+            self.inner.put_ca(ca)
+        }
+        fn ca(&self) -> Result<Option<crate::store::CaRecord>, StoreError> {
+            self.inner.ca()
+        }
+        fn put_certificate(&self, certificate: &CertificateRecord) -> Result<(), StoreError> {
+            self.inner.put_certificate(certificate)
+        }
+        fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError> {
+            self.inner.certificate(serial)
+        }
+        fn revoke_node(&self, node_id: &str) -> Result<Vec<String>, StoreError> {
+            self.inner.revoke_node(node_id)
+        }
+        fn prune_certificates(&self, before_unix: u64) -> Result<usize, StoreError> {
+            self.inner.prune_certificates(before_unix)
+        }
+        fn put_trigger(&self, trigger: &crate::store::TriggerRecord) -> Result<(), StoreError> {
+            self.inner.put_trigger(trigger)
+        }
+        fn trigger(&self, id: &str) -> Result<Option<crate::store::TriggerRecord>, StoreError> {
+            self.inner.trigger(id)
+        }
+        fn triggers(&self) -> Result<Vec<crate::store::TriggerRecord>, StoreError> {
+            self.inner.triggers()
+        }
+        fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+            self.inner.put_token(token)
+        }
+        fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+            self.inner.tokens()
+        }
+        fn consume_token(&self, id: &str, now_unix: u64) -> Result<TokenRecord, StoreError> {
+            self.inner.consume_token(id, now_unix)
+        }
+        fn remove_token(&self, id: &str) -> Result<bool, StoreError> {
+            self.inner.remove_token(id)
+        }
+        fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.inner.put_setting(name, value)
+        }
+        fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get_setting(name)
+        }
+    }
+
+    #[test]
+    fn two_simultaneous_enrollments_of_one_free_name_give_one_certificate() {
+        let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
+        let store = Arc::new(RacingReads {
+            inner: MemoryStore::default(),
+            barrier: std::sync::Barrier::new(2),
+            armed: std::sync::atomic::AtomicBool::new(false),
+        });
+        let enrollment = Enrollment {
+            store: store.clone(),
+            ..enrollment(&clock)
+        };
+        let token = enrollment
+            .create_token(tags(&[("role", "*")]), Duration::ZERO, 0)
+            .unwrap()
+            .token;
+        store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let outcomes: Vec<Result<Enrolled, EnrollError>> = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..2)
+                .map(|_| {
+                    let enrollment = enrollment.clone();
+                    let request = request(&token, "web-1", false);
+                    scope.spawn(move || enrollment.enroll(request))
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let won: Vec<&Enrolled> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+        assert_eq!(
+            won.len(),
+            1,
+            "both enrollments got a certificate: {outcomes:?}"
+        );
+        assert!(
+            outcomes
+                .iter()
+                .any(|o| matches!(o, Err(EnrollError::NameClaimed { .. }))),
+            "{outcomes:?}"
+        );
+        // The winner's certificate is the one the store holds, unrevoked.
+        store
+            .armed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let node = enrollment.store.node("web-1").unwrap().unwrap();
+        let serial = crate::pki::peer_identity(
+            &rustls::pki_types::CertificateDer::from_pem_slice(won[0].certificate_pem.as_bytes())
+                .unwrap(),
+        )
+        .unwrap()
+        .1;
+        assert_eq!(node.certificate_serial, serial);
+        assert!(!enrollment.store.is_revoked(&serial).unwrap());
     }
 
     #[test]

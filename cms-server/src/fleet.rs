@@ -660,6 +660,7 @@ mod tests {
             last_run: None,
             status,
             gone_since_unix_ms: None,
+            attested: Default::default(),
         }
     }
 

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod aws;
 pub mod blocking;
 pub mod catalogs;
 pub mod check;

@@ -142,6 +142,7 @@ mod tests {
                 last_run: None,
                 status: NodeStatus::Active,
                 gone_since_unix_ms: None,
+                attested: Default::default(),
             })
             .unwrap();
         let reports = Reports {

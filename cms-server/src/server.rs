@@ -79,6 +79,9 @@ pub struct ServeConfig {
     pub trigger_timeout: Duration,
     /// How often the server sends a heartbeat on a watch channel.
     pub watch_heartbeat: Duration,
+    /// Attested enrollment on AWS (`[aws]` of `--enrollment-config`);
+    /// `None` accepts tokens only.
+    pub aws: Option<Arc<crate::aws::Attestor>>,
 }
 
 impl ServeConfig {
@@ -102,6 +105,7 @@ impl ServeConfig {
             presence_flush: Duration::from_secs(5),
             trigger_timeout: Duration::from_secs(600),
             watch_heartbeat: Duration::from_secs(30),
+            aws: None,
         }
     }
 }
@@ -184,6 +188,7 @@ pub async fn run_prepared(
         clock: clock.clone(),
         certificate_validity: config.certificate_validity,
         gone_after: config.gone_after,
+        aws: config.aws.clone(),
     };
     let triggers = Triggers {
         store: store.clone(),

@@ -121,9 +121,12 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
         let presented = caller(&self.enrollment.store, &request).ok();
         let request = request.into_inner();
         // Checked before counting: a name that is not one is not an
-        // enrollment refused.
-        crate::pki::check_node_id(&request.node_name)
-            .map_err(crate::enrollment::EnrollError::InvalidNodeName)?;
+        // enrollment refused. An attested enrollment is named by its
+        // verified instance id instead.
+        if request.identity.is_none() {
+            crate::pki::check_node_id(&request.node_name)
+                .map_err(crate::enrollment::EnrollError::InvalidNodeName)?;
+        }
         let presented_own_certificate =
             matches!(&presented, Some(PeerIdentity::Node(id)) if *id == request.node_name);
         let enroll = EnrollRequest {
@@ -132,6 +135,13 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             csr_pem: request.csr_pem,
             tags: request.tags.into_iter().collect(),
             presented_own_certificate,
+            identity: request
+                .identity
+                .map(|identity| crate::enrollment::IdentityProof {
+                    kind: identity.kind,
+                    document: identity.document,
+                    signature: identity.signature,
+                }),
         };
         let enrollment = self.enrollment.clone();
         let enrolled: Result<pb::EnrollResponse, Status> =
@@ -188,7 +198,8 @@ impl pb::agent_server::Agent for AgentService {
                 .run(move || nodes.reactivate(&id, facts_value))
                 .await??;
         }
-        let node = crate::catalogs::node(&node_id, &node_record.tags, facts);
+        let mut node = crate::catalogs::node(&node_id, &node_record.tags, facts);
+        node.attested = node_record.attested.clone();
         let catalog = compiled(&self.catalogs, &revision, node).await?;
         if request.have_catalog_id == catalog.catalog_id {
             answer.answered(CatalogAnswer::NotModified);
@@ -233,7 +244,8 @@ impl pb::agent_server::Agent for AgentService {
         let node_record = self.nodes.current(&node_id)?;
         let facts: BTreeMap<String, serde_json::Value> =
             serde_json::from_value(node_record.facts.clone()).unwrap_or_default();
-        let node = crate::catalogs::node(&node_id, &node_record.tags, facts);
+        let mut node = crate::catalogs::node(&node_id, &node_record.tags, facts);
+        node.attested = node_record.attested.clone();
         let catalog = compiled(&self.catalogs, &revision, node).await?;
         if !catalog.contents.contains_key(&hash) {
             return Err(CatalogError::NoContent {

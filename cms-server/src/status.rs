@@ -55,9 +55,18 @@ impl From<EnrollError> for Status {
             EnrollError::TokenUnknown | EnrollError::TokenRefused(_) => {
                 Status::unauthenticated(message)
             }
-            EnrollError::OutOfScope(_) => Status::permission_denied(message),
-            EnrollError::NameTaken { .. } => Status::already_exists(message),
+            EnrollError::OutOfScope(_) | EnrollError::NameOutOfScope { .. } => {
+                Status::permission_denied(message)
+            }
+            EnrollError::NameTaken { .. } | EnrollError::NameClaimed { .. } => {
+                Status::already_exists(message)
+            }
             EnrollError::NotEnrolled { .. } => Status::not_found(message),
+            EnrollError::AttestationOff => Status::failed_precondition(message),
+            EnrollError::Attestation(crate::aws::AttestationError::Ec2 { .. }) => {
+                Status::unavailable(message)
+            }
+            EnrollError::Attestation(_) => Status::permission_denied(message),
             EnrollError::Store(ref store) => store_failure(store, &error),
             EnrollError::Random(_) => Status::internal(message),
         }

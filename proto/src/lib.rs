@@ -21,6 +21,11 @@ pub mod report;
 /// received. The agent also reads the issue time back from `notBefore`
 /// with it, to measure a certificate's life on its own clock.
 pub const CERTIFICATE_BACKDATE_SECS: u64 = 24 * 60 * 60;
+/// `IdentityDocument.kind` of an EC2 instance identity document: the
+/// document as `/latest/dynamic/instance-identity/document` serves it and
+/// its signature as `/latest/dynamic/instance-identity/signature` serves it
+/// (base64 RSA-SHA256 over the document's bytes).
+pub const AWS_INSTANCE_IDENTITY: &str = "aws-ec2-instance-identity";
 
 /// The watch channel's wire format (see `WatchEvent` in `cms.proto`): one
 /// place for the protocol name and the framing, used by the server that

@@ -80,6 +80,38 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn claim_name(
+        &self,
+        certificate: &CertificateRecord,
+        node: &NodeRecord,
+        expected_serial: Option<&str>,
+        clear_history: bool,
+    ) -> Result<(), StoreError> {
+        check_node_id(&node.id)?;
+        let mut data = self.data();
+        let held = data
+            .nodes
+            .get(&node.id)
+            .map(|n| n.certificate_serial.as_str());
+        if held != expected_serial {
+            return Err(StoreError::NameClaimed {
+                id: node.id.clone(),
+            });
+        }
+        if clear_history {
+            data.reports.retain(|(node_id, _), _| *node_id != node.id);
+            for other in data.certificates.values_mut() {
+                if other.node_id == node.id && other.serial != certificate.serial {
+                    other.revoked = true;
+                }
+            }
+        }
+        data.certificates
+            .insert(certificate.serial.clone(), certificate.clone());
+        data.nodes.insert(node.id.clone(), node.clone());
+        Ok(())
+    }
+
     fn touch_nodes_with_facts(
         &self,
         seen: &[(String, u64, Option<serde_json::Value>)],

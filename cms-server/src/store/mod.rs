@@ -158,6 +158,23 @@ pub trait Store: Send + Sync + fmt::Debug {
         node: &NodeRecord,
     ) -> Result<(), StoreError>;
 
+    /// Takes a node's name for a new certificate, atomically: writes the
+    /// certificate and the node record only if the name is still held as
+    /// the caller saw it, `expected_serial` being the certificate serial of
+    /// the node record it read (`None`: no record). Otherwise nothing is
+    /// written and it fails with [`StoreError::NameClaimed`], so of two
+    /// enrollments of one name that both saw it free exactly one wins. With
+    /// `clear_history`, the name's old reports are removed with it (a new
+    /// instance starts clean), and every other certificate issued under the
+    /// name is revoked once the claim is written.
+    fn claim_name(
+        &self,
+        certificate: &CertificateRecord,
+        node: &NodeRecord,
+        expected_serial: Option<&str>,
+        clear_history: bool,
+    ) -> Result<(), StoreError>;
+
     /// Records when nodes were last seen, many at once with one durable
     /// write, also replacing the facts of nodes that sent new ones. A time
     /// older than the stored one is ignored; unknown nodes are skipped.
@@ -324,6 +341,12 @@ pub struct NodeRecord {
     /// When the node was marked gone; it is removed `remove_after` later.
     #[serde(default)]
     pub gone_since_unix_ms: Option<u64>,
+    /// What the server verified itself at enrollment, never reported by the
+    /// node: for an attested EC2 instance `instance_id`, `account_id`,
+    /// `region`, `availability_zone`, `instance_type`, `image_id`. Empty
+    /// for a node that enrolled with a token.
+    #[serde(default)]
+    pub attested: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -529,6 +552,8 @@ pub enum StoreError {
     TokenExpired { expires_unix: u64 },
     #[error("Failed to consume the enrollment token: it has no uses left")]
     TokenUsedUp,
+    #[error("Failed to enroll node {id}: another enrollment took the name meanwhile")]
+    NameClaimed { id: String },
     /// The disk under the store refused a write (full, read-only, failing).
     #[error(
         "Failed to {action}: the server's store cannot write: {source} (store at {}); free space there or fix the disk, the store recovers by itself",
@@ -630,6 +655,9 @@ pub(crate) mod tests {
         an_unlimited_token_works_until_it_expires,
         an_unknown_token_is_refused_and_a_removed_token_is_unknown,
         concurrent_enrollments_never_use_a_token_more_than_allowed,
+        concurrent_claims_of_one_name_let_exactly_one_win,
+        a_claim_fails_when_the_name_changed_since_it_was_read,
+        a_fresh_claim_clears_the_history_and_revokes_the_old_certificates,
     );
 
     pub(crate) fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -659,6 +687,7 @@ pub(crate) mod tests {
             }),
             status: NodeStatus::Active,
             gone_since_unix_ms: None,
+            attested: Default::default(),
         }
     }
 
@@ -1048,5 +1077,107 @@ pub(crate) mod tests {
             store.consume_token("t", 10).unwrap_err().to_string(),
             "Failed to consume the enrollment token: it has no uses left"
         );
+    }
+
+    fn concurrent_claims_of_one_name_let_exactly_one_win(store: &dyn Store) {
+        const THREADS: usize = 8;
+        let barrier = Barrier::new(THREADS);
+        let outcomes: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|i| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        let mut claimed = node("web-1");
+                        claimed.certificate_serial = format!("s{i}");
+                        barrier.wait();
+                        store.claim_name(
+                            &certificate(&format!("s{i}"), "web-1"),
+                            &claimed,
+                            None,
+                            true,
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().expect("thread"))
+                .collect()
+        });
+        let winners: Vec<usize> = (0..THREADS).filter(|i| outcomes[*i].is_ok()).collect();
+        assert_eq!(winners.len(), 1, "{outcomes:?}");
+        for outcome in &outcomes {
+            if let Err(error) = outcome {
+                assert!(matches!(error, StoreError::NameClaimed { .. }), "{error}");
+            }
+        }
+        let winner = format!("s{}", winners[0]);
+        let stored = store.node("web-1").unwrap().expect("claimed");
+        assert_eq!(stored.certificate_serial, winner);
+        assert!(!store.is_revoked(&winner).unwrap());
+        // The losers' certificates were never recorded.
+        for i in (0..THREADS).filter(|i| *i != winners[0]) {
+            assert_eq!(store.certificate(&format!("s{i}")).unwrap(), None);
+        }
+    }
+
+    fn a_claim_fails_when_the_name_changed_since_it_was_read(store: &dyn Store) {
+        let mut first = node("web-1");
+        first.certificate_serial = "s1".into();
+        store
+            .claim_name(&certificate("s1", "web-1"), &first, None, false)
+            .unwrap();
+        // Claimed as if still free: refused, nothing written.
+        let mut second = node("web-1");
+        second.certificate_serial = "s2".into();
+        let error = store
+            .claim_name(&certificate("s2", "web-1"), &second, None, true)
+            .unwrap_err();
+        assert!(matches!(error, StoreError::NameClaimed { .. }), "{error}");
+        assert_eq!(store.certificate("s2").unwrap(), None);
+        assert!(!store.is_revoked("s1").unwrap());
+        // Claimed over what is really there: written.
+        store
+            .claim_name(&certificate("s2", "web-1"), &second, Some("s1"), false)
+            .unwrap();
+        assert_eq!(
+            store.node("web-1").unwrap().unwrap().certificate_serial,
+            "s2"
+        );
+    }
+
+    fn a_fresh_claim_clears_the_history_and_revokes_the_old_certificates(store: &dyn Store) {
+        let mut old = node("web-1");
+        old.certificate_serial = "s1".into();
+        old.attested = tags(&[("instance_id", "i-1")]);
+        store
+            .claim_name(&certificate("s1", "web-1"), &old, None, false)
+            .unwrap();
+        store.put_certificate(&certificate("s0", "web-1")).unwrap();
+        store.put_report(&report("web-1", "run-1", 1_000)).unwrap();
+        store.put_report(&report("web-2", "run-1", 1_000)).unwrap();
+        assert_eq!(
+            store.node("web-1").unwrap().unwrap().attested,
+            tags(&[("instance_id", "i-1")])
+        );
+        let mut new = node("web-1");
+        new.certificate_serial = "s2".into();
+        store
+            .claim_name(&certificate("s2", "web-1"), &new, Some("s1"), true)
+            .unwrap();
+        assert!(store.is_revoked("s0").unwrap());
+        assert!(store.is_revoked("s1").unwrap());
+        assert!(!store.is_revoked("s2").unwrap());
+        assert_eq!(store.reports("web-1", 10).unwrap(), []);
+        assert_eq!(store.reports("web-2", 10).unwrap().len(), 1);
+        assert_eq!(store.node("web-1").unwrap().unwrap(), new);
+    }
+
+    #[test]
+    fn a_node_record_stored_before_attestation_existed_still_loads() {
+        let mut old = serde_json::to_value(node("web-1")).unwrap();
+        old.as_object_mut().unwrap().remove("attested");
+        let loaded: NodeRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(loaded, node("web-1"));
     }
 }

@@ -84,6 +84,47 @@ impl fmt::Debug for SledStore {
 }
 
 impl SledStore {
+    /// Revokes the certificates of `node_id` but `keep`, without flushing.
+    fn revoke_certificates(
+        &self,
+        node_id: &str,
+        keep: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut revoked = Vec::new();
+        for entry in self.certificates.iter() {
+            let (key, mut value) = entry.map_err(|e| backend("list certificates".into(), e))?;
+            loop {
+                let mut certificate: CertificateRecord = decode(CERTIFICATES, &key, &value)?;
+                if certificate.node_id != node_id
+                    || certificate.revoked
+                    || keep == Some(certificate.serial.as_str())
+                {
+                    break;
+                }
+                certificate.revoked = true;
+                let new_value = encode("certificate record", &certificate)?;
+                let swapped = self
+                    .certificates
+                    .compare_and_swap(&key, Some(&value), Some(new_value))
+                    .map_err(|e| {
+                        backend(format!("revoke certificate {}", certificate.serial), e)
+                    })?;
+                match swapped {
+                    Ok(()) => {
+                        revoked.push(certificate.serial);
+                        break;
+                    }
+                    // Changed meanwhile: look again at what is there now.
+                    Err(conflict) => match conflict.current {
+                        Some(current) => value = current,
+                        None => break,
+                    },
+                }
+            }
+        }
+        Ok(revoked)
+    }
+
     /// Opens the database in `dir`, creating it (owner-only) if needed.
     /// Only one process can hold a database open at a time: while another
     /// does, this waits a few seconds (see `LOCK_WAIT`) and then fails with
@@ -237,6 +278,74 @@ impl Store for SledStore {
                 Ok::<_, TxError>(())
             })
             .map_err(|e| transaction_error(format!("record the enrollment of {}", node.id), e))?;
+        self.flush()
+    }
+
+    /// Takes the name in one transaction over the certificates, the nodes
+    /// and (with `clear_history`) the reports: the node record is read
+    /// again inside it, so of two claims that expected the same record one
+    /// aborts. Then the other certificates of the name are revoked, and
+    /// everything is flushed once.
+    fn claim_name(
+        &self,
+        certificate: &CertificateRecord,
+        node: &NodeRecord,
+        expected_serial: Option<&str>,
+        clear_history: bool,
+    ) -> Result<(), StoreError> {
+        check_node_id(&node.id)?;
+        let id = node.id.as_str();
+        let certificate_value = encode("certificate record", certificate)?;
+        let node_value = encode("node record", node)?;
+        let (report_keys, index_keys) = if clear_history {
+            let prefix = node_prefix(id);
+            let list_error = |e| backend(format!("list the reports of node {id}"), e);
+            (
+                self.reports
+                    .scan_prefix(&prefix)
+                    .keys()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(list_error)?,
+                self.report_index
+                    .scan_prefix(&prefix)
+                    .keys()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(list_error)?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        (
+            &self.certificates,
+            &self.nodes,
+            &self.reports,
+            &self.report_index,
+        )
+            .transaction(|(certificates, nodes, reports, index)| {
+                let held = match nodes.get(id.as_bytes())? {
+                    Some(value) => match decode::<NodeRecord>(NODES, id.as_bytes(), &value) {
+                        Ok(current) => Some(current.certificate_serial),
+                        Err(error) => return abort(error),
+                    },
+                    None => None,
+                };
+                if held.as_deref() != expected_serial {
+                    return abort(StoreError::NameClaimed { id: id.to_string() });
+                }
+                for key in &report_keys {
+                    reports.remove(key)?;
+                }
+                for key in &index_keys {
+                    index.remove(key)?;
+                }
+                certificates.insert(certificate.serial.as_bytes(), certificate_value.clone())?;
+                nodes.insert(id.as_bytes(), node_value.clone())?;
+                Ok::<_, TxError>(())
+            })
+            .map_err(|e| transaction_error(format!("record the enrollment of {id}"), e))?;
+        if clear_history {
+            self.revoke_certificates(id, Some(&certificate.serial))?;
+        }
         self.flush()
     }
 
@@ -524,35 +633,7 @@ impl Store for SledStore {
     /// certificates: revocation is rare, and a few thousand records scan in
     /// milliseconds.
     fn revoke_node(&self, node_id: &str) -> Result<Vec<String>, StoreError> {
-        let mut revoked = Vec::new();
-        for entry in self.certificates.iter() {
-            let (key, mut value) = entry.map_err(|e| backend("list certificates".into(), e))?;
-            loop {
-                let mut certificate: CertificateRecord = decode(CERTIFICATES, &key, &value)?;
-                if certificate.node_id != node_id || certificate.revoked {
-                    break;
-                }
-                certificate.revoked = true;
-                let new_value = encode("certificate record", &certificate)?;
-                let swapped = self
-                    .certificates
-                    .compare_and_swap(&key, Some(&value), Some(new_value))
-                    .map_err(|e| {
-                        backend(format!("revoke certificate {}", certificate.serial), e)
-                    })?;
-                match swapped {
-                    Ok(()) => {
-                        revoked.push(certificate.serial);
-                        break;
-                    }
-                    // Changed meanwhile: look again at what is there now.
-                    Err(conflict) => match conflict.current {
-                        Some(current) => value = current,
-                        None => break,
-                    },
-                }
-            }
-        }
+        let revoked = self.revoke_certificates(node_id, None)?;
         self.flush()?;
         Ok(revoked)
     }
