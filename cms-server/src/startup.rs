@@ -48,7 +48,7 @@ pub fn prepare(
     let store = crate::store::open(&data_dir.join("db"))?;
     crate::triggers::interrupt_running(&*store, clock)?;
     let ca = load_or_create_ca(&*store)?;
-    write_admin_credential(&ca, data_dir)?;
+    write_admin_credential(&*store, &ca, data_dir, clock)?;
     let ca_fingerprint = certificate_fingerprint(ca.certificate_pem())?;
     let restored = restore_revision(&*store, &source);
     Ok(Prepared {
@@ -97,28 +97,24 @@ fn load_or_create_ca(store: &dyn Store) -> anyhow::Result<CertificateAuthority> 
     Ok(ca)
 }
 
-/// The admin credential, made once: `admin/admin.pem`, `admin/admin.key`
-/// and `admin/ca.pem`, readable by the server's user only.
-fn write_admin_credential(ca: &CertificateAuthority, data_dir: &Path) -> anyhow::Result<()> {
+/// The bootstrap operator's admin credential, made once:
+/// `admin/admin.pem`, `admin/admin.key` and `admin/ca.pem`, readable by the
+/// server's user only, and recorded as the operator `admin`
+/// (`operators::bootstrap`).
+fn write_admin_credential(
+    store: &dyn Store,
+    ca: &CertificateAuthority,
+    data_dir: &Path,
+    clock: &dyn Clock,
+) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = admin_dir(data_dir);
-    if dir.join("admin.key").exists() {
-        return Ok(());
-    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("Failed to create {}", dir.display()))?;
-    let credential = ca.issue_admin_certificate()?;
-    for (name, text) in [
-        ("ca.pem", ca.certificate_pem().to_string()),
-        ("admin.pem", credential.certificate_pem.clone()),
-        ("admin.key", credential.private_key_pem.clone()),
-    ] {
-        write_private_file(&dir, name, text.as_bytes())?;
-    }
-    Ok(())
+    crate::operators::bootstrap(store, ca, &dir, clock.now_unix_ms())
 }
 
 /// Writes `dir/name` owner-only (0600), atomically: a temporary file in

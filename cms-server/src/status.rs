@@ -8,6 +8,7 @@ use crate::auth::AuthError;
 use crate::blocking::BlockingFailed;
 use crate::enrollment::EnrollError;
 use crate::nodes::NodesError;
+use crate::operators::OperatorError;
 use crate::reports::ReportError;
 use crate::revision::CatalogError;
 use crate::store::StoreError;
@@ -22,7 +23,8 @@ impl From<AuthError> for Status {
         let message = error.to_string();
         match error {
             AuthError::NoCertificate | AuthError::Unreadable(_) => Status::unauthenticated(message),
-            AuthError::AdminRevoked { .. }
+            AuthError::OperatorRevoked { .. }
+            | AuthError::OperatorUnknown { .. }
             | AuthError::NodeRevoked { .. }
             | AuthError::NodeUnknown { .. }
             | AuthError::NotANode
@@ -36,9 +38,10 @@ impl From<EnrollError> for Status {
     fn from(error: EnrollError) -> Status {
         let message = error.to_string();
         match error {
-            EnrollError::InvalidNodeName(_) | EnrollError::InvalidCsr(_) | EnrollError::NoScope => {
-                Status::invalid_argument(message)
-            }
+            EnrollError::InvalidNodeName(_)
+            | EnrollError::InvalidCsr(_)
+            | EnrollError::NoScope
+            | EnrollError::TokenTtlTooLong { .. } => Status::invalid_argument(message),
             EnrollError::TokenUnknown | EnrollError::TokenRefused(_) => {
                 Status::unauthenticated(message)
             }
@@ -46,6 +49,25 @@ impl From<EnrollError> for Status {
             EnrollError::NameTaken { .. } => Status::already_exists(message),
             EnrollError::NotEnrolled { .. } => Status::not_found(message),
             EnrollError::Random(_) | EnrollError::Store(_) => Status::internal(message),
+        }
+    }
+}
+
+impl From<OperatorError> for Status {
+    fn from(error: OperatorError) -> Status {
+        let message = error.to_string();
+        match error {
+            OperatorError::InvalidName(_)
+            | OperatorError::InvalidCsr(_)
+            | OperatorError::TooLong { .. } => Status::invalid_argument(message),
+            OperatorError::Exists { .. } | OperatorError::RevokedName { .. } => {
+                Status::already_exists(message)
+            }
+            OperatorError::Unknown { .. } => Status::not_found(message),
+            OperatorError::Revoked { .. } | OperatorError::LastOperator { .. } => {
+                Status::failed_precondition(message)
+            }
+            OperatorError::Store(_) => Status::internal(message),
         }
     }
 }
