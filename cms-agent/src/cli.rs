@@ -141,8 +141,11 @@ pub struct EnrollArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub server: String,
     /// The enrollment token `cms-server token create` printed.
-    #[arg(long, value_name = "TOKEN")]
-    pub token: String,
+    #[arg(long, value_name = "TOKEN", required_unless_present = "token_file")]
+    pub token: Option<String>,
+    /// A file holding the token instead; deleted once enrolled.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// The node's name [default: the instance id, else the hostname].
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
@@ -220,11 +223,19 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
         }
         Command::Enroll(args) => {
             let tags = args.discovery.tags.as_deref().map(parse_tags).transpose()?;
+            let token = match (&args.token, &args.token_file) {
+                (Some(token), _) => token.clone(),
+                (None, Some(file)) => std::fs::read_to_string(file)
+                    .with_context(|| format!("Failed to read the token file {}", file.display()))?
+                    .trim()
+                    .to_string(),
+                (None, None) => anyhow::bail!("Failed to enroll: give --token or --token-file"),
+            };
             let runtime = tokio::runtime::Runtime::new()?;
             let response = runtime.block_on(crate::remote::enroll_instance(
                 &args.state_dir,
                 &args.server,
-                &args.token,
+                &token,
                 args.node.clone(),
                 tags,
                 args.discovery.metadata_endpoint.clone(),
@@ -239,6 +250,9 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
                 response.node_id,
                 tags.join(",")
             );
+            if let Some(file) = &args.token_file {
+                crate::config::forget_token_file(file)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Converge(args) => {
