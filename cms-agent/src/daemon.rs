@@ -456,7 +456,8 @@ impl Runner for ServerRunner {
         .await?;
         if let Some(file) = self.token_file.clone() {
             let forgotten =
-                tokio::task::spawn_blocking(move || crate::config::forget_token_file(&file)).await?;
+                tokio::task::spawn_blocking(move || crate::config::forget_token_file(&file))
+                    .await?;
             if let Err(error) = forgotten {
                 tracing::warn!("{error:#}");
             }

@@ -5,7 +5,7 @@
 //! `status_error`, and the operator and audit commands (`admin add`,
 //! `admin renew`, `admin revoke`, `admin list`, `audit`). The other admin
 //! commands (`token create`, `nodes`, `reports`, `node revoke`, `sync`) are
-//! in `commands`, `cms-server trigger` in `trigger_cli`; all use [`connect`].
+//! in `commands`, `cms-server trigger` in `trigger_cli`; all use [`connect_as`].
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,9 +29,28 @@ const RENEW_WARNING_SECONDS: i64 = 14 * 24 * 3600;
 /// the operator credential in `admin.credential_dir`. An expired
 /// credential is refused here with what to do; one close to its end is
 /// warned about on stderr.
-pub async fn connect(admin: &AdminTarget) -> anyhow::Result<pb::admin_client::AdminClient<Channel>> {
+pub async fn connect_as(
+    admin: &AdminTarget,
+) -> anyhow::Result<pb::admin_client::AdminClient<Channel>> {
+    connect_with(&admin.server, &admin.credential_dir).await
+}
+
+/// Connects to the admin API at `server` as the bootstrap operator, whose
+/// credential the server wrote into `data_dir` (tests and benchmarks that
+/// run a server of their own).
+pub async fn connect(
+    server: &str,
+    data_dir: &Path,
+) -> anyhow::Result<pb::admin_client::AdminClient<Channel>> {
+    connect_with(server, &crate::startup::admin_dir(data_dir)).await
+}
+
+/// Connects to the admin API at `server` with the credential folder `dir`.
+pub async fn connect_with(
+    server: &str,
+    dir: &Path,
+) -> anyhow::Result<pb::admin_client::AdminClient<Channel>> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = &admin.credential_dir;
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name)).with_context(|| {
             format!(
@@ -42,13 +61,13 @@ pub async fn connect(admin: &AdminTarget) -> anyhow::Result<pb::admin_client::Ad
     };
     let (ca, certificate, key) = (read(CA_FILE)?, read(CERTIFICATE_FILE)?, read(KEY_FILE)?);
     check_expiry(&dir.join(CERTIFICATE_FILE), &certificate)?;
-    let url = if admin.server.contains("://") {
-        admin.server.to_string()
+    let url = if server.contains("://") {
+        server.to_string()
     } else {
-        format!("https://{}", admin.server)
+        format!("https://{server}")
     };
     let endpoint = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("Failed to parse the server address {}", admin.server))?
+        .with_context(|| format!("Failed to parse the server address {server}"))?
         .tls_config(
             ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(ca))
@@ -126,7 +145,7 @@ pub async fn add_operator(
         );
     }
     let (key_pem, csr_pem) = crate::pki::operator_key_and_csr(&args.name)?;
-    let mut client = connect(admin).await?;
+    let mut client = connect_as(admin).await?;
     let signed = client
         .add_operator(pb::AddOperatorRequest {
             name: args.name.clone(),
@@ -137,7 +156,12 @@ pub async fn add_operator(
         .await
         .map_err(status_error)?
         .into_inner();
-    write_credential(&out, &signed.ca_certificate_pem, &signed.certificate_pem, &key_pem)?;
+    write_credential(
+        &out,
+        &signed.ca_certificate_pem,
+        &signed.certificate_pem,
+        &key_pem,
+    )?;
     let ends = format_time(signed.not_after_unix.max(0) as u64 * 1000);
     match admin.format {
         Format::Json => println!(
@@ -191,7 +215,7 @@ fn write_credential(
 
 /// `admin revoke NAME`.
 pub async fn revoke_operator(name: &str, admin: &AdminTarget) -> anyhow::Result<ExitCode> {
-    let mut client = connect(admin).await?;
+    let mut client = connect_as(admin).await?;
     let revoked = client
         .revoke_operator(pb::RevokeOperatorRequest {
             name: name.to_owned(),
@@ -214,7 +238,7 @@ pub async fn revoke_operator(name: &str, admin: &AdminTarget) -> anyhow::Result<
 
 /// `admin list`.
 pub async fn list_operators(admin: &AdminTarget) -> anyhow::Result<ExitCode> {
-    let mut client = connect(admin).await?;
+    let mut client = connect_as(admin).await?;
     let operators = client
         .list_operators(pb::ListOperatorsRequest {})
         .await
@@ -264,7 +288,7 @@ pub async fn list_operators(admin: &AdminTarget) -> anyhow::Result<ExitCode> {
 
 /// `audit`: the last calls, newest last.
 pub async fn audit(limit: u32, admin: &AdminTarget) -> anyhow::Result<ExitCode> {
-    let mut client = connect(admin).await?;
+    let mut client = connect_as(admin).await?;
     let entries = client
         .get_audit(pb::GetAuditRequest { limit })
         .await

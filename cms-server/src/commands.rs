@@ -47,7 +47,7 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
                     .max(1),
                 None => 0,
             };
-            let mut client = crate::admin::connect(&admin).await?;
+            let mut client = crate::admin::connect_as(&admin).await?;
             let response = client
                 .create_token(pb::CreateTokenRequest {
                     scope: scope.into_iter().collect(),
@@ -70,7 +70,7 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
                 .map(parse_tags)
                 .transpose()?
                 .unwrap_or_default();
-            let mut client = crate::admin::connect(&admin).await?;
+            let mut client = crate::admin::connect_as(&admin).await?;
             let nodes = client
                 .list_nodes(pb::ListNodesRequest {
                     selector: Some(pb::Selector {
@@ -85,7 +85,7 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Invocation::Reports { args, admin } => {
-            let mut client = crate::admin::connect(&admin).await?;
+            let mut client = crate::admin::connect_as(&admin).await?;
             let reports = client
                 .get_reports(pb::GetReportsRequest {
                     node_id: args.node.clone(),
@@ -99,7 +99,7 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Invocation::NodeRevoke { args, admin } => {
-            let mut client = crate::admin::connect(&admin).await?;
+            let mut client = crate::admin::connect_as(&admin).await?;
             let revoked = client
                 .revoke_node(pb::RevokeNodeRequest {
                     node_id: args.id.clone(),
@@ -234,7 +234,7 @@ async fn shutdown_signal() {
 }
 
 async fn sync(admin: &AdminTarget) -> anyhow::Result<ExitCode> {
-    let mut client = crate::admin::connect(admin).await?;
+    let mut client = crate::admin::connect_as(admin).await?;
     let response = client
         .sync(pb::SyncRequest {})
         .await

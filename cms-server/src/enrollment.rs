@@ -244,7 +244,11 @@ impl Enrollment {
         if scope.is_empty() {
             return Err(EnrollError::NoScope);
         }
-        let ttl = if ttl.is_zero() { DEFAULT_TOKEN_TTL } else { ttl };
+        let ttl = if ttl.is_zero() {
+            DEFAULT_TOKEN_TTL
+        } else {
+            ttl
+        };
         if ttl > MAX_TOKEN_TTL {
             return Err(EnrollError::TokenTtlTooLong {
                 ttl_seconds: ttl.as_secs(),

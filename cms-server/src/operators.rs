@@ -42,9 +42,13 @@ pub struct Operators {
 pub enum OperatorError {
     #[error("{0}")]
     InvalidName(#[source] PkiError),
-    #[error("Failed to add operator {name}: it exists; use `cms-server admin renew {name}` for a new credential")]
+    #[error(
+        "Failed to add operator {name}: it exists; use `cms-server admin renew {name}` for a new credential"
+    )]
     Exists { name: String },
-    #[error("Failed to add operator {name}: it was revoked, and a revoked name is not reused; choose another name")]
+    #[error(
+        "Failed to add operator {name}: it was revoked, and a revoked name is not reused; choose another name"
+    )]
     RevokedName { name: String },
     #[error("operator {name} does not exist; `cms-server admin list` shows the operators")]
     Unknown { name: String },
@@ -254,7 +258,8 @@ pub fn bootstrap(
         audit_bootstrap(store, now_unix_ms, "AdoptCredential")?;
         return Ok(());
     }
-    let (credential, issued) = ca.issue_operator_credential(BOOTSTRAP_OPERATOR, OPERATOR_VALIDITY)?;
+    let (credential, issued) =
+        ca.issue_operator_credential(BOOTSTRAP_OPERATOR, OPERATOR_VALIDITY)?;
     for (name, text) in [
         ("ca.pem", ca.certificate_pem()),
         ("admin.pem", credential.certificate_pem.as_str()),
@@ -386,7 +391,10 @@ mod tests {
             .unwrap();
         operators.revoke("admin").unwrap();
         let unknown = operators.revoke("nobody").unwrap_err();
-        assert!(matches!(unknown, OperatorError::Unknown { .. }), "{unknown}");
+        assert!(
+            matches!(unknown, OperatorError::Unknown { .. }),
+            "{unknown}"
+        );
     }
 
     #[test]

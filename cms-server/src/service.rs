@@ -276,7 +276,9 @@ fn code_name(code: tonic::Code) -> String {
 }
 
 fn selector_text(selector: Option<&pb::Selector>) -> String {
-    let tags: BTreeMap<&String, &String> = selector.map(|s| s.tags.iter().collect()).unwrap_or_default();
+    let tags: BTreeMap<&String, &String> = selector
+        .map(|s| s.tags.iter().collect())
+        .unwrap_or_default();
     tags.into_iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
@@ -342,10 +344,20 @@ impl AdminService {
         match recorded {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                tracing::error!(operator, method, target, "Failed to write the audit record: {error}")
+                tracing::error!(
+                    operator,
+                    method,
+                    target,
+                    "Failed to write the audit record: {error}"
+                )
             }
             Err(error) => {
-                tracing::error!(operator, method, target, "Failed to write the audit record: {error}")
+                tracing::error!(
+                    operator,
+                    method,
+                    target,
+                    "Failed to write the audit record: {error}"
+                )
             }
         }
         result
@@ -454,12 +466,8 @@ impl pb::admin_server::Admin for AdminService {
             .map_err(Status::from)
             .and_then(|token| token.map_err(Status::from));
         if let Ok(token) = &token {
-            target = crate::audit::token_target(
-                &token.scope,
-                token.uses,
-                token.ttl_seconds,
-                &token.id,
-            );
+            target =
+                crate::audit::token_target(&token.scope, token.uses, token.ttl_seconds, &token.id);
         }
         let response = token.map(|token| {
             Response::new(pb::CreateTokenResponse {
@@ -643,9 +651,7 @@ impl pb::admin_server::Admin for AdminService {
         let operator = self.operator(&request, METHOD, "").await?;
         let limit = request.into_inner().limit as usize;
         // Recorded first, so that the answer shows this call too.
-        let recorded = self
-            .audited(&operator, METHOD, String::new(), Ok(()))
-            .await;
+        let recorded = self.audited(&operator, METHOD, String::new(), Ok(())).await;
         recorded?;
         let audit = self.audit.clone();
         let records = self

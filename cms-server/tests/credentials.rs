@@ -154,13 +154,21 @@ fn a_leaked_single_use_token_is_refused_after_the_legitimate_enrollment() {
     let server = Server::start();
     let token = server.token(&["--tags", "role=web"]);
     let states = tempfile::tempdir().unwrap();
-    enroll(&server.address(), &token, "web-1", &states.path().join("web-1"))
-        .expect("the legitimate instance enrolls");
+    enroll(
+        &server.address(),
+        &token,
+        "web-1",
+        &states.path().join("web-1"),
+    )
+    .expect("the legitimate instance enrolls");
     // The same token, read later from user data by someone else.
     let thief = states.path().join("thief");
     let refused = enroll(&server.address(), &token, "web-2", &thief).unwrap_err();
     assert!(refused.contains("it has no uses left"), "{refused}");
-    assert!(holds_nothing(&thief), "the refused enrollment left an identity");
+    assert!(
+        holds_nothing(&thief),
+        "the refused enrollment left an identity"
+    );
 }
 
 #[test]
@@ -226,7 +234,14 @@ fn two_instances_racing_for_a_single_use_token_get_one_certificate() {
 fn a_token_is_single_use_and_an_hour_by_default_and_may_not_live_a_month() {
     let server = Server::start();
     let output = server.cli(
-        &["token", "create", "--tags", "env=prod,role=*", "--ttl", "30d"],
+        &[
+            "token",
+            "create",
+            "--tags",
+            "env=prod,role=*",
+            "--ttl",
+            "30d",
+        ],
         None,
     );
     assert!(!output.status.success());
@@ -322,7 +337,11 @@ fn the_last_working_operator_cannot_be_revoked_and_the_bootstrap_one_can_once_an
     assert!(revoked.status.success(), "{}", stderr(&revoked));
     let refused = server.cli(&["nodes"], None);
     assert!(!refused.status.success());
-    assert!(stderr(&refused).contains("operator admin"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("operator admin"),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 #[test]
@@ -353,7 +372,10 @@ fn an_operators_call_appears_in_the_audit_log_with_its_name() {
     // Newest last: the audit call itself.
     assert_eq!(entries.last().unwrap()["method"], "GetAudit");
     let printed = serde_json::to_string(&entries).unwrap();
-    assert!(!printed.contains(&secret), "the audit log holds a token secret");
+    assert!(
+        !printed.contains(&secret),
+        "the audit log holds a token secret"
+    );
     let text = server.cli(&["audit"], None);
     assert!(
         String::from_utf8_lossy(&text.stdout).contains("alice"),
@@ -437,7 +459,9 @@ async fn a_node_certificate_cannot_call_admin_methods() {
             "call {index}: {status:?}"
         );
         assert!(
-            status.message().contains("node web-1 may not call admin functions"),
+            status
+                .message()
+                .contains("node web-1 may not call admin functions"),
             "{status:?}"
         );
     }
@@ -494,8 +518,7 @@ fn an_impostor_showing_the_real_ca_over_its_own_server_certificate_gets_no_enrol
         .unwrap();
     use rustls::pki_types::pem::PemObject as _;
     let chain = vec![
-        rustls::pki_types::CertificateDer::from_pem_slice(own.certificate_pem.as_bytes())
-            .unwrap(),
+        rustls::pki_types::CertificateDer::from_pem_slice(own.certificate_pem.as_bytes()).unwrap(),
         rustls::pki_types::CertificateDer::from_pem_slice(real_ca.as_bytes()).unwrap(),
     ];
     let key =
