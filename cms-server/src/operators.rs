@@ -223,11 +223,14 @@ impl Operators {
 /// operators are all revoked or expired, and it is audited. An existing
 /// credential the store does not know yet (written by a server from before
 /// operators existed) is adopted as the bootstrap operator.
+/// `write_private_file(name, text)` writes one file of the credential into
+/// `dir`, owner-only and atomically (the server's `startup` passes its own).
 pub fn bootstrap(
     store: &dyn Store,
     ca: &CertificateAuthority,
     dir: &Path,
     now_unix_ms: u64,
+    write_private_file: &dyn Fn(&str, &str) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let certificate_path = dir.join("admin.pem");
@@ -265,7 +268,7 @@ pub fn bootstrap(
         ("admin.pem", credential.certificate_pem.as_str()),
         ("admin.key", credential.private_key_pem.as_str()),
     ] {
-        crate::startup::write_private_file(dir, name, text.as_bytes())?;
+        write_private_file(name, text)?;
     }
     let record = OperatorRecord {
         name: BOOTSTRAP_OPERATOR.to_owned(),
@@ -314,6 +317,21 @@ mod tests {
 
     fn csr(name: &str) -> String {
         crate::pki::operator_key_and_csr(name).unwrap().1
+    }
+
+    /// Writes into `dir` as the server's startup does: owner-only.
+    fn writer(dir: &Path) -> impl Fn(&str, &str) -> anyhow::Result<()> + '_ {
+        move |name, text| {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(dir.join(name))?;
+            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            Ok(())
+        }
     }
 
     fn serial_of(pem: &str) -> String {
@@ -402,18 +420,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = MemoryStore::default();
         let ca = CertificateAuthority::create("test").unwrap();
-        bootstrap(&store, &ca, dir.path(), 5_000).unwrap();
+        bootstrap(&store, &ca, dir.path(), 5_000, &writer(dir.path())).unwrap();
         let first = std::fs::read_to_string(dir.path().join("admin.pem")).unwrap();
         let record = store.operator("admin").unwrap().unwrap();
         assert_eq!(record.serial, serial_of(&first));
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(dir.path().join("admin.key"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
         // A restart leaves it alone.
-        bootstrap(&store, &ca, dir.path(), 6_000).unwrap();
+        bootstrap(&store, &ca, dir.path(), 6_000, &writer(dir.path())).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("admin.pem")).unwrap(),
             first
@@ -425,7 +437,7 @@ mod tests {
         };
         assert!(store.swap_operator(Some(&record), &revoked).unwrap());
         std::fs::remove_file(dir.path().join("admin.key")).unwrap();
-        bootstrap(&store, &ca, dir.path(), 8_000).unwrap();
+        bootstrap(&store, &ca, dir.path(), 8_000, &writer(dir.path())).unwrap();
         let second = std::fs::read_to_string(dir.path().join("admin.pem")).unwrap();
         let record = store.operator("admin").unwrap().unwrap();
         assert_eq!(record.serial, serial_of(&second));
@@ -453,7 +465,7 @@ mod tests {
         let legacy = ca.issue_admin_certificate().unwrap();
         std::fs::write(dir.path().join("admin.pem"), &legacy.certificate_pem).unwrap();
         std::fs::write(dir.path().join("admin.key"), &legacy.private_key_pem).unwrap();
-        bootstrap(&store, &ca, dir.path(), 5_000).unwrap();
+        bootstrap(&store, &ca, dir.path(), 5_000, &writer(dir.path())).unwrap();
         let record = store.operator("admin").unwrap().unwrap();
         assert_eq!(record.serial, serial_of(&legacy.certificate_pem));
         assert_eq!(

@@ -114,7 +114,9 @@ fn write_admin_credential(
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("Failed to create {}", dir.display()))?;
-    crate::operators::bootstrap(store, ca, &dir, clock.now_unix_ms())
+    crate::operators::bootstrap(store, ca, &dir, clock.now_unix_ms(), &|name, text| {
+        write_private_file(&dir, name, text.as_bytes())
+    })
 }
 
 /// Writes `dir/name` owner-only (0600), atomically: a temporary file in
