@@ -144,10 +144,13 @@ pub struct EnrollArgs {
     #[arg(
         long,
         value_name = "TOKEN",
-        required_unless_present = "ca_fingerprint",
+        required_unless_present_any = ["token_file", "ca_fingerprint"],
         conflicts_with = "ca_fingerprint"
     )]
     pub token: Option<String>,
+    /// A file holding the token instead; deleted once enrolled.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["token", "ca_fingerprint"])]
+    pub token_file: Option<PathBuf>,
     /// Enroll by attestation on EC2 instead of a token: the instance
     /// identity document, signed by AWS, proves the instance, and the
     /// server reads its tags from EC2. The value pins the server's CA
@@ -233,18 +236,34 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
         }
         Command::Enroll(args) => {
             let tags = args.discovery.tags.as_deref().map(parse_tags).transpose()?;
+            let token = match (&args.token, &args.token_file) {
+                (Some(token), _) => token.clone(),
+                (None, Some(file)) => std::fs::read_to_string(file)
+                    .with_context(|| format!("Failed to read the token file {}", file.display()))?
+                    .trim()
+                    .to_string(),
+                (None, None) => anyhow::bail!("Failed to enroll: give --token or --token-file"),
+            };
             let runtime = tokio::runtime::Runtime::new()?;
             let response = runtime.block_on(crate::remote::enroll_instance(
                 &args.state_dir,
                 &args.server,
-                &match (&args.token, &args.ca_fingerprint) {
-                    (Some(token), _) => crate::remote::EnrollWith::Token(token.clone()),
-                    (None, Some(ca_fingerprint)) => crate::remote::EnrollWith::Attestation {
+                &match (&args.token, &args.token_file, &args.ca_fingerprint) {
+                    (Some(token), _, _) => crate::remote::EnrollWith::Token(token.clone()),
+                    (None, Some(file), _) => crate::remote::EnrollWith::Token(
+                        std::fs::read_to_string(file)
+                            .with_context(|| {
+                                format!("Failed to read the token file {}", file.display())
+                            })?
+                            .trim()
+                            .to_string(),
+                    ),
+                    (None, None, Some(ca_fingerprint)) => crate::remote::EnrollWith::Attestation {
                         ca_fingerprint: ca_fingerprint.clone(),
                     },
-                    (None, None) => {
-                        anyhow::bail!("Failed to enroll: pass --token or --ca-fingerprint")
-                    }
+                    (None, None, None) => anyhow::bail!(
+                        "Failed to enroll: pass --token, --token-file or --ca-fingerprint"
+                    ),
                 },
                 args.node.clone(),
                 tags,
@@ -260,6 +279,9 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
                 response.node_id,
                 tags.join(",")
             );
+            if let Some(file) = &args.token_file {
+                crate::config::forget_token_file(file)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Converge(args) => {

@@ -2,7 +2,7 @@
 //! two stages (what the user wrote, with unknown keys refused; then
 //! resolved durations).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -43,6 +43,9 @@ pub struct AgentConfig {
     pub token: Option<String>,
     /// The server CA's fingerprint, for attested enrollment.
     pub ca_fingerprint: Option<String>,
+    /// The file `token` was read from (`token_file`), deleted once the
+    /// agent has enrolled (`forget_token_file`).
+    pub token_file: Option<PathBuf>,
     pub interval: Duration,
     pub splay: Duration,
     pub metadata_endpoint: Option<String>,
@@ -80,10 +83,14 @@ impl AgentConfig {
                 None => default,
             }))
         };
+        let mut token_file = None;
         let token = match (raw.token, raw.token_file) {
             (Some(token), _) => Some(token),
             (None, Some(file)) => match std::fs::read_to_string(&file) {
-                Ok(token) => Some(token.trim().to_string()),
+                Ok(token) => {
+                    token_file = Some(PathBuf::from(&file));
+                    Some(token.trim().to_string())
+                }
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
                 Err(error) => {
                     return Err(error)
@@ -96,11 +103,28 @@ impl AgentConfig {
             server: raw.server,
             token,
             ca_fingerprint: raw.ca_fingerprint,
+            token_file,
             interval: duration(raw.interval.as_deref(), 30 * 60)?,
             splay: duration(raw.splay.as_deref(), 5 * 60)?,
             metadata_endpoint: raw.metadata_endpoint,
             textfile: crate::textfile::Textfile::from_setting(raw.textfile_collector.as_deref()),
         })
+    }
+}
+
+/// Deletes the file an enrollment token was read from, once the agent has
+/// enrolled: the token is used (or has a use fewer), and a copy left on
+/// the disk is only something to steal. A file already gone is fine.
+pub fn forget_token_file(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error).with_context(|| {
+            format!(
+                "Failed to delete the enrollment token file {} after enrolling",
+                path.display()
+            )
+        }),
     }
 }
 
@@ -129,5 +153,32 @@ mod tests {
             })
         );
         assert_eq!(load("server = \"cms:7470\"\n").enroll_with(), None);
+    }
+
+
+    #[test]
+    fn a_token_read_from_a_file_remembers_the_file_and_forgetting_deletes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("cms-token");
+        std::fs::write(&token_file, "cmst_secret.fingerprint\n").unwrap();
+        let config_file = dir.path().join("agent.toml");
+        std::fs::write(
+            &config_file,
+            format!(
+                "server = \"cms:7470\"\ntoken_file = \"{}\"\n",
+                token_file.display()
+            ),
+        )
+        .unwrap();
+        let config = AgentConfig::load(&config_file).unwrap();
+        assert_eq!(config.token.as_deref(), Some("cmst_secret.fingerprint"));
+        assert_eq!(config.token_file.as_deref(), Some(token_file.as_path()));
+        forget_token_file(&token_file).unwrap();
+        assert!(!token_file.exists());
+        // Gone already (a second start, another deleter): fine.
+        forget_token_file(&token_file).unwrap();
+        // The token written into agent.toml itself names no file to delete.
+        std::fs::write(&config_file, "token = \"cmst_inline.f\"\n").unwrap();
+        assert_eq!(AgentConfig::load(&config_file).unwrap().token_file, None);
     }
 }

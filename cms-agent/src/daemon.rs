@@ -423,6 +423,7 @@ pub async fn run_daemon(
         textfile: config.textfile.clone(),
         terminal,
         connectors: Connectors::new(),
+        token_file: config.token_file.clone(),
     };
     Daemon::new(
         runner,
@@ -444,6 +445,8 @@ pub struct ServerRunner {
     textfile: crate::textfile::Textfile,
     terminal: Terminal,
     connectors: Connectors,
+    /// The file the enrollment token came from, deleted once enrolled.
+    token_file: Option<PathBuf>,
 }
 
 impl ServerRunner {
@@ -493,6 +496,14 @@ impl Runner for ServerRunner {
             self.metadata_endpoint.clone(),
         )
         .await?;
+        if let Some(file) = self.token_file.clone() {
+            let forgotten =
+                tokio::task::spawn_blocking(move || crate::config::forget_token_file(&file))
+                    .await?;
+            if let Err(error) = forgotten {
+                tracing::warn!("{error:#}");
+            }
+        }
         Ok(response.node_id)
     }
 
@@ -754,6 +765,7 @@ mod tests {
             server: Some(SERVER.into()),
             token: Some("secret.fingerprint".into()),
             ca_fingerprint: None,
+            token_file: None,
             interval,
             splay,
             metadata_endpoint: None,

@@ -3,10 +3,13 @@
 //! [`identify`].
 //!
 //! Who calls is never taken from a request field: an agent's node id comes
-//! from its certificate (`PeerIdentity::Node`), the operator's from the
-//! admin certificate (`PeerIdentity::Admin`). A revoked serial is refused on
-//! every call, and so is a node certificate the store no longer knows (the
-//! node was removed, or its name enrolled again by a new instance).
+//! from its certificate (`PeerIdentity::Node`), an operator's name from its
+//! admin certificate (`PeerIdentity::Operator`). A revoked serial is refused
+//! on every call, and so is a node certificate the store no longer knows
+//! (the node was removed, or its name enrolled again by a new instance).
+//! An operator's certificate is accepted only while the store's operator
+//! record names its serial and is not revoked: revoking an operator, or
+//! renewing its credential, refuses the old certificate on the next call.
 
 use crate::pki::{PeerIdentity, PkiError, peer_identity};
 use crate::store::{Store, StoreError};
@@ -18,8 +21,12 @@ pub enum AuthError {
     NoCertificate,
     #[error("{0}")]
     Unreadable(#[source] PkiError),
-    #[error("certificate {serial} is revoked")]
-    AdminRevoked { serial: String },
+    #[error("the admin credential of operator {name} (certificate {serial}) is revoked")]
+    OperatorRevoked { name: String, serial: String },
+    #[error(
+        "the admin credential of operator {name} (certificate {serial}) is not the operator's current one: it was renewed or the operator was never added"
+    )]
+    OperatorUnknown { name: String, serial: String },
     #[error("certificate {serial} of node {node_id} is revoked")]
     NodeRevoked { serial: String, node_id: String },
     #[error(
@@ -39,11 +46,21 @@ pub enum AuthError {
 pub fn identify(store: &dyn Store, leaf_der: &[u8]) -> Result<PeerIdentity, AuthError> {
     let (identity, serial) = peer_identity(leaf_der).map_err(AuthError::Unreadable)?;
     match &identity {
-        PeerIdentity::Admin => {
-            if store.is_revoked(&serial)? {
-                return Err(AuthError::AdminRevoked { serial });
+        PeerIdentity::Operator(name) => match store.operator(name)? {
+            Some(operator) if operator.revoked_unix.is_some() => {
+                return Err(AuthError::OperatorRevoked {
+                    name: name.clone(),
+                    serial,
+                });
             }
-        }
+            Some(operator) if operator.serial == serial => {}
+            _ => {
+                return Err(AuthError::OperatorUnknown {
+                    name: name.clone(),
+                    serial,
+                });
+            }
+        },
         PeerIdentity::Node(id) => match store.certificate(&serial)? {
             Some(record) if record.revoked => {
                 return Err(AuthError::NodeRevoked {
@@ -67,14 +84,14 @@ pub fn identify(store: &dyn Store, leaf_der: &[u8]) -> Result<PeerIdentity, Auth
 pub fn node(identity: PeerIdentity) -> Result<String, AuthError> {
     match identity {
         PeerIdentity::Node(id) => Ok(id),
-        PeerIdentity::Admin => Err(AuthError::NotANode),
+        PeerIdentity::Operator(_) => Err(AuthError::NotANode),
     }
 }
 
-/// The admin credential; a node is refused.
-pub fn admin(identity: PeerIdentity) -> Result<(), AuthError> {
+/// The operator an admin credential names; a node is refused.
+pub fn admin(identity: PeerIdentity) -> Result<String, AuthError> {
     match identity {
-        PeerIdentity::Admin => Ok(()),
+        PeerIdentity::Operator(name) => Ok(name),
         PeerIdentity::Node(node_id) => Err(AuthError::NotAdmin { node_id }),
     }
 }

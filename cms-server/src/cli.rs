@@ -55,6 +55,15 @@ pub enum Command {
     /// Manage one node.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Operators: one admin credential each, revocable on its own.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Show the audit log of admin calls (who, what, on what, when, and the
+    /// outcome), newest last.
+    #[command(
+        after_help = "Examples:\n  cms-server audit\n  cms-server audit --limit 200 --format json | jq -r '.[] | select(.outcome != \"ok\")'"
+    )]
+    Audit(AuditArgs),
     /// Sync the roles repository now.
     Sync(AdminArgs),
     /// Make a login token for the fleet dashboard; prints it once. Run it
@@ -235,6 +244,11 @@ pub struct AdminArgs {
     /// /var/lib/cms-server when it holds an admin credential].
     #[arg(long, value_name = "DIR", env = "CMS_SERVER_DATA")]
     pub data: Option<PathBuf>,
+    /// The folder of the operator's admin credential (ca.pem, admin.pem,
+    /// admin.key), as `cms-server admin add` wrote it [default: the
+    /// bootstrap operator's, DATA/admin].
+    #[arg(long, value_name = "DIR", env = "CMS_ADMIN_CREDENTIAL")]
+    pub credential: Option<PathBuf>,
     /// Output: a table for people, or JSON for programs.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -244,7 +258,7 @@ pub struct AdminArgs {
 pub enum TokenCommand {
     /// Make an enrollment token; prints the token alone on stdout.
     #[command(
-        after_help = "Examples:\n  cms-server token create --tags 'env=staging,role=*'\n  cms-server token create --tags 'env=prod,role=api' --ttl 1h --uses 50"
+        after_help = "Examples:\n  cms-server token create --tags 'env=staging,role=web'\n  cms-server token create --tags 'env=staging,role=api' --ttl 2h --uses 3\n\nA token is single use and lives an hour unless told otherwise; it is a secret until\nit is used up. Hand each host its own, scoped to that host's tags."
     )]
     Create(TokenCreateArgs),
 }
@@ -254,12 +268,65 @@ pub struct TokenCreateArgs {
     /// The tags a node may enroll with: name=value or glob.
     #[arg(long, value_name = "K=V,...")]
     pub tags: String,
-    /// How long the token can be used.
-    #[arg(long, default_value = "24h")]
-    pub ttl: String,
-    /// How many enrollments it allows [default: unlimited].
-    #[arg(long)]
+    /// How long the token can be used [default: 1h; at most 24h].
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// How many enrollments it allows [default: 1]. There are no unlimited
+    /// tokens.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub uses: Option<u32>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Add an operator: make its key and CSR here, have the server sign
+    /// the certificate, and write the credential (0600) to --out.
+    #[command(
+        after_help = "Examples:\n  cms-server admin add alice\n  cms-server admin add alice --out /home/alice/.config/cms-admin --lifetime 30d\n  cms-server nodes --credential /home/alice/.config/cms-admin\n\nThe credential is valid 90 days unless --lifetime says otherwise (at most 365d);\n`cms-server admin renew NAME` replaces it before then."
+    )]
+    Add(OperatorCredentialArgs),
+    /// Replace an operator's credential with a new key and certificate; the
+    /// old certificate is refused from then on.
+    #[command(
+        after_help = "Examples:\n  cms-server admin renew admin\n  cms-server admin renew alice --credential /home/alice/.config/cms-admin"
+    )]
+    Renew(OperatorCredentialArgs),
+    /// Revoke an operator: its credential is refused on its next call.
+    Revoke(OperatorNameArgs),
+    /// List the operators: name, created, expires, revoked.
+    List(AdminArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OperatorCredentialArgs {
+    /// The operator's name: lowercase letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// Where to write the credential (ca.pem, admin.pem, admin.key)
+    /// [default: DATA/admin/operators/NAME; for renew, the credential in
+    /// use when it is NAME's].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// How long the certificate is valid [default: 90d; at most 365d].
+    #[arg(long, value_name = "DURATION")]
+    pub lifetime: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OperatorNameArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// How many of the last calls to show.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
     #[command(flatten)]
     pub admin: AdminArgs,
 }

@@ -40,13 +40,19 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
         Invocation::Serve { args, data_dir } => serve(args, data_dir).await,
         Invocation::TokenCreate { args, admin } => {
             let scope = crate::pki::parse_scope(&args.tags)?;
-            let ttl = cms_roles::parse_duration(&args.ttl).map_err(anyhow::Error::msg)?;
-            let mut client = crate::admin::connect(&admin.server, &admin.data_dir).await?;
+            // Not given: 0, the server's default (an hour).
+            let ttl = match &args.ttl {
+                Some(ttl) => cms_roles::parse_duration(ttl)
+                    .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?
+                    .max(1),
+                None => 0,
+            };
+            let mut client = crate::admin::connect_as(&admin).await?;
             let response = client
                 .create_token(pb::CreateTokenRequest {
                     scope: scope.into_iter().collect(),
                     ttl_seconds: ttl,
-                    uses: args.uses.unwrap_or(0),
+                    uses: args.uses.unwrap_or(1),
                 })
                 .await
                 .map_err(status_error)?
@@ -64,7 +70,7 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
                 .map(parse_tags)
                 .transpose()?
                 .unwrap_or_default();
-            let mut client = crate::admin::connect(&admin.server, &admin.data_dir).await?;
+            let mut client = crate::admin::connect_as(&admin).await?;
             let nodes = client
                 .list_nodes(pb::ListNodesRequest {
                     selector: Some(pb::Selector {
@@ -79,7 +85,7 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Invocation::Reports { args, admin } => {
-            let mut client = crate::admin::connect(&admin.server, &admin.data_dir).await?;
+            let mut client = crate::admin::connect_as(&admin).await?;
             let reports = client
                 .get_reports(pb::GetReportsRequest {
                     node_id: args.node.clone(),
@@ -93,7 +99,7 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Invocation::NodeRevoke { args, admin } => {
-            let mut client = crate::admin::connect(&admin.server, &admin.data_dir).await?;
+            let mut client = crate::admin::connect_as(&admin).await?;
             let revoked = client
                 .revoke_node(pb::RevokeNodeRequest {
                     node_id: args.id.clone(),
@@ -115,6 +121,17 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Invocation::Sync(admin) => sync(&admin).await,
+        Invocation::OperatorAdd { args, admin } => {
+            crate::admin::add_operator(&args, &admin, false).await
+        }
+        Invocation::OperatorRenew { args, admin } => {
+            crate::admin::add_operator(&args, &admin, true).await
+        }
+        Invocation::OperatorRevoke { args, admin } => {
+            crate::admin::revoke_operator(&args.name, &admin).await
+        }
+        Invocation::OperatorList(admin) => crate::admin::list_operators(&admin).await,
+        Invocation::Audit { args, admin } => crate::admin::audit(args.limit, &admin).await,
         Invocation::DashboardToken { data_dir } => {
             println!("{}", crate::dashboard::create_token(&data_dir)?);
             Ok(ExitCode::SUCCESS)
@@ -225,7 +242,7 @@ async fn shutdown_signal() {
 }
 
 async fn sync(admin: &AdminTarget) -> anyhow::Result<ExitCode> {
-    let mut client = crate::admin::connect(&admin.server, &admin.data_dir).await?;
+    let mut client = crate::admin::connect_as(admin).await?;
     let response = client
         .sync(pb::SyncRequest {})
         .await

@@ -75,12 +75,35 @@ pub struct Enrolled {
     pub not_after_unix: i64,
 }
 
+/// How long a token lives when the operator does not say.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// The longest a token may live.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// A token made for the operator.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NewToken {
     /// The secret and the CA's fingerprint, as the agent takes it.
     pub token: String,
     pub expires_unix: u64,
+    /// The id the store keeps (sha256 of the secret), for the audit log.
+    pub id: String,
+    pub scope: BTreeMap<String, String>,
+    pub uses: u32,
+    pub ttl_seconds: u64,
+}
+
+impl std::fmt::Debug for NewToken {
+    // Never prints the secret.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("NewToken")
+            .field("id", &self.id)
+            .field("scope", &self.scope)
+            .field("uses", &self.uses)
+            .field("expires_unix", &self.expires_unix)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +147,11 @@ pub enum EnrollError {
     NotEnrolled { node_id: String },
     #[error("a token needs a scope, e.g. env=staging,role=*")]
     NoScope,
+    #[error(
+        "Failed to create the token: a lifetime of {ttl_seconds} s is longer than the longest a token may live, {} hours; make a new token when it is needed",
+        MAX_TOKEN_TTL.as_secs() / 3600
+    )]
+    TokenTtlTooLong { ttl_seconds: u64 },
     #[error("{0}")]
     Random(#[source] PkiError),
     #[error(transparent)]
@@ -142,6 +170,7 @@ impl Enrollment {
     /// compare-and-swap on the name, so two enrollments of one name never
     /// both get a certificate.
     pub fn enroll(&self, request: EnrollRequest) -> Result<Enrolled, EnrollError> {
+        let now = self.clock.now_unix_ms();
         let (node_id, tags, attested, token) = match &request.identity {
             Some(proof) => {
                 let attestor = self.aws.as_ref().ok_or(EnrollError::AttestationOff)?;
@@ -155,17 +184,8 @@ impl Enrollment {
             None => {
                 let node_id = request.node_name.clone();
                 crate::pki::check_node_id(&node_id).map_err(EnrollError::InvalidNodeName)?;
-                let secret = request.token.split('.').next().unwrap_or_default();
-                let token_id = crate::pki::token_id(secret);
-                // Check the scope before using the token up.
-                let token = self
-                    .store
-                    .tokens()?
-                    .into_iter()
-                    .find(|t| t.id == token_id)
-                    .ok_or(EnrollError::TokenUnknown)?;
-                crate::pki::check_scope(&token.scope, &request.tags)
-                    .map_err(EnrollError::OutOfScope)?;
+                // Checked before the token is used up.
+                let token = self.check_token(&request.token, &request.tags, now)?;
                 (node_id, request.tags.clone(), BTreeMap::new(), Some(token))
             }
         };
@@ -173,7 +193,6 @@ impl Enrollment {
         // enrolled node replaying another instance's document is a stranger
         // to that instance's name.
         let own_certificate = request.presented_own_certificate && request.node_name == node_id;
-        let now = self.clock.now_unix_ms();
         let previous = self.store.node(&node_id)?;
         let revoked = match &previous {
             Some(node) => self.store.is_revoked(&node.certificate_serial)?,
@@ -215,22 +234,18 @@ impl Enrollment {
                 }
             })?;
         }
+        // The CSR is signed before the token is used, so that a request
+        // that cannot be signed costs no use of a single-use token; the
+        // certificate counts only once it is recorded below.
+        let issued = self.sign(&request.csr_pem, &node_id)?;
         if let Some(token) = &token {
-            self.store
-                .consume_token(&token.id, now / 1000)
-                .map_err(|e| match e {
-                    StoreError::TokenUnknown
-                    | StoreError::TokenExpired { .. }
-                    | StoreError::TokenUsedUp => EnrollError::TokenRefused(e),
-                    other => EnrollError::Store(other),
-                })?;
+            self.use_token(&token.id, now)?;
         }
         // The node enrolling again with its certificate keeps its history;
         // anyone else taking a free name starts clean (an attested instance
         // too: its document may be a copy), and the old certificates are
         // refused from now on.
         let same_instance = own_certificate;
-        let issued = self.sign(&request.csr_pem, &node_id)?;
         let certificate = certificate_record(&issued, &node_id);
         let expected_serial = previous.as_ref().map(|n| n.certificate_serial.clone());
         let clear_history = previous.is_some() && !same_instance;
@@ -301,7 +316,9 @@ impl Enrollment {
     }
 
     /// Makes an enrollment token for nodes with tags in `scope`, valid for
-    /// `ttl` (a day when zero) and `uses` times (unlimited when zero).
+    /// `ttl` ([`DEFAULT_TOKEN_TTL`] when zero, at most [`MAX_TOKEN_TTL`])
+    /// and `uses` enrollments (one when zero). There are no unlimited
+    /// tokens: a token is a bearer secret, and each use is one more node.
     pub fn create_token(
         &self,
         scope: BTreeMap<String, String>,
@@ -311,26 +328,77 @@ impl Enrollment {
         if scope.is_empty() {
             return Err(EnrollError::NoScope);
         }
+        let ttl = if ttl.is_zero() {
+            DEFAULT_TOKEN_TTL
+        } else {
+            ttl
+        };
+        if ttl > MAX_TOKEN_TTL {
+            return Err(EnrollError::TokenTtlTooLong {
+                ttl_seconds: ttl.as_secs(),
+            });
+        }
+        let uses = uses.max(1);
         let token = crate::pki::new_token().map_err(EnrollError::Random)?;
         let now = self.clock.now_unix_ms() / 1000;
-        let ttl = if ttl.is_zero() {
-            24 * 3600
-        } else {
-            ttl.as_secs()
-        };
         self.store.put_token(&TokenRecord {
             id: token.id.clone(),
-            scope,
-            expires_unix: now + ttl,
-            uses_left: (uses > 0).then_some(uses),
+            scope: scope.clone(),
+            expires_unix: now + ttl.as_secs(),
+            uses_left: Some(uses),
             created_unix: now,
         })?;
         // The secret, then the CA's fingerprint: the agent checks the
         // server it enrolls with against it before trusting it.
         Ok(NewToken {
             token: format!("{}.{}", token.secret, self.ca_fingerprint),
-            expires_unix: now + ttl,
+            expires_unix: now + ttl.as_secs(),
+            id: token.id,
+            scope,
+            uses,
+            ttl_seconds: ttl.as_secs(),
         })
+    }
+
+    /// The token of an enrollment (the secret, a dot, the CA's
+    /// fingerprint), checked without using it: known, not expired, not used
+    /// up, and its scope allows `tags`. Returns its id.
+    fn check_token(
+        &self,
+        token: &str,
+        tags: &BTreeMap<String, String>,
+        now_unix_ms: u64,
+    ) -> Result<TokenRecord, EnrollError> {
+        let secret = token.split('.').next().unwrap_or_default();
+        let token_id = crate::pki::token_id(secret);
+        let token = self
+            .store
+            .token(&token_id)?
+            .ok_or(EnrollError::TokenUnknown)?;
+        if now_unix_ms / 1000 >= token.expires_unix {
+            return Err(EnrollError::TokenRefused(StoreError::TokenExpired {
+                expires_unix: token.expires_unix,
+            }));
+        }
+        if token.uses_left == Some(0) {
+            return Err(EnrollError::TokenRefused(StoreError::TokenUsedUp));
+        }
+        crate::pki::check_scope(&token.scope, tags).map_err(EnrollError::OutOfScope)?;
+        Ok(token)
+    }
+
+    /// Uses the token once, atomically (`Store::consume_token`): of two
+    /// enrollments racing for its last use, one gets `TokenUsedUp`.
+    fn use_token(&self, token_id: &str, now_unix_ms: u64) -> Result<(), EnrollError> {
+        self.store
+            .consume_token(token_id, now_unix_ms / 1000)
+            .map(|_| ())
+            .map_err(|e| match e {
+                StoreError::TokenUnknown
+                | StoreError::TokenExpired { .. }
+                | StoreError::TokenUsedUp => EnrollError::TokenRefused(e),
+                other => EnrollError::Store(other),
+            })
     }
 
     fn sign(&self, csr_pem: &str, node_id: &str) -> Result<IssuedCertificate, EnrollError> {
@@ -437,7 +505,7 @@ mod tests {
         let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
         let enrollment = enrollment(&clock);
         let token = enrollment
-            .create_token(tags(&[("role", "*")]), Duration::from_secs(100 * 3600), 0)
+            .create_token(tags(&[("role", "*")]), MAX_TOKEN_TTL, 10)
             .unwrap()
             .token;
         enrollment.enroll(request(&token, "web-1", false)).unwrap();
@@ -724,5 +792,101 @@ mod tests {
         )
         .unwrap();
         assert_eq!(node.certificate_serial, serial);
+    }
+
+    #[test]
+    fn a_token_is_single_use_for_an_hour_unless_told_and_never_longer_than_a_day() {
+        let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
+        let enrollment = enrollment(&clock);
+        let token = enrollment
+            .create_token(tags(&[("role", "web")]), Duration::ZERO, 0)
+            .unwrap();
+        assert_eq!((token.uses, token.ttl_seconds), (1, 3600));
+        let stored = enrollment.store.token(&token.id).unwrap().unwrap();
+        assert_eq!(stored.uses_left, Some(1));
+        assert_eq!(stored.expires_unix, 1_000 * 3600 + 3600);
+        assert!(!format!("{token:?}").contains(&token.token));
+        let month = enrollment
+            .create_token(
+                tags(&[("role", "web")]),
+                Duration::from_secs(30 * 24 * 3600),
+                0,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(month, EnrollError::TokenTtlTooLong { .. }),
+            "{month}"
+        );
+        assert!(
+            enrollment
+                .create_token(tags(&[("role", "web")]), MAX_TOKEN_TTL, 0)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_before_anything_is_signed() {
+        let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
+        let enrollment = enrollment(&clock);
+        let token = enrollment
+            .create_token(tags(&[("role", "*")]), Duration::from_secs(60), 1)
+            .unwrap()
+            .token;
+        clock.set(1_000 * HOUR_MS + 60_000);
+        let refused = enrollment
+            .enroll(request(&token, "web-1", false))
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                EnrollError::TokenRefused(StoreError::TokenExpired { .. })
+            ),
+            "{refused}"
+        );
+        assert!(enrollment.store.node("web-1").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_signed_costs_no_use_of_the_token() {
+        let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
+        let enrollment = enrollment(&clock);
+        let token = enrollment
+            .create_token(tags(&[("role", "*")]), Duration::ZERO, 1)
+            .unwrap()
+            .token;
+        let mut garbled = request(&token, "web-1", false);
+        garbled.csr_pem = "not a CSR".into();
+        assert!(matches!(
+            enrollment.enroll(garbled),
+            Err(EnrollError::InvalidCsr(_))
+        ));
+        enrollment.enroll(request(&token, "web-1", false)).unwrap();
+    }
+
+    #[test]
+    fn two_enrollments_racing_for_a_single_use_token_enroll_one_node() {
+        let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
+        let enrollment = enrollment(&clock);
+        let token = enrollment
+            .create_token(tags(&[("role", "*")]), Duration::ZERO, 1)
+            .unwrap()
+            .token;
+        let barrier = std::sync::Barrier::new(2);
+        let outcomes: Vec<Result<Enrolled, EnrollError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ["web-1", "web-2"]
+                .into_iter()
+                .map(|node| {
+                    let (barrier, enrollment, token) = (&barrier, &enrollment, &token);
+                    let asked = request(token, node, false);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        enrollment.enroll(asked)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1);
+        assert_eq!(enrollment.store.nodes().unwrap().len(), 1);
     }
 }

@@ -5,13 +5,14 @@
 //!
 //! The serving half is layered: `server` wires the APIs (`service` for
 //! gRPC, `watch`, `http`, `dashboard`) to the domain (`enrollment`,
-//! `nodes`, `reports`, `triggers`), which takes narrow handles (`store`,
+//! `nodes`, `reports`, `triggers`, `operators`, `audit`), which takes narrow handles (`store`,
 //! `pki`, `fleet`, `clock`, `catalogs`) and returns typed errors that
 //! `status` turns into gRPC statuses.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod aws;
 pub mod blocking;
@@ -29,6 +30,7 @@ pub mod listener;
 pub mod metrics;
 pub mod node_state;
 pub mod nodes;
+pub mod operators;
 pub mod pki;
 pub mod reports;
 pub mod resolve;

@@ -469,7 +469,10 @@ mod tests {
             .expect("a connection");
         let certificates = served.stream.get_ref().1.peer_certificates().unwrap();
         let (identity, _) = crate::pki::peer_identity(&certificates[0]).unwrap();
-        assert_eq!(identity, crate::pki::PeerIdentity::Admin);
+        assert_eq!(
+            identity,
+            crate::pki::PeerIdentity::Operator(crate::pki::BOOTSTRAP_OPERATOR.into())
+        );
         client.await.unwrap();
         drop(idle);
         acceptor.stop().await;

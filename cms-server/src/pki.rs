@@ -9,7 +9,11 @@
 //!   enrolls: `cms://node/<node_id>`, client-auth only. Whatever names the
 //!   CSR asks for are ignored; the CSR contributes its public key and nothing
 //!   else, so an agent cannot ask to be the admin or another node;
-//! - the admin credential: `cms://admin`, client-auth only;
+//! - an operator's admin credential: `cms://operator/<name>`, client-auth
+//!   only, from a CSR the operator's CLI made ([`operator_key_and_csr`]);
+//!   servers before operators existed wrote one shared credential,
+//!   `cms://admin`, which now reads as the operator
+//!   [`BOOTSTRAP_OPERATOR`];
 //! - the server's own certificate: DNS names and IP addresses, server-auth
 //!   only, so it can never be presented as a client.
 //!
@@ -39,8 +43,16 @@ use x509_parser::extensions::GeneralName;
 
 /// The SAN URI prefix of a node certificate; the node id follows it.
 pub const NODE_URI_PREFIX: &str = "cms://node/";
-/// The SAN URI of the admin credential.
+/// The SAN URI of the shared admin credential servers wrote before each
+/// operator had one; it identifies the operator [`BOOTSTRAP_OPERATOR`].
 pub const ADMIN_URI: &str = "cms://admin";
+/// The SAN URI prefix of an operator's certificate; the name follows it.
+pub const OPERATOR_URI_PREFIX: &str = "cms://operator/";
+/// The operator whose credential the server writes itself, on its first
+/// start, into `<data>/admin/`.
+pub const BOOTSTRAP_OPERATOR: &str = "admin";
+/// The longest operator name.
+pub const MAX_OPERATOR_NAME_LENGTH: usize = 64;
 /// Every enrollment token starts with this, so that a leaked one is easy to
 /// recognise (and to search for in logs and repositories).
 pub const TOKEN_PREFIX: &str = "cmst_";
@@ -85,7 +97,16 @@ pub struct Credential {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerIdentity {
     Node(String),
-    Admin,
+    /// An operator's admin credential, by the operator's name.
+    Operator(String),
+}
+
+/// What a certificate says about itself, read without checking its dates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateInfo {
+    pub identity: PeerIdentity,
+    pub serial_hex: String,
+    pub not_after_unix: i64,
 }
 
 /// A fresh enrollment token. The secret is shown to the operator once; only
@@ -137,6 +158,13 @@ pub enum PkiError {
     InvalidServerNames { reason: String },
     #[error("Failed to identify the peer: {reason}")]
     IdentifyPeer { reason: String },
+    #[error("Failed to accept the operator name `{name}`: {reason}")]
+    InvalidOperatorName { name: String, reason: String },
+    #[error("Failed to make a certificate signing request")]
+    MakeCsr {
+        #[source]
+        source: rcgen::Error,
+    },
     #[error("Failed to parse the token scope `{scope}`: {reason}")]
     ParseScope { scope: String, reason: String },
 }
@@ -309,6 +337,57 @@ impl CertificateAuthority {
         )
     }
 
+    /// Signs an operator's admin certificate from the CSR its CLI made:
+    /// `cms://operator/<name>`, client authentication only, valid from a
+    /// minute ago for `validity` (never past the CA). As for nodes, only the
+    /// CSR's public key is used.
+    pub fn sign_operator_csr(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        validity: Duration,
+    ) -> Result<IssuedCertificate, PkiError> {
+        check_operator_name(name)?;
+        let request = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|source| PkiError::ReadCsr { source })?;
+        let (params, serial_hex, not_after_unix) = self.leaf_params(
+            &format!("cms operator {name}"),
+            vec![SanType::URI(ia5(&format!("{OPERATOR_URI_PREFIX}{name}"))?)],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            unix_now().saturating_add(validity.as_secs()),
+        )?;
+        let certificate = params
+            .signed_by(&request.public_key, &self.issuer)
+            .map_err(|source| PkiError::Sign {
+                what: "operator",
+                source,
+            })?;
+        Ok(IssuedCertificate {
+            certificate_pem: certificate.pem(),
+            serial_hex,
+            not_after_unix,
+        })
+    }
+
+    /// An operator's credential made on the server, key included: the
+    /// bootstrap operator's, which the server writes into its data
+    /// directory.
+    pub fn issue_operator_credential(
+        &self,
+        name: &str,
+        validity: Duration,
+    ) -> Result<(Credential, IssuedCertificate), PkiError> {
+        let (private_key_pem, csr_pem) = operator_key_and_csr(name)?;
+        let issued = self.sign_operator_csr(&csr_pem, name, validity)?;
+        Ok((
+            Credential {
+                certificate_pem: issued.certificate_pem.clone(),
+                private_key_pem,
+            },
+            issued,
+        ))
+    }
+
     fn issue_with_new_key(
         &self,
         common_name: &str,
@@ -419,7 +498,12 @@ pub fn peer_identity(certificate_der: &[u8]) -> Result<(PeerIdentity, String), P
         ));
     };
     let identity = if uri == ADMIN_URI {
-        PeerIdentity::Admin
+        PeerIdentity::Operator(BOOTSTRAP_OPERATOR.to_owned())
+    } else if let Some(name) = uri.strip_prefix(OPERATOR_URI_PREFIX) {
+        if check_operator_name(name).is_err() {
+            return Err(refuse(format!("`{name}` is not a valid operator name")));
+        }
+        PeerIdentity::Operator(name.to_owned())
     } else if let Some(node_id) = uri.strip_prefix(NODE_URI_PREFIX) {
         if check_node_id(node_id).is_err() {
             return Err(refuse(format!("`{node_id}` is not a valid node id")));
@@ -429,6 +513,86 @@ pub fn peer_identity(certificate_der: &[u8]) -> Result<(PeerIdentity, String), P
         return Err(refuse(format!("unknown identity `{uri}`")));
     };
     Ok((identity, hex(certificate.raw_serial())))
+}
+
+/// Reads who a certificate (PEM) names, its serial and its end, without
+/// looking at its dates: the server reads its own bootstrap credential so.
+pub fn read_certificate(certificate_pem: &str) -> Result<CertificateInfo, PkiError> {
+    let refuse = |reason: String| PkiError::IdentifyPeer { reason };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(certificate_pem.as_bytes())
+        .map_err(|error| refuse(format!("not PEM: {error}")))?;
+    let (_, certificate) = x509_parser::parse_x509_certificate(&pem.contents)
+        .map_err(|error| refuse(format!("not an X.509 certificate: {error}")))?;
+    let not_after_unix = certificate.validity().not_after.timestamp();
+    let serial_hex = hex(certificate.raw_serial());
+    let names = certificate
+        .subject_alternative_name()
+        .map_err(|error| refuse(format!("unreadable subject alternative names: {error}")))?
+        .map(|extension| extension.value.general_names.clone())
+        .unwrap_or_default();
+    let uri = names
+        .iter()
+        .find_map(|name| match name {
+            GeneralName::URI(uri) if uri.starts_with("cms://") => Some(*uri),
+            _ => None,
+        })
+        .ok_or_else(|| refuse("the certificate names no cms:// URI".to_owned()))?;
+    let identity = if uri == ADMIN_URI {
+        PeerIdentity::Operator(BOOTSTRAP_OPERATOR.to_owned())
+    } else if let Some(name) = uri.strip_prefix(OPERATOR_URI_PREFIX) {
+        PeerIdentity::Operator(name.to_owned())
+    } else if let Some(node_id) = uri.strip_prefix(NODE_URI_PREFIX) {
+        PeerIdentity::Node(node_id.to_owned())
+    } else {
+        return Err(refuse(format!("unknown identity `{uri}`")));
+    };
+    Ok(CertificateInfo {
+        identity,
+        serial_hex,
+        not_after_unix,
+    })
+}
+
+/// A fresh P-256 key (PKCS#8 PEM) and a CSR for the operator `name`, made
+/// where the operator's credential will live: the key never travels.
+pub fn operator_key_and_csr(name: &str) -> Result<(String, String), PkiError> {
+    check_operator_name(name)?;
+    let key = generate_key()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(&format!("cms operator {name}"));
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|request| request.pem())
+        .map_err(|source| PkiError::MakeCsr { source })?;
+    Ok((key.serialize_pem(), csr))
+}
+
+/// Checks that an operator name is a safe name: 1 to 64 lowercase ASCII
+/// letters, digits, `-`, `_` and `.`, starting with a letter or digit. It
+/// ends up in a URI, a storage key, the audit log and a folder name.
+pub fn check_operator_name(name: &str) -> Result<(), PkiError> {
+    let refuse = |reason: &str| PkiError::InvalidOperatorName {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let Some(first) = name.chars().next() else {
+        return Err(refuse("it is empty"));
+    };
+    if name.len() > MAX_OPERATOR_NAME_LENGTH {
+        return Err(refuse("it is longer than 64 characters"));
+    }
+    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+        return Err(refuse("it must start with a lowercase letter or a digit"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(refuse(
+            "it may contain only lowercase letters, digits, `-`, `_` and `.`",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks that a node id is a safe name: 1 to 128 ASCII letters, digits,
@@ -864,7 +1028,7 @@ mod tests {
         ));
         assert_eq!(
             identity_of(&admin.certificate_pem).unwrap().0,
-            PeerIdentity::Admin
+            PeerIdentity::Operator(BOOTSTRAP_OPERATOR.to_owned())
         );
     }
 

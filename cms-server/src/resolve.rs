@@ -10,8 +10,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::cli::{
-    AdminArgs, CheckArgs, Command, CompletionsArgs, Format, NodeCommand, NodeRevokeArgs, NodesArgs,
-    ReportsArgs, ServeArgs, TokenCommand, TokenCreateArgs, TriggerArgs,
+    AdminArgs, AdminCommand, AuditArgs, CheckArgs, Command, CompletionsArgs, Format, NodeCommand,
+    NodeRevokeArgs, NodesArgs, OperatorCredentialArgs, OperatorNameArgs, ReportsArgs, ServeArgs,
+    TokenCommand, TokenCreateArgs, TriggerArgs,
 };
 
 /// The packaged server's data directory.
@@ -67,16 +68,23 @@ fn is_server_data_dir(dir: &Path) -> bool {
 pub struct AdminTarget {
     /// The server's gRPC address.
     pub server: String,
-    /// The data directory holding the admin credential.
+    /// The server's data directory.
     pub data_dir: PathBuf,
+    /// The folder of the operator's admin credential: `--credential`, else
+    /// the bootstrap operator's, `DATA/admin`.
+    pub credential_dir: PathBuf,
     pub format: Format,
 }
 
 impl AdminTarget {
     fn resolve(args: AdminArgs, env: &Environment) -> AdminTarget {
+        let data_dir = args.data.unwrap_or_else(|| env.admin_data_dir());
         AdminTarget {
             server: args.server,
-            data_dir: args.data.unwrap_or_else(|| env.admin_data_dir()),
+            credential_dir: args
+                .credential
+                .unwrap_or_else(|| crate::startup::admin_dir(&data_dir)),
+            data_dir,
             format: args.format,
         }
     }
@@ -108,6 +116,23 @@ pub enum Invocation {
         admin: AdminTarget,
     },
     Sync(AdminTarget),
+    OperatorAdd {
+        args: OperatorCredentialArgs,
+        admin: AdminTarget,
+    },
+    OperatorRenew {
+        args: OperatorCredentialArgs,
+        admin: AdminTarget,
+    },
+    OperatorRevoke {
+        args: OperatorNameArgs,
+        admin: AdminTarget,
+    },
+    OperatorList(AdminTarget),
+    Audit {
+        args: AuditArgs,
+        admin: AdminTarget,
+    },
     DashboardToken {
         data_dir: PathBuf,
     },
@@ -146,6 +171,25 @@ pub fn resolve(command: Command, env: &Environment) -> Invocation {
             Invocation::NodeRevoke { args, admin }
         }
         Command::Sync(args) => Invocation::Sync(AdminTarget::resolve(args, env)),
+        Command::Admin(AdminCommand::Add(mut args)) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            Invocation::OperatorAdd { args, admin }
+        }
+        Command::Admin(AdminCommand::Renew(mut args)) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            Invocation::OperatorRenew { args, admin }
+        }
+        Command::Admin(AdminCommand::Revoke(mut args)) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            Invocation::OperatorRevoke { args, admin }
+        }
+        Command::Admin(AdminCommand::List(args)) => {
+            Invocation::OperatorList(AdminTarget::resolve(args, env))
+        }
+        Command::Audit(mut args) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            Invocation::Audit { args, admin }
+        }
         Command::DashboardToken(args) => Invocation::DashboardToken {
             data_dir: args.data.unwrap_or_else(|| env.admin_data_dir()),
         },
@@ -163,6 +207,7 @@ fn take_admin(admin: &mut AdminArgs) -> AdminArgs {
     AdminArgs {
         server: std::mem::take(&mut admin.server),
         data: admin.data.take(),
+        credential: admin.credential.take(),
         format: admin.format,
     }
 }
@@ -210,6 +255,11 @@ mod tests {
             | Invocation::Reports { admin, .. }
             | Invocation::NodeRevoke { admin, .. }
             | Invocation::Sync(admin)
+            | Invocation::OperatorAdd { admin, .. }
+            | Invocation::OperatorRenew { admin, .. }
+            | Invocation::OperatorRevoke { admin, .. }
+            | Invocation::OperatorList(admin)
+            | Invocation::Audit { admin, .. }
             | Invocation::Trigger { admin, .. } => admin.data_dir,
             Invocation::Check(_) | Invocation::Completions(_) => {
                 panic!("{line:?} has no data directory")
@@ -227,6 +277,11 @@ mod tests {
         &["dashboard-token"],
         &["trigger", "--select", "role=web"],
         &["trigger", "--status", "t1"],
+        &["admin", "add", "alice"],
+        &["admin", "renew", "alice"],
+        &["admin", "revoke", "alice"],
+        &["admin", "list"],
+        &["audit"],
     ];
 
     #[test]
@@ -276,6 +331,29 @@ mod tests {
         let machine = machine();
         std::fs::create_dir_all(machine.packaged.join("admin")).expect("mkdir");
         assert_eq!(data_dir_of(&machine, &["serve"]), machine.user);
+    }
+
+    #[test]
+    fn the_credential_defaults_to_the_bootstrap_operators_and_a_given_one_wins() {
+        let machine = machine();
+        let target = |line: &[&str]| {
+            let cli =
+                Cli::try_parse_from(std::iter::once("cms-server").chain(line.iter().copied()))
+                    .unwrap();
+            match resolve(cli.command, &machine.env) {
+                Invocation::Audit { admin, .. } => admin.credential_dir,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(target(&["audit"]), machine.user.join("admin"));
+        assert_eq!(
+            target(&["audit", "--data", "/srv/cms"]),
+            PathBuf::from("/srv/cms/admin")
+        );
+        assert_eq!(
+            target(&["audit", "--credential", "/home/alice/cms"]),
+            PathBuf::from("/home/alice/cms")
+        );
     }
 
     #[test]

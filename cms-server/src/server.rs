@@ -335,6 +335,15 @@ pub async fn run_prepared(
         .add_service(
             pb::admin_server::AdminServer::new(AdminService {
                 store: store.clone(),
+                operators: crate::operators::Operators {
+                    store: store.clone(),
+                    ca: ca.clone(),
+                    clock: clock.clone(),
+                },
+                audit: crate::audit::Audit {
+                    store: store.clone(),
+                    clock: clock.clone(),
+                },
                 nodes,
                 reports,
                 enrollment,

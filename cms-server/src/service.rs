@@ -17,6 +17,7 @@ use cms_proto::v1 as pb;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::audit::Audit;
 use crate::auth::AuthError;
 use crate::blocking::Blocking;
 use crate::catalogs::Catalogs;
@@ -24,6 +25,7 @@ use crate::enrollment::{EnrollRequest, Enrolled, Enrollment};
 use crate::metrics::{CatalogAnswer, Metrics};
 use crate::node_state::NodeState;
 use crate::nodes::Nodes;
+use crate::operators::Operators;
 use crate::pki::PeerIdentity;
 use crate::reports::Reports;
 use crate::revision::{CatalogError, ServingRevision, SyncRequests, compiled};
@@ -86,10 +88,6 @@ fn caller<T>(store: &SharedStore, request: &Request<T>) -> Result<PeerIdentity, 
 
 fn node_caller<T>(store: &SharedStore, request: &Request<T>) -> Result<String, Status> {
     Ok(crate::auth::node(caller(store, request)?)?)
-}
-
-fn admin_caller<T>(store: &SharedStore, request: &Request<T>) -> Result<(), Status> {
-    Ok(crate::auth::admin(caller(store, request)?)?)
 }
 
 fn enroll_response(enrolled: Enrolled) -> pb::EnrollResponse {
@@ -311,10 +309,13 @@ impl pb::agent_server::Agent for AgentService {
     }
 }
 
-/// The admin API: the operator's CLI, with the admin credential.
+/// The admin API: the operators' CLI, each with its own admin credential.
+/// Every call names its operator and is recorded in the audit log.
 #[derive(Debug, Clone)]
 pub struct AdminService {
     pub store: SharedStore,
+    pub operators: Operators,
+    pub audit: Audit,
     pub nodes: Nodes,
     pub reports: Reports,
     pub enrollment: Enrollment,
@@ -323,51 +324,167 @@ pub struct AdminService {
     pub blocking: Blocking,
 }
 
+/// A gRPC code as the audit log writes it: `permission_denied`.
+fn code_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (index, character) in format!("{code:?}").chars().enumerate() {
+        if character.is_ascii_uppercase() && index > 0 {
+            name.push('_');
+        }
+        name.push(character.to_ascii_lowercase());
+    }
+    name
+}
+
+fn selector_text(selector: Option<&pb::Selector>) -> String {
+    let tags: BTreeMap<&String, &String> = selector
+        .map(|s| s.tags.iter().collect())
+        .unwrap_or_default();
+    tags.into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl AdminService {
+    /// The operator making an admin call. The refusal of an operator's
+    /// credential (revoked, or superseded by a renewal) is recorded in the
+    /// audit log under that operator; a node certificate, or no
+    /// certificate, is refused and only logged.
+    async fn operator<T>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+        target: &str,
+    ) -> Result<String, Status> {
+        let identity = caller(&self.store, request).and_then(crate::auth::admin);
+        match identity {
+            Ok(name) => Ok(name),
+            Err(error) => {
+                let refused_operator = match &error {
+                    AuthError::OperatorRevoked { name, .. }
+                    | AuthError::OperatorUnknown { name, .. } => Some(name.clone()),
+                    _ => None,
+                };
+                let status = Status::from(error);
+                match refused_operator {
+                    Some(name) => {
+                        self.audited::<()>(&name, method, target.to_owned(), Err(status))
+                            .await
+                    }
+                    None => {
+                        tracing::warn!(method, "refused an admin call: {}", status.message());
+                        Err(status)
+                    }
+                }
+                .map(|()| String::new())
+            }
+        }
+    }
+
+    /// Records a call and its outcome in the audit log, and passes the
+    /// outcome on. A failure to record is logged; the call's answer stands.
+    async fn audited<T>(
+        &self,
+        operator: &str,
+        method: &'static str,
+        target: String,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let (outcome, message) = match &result {
+            Ok(_) => (crate::audit::OK.to_owned(), String::new()),
+            Err(status) => (code_name(status.code()), status.message().to_owned()),
+        };
+        let audit = self.audit.clone();
+        let who = operator.to_owned();
+        let what = target.clone();
+        let recorded = self
+            .blocking
+            .run(move || audit.record(&who, method, &what, &outcome, &message))
+            .await;
+        match recorded {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(
+                    operator,
+                    method,
+                    target,
+                    "Failed to write the audit record: {error}"
+                )
+            }
+            Err(error) => {
+                tracing::error!(
+                    operator,
+                    method,
+                    target,
+                    "Failed to write the audit record: {error}"
+                )
+            }
+        }
+        result
+    }
+}
+
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn list_nodes(
         &self,
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        admin_caller(&self.store, &request)?;
+        const METHOD: &str = "ListNodes";
+        let target = selector_text(request.get_ref().selector.as_ref());
+        let operator = self.operator(&request, METHOD, &target).await?;
         let selector: BTreeMap<String, String> = request
             .into_inner()
             .selector
             .map(|s| s.tags.into_iter().collect())
             .unwrap_or_default();
         let nodes = self.nodes.clone();
-        let listed = self.blocking.run(move || nodes.list(&selector)).await??;
-        Ok(Response::new(pb::ListNodesResponse {
-            nodes: listed
-                .into_iter()
-                .map(|(n, last_seen_unix_ms)| pb::NodeSummary {
-                    last_seen_unix_ms: last_seen_unix_ms as i64,
-                    status: NodeState::of(&n).as_str().into(),
-                    node_id: n.id,
-                    tags: n.tags.into_iter().collect(),
-                    revision: n
-                        .last_run
-                        .as_ref()
-                        .map(|r| r.revision.clone())
-                        .unwrap_or_default(),
-                    catalog_id: n
-                        .last_run
-                        .as_ref()
-                        .map(|r| r.catalog_id.clone())
-                        .unwrap_or_default(),
-                    last_run_unix_ms: n.last_run.as_ref().map_or(0, |r| r.finished_unix_ms as i64),
-                    changed: n.last_run.as_ref().map_or(0, |r| r.changed),
-                    failed: n.last_run.as_ref().map_or(0, |r| r.failed),
-                })
-                .collect(),
-        }))
+        let listed = self
+            .blocking
+            .run(move || nodes.list(&selector))
+            .await
+            .map_err(Status::from)
+            .and_then(|listed| listed.map_err(Status::from));
+        let response = listed.map(|listed| {
+            Response::new(pb::ListNodesResponse {
+                nodes: listed
+                    .into_iter()
+                    .map(|(n, last_seen_unix_ms)| pb::NodeSummary {
+                        last_seen_unix_ms: last_seen_unix_ms as i64,
+                        status: NodeState::of(&n).as_str().into(),
+                        node_id: n.id,
+                        tags: n.tags.into_iter().collect(),
+                        revision: n
+                            .last_run
+                            .as_ref()
+                            .map(|r| r.revision.clone())
+                            .unwrap_or_default(),
+                        catalog_id: n
+                            .last_run
+                            .as_ref()
+                            .map(|r| r.catalog_id.clone())
+                            .unwrap_or_default(),
+                        last_run_unix_ms: n
+                            .last_run
+                            .as_ref()
+                            .map_or(0, |r| r.finished_unix_ms as i64),
+                        changed: n.last_run.as_ref().map_or(0, |r| r.changed),
+                        failed: n.last_run.as_ref().map_or(0, |r| r.failed),
+                    })
+                    .collect(),
+            })
+        });
+        self.audited(&operator, METHOD, target, response).await
     }
 
     async fn get_reports(
         &self,
         request: Request<pb::GetReportsRequest>,
     ) -> Result<Response<pb::GetReportsResponse>, Status> {
-        admin_caller(&self.store, &request)?;
+        const METHOD: &str = "GetReports";
+        let target = request.get_ref().node_id.clone();
+        let operator = self.operator(&request, METHOD, &target).await?;
         let request = request.into_inner();
         let limit = if request.limit == 0 {
             10
@@ -378,63 +495,90 @@ impl pb::admin_server::Admin for AdminService {
         let stored = self
             .blocking
             .run(move || reports.list(&request.node_id, limit))
-            .await??;
-        Ok(Response::new(pb::GetReportsResponse {
-            reports: stored
-                .iter()
-                .map(|r| pb::RunReport::from(&r.report))
-                .collect(),
-        }))
+            .await
+            .map_err(Status::from)
+            .and_then(|stored| stored.map_err(Status::from));
+        let response = stored.map(|stored| {
+            Response::new(pb::GetReportsResponse {
+                reports: stored
+                    .iter()
+                    .map(|r| pb::RunReport::from(&r.report))
+                    .collect(),
+            })
+        });
+        self.audited(&operator, METHOD, target, response).await
     }
 
     async fn create_token(
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        admin_caller(&self.store, &request)?;
-        let request = request.into_inner();
-        let scope: BTreeMap<String, String> = request.scope.into_iter().collect();
+        const METHOD: &str = "CreateToken";
+        let asked = request.get_ref();
+        let scope: BTreeMap<String, String> = asked.scope.clone().into_iter().collect();
+        let (ttl_seconds, uses) = (asked.ttl_seconds, asked.uses);
+        let mut target = crate::audit::token_target(&scope, uses, ttl_seconds, "");
+        let operator = self.operator(&request, METHOD, &target).await?;
         let enrollment = self.enrollment.clone();
         let token = self
             .blocking
-            .run(move || {
-                enrollment.create_token(
-                    scope,
-                    Duration::from_secs(request.ttl_seconds),
-                    request.uses,
-                )
+            .run(move || enrollment.create_token(scope, Duration::from_secs(ttl_seconds), uses))
+            .await
+            .map_err(Status::from)
+            .and_then(|token| token.map_err(Status::from));
+        if let Ok(token) = &token {
+            target =
+                crate::audit::token_target(&token.scope, token.uses, token.ttl_seconds, &token.id);
+        }
+        let response = token.map(|token| {
+            Response::new(pb::CreateTokenResponse {
+                token: token.token,
+                expires_at_unix: token.expires_unix as i64,
             })
-            .await??;
-        Ok(Response::new(pb::CreateTokenResponse {
-            token: token.token,
-            expires_at_unix: token.expires_unix as i64,
-        }))
+        });
+        self.audited(&operator, METHOD, target, response).await
     }
 
     async fn revoke_node(
         &self,
         request: Request<pb::RevokeNodeRequest>,
     ) -> Result<Response<pb::RevokeNodeResponse>, Status> {
-        admin_caller(&self.store, &request)?;
+        const METHOD: &str = "RevokeNode";
+        let target = request.get_ref().node_id.clone();
+        let operator = self.operator(&request, METHOD, &target).await?;
         let node_id = request.into_inner().node_id;
         let nodes = self.nodes.clone();
-        let serials = self.blocking.run(move || nodes.revoke(&node_id)).await??;
-        Ok(Response::new(pb::RevokeNodeResponse {
-            revoked_serials: serials,
-        }))
+        let serials = self
+            .blocking
+            .run(move || nodes.revoke(&node_id))
+            .await
+            .map_err(Status::from)
+            .and_then(|serials| serials.map_err(Status::from));
+        let response = serials.map(|serials| {
+            Response::new(pb::RevokeNodeResponse {
+                revoked_serials: serials,
+            })
+        });
+        self.audited(&operator, METHOD, target, response).await
     }
 
     async fn sync(
         &self,
         request: Request<pb::SyncRequest>,
     ) -> Result<Response<pb::SyncResponse>, Status> {
-        admin_caller(&self.store, &request)?;
+        const METHOD: &str = "Sync";
+        let operator = self.operator(&request, METHOD, "").await?;
         let outcome = self
             .sync
             .sync_now()
             .await
-            .map_err(|e| crate::status::sync_failed(&e))?;
-        Ok(Response::new(outcome))
+            .map(Response::new)
+            .map_err(|e| crate::status::sync_failed(&e));
+        let target = outcome
+            .as_ref()
+            .map(|answer| answer.get_ref().revision.clone())
+            .unwrap_or_default();
+        self.audited(&operator, METHOD, target, outcome).await
     }
 
     type TriggerStream = ResponseStream<pb::TriggerProgress>;
@@ -443,8 +587,163 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::TriggerRequest>,
     ) -> Result<Response<Self::TriggerStream>, Status> {
-        admin_caller(&self.store, &request)?;
+        const METHOD: &str = "Trigger";
+        let target = selector_text(request.get_ref().selector.as_ref());
+        let operator = self.operator(&request, METHOD, &target).await?;
+        let started = self.start_trigger(request.into_inner()).await;
+        self.audited(&operator, METHOD, target, started).await
+    }
+
+    async fn trigger_status(
+        &self,
+        request: Request<pb::TriggerStatusRequest>,
+    ) -> Result<Response<pb::TriggerProgress>, Status> {
+        const METHOD: &str = "TriggerStatus";
+        let target = request.get_ref().trigger_id.clone();
+        let operator = self.operator(&request, METHOD, &target).await?;
+        let id = request.into_inner().trigger_id;
+        let triggers = self.triggers.clone();
+        let progress = self
+            .blocking
+            .run(move || triggers.status(&id))
+            .await
+            .map_err(Status::from)
+            .and_then(|progress| progress.map_err(Status::from))
+            .map(Response::new);
+        self.audited(&operator, METHOD, target, progress).await
+    }
+
+    async fn add_operator(
+        &self,
+        request: Request<pb::AddOperatorRequest>,
+    ) -> Result<Response<pb::AddOperatorResponse>, Status> {
+        let method = if request.get_ref().renew {
+            "RenewOperator"
+        } else {
+            "AddOperator"
+        };
+        let target = request.get_ref().name.clone();
+        let operator = self.operator(&request, method, &target).await?;
         let request = request.into_inner();
+        let operators = self.operators.clone();
+        let by = operator.clone();
+        let signed = self
+            .blocking
+            .run(move || {
+                let validity = Duration::from_secs(request.validity_seconds);
+                if request.renew {
+                    operators.renew(&by, &request.name, &request.csr_pem, validity)
+                } else {
+                    operators.add(&by, &request.name, &request.csr_pem, validity)
+                }
+            })
+            .await
+            .map_err(Status::from)
+            .and_then(|signed| signed.map_err(Status::from))
+            .map(|signed| {
+                Response::new(pb::AddOperatorResponse {
+                    certificate_pem: signed.certificate_pem,
+                    ca_certificate_pem: signed.ca_certificate_pem,
+                    not_after_unix: signed.not_after_unix,
+                })
+            });
+        self.audited(&operator, method, target, signed).await
+    }
+
+    async fn revoke_operator(
+        &self,
+        request: Request<pb::RevokeOperatorRequest>,
+    ) -> Result<Response<pb::RevokeOperatorResponse>, Status> {
+        const METHOD: &str = "RevokeOperator";
+        let target = request.get_ref().name.clone();
+        let operator = self.operator(&request, METHOD, &target).await?;
+        let operators = self.operators.clone();
+        let name = target.clone();
+        let revoked = self
+            .blocking
+            .run(move || operators.revoke(&name))
+            .await
+            .map_err(Status::from)
+            .and_then(|revoked| revoked.map_err(Status::from))
+            .map(|revoked| {
+                Response::new(pb::RevokeOperatorResponse {
+                    serial: revoked.serial,
+                })
+            });
+        self.audited(&operator, METHOD, target, revoked).await
+    }
+
+    async fn list_operators(
+        &self,
+        request: Request<pb::ListOperatorsRequest>,
+    ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
+        const METHOD: &str = "ListOperators";
+        let operator = self.operator(&request, METHOD, "").await?;
+        let operators = self.operators.clone();
+        let listed = self
+            .blocking
+            .run(move || operators.list())
+            .await
+            .map_err(Status::from)
+            .and_then(|listed| listed.map_err(Status::from))
+            .map(|listed| {
+                Response::new(pb::ListOperatorsResponse {
+                    operators: listed
+                        .into_iter()
+                        .map(|o| pb::Operator {
+                            name: o.name,
+                            created_unix: o.created_unix as i64,
+                            not_after_unix: o.not_after_unix as i64,
+                            revoked_unix: o.revoked_unix.unwrap_or(0) as i64,
+                            added_by: o.added_by,
+                            serial: o.serial,
+                        })
+                        .collect(),
+                })
+            });
+        self.audited(&operator, METHOD, String::new(), listed).await
+    }
+
+    async fn get_audit(
+        &self,
+        request: Request<pb::GetAuditRequest>,
+    ) -> Result<Response<pb::GetAuditResponse>, Status> {
+        const METHOD: &str = "GetAudit";
+        let operator = self.operator(&request, METHOD, "").await?;
+        let limit = request.into_inner().limit as usize;
+        // Recorded first, so that the answer shows this call too.
+        let recorded = self.audited(&operator, METHOD, String::new(), Ok(())).await;
+        recorded?;
+        let audit = self.audit.clone();
+        let records = self
+            .blocking
+            .run(move || audit.last(limit))
+            .await
+            .map_err(Status::from)?
+            .map_err(Status::from)?;
+        Ok(Response::new(pb::GetAuditResponse {
+            entries: records
+                .into_iter()
+                .map(|r| pb::AuditEntry {
+                    time_unix_ms: r.time_unix_ms as i64,
+                    operator: r.operator,
+                    method: r.method,
+                    target: r.target,
+                    outcome: r.outcome,
+                    message: r.message,
+                })
+                .collect(),
+        }))
+    }
+}
+
+impl AdminService {
+    /// Checks and plans a trigger and starts it; the stream carries every
+    /// change of progress, the last one included, then ends.
+    async fn start_trigger(
+        &self,
+        request: pb::TriggerRequest,
+    ) -> Result<Response<ResponseStream<pb::TriggerProgress>>, Status> {
         let checked = self.triggers.check(TriggerRequest {
             selector: request
                 .selector
@@ -460,7 +759,6 @@ impl pb::admin_server::Admin for AdminService {
         let timeout = checked.timeout();
         let record = self.blocking.run(move || triggers.plan(&checked)).await??;
         let progress = self.triggers.start(record, timeout);
-        // Every change of progress, the last one included, then the end.
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let mut progress = progress;
@@ -478,16 +776,5 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))
-    }
-
-    async fn trigger_status(
-        &self,
-        request: Request<pb::TriggerStatusRequest>,
-    ) -> Result<Response<pb::TriggerProgress>, Status> {
-        admin_caller(&self.store, &request)?;
-        let id = request.into_inner().trigger_id;
-        let triggers = self.triggers.clone();
-        let progress = self.blocking.run(move || triggers.status(&id)).await??;
-        Ok(Response::new(progress))
     }
 }

@@ -49,7 +49,7 @@ pub fn prepare(
     let store = crate::store::open(&data_dir.join("db"))?;
     crate::triggers::interrupt_running(&*store, clock)?;
     let ca = load_or_create_ca(&*store, data_dir)?;
-    write_admin_credential(&ca, data_dir)?;
+    write_admin_credential(&*store, &ca, data_dir, clock)?;
     let ca_fingerprint = certificate_fingerprint(ca.certificate_pem())?;
     let restored = restore_revision(&*store, &source);
     Ok(Prepared {
@@ -190,28 +190,26 @@ fn write_ca_files(dir: &Path, record: &CaRecord) -> anyhow::Result<()> {
     write_private_file(dir, CA_KEY_FILE, record.private_key_pem.as_bytes())
 }
 
-/// The admin credential, made once: `admin/admin.pem`, `admin/admin.key`
-/// and `admin/ca.pem`, readable by the server's user only.
-fn write_admin_credential(ca: &CertificateAuthority, data_dir: &Path) -> anyhow::Result<()> {
+/// The bootstrap operator's admin credential, made once:
+/// `admin/admin.pem`, `admin/admin.key` and `admin/ca.pem`, readable by the
+/// server's user only, and recorded as the operator `admin`
+/// (`operators::bootstrap`).
+fn write_admin_credential(
+    store: &dyn Store,
+    ca: &CertificateAuthority,
+    data_dir: &Path,
+    clock: &dyn Clock,
+) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = admin_dir(data_dir);
-    if dir.join("admin.key").exists() {
-        return Ok(());
-    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("Failed to create {}", dir.display()))?;
-    let credential = ca.issue_admin_certificate()?;
-    for (name, text) in [
-        ("ca.pem", ca.certificate_pem().to_string()),
-        ("admin.pem", credential.certificate_pem.clone()),
-        ("admin.key", credential.private_key_pem.clone()),
-    ] {
-        write_private_file(&dir, name, text.as_bytes())?;
-    }
-    Ok(())
+    crate::operators::bootstrap(store, ca, &dir, clock.now_unix_ms(), &|name, text| {
+        write_private_file(&dir, name, text.as_bytes())
+    })
 }
 
 /// Writes `dir/name` owner-only (0600), atomically: a temporary file in

@@ -8,6 +8,7 @@ use crate::auth::AuthError;
 use crate::blocking::BlockingFailed;
 use crate::enrollment::EnrollError;
 use crate::nodes::NodesError;
+use crate::operators::OperatorError;
 use crate::reports::ReportError;
 use crate::revision::CatalogError;
 use crate::store::StoreError;
@@ -35,7 +36,8 @@ impl From<AuthError> for Status {
         let message = error.to_string();
         match error {
             AuthError::NoCertificate | AuthError::Unreadable(_) => Status::unauthenticated(message),
-            AuthError::AdminRevoked { .. }
+            AuthError::OperatorRevoked { .. }
+            | AuthError::OperatorUnknown { .. }
             | AuthError::NodeRevoked { .. }
             | AuthError::NodeUnknown { .. }
             | AuthError::NotANode
@@ -49,9 +51,10 @@ impl From<EnrollError> for Status {
     fn from(error: EnrollError) -> Status {
         let message = error.to_string();
         match error {
-            EnrollError::InvalidNodeName(_) | EnrollError::InvalidCsr(_) | EnrollError::NoScope => {
-                Status::invalid_argument(message)
-            }
+            EnrollError::InvalidNodeName(_)
+            | EnrollError::InvalidCsr(_)
+            | EnrollError::NoScope
+            | EnrollError::TokenTtlTooLong { .. } => Status::invalid_argument(message),
             EnrollError::TokenUnknown | EnrollError::TokenRefused(_) => {
                 Status::unauthenticated(message)
             }
@@ -69,6 +72,25 @@ impl From<EnrollError> for Status {
             EnrollError::Attestation(_) => Status::permission_denied(message),
             EnrollError::Store(ref store) => store_failure(store, &error),
             EnrollError::Random(_) => Status::internal(message),
+        }
+    }
+}
+
+impl From<OperatorError> for Status {
+    fn from(error: OperatorError) -> Status {
+        let message = error.to_string();
+        match error {
+            OperatorError::InvalidName(_)
+            | OperatorError::InvalidCsr(_)
+            | OperatorError::TooLong { .. } => Status::invalid_argument(message),
+            OperatorError::Exists { .. } | OperatorError::RevokedName { .. } => {
+                Status::already_exists(message)
+            }
+            OperatorError::Unknown { .. } => Status::not_found(message),
+            OperatorError::Revoked { .. } | OperatorError::LastOperator { .. } => {
+                Status::failed_precondition(message)
+            }
+            OperatorError::Store(_) => Status::internal(message),
         }
     }
 }

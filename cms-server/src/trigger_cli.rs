@@ -45,7 +45,7 @@ pub async fn run(args: TriggerArgs, admin: &AdminTarget) -> anyhow::Result<ExitC
         Some(_) => None,
         None => Some(validated_request(&args)?),
     };
-    let mut client = crate::admin::connect(&admin.server, &admin.data_dir).await?;
+    let mut client = crate::admin::connect_as(admin).await?;
     if let Some(id) = &args.status {
         let progress = client
             .trigger_status(pb::TriggerStatusRequest {

@@ -266,7 +266,7 @@ fn identify(store: &SharedStore, certificate: Option<&[u8]>) -> Result<String, S
         certificate.ok_or("the watch channel needs a client certificate: enroll first")?;
     match crate::auth::identify(&**store, certificate) {
         Ok(PeerIdentity::Node(node_id)) => Ok(node_id),
-        Ok(PeerIdentity::Admin) => {
+        Ok(PeerIdentity::Operator(_)) => {
             Err("the watch channel is for nodes, not the admin credential".into())
         }
         Err(error) => Err(error.to_string()),

@@ -55,6 +55,17 @@ async fn a_node_enrolled_from_its_own_csr_is_served_as_that_node() {
 async fn the_admin_credential_is_served_as_the_admin() {
     let server = TestServer::start().await;
     let admin = server.ca.issue_admin_certificate().unwrap();
+    // An admin certificate is accepted only as its operator's current one.
+    let info = cms_server::pki::read_certificate(&admin.certificate_pem).unwrap();
+    let operator = cms_server::store::OperatorRecord {
+        name: "admin".to_owned(),
+        serial: info.serial_hex,
+        created_unix: 0,
+        not_after_unix: info.not_after_unix as u64,
+        revoked_unix: None,
+        added_by: "server".to_owned(),
+    };
+    assert!(server.store.swap_operator(None, &operator).unwrap());
     let admin = ClientCredential {
         certificate_pem: admin.certificate_pem,
         private_key_pem: admin.private_key_pem,
@@ -308,7 +319,7 @@ impl Agent for WhoAmI {
         self.served.fetch_add(1, Ordering::SeqCst);
         let name = match identity {
             PeerIdentity::Node(node_id) => format!("node {node_id}"),
-            PeerIdentity::Admin => "admin".to_owned(),
+            PeerIdentity::Operator(name) => name,
         };
         Ok(Response::new(pb::CatalogResponse {
             result: Some(pb::catalog_response::Result::NotModified(pb::NotModified {

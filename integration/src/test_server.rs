@@ -154,7 +154,9 @@ impl TestServer {
                         .map(|(k, v)| (k.to_string(), v.to_string()))
                         .collect(),
                     ttl_seconds: 600,
-                    uses: 0,
+                    // Enough for every instance of a test: tokens are
+                    // single use by default.
+                    uses: 1_000,
                 })
                 .await?;
             Ok(response.into_inner().token)

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{
-    CaRecord, CertificateRecord, NodeRecord, NodeStatus, ReportWrite, RevisionRecord, Store,
-    StoreError, StoredReport, TokenRecord, TriggerRecord, check_node_id,
+    AuditRecord, CaRecord, CertificateRecord, NodeRecord, NodeStatus, OperatorRecord, ReportWrite,
+    RevisionRecord, Store, StoreError, StoredReport, TokenRecord, TriggerRecord, check_node_id,
 };
 
 /// A store that lives and dies with the process.
@@ -30,6 +30,9 @@ struct Data {
     tokens: BTreeMap<String, TokenRecord>,
     settings: BTreeMap<String, Vec<u8>>,
     triggers: BTreeMap<String, TriggerRecord>,
+    operators: BTreeMap<String, OperatorRecord>,
+    /// In order of arrival, which is also time order for one process.
+    audit: Vec<AuditRecord>,
 }
 
 impl MemoryStore {
@@ -311,6 +314,45 @@ impl Store for MemoryStore {
 
     fn remove_token(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.data().tokens.remove(id).is_some())
+    }
+
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(self.data().tokens.get(id).cloned())
+    }
+
+    fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        Ok(self.data().operators.get(name).cloned())
+    }
+
+    fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        Ok(self.data().operators.values().cloned().collect())
+    }
+
+    fn swap_operator(
+        &self,
+        expected: Option<&OperatorRecord>,
+        new: &OperatorRecord,
+    ) -> Result<bool, StoreError> {
+        let mut data = self.data();
+        if data.operators.get(&new.name) != expected {
+            return Ok(false);
+        }
+        data.operators.insert(new.name.clone(), new.clone());
+        Ok(true)
+    }
+
+    fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.data().audit.push(record.clone());
+        Ok(())
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let data = self.data();
+        let mut records = data.audit.clone();
+        // The key order of the sled store: time, then arrival.
+        records.sort_by_key(|record| record.time_unix_ms);
+        let skip = records.len().saturating_sub(limit);
+        Ok(records.split_off(skip))
     }
 
     fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {

@@ -53,6 +53,8 @@
 //! | `tokens`       | token id: sha256 hex of the secret, never the secret        | `TokenRecord`                |
 //! | `settings`     | name                                                        | raw bytes                    |
 //! | `triggers`     | trigger id                                                  | `TriggerRecord`              |
+//! | `operators`    | operator name                                               | `OperatorRecord`             |
+//! | `audit`        | `time_unix_ms` (8 bytes big-endian), a unique sequence number (8 bytes big-endian) | `AuditRecord` |
 //!
 //! A node's reports share the prefix `node id, 0x00`, and the inverted time
 //! makes a forward scan of that prefix list them newest first, so "the last
@@ -280,6 +282,35 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Removes a token. Returns whether it existed.
     fn remove_token(&self, id: &str) -> Result<bool, StoreError>;
 
+    /// One token by id (the sha256 hex of its secret).
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+
+    // Operators: one admin credential each.
+
+    fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError>;
+
+    /// All operators, ordered by name, revoked ones included.
+    fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError>;
+
+    /// Writes `new` in place of the operator of that name only if the
+    /// stored record is still `expected` (`None`: there is none yet),
+    /// atomically. Returns whether it wrote; a `false` means another call
+    /// changed the operator meanwhile, and the caller reads it again.
+    fn swap_operator(
+        &self,
+        expected: Option<&OperatorRecord>,
+        new: &OperatorRecord,
+    ) -> Result<bool, StoreError>;
+
+    // The audit log of admin calls.
+
+    /// Appends a record, durably. Records of the same millisecond keep
+    /// their order of arrival.
+    fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
+
+    /// The last `limit` records, oldest first (newest last).
+    fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+
     // Settings: small named values.
 
     fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
@@ -484,6 +515,42 @@ pub struct TokenRecord {
     pub created_unix: u64,
 }
 
+/// An operator: a person (or a tool) with an admin credential of its own.
+/// Admin calls are accepted from the certificate whose serial is `serial`
+/// only, and from none once the operator is revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorRecord {
+    pub name: String,
+    /// The serial (hex) of the operator's current certificate; renewing
+    /// replaces it, and the old certificate is refused from then on.
+    pub serial: String,
+    pub created_unix: u64,
+    /// When the current certificate expires.
+    pub not_after_unix: u64,
+    /// When it was revoked; a revoked operator's calls are all refused.
+    pub revoked_unix: Option<u64>,
+    /// Who added it (or last renewed it): an operator's name, or `server`
+    /// for the bootstrap credential the server writes itself.
+    pub added_by: String,
+}
+
+/// One admin call, as the audit log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub time_unix_ms: u64,
+    /// The operator whose certificate made the call.
+    pub operator: String,
+    /// The admin API method, e.g. `CreateToken`.
+    pub method: String,
+    /// What it acted on (a node, an operator, a token's scope), or empty.
+    pub target: String,
+    /// `ok`, or the gRPC status code of the refusal or failure
+    /// (`permission_denied`, `not_found`, …).
+    pub outcome: String,
+    /// The error's message when the call did not succeed.
+    pub message: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("Failed to create the store directory {}", path.display())]
@@ -658,6 +725,10 @@ pub(crate) mod tests {
         concurrent_claims_of_one_name_let_exactly_one_win,
         a_claim_fails_when_the_name_changed_since_it_was_read,
         a_fresh_claim_clears_the_history_and_revokes_the_old_certificates,
+        two_concurrent_uses_of_a_single_use_token_let_exactly_one_win,
+        a_token_is_found_by_its_id,
+        an_operator_is_written_only_over_the_record_the_writer_read,
+        the_audit_log_gives_the_last_records_newest_last,
     );
 
     pub(crate) fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -1179,5 +1250,106 @@ pub(crate) mod tests {
         old.as_object_mut().unwrap().remove("attested");
         let loaded: NodeRecord = serde_json::from_value(old).unwrap();
         assert_eq!(loaded, node("web-1"));
+    fn two_concurrent_uses_of_a_single_use_token_let_exactly_one_win(store: &dyn Store) {
+        for round in 0..20 {
+            let id = format!("single-{round}");
+            store.put_token(&token(&id, Some(1), 1_000)).unwrap();
+            let barrier = Barrier::new(2);
+            let outcomes: Vec<Result<TokenRecord, StoreError>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..2)
+                    .map(|_| {
+                        let (barrier, id) = (&barrier, &id);
+                        scope.spawn(move || {
+                            barrier.wait();
+                            store.consume_token(id, 10)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|handle| handle.join().expect("thread"))
+                    .collect()
+            });
+            let won = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+            assert_eq!(won, 1, "round {round}: {outcomes:?}");
+            assert!(
+                outcomes
+                    .iter()
+                    .any(|outcome| matches!(outcome, Err(StoreError::TokenUsedUp))),
+                "round {round}: {outcomes:?}"
+            );
+        }
+    }
+
+    fn a_token_is_found_by_its_id(store: &dyn Store) {
+        store.put_token(&token("a", Some(1), 1_000)).unwrap();
+        store.put_token(&token("b", None, 2_000)).unwrap();
+        assert_eq!(store.token("b").unwrap(), Some(token("b", None, 2_000)));
+        assert_eq!(store.token("c").unwrap(), None);
+    }
+
+    pub(crate) fn operator(name: &str, serial: &str) -> OperatorRecord {
+        OperatorRecord {
+            name: name.to_string(),
+            serial: serial.to_string(),
+            created_unix: 100,
+            not_after_unix: 9_999_999_999,
+            revoked_unix: None,
+            added_by: "admin".to_string(),
+        }
+    }
+
+    fn an_operator_is_written_only_over_the_record_the_writer_read(store: &dyn Store) {
+        let alice = operator("alice", "s1");
+        assert!(store.swap_operator(None, &alice).unwrap());
+        // A second add of the same name finds it taken.
+        assert!(!store.swap_operator(None, &operator("alice", "s9")).unwrap());
+        let revoked = OperatorRecord {
+            revoked_unix: Some(200),
+            ..alice.clone()
+        };
+        assert!(store.swap_operator(Some(&alice), &revoked).unwrap());
+        // A renewal that read the record before the revocation loses.
+        let renewed = operator("alice", "s2");
+        assert!(!store.swap_operator(Some(&alice), &renewed).unwrap());
+        assert_eq!(store.operator("alice").unwrap(), Some(revoked.clone()));
+        store
+            .swap_operator(None, &operator("bob", "s3"))
+            .unwrap()
+            .then_some(())
+            .expect("bob added");
+        let names: Vec<String> = store
+            .operators()
+            .unwrap()
+            .into_iter()
+            .map(|operator| operator.name)
+            .collect();
+        assert_eq!(names, ["alice", "bob"]);
+        assert_eq!(store.operator("carol").unwrap(), None);
+    }
+
+    fn the_audit_log_gives_the_last_records_newest_last(store: &dyn Store) {
+        let record = |time_unix_ms: u64, method: &str| AuditRecord {
+            time_unix_ms,
+            operator: "alice".to_string(),
+            method: method.to_string(),
+            target: String::new(),
+            outcome: "ok".to_string(),
+            message: String::new(),
+        };
+        assert_eq!(store.audit(10).unwrap(), []);
+        store.append_audit(&record(2_000, "ListNodes")).unwrap();
+        store.append_audit(&record(1_000, "CreateToken")).unwrap();
+        // Same millisecond: kept in the order they came.
+        store.append_audit(&record(3_000, "RevokeNode")).unwrap();
+        store.append_audit(&record(3_000, "Sync")).unwrap();
+        let methods = |records: Vec<AuditRecord>| -> Vec<String> {
+            records.into_iter().map(|r| r.method).collect()
+        };
+        assert_eq!(
+            methods(store.audit(10).unwrap()),
+            ["CreateToken", "ListNodes", "RevokeNode", "Sync"]
+        );
+        assert_eq!(methods(store.audit(2).unwrap()), ["RevokeNode", "Sync"]);
     }
 }

@@ -53,8 +53,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    BackendError, CaRecord, CertificateRecord, FORMAT_VERSION, NodeRecord, NodeStatus, ReportWrite,
-    RevisionRecord, Store, StoreError, StoredReport, TokenRecord, TriggerRecord, check_node_id,
+    AuditRecord, BackendError, CaRecord, CertificateRecord, FORMAT_VERSION, NodeRecord, NodeStatus,
+    OperatorRecord, ReportWrite, RevisionRecord, Store, StoreError, StoredReport, TokenRecord,
+    TriggerRecord, check_node_id,
 };
 
 /// The server's storage in one sled database. Cheap to clone; all clones
@@ -74,6 +75,8 @@ pub struct SledStore {
     tokens: ::sled::Tree,
     settings: ::sled::Tree,
     triggers: ::sled::Tree,
+    operators: ::sled::Tree,
+    audit: ::sled::Tree,
 }
 
 impl fmt::Debug for SledStore {
@@ -152,6 +155,8 @@ impl SledStore {
             tokens: tree(TOKENS)?,
             settings: tree(SETTINGS)?,
             triggers: tree(TRIGGERS)?,
+            operators: tree(OPERATORS)?,
+            audit: tree(AUDIT)?,
             db,
             durability: Arc::new(durability),
             flushes: Arc::new(GroupCommit::default()),
@@ -744,6 +749,82 @@ impl Store for SledStore {
         Ok(existed)
     }
 
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        get_record(&self.tokens, TOKENS, "enrollment token", id)
+    }
+
+    // Operators.
+
+    fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        get_record(&self.operators, OPERATORS, "operator", name)
+    }
+
+    fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        list_records(&self.operators, OPERATORS, "operators")
+    }
+
+    /// A compare-and-swap on the operator's key: the JSON of `expected`
+    /// must be the stored bytes.
+    fn swap_operator(
+        &self,
+        expected: Option<&OperatorRecord>,
+        new: &OperatorRecord,
+    ) -> Result<bool, StoreError> {
+        let write_error = |e| backend(format!("write operator {}", new.name), e);
+        let current = self
+            .operators
+            .get(new.name.as_bytes())
+            .map_err(write_error)?;
+        let stored: Option<OperatorRecord> = current
+            .as_ref()
+            .map(|value| decode(OPERATORS, new.name.as_bytes(), value))
+            .transpose()?;
+        if stored.as_ref() != expected {
+            return Ok(false);
+        }
+        let value = encode("operator record", new)?;
+        let swapped = self
+            .operators
+            .compare_and_swap(new.name.as_bytes(), current, Some(value))
+            .map_err(write_error)?;
+        if swapped.is_err() {
+            return Ok(false);
+        }
+        self.flush()?;
+        Ok(true)
+    }
+
+    // The audit log.
+
+    fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        let sequence = self
+            .db
+            .generate_id()
+            .map_err(|e| backend("number an audit record".into(), e))?;
+        let mut key = record.time_unix_ms.to_be_bytes().to_vec();
+        key.extend_from_slice(&sequence.to_be_bytes());
+        let value = encode("audit record", record)?;
+        self.audit
+            .insert(key, value)
+            .map_err(|e| backend("write an audit record".into(), e))?;
+        self.flush()
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut records = self
+            .audit
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|entry| {
+                let (key, value) = entry.map_err(|e| backend("list the audit log".into(), e))?;
+                decode(AUDIT, &key, &value)
+            })
+            .collect::<Result<Vec<AuditRecord>, StoreError>>()?;
+        records.reverse();
+        Ok(records)
+    }
+
     // Settings: small named values such as the admin credential.
 
     fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
@@ -771,6 +852,8 @@ const CERTIFICATES: &str = "certificates";
 const TOKENS: &str = "tokens";
 const SETTINGS: &str = "settings";
 const TRIGGERS: &str = "triggers";
+const OPERATORS: &str = "operators";
+const AUDIT: &str = "audit";
 
 const FORMAT: &[u8] = b"format";
 const CURRENT_REVISION: &[u8] = b"current_revision";

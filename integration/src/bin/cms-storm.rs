@@ -495,7 +495,8 @@ async fn storm(options: Options) -> Result<()> {
         .create_token(pb::CreateTokenRequest {
             scope: [("role".to_string(), "*".to_string())].into(),
             ttl_seconds: 3600,
-            uses: 0,
+            // One use per simulated agent: tokens are single use by default.
+            uses: u32::try_from(options.agents).unwrap_or(u32::MAX),
         })
         .await?
         .into_inner()
