@@ -25,7 +25,7 @@ use crate::metrics::{CatalogAnswer, Metrics};
 use crate::node_state::NodeState;
 use crate::nodes::Nodes;
 use crate::pki::PeerIdentity;
-use crate::reports::Reports;
+use crate::reports::{ReportRate, Reports};
 use crate::revision::{CatalogError, ServingRevision, SyncRequests, compiled};
 use crate::store::SharedStore;
 use crate::triggers::{TriggerRequest, Triggers};
@@ -116,6 +116,8 @@ pub struct AgentService {
     pub revision: Arc<ServingRevision>,
     pub metrics: Arc<Metrics>,
     pub blocking: Blocking,
+    /// How many reports each node may send.
+    pub report_rate: Arc<ReportRate>,
 }
 
 #[tonic::async_trait]
@@ -214,6 +216,9 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::RunReport>,
     ) -> Result<Response<pb::ReportAck>, Status> {
         let node_id = node_caller(&self.store, &request)?;
+        // Refused beyond its rate, before it is read: the agent keeps it.
+        self.report_rate
+            .admit(&node_id, self.reports.clock.now_unix_ms())?;
         let record = RunRecord::from(&request.into_inner());
         let run_id = record.run_id.clone();
         let reports = self.reports.clone();

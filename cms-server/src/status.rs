@@ -8,7 +8,7 @@ use crate::auth::AuthError;
 use crate::blocking::BlockingFailed;
 use crate::enrollment::EnrollError;
 use crate::nodes::NodesError;
-use crate::reports::ReportError;
+use crate::reports::{RateExceeded, ReportError};
 use crate::revision::CatalogError;
 use crate::store::StoreError;
 use crate::triggers::TriggerError;
@@ -67,6 +67,12 @@ impl From<ReportError> for Status {
         match error {
             ReportError::Store(error) => internal(error),
         }
+    }
+}
+
+impl From<RateExceeded> for Status {
+    fn from(error: RateExceeded) -> Status {
+        Status::resource_exhausted(error.to_string())
     }
 }
 
