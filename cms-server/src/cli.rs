@@ -38,7 +38,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  cms-server serve\n  cms-server serve --data /var/lib/cms-server --repo https://git.internal/ops/roles.git --branch main\n  cms-server serve --repo ./roles --listen 0.0.0.0:7470 --http 0.0.0.0:7471"
     )]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Enrollment tokens.
     #[command(subcommand)]
     Token(TokenCommand),

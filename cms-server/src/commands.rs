@@ -37,7 +37,7 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
             std::io::stdout().write_all(&crate::cli::completion_script(shell))?;
             Ok(ExitCode::SUCCESS)
         }
-        Invocation::Serve { args, data_dir } => serve(args, data_dir).await,
+        Invocation::Serve { args, data_dir } => serve(*args, data_dir).await,
         Invocation::TokenCreate { args, admin } => {
             let scope = crate::pki::parse_scope(&args.tags)?;
             let ttl = cms_roles::parse_duration(&args.ttl).map_err(anyhow::Error::msg)?;
