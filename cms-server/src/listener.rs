@@ -114,7 +114,10 @@ impl Default for ConnectionLimits {
             max_connections: MAX_GRPC_CONNECTIONS,
             max_handshakes: MAX_CONCURRENT_HANDSHAKES,
             max_unauthenticated: 32,
-            max_unauthenticated_waiting: 1024,
+            // An enrollment storm of 10,000 waits here after its
+            // handshakes, a few KB of TLS state each; beyond, a flood from
+            // many addresses is closed rather than held.
+            max_unauthenticated_waiting: 4096,
             per_source_pending: 16,
             per_source_unauthenticated: 4,
             client_hello_timeout: Duration::from_secs(10),
