@@ -568,8 +568,8 @@ fn offers_watch(bytes: &[u8]) -> Option<bool> {
 
 /// A gRPC connection, its place (given back when tonic drops the
 /// connection), and when it must end: reading or writing after `ends`, or
-/// reading before its first request once `first_request` has passed, fails,
-/// and tonic closes the connection.
+/// reading with no request read yet once `first_request` has passed,
+/// fails, and tonic closes the connection.
 pub struct GrpcConnection {
     stream: Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
     _place: OwnedSemaphorePermit,
@@ -600,22 +600,17 @@ impl GrpcConnection {
         }
     }
 
-    /// Why the connection must end now, if it must; registers the waker
-    /// with its deadlines otherwise, so that a connection idle in a read
-    /// is woken to fail.
-    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> Option<std::io::Error> {
-        let timed_out = |why: &str| Some(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
-        if let Some(ends) = &mut self.ends
-            && ends.as_mut().poll(cx).is_ready()
-        {
-            return timed_out("the connection reached the end of its life");
-        }
-        if let Some(first) = &mut self.first_request
-            && first.deadline.as_mut().poll(cx).is_ready()
-        {
-            return timed_out("no request arrived in time");
-        }
-        None
+    /// Whether the connection has reached the end of its life; registers
+    /// the waker with that deadline otherwise, so that a connection idle in
+    /// a read is woken to fail.
+    fn ended(&mut self, cx: &mut std::task::Context<'_>) -> Option<std::io::Error> {
+        let ends = self.ends.as_mut()?;
+        ends.as_mut().poll(cx).is_ready().then(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the connection reached the end of its life",
+            )
+        })
     }
 }
 
@@ -687,15 +682,22 @@ impl tokio::io::AsyncRead for GrpcConnection {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if let Some(error) = this.expired(cx) {
+        if let Some(error) = this.ended(cx) {
             return Poll::Ready(Err(error));
         }
         let before = buf.filled().len();
         let read = Pin::new(&mut *this.stream).poll_read(cx, buf);
-        if let (Poll::Ready(Ok(())), Some(first)) = (&read, &mut this.first_request)
-            && first.frames.read(&buf.filled()[before..])
-        {
-            this.first_request = None;
+        // What has arrived is read before the deadline is looked at: a
+        // request sent in time counts however late the server reads it.
+        if let Some(first) = &mut this.first_request {
+            if matches!(read, Poll::Ready(Ok(()))) && first.frames.read(&buf.filled()[before..]) {
+                this.first_request = None;
+            } else if first.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no request arrived in time",
+                )));
+            }
         }
         read
     }
@@ -707,7 +709,7 @@ impl tokio::io::AsyncWrite for GrpcConnection {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if let Some(error) = self.expired(cx) {
+        if let Some(error) = self.ended(cx) {
             return Poll::Ready(Err(error));
         }
         Pin::new(&mut *self.stream).poll_write(cx, buf)
@@ -718,7 +720,7 @@ impl tokio::io::AsyncWrite for GrpcConnection {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        if let Some(error) = self.expired(cx) {
+        if let Some(error) = self.ended(cx) {
             return Poll::Ready(Err(error));
         }
         Pin::new(&mut *self.stream).poll_write_vectored(cx, bufs)
@@ -819,16 +821,25 @@ mod tests {
             server_config: Arc<rustls::ServerConfig>,
             limits: ConnectionLimits,
         ) -> Acceptor {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let address = listener.local_addr().unwrap();
-            let (grpc_sender, grpc) = mpsc::channel(MAX_GRPC_CONNECTIONS + 8);
-            let (watch_sender, watch) = mpsc::channel(8);
-            let (stop, stopped) = tokio::sync::watch::channel(false);
             let identify: Identify = Arc::new(|leaf: &[u8]| {
                 crate::pki::peer_identity(leaf)
                     .ok()
                     .map(|(identity, _)| identity)
             });
+            Acceptor::start_identifying(server_config, limits, identify).await
+        }
+
+        /// With `identify` standing for the store's check.
+        async fn start_identifying(
+            server_config: Arc<rustls::ServerConfig>,
+            limits: ConnectionLimits,
+            identify: Identify,
+        ) -> Acceptor {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let (grpc_sender, grpc) = mpsc::channel(MAX_GRPC_CONNECTIONS + 8);
+            let (watch_sender, watch) = mpsc::channel(8);
+            let (stop, stopped) = tokio::sync::watch::channel(false);
             let task = tokio::spawn(accept_connections(
                 listener,
                 server_config,
@@ -1265,6 +1276,37 @@ mod tests {
             .await
             .expect("the node's connection outlived its age and grace");
         assert_eq!(closed, std::io::ErrorKind::TimedOut);
+        acceptor.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_certificate_the_store_refuses_is_placed_as_no_certificate() {
+        let (server_config, client_config) = tls_pair();
+        let limits = ConnectionLimits {
+            max_connections: 1,
+            ..ConnectionLimits::default()
+        };
+        // The store refuses every certificate (a revoked one, say).
+        let refuses_all: Identify = Arc::new(|_: &[u8]| None);
+        let mut acceptor = Acceptor::start_identifying(server_config, limits, refuses_all).await;
+        let h2 = with_alpn(&client_config, b"h2");
+        let _revoked = tls_connect(acceptor.address, h2.clone()).await;
+        let served = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.grpc.recv())
+            .await
+            .expect("the connection was handed over")
+            .expect("a connection");
+        assert!(served.first_request.is_some(), "placed as authenticated");
+        // It holds no place of the authenticated: the only one is free.
+        let tcp = tokio::net::TcpStream::connect(acceptor.address)
+            .await
+            .unwrap();
+        tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_rustls::TlsConnector::from(h2).connect("localhost".try_into().unwrap(), tcp),
+        )
+        .await
+        .expect("the next connection waited for the refused one's place")
+        .unwrap();
         acceptor.stop().await;
     }
 
