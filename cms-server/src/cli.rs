@@ -38,7 +38,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  cms-server serve\n  cms-server serve --data /var/lib/cms-server --repo https://git.internal/ops/roles.git --branch main\n  cms-server serve --repo ./roles --listen 0.0.0.0:7470 --http 0.0.0.0:7471"
     )]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Enrollment tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -195,6 +195,128 @@ pub struct ServeArgs {
         env = "CMS_SERVER_REMOVE_AFTER"
     )]
     pub remove_after: String,
+    /// gRPC connections with a client certificate open (or in their
+    /// handshake) at once; more wait their turn.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 256,
+        env = "CMS_SERVER_MAX_CONNECTIONS"
+    )]
+    pub max_connections: usize,
+    /// TLS handshakes in progress at once; more wait their turn.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 64,
+        env = "CMS_SERVER_MAX_HANDSHAKES"
+    )]
+    pub max_handshakes: usize,
+    /// Connections without a client certificate (enrollments) open at
+    /// once, apart from the others.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 32,
+        env = "CMS_SERVER_MAX_UNAUTHENTICATED"
+    )]
+    pub max_unauthenticated: usize,
+    /// Connections from one address (IPv6: one /64) not yet through their
+    /// handshake; more are closed at once. Raise it when many agents share
+    /// one address (NAT).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        env = "CMS_SERVER_PER_SOURCE_PENDING"
+    )]
+    pub per_source_pending: usize,
+    /// Connections without a client certificate from one address; more
+    /// are closed after their handshake.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4,
+        env = "CMS_SERVER_PER_SOURCE_UNAUTHENTICATED"
+    )]
+    pub per_source_unauthenticated: usize,
+    /// How long a client may take to send its TLS ClientHello.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        env = "CMS_SERVER_CLIENT_HELLO_TIMEOUT"
+    )]
+    pub client_hello_timeout: String,
+    /// How long a TLS handshake may take once started.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        env = "CMS_SERVER_HANDSHAKE_TIMEOUT"
+    )]
+    pub handshake_timeout: String,
+    /// How long a connection may wait for its turn (a connection, a
+    /// handshake); then it is closed and the client tries again.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "2m",
+        env = "CMS_SERVER_PLACE_WAIT"
+    )]
+    pub place_wait: String,
+    /// How long a connection without a client certificate may take to send
+    /// its first request.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "5s",
+        env = "CMS_SERVER_UNAUTHENTICATED_FIRST_REQUEST"
+    )]
+    pub unauthenticated_first_request: String,
+    /// How long a connection without a client certificate stays open.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        env = "CMS_SERVER_UNAUTHENTICATED_LIFETIME"
+    )]
+    pub unauthenticated_lifetime: String,
+    /// When a connection is closed gracefully (calls in progress finish);
+    /// the client reconnects if it has more to say.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "5m",
+        env = "CMS_SERVER_CONNECTION_AGE"
+    )]
+    pub connection_age: String,
+    /// How long after --connection-age a node's connection is closed,
+    /// whatever is in progress (the admin credential's are not).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "5m",
+        env = "CMS_SERVER_CONNECTION_AGE_GRACE"
+    )]
+    pub connection_age_grace: String,
+    /// Reports one node may send at once; beyond, they are refused and
+    /// stay queued on the agent.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 60,
+        env = "CMS_SERVER_REPORT_BURST"
+    )]
+    pub report_burst: u32,
+    /// Reports an hour one node may send once its burst is spent.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 120,
+        env = "CMS_SERVER_REPORT_RATE"
+    )]
+    pub report_rate: u32,
 }
 
 #[derive(Debug, clap::Args)]

@@ -37,7 +37,7 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
             std::io::stdout().write_all(&crate::cli::completion_script(shell))?;
             Ok(ExitCode::SUCCESS)
         }
-        Invocation::Serve { args, data_dir } => serve(args, data_dir).await,
+        Invocation::Serve { args, data_dir } => serve(*args, data_dir).await,
         Invocation::TokenCreate { args, admin } => {
             let scope = crate::pki::parse_scope(&args.tags)?;
             // Not given: 0, the server's default (an hour).
@@ -142,6 +142,7 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
     cms_logging::init(args.log_format);
+    let connections = connection_limits(&args)?;
     let repo = match args.repo {
         Some(repo) => repo,
         None if std::path::Path::new(EXAMPLE_REPOSITORY).is_dir() => EXAMPLE_REPOSITORY.to_string(),
@@ -155,6 +156,7 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
         ))
     };
     let mut config = ServeConfig::new(data_dir, repo);
+    config.connections = connections;
     config.branch = args.branch;
     config.sync_interval =
         duration(&args.sync_interval, "sync-interval")?.max(Duration::from_secs(1));
@@ -183,6 +185,10 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
         config.aws = crate::aws::load_config(path, &environment, crate::clock::system())?
             .map(std::sync::Arc::new);
     }
+    config.report_rate = crate::reports::ReportRateLimit {
+        burst: args.report_burst,
+        per_hour: args.report_rate,
+    };
     // The store, the CA and the admin credential exist before the ports
     // are bound: a script that waits for the port and then runs
     // `cms-server token create` finds the credential.
@@ -196,6 +202,40 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
     tracing::info!(grpc = %args.listen, http = %args.http, data = %config.data_dir.display(), repo = %config.repo, descriptors, "serving");
     crate::server::run_prepared(prepared, grpc, Some(http), config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The bounds of the gRPC port's connections from `serve`'s flags.
+fn connection_limits(args: &ServeArgs) -> anyhow::Result<crate::listener::ConnectionLimits> {
+    let duration = |text: &str, flag: &str| -> anyhow::Result<Duration> {
+        Ok(Duration::from_secs(
+            cms_roles::parse_duration(text).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?,
+        ))
+    };
+    let limits = crate::listener::ConnectionLimits {
+        max_connections: args.max_connections,
+        max_handshakes: args.max_handshakes,
+        max_unauthenticated: args.max_unauthenticated,
+        per_source_pending: args.per_source_pending,
+        per_source_unauthenticated: args.per_source_unauthenticated,
+        client_hello_timeout: duration(&args.client_hello_timeout, "client-hello-timeout")?,
+        handshake_timeout: duration(&args.handshake_timeout, "handshake-timeout")?,
+        place_wait: duration(&args.place_wait, "place-wait")?,
+        unauthenticated_first_request: duration(
+            &args.unauthenticated_first_request,
+            "unauthenticated-first-request",
+        )?,
+        unauthenticated_lifetime: duration(
+            &args.unauthenticated_lifetime,
+            "unauthenticated-lifetime",
+        )?,
+        max_connection_age: duration(&args.connection_age, "connection-age")?,
+        connection_age_grace: duration(&args.connection_age_grace, "connection-age-grace")?,
+        ..crate::listener::ConnectionLimits::default()
+    };
+    limits
+        .check()
+        .map_err(|error| anyhow::anyhow!("Invalid connection limits: {error}"))?;
+    Ok(limits)
 }
 
 /// Binds the gRPC address with a long accept queue: in a boot storm

@@ -39,6 +39,9 @@ pub const WATCH_QUEUE: usize = 4;
 pub struct WatchSlot {
     pending: Mutex<VecDeque<pb::ConvergeNow>>,
     pub(crate) wake: tokio::sync::Notify,
+    /// Set when the node was revoked: its channel checks its certificate
+    /// again at once.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl WatchSlot {
@@ -53,6 +56,11 @@ impl WatchSlot {
         drop(pending);
         self.wake.notify_one();
         true
+    }
+
+    /// Whether the channel was asked to check its certificate again.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
     }
 
     pub(crate) fn take(&self) -> Vec<pb::ConvergeNow> {
@@ -89,6 +97,17 @@ pub struct WatchGuard {
     fleet: Arc<Fleet>,
     node_id: String,
     id: u64,
+    /// False once the channel ends because its certificate was refused:
+    /// the node is then not seen at its end.
+    seen_at_end: bool,
+}
+
+impl WatchGuard {
+    /// The channel ends because its node's certificate is refused: its
+    /// end does not count as a sign of life.
+    pub fn forget_unseen(&mut self) {
+        self.seen_at_end = false;
+    }
 }
 
 impl Drop for WatchGuard {
@@ -101,7 +120,9 @@ impl Drop for WatchGuard {
             }
         }
         drop(watchers);
-        self.fleet.note_seen(&self.node_id, now_unix_ms());
+        if self.seen_at_end {
+            self.fleet.note_seen(&self.node_id, now_unix_ms());
+        }
     }
 }
 
@@ -129,6 +150,18 @@ impl Fleet {
             fleet: self.clone(),
             node_id: node_id.to_string(),
             id,
+            seen_at_end: true,
+        }
+    }
+
+    /// Tells a revoked node's channels to check their certificate again
+    /// now rather than at their next heartbeat.
+    pub fn close_watches(&self, node_id: &str) {
+        if let Some(slots) = self.watchers.lock().expect("watchers lock").get(node_id) {
+            for (_, slot) in slots {
+                slot.closing.store(true, Ordering::Relaxed);
+                slot.wake.notify_one();
+            }
         }
     }
 

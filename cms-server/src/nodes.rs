@@ -115,9 +115,11 @@ impl Nodes {
             .collect())
     }
 
-    /// Revokes every certificate of a node; returns their serials. Blocks.
+    /// Revokes every certificate of a node, and ends its watch channels;
+    /// returns their serials. Blocks.
     pub fn revoke(&self, node_id: &str) -> Result<Vec<String>, NodesError> {
         let serials = self.store.revoke_node(node_id)?;
+        self.fleet.close_watches(node_id);
         if serials.is_empty() {
             return Err(NodesError::NoCertificates {
                 node_id: node_id.to_string(),

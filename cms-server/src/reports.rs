@@ -1,8 +1,11 @@
 //! Run reports: an agent's report is stored (once per run id, durable
 //! before it is acknowledged), summarised on its node, counted in the
-//! metrics, and handed to the trigger waiting for it.
+//! metrics, and handed to the trigger waiting for it. How many reports one
+//! node may send is bounded ([`ReportRate`]): beyond, a report is refused
+//! and stays queued on its agent.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use cms_proto::report::{ResourceStatus, RunRecord};
 
@@ -100,6 +103,102 @@ impl Reports {
     }
 }
 
+/// How many reports one node may send: `burst` at once, refilled at
+/// `per_hour` (`serve --report-burst`, `--report-rate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportRateLimit {
+    pub burst: u32,
+    pub per_hour: u32,
+}
+
+impl Default for ReportRateLimit {
+    /// An agent reports once a run (every 30 minutes, and on triggers), and
+    /// after an outage sends what it queued: a day offline is 48 reports.
+    fn default() -> ReportRateLimit {
+        ReportRateLimit {
+            burst: 60,
+            per_hour: 120,
+        }
+    }
+}
+
+/// A report refused because its node sent too many.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "node {node_id} sent more reports than the server takes ({burst} at once, then {per_hour} an hour): this one was not stored; the agent keeps it queued and sends it again (in about {retry_after_s} s there is room)"
+)]
+pub struct RateExceeded {
+    pub node_id: String,
+    pub burst: u32,
+    pub per_hour: u32,
+    pub retry_after_s: u64,
+}
+
+/// The report buckets of the nodes, in memory (a restart refills them).
+#[derive(Debug)]
+pub struct ReportRate {
+    limit: ReportRateLimit,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Debug, Default)]
+struct Buckets {
+    /// Reports each node may still send, and when that was counted.
+    nodes: HashMap<String, (f64, u64)>,
+    /// Full buckets are forgotten when there are this many.
+    prune_at: usize,
+}
+
+impl ReportRate {
+    pub fn new(limit: ReportRateLimit) -> ReportRate {
+        ReportRate {
+            limit,
+            buckets: Mutex::new(Buckets {
+                nodes: HashMap::new(),
+                prune_at: 4096,
+            }),
+        }
+    }
+
+    /// Takes one report of `node_id` at `now_unix_ms` from its bucket, or
+    /// refuses it when the bucket is empty.
+    pub fn admit(&self, node_id: &str, now_unix_ms: u64) -> Result<(), RateExceeded> {
+        let ReportRateLimit { burst, per_hour } = self.limit;
+        let per_ms = f64::from(per_hour) / 3_600_000.0;
+        let refilled = |(left, at): (f64, u64)| {
+            (left + now_unix_ms.saturating_sub(at) as f64 * per_ms).min(f64::from(burst))
+        };
+        let mut buckets = self.buckets.lock().expect("report buckets lock");
+        if buckets.nodes.len() >= buckets.prune_at {
+            buckets
+                .nodes
+                .retain(|_, bucket| refilled(*bucket) < f64::from(burst));
+            buckets.prune_at = (buckets.nodes.len() * 2).max(4096);
+        }
+        let bucket = buckets
+            .nodes
+            .entry(node_id.to_string())
+            .or_insert((f64::from(burst), now_unix_ms));
+        let left = refilled(*bucket);
+        if left >= 1.0 {
+            *bucket = (left - 1.0, now_unix_ms);
+            return Ok(());
+        }
+        *bucket = (left, now_unix_ms);
+        let retry_after_s = if per_hour == 0 {
+            u64::MAX
+        } else {
+            ((1.0 - left) / per_ms / 1000.0).ceil() as u64
+        };
+        Err(RateExceeded {
+            node_id: node_id.to_string(),
+            burst,
+            per_hour,
+            retry_after_s,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +272,46 @@ mod tests {
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].report, report);
         assert_eq!(stored[0].received_unix_ms, 9_000);
+    }
+
+    #[test]
+    fn a_node_gets_its_burst_then_reports_at_the_refill_rate_and_others_are_not_held_up() {
+        let rate = ReportRate::new(ReportRateLimit {
+            burst: 3,
+            per_hour: 60,
+        });
+        for _ in 0..3 {
+            rate.admit("web-1", 1_000).unwrap();
+        }
+        let refused = rate.admit("web-1", 1_000).unwrap_err();
+        assert_eq!(refused.retry_after_s, 60);
+        let message = refused.to_string();
+        assert!(message.contains("web-1"), "{message}");
+        assert!(message.contains("queued"), "{message}");
+        // Another node has its own bucket.
+        rate.admit("web-2", 1_000).unwrap();
+        // One a minute comes back; not two.
+        rate.admit("web-1", 61_000).unwrap();
+        assert!(rate.admit("web-1", 61_000).is_err());
+        // A long pause refills to the burst, no more.
+        for _ in 0..3 {
+            rate.admit("web-1", 100_000_000).unwrap();
+        }
+        assert!(rate.admit("web-1", 100_000_000).is_err());
+    }
+
+    #[test]
+    fn full_buckets_are_forgotten_when_many_nodes_have_reported() {
+        let rate = ReportRate::new(ReportRateLimit {
+            burst: 2,
+            per_hour: 3600,
+        });
+        for i in 0..4096 {
+            rate.admit(&format!("node-{i}"), 0).unwrap();
+        }
+        // An hour later every bucket is full again: the next report
+        // forgets them.
+        rate.admit("late", 3_600_000).unwrap();
+        assert_eq!(rate.buckets.lock().unwrap().nodes.len(), 1);
     }
 }

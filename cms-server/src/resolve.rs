@@ -94,7 +94,7 @@ impl AdminTarget {
 #[derive(Debug)]
 pub enum Invocation {
     Serve {
-        args: ServeArgs,
+        args: Box<ServeArgs>,
         data_dir: PathBuf,
     },
     Check(CheckArgs),

@@ -31,12 +31,11 @@ use crate::enrollment::Enrollment;
 use crate::fleet::Fleet;
 use crate::http::{MetricsApi, WebhookApi};
 use crate::listener::{
-    Accepted, MAX_CONCURRENT_HANDSHAKES, MAX_CONNECTION_AGE, accept_connections, grpc_tls_from_ca,
-    http_tls_config,
+    Accepted, ConnectionLimits, Identify, accept_connections, grpc_tls_from_ca, http_tls_config,
 };
 use crate::metrics::{FleetCounters, Metrics};
 use crate::nodes::{LifecycleConfig, Nodes};
-use crate::reports::Reports;
+use crate::reports::{ReportRate, ReportRateLimit, Reports};
 use crate::revision::{ServingRevision, SyncRequests};
 use crate::service::{AdminService, AgentService, EnrollmentService};
 use crate::sync::{RolesSource, Syncing};
@@ -82,6 +81,10 @@ pub struct ServeConfig {
     /// Attested enrollment on AWS (`[aws]` of `--enrollment-config`);
     /// `None` accepts tokens only.
     pub aws: Option<Arc<crate::aws::Attestor>>,
+    /// The bounds of the gRPC port's connections.
+    pub connections: ConnectionLimits,
+    /// How many reports one node may send.
+    pub report_rate: ReportRateLimit,
 }
 
 impl ServeConfig {
@@ -106,6 +109,8 @@ impl ServeConfig {
             trigger_timeout: Duration::from_secs(600),
             watch_heartbeat: Duration::from_secs(30),
             aws: None,
+            connections: ConnectionLimits::default(),
+            report_rate: ReportRateLimit::default(),
         }
     }
 }
@@ -274,11 +279,19 @@ pub async fn run_prepared(
     // TLS is done by the listener rather than by tonic, so that the
     // handshakes in progress and the gRPC connections open are bounded,
     // and so that the watch channel can share the port.
-    let (connection_sender, connections) = mpsc::channel(MAX_CONCURRENT_HANDSHAKES);
-    let (watch_sender, mut watches) = mpsc::channel(MAX_CONCURRENT_HANDSHAKES);
+    let (connection_sender, connections) = mpsc::channel(config.connections.max_handshakes);
+    let (watch_sender, mut watches) = mpsc::channel(config.connections.max_handshakes);
+    // A certificate the store refuses (revoked, a removed node's) is placed
+    // as no certificate: it holds no place of the agents and the admin.
+    let identify: Identify = {
+        let store = store.clone();
+        Arc::new(move |leaf: &[u8]| crate::auth::identify(&*store, leaf).ok())
+    };
     tasks.spawn(accept_connections(
         grpc_listener,
         tls,
+        config.connections.clone(),
+        identify,
         Accepted {
             grpc: connection_sender,
             watch: watch_sender,
@@ -299,9 +312,10 @@ pub async fn run_prepared(
         Ok(())
     });
     // Pings find clients that vanished in the middle of a call. A
-    // connection lives at most `MAX_CONNECTION_AGE` (then it is closed
-    // gracefully: calls in progress finish, the client reconnects), so an
-    // idle client cannot hold one of the `MAX_GRPC_CONNECTIONS` for long.
+    // connection lives at most `max_connection_age` (then it is closed
+    // gracefully: calls in progress finish, the client reconnects; the
+    // listener closes it `connection_age_grace` later whatever is in
+    // progress), so an idle client cannot hold a place for long.
     let keepalive = (config.gone_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     // Message sizes are set, not left to tonic's 4 MiB default, so that
     // the limits are the ones the agent and validation are built around.
@@ -309,7 +323,7 @@ pub async fn run_prepared(
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive.max(Duration::from_secs(10))))
-        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age(config.connections.max_connection_age)
         .add_service(
             pb::enrollment_server::EnrollmentServer::new(EnrollmentService {
                 enrollment: enrollment.clone(),
@@ -328,6 +342,7 @@ pub async fn run_prepared(
                 revision: revision.clone(),
                 metrics: metrics.clone(),
                 blocking: blocking.clone(),
+                report_rate: Arc::new(ReportRate::new(config.report_rate)),
             })
             .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
             .max_encoding_message_size(limits::MAX_AGENT_RESPONSE_BYTES),

@@ -27,7 +27,7 @@ use crate::node_state::NodeState;
 use crate::nodes::Nodes;
 use crate::operators::Operators;
 use crate::pki::PeerIdentity;
-use crate::reports::Reports;
+use crate::reports::{ReportRate, Reports};
 use crate::revision::{CatalogError, ServingRevision, SyncRequests, compiled};
 use crate::store::SharedStore;
 use crate::triggers::{TriggerRequest, Triggers};
@@ -164,6 +164,8 @@ pub struct AgentService {
     pub revision: Arc<ServingRevision>,
     pub metrics: Arc<Metrics>,
     pub blocking: Blocking,
+    /// How many reports each node may send.
+    pub report_rate: Arc<ReportRate>,
 }
 
 #[tonic::async_trait]
@@ -271,6 +273,9 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::RunReport>,
     ) -> Result<Response<pb::ReportAck>, Status> {
         let node_id = node_caller(&self.store, &request)?;
+        // Refused beyond its rate, before it is read: the agent keeps it.
+        self.report_rate
+            .admit(&node_id, self.reports.clock.now_unix_ms())?;
         let report = request.into_inner();
         crate::reports::check_report_size(&node_id, &report)?;
         let record = RunRecord::from(&report);

@@ -9,7 +9,7 @@ use crate::blocking::BlockingFailed;
 use crate::enrollment::EnrollError;
 use crate::nodes::NodesError;
 use crate::operators::OperatorError;
-use crate::reports::ReportError;
+use crate::reports::{RateExceeded, ReportError};
 use crate::revision::CatalogError;
 use crate::store::StoreError;
 use crate::triggers::TriggerError;
@@ -113,6 +113,12 @@ impl From<ReportError> for Status {
             ReportError::Store(ref store) => store_failure(store, &error),
             ReportError::TooLarge { .. } => Status::invalid_argument(error.to_string()),
         }
+    }
+}
+
+impl From<RateExceeded> for Status {
+    fn from(error: RateExceeded) -> Status {
+        Status::resource_exhausted(error.to_string())
     }
 }
 

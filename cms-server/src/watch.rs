@@ -18,6 +18,12 @@
 //! decrypts: any byte from the agent (its close_notify) or the end of the
 //! stream ends the channel. A vanished instance is noticed by the socket's
 //! user timeout on the next heartbeat.
+//!
+//! The node's certificate is checked again against the store before every
+//! heartbeat, and at once when the node is revoked (`Fleet::close_watches`
+//! wakes the channel): a certificate revoked, or no longer the node's (the
+//! node removed or enrolled again), ends the channel with a `Refused` event,
+//! and the node stops counting as seen.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +35,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use crate::auth::AuthError;
 use crate::fleet::{Fleet, WatchSlot};
 use crate::pki::PeerIdentity;
 use crate::store::SharedStore;
@@ -166,19 +173,23 @@ pub fn start(
     tokio::spawn(serve(api.clone(), channel, identified, stop.clone()));
 }
 
+/// The event that tells the agent why its channel ends.
+fn refused(message: String) -> pb::WatchEvent {
+    pb::WatchEvent {
+        event: Some(pb::watch_event::Event::Refused(pb::Refused { message })),
+    }
+}
+
 async fn serve(
     api: WatchApi,
     mut channel: Channel,
-    identified: Result<String, String>,
+    identified: Result<Holder, String>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let node_id = match identified {
-        Ok(node_id) => node_id,
+    let holder = match identified {
+        Ok(holder) => holder,
         Err(message) => {
-            let refused = pb::WatchEvent {
-                event: Some(pb::watch_event::Event::Refused(pb::Refused { message })),
-            };
-            let _ = channel.send(&refused).await;
+            let _ = channel.send(&refused(message)).await;
             return;
         }
     };
@@ -191,8 +202,7 @@ async fn serve(
     );
     let heartbeat = api.heartbeat;
     let slot = Arc::new(WatchSlot::default());
-    let _guard = api.fleet.register_watch(&node_id, slot.clone());
-    drop(node_id);
+    let mut guard = api.fleet.register_watch(&holder.node_id, slot.clone());
     let beat = pb::WatchEvent {
         event: Some(pb::watch_event::Event::Heartbeat(pb::Heartbeat {
             interval_seconds: heartbeat.as_secs().max(1) as u32,
@@ -210,6 +220,11 @@ async fn serve(
                 }
             }
             _ = slot.wake.notified() => {
+                if slot.is_closing() && let Err(message) = holder.recheck(&api.store) {
+                    guard.forget_unseen();
+                    let _ = channel.send(&refused(message)).await;
+                    return;
+                }
                 for command in slot.take() {
                     let event = pb::WatchEvent {
                         event: Some(pb::watch_event::Event::ConvergeNow(command)),
@@ -220,6 +235,11 @@ async fn serve(
                 }
             }
             _ = tokio::time::sleep(heartbeat) => {
+                if let Err(message) = holder.recheck(&api.store) {
+                    guard.forget_unseen();
+                    let _ = channel.send(&refused(message)).await;
+                    return;
+                }
                 if channel.send(&beat).await.is_err() {
                     return;
                 }
@@ -259,13 +279,46 @@ impl Channel {
     }
 }
 
+/// The node holding a channel, and its certificate's serial: what is
+/// checked again on every heartbeat.
+#[derive(Debug)]
+struct Holder {
+    node_id: String,
+    serial: String,
+}
+
+impl Holder {
+    /// Whether the store still accepts the certificate for the node, as
+    /// `auth::identify` does on every call; the message tells the agent
+    /// why not. A read, no fsync.
+    fn recheck(&self, store: &SharedStore) -> Result<(), String> {
+        let (serial, node_id) = (self.serial.clone(), self.node_id.clone());
+        match store.certificate(&self.serial) {
+            Ok(Some(record)) if record.revoked => {
+                Err(AuthError::NodeRevoked { serial, node_id }.to_string())
+            }
+            Ok(Some(record)) if record.node_id == self.node_id => Ok(()),
+            Ok(_) => Err(AuthError::NodeUnknown { serial, node_id }.to_string()),
+            // The store could not answer: try again at the next heartbeat.
+            Err(error) => {
+                tracing::warn!(node = %self.node_id, "Failed to check a watch channel's certificate: {error}");
+                Ok(())
+            }
+        }
+    }
+}
+
 /// The node a watch channel's client certificate names, checked as every
 /// gRPC call is (`auth::identify`); the message tells the agent why not.
-fn identify(store: &SharedStore, certificate: Option<&[u8]>) -> Result<String, String> {
+fn identify(store: &SharedStore, certificate: Option<&[u8]>) -> Result<Holder, String> {
     let certificate =
         certificate.ok_or("the watch channel needs a client certificate: enroll first")?;
     match crate::auth::identify(&**store, certificate) {
-        Ok(PeerIdentity::Node(node_id)) => Ok(node_id),
+        Ok(PeerIdentity::Node(node_id)) => {
+            let (_, serial) =
+                crate::pki::peer_identity(certificate).map_err(|error| error.to_string())?;
+            Ok(Holder { node_id, serial })
+        }
         Ok(PeerIdentity::Operator(_)) => {
             Err("the watch channel is for nodes, not the admin credential".into())
         }

@@ -1,363 +1,363 @@
-//! The mTLS setup production uses, end to end over 127.0.0.1: the server's
-//! own acceptor (`listener::grpc_tls_from_ca` and `accept_connections`,
-//! as `server::run` builds them) in front of a gRPC service that checks
-//! callers with the server's own rule (`auth::identify` against the
-//! store), and the agent's own `Connector` as the client. Enrolled nodes
-//! and the admin are served and told apart by their certificates; everyone
-//! else is served nothing.
+//! Who the real server serves, by client certificate: the server built by
+//! `server::prepare` and `server::run_prepared` as `cms-server serve`
+//! builds it (its own TLS, its own services, its own store), and the
+//! agent's and the admin CLI's own clients.
 //!
-//! The acceptor lets a client without a certificate finish its handshake
-//! (enrollment is the one call without one), so such a client is refused
-//! by the call's check; a certificate from another CA, or one that is not
-//! a client certificate, is refused by the handshake. Under TLS 1.3 a
-//! refused client only sees its connection close at its first call, so
-//! these tests never look at error text: they assert that no answer came
-//! back and that no call was served.
+//! Refused: a client certificate from another CA, the server's own
+//! certificate presented as a client certificate, no certificate (for
+//! everything but `Enroll`), a node certificate on any admin method, and a
+//! node asking for a content of another node's catalog. A certificate
+//! refused by the handshake shows, under TLS 1.3, only as a failed call:
+//! those tests assert that no answer came back, never on error text.
 
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+// A test measures real time; product code reads it through its clock module.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
 use std::time::Duration;
 
-use cms_agent::client::{Connector, ServerAddress};
+use cms_agent::client::Connector;
 use cms_agent::identity::Identity;
 use cms_proto::v1 as pb;
-use cms_proto::v1::agent_server::{Agent, AgentServer};
-use cms_server::listener::{Accepted, accept_connections, grpc_tls_from_ca};
-use cms_server::pki::{CertificateAuthority, PeerIdentity};
-use cms_server::store::{CertificateRecord, MemoryStore, SharedStore};
-use rustls::pki_types::pem::PemObject as _;
-use tokio::task::JoinSet;
+use cms_server::pki::CertificateAuthority;
+use support::{Node, Server, channel_with, converge};
 use tokio_stream::StreamExt as _;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Server};
-use tonic::{Request, Response, Status};
+use tonic::Code;
 
-/// A client certificate and its key, as PEM.
-struct ClientCredential {
-    certificate_pem: String,
-    private_key_pem: String,
-}
+const WEB: &[(&str, &str)] = &[("role", "web"), ("env", "staging")];
+const API: &[(&str, &str)] = &[("role", "api"), ("env", "staging")];
 
-#[tokio::test]
-async fn a_node_enrolled_from_its_own_csr_is_served_as_that_node() {
-    let server = TestServer::start().await;
-    let node = server.enroll("i-0abc123");
-    assert_eq!(
-        server.who_am_i(&node).await,
-        Some("node i-0abc123".to_owned())
-    );
-    assert_eq!(server.served(), 1);
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn the_admin_credential_is_served_as_the_admin() {
-    let server = TestServer::start().await;
-    let admin = server.ca.issue_admin_certificate().unwrap();
-    // An admin certificate is accepted only as its operator's current one.
-    let info = cms_server::pki::read_certificate(&admin.certificate_pem).unwrap();
-    let operator = cms_server::store::OperatorRecord {
-        name: "admin".to_owned(),
-        serial: info.serial_hex,
-        created_unix: 0,
-        not_after_unix: info.not_after_unix as u64,
-        revoked_unix: None,
-        added_by: "server".to_owned(),
-    };
-    assert!(server.store.swap_operator(None, &operator).unwrap());
-    let admin = ClientCredential {
-        certificate_pem: admin.certificate_pem,
-        private_key_pem: admin.private_key_pem,
-    };
-    assert_eq!(server.who_am_i(&admin).await, Some("admin".to_owned()));
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn a_client_without_a_certificate_is_served_nothing() {
-    let server = TestServer::start().await;
-    assert_eq!(server.call_without_certificate().await, None);
-    assert_eq!(server.served(), 0);
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn a_client_certificate_from_another_ca_is_served_nothing() {
-    let server = TestServer::start().await;
-    let other_ca = CertificateAuthority::create("other").unwrap();
-    let stranger = node_credential(&other_ca, "i-0abc123");
-    assert_eq!(server.who_am_i(&stranger).await, None);
-    assert_eq!(server.served(), 0);
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn the_server_certificate_cannot_be_used_as_a_client_certificate() {
-    let server = TestServer::start().await;
-    let server_certificate = server
-        .ca
-        .issue_server_certificate(&["localhost".to_owned()], &[])
-        .unwrap();
-    let impostor = ClientCredential {
-        certificate_pem: server_certificate.certificate_pem,
-        private_key_pem: server_certificate.private_key_pem,
-    };
-    assert_eq!(server.who_am_i(&impostor).await, None);
-    assert_eq!(server.served(), 0);
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn an_agent_trusting_another_ca_does_not_talk_to_the_server() {
-    let server = TestServer::start().await;
-    let node = server.enroll("i-0abc123");
-    let other_ca = CertificateAuthority::create("other").unwrap();
-    assert_eq!(
-        call(server.address, other_ca.certificate_pem(), &node).await,
-        None
-    );
-    assert_eq!(server.served(), 0);
-    server.stop().await;
-}
-
-/// Makes a node's credential as the agent does: a fresh P-256 key and a
-/// CSR made on the "instance" (with rcgen directly, as cms-agent's
-/// `generate_key_and_csr` does), signed by `ca`. The CSR asks to be the
-/// admin; the CA ignores that.
-fn node_credential(ca: &CertificateAuthority, node_id: &str) -> ClientCredential {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, node_id);
-    params.subject_alt_names = vec![rcgen::SanType::URI("cms://admin".try_into().unwrap())];
-    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+/// A node certificate for `node_id` from `ca` (not the server's), with its
+/// key, made as the agent makes its own.
+fn foreign_node(ca: &CertificateAuthority, node_id: &str) -> (String, String) {
+    let key = cms_agent::identity::generate_key_and_csr(node_id).unwrap();
     let issued = ca
-        .sign_node_csr(&csr_pem, node_id, Duration::from_secs(3600))
+        .sign_node_csr(&key.csr_pem, node_id, Duration::from_secs(3600))
         .unwrap();
-    ClientCredential {
-        certificate_pem: issued.certificate_pem,
-        private_key_pem: key.serialize_pem(),
-    }
+    (issued.certificate_pem, key.private_key_pem)
 }
 
-/// The production acceptor and a service that answers with who the
-/// caller's certificate says it is, checked as every server call is.
-struct TestServer {
-    ca: CertificateAuthority,
-    store: SharedStore,
-    address: SocketAddr,
-    served: Arc<AtomicUsize>,
-    stop: tokio::sync::watch::Sender<bool>,
-    tasks: JoinSet<anyhow::Result<()>>,
-}
-
-impl TestServer {
-    async fn start() -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let ca = CertificateAuthority::create("test").unwrap();
-        let server_certificate = ca
-            .issue_server_certificate(&["localhost".to_owned()], &["127.0.0.1".parse().unwrap()])
-            .unwrap();
-        let tls = grpc_tls_from_ca(&ca, &server_certificate).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let store: SharedStore = Arc::new(MemoryStore::default());
-        let served = Arc::new(AtomicUsize::new(0));
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let (grpc, connections) = tokio::sync::mpsc::channel(8);
-        let (watch, _watches) = tokio::sync::mpsc::channel(8);
-        let mut tasks = JoinSet::new();
-        tasks.spawn(accept_connections(
-            listener,
-            tls,
-            Accepted { grpc, watch },
-            stopped.clone(),
-        ));
-        let service = AgentServer::new(WhoAmI {
-            store: store.clone(),
-            served: served.clone(),
-        });
-        let mut grpc_stop = stopped;
-        tasks.spawn(async move {
-            Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::ReceiverStream::new(connections)
-                        .map(Ok::<_, std::io::Error>),
-                    async move {
-                        let _ = grpc_stop.wait_for(|stopped| *stopped).await;
-                    },
-                )
-                .await?;
-            Ok(())
-        });
-        TestServer {
-            ca,
-            store,
-            address,
-            served,
-            stop,
-            tasks,
-        }
-    }
-
-    /// A node credential from this server's CA, recorded in its store as
-    /// enrollment records it.
-    fn enroll(&self, node_id: &str) -> ClientCredential {
-        let credential = node_credential(&self.ca, node_id);
-        let (_, serial) = cms_server::pki::peer_identity(
-            &rustls::pki_types::CertificateDer::from_pem_slice(
-                credential.certificate_pem.as_bytes(),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        self.store
-            .put_certificate(&CertificateRecord {
-                serial,
-                node_id: node_id.to_owned(),
-                not_after_unix: u64::MAX,
-                revoked: false,
-            })
-            .unwrap();
-        credential
-    }
-
-    /// Calls the server through the agent's connector as the holder of
-    /// `credential`, trusting our CA.
-    async fn who_am_i(&self, credential: &ClientCredential) -> Option<String> {
-        call(self.address, self.ca.certificate_pem(), credential).await
-    }
-
-    /// Calls the server with no client certificate, trusting our CA.
-    async fn call_without_certificate(&self) -> Option<String> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.ca.certificate_pem()))
-            .domain_name("localhost");
-        let endpoint = Endpoint::from_shared(format!("https://{}", self.address))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(10));
-        let channel = endpoint.connect().await.ok()?;
-        let response = pb::agent_client::AgentClient::new(channel)
-            .get_catalog(pb::CatalogRequest::default())
-            .await
-            .ok()?;
-        identity_of(response.into_inner())
-    }
-
-    /// How many calls were served an answer.
-    fn served(&self) -> usize {
-        self.served.load(Ordering::SeqCst)
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        while let Some(result) = self.tasks.join_next().await {
-            result.unwrap().unwrap();
-        }
-    }
-}
-
-/// One `GetCatalog` call to `address` through the agent's `Connector`,
-/// trusting `ca_pem` for the server; the identity the service saw, or
-/// `None` if nothing was served (the connection or the call failed,
-/// whatever the message).
-async fn call(address: SocketAddr, ca_pem: &str, credential: &ClientCredential) -> Option<String> {
-    let server = ServerAddress::parse(&format!("https://localhost:{}", address.port())).unwrap();
-    let identity = Identity {
-        private_key_pem: credential.private_key_pem.clone(),
-        certificate_pem: credential.certificate_pem.clone(),
-        ca_certificate_pem: ca_pem.to_owned(),
-    };
-    let connector = Connector::new(&server, &identity).ok()?;
+/// `GetCatalog` through the agent's own connector with `identity`,
+/// connecting to `server`; `None` if nothing was answered.
+async fn catalog_as(server: &Server, identity: &Identity) -> Option<pb::CatalogResponse> {
+    let connector = Connector::new(&server.agent_address(None), identity).ok()?;
     let mut client = tokio::time::timeout(Duration::from_secs(10), connector.connect())
         .await
         .ok()?
         .ok()?;
-    let response = tokio::time::timeout(
+    let answer = tokio::time::timeout(
         Duration::from_secs(10),
         client.get_catalog(pb::CatalogRequest::default()),
     )
     .await
     .ok()?
     .ok()?;
-    identity_of(response.into_inner())
+    Some(answer.into_inner())
 }
 
-/// The identity `WhoAmI` put in its answer.
-fn identity_of(response: pb::CatalogResponse) -> Option<String> {
-    match response.result? {
-        pb::catalog_response::Result::NotModified(answer) => Some(answer.catalog_id),
-        pb::catalog_response::Result::Catalog(_) => None,
+/// `ListNodes` presenting `client` (certificate and key PEM) or nothing;
+/// the answer or the status.
+async fn list_nodes_as(
+    server: &Server,
+    client: Option<(&str, &str)>,
+) -> Result<pb::ListNodesResponse, Code> {
+    let channel = channel_with(server, &server.ca_pem, client)
+        .await
+        .map_err(|_| Code::Unavailable)?;
+    pb::admin_client::AdminClient::new(channel)
+        .list_nodes(pb::ListNodesRequest::default())
+        .await
+        .map(|answer| answer.into_inner())
+        .map_err(|status| status.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolled_nodes_and_the_admin_are_served_as_themselves() {
+    let server = Server::start(|_| {}).await;
+    let node = server.enroll("web-1", WEB).await;
+    converge(&node, "r1").await.expect("the node is served");
+    let listed = server
+        .admin()
+        .await
+        .unwrap()
+        .list_nodes(pb::ListNodesRequest::default())
+        .await
+        .expect("the admin is served")
+        .into_inner();
+    assert_eq!(listed.nodes.len(), 1);
+    assert_eq!(listed.nodes[0].node_id, "web-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_from_another_ca_is_served_nothing() {
+    let server = Server::start(|_| {}).await;
+    let _real = server.enroll("web-1", WEB).await;
+    let other = CertificateAuthority::create("other").unwrap();
+    // A node certificate naming an enrolled node, from another CA.
+    let (certificate_pem, private_key_pem) = foreign_node(&other, "web-1");
+    let impostor = Identity {
+        private_key_pem: private_key_pem.clone(),
+        certificate_pem: certificate_pem.clone(),
+        ca_certificate_pem: server.ca_pem.clone(),
+    };
+    assert!(catalog_as(&server, &impostor).await.is_none());
+    // The admin credential of another CA.
+    let admin = other.issue_admin_certificate().unwrap();
+    assert!(
+        list_nodes_as(
+            &server,
+            Some((&admin.certificate_pem, &admin.private_key_pem))
+        )
+        .await
+        .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_own_certificate_is_not_a_client_certificate() {
+    let server = Server::start(|_| {}).await;
+    let server_certificate = server
+        .ca
+        .issue_server_certificate(&["localhost".to_owned()], &[])
+        .unwrap();
+    let presented = Some((
+        server_certificate.certificate_pem.as_str(),
+        server_certificate.private_key_pem.as_str(),
+    ));
+    assert!(list_nodes_as(&server, presented).await.is_err());
+    let as_node = Identity {
+        private_key_pem: server_certificate.private_key_pem.clone(),
+        certificate_pem: server_certificate.certificate_pem.clone(),
+        ca_certificate_pem: server.ca_pem.clone(),
+    };
+    assert!(catalog_as(&server, &as_node).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_certificate_is_refused_everything_but_enrollment() {
+    let server = Server::start(|_| {}).await;
+    let _node = server.enroll("web-1", WEB).await;
+    assert_eq!(
+        list_nodes_as(&server, None).await.unwrap_err(),
+        Code::Unauthenticated
+    );
+    let channel = channel_with(&server, &server.ca_pem, None).await.unwrap();
+    let refused = pb::agent_client::AgentClient::new(channel.clone())
+        .get_catalog(pb::CatalogRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let refused = pb::agent_client::AgentClient::new(channel.clone())
+        .report(support::report("r1", "c1"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    // Enrollment is reached: it refuses the token, not the missing
+    // certificate.
+    let refused = pb::enrollment_client::EnrollmentClient::new(channel)
+        .enroll(pb::EnrollRequest {
+            token: "not-a-token".into(),
+            csr_pem: String::new(),
+            tags: Default::default(),
+            node_name: "web-2".into(),
+            identity: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("token"), "{refused:?}");
+    assert!(!refused.message().contains("certificate"), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_trusting_another_ca_does_not_talk_to_the_server() {
+    let server = Server::start(|_| {}).await;
+    let node = server.enroll("web-1", WEB).await;
+    let other = CertificateAuthority::create("other").unwrap();
+    let misled = Identity {
+        ca_certificate_pem: other.certificate_pem().to_string(),
+        ..node.identity.clone()
+    };
+    assert!(catalog_as(&server, &misled).await.is_none());
+}
+
+/// An admin client over a connection presenting `node`'s certificate.
+async fn admin_as_node(
+    server: &Server,
+    node: &Node,
+) -> pb::admin_client::AdminClient<tonic::transport::Channel> {
+    let channel = channel_with(
+        server,
+        &server.ca_pem,
+        Some((
+            &node.identity.certificate_pem,
+            &node.identity.private_key_pem,
+        )),
+    )
+    .await
+    .unwrap();
+    pb::admin_client::AdminClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_certificate_is_denied_every_admin_method() {
+    let server = Server::start(|_| {}).await;
+    let node = server.enroll("web-1", WEB).await;
+    let victim = server.enroll("web-2", WEB).await;
+    converge(&victim, "r1").await.unwrap();
+    let mut admin = admin_as_node(&server, &node).await;
+    let mut codes = vec![
+        (
+            "list_nodes",
+            admin
+                .list_nodes(pb::ListNodesRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "get_reports",
+            admin
+                .get_reports(pb::GetReportsRequest {
+                    node_id: "web-2".into(),
+                    limit: 10,
+                })
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "create_token",
+            admin
+                .create_token(pb::CreateTokenRequest {
+                    scope: [("role".to_string(), "*".to_string())].into(),
+                    ttl_seconds: 600,
+                    uses: 0,
+                })
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "revoke_node",
+            admin
+                .revoke_node(pb::RevokeNodeRequest {
+                    node_id: "web-2".into(),
+                })
+                .await
+                .map(|_| ()),
+        ),
+        ("sync", admin.sync(pb::SyncRequest {}).await.map(|_| ())),
+        (
+            "trigger",
+            admin
+                .trigger(pb::TriggerRequest {
+                    selector: Some(pb::Selector {
+                        tags: [("role".to_string(), "web".to_string())].into(),
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "trigger_status",
+            admin
+                .trigger_status(pb::TriggerStatusRequest {
+                    trigger_id: "t1".into(),
+                })
+                .await
+                .map(|_| ()),
+        ),
+    ];
+    for (method, result) in codes.drain(..) {
+        let status = result.expect_err(method);
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{method}: {status:?}"
+        );
+        assert!(status.message().contains("web-1"), "{method}: {status:?}");
+    }
+    // Nothing was done: the victim is still served, and the admin sees no
+    // trigger and two nodes.
+    converge(&victim, "r2")
+        .await
+        .expect("the victim was not revoked");
+    let listed = server
+        .admin()
+        .await
+        .unwrap()
+        .list_nodes(pb::ListNodesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.nodes.len(), 2);
+}
+
+/// The sha256 hashes (64 hex digits) in a catalog's canonical JSON.
+fn hashes_in(json: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(json);
+    text.split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|word| word.len() == 64)
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn catalog_json(node: &Node) -> Vec<u8> {
+    let answer = node
+        .connector
+        .connect()
+        .await
+        .unwrap()
+        .get_catalog(support::catalog_request(node))
+        .await
+        .unwrap()
+        .into_inner();
+    match answer.result {
+        Some(pb::catalog_response::Result::Catalog(catalog)) => catalog.canonical_json,
+        other => panic!("no catalog: {other:?}"),
     }
 }
 
-struct WhoAmI {
-    store: SharedStore,
-    served: Arc<AtomicUsize>,
+async fn get_content(node: &Node, hash: &str) -> Result<Vec<u8>, tonic::Status> {
+    let mut stream = node
+        .connector
+        .connect()
+        .await
+        .unwrap()
+        .get_content(pb::ContentRequest {
+            sha256: hash.to_string(),
+        })
+        .await?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        bytes.extend(chunk?.data);
+    }
+    Ok(bytes)
 }
 
-type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Agent for WhoAmI {
-    async fn get_catalog(
-        &self,
-        request: Request<pb::CatalogRequest>,
-    ) -> Result<Response<pb::CatalogResponse>, Status> {
-        let leaf = request
-            .peer_certs()
-            .and_then(|certificates| certificates.first().cloned())
-            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        let identity = cms_server::auth::identify(&*self.store, leaf.as_ref())?;
-        self.served.fetch_add(1, Ordering::SeqCst);
-        let name = match identity {
-            PeerIdentity::Node(node_id) => format!("node {node_id}"),
-            PeerIdentity::Operator(name) => name,
-        };
-        Ok(Response::new(pb::CatalogResponse {
-            result: Some(pb::catalog_response::Result::NotModified(pb::NotModified {
-                catalog_id: name,
-                revision: String::new(),
-            })),
-        }))
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_asking_for_a_content_of_another_nodes_catalog_gets_not_found() {
+    let server = Server::start(|_| {}).await;
+    let web = server.enroll("web-1", WEB).await;
+    let api = server.enroll("api-1", API).await;
+    let web_catalog = catalog_json(&web).await;
+    let api_catalog = String::from_utf8_lossy(&catalog_json(&api).await).into_owned();
+    let only_web: Vec<String> = hashes_in(&web_catalog)
+        .into_iter()
+        .filter(|hash| !api_catalog.contains(hash.as_str()))
+        .collect();
+    let mut served_to_web = 0;
+    for hash in &only_web {
+        if get_content(&web, hash).await.is_ok() {
+            served_to_web += 1;
+            let refused = get_content(&api, hash)
+                .await
+                .expect_err("another node's content was served");
+            assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+        }
     }
-
-    type GetContentStream = Stream<pb::ContentChunk>;
-
-    async fn get_content(
-        &self,
-        _request: Request<pb::ContentRequest>,
-    ) -> Result<Response<Self::GetContentStream>, Status> {
-        Err(Status::unimplemented("not in this test"))
-    }
-
-    async fn report(
-        &self,
-        _request: Request<pb::RunReport>,
-    ) -> Result<Response<pb::ReportAck>, Status> {
-        Err(Status::unimplemented("not in this test"))
-    }
-
-    type WatchStream = Stream<pb::WatchEvent>;
-
-    async fn watch(
-        &self,
-        _request: Request<pb::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented("not in this test"))
-    }
-
-    async fn renew(
-        &self,
-        _request: Request<pb::RenewRequest>,
-    ) -> Result<Response<pb::EnrollResponse>, Status> {
-        Err(Status::unimplemented("not in this test"))
-    }
+    assert!(
+        served_to_web > 0,
+        "the web catalog has no content of its own to ask for: {only_web:?}"
+    );
 }
