@@ -23,7 +23,7 @@ use crate::identity::{Identity, generate_key_and_csr, load_identity, save_identi
 use crate::lock::RunLock;
 use crate::report::RunReport;
 use crate::schedule::{backoff_delay, jitter_seed};
-use crate::state::{CatalogCache, ReportQueue, save_report};
+use crate::state::{CatalogCache, ReportQueue, record_run, remove_stale_temporary_files};
 
 /// Runs blocking work on tokio's blocking threads and waits for it.
 async fn blocking<T: Send + 'static>(
@@ -147,9 +147,11 @@ pub async fn converge_for_trigger(
         blocking(move || Ok(crate::node::observe(Path::new("/"), None, metadata_endpoint)?.facts))
             .await?;
     let cache = CatalogCache::new(state_dir);
-    let cached = {
+    // A damaged cache is moved aside and the run pulls a fresh catalog; the
+    // note goes into the report, so the operator learns the disk lied.
+    let (cached, cache_note) = {
         let cache = cache.clone();
-        blocking(move || cache.load()).await?
+        blocking(move || cache.load_or_set_aside()).await?
     };
     let client = match connectors.for_identity(&address, &identity) {
         Ok(connector) => connector.connect().await,
@@ -181,7 +183,7 @@ pub async fn converge_for_trigger(
                         Pulled {
                             catalog: decoded,
                             revision: catalog.revision,
-                            note: None,
+                            note: cache_note,
                         }
                     }
                     Some(pb::catalog_response::Result::NotModified(not_modified)) => Pulled {
@@ -208,12 +210,14 @@ pub async fn converge_for_trigger(
                         "the server could not give a catalog ({}): converged from the cached catalog",
                         status.message()
                     ),
+                    cache_note.as_deref(),
                 )?,
             }
         }
         Err(error) => fallback(
             cached,
             format!("server unreachable ({error:#}): converged from the cached catalog"),
+            cache_note.as_deref(),
         )?,
     };
     let options = ConvergeOptions {
@@ -235,10 +239,21 @@ pub async fn converge_for_trigger(
             note,
         } = pulled;
         blocking(move || {
+            // Temporary files of a killed run: ours only, in our own state
+            // directory (the converge sweeps the managed directories).
+            remove_stale_temporary_files(&dir);
             let backups = BackupStore::open(dir.join("backups"))?;
             let report = converge(&catalog, &Host::system(), &backups, &options);
-            save_report(&dir, &report)?;
-            queue.enqueue_for_trigger(&report, &revision, note.as_deref(), &trigger_id)?;
+            // The report is queued before anything else is written, so a
+            // full disk or a broken last_run.json never loses it.
+            record_run(
+                &dir,
+                &queue,
+                &report,
+                &revision,
+                note.as_deref(),
+                &trigger_id,
+            )?;
             if let Some(note) = &note {
                 eprintln!("warning: {note}");
             }
@@ -252,8 +267,15 @@ pub async fn converge_for_trigger(
     Ok(report)
 }
 
-fn fallback(cached: Option<Catalog>, note: String) -> anyhow::Result<Pulled> {
-    let catalog = cached.with_context(|| format!("{note}: but there is no cached catalog yet"))?;
+fn fallback(
+    cached: Option<Catalog>,
+    note: String,
+    cache_note: Option<&str>,
+) -> anyhow::Result<Pulled> {
+    let catalog = cached.with_context(|| match cache_note {
+        Some(cache_note) => format!("{note}: but there is no usable cached catalog ({cache_note})"),
+        None => format!("{note}: but there is no cached catalog yet"),
+    })?;
     Ok(Pulled {
         catalog,
         revision: String::new(),
