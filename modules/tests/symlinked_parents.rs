@@ -563,3 +563,27 @@ fn managed_symlinks_and_real_directories_still_converge() {
         let _: &Path = attack.root.path();
     }
 }
+
+#[test]
+fn a_path_that_climbs_out_of_the_root_is_refused() {
+    for resolver in RESOLVERS {
+        let attack = Attack::new(resolver);
+        attack.mkdir("/etc");
+        let escape = format!("/etc/../..{}/planted", attack.outside.path().display());
+
+        let error = attack
+            .host
+            .write_file_atomically(&escape, b"x", FileAttributes::default())
+            .expect_err("refused");
+
+        assert!(
+            error_chain(&error).contains("never contains `..`"),
+            "{error}"
+        );
+        assert_eq!(
+            attack.outside_snapshot(),
+            Vec::<String>::new(),
+            "{resolver:?}"
+        );
+    }
+}

@@ -181,10 +181,12 @@ impl Host {
         status_in(&reached)
     }
 
-    /// Whether `path` is a directory, reached without following a symlink
-    /// anywhere: whether the agent will create files in it.
+    /// Whether `path` is a directory, following symlinks: a question only
+    /// (a user's home may be a link). Whatever is then written below it is
+    /// reached without following any, and fails with
+    /// [`HostError::SymlinkInPath`] if a link is on the way.
     pub fn is_directory(&self, path: &str) -> bool {
-        matches!(self.status(path), Ok(Some(status)) if status.kind == FileKind::Directory)
+        self.path(path).is_dir()
     }
 
     /// Opens a regular file for reading, without following a symlink on
