@@ -69,6 +69,9 @@ pub fn converge(
                 .push(resource.reference.as_str());
         }
     }
+    if !options.noop {
+        remove_stale_temporary_files(host, &managed_paths);
+    }
     let confined = host.root() != std::path::Path::new("/");
     let mut outcomes: BTreeMap<&str, Outcome> = BTreeMap::new();
     let mut results = Vec::with_capacity(catalog.resources.len());
@@ -306,4 +309,20 @@ fn run_resource(
 /// of its changes count (`Provider::refreshed_by`).
 fn refreshed_by_its_own_change(changes: &[Change], kind: &ResourceKind) -> bool {
     cms_modules::refreshed_by_own_change(kind, changes)
+}
+
+/// Removes the temporary files a killed run left next to managed paths:
+/// in the directory of each file, directory and symlink resource, and in
+/// each managed directory. Only the agent's own `.cms-tmp-<pid>-…` names
+/// of processes that no longer run go; nothing is followed on the way.
+fn remove_stale_temporary_files(host: &Host, managed_paths: &BTreeSet<String>) {
+    let mut directories: BTreeSet<&str> = BTreeSet::new();
+    for path in managed_paths {
+        directories.insert(cms_modules::host::fs::parent_path(path));
+        directories.insert(path);
+    }
+    for directory in directories {
+        // Best effort: a path that is not a directory removes nothing.
+        host.remove_stale_temporary_files(directory);
+    }
 }

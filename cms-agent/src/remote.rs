@@ -26,7 +26,7 @@ use crate::identity::{Identity, generate_key_and_csr, load_identity, save_identi
 use crate::lock::RunLock;
 use crate::report::RunReport;
 use crate::schedule::{backoff_delay, jitter_seed};
-use crate::state::{CatalogCache, ReportQueue, save_report};
+use crate::state::{CatalogCache, ReportQueue, record_run, remove_stale_temporary_files};
 
 /// Runs blocking work on tokio's blocking threads and waits for it.
 async fn blocking<T: Send + 'static>(
@@ -193,14 +193,16 @@ pub async fn converge_for_trigger(
             .await?;
     let cache = CatalogCache::new(state_dir);
     let contents = ContentCache::new(state_dir);
-    let cached = {
+    // A damaged cache is moved aside and the run pulls a fresh catalog; the
+    // note goes into the report, so the operator learns the disk lied.
+    let (cached, cache_note) = {
         let (cache, contents) = (cache.clone(), contents.clone());
         blocking(move || {
-            let mut cached = cache.load()?;
+            let (mut cached, note) = cache.load_or_set_aside()?;
             if let Some(catalog) = &mut cached {
                 contents.fill(catalog);
             }
-            Ok(cached)
+            Ok((cached, note))
         })
         .await?
     };
@@ -239,7 +241,7 @@ pub async fn converge_for_trigger(
                                     Ok(Pulled {
                                         catalog: decoded,
                                         revision: catalog.revision,
-                                        note: None,
+                                        note: cache_note,
                                     })
                                 })
                                 .await?
@@ -247,6 +249,7 @@ pub async fn converge_for_trigger(
                             Err(error) => fallback(
                                 cached,
                                 format!("{error:#}: converged from the cached catalog"),
+                                cache_note.as_deref(),
                             )?,
                         }
                     }
@@ -281,12 +284,14 @@ pub async fn converge_for_trigger(
                         "the server could not give a catalog ({}): converged from the cached catalog",
                         status.message()
                     ),
+                    cache_note.as_deref(),
                 )?,
             }
         }
         Err(error) => fallback(
             cached,
             format!("server unreachable ({error:#}): converged from the cached catalog"),
+            cache_note.as_deref(),
         )?,
     };
     let options = ConvergeOptions {
@@ -308,10 +313,21 @@ pub async fn converge_for_trigger(
             note,
         } = pulled;
         blocking(move || {
+            // Temporary files of a killed run: ours only, in our own state
+            // directory (the converge sweeps the managed directories).
+            remove_stale_temporary_files(&dir);
             let backups = BackupStore::open(dir.join("backups"))?;
             let report = converge(&catalog, &Host::system(), &backups, &options);
-            save_report(&dir, &report)?;
-            queue.enqueue_for_trigger(&report, &revision, note.as_deref(), &trigger_id)?;
+            // The report is queued before anything else is written, so a
+            // full disk or a broken last_run.json never loses it.
+            record_run(
+                &dir,
+                &queue,
+                &report,
+                &revision,
+                note.as_deref(),
+                &trigger_id,
+            )?;
             if let Some(note) = &note {
                 eprintln!("warning: {note}");
             }
@@ -325,8 +341,15 @@ pub async fn converge_for_trigger(
     Ok(report)
 }
 
-fn fallback(cached: Option<Catalog>, note: String) -> anyhow::Result<Pulled> {
-    let catalog = cached.with_context(|| format!("{note}: but there is no cached catalog yet"))?;
+fn fallback(
+    cached: Option<Catalog>,
+    note: String,
+    cache_note: Option<&str>,
+) -> anyhow::Result<Pulled> {
+    let catalog = cached.with_context(|| match cache_note {
+        Some(cache_note) => format!("{note}: but there is no usable cached catalog ({cache_note})"),
+        None => format!("{note}: but there is no cached catalog yet"),
+    })?;
     Ok(Pulled {
         catalog,
         revision: String::new(),

@@ -58,6 +58,26 @@ pub fn save_report(state_dir: &Path, report: &RunReport) -> anyhow::Result<()> {
     write_private_atomically(&state_dir.join("last_run.json"), &bytes)
 }
 
+/// Records a finished run: queues its report for the server first, so
+/// nothing written after it (a full disk, a `last_run.json` that cannot be
+/// replaced) can keep the server from learning of the run; then writes
+/// `last_run.json`, whose failure is only a warning. Only a failure to
+/// queue is an error.
+pub fn record_run(
+    state_dir: &Path,
+    queue: &ReportQueue,
+    report: &RunReport,
+    revision: &str,
+    note: Option<&str>,
+    trigger_id: &str,
+) -> anyhow::Result<()> {
+    queue.enqueue_for_trigger(report, revision, note, trigger_id)?;
+    if let Err(error) = save_report(state_dir, report) {
+        eprintln!("warning: {error:#}; the report is queued for the server all the same");
+    }
+    Ok(())
+}
+
 /// The last catalog that was fetched and verified, for converging while the
 /// server is away.
 #[derive(Debug, Clone)]
@@ -77,26 +97,102 @@ impl CatalogCache {
     }
 
     /// The cached catalog, checked against its id; `None` when there is
-    /// none. A cache that fails its check is an error, not silently
-    /// ignored: the operator must learn that the disk lies.
+    /// none. A cache that fails its check is an error: the operator must
+    /// learn that the disk lies. Runs use [`CatalogCache::load_or_set_aside`].
     pub fn load(&self) -> anyhow::Result<Option<Catalog>> {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => {
-                return Err(error)
-                    .with_context(|| format!("Failed to read {}", self.path.display()));
-            }
+        let Some(bytes) = self.read()? else {
+            return Ok(None);
         };
-        Catalog::from_canonical_bytes(&bytes)
-            .map(Some)
-            .with_context(|| {
-                format!(
-                    "Failed to verify the cached catalog {}",
-                    self.path.display()
-                )
-            })
+        self.verify(&bytes).map(Some)
     }
+
+    /// The cached catalog for a run. One that fails its check (a torn
+    /// write, a bad disk, an edit) is moved aside to `catalog.json.corrupt`
+    /// (replacing an older one there) and the run goes on without a cache,
+    /// so it pulls a fresh catalog instead of failing forever; the second
+    /// value says what happened, for the run's report. A cache that cannot
+    /// be read at all is still an error.
+    pub fn load_or_set_aside(&self) -> anyhow::Result<(Option<Catalog>, Option<String>)> {
+        let Some(bytes) = self.read()? else {
+            return Ok((None, None));
+        };
+        let error = match self.verify(&bytes) {
+            Ok(catalog) => return Ok((Some(catalog), None)),
+            Err(error) => error,
+        };
+        let aside = self.path.with_extension("json.corrupt");
+        std::fs::rename(&self.path, &aside).with_context(|| {
+            format!(
+                "{error:#}; and failed to move it aside to {}",
+                aside.display()
+            )
+        })?;
+        let note = format!(
+            "{error:#}; it was moved aside to {} and a fresh catalog is pulled",
+            aside.display()
+        );
+        eprintln!("warning: {note}");
+        Ok((None, Some(note)))
+    }
+
+    fn read(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => {
+                Err(error).with_context(|| format!("Failed to read {}", self.path.display()))
+            }
+        }
+    }
+
+    fn verify(&self, bytes: &[u8]) -> anyhow::Result<Catalog> {
+        Catalog::from_canonical_bytes(bytes).with_context(|| {
+            format!(
+                "Failed to verify the cached catalog {}",
+                self.path.display()
+            )
+        })
+    }
+}
+
+/// Removes the temporary files a killed run of this agent left in the
+/// state directory and its report queue (`.<name>.<pid>.tmp`, written by
+/// [`write_private_atomically`], when process `pid` no longer runs). They
+/// can hold a catalog with secrets. Links and directories are never
+/// followed or removed. Returns how many went.
+pub fn remove_stale_temporary_files(state_dir: &Path) -> usize {
+    if !Path::new("/proc/self").exists() {
+        return 0;
+    }
+    let own_pid = std::process::id();
+    let mut removed = 0;
+    for dir in [state_dir.to_path_buf(), state_dir.join("reports")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = temporary_file_pid(&name.to_string_lossy()) else {
+                continue;
+            };
+            let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
+            if pid != own_pid
+                && is_file
+                && !Path::new(&format!("/proc/{pid}")).exists()
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+/// The pid in a temporary name `.<name>.<pid>.tmp`.
+fn temporary_file_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (_, pid) = rest.rsplit_once('.')?;
+    pid.parse().ok()
 }
 
 /// Run reports waiting for the server's acknowledgement, one file each,
@@ -325,6 +421,98 @@ mod tests {
                 .join("reports/00000000000000000000-bad.json.corrupt")
                 .exists()
         );
+    }
+
+    #[test]
+    fn a_run_whose_last_run_file_cannot_be_written_is_still_queued_for_the_server() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A directory where last_run.json goes: the rename over it fails,
+        // as a full disk or a read-only file would make it fail.
+        std::fs::create_dir_all(dir.path().join("last_run.json/in-the-way")).expect("mkdir");
+        let queue = ReportQueue::new(dir.path());
+
+        let recorded = record_run(dir.path(), &queue, &report("run-1", 1), "rev", None, "");
+
+        assert!(recorded.is_ok(), "{recorded:?}");
+        let queued: Vec<String> = queue
+            .pending()
+            .expect("pending")
+            .into_iter()
+            .map(|(_, q)| q.report.run_id)
+            .collect();
+        assert_eq!(queued, ["run-1"], "record_run said {recorded:?}");
+    }
+
+    #[test]
+    fn a_corrupt_cached_catalog_is_set_aside_so_the_run_pulls_a_fresh_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = CatalogCache::new(dir.path());
+        let catalog = Catalog::new(vec!["base".into()], vec![], Default::default());
+        cache.save(&catalog).expect("save");
+        let text = std::fs::read(dir.path().join("catalog.json")).expect("read");
+        // A write torn by a crash or a bad disk: half the file.
+        std::fs::write(dir.path().join("catalog.json"), &text[..text.len() / 2]).expect("tear");
+
+        let (loaded, note) = cache
+            .load_or_set_aside()
+            .expect("a damaged cache is no error");
+
+        assert_eq!(loaded, None);
+        let note = note.expect("the run says what happened");
+        assert!(note.contains("catalog.json.corrupt"), "{note}");
+        assert_eq!(
+            std::fs::read(dir.path().join("catalog.json.corrupt")).expect("kept aside"),
+            &text[..text.len() / 2]
+        );
+        assert!(!dir.path().join("catalog.json").exists());
+        cache
+            .save(&catalog)
+            .expect("the fresh pull is cached again");
+        assert_eq!(
+            cache.load_or_set_aside().expect("loads"),
+            (Some(catalog), None)
+        );
+    }
+
+    #[test]
+    fn temporary_files_of_a_killed_run_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("reports")).expect("mkdir");
+        let mut finished = std::process::Command::new("true")
+            .spawn()
+            .expect("runs true");
+        let dead_pid = finished.id();
+        finished.wait().expect("waits");
+        let stale = [
+            format!(".catalog.json.{dead_pid}.tmp"),
+            format!("reports/.00000000000000000001-run.json.{dead_pid}.tmp"),
+        ];
+        let kept = [
+            // pid 1 runs; our own pid runs; not a temporary name.
+            ".catalog.json.1.tmp".to_string(),
+            format!(".catalog.json.{}.tmp", std::process::id()),
+            "catalog.json".to_string(),
+        ];
+        for name in stale.iter().chain(&kept) {
+            std::fs::write(dir.path().join(name), b"x").expect("writes");
+        }
+        // A link named like a stale temporary file, pointing at a file
+        // outside: neither the link's target nor anything else goes.
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(outside.path().join("precious"), b"keep").expect("writes");
+        let link = dir.path().join(format!(".link.{dead_pid}.tmp"));
+        std::os::unix::fs::symlink(outside.path().join("precious"), &link).expect("links");
+
+        let removed = remove_stale_temporary_files(dir.path());
+
+        assert_eq!(removed, 2);
+        for name in &stale {
+            assert!(!dir.path().join(name).exists(), "{name} removed");
+        }
+        for name in &kept {
+            assert!(dir.path().join(name).exists(), "{name} kept");
+        }
+        assert!(outside.path().join("precious").exists());
     }
 
     #[test]

@@ -255,3 +255,40 @@ fn an_absent_directory_with_purge_is_removed_with_its_contents() {
     assert_eq!(report.exit_code(), 2, "{report:?}");
     assert!(!dir.path().join("old").exists());
 }
+
+#[test]
+fn temporary_files_of_a_killed_run_are_swept_from_managed_directories_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("etc/app")).expect("mkdir");
+    std::fs::create_dir_all(root.join("var/unmanaged")).expect("mkdir");
+    let host = Host::new(&root);
+    let role = "[[directory]]\npath = \"/etc/app\"\n\n[[file]]\npath = \"/etc/app/app.conf\"\ncontent = \"managed\\n\"\n";
+    assert_eq!(run(dir.path(), &host, role, false).exit_code(), 2);
+    // A run killed while writing a file the catalog no longer changes (or
+    // has dropped) leaves its temporary file behind.
+    let mut finished = std::process::Command::new("true")
+        .spawn()
+        .expect("runs true");
+    let dead_pid = finished.id();
+    finished.wait().expect("waits");
+    let leftover = root.join(format!("etc/app/.cms-tmp-{dead_pid}-0-old.conf"));
+    let of_a_running_process = root.join("etc/app/.cms-tmp-1-0-app.conf");
+    let not_managed = root.join(format!("var/unmanaged/.cms-tmp-{dead_pid}-0-x"));
+    for path in [&leftover, &of_a_running_process, &not_managed] {
+        std::fs::write(path, b"half").expect("writes");
+    }
+
+    let noop = run(dir.path(), &host, role, true);
+    assert!(leftover.exists(), "a noop run changes nothing");
+    let report = run(dir.path(), &host, role, false);
+
+    assert_eq!(noop.exit_code(), 0);
+    assert_eq!(report.exit_code(), 0, "nothing else to change");
+    assert!(
+        !leftover.exists(),
+        "the killed run's temporary file is gone"
+    );
+    assert!(of_a_running_process.exists());
+    assert!(not_managed.exists(), "only managed directories are swept");
+}

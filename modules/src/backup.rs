@@ -167,7 +167,20 @@ impl BackupStore {
         }
         let host_path = host.path(path);
         let read_error = |e| HostError::io("read", &host_path, e);
-        let mut source = std::fs::File::open(&host_path).map_err(read_error)?;
+        // Opened without following a symlink on the way or at the path; the
+        // mode and owner recorded are those of the file actually read.
+        let mut source = host.open_file(path)?;
+        let status = {
+            use std::os::unix::fs::MetadataExt;
+            let metadata = source.metadata().map_err(read_error)?;
+            crate::host::fs::FileStatus {
+                mode: metadata.mode() & 0o7777,
+                uid: metadata.uid(),
+                gid: metadata.gid(),
+                size: metadata.len(),
+                ..status
+            }
+        };
         // The blob's name is its hash, known only at the end: write under a
         // temporary name, then commit under the hash.
         let incoming_path = self.dir.join("blobs").join("incoming");

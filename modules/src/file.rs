@@ -289,6 +289,14 @@ pub(crate) fn require_parent_directory(host: &Host, path: &str) -> Result<(), Pr
     }
     let problem = match host.status(parent)? {
         None => "does not exist".to_string(),
+        Some(status) if status.kind == FileKind::Symlink => {
+            return Err(HostError::SymlinkInPath {
+                path: path.to_string(),
+                link: parent.to_string(),
+                target: host.read_symlink(parent)?,
+            }
+            .into());
+        }
         Some(status) => format!("is a {}, not a directory", status.kind.describe()),
     };
     Err(ProviderError::Failed(format!(

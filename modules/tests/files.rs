@@ -1303,8 +1303,16 @@ fn file_kinds_are_reported_without_following_symlinks() {
         .status("/etc/loop")
         .expect("status")
         .expect("exists");
-    let missing_below_a_file = test.host.status("/etc/loop/x/y").expect("status");
+    let below_the_link = test.host.status("/etc/loop/x/y");
+    test.write("/etc/hosts", b"127.0.0.1 localhost\n");
+    let missing_below_a_file = test.host.status("/etc/hosts/x/y").expect("status");
 
     assert_eq!(status.kind, FileKind::Symlink);
+    assert!(
+        below_the_link
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("/etc/loop is a symlink")),
+        "{below_the_link:?}"
+    );
     assert_eq!(missing_below_a_file, None);
 }

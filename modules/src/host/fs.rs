@@ -2,34 +2,51 @@
 //! directories, symbolic links, ownership, permissions and account names.
 //!
 //! Every `path` argument is a catalog path (absolute, as the catalog writes
-//! it) and goes through [`Host::path`], so a host rooted in a temporary
-//! directory never touches the real system. Nothing here follows a symbolic
-//! link at the path itself: status is `lstat`, ownership is `lchown`, modes
-//! are set with `fchmodat(AT_SYMLINK_NOFOLLOW)`, so a link planted where a
-//! file was expected cannot redirect a change to another file.
+//! it), taken below the host's root ([`Host::path`]), so a host rooted in a
+//! temporary directory never touches the real system.
+//!
+//! **No symlink is ever followed on the way to a path.** Each operation
+//! first opens the parent directory with `openat2(RESOLVE_NO_SYMLINKS |
+//! RESOLVE_BENEATH)` relative to the root (on kernels without `openat2`, an
+//! `O_NOFOLLOW` walk one component at a time), then works on that open
+//! directory: `fstatat`, `openat(O_NOFOLLOW)`, `mkdirat`, `renameat`,
+//! `unlinkat`, `symlinkat`, `fchownat(AT_SYMLINK_NOFOLLOW)`, and `fchmod` on
+//! a descriptor opened without following. A local user who owns a directory
+//! on the way (`/home/alice` for `/home/alice/.ssh/authorized_keys`) and
+//! puts a symlink there gets [`HostError::SymlinkInPath`], naming the link;
+//! swapping a link in after a check changes nothing either, as the write
+//! resolves the path again and the directory it opened stays the one it
+//! checked. A symlink at the path itself is never followed: status is an
+//! `lstat`, reads open with `O_NOFOLLOW`, and only a symlink resource's own
+//! link is created or removed. Reads also refuse anything but a regular
+//! file, so a FIFO planted as a managed file cannot block the agent.
 //!
 //! Writes are atomic. [`Host::write_file_atomically`] (and [`AtomicFile`] for
-//! content that arrives in pieces) writes a temporary file next to the
-//! target, gives it its final owner and mode, fsyncs it, renames it over the
-//! target and fsyncs the directory. A reader, or a crash at any moment, sees
-//! the old content or the new, never a mix, and never the new content with
-//! the wrong permissions. Replacing by rename gives the path a new inode:
-//! hard links to the old file keep the old content, and extended attributes
-//! (ACLs, SELinux labels) are not carried over.
+//! content that arrives in pieces) writes a temporary file (created
+//! `O_EXCL`) in the already opened parent directory, gives it its final
+//! owner and mode, fsyncs it, renames it over the target and fsyncs the
+//! directory. A reader, or a crash at any moment, sees the old content or
+//! the new, never a mix, and never the new content with the wrong
+//! permissions. Replacing by rename gives the path a new inode: hard links
+//! to the old file keep the old content, and extended attributes (ACLs,
+//! SELinux labels) are not carried over.
 //!
 //! Temporary files are named `.cms-tmp-<pid>-<counter>-<name>`. A process
 //! killed mid-write leaves one behind; the next write to the same target
-//! removes those whose process is gone.
+//! removes those whose process is gone, and
+//! [`Host::remove_stale_temporary_files`] sweeps a whole managed directory
+//! at the start of a run.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{DirBuilder, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use cms_roles::digest::Sha256Hasher;
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 
 use super::{Host, HostError};
 
@@ -118,45 +135,98 @@ pub struct DirectoryEntry {
     pub status: FileStatus,
 }
 
-/// A file being written: the bytes go to a temporary file next to the
-/// target, and [`AtomicFile::commit`] puts it in place. Dropping it without
-/// committing (an error, a panic) removes the temporary file and leaves the
-/// target as it was.
+/// A file being written: the bytes go to a temporary file in the target's
+/// directory (opened once, without following symlinks), and
+/// [`AtomicFile::commit`] puts it in place. Dropping it without committing
+/// (an error, a panic) removes the temporary file and leaves the target as
+/// it was.
 #[derive(Debug)]
 pub struct AtomicFile {
     /// `None` once committed.
     file: Option<std::fs::File>,
-    temporary_path: PathBuf,
+    directory: OwnedFd,
+    temporary_name: OsString,
     target_path: PathBuf,
     attributes: FileAttributes,
     renamed: bool,
 }
 
+/// A path reached without following a symlink: its parent directory, open,
+/// and its last component.
+struct Reached {
+    directory: OwnedFd,
+    name: OsString,
+    /// Where the path is on this host, for messages.
+    host_path: PathBuf,
+}
+
+/// Set once `openat2` answered ENOSYS: later resolutions walk directly.
+static OPENAT2_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+
 impl Host {
     /// What is at `path` (not following a symlink there), or `None` when
     /// nothing is, including when a parent is missing or not a directory.
+    /// A symlink on the way is [`HostError::SymlinkInPath`].
     pub fn status(&self, path: &str) -> Result<Option<FileStatus>, HostError> {
-        status_at(&self.path(path))
+        if self.components(path)?.is_empty() {
+            // The root itself.
+            return std::fs::File::from(self.open_root()?)
+                .metadata()
+                .map(|metadata| Some(FileStatus::from_metadata(&metadata)))
+                .map_err(|e| HostError::io("read the status of", self.root(), e));
+        }
+        let Some(reached) = self.reach(path)? else {
+            return Ok(None);
+        };
+        status_in(&reached)
     }
 
-    /// Whether `path` is a directory, following symlinks: whether files can
-    /// be created in it.
+    /// Whether `path` is a directory, following symlinks: a question only
+    /// (a user's home may be a link). Whatever is then written below it is
+    /// reached without following any, and fails with
+    /// [`HostError::SymlinkInPath`] if a link is on the way.
     pub fn is_directory(&self, path: &str) -> bool {
         self.path(path).is_dir()
     }
 
+    /// Opens a regular file for reading, without following a symlink on
+    /// the way or at the path; anything but a regular file is refused.
+    pub fn open_file(&self, path: &str) -> Result<std::fs::File, HostError> {
+        let reached = self.reach_parent(path, "read")?;
+        let read_error = |e| HostError::io("read", &reached.host_path, e);
+        let fd = rustix::fs::openat(
+            &reached.directory,
+            reached.name.as_os_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| read_error(symlink_at_path_error(errno)))?;
+        let file = std::fs::File::from(fd);
+        let metadata = file.metadata().map_err(read_error)?;
+        if !metadata.is_file() {
+            return Err(read_error(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it is not a regular file",
+            )));
+        }
+        Ok(file)
+    }
+
     /// The whole content of a file.
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>, HostError> {
-        let host_path = self.path(path);
-        std::fs::read(&host_path).map_err(|e| HostError::io("read", &host_path, e))
+        let mut file = self.open_file(path)?;
+        let mut content = Vec::new();
+        file.read_to_end(&mut content)
+            .map_err(|e| HostError::io("read", &self.path(path), e))?;
+        Ok(content)
     }
 
     /// The sha256 of a file's content (lowercase hex), read in pieces so a
     /// large file costs no memory.
     pub fn file_sha256(&self, path: &str) -> Result<String, HostError> {
+        let mut file = self.open_file(path)?;
         let host_path = self.path(path);
         let read_error = |e| HostError::io("read", &host_path, e);
-        let mut file = std::fs::File::open(&host_path).map_err(read_error)?;
         let mut hasher = Sha256Hasher::new();
         let mut buffer = vec![0; 64 * 1024];
         loop {
@@ -173,10 +243,13 @@ impl Host {
 
     /// The target of a symbolic link, as written in the link.
     pub fn read_symlink(&self, path: &str) -> Result<String, HostError> {
-        let host_path = self.path(path);
-        let target = std::fs::read_link(&host_path)
-            .map_err(|e| HostError::io("read the symlink", &host_path, e))?;
-        Ok(target.to_string_lossy().into_owned())
+        let reached = self.reach_parent(path, "read the symlink")?;
+        let target =
+            rustix::fs::readlinkat(&reached.directory, reached.name.as_os_str(), Vec::new())
+                .map_err(|errno| {
+                    HostError::io("read the symlink", &reached.host_path, errno.into())
+                })?;
+        Ok(String::from_utf8_lossy(target.as_bytes()).into_owned())
     }
 
     /// Replaces (or creates) a file with `content`, atomically: see the
@@ -200,7 +273,8 @@ impl Host {
         path: &str,
         attributes: FileAttributes,
     ) -> Result<AtomicFile, HostError> {
-        AtomicFile::create(&self.path(path), attributes)
+        let reached = self.reach_parent(path, "write")?;
+        AtomicFile::create_in(reached.directory, &reached.host_path, attributes)
     }
 
     /// Creates one directory (not its parents) with its final owner, group
@@ -211,65 +285,91 @@ impl Host {
         path: &str,
         attributes: FileAttributes,
     ) -> Result<(), HostError> {
-        let host_path = self.path(path);
-        DirBuilder::new()
-            .mode(0o700)
-            .create(&host_path)
-            .map_err(|e| HostError::io("create the directory", &host_path, e))?;
+        let reached = self.reach_parent(path, "create the directory")?;
+        let host_path = &reached.host_path;
+        rustix::fs::mkdirat(
+            &reached.directory,
+            reached.name.as_os_str(),
+            Mode::from_raw_mode(0o700),
+        )
+        .map_err(|errno| HostError::io("create the directory", host_path, errno.into()))?;
+        let created = rustix::fs::openat(
+            &reached.directory,
+            reached.name.as_os_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| HostError::io("open the new directory", host_path, errno.into()))?;
         if attributes.uid.is_some() || attributes.gid.is_some() {
-            std::os::unix::fs::lchown(&host_path, attributes.uid, attributes.gid)
-                .map_err(|e| HostError::io("set the owner of", &host_path, e))?;
+            std::os::unix::fs::fchown(&created, attributes.uid, attributes.gid)
+                .map_err(|e| HostError::io("set the owner of", host_path, e))?;
         }
-        set_mode_at(
-            &host_path,
-            attributes.mode.unwrap_or(DEFAULT_DIRECTORY_MODE),
-        )?;
-        sync_parent_directory(&host_path)
+        let mode = attributes.mode.unwrap_or(DEFAULT_DIRECTORY_MODE);
+        rustix::fs::fchmod(&created, Mode::from_raw_mode(mode))
+            .map_err(|errno| HostError::io("set the mode of", host_path, errno.into()))?;
+        sync_fd(&reached.directory, host_path)
     }
 
     /// Removes a file, symlink or special file (never a directory).
     pub fn remove_file(&self, path: &str) -> Result<(), HostError> {
-        let host_path = self.path(path);
-        std::fs::remove_file(&host_path).map_err(|e| HostError::io("remove", &host_path, e))?;
-        sync_parent_directory(&host_path)
+        let reached = self.reach_parent(path, "remove")?;
+        rustix::fs::unlinkat(
+            &reached.directory,
+            reached.name.as_os_str(),
+            AtFlags::empty(),
+        )
+        .map_err(|errno| HostError::io("remove", &reached.host_path, errno.into()))?;
+        sync_fd(&reached.directory, &reached.host_path)
     }
 
     /// Removes an empty directory.
     pub fn remove_empty_directory(&self, path: &str) -> Result<(), HostError> {
-        let host_path = self.path(path);
-        std::fs::remove_dir(&host_path)
-            .map_err(|e| HostError::io("remove the directory", &host_path, e))?;
-        sync_parent_directory(&host_path)
+        let reached = self.reach_parent(path, "remove the directory")?;
+        rustix::fs::unlinkat(
+            &reached.directory,
+            reached.name.as_os_str(),
+            AtFlags::REMOVEDIR,
+        )
+        .map_err(|errno| HostError::io("remove the directory", &reached.host_path, errno.into()))?;
+        sync_fd(&reached.directory, &reached.host_path)
     }
 
-    /// Removes a directory and everything in it. Symlinks inside are
-    /// removed, never followed.
+    /// Removes a directory and everything in it. Nothing below is followed:
+    /// each directory is opened `O_NOFOLLOW` from the one above it, and
+    /// symlinks inside are removed, never followed.
     pub fn remove_recursively(&self, path: &str) -> Result<(), HostError> {
-        let host_path = self.path(path);
-        std::fs::remove_dir_all(&host_path)
-            .map_err(|e| HostError::io("remove the directory", &host_path, e))?;
-        sync_parent_directory(&host_path)
+        let reached = self.reach_parent(path, "remove the directory")?;
+        remove_tree(&reached.directory, &reached.name, &reached.host_path)?;
+        sync_fd(&reached.directory, &reached.host_path)
     }
 
     /// The entries of a directory (not `.` and `..`), sorted by path.
     pub fn list_directory(&self, path: &str) -> Result<Vec<DirectoryEntry>, HostError> {
         let host_path = self.path(path);
-        let list_error = |e| HostError::io("list the directory", &host_path, e);
+        let directory = self.open_directory(path, "list the directory")?;
         let mut entries = Vec::new();
-        for entry in std::fs::read_dir(&host_path).map_err(list_error)? {
-            let entry = entry.map_err(list_error)?;
-            let name = entry.file_name().into_string().map_err(|name| {
-                list_error(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("the entry name {name:?} is not UTF-8, so no catalog path can name it"),
-                ))
+        for name in entry_names(&directory, &host_path)? {
+            let entry_path = host_path.join(&name);
+            let name = name.into_string().map_err(|name| {
+                HostError::io(
+                    "list the directory",
+                    &host_path,
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "the entry name {name:?} is not UTF-8, so no catalog path can name it"
+                        ),
+                    ),
+                )
             })?;
-            let metadata = entry
-                .metadata()
-                .map_err(|e| HostError::io("read the status of", &entry.path(), e))?;
+            let status = status_at_fd(&directory, OsStr::new(&name), &entry_path)?;
+            let Some(status) = status else {
+                // Removed while listed.
+                continue;
+            };
             entries.push(DirectoryEntry {
                 path: format!("{}/{name}", path.trim_end_matches('/')),
-                status: FileStatus::from_metadata(&metadata),
+                status,
             });
         }
         entries.sort_by(|a, b| a.path.cmp(&b.path));
@@ -285,58 +385,82 @@ impl Host {
         target: &str,
         attributes: FileAttributes,
     ) -> Result<(), HostError> {
-        let target_path = self.path(path);
-        let (directory, name) = split_target(&target_path)?;
-        remove_stale_temporary_files(directory, name);
-        let temporary_path = loop {
-            let candidate = directory.join(temporary_name(name));
-            match std::os::unix::fs::symlink(target, &candidate) {
+        let reached = self.reach_parent(path, "create the symlink")?;
+        let directory = &reached.directory;
+        let target_path = &reached.host_path;
+        remove_stale_temporary_files_in(directory.as_fd(), Some(&reached.name));
+        let temporary_name = loop {
+            let candidate = temporary_name(&reached.name);
+            match rustix::fs::symlinkat(target, directory, candidate.as_os_str()) {
                 Ok(()) => break candidate,
                 // Another temporary file has the name (a process before us
                 // with the same pid): take the next counter.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(HostError::io("create a symlink in", directory, e)),
+                Err(rustix::io::Errno::EXIST) => continue,
+                Err(errno) => {
+                    return Err(HostError::io(
+                        "create a symlink next to",
+                        target_path,
+                        errno.into(),
+                    ));
+                }
             }
         };
         let result = (|| {
             if attributes.uid.is_some() || attributes.gid.is_some() {
-                std::os::unix::fs::lchown(&temporary_path, attributes.uid, attributes.gid)
-                    .map_err(|e| HostError::io("set the owner of", &target_path, e))?;
+                rustix::fs::chownat(
+                    directory,
+                    temporary_name.as_os_str(),
+                    attributes.uid.map(rustix::fs::Uid::from_raw),
+                    attributes.gid.map(rustix::fs::Gid::from_raw),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|errno| HostError::io("set the owner of", target_path, errno.into()))?;
             }
-            std::fs::rename(&temporary_path, &target_path)
-                .map_err(|e| HostError::io("replace", &target_path, e))
+            rustix::fs::renameat(
+                directory,
+                temporary_name.as_os_str(),
+                directory,
+                reached.name.as_os_str(),
+            )
+            .map_err(|errno| HostError::io("replace", target_path, errno.into()))
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&temporary_path);
+            let _ = rustix::fs::unlinkat(directory, temporary_name.as_os_str(), AtFlags::empty());
         }
         result?;
-        sync_directory(directory)
+        sync_fd(directory, target_path)
     }
 
     /// When a file's content last changed (or [`Host::touch`] was called),
     /// not following a symlink at the path.
     pub fn modified(&self, path: &str) -> Result<std::time::SystemTime, HostError> {
-        let host_path = self.path(path);
-        std::fs::symlink_metadata(&host_path)
+        let reached = self.reach_parent(path, "read the status of")?;
+        open_path_fd(&reached)
+            .and_then(|fd| std::fs::File::from(fd).metadata())
             .and_then(|metadata| metadata.modified())
-            .map_err(|e| HostError::io("read the status of", &host_path, e))
+            .map_err(|e| HostError::io("read the status of", &reached.host_path, e))
     }
 
     /// Sets a regular file's modification time to now, leaving its content.
     pub fn touch(&self, path: &str) -> Result<(), HostError> {
-        let host_path = self.path(path);
-        OpenOptions::new()
-            .write(true)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-            .open(&host_path)
-            .and_then(|file| file.set_modified(super::clock::now()))
-            .map_err(|e| HostError::io("set the modification time of", &host_path, e))
+        let reached = self.reach_parent(path, "set the modification time of")?;
+        rustix::fs::openat(
+            &reached.directory,
+            reached.name.as_os_str(),
+            OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(symlink_at_path_error)
+        .map(std::fs::File::from)
+        .and_then(|file| file.set_modified(super::clock::now()))
+        .map_err(|e| HostError::io("set the modification time of", &reached.host_path, e))
     }
 
     /// Sets the permission bits (including setuid, setgid and sticky) of a
     /// file or directory. Fails on a symlink rather than following it.
     pub fn set_mode(&self, path: &str, mode: u32) -> Result<(), HostError> {
-        set_mode_at(&self.path(path), mode)
+        let reached = self.reach_parent(path, "set the mode of")?;
+        set_mode_of(&reached, mode)
     }
 
     /// Sets the owner and/or group of a file, directory or symlink itself
@@ -347,11 +471,27 @@ impl Host {
         uid: Option<u32>,
         gid: Option<u32>,
     ) -> Result<(), HostError> {
-        let host_path = self.path(path);
-        std::os::unix::fs::lchown(&host_path, uid, gid)
-            .map_err(|e| HostError::io("set the owner of", &host_path, e))
+        let reached = self.reach_parent(path, "set the owner of")?;
+        rustix::fs::chownat(
+            &reached.directory,
+            reached.name.as_os_str(),
+            uid.map(rustix::fs::Uid::from_raw),
+            gid.map(rustix::fs::Gid::from_raw),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|errno| HostError::io("set the owner of", &reached.host_path, errno.into()))
     }
 
+    /// Removes the temporary files that killed processes left in the
+    /// directory `path` (any target name; only `.cms-tmp-<pid>-…` files and
+    /// links whose process no longer runs). Returns how many went. Nothing
+    /// there, or a symlink there or on the way, removes nothing.
+    pub fn remove_stale_temporary_files(&self, path: &str) -> usize {
+        match self.open_directory(path, "list the directory") {
+            Ok(directory) => remove_stale_temporary_files_in(directory.as_fd(), None),
+            Err(_) => 0,
+        }
+    }
     /// The uid of a user name (or of a number written as text). On a host
     /// whose root is not `/`, the root's `etc/passwd` is read when it exists,
     /// so a test can declare its own accounts; otherwise the system's
@@ -427,33 +567,242 @@ impl Host {
     }
 }
 
+impl Host {
+    /// The components of a catalog path below the root; `..` is refused, so
+    /// a path can never climb out of the root.
+    fn components<'p>(&self, path: &'p str) -> Result<Vec<&'p str>, HostError> {
+        let components: Vec<&str> = path
+            .split('/')
+            .filter(|component| !component.is_empty() && *component != ".")
+            .collect();
+        if components.contains(&"..") {
+            return Err(HostError::io(
+                "reach",
+                &self.path(path),
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a managed path never contains `..`",
+                ),
+            ));
+        }
+        Ok(components)
+    }
+
+    /// The root directory, open. The root itself is the operator's choice
+    /// (`/`, or a test's directory), so symlinks in its own path are
+    /// followed; nothing below it is.
+    fn open_root(&self) -> Result<OwnedFd, HostError> {
+        rustix::fs::open(
+            self.root(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| HostError::io("open the root directory", self.root(), errno.into()))
+    }
+
+    /// Opens the directory `components` lead to below `root`, following no
+    /// symlink: `openat2(RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH)`, or where
+    /// the kernel has no `openat2`, an `O_NOFOLLOW` walk.
+    fn open_below(&self, root: &OwnedFd, components: &[&str]) -> rustix::io::Result<OwnedFd> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        if components.is_empty() {
+            return rustix::fs::openat(root, ".", flags, Mode::empty());
+        }
+        if !self.resolve_by_walk && !OPENAT2_UNAVAILABLE.load(Ordering::Relaxed) {
+            let relative = components.join("/");
+            // EAGAIN: a rename elsewhere raced the lookup; the kernel asks
+            // to try again.
+            for _ in 0..16 {
+                match rustix::fs::openat2(
+                    root,
+                    relative.as_str(),
+                    flags,
+                    Mode::empty(),
+                    ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH,
+                ) {
+                    Err(rustix::io::Errno::AGAIN) => continue,
+                    Err(rustix::io::Errno::NOSYS) => {
+                        OPENAT2_UNAVAILABLE.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    result => return result,
+                }
+            }
+            if !OPENAT2_UNAVAILABLE.load(Ordering::Relaxed) {
+                return Err(rustix::io::Errno::AGAIN);
+            }
+        }
+        // Intermediate directories are opened O_PATH (search permission is
+        // enough), the last one for reading, so it can be listed and
+        // fsynced. O_NOFOLLOW makes a symlink fail (ELOOP, or ENOTDIR for
+        // O_PATH) instead of being followed.
+        let (last, intermediate) = components.split_last().expect("not empty");
+        let mut current: Option<OwnedFd> = None;
+        for component in intermediate {
+            let at = current.as_ref().map_or(root.as_fd(), |fd| fd.as_fd());
+            current = Some(rustix::fs::openat(
+                at,
+                *component,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?);
+        }
+        let at = current.as_ref().map_or(root.as_fd(), |fd| fd.as_fd());
+        rustix::fs::openat(at, *last, flags, Mode::empty())
+    }
+
+    /// Why the directory `components` lead to could not be opened: the
+    /// first symlink on the way, when there is one (named in
+    /// [`HostError::SymlinkInPath`]); `Ok(None)` when a component is
+    /// missing or not a directory; `errno` otherwise.
+    fn explain_unreachable(
+        &self,
+        path: &str,
+        root: &OwnedFd,
+        components: &[&str],
+        errno: rustix::io::Errno,
+    ) -> Result<Option<Reached>, HostError> {
+        let mut walked = String::new();
+        for (index, component) in components.iter().enumerate() {
+            walked.push('/');
+            walked.push_str(component);
+            let relative = components[..=index].join("/");
+            // A diagnosis only: the refusal has happened already, so
+            // following nothing but reading each link's status is enough.
+            match rustix::fs::statat(root, relative.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => {
+                    let file_type = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+                    if file_type == rustix::fs::FileType::Symlink {
+                        let target = rustix::fs::readlinkat(root, relative.as_str(), Vec::new())
+                            .map(|target| String::from_utf8_lossy(target.as_bytes()).into_owned())
+                            .unwrap_or_else(|_| "an unreadable target".to_string());
+                        return Err(HostError::SymlinkInPath {
+                            path: path.to_string(),
+                            link: walked,
+                            target,
+                        });
+                    }
+                    if file_type != rustix::fs::FileType::Directory {
+                        return Ok(None);
+                    }
+                }
+                Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Ok(None),
+                Err(_) => break,
+            }
+        }
+        match errno {
+            rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR => Ok(None),
+            errno => Err(HostError::io("reach", &self.path(path), errno.into())),
+        }
+    }
+
+    /// Opens the parent directory of `path` without following a symlink;
+    /// `None` when a parent is missing or not a directory.
+    fn reach(&self, path: &str) -> Result<Option<Reached>, HostError> {
+        let components = self.components(path)?;
+        let Some((name, parents)) = components.split_last() else {
+            return Err(HostError::io(
+                "reach",
+                &self.path(path),
+                io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
+            ));
+        };
+        let root = self.open_root()?;
+        match self.open_below(&root, parents) {
+            Ok(directory) => Ok(Some(Reached {
+                directory,
+                name: OsString::from(*name),
+                host_path: self.path(path),
+            })),
+            Err(errno) => self.explain_unreachable(path, &root, parents, errno),
+        }
+    }
+
+    /// [`Host::reach`] for a change or read: a missing parent is an error.
+    fn reach_parent(&self, path: &str, action: &'static str) -> Result<Reached, HostError> {
+        self.reach(path)?.ok_or_else(|| {
+            HostError::io(
+                action,
+                &self.path(path),
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("its parent directory {} does not exist", parent_path(path)),
+                ),
+            )
+        })
+    }
+
+    /// Opens the directory at `path` itself, following no symlink on the
+    /// way or at the path.
+    fn open_directory(&self, path: &str, action: &'static str) -> Result<OwnedFd, HostError> {
+        let components = self.components(path)?;
+        let root = self.open_root()?;
+        match self.open_below(&root, &components) {
+            Ok(directory) => Ok(directory),
+            Err(errno) => {
+                self.explain_unreachable(path, &root, &components, errno)?;
+                Err(HostError::io(action, &self.path(path), errno.into()))
+            }
+        }
+    }
+}
+
 impl AtomicFile {
     /// Starts an atomic write of `target_path`, a real path (not a catalog
-    /// path): for the agent's own files, such as the backup store.
+    /// path): for the agent's own files, such as the backup store, whose
+    /// directories belong to root.
     pub fn create(target_path: &Path, attributes: FileAttributes) -> Result<AtomicFile, HostError> {
-        let (directory, name) = split_target(target_path)?;
-        remove_stale_temporary_files(directory, name);
+        let directory_path = match target_path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let directory = rustix::fs::open(
+            directory_path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| HostError::io("open the directory", directory_path, errno.into()))?;
+        AtomicFile::create_in(directory, target_path, attributes)
+    }
+
+    /// Starts an atomic write of the file named like `target_path` in the
+    /// open `directory`.
+    fn create_in(
+        directory: OwnedFd,
+        target_path: &Path,
+        attributes: FileAttributes,
+    ) -> Result<AtomicFile, HostError> {
+        let name = target_name(target_path)?;
+        remove_stale_temporary_files_in(directory.as_fd(), Some(name));
         loop {
-            let temporary_path = directory.join(temporary_name(name));
+            let temporary_name = temporary_name(name);
             // O_EXCL: never write into a file someone else created, even a
             // symlink planted under the name we picked.
-            let opened = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&temporary_path);
+            let opened = rustix::fs::openat(
+                &directory,
+                temporary_name.as_os_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            );
             match opened {
-                Ok(file) => {
+                Ok(fd) => {
                     return Ok(AtomicFile {
-                        file: Some(file),
-                        temporary_path,
+                        file: Some(std::fs::File::from(fd)),
+                        directory,
+                        temporary_name,
                         target_path: target_path.to_path_buf(),
                         attributes,
                         renamed: false,
                     });
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(HostError::io("create a temporary file in", directory, e)),
+                Err(rustix::io::Errno::EXIST) => continue,
+                Err(errno) => {
+                    return Err(HostError::io(
+                        "create a temporary file next to",
+                        target_path,
+                        errno.into(),
+                    ));
+                }
             }
         }
     }
@@ -470,15 +819,22 @@ impl AtomicFile {
         self.commit_as(&target_path)
     }
 
-    /// Commits under another name in the same directory: for content whose
-    /// name is known only once it is written, such as a blob named by its
-    /// hash.
+    /// Commits under another name in the same directory (only the last
+    /// component of `target_path` counts): for content whose name is known
+    /// only once it is written, such as a blob named by its hash.
     pub(crate) fn commit_as(mut self, target_path: &Path) -> Result<(), HostError> {
+        let name = target_name(target_path)?.to_os_string();
         let file = self.file.take().expect("an AtomicFile is committed once");
-        let existing = match std::fs::symlink_metadata(target_path) {
-            Ok(metadata) if metadata.is_file() => Some(FileStatus::from_metadata(&metadata)),
-            _ => None,
-        };
+        let existing = rustix::fs::openat(
+            &self.directory,
+            name.as_os_str(),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+        .and_then(|fd| std::fs::File::from(fd).metadata().ok())
+        .filter(|metadata| metadata.is_file())
+        .map(|metadata| FileStatus::from_metadata(&metadata));
         let uid = self.attributes.uid.or(existing.map(|s| s.uid));
         let gid = self.attributes.gid.or(existing.map(|s| s.gid));
         let mode = self
@@ -496,10 +852,15 @@ impl AtomicFile {
         file.sync_all()
             .map_err(|e| HostError::io("flush to disk", target_path, e))?;
         drop(file);
-        std::fs::rename(&self.temporary_path, target_path)
-            .map_err(|e| HostError::io("replace", target_path, e))?;
+        rustix::fs::renameat(
+            &self.directory,
+            self.temporary_name.as_os_str(),
+            &self.directory,
+            name.as_os_str(),
+        )
+        .map_err(|errno| HostError::io("replace", target_path, errno.into()))?;
         self.renamed = true;
-        sync_parent_directory(target_path)
+        sync_fd(&self.directory, target_path)
     }
 }
 
@@ -523,7 +884,11 @@ impl Drop for AtomicFile {
     fn drop(&mut self) {
         if !self.renamed {
             // The target was never touched; only our temporary file goes.
-            let _ = std::fs::remove_file(&self.temporary_path);
+            let _ = rustix::fs::unlinkat(
+                &self.directory,
+                self.temporary_name.as_os_str(),
+                AtFlags::empty(),
+            );
         }
     }
 }
@@ -541,21 +906,6 @@ pub fn parent_path(path: &str) -> &str {
     }
 }
 
-pub(crate) fn status_at(host_path: &Path) -> Result<Option<FileStatus>, HostError> {
-    match std::fs::symlink_metadata(host_path) {
-        Ok(metadata) => Ok(Some(FileStatus::from_metadata(&metadata))),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(HostError::io("read the status of", host_path, e)),
-    }
-}
-
 /// fsyncs a directory, so that a rename or removal in it survives a crash.
 pub(crate) fn sync_directory(directory: &Path) -> Result<(), HostError> {
     std::fs::File::open(directory)
@@ -563,32 +913,164 @@ pub(crate) fn sync_directory(directory: &Path) -> Result<(), HostError> {
         .map_err(|e| HostError::io("flush to disk the directory", directory, e))
 }
 
-fn sync_parent_directory(path: &Path) -> Result<(), HostError> {
-    match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => sync_directory(parent),
-        _ => sync_directory(Path::new(".")),
+/// fsyncs an open directory; `path` names what changed in it, for messages.
+fn sync_fd(directory: &OwnedFd, path: &Path) -> Result<(), HostError> {
+    rustix::fs::fsync(directory).map_err(|errno| {
+        HostError::io(
+            "flush to disk the directory of",
+            path,
+            io::Error::from(errno),
+        )
+    })
+}
+
+/// The status of the last component of a reached path.
+fn status_in(reached: &Reached) -> Result<Option<FileStatus>, HostError> {
+    status_at_fd(&reached.directory, &reached.name, &reached.host_path)
+}
+
+/// The status of `name` in `directory`, not following a symlink there;
+/// `None` when nothing is there.
+fn status_at_fd(
+    directory: &OwnedFd,
+    name: &OsStr,
+    host_path: &Path,
+) -> Result<Option<FileStatus>, HostError> {
+    let opened = rustix::fs::openat(
+        directory,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    );
+    match opened {
+        Ok(fd) => std::fs::File::from(fd)
+            .metadata()
+            .map(|metadata| Some(FileStatus::from_metadata(&metadata)))
+            .map_err(|e| HostError::io("read the status of", host_path, e)),
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => Ok(None),
+        Err(errno) => Err(HostError::io("read the status of", host_path, errno.into())),
     }
 }
 
-fn set_mode_at(host_path: &Path, mode: u32) -> Result<(), HostError> {
-    nix::sys::stat::fchmodat(
-        nix::fcntl::AT_FDCWD,
-        host_path,
-        nix::sys::stat::Mode::from_bits_truncate(mode),
-        nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+/// An `O_PATH | O_NOFOLLOW` descriptor of the last component itself.
+fn open_path_fd(reached: &Reached) -> io::Result<OwnedFd> {
+    rustix::fs::openat(
+        &reached.directory,
+        reached.name.as_os_str(),
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
     )
-    .map_err(|errno| HostError::io("set the mode of", host_path, errno.into()))
+    .map_err(io::Error::from)
 }
 
-fn split_target(target_path: &Path) -> Result<(&Path, &OsStr), HostError> {
-    match (target_path.parent(), target_path.file_name()) {
-        (Some(directory), Some(name)) => Ok((directory, name)),
-        _ => Err(HostError::io(
+/// `O_NOFOLLOW` on a symlink answers ELOOP ("Too many levels of symbolic
+/// links"); say what it means.
+fn symlink_at_path_error(errno: rustix::io::Errno) -> io::Error {
+    if errno == rustix::io::Errno::LOOP {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a symlink is there, and it is never followed",
+        )
+    } else {
+        errno.into()
+    }
+}
+
+/// chmod of the object a reached path names, never of what a symlink there
+/// points at: the object is opened `O_PATH | O_NOFOLLOW`, checked, and
+/// changed through that descriptor (`/proc/self/fd`, as the C library's
+/// `fchmodat(AT_SYMLINK_NOFOLLOW)` does), so a link swapped in after the
+/// check is not followed either.
+fn set_mode_of(reached: &Reached, mode: u32) -> Result<(), HostError> {
+    let mode_error = |e| HostError::io("set the mode of", &reached.host_path, e);
+    let fd = open_path_fd(reached).map_err(mode_error)?;
+    let handle = std::fs::File::from(fd);
+    let metadata = handle.metadata().map_err(mode_error)?;
+    if metadata.file_type().is_symlink() {
+        return Err(mode_error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is a symlink, and a symlink is never followed",
+        )));
+    }
+    let through_proc = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    match rustix::fs::chmod(through_proc.as_str(), Mode::from_raw_mode(mode)) {
+        Ok(()) => Ok(()),
+        // No /proc: open the object for reading, without following, and
+        // check it is the one examined.
+        Err(rustix::io::Errno::NOENT) => {
+            let opened = rustix::fs::openat(
+                &reached.directory,
+                reached.name.as_os_str(),
+                OFlags::RDONLY
+                    | OFlags::NOFOLLOW
+                    | OFlags::NONBLOCK
+                    | OFlags::NOCTTY
+                    | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|errno| mode_error(errno.into()))?;
+            let same = rustix::fs::fstat(&opened).map_err(|errno| mode_error(errno.into()))?;
+            if same.st_ino != metadata.ino() {
+                return Err(mode_error(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "it was replaced while its mode was being set",
+                )));
+            }
+            rustix::fs::fchmod(&opened, Mode::from_raw_mode(mode))
+                .map_err(|errno| mode_error(errno.into()))
+        }
+        Err(errno) => Err(mode_error(errno.into())),
+    }
+}
+
+/// Removes `name` in `directory` and, when it is a directory, everything
+/// in it, opening each directory `O_NOFOLLOW` from its parent.
+fn remove_tree(directory: &OwnedFd, name: &OsStr, host_path: &Path) -> Result<(), HostError> {
+    let remove_error = |errno: rustix::io::Errno| HostError::io("remove", host_path, errno.into());
+    match rustix::fs::unlinkat(directory, name, AtFlags::empty()) {
+        Ok(()) => return Ok(()),
+        // A directory (EISDIR on Linux; EPERM elsewhere): empty it first.
+        Err(rustix::io::Errno::ISDIR | rustix::io::Errno::PERM) => {}
+        Err(errno) => return Err(remove_error(errno)),
+    }
+    let inner = rustix::fs::openat(
+        directory,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(remove_error)?;
+    for entry in entry_names(&inner, host_path)? {
+        remove_tree(&inner, &entry, &host_path.join(&entry))?;
+    }
+    rustix::fs::unlinkat(directory, name, AtFlags::REMOVEDIR).map_err(remove_error)
+}
+
+/// The names in an open directory, without `.` and `..`.
+fn entry_names(directory: &OwnedFd, host_path: &Path) -> Result<Vec<OsString>, HostError> {
+    let list_error =
+        |errno: rustix::io::Errno| HostError::io("list the directory", host_path, errno.into());
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(directory).map_err(list_error)? {
+        let entry = entry.map_err(list_error)?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        names.push(OsString::from_vec(name.to_vec()));
+    }
+    Ok(names)
+}
+
+/// The last component of a path that names a file.
+fn target_name(target_path: &Path) -> Result<&OsStr, HostError> {
+    target_path.file_name().ok_or_else(|| {
+        HostError::io(
             "write",
             target_path,
             io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
-        )),
-    }
+        )
+    })
 }
 
 /// Makes each temporary name in this process unique, together with the pid.
@@ -610,31 +1092,41 @@ fn shortened_name(target_name: &OsStr) -> &[u8] {
     &bytes[..bytes.len().min(TEMPORARY_NAME_KEEPS)]
 }
 
-/// Removes the temporary files for `target_name` that a process which no
-/// longer runs left in `directory` (it was killed mid-write). Best effort:
-/// a failure here must not fail the write that called it.
-fn remove_stale_temporary_files(directory: &Path, target_name: &OsStr) {
+/// Removes the temporary files (for `target_name`, or for any target when
+/// `None`) that a process which no longer runs left in `directory` (it was
+/// killed mid-write); returns how many. Only entries named
+/// `.cms-tmp-<pid>-<counter>-…` go, removed with `unlinkat` (which never
+/// follows a link, and never removes a directory). Best effort: a failure here must not fail the
+/// write that called it.
+fn remove_stale_temporary_files_in(
+    directory: BorrowedFd<'_>,
+    target_name: Option<&OsStr>,
+) -> usize {
     // Without /proc, whether a process runs is unknown: leave everything.
     if !Path::new("/proc/self").exists() {
-        return;
+        return 0;
     }
-    let Ok(entries) = std::fs::read_dir(directory) else {
-        return;
+    let Ok(entries) = rustix::fs::Dir::read_from(directory) else {
+        return 0;
     };
-    let wanted_name = shortened_name(target_name);
+    let wanted_name = target_name.map(shortened_name);
     let own_pid = std::process::id();
+    let mut removed = 0;
     for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some((pid, name)) = parse_temporary_name(file_name.as_bytes()) else {
+        let file_name = entry.file_name().to_bytes();
+        let Some((pid, name)) = parse_temporary_name(file_name) else {
             continue;
         };
-        if name != wanted_name || pid == own_pid {
+        if wanted_name.is_some_and(|wanted| wanted != name) || pid == own_pid {
             continue;
         }
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_file(entry.path());
+        if !Path::new(&format!("/proc/{pid}")).exists()
+            && rustix::fs::unlinkat(directory, entry.file_name(), AtFlags::empty()).is_ok()
+        {
+            removed += 1;
         }
     }
+    removed
 }
 
 /// `.cms-tmp-<pid>-<counter>-<name>` → (pid, name).

@@ -37,6 +37,17 @@ pub enum HostError {
     Http { url: String, message: String },
     #[error("Failed to find {kind} `{name}` on this host")]
     UnknownAccount { kind: &'static str, name: String },
+    #[error(
+        "Failed to reach {path}: {link} is a symlink (to {target}), and the agent never follows a symlink on the way to a managed path; declare the path where it really is, or replace the link by a directory"
+    )]
+    SymlinkInPath {
+        /// The catalog path that was to be read or changed.
+        path: String,
+        /// The catalog path of the first symlink on the way.
+        link: String,
+        /// What the link points at, as written in it.
+        target: String,
+    },
 }
 
 impl HostError {
@@ -53,12 +64,25 @@ impl HostError {
 #[derive(Debug, Clone)]
 pub struct Host {
     root: PathBuf,
+    /// Resolve paths by the `O_NOFOLLOW` walk even where `openat2` exists:
+    /// how tests cover the fallback for kernels older than 5.6.
+    resolve_by_walk: bool,
 }
 
 impl Host {
     /// The host whose files live under `root` (`/` on a real instance).
     pub fn new(root: impl Into<PathBuf>) -> Host {
-        Host { root: root.into() }
+        Host {
+            root: root.into(),
+            resolve_by_walk: false,
+        }
+    }
+
+    /// This host, resolving paths by the `O_NOFOLLOW` walk that kernels
+    /// without `openat2` get, for tests of that fallback.
+    pub fn resolving_by_walk(mut self) -> Host {
+        self.resolve_by_walk = true;
+        self
     }
 
     /// The real machine.
