@@ -236,14 +236,6 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
         }
         Command::Enroll(args) => {
             let tags = args.discovery.tags.as_deref().map(parse_tags).transpose()?;
-            let token = match (&args.token, &args.token_file) {
-                (Some(token), _) => token.clone(),
-                (None, Some(file)) => std::fs::read_to_string(file)
-                    .with_context(|| format!("Failed to read the token file {}", file.display()))?
-                    .trim()
-                    .to_string(),
-                (None, None) => anyhow::bail!("Failed to enroll: give --token or --token-file"),
-            };
             let runtime = tokio::runtime::Runtime::new()?;
             let response = runtime.block_on(crate::remote::enroll_instance(
                 &args.state_dir,

@@ -155,7 +155,6 @@ mod tests {
         assert_eq!(load("server = \"cms:7470\"\n").enroll_with(), None);
     }
 
-
     #[test]
     fn a_token_read_from_a_file_remembers_the_file_and_forgetting_deletes_it() {
         let dir = tempfile::tempdir().unwrap();

@@ -618,6 +618,28 @@ mod tests {
             self.inner
                 .claim_name(certificate, node, expected_serial, clear_history)
         }
+        fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+            self.inner.token(id)
+        }
+        fn operator(&self, name: &str) -> Result<Option<crate::store::OperatorRecord>, StoreError> {
+            self.inner.operator(name)
+        }
+        fn operators(&self) -> Result<Vec<crate::store::OperatorRecord>, StoreError> {
+            self.inner.operators()
+        }
+        fn swap_operator(
+            &self,
+            expected: Option<&crate::store::OperatorRecord>,
+            new: &crate::store::OperatorRecord,
+        ) -> Result<bool, StoreError> {
+            self.inner.swap_operator(expected, new)
+        }
+        fn append_audit(&self, record: &crate::store::AuditRecord) -> Result<(), StoreError> {
+            self.inner.append_audit(record)
+        }
+        fn audit(&self, limit: usize) -> Result<Vec<crate::store::AuditRecord>, StoreError> {
+            self.inner.audit(limit)
+        }
         fn touch_nodes_with_facts(
             &self,
             seen: &[(String, u64, Option<serde_json::Value>)],

@@ -381,7 +381,7 @@ async fn place(
         .and_then(|leaf| (places.identify)(leaf));
     let opened = tokio::time::Instant::now();
     let grpc = match identity {
-        Some(PeerIdentity::Admin) => GrpcConnection::new(connection, connection_place, None),
+        Some(PeerIdentity::Operator(_)) => GrpcConnection::new(connection, connection_place, None),
         Some(PeerIdentity::Node(_)) => GrpcConnection::new(
             connection,
             connection_place,

@@ -133,7 +133,7 @@ fn enroll(server: &str, token: &str, node: &str, state_dir: &Path) -> Result<Str
         .block_on(cms_agent::remote::enroll_instance(
             state_dir,
             server,
-            token,
+            &cms_agent::remote::EnrollWith::Token(token.to_owned()),
             Some(node.to_owned()),
             Some([("role".to_owned(), "web".to_owned())].into()),
             None,

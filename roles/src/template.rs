@@ -199,6 +199,8 @@ impl Templates {
                 Err(error)
             }
         }
+    }
+
     /// Every registered template, parsed, by name: what `reads` walks.
     pub fn compiled(&self) -> impl Iterator<Item = (&str, &handlebars::Template)> {
         self.registry

@@ -1250,6 +1250,8 @@ pub(crate) mod tests {
         old.as_object_mut().unwrap().remove("attested");
         let loaded: NodeRecord = serde_json::from_value(old).unwrap();
         assert_eq!(loaded, node("web-1"));
+    }
+
     fn two_concurrent_uses_of_a_single_use_token_let_exactly_one_win(store: &dyn Store) {
         for round in 0..20 {
             let id = format!("single-{round}");

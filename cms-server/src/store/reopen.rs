@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use super::{
-    CaRecord, CertificateRecord, NodeRecord, ReportWrite, RevisionRecord, SharedStore, Store,
-    StoreError, StoredReport, TokenRecord, TriggerRecord,
+    AuditRecord, CaRecord, CertificateRecord, NodeRecord, OperatorRecord, ReportWrite,
+    RevisionRecord, SharedStore, Store, StoreError, StoredReport, TokenRecord, TriggerRecord,
 };
 
 /// How much the probe writes before a reopen: about what sled needs to
@@ -239,6 +239,44 @@ impl Store for Reopening {
         node: &NodeRecord,
     ) -> Result<(), StoreError> {
         self.write(|s| s.record_enrollment(certificate, node))
+    }
+
+    fn claim_name(
+        &self,
+        certificate: &CertificateRecord,
+        node: &NodeRecord,
+        expected_serial: Option<&str>,
+        clear_history: bool,
+    ) -> Result<(), StoreError> {
+        self.write(|s| s.claim_name(certificate, node, expected_serial, clear_history))
+    }
+
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.read(|s| s.token(id))
+    }
+
+    fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        self.read(|s| s.operator(name))
+    }
+
+    fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        self.read(|s| s.operators())
+    }
+
+    fn swap_operator(
+        &self,
+        expected: Option<&OperatorRecord>,
+        new: &OperatorRecord,
+    ) -> Result<bool, StoreError> {
+        self.write(|s| s.swap_operator(expected, new))
+    }
+
+    fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.write(|s| s.append_audit(record))
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.read(|s| s.audit(limit))
     }
 
     fn touch_nodes_with_facts(
