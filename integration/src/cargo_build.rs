@@ -58,12 +58,23 @@ pub fn build_agent_package() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Builds the server's Debian package (dev profile); see [`build_agent_package`].
+/// Builds the server's Debian package (dev profile) and returns its path;
+/// built once per test process, like [`build_agent_package`]: tests that
+/// run at once must not write the same `.deb.partial` together.
 pub fn build_server_package() -> Result<PathBuf> {
-    run_package_script(&["--profile", "dev", "--package", "cms-server"])?
+    static BUILT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(path) = built.as_ref() {
+        return Ok(path.clone());
+    }
+    let path = run_package_script(&["--profile", "dev", "--package", "cms-server"])?
         .into_iter()
         .next()
-        .context("Failed to build the server's package: scripts/package named no package")
+        .context("Failed to build the server's package: scripts/package named no package")?;
+    *built = Some(path.clone());
+    Ok(path)
 }
 
 /// Runs `scripts/package` with `arguments`; the paths it printed.
