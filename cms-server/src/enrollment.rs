@@ -533,12 +533,13 @@ mod tests {
     fn a_dev_scoped_token_cannot_take_the_name_of_a_gone_prod_node() {
         let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
         let enrollment = enrollment(&clock);
+        // Two uses: the real node's enrollment and its replacement's.
         let prod = enrollment
-            .create_token(tags(&[("env", "prod")]), Duration::from_secs(100 * 3600), 0)
+            .create_token(tags(&[("env", "prod")]), Duration::from_secs(24 * 3600), 2)
             .unwrap()
             .token;
         let dev = enrollment
-            .create_token(tags(&[("env", "dev")]), Duration::from_secs(100 * 3600), 0)
+            .create_token(tags(&[("env", "dev")]), Duration::from_secs(24 * 3600), 1)
             .unwrap()
             .token;
         let mut real = request(&prod, "db-1", false);
@@ -749,8 +750,9 @@ mod tests {
             store: store.clone(),
             ..enrollment(&clock)
         };
+        // Uses enough for both: the race is for the name, not the token.
         let token = enrollment
-            .create_token(tags(&[("role", "*")]), Duration::ZERO, 0)
+            .create_token(tags(&[("role", "*")]), Duration::ZERO, 2)
             .unwrap()
             .token;
         store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
