@@ -114,10 +114,13 @@ impl Default for ConnectionLimits {
             max_connections: MAX_GRPC_CONNECTIONS,
             max_handshakes: MAX_CONCURRENT_HANDSHAKES,
             max_unauthenticated: 32,
-            // An enrollment storm of 10,000 waits here after its
-            // handshakes, a few KB of TLS state each; beyond, a flood from
-            // many addresses is closed rather than held.
-            max_unauthenticated_waiting: 4096,
+            // A boot storm of 10,000 instances enrolling at once waits
+            // here after its handshakes, a few tens of KB of TLS state
+            // each (cms-storm: 4,096 turned a third of such a storm away);
+            // beyond, a flood from many addresses (at most
+            // `per_source_unauthenticated` each) is closed rather than held.
+            // Waiting holds no place of the agents or the admin.
+            max_unauthenticated_waiting: 16_384,
             per_source_pending: 16,
             per_source_unauthenticated: 4,
             client_hello_timeout: Duration::from_secs(10),

@@ -163,6 +163,12 @@ fn serve_child(args: &[String]) -> Result<()> {
         let mut config =
             cms_server::server::ServeConfig::new(PathBuf::from(data), repo.to_string());
         config.sync_interval = Duration::from_secs(3600);
+        // Every simulated instance connects from 127.0.0.1, where a real
+        // fleet has an address each: the per-address bounds, which exist to
+        // stop many connections from one address, are lifted; every other
+        // bound stays the default.
+        config.connections.per_source_pending = usize::MAX;
+        config.connections.per_source_unauthenticated = usize::MAX;
         println!("listening {address}");
         std::io::stdout().flush()?;
         // Stops when the parent closes stdin (or dies).
