@@ -9,7 +9,7 @@
 // The time of the 50 MB delivery is printed (not asserted) for the notes.
 #![allow(clippy::disallowed_methods)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use cms_agent::report::{ResourceResult, RunReport, Status, Summary};
@@ -36,6 +36,45 @@ fn small_role(out: &Path, text: &str) -> String {
         "[[directory]]\npath = \"{out}\"\n\n[[file]]\npath = \"{out}/small.conf\"\ncontent = \"{text}\\n\"\nrequire = [\"directory:{out}\"]\n",
         out = out.display()
     )
+}
+
+/// What three of these tests start from: a roles repository of one small
+/// role writing `<dir>/out/small.conf`, an in-process server serving it,
+/// and the agent binary enrolled as `app-1` with `role=app`.
+struct SmallApp {
+    out: PathBuf,
+    agent: HostAgent,
+    server: TestServer,
+    git: GitRepo,
+}
+
+fn small_app(dir: &Path, text: &str) -> Result<SmallApp> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let out = dir.join("out");
+    let git = GitRepo::init(&dir.join("roles"))?;
+    git.commit(
+        &[
+            ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
+            ("roles/app.toml", &small_role(&out, text)),
+        ],
+        text,
+    )?;
+    let binary = build_workspace_binary("cms-agent", "cms-agent")?;
+    let server = TestServer::start(&dir.join("server"), git.path(), 0)?;
+    let token = server.token(&[("role", "*")])?;
+    let agent = HostAgent::in_directory(&binary, dir, "app")?;
+    ensure!(
+        agent
+            .enroll(&server.address, &token, "app-1", "role=app")?
+            .status
+            .success()
+    );
+    Ok(SmallApp {
+        out,
+        agent,
+        server,
+        git,
+    })
 }
 
 fn reports(server: &TestServer, node: &str) -> Result<Vec<pb::RunReport>> {
@@ -144,28 +183,14 @@ fn a_50_megabyte_source_file_converges_on_a_fresh_node_and_arrives_intact() -> R
 #[test]
 fn a_commit_whose_catalog_is_too_large_is_refused_and_the_last_good_revision_is_served()
 -> Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir()?;
-    let out = dir.path().join("out");
-    let git = GitRepo::init(&dir.path().join("roles"))?;
-    git.commit(
-        &[
-            ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
-            ("roles/app.toml", &small_role(&out, "good")),
-        ],
-        "good",
-    )?;
-    let binary = build_workspace_binary("cms-agent", "cms-agent")?;
-    let server = TestServer::start(&dir.path().join("server"), git.path(), 0)?;
+    let SmallApp {
+        out,
+        agent,
+        server,
+        git,
+    } = small_app(dir.path(), "good")?;
     let good = server.runtime.block_on(server.sync())?.revision;
-    let token = server.token(&[("role", "*")])?;
-    let agent = HostAgent::in_directory(&binary, dir.path(), "app")?;
-    ensure!(
-        agent
-            .enroll(&server.address, &token, "app-1", "role=app")?
-            .status
-            .success()
-    );
     let (code, output) = agent.converge()?;
     ensure!(code == 2, "{output}");
 
@@ -285,27 +310,8 @@ fn big_report(run_id: &str, started: u64, resources: usize, diff_bytes: usize) -
 
 #[test]
 fn a_5_megabyte_report_does_not_block_the_reports_behind_it() -> Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir()?;
-    let out = dir.path().join("out");
-    let git = GitRepo::init(&dir.path().join("roles"))?;
-    git.commit(
-        &[
-            ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
-            ("roles/app.toml", &small_role(&out, "one")),
-        ],
-        "first",
-    )?;
-    let binary = build_workspace_binary("cms-agent", "cms-agent")?;
-    let server = TestServer::start(&dir.path().join("server"), git.path(), 0)?;
-    let token = server.token(&[("role", "*")])?;
-    let agent = HostAgent::in_directory(&binary, dir.path(), "app")?;
-    ensure!(
-        agent
-            .enroll(&server.address, &token, "app-1", "role=app")?
-            .status
-            .success()
-    );
+    let SmallApp { agent, server, .. } = small_app(dir.path(), "one")?;
 
     // Queued before the next run, oldest first: a report of 5 MB of diffs,
     // then one of 100,000 failed resources that no trimming of diffs can
@@ -372,29 +378,8 @@ fn a_5_megabyte_report_does_not_block_the_reports_behind_it() -> Result<()> {
 
 #[test]
 fn the_server_refuses_an_oversized_report_with_its_size_and_the_limit() -> Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir()?;
-    let git = GitRepo::init(&dir.path().join("roles"))?;
-    git.commit(
-        &[
-            ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
-            (
-                "roles/app.toml",
-                &small_role(&dir.path().join("out"), "one"),
-            ),
-        ],
-        "first",
-    )?;
-    let binary = build_workspace_binary("cms-agent", "cms-agent")?;
-    let server = TestServer::start(&dir.path().join("server"), git.path(), 0)?;
-    let token = server.token(&[("role", "*")])?;
-    let agent = HostAgent::in_directory(&binary, dir.path(), "app")?;
-    ensure!(
-        agent
-            .enroll(&server.address, &token, "app-1", "role=app")?
-            .status
-            .success()
-    );
+    let SmallApp { agent, server, .. } = small_app(dir.path(), "one")?;
     let identity = cms_agent::identity::load_identity(&agent.state)?.context("enrolled")?;
     let address = cms_agent::client::ServerAddress::parse(&server.address)?;
     let report = |run_id: &str, diff_bytes: usize| pb::RunReport {
