@@ -273,25 +273,13 @@ impl CertificateAuthority {
         validity: Duration,
     ) -> Result<IssuedCertificate, PkiError> {
         check_node_id(node_id)?;
-        let request = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|source| PkiError::ReadCsr { source })?;
-        let (params, serial_hex, not_after_unix) = self.leaf_params(
+        self.sign_client_csr(
+            csr_pem,
             node_id,
-            vec![SanType::URI(ia5(&format!("{NODE_URI_PREFIX}{node_id}"))?)],
-            ExtendedKeyUsagePurpose::ClientAuth,
-            unix_now().saturating_add(validity.as_secs()),
-        )?;
-        let certificate = params
-            .signed_by(&request.public_key, &self.issuer)
-            .map_err(|source| PkiError::Sign {
-                what: "node",
-                source,
-            })?;
-        Ok(IssuedCertificate {
-            certificate_pem: certificate.pem(),
-            serial_hex,
-            not_after_unix,
-        })
+            &format!("{NODE_URI_PREFIX}{node_id}"),
+            "node",
+            validity,
+        )
     }
 
     /// Issues the server's own certificate, with a fresh key, for the names
@@ -348,20 +336,37 @@ impl CertificateAuthority {
         validity: Duration,
     ) -> Result<IssuedCertificate, PkiError> {
         check_operator_name(name)?;
+        self.sign_client_csr(
+            csr_pem,
+            &format!("cms operator {name}"),
+            &format!("{OPERATOR_URI_PREFIX}{name}"),
+            "operator",
+            validity,
+        )
+    }
+
+    /// A client-authentication certificate for the CSR's public key (its
+    /// signature verified, everything else it asks for ignored), named
+    /// `common_name` and by the SAN URI `uri`; `what` names it in errors.
+    fn sign_client_csr(
+        &self,
+        csr_pem: &str,
+        common_name: &str,
+        uri: &str,
+        what: &'static str,
+        validity: Duration,
+    ) -> Result<IssuedCertificate, PkiError> {
         let request = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|source| PkiError::ReadCsr { source })?;
         let (params, serial_hex, not_after_unix) = self.leaf_params(
-            &format!("cms operator {name}"),
-            vec![SanType::URI(ia5(&format!("{OPERATOR_URI_PREFIX}{name}"))?)],
+            common_name,
+            vec![SanType::URI(ia5(uri)?)],
             ExtendedKeyUsagePurpose::ClientAuth,
             unix_now().saturating_add(validity.as_secs()),
         )?;
         let certificate = params
             .signed_by(&request.public_key, &self.issuer)
-            .map_err(|source| PkiError::Sign {
-                what: "operator",
-                source,
-            })?;
+            .map_err(|source| PkiError::Sign { what, source })?;
         Ok(IssuedCertificate {
             certificate_pem: certificate.pem(),
             serial_hex,
