@@ -1,5 +1,10 @@
 //! `cms-server check`: validate a roles repository, or show the catalog a
 //! node would get. Data goes to stdout, problems to stderr.
+//!
+//! `check` has neither the server's age key nor its AWS credentials: it
+//! compiles with a stand-in for every secret (`SecretValues::placeholders`),
+//! and prints `<sensitive>` instead of the summary of a resource that used
+//! one, so it never prints a value.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -7,8 +12,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use cms_roles::{
-    Catalog, Diagnostics, Node, Repository, ResourceKind, compile, example_attested, example_facts,
-    validate,
+    Catalog, Diagnostics, Node, Repository, Resource, SecretValues, compile_with_secrets,
+    example_attested, example_facts, validate_with_secrets,
 };
 use serde_json::Value;
 
@@ -21,9 +26,10 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     };
     let tags = args.tags.as_deref().map(parse_tags).transpose()?;
     let (repository, parse_problems) = Repository::load_dir(&args.repo);
+    let stand_ins = SecretValues::placeholders(&repository);
     let Some(tags) = tags else {
         let mut diagnostics = parse_problems;
-        diagnostics.extend(validate(&repository, &facts));
+        diagnostics.extend(validate_with_secrets(&repository, &facts, &stand_ins));
         let diagnostics = diagnostics.into_sorted();
         if !diagnostics.is_empty() {
             return Ok(invalid(&diagnostics, args.format));
@@ -80,7 +86,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         );
     }
     // A catalog the server would refuse to send is invalid, as in validation.
-    let compiled = compile(&repository, &node).and_then(|catalog| {
+    let compiled = compile_with_secrets(&repository, &node, &stand_ins).and_then(|catalog| {
         let too_large = cms_roles::check_catalog_size(&repository, &catalog);
         if too_large.is_empty() {
             Ok(catalog)
@@ -160,7 +166,7 @@ fn write_catalog_text(out: &mut impl Write, node: &Node, catalog: &Catalog) -> s
             "{}  [{}]{}",
             resource.reference,
             resource.role,
-            details(&resource.kind)
+            details(resource)
         )?;
         for required in &resource.require {
             writeln!(out, "    require {required}")?;
@@ -180,8 +186,12 @@ fn write_catalog_text(out: &mut impl Write, node: &Node, catalog: &Catalog) -> s
     )
 }
 
-/// A short summary of what a resource asks for.
-fn details(kind: &ResourceKind) -> String {
+/// A short summary of what a resource asks for; `<sensitive>` for one
+/// that used a secret, whose fields and content hash could carry it.
+fn details(resource: &Resource) -> String {
+    if resource.sensitive {
+        return " <sensitive>".to_string();
+    }
     // Each kind writes its own summary (`Kind::summary` in cms-roles).
-    kind.summary()
+    resource.kind.summary()
 }

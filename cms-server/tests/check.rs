@@ -203,3 +203,70 @@ fn malformed_tags_and_missing_repositories_are_explained() {
         text(&out.stderr)
     );
 }
+
+/// An armored age file (check reads only its armor).
+const AGE: &str = "-----BEGIN AGE ENCRYPTED FILE-----
+YWdlLWVuY3J5cHRpb24ub3JnL3YxCi0+IFgyNTUxOSBhYmNkZWZnaGlqa2xtbm9w
+cXJzdHV2d3h5ego=
+-----END AGE ENCRYPTED FILE-----
+";
+
+fn secrets_repo(scope: &str) -> tempfile::TempDir {
+    let secrets = format!(
+        "[db_password]\nage = \"\"\"\n{AGE}\"\"\"\n{scope}\n[api]\nfrom = \"ssm:/prod/api\"\n"
+    );
+    write_repo(&[
+        (
+            "cms.toml",
+            "[hierarchy]\nlayers = [\"env/{{tag.env}}\", \"common\"]\n",
+        ),
+        ("secrets/common.toml", &secrets),
+        ("data/env/staging.toml", "port = 1\n"),
+        (
+            "templates/db.hbs",
+            "user=app\npassword={{secret \"db_password\"}}\n",
+        ),
+        (
+            "roles/db.toml",
+            "[match]\nenv = \"*\"\n\n[[file]]\npath = \"/etc/db\"\ntemplate = \"db.hbs\"\nmode = \"0600\"\n\n[[exec]]\nname = \"login\"\ncommand = '/bin/login --key {{secret \"api\"}}'\n\n[[file]]\npath = \"/etc/plain\"\ncontent = \"plain\"\nmode = \"0644\"\n",
+        ),
+    ])
+}
+
+#[test]
+fn check_compiles_secrets_with_stand_ins_and_prints_sensitive_resources_as_sensitive() {
+    let repo = secrets_repo("");
+    let path = repo.path().to_str().expect("utf-8");
+    let out = check(&["--repo", path]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+
+    let out = check(&["--repo", path, "--tags", "env=prod"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("file:/etc/db  [db] <sensitive>\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("exec:login  [db] <sensitive>\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("file:/etc/plain  [db] ensure=present mode=0644 sha256="),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("placeholder"), "{stdout}");
+    assert!(!stdout.contains("mode=0600"), "{stdout}");
+}
+
+#[test]
+fn check_refuses_a_role_rendering_a_secret_outside_its_scope_with_file_and_line() {
+    let repo = secrets_repo("scope = { env = \"prod\" }");
+    let out = check(&["--repo", repo.path().to_str().expect("utf-8")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("templates/db.hbs:2:10: Failed to render: secret `db_password` (secrets/common.toml:1) is scoped to env=prod; this role is compiled for env=staging"),
+        "{stderr}"
+    );
+}

@@ -64,6 +64,13 @@ pub struct Resource {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<String>,
     pub kind: ResourceKind,
+    /// Whether a field, template or partial of the resource rendered a
+    /// secret, or the role wrote `sensitive = true`: its content and
+    /// fields are not to be shown (`check`, diffs, reports). Absent from
+    /// the encoding when false, so catalogs without secrets keep their
+    /// bytes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sensitive: bool,
 }
 
 /// What the catalog id covers: everything but the id itself and the content

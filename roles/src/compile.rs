@@ -5,6 +5,12 @@
 //! fields and templates, resolves file contents, checks references and
 //! conflicts, and orders resources so that every `require` and `notify`
 //! points forward.
+//!
+//! Secrets reach templates only through the `secret` helpers, answered by
+//! [`secret_lookup`] for the node being compiled (the most specific layer
+//! of `secrets/` holding the key, if the node is in the secret's scope);
+//! a resource that rendered one, or says `sensitive = true`, is marked
+//! `sensitive`, and no diagnostic of the compile carries a value.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -17,8 +23,11 @@ use crate::content::Content;
 use crate::diagnostic::{Diagnostic, Diagnostics, Position};
 use crate::kinds::{RESOURCE_TYPES, Resolver, ResourceKind, ResourceType, Spec};
 use crate::repository::{DeclaredResource, META_KEYS, Repository, Role, improve_unknown_field};
+use crate::secrets::{
+    SecretSource, SecretValues, check_aws_reference, is_aws_reference, scope_value, scrub,
+};
 use crate::source::SETTINGS_FILE;
-use crate::template::has_placeholders;
+use crate::template::{SecretLookup, has_placeholders, take_secret_used, with_secret_session};
 
 /// What the compiler knows of a node.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -168,15 +177,25 @@ pub fn merged_data(
 }
 
 /// The data layers that apply to a node, least specific first: the layers
-/// of `[hierarchy]` that name a file under `data/` for this node's trusted
-/// values, and the problems found naming them. A node's data is these
-/// layers merged, so two nodes with the same layers get the same data.
+/// of `[hierarchy]` that name a file under `data/` or `secrets/` for this
+/// node's trusted values, and the problems found naming them. A node's data
+/// is these layers merged, and its secrets come from them, so two nodes
+/// with the same layers get the same data and secrets.
 ///
 /// A layer naming a trusted value the node does not have (a node enrolled
 /// with a token has no `trusted.instance_id`) does not apply to it; nothing
 /// takes its place. Layers cannot name reported values at all: the
 /// repository refuses them (`Repository::parse`).
 pub fn data_layers(repository: &Repository, context: &Value) -> (Vec<String>, Diagnostics) {
+    let (mut layers, diagnostics) = hierarchy_layers(repository, context);
+    layers
+        .retain(|name| repository.data.contains_key(name) || repository.secrets.contains_key(name));
+    (layers, diagnostics)
+}
+
+/// Every layer of `[hierarchy]` as named for this node, least specific
+/// first, whether or not a file has that name.
+fn hierarchy_layers(repository: &Repository, context: &Value) -> (Vec<String>, Diagnostics) {
     let mut layers = Vec::new();
     let mut diagnostics = Diagnostics::default();
     for layer in repository.settings.hierarchy.layers.iter().rev() {
@@ -205,11 +224,86 @@ pub fn data_layers(repository: &Repository, context: &Value) -> (Vec<String>, Di
             ));
             continue;
         }
-        if repository.data.contains_key(&name) {
-            layers.push(name);
-        }
+        layers.push(name);
     }
     (layers, diagnostics)
+}
+
+/// How the `secret` helpers find values for `node`: a key of `secrets/`
+/// from the most specific layer that applies and holds it, refused when
+/// the node is outside its scope; an AWS reference as the server fetched
+/// it. `layers` are the node's hierarchy layers, least specific first.
+fn secret_lookup(
+    repository: &Repository,
+    node: &Node,
+    layers: &[String],
+    values: &SecretValues,
+) -> SecretLookup {
+    // The lookup outlives this borrow of the repository (it is kept by a
+    // thread-local while the compile runs), so it owns what it needs: the
+    // entries that apply to this node, most specific first.
+    let mut entries: BTreeMap<String, (String, crate::secrets::SecretEntry)> = BTreeMap::new();
+    for layer in layers {
+        if let Some(secrets) = repository.secrets.get(layer) {
+            for (key, entry) in secrets {
+                entries.insert(key.clone(), (layer.clone(), entry.clone()));
+            }
+        }
+    }
+    let looked_in: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|layer| format!("secrets/{layer}.toml"))
+        .collect();
+    let tags = node.tags.clone();
+    let attested = node.attested.clone();
+    let values = values.clone();
+    let unresolved = "secrets are resolved only by the server (`cms-server check` uses stand-ins; `cms-agent apply` cannot render secrets)";
+    Box::new(move |name: &str| {
+        if is_aws_reference(name) {
+            check_aws_reference(name)?;
+            return values
+                .aws_value(name)
+                .cloned()
+                .ok_or_else(|| format!("secret `{name}` has no value here: {unresolved}"));
+        }
+        let Some((layer, entry)) = entries.get(name) else {
+            return Err(format!(
+                "secret `{name}` is not defined for this node: looked in {}",
+                if looked_in.is_empty() {
+                    "no layer (no [hierarchy] layer applies)".to_string()
+                } else {
+                    looked_in.join(", ")
+                }
+            ));
+        };
+        let where_ = format!("{}:{}", entry.file, entry.position.line);
+        let in_scope = entry.scope.iter().all(|(scope, pattern)| {
+            scope_value(scope, &tags, &attested).is_some_and(|value| glob_match(pattern, value))
+        });
+        if !in_scope {
+            let node_values: Vec<String> = entry
+                .scope
+                .keys()
+                .map(|scope| match scope_value(scope, &tags, &attested) {
+                    Some(value) => format!("{scope}={value}"),
+                    None => format!("no {scope}"),
+                })
+                .collect();
+            return Err(format!(
+                "secret `{name}` ({where_}) is scoped to {}; this role is compiled for {}",
+                entry.scope_text(),
+                node_values.join(", ")
+            ));
+        }
+        let value = match &entry.source {
+            SecretSource::Age(_) => values.age_value(layer, name),
+            SecretSource::Aws(reference) => values.aws_value(reference),
+        };
+        value
+            .cloned()
+            .ok_or_else(|| format!("secret `{name}` ({where_}) has no value here: {unresolved}"))
+    })
 }
 
 /// What templates see of a node: `tag.*` and `node.id` (the server's
@@ -254,31 +348,78 @@ pub fn deep_merge(base: &mut Value, overlay: &Value) {
     }
 }
 
-/// Compiles the catalog of one node, or every problem found on the way.
-/// Runs on the compile stack ([`crate::bounded::on_compile_stack`]), so
-/// it needs the same stack whoever calls it; a panic is returned as a
-/// diagnostic.
+/// Compiles the catalog of one node, or every problem found on the way,
+/// without secret values: a role that renders a secret gets an error
+/// naming it (secrets are resolved only by the server). Runs on the
+/// compile stack ([`crate::bounded::on_compile_stack`]), so it needs the
+/// same stack whoever calls it; a panic is returned as a diagnostic.
 pub fn compile(repository: &Repository, node: &Node) -> Result<Catalog, Diagnostics> {
-    crate::bounded::on_compile_stack(|| compile_here(repository, node)).unwrap_or_else(|message| {
-        Err(Diagnostics(vec![Diagnostic::new(
-            "(compiler)",
-            Position::UNKNOWN,
-            format!("Failed to compile the catalog of {}: {message}", node.id),
-        )]))
-    })
+    compile_with_secrets(repository, node, &SecretValues::default())
 }
 
-/// [`compile`] on the caller's stack.
-pub(crate) fn compile_here(repository: &Repository, node: &Node) -> Result<Catalog, Diagnostics> {
+/// [`compile`] with the values of secrets (the server's, or
+/// `SecretValues::placeholders`). No diagnostic carries a value.
+pub fn compile_with_secrets(
+    repository: &Repository,
+    node: &Node,
+    values: &SecretValues,
+) -> Result<Catalog, Diagnostics> {
+    crate::bounded::on_compile_stack(|| compile_here(repository, node, values)).unwrap_or_else(
+        |message| {
+            Err(Diagnostics(vec![Diagnostic::new(
+                "(compiler)",
+                Position::UNKNOWN,
+                format!("Failed to compile the catalog of {}: {message}", node.id),
+            )]))
+        },
+    )
+}
+
+/// [`compile_with_secrets`] on the caller's stack.
+pub(crate) fn compile_here(
+    repository: &Repository,
+    node: &Node,
+    values: &SecretValues,
+) -> Result<Catalog, Diagnostics> {
     let mut diagnostics = Diagnostics::default();
     let mut context = node_context(node);
     let data = merged_data(repository, &context, &mut diagnostics);
     context["data"] = data;
+    let (layers, _) = hierarchy_layers(repository, &context);
+    let lookup = secret_lookup(repository, node, &layers, values);
+    let (result, used) = with_secret_session(lookup, || {
+        compile_rendering(repository, node, &context, diagnostics)
+    });
+    if used.is_empty() {
+        return result;
+    }
+    // Whatever a diagnostic quotes (a serde error quoting a field, a
+    // template error), it never shows a value.
+    result.map_err(|diagnostics| {
+        Diagnostics(
+            diagnostics
+                .0
+                .into_iter()
+                .map(|mut diagnostic| {
+                    diagnostic.message = scrub(&diagnostic.message, &used);
+                    diagnostic
+                })
+                .collect(),
+        )
+    })
+}
 
+/// The rest of [`compile_here`], with the secret helpers answering.
+fn compile_rendering(
+    repository: &Repository,
+    node: &Node,
+    context: &Value,
+    diagnostics: Diagnostics,
+) -> Result<Catalog, Diagnostics> {
     let roles = select_roles(repository, &node.tags);
     let mut compiler = Compiler {
         repository,
-        context: &context,
+        context,
         diagnostics,
         resources: Vec::new(),
         origins: Vec::new(),
@@ -400,6 +541,8 @@ impl Compiler<'_> {
     }
 
     fn declare_one(&mut self, role: &Role, declared: &DeclaredResource, item: Option<Value>) {
+        // Whatever this resource renders from here on counts for it alone.
+        take_secret_used();
         let local_context;
         let context = match &item {
             Some(item) => {
@@ -463,6 +606,7 @@ impl Compiler<'_> {
             require,
             notify,
             kind,
+            sensitive: declared.sensitive || take_secret_used(),
         };
         let origin = Origin {
             file: file.to_string(),
@@ -477,11 +621,16 @@ impl Compiler<'_> {
     /// unless it is identical and comes from another role.
     fn add(&mut self, resource: Resource, origin: Origin) {
         if let Some(&existing) = self.by_reference.get(&resource.reference) {
-            let first = &self.resources[existing];
+            let first = &mut self.resources[existing];
             let first_origin = &self.origins[existing];
             let same = first.kind == resource.kind
                 && first.require == resource.require
                 && first.notify == resource.notify;
+            if same {
+                // Two roles agreeing on a resource: sensitive if either
+                // says so.
+                first.sensitive |= resource.sensitive;
+            }
             if first.role == resource.role {
                 self.diagnostics.push(Diagnostic::new(
                     &origin.file,

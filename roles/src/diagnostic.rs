@@ -161,6 +161,44 @@ impl fmt::Display for Diagnostics {
     }
 }
 
+/// `unknown field `x`, expected one of …`, with a suggestion for the
+/// likely typo.
+pub(crate) fn unknown_key_message(unknown: &str, expected: &[&str]) -> String {
+    let mut message = format!(
+        "unknown field `{unknown}`, expected one of {}",
+        expected.join(", ")
+    );
+    if let Some(suggestion) = closest(unknown, expected) {
+        message.push_str(&format!(" (did you mean `{suggestion}`?)"));
+    }
+    message
+}
+
+/// The candidate within edit distance 2 of `word`, if any.
+fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,8 @@
 //! A roles repository is a folder (or a git commit) of TOML role files,
 //! handlebars templates, static files and hierarchical data. This crate
 //! parses it ([`Repository::parse`]), and compiles the [`Catalog`] of one
-//! node from its tags and facts ([`compile`]). It does no I/O beyond
+//! node from its tags and facts ([`compile`], or [`compile_with_secrets`]
+//! with the values of the repository's `secrets/`). It does no I/O beyond
 //! [`RepoFiles::read_dir`], and never talks to the network: the server and
 //! the agent's local mode both call it.
 
@@ -19,6 +20,7 @@ mod kinds;
 mod node_reads;
 mod reads;
 mod repository;
+mod secrets;
 mod source;
 mod template;
 mod validate;
@@ -27,22 +29,32 @@ pub use catalog::{
     Catalog, CatalogDecodeError, MAX_CATALOG_BYTES, Resource, RoleWeight, SizeProblem, human_size,
 };
 pub use compile::{
-    Node, TagListError, compile, data_layers, deep_merge, glob_match, node_context, parse_tag_list,
-    role_matches, select_roles,
+    Node, TagListError, compile, compile_with_secrets, data_layers, deep_merge, glob_match,
+    node_context, parse_tag_list, role_matches, select_roles,
 };
 pub use content::{Content, INLINE_CONTENT_MAX, MAX_CONTENT_BYTES, is_sha256_hex};
 pub use diagnostic::{Diagnostic, Diagnostics, LineIndex, Position};
 pub use digest::sha256_hex;
 pub use kinds::*;
+pub use node_reads::aws_references;
 pub use reads::{ATTESTED_KEYS, NodeReads};
 pub use repository::{
-    DeclaredResource, Hierarchy, MAX_DATA_DEPTH, MAX_INCLUDE_DEPTH, Repository, Role, Settings,
+    DeclaredResource, Hierarchy, MAX_DATA_DEPTH, MAX_INCLUDE_DEPTH, Repository, Role,
+    SecretsSettings, Settings,
+};
+pub use secrets::{
+    SecretEntry, SecretSource, SecretValues, check_age_armor, check_aws_reference, check_recipient,
+    is_aws_reference, is_secret_key,
 };
 pub use source::{
     Entry, JoinError, ReadError, RepoFiles, SETTINGS_FILE, is_repository_path, join_inside,
 };
 pub use template::{MAX_NESTING, Templates};
-pub use validate::{check_catalog_size, example_attested, example_facts, validate};
+pub use validate::{
+    check_catalog_size, example_attested, example_facts, validate, validate_with_secrets,
+};
 
+#[cfg(test)]
+mod secret_tests;
 #[cfg(test)]
 mod tests;

@@ -53,7 +53,9 @@ impl NodeReads {
     }
 
     pub(crate) fn add(&mut self, access: &Access) {
-        if access.derived {
+        // What a secret helper reads depends on the repository's scopes:
+        // `NodeReads::of` adds it.
+        if access.derived || access.secret.is_some() {
             return;
         }
         let Some(path) = &access.path else {
@@ -164,6 +166,9 @@ pub const ATTESTED_KEYS: &[&str] = &[
 fn is_trusted(access: &Access) -> bool {
     // Values computed by helpers and `@index`-like locals come from reads
     // that are checked themselves.
+    if access.secret.is_some() {
+        return false;
+    }
     if access.derived {
         return true;
     }
@@ -195,6 +200,17 @@ pub(crate) struct Access {
     derived: bool,
     /// As written, for messages.
     raw: String,
+    /// A `secret` or `secret_base64` helper: `Some(Some(key))` for a
+    /// literal parameter, `Some(None)` when it cannot be told.
+    secret: Option<Option<String>>,
+}
+
+impl Access {
+    /// The secret this read asks for, when it is a `secret` helper: the
+    /// literal key, or `None` when it cannot be told.
+    pub(crate) fn secret(&self) -> Option<Option<&str>> {
+        self.secret.as_ref().map(Option::as_deref)
+    }
 }
 
 /// What the current block's `this` is.
@@ -223,6 +239,7 @@ pub(crate) fn inline(text: &str, accesses: &mut Vec<Access>) {
             path: None,
             derived: false,
             raw: text.to_string(),
+            secret: None,
         }),
     }
 }
@@ -247,6 +264,7 @@ pub(crate) fn for_each_access(expression: &str) -> Access {
         path: Some(path.split('.').map(|s| Seg::Name(s.to_string())).collect()),
         derived: false,
         raw: path.to_string(),
+        secret: None,
     }
 }
 
@@ -304,6 +322,7 @@ impl Walker<'_> {
             path: None,
             derived: false,
             raw: what.to_string(),
+            secret: None,
         });
     }
 
@@ -330,6 +349,22 @@ impl Walker<'_> {
             self.unknown("a computed helper name");
             return;
         };
+        if name == "secret" || name == "secret_base64" {
+            let key = match params {
+                [Parameter::Literal(Value::String(key))] => Some(key.clone()),
+                _ => None,
+            };
+            for param in params.iter().chain(hash) {
+                self.param(param);
+            }
+            self.accesses.push(Access {
+                path: None,
+                derived: false,
+                raw: format!("the helper `{name}`"),
+                secret: Some(key),
+            });
+            return;
+        }
         if name == "memory_percent" {
             self.accesses.push(Access {
                 path: Some(vec![
@@ -338,6 +373,7 @@ impl Walker<'_> {
                 ]),
                 derived: false,
                 raw: "memory_percent (fact.memory_mb)".into(),
+                secret: None,
             });
         } else if !PLAIN_HELPERS.contains(&name) {
             self.unknown(&format!("the helper `{name}`"));
@@ -358,6 +394,7 @@ impl Walker<'_> {
                         path: Some(at),
                         derived: false,
                         raw: format!("{}.{key}", raw(path)),
+                        secret: None,
                     });
                 }
                 target => self.record(target, raw(path)),
@@ -439,6 +476,7 @@ impl Walker<'_> {
                 path: Some(at),
                 derived: false,
                 raw: raw.to_string(),
+                secret: None,
             },
             // Below a computed value: nothing is read beyond what its
             // parameters read.
@@ -446,11 +484,13 @@ impl Walker<'_> {
                 path: None,
                 derived: true,
                 raw: raw.to_string(),
+                secret: None,
             },
             Target::Unknown => Access {
                 path: None,
                 derived: false,
                 raw: format!("`{raw}`"),
+                secret: None,
             },
         };
         self.accesses.push(access);
@@ -511,7 +551,7 @@ fn raw(path: &Path) -> &str {
 }
 
 fn is_helper(name: &str) -> bool {
-    name == "memory_percent" || PLAIN_HELPERS.contains(&name)
+    matches!(name, "memory_percent" | "secret" | "secret_base64") || PLAIN_HELPERS.contains(&name)
 }
 
 enum Ruled {

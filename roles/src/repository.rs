@@ -1,5 +1,5 @@
 //! Parsing a roles repository: `cms.toml`, `roles/*.toml`, `templates/**`,
-//! `files/**` and `data/**.toml`, into a [`Repository`] that can compile
+//! `files/**`, `data/**.toml` and `secrets/**.toml` (parsed by `secrets`), into a [`Repository`] that can compile
 //! catalogs for any number of nodes.
 //!
 //! Parsing reports every problem it finds, not just the first: each file is
@@ -16,9 +16,10 @@ use serde_json::Value;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use crate::diagnostic::{Diagnostic, Diagnostics, LineIndex, Position};
+use crate::diagnostic::{Diagnostic, Diagnostics, LineIndex, Position, unknown_key_message};
 use crate::kinds::{RESOURCE_TYPES, ResourceType, Spec};
 use crate::reads::untrusted_read_in_layer;
+use crate::secrets::{SecretEntry, check_recipient, parse_secret_file};
 use crate::source::{Entry, RepoFiles, SETTINGS_FILE};
 use crate::template::{Templates, has_placeholders};
 
@@ -32,6 +33,9 @@ pub struct Repository {
     pub templates: Templates,
     /// Data files by layer path (`env/prod` for `data/env/prod.toml`).
     pub data: BTreeMap<String, Value>,
+    /// Secrets by layer path (`env/prod` for `secrets/env/prod.toml`), then
+    /// by key. Values are not here: only their armored or AWS sources.
+    pub secrets: BTreeMap<String, BTreeMap<String, SecretEntry>>,
     /// All files, for `source` lookups.
     pub files: RepoFiles,
     /// Role files that could not be parsed at all (TOML syntax errors).
@@ -52,6 +56,18 @@ pub struct Repository {
 pub struct Settings {
     #[serde(default)]
     pub hierarchy: Hierarchy,
+    #[serde(default)]
+    pub secrets: SecretsSettings,
+}
+
+/// `[secrets]` of `cms.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSettings {
+    /// The age public keys (`age1…`) every age secret is encrypted to: the
+    /// server's and the team's break-glass key.
+    #[serde(default)]
+    pub recipients: Vec<String>,
 }
 
 /// The data hierarchy, most specific layer first.
@@ -96,7 +112,11 @@ pub struct DeclaredResource {
     pub notify: Vec<String>,
     /// `data.apps`: declare one resource per element of that list.
     pub for_each: Option<String>,
-    /// The fields as written, without `require`, `notify` and `for_each`.
+    /// `sensitive = true`: the resource is sensitive whether or not it
+    /// uses a secret.
+    pub sensitive: bool,
+    /// The fields as written, without `require`, `notify`, `for_each` and
+    /// `sensitive`.
     pub fields: Value,
     /// Whether any field (other than the kind's literal fields, a file's
     /// `content`) holds a placeholder and must be rendered per node.
@@ -194,6 +214,25 @@ impl Repository {
                 }
             }
         }
+        let mut secrets = BTreeMap::new();
+        for (path, entry) in files.under("secrets/") {
+            let Some(layer) = path
+                .strip_prefix("secrets/")
+                .and_then(|p| p.strip_suffix(".toml"))
+            else {
+                continue;
+            };
+            match entry {
+                Entry::File(bytes) => {
+                    if let Some(layer_secrets) = parse_secrets_file(path, bytes, &mut diagnostics) {
+                        secrets.insert(layer.to_string(), layer_secrets);
+                    }
+                }
+                Entry::EscapingSymlink(target) => {
+                    diagnostics.push(escaping_symlink(path, target));
+                }
+            }
+        }
         let mut roles = BTreeMap::new();
         let mut unparsed_roles = BTreeSet::new();
         let mut failed_references = BTreeSet::new();
@@ -233,10 +272,12 @@ impl Repository {
             settings_ok: settings.is_some(),
             settings: settings.unwrap_or(Settings {
                 hierarchy: Hierarchy::default(),
+                secrets: SecretsSettings::default(),
             }),
             roles,
             templates,
             data,
+            secrets,
             files,
             unparsed_roles,
             failed_references,
@@ -307,6 +348,7 @@ fn parse_settings(files: &RepoFiles, diagnostics: &mut Diagnostics) -> Option<Se
                 ));
             }
             refuse_untrusted_layers(text, &mut settings, diagnostics);
+            check_recipients(text, diagnostics);
             Some(settings)
         }
         Err(error) => {
@@ -352,6 +394,54 @@ fn refuse_untrusted_layers(text: &str, settings: &mut Settings, diagnostics: &mu
             None => true,
         }
     });
+}
+
+/// Each `[secrets] recipients` entry must look like an age public key,
+/// reported where it is written.
+fn check_recipients(text: &str, diagnostics: &mut Diagnostics) {
+    #[derive(Deserialize)]
+    struct Written {
+        secrets: Option<WrittenSecrets>,
+    }
+    #[derive(Deserialize)]
+    struct WrittenSecrets {
+        recipients: Option<Vec<Spanned<String>>>,
+    }
+    let recipients = toml::from_str::<Written>(text)
+        .ok()
+        .and_then(|written| written.secrets)
+        .and_then(|secrets| secrets.recipients)
+        .unwrap_or_default();
+    for recipient in recipients {
+        if let Err(message) = check_recipient(recipient.get_ref()) {
+            diagnostics.push(Diagnostic::new(
+                SETTINGS_FILE,
+                Position::of_offset(text, recipient.span().start),
+                message,
+            ));
+        }
+    }
+}
+
+/// Parses `secrets/<layer>.toml`; `None` when it is not TOML at all.
+fn parse_secrets_file(
+    path: &str,
+    bytes: &[u8],
+    diagnostics: &mut Diagnostics,
+) -> Option<BTreeMap<String, SecretEntry>> {
+    let text = utf8(path, bytes, diagnostics)?;
+    let (table, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        for error in &errors {
+            diagnostics.push(toml_diagnostic(path, text, error));
+        }
+        return None;
+    }
+    if let Err(diagnostic) = check_nesting(path, text, table.get_ref()) {
+        diagnostics.push(diagnostic);
+        return None;
+    }
+    Some(parse_secret_file(path, text, table.get_ref(), diagnostics))
 }
 
 fn utf8<'a>(path: &str, bytes: &'a [u8], diagnostics: &mut Diagnostics) -> Option<&'a str> {
@@ -489,7 +579,7 @@ fn deserialize_value<T: DeserializeOwned>(
 /// Keys a role file may have besides resource arrays.
 const ROLE_KEYS: &[&str] = &["description", "match", "include"];
 /// Keys every resource may have besides its own fields.
-pub(crate) const META_KEYS: &[&str] = &["require", "notify", "for_each"];
+pub(crate) const META_KEYS: &[&str] = &["require", "notify", "for_each", "sensitive"];
 
 /// Parses a role file. `None` when the file is not TOML at all; otherwise
 /// the role with every resource that is valid, and the references of those
@@ -624,6 +714,7 @@ fn parse_resource(
     let mut require = Vec::new();
     let mut notify = Vec::new();
     let mut for_each = None;
+    let mut sensitive = false;
     let mut failed = false;
     for (key, value) in table.iter() {
         let name = key.get_ref().as_ref();
@@ -639,6 +730,13 @@ fn parse_resource(
             },
             "for_each" => match deserialize_value::<String>(value) {
                 Ok(expression) => for_each = Some(expression),
+                Err(e) => {
+                    diagnostics.push(toml_diagnostic(path, text, &e));
+                    failed = true;
+                }
+            },
+            "sensitive" => match deserialize_value::<bool>(value) {
+                Ok(flag) => sensitive = flag,
                 Err(e) => {
                     diagnostics.push(toml_diagnostic(path, text, &e));
                     failed = true;
@@ -681,6 +779,7 @@ fn parse_resource(
         require,
         notify,
         for_each,
+        sensitive,
         fields: json_fields,
         templated,
         parsed: if templated { None } else { parsed },
@@ -722,42 +821,6 @@ pub(crate) fn improve_unknown_field(message: &str, extra: &[&str]) -> String {
     expected.extend(extra.iter().map(|s| s.to_string()));
     let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
     unknown_key_message(unknown, &expected)
-}
-
-fn unknown_key_message(unknown: &str, expected: &[&str]) -> String {
-    let mut message = format!(
-        "unknown field `{unknown}`, expected one of {}",
-        expected.join(", ")
-    );
-    if let Some(suggestion) = closest(unknown, expected) {
-        message.push_str(&format!(" (did you mean `{suggestion}`?)"));
-    }
-    message
-}
-
-/// The candidate within edit distance 2 of `word`, if any.
-fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (edit_distance(word, c), *c))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-        .map(|(_, c)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut current = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(ca != cb);
-            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
-        }
-        previous = current;
-    }
-    previous[b.len()]
 }
 
 /// Every include names a role, and includes form no cycle.

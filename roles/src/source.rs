@@ -80,7 +80,7 @@ impl RepoFiles {
     }
 
     /// Reads a repository folder: `cms.toml` and the `roles/`,
-    /// `templates/`, `files/` and `data/` trees, nothing else (a README, CI
+    /// `templates/`, `files/`, `data/` and `secrets/` trees, nothing else (a README, CI
     /// files or a wrong `--repo` pointing at `/etc` are never read).
     /// Symbolic links are followed when they stay inside the repository and
     /// recorded as [`Entry::EscapingSymlink`] otherwise.
@@ -127,10 +127,11 @@ impl RepoFiles {
 }
 
 /// The folders of a repository besides `cms.toml`.
-const REPOSITORY_FOLDERS: &[&str] = &["roles", "templates", "files", "data"];
+const REPOSITORY_FOLDERS: &[&str] = &["roles", "templates", "files", "data", "secrets"];
 
 /// Whether a path (relative, `/`-separated) is one a repository is made of:
-/// `cms.toml`, or anything under `roles/`, `templates/`, `files/`, `data/`.
+/// `cms.toml`, or anything under `roles/`, `templates/`, `files/`, `data/`,
+/// `secrets/`.
 /// A commit is read the same way a folder is: other paths are ignored.
 pub fn is_repository_path(path: &str) -> bool {
     path == SETTINGS_FILE

@@ -5,13 +5,23 @@
 //! Helpers are pure functions of their arguments and of the render context:
 //! they read no files, run no commands and reach no network, because on the
 //! server they run with every role's secrets at hand.
+//!
+//! Secrets are not in the render context. `{{secret "key"}}` and
+//! `{{secret_base64 "key"}}` reach them through a [`SecretSession`] that
+//! the compiler opens on its own thread for the duration of one node's
+//! compile ([`with_secret_session`]); each use is recorded, so the
+//! compiler knows which resources used a secret ([`take_secret_used`]) and
+//! which values to scrub from its diagnostics.
 
+use base64::Engine;
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, RenderErrorReason,
     ScopedJson, handlebars_helper,
 };
 use serde_json::Value;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use crate::diagnostic::{Diagnostic, LineIndex, Position};
 
@@ -66,6 +76,8 @@ impl Templates {
         registry.register_helper("replace", Box::new(replace));
         registry.register_helper("json", Box::new(json));
         registry.register_helper("percent", Box::new(percent));
+        registry.register_helper("secret", Box::new(SecretHelper { base64: false }));
+        registry.register_helper("secret_base64", Box::new(SecretHelper { base64: true }));
         Templates {
             registry,
             shapes: BTreeMap::new(),
@@ -650,6 +662,114 @@ handlebars_helper!(lower: |text: str| text.to_lowercase());
 handlebars_helper!(replace: |text: str, from: str, to: str| text.replace(from, to));
 handlebars_helper!(json: |value: Value| value.to_string());
 handlebars_helper!(percent: |value: f64, share: f64| (value * share / 100.0).floor() as i64);
+
+/// Finds the value of a secret helper's parameter for the node being
+/// compiled: the bytes, or a message saying why there are none.
+pub(crate) type SecretLookup = Box<dyn Fn(&str) -> Result<Vec<u8>, String>>;
+
+/// What the secret helpers reach while one node's catalog compiles.
+struct SecretSession {
+    lookup: SecretLookup,
+    /// Whether a secret was rendered since [`take_secret_used`] last ran.
+    used: Cell<bool>,
+    /// Every value rendered, to scrub from diagnostics.
+    values: RefCell<Vec<Vec<u8>>>,
+}
+
+thread_local! {
+    static SECRET_SESSION: RefCell<Option<Rc<SecretSession>>> = const { RefCell::new(None) };
+}
+
+/// Closes the session when `work` returns or panics.
+struct SessionGuard(Option<Rc<SecretSession>>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        SECRET_SESSION.with(|session| *session.borrow_mut() = previous);
+    }
+}
+
+/// Runs `work` with the secret helpers answering through `lookup`, and
+/// returns what it returned and every secret value rendered meanwhile.
+pub(crate) fn with_secret_session<T>(
+    lookup: SecretLookup,
+    work: impl FnOnce() -> T,
+) -> (T, Vec<Vec<u8>>) {
+    let session = Rc::new(SecretSession {
+        lookup,
+        used: Cell::new(false),
+        values: RefCell::new(Vec::new()),
+    });
+    let previous = SECRET_SESSION.with(|s| s.borrow_mut().replace(session.clone()));
+    let guard = SessionGuard(previous);
+    let result = work();
+    drop(guard);
+    let values = session.values.take();
+    (result, values)
+}
+
+/// Whether a secret was rendered since the last call, resetting it.
+pub(crate) fn take_secret_used() -> bool {
+    SECRET_SESSION.with(|s| s.borrow().as_ref().is_some_and(|s| s.used.replace(false)))
+}
+
+/// `{{secret "db_password"}}` (the UTF-8 value), `{{secret_base64 "key"}}`
+/// (base64 of the bytes); the parameter is a key of `secrets/` or an AWS
+/// reference (`ssm:/…`, `secretsmanager:…`).
+struct SecretHelper {
+    base64: bool,
+}
+
+impl HelperDef for SecretHelper {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let helper = if self.base64 {
+            "secret_base64"
+        } else {
+            "secret"
+        };
+        let name = match h.param(0).map(|p| p.value()) {
+            Some(Value::String(name)) if h.params().len() == 1 => name.clone(),
+            _ => {
+                return Err(RenderErrorReason::Other(format!(
+                    "{helper} takes one string, the key of a secret or an AWS reference: {{{{{helper} \"db_password\"}}}}"
+                ))
+                .into());
+            }
+        };
+        let session = SECRET_SESSION.with(|s| s.borrow().clone()).ok_or_else(|| {
+            RenderErrorReason::Other(format!(
+                "secret `{name}`: secrets are resolved only by the server, while compiling a catalog"
+            ))
+        })?;
+        let bytes = (session.lookup)(&name).map_err(RenderErrorReason::Other)?;
+        let rendered = if self.base64 {
+            base64::engine::general_purpose::STANDARD.encode(&bytes)
+        } else {
+            match String::from_utf8(bytes.clone()) {
+                Ok(text) => text,
+                Err(_) => {
+                    return Err(RenderErrorReason::Other(format!(
+                        "secret `{name}` is not UTF-8 text: render it with {{{{secret_base64 \"{name}\"}}}} into a file's `content_base64`"
+                    ))
+                    .into());
+                }
+            }
+        };
+        session.used.set(true);
+        let mut values = session.values.borrow_mut();
+        if !values.contains(&bytes) {
+            values.push(bytes);
+        }
+        Ok(ScopedJson::Derived(Value::String(rendered)))
+    }
+}
 
 /// Whether a string needs rendering at all: most fields are plain text, and
 /// skipping them keeps compiling thousands of resources fast.

@@ -6,6 +6,8 @@
 //! values, and for each glob the values that the data hierarchy knows (the
 //! `env` of `data/env/prod.toml` for a layer `env/{{tag.env}}`), so that a
 //! role is checked against the data each environment really gives it.
+//! Layer names under `secrets/` count as data's do, so a role rendering a
+//! secret into a node outside the secret's scope is refused here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,6 +17,7 @@ use crate::catalog::Catalog;
 use crate::compile::{Node, compile_here, glob_match};
 use crate::diagnostic::{Diagnostic, Diagnostics, Position};
 use crate::repository::{Repository, Role};
+use crate::secrets::SecretValues;
 
 /// How many tag combinations one role is compiled for at most.
 const MAX_NODES_PER_ROLE: usize = 32;
@@ -58,8 +61,20 @@ pub fn example_attested() -> BTreeMap<String, String> {
 /// problem found, each once. The nodes are attested EC2 instances named by
 /// their instance id ([`example_attested`]) with `facts`. Runs on the
 /// compile stack ([`crate::bounded::on_compile_stack`]), as serving does.
+/// Without secret values: a role rendering a secret gets an error; see
+/// [`validate_with_secrets`].
 pub fn validate(repository: &Repository, facts: &BTreeMap<String, Value>) -> Diagnostics {
-    crate::bounded::on_compile_stack(|| validate_here(repository, facts)).unwrap_or_else(
+    validate_with_secrets(repository, facts, &SecretValues::default())
+}
+
+/// [`validate`] with the values of secrets (the server's real ones, or
+/// `SecretValues::placeholders` for `check`).
+pub fn validate_with_secrets(
+    repository: &Repository,
+    facts: &BTreeMap<String, Value>,
+    values: &SecretValues,
+) -> Diagnostics {
+    crate::bounded::on_compile_stack(|| validate_here(repository, facts, values)).unwrap_or_else(
         |message| {
             Diagnostics(vec![Diagnostic::new(
                 "(compiler)",
@@ -70,7 +85,11 @@ pub fn validate(repository: &Repository, facts: &BTreeMap<String, Value>) -> Dia
     )
 }
 
-fn validate_here(repository: &Repository, facts: &BTreeMap<String, Value>) -> Diagnostics {
+fn validate_here(
+    repository: &Repository,
+    facts: &BTreeMap<String, Value>,
+    values: &SecretValues,
+) -> Diagnostics {
     let mut diagnostics = Diagnostics::default();
     if !repository.settings_ok {
         // Without cms.toml the data hierarchy is unknown; compiling would
@@ -94,7 +113,7 @@ fn validate_here(repository: &Repository, facts: &BTreeMap<String, Value>) -> Di
                 facts: facts.clone(),
                 attested,
             };
-            match compile_here(repository, &node) {
+            match compile_here(repository, &node, values) {
                 Ok(catalog) => diagnostics.extend(check_catalog_size(repository, &catalog)),
                 Err(found) => diagnostics.extend(found),
             }
@@ -167,7 +186,7 @@ fn candidate_values(repository: &Repository, tag: &str, pattern: &str) -> Vec<St
         else {
             continue;
         };
-        for name in repository.data.keys() {
+        for name in repository.data.keys().chain(repository.secrets.keys()) {
             if let Some(value) = name
                 .strip_prefix(before)
                 .and_then(|rest| rest.strip_suffix(after))

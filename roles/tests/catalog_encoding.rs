@@ -118,3 +118,33 @@ fn the_example_repository_keeps_its_catalog_ids() {
         assert_eq!(sha256_hex(&catalog.canonical_bytes()), bytes, "{tags}");
     }
 }
+
+#[test]
+fn a_sensitive_resource_adds_only_its_flag_to_the_encoding() {
+    let mut files = RepoFiles::new();
+    files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+    files.insert(
+        "roles/r.toml",
+        "[[file]]\npath = \"/etc/plain\"\ncontent = \"a\"\n[[file]]\npath = \"/etc/s\"\ncontent = \"a\"\nsensitive = true\n",
+    );
+    let repository = Repository::parse(files).expect("parses");
+    let node = Node {
+        id: "i-1".into(),
+        tags: BTreeMap::new(),
+        facts: example_facts(),
+        attested: BTreeMap::new(),
+    };
+    let catalog = compile(&repository, &node).expect("compiles");
+    let json = String::from_utf8(catalog.canonical_bytes()).expect("utf-8");
+    let hash = sha256_hex(b"a");
+    assert!(
+        json.contains(&format!(
+            r#"{{"reference":"file:/etc/plain","role":"r","kind":{{"type":"file","path":"/etc/plain","ensure":"present","content_sha256":"{hash}","owner":null,"group":null,"mode":null}}}},{{"reference":"file:/etc/s","role":"r","kind":{{"type":"file","path":"/etc/s","ensure":"present","content_sha256":"{hash}","owner":null,"group":null,"mode":null}},"sensitive":true}}"#
+        )),
+        "{json}"
+    );
+    let decoded =
+        cms_roles::Catalog::from_canonical_bytes(&catalog.canonical_bytes()).expect("decodes");
+    assert_eq!(decoded, catalog);
+    assert!(decoded.resources[1].sensitive && !decoded.resources[0].sensitive);
+}

@@ -1,16 +1,18 @@
 //! `file`: a file whose content comes from exactly one of a literal
-//! `content`, a file under `files/` (`source`) or a rendered template
-//! (`template`); the catalog carries the content's sha256, the bytes travel
+//! `content`, a file under `files/` (`source`), a rendered template
+//! (`template`) or rendered base64 (`content_base64`, for binary secrets:
+//! `{{secret_base64 "keystore"}}`); the catalog carries the content's sha256, the bytes travel
 //! in the catalog's contents.
 
 use std::collections::BTreeMap;
 
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::{Ensure, Kind, Mode, Resolver, check_path};
 
 /// A file as a role declares it: its content comes from exactly one of
-/// `content`, `source` or `template`.
+/// `content`, `source`, `template` or `content_base64`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
@@ -19,6 +21,10 @@ pub struct FileSpec {
     pub ensure: Ensure,
     /// Literal content, used as written (never rendered).
     pub content: Option<String>,
+    /// Base64 of the content, rendered then decoded: binary content, such
+    /// as `{{secret_base64 "keystore"}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_base64: Option<String>,
     /// A path under `files/`.
     pub source: Option<String>,
     /// A path under `templates/`, rendered with handlebars.
@@ -63,13 +69,14 @@ impl Kind for File {
             spec.content.as_ref().map(|_| "content"),
             spec.source.as_ref().map(|_| "source"),
             spec.template.as_ref().map(|_| "template"),
+            spec.content_base64.as_ref().map(|_| "content_base64"),
         ]
         .into_iter()
         .flatten()
         .collect();
         if sources.len() > 1 {
             cx.problems.push((sources[1], format!(
-                "a file takes its content from exactly one of content, source or template; this one has {}",
+                "a file takes its content from exactly one of content, source, template or content_base64; this one has {}",
                 sources.join(" and ")
             )));
             return None;
@@ -86,6 +93,20 @@ impl Kind for File {
         }
         let bytes = if let Some(content) = spec.content {
             Some(content.into_bytes())
+        } else if let Some(encoded) = &spec.content_base64 {
+            let compact: String = encoded.split_whitespace().collect();
+            match base64::engine::general_purpose::STANDARD.decode(compact.as_bytes()) {
+                Ok(bytes) => Some(bytes),
+                Err(_) => {
+                    // The text may be a secret: the decoder's message would
+                    // quote a byte of it.
+                    cx.problems.push((
+                        "content_base64",
+                        "content_base64 is not valid base64: write standard base64, e.g. {{secret_base64 \"keystore\"}}".to_string(),
+                    ));
+                    return None;
+                }
+            }
         } else if let Some(source) = &spec.source {
             Some(cx.source_bytes(source, "source")?)
         } else if let Some(template) = &spec.template {
