@@ -240,13 +240,31 @@ fn secret_lookup(
     values: &SecretValues,
 ) -> SecretLookup {
     // The lookup outlives this borrow of the repository (it is kept by a
-    // thread-local while the compile runs), so it owns what it needs: the
-    // entries that apply to this node, most specific first.
-    let mut entries: BTreeMap<String, (String, crate::secrets::SecretEntry)> = BTreeMap::new();
+    // thread-local while the compile runs), so it owns what it needs: for
+    // each key, the most specific layer's entry (where it is written, its
+    // scope, and its AWS reference if it has one; never the armored text).
+    struct Applicable {
+        layer: String,
+        written: String,
+        scope: BTreeMap<String, String>,
+        scope_text: String,
+        aws: Option<String>,
+    }
+    let mut entries: BTreeMap<String, Applicable> = BTreeMap::new();
     for layer in layers {
         if let Some(secrets) = repository.secrets.get(layer) {
             for (key, entry) in secrets {
-                entries.insert(key.clone(), (layer.clone(), entry.clone()));
+                let applicable = Applicable {
+                    layer: layer.clone(),
+                    written: format!("{}:{}", entry.file, entry.position.line),
+                    scope: entry.scope.clone(),
+                    scope_text: entry.scope_text(),
+                    aws: match &entry.source {
+                        SecretSource::Aws(reference) => Some(reference.clone()),
+                        SecretSource::Age(_) => None,
+                    },
+                };
+                entries.insert(key.clone(), applicable);
             }
         }
     }
@@ -267,7 +285,7 @@ fn secret_lookup(
                 .cloned()
                 .ok_or_else(|| format!("secret `{name}` has no value here: {unresolved}"));
         }
-        let Some((layer, entry)) = entries.get(name) else {
+        let Some(entry) = entries.get(name) else {
             return Err(format!(
                 "secret `{name}` is not defined for this node: looked in {}",
                 if looked_in.is_empty() {
@@ -277,7 +295,7 @@ fn secret_lookup(
                 }
             ));
         };
-        let where_ = format!("{}:{}", entry.file, entry.position.line);
+        let where_ = &entry.written;
         let in_scope = entry.scope.iter().all(|(scope, pattern)| {
             scope_value(scope, &tags, &attested).is_some_and(|value| glob_match(pattern, value))
         });
@@ -292,13 +310,13 @@ fn secret_lookup(
                 .collect();
             return Err(format!(
                 "secret `{name}` ({where_}) is scoped to {}; this role is compiled for {}",
-                entry.scope_text(),
+                entry.scope_text,
                 node_values.join(", ")
             ));
         }
-        let value = match &entry.source {
-            SecretSource::Age(_) => values.age_value(layer, name),
-            SecretSource::Aws(reference) => values.aws_value(reference),
+        let value = match &entry.aws {
+            None => values.age_value(&entry.layer, name),
+            Some(reference) => values.aws_value(reference),
         };
         value
             .cloned()
