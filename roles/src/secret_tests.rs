@@ -634,3 +634,41 @@ fn secrets_are_part_of_a_repository_folder_and_commit() {
     let files = RepoFiles::read_dir(dir.path()).expect("reads");
     assert!(files.get("secrets/env/prod.toml").is_some());
 }
+
+/// What templates sent to the `log` crate.
+struct Captured(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Captured {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        self.0.lock().expect("lock").push(record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+static CAPTURED: Captured = Captured(std::sync::Mutex::new(Vec::new()));
+
+#[test]
+fn the_log_helper_sends_no_secret_to_the_log() {
+    log::set_logger(&CAPTURED).expect("the only logger of these tests");
+    log::set_max_level(log::LevelFilter::Trace);
+    let common = secret("db_password", "");
+    let repository = repo(&[
+        ("secrets/common.toml", common.as_str()),
+        (
+            "templates/t.hbs",
+            "a{{log (secret \"db_password\") level=\"error\"}}b",
+        ),
+        (
+            "roles/r.toml",
+            "[[file]]\npath = \"/t\"\ntemplate = \"t.hbs\"\n",
+        ),
+    ]);
+    let values = values(&[("common", "db_password", b"hunter2")]);
+    let catalog = compile_with_secrets(&repository, &node(&[]), &values).expect("compiles");
+    assert_eq!(content(&catalog, "/t"), b"ab");
+    let logged = CAPTURED.0.lock().expect("lock").join("\n");
+    assert!(!logged.contains("hunter2"), "{logged}");
+}

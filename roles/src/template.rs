@@ -76,6 +76,10 @@ impl Templates {
         registry.register_helper("replace", Box::new(replace));
         registry.register_helper("json", Box::new(json));
         registry.register_helper("percent", Box::new(percent));
+        // handlebars' own `log` writes its parameters to the `log` crate,
+        // which the server's logging collects: a template could send a
+        // secret to the server's log. Ours writes nothing.
+        registry.register_helper("log", Box::new(SilentLog));
         registry.register_helper("secret", Box::new(SecretHelper { base64: false }));
         registry.register_helper("secret_base64", Box::new(SecretHelper { base64: true }));
         Templates {
@@ -712,6 +716,22 @@ pub(crate) fn with_secret_session<T>(
 /// Whether a secret was rendered since the last call, resetting it.
 pub(crate) fn take_secret_used() -> bool {
     SECRET_SESSION.with(|s| s.borrow().as_ref().is_some_and(|s| s.used.replace(false)))
+}
+
+/// `{{log …}}`: renders nothing and logs nothing.
+struct SilentLog;
+
+impl HelperDef for SilentLog {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        _: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+        _: &mut dyn handlebars::Output,
+    ) -> handlebars::HelperResult {
+        Ok(())
+    }
 }
 
 /// `{{secret "db_password"}}` (the UTF-8 value), `{{secret_base64 "key"}}`
