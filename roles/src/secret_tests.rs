@@ -369,11 +369,12 @@ fn the_most_specific_layer_holding_a_key_gives_its_value() {
 #[test]
 fn a_secret_outside_its_scope_is_refused_at_validation_where_the_template_asks_for_it() {
     let common = secret("db_password", "scope = { env = \"prod\" }");
+    let staging = secret("other", "");
     let repository = repo(&[
         ("secrets/common.toml", common.as_str()),
-        // A layer for staging makes validation compile for env=staging.
-        ("data/env/staging.toml", "port = 1\n"),
-        ("data/env/prod.toml", "port = 2\n"),
+        // A secrets/ layer for staging makes validation compile for
+        // env=staging, as a data/ layer would.
+        ("secrets/env/staging.toml", staging.as_str()),
         (
             "templates/db.hbs",
             "user=app\npassword={{secret \"db_password\"}}\n",
