@@ -158,17 +158,12 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     pattern[p..].iter().all(|&c| c == '*')
 }
 
-/// The merged data of the hierarchy for a node: layers whose placeholders
-/// are all known are read, least specific first, each overriding the last.
-pub fn merged_data(
-    repository: &Repository,
-    context: &Value,
-    diagnostics: &mut Diagnostics,
-) -> Value {
-    let (layers, problems) = data_layers(repository, context);
-    diagnostics.extend(problems);
+/// The merged data of the hierarchy for a node: its layers (as
+/// `hierarchy_layers` names them) that exist under `data/`, least specific
+/// first, each overriding the last.
+fn merged_data(repository: &Repository, layers: &[String]) -> Value {
     let mut merged = Value::Object(Map::new());
-    for name in &layers {
+    for name in layers {
         if let Some(layer_data) = repository.data.get(name) {
             deep_merge(&mut merged, layer_data);
         }
@@ -401,9 +396,10 @@ pub(crate) fn compile_here(
 ) -> Result<Catalog, Diagnostics> {
     let mut diagnostics = Diagnostics::default();
     let mut context = node_context(node);
-    let data = merged_data(repository, &context, &mut diagnostics);
-    context["data"] = data;
-    let (layers, _) = hierarchy_layers(repository, &context);
+    // Layers are named from trusted values only, never from `data`.
+    let (layers, problems) = hierarchy_layers(repository, &context);
+    diagnostics.extend(problems);
+    context["data"] = merged_data(repository, &layers);
     let lookup = secret_lookup(repository, node, &layers, values);
     let (result, used) = with_secret_session(lookup, || {
         compile_rendering(repository, node, &context, diagnostics)
