@@ -257,6 +257,29 @@ fn check_compiles_secrets_with_stand_ins_and_prints_sensitive_resources_as_sensi
     );
     assert!(!stdout.contains("placeholder"), "{stdout}");
     assert!(!stdout.contains("mode=0600"), "{stdout}");
+
+    let out = check(&["--repo", path, "--tags", "env=prod", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let catalog: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let flags: Vec<(&str, bool)> = catalog["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| {
+            (
+                r["reference"].as_str().expect("reference"),
+                r["sensitive"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            ("file:/etc/db", true),
+            ("exec:login", true),
+            ("file:/etc/plain", false)
+        ]
+    );
 }
 
 #[test]
