@@ -382,6 +382,14 @@ pub(crate) fn parse_secret_file(
 
 /// A scope names a tag or `trusted.<attested key>`.
 fn check_scope_name(name: &str) -> Result<(), String> {
+    if let Some(tag) = name
+        .strip_prefix("tag.")
+        .or_else(|| name.strip_prefix("trusted.tags."))
+    {
+        return Err(format!(
+            "scope `{name}`: name the tag itself, `{tag}` (a scope's names are tag names or `trusted.<attested key>`)"
+        ));
+    }
     if let Some(key) = name.strip_prefix("trusted.") {
         if ATTESTED_KEYS.contains(&key) {
             return Ok(());
@@ -498,6 +506,25 @@ mod tests {
         ] {
             assert!(check_age_armor(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn scopes_name_tags_or_attested_values() {
+        assert_eq!(check_scope_name("env"), Ok(()));
+        assert_eq!(check_scope_name("trusted.account_id"), Ok(()));
+        assert!(
+            check_scope_name("tag.env")
+                .expect_err("refused")
+                .contains("`env`")
+        );
+        assert!(
+            check_scope_name("trusted.tags.env")
+                .expect_err("refused")
+                .contains("`env`")
+        );
+        assert!(check_scope_name("trusted.id").is_err());
+        assert!(check_scope_name("fact.os").is_err());
+        assert!(check_scope_name("").is_err());
     }
 
     #[test]
