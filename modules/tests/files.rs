@@ -119,6 +119,7 @@ impl TestHost {
             backups: &self.backups,
             managed_paths: &managed_paths,
             session: &self.session,
+            sensitive: false,
         };
         let provider = provider(resource);
         let changes = provider.check(&cx)?;

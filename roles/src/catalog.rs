@@ -64,6 +64,11 @@ pub struct Resource {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<String>,
     pub kind: ResourceKind,
+    /// True when any field or template of the resource used a secret, or
+    /// the role wrote `sensitive = true`: the agent then shows no value of
+    /// it (no diff, no content, no command) anywhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sensitive: bool,
 }
 
 /// What the catalog id covers: everything but the id itself and the content

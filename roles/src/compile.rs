@@ -463,6 +463,7 @@ impl Compiler<'_> {
             require,
             notify,
             kind,
+            sensitive: false,
         };
         let origin = Origin {
             file: file.to_string(),
