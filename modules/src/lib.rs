@@ -91,7 +91,7 @@ pub const SENSITIVE: &str = "(sensitive)";
 /// The attributes whose values a sensitive resource still shows: words and
 /// numbers about the object (`present`, `0600`, `root`, `running`), never
 /// its content. Directory children's `owner of <path>` and `mode of <path>`
-/// count with them.
+/// count with them, as do a java_app's parts (`service: state`).
 const SHOWN_WHEN_SENSITIVE: &[&str] = &["ensure", "mode", "owner", "group", "state", "enabled"];
 
 impl Change {
@@ -103,7 +103,9 @@ impl Change {
     /// Whether this attribute's values may be shown for a sensitive
     /// resource.
     fn shown_when_sensitive(&self) -> bool {
-        let attribute = self.attribute.split(" of ").next().unwrap_or_default();
+        // A part's change (`service: state`) counts as its attribute.
+        let attribute = self.attribute.rsplit(": ").next().unwrap_or_default();
+        let attribute = attribute.split(" of ").next().unwrap_or_default();
         SHOWN_WHEN_SENSITIVE.contains(&attribute)
     }
 }
@@ -304,4 +306,56 @@ pub fn packages_of(kind: &ResourceKind) -> Vec<String> {
 /// notification asks (see [`Provider::refreshed_by`]).
 pub fn refreshed_by_own_change(kind: &ResourceKind, changes: &[Change]) -> bool {
     provider(kind).refreshed_by(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_keeps_attribute_names_and_words_and_drops_every_value_and_diff() {
+        let mut changes = vec![
+            Change::new("content", "sha256:aa", "sha256:bb").with_diff("-old\n+new\n"),
+            Change::new("ensure", "absent", "present").with_diff("+secret\n"),
+            Change::new("mode", "0644", "0600"),
+            Change::new("owner of /srv/x", "root", "app"),
+            Change::new("service: state", "stopped", "running"),
+            Change::new("config: content", "sha256:aa", "sha256:bb"),
+            Change::new("run", "not run", "curl -u admin:hunter2 …"),
+        ];
+        redact_changes(&mut changes);
+        let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "content changed (sensitive)",
+                "ensure: absent -> present",
+                "mode: 0644 -> 0600",
+                "owner of /srv/x: root -> app",
+                "service: state: stopped -> running",
+                "config: content changed (sensitive)",
+                "run changed (sensitive)",
+            ]
+        );
+        assert!(changes.iter().all(|c| c.diff.is_none()));
+    }
+
+    #[test]
+    fn a_sensitive_resources_error_keeps_paths_and_drops_commands_and_provider_words() {
+        let spawn = ProviderError::Host(HostError::Timeout {
+            command: "mysql -phunter2".into(),
+            seconds: 5,
+        });
+        let failed = ProviderError::Failed("`echo hunter2` exited with status 1".into());
+        let io = ProviderError::Host(HostError::Io {
+            action: "write",
+            path: "/etc/db.conf".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        });
+        for error in [&spawn, &failed] {
+            assert!(!report_error(error, true).contains("hunter2"));
+            assert!(report_error(error, false).contains("hunter2"));
+        }
+        assert!(report_error(&io, true).starts_with("Failed to write /etc/db.conf: "));
+    }
 }

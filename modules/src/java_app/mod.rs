@@ -83,7 +83,15 @@ pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 pub const LOG_LINES: usize = 30;
 
 /// The parts whose change needs the app restarted.
-const RESTARTING_PARTS: &[&str] = &["runtime", "release", "current", "config", "unit", "service"];
+const RESTARTING_PARTS: &[&str] = &[
+    "runtime",
+    "release",
+    "current",
+    "config",
+    "environment",
+    "unit",
+    "service",
+];
 
 /// Whether these changes of a java_app restarted it (so a notification
 /// needs no second restart).
@@ -125,6 +133,12 @@ impl JavaAppProvider<'_> {
 
     pub(super) fn current_path(&self) -> String {
         format!("{}/current", self.0.home)
+    }
+
+    /// The owner-only `EnvironmentFile=` of a sensitive app, in its
+    /// configuration folder.
+    pub(super) fn environment_path(&self) -> String {
+        format!("{}/{}.env", self.0.config_dir, self.0.name)
     }
 }
 
