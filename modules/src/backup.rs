@@ -5,7 +5,7 @@
 //!
 //! - `blobs/<sha256>`: each content once, named by its hash;
 //! - `index.jsonl`: one [`BackupEntry`] per line (path, hash, time, size, and
-//!   the file's mode and owner), appended, never rewritten.
+//!   the file's mode and owner), appended; rewritten only by pruning.
 //!
 //! The directory is private (mode 0700) and blobs are 0600: backups hold
 //! whatever the files held, `/etc/shadow` included.

@@ -11,6 +11,7 @@
 //! /opt/<app>/current                -> releases/<sha256>.jar, what ExecStart runs
 //! /opt/<app>/config/                root:<group>, 0750
 //! /opt/<app>/config/application.properties (or .yml)  root:<group>, 0640
+//! /opt/<app>/config/<app>.env      root:root, 0600, only for a sensitive app
 //! /var/log/<app>/, /var/lib/<app>/  <user>:<group>, 0750
 //! /etc/systemd/system/<app>.service root, 0644
 //! ```
@@ -21,6 +22,13 @@
 //! `service: state`); the release is this module's own (`release`). It
 //! only stats and hashes files and asks systemd two questions: no JVM
 //! starts and nothing is downloaded when the release is already there.
+//!
+//! A sensitive app (`Context::sensitive`: its fields used a secret) keeps
+//! its `environment` out of the unit, which stays world-readable: the
+//! values go to the owner-only `<app>.env` the unit names with
+//! `EnvironmentFile=` (systemd reads it as root before dropping to the
+//! app's user). It is one more part (`environment`): its change restarts
+//! the app once and is rolled back with the rest.
 //!
 //! `apply` goes in an order that keeps a bad artifact harmless: runtime,
 //! accounts and folders first, then the jar, downloaded into a temporary
