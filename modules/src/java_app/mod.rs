@@ -75,7 +75,7 @@ mod unit;
 
 pub use deploy::{AfterFailure, Previous, ProbeFailure, Unhealthy, after_failure};
 pub use release::releases_to_remove;
-pub use unit::{HeapError, heap_option, memory_mb_from_meminfo, unit_file};
+pub use unit::{HeapError, environment_file, heap_option, memory_mb_from_meminfo, unit_file};
 
 /// Where generated units go.
 pub const UNIT_DIRECTORY: &str = "/etc/systemd/system";
