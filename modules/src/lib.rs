@@ -161,6 +161,9 @@ pub fn report_error(error: &ProviderError, sensitive: bool) -> String {
             "Failed to find this resource's content in the catalog (hash withheld: the resource is {SENSITIVE})"
         ),
         ProviderError::Failed(_) => withheld_error(),
+        ProviderError::FailedWithDetails { safe, .. } => {
+            format!("{safe} (details withheld: the resource is {SENSITIVE})")
+        }
     }
 }
 
@@ -201,6 +204,11 @@ pub enum ProviderError {
     /// Anything else, stated for the operator.
     #[error("{0}")]
     Failed(String),
+    /// A failure whose whole text may quote values (a command line, its
+    /// output, an app's log lines) but which can also be told without
+    /// them: `safe` is what a sensitive resource's report shows.
+    #[error("{full}")]
+    FailedWithDetails { full: String, safe: String },
 }
 
 /// An error with its causes, `: `-separated, as reports show it.
@@ -347,12 +355,20 @@ mod tests {
             seconds: 5,
         });
         let failed = ProviderError::Failed("`echo hunter2` exited with status 1".into());
+        let detailed = ProviderError::FailedWithDetails {
+            full: "`echo hunter2` exited with status 1".into(),
+            safe: "the command exited with status 1".into(),
+        };
+        assert_eq!(
+            report_error(&detailed, true),
+            "the command exited with status 1 (details withheld: the resource is (sensitive))"
+        );
         let io = ProviderError::Host(HostError::Io {
             action: "write",
             path: "/etc/db.conf".into(),
             source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
         });
-        for error in [&spawn, &failed] {
+        for error in [&spawn, &failed, &detailed] {
             assert!(!report_error(error, true).contains("hunter2"));
             assert!(report_error(error, false).contains("hunter2"));
         }

@@ -684,35 +684,52 @@ impl JavaAppProvider<'_> {
         ]
         .iter()
         .any(|label| changes.iter().any(|c| part_of(&c.attribute) == *label));
-        let outcome = match after_failure(&previous, deployment_changed) {
-            AfterFailure::RollBack => match self.roll_back(cx, &previous)? {
-                Ok(()) => format!(
-                    "rolled back to release {} with its configuration and unit; it is healthy again",
-                    previous.release.as_deref().unwrap_or_default()
-                ),
-                Err(again) => format!(
-                    "rolled back to release {} with its configuration and unit, which is not healthy either: {again}",
-                    previous.release.as_deref().unwrap_or_default()
-                ),
-            },
+        // The outcome without the second failure's details, for a
+        // sensitive app's report.
+        let (outcome, safe_outcome) = match after_failure(&previous, deployment_changed) {
+            AfterFailure::RollBack => {
+                let release = previous.release.as_deref().unwrap_or_default();
+                let rolled_back =
+                    format!("rolled back to release {release} with its configuration and unit");
+                match self.roll_back(cx, &previous)? {
+                    Ok(()) => {
+                        let text = format!("{rolled_back}; it is healthy again");
+                        (text.clone(), text)
+                    }
+                    Err(again) => (
+                        format!("{rolled_back}, which is not healthy either: {again}"),
+                        format!("{rolled_back}, which is not healthy either"),
+                    ),
+                }
+            }
             AfterFailure::StopFirstDeployment => {
                 let _ = systemctl(cx, &["stop", &self.unit_name()])?;
-                "a first deployment has nothing to roll back to; the app was stopped".to_string()
+                let text = "a first deployment has nothing to roll back to; the app was stopped"
+                    .to_string();
+                (text.clone(), text)
             }
             AfterFailure::Report => {
-                "nothing of its deployment changed, so nothing was rolled back".to_string()
+                let text =
+                    "nothing of its deployment changed, so nothing was rolled back".to_string();
+                (text.clone(), text)
             }
         };
-        Err(ProviderError::Failed(format!(
-            "java_app {} is not healthy after its restart: {problem}; {outcome}\nlast log lines of {}:\n{}",
-            app.name,
-            self.unit_name(),
-            if logs.is_empty() {
-                "(none)"
-            } else {
-                logs.as_str()
-            }
-        )))
+        Err(ProviderError::FailedWithDetails {
+            full: format!(
+                "java_app {} is not healthy after its restart: {problem}; {outcome}\nlast log lines of {}:\n{}",
+                app.name,
+                self.unit_name(),
+                if logs.is_empty() {
+                    "(none)"
+                } else {
+                    logs.as_str()
+                }
+            ),
+            safe: format!(
+                "java_app {} is not healthy after its restart; {safe_outcome}",
+                app.name
+            ),
+        })
     }
 }
 

@@ -217,12 +217,15 @@ impl Provider for JavaAppProvider<'_> {
                 "restarted {}; it is healthy",
                 self.unit_name()
             ))),
-            Err(problem) => Err(ProviderError::Failed(format!(
-                "java_app {} is not healthy after its restart: {problem}\nlast log lines of {}:\n{}",
-                self.0.name,
-                self.unit_name(),
-                self.last_log_lines(cx, restarted_at)
-            ))),
+            Err(problem) => Err(ProviderError::FailedWithDetails {
+                full: format!(
+                    "java_app {} is not healthy after its restart: {problem}\nlast log lines of {}:\n{}",
+                    self.0.name,
+                    self.unit_name(),
+                    self.last_log_lines(cx, restarted_at)
+                ),
+                safe: format!("java_app {} is not healthy after its restart", self.0.name),
+            }),
         }
     }
 
