@@ -44,10 +44,23 @@ pub struct ContentCache {
 }
 
 impl ContentCache {
+    /// The cache in `state_dir`. A folder or content left wider than
+    /// owner-only by an older agent is narrowed (0700, 0600): contents may
+    /// be rendered secrets.
     pub fn new(state_dir: &Path) -> ContentCache {
-        ContentCache {
+        let cache = ContentCache {
             dir: state_dir.join("contents"),
+        };
+        let mut paths = vec![cache.dir.clone()];
+        if let Ok(entries) = std::fs::read_dir(&cache.dir) {
+            paths.extend(entries.flatten().map(|entry| entry.path()));
         }
+        for path in paths {
+            if let Err(error) = crate::state::narrow_to_owner(&path) {
+                eprintln!("warning: {error:#}");
+            }
+        }
+        cache
     }
 
     fn path(&self, hash: &str) -> Option<PathBuf> {
@@ -142,5 +155,25 @@ mod tests {
         let cache = ContentCache::new(dir.path());
         assert!(cache.put("../../etc/passwd", b"x").is_err());
         assert_eq!(cache.get("../../etc/passwd"), None);
+    }
+
+    #[test]
+    fn contents_and_their_folder_left_wider_by_an_older_agent_are_made_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let contents = dir.path().join("contents");
+        std::fs::create_dir(&contents).unwrap();
+        let old = contents.join(sha256_hex(b"db_password=hunter2"));
+        std::fs::write(&old, b"db_password=hunter2").unwrap();
+        std::fs::set_permissions(&contents, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+
+        let cache = ContentCache::new(dir.path());
+        let new = b"keystore".to_vec();
+        cache.put(&sha256_hex(&new), &new).unwrap();
+
+        assert_eq!((mode(&contents), mode(&old)), (0o700, 0o600));
+        assert_eq!(mode(&contents.join(sha256_hex(&new))), 0o600);
     }
 }

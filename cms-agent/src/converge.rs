@@ -56,6 +56,7 @@ pub fn converge(
         backups,
         managed_paths: &managed_paths,
         session: &session,
+        sensitive: false,
     };
     // Results of packages installed together with an earlier one.
     let mut batched: HashMap<&str, Result<Vec<Change>, String>> = HashMap::new();
@@ -112,6 +113,10 @@ pub fn converge(
                 host.root().display()
             ));
         } else {
+            let context = Context {
+                sensitive: resource.sensitive,
+                ..context
+            };
             let provider = provider(&resource.kind);
             if let ResourceKind::Package(_) = &resource.kind
                 && !batched.contains_key(reference)
@@ -138,7 +143,11 @@ pub fn converge(
                 }
                 Some(Err(error)) => {
                     result.status = Status::Failed;
-                    result.error = Some(error);
+                    result.error = Some(if resource.sensitive {
+                        cms_modules::withheld_error()
+                    } else {
+                        error
+                    });
                 }
                 None => run_resource(
                     &*provider,
@@ -157,6 +166,9 @@ pub fn converge(
                 session.file_changed(resource.kind.name());
             }
             blocks_dependents = result.status == Status::Failed;
+            if resource.sensitive {
+                redact(&mut result, options.noop);
+            }
         }
         result.duration_ms = resource_started.elapsed().as_secs_f64() * 1000.0;
         outcomes.insert(
@@ -242,6 +254,20 @@ fn batch_packages<'c>(
     }
 }
 
+/// Takes every value out of a sensitive resource's result, whatever its
+/// type: the one place where redaction happens, before the result reaches
+/// the output, `--format json`, the logs, `last_run.json`, the report sent
+/// to the server and the metrics. Changes keep their attribute names
+/// ([`cms_modules::redact_changes`]); a refresh says only that it happened.
+/// Errors were already made safe where they were turned into text
+/// ([`cms_modules::report_error`]).
+fn redact(result: &mut ResourceResult, noop: bool) {
+    cms_modules::redact_changes(&mut result.changes);
+    if result.refresh.is_some() {
+        result.refresh = Some(cms_modules::redacted_refresh(noop));
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Outcome {
     changed: bool,
@@ -260,14 +286,14 @@ fn run_resource(
         Ok(changes) => changes,
         Err(error) => {
             result.status = Status::Failed;
-            result.error = Some(cms_modules::error_text(&error));
+            result.error = Some(cms_modules::report_error(&error, context.sensitive));
             return;
         }
     };
     if !changes.is_empty() {
         if !noop && let Err(error) = provider.apply(&changes, context) {
             result.status = Status::Failed;
-            result.error = Some(cms_modules::error_text(&error));
+            result.error = Some(cms_modules::report_error(&error, context.sensitive));
             result.changes = changes;
             return;
         }
@@ -284,7 +310,7 @@ fn run_resource(
                 Ok(None) => {}
                 Err(error) => {
                     result.status = Status::Failed;
-                    result.error = Some(cms_modules::error_text(&error));
+                    result.error = Some(cms_modules::report_error(&error, context.sensitive));
                 }
             }
         } else {
@@ -296,7 +322,7 @@ fn run_resource(
                 Ok(None) => {}
                 Err(error) => {
                     result.status = Status::Failed;
-                    result.error = Some(cms_modules::error_text(&error));
+                    result.error = Some(cms_modules::report_error(&error, context.sensitive));
                 }
             }
         }

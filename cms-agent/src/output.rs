@@ -96,11 +96,8 @@ pub fn write_text(out: &mut impl Write, report: &RunReport, colour: Colour) -> s
             }
         }
         for change in &resource.changes {
-            writeln!(
-                out,
-                "    {}: {} -> {}",
-                change.attribute, change.from, change.to
-            )?;
+            // `content changed (sensitive)` for a sensitive resource.
+            writeln!(out, "    {change}")?;
             if let Some(diff) = &change.diff {
                 for line in diff.lines() {
                     let painted = if line.starts_with("+++") || line.starts_with("---") {

@@ -128,8 +128,8 @@ pub fn to_proto(
                     .changes
                     .iter()
                     .map(|c| match &c.diff {
-                        Some(diff) => format!("{}: {} -> {}\n{diff}", c.attribute, c.from, c.to),
-                        None => format!("{}: {} -> {}", c.attribute, c.from, c.to),
+                        Some(diff) => format!("{c}\n{diff}"),
+                        None => c.to_string(),
                     })
                     .chain(
                         r.refresh

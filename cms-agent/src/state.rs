@@ -3,6 +3,11 @@
 //! Everything is written owner-only through a temporary file, fsync and
 //! rename, so a crash or a full disk never leaves half a file, and the last
 //! good state is never lost to a failed write.
+//!
+//! The state holds values (the cached catalog and contents carry rendered
+//! secrets): a folder or file of it found wider than owner-only (made by an
+//! older agent, or by hand) is narrowed when the agent next uses it
+//! ([`narrow_to_owner`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,14 +18,41 @@ use cms_roles::Catalog;
 use crate::report::RunReport;
 
 /// Creates the agent's state folders owner-only (0700): they hold the
-/// node's private key, its catalog (with secrets) and backups.
+/// node's private key, its catalog (with secrets) and backups. One that
+/// exists wider is narrowed to 0700.
 pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("Failed to create the state directory {}", dir.display()))
+        .with_context(|| format!("Failed to create the state directory {}", dir.display()))?;
+    narrow_to_owner(dir)
+}
+
+/// Takes the group and other permission bits away from `path` (a folder
+/// becomes 0700 at most, a file 0600 at most) when it has any. Nothing
+/// there is fine; a symlink is left alone (never followed).
+pub fn narrow_to_owner(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(error).with_context(|| format!("Failed to inspect {}", path.display()));
+        }
+    };
+    let mode = metadata.permissions().mode() & 0o7777;
+    if metadata.file_type().is_symlink() || mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let narrowed = if metadata.is_dir() {
+        0o700
+    } else {
+        mode & 0o700 & !0o100
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(narrowed))
+        .with_context(|| format!("Failed to make {} owner-only", path.display()))
 }
 
 /// Writes `bytes` to `path` owner-only (0600), atomically.
@@ -86,10 +118,23 @@ pub struct CatalogCache {
 }
 
 impl CatalogCache {
+    /// The cache in `state_dir`. A cached catalog (or one set aside) left
+    /// wider than 0600 by an older agent is narrowed: it holds the
+    /// rendered values of secrets.
     pub fn new(state_dir: &Path) -> CatalogCache {
-        CatalogCache {
+        let cache = CatalogCache {
             path: state_dir.join("catalog.json"),
+        };
+        for path in [
+            state_dir.to_path_buf(),
+            cache.path.clone(),
+            cache.path.with_extension("json.corrupt"),
+        ] {
+            if let Err(error) = narrow_to_owner(&path) {
+                eprintln!("warning: {error:#}");
+            }
         }
+        cache
     }
 
     pub fn save(&self, catalog: &Catalog) -> anyhow::Result<()> {
@@ -536,5 +581,33 @@ mod tests {
         )
         .expect("tamper");
         assert!(cache.load().is_err());
+    }
+
+    #[test]
+    fn a_cached_catalog_left_world_readable_by_an_older_agent_is_made_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        let catalog = Catalog::new(Vec::new(), Vec::new(), Default::default());
+        CatalogCache::new(&state).save(&catalog).expect("save");
+        assert_eq!(
+            (mode(&state), mode(&state.join("catalog.json"))),
+            (0o700, 0o600)
+        );
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            state.join("catalog.json"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+
+        let cache = CatalogCache::new(&state);
+
+        assert_eq!(
+            (mode(&state), mode(&state.join("catalog.json"))),
+            (0o700, 0o600)
+        );
+        assert_eq!(cache.load().unwrap(), Some(catalog));
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! - `blobs/<sha256>`: each content once, named by its hash;
 //! - `index.jsonl`: one [`BackupEntry`] per line (path, hash, time, size, and
-//!   the file's mode and owner), appended, never rewritten.
+//!   the file's mode and owner), appended; rewritten only by pruning.
 //!
 //! The directory is private (mode 0700) and blobs are 0600: backups hold
 //! whatever the files held, `/etc/shadow` included.
@@ -20,9 +20,21 @@
 //! line as unparseable. Appends from two processes (a run and a `restore`)
 //! do not interleave, because each is one `write` to an `O_APPEND` file.
 //!
-//! Blobs are never deleted yet: pruning old backups is future work.
+//! The store does not grow forever: after each save it keeps, per path,
+//! the newest [`KEEP_PER_PATH`] backups, and of those only the ones younger
+//! than [`MAX_AGE_SECS`] except the newest, which is kept whatever its age
+//! (the last content before the file's last change stays restorable). A
+//! pruned entry's blob goes when no kept entry names it. Pruning rewrites
+//! the index atomically (temporary file, rename), so a crash leaves the old
+//! index or the new one. Saves and pruning take an exclusive `flock` on
+//! `lock` in the store, so a `restore` saving the content it replaces
+//! never races a run's pruning.
+//!
+//! On open, a store directory found wider than 0700 (or an index wider
+//! than 0600) is narrowed again.
 
-use std::fs::{DirBuilder, OpenOptions};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -101,6 +113,13 @@ pub enum BackupError {
 /// because it may be a secret.
 const RESTORED_FILE_MODE_WHEN_UNKNOWN: u32 = 0o600;
 
+/// How many backups of one path are kept: the newest ones.
+pub const KEEP_PER_PATH: usize = 5;
+
+/// Backups older than this (90 days) are pruned, except the newest of
+/// each path.
+pub const MAX_AGE_SECS: u64 = 90 * 24 * 60 * 60;
+
 impl BackupStore {
     /// Opens the store in `dir`, creating it (mode 0700) when missing.
     pub fn open(dir: impl Into<PathBuf>) -> Result<BackupStore, BackupError> {
@@ -111,7 +130,83 @@ impl BackupStore {
             .mode(0o700)
             .create(&blobs)
             .map_err(|e| HostError::io("create the backup directory", &blobs, e))?;
-        Ok(BackupStore { dir })
+        let store = BackupStore { dir };
+        // A store made by an older agent, or widened by hand, is narrowed:
+        // backups hold what the files held, secrets included.
+        narrow_mode(&store.dir, 0o700)?;
+        narrow_mode(&blobs, 0o700)?;
+        narrow_mode(&store.index_path(), 0o600)?;
+        Ok(store)
+    }
+
+    /// Takes the store's lock, released when the returned file closes.
+    fn lock(&self) -> Result<File, BackupError> {
+        let path = self.dir.join("lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| HostError::io("open", &path, e))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| HostError::io("lock", &path, e.into()))?;
+        Ok(file)
+    }
+
+    /// Prunes the store as of `now` (seconds since the Unix epoch): see
+    /// the module's documentation. Returns how many backups went.
+    pub fn prune(&self, now: u64) -> Result<usize, BackupError> {
+        let _lock = self.lock()?;
+        self.prune_locked(now)
+    }
+
+    fn prune_locked(&self, now: u64) -> Result<usize, BackupError> {
+        let entries = self.all_entries()?;
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut kept = Vec::with_capacity(entries.len());
+        let mut dropped = Vec::new();
+        for entry in &entries {
+            // Newest first: `rank` 0 is the newest backup of its path.
+            let rank = seen.entry(entry.path.as_str()).or_default();
+            let too_old = now.saturating_sub(entry.time) > MAX_AGE_SECS;
+            if *rank < KEEP_PER_PATH && (*rank == 0 || !too_old) {
+                kept.push(entry);
+            } else {
+                dropped.push(entry);
+            }
+            *rank += 1;
+        }
+        if dropped.is_empty() {
+            return Ok(0);
+        }
+        let mut text = Vec::new();
+        for entry in kept.iter().rev() {
+            serde_json::to_writer(&mut text, entry).expect("a backup entry always serializes");
+            text.push(b'\n');
+        }
+        let index_path = self.index_path();
+        let mut index = AtomicFile::create(&index_path, blob_attributes())?;
+        index
+            .write_all(&text)
+            .map_err(|e| HostError::io("write", &index_path, e))?;
+        index.commit()?;
+        let still_named: BTreeSet<&str> = kept.iter().map(|e| e.sha256.as_str()).collect();
+        let unnamed: BTreeSet<&str> = dropped
+            .iter()
+            .map(|e| e.sha256.as_str())
+            .filter(|sha256| !still_named.contains(sha256))
+            .collect();
+        for sha256 in unnamed {
+            let blob_path = self.blob_path(sha256);
+            match std::fs::remove_file(&blob_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(HostError::io("remove", &blob_path, e).into()),
+            }
+        }
+        Ok(dropped.len())
     }
 
     /// Where the store lives.
@@ -132,6 +227,7 @@ impl BackupStore {
         content: &[u8],
         time: u64,
     ) -> Result<BackupEntry, BackupError> {
+        let _lock = self.lock()?;
         let sha256 = sha256_hex(content);
         let blob_path = self.blob_path(&sha256);
         if !blob_path.is_file() {
@@ -149,6 +245,7 @@ impl BackupStore {
             uid: None,
             gid: None,
         })
+        .and_then(|entry| self.prune_locked(time).map(|_| entry))
     }
 
     /// Saves the current content of a file on the host, with its mode and
@@ -165,6 +262,7 @@ impl BackupStore {
         if status.kind != FileKind::File {
             return Ok(None);
         }
+        let _lock = self.lock()?;
         let host_path = host.path(path);
         let read_error = |e| HostError::io("read", &host_path, e);
         // Opened without following a symlink on the way or at the path; the
@@ -208,16 +306,18 @@ impl BackupStore {
         } else {
             blob.commit_as(&blob_path)?;
         }
-        self.append(BackupEntry {
+        let now = unix_time_now();
+        let entry = self.append(BackupEntry {
             path: path.to_string(),
             sha256,
-            time: unix_time_now(),
+            time: now,
             size,
             mode: Some(status.mode),
             uid: Some(status.uid),
             gid: Some(status.gid),
-        })
-        .map(Some)
+        })?;
+        self.prune_locked(now)?;
+        Ok(Some(entry))
     }
 
     /// The backups of `path`, newest first.
@@ -385,6 +485,22 @@ fn blob_attributes() -> FileAttributes {
         uid: None,
         gid: None,
     }
+}
+
+/// Takes away permission bits beyond `widest` from `path`, if it exists.
+fn narrow_mode(path: &Path, widest: u32) -> Result<(), BackupError> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(HostError::io("inspect", path, e).into()),
+    };
+    let mode = metadata.permissions().mode() & 0o7777;
+    if metadata.file_type().is_symlink() || mode & !widest == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & widest))
+        .map_err(|e| HostError::io("narrow the mode of", path, e).into())
 }
 
 fn unix_time_now() -> u64 {

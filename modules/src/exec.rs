@@ -57,15 +57,20 @@ impl ExecProvider<'_> {
         let accepted = exec.returns.clone().unwrap_or_else(|| vec![0]);
         match output.code {
             Some(code) if accepted.contains(&code) => Ok(()),
-            code => Err(ProviderError::Failed(format!(
-                "`{}` exited with {}{}",
-                exec.command,
-                code.map_or("a signal".to_string(), |c| format!("status {c}")),
-                match output.tail(10) {
-                    tail if tail.is_empty() => String::new(),
-                    tail => format!(":\n{tail}"),
-                }
-            ))),
+            code => {
+                let status = code.map_or("a signal".to_string(), |c| format!("status {c}"));
+                Err(ProviderError::FailedWithDetails {
+                    full: format!(
+                        "`{}` exited with {status}{}",
+                        exec.command,
+                        match output.tail(10) {
+                            tail if tail.is_empty() => String::new(),
+                            tail => format!(":\n{tail}"),
+                        }
+                    ),
+                    safe: format!("The command exited with {status}"),
+                })
+            }
         }
     }
 }

@@ -11,8 +11,14 @@
 //!   UTF-8 text under [`DIFF_SIZE_LIMIT`], and otherwise a line naming both
 //!   hashes.
 //! - Mode, owner and group are compared only when the catalog sets them.
-//!   A new file without a mode gets [`DEFAULT_FILE_MODE`](crate::host::fs::DEFAULT_FILE_MODE);
+//!   A new file without a mode gets [`DEFAULT_FILE_MODE`](crate::host::fs::DEFAULT_FILE_MODE)
+//!   ([`SENSITIVE_FILE_MODE`], 0600, when the resource is sensitive);
 //!   a replaced one keeps its own.
+//! - Content is bytes (text, or `content_base64` decoded by the compiler):
+//!   written byte-exact, diffed only when both sides are UTF-8.
+//! - A sensitive file (`Context::sensitive`) is only hashed: its old
+//!   content is never read into a diff, and its content change is
+//!   `content: (sensitive) -> (sensitive)`, without hashes.
 //! - A symlink where a file is declared is replaced by the file (Puppet's
 //!   `links => manage`); a directory or special file there is an error, as
 //!   is a missing parent directory: parents are never created implicitly,
@@ -24,7 +30,11 @@ use cms_roles::{Ensure, File};
 use similar::TextDiff;
 
 use crate::host::fs::{FileAttributes, FileKind, FileStatus, parent_path, sha256_hex};
-use crate::{Change, Context, Host, HostError, Provider, ProviderError};
+use crate::{Change, Context, Host, HostError, Provider, ProviderError, SENSITIVE};
+
+/// The mode of a new sensitive file whose resource sets none: owner-only,
+/// as it holds a secret.
+pub const SENSITIVE_FILE_MODE: u32 = 0o600;
 
 /// Content larger than this (on either side) is summarised by its hashes
 /// instead of diffed: a diff of megabytes helps nobody and costs memory.
@@ -104,10 +114,14 @@ impl Provider for FileProvider<'_> {
                 None => &[],
             };
             let attributes = FileAttributes {
-                mode: Some(
-                    file.mode
-                        .map_or(crate::host::fs::DEFAULT_FILE_MODE, |mode| mode.0),
-                ),
+                mode: Some(file.mode.map_or(
+                    if cx.sensitive {
+                        SENSITIVE_FILE_MODE
+                    } else {
+                        crate::host::fs::DEFAULT_FILE_MODE
+                    },
+                    |mode| mode.0,
+                )),
                 ..self.wanted_ownership(cx.host)?
             };
             cx.host
@@ -156,13 +170,18 @@ impl FileProvider<'_> {
         if let Some(wanted_sha256) = &file.content_sha256 {
             // A small file is read once, for its hash and its diff; a large
             // one is hashed in pieces and never held in memory.
-            let (current_sha256, current_content) = if status.size <= DIFF_SIZE_LIMIT {
-                let content = cx.host.read_file(&file.path)?;
-                (sha256_hex(&content), Some(content))
-            } else {
-                (cx.host.file_sha256(&file.path)?, None)
-            };
-            if &current_sha256 != wanted_sha256 {
+            // A sensitive one is only hashed: its old content is never read
+            // into a diff.
+            let (current_sha256, current_content) =
+                if status.size <= DIFF_SIZE_LIMIT && !cx.sensitive {
+                    let content = cx.host.read_file(&file.path)?;
+                    (sha256_hex(&content), Some(content))
+                } else {
+                    (cx.host.file_sha256(&file.path)?, None)
+                };
+            if &current_sha256 != wanted_sha256 && cx.sensitive {
+                changes.push(Change::new("content", SENSITIVE, SENSITIVE));
+            } else if &current_sha256 != wanted_sha256 {
                 let wanted_content = lookup_content(cx, wanted_sha256)?;
                 let diff = content_diff(
                     &file.path,
@@ -201,10 +220,14 @@ impl FileProvider<'_> {
     }
 
     /// The diff shown for a file about to be created: all of its content.
+    /// None for a sensitive file: its content is never shown.
     fn creation_diff(&self, cx: &Context<'_>) -> Result<Option<String>, ProviderError> {
         let Some(wanted_sha256) = &self.0.content_sha256 else {
             return Ok(None);
         };
+        if cx.sensitive {
+            return Ok(None);
+        }
         let wanted_content = lookup_content(cx, wanted_sha256)?;
         Ok(Some(content_diff(
             &self.0.path,

@@ -76,7 +76,118 @@ impl Change {
 
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {} -> {}", self.attribute, self.from, self.to)
+        if self.is_withheld() {
+            write!(f, "{} changed {SENSITIVE}", self.attribute)
+        } else {
+            write!(f, "{}: {} -> {}", self.attribute, self.from, self.to)
+        }
+    }
+}
+
+/// What a sensitive resource shows in place of a value: a content change
+/// reads `content changed (sensitive)`.
+pub const SENSITIVE: &str = "(sensitive)";
+
+/// The attributes whose values a sensitive resource still shows: words and
+/// numbers about the object (`present`, `0600`, `root`, `running`), never
+/// its content. Directory children's `owner of <path>` and `mode of <path>`
+/// count with them, as do a java_app's parts (`service: state`).
+const SHOWN_WHEN_SENSITIVE: &[&str] = &["ensure", "mode", "owner", "group", "state", "enabled"];
+
+impl Change {
+    /// Whether this change had its values withheld ([`redact_changes`]).
+    pub fn is_withheld(&self) -> bool {
+        self.from == SENSITIVE && self.to == SENSITIVE && self.diff.is_none()
+    }
+
+    /// Whether this attribute's values may be shown for a sensitive
+    /// resource.
+    fn shown_when_sensitive(&self) -> bool {
+        // A part's change (`service: state`) counts as its attribute.
+        let attribute = self.attribute.rsplit(": ").next().unwrap_or_default();
+        let attribute = attribute.split(" of ").next().unwrap_or_default();
+        SHOWN_WHEN_SENSITIVE.contains(&attribute)
+    }
+}
+
+/// Takes every value out of a sensitive resource's changes: no diff ever,
+/// and `from`/`to` become [`SENSITIVE`] except for the attributes that say
+/// nothing about content (ensure, mode, owner, group, state, enabled). The
+/// attribute names stay, so the report still says *what* changed. The
+/// converge engine calls this for every sensitive resource, whatever its
+/// type, so a provider cannot forget it.
+pub fn redact_changes(changes: &mut [Change]) {
+    for change in changes {
+        change.diff = None;
+        if !change.shown_when_sensitive() {
+            change.from = SENSITIVE.to_string();
+            change.to = SENSITIVE.to_string();
+        }
+    }
+}
+
+/// What a refresh of a sensitive resource reports, in place of the
+/// provider's words (an exec's would name its command).
+pub fn redacted_refresh(noop: bool) -> String {
+    if noop {
+        format!("would refresh {SENSITIVE}")
+    } else {
+        format!("refreshed {SENSITIVE}")
+    }
+}
+
+/// The error text a report shows: [`error_text`], or for a sensitive
+/// resource only what cannot carry one of its values — a path and the
+/// system's error, an account name — and otherwise a generic line. A
+/// command line, its output, a URL, a content hash or a provider's own
+/// words (which may quote a rendered field) are withheld.
+pub fn report_error(error: &ProviderError, sensitive: bool) -> String {
+    if !sensitive {
+        return error_text(error);
+    }
+    match error {
+        ProviderError::Host(host) => withheld_host_error(host),
+        ProviderError::Backup(backup::BackupError::Host(host)) => withheld_host_error(host),
+        // Paths, times and hashes of backups of the host's old content.
+        ProviderError::Backup(backup) => match backup {
+            backup::BackupError::Corrupt { path, .. } => {
+                format!(
+                    "Failed to verify a backup of {path} (hashes withheld: the resource is {SENSITIVE})"
+                )
+            }
+            other => error_text(other),
+        },
+        ProviderError::MissingContent(_) => format!(
+            "Failed to find this resource's content in the catalog (hash withheld: the resource is {SENSITIVE})"
+        ),
+        ProviderError::Failed(_) => withheld_error(),
+        ProviderError::FailedWithDetails { safe, .. } => {
+            format!("{safe} (details withheld: the resource is {SENSITIVE})")
+        }
+    }
+}
+
+/// The generic error of a sensitive resource.
+pub fn withheld_error() -> String {
+    format!(
+        "Failed; the details are withheld because they may carry the resource's values (the resource is {SENSITIVE})"
+    )
+}
+
+fn withheld_host_error(error: &HostError) -> String {
+    match error {
+        HostError::Io { .. }
+        | HostError::UnknownAccount { .. }
+        | HostError::SymlinkInPath { .. } => error_text(error),
+        HostError::Spawn { source, .. } => format!(
+            "Failed to run a command (command withheld: the resource is {SENSITIVE}): {source}"
+        ),
+        HostError::Timeout { seconds, .. } => format!(
+            "A command did not finish within {seconds} s and was killed (command withheld: the resource is {SENSITIVE})"
+        ),
+        HostError::Http { .. } => {
+            format!("Failed to fetch a URL (URL and answer withheld: the resource is {SENSITIVE})")
+        }
     }
 }
 
@@ -93,6 +204,11 @@ pub enum ProviderError {
     /// Anything else, stated for the operator.
     #[error("{0}")]
     Failed(String),
+    /// A failure whose whole text may quote values (a command line, its
+    /// output, an app's log lines) but which can also be told without
+    /// them: `safe` is what a sensitive resource's report shows.
+    #[error("{full}")]
+    FailedWithDetails { full: String, safe: String },
 }
 
 /// An error with its causes, `: `-separated, as reports show it.
@@ -129,6 +245,11 @@ pub struct Context<'a> {
     /// What the run has learned so far (installed packages, pending
     /// daemon-reload).
     pub session: &'a Session,
+    /// The resource being converged is sensitive (it used a secret): a
+    /// provider reads no old content for a diff and writes the values
+    /// owner-only. The engine redacts its changes and errors in any case
+    /// ([`redact_changes`], [`report_error`]).
+    pub sensitive: bool,
 }
 
 /// A resource that can be checked and applied.
@@ -193,4 +314,64 @@ pub fn packages_of(kind: &ResourceKind) -> Vec<String> {
 /// notification asks (see [`Provider::refreshed_by`]).
 pub fn refreshed_by_own_change(kind: &ResourceKind, changes: &[Change]) -> bool {
     provider(kind).refreshed_by(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_keeps_attribute_names_and_words_and_drops_every_value_and_diff() {
+        let mut changes = vec![
+            Change::new("content", "sha256:aa", "sha256:bb").with_diff("-old\n+new\n"),
+            Change::new("ensure", "absent", "present").with_diff("+secret\n"),
+            Change::new("mode", "0644", "0600"),
+            Change::new("owner of /srv/x", "root", "app"),
+            Change::new("service: state", "stopped", "running"),
+            Change::new("config: content", "sha256:aa", "sha256:bb"),
+            Change::new("run", "not run", "curl -u admin:hunter2 …"),
+        ];
+        redact_changes(&mut changes);
+        let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "content changed (sensitive)",
+                "ensure: absent -> present",
+                "mode: 0644 -> 0600",
+                "owner of /srv/x: root -> app",
+                "service: state: stopped -> running",
+                "config: content changed (sensitive)",
+                "run changed (sensitive)",
+            ]
+        );
+        assert!(changes.iter().all(|c| c.diff.is_none()));
+    }
+
+    #[test]
+    fn a_sensitive_resources_error_keeps_paths_and_drops_commands_and_provider_words() {
+        let spawn = ProviderError::Host(HostError::Timeout {
+            command: "mysql -phunter2".into(),
+            seconds: 5,
+        });
+        let failed = ProviderError::Failed("`echo hunter2` exited with status 1".into());
+        let detailed = ProviderError::FailedWithDetails {
+            full: "`echo hunter2` exited with status 1".into(),
+            safe: "the command exited with status 1".into(),
+        };
+        assert_eq!(
+            report_error(&detailed, true),
+            "the command exited with status 1 (details withheld: the resource is (sensitive))"
+        );
+        let io = ProviderError::Host(HostError::Io {
+            action: "write",
+            path: "/etc/db.conf".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        });
+        for error in [&spawn, &failed, &detailed] {
+            assert!(!report_error(error, true).contains("hunter2"));
+            assert!(report_error(error, false).contains("hunter2"));
+        }
+        assert!(report_error(&io, true).starts_with("Failed to write /etc/db.conf: "));
+    }
 }

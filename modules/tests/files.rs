@@ -33,6 +33,8 @@ struct TestHost {
     backups: BackupStore,
     contents: BTreeMap<String, Content>,
     session: Session,
+    /// Whether the resources run are sensitive (used a secret).
+    sensitive: std::cell::Cell<bool>,
 }
 
 impl TestHost {
@@ -48,6 +50,7 @@ impl TestHost {
             backups,
             contents: BTreeMap::new(),
             session: Session::default(),
+            sensitive: std::cell::Cell::new(false),
         }
     }
 
@@ -119,6 +122,7 @@ impl TestHost {
             backups: &self.backups,
             managed_paths: &managed_paths,
             session: &self.session,
+            sensitive: self.sensitive.get(),
         };
         let provider = provider(resource);
         let changes = provider.check(&cx)?;
@@ -1177,25 +1181,37 @@ fn restore_at_a_time_puts_back_the_content_the_file_had_then() {
     test.write("/etc/app.conf", b"current\n");
     // Each backup holds the content that was live until it was saved: "one"
     // until 100, "two" from 100 to 200, "three" from 200 to 300, then
-    // "current".
+    // "current" (times after `base`, an hour ago, so that pruning by age
+    // keeps them).
+    let base = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
     for (time, content) in [(100, "one\n"), (200, "two\n"), (300, "three\n")] {
         test.backups
-            .save_at("/etc/app.conf", content.as_bytes(), time)
+            .save_at("/etc/app.conf", content.as_bytes(), base + time)
             .expect("saves");
     }
 
-    let at_150 = test.backups.restore(&test.host, "/etc/app.conf", Some(150));
+    let at_150 = test
+        .backups
+        .restore(&test.host, "/etc/app.conf", Some(base + 150));
     let content_at_150 = test.read("/etc/app.conf");
-    let at_50 = test.backups.restore(&test.host, "/etc/app.conf", Some(50));
+    let at_50 = test
+        .backups
+        .restore(&test.host, "/etc/app.conf", Some(base + 50));
     let content_at_50 = test.read("/etc/app.conf");
-    let again_at_50 = test.backups.restore(&test.host, "/etc/app.conf", Some(50));
+    let again_at_50 = test
+        .backups
+        .restore(&test.host, "/etc/app.conf", Some(base + 50));
     let since_last_change =
         test.backups
             .restore(&test.host, "/etc/app.conf", Some(1_000_000_000_000));
 
-    assert_eq!(at_150.expect("restores").restored.time, 200);
+    assert_eq!(at_150.expect("restores").restored.time, base + 200);
     assert_eq!(content_at_150, "two\n");
-    assert_eq!(at_50.expect("restores").restored.time, 100);
+    assert_eq!(at_50.expect("restores").restored.time, base + 100);
     assert_eq!(content_at_50, "one\n");
     // Already the content: nothing is written or backed up.
     assert_eq!(again_at_50.expect("restores").replaced, None);
@@ -1315,4 +1331,135 @@ fn file_kinds_are_reported_without_following_symlinks() {
         "{below_the_link:?}"
     );
     assert_eq!(missing_below_a_file, None);
+}
+
+// ---------------------------------------------------------------------------
+// Sensitive files and backup pruning
+
+#[test]
+fn a_sensitive_content_change_carries_no_diff_and_no_hash() {
+    let mut test = TestHost::new();
+    test.write("/etc/db.conf", b"password = old-secret\n");
+    let wanted = test.file_with_content("/etc/db.conf", b"password = new-secret\n");
+    test.sensitive.set(true);
+
+    let changes = test.check_changes(&ResourceKind::File(wanted.clone()));
+
+    assert_eq!(
+        changes,
+        [Change::new("content", "(sensitive)", "(sensitive)")],
+        "{changes:?}"
+    );
+    assert_eq!(changes[0].to_string(), "content changed (sensitive)");
+    test.sensitive.set(false);
+    let plain = test.check_changes(&ResourceKind::File(wanted));
+    assert!(
+        plain[0]
+            .diff
+            .as_deref()
+            .unwrap()
+            .contains("+password = new-secret")
+    );
+}
+
+#[test]
+fn binary_content_is_written_byte_exact_owner_only_when_sensitive_and_never_diffed() {
+    let mut test = TestHost::new();
+    test.mkdir("/etc");
+    // Not UTF-8: a keystore's bytes.
+    let keystore: Vec<u8> = (0..=255u8).rev().chain([0xff, 0xfe, 0x00, 0x80]).collect();
+    let wanted = test.file_with_content("/etc/keystore.p12", &keystore);
+    test.sensitive.set(true);
+    test.converge(&[ResourceKind::File(wanted.clone())]);
+    assert_eq!(
+        std::fs::read(test.real("/etc/keystore.p12")).unwrap(),
+        keystore
+    );
+    assert_eq!(test.mode("/etc/keystore.p12"), 0o600);
+
+    // A non-sensitive binary change is named by hashes, not diffed.
+    test.sensitive.set(false);
+    test.write("/etc/keystore.p12", &[0xc3, 0x28, 0x00]);
+    let changes = test.check_changes(&ResourceKind::File(wanted));
+    let diff = changes[0].diff.as_deref().unwrap();
+    assert!(diff.starts_with("Binary or large content"), "{diff}");
+}
+
+#[test]
+fn backups_keep_the_newest_five_of_each_path_and_drop_the_blobs_of_the_rest() {
+    let test = TestHost::new();
+    for time in 1..=7u64 {
+        test.backups
+            .save_at("/etc/a", format!("version {time}").as_bytes(), time)
+            .expect("saves");
+    }
+    test.backups.save_at("/etc/b", b"only", 3).expect("saves");
+
+    let times: Vec<u64> = test
+        .backups
+        .entries("/etc/a")
+        .unwrap()
+        .iter()
+        .map(|e| e.time)
+        .collect();
+    assert_eq!(times, [7, 6, 5, 4, 3]);
+    assert_eq!(test.backups.entries("/etc/b").unwrap().len(), 1);
+    let blob = |content: &[u8]| test.backups.dir().join("blobs").join(sha256_hex(content));
+    assert!(!blob(b"version 1").exists() && !blob(b"version 2").exists());
+    assert!(blob(b"version 3").exists() && blob(b"only").exists());
+}
+
+#[test]
+fn backups_older_than_ninety_days_go_except_the_newest_of_each_path() {
+    let test = TestHost::new();
+    let day = 24 * 60 * 60;
+    test.backups
+        .save_at("/etc/a", b"old 1", day)
+        .expect("saves");
+    test.backups
+        .save_at("/etc/a", b"old 2", 2 * day)
+        .expect("saves");
+    test.backups
+        .save_at("/etc/b", b"untouched", day)
+        .expect("saves");
+    test.backups
+        .save_at("/etc/a", b"recent", 100 * day)
+        .expect("saves");
+
+    let times = |path: &str| -> Vec<u64> {
+        test.backups
+            .entries(path)
+            .unwrap()
+            .iter()
+            .map(|e| e.time / day)
+            .collect()
+    };
+    assert_eq!(times("/etc/a"), [100]);
+    assert_eq!(times("/etc/b"), [1]);
+}
+
+#[test]
+fn a_backup_store_found_wider_than_private_is_narrowed_on_open() {
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("backups");
+    std::fs::create_dir_all(store.join("blobs")).unwrap();
+    std::fs::write(store.join("index.jsonl"), b"").unwrap();
+    let chmod = |path: PathBuf, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(store.clone(), 0o755);
+    chmod(store.join("blobs"), 0o755);
+    chmod(store.join("index.jsonl"), 0o644);
+
+    BackupStore::open(&store).expect("opens");
+
+    let mode = |path: PathBuf| path.metadata().unwrap().mode() & 0o7777;
+    assert_eq!(
+        (
+            mode(store.clone()),
+            mode(store.join("blobs")),
+            mode(store.join("index.jsonl"))
+        ),
+        (0o700, 0o700, 0o600)
+    );
 }

@@ -11,7 +11,7 @@ use cms_roles::{
     User,
 };
 
-use super::unit::{heap_option, memory_mb_from_meminfo, unit_file};
+use super::unit::{environment_file, heap_option, memory_mb_from_meminfo, unit_file};
 use super::{
     DEFAULT_HEALTH_TIMEOUT, JavaAppProvider, LOG_LINES, SETTLE_WITHOUT_HEALTH_CHECK, labelled,
     part, part_of, restarts_on,
@@ -35,24 +35,45 @@ struct Plan {
     directories: Vec<Directory>,
     current: Symlink,
     config: Option<File>,
+    /// The owner-only `EnvironmentFile=` of a sensitive app (present with
+    /// its values), or absent (an app that is not, or no longer, sensitive,
+    /// or has no environment).
+    environment: File,
+    environment_text: String,
     unit: File,
     unit_text: String,
     service: Service,
 }
 
-/// The catalog's contents plus the generated unit.
+/// The catalog's contents plus the generated unit and environment file.
 struct WithUnit<'a> {
-    sha256: String,
-    bytes: &'a [u8],
+    generated: [(String, &'a [u8]); 2],
     inner: &'a dyn ContentStore,
+}
+
+impl<'a> WithUnit<'a> {
+    fn new(plan: &'a Plan, inner: &'a dyn ContentStore) -> WithUnit<'a> {
+        WithUnit {
+            generated: [
+                (
+                    sha256_hex(plan.unit_text.as_bytes()),
+                    plan.unit_text.as_bytes(),
+                ),
+                (
+                    sha256_hex(plan.environment_text.as_bytes()),
+                    plan.environment_text.as_bytes(),
+                ),
+            ],
+            inner,
+        }
+    }
 }
 
 impl ContentStore for WithUnit<'_> {
     fn get(&self, sha256: &str) -> Option<&[u8]> {
-        if sha256 == self.sha256 {
-            Some(self.bytes)
-        } else {
-            self.inner.get(sha256)
+        match self.generated.iter().find(|(hash, _)| hash == sha256) {
+            Some((_, bytes)) => Some(bytes),
+            None => self.inner.get(sha256),
         }
     }
 }
@@ -63,6 +84,8 @@ pub struct Previous {
     /// The target of `current`, when it points at a release that exists.
     pub release: Option<String>,
     pub config: Option<Vec<u8>>,
+    /// The owner-only environment file of a sensitive app.
+    pub environment: Option<Vec<u8>>,
     pub unit: Option<Vec<u8>>,
 }
 
@@ -145,7 +168,21 @@ impl JavaAppProvider<'_> {
                 })?)
             }
         };
-        let unit_text = unit_file(app, heap.as_deref());
+        // A sensitive app's environment carries secrets: it goes to an
+        // owner-only file that systemd reads as root before it drops to the
+        // app's user, never into the world-readable unit.
+        let environment_path = self.environment_path();
+        let separate_environment = cx.sensitive && !app.environment.is_empty();
+        let unit_text = unit_file(
+            app,
+            heap.as_deref(),
+            separate_environment.then_some(environment_path.as_str()),
+        );
+        let environment_text = if separate_environment {
+            environment_file(app)
+        } else {
+            String::new()
+        };
         let directory =
             |path: &str, owner: Option<&str>, group: Option<&str>, mode: u32| Directory {
                 path: path.to_string(),
@@ -206,6 +243,20 @@ impl JavaAppProvider<'_> {
                 group: Some(app.group.clone()),
                 mode: Some(Mode(0o640)),
             }),
+            environment: File {
+                path: environment_path,
+                ensure: if separate_environment {
+                    Ensure::Present
+                } else {
+                    Ensure::Absent
+                },
+                content_sha256: separate_environment
+                    .then(|| sha256_hex(environment_text.as_bytes())),
+                owner: Some("root".into()),
+                group: Some("root".into()),
+                mode: Some(Mode(0o600)),
+            },
+            environment_text,
             unit: File {
                 path: self.unit_path(),
                 ensure: Ensure::Present,
@@ -247,6 +298,7 @@ impl JavaAppProvider<'_> {
         Ok(Previous {
             release,
             config: read(&self.0.config_path())?,
+            environment: read(&self.environment_path())?,
             unit: read(&self.unit_path())?,
         })
     }
@@ -417,6 +469,15 @@ impl JavaAppProvider<'_> {
         for (path, content, attributes) in [
             (app.config_path(), &previous.config, config_attributes),
             (
+                self.environment_path(),
+                &previous.environment,
+                FileAttributes {
+                    mode: Some(0o600),
+                    uid: Some(0),
+                    gid: Some(0),
+                },
+            ),
+            (
                 self.unit_path(),
                 &previous.unit,
                 FileAttributes {
@@ -473,6 +534,13 @@ impl JavaAppProvider<'_> {
         if cx.host.status(&self.0.config_path())?.is_some() {
             cx.backups.save_from_host(cx.host, &self.0.config_path())?;
         }
+        // The environment file may live outside the home (a moved
+        // configuration folder): its values do not outlive the app.
+        let environment = self.environment_path();
+        if cx.host.status(&environment)?.is_some() {
+            cx.backups.save_from_host(cx.host, &environment)?;
+            cx.host.remove_file(&environment)?;
+        }
         if cx.host.status(&self.0.home)?.is_some() {
             cx.host.remove_recursively(&self.0.home)?;
         }
@@ -482,11 +550,7 @@ impl JavaAppProvider<'_> {
     /// What differs for a present app: every part, labelled.
     pub(super) fn check_present(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
         let plan = self.plan(cx)?;
-        let contents = WithUnit {
-            sha256: plan.unit.content_sha256.clone().unwrap_or_default(),
-            bytes: plan.unit_text.as_bytes(),
-            inner: cx.contents,
-        };
+        let contents = WithUnit::new(&plan, cx.contents);
         let with_unit = Context {
             contents: &contents,
             ..*cx
@@ -510,6 +574,10 @@ impl JavaAppProvider<'_> {
             changes.extend(labelled("config", FileProvider(config).check(&with_unit)?));
         }
         changes.extend(labelled(
+            "environment",
+            FileProvider(&plan.environment).check(&with_unit)?,
+        ));
+        changes.extend(labelled(
             "unit",
             FileProvider(&plan.unit).check(&with_unit)?,
         ));
@@ -525,11 +593,7 @@ impl JavaAppProvider<'_> {
     pub(super) fn deploy(&self, changes: &[Change], cx: &Context<'_>) -> Result<(), ProviderError> {
         let app = self.0;
         let plan = self.plan(cx)?;
-        let contents = WithUnit {
-            sha256: plan.unit.content_sha256.clone().unwrap_or_default(),
-            bytes: plan.unit_text.as_bytes(),
-            inner: cx.contents,
-        };
+        let contents = WithUnit::new(&plan, cx.contents);
         let with_unit = Context {
             contents: &contents,
             ..*cx
@@ -574,6 +638,10 @@ impl JavaAppProvider<'_> {
                 FileProvider(config).apply(&own, &with_unit)?;
             }
         }
+        let environment = part(changes, "environment");
+        if !environment.is_empty() {
+            FileProvider(&plan.environment).apply(&environment, &with_unit)?;
+        }
         let unit = part(changes, "unit");
         if !unit.is_empty() {
             FileProvider(&plan.unit).apply(&unit, &with_unit)?;
@@ -606,38 +674,62 @@ impl JavaAppProvider<'_> {
             Err(problem) => problem,
         };
         let logs = self.last_log_lines(cx, restarted_at);
-        let deployment_changed = ["release", "current", "config", "unit", "runtime"]
-            .iter()
-            .any(|label| changes.iter().any(|c| part_of(&c.attribute) == *label));
-        let outcome = match after_failure(&previous, deployment_changed) {
-            AfterFailure::RollBack => match self.roll_back(cx, &previous)? {
-                Ok(()) => format!(
-                    "rolled back to release {} with its configuration and unit; it is healthy again",
-                    previous.release.as_deref().unwrap_or_default()
-                ),
-                Err(again) => format!(
-                    "rolled back to release {} with its configuration and unit, which is not healthy either: {again}",
-                    previous.release.as_deref().unwrap_or_default()
-                ),
-            },
+        let deployment_changed = [
+            "release",
+            "current",
+            "config",
+            "environment",
+            "unit",
+            "runtime",
+        ]
+        .iter()
+        .any(|label| changes.iter().any(|c| part_of(&c.attribute) == *label));
+        // The outcome without the second failure's details, for a
+        // sensitive app's report.
+        let (outcome, safe_outcome) = match after_failure(&previous, deployment_changed) {
+            AfterFailure::RollBack => {
+                let release = previous.release.as_deref().unwrap_or_default();
+                let rolled_back =
+                    format!("rolled back to release {release} with its configuration and unit");
+                match self.roll_back(cx, &previous)? {
+                    Ok(()) => {
+                        let text = format!("{rolled_back}; it is healthy again");
+                        (text.clone(), text)
+                    }
+                    Err(again) => (
+                        format!("{rolled_back}, which is not healthy either: {again}"),
+                        format!("{rolled_back}, which is not healthy either"),
+                    ),
+                }
+            }
             AfterFailure::StopFirstDeployment => {
                 let _ = systemctl(cx, &["stop", &self.unit_name()])?;
-                "a first deployment has nothing to roll back to; the app was stopped".to_string()
+                let text = "a first deployment has nothing to roll back to; the app was stopped"
+                    .to_string();
+                (text.clone(), text)
             }
             AfterFailure::Report => {
-                "nothing of its deployment changed, so nothing was rolled back".to_string()
+                let text =
+                    "nothing of its deployment changed, so nothing was rolled back".to_string();
+                (text.clone(), text)
             }
         };
-        Err(ProviderError::Failed(format!(
-            "java_app {} is not healthy after its restart: {problem}; {outcome}\nlast log lines of {}:\n{}",
-            app.name,
-            self.unit_name(),
-            if logs.is_empty() {
-                "(none)"
-            } else {
-                logs.as_str()
-            }
-        )))
+        Err(ProviderError::FailedWithDetails {
+            full: format!(
+                "java_app {} is not healthy after its restart: {problem}; {outcome}\nlast log lines of {}:\n{}",
+                app.name,
+                self.unit_name(),
+                if logs.is_empty() {
+                    "(none)"
+                } else {
+                    logs.as_str()
+                }
+            ),
+            safe: format!(
+                "java_app {} is not healthy after its restart; {safe_outcome}",
+                app.name
+            ),
+        })
     }
 }
 
@@ -650,6 +742,7 @@ mod tests {
         let earlier = Previous {
             release: Some(format!("releases/{}.jar", "b".repeat(64))),
             config: Some(b"greeting=hello\n".to_vec()),
+            environment: None,
             unit: Some(b"[Service]\n".to_vec()),
         };
         assert_eq!(after_failure(&earlier, true), AfterFailure::RollBack);
@@ -662,5 +755,70 @@ mod tests {
             after_failure(&Previous::default(), false),
             AfterFailure::Report
         );
+    }
+
+    #[test]
+    fn a_sensitive_apps_environment_is_planned_into_an_owner_only_file_and_out_of_the_unit() {
+        let root = tempfile::tempdir().unwrap();
+        let backups = crate::BackupStore::open(root.path().join("backups")).unwrap();
+        let session = crate::Session::default();
+        let contents: BTreeMap<String, cms_roles::Content> = BTreeMap::new();
+        let managed_paths = std::collections::BTreeSet::new();
+        let host = crate::Host::new(root.path());
+        let mut app = super::super::tests::app();
+        app.heap = None;
+        app.environment
+            .insert("DB_PASSWORD".into(), "hunter2-secret".into());
+        let plan = |sensitive: bool| {
+            let cx = Context {
+                host: &host,
+                contents: &contents,
+                backups: &backups,
+                managed_paths: &managed_paths,
+                session: &session,
+                sensitive,
+            };
+            JavaAppProvider(&app).plan(&cx).unwrap()
+        };
+
+        let secret = plan(true);
+        assert!(!secret.unit_text.contains("hunter2-secret"));
+        assert!(
+            secret
+                .unit_text
+                .contains("EnvironmentFile=/opt/orders/config/orders.env\n")
+        );
+        assert_eq!(secret.unit.mode, Some(Mode(0o644)));
+        assert!(
+            secret
+                .environment_text
+                .contains("DB_PASSWORD=\"hunter2-secret\"\n")
+        );
+        assert_eq!(secret.environment.ensure, Ensure::Present);
+        assert_eq!(secret.environment.mode, Some(Mode(0o600)));
+        assert_eq!(
+            (
+                secret.environment.owner.as_deref(),
+                secret.environment.group.as_deref()
+            ),
+            (Some("root"), Some("root"))
+        );
+        let config = secret.config.map(|c| (c.group, c.mode));
+        assert!(config.is_none_or(|(group, mode)| group.is_some() && mode == Some(Mode(0o640))));
+
+        // A plain app keeps its environment in the unit, and an environment
+        // file left from when it was sensitive goes.
+        let plain = plan(false);
+        assert!(
+            plain
+                .unit_text
+                .contains("Environment=\"DB_PASSWORD=hunter2-secret\"\n")
+        );
+        assert_eq!(plain.environment.ensure, Ensure::Absent);
+        assert!(restarts_on(&[Change::new(
+            "environment: content",
+            "(sensitive)",
+            "(sensitive)"
+        )]));
     }
 }

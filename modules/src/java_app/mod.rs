@@ -11,6 +11,7 @@
 //! /opt/<app>/current                -> releases/<sha256>.jar, what ExecStart runs
 //! /opt/<app>/config/                root:<group>, 0750
 //! /opt/<app>/config/application.properties (or .yml)  root:<group>, 0640
+//! /opt/<app>/config/<app>.env      root:root, 0600, only for a sensitive app
 //! /var/log/<app>/, /var/lib/<app>/  <user>:<group>, 0750
 //! /etc/systemd/system/<app>.service root, 0644
 //! ```
@@ -21,6 +22,13 @@
 //! `service: state`); the release is this module's own (`release`). It
 //! only stats and hashes files and asks systemd two questions: no JVM
 //! starts and nothing is downloaded when the release is already there.
+//!
+//! A sensitive app (`Context::sensitive`: its fields used a secret) keeps
+//! its `environment` out of the unit, which stays world-readable: the
+//! values go to the owner-only `<app>.env` the unit names with
+//! `EnvironmentFile=` (systemd reads it as root before dropping to the
+//! app's user). It is one more part (`environment`): its change restarts
+//! the app once and is rolled back with the rest.
 //!
 //! `apply` goes in an order that keeps a bad artifact harmless: runtime,
 //! accounts and folders first, then the jar, downloaded into a temporary
@@ -67,7 +75,7 @@ mod unit;
 
 pub use deploy::{AfterFailure, Previous, ProbeFailure, Unhealthy, after_failure};
 pub use release::releases_to_remove;
-pub use unit::{HeapError, heap_option, memory_mb_from_meminfo, unit_file};
+pub use unit::{HeapError, environment_file, heap_option, memory_mb_from_meminfo, unit_file};
 
 /// Where generated units go.
 pub const UNIT_DIRECTORY: &str = "/etc/systemd/system";
@@ -83,7 +91,15 @@ pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 pub const LOG_LINES: usize = 30;
 
 /// The parts whose change needs the app restarted.
-const RESTARTING_PARTS: &[&str] = &["runtime", "release", "current", "config", "unit", "service"];
+const RESTARTING_PARTS: &[&str] = &[
+    "runtime",
+    "release",
+    "current",
+    "config",
+    "environment",
+    "unit",
+    "service",
+];
 
 /// Whether these changes of a java_app restarted it (so a notification
 /// needs no second restart).
@@ -125,6 +141,12 @@ impl JavaAppProvider<'_> {
 
     pub(super) fn current_path(&self) -> String {
         format!("{}/current", self.0.home)
+    }
+
+    /// The owner-only `EnvironmentFile=` of a sensitive app, in its
+    /// configuration folder.
+    pub(super) fn environment_path(&self) -> String {
+        format!("{}/{}.env", self.0.config_dir, self.0.name)
     }
 }
 
@@ -195,12 +217,15 @@ impl Provider for JavaAppProvider<'_> {
                 "restarted {}; it is healthy",
                 self.unit_name()
             ))),
-            Err(problem) => Err(ProviderError::Failed(format!(
-                "java_app {} is not healthy after its restart: {problem}\nlast log lines of {}:\n{}",
-                self.0.name,
-                self.unit_name(),
-                self.last_log_lines(cx, restarted_at)
-            ))),
+            Err(problem) => Err(ProviderError::FailedWithDetails {
+                full: format!(
+                    "java_app {} is not healthy after its restart: {problem}\nlast log lines of {}:\n{}",
+                    self.0.name,
+                    self.unit_name(),
+                    self.last_log_lines(cx, restarted_at)
+                ),
+                safe: format!("java_app {} is not healthy after its restart", self.0.name),
+            }),
         }
     }
 

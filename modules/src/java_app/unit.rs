@@ -51,7 +51,10 @@ pub fn memory_mb_from_meminfo(text: &str) -> Option<u64> {
 }
 
 /// The systemd unit of the app. `heap` is the `-Xmx` option, if any.
-pub fn unit_file(app: &JavaApp, heap: Option<&str>) -> String {
+/// With `environment_file`, the catalog's environment is not written in
+/// the unit but read from that file ([`environment_file`]): a sensitive
+/// app's values stay out of the world-readable unit.
+pub fn unit_file(app: &JavaApp, heap: Option<&str>, environment_file: Option<&str>) -> String {
     let mut out = format!(
         "# Written by cms for java_app {name}; local changes are overwritten.\n\
          [Unit]\n\
@@ -69,11 +72,14 @@ pub fn unit_file(app: &JavaApp, heap: Option<&str>) -> String {
         group = app.group,
         home = app.home,
     );
-    let mut environment: BTreeMap<&str, String> = app
-        .environment
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.clone()))
-        .collect();
+    let mut environment: BTreeMap<&str, String> = match environment_file {
+        Some(_) => BTreeMap::new(),
+        None => app
+            .environment
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect(),
+    };
     if app.config_dir != format!("{}/config", app.home) {
         // Spring Boot finds `config/` of its working directory by itself;
         // elsewhere it is told.
@@ -86,6 +92,11 @@ pub fn unit_file(app: &JavaApp, heap: Option<&str>) -> String {
             "Environment=\"{key}={}\"\n",
             escape_quoted(value, false)
         ));
+    }
+    if let Some(path) = environment_file {
+        // Read by systemd (as root) at each start, before it drops to the
+        // app's user; `%` is a specifier in a path.
+        out.push_str(&format!("EnvironmentFile={}\n", path.replace('%', "%%")));
     }
     let mut command = vec![app.java.clone()];
     command.extend(heap.map(str::to_string));
@@ -111,6 +122,29 @@ pub fn unit_file(app: &JavaApp, heap: Option<&str>) -> String {
         out.push_str(&format!("MemoryMax={}\n", memory.to_ascii_uppercase()));
     }
     out.push_str("\n[Install]\nWantedBy=multi-user.target\n");
+    out
+}
+
+/// The `EnvironmentFile=` of a sensitive app: one `KEY="value"` line per
+/// variable of the catalog's environment, in key order. Inside the double
+/// quotes systemd takes `\\`, `\"`, `\$` and `` \` `` as the character
+/// itself, keeps newlines, and expands neither variables nor specifiers.
+pub fn environment_file(app: &JavaApp) -> String {
+    let mut out = format!(
+        "# Written by cms for java_app {}; local changes are overwritten.\n",
+        app.name
+    );
+    for (key, value) in &app.environment {
+        out.push_str(key);
+        out.push_str("=\"");
+        for c in value.chars() {
+            if matches!(c, '\\' | '"' | '$' | '`') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push_str("\"\n");
+    }
     out
 }
 
@@ -150,7 +184,7 @@ mod tests {
 
     #[test]
     fn the_unit_runs_the_current_release_with_heap_options_environment_and_limits() {
-        let unit = unit_file(&app(), Some("-Xmx1024m"));
+        let unit = unit_file(&app(), Some("-Xmx1024m"), None);
         assert_eq!(
             unit,
             "# Written by cms for java_app orders; local changes are overwritten.\n\
@@ -192,10 +226,10 @@ mod tests {
         let mut moved = app();
         moved.config_dir = "/etc/orders".into();
         assert!(
-            unit_file(&moved, None)
+            unit_file(&moved, None, None)
                 .contains("Environment=\"SPRING_CONFIG_ADDITIONAL_LOCATION=file:/etc/orders/\"\n")
         );
-        assert!(!unit_file(&app(), None).contains("SPRING_CONFIG"));
+        assert!(!unit_file(&app(), None, None).contains("SPRING_CONFIG"));
     }
 
     #[test]
@@ -211,5 +245,23 @@ mod tests {
             Some(7851)
         );
         assert_eq!(memory_mb_from_meminfo("MemFree: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn a_sensitive_apps_environment_goes_to_its_file_and_not_into_the_unit() {
+        let mut secret = app();
+        secret
+            .environment
+            .insert("DB_PASSWORD".into(), "s3cr\"et$HOME`x`\\n".into());
+        let unit = unit_file(&secret, None, Some("/opt/orders/config/orders.env"));
+        assert!(!unit.contains("s3cr"), "{unit}");
+        assert!(!unit.contains("Environment=\""), "{unit}");
+        assert!(unit.contains("EnvironmentFile=/opt/orders/config/orders.env\n"));
+        assert_eq!(
+            environment_file(&secret),
+            "# Written by cms for java_app orders; local changes are overwritten.\n\
+             DB_PASSWORD=\"s3cr\\\"et\\$HOME\\`x\\`\\\\n\"\n\
+             SPRING_PROFILES_ACTIVE=\"prod\"\n"
+        );
     }
 }
