@@ -19,6 +19,7 @@ mod kinds;
 mod node_reads;
 mod reads;
 mod repository;
+mod secret_api_stub;
 mod source;
 mod template;
 mod validate;
@@ -37,6 +38,10 @@ pub use kinds::*;
 pub use reads::{ATTESTED_KEYS, NodeReads};
 pub use repository::{
     DeclaredResource, Hierarchy, MAX_DATA_DEPTH, MAX_INCLUDE_DEPTH, Repository, Role, Settings,
+};
+pub use secret_api_stub::{
+    SecretEntry, SecretSource, SecretValues, aws_references, compile_with_secrets,
+    repository_secrets, validate_with_secrets,
 };
 pub use source::{
     Entry, JoinError, ReadError, RepoFiles, SETTINGS_FILE, is_repository_path, join_inside,

@@ -20,6 +20,8 @@
 mod credentials;
 mod document;
 mod ec2;
+mod secrets;
+mod signing;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,7 @@ use serde::Deserialize;
 pub use self::credentials::{Credentials, CredentialsSource};
 pub use self::document::{IdentityDocument, verify_signature};
 pub use self::ec2::{Ec2Client, Ec2Error};
+pub use self::secrets::{AwsReference, SecretsClient, SecretsEndpoints};
 
 use crate::clock::SharedClock;
 
