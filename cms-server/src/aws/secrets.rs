@@ -94,6 +94,9 @@ impl SecretsClient {
         if let Some(http) = self.http.get() {
             return Ok(http);
         }
+        // reqwest is built without a default crypto provider: the server's
+        // (ring) is installed here too, for callers outside `serve`.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::blocking::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(REQUEST_TIMEOUT)

@@ -254,6 +254,16 @@ impl ServerSecrets {
         let _ = self.fetch(references, false);
     }
 
+    /// The sha256 (hex) of the value last fetched for `reference`: lets a
+    /// test or a check tell which value is held without showing it.
+    pub fn aws_value_digest(&self, reference: &str) -> Option<String> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .values
+            .get(reference)
+            .map(|(value, _)| cms_roles::sha256_hex(value))
+    }
+
     /// The generation of the AWS values: bumped on every change.
     pub fn generation(&self) -> u64 {
         self.state
