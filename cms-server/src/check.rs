@@ -1,5 +1,7 @@
 //! `cms-server check`: validate a roles repository, or show the catalog a
-//! node would get. Data goes to stdout, problems to stderr.
+//! node would get. Data goes to stdout, problems to stderr. Secrets are not
+//! read: every secret is a placeholder (`SecretValues::placeholders`), so
+//! whoever edits roles can check them without the server's key.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -7,8 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use cms_roles::{
-    Catalog, Diagnostics, Node, Repository, ResourceKind, compile, example_attested, example_facts,
-    validate,
+    Catalog, Diagnostics, Node, Repository, ResourceKind, SecretValues, compile_with_secrets,
+    example_attested, example_facts, validate_with_secrets,
 };
 use serde_json::Value;
 
@@ -23,7 +25,8 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let (repository, parse_problems) = Repository::load_dir(&args.repo);
     let Some(tags) = tags else {
         let mut diagnostics = parse_problems;
-        diagnostics.extend(validate(&repository, &facts));
+        let placeholders = SecretValues::placeholders(&repository);
+        diagnostics.extend(validate_with_secrets(&repository, &facts, &placeholders));
         let diagnostics = diagnostics.into_sorted();
         if !diagnostics.is_empty() {
             return Ok(invalid(&diagnostics, args.format));
@@ -80,7 +83,8 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         );
     }
     // A catalog the server would refuse to send is invalid, as in validation.
-    let compiled = compile(&repository, &node).and_then(|catalog| {
+    let placeholders = SecretValues::placeholders(&repository);
+    let compiled = compile_with_secrets(&repository, &node, &placeholders).and_then(|catalog| {
         let too_large = cms_roles::check_catalog_size(&repository, &catalog);
         if too_large.is_empty() {
             Ok(catalog)

@@ -207,6 +207,16 @@ fn a_secret_for_another_key_or_damaged_is_refused_with_its_line_and_the_server_k
     server.assert_running();
     assert_eq!(server.revision(), good);
 
+    // A restart decrypts the last good revision again and serves it.
+    drop(server);
+    let mut server = Server::start(data.path(), &upstream.path());
+    server.wait_for_grpc();
+    assert_eq!(
+        server.revision(),
+        good,
+        "the last good revision is restored"
+    );
+
     // Nothing the server wrote holds the value: store, mirror, log.
     drop(server);
     let mut files = Vec::new();
