@@ -7,7 +7,10 @@
 //! of what the compile reads (`CatalogKey`): the revision, the tags, the
 //! data layers that apply, and only those node values the repository can
 //! read (`cms_roles::NodeReads`, found from the parsed templates; a read
-//! whose root cannot be told counts as reading everything). A compile
+//! whose root cannot be told counts as reading everything), and the
+//! generation of the AWS secret values (`secrets::RevisionSecrets`), so a
+//! rotated value compiles anew. Catalogs may hold secret values: they stay
+//! in this cache, in memory, and are never written anywhere. A compile
 //! already running for a key is joined rather than repeated (single
 //! flight), and at most `max_concurrent_compiles` run at once; the others
 //! queue on a semaphore instead of being refused.

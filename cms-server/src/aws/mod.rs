@@ -16,6 +16,9 @@
 //! file (`cms-server serve --enrollment-config FILE`, see
 //! [`EnrollmentConfig`]). Everything here blocks (HTTP with timeouts and
 //! retries): enrollment runs on the server's blocking threads.
+//!
+//! The same credentials and signing (`signing`) serve the secrets client
+//! (`secrets`: SSM and Secrets Manager values for `secrets::ServerSecrets`).
 
 mod credentials;
 mod document;
