@@ -619,7 +619,15 @@ pub fn validate_files(
     let resolved = match secrets.resolve(&repository) {
         Ok(resolved) => resolved,
         Err(problems) => {
+            // The rest is still checked, with a stand-in for every secret:
+            // one sync reports every problem.
             diagnostics.extend(problems);
+            let placeholders = cms_roles::SecretValues::placeholders(&repository);
+            diagnostics.extend(cms_roles::validate_with_secrets(
+                &repository,
+                &example_facts(),
+                &placeholders,
+            ));
             return (
                 repository,
                 RevisionSecrets::empty(),
@@ -639,6 +647,32 @@ pub fn validate_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_that_does_not_decrypt_is_reported_with_the_other_problems_of_the_commit() {
+        let stranger = age::x25519::Identity::generate();
+        let foreign =
+            crate::secrets::crypt::encrypt_armored(b"v", &[stranger.to_public()]).unwrap();
+        let mut files = RepoFiles::new();
+        files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+        files.insert("roles/base.toml", "[[package]]\nnmae = \"curl\"\n");
+        files.insert(
+            "secrets/common.toml",
+            format!("[db]\nage = '''\n{foreign}'''\n").as_str(),
+        );
+        let server = Arc::new(crate::secrets::ServerSecrets::with_identity(
+            Some(age::x25519::Identity::generate()),
+            &crate::secrets::SecretsConfig::default(),
+            crate::clock::system(),
+        ));
+        let (_, _, diagnostics) = validate_files(files, &server);
+        let text = diagnostics.to_string();
+        assert!(
+            text.contains("secrets/common.toml:1:1: secret `db`"),
+            "{text}"
+        );
+        assert!(text.contains("roles/base.toml:2"), "{text}");
+    }
 
     fn tree(
         entries: &[(&str, TreeNode)],

@@ -27,7 +27,11 @@ pub fn identity_path(data_dir: &Path) -> PathBuf {
 pub fn load_or_create(data_dir: &Path) -> anyhow::Result<age::x25519::Identity> {
     use std::os::unix::fs::DirBuilderExt as _;
     let path = identity_path(data_dir);
-    if path.exists() {
+    if let Ok(metadata) = std::fs::metadata(&path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        if metadata.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "the secrets identity is readable by others than its owner: chmod 600 it");
+        }
         return read_identity_file(&path);
     }
     let dir = secrets_dir(data_dir);
