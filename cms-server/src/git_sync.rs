@@ -486,8 +486,12 @@ impl Syncer {
             if self.refused.len() == REMEMBERED_REFUSALS {
                 self.refused.pop_front();
             }
-            self.refused
-                .push_back((commit.clone(), diagnostics.clone()));
+            // A commit refused for an AWS value not fetched yet is
+            // validated again on the next sync, not remembered.
+            if !crate::secrets::may_pass_later(&diagnostics) {
+                self.refused
+                    .push_back((commit.clone(), diagnostics.clone()));
+            }
             Ok(SyncOutcome::Refused {
                 commit,
                 diagnostics,

@@ -236,3 +236,47 @@ fn a_running_server_fetches_its_aws_secrets_again_after_the_refresh_period() {
     assert_eq!(double.unsigned_calls(), 0);
     server.stop().unwrap();
 }
+
+#[test]
+fn a_commit_refused_for_an_aws_value_not_there_yet_passes_once_it_is() {
+    let double = AwsSecretsDouble::start().unwrap();
+    double.set_parameter("/prod/db", "db-v1");
+    // prod/app is not created yet.
+    let repo = tempfile::tempdir().unwrap();
+    let git = GitRepo::init(repo.path()).unwrap();
+    git.commit(
+        &[
+            ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
+            ("roles/base.toml", "[[package]]\nname = \"curl\"\n"),
+            ("secrets/common.toml", SECRETS),
+        ],
+        "secrets from AWS",
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let secrets = config(&double, Duration::from_secs(3600));
+    let server = TestServer::start_with(
+        data.path(),
+        repo.path(),
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        move |config| {
+            config.secrets = secrets;
+        },
+    )
+    .unwrap();
+    let refused = server.runtime.block_on(server.sync()).unwrap();
+    assert!(!refused.accepted, "{refused:?}");
+    assert!(
+        refused
+            .errors
+            .iter()
+            .any(|e| e.file == "secrets/common.toml" && e.line == 5),
+        "{refused:?}"
+    );
+    // The secret is created: the same commit passes on the next sync.
+    double.set_secret_string("prod/app", r#"{"token":"token-v1"}"#);
+    let accepted = server.runtime.block_on(server.sync()).unwrap();
+    assert!(accepted.accepted, "{accepted:?}");
+    assert_eq!(accepted.revision, refused.revision);
+    server.stop().unwrap();
+}

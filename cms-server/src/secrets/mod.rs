@@ -49,6 +49,21 @@ impl Default for SecretsConfig {
     }
 }
 
+/// Ends the diagnostic of an AWS reference that could not be fetched yet:
+/// a refusal for that reason may pass on a later sync of the same commit.
+pub const NOT_YET_FETCHED: &str = "never fetched, so the commit cannot be served yet";
+
+/// Whether a refusal may pass on a later sync of the same commit: one of
+/// its problems is an AWS value that could not be fetched (AWS down, a
+/// secret not created yet), which another sync tries again.
+pub fn may_pass_later(diagnostics: &Diagnostics) -> bool {
+    diagnostics.0.iter().any(|diagnostic| {
+        diagnostic
+            .message
+            .ends_with(&format!("({NOT_YET_FETCHED})"))
+    })
+}
+
 /// How often AWS values are fetched again by default.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 
@@ -186,7 +201,7 @@ impl ServerSecrets {
             problems.push(Diagnostic::new(
                 &file,
                 position,
-                format!("AWS secret {why} (never fetched, so the commit cannot be served)"),
+                format!("AWS secret {why} ({NOT_YET_FETCHED})"),
             ));
         }
         if !problems.is_empty() {
