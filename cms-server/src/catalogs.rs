@@ -7,7 +7,10 @@
 //! of what the compile reads (`CatalogKey`): the revision, the tags, the
 //! data layers that apply, and only those node values the repository can
 //! read (`cms_roles::NodeReads`, found from the parsed templates; a read
-//! whose root cannot be told counts as reading everything). A compile
+//! whose root cannot be told counts as reading everything), and the
+//! generation of the AWS secret values (`secrets::RevisionSecrets`), so a
+//! rotated value compiles anew. Catalogs may hold secret values: they stay
+//! in this cache, in memory, and are never written anywhere. A compile
 //! already running for a key is joined rather than repeated (single
 //! flight), and at most `max_concurrent_compiles` run at once; the others
 //! queue on a semaphore instead of being refused.
@@ -18,8 +21,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use cms_roles::{
-    Catalog, Diagnostics, Node, NodeReads, Repository, compile, data_layers, node_context,
-    sha256_hex,
+    Catalog, Diagnostics, Node, NodeReads, Repository, SecretValues, compile_with_secrets,
+    data_layers, node_context, sha256_hex,
 };
 use tokio::sync::{Semaphore, watch};
 
@@ -37,11 +40,14 @@ impl CatalogKey {
     /// as the repository can read them (`reads`, found by
     /// `NodeReads::of`). A value the repository reads by name and the node
     /// lacks is absent from the digest, unlike one it has.
+    /// `secrets_generation` is the generation of the AWS secret values
+    /// the compile uses: a rotated value makes a new key.
     pub fn of(
         revision: &str,
         repository: &Repository,
         node: &Node,
         reads: &NodeReads,
+        secrets_generation: u64,
     ) -> CatalogKey {
         let (layers, problems) = data_layers(repository, &node_context(node));
         let id = reads.node_id.then_some(node.id.as_str());
@@ -63,6 +69,7 @@ impl CatalogKey {
             attested,
             layers,
             problems.to_string(),
+            secrets_generation,
         ))
         .expect("a node serializes");
         CatalogKey(sha256_hex(&identity))
@@ -147,12 +154,29 @@ impl Catalogs {
         }
     }
 
-    /// The catalog of `node` at `revision`, compiled at most once per key.
+    /// The catalog of `node` at `revision` of a repository without
+    /// secrets, compiled at most once per key.
     pub async fn get(
         &self,
         revision: &str,
         repository: Arc<Repository>,
         node: Node,
+    ) -> CompileResult {
+        self.get_with_secrets(revision, repository, node, Arc::default(), 0)
+            .await
+    }
+
+    /// The catalog of `node` at `revision`, compiled with `secrets` (whose
+    /// AWS values are of `secrets_generation`), at most once per key. The
+    /// catalog, which may hold secret values, stays in this cache, in
+    /// memory.
+    pub async fn get_with_secrets(
+        &self,
+        revision: &str,
+        repository: Arc<Repository>,
+        node: Node,
+        secrets: Arc<SecretValues>,
+        secrets_generation: u64,
     ) -> CompileResult {
         let reads = {
             let known = self
@@ -175,7 +199,7 @@ impl Catalogs {
                 }
             }
         };
-        let key = CatalogKey::of(revision, &repository, &node, &reads);
+        let key = CatalogKey::of(revision, &repository, &node, &reads, secrets_generation);
         // Either the result is known, a compile is running (wait for it), or
         // this caller compiles. The lock is released before any await.
         enum Next {
@@ -211,7 +235,9 @@ impl Catalogs {
             let compile_duration = self.compile_duration.clone();
             tokio::task::spawn_blocking(move || {
                 let started = crate::clock::instant();
-                let result = compile(&repository, &node).map(Arc::new).map_err(Arc::new);
+                let result = compile_with_secrets(&repository, &node, &secrets)
+                    .map(Arc::new)
+                    .map_err(Arc::new);
                 if let Some(histogram) = compile_duration {
                     histogram.observe(started.elapsed().as_secs_f64());
                 }

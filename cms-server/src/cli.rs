@@ -85,6 +85,10 @@ pub enum Command {
         after_help = "Examples:\n  cms-server check --repo roles-repo\n  cms-server check --repo roles-repo --tags role=api,env=prod\n  cms-server check --repo roles-repo --tags role=web --facts facts.json --format json\n\nExit status: 0 valid, 1 invalid (errors on stderr), 3 the check could not run."
     )]
     Check(CheckArgs),
+    /// Secrets: the server's public key, and encrypting values into a
+    /// roles repository's `secrets/` files.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  cms-server completions bash > /etc/bash_completion.d/cms-server\n  cms-server completions zsh > \"${fpath[1]}/_cms-server\"\n  cms-server completions fish > ~/.config/fish/completions/cms-server.fish\n\nThe Debian package installs all three."
@@ -317,6 +321,103 @@ pub struct ServeArgs {
         env = "CMS_SERVER_REPORT_RATE"
     )]
     pub report_rate: u32,
+    /// The AWS region of SSM and Secrets Manager, for `from = "ssm:…"` and
+    /// `secretsmanager:…` secrets [default: AWS_REGION].
+    #[arg(long, value_name = "REGION", env = "CMS_SERVER_AWS_REGION")]
+    pub aws_region: Option<String>,
+    /// The SSM endpoint (a VPC endpoint, a test double) [default:
+    /// https://ssm.REGION.amazonaws.com].
+    #[arg(long, value_name = "URL", env = "CMS_SERVER_SSM_ENDPOINT")]
+    pub ssm_endpoint: Option<String>,
+    /// The Secrets Manager endpoint [default:
+    /// https://secretsmanager.REGION.amazonaws.com].
+    #[arg(long, value_name = "URL", env = "CMS_SERVER_SECRETSMANAGER_ENDPOINT")]
+    pub secretsmanager_endpoint: Option<String>,
+    /// AWS secret values older than this are fetched again; a changed
+    /// value reaches the agents on their next pull.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "5m",
+        env = "CMS_SERVER_SECRETS_REFRESH"
+    )]
+    pub secrets_refresh: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Print the server's public key (age1…), for `[secrets] recipients`
+    /// of cms.toml. The key is made on the server's first start.
+    #[command(after_help = "Examples:\n  cms-server secrets recipient --data /var/lib/cms-server")]
+    Recipient(SecretsRecipientArgs),
+    /// Encrypt a value, read from standard input, to the recipients of
+    /// cms.toml, as one secret of a layer's secrets file. Needs no private
+    /// key.
+    #[command(
+        after_help = "Examples:\n  printf %s \"$DB_PASSWORD\" | cms-server secrets encrypt --repo roles --layer env/prod db_password\n  cms-server secrets encrypt --repo roles --layer common tls_key < server.key\n  cms-server secrets encrypt --repo roles --layer common api_token --scope env=prod,role=api < token.txt"
+    )]
+    Encrypt(SecretsEncryptArgs),
+    /// Decrypt every secret of a repository with the server's key (or a
+    /// break-glass key) and encrypt it again to the recipients of cms.toml,
+    /// after a recipient was added or removed. Writes nothing unless every
+    /// secret decrypts.
+    #[command(
+        after_help = "Examples:\n  cms-server secrets reencrypt --repo roles --data /var/lib/cms-server\n  cms-server secrets reencrypt --repo roles --identity break-glass.txt"
+    )]
+    Reencrypt(SecretsReencryptArgs),
+    /// Make a new age identity in a new owner-only file (the team's
+    /// break-glass key, kept offline); prints its public key.
+    #[command(after_help = "Examples:\n  cms-server secrets new-identity --out break-glass.txt")]
+    NewIdentity(SecretsNewIdentityArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SecretsRecipientArgs {
+    /// The server's data directory [default: as the admin commands'].
+    #[arg(long, value_name = "DIR", env = "CMS_SERVER_DATA")]
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SecretsEncryptArgs {
+    /// The roles repository's folder (a checkout).
+    #[arg(long, value_name = "DIR")]
+    pub repo: PathBuf,
+    /// The layer of the hierarchy: `common`, `env/prod`, … (the file is
+    /// secrets/LAYER.toml).
+    #[arg(long, value_name = "LAYER")]
+    pub layer: String,
+    /// Who may receive the secret: tag names or trusted.KEY, with globs,
+    /// all must hold [default: the secret's scope stays as it is].
+    #[arg(long, value_name = "NAME=GLOB,...")]
+    pub scope: Option<String>,
+    /// Accept an empty value.
+    #[arg(long)]
+    pub allow_empty: bool,
+    /// The secret's key: letters, digits, `_`, `-`.
+    pub key: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SecretsReencryptArgs {
+    /// The roles repository's folder (a checkout).
+    #[arg(long, value_name = "DIR")]
+    pub repo: PathBuf,
+    /// An identity file to decrypt with (a break-glass key) instead of the
+    /// server's.
+    #[arg(long, value_name = "FILE", conflicts_with = "data")]
+    pub identity: Option<PathBuf>,
+    /// The server's data directory, whose identity decrypts [default: as
+    /// the admin commands'].
+    #[arg(long, value_name = "DIR", env = "CMS_SERVER_DATA")]
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SecretsNewIdentityArgs {
+    /// The new identity file (refused if it exists).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

@@ -137,7 +137,74 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Invocation::Trigger { args, admin } => crate::trigger_cli::run(args, &admin).await,
+        Invocation::SecretsRecipient { data_dir } => {
+            let path = crate::secrets::identity::identity_path(&data_dir);
+            if !path.exists() {
+                bail!(
+                    "Failed to find the server's secrets identity {}\nhint: it is made on the server's first start; pass --data with the server's data directory",
+                    path.display()
+                );
+            }
+            let identity = crate::secrets::identity::read_identity_file(&path)?;
+            println!("{}", identity.to_public());
+            Ok(ExitCode::SUCCESS)
+        }
+        Invocation::SecretsEncrypt(args) => {
+            let value = read_secret_from_stdin(args.allow_empty)?;
+            let scope = args
+                .scope
+                .as_deref()
+                .map(crate::secrets::repo_files::parse_scope)
+                .transpose()?;
+            let path = crate::secrets::repo_files::encrypt_into(
+                &args.repo,
+                &args.layer,
+                &args.key,
+                &value,
+                scope.as_ref(),
+            )?;
+            eprintln!("encrypted `{}` into {}", args.key, path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Invocation::SecretsReencrypt { repo, identity } => {
+            let identity = crate::secrets::identity::read_identity_file(&identity)?;
+            let done = crate::secrets::repo_files::reencrypt(&repo, &identity)?;
+            eprintln!(
+                "re-encrypted {} secret(s) in {} file(s)",
+                done.secrets, done.files
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Invocation::SecretsNewIdentity(args) => {
+            let identity = age::x25519::Identity::generate();
+            crate::secrets::identity::write_new_identity(&args.out, &identity)?;
+            println!("{}", identity.to_public());
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// A secret's value: all of standard input, as bytes. A terminal is
+/// refused (the value would be echoed and kept in the scrollback), and so
+/// is an empty value unless allowed.
+fn read_secret_from_stdin(allow_empty: bool) -> anyhow::Result<Vec<u8>> {
+    use std::io::{IsTerminal as _, Read as _};
+    let mut stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        bail!(
+            "Refusing to read a secret from a terminal\nhint: pipe it in (`printf %s \"$VALUE\" | cms-server secrets encrypt ...`) or redirect a file (`< value.txt`)"
+        );
+    }
+    let mut value = Vec::new();
+    stdin
+        .read_to_end(&mut value)
+        .context("Failed to read the value from standard input")?;
+    if value.is_empty() && !allow_empty {
+        bail!(
+            "the value on standard input is empty\nhint: pass --allow-empty to store an empty secret"
+        );
+    }
+    Ok(value)
 }
 
 async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
@@ -185,6 +252,20 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
         config.aws = crate::aws::load_config(path, &environment, crate::clock::system())?
             .map(std::sync::Arc::new);
     }
+    config.secrets = crate::secrets::SecretsConfig {
+        endpoints: crate::aws::SecretsEndpoints {
+            region: args
+                .aws_region
+                .clone()
+                .or_else(|| std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty())),
+            ssm: args.ssm_endpoint.clone(),
+            secretsmanager: args.secretsmanager_endpoint.clone(),
+        },
+        refresh: duration(&args.secrets_refresh, "secrets-refresh")?.max(Duration::from_secs(1)),
+        environment: std::env::vars()
+            .filter(|(name, _)| name.starts_with("AWS_"))
+            .collect(),
+    };
     config.report_rate = crate::reports::ReportRateLimit {
         burst: args.report_burst,
         per_hour: args.report_rate,

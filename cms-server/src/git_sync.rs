@@ -23,7 +23,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use cms_roles::{Diagnostics, RepoFiles, Repository, example_facts, validate};
+use cms_roles::{Diagnostics, RepoFiles, Repository, example_facts};
+
+use crate::secrets::{RevisionSecrets, ServerSecrets};
 use gix::remote::Direction;
 
 /// The refspec of a mirror: every branch of the remote, under the same name,
@@ -134,6 +136,8 @@ pub struct Revision {
     /// compiled from it.
     pub commit: String,
     pub repository: Arc<Repository>,
+    /// Its secret values (decrypted, fetched): only in memory.
+    pub secrets: Arc<crate::secrets::RevisionSecrets>,
 }
 
 /// What one [`Syncer::sync_once`] did.
@@ -157,6 +161,7 @@ pub enum SyncOutcome {
 #[derive(Debug)]
 pub struct Syncer {
     source: GitSource,
+    secrets: Arc<ServerSecrets>,
     current: Option<Revision>,
     /// Refused commits and why, oldest first.
     refused: VecDeque<(String, Diagnostics)>,
@@ -411,9 +416,21 @@ impl Syncer {
     pub fn new(source: GitSource) -> Syncer {
         Syncer {
             source,
+            secrets: ServerSecrets::none(),
             current: None,
             refused: VecDeque::new(),
         }
+    }
+
+    /// The same, decrypting and fetching secrets with `secrets`.
+    pub fn with_secrets(mut self, secrets: Arc<ServerSecrets>) -> Syncer {
+        self.secrets = secrets;
+        self
+    }
+
+    /// What validation reads secrets with.
+    pub fn secrets(&self) -> &Arc<ServerSecrets> {
+        &self.secrets
     }
 
     pub fn source(&self) -> &GitSource {
@@ -446,7 +463,7 @@ impl Syncer {
 
         let files = self.source.read_commit(&commit)?;
         let read = started.elapsed();
-        let (repository, diagnostics) = validate_files(files);
+        let (repository, secrets, diagnostics) = validate_files(files, &self.secrets);
         let validated = started.elapsed();
         tracing::info!(
             commit,
@@ -461,6 +478,7 @@ impl Syncer {
             let revision = Revision {
                 commit,
                 repository: Arc::new(repository),
+                secrets,
             };
             self.current = Some(revision.clone());
             Ok(SyncOutcome::Accepted(revision))
@@ -468,8 +486,12 @@ impl Syncer {
             if self.refused.len() == REMEMBERED_REFUSALS {
                 self.refused.pop_front();
             }
-            self.refused
-                .push_back((commit.clone(), diagnostics.clone()));
+            // A commit refused for an AWS value not fetched yet is
+            // validated again on the next sync, not remembered.
+            if !crate::secrets::may_pass_later(&diagnostics) {
+                self.refused
+                    .push_back((commit.clone(), diagnostics.clone()));
+            }
             Ok(SyncOutcome::Refused {
                 commit,
                 diagnostics,
@@ -588,18 +610,73 @@ fn redacted(url: &str) -> String {
     }
 }
 
-/// Parses and validates a commit's files: every parse problem, and every
-/// problem compiling each role for the nodes it is written for. The
-/// repository is usable only when the diagnostics are empty.
-pub fn validate_files(files: cms_roles::RepoFiles) -> (Repository, cms_roles::Diagnostics) {
+/// Parses and validates a commit's files: every parse problem, every
+/// secret that cannot be decrypted or fetched (`secrets`), and every
+/// problem compiling each role, with its secrets, for the nodes it is
+/// written for. The repository is usable only when the diagnostics are
+/// empty.
+pub fn validate_files(
+    files: cms_roles::RepoFiles,
+    secrets: &Arc<ServerSecrets>,
+) -> (Repository, Arc<RevisionSecrets>, cms_roles::Diagnostics) {
     let (repository, mut diagnostics) = Repository::load(files);
-    diagnostics.extend(validate(&repository, &example_facts()));
-    (repository, diagnostics.into_sorted())
+    let resolved = match secrets.resolve(&repository) {
+        Ok(resolved) => resolved,
+        Err(problems) => {
+            // The rest is still checked, with a stand-in for every secret:
+            // one sync reports every problem.
+            diagnostics.extend(problems);
+            let placeholders = cms_roles::SecretValues::placeholders(&repository);
+            diagnostics.extend(cms_roles::validate_with_secrets(
+                &repository,
+                &example_facts(),
+                &placeholders,
+            ));
+            return (
+                repository,
+                RevisionSecrets::empty(),
+                diagnostics.into_sorted(),
+            );
+        }
+    };
+    let (values, _) = resolved.values();
+    diagnostics.extend(cms_roles::validate_with_secrets(
+        &repository,
+        &example_facts(),
+        &values,
+    ));
+    (repository, resolved, diagnostics.into_sorted())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_that_does_not_decrypt_is_reported_with_the_other_problems_of_the_commit() {
+        let stranger = age::x25519::Identity::generate();
+        let foreign =
+            crate::secrets::crypt::encrypt_armored(b"v", &[stranger.to_public()]).unwrap();
+        let mut files = RepoFiles::new();
+        files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+        files.insert("roles/base.toml", "[[package]]\nnmae = \"curl\"\n");
+        files.insert(
+            "secrets/common.toml",
+            format!("[db]\nage = '''\n{foreign}'''\n").as_str(),
+        );
+        let server = Arc::new(crate::secrets::ServerSecrets::with_identity(
+            Some(age::x25519::Identity::generate()),
+            &crate::secrets::SecretsConfig::default(),
+            crate::clock::system(),
+        ));
+        let (_, _, diagnostics) = validate_files(files, &server);
+        let text = diagnostics.to_string();
+        assert!(
+            text.contains("secrets/common.toml:1:1: secret `db`"),
+            "{text}"
+        );
+        assert!(text.contains("roles/base.toml:2"), "{text}");
+    }
 
     fn tree(
         entries: &[(&str, TreeNode)],

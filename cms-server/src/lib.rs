@@ -35,6 +35,7 @@ pub mod pki;
 pub mod reports;
 pub mod resolve;
 pub mod revision;
+pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod startup;

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::{
     AdminArgs, AdminCommand, AuditArgs, CheckArgs, Command, CompletionsArgs, Format, NodeCommand,
-    NodeRevokeArgs, NodesArgs, OperatorCredentialArgs, OperatorNameArgs, ReportsArgs, ServeArgs,
-    TokenCommand, TokenCreateArgs, TriggerArgs,
+    NodeRevokeArgs, NodesArgs, OperatorCredentialArgs, OperatorNameArgs, ReportsArgs,
+    SecretsCommand, SecretsEncryptArgs, SecretsNewIdentityArgs, ServeArgs, TokenCommand,
+    TokenCreateArgs, TriggerArgs,
 };
 
 /// The packaged server's data directory.
@@ -140,6 +141,18 @@ pub enum Invocation {
         args: TriggerArgs,
         admin: AdminTarget,
     },
+    /// Prints the public key of the identity in `data_dir`.
+    SecretsRecipient {
+        data_dir: PathBuf,
+    },
+    SecretsEncrypt(SecretsEncryptArgs),
+    /// Re-encrypts `repo`'s secrets, decrypting with `identity` (a given
+    /// file, else the server's in its data directory).
+    SecretsReencrypt {
+        repo: PathBuf,
+        identity: PathBuf,
+    },
+    SecretsNewIdentity(SecretsNewIdentityArgs),
 }
 
 /// Resolves a parsed command line. A given `--data` (or `CMS_SERVER_DATA`)
@@ -197,6 +210,19 @@ pub fn resolve(command: Command, env: &Environment) -> Invocation {
             let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
             Invocation::Trigger { args, admin }
         }
+        Command::Secrets(SecretsCommand::Recipient(args)) => Invocation::SecretsRecipient {
+            data_dir: args.data.unwrap_or_else(|| env.admin_data_dir()),
+        },
+        Command::Secrets(SecretsCommand::Encrypt(args)) => Invocation::SecretsEncrypt(args),
+        Command::Secrets(SecretsCommand::Reencrypt(args)) => Invocation::SecretsReencrypt {
+            identity: args.identity.unwrap_or_else(|| {
+                crate::secrets::identity::identity_path(
+                    &args.data.unwrap_or_else(|| env.admin_data_dir()),
+                )
+            }),
+            repo: args.repo,
+        },
+        Command::Secrets(SecretsCommand::NewIdentity(args)) => Invocation::SecretsNewIdentity(args),
     }
 }
 
@@ -247,9 +273,14 @@ mod tests {
         let cli = Cli::try_parse_from(std::iter::once("cms-server").chain(line.iter().copied()))
             .unwrap_or_else(|e| panic!("{line:?} parses: {e}"));
         match resolve(cli.command, &machine.env) {
-            Invocation::Serve { data_dir, .. } | Invocation::DashboardToken { data_dir } => {
-                data_dir
-            }
+            Invocation::Serve { data_dir, .. }
+            | Invocation::DashboardToken { data_dir }
+            | Invocation::SecretsRecipient { data_dir } => data_dir,
+            Invocation::SecretsReencrypt { identity, .. } => identity
+                .parent()
+                .and_then(Path::parent)
+                .expect("DATA/secrets/identity.txt")
+                .to_path_buf(),
             Invocation::TokenCreate { admin, .. }
             | Invocation::Nodes { admin, .. }
             | Invocation::Reports { admin, .. }
@@ -261,7 +292,10 @@ mod tests {
             | Invocation::OperatorList(admin)
             | Invocation::Audit { admin, .. }
             | Invocation::Trigger { admin, .. } => admin.data_dir,
-            Invocation::Check(_) | Invocation::Completions(_) => {
+            Invocation::Check(_)
+            | Invocation::Completions(_)
+            | Invocation::SecretsEncrypt(_)
+            | Invocation::SecretsNewIdentity(_) => {
                 panic!("{line:?} has no data directory")
             }
         }
@@ -282,6 +316,8 @@ mod tests {
         &["admin", "revoke", "alice"],
         &["admin", "list"],
         &["audit"],
+        &["secrets", "recipient"],
+        &["secrets", "reencrypt", "--repo", "roles"],
     ];
 
     #[test]

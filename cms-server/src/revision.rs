@@ -94,8 +94,15 @@ pub async fn compiled(
     node: cms_roles::Node,
 ) -> Result<Arc<cms_roles::Catalog>, CatalogError> {
     let node_id = node.id.clone();
+    let (secrets, generation) = revision.secrets.values();
     catalogs
-        .get(&revision.commit, revision.repository.clone(), node)
+        .get_with_secrets(
+            &revision.commit,
+            revision.repository.clone(),
+            node,
+            secrets,
+            generation,
+        )
         .await
         .map_err(|diagnostics| CatalogError::Compile {
             node_id,

@@ -85,6 +85,8 @@ pub struct ServeConfig {
     pub connections: ConnectionLimits,
     /// How many reports one node may send.
     pub report_rate: ReportRateLimit,
+    /// How AWS secrets are reached and how often fetched again.
+    pub secrets: crate::secrets::SecretsConfig,
 }
 
 impl ServeConfig {
@@ -111,6 +113,7 @@ impl ServeConfig {
             aws: None,
             connections: ConnectionLimits::default(),
             report_rate: ReportRateLimit::default(),
+            secrets: crate::secrets::SecretsConfig::default(),
         }
     }
 }
@@ -126,7 +129,18 @@ pub const DEFAULT_REMOVE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Everything before listening: see `startup::prepare`.
 pub fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
-    let source = RolesSource::for_repo(&config.repo, &config.branch, &config.data_dir);
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "Failed to create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let secrets = crate::secrets::ServerSecrets::open(
+        &config.data_dir,
+        &config.secrets,
+        crate::clock::system(),
+    )?;
+    let source = RolesSource::for_repo(&config.repo, &config.branch, &config.data_dir, secrets);
     crate::startup::prepare(&config.data_dir, source, &crate::clock::SystemClock)
 }
 
@@ -216,6 +230,11 @@ pub async fn run_prepared(
 
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(refresh_secrets_loop(
+        source.secrets().clone(),
+        revision.clone(),
+        stop.clone(),
+    ));
     tasks.spawn(crate::sync::sync_loop(
         Syncing {
             store: store.clone(),
@@ -382,4 +401,35 @@ pub async fn run_prepared(
         result.context("A server task panicked")??;
     }
     Ok(())
+}
+
+/// Fetches the serving revision's AWS secrets again when they are older
+/// than the refresh period, until shutdown. A changed value changes the
+/// catalog cache's key (`RevisionSecrets::values`): the agents' next pull
+/// gets the new catalog.
+async fn refresh_secrets_loop(
+    secrets: Arc<crate::secrets::ServerSecrets>,
+    revision: Arc<ServingRevision>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    // Checked more often than the period, so a value is at most a little
+    // older than it; each value is fetched only once it is due.
+    let period = (secrets.refresh_period() / 4).max(Duration::from_millis(100));
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            _ = interval.tick() => {}
+        }
+        let Some(current) = revision.current() else {
+            continue;
+        };
+        if current.secrets.references().is_empty() {
+            continue;
+        }
+        let secrets = secrets.clone();
+        let references = current.secrets.references().clone();
+        let _ = tokio::task::spawn_blocking(move || secrets.refresh(&references)).await;
+    }
 }

@@ -245,10 +245,25 @@ fn restore_revision(store: &dyn Store, source: &RolesSource) -> Option<Revision>
     };
     let files = syncer.source().read_commit(&commit).ok()?;
     let (repository, diagnostics) = cms_roles::Repository::load(files);
-    diagnostics.is_empty().then(|| Revision {
-        commit,
-        repository: Arc::new(repository),
-    })
+    if !diagnostics.is_empty() {
+        return None;
+    }
+    // Its secrets are read again (decrypted, fetched), on a thread of its
+    // own: the AWS client blocks, and this may run inside the runtime.
+    let secrets = syncer.secrets().clone();
+    let resolved =
+        std::thread::scope(|scope| scope.spawn(|| secrets.resolve(&repository)).join().ok())?;
+    match resolved {
+        Ok(secrets) => Some(Revision {
+            commit,
+            repository: Arc::new(repository),
+            secrets,
+        }),
+        Err(problems) => {
+            tracing::warn!(commit = %commit, "the last good revision's secrets cannot be read now; waiting for a sync:\n{problems}");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -260,6 +275,7 @@ mod tests {
         let source = RolesSource::Directory {
             path: data_dir.join("roles"),
             current: None,
+            secrets: crate::secrets::ServerSecrets::none(),
         };
         prepare(data_dir, source, &crate::clock::ManualClock::at(1_000_000)).expect("start")
     }
@@ -332,6 +348,7 @@ mod tests {
         let source = RolesSource::Directory {
             path: data.join("roles"),
             current: None,
+            secrets: crate::secrets::ServerSecrets::none(),
         };
         let error =
             prepare(data, source, &crate::clock::ManualClock::at(1_000_000)).expect_err("two CAs");

@@ -17,6 +17,7 @@ use crate::clock::SharedClock;
 use crate::git_sync::{GitSource, Revision, SyncOutcome, Syncer};
 use crate::metrics::Metrics;
 use crate::revision::{ServingRevision, SyncReply};
+use crate::secrets::ServerSecrets;
 use crate::store::{RevisionError, RevisionRecord, SharedStore};
 
 /// Where roles come from: a git repository (the normal case), or a plain
@@ -27,13 +28,20 @@ pub enum RolesSource {
     Directory {
         path: PathBuf,
         current: Option<String>,
+        secrets: Arc<ServerSecrets>,
     },
 }
 
 impl RolesSource {
     /// The source for `repo` (a local path or a git URL) and `branch`;
-    /// a git mirror lives in `data_dir/git`.
-    pub fn for_repo(repo: &str, branch: &str, data_dir: &Path) -> RolesSource {
+    /// a git mirror lives in `data_dir/git`. Its commits' secrets are read
+    /// with `secrets`.
+    pub fn for_repo(
+        repo: &str,
+        branch: &str,
+        data_dir: &Path,
+        secrets: Arc<ServerSecrets>,
+    ) -> RolesSource {
         let path = Path::new(repo);
         let is_plain_folder =
             path.is_dir() && !path.join(".git").exists() && !path.join("HEAD").exists();
@@ -41,20 +49,36 @@ impl RolesSource {
             RolesSource::Directory {
                 path: path.to_path_buf(),
                 current: None,
+                secrets,
             }
         } else {
-            RolesSource::Git(Syncer::new(GitSource {
-                url: repo.to_string(),
-                branch: branch.to_string(),
-                mirror_dir: data_dir.join("git"),
-            }))
+            RolesSource::Git(
+                Syncer::new(GitSource {
+                    url: repo.to_string(),
+                    branch: branch.to_string(),
+                    mirror_dir: data_dir.join("git"),
+                })
+                .with_secrets(secrets),
+            )
+        }
+    }
+
+    /// What the source's commits' secrets are read with.
+    pub fn secrets(&self) -> &Arc<ServerSecrets> {
+        match self {
+            RolesSource::Git(syncer) => syncer.secrets(),
+            RolesSource::Directory { secrets, .. } => secrets,
         }
     }
 
     fn sync_once(&mut self) -> anyhow::Result<SyncOutcome> {
         match self {
             RolesSource::Git(syncer) => Ok(syncer.sync_once()?),
-            RolesSource::Directory { path, current } => {
+            RolesSource::Directory {
+                path,
+                current,
+                secrets,
+            } => {
                 let files = cms_roles::RepoFiles::read_dir(path)?;
                 let mut digest = Vec::new();
                 for (name, entry) in files.under("") {
@@ -69,7 +93,8 @@ impl RolesSource {
                 if current.as_deref() == Some(commit.as_str()) {
                     return Ok(SyncOutcome::Unchanged { commit });
                 }
-                let (repository, diagnostics) = crate::git_sync::validate_files(files);
+                let (repository, secrets, diagnostics) =
+                    crate::git_sync::validate_files(files, secrets);
                 if !diagnostics.is_empty() {
                     return Ok(SyncOutcome::Refused {
                         commit,
@@ -80,6 +105,7 @@ impl RolesSource {
                 Ok(SyncOutcome::Accepted(Revision {
                     commit,
                     repository: Arc::new(repository),
+                    secrets,
                 }))
             }
         }

@@ -103,6 +103,172 @@ fn assert_bad_commit_is_refused_across_restarts(bad: &[(&str, String)], expected
     assert_eq!(server.revision(), good);
 }
 
+/// The value of the secret the tests encrypt: found nowhere on disk.
+const SECRET_VALUE: &str = "pw-7f3a9c1e-only-in-memory";
+
+#[test]
+fn a_secret_for_another_key_or_damaged_is_refused_with_its_line_and_the_server_keeps_serving() {
+    let upstream = Upstream::new();
+    let data = TempDir::new().unwrap();
+    let mut server = Server::start(data.path(), &upstream.path());
+    server.wait_for_revision(&upstream.head());
+
+    // The server's public key, and a scratch checkout that encrypts to it.
+    let recipient = cms_server(&["secrets", "recipient", "--data"], Some(data.path()), None);
+    assert!(recipient.status.success(), "{recipient:?}");
+    let recipient = String::from_utf8(recipient.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(recipient.starts_with("age1"), "{recipient}");
+    let encrypted = |recipient: &str, key: &str, value: &str| -> String {
+        let scratch = TempDir::new().unwrap();
+        std::fs::write(
+            scratch.path().join("cms.toml"),
+            format!("[secrets]\nrecipients = [\"{recipient}\"]\n"),
+        )
+        .unwrap();
+        let output = cms_server(
+            &["secrets", "encrypt", "--layer", "common", key, "--repo"],
+            Some(scratch.path()),
+            Some(value.as_bytes()),
+        );
+        assert!(output.status.success(), "{output:?}");
+        std::fs::read_to_string(scratch.path().join("secrets/common.toml")).unwrap()
+    };
+
+    let good_file = encrypted(&recipient, "db_password", SECRET_VALUE);
+    upstream.write("secrets/common.toml", &good_file);
+    let good = upstream.commit("a secret for the server");
+    let sync = server.admin_sync();
+    assert_eq!(
+        sync.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&sync.stderr)
+    );
+    assert_eq!(server.revision(), good);
+
+    // A secret encrypted for another key.
+    let stranger = TempDir::new().unwrap();
+    let other = cms_server(
+        &["secrets", "new-identity", "--out"],
+        Some(&stranger.path().join("key.txt")),
+        None,
+    );
+    let other = String::from_utf8(other.stdout).unwrap().trim().to_string();
+    let foreign = encrypted(&other, "other", "not for this server");
+    let with_foreign = format!("{good_file}\n{foreign}");
+    let line = with_foreign.lines().position(|l| l == "[other]").unwrap() + 1;
+    upstream.write("secrets/common.toml", &with_foreign);
+    let refused = upstream.commit("a secret for another key");
+    let sync = server.admin_sync();
+    let stderr = String::from_utf8_lossy(&sync.stderr);
+    assert_eq!(sync.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "secrets/common.toml:{line}:1: secret `other`: not encrypted to this server's key"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("Refused commit {refused}")),
+        "{stderr}"
+    );
+    server.assert_running();
+    assert_eq!(server.revision(), good);
+
+    // A damaged ciphertext: one character of its body changed.
+    let mut lines: Vec<String> = good_file.lines().map(str::to_string).collect();
+    let body = lines
+        .iter()
+        .position(|l| l.starts_with("-----BEGIN AGE"))
+        .unwrap()
+        + 2;
+    let flipped: String = lines[body]
+        .chars()
+        .enumerate()
+        .map(|(i, c)| match (i, c) {
+            (10, 'A') => 'B',
+            (10, _) => 'A',
+            _ => c,
+        })
+        .collect();
+    lines[body] = flipped;
+    upstream.write("secrets/common.toml", &(lines.join("\n") + "\n"));
+    upstream.commit("a damaged secret");
+    let sync = server.admin_sync();
+    let stderr = String::from_utf8_lossy(&sync.stderr);
+    assert_eq!(sync.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("secrets/common.toml:1:1: secret `db_password`"),
+        "{stderr}"
+    );
+    server.assert_running();
+    assert_eq!(server.revision(), good);
+
+    // A restart decrypts the last good revision again and serves it.
+    drop(server);
+    let mut server = Server::start(data.path(), &upstream.path());
+    server.wait_for_grpc();
+    assert_eq!(
+        server.revision(),
+        good,
+        "the last good revision is restored"
+    );
+
+    // Nothing the server wrote holds the value: store, mirror, log.
+    drop(server);
+    let mut files = Vec::new();
+    every_file(data.path(), &mut files);
+    assert!(files.iter().any(|f| f.ends_with("server.log")));
+    assert!(files.iter().any(|f| f.starts_with(data.path().join("db"))));
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes
+                .windows(SECRET_VALUE.len())
+                .any(|w| w == SECRET_VALUE.as_bytes()),
+            "{} holds the secret's value",
+            file.display()
+        );
+        if !file.ends_with("secrets/identity.txt") {
+            assert!(
+                !bytes.windows(14).any(|w| w == b"AGE-SECRET-KEY"),
+                "{} holds the server's identity",
+                file.display()
+            );
+        }
+    }
+}
+
+/// `cms-server ARGS PATH`, with `stdin` as its standard input.
+fn cms_server(args: &[&str], path: Option<&Path>, stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cms-server"))
+        .args(args)
+        .args(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cms-server");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or_default()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn every_file(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            every_file(&entry.path(), files);
+        } else {
+            files.push(entry.path());
+        }
+    }
+}
+
 /// A loopback port free at the moment of asking.
 fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -129,6 +295,14 @@ impl Drop for Server {
 impl Server {
     fn start(data: &Path, repo: &Path) -> Server {
         let (grpc, http) = (free_port(), free_port());
+        // The log is kept in the data directory: a test that looks for a
+        // secret there finds it in the log too.
+        std::fs::create_dir_all(data).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("server.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cms-server"))
             .arg("serve")
             .arg("--data")
@@ -138,7 +312,7 @@ impl Server {
             .args(["--listen", &grpc.to_string(), "--http", &http.to_string()])
             .args(["--sync-interval", "1h"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log))
             .spawn()
             .expect("start cms-server serve");
         Server {

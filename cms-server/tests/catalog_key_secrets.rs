@@ -44,7 +44,7 @@ fn node(account: &str, region: &str) -> Node {
 }
 
 fn key(repository: &Repository, node: &Node) -> CatalogKey {
-    CatalogKey::of("rev1", repository, node, &NodeReads::of(repository))
+    CatalogKey::of("rev1", repository, node, &NodeReads::of(repository), 0)
 }
 
 #[test]

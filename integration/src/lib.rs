@@ -30,6 +30,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod admin_cli;
+pub mod aws_secrets_double;
 mod cargo_build;
 mod example;
 mod filesystem;
@@ -56,6 +57,7 @@ mod testbed;
 mod wait;
 
 pub use admin_cli::AdminCli;
+pub use aws_secrets_double::AwsSecretsDouble;
 pub use cargo_build::{build_agent_package, build_server_package, build_workspace_binary};
 pub use example::{EXAMPLE_PACKAGES, EXAMPLE_REPOSITORY, ExampleRun, converge_example_web_role};
 pub use fixtures::{AGENT_CONFIG, bake_agent_for_server, bake_agent_image, begin_end_to_end_test};

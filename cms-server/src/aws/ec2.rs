@@ -6,10 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_sigv4::sign::v4;
 use quick_xml::events::Event;
 
 use super::credentials::CredentialsSource;
@@ -187,42 +185,23 @@ impl Ec2Client {
             .credentials
             .credentials(self.http()?, &self.clock)
             .map_err(|e| Ec2Error::Credentials(format!("{e:#}")))?;
-        let identity = aws_credential_types::Credentials::new(
-            credentials.access_key_id,
-            credentials.secret_access_key,
-            credentials.session_token,
-            None,
-            "cms-server",
-        )
-        .into();
-        let time = UNIX_EPOCH + Duration::from_millis(self.clock.now_unix_ms());
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(region)
-            .name("ec2")
-            .time(time)
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| Ec2Error::Sign(e.to_string()))?
-            .into();
         let content_type = "application/x-www-form-urlencoded; charset=utf-8";
-        let headers = [("content-type", content_type)];
-        let signable = SignableRequest::new(
-            "POST",
+        let signature = super::signing::signature_headers(
+            credentials,
+            self.clock.now_unix_ms(),
+            region,
+            "ec2",
             url,
-            headers.iter().copied(),
-            SignableBody::Bytes(body.as_bytes()),
+            &[("content-type", content_type)],
+            body.as_bytes(),
         )
-        .map_err(|e| Ec2Error::Sign(e.to_string()))?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|e| Ec2Error::Sign(e.to_string()))?
-            .into_parts();
+        .map_err(Ec2Error::Sign)?;
         let mut request = self
             .http()?
             .post(url)
             .header("content-type", content_type)
             .body(body.to_string());
-        for (name, value) in instructions.headers() {
+        for (name, value) in signature {
             request = request.header(name, value);
         }
         Ok(request)

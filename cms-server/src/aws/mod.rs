@@ -16,10 +16,15 @@
 //! file (`cms-server serve --enrollment-config FILE`, see
 //! [`EnrollmentConfig`]). Everything here blocks (HTTP with timeouts and
 //! retries): enrollment runs on the server's blocking threads.
+//!
+//! The same credentials and signing (`signing`) serve the secrets client
+//! (`secrets`: SSM and Secrets Manager values for `secrets::ServerSecrets`).
 
 mod credentials;
 mod document;
 mod ec2;
+mod secrets;
+mod signing;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +36,7 @@ use serde::Deserialize;
 pub use self::credentials::{Credentials, CredentialsSource};
 pub use self::document::{IdentityDocument, verify_signature};
 pub use self::ec2::{Ec2Client, Ec2Error};
+pub use self::secrets::{AwsReference, SecretsClient, SecretsEndpoints};
 
 use crate::clock::SharedClock;
 
