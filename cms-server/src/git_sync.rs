@@ -672,7 +672,7 @@ mod tests {
         let (_, _, diagnostics) = validate_files(files, &server);
         let text = diagnostics.to_string();
         assert!(
-            text.contains("secrets/common.toml:1:1: secret `db`"),
+            text.contains("secrets/common.toml:1:2: secret `db`"),
             "{text}"
         );
         assert!(text.contains("roles/base.toml:2"), "{text}");

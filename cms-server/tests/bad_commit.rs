@@ -167,7 +167,7 @@ fn a_secret_for_another_key_or_damaged_is_refused_with_its_line_and_the_server_k
     assert_eq!(sync.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "secrets/common.toml:{line}:1: secret `other`: not encrypted to this server's key"
+            "secrets/common.toml:{line}:2: secret `other`: not encrypted to this server's key"
         )),
         "{stderr}"
     );
@@ -201,7 +201,7 @@ fn a_secret_for_another_key_or_damaged_is_refused_with_its_line_and_the_server_k
     let stderr = String::from_utf8_lossy(&sync.stderr);
     assert_eq!(sync.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("secrets/common.toml:1:1: secret `db_password`"),
+        stderr.contains("secrets/common.toml:1:2: secret `db_password`"),
         "{stderr}"
     );
     server.assert_running();

@@ -32,8 +32,16 @@ pub fn encrypt_armored(
 /// any of the plaintext.
 pub fn decrypt(armored: &str, identity: &age::x25519::Identity) -> Result<Vec<u8>, String> {
     let reader = age::armor::ArmoredReader::new(armored.trim().as_bytes());
-    let decryptor =
-        age::Decryptor::new(reader).map_err(|error| format!("not a readable age file: {error}"))?;
+    // age's own message for a damaged header suggests upgrading age, which
+    // would mislead here: the text was changed or cut, not made by a newer
+    // tool.
+    let decryptor = age::Decryptor::new(reader).map_err(|error| match error {
+        age::DecryptError::UnknownFormat | age::DecryptError::InvalidHeader => {
+            "damaged: its header is not an age header (was the text edited or cut? encrypt it again)"
+                .to_string()
+        }
+        other => format!("not a readable age file: {other}"),
+    })?;
     let mut plain = decryptor
         .decrypt(std::iter::once(identity as &dyn age::Identity))
         .map_err(|error| match error {

@@ -400,14 +400,14 @@ mod tests {
             .to_string();
         assert!(
             problems.contains(&format!(
-                "secrets/common.toml:{}:1: secret `other`: not encrypted to this server's key",
+                "secrets/common.toml:{}:2: secret `other`: not encrypted to this server's key",
                 line_of("other")
             )),
             "{problems}"
         );
         assert!(
             problems.contains(&format!(
-                "secrets/common.toml:{}:1: secret `damaged`",
+                "secrets/common.toml:{}:2: secret `damaged`",
                 line_of("damaged")
             )),
             "{problems}"
