@@ -2,7 +2,7 @@
 //! host: the real binary, pointed at a test server's address and data
 //! directory, its exit code and output returned for the test to read.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
@@ -24,6 +24,16 @@ impl AdminCli {
             binary,
             server: server.address.clone(),
             data: server.data.clone(),
+        }
+    }
+
+    /// The commands of the `cms-server` at `binary`, for the server at
+    /// `address` whose data directory is `data` (a server process).
+    pub fn new(binary: PathBuf, address: &str, data: &Path) -> AdminCli {
+        AdminCli {
+            binary,
+            server: address.to_string(),
+            data: data.to_path_buf(),
         }
     }
 

@@ -75,7 +75,7 @@ pub use network::{BRIDGE_NAME, NETWORK_PREFIX_LENGTH};
 pub use package_repo::{DebPackageFile, DebPackageSpec, PackageRepo};
 pub use prerequisites::check_prerequisites;
 pub use reports::{FIRST_REPORT_TIMEOUT, node_reports, wait_for_first_report};
-pub use server_process::{ServerProcess, free_loopback_port, http_request};
+pub use server_process::{ServerProcess, free_loopback_port, http_request, https_request};
 pub use settings::{CACHE_DIRECTORY_VARIABLE, DEBIAN_MIRROR_VARIABLE, TestbedSettings};
 pub use shared_fixture::SharedFixture;
 pub use test_server::TestServer;

@@ -26,6 +26,8 @@ pub struct ServerProcess {
     pub data: PathBuf,
     /// Its stdout and stderr, for the message of a failing test.
     pub log: PathBuf,
+    /// Whether the HTTP port speaks TLS (`--http-tls`).
+    pub http_tls: bool,
     child: Child,
 }
 
@@ -34,7 +36,29 @@ impl ServerProcess {
     /// ports, `extra` flags after them, and waits until its HTTP port
     /// answers `GET /healthz`.
     pub fn start(binary: &Path, data: &Path, repo: &Path, extra: &[&str]) -> Result<ServerProcess> {
-        let grpc = SocketAddr::from(([127, 0, 0, 1], free_loopback_port()?));
+        ServerProcess::start_with(
+            binary,
+            data,
+            repo,
+            std::net::Ipv4Addr::LOCALHOST,
+            extra,
+            &[],
+        )
+    }
+
+    /// Like [`ServerProcess::start`], with its gRPC port on `grpc_address`
+    /// (the testbed's bridge address, where instances reach the host; the
+    /// port is one found free on loopback) and `environment` added to its
+    /// own.
+    pub fn start_with(
+        binary: &Path,
+        data: &Path,
+        repo: &Path,
+        grpc_address: std::net::Ipv4Addr,
+        extra: &[&str],
+        environment: &[(&str, &str)],
+    ) -> Result<ServerProcess> {
+        let grpc = SocketAddr::from((grpc_address, free_loopback_port()?));
         let http = SocketAddr::from(([127, 0, 0, 1], free_loopback_port()?));
         std::fs::create_dir_all(data)?;
         let log = data.with_extension("log");
@@ -52,6 +76,7 @@ impl ServerProcess {
             .arg(http.to_string())
             .args(extra)
             .env("NO_COLOR", "1")
+            .envs(environment.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
@@ -62,6 +87,7 @@ impl ServerProcess {
             http,
             data: data.to_path_buf(),
             log,
+            http_tls: extra.contains(&"--http-tls"),
             child,
         };
         wait_until_polling_every(
@@ -85,12 +111,26 @@ impl ServerProcess {
 
     /// `GET path` on the HTTP port: status and body.
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
-        http_request(self.http, "GET", path, headers, b"")
+        self.request("GET", path, headers, b"")
     }
 
     /// `POST path` on the HTTP port with `body`: status and body.
     pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(u16, String)> {
-        http_request(self.http, "POST", path, headers, body)
+        self.request("POST", path, headers, body)
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(u16, String)> {
+        if self.http_tls {
+            https_request(self.http, method, path, headers, body)
+        } else {
+            http_request(self.http, method, path, headers, body)
+        }
     }
 
     /// The revision the server serves, as its metrics say
@@ -131,6 +171,46 @@ impl Drop for ServerProcess {
 pub fn free_loopback_port() -> Result<u16> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).context("Failed to find a free port")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// One HTTPS request with the system's `curl`, which trusts any
+/// certificate (the server's own CA signs it; what is tested here is what
+/// the server answers, not the TLS, which tests of their own cover):
+/// status and body.
+pub fn https_request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String)> {
+    let mut command = Command::new("curl");
+    command
+        .args(["--silent", "--insecure", "--max-time", "30", "--request", method])
+        .args(["--write-out", "\n%{http_code}"]);
+    if !body.is_empty() {
+        command.args(["--data-binary", "@-"]);
+    }
+    for (name, value) in headers {
+        command.arg("--header").arg(format!("{name}: {value}"));
+    }
+    let mut child = command
+        .arg(format!("https://{address}{path}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("Failed to run curl")?;
+    child.stdin.take().context("curl's stdin")?.write_all(body)?;
+    let output = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (body, status) = text
+        .rsplit_once('\n')
+        .context("curl prints the status last")?;
+    let status: u16 = status.trim().parse()?;
+    if status == 0 {
+        bail!("nothing answered https://{address}{path}");
+    }
+    Ok((status, body.to_string()))
 }
 
 /// One HTTP/1.0 request (no chunking, the connection closes after the

@@ -10,7 +10,10 @@
 //! for real), a new version, a
 //! broken configuration rolled back, a jar whose sha256 is wrong, a third
 //! version that prunes the oldest release, a first deployment of another
-//! app that never becomes healthy, and removal.
+//! app that never becomes healthy, and removal; and an app whose
+//! configuration holds secrets, served by a real `cms-server` process
+//! (one value encrypted in the repository, one from the SSM double),
+//! searched for everywhere they must not show, and rotated.
 //!
 //! Installing the JVM takes most of the time, so the tests share one
 //! instance (see [`SharedFixture`]) and take turns on it; each test deploys
@@ -21,11 +24,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use cms_integration::{
-    HttpFileServer, Image, ImageRecipe, Instance, InstanceConfig, PackageRepo, SharedFixture,
-    Testbed, TestbedSettings, bake_agent_image, check_prerequisites,
+    AdminCli, AwsSecretsDouble, GitRepo, HttpFileServer, Image, ImageRecipe, Instance,
+    InstanceConfig, PackageRepo, ServerProcess, SharedFixture, Testbed, TestbedSettings,
+    bake_agent_image, build_workspace_binary, check_prerequisites, wait_until_polling_every,
 };
 use sha2::{Digest, Sha256};
 
@@ -88,7 +93,7 @@ struct Fixture {
     instance: Mutex<Instance>,
     artifacts: HttpFileServer,
     _package_server: HttpFileServer,
-    _testbed: Testbed,
+    testbed: Testbed,
     _repo: PackageRepo,
     work: tempfile::TempDir,
     jars: Vec<PathBuf>,
@@ -120,7 +125,7 @@ fn fixture() -> Result<Arc<Fixture>> {
             instance: Mutex::new(instance),
             artifacts,
             _package_server: package_server,
-            _testbed: testbed,
+            testbed: testbed,
             _repo: repo,
             work,
             jars,
@@ -642,5 +647,398 @@ fn an_absent_app_is_stopped_and_removed_and_its_data_and_logs_are_kept() -> Resu
     ensure!(app.run("test -d /var/lib/removed && echo kept")? == "kept");
     let (code, output) = app.apply()?;
     ensure!(code == 0, "removed stays removed, got {code}:\n{output}");
+    app.stop()
+}
+
+/// The node's agent against a real `cms-server` process: enrolled with a
+/// token into a state folder of its own, so that it leaves the instance's
+/// other tests alone.
+struct ServedNode<'a> {
+    instance: &'a Instance,
+    server: &'a ServerProcess,
+    state: String,
+}
+
+impl ServedNode<'_> {
+    fn enroll<'a>(
+        instance: &'a Instance,
+        server: &'a ServerProcess,
+        admin: &AdminCli,
+        name: &str,
+        tags: &str,
+    ) -> Result<ServedNode<'a>> {
+        let token = admin.json(&["token", "create", "--tags", tags])?["token"]
+            .as_str()
+            .context("a token")?
+            .to_string();
+        let state = format!("/var/lib/cms-{name}");
+        let grpc = server.grpc.to_string();
+        instance.run_successfully(&[
+            "cms-agent",
+            "enroll",
+            "--server",
+            &grpc,
+            "--token",
+            &token,
+            "--node",
+            name,
+            "--tags",
+            tags,
+            "--state-dir",
+            &state,
+        ])?;
+        Ok(ServedNode {
+            instance,
+            server,
+            state,
+        })
+    }
+
+    /// `cms-agent converge` with `extra` flags: exit code and output.
+    fn converge(&self, extra: &[&str]) -> Result<(i32, String)> {
+        let grpc = self.server.grpc.to_string();
+        let mut args = vec![
+            "cms-agent",
+            "converge",
+            "--server",
+            &grpc,
+            "--state-dir",
+            &self.state,
+        ];
+        args.extend_from_slice(extra);
+        let output = self.instance.run(&args)?;
+        Ok((
+            output.exit_code.unwrap_or(-1),
+            format!("{}{}", output.stdout, output.stderr),
+        ))
+    }
+
+    /// A converge run as a transient systemd unit, its output in the
+    /// journal as the daemon's is: the exit code and what journald holds.
+    fn converge_into_journal(&self, unit: &str) -> Result<(i32, String)> {
+        let grpc = self.server.grpc.to_string();
+        let run = self.instance.run(&[
+            "systemd-run",
+            "--wait",
+            "--collect",
+            "--quiet",
+            "--unit",
+            unit,
+            "cms-agent",
+            "converge",
+            "--server",
+            &grpc,
+            "--state-dir",
+            &self.state,
+        ])?;
+        let journal = self
+            .instance
+            .run_successfully(&["journalctl", "-u", unit, "--no-pager", "-o", "cat"])?;
+        Ok((
+            run.exit_code.unwrap_or(-1),
+            format!("{}{}{}", run.stdout, run.stderr, journal.stdout),
+        ))
+    }
+
+    /// A file of the agent's state folder.
+    fn state_file(&self, name: &str) -> Result<String> {
+        Ok(self
+            .instance
+            .run_successfully(&["cat", &format!("{}/{name}", self.state)])?
+            .stdout)
+    }
+}
+
+/// Every place a value could show, by name, and which of `values` shows in
+/// which: empty when none does.
+fn leaks(places: &[(String, Vec<u8>)], values: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (place, bytes) in places {
+        for value in values {
+            if bytes
+                .windows(value.len())
+                .any(|window| window == value.as_bytes())
+            {
+                found.push(format!("`{value}` in {place}"));
+            }
+        }
+    }
+    found
+}
+
+/// Every file under `dir`, by path, with its bytes.
+fn files_under(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                folders.push(path);
+            } else if entry.file_type()?.is_file() {
+                files.push((path.display().to_string(), std::fs::read(&path)?));
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// The dashboard's fleet page and a node's page, as an operator logged in
+/// with a dashboard token sees them.
+fn dashboard_pages(server: &ServerProcess, work: &Path, node: &str) -> Result<String> {
+    let token = cms_server::dashboard::create_token(&server.data)?;
+    let jar = work.join("dashboard-cookies");
+    let base = format!("https://{}", server.http);
+    let curl = |args: &[&str]| -> Result<String> {
+        let output = Command::new("curl")
+            .args(["--silent", "--show-error", "--insecure", "--fail"])
+            .arg("--cookie-jar")
+            .arg(&jar)
+            .arg("--cookie")
+            .arg(&jar)
+            .args(args)
+            .output()
+            .context("Failed to run curl")?;
+        ensure!(
+            output.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    curl(&[
+        "--data",
+        &format!("token={token}"),
+        &format!("{base}/dashboard/login"),
+    ])?;
+    let fleet = curl(&[&format!("{base}/dashboard")])?;
+    let node_page = curl(&[&format!("{base}/dashboard/nodes/{node}")])?;
+    ensure!(
+        node_page.contains(node),
+        "the node's dashboard page shows it:\n{node_page}"
+    );
+    Ok(format!("{fleet}\n{node_page}"))
+}
+
+#[test]
+fn secrets_reach_only_the_apps_configuration_nothing_shows_them_and_a_rotation_restarts_the_app_once()
+-> Result<()> {
+    let fixture = fixture()?;
+    let app = App::new(&fixture, "vault", 8114)?;
+    let work = tempfile::tempdir()?;
+    let server_binary = build_workspace_binary("cms-server", "cms-server")?;
+
+    // The values: one encrypted in the repository, one in the SSM double
+    // (rotated twice), one for another role.
+    let db_password = "db-pass-5b1e0c9a";
+    let api_keys = ["ssm-key-one-7d41", "ssm-key-two-c93e", "ssm-key-three-0af2"];
+    let web_token = "web-token-e2f86b";
+    let ssm = AwsSecretsDouble::start()?;
+    ssm.put_parameter("/prod/vault/api_key", api_keys[0]);
+
+    let git = GitRepo::init(&work.path().join("roles"))?;
+    let settings = "[hierarchy]\nlayers = [\"env/{{tag.env}}\", \"common\"]\n";
+    git.commit(&[("cms.toml", settings)], "no roles yet")?;
+    let data = work.path().join("server");
+    let server = ServerProcess::start_with(
+        &server_binary,
+        &data,
+        git.path(),
+        fixture.testbed.host_address(),
+        &[
+            "--http-tls",
+            "--ssm-endpoint",
+            &ssm.endpoint(),
+            "--aws-region",
+            "us-east-1",
+            "--secrets-refresh",
+            "1s",
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "secret-of-the-double"),
+        ],
+    )?;
+    let admin = AdminCli::new(server_binary.clone(), &server.grpc.to_string(), &data);
+
+    // The team configures the server's key as the recipient and encrypts
+    // the values with the server's public key only.
+    let (code, recipient, stderr) = admin.run(&["secrets", "recipient"])?;
+    ensure!(code == Some(0), "secrets recipient: {stderr}");
+    let recipient = recipient.trim();
+    std::fs::write(
+        git.path().join("cms.toml"),
+        format!("{settings}\n[secrets]\nrecipients = [\"{recipient}\"]\n"),
+    )?;
+    for (layer, key, value, scope) in [
+        ("env/prod", "db_password", db_password, "env=prod"),
+        ("common", "web_token", web_token, "role=web"),
+    ] {
+        let repo = git.path().display().to_string();
+        let mut encrypt = Command::new(&server_binary)
+            .args(["secrets", "encrypt", "--repo", &repo, "--layer", layer])
+            .args(["--scope", scope, key])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        std::io::Write::write_all(
+            &mut encrypt.stdin.take().context("stdin")?,
+            value.as_bytes(),
+        )?;
+        let output = encrypt.wait_with_output()?;
+        ensure!(
+            output.status.success(),
+            "secrets encrypt {key}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let api_role = app
+        .role(
+        1,
+        "hello",
+        "\"db.password\" = \"{{secret \\\"db_password\\\"}}\"\n\"api.key\" = \"{{secret \\\"ssm:/prod/vault/api_key\\\"}}\"\n\n[match]\nrole = \"api\"\nenv = \"prod\"\n",
+    )
+        .replace(
+            "environment = { GREETER_ENV = \"test\" }",
+            "environment = { GREETER_ENV = \"test\", VAULT_DB_PASSWORD = \"{{secret \\\"db_password\\\"}}\" }",
+        );
+    git.commit(
+        &[
+            ("roles/api.toml", &api_role),
+            (
+                "roles/web.toml",
+                "[match]\nrole = \"web\"\n\n[[file]]\npath = \"/etc/vault-web-token\"\ntemplate = \"web-token\"\nmode = \"0600\"\n",
+            ),
+            ("templates/web-token", "{{secret \"web_token\"}}\n"),
+        ],
+        "the vault app and its secrets",
+    )?;
+    let (code, stdout, stderr) = admin.run(&["sync"])?;
+    ensure!(code == Some(0), "sync: {stdout}{stderr}");
+    ensure!(
+        !stdout.contains("error"),
+        "the commit is accepted:\n{stdout}{stderr}"
+    );
+
+    // First run, as the daemon's would be, into the journal: the app is
+    // deployed with both values in its configuration, owner-only.
+    let api = ServedNode::enroll(&app.instance, &server, &admin, "vault-1", "role=api,env=prod")?;
+    let (code, journal) = api.converge_into_journal("vault-converge-1")?;
+    ensure!(code == 2, "the first run deploys (exit 2), got {code}:\n{journal}");
+    let properties = app.run("cat /opt/vault/config/application.properties")?;
+    ensure!(
+        properties.contains(&format!("db.password={db_password}"))
+            && properties.contains(&format!("api.key={}", api_keys[0])),
+        "both values are in the configuration:\n{properties}"
+    );
+    let mode = app.run("stat -c '%a' /opt/vault/config/application.properties")?;
+    ensure!(
+        mode.ends_with('0'),
+        "the configuration is not world-readable: mode {mode}"
+    );
+    ensure!(app.starts()? == ["start 1"], "started once");
+    // The environment that holds a value reaches the JVM from an
+    // owner-only file, never from the world-readable unit.
+    ensure!(
+        app.run("tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value vault)/environ")?
+            .lines()
+            .any(|line| line == format!("VAULT_DB_PASSWORD={db_password}")),
+        "the JVM has the value in its environment"
+    );
+    let unit = app.run("systemctl cat vault")?;
+    ensure!(
+        !unit.contains(db_password) && unit.contains("EnvironmentFile="),
+        "the unit names an environment file and holds no value:\n{unit}"
+    );
+    let environment_file = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("EnvironmentFile="))
+        .context("an EnvironmentFile line")?
+        .trim_start_matches('-')
+        .to_string();
+    ensure!(
+        app.run(&format!("stat -c '%U %a' {environment_file}"))? == "root 600",
+        "the environment file is root's alone"
+    );
+
+    // A rotation in SSM: the next pull changes the catalog, and the app
+    // restarts once, through its health check.
+    ssm.put_parameter("/prod/vault/api_key", api_keys[1]);
+    let mut outputs = vec![("the first run's journal".to_string(), journal)];
+    let rotated = wait_until_polling_every(
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+        "the rotated value to reach the app",
+        || {
+            let (code, output) = api.converge(&["--format", "json"])?;
+            outputs.push(("a converge run's JSON".to_string(), output.clone()));
+            Ok((code == 2).then_some(output))
+        },
+    )?;
+    ensure!(
+        rotated.contains("sensitive"),
+        "the change shows as sensitive:\n{rotated}"
+    );
+    ensure!(
+        app.run("cat /opt/vault/config/application.properties")?
+            .contains(&format!("api.key={}", api_keys[1])),
+        "the rotated value is in the configuration"
+    );
+    ensure!(
+        app.starts()? == ["start 1", "start 1"],
+        "the rotation restarted the app once:\n{rotated}"
+    );
+    ensure!(app.get("/greeting")? == "hello", "and it serves again");
+
+    // Another rotation, shown under --noop as people read it.
+    ssm.put_parameter("/prod/vault/api_key", api_keys[2]);
+    let noop = wait_until_polling_every(
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+        "the second rotation to show under --noop",
+        || {
+            let (code, output) = api.converge(&["--noop"])?;
+            Ok((code == 2).then_some(output))
+        },
+    )?;
+    ensure!(
+        noop.contains("sensitive"),
+        "the pending change shows as sensitive:\n{noop}"
+    );
+    outputs.push(("the --noop run's output".to_string(), noop));
+
+    // A web node never receives the api's secret, and gets its own.
+    let web = ServedNode::enroll(&app.instance, &server, &admin, "vault-web", "role=web,env=prod")?;
+    let (code, output) = web.converge(&[])?;
+    ensure!(code == 2, "the web node converges (exit 2), got {code}:\n{output}");
+    outputs.push(("the web node's run".to_string(), output));
+    ensure!(app.run("cat /etc/vault-web-token")? == web_token);
+    let web_catalog = web.state_file("catalog.json")?;
+    ensure!(
+        leaks(&[("the web node's catalog".into(), web_catalog.into_bytes())], &[db_password, api_keys[0], api_keys[1], api_keys[2]]).is_empty(),
+        "the web node's catalog holds none of the api's values"
+    );
+
+    // Nowhere else: not the agent's output, journal or state, not the
+    // reports, the dashboard, the server's log or its data directory.
+    let mut places: Vec<(String, Vec<u8>)> = outputs
+        .into_iter()
+        .map(|(place, text)| (place, text.into_bytes()))
+        .collect();
+    places.push(("last_run.json".into(), api.state_file("last_run.json")?.into_bytes()));
+    let reports = admin.run(&["reports", "--node", "vault-1", "--limit", "20", "--format", "json"])?;
+    ensure!(reports.0 == Some(0), "reports: {}", reports.2);
+    ensure!(reports.1.contains("java_app:vault"), "the reports hold the runs:\n{}", reports.1);
+    places.push(("the stored reports".into(), reports.1.into_bytes()));
+    places.push((
+        "the dashboard".into(),
+        dashboard_pages(&server, work.path(), "vault-1")?.into_bytes(),
+    ));
+    places.push(("the server's log".into(), std::fs::read(&server.log)?));
+    places.extend(files_under(&server.data)?);
+    let secret_values = [db_password, api_keys[0], api_keys[1], api_keys[2], web_token];
+    let found = leaks(&places, &secret_values);
+    ensure!(found.is_empty(), "values shown where they must not be: {found:?}");
     app.stop()
 }
