@@ -186,7 +186,14 @@ pub fn https_request(
 ) -> Result<(u16, String)> {
     let mut command = Command::new("curl");
     command
-        .args(["--silent", "--insecure", "--max-time", "30", "--request", method])
+        .args([
+            "--silent",
+            "--insecure",
+            "--max-time",
+            "30",
+            "--request",
+            method,
+        ])
         .args(["--write-out", "\n%{http_code}"]);
     if !body.is_empty() {
         command.args(["--data-binary", "@-"]);
@@ -200,7 +207,11 @@ pub fn https_request(
         .stdout(Stdio::piped())
         .spawn()
         .context("Failed to run curl")?;
-    child.stdin.take().context("curl's stdin")?.write_all(body)?;
+    child
+        .stdin
+        .take()
+        .context("curl's stdin")?
+        .write_all(body)?;
     let output = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&output.stdout);
     let (body, status) = text

@@ -125,7 +125,7 @@ fn fixture() -> Result<Arc<Fixture>> {
             instance: Mutex::new(instance),
             artifacts,
             _package_server: package_server,
-            testbed: testbed,
+            testbed,
             _repo: repo,
             work,
             jars,
@@ -731,9 +731,14 @@ impl ServedNode<'_> {
             "--state-dir",
             &self.state,
         ])?;
-        let journal = self
-            .instance
-            .run_successfully(&["journalctl", "-u", unit, "--no-pager", "-o", "cat"])?;
+        let journal = self.instance.run_successfully(&[
+            "journalctl",
+            "-u",
+            unit,
+            "--no-pager",
+            "-o",
+            "cat",
+        ])?;
         Ok((
             run.exit_code.unwrap_or(-1),
             format!("{}{}{}", run.stdout, run.stderr, journal.stdout),
@@ -835,7 +840,7 @@ fn secrets_reach_only_the_apps_configuration_nothing_shows_them_and_a_rotation_r
     let api_keys = ["ssm-key-one-7d41", "ssm-key-two-c93e", "ssm-key-three-0af2"];
     let web_token = "web-token-e2f86b";
     let ssm = AwsSecretsDouble::start()?;
-    ssm.put_parameter("/prod/vault/api_key", api_keys[0]);
+    ssm.set_parameter("/prod/vault/api_key", api_keys[0]);
 
     let git = GitRepo::init(&work.path().join("roles"))?;
     let settings = "[hierarchy]\nlayers = [\"env/{{tag.env}}\", \"common\"]\n";
@@ -849,7 +854,7 @@ fn secrets_reach_only_the_apps_configuration_nothing_shows_them_and_a_rotation_r
         &[
             "--http-tls",
             "--ssm-endpoint",
-            &ssm.endpoint(),
+            &ssm.url(),
             "--aws-region",
             "us-east-1",
             "--secrets-refresh",
@@ -923,9 +928,18 @@ fn secrets_reach_only_the_apps_configuration_nothing_shows_them_and_a_rotation_r
 
     // First run, as the daemon's would be, into the journal: the app is
     // deployed with both values in its configuration, owner-only.
-    let api = ServedNode::enroll(&app.instance, &server, &admin, "vault-1", "role=api,env=prod")?;
+    let api = ServedNode::enroll(
+        &app.instance,
+        &server,
+        &admin,
+        "vault-1",
+        "role=api,env=prod",
+    )?;
     let (code, journal) = api.converge_into_journal("vault-converge-1")?;
-    ensure!(code == 2, "the first run deploys (exit 2), got {code}:\n{journal}");
+    ensure!(
+        code == 2,
+        "the first run deploys (exit 2), got {code}:\n{journal}"
+    );
     let properties = app.run("cat /opt/vault/config/application.properties")?;
     ensure!(
         properties.contains(&format!("db.password={db_password}"))
@@ -964,7 +978,7 @@ fn secrets_reach_only_the_apps_configuration_nothing_shows_them_and_a_rotation_r
 
     // A rotation in SSM: the next pull changes the catalog, and the app
     // restarts once, through its health check.
-    ssm.put_parameter("/prod/vault/api_key", api_keys[1]);
+    ssm.set_parameter("/prod/vault/api_key", api_keys[1]);
     let mut outputs = vec![("the first run's journal".to_string(), journal)];
     let rotated = wait_until_polling_every(
         Duration::from_secs(1),
@@ -992,7 +1006,7 @@ fn secrets_reach_only_the_apps_configuration_nothing_shows_them_and_a_rotation_r
     ensure!(app.get("/greeting")? == "hello", "and it serves again");
 
     // Another rotation, shown under --noop as people read it.
-    ssm.put_parameter("/prod/vault/api_key", api_keys[2]);
+    ssm.set_parameter("/prod/vault/api_key", api_keys[2]);
     let noop = wait_until_polling_every(
         Duration::from_secs(1),
         Duration::from_secs(60),
@@ -1009,14 +1023,27 @@ fn secrets_reach_only_the_apps_configuration_nothing_shows_them_and_a_rotation_r
     outputs.push(("the --noop run's output".to_string(), noop));
 
     // A web node never receives the api's secret, and gets its own.
-    let web = ServedNode::enroll(&app.instance, &server, &admin, "vault-web", "role=web,env=prod")?;
+    let web = ServedNode::enroll(
+        &app.instance,
+        &server,
+        &admin,
+        "vault-web",
+        "role=web,env=prod",
+    )?;
     let (code, output) = web.converge(&[])?;
-    ensure!(code == 2, "the web node converges (exit 2), got {code}:\n{output}");
+    ensure!(
+        code == 2,
+        "the web node converges (exit 2), got {code}:\n{output}"
+    );
     outputs.push(("the web node's run".to_string(), output));
     ensure!(app.run("cat /etc/vault-web-token")? == web_token);
     let web_catalog = web.state_file("catalog.json")?;
     ensure!(
-        leaks(&[("the web node's catalog".into(), web_catalog.into_bytes())], &[db_password, api_keys[0], api_keys[1], api_keys[2]]).is_empty(),
+        leaks(
+            &[("the web node's catalog".into(), web_catalog.into_bytes())],
+            &[db_password, api_keys[0], api_keys[1], api_keys[2]]
+        )
+        .is_empty(),
         "the web node's catalog holds none of the api's values"
     );
 
@@ -1026,10 +1053,19 @@ fn secrets_reach_only_the_apps_configuration_nothing_shows_them_and_a_rotation_r
         .into_iter()
         .map(|(place, text)| (place, text.into_bytes()))
         .collect();
-    places.push(("last_run.json".into(), api.state_file("last_run.json")?.into_bytes()));
-    let reports = admin.run(&["reports", "--node", "vault-1", "--limit", "20", "--format", "json"])?;
+    places.push((
+        "last_run.json".into(),
+        api.state_file("last_run.json")?.into_bytes(),
+    ));
+    let reports = admin.run(&[
+        "reports", "--node", "vault-1", "--limit", "20", "--format", "json",
+    ])?;
     ensure!(reports.0 == Some(0), "reports: {}", reports.2);
-    ensure!(reports.1.contains("java_app:vault"), "the reports hold the runs:\n{}", reports.1);
+    ensure!(
+        reports.1.contains("java_app:vault"),
+        "the reports hold the runs:\n{}",
+        reports.1
+    );
     places.push(("the stored reports".into(), reports.1.into_bytes()));
     places.push((
         "the dashboard".into(),
@@ -1037,8 +1073,17 @@ fn secrets_reach_only_the_apps_configuration_nothing_shows_them_and_a_rotation_r
     ));
     places.push(("the server's log".into(), std::fs::read(&server.log)?));
     places.extend(files_under(&server.data)?);
-    let secret_values = [db_password, api_keys[0], api_keys[1], api_keys[2], web_token];
+    let secret_values = [
+        db_password,
+        api_keys[0],
+        api_keys[1],
+        api_keys[2],
+        web_token,
+    ];
     let found = leaks(&places, &secret_values);
-    ensure!(found.is_empty(), "values shown where they must not be: {found:?}");
+    ensure!(
+        found.is_empty(),
+        "values shown where they must not be: {found:?}"
+    );
     app.stop()
 }
