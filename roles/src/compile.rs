@@ -27,7 +27,9 @@ use crate::secrets::{
     SecretSource, SecretValues, check_aws_reference, is_aws_reference, scope_value, scrub,
 };
 use crate::source::SETTINGS_FILE;
-use crate::template::{SecretLookup, has_placeholders, take_secret_used, with_secret_session};
+use crate::template::{
+    SecretLookup, has_placeholders, mark_secret_used, take_secret_used, with_secret_session,
+};
 
 /// What the compiler knows of a node.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -683,6 +685,16 @@ impl Compiler<'_> {
             return Some(fields);
         };
         let mut ok = true;
+        // The field that names the resource: its reference shows in every
+        // output, report and log, so no secret may go into it.
+        let name_field = if declared.resource_type.path_named() {
+            "path"
+        } else {
+            "name"
+        };
+        // Whether a secret was rendered before these fields (a `for_each`
+        // item's), so that checking each field leaves the resource's mark.
+        let mut used_secret = take_secret_used();
         for (key, value) in map.iter_mut() {
             if declared
                 .resource_type
@@ -696,6 +708,22 @@ impl Compiler<'_> {
                 self.diagnostics.push(diagnostic);
                 ok = false;
             }
+            if take_secret_used() {
+                used_secret = true;
+                if key == name_field {
+                    self.diagnostics.push(Diagnostic::new(
+                        file,
+                        position,
+                        format!(
+                            "`{key}` uses a secret: a resource's {key} shows in every output, report and log, so it may not hold one; use the secret in the content instead"
+                        ),
+                    ));
+                    ok = false;
+                }
+            }
+        }
+        if used_secret {
+            mark_secret_used();
         }
         ok.then_some(fields)
     }

@@ -673,3 +673,41 @@ fn the_log_helper_sends_no_secret_to_the_log() {
     let logged = CAPTURED.0.lock().expect("lock").join("\n");
     assert!(!logged.contains("hunter2"), "{logged}");
 }
+
+#[test]
+fn a_secret_in_a_resources_name_or_path_is_refused_at_that_field() {
+    let common = secret("db_password", "");
+    let repository = repo(&[
+        ("secrets/common.toml", common.as_str()),
+        (
+            "roles/r.toml",
+            r#"
+[[file]]
+path = '/etc/{{secret "db_password"}}.conf'
+content = "x"
+
+[[package]]
+name = '{{secret "db_password"}}'
+
+[[file]]
+path = "/etc/fine"
+owner = '{{secret "db_password"}}'
+"#,
+        ),
+    ]);
+    let values = values(&[("common", "db_password", b"hunter2")]);
+    let errors = compile_with_secrets(&repository, &node(&[]), &values)
+        .expect_err("names may not hold secrets")
+        .to_string();
+    assert!(
+        errors.contains("roles/r.toml:3:1: `path` uses a secret"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("roles/r.toml:7:1: `name` uses a secret"),
+        "{errors}"
+    );
+    // Another field of a resource may use one (the resource is sensitive).
+    assert!(!errors.contains("`owner` uses a secret"), "{errors}");
+    assert!(!errors.contains("hunter2"), "{errors}");
+}

@@ -718,6 +718,16 @@ pub(crate) fn take_secret_used() -> bool {
     SECRET_SESSION.with(|s| s.borrow().as_ref().is_some_and(|s| s.used.replace(false)))
 }
 
+/// Marks a secret as rendered for the resource being compiled (after
+/// [`take_secret_used`] looked at one field of it).
+pub(crate) fn mark_secret_used() {
+    SECRET_SESSION.with(|s| {
+        if let Some(session) = s.borrow().as_ref() {
+            session.used.set(true);
+        }
+    });
+}
+
 /// `{{log …}}`: renders nothing and logs nothing.
 struct SilentLog;
 
