@@ -869,8 +869,16 @@ fn secrets_reach_only_the_apps_configuration_nothing_shows_them_and_a_rotation_r
 
     // The team configures the server's key as the recipient and encrypts
     // the values with the server's public key only.
-    let (code, recipient, stderr) = admin.run(&["secrets", "recipient"])?;
-    ensure!(code == Some(0), "secrets recipient: {stderr}");
+    let recipient = Command::new(&server_binary)
+        .args(["secrets", "recipient", "--data"])
+        .arg(&data)
+        .output()?;
+    ensure!(
+        recipient.status.success(),
+        "secrets recipient: {}",
+        String::from_utf8_lossy(&recipient.stderr)
+    );
+    let recipient = String::from_utf8(recipient.stdout)?;
     let recipient = recipient.trim();
     std::fs::write(
         git.path().join("cms.toml"),
@@ -1058,7 +1066,7 @@ fn secrets_reach_only_the_apps_configuration_nothing_shows_them_and_a_rotation_r
         api.state_file("last_run.json")?.into_bytes(),
     ));
     let reports = admin.run(&[
-        "reports", "--node", "vault-1", "--limit", "20", "--format", "json",
+        "reports", "vault-1", "--limit", "20", "--format", "json",
     ])?;
     ensure!(reports.0 == Some(0), "reports: {}", reports.2);
     ensure!(
