@@ -1065,9 +1065,7 @@ fn secrets_reach_only_the_apps_configuration_nothing_shows_them_and_a_rotation_r
         "last_run.json".into(),
         api.state_file("last_run.json")?.into_bytes(),
     ));
-    let reports = admin.run(&[
-        "reports", "vault-1", "--limit", "20", "--format", "json",
-    ])?;
+    let reports = admin.run(&["reports", "vault-1", "--limit", "20", "--format", "json"])?;
     ensure!(reports.0 == Some(0), "reports: {}", reports.2);
     ensure!(
         reports.1.contains("java_app:vault"),

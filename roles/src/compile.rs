@@ -719,6 +719,20 @@ impl Compiler<'_> {
                         ),
                     ));
                     ok = false;
+                } else if declared
+                    .resource_type
+                    .public_fields()
+                    .contains(&key.as_str())
+                {
+                    self.diagnostics.push(Diagnostic::new(
+                        file,
+                        position,
+                        format!(
+                            "`{key}` uses a secret: a {}'s {key} is readable by anyone on the instance (the unit file, the process's command line), so it may not hold one",
+                            declared.resource_type.name()
+                        ),
+                    ));
+                    ok = false;
                 }
             }
         }

@@ -675,7 +675,7 @@ fn the_log_helper_sends_no_secret_to_the_log() {
 }
 
 #[test]
-fn a_secret_in_a_resources_name_or_path_is_refused_at_that_field() {
+fn a_secret_in_a_resources_name_path_or_command_line_is_refused_at_that_field() {
     let common = secret("db_password", "");
     let repository = repo(&[
         ("secrets/common.toml", common.as_str()),
@@ -692,6 +692,10 @@ name = '{{secret "db_password"}}'
 [[file]]
 path = "/etc/fine"
 owner = '{{secret "db_password"}}'
+
+[[java_app]]
+name = "orders"
+jvm_options = ['-Dpassword={{secret "db_password"}}']
 "#,
         ),
     ]);
@@ -705,6 +709,10 @@ owner = '{{secret "db_password"}}'
     );
     assert!(
         errors.contains("roles/r.toml:7:1: `name` uses a secret"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("roles/r.toml:15:1: `jvm_options` uses a secret: a java_app's jvm_options is readable by anyone"),
         "{errors}"
     );
     // Another field of a resource may use one (the resource is sensitive).

@@ -228,6 +228,10 @@ impl Kind for JavaApp {
     type Spec = JavaAppSpec;
     const PATH_NAMED: bool = false;
     const REFRESHABLE: bool = true;
+    /// Both are on the unit's `ExecStart=` line (a world-readable file) and
+    /// on the JVM's command line (`ps`): values go in `environment` or
+    /// `properties`.
+    const PUBLIC_FIELDS: &'static [&'static str] = &["jvm_options", "args"];
 
     fn name(&self) -> &str {
         &self.name

@@ -48,6 +48,11 @@ pub trait Kind: Named + Sized {
     /// Fields used as written, never rendered, even when they hold `{{`.
     const LITERAL_FIELDS: &'static [&'static str] = &[];
 
+    /// Fields besides the name (or path) that land where anyone may read
+    /// them on the instance (a unit file, a process's command line), so
+    /// that no secret may be rendered into them.
+    const PUBLIC_FIELDS: &'static [&'static str] = &[];
+
     /// The name part of its reference: a name, or a path for path-named
     /// kinds.
     fn name(&self) -> &str;
@@ -111,6 +116,13 @@ macro_rules! registry {
             pub fn literal_fields(self) -> &'static [&'static str] {
                 match self {
                     $(ResourceType::$variant => <$kind as Kind>::LITERAL_FIELDS,)+
+                }
+            }
+
+            /// See [`Kind::PUBLIC_FIELDS`].
+            pub fn public_fields(self) -> &'static [&'static str] {
+                match self {
+                    $(ResourceType::$variant => <$kind as Kind>::PUBLIC_FIELDS,)+
                 }
             }
         }
