@@ -173,7 +173,7 @@ fn a_reference_never_fetched_refuses_the_commit_with_its_file_and_line() {
     let (_, _, diagnostics) = cms_server::git_sync::validate_files(files(SECRETS), &secrets);
     let text = diagnostics.to_string();
     assert!(
-        text.contains("secrets/common.toml:5:1: AWS secret `secretsmanager:prod/app#token`"),
+        text.contains("secrets/common.toml:5:2: AWS secret `secretsmanager:prod/app#token`"),
         "{text}"
     );
     assert!(text.contains("ResourceNotFoundException"), "{text}");
