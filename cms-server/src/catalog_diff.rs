@@ -109,7 +109,10 @@ fn fields_of(resource: &Resource) -> Vec<(String, serde_json::Value)> {
         ("role".to_string(), serde_json::json!(resource.role)),
         ("require".to_string(), serde_json::json!(resource.require)),
         ("notify".to_string(), serde_json::json!(resource.notify)),
-        ("sensitive".to_string(), serde_json::json!(resource.sensitive)),
+        (
+            "sensitive".to_string(),
+            serde_json::json!(resource.sensitive),
+        ),
     ];
     if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&resource.kind) {
         fields.extend(map.into_iter().filter(|(name, _)| name != "type"));
@@ -272,7 +275,10 @@ mod tests {
         let mut files = RepoFiles::new();
         files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
         files.insert("templates/app.conf.hbs", template);
-        files.insert("secrets/common.toml", "[db_password]\nfrom = \"ssm:/prod/db\"\n");
+        files.insert(
+            "secrets/common.toml",
+            "[db_password]\nfrom = \"ssm:/prod/db\"\n",
+        );
         files.insert("roles/web.toml", role);
         let repository = Repository::parse(files).expect("valid");
         let node = Node {
@@ -389,7 +395,11 @@ mod tests {
         let old = catalog(BASE, "pw={{secret \"db_password\"}}\n", &values);
         let new = catalog(BASE, "pw=none\n", &values);
         let changes = diff(&old, &new);
-        let text = format!("{}{}", render(&changes, ""), serde_json::to_string(&changes).unwrap());
+        let text = format!(
+            "{}{}",
+            render(&changes, ""),
+            serde_json::to_string(&changes).unwrap()
+        );
         assert!(!text.contains("hunter2"), "{text}");
         assert!(!text.contains("pw="), "{text}");
         assert!(text.contains("content changed (sensitive)"), "{text}");

@@ -19,8 +19,173 @@ use std::sync::{Arc, Mutex};
 use cms_roles::{Catalog, Node, NodeReads, Repository, SecretValues, compile_with_secrets};
 use serde::{Deserialize, Serialize};
 
+use cms_proto::v1 as pb;
+use tonic::Status;
+
 use crate::catalog_diff::{self, ResourceChange};
 use crate::catalogs::CatalogKey;
+use crate::git_sync::{GitSource, SyncError};
+use crate::nodes::Nodes;
+use crate::revision::ServingRevision;
+use crate::secrets::ServerSecrets;
+use crate::store::NodeStatus;
+
+/// What the admin API's `Diff` needs: the roles repository's mirror (none
+/// when the server follows a plain folder), the serving revision, the
+/// server's secrets and the node records.
+#[derive(Debug, Clone)]
+pub struct Differ {
+    pub roles: Option<GitSource>,
+    pub revision: Arc<ServingRevision>,
+    pub secrets: Arc<ServerSecrets>,
+    pub nodes: Nodes,
+}
+
+impl Differ {
+    /// Runs a diff request. Blocks (git, compiles). A revision that names
+    /// no commit, or does not parse, is `InvalidArgument`; a diff that
+    /// cannot run (no mirror, secrets that cannot be read) is
+    /// `FailedPrecondition`.
+    pub fn run(&self, request: pb::DiffRequest) -> Result<pb::DiffResponse, Status> {
+        let serving = self.revision.current();
+        let to = if request.to.is_empty() {
+            serving.as_ref().map(|r| r.commit.clone()).ok_or_else(|| {
+                Status::failed_precondition("no revision is served yet: give --to")
+            })?
+        } else {
+            request.to.clone()
+        };
+        let from = self.side(&request.from, serving.as_ref())?;
+        let to = self.side(&to, serving.as_ref())?;
+        let selector: BTreeMap<String, String> = request
+            .selector
+            .map(|s| s.tags.into_iter().collect())
+            .unwrap_or_default();
+        let nodes: Vec<Node> = self
+            .nodes
+            .list(&selector)
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .into_iter()
+            .filter(|(record, _)| record.status != NodeStatus::Gone)
+            .map(|(record, _)| {
+                let facts = serde_json::from_value(record.facts).unwrap_or_default();
+                let mut node = crate::catalogs::node(&record.id, &record.tags, facts);
+                node.attested = record.attested;
+                node
+            })
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let diff = diff_fleet(&from, &to, &nodes, threads);
+        Ok(to_proto(&diff))
+    }
+
+    /// The revision `revision` names: the serving one as it is served,
+    /// another read from the mirror, parsed, and its secrets read as
+    /// serving would (age secrets decrypted with the server's identity,
+    /// AWS values from the server's current cache).
+    fn side(
+        &self,
+        revision: &str,
+        serving: Option<&crate::git_sync::Revision>,
+    ) -> Result<DiffSide, Status> {
+        if let Some(serving) = serving
+            && serving.commit == revision
+        {
+            return Ok(DiffSide::of(serving));
+        }
+        let Some(roles) = &self.roles else {
+            return Err(Status::failed_precondition(
+                "the server follows a plain folder, not a git repository: there is no other revision to compare",
+            ));
+        };
+        let commit = roles.resolve_commit(revision).map_err(|e| match e {
+            SyncError::UnknownRevision { .. } => Status::invalid_argument(e.to_string()),
+            other => Status::failed_precondition(format!("{:#}", anyhow::Error::from(other))),
+        })?;
+        if let Some(serving) = serving
+            && serving.commit == commit
+        {
+            return Ok(DiffSide::of(serving));
+        }
+        let files = roles
+            .read_commit(&commit)
+            .map_err(|e| Status::failed_precondition(format!("{:#}", anyhow::Error::from(e))))?;
+        let (repository, problems) = Repository::load(files);
+        if !problems.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "revision {} does not parse:\n{problems}",
+                short(&commit)
+            )));
+        }
+        let secrets = self.secrets.resolve(&repository).map_err(|problems| {
+            Status::failed_precondition(format!(
+                "Failed to read the secrets of revision {}:\n{problems}",
+                short(&commit)
+            ))
+        })?;
+        let (values, generation) = secrets.values();
+        Ok(DiffSide {
+            commit,
+            repository: Arc::new(repository),
+            secrets: values,
+            generation,
+        })
+    }
+}
+
+impl DiffSide {
+    /// A revision as it is served.
+    pub fn of(revision: &crate::git_sync::Revision) -> DiffSide {
+        let (secrets, generation) = revision.secrets.values();
+        DiffSide {
+            commit: revision.commit.clone(),
+            repository: revision.repository.clone(),
+            secrets,
+            generation,
+        }
+    }
+}
+
+/// The diff as the admin API sends it.
+pub fn to_proto(diff: &FleetDiff) -> pb::DiffResponse {
+    pb::DiffResponse {
+        from: diff.from.clone(),
+        to: diff.to.clone(),
+        nodes: diff.nodes as u32,
+        compiles: diff.compiles as u32,
+        groups: diff
+            .groups
+            .iter()
+            .map(|group| pb::DiffGroup {
+                node_ids: group.node_ids.clone(),
+                common_tags: group.common_tags.clone().into_iter().collect(),
+                changes_json: serde_json::to_string(&group.changes).expect("changes serialize"),
+                error: group.error.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The diff the admin API sent, or why it cannot be read.
+pub fn from_proto(response: pb::DiffResponse) -> anyhow::Result<FleetDiff> {
+    let mut groups = Vec::new();
+    for group in response.groups {
+        groups.push(DiffGroup {
+            node_ids: group.node_ids,
+            common_tags: group.common_tags.into_iter().collect(),
+            changes: serde_json::from_str(&group.changes_json)
+                .map_err(|e| anyhow::anyhow!("Failed to read the server's diff: {e}"))?,
+            error: group.error,
+        });
+    }
+    Ok(FleetDiff {
+        from: response.from,
+        to: response.to,
+        nodes: response.nodes as usize,
+        compiles: response.compiles as usize,
+        groups,
+    })
+}
 
 /// One revision to compile: its commit, parsed repository and secret
 /// values.
@@ -103,10 +268,13 @@ pub fn diff_fleet(from: &DiffSide, to: &DiffSide, nodes: &[Node], threads: usize
                         return;
                     };
                     let revision = if side == 0 { from } else { to };
-                    let compiled =
-                        compile_with_secrets(&revision.repository, &nodes[index], &revision.secrets)
-                            .map(Arc::new)
-                            .map_err(|d| d.to_string());
+                    let compiled = compile_with_secrets(
+                        &revision.repository,
+                        &nodes[index],
+                        &revision.secrets,
+                    )
+                    .map(Arc::new)
+                    .map_err(|d| d.to_string());
                     results
                         .lock()
                         .expect("results lock")
@@ -192,11 +360,6 @@ pub fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
 }
 
-/// Whether `revision` may name a commit: 4 to 40 hex digits.
-pub fn is_commit_prefix(revision: &str) -> bool {
-    (4..=40).contains(&revision.len()) && revision.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 /// The diff as people read it: one block per group.
 pub fn render(diff: &FleetDiff) -> String {
     let mut out = format!(
@@ -240,6 +403,40 @@ pub fn render(diff: &FleetDiff) -> String {
         out.push_str(&catalog_diff::render(&group.changes, "  "));
     }
     out
+}
+
+/// The diff node by node, for `--format json`: `{from, to, compiles,
+/// nodes: [{node, status: changed|unchanged|failed, changes, error}]}`,
+/// nodes sorted by id.
+pub fn per_node_json(diff: &FleetDiff) -> serde_json::Value {
+    let mut nodes: Vec<(&String, &DiffGroup)> = diff
+        .groups
+        .iter()
+        .flat_map(|group| group.node_ids.iter().map(move |id| (id, group)))
+        .collect();
+    nodes.sort_by(|a, b| a.0.cmp(b.0));
+    let nodes: Vec<serde_json::Value> = nodes
+        .into_iter()
+        .map(|(id, group)| {
+            let status = if !group.error.is_empty() {
+                "failed"
+            } else if group.changes.is_empty() {
+                "unchanged"
+            } else {
+                "changed"
+            };
+            let mut node = serde_json::json!({
+                "node": id, "status": status, "changes": group.changes,
+            });
+            if !group.error.is_empty() {
+                node["error"] = serde_json::json!(group.error);
+            }
+            node
+        })
+        .collect();
+    serde_json::json!({
+        "from": diff.from, "to": diff.to, "compiles": diff.compiles, "nodes": nodes,
+    })
 }
 
 /// At most ten names, then how many more.
@@ -323,16 +520,10 @@ mod tests {
         let diff = diff_fleet(&side("aaaa", "80"), &side("bbbb", "80"), &nodes, 1);
         assert_eq!(diff.groups[0].node_ids, ["b1"]);
         assert!(diff.groups[0].error.starts_with("at aaaa: "), "{diff:?}");
-        assert!(diff.groups[0].error.contains("roles/broken.toml"), "{diff:?}");
+        assert!(
+            diff.groups[0].error.contains("roles/broken.toml"),
+            "{diff:?}"
+        );
         assert!(diff.groups[1].changes.is_empty() && diff.groups[1].error.is_empty());
-    }
-
-    #[test]
-    fn only_hex_prefixes_of_four_digits_or_more_name_a_commit() {
-        assert!(is_commit_prefix("abcd"));
-        assert!(is_commit_prefix(&"a".repeat(40)));
-        for bad in ["abc", "main", "HEAD~1", "abcd^", ""] {
-            assert!(!is_commit_prefix(bad), "{bad}");
-        }
     }
 }

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod dashboard;
+pub mod diff_cli;
 pub mod enrollment;
 pub mod fleet;
 pub mod fleet_diff;
