@@ -20,7 +20,6 @@ use cms_roles::{Catalog, Node, NodeReads, Repository, SecretValues, compile_with
 use serde::{Deserialize, Serialize};
 
 use cms_proto::v1 as pb;
-use tonic::Status;
 
 use crate::catalog_diff::{self, ResourceChange};
 use crate::catalogs::CatalogKey;
@@ -29,6 +28,18 @@ use crate::nodes::Nodes;
 use crate::revision::ServingRevision;
 use crate::secrets::ServerSecrets;
 use crate::store::NodeStatus;
+
+/// Why a diff did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    /// A revision names no commit, or its repository does not parse.
+    #[error("{0}")]
+    InvalidRevision(String),
+    /// No revision served yet, no git mirror, secrets that cannot be read,
+    /// the store unreadable.
+    #[error("{0}")]
+    CannotRun(String),
+}
 
 /// What the admin API's `Diff` needs: the roles repository's mirror (none
 /// when the server follows a plain folder), the serving revision, the
@@ -42,15 +53,12 @@ pub struct Differ {
 }
 
 impl Differ {
-    /// Runs a diff request. Blocks (git, compiles). A revision that names
-    /// no commit, or does not parse, is `InvalidArgument`; a diff that
-    /// cannot run (no mirror, secrets that cannot be read) is
-    /// `FailedPrecondition`.
-    pub fn run(&self, request: pb::DiffRequest) -> Result<pb::DiffResponse, Status> {
+    /// Runs a diff request. Blocks (git, compiles).
+    pub fn run(&self, request: pb::DiffRequest) -> Result<pb::DiffResponse, DiffError> {
         let serving = self.revision.current();
         let to = if request.to.is_empty() {
             serving.as_ref().map(|r| r.commit.clone()).ok_or_else(|| {
-                Status::failed_precondition("no revision is served yet: give --to")
+                DiffError::CannotRun("no revision is served yet: give --to".to_string())
             })?
         } else {
             request.to.clone()
@@ -64,7 +72,7 @@ impl Differ {
         let nodes: Vec<Node> = self
             .nodes
             .list(&selector)
-            .map_err(|e| Status::unavailable(e.to_string()))?
+            .map_err(|e| DiffError::CannotRun(e.to_string()))?
             .into_iter()
             .filter(|(record, _)| record.status != NodeStatus::Gone)
             .map(|(record, _)| {
@@ -87,20 +95,20 @@ impl Differ {
         &self,
         revision: &str,
         serving: Option<&crate::git_sync::Revision>,
-    ) -> Result<DiffSide, Status> {
+    ) -> Result<DiffSide, DiffError> {
         if let Some(serving) = serving
             && serving.commit == revision
         {
             return Ok(DiffSide::of(serving));
         }
         let Some(roles) = &self.roles else {
-            return Err(Status::failed_precondition(
-                "the server follows a plain folder, not a git repository: there is no other revision to compare",
+            return Err(DiffError::CannotRun(
+                "the server follows a plain folder, not a git repository: there is no other revision to compare".to_string(),
             ));
         };
         let commit = roles.resolve_commit(revision).map_err(|e| match e {
-            SyncError::UnknownRevision { .. } => Status::invalid_argument(e.to_string()),
-            other => Status::failed_precondition(format!("{:#}", anyhow::Error::from(other))),
+            SyncError::UnknownRevision { .. } => DiffError::InvalidRevision(e.to_string()),
+            other => DiffError::CannotRun(format!("{:#}", anyhow::Error::from(other))),
         })?;
         if let Some(serving) = serving
             && serving.commit == commit
@@ -109,16 +117,16 @@ impl Differ {
         }
         let files = roles
             .read_commit(&commit)
-            .map_err(|e| Status::failed_precondition(format!("{:#}", anyhow::Error::from(e))))?;
+            .map_err(|e| DiffError::CannotRun(format!("{:#}", anyhow::Error::from(e))))?;
         let (repository, problems) = Repository::load(files);
         if !problems.is_empty() {
-            return Err(Status::invalid_argument(format!(
+            return Err(DiffError::InvalidRevision(format!(
                 "revision {} does not parse:\n{problems}",
                 short(&commit)
             )));
         }
         let secrets = self.secrets.resolve(&repository).map_err(|problems| {
-            Status::failed_precondition(format!(
+            DiffError::CannotRun(format!(
                 "Failed to read the secrets of revision {}:\n{problems}",
                 short(&commit)
             ))

@@ -615,7 +615,7 @@ impl pb::admin_server::Admin for AdminService {
         let answer = tokio::task::spawn_blocking(move || differ.run(request))
             .await
             .map_err(|e| Status::internal(format!("the diff failed: {e}")))
-            .and_then(|answer| answer)
+            .and_then(|answer| answer.map_err(Status::from))
             .map(Response::new);
         self.audited(&operator, METHOD, target, answer).await
     }
