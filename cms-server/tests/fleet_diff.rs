@@ -179,3 +179,83 @@ async fn diff_lists_exactly_the_nodes_whose_catalogs_change_between_two_commits(
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("--from"), "{err}");
 }
+
+/// The attack: a secret rotated between two commits changes the catalogs
+/// of the nodes that use it, and the diff says so without showing the old
+/// value, the new one, or a hash of the content that holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_rotated_between_two_commits_shows_only_that_the_content_changed() {
+    let upstream = Upstream::new();
+    upstream.write("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+    upstream.write("roles/web.toml", &web_role(80));
+    upstream.write("roles/db.toml", DB_ROLE);
+    upstream.commit("no secrets yet");
+    let repo = upstream.dir.path().to_string_lossy().into_owned();
+    let server = Server::start(move |config| {
+        config.repo = repo;
+        config.branch = "main".to_string();
+    })
+    .await;
+    for (name, role) in [("web-1", "web"), ("db-1", "db")] {
+        server.enroll(name, &[("role", role)]).await;
+    }
+    let identity = cms_server::secrets::identity::read_identity_file(
+        &cms_server::secrets::identity::identity_path(&server.data),
+    )
+    .unwrap();
+    let recipient = identity.to_public();
+    let with_secret = |value: &[u8]| {
+        let armored =
+            cms_server::secrets::crypt::encrypt_armored(value, std::slice::from_ref(&recipient))
+                .unwrap();
+        upstream.write(
+            "cms.toml",
+            &format!(
+                "[hierarchy]\nlayers = [\"common\"]\n[secrets]\nrecipients = [\"{recipient}\"]\n"
+            ),
+        );
+        upstream.write(
+            "secrets/common.toml",
+            &format!("[db_password]\nage = '''\n{armored}'''\n"),
+        );
+        upstream.write(
+            "templates/db.conf.hbs",
+            "user=app\npassword={{secret \"db_password\"}}\n",
+        );
+        upstream.write(
+            "roles/web.toml",
+            &format!(
+                "{}[[file]]\npath = \"/etc/db.conf\"\ntemplate = \"db.conf.hbs\"\n",
+                web_role(80)
+            ),
+        );
+    };
+    with_secret(b"hunter2-before-rotation");
+    let before = upstream.commit("the database password");
+    with_secret(b"s3cret-after-rotation");
+    let after = upstream.commit("the database password, rotated");
+    let mut admin = server.admin().await.unwrap();
+    let synced = admin.sync(pb::SyncRequest {}).await.unwrap().into_inner();
+    assert!(synced.accepted, "{synced:?}");
+    assert_eq!(synced.revision, after);
+
+    let (code, text, err) = diff_cli(&server, &["--from", &before]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(text.contains("1 node (role=web) change: web-1"), "{text}");
+    assert!(text.contains("file:/etc/db.conf changed"), "{text}");
+    assert!(text.contains("content changed (sensitive)"), "{text}");
+    let (code, json, err) = diff_cli(&server, &["--from", &before, "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    for shown in [&text, &json] {
+        for value in ["hunter2", "s3cret", "password="] {
+            assert!(!shown.contains(value), "{value} shown: {shown}");
+        }
+        let longest_hex_run = shown
+            .split(|c: char| !c.is_ascii_hexdigit())
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        // Commit ids (40) are shown; a sha256 (64) never is.
+        assert!(longest_hex_run <= 40, "a content hash shown: {shown}");
+    }
+}
