@@ -79,6 +79,13 @@ pub enum Command {
         after_help = "Examples:\n  cms-server trigger --select role=web --canary 1 --batch 50%\n  cms-server trigger --select role=api,env=prod --batch 25% --max-failures 2\n  cms-server trigger --select role=api --noop\n  cms-server trigger --status t1764108000000\n\nExit status: 0 every node converged (changed or unchanged), 4 a node failed or was unreachable, or the rollout stopped, 3 the trigger could not start (no node matches, the server cannot be reached)."
     )]
     Trigger(TriggerArgs),
+    /// Show which nodes' catalogs change between two revisions of the roles
+    /// repository, and how, resource by resource (sensitive resources show
+    /// only which fields changed).
+    #[command(
+        after_help = "Examples:\n  cms-server diff --from 3f2a9c1\n  cms-server diff --from 3f2a9c1 --to 8be04d2 --select role=web\n  cms-server diff --from 3f2a9c1 --format json | jq '.nodes[] | select(.status == \"failed\")'\n\nExit status: 0 the diff ran (whether or not anything changes), 1 a revision or flag is invalid, 3 the diff could not run (the server cannot be reached, no revision is served)."
+    )]
+    Diff(DiffArgs),
     /// Check a roles repository: validate every role, or print the catalog
     /// that a node with the given tags would get.
     #[command(
@@ -452,6 +459,22 @@ pub struct TriggerArgs {
     /// Show the progress or result of a trigger instead of starting one.
     #[arg(long, value_name = "ID", conflicts_with_all = ["select", "batch", "canary", "noop", "max_failures"])]
     pub status: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// The revision to compare from: a commit id or an unambiguous prefix
+    /// of the roles repository the server follows.
+    #[arg(long, value_name = "REV")]
+    pub from: String,
+    /// The revision to compare to [default: the revision being served].
+    #[arg(long, value_name = "REV")]
+    pub to: Option<String>,
+    /// Only the nodes whose tags match: name=value or glob, all must hold.
+    #[arg(long, value_name = "K=V,...")]
+    pub select: Option<String>,
     #[command(flatten)]
     pub admin: AdminArgs,
 }

@@ -137,6 +137,7 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Invocation::Trigger { args, admin } => crate::trigger_cli::run(args, &admin).await,
+        Invocation::Diff { args, admin } => crate::diff_cli::run(args, &admin).await,
         Invocation::SecretsRecipient { data_dir } => {
             let path = crate::secrets::identity::identity_path(&data_dir);
             if !path.exists() {

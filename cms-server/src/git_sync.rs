@@ -119,6 +119,8 @@ pub enum SyncError {
         #[source]
         source: gix::Error,
     },
+    #[error("Failed to find revision `{revision}` in the mirror of the roles repository: {reason}")]
+    UnknownRevision { revision: String, reason: String },
     #[error("Failed to read `{path}` of commit {commit}")]
     ReadBlob {
         commit: String,
@@ -287,6 +289,37 @@ impl GitSource {
             }
         }
         Ok(files)
+    }
+
+    /// The full id of the commit `revision` names in the mirror: a commit
+    /// id or an unambiguous prefix of one (hex only: no branch names or
+    /// `HEAD~1`). Fails with [`SyncError::UnknownRevision`] when it names
+    /// nothing, more than one object, or something else than a commit.
+    pub fn resolve_commit(&self, revision: &str) -> Result<String, SyncError> {
+        let unknown = |reason: String| SyncError::UnknownRevision {
+            revision: revision.to_string(),
+            reason,
+        };
+        if !is_commit_prefix(revision) {
+            return Err(unknown(
+                "give a commit id or a prefix of at least 4 hex digits".to_string(),
+            ));
+        }
+        let repo = self.open_mirror()?;
+        let prefix = gix::hash::Prefix::from_hex(&revision.to_ascii_lowercase())
+            .map_err(|error| unknown(error.to_string()))?;
+        let id = match repo.objects.lookup_prefix(prefix, None) {
+            Ok(Some(Ok(id))) => id,
+            Ok(Some(Err(()))) => {
+                return Err(unknown("it is ambiguous: give more hex digits".to_string()));
+            }
+            Ok(None) => return Err(unknown("no such commit".to_string())),
+            Err(error) => return Err(unknown(error.to_string())),
+        };
+        let commit = repo
+            .find_commit(id)
+            .map_err(|_| unknown("it is not a commit".to_string()))?;
+        Ok(commit.id.to_string())
     }
 
     fn parsed_url(&self) -> Result<gix::Url, SyncError> {
@@ -586,6 +619,11 @@ fn resolve_link(
     Resolved::Directory
 }
 
+/// Whether `revision` may name a commit: 4 to 40 hex digits.
+pub fn is_commit_prefix(revision: &str) -> bool {
+    (4..=40).contains(&revision.len()) && revision.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn existing_branches(existing: &[String]) -> String {
     if existing.is_empty() {
         "the repository has no branches".to_string()
@@ -651,6 +689,15 @@ pub fn validate_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_hex_prefixes_of_four_digits_or_more_name_a_commit() {
+        assert!(is_commit_prefix("abcd"));
+        assert!(is_commit_prefix(&"a".repeat(40)));
+        for bad in ["abc", "main", "HEAD~1", "abcd^", "", &"a".repeat(41)] {
+            assert!(!is_commit_prefix(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn a_secret_that_does_not_decrypt_is_reported_with_the_other_problems_of_the_commit() {

@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::cli::{
-    AdminArgs, AdminCommand, AuditArgs, CheckArgs, Command, CompletionsArgs, Format, NodeCommand,
-    NodeRevokeArgs, NodesArgs, OperatorCredentialArgs, OperatorNameArgs, ReportsArgs,
+    AdminArgs, AdminCommand, AuditArgs, CheckArgs, Command, CompletionsArgs, DiffArgs, Format,
+    NodeCommand, NodeRevokeArgs, NodesArgs, OperatorCredentialArgs, OperatorNameArgs, ReportsArgs,
     SecretsCommand, SecretsEncryptArgs, SecretsNewIdentityArgs, ServeArgs, TokenCommand,
     TokenCreateArgs, TriggerArgs,
 };
@@ -141,6 +141,10 @@ pub enum Invocation {
         args: TriggerArgs,
         admin: AdminTarget,
     },
+    Diff {
+        args: DiffArgs,
+        admin: AdminTarget,
+    },
     /// Prints the public key of the identity in `data_dir`.
     SecretsRecipient {
         data_dir: PathBuf,
@@ -209,6 +213,10 @@ pub fn resolve(command: Command, env: &Environment) -> Invocation {
         Command::Trigger(mut args) => {
             let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
             Invocation::Trigger { args, admin }
+        }
+        Command::Diff(mut args) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            Invocation::Diff { args, admin }
         }
         Command::Secrets(SecretsCommand::Recipient(args)) => Invocation::SecretsRecipient {
             data_dir: args.data.unwrap_or_else(|| env.admin_data_dir()),
@@ -291,7 +299,8 @@ mod tests {
             | Invocation::OperatorRevoke { admin, .. }
             | Invocation::OperatorList(admin)
             | Invocation::Audit { admin, .. }
-            | Invocation::Trigger { admin, .. } => admin.data_dir,
+            | Invocation::Trigger { admin, .. }
+            | Invocation::Diff { admin, .. } => admin.data_dir,
             Invocation::Check(_)
             | Invocation::Completions(_)
             | Invocation::SecretsEncrypt(_)

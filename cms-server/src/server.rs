@@ -230,6 +230,15 @@ pub async fn run_prepared(
 
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let differ = crate::fleet_diff::Differ {
+        roles: match &source {
+            RolesSource::Git(syncer) => Some(syncer.source().clone()),
+            RolesSource::Directory { .. } => None,
+        },
+        revision: revision.clone(),
+        secrets: source.secrets().clone(),
+        nodes: nodes.clone(),
+    };
     tasks.spawn(refresh_secrets_loop(
         source.secrets().clone(),
         revision.clone(),
@@ -384,6 +393,7 @@ pub async fn run_prepared(
                 triggers,
                 sync: sync_requests,
                 blocking,
+                differ,
             })
             .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
             .max_encoding_message_size(limits::MAX_ADMIN_RESPONSE_BYTES),

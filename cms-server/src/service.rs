@@ -327,6 +327,8 @@ pub struct AdminService {
     pub triggers: Triggers,
     pub sync: SyncRequests,
     pub blocking: Blocking,
+    /// `Diff`: the revisions and nodes it compiles.
+    pub differ: crate::fleet_diff::Differ,
 }
 
 /// A gRPC code as the audit log writes it: `permission_denied`.
@@ -584,6 +586,38 @@ impl pb::admin_server::Admin for AdminService {
             .map(|answer| answer.get_ref().revision.clone())
             .unwrap_or_default();
         self.audited(&operator, METHOD, target, outcome).await
+    }
+
+    async fn diff(
+        &self,
+        request: Request<pb::DiffRequest>,
+    ) -> Result<Response<pb::DiffResponse>, Status> {
+        const METHOD: &str = "Diff";
+        let asked = request.get_ref();
+        let mut target = format!(
+            "{}..{}",
+            asked.from,
+            if asked.to.is_empty() {
+                "serving"
+            } else {
+                &asked.to
+            }
+        );
+        let selector = selector_text(asked.selector.as_ref());
+        if !selector.is_empty() {
+            target = format!("{target} {selector}");
+        }
+        let operator = self.operator(&request, METHOD, &target).await?;
+        let differ = self.differ.clone();
+        let request = request.into_inner();
+        // Compiles are CPU work that blocks; they run on threads of their
+        // own (`fleet_diff::diff_fleet`), like validation's.
+        let answer = tokio::task::spawn_blocking(move || differ.run(request))
+            .await
+            .map_err(|e| Status::internal(format!("the diff failed: {e}")))
+            .and_then(|answer| answer.map_err(Status::from))
+            .map(Response::new);
+        self.audited(&operator, METHOD, target, answer).await
     }
 
     type TriggerStream = ResponseStream<pb::TriggerProgress>;

@@ -7,6 +7,7 @@ use tonic::Status;
 use crate::auth::AuthError;
 use crate::blocking::BlockingFailed;
 use crate::enrollment::EnrollError;
+use crate::fleet_diff::DiffError;
 use crate::nodes::NodesError;
 use crate::operators::OperatorError;
 use crate::reports::{RateExceeded, ReportError};
@@ -72,6 +73,16 @@ impl From<EnrollError> for Status {
             EnrollError::Attestation(_) => Status::permission_denied(message),
             EnrollError::Store(ref store) => store_failure(store, &error),
             EnrollError::Random(_) => Status::internal(message),
+        }
+    }
+}
+
+impl From<DiffError> for Status {
+    fn from(error: DiffError) -> Status {
+        let message = error.to_string();
+        match error {
+            DiffError::InvalidRevision(_) => Status::invalid_argument(message),
+            DiffError::CannotRun(_) => Status::failed_precondition(message),
         }
     }
 }
