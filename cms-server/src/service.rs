@@ -620,6 +620,48 @@ impl pb::admin_server::Admin for AdminService {
         self.audited(&operator, METHOD, target, answer).await
     }
 
+    async fn list_environments(
+        &self,
+        _request: Request<pb::ListEnvironmentsRequest>,
+    ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
+        Err(Status::unimplemented("environments are being built"))
+    }
+
+    async fn list_rollouts(
+        &self,
+        _request: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        Err(Status::unimplemented("rollouts are being built"))
+    }
+
+    async fn rollout_status(
+        &self,
+        _request: Request<pb::RolloutStatusRequest>,
+    ) -> Result<Response<pb::RolloutProgress>, Status> {
+        Err(Status::unimplemented("rollouts are being built"))
+    }
+
+    async fn control_rollout(
+        &self,
+        _request: Request<pb::ControlRolloutRequest>,
+    ) -> Result<Response<pb::RolloutProgress>, Status> {
+        Err(Status::unimplemented("rollouts are being built"))
+    }
+
+    async fn pin(
+        &self,
+        _request: Request<pb::PinRequest>,
+    ) -> Result<Response<pb::PinResponse>, Status> {
+        Err(Status::unimplemented("pins are being built"))
+    }
+
+    async fn unpin(
+        &self,
+        _request: Request<pb::UnpinRequest>,
+    ) -> Result<Response<pb::UnpinResponse>, Status> {
+        Err(Status::unimplemented("pins are being built"))
+    }
+
     type TriggerStream = ResponseStream<pb::TriggerProgress>;
 
     async fn trigger(
