@@ -20,6 +20,7 @@ mod kinds;
 mod node_reads;
 mod reads;
 mod repository;
+mod rollout;
 mod secrets;
 mod source;
 mod template;
@@ -42,6 +43,7 @@ pub use repository::{
     DeclaredResource, Hierarchy, MAX_DATA_DEPTH, MAX_INCLUDE_DEPTH, Repository, Role,
     SecretsSettings, Settings,
 };
+pub use rollout::{Batch, BatchError, RolloutPolicy};
 pub use secrets::{
     SecretEntry, SecretSource, SecretValues, check_age_armor, check_aws_reference, check_recipient,
     is_aws_reference, is_secret_key,
@@ -54,6 +56,8 @@ pub use validate::{
     check_catalog_size, example_attested, example_facts, validate, validate_with_secrets,
 };
 
+#[cfg(test)]
+mod rollout_tests;
 #[cfg(test)]
 mod secret_tests;
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Parsing a roles repository: `cms.toml`, `roles/*.toml`, `templates/**`,
-//! `files/**`, `data/**.toml` and `secrets/**.toml` (parsed by `secrets`), into a [`Repository`] that can compile
-//! catalogs for any number of nodes.
+//! Parsing a roles repository: `cms.toml` (its `[rollout]` parsed by
+//! `rollout`), `roles/*.toml`, `templates/**`, `files/**`, `data/**.toml` and
+//! `secrets/**.toml` (parsed by `secrets`), into a [`Repository`] that can
+//! compile catalogs for any number of nodes.
 //!
 //! Parsing reports every problem it finds, not just the first: each file is
 //! parsed on its own, and TOML's recoverable parser keeps going after a
@@ -19,6 +20,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use crate::diagnostic::{Diagnostic, Diagnostics, LineIndex, Position, unknown_key_message};
 use crate::kinds::{RESOURCE_TYPES, ResourceType, Spec};
 use crate::reads::untrusted_read_in_layer;
+use crate::rollout::{RolloutPolicy, parse_rollout};
 use crate::secrets::{SecretEntry, check_recipient, parse_secret_file};
 use crate::source::{Entry, RepoFiles, SETTINGS_FILE};
 use crate::template::{Templates, has_placeholders};
@@ -51,13 +53,26 @@ pub struct Repository {
 }
 
 /// `cms.toml`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Settings {
-    #[serde(default)]
     pub hierarchy: Hierarchy,
-    #[serde(default)]
     pub secrets: SecretsSettings,
+    /// `[rollout]`; `None` without the table: every accepted commit is
+    /// served to every node of the environment at once.
+    pub rollout: Option<RolloutPolicy>,
+}
+
+/// `cms.toml` as serde reads it. `[rollout]` is only checked to be there
+/// and is read by [`parse_rollout`], key by key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenSettings {
+    #[serde(default)]
+    hierarchy: Hierarchy,
+    #[serde(default)]
+    secrets: SecretsSettings,
+    #[serde(default, rename = "rollout")]
+    _rollout: Option<serde::de::IgnoredAny>,
 }
 
 /// `[secrets]` of `cms.toml`.
@@ -270,10 +285,7 @@ impl Repository {
         check_includes(&roles, &unparsed_roles, &mut diagnostics);
         let repository = Repository {
             settings_ok: settings.is_some(),
-            settings: settings.unwrap_or(Settings {
-                hierarchy: Hierarchy::default(),
-                secrets: SecretsSettings::default(),
-            }),
+            settings: settings.unwrap_or_default(),
             roles,
             templates,
             data,
@@ -338,8 +350,13 @@ fn parse_settings(files: &RepoFiles, diagnostics: &mut Diagnostics) -> Option<Se
         }
     };
     let text = utf8(SETTINGS_FILE, bytes, diagnostics)?;
-    match toml::from_str::<Settings>(text) {
-        Ok(mut settings) => {
+    match toml::from_str::<WrittenSettings>(text) {
+        Ok(written) => {
+            let mut settings = Settings {
+                hierarchy: written.hierarchy,
+                secrets: written.secrets,
+                rollout: parse_rollout(text, diagnostics),
+            };
             if settings.hierarchy.layers.is_empty() {
                 diagnostics.push(Diagnostic::new(
                     SETTINGS_FILE,
@@ -352,7 +369,11 @@ fn parse_settings(files: &RepoFiles, diagnostics: &mut Diagnostics) -> Option<Se
             Some(settings)
         }
         Err(error) => {
-            diagnostics.push(toml_diagnostic(SETTINGS_FILE, text, &error));
+            let mut diagnostic = toml_diagnostic(SETTINGS_FILE, text, &error);
+            if error.message().starts_with("unknown field") {
+                diagnostic.message = improve_unknown_field(&diagnostic.message, &[]);
+            }
+            diagnostics.push(diagnostic);
             None
         }
     }
