@@ -153,6 +153,15 @@ fn a_bad_bake_or_timeout_is_refused_at_its_value() {
 }
 
 #[test]
+fn a_duration_too_long_to_count_is_refused_rather_than_wrapped() {
+    let errors = refused("[rollout]\nbake = \"999999999999999999d\"\n");
+    assert_contains(
+        &errors,
+        "cms.toml:2:8: [rollout] bake = \"999999999999999999d\" is not a duration",
+    );
+}
+
+#[test]
 fn a_zero_timeout_is_refused_at_its_value() {
     let errors = refused("[rollout]\n  timeout = \"0s\"\n");
     assert_eq!(

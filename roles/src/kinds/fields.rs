@@ -113,6 +113,8 @@ pub enum DurationError {
     NotANumber(String),
     #[error("invalid duration `{text}`: unknown unit `{unit}`, expected s, m, h or d")]
     UnknownUnit { text: String, unit: String },
+    #[error("invalid duration `{0}`: too long to count in seconds")]
+    TooLong(String),
 }
 
 /// Parses `"90"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` into seconds.
@@ -137,7 +139,9 @@ pub fn parse_duration(text: &str) -> Result<u64, DurationError> {
             });
         }
     };
-    Ok(number * factor)
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| DurationError::TooLong(text.to_string()))
 }
 
 /// A name must hold something, and nothing that would split a line.
