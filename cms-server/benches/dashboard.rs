@@ -70,6 +70,7 @@ fn node(i: usize) -> NodeRecord {
         status: NodeStatus::Active,
         gone_since_unix_ms: None,
         attested: Default::default(),
+        environment: String::new(),
     }
 }
 

@@ -120,8 +120,33 @@ pub struct ServeArgs {
     /// [default: the example roles repository].
     #[arg(long, value_name = "URL_OR_PATH", env = "CMS_SERVER_REPO")]
     pub repo: Option<String>,
+    /// The branch followed when no --environment is given (one
+    /// environment, `production`).
     #[arg(long, default_value = "main", env = "CMS_SERVER_BRANCH")]
     pub branch: String,
+    /// An environment and the branch it follows, NAME=BRANCH (repeat for
+    /// each, e.g. --environment prod=main --environment staging=staging).
+    /// Each branch is validated and rolled out on its own.
+    #[arg(
+        long = "environment",
+        value_name = "NAME=BRANCH",
+        env = "CMS_SERVER_ENVIRONMENTS",
+        value_delimiter = ','
+    )]
+    pub environments: Vec<String>,
+    /// The environment of nodes whose environment tag names none
+    /// [default: the first --environment].
+    #[arg(long, value_name = "NAME", env = "CMS_SERVER_DEFAULT_ENVIRONMENT")]
+    pub default_environment: Option<String>,
+    /// The trusted tag whose value names a node's environment, bound when
+    /// it enrolls.
+    #[arg(
+        long,
+        value_name = "TAG",
+        default_value = "env",
+        env = "CMS_SERVER_ENVIRONMENT_TAG"
+    )]
+    pub environment_tag: String,
     /// The gRPC address agents and admin commands use.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN, env = "CMS_SERVER_LISTEN")]
     pub listen: std::net::SocketAddr,

@@ -226,6 +226,26 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
     let mut config = ServeConfig::new(data_dir, repo);
     config.connections = connections;
     config.branch = args.branch;
+    if args.environments.is_empty() {
+        if args.default_environment.is_some() {
+            bail!("--default-environment needs --environment NAME=BRANCH for each environment");
+        }
+    } else {
+        let specs = args
+            .environments
+            .iter()
+            .map(|text| crate::environments::EnvironmentSpec::parse(text))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("--environment: {e}"))?;
+        config.environments = Some(
+            crate::environments::EnvironmentsConfig::new(
+                specs,
+                args.default_environment,
+                args.environment_tag,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+    }
     config.sync_interval =
         duration(&args.sync_interval, "sync-interval")?.max(Duration::from_secs(1));
     config.certificate_validity =

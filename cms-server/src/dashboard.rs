@@ -989,6 +989,7 @@ mod tests {
             status: NodeStatus::Active,
             gone_since_unix_ms: None,
             attested: Default::default(),
+            environment: String::new(),
         }
     }
 
@@ -1118,6 +1119,7 @@ mod tests {
                     result: "failed".into(),
                     run_id: "r".into(),
                     failed_resources: vec!["exec:x".into()],
+                    revision: String::new(),
                 },
             )]
             .into(),

@@ -33,6 +33,7 @@ fn validated_request(args: &DiffArgs) -> anyhow::Result<pb::DiffRequest> {
         selector: Some(pb::Selector {
             tags: selector.into_iter().collect(),
         }),
+        environment: String::new(),
     })
 }
 

@@ -39,6 +39,8 @@ pub struct Enrollment {
     pub gone_after: Duration,
     /// Attested enrollment on AWS, when the server is configured for it.
     pub aws: Option<Arc<Attestor>>,
+    /// Which environment a node's tags bind it to.
+    pub environments: crate::environments::EnvironmentsConfig,
 }
 
 /// An enrollment as asked.
@@ -266,6 +268,7 @@ impl Enrollment {
                     status: NodeStatus::Active,
                     gone_since_unix_ms: None,
                     attested,
+                    environment: self.environments.bind(&tags),
                 },
                 expected_serial.as_deref(),
                 clear_history,
@@ -438,6 +441,7 @@ mod tests {
             certificate_validity: Duration::from_secs(3600),
             gone_after: Duration::from_secs(2 * 3600),
             aws: None,
+            environments: crate::environments::EnvironmentsConfig::single("main"),
         }
     }
 

@@ -476,6 +476,7 @@ pub fn outcome_of(report: &RunRecord) -> TriggerOutcome {
         result: result.to_string(),
         run_id: report.run_id.clone(),
         failed_resources: failed,
+        revision: report.revision.clone(),
     }
 }
 
@@ -694,6 +695,7 @@ mod tests {
             status,
             gone_since_unix_ms: None,
             attested: Default::default(),
+            environment: String::new(),
         }
     }
 
@@ -795,6 +797,7 @@ mod tests {
                 result: "failed".into(),
                 run_id: "r".into(),
                 failed_resources: vec!["exec:boom".into()],
+                revision: String::new(),
             },
         );
         let progress = progress_of(&record);

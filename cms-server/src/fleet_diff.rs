@@ -23,9 +23,9 @@ use cms_proto::v1 as pb;
 
 use crate::catalog_diff::{self, ResourceChange};
 use crate::catalogs::CatalogKey;
+use crate::environments::Environments;
 use crate::git_sync::{GitSource, SyncError};
 use crate::nodes::Nodes;
-use crate::revision::ServingRevision;
 use crate::secrets::ServerSecrets;
 use crate::store::NodeStatus;
 
@@ -42,12 +42,13 @@ pub enum DiffError {
 }
 
 /// What the admin API's `Diff` needs: the roles repository's mirror (none
-/// when the server follows a plain folder), the serving revision, the
-/// server's secrets and the node records.
+/// when the server follows a plain folder), the environments (their
+/// stable revisions and which nodes are theirs), the server's secrets and
+/// the node records.
 #[derive(Debug, Clone)]
 pub struct Differ {
     pub roles: Option<GitSource>,
-    pub revision: Arc<ServingRevision>,
+    pub environments: Arc<Environments>,
     pub secrets: Arc<ServerSecrets>,
     pub nodes: Nodes,
 }
@@ -55,7 +56,11 @@ pub struct Differ {
 impl Differ {
     /// Runs a diff request. Blocks (git, compiles).
     pub fn run(&self, request: pb::DiffRequest) -> Result<pb::DiffResponse, DiffError> {
-        let serving = self.revision.current();
+        let environment = self
+            .environments
+            .named(&request.environment)
+            .map_err(|e| DiffError::InvalidRevision(e.to_string()))?;
+        let serving = environment.stable.current();
         let to = if request.to.is_empty() {
             serving.as_ref().map(|r| r.commit.clone()).ok_or_else(|| {
                 DiffError::CannotRun("no revision is served yet: give --to".to_string())
@@ -74,7 +79,10 @@ impl Differ {
             .list(&selector)
             .map_err(|e| DiffError::CannotRun(e.to_string()))?
             .into_iter()
-            .filter(|(record, _)| record.status != NodeStatus::Gone)
+            .filter(|(record, _)| {
+                record.status != NodeStatus::Gone
+                    && self.environments.config().environment_of(record) == environment.name
+            })
             .map(|(record, _)| {
                 let facts = serde_json::from_value(record.facts).unwrap_or_default();
                 let mut node = crate::catalogs::node(&record.id, &record.tags, facts);

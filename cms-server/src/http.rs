@@ -47,8 +47,8 @@ pub struct WebhookApi {
     pub sync: SyncRequests,
     /// The shared secret; `None` refuses every webhook.
     pub secret: Option<String>,
-    /// The branch served: a push to another is ignored.
-    pub branch: String,
+    /// The branches the environments follow: a push to another is ignored.
+    pub branches: Vec<String>,
 }
 
 pub async fn serve(
@@ -203,11 +203,14 @@ async fn git_hook(
         return (StatusCode::UNAUTHORIZED, format!("{error}\n"));
     }
     if let Some(branch) = pushed_branch(&body)
-        && branch != api.branch
+        && !api.branches.contains(&branch)
     {
         return (
             StatusCode::OK,
-            format!("ignored: a push to {branch}, not {}\n", api.branch),
+            format!(
+                "ignored: a push to {branch}, not {}\n",
+                api.branches.join(" or ")
+            ),
         );
     }
     match api.sync.sync_now().await {

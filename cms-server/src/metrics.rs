@@ -75,6 +75,17 @@ struct AnswerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnvironmentLabel {
+    environment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RolloutOutcomeLabels {
+    environment: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RevisionLabel {
     revision: String,
 }
@@ -128,6 +139,11 @@ pub struct Metrics {
     revision: Family<RevisionLabel, Gauge>,
     enrollments: Family<ResultLabel, Counter>,
     watch_streams: Gauge,
+    rollouts_started: Family<EnvironmentLabel, Counter>,
+    rollouts_ended: Family<RolloutOutcomeLabels, Counter>,
+    rollout_active: Family<EnvironmentLabel, Gauge>,
+    rollout_wave: Family<EnvironmentLabel, Gauge>,
+    pins: Family<EnvironmentLabel, Gauge>,
     /// One scrape at a time: a scrape resets and refills the gauges it
     /// computes.
     scrape: Mutex<()>,
@@ -165,6 +181,11 @@ impl Metrics {
             revision: Family::default(),
             enrollments: Family::default(),
             watch_streams: Gauge::default(),
+            rollouts_started: Family::default(),
+            rollouts_ended: Family::default(),
+            rollout_active: Family::default(),
+            rollout_wave: Family::default(),
+            pins: Family::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -233,10 +254,76 @@ impl Metrics {
             "Agents holding a watch channel open, which converge-now commands reach",
             metrics.watch_streams.clone(),
         );
+        registry.register(
+            "cms_rollouts_started",
+            "Rollouts started, by environment",
+            metrics.rollouts_started.clone(),
+        );
+        registry.register(
+            "cms_rollouts_ended",
+            "Rollouts ended, by environment and outcome (done, promoted, rolled_back, aborted)",
+            metrics.rollouts_ended.clone(),
+        );
+        registry.register(
+            "cms_rollout_active",
+            "1 while a rollout of the environment is in progress (running, baking, paused or rolling back)",
+            metrics.rollout_active.clone(),
+        );
+        registry.register(
+            "cms_rollout_wave",
+            "The wave the environment's active rollout has started (1 is the first); 0 without one",
+            metrics.rollout_wave.clone(),
+        );
+        registry.register(
+            "cms_pins",
+            "Pins holding nodes of the environment on a revision",
+            metrics.pins.clone(),
+        );
         Metrics {
             registry,
             ..metrics
         }
+    }
+
+    fn environment_label(environment: &str) -> EnvironmentLabel {
+        EnvironmentLabel {
+            environment: environment.to_string(),
+        }
+    }
+
+    /// A rollout of `environment` started.
+    pub fn rollout_started(&self, environment: &str) {
+        let label = Self::environment_label(environment);
+        self.rollouts_started.get_or_create(&label).inc();
+        self.rollout_active.get_or_create(&label).set(1);
+        self.rollout_wave.get_or_create(&label).set(0);
+    }
+
+    /// The active rollout of `environment` started its wave `wave` (1-based).
+    pub fn rollout_wave(&self, environment: &str, wave: u32) {
+        self.rollout_wave
+            .get_or_create(&Self::environment_label(environment))
+            .set(i64::from(wave));
+    }
+
+    /// A rollout of `environment` ended with `outcome`.
+    pub fn rollout_ended(&self, environment: &str, outcome: &str) {
+        let label = Self::environment_label(environment);
+        self.rollouts_ended
+            .get_or_create(&RolloutOutcomeLabels {
+                environment: environment.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.rollout_active.get_or_create(&label).set(0);
+        self.rollout_wave.get_or_create(&label).set(0);
+    }
+
+    /// `environment` has `count` pins now.
+    pub fn pins(&self, environment: &str, count: usize) {
+        self.pins
+            .get_or_create(&Self::environment_label(environment))
+            .set(count as i64);
     }
 
     /// Registers the fleet machinery's counters (the same atomics the

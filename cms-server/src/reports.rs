@@ -242,6 +242,7 @@ mod tests {
                 status: NodeStatus::Active,
                 gone_since_unix_ms: None,
                 attested: Default::default(),
+                environment: String::new(),
             })
             .unwrap();
         let reports = Reports {

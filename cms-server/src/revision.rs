@@ -66,6 +66,13 @@ impl SyncRequests {
 pub enum CatalogError {
     #[error("no valid roles revision yet: the server has not synced a commit that validates")]
     NoRevision,
+    #[error(
+        "{node_id} belongs to environment {environment}, which this server no longer follows: enroll it again or give the server --environment {environment}=BRANCH"
+    )]
+    EnvironmentNotServed {
+        node_id: String,
+        environment: String,
+    },
     #[error("Failed to compile the catalog of {node_id}:\n{diagnostics}")]
     Compile {
         node_id: String,

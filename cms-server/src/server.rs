@@ -36,7 +36,8 @@ use crate::listener::{
 use crate::metrics::{FleetCounters, Metrics};
 use crate::nodes::{LifecycleConfig, Nodes};
 use crate::reports::{ReportRate, ReportRateLimit, Reports};
-use crate::revision::{ServingRevision, SyncRequests};
+use crate::revision::SyncRequests;
+use crate::rollouts::Rollouts;
 use crate::service::{AdminService, AgentService, EnrollmentService};
 use crate::sync::{RolesSource, Syncing};
 use crate::triggers::Triggers;
@@ -50,7 +51,12 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// A local path or a git URL.
     pub repo: String,
+    /// The branch of the one environment of a server given no
+    /// `environments`.
     pub branch: String,
+    /// The environments and the branch each follows (`--environment`);
+    /// `None` is one environment, `production`, following `branch`.
+    pub environments: Option<crate::environments::EnvironmentsConfig>,
     pub sync_interval: Duration,
     /// How long a node certificate is valid.
     pub certificate_validity: Duration,
@@ -90,6 +96,14 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// The environments served: as configured, else one following
+    /// `branch`.
+    pub fn environments_config(&self) -> crate::environments::EnvironmentsConfig {
+        self.environments
+            .clone()
+            .unwrap_or_else(|| crate::environments::EnvironmentsConfig::single(&self.branch))
+    }
+
     /// The defaults of `cms-server serve` for a data directory and a roles
     /// repository.
     pub fn new(data_dir: PathBuf, repo: String) -> ServeConfig {
@@ -97,6 +111,7 @@ impl ServeConfig {
             data_dir,
             repo,
             branch: "main".into(),
+            environments: None,
             sync_interval: Duration::from_secs(60),
             certificate_validity: DEFAULT_CERTIFICATE_LIFETIME,
             server_names: Vec::new(),
@@ -140,8 +155,36 @@ pub fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
         &config.secrets,
         crate::clock::system(),
     )?;
-    let source = RolesSource::for_repo(&config.repo, &config.branch, &config.data_dir, secrets);
-    crate::startup::prepare(&config.data_dir, source, &crate::clock::SystemClock)
+    let environments = config.environments_config();
+    let sources = environments
+        .environments()
+        .iter()
+        .map(|spec| {
+            let source = RolesSource::for_repo(
+                &config.repo,
+                &spec.branch,
+                &config.data_dir,
+                secrets.clone(),
+            );
+            (spec.name.clone(), source)
+        })
+        .collect::<Vec<_>>();
+    if sources.len() > 1
+        && sources
+            .iter()
+            .any(|(_, source)| matches!(source, RolesSource::Directory { .. }))
+    {
+        anyhow::bail!(
+            "{} is a plain folder, not a git repository: it has no branches, so it serves one environment only",
+            config.repo
+        );
+    }
+    crate::startup::prepare_environments(
+        &config.data_dir,
+        environments,
+        sources,
+        &crate::clock::SystemClock,
+    )
 }
 
 /// Prepares, then runs the server until `shutdown` completes.
@@ -167,8 +210,8 @@ pub async fn run_prepared(
         store,
         ca,
         ca_fingerprint,
-        source,
-        restored,
+        sources,
+        environments,
     } = prepared;
     let clock: SharedClock = crate::clock::system();
     let fleet_counters = FleetCounters::default();
@@ -183,7 +226,9 @@ pub async fn run_prepared(
         .observe_compiles(metrics.compile_duration()),
     );
     let metrics = Arc::new(metrics);
-    let revision = Arc::new(ServingRevision::new(restored));
+    // The default environment's stable revision: what the dashboard and
+    // the metrics show as served.
+    let revision = environments.default_environment().stable.clone();
     let (sync_requests, sync_receiver) = SyncRequests::channel();
     // The server's own permits for blocking work, shared by its APIs.
     let blocking = Blocking::default();
@@ -208,6 +253,7 @@ pub async fn run_prepared(
         certificate_validity: config.certificate_validity,
         gone_after: config.gone_after,
         aws: config.aws.clone(),
+        environments: environments.config().clone(),
     };
     let triggers = Triggers {
         store: store.clone(),
@@ -230,31 +276,47 @@ pub async fn run_prepared(
 
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    // Every environment's branch is in the one mirror, read with the one
+    // identity: the first source gives both.
+    let (mirror, secrets) = match sources.first() {
+        Some((_, RolesSource::Git(syncer))) => {
+            (Some(syncer.source().clone()), syncer.secrets().clone())
+        }
+        Some((_, source)) => (None, source.secrets().clone()),
+        None => (None, crate::secrets::ServerSecrets::none()),
+    };
     let differ = crate::fleet_diff::Differ {
-        roles: match &source {
-            RolesSource::Git(syncer) => Some(syncer.source().clone()),
-            RolesSource::Directory { .. } => None,
-        },
-        revision: revision.clone(),
-        secrets: source.secrets().clone(),
+        roles: mirror.clone(),
+        environments: environments.clone(),
+        secrets: secrets.clone(),
         nodes: nodes.clone(),
     };
+    let rollouts = Rollouts {
+        store: store.clone(),
+        fleet: fleet.clone(),
+        clock: clock.clone(),
+        nodes: nodes.clone(),
+        environments: environments.clone(),
+        metrics: metrics.clone(),
+        mirror,
+        secrets: secrets.clone(),
+        drivers: Default::default(),
+    };
     tasks.spawn(refresh_secrets_loop(
-        source.secrets().clone(),
-        revision.clone(),
+        secrets,
+        environments.clone(),
         stop.clone(),
     ));
     tasks.spawn(crate::sync::sync_loop(
         Syncing {
             store: store.clone(),
-            revision: revision.clone(),
-            catalogs: catalogs.clone(),
+            rollouts: rollouts.clone(),
             metrics: metrics.clone(),
             clock: clock.clone(),
             interval: config.sync_interval,
             report_retention: config.report_retention,
         },
-        source,
+        sources,
         sync_receiver,
         stop.clone(),
     ));
@@ -290,7 +352,10 @@ pub async fn run_prepared(
             WebhookApi {
                 sync: sync_requests.clone(),
                 secret: config.webhook_secret.clone(),
-                branch: config.branch.clone(),
+                branches: environments
+                    .iter()
+                    .map(|environment| environment.branch.clone())
+                    .collect(),
             },
             DashboardApi {
                 store: store.clone(),
@@ -367,7 +432,7 @@ pub async fn run_prepared(
                 reports: reports.clone(),
                 enrollment: enrollment.clone(),
                 catalogs: catalogs.clone(),
-                revision: revision.clone(),
+                environments: environments.clone(),
                 metrics: metrics.clone(),
                 blocking: blocking.clone(),
                 report_rate: Arc::new(ReportRate::new(config.report_rate)),
@@ -394,6 +459,7 @@ pub async fn run_prepared(
                 sync: sync_requests,
                 blocking,
                 differ,
+                rollouts,
             })
             .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
             .max_encoding_message_size(limits::MAX_ADMIN_RESPONSE_BYTES),
@@ -419,7 +485,7 @@ pub async fn run_prepared(
 /// gets the new catalog.
 async fn refresh_secrets_loop(
     secrets: Arc<crate::secrets::ServerSecrets>,
-    revision: Arc<ServingRevision>,
+    environments: Arc<crate::environments::Environments>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     // Checked more often than the period, so a value is at most a little
@@ -432,14 +498,17 @@ async fn refresh_secrets_loop(
             _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
             _ = interval.tick() => {}
         }
-        let Some(current) = revision.current() else {
-            continue;
-        };
-        if current.secrets.references().is_empty() {
+        // Every revision some node may be served: each environment's
+        // stable one, its rollout's and its pins'.
+        let references: std::collections::BTreeSet<String> = environments
+            .iter()
+            .flat_map(|environment| environment.revisions_in_use())
+            .flat_map(|revision| revision.secrets.references().clone())
+            .collect();
+        if references.is_empty() {
             continue;
         }
         let secrets = secrets.clone();
-        let references = current.secrets.references().clone();
         let _ = tokio::task::spawn_blocking(move || secrets.refresh(&references)).await;
     }
 }

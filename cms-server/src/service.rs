@@ -28,7 +28,7 @@ use crate::nodes::Nodes;
 use crate::operators::Operators;
 use crate::pki::PeerIdentity;
 use crate::reports::{ReportRate, Reports};
-use crate::revision::{CatalogError, ServingRevision, SyncRequests, compiled};
+use crate::revision::{CatalogError, SyncRequests, compiled};
 use crate::store::SharedStore;
 use crate::triggers::{TriggerRequest, Triggers};
 
@@ -161,7 +161,8 @@ pub struct AgentService {
     pub reports: Reports,
     pub enrollment: Enrollment,
     pub catalogs: Arc<Catalogs>,
-    pub revision: Arc<ServingRevision>,
+    /// Which revision each node is served.
+    pub environments: Arc<crate::environments::Environments>,
     pub metrics: Arc<Metrics>,
     pub blocking: Blocking,
     /// How many reports each node may send.
@@ -183,11 +184,11 @@ impl pb::agent_server::Agent for AgentService {
             serde_json::from_str(&request.facts_json)
                 .map_err(|e| crate::status::invalid_argument(format!("facts_json: {e}")))?
         };
-        let revision = self.revision.serving()?;
         let facts_value = serde_json::to_value(&facts).unwrap_or_default();
         // A read, no fsync: the common case (same facts, node active) only
         // notes the time in memory; the lifecycle task writes it in batches.
         let node_record = self.nodes.enrolled(&node_id)?;
+        let revision = self.environments.revision_for(&node_record)?;
         if !self
             .nodes
             .note_catalog_request(&node_record, facts_value.clone())
@@ -240,8 +241,8 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<Self::GetContentStream>, Status> {
         let node_id = node_caller(&self.store, &request)?;
         let hash = request.into_inner().sha256;
-        let revision = self.revision.serving()?;
         let node_record = self.nodes.current(&node_id)?;
+        let revision = self.environments.revision_for(&node_record)?;
         let facts: BTreeMap<String, serde_json::Value> =
             serde_json::from_value(node_record.facts.clone()).unwrap_or_default();
         let mut node = crate::catalogs::node(&node_id, &node_record.tags, facts);
@@ -329,6 +330,8 @@ pub struct AdminService {
     pub blocking: Blocking,
     /// `Diff`: the revisions and nodes it compiles.
     pub differ: crate::fleet_diff::Differ,
+    /// Environments, rollouts and pins.
+    pub rollouts: crate::rollouts::Rollouts,
 }
 
 /// A gRPC code as the audit log writes it: `permission_denied`.
@@ -622,44 +625,158 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn list_environments(
         &self,
-        _request: Request<pb::ListEnvironmentsRequest>,
+        request: Request<pb::ListEnvironmentsRequest>,
     ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
-        Err(Status::unimplemented("environments are being built"))
+        const METHOD: &str = "ListEnvironments";
+        let operator = self.operator(&request, METHOD, "").await?;
+        let environments = self.rollouts.environments().await;
+        let answer = Ok(Response::new(pb::ListEnvironmentsResponse { environments }));
+        self.audited(&operator, METHOD, String::new(), answer).await
     }
 
     async fn list_rollouts(
         &self,
-        _request: Request<pb::ListRolloutsRequest>,
+        request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
-        Err(Status::unimplemented("rollouts are being built"))
+        const METHOD: &str = "ListRollouts";
+        let target = request.get_ref().environment.clone();
+        let operator = self.operator(&request, METHOD, &target).await?;
+        let asked = request.into_inner();
+        let limit = if asked.limit == 0 {
+            20
+        } else {
+            asked.limit as usize
+        };
+        let answer = self
+            .rollouts
+            .list(&asked.environment, limit)
+            .await
+            .map(|rollouts| {
+                Response::new(pb::ListRolloutsResponse {
+                    rollouts: rollouts.iter().map(crate::rollouts::to_proto).collect(),
+                })
+            })
+            .map_err(Status::from);
+        self.audited(&operator, METHOD, target, answer).await
     }
 
     async fn rollout_status(
         &self,
-        _request: Request<pb::RolloutStatusRequest>,
+        request: Request<pb::RolloutStatusRequest>,
     ) -> Result<Response<pb::RolloutProgress>, Status> {
-        Err(Status::unimplemented("rollouts are being built"))
+        const METHOD: &str = "RolloutStatus";
+        let asked = request.get_ref();
+        let target = format!("{} {}", asked.environment, asked.rollout_id)
+            .trim()
+            .to_string();
+        let operator = self.operator(&request, METHOD, &target).await?;
+        let asked = request.into_inner();
+        let answer = self
+            .rollouts
+            .status(&asked.environment, &asked.rollout_id)
+            .await
+            .map(|rollout| Response::new(crate::rollouts::to_proto(&rollout)))
+            .map_err(Status::from);
+        self.audited(&operator, METHOD, target, answer).await
     }
 
     async fn control_rollout(
         &self,
-        _request: Request<pb::ControlRolloutRequest>,
+        request: Request<pb::ControlRolloutRequest>,
     ) -> Result<Response<pb::RolloutProgress>, Status> {
-        Err(Status::unimplemented("rollouts are being built"))
+        const METHOD: &str = "ControlRollout";
+        let asked = request.get_ref();
+        let target = format!(
+            "{} {} {}",
+            asked.action, asked.environment, asked.rollout_id
+        )
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+        let operator = self.operator(&request, METHOD, &target).await?;
+        let asked = request.into_inner();
+        let answer = self
+            .rollouts
+            .control(
+                &asked.environment,
+                &asked.rollout_id,
+                &asked.action,
+                &operator,
+            )
+            .await
+            .map(|rollout| Response::new(crate::rollouts::to_proto(&rollout)))
+            .map_err(Status::from);
+        self.audited(&operator, METHOD, target, answer).await
     }
 
     async fn pin(
         &self,
-        _request: Request<pb::PinRequest>,
+        request: Request<pb::PinRequest>,
     ) -> Result<Response<pb::PinResponse>, Status> {
-        Err(Status::unimplemented("pins are being built"))
+        const METHOD: &str = "Pin";
+        let asked = request.get_ref();
+        let target = format!(
+            "{} {} {}",
+            asked.environment,
+            selector_text(asked.selector.as_ref()),
+            asked.revision
+        )
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+        let operator = self.operator(&request, METHOD, &target).await?;
+        let asked = request.into_inner();
+        let environment = asked.environment.clone();
+        let selector: BTreeMap<String, String> = asked
+            .selector
+            .map(|s| s.tags.into_iter().collect())
+            .unwrap_or_default();
+        let answer = self
+            .rollouts
+            .pin(&environment, selector, &asked.revision, &operator)
+            .await
+            .map(|(revision, nodes)| {
+                Response::new(pb::PinResponse {
+                    environment: self
+                        .rollouts
+                        .environments
+                        .named(&environment)
+                        .map(|e| e.name.clone())
+                        .unwrap_or(environment),
+                    revision,
+                    nodes,
+                })
+            })
+            .map_err(Status::from);
+        self.audited(&operator, METHOD, target, answer).await
     }
 
     async fn unpin(
         &self,
-        _request: Request<pb::UnpinRequest>,
+        request: Request<pb::UnpinRequest>,
     ) -> Result<Response<pb::UnpinResponse>, Status> {
-        Err(Status::unimplemented("pins are being built"))
+        const METHOD: &str = "Unpin";
+        let asked = request.get_ref();
+        let target = format!(
+            "{} {}",
+            asked.environment,
+            selector_text(asked.selector.as_ref())
+        )
+        .trim()
+        .to_string();
+        let operator = self.operator(&request, METHOD, &target).await?;
+        let asked = request.into_inner();
+        let selector: BTreeMap<String, String> = asked
+            .selector
+            .map(|s| s.tags.into_iter().collect())
+            .unwrap_or_default();
+        let answer = self
+            .rollouts
+            .unpin(&asked.environment, selector)
+            .await
+            .map(|nodes| Response::new(pb::UnpinResponse { nodes }))
+            .map_err(Status::from);
+        self.audited(&operator, METHOD, target, answer).await
     }
 
     type TriggerStream = ResponseStream<pb::TriggerProgress>;

@@ -1,7 +1,8 @@
 //! What the server does before it listens: opens the store, marks the
 //! triggers of an earlier run interrupted, loads or creates the CA (kept in
 //! the store and, owner-only, in `<data>/ca/`, see `ca_dir`), writes
-//! the admin credential, and restores the last good revision. Only then
+//! the admin credential, and restores each environment: its last good
+//! revision, its rollout (paused where it stood) and its pins. Only then
 //! are its ports bound (`commands::serve`), so a client that finds the port
 //! answering also finds the admin credential.
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::clock::Clock;
-use crate::git_sync::Revision;
+use crate::environments::{Environment, Environments, EnvironmentsConfig};
 use crate::pki::CertificateAuthority;
 use crate::store::{CaRecord, SharedStore, Store};
 use crate::sync::RolesSource;
@@ -23,9 +24,11 @@ pub struct Prepared {
     /// sha256 (hex) of the CA certificate (DER): part of every enrollment
     /// token, so an agent can check the server before trusting it.
     pub ca_fingerprint: String,
-    pub source: RolesSource,
-    /// The last good revision of an earlier run, served until a sync.
-    pub restored: Option<Revision>,
+    /// Each environment's roles source, in configuration order.
+    pub sources: Vec<(Arc<Environment>, RolesSource)>,
+    /// The environments as an earlier run left them: their last good
+    /// revisions, served until a sync, rollouts and pins.
+    pub environments: Arc<Environments>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -37,10 +40,24 @@ impl std::fmt::Debug for Prepared {
     }
 }
 
-/// Everything before listening, for a data directory and a roles source.
+/// Everything before listening, for a data directory and one roles
+/// source, the environment `production`.
 pub fn prepare(
     data_dir: &Path,
     source: RolesSource,
+    clock: &dyn Clock,
+) -> anyhow::Result<Prepared> {
+    let config = EnvironmentsConfig::single("main");
+    let name = config.default_name().to_string();
+    prepare_environments(data_dir, config, vec![(name, source)], clock)
+}
+
+/// Everything before listening, for a data directory and each
+/// environment's roles source (by name, as `config` lists them).
+pub fn prepare_environments(
+    data_dir: &Path,
+    config: EnvironmentsConfig,
+    sources: Vec<(String, RolesSource)>,
     clock: &dyn Clock,
 ) -> anyhow::Result<Prepared> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -51,13 +68,23 @@ pub fn prepare(
     let ca = load_or_create_ca(&*store, data_dir)?;
     write_admin_credential(&*store, &ca, data_dir, clock)?;
     let ca_fingerprint = certificate_fingerprint(ca.certificate_pem())?;
-    let restored = restore_revision(&*store, &source);
+    let environments = Arc::new(restore_environments(&*store, &config, &sources, clock));
+    let sources = sources
+        .into_iter()
+        .map(|(name, source)| {
+            let environment = environments
+                .named(&name)
+                .expect("every source is of a configured environment")
+                .clone();
+            (environment, source)
+        })
+        .collect();
     Ok(Prepared {
         store,
         ca: Arc::new(ca),
         ca_fingerprint,
-        source,
-        restored,
+        sources,
+        environments,
     })
 }
 
@@ -234,36 +261,56 @@ pub(crate) fn write_private_file(dir: &Path, name: &str, bytes: &[u8]) -> anyhow
     Ok(())
 }
 
-/// The last good revision of an earlier run, from the store's pointer and
-/// the git mirror, so a restart keeps serving it even if the branch now
-/// points to a broken commit.
-fn restore_revision(store: &dyn Store, source: &RolesSource) -> Option<Revision> {
-    let commit = store.current_revision().ok().flatten()?;
-    let RolesSource::Git(syncer) = source else {
-        // A plain folder has no history to go back to.
-        return None;
-    };
-    let files = syncer.source().read_commit(&commit).ok()?;
-    let (repository, diagnostics) = cms_roles::Repository::load(files);
-    if !diagnostics.is_empty() {
-        return None;
-    }
-    // Its secrets are read again (decrypted, fetched), on a thread of its
-    // own: the AWS client blocks, and this may run inside the runtime.
-    let secrets = syncer.secrets().clone();
-    let resolved =
-        std::thread::scope(|scope| scope.spawn(|| secrets.resolve(&repository)).join().ok())?;
-    match resolved {
-        Ok(secrets) => Some(Revision {
-            commit,
-            repository: Arc::new(repository),
-            secrets,
-        }),
-        Err(problems) => {
-            tracing::warn!(commit = %commit, "the last good revision's secrets cannot be read now; waiting for a sync:\n{problems}");
-            None
-        }
-    }
+/// Each environment as an earlier run left it, from the store's records and
+/// the git mirror, so a restart keeps serving its last good revision even
+/// if the branch now points to a broken commit. A server from before
+/// environments kept one pointer (`current_revision`): the default
+/// environment starts from it.
+fn restore_environments(
+    store: &dyn Store,
+    config: &EnvironmentsConfig,
+    sources: &[(String, RolesSource)],
+    clock: &dyn Clock,
+) -> Environments {
+    let legacy = store.current_revision().ok().flatten();
+    let restored = config
+        .environments()
+        .iter()
+        .map(|spec| {
+            let source = sources.iter().find(|(name, _)| *name == spec.name);
+            // A plain folder has no history to go back to.
+            let mirror = source.and_then(|(_, source)| match source {
+                RolesSource::Git(syncer) => Some(syncer.source().clone()),
+                RolesSource::Directory { .. } => None,
+            });
+            let secrets = source.map_or_else(crate::secrets::ServerSecrets::none, |(_, s)| {
+                s.secrets().clone()
+            });
+            let legacy = (spec.name == config.default_name())
+                .then(|| legacy.clone())
+                .flatten();
+            // Secrets are read again (decrypted, fetched) on a thread of
+            // its own: the AWS client blocks, and this may run inside the
+            // runtime.
+            let environment = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        crate::rollouts::restore_environment(
+                            spec,
+                            store,
+                            mirror.as_ref(),
+                            &secrets,
+                            legacy,
+                            clock.now_unix_ms(),
+                        )
+                    })
+                    .join()
+                    .expect("restoring an environment does not panic")
+            });
+            (spec.name.clone(), environment)
+        })
+        .collect();
+    Environments::new(config.clone(), restored)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use crate::nodes::NodesError;
 use crate::operators::OperatorError;
 use crate::reports::{RateExceeded, ReportError};
 use crate::revision::CatalogError;
+use crate::rollouts::RolloutError;
 use crate::store::StoreError;
 use crate::triggers::TriggerError;
 
@@ -87,6 +88,24 @@ impl From<DiffError> for Status {
     }
 }
 
+impl From<RolloutError> for Status {
+    fn from(error: RolloutError) -> Status {
+        let message = error.to_string();
+        match error {
+            RolloutError::Environment(_) | RolloutError::Unknown { .. } => {
+                Status::not_found(message)
+            }
+            RolloutError::BadAction(_) | RolloutError::InvalidPin(_) => {
+                Status::invalid_argument(message)
+            }
+            RolloutError::NoneActive { .. }
+            | RolloutError::NotAllowed { .. }
+            | RolloutError::CannotRun(_) => Status::failed_precondition(message),
+            RolloutError::Store(store) => store_failure(&store, &store),
+        }
+    }
+}
+
 impl From<OperatorError> for Status {
     fn from(error: OperatorError) -> Status {
         let message = error.to_string();
@@ -151,6 +170,7 @@ impl From<CatalogError> for Status {
         let message = error.to_string();
         match error {
             CatalogError::NoRevision => Status::unavailable(message),
+            CatalogError::EnvironmentNotServed { .. } => Status::failed_precondition(message),
             CatalogError::Compile { .. } => Status::failed_precondition(message),
             CatalogError::NoContent { .. } => Status::not_found(message),
             CatalogError::TooLarge { .. } => Status::failed_precondition(message),

@@ -1,8 +1,9 @@
-//! The sync task: follows the roles repository (a git branch, or a plain
-//! folder), at start, on every interval and on request (`SyncRequests`);
-//! validates each new commit, makes an accepted one the serving revision
-//! and records every one (refused ones with their errors). It also prunes
-//! run reports past their retention.
+//! The sync task: follows the roles repository (each environment's git
+//! branch, or a plain folder), at start, on every interval and on request
+//! (`SyncRequests`); validates each new commit, hands an accepted one to
+//! `Rollouts::commit_accepted` (which makes it stable or rolls it out) and
+//! records every one (refused ones with their errors). It also prunes run
+//! reports past their retention.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,11 +13,12 @@ use anyhow::Context as _;
 use cms_proto::v1 as pb;
 use tokio::sync::mpsc;
 
-use crate::catalogs::Catalogs;
 use crate::clock::SharedClock;
+use crate::environments::Environment;
 use crate::git_sync::{GitSource, Revision, SyncOutcome, Syncer};
 use crate::metrics::Metrics;
-use crate::revision::{ServingRevision, SyncReply};
+use crate::revision::SyncReply;
+use crate::rollouts::Rollouts;
 use crate::secrets::ServerSecrets;
 use crate::store::{RevisionError, RevisionRecord, SharedStore};
 
@@ -116,8 +118,8 @@ impl RolesSource {
 #[derive(Debug, Clone)]
 pub struct Syncing {
     pub store: SharedStore,
-    pub revision: Arc<ServingRevision>,
-    pub catalogs: Arc<Catalogs>,
+    /// Where an accepted commit goes.
+    pub rollouts: Rollouts,
     pub metrics: Arc<Metrics>,
     pub clock: SharedClock,
     pub interval: Duration,
@@ -129,11 +131,14 @@ pub struct Syncing {
 /// work blocks, so it runs in `spawn_blocking`.
 pub async fn sync_loop(
     state: Syncing,
-    syncer: RolesSource,
+    sources: Vec<(Arc<Environment>, RolesSource)>,
     mut requests: mpsc::Receiver<SyncReply>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let syncer = Arc::new(Mutex::new(syncer));
+    let sources: Vec<(Arc<Environment>, Arc<Mutex<RolesSource>>)> = sources
+        .into_iter()
+        .map(|(environment, source)| (environment, Arc::new(Mutex::new(source))))
+        .collect();
     let mut interval = tokio::time::interval(state.interval);
     // Pruning scans every report key: hourly is plenty for a retention
     // counted in days.
@@ -147,7 +152,7 @@ pub async fn sync_loop(
                 None => return Ok(()),
             },
         };
-        let outcome = sync_once(&state, syncer.clone()).await;
+        let outcome = sync_all(&state, &sources).await;
         state.metrics.sync_finished(&outcome);
         if let Err(error) = &outcome {
             tracing::warn!("{error:#}");
@@ -177,8 +182,53 @@ async fn prune_reports(state: &Syncing) {
     }
 }
 
+/// Syncs every environment, one after the other (they share the git
+/// mirror). The answer is the default environment's, with the problems of
+/// the others, each prefixed with its environment; accepted only when
+/// every environment's is.
+async fn sync_all(
+    state: &Syncing,
+    sources: &[(Arc<Environment>, Arc<Mutex<RolesSource>>)],
+) -> anyhow::Result<pb::SyncResponse> {
+    let default = state
+        .rollouts
+        .environments
+        .config()
+        .default_name()
+        .to_string();
+    let mut answer: Option<pb::SyncResponse> = None;
+    let mut others: Vec<(String, anyhow::Result<pb::SyncResponse>)> = Vec::new();
+    for (environment, syncer) in sources {
+        let outcome = sync_once(state, environment, syncer.clone()).await;
+        if environment.name == default {
+            answer = Some(outcome?);
+        } else {
+            others.push((environment.name.clone(), outcome));
+        }
+    }
+    let mut answer = answer.unwrap_or_default();
+    for (environment, outcome) in others {
+        match outcome {
+            Ok(response) => {
+                answer.accepted &= response.accepted;
+                answer
+                    .errors
+                    .extend(response.errors.into_iter().map(|mut error| {
+                        error.message = format!("[environment {environment}] {}", error.message);
+                        error
+                    }));
+            }
+            Err(error) => {
+                return Err(error.context(format!("Failed to sync environment {environment}")));
+            }
+        }
+    }
+    Ok(answer)
+}
+
 async fn sync_once(
     state: &Syncing,
+    environment: &Arc<Environment>,
     syncer: Arc<Mutex<RolesSource>>,
 ) -> anyhow::Result<pb::SyncResponse> {
     let outcome =
@@ -200,16 +250,9 @@ async fn sync_once(
                 errors: Vec::new(),
                 synced_unix_ms: state.clock.now_unix_ms(),
             };
-            let pointer = commit.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                store.put_revision(&record)?;
-                store.set_current_revision(&pointer)?;
-                Ok(())
-            })
-            .await??;
-            state.revision.replace(revision);
-            state.catalogs.clear();
-            tracing::info!(commit = %commit, "serving a new revision");
+            tokio::task::spawn_blocking(move || store.put_revision(&record)).await??;
+            tracing::info!(environment = %environment.name, commit = %commit, "accepted a new commit");
+            state.rollouts.commit_accepted(environment, revision).await;
             pb::SyncResponse {
                 revision: commit,
                 accepted: true,
@@ -236,7 +279,7 @@ async fn sync_once(
                 synced_unix_ms: state.clock.now_unix_ms(),
             };
             tokio::task::spawn_blocking(move || store.put_revision(&record)).await??;
-            tracing::warn!(commit = %commit, problems = errors.len(), "refused a commit that does not validate; the last good revision stays");
+            tracing::warn!(environment = %environment.name, commit = %commit, problems = errors.len(), "refused a commit that does not validate; the last good revision stays");
             pb::SyncResponse {
                 revision: commit,
                 accepted: false,

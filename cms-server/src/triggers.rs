@@ -213,6 +213,7 @@ async fn run_trigger(
                         result: "unreachable".into(),
                         run_id: String::new(),
                         failed_resources: Vec::new(),
+                        revision: String::new(),
                     },
                 );
                 failures += 1;
@@ -236,6 +237,7 @@ async fn run_trigger(
                     result: "unreachable".into(),
                     run_id: String::new(),
                     failed_resources: Vec::new(),
+                    revision: String::new(),
                 }
             });
             if outcome.result == "failed" || outcome.result == "unreachable" {

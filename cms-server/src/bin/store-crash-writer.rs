@@ -104,6 +104,7 @@ fn write_forever(store: &SledStore, round: u64, writer: u64) -> anyhow::Result<(
             status: NodeStatus::Active,
             gone_since_unix_ms: None,
             attested: Default::default(),
+            environment: String::new(),
         };
         store.put_node(&node)?;
         acknowledge(format_args!("node {node_id} {now_unix_ms}"))?;

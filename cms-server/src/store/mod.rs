@@ -84,7 +84,7 @@ mod memory;
 mod reopen;
 mod sled;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -317,6 +317,30 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
+    // Environments: one record each, kept as a setting (`environment/<name>`).
+
+    /// An environment's stored state: stable commit, pins, recent rollouts.
+    fn environment(&self, name: &str) -> Result<Option<EnvironmentRecord>, StoreError> {
+        let Some(bytes) = self.get_setting(&environment_key(name))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StoreError::CorruptValue {
+                tree: "settings",
+                key: environment_key(name),
+                source,
+            })
+    }
+
+    fn put_environment(&self, record: &EnvironmentRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(|source| StoreError::Encode {
+            what: "environment record",
+            source,
+        })?;
+        self.put_setting(&environment_key(&record.name), &bytes)
+    }
+
     // Health.
 
     /// `Ok` while the store can write. After a write failed for a cause
@@ -378,6 +402,10 @@ pub struct NodeRecord {
     /// for a node that enrolled with a token.
     #[serde(default)]
     pub attested: BTreeMap<String, String>,
+    /// The environment the node was bound to at enrollment; empty in a
+    /// record stored before environments existed (bound from its tags).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub environment: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -499,6 +527,127 @@ pub struct TriggerOutcome {
     pub run_id: String,
     /// References of the resources that failed.
     pub failed_resources: Vec<String>,
+    /// The commit the run's catalog was compiled from; empty when no
+    /// report came.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
+}
+
+fn environment_key(name: &str) -> String {
+    format!("environment/{name}")
+}
+
+/// How many finished rollouts an environment record keeps.
+pub const KEPT_ROLLOUTS: usize = 50;
+
+/// An environment's stored state, written whole on every change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentRecord {
+    pub name: String,
+    /// The commit every node gets unless a rollout moved it or a pin holds
+    /// it; empty until a commit validates.
+    pub stable: String,
+    pub pins: Vec<PinRecord>,
+    /// Oldest first; the active one, if any, is the last.
+    pub rollouts: Vec<RolloutRecord>,
+}
+
+impl EnvironmentRecord {
+    /// The rollout in progress (running, baking or paused).
+    pub fn active(&self) -> Option<&RolloutRecord> {
+        self.rollouts.last().filter(|r| r.is_active())
+    }
+
+    pub fn active_mut(&mut self) -> Option<&mut RolloutRecord> {
+        self.rollouts.last_mut().filter(|r| r.is_active())
+    }
+
+    pub fn rollout(&self, id: &str) -> Option<&RolloutRecord> {
+        self.rollouts.iter().find(|r| r.id == id)
+    }
+
+    /// Adds a rollout, dropping the oldest finished ones past
+    /// [`KEPT_ROLLOUTS`].
+    pub fn push_rollout(&mut self, rollout: RolloutRecord) {
+        self.rollouts.push(rollout);
+        let excess = self.rollouts.len().saturating_sub(KEPT_ROLLOUTS);
+        self.rollouts.drain(..excess);
+    }
+}
+
+/// A pin: the nodes of the environment whose tags match `selector` are
+/// held on `commit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRecord {
+    pub selector: BTreeMap<String, String>,
+    pub commit: String,
+    pub created_unix_ms: u64,
+    pub created_by: String,
+}
+
+/// The rollout policy it ran with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutPolicyRecord {
+    pub canary: u32,
+    pub batch: String,
+    pub bake_ms: u64,
+    pub max_failures: u32,
+    pub timeout_ms: u64,
+}
+
+/// One wave of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaveRecord {
+    /// `canary`, `wave 2`, ... or `promoted`.
+    pub name: String,
+    pub nodes: Vec<String>,
+    #[serde(default)]
+    pub outcomes: BTreeMap<String, TriggerOutcome>,
+    pub started_unix_ms: Option<u64>,
+    pub finished_unix_ms: Option<u64>,
+}
+
+/// A commit of an environment going through its fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    pub id: String,
+    pub environment: String,
+    pub from: String,
+    pub to: String,
+    /// `running`, `baking`, `paused`, `rolling_back` (the active ones),
+    /// `done`, `promoted`, `rolled_back` or `aborted`.
+    pub state: String,
+    pub message: String,
+    pub policy: RolloutPolicyRecord,
+    pub waves: Vec<WaveRecord>,
+    /// Waves started.
+    pub waves_started: u32,
+    /// The nodes on `to` now (those of started waves, and the unchanged
+    /// ones, moved at start).
+    pub moved: BTreeSet<String>,
+    pub unchanged_nodes: u32,
+    pub pinned_nodes: Vec<String>,
+    pub failures: u32,
+    /// The fleet diff, as `cms-server diff` prints it.
+    pub diff_summary: String,
+    pub started_unix_ms: u64,
+    pub finished_unix_ms: Option<u64>,
+    pub bake_until_unix_ms: Option<u64>,
+    /// The moved nodes' runs back on `from`, after a halt or an abort.
+    #[serde(default)]
+    pub rollback: BTreeMap<String, TriggerOutcome>,
+    /// Operator actions, in order: `pause by alice at <ms>`.
+    #[serde(default)]
+    pub actions: Vec<String>,
+}
+
+impl RolloutRecord {
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "running" | "baking" | "paused" | "rolling_back"
+        )
+    }
 }
 
 /// An enrollment token. The store never sees the secret, only its hash.
@@ -759,6 +908,7 @@ pub(crate) mod tests {
             status: NodeStatus::Active,
             gone_since_unix_ms: None,
             attested: Default::default(),
+            environment: String::new(),
         }
     }
 
