@@ -51,7 +51,7 @@
 //! | `revisions`    | commit id                                                   | `RevisionRecord`             |
 //! | `certificates` | serial                                                      | `CertificateRecord`          |
 //! | `tokens`       | token id: sha256 hex of the secret, never the secret        | `TokenRecord`                |
-//! | `settings`     | name                                                        | raw bytes                    |
+//! | `settings`     | name; `environment/<name>` holds an environment            | raw bytes; `EnvironmentRecord` as JSON |
 //! | `triggers`     | trigger id                                                  | `TriggerRecord`              |
 //! | `operators`    | operator name                                               | `OperatorRecord`             |
 //! | `audit`        | `time_unix_ms` (8 bytes big-endian), a unique sequence number (8 bytes big-endian) | `AuditRecord` |
