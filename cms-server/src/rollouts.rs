@@ -485,42 +485,52 @@ impl Rollouts {
                 Control::Run => {}
             }
             // The next wave: its nodes move and converge.
-            let (nodes, trigger_id, to, timeout, in_canary, last) = {
+            let next = {
                 let mut record = environment.record.lock().await;
-                let Some(rollout) = record.active_mut().filter(|r| r.id == id) else {
-                    return;
-                };
-                let index = rollout.waves_started as usize;
-                if index >= rollout.waves.len() {
-                    self.complete(environment, &mut record, "done", "every wave is healthy")
-                        .await;
-                    return;
-                }
-                let placement = environment.placement();
-                let now = self.clock.now_unix_ms();
-                rollout.state = "running".into();
-                rollout.bake_until_unix_ms = None;
-                rollout.waves_started += 1;
-                let in_canary = rollout.waves[index].name == "canary";
-                let last = index + 1 == rollout.waves.len();
-                rollout.waves[index].started_unix_ms = Some(now);
-                rollout.message = format!("{} running", rollout.waves[index].name);
-                let nodes = self
-                    .pinned_now_passed_by(&placement, &mut rollout.waves[index])
-                    .await;
-                rollout.moved.extend(nodes.iter().cloned());
-                let to = rollout.to.clone();
-                let timeout = Duration::from_millis(rollout.policy.timeout_ms.max(1));
-                let trigger_id = format!("{id}-w{}", index + 1);
-                self.metrics
-                    .rollout_wave(&environment.name, index as u32 + 1);
-                environment.update_placement(|placement| {
-                    if let Some(moved) = placement.rollout.as_mut().filter(|m| m.rollout_id == id) {
-                        moved.nodes.extend(nodes.iter().cloned());
+                // A word that came while the lock was awaited is heard first.
+                if *control.borrow() != Control::Run {
+                    None
+                } else {
+                    let Some(rollout) = record.active_mut().filter(|r| r.id == id) else {
+                        return;
+                    };
+                    let index = rollout.waves_started as usize;
+                    if index >= rollout.waves.len() {
+                        self.complete(environment, &mut record, "done", "every wave is healthy")
+                            .await;
+                        return;
                     }
-                });
-                self.save(&record).await;
-                (nodes, trigger_id, to, timeout, in_canary, last)
+                    let placement = environment.placement();
+                    let now = self.clock.now_unix_ms();
+                    rollout.state = "running".into();
+                    rollout.bake_until_unix_ms = None;
+                    rollout.waves_started += 1;
+                    let in_canary = rollout.waves[index].name == "canary";
+                    let last = index + 1 == rollout.waves.len();
+                    rollout.waves[index].started_unix_ms = Some(now);
+                    rollout.message = format!("{} running", rollout.waves[index].name);
+                    let nodes = self
+                        .pinned_now_passed_by(&placement, &mut rollout.waves[index])
+                        .await;
+                    rollout.moved.extend(nodes.iter().cloned());
+                    let to = rollout.to.clone();
+                    let timeout = Duration::from_millis(rollout.policy.timeout_ms.max(1));
+                    let trigger_id = format!("{id}-w{}", index + 1);
+                    self.metrics
+                        .rollout_wave(&environment.name, index as u32 + 1);
+                    environment.update_placement(|placement| {
+                        if let Some(moved) =
+                            placement.rollout.as_mut().filter(|m| m.rollout_id == id)
+                        {
+                            moved.nodes.extend(nodes.iter().cloned());
+                        }
+                    });
+                    self.save(&record).await;
+                    Some((nodes, trigger_id, to, timeout, in_canary, last))
+                }
+            };
+            let Some((nodes, trigger_id, to, timeout, in_canary, last)) = next else {
+                continue;
             };
             let end = self
                 .run_wave(
