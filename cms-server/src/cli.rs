@@ -83,7 +83,7 @@ pub enum Command {
     /// repository, and how, resource by resource (sensitive resources show
     /// only which fields changed).
     #[command(
-        after_help = "Examples:\n  cms-server diff --from 3f2a9c1\n  cms-server diff --from 3f2a9c1 --to 8be04d2 --select role=web\n  cms-server diff --from 3f2a9c1 --format json | jq '.nodes[] | select(.status == \"failed\")'\n\nExit status: 0 the diff ran (whether or not anything changes), 1 a revision or flag is invalid, 3 the diff could not run (the server cannot be reached, no revision is served)."
+        after_help = "Examples:\n  cms-server diff --from 3f2a9c1\n  cms-server diff --from 3f2a9c1 --to 8be04d2 --select role=web\n  cms-server diff --env staging --from 3f2a9c1\n  cms-server diff --from 3f2a9c1 --format json | jq '.nodes[] | select(.status == \"failed\")'\n\nExit status: 0 the diff ran (whether or not anything changes), 1 a revision, flag or environment is invalid, 3 the diff could not run (the server cannot be reached, no revision is served)."
     )]
     Diff(DiffArgs),
     /// Check a roles repository: validate every role, or print the catalog
@@ -475,6 +475,10 @@ pub struct DiffArgs {
     /// Only the nodes whose tags match: name=value or glob, all must hold.
     #[arg(long, value_name = "K=V,...")]
     pub select: Option<String>,
+    /// The environment whose nodes and branch are compared [default: the
+    /// server's default environment].
+    #[arg(long = "env", value_name = "ENV")]
+    pub environment: Option<String>,
     #[command(flatten)]
     pub admin: AdminArgs,
 }

@@ -112,6 +112,7 @@ async fn diff_lists_exactly_the_nodes_whose_catalogs_change_between_two_commits(
             from: first[..8].to_string(),
             to: String::new(),
             selector: None,
+            environment: String::new(),
         })
         .await
         .unwrap()
