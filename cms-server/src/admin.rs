@@ -5,7 +5,9 @@
 //! `status_error`, and the operator and audit commands (`admin add`,
 //! `admin renew`, `admin revoke`, `admin list`, `audit`). The other admin
 //! commands (`token create`, `nodes`, `reports`, `node revoke`, `sync`) are
-//! in `commands`, `cms-server trigger` in `trigger_cli`; all use [`connect_as`].
+//! in `commands`, `cms-server trigger` in `trigger_cli`, `rollout` in
+//! `rollout_cli`, `pin`, `unpin` and `environments` in `pin_cli`; all use
+//! [`connect_as`], and the last ones end a refused call with [`refusal`].
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -114,6 +116,33 @@ fn check_expiry(path: &Path, certificate_pem: &str) -> anyhow::Result<()> {
 /// An admin API error as the commands print it.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+}
+
+/// Whether a refused admin call was refused for what it asked (an unknown
+/// environment or rollout, an action its state does not allow, a bad
+/// selector or revision), which the commands report with exit status 1,
+/// rather than because it could not run (exit status 3).
+pub fn is_invalid_request(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::FailedPrecondition
+    )
+}
+
+/// A refused admin call as the environment, rollout and pin commands end:
+/// an invalid request prints the server's message and exits 1, anything
+/// else is an error (exit 3).
+pub fn refusal(status: tonic::Status) -> anyhow::Result<ExitCode> {
+    if is_invalid_request(status.code()) {
+        eprintln!("error: {}", status.message());
+        return Ok(ExitCode::from(crate::cli::EXIT_INVALID));
+    }
+    if status.code() == tonic::Code::Unimplemented {
+        return Err(status_error(status).context(
+            "the server does not answer this call\nhint: upgrade the server to this version of cms-server",
+        ));
+    }
+    Err(status_error(status))
 }
 
 /// `admin add NAME` and `admin renew NAME`: a key and CSR made here, the
@@ -331,4 +360,34 @@ pub async fn audit(limit: u32, admin: &AdminTarget) -> anyhow::Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_refused_for_what_it_asked_exits_1_and_one_that_could_not_run_exits_3() {
+        for code in [
+            tonic::Code::InvalidArgument,
+            tonic::Code::NotFound,
+            tonic::Code::FailedPrecondition,
+        ] {
+            let status = tonic::Status::new(code, "unknown environment qa");
+            assert_eq!(
+                refusal(status).expect("an exit status"),
+                ExitCode::from(crate::cli::EXIT_INVALID),
+                "{code:?}"
+            );
+        }
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::Unimplemented,
+            tonic::Code::Internal,
+            tonic::Code::PermissionDenied,
+        ] {
+            let error = refusal(tonic::Status::new(code, "no")).expect_err("an error");
+            assert!(format!("{error:#}").contains("no ("), "{code:?}: {error:#}");
+        }
+    }
 }

@@ -17,7 +17,7 @@ pub const EXIT_ERROR: u8 = 3;
     name = "cms-server",
     version,
     about = "The cms server and its admin commands",
-    after_help = "Examples:\n  cms-server serve --repo https://git.internal/ops/roles.git\n  cms-server token create --tags 'env=prod,role=*'\n  cms-server nodes --select role=api --format json\n  cms-server reports web-1\n  cms-server check --repo roles-repo\n  cms-server completions bash > /etc/bash_completion.d/cms-server\n\nThe admin commands find the server's admin credential in --data, by default the\ncurrent user's state directory, else /var/lib/cms-server (the package's)."
+    after_help = "Examples:\n  cms-server serve --repo https://git.internal/ops/roles.git\n  cms-server token create --tags 'env=prod,role=*'\n  cms-server nodes --select role=api --format json\n  cms-server reports web-1\n  cms-server check --repo roles-repo\n  cms-server rollout status --env staging --follow\n  cms-server completions bash > /etc/bash_completion.d/cms-server\n\nThe admin commands find the server's admin credential in --data, by default the\ncurrent user's state directory, else /var/lib/cms-server (the package's)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -83,9 +83,32 @@ pub enum Command {
     /// repository, and how, resource by resource (sensitive resources show
     /// only which fields changed).
     #[command(
-        after_help = "Examples:\n  cms-server diff --from 3f2a9c1\n  cms-server diff --from 3f2a9c1 --to 8be04d2 --select role=web\n  cms-server diff --from 3f2a9c1 --format json | jq '.nodes[] | select(.status == \"failed\")'\n\nExit status: 0 the diff ran (whether or not anything changes), 1 a revision or flag is invalid, 3 the diff could not run (the server cannot be reached, no revision is served)."
+        after_help = "Examples:\n  cms-server diff --from 3f2a9c1\n  cms-server diff --from 3f2a9c1 --to 8be04d2 --select role=web\n  cms-server diff --env staging --from 3f2a9c1\n  cms-server diff --from 3f2a9c1 --format json | jq '.nodes[] | select(.status == \"failed\")'\n\nExit status: 0 the diff ran (whether or not anything changes), 1 a revision, flag or environment is invalid, 3 the diff could not run (the server cannot be reached, no revision is served)."
     )]
     Diff(DiffArgs),
+    /// Rollouts of each environment's commits through its nodes, wave
+    /// after wave: list them, follow one, pause, resume, abort (roll back)
+    /// or promote (finish at once).
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// Hold the nodes a selector matches on a revision: rollouts pass them
+    /// by until `cms-server unpin`.
+    #[command(
+        after_help = "Examples:\n  cms-server pin --select role=api\n  cms-server pin --select role=api --revision 3f2a9c1 --env staging\n\nExit status: 0 pinned, 1 the request is invalid (unknown environment or revision, bad selector), 3 the server cannot be reached."
+    )]
+    Pin(PinArgs),
+    /// Release the nodes of a pin (the same selector as pinned): they
+    /// follow their environment again.
+    #[command(
+        after_help = "Examples:\n  cms-server unpin --select role=api\n  cms-server unpin --select role=api --env staging\n\nExit status: 0 released, 1 the request is invalid (unknown environment, no such pin), 3 the server cannot be reached."
+    )]
+    Unpin(UnpinArgs),
+    /// List the environments: branch, stable revision, active rollout,
+    /// waiting commit, nodes and pins.
+    #[command(
+        after_help = "Examples:\n  cms-server environments\n  cms-server environments --format json | jq -r '.[] | select(.active_rollout_id != \"\") | .name'"
+    )]
+    Environments(AdminArgs),
     /// Check a roles repository: validate every role, or print the catalog
     /// that a node with the given tags would get.
     #[command(
@@ -500,6 +523,117 @@ pub struct DiffArgs {
     /// Only the nodes whose tags match: name=value or glob, all must hold.
     #[arg(long, value_name = "K=V,...")]
     pub select: Option<String>,
+    /// The environment whose nodes and branch are compared [default: the
+    /// server's default environment].
+    #[arg(long = "env", value_name = "ENV")]
+    pub environment: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// List rollouts, newest first: environment, state, wave, revisions,
+    /// start.
+    #[command(
+        after_help = "Examples:\n  cms-server rollout list\n  cms-server rollout list --env staging --format json\n\nExit status: 0 listed, 1 unknown environment, 3 the server cannot be reached."
+    )]
+    List(RolloutListArgs),
+    /// Show a rollout: its revisions, state and policy, a progress bar per
+    /// wave, failures, rollback, pinned nodes, operator actions and the
+    /// diff it rolls out.
+    #[command(
+        after_help = "Examples:\n  cms-server rollout status\n  cms-server rollout status --env staging r1764108000000 --format json\n  cms-server rollout status --follow\n\nExit status: 0 the rollout is running, baking, paused, done or promoted; 4 it was rolled back or aborted; 1 unknown environment or rollout; 3 the server cannot be reached."
+    )]
+    Status(RolloutStatusArgs),
+    /// Pause a rollout: no new wave starts; a wave in flight finishes.
+    #[command(
+        after_help = "Examples:\n  cms-server rollout pause\n  cms-server rollout pause --env staging r1764108000000\n\nExit status: 0 done, 1 unknown environment or rollout or the action is not allowed in its state, 3 the server cannot be reached."
+    )]
+    Pause(RolloutControlArgs),
+    /// Resume a paused rollout with its next wave.
+    #[command(
+        after_help = "Examples:\n  cms-server rollout resume --env staging\n\nExit status: 0 done, 1 unknown environment or rollout or the action is not allowed in its state, 3 the server cannot be reached."
+    )]
+    Resume(RolloutControlArgs),
+    /// Abort a rollout: halt it and move the nodes it moved back to the
+    /// previous revision.
+    #[command(
+        after_help = "Examples:\n  cms-server rollout abort --env production\n\nExit status: 0 done, 1 unknown environment or rollout or the action is not allowed in its state, 3 the server cannot be reached."
+    )]
+    Abort(RolloutControlArgs),
+    /// Promote a rollout: skip the bake and the remaining waves, every
+    /// remaining node moves at once.
+    #[command(
+        after_help = "Examples:\n  cms-server rollout promote --env staging\n\nExit status: 0 done, 1 unknown environment or rollout or the action is not allowed in its state, 3 the server cannot be reached."
+    )]
+    Promote(RolloutControlArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RolloutListArgs {
+    /// Only this environment's rollouts [default: every environment's].
+    #[arg(long = "env", value_name = "ENV")]
+    pub environment: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RolloutStatusArgs {
+    /// The environment [default: the server's default environment].
+    #[arg(long = "env", value_name = "ENV")]
+    pub environment: Option<String>,
+    /// The rollout [default: the environment's active rollout, else its
+    /// latest].
+    #[arg(value_name = "ROLLOUT_ID")]
+    pub rollout_id: Option<String>,
+    /// Ask again every second and show the progress until the rollout is
+    /// done, promoted, rolled back or aborted (a paused one is followed).
+    #[arg(long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RolloutControlArgs {
+    /// The environment [default: the server's default environment].
+    #[arg(long = "env", value_name = "ENV")]
+    pub environment: Option<String>,
+    /// The rollout [default: the environment's active rollout].
+    #[arg(value_name = "ROLLOUT_ID")]
+    pub rollout_id: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PinArgs {
+    /// The nodes to hold: tags as name=value or glob, all must hold.
+    /// Nodes that enroll later and match are held too.
+    #[arg(long, value_name = "K=V,...")]
+    pub select: String,
+    /// The revision to hold them on: a commit id or an unambiguous prefix
+    /// of the environment's branch [default: the environment's stable
+    /// revision].
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+    /// The environment [default: the server's default environment].
+    #[arg(long = "env", value_name = "ENV")]
+    pub environment: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UnpinArgs {
+    /// The pin's selector, as it was pinned.
+    #[arg(long, value_name = "K=V,...")]
+    pub select: String,
+    /// The environment [default: the server's default environment].
+    #[arg(long = "env", value_name = "ENV")]
+    pub environment: Option<String>,
     #[command(flatten)]
     pub admin: AdminArgs,
 }
@@ -685,4 +819,30 @@ pub fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
         return text.into_bytes();
     }
     script
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_offer_the_rollout_pin_and_environment_commands() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let script = String::from_utf8(completion_script(shell)).expect("UTF-8");
+            for word in [
+                "rollout",
+                "promote",
+                "follow",
+                "pin",
+                "unpin",
+                "environments",
+            ] {
+                assert!(script.contains(word), "{shell:?} lacks {word}");
+            }
+        }
+    }
 }

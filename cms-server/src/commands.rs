@@ -1,7 +1,8 @@
 //! Runs each resolved command of `cms-server` (`resolve::Invocation`):
 //! `serve` builds the server's configuration and starts it, the admin
-//! commands call the admin API and print what it answers, `check` and
-//! `trigger` hand over to their own modules.
+//! commands call the admin API and print what it answers, `check`,
+//! `trigger`, `diff`, `rollout`, `pin`, `unpin` and `environments` hand
+//! over to their own modules.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -138,6 +139,16 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
         }
         Invocation::Trigger { args, admin } => crate::trigger_cli::run(args, &admin).await,
         Invocation::Diff { args, admin } => crate::diff_cli::run(args, &admin).await,
+        Invocation::RolloutList { args, admin } => crate::rollout_cli::list(args, &admin).await,
+        Invocation::RolloutStatus { args, admin } => crate::rollout_cli::status(args, &admin).await,
+        Invocation::RolloutControl {
+            action,
+            args,
+            admin,
+        } => crate::rollout_cli::control(action, args, &admin).await,
+        Invocation::Pin { args, admin } => crate::pin_cli::pin(args, &admin).await,
+        Invocation::Unpin { args, admin } => crate::pin_cli::unpin(args, &admin).await,
+        Invocation::Environments(admin) => crate::pin_cli::environments(&admin).await,
         Invocation::SecretsRecipient { data_dir } => {
             let path = crate::secrets::identity::identity_path(&data_dir);
             if !path.exists() {

@@ -3,9 +3,9 @@
 //! with identical change sets (`fleet_diff::render`), or the whole diff as
 //! JSON.
 //!
-//! Exit status: 0 the diff ran, changes or not; 1 a revision or flag is
-//! invalid (refused here, or `InvalidArgument` from the server); 3 the
-//! diff could not run.
+//! Exit status: 0 the diff ran, changes or not; 1 a revision, flag or
+//! environment is invalid (refused here, or `InvalidArgument` or `NotFound`
+//! from the server); 3 the diff could not run.
 
 use std::process::ExitCode;
 
@@ -33,7 +33,7 @@ fn validated_request(args: &DiffArgs) -> anyhow::Result<pb::DiffRequest> {
         selector: Some(pb::Selector {
             tags: selector.into_iter().collect(),
         }),
-        environment: String::new(),
+        environment: args.environment.clone().unwrap_or_default(),
     })
 }
 
@@ -48,7 +48,14 @@ pub async fn run(args: DiffArgs, admin: &AdminTarget) -> anyhow::Result<ExitCode
     let mut client = crate::admin::connect_as(admin).await?;
     let response = match client.diff(request).await {
         Ok(response) => response.into_inner(),
-        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+        // A diff that cannot run (no revision served, unreadable secrets)
+        // is `FailedPrecondition`: exit 3, not a bad request.
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::InvalidArgument | tonic::Code::NotFound
+            ) =>
+        {
             eprintln!("error: {}", status.message());
             return Ok(ExitCode::from(EXIT_INVALID));
         }

@@ -1,7 +1,7 @@
 //! The cms server: roles from a git repository, catalogs for enrolled nodes,
 //! and the reports they send back; and its command line: `cli` (the flags
 //! as written), `resolve` (every default decided once), `commands`,
-//! `check`, `trigger_cli`, `admin`.
+//! `check`, `trigger_cli`, `diff_cli`, `rollout_cli`, `pin_cli`, `admin`.
 //!
 //! The serving half is layered: `server` wires the APIs (`service` for
 //! gRPC, `watch`, `http`, `dashboard`) to the domain (`enrollment`,
@@ -35,10 +35,12 @@ pub mod metrics;
 pub mod node_state;
 pub mod nodes;
 pub mod operators;
+pub mod pin_cli;
 pub mod pki;
 pub mod reports;
 pub mod resolve;
 pub mod revision;
+pub mod rollout_cli;
 pub mod rollouts;
 pub mod secrets;
 pub mod server;

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::{
     AdminArgs, AdminCommand, AuditArgs, CheckArgs, Command, CompletionsArgs, DiffArgs, Format,
-    NodeCommand, NodeRevokeArgs, NodesArgs, OperatorCredentialArgs, OperatorNameArgs, ReportsArgs,
+    NodeCommand, NodeRevokeArgs, NodesArgs, OperatorCredentialArgs, OperatorNameArgs, PinArgs,
+    ReportsArgs, RolloutCommand, RolloutControlArgs, RolloutListArgs, RolloutStatusArgs,
     SecretsCommand, SecretsEncryptArgs, SecretsNewIdentityArgs, ServeArgs, TokenCommand,
-    TokenCreateArgs, TriggerArgs,
+    TokenCreateArgs, TriggerArgs, UnpinArgs,
 };
 
 /// The packaged server's data directory.
@@ -145,6 +146,29 @@ pub enum Invocation {
         args: DiffArgs,
         admin: AdminTarget,
     },
+    RolloutList {
+        args: RolloutListArgs,
+        admin: AdminTarget,
+    },
+    RolloutStatus {
+        args: RolloutStatusArgs,
+        admin: AdminTarget,
+    },
+    /// `rollout pause|resume|abort|promote`.
+    RolloutControl {
+        action: RolloutAction,
+        args: RolloutControlArgs,
+        admin: AdminTarget,
+    },
+    Pin {
+        args: PinArgs,
+        admin: AdminTarget,
+    },
+    Unpin {
+        args: UnpinArgs,
+        admin: AdminTarget,
+    },
+    Environments(AdminTarget),
     /// Prints the public key of the identity in `data_dir`.
     SecretsRecipient {
         data_dir: PathBuf,
@@ -157,6 +181,27 @@ pub enum Invocation {
         identity: PathBuf,
     },
     SecretsNewIdentity(SecretsNewIdentityArgs),
+}
+
+/// What `rollout pause|resume|abort|promote` asks of a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    Abort,
+    Promote,
+}
+
+impl RolloutAction {
+    /// The action's name in `ControlRolloutRequest.action`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Abort => "abort",
+            RolloutAction::Promote => "promote",
+        }
+    }
 }
 
 /// Resolves a parsed command line. A given `--data` (or `CMS_SERVER_DATA`)
@@ -218,6 +263,35 @@ pub fn resolve(command: Command, env: &Environment) -> Invocation {
             let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
             Invocation::Diff { args, admin }
         }
+        Command::Rollout(RolloutCommand::List(mut args)) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            Invocation::RolloutList { args, admin }
+        }
+        Command::Rollout(RolloutCommand::Status(mut args)) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            Invocation::RolloutStatus { args, admin }
+        }
+        Command::Rollout(RolloutCommand::Pause(args)) => {
+            rollout_control(RolloutAction::Pause, args, env)
+        }
+        Command::Rollout(RolloutCommand::Resume(args)) => {
+            rollout_control(RolloutAction::Resume, args, env)
+        }
+        Command::Rollout(RolloutCommand::Abort(args)) => {
+            rollout_control(RolloutAction::Abort, args, env)
+        }
+        Command::Rollout(RolloutCommand::Promote(args)) => {
+            rollout_control(RolloutAction::Promote, args, env)
+        }
+        Command::Pin(mut args) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            Invocation::Pin { args, admin }
+        }
+        Command::Unpin(mut args) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            Invocation::Unpin { args, admin }
+        }
+        Command::Environments(args) => Invocation::Environments(AdminTarget::resolve(args, env)),
         Command::Secrets(SecretsCommand::Recipient(args)) => Invocation::SecretsRecipient {
             data_dir: args.data.unwrap_or_else(|| env.admin_data_dir()),
         },
@@ -231,6 +305,19 @@ pub fn resolve(command: Command, env: &Environment) -> Invocation {
             repo: args.repo,
         },
         Command::Secrets(SecretsCommand::NewIdentity(args)) => Invocation::SecretsNewIdentity(args),
+    }
+}
+
+fn rollout_control(
+    action: RolloutAction,
+    mut args: RolloutControlArgs,
+    env: &Environment,
+) -> Invocation {
+    let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+    Invocation::RolloutControl {
+        action,
+        args,
+        admin,
     }
 }
 
@@ -300,7 +387,13 @@ mod tests {
             | Invocation::OperatorList(admin)
             | Invocation::Audit { admin, .. }
             | Invocation::Trigger { admin, .. }
-            | Invocation::Diff { admin, .. } => admin.data_dir,
+            | Invocation::Diff { admin, .. }
+            | Invocation::RolloutList { admin, .. }
+            | Invocation::RolloutStatus { admin, .. }
+            | Invocation::RolloutControl { admin, .. }
+            | Invocation::Pin { admin, .. }
+            | Invocation::Unpin { admin, .. }
+            | Invocation::Environments(admin) => admin.data_dir,
             Invocation::Check(_)
             | Invocation::Completions(_)
             | Invocation::SecretsEncrypt(_)
@@ -320,6 +413,16 @@ mod tests {
         &["dashboard-token"],
         &["trigger", "--select", "role=web"],
         &["trigger", "--status", "t1"],
+        &["diff", "--from", "3f2a9c1", "--env", "staging"],
+        &["rollout", "list"],
+        &["rollout", "status", "--env", "staging", "r1"],
+        &["rollout", "pause"],
+        &["rollout", "resume", "r1"],
+        &["rollout", "abort", "--env", "production"],
+        &["rollout", "promote"],
+        &["pin", "--select", "role=api"],
+        &["unpin", "--select", "role=api"],
+        &["environments"],
         &["admin", "add", "alice"],
         &["admin", "renew", "alice"],
         &["admin", "revoke", "alice"],

@@ -82,7 +82,7 @@ pub async fn run(args: TriggerArgs, admin: &AdminTarget) -> anyhow::Result<ExitC
                         if args.noop { ", noop" } else { "" }
                     );
                 }
-                bar.draw(&progress);
+                bar.draw(vec![progress_line(&progress)]);
                 last = Some(progress);
             }
             Ok(None) => break,
@@ -117,56 +117,118 @@ fn exit_code(progress: &pb::TriggerProgress) -> ExitCode {
     }
 }
 
-/// A one-line bar on a terminal, redrawn in place; elsewhere (a log, CI)
-/// one line each time a node finishes.
-struct ProgressBar {
+/// The width of a progress bar, in characters between its brackets.
+const BAR_WIDTH: usize = 30;
+
+/// A progress bar of `done` out of `total`: `[#########---------------------]`.
+pub(crate) fn bar(done: u64, total: u64) -> String {
+    let filled = (BAR_WIDTH as u64 * done.min(total) / total.max(1)) as usize;
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(BAR_WIDTH - filled))
+}
+
+/// A trigger's progress as its bar's one line.
+fn progress_line(progress: &pb::TriggerProgress) -> String {
+    format!(
+        "{} {}/{} batch {}/{}: {} changed, {} unchanged, {} failed, {} unreachable",
+        bar(u64::from(progress.done), u64::from(progress.total)),
+        progress.done,
+        progress.total,
+        progress.batch,
+        progress.batches,
+        progress.changed,
+        progress.unchanged,
+        progress.failed,
+        progress.unreachable
+    )
+}
+
+/// Progress lines on stderr: on a terminal, redrawn in place; elsewhere
+/// (a log, CI) only the lines that changed, each time one does.
+pub(crate) struct ProgressBar {
     terminal: bool,
-    last_line: String,
+    last_lines: Vec<String>,
 }
 
 impl ProgressBar {
-    fn new(terminal: bool) -> ProgressBar {
+    pub(crate) fn new(terminal: bool) -> ProgressBar {
         ProgressBar {
             terminal,
-            last_line: String::new(),
+            last_lines: Vec::new(),
         }
     }
 
-    fn draw(&mut self, progress: &pb::TriggerProgress) {
-        const WIDTH: usize = 30;
-        let total = progress.total.max(1) as usize;
-        let filled = WIDTH * progress.done as usize / total;
-        let line = format!(
-            "[{}{}] {}/{} batch {}/{}: {} changed, {} unchanged, {} failed, {} unreachable",
-            "#".repeat(filled),
-            "-".repeat(WIDTH - filled),
-            progress.done,
-            progress.total,
-            progress.batch,
-            progress.batches,
-            progress.changed,
-            progress.unchanged,
-            progress.failed,
-            progress.unreachable
-        );
-        if line == self.last_line {
-            return;
+    /// Draws `lines` in place of the last ones.
+    pub(crate) fn draw(&mut self, lines: Vec<String>) {
+        let frame = self.frame(&lines);
+        if !frame.is_empty() {
+            let mut stderr = std::io::stderr();
+            let _ = stderr.write_all(frame.as_bytes());
+            let _ = stderr.flush();
         }
-        let mut stderr = std::io::stderr();
-        if self.terminal {
-            let _ = write!(stderr, "\r\x1b[2K{line}");
-        } else {
-            let _ = writeln!(stderr, "{line}");
-        }
-        let _ = stderr.flush();
-        self.last_line = line;
+        self.last_lines = lines;
     }
 
-    fn finish(&mut self) {
-        if self.terminal && !self.last_line.is_empty() {
+    /// What `draw` writes: nothing when no line changed; on a terminal, the
+    /// cursor moved back to the first line drawn, the screen below cleared
+    /// and every line written again (the last without its newline, so the
+    /// cursor stays on it); elsewhere the lines that are new, one each.
+    fn frame(&self, lines: &[String]) -> String {
+        if lines == self.last_lines.as_slice() {
+            return String::new();
+        }
+        if !self.terminal {
+            return lines
+                .iter()
+                .filter(|line| !self.last_lines.contains(line))
+                .map(|line| format!("{line}\n"))
+                .collect();
+        }
+        let mut frame = self.erase_frame();
+        if frame.is_empty() {
+            frame.push_str("\r\x1b[J");
+        }
+        frame.push_str(&lines.join("\n"));
+        frame
+    }
+
+    /// Ends the drawing: on a terminal, the cursor moves past the last line.
+    pub(crate) fn finish(&mut self) {
+        if self.terminal && !self.last_lines.is_empty() {
             eprintln!();
         }
     }
+
+    /// Ends the drawing by taking it away, for a command that prints the
+    /// same at length next: on a terminal the lines are cleared; elsewhere
+    /// what was printed stays.
+    pub(crate) fn erase(&mut self) {
+        let frame = self.erase_frame();
+        if !frame.is_empty() {
+            let mut stderr = std::io::stderr();
+            let _ = stderr.write_all(frame.as_bytes());
+            let _ = stderr.flush();
+        }
+        self.last_lines.clear();
+    }
+
+    fn erase_frame(&self) -> String {
+        if !self.terminal || self.last_lines.is_empty() {
+            return String::new();
+        }
+        let mut frame = String::new();
+        if self.last_lines.len() > 1 {
+            frame.push_str(&format!("\x1b[{}A", self.last_lines.len() - 1));
+        }
+        frame.push_str("\r\x1b[J");
+        frame
+    }
+}
+
+/// A node's outcome in a trigger or a rollout wave, as JSON.
+pub(crate) fn node_outcome_json(node: &pb::TriggerNodeOutcome) -> serde_json::Value {
+    serde_json::json!({
+        "node": node.node_id, "batch": node.batch, "result": node.result, "run_id": node.run_id,
+    })
 }
 
 fn print_summary(progress: &pb::TriggerProgress, format: Format) {
@@ -187,9 +249,7 @@ fn print_summary(progress: &pb::TriggerProgress, format: Format) {
                 "failed_resources": progress.failed_resources,
                 "started_unix_ms": progress.started_unix_ms,
                 "finished_unix_ms": progress.finished_unix_ms,
-                "nodes": progress.nodes.iter().map(|n| serde_json::json!({
-                    "node": n.node_id, "batch": n.batch, "result": n.result, "run_id": n.run_id,
-                })).collect::<Vec<_>>(),
+                "nodes": progress.nodes.iter().map(node_outcome_json).collect::<Vec<_>>(),
             });
             println!("{}", serde_json::to_string_pretty(&json).expect("JSON"));
         }
@@ -224,5 +284,54 @@ fn print_summary(progress: &pb::TriggerProgress, format: Format) {
                 println!("  {:<24} {:<6} {}", node.node_id, node.batch, node.result);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bar_fills_in_proportion_and_never_overflows() {
+        assert_eq!(bar(0, 4), format!("[{}]", "-".repeat(30)));
+        assert_eq!(bar(1, 4), format!("[{}{}]", "#".repeat(7), "-".repeat(23)));
+        assert_eq!(bar(4, 4), format!("[{}]", "#".repeat(30)));
+        assert_eq!(bar(5, 4), format!("[{}]", "#".repeat(30)));
+        assert_eq!(bar(0, 0), format!("[{}]", "-".repeat(30)));
+    }
+
+    fn drawn(terminal: bool, before: &[&str], now: &[&str]) -> String {
+        let mut bar = ProgressBar::new(terminal);
+        bar.last_lines = before.iter().map(|l| l.to_string()).collect();
+        bar.frame(&now.iter().map(|l| l.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn on_a_terminal_every_line_is_redrawn_from_the_first() {
+        assert_eq!(drawn(true, &[], &["a", "b"]), "\r\x1b[Ja\nb");
+        assert_eq!(drawn(true, &["a"], &["c"]), "\r\x1b[Jc");
+        assert_eq!(
+            drawn(true, &["a", "b", "c"], &["a", "d"]),
+            "\x1b[2A\r\x1b[Ja\nd"
+        );
+        assert_eq!(drawn(true, &["a", "b"], &["a", "b"]), "");
+    }
+
+    #[test]
+    fn erasing_clears_the_lines_on_a_terminal_only() {
+        let lines = |l: &[&str]| l.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+        let mut bar = ProgressBar::new(true);
+        bar.last_lines = lines(&["a", "b", "c"]);
+        assert_eq!(bar.erase_frame(), "\x1b[2A\r\x1b[J");
+        let mut bar = ProgressBar::new(false);
+        bar.last_lines = lines(&["a", "b", "c"]);
+        assert_eq!(bar.erase_frame(), "");
+    }
+
+    #[test]
+    fn elsewhere_only_the_lines_that_changed_are_printed() {
+        assert_eq!(drawn(false, &[], &["a", "b"]), "a\nb\n");
+        assert_eq!(drawn(false, &["a", "b"], &["a", "c"]), "c\n");
+        assert_eq!(drawn(false, &["a", "b"], &["a", "b"]), "");
     }
 }

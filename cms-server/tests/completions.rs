@@ -52,6 +52,23 @@ fn bash_completes_subcommands_and_their_flags() {
 }
 
 #[test]
+fn bash_completes_rollout_actions_and_their_flags() {
+    let script = completions("bash");
+    assert_eq!(
+        bash_completes(&script, &["cms-server", "rollout", "p"]),
+        ["pause", "promote"]
+    );
+    assert_eq!(
+        bash_completes(&script, &["cms-server", "rollout", "status", "--fo"]),
+        ["--follow", "--format"]
+    );
+    assert_eq!(
+        bash_completes(&script, &["cms-server", "env"]),
+        ["environments"]
+    );
+}
+
+#[test]
 fn zsh_and_fish_scripts_name_the_agent_and_its_subcommands() {
     let zsh = completions("zsh");
     assert!(zsh.starts_with("#compdef cms-server"), "{zsh}");
