@@ -111,6 +111,7 @@ fn main() {
         current_revision: Some("b".repeat(40)),
         last_synced: None,
         triggers: Vec::new(),
+        environments: Vec::new(),
         now_unix_ms: 1_764_000_100_000,
     };
     let (times, html) = time(|| render_fleet(&view, &FleetFilter::default()));

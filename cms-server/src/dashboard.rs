@@ -1,9 +1,11 @@
 //! The fleet dashboard: read-only HTML pages served on the HTTP port.
 //!
 //! - `GET /dashboard`: the fleet at a glance — nodes by role and status, the
-//!   revision each runs, the roles revision and its validation errors, the
-//!   triggers in progress, and every node with failures first
-//!   (`?role=` and `?status=` filter).
+//!   revision each runs, the roles revision and its validation errors, each
+//!   environment with its stable revision, pins and active (else latest)
+//!   rollout (its waves and each node's result, failures, rollback
+//!   outcomes, stored fleet diff), the triggers in progress, and every node
+//!   with failures first (`?role=` and `?status=` filter).
 //! - `GET /dashboard/nodes/{id}`: a node's tags, facts and last runs with
 //!   their diffs.
 //! - `GET`/`POST /dashboard/login`, `POST /dashboard/logout`.
@@ -20,8 +22,9 @@
 //! 401 with the login form.
 //!
 //! **Untrusted input.** Tags, facts, diffs, errors and node ids come from
-//! nodes: every piece of text goes through `escape` (or `Html::text`) on
-//! its way into the page. The pages have no script and no external asset;
+//! nodes; branch names, commit ids, wave names, rollout messages and the
+//! fleet diff come from the repository: every piece of text goes through
+//! `escape` on its way into the page. The pages have no script and no external asset;
 //! the Content-Security-Policy forbids both.
 //!
 //! Rendering is plain string building: `render_fleet` over 10,000 nodes is
@@ -48,7 +51,11 @@ use crate::node_state::{NodeState, role_of};
 use crate::revision::ServingRevision;
 use cms_roles::digest::sha256_hex;
 
-use crate::store::{NodeRecord, RevisionRecord, SharedStore, Store, StoredReport};
+use crate::environments::Environments;
+use crate::store::{
+    EnvironmentRecord, NodeRecord, PinRecord, RevisionRecord, RolloutRecord, SharedStore, Store,
+    StoredReport, TriggerOutcome,
+};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "cms_session";
@@ -166,6 +173,9 @@ pub struct DashboardApi {
     pub store: SharedStore,
     pub fleet: Arc<Fleet>,
     pub revision: Arc<ServingRevision>,
+    /// The environments followed: names, branches and the revision each
+    /// serves; their rollouts and pins are read from the store.
+    pub environments: Arc<Environments>,
     pub clock: SharedClock,
     pub data_dir: PathBuf,
 }
@@ -453,22 +463,99 @@ fn trigger_views(mut records: Vec<crate::store::TriggerRecord>) -> Vec<TriggerVi
     records
         .iter()
         .map(|record| {
-            let outcomes = record.outcomes.values();
+            let (done, failed) = outcome_counts(record.outcomes.values());
             TriggerView {
                 id: record.id.clone(),
-                selector: record
-                    .selector
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(","),
+                selector: selector_text(&record.selector),
                 state: record.state.clone(),
-                done: outcomes.clone().count() as u32,
-                failed: outcomes
-                    .filter(|o| o.result == "failed" || o.result == "unreachable")
-                    .count() as u32,
+                done,
+                failed,
                 total: record.batches.iter().map(Vec::len).sum::<usize>() as u32,
             }
+        })
+        .collect()
+}
+
+/// How many of `outcomes` are known, and how many of those are failures
+/// (a failed run or no report), for a trigger or a rollout's wave.
+fn outcome_counts<'a>(outcomes: impl Iterator<Item = &'a TriggerOutcome>) -> (u32, u32) {
+    outcomes.fold((0, 0), |(done, failed), outcome| {
+        (done + 1, failed + u32::from(is_failure(outcome)))
+    })
+}
+
+/// Whether a node's outcome counts against a trigger or a rollout.
+fn is_failure(outcome: &TriggerOutcome) -> bool {
+    outcome.result == "failed" || outcome.result == "unreachable"
+}
+
+/// An environment as the fleet page shows it.
+#[derive(Debug, Clone)]
+pub struct EnvironmentView {
+    pub name: String,
+    pub branch: String,
+    /// Whether nodes with no environment tag go here.
+    pub default: bool,
+    /// The commit its nodes get unless moved or pinned; empty until one
+    /// validates.
+    pub stable: String,
+    /// An accepted commit waiting for the active rollout to end.
+    pub pending: Option<String>,
+    pub pins: Vec<PinRecord>,
+    /// The active rollout, else the latest one.
+    pub rollout: Option<RolloutRecord>,
+}
+
+impl EnvironmentView {
+    /// The view of an environment from its stored record; `stable` is the
+    /// revision it serves now (the record's when not given).
+    pub fn new(
+        name: &str,
+        branch: &str,
+        default: bool,
+        stable: Option<String>,
+        pending: Option<String>,
+        record: EnvironmentRecord,
+    ) -> EnvironmentView {
+        let rollout = record.active().or_else(|| record.rollouts.last()).cloned();
+        EnvironmentView {
+            name: name.to_string(),
+            branch: branch.to_string(),
+            default,
+            stable: stable
+                .filter(|commit| !commit.is_empty())
+                .unwrap_or(record.stable),
+            pending,
+            pins: record.pins,
+            rollout,
+        }
+    }
+}
+
+/// Every environment with its stored record. Blocks (reads the store).
+fn environment_views(api: &DashboardApi) -> anyhow::Result<Vec<EnvironmentView>> {
+    let default = api.environments.config().default_name();
+    api.environments
+        .iter()
+        .map(|environment| {
+            let record = api
+                .store
+                .environment(&environment.name)?
+                .unwrap_or_default();
+            let pending = environment
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|revision| revision.commit.clone());
+            Ok(EnvironmentView::new(
+                &environment.name,
+                &environment.branch,
+                environment.name == default,
+                environment.stable.current().map(|revision| revision.commit),
+                pending,
+                record,
+            ))
         })
         .collect()
 }
@@ -482,6 +569,8 @@ pub struct FleetView {
     /// The most recently synced commit, accepted or refused.
     pub last_synced: Option<RevisionRecord>,
     pub triggers: Vec<TriggerView>,
+    /// Every environment, by name.
+    pub environments: Vec<EnvironmentView>,
     pub now_unix_ms: u64,
 }
 
@@ -504,6 +593,7 @@ impl FleetView {
             current_revision: api.revision.current().map(|r| r.commit),
             last_synced,
             triggers: triggers_in_progress(&*api.store),
+            environments: environment_views(api)?,
             now_unix_ms: api.clock.now_unix_ms(),
         })
     }
@@ -580,6 +670,11 @@ pub fn render_fleet(view: &FleetView, filter: &FleetFilter) -> String {
         }
     }
     html.push_str("</section>");
+
+    // Environments and their rollouts.
+    for environment in &view.environments {
+        render_environment(&mut html, environment);
+    }
 
     // Triggers.
     html.push_str("<section><h2>Triggers</h2>");
@@ -738,6 +833,320 @@ pub fn render_fleet(view: &FleetView, filter: &FleetFilter) -> String {
     html
 }
 
+/// A fleet diff longer than this many lines (or [`DIFF_CHARS_SHOWN`]
+/// characters) is shown collapsed.
+const DIFF_LINES_SHOWN: usize = 40;
+const DIFF_CHARS_SHOWN: usize = 4000;
+
+/// An environment's section of the fleet page: its branch, stable
+/// revision, waiting commit, pins, and its active (else latest) rollout.
+fn render_environment(html: &mut String, environment: &EnvironmentView) {
+    let _ = write!(
+        html,
+        "<section class=\"environment\"><h2>Environment {}{}</h2><p>Branch <code>{}</code> · ",
+        escape(&environment.name),
+        if environment.default {
+            " <span class=\"muted\">(default)</span>"
+        } else {
+            ""
+        },
+        escape(&environment.branch)
+    );
+    if environment.stable.is_empty() {
+        html.push_str("<span class=\"error\">no stable revision yet: its nodes get no catalog until a commit validates</span>");
+    } else {
+        let _ = write!(
+            html,
+            "stable <code class=\"stable\" title=\"{}\">{}</code>",
+            escape(&environment.stable),
+            escape(short(&environment.stable))
+        );
+    }
+    if let Some(pending) = &environment.pending {
+        let _ = write!(
+            html,
+            " · waiting <code title=\"{}\">{}</code>",
+            escape(pending),
+            escape(short(pending))
+        );
+    }
+    html.push_str("</p>");
+
+    if environment.pins.is_empty() {
+        html.push_str("<p class=\"muted\">No pins.</p>");
+    } else {
+        html.push_str("<h3>Pins</h3><table class=\"pins\"><thead><tr><th>Selector</th><th>Held on</th><th>By</th><th>Since</th></tr></thead><tbody>");
+        for pin in &environment.pins {
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td><code title=\"{}\">{}</code></td><td>{}</td><td>{}</td></tr>",
+                escape(&selector_text(&pin.selector)),
+                escape(&pin.commit),
+                escape(short(&pin.commit)),
+                escape(&pin.created_by),
+                escape(&format_time(pin.created_unix_ms))
+            );
+        }
+        html.push_str("</tbody></table>");
+    }
+
+    match &environment.rollout {
+        Some(rollout) => render_rollout(html, rollout),
+        None => html.push_str("<p class=\"muted\">No rollout yet.</p>"),
+    }
+    html.push_str("</section>");
+}
+
+/// A rollout: where it stands, each wave with its nodes' results, its
+/// failures, the rollback's outcomes and the fleet diff stored at start.
+fn render_rollout(html: &mut String, rollout: &RolloutRecord) {
+    let active = rollout.is_active();
+    let _ = write!(
+        html,
+        "<h3>{} rollout <code>{}</code> <span class=\"badge {}\">{}</span></h3><p><code title=\"{}\">{}</code> → <code title=\"{}\">{}</code> · started {}",
+        if active { "Active" } else { "Latest" },
+        escape(&rollout.id),
+        rollout_state_class(&rollout.state),
+        escape(&rollout.state),
+        escape(&rollout.from),
+        escape(short(&rollout.from)),
+        escape(&rollout.to),
+        escape(short(&rollout.to)),
+        escape(&format_time(rollout.started_unix_ms))
+    );
+    if let Some(finished) = rollout.finished_unix_ms {
+        let _ = write!(html, " · ended {}", escape(&format_time(finished)));
+    }
+    if let Some(bake_until) = rollout.bake_until_unix_ms.filter(|_| active) {
+        let _ = write!(html, " · next wave at {}", escape(&format_time(bake_until)));
+    }
+    html.push_str("</p>");
+    if !rollout.message.is_empty() {
+        let _ = write!(
+            html,
+            "<p class=\"message\">{}</p>",
+            escape(&rollout.message)
+        );
+    }
+    let policy = &rollout.policy;
+    let in_waves: usize = rollout.waves.iter().map(|wave| wave.nodes.len()).sum();
+    let _ = write!(
+        html,
+        "<p class=\"muted\">Policy: canary {}, batch {}, bake {}, max_failures {}, timeout {} · {} unchanged (moved at once), {} pinned (passed by), {in_waves} in {} wave(s) · failures: {} of {} allowed</p>",
+        policy.canary,
+        escape(if policy.batch.is_empty() {
+            "the rest at once"
+        } else {
+            &policy.batch
+        }),
+        duration_text(policy.bake_ms),
+        policy.max_failures,
+        duration_text(policy.timeout_ms),
+        rollout.unchanged_nodes,
+        rollout.pinned_nodes.len(),
+        rollout.waves.len(),
+        rollout.failures,
+        policy.max_failures
+    );
+
+    // Waves, like the trigger section's counts, each with its nodes.
+    if rollout.waves.is_empty() {
+        html.push_str("<p class=\"muted\">No wave: no node's catalog changes.</p>");
+    } else {
+        html.push_str("<table class=\"waves\"><thead><tr><th>Wave</th><th>State</th><th>Done</th><th>Failed</th><th>Nodes</th></tr></thead><tbody>");
+        for wave in &rollout.waves {
+            let (done, failed) = outcome_counts(wave.outcomes.values());
+            let state = match (wave.started_unix_ms, wave.finished_unix_ms) {
+                (_, Some(finished)) => format!("finished {}", format_time(finished)),
+                (Some(_), None) if active => "running".to_string(),
+                (Some(_), None) => "stopped".to_string(),
+                (None, None) => "pending".to_string(),
+            };
+            let _ = write!(
+                html,
+                "<tr{}><td>{}</td><td>{}</td><td>{done}</td><td>{failed}</td><td>{}</td></tr>",
+                if failed > 0 { " class=\"failed\"" } else { "" },
+                escape(&wave.name),
+                escape(&state),
+                wave.nodes.len()
+            );
+        }
+        html.push_str("</tbody></table>");
+        for wave in &rollout.waves {
+            let (_, failed) = outcome_counts(wave.outcomes.values());
+            let running =
+                active && wave.started_unix_ms.is_some() && wave.finished_unix_ms.is_none();
+            let _ = write!(
+                html,
+                "<details class=\"run wave\"{}><summary>{}: {} node(s)</summary><table class=\"nodes\"><tbody>",
+                if failed > 0 || running { " open" } else { "" },
+                escape(&wave.name),
+                wave.nodes.len()
+            );
+            for node in &wave.nodes {
+                let result = match wave.outcomes.get(node) {
+                    Some(outcome) => outcome.result.as_str(),
+                    None if running => "running",
+                    None => "pending",
+                };
+                render_node_outcome(html, node, result, wave.outcomes.get(node));
+            }
+            html.push_str("</tbody></table></details>");
+        }
+    }
+
+    // Failures, across the waves.
+    let failures: Vec<(&str, &String, &TriggerOutcome)> = rollout
+        .waves
+        .iter()
+        .flat_map(|wave| {
+            wave.outcomes
+                .iter()
+                .filter(|(_, outcome)| is_failure(outcome))
+                .map(move |(node, outcome)| (wave.name.as_str(), node, outcome))
+        })
+        .collect();
+    if !failures.is_empty() {
+        html.push_str("<h3>Failures</h3><table class=\"failures\"><thead><tr><th>Node</th><th>Wave</th><th>Result</th><th>Why</th></tr></thead><tbody>");
+        for (wave, node, outcome) in failures {
+            let _ = write!(
+                html,
+                "<tr class=\"failed\"><td>{}</td><td>{}</td><td><span class=\"badge {r}\">{r}</span></td><td>{}</td></tr>",
+                node_link(node),
+                escape(wave),
+                outcome_detail(outcome),
+                r = escape(&outcome.result)
+            );
+        }
+        html.push_str("</tbody></table>");
+    }
+
+    // The rollback's outcomes: the moved nodes' runs back on `from`.
+    if !rollout.rollback.is_empty() {
+        let _ = write!(
+            html,
+            "<h3>Rollback to <code>{}</code></h3><table class=\"rollback\"><tbody>",
+            escape(short(&rollout.from))
+        );
+        for (node, outcome) in &rollout.rollback {
+            render_node_outcome(html, node, &outcome.result, Some(outcome));
+        }
+        html.push_str("</tbody></table>");
+    }
+
+    if !rollout.actions.is_empty() {
+        html.push_str("<h3>Operator actions</h3><ul class=\"actions\">");
+        for action in &rollout.actions {
+            let _ = write!(html, "<li>{}</li>", escape(action));
+        }
+        html.push_str("</ul>");
+    }
+
+    // The fleet diff stored at start, sensitive values already redacted.
+    let diff = rollout.diff_summary.trim_end();
+    if diff.is_empty() {
+        html.push_str("<p class=\"muted\">No fleet diff stored.</p>");
+    } else {
+        let lines = diff.lines().count();
+        if lines > DIFF_LINES_SHOWN || diff.len() > DIFF_CHARS_SHOWN {
+            let _ = write!(
+                html,
+                "<details class=\"diff\"><summary>Fleet diff ({lines} lines)</summary><pre class=\"diff\">{}</pre></details>",
+                escape(diff)
+            );
+        } else {
+            let _ = write!(
+                html,
+                "<h3>Fleet diff</h3><pre class=\"diff\">{}</pre>",
+                escape(diff)
+            );
+        }
+    }
+}
+
+/// One node's row in a wave or the rollback: its link, its result as a
+/// badge, and why it failed or which run it was.
+fn render_node_outcome(
+    html: &mut String,
+    node: &str,
+    result: &str,
+    outcome: Option<&TriggerOutcome>,
+) {
+    let _ = write!(
+        html,
+        "<tr{}><td>{}</td><td><span class=\"badge {r}\">{r}</span></td><td>{}</td></tr>",
+        if result == "failed" || result == "unreachable" {
+            " class=\"failed\""
+        } else {
+            ""
+        },
+        node_link(node),
+        outcome.map(outcome_detail).unwrap_or_default(),
+        r = escape(result)
+    );
+}
+
+/// What to say of an outcome beside its result: the failed resources, no
+/// report, or the run.
+fn outcome_detail(outcome: &TriggerOutcome) -> String {
+    if !outcome.failed_resources.is_empty() {
+        escape(&outcome.failed_resources.join("; "))
+    } else if outcome.result == "unreachable" {
+        "no report".to_string()
+    } else if outcome.run_id.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<span class=\"muted\">run {}{}</span>",
+            escape(&outcome.run_id),
+            if outcome.revision.is_empty() {
+                String::new()
+            } else {
+                format!(" at <code>{}</code>", escape(short(&outcome.revision)))
+            }
+        )
+    }
+}
+
+/// A link to a node's page.
+fn node_link(node: &str) -> String {
+    format!(
+        "<a href=\"/dashboard/nodes/{}\">{}</a>",
+        escape(&url_encode(node)),
+        escape(node)
+    )
+}
+
+/// The badge colour of a rollout's state: red when it was refused, green
+/// when it went through, yellow while it goes on.
+fn rollout_state_class(state: &str) -> &'static str {
+    match state {
+        "rolled_back" | "aborted" | "rolling_back" => "failed",
+        "done" | "promoted" => "unchanged",
+        _ => "changed",
+    }
+}
+
+/// A selector as written on the command line: `role=api,env=prod`.
+fn selector_text(selector: &BTreeMap<String, String>) -> String {
+    selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A duration in ms as `cms.toml` writes it: `2m`, `30s`, `1h`.
+fn duration_text(ms: u64) -> String {
+    let seconds = ms / 1000;
+    match seconds {
+        0 => "0s".to_string(),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 fn state_index(state: NodeState) -> usize {
     NodeState::ALL
         .iter()
@@ -884,12 +1293,13 @@ code{font:12px ui-monospace,monospace}pre{font:12px/1.35 ui-monospace,monospace;
 .totals{display:flex;gap:12px;flex-wrap:wrap;background:none;border:none;padding:0}\
 .total{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:8px 16px;text-decoration:none;color:inherit}.total b{font-size:20px;display:block}\
 .badge{display:inline-block;padding:0 6px;border-radius:3px;font-size:12px;background:#e5e7eb}\
-.badge.failed,.total.failed b,td.failed{color:#fff;background:#c01c28}.total.failed b{background:none;color:#c01c28}\
+.badge.failed,.badge.unreachable,.total.failed b,td.failed{color:#fff;background:#c01c28}.total.failed b{background:none;color:#c01c28}\
 .badge.changed{background:#f6d32d}.badge.unchanged{background:#8ff0a4}.badge.gone{background:#c0bfbc}\
 tr.failed td:first-child{border-left:4px solid #c01c28}\
 #tags th{width:25%}.error{color:#a51d2d}.muted{color:#6b7280}\
 .login{display:flex;gap:8px;align-items:center}.login input{flex:1;padding:6px}\
-details.run{border:1px solid #eef0f3;border-radius:4px;margin:8px 0;padding:4px 8px}";
+details.run{border:1px solid #eef0f3;border-radius:4px;margin:8px 0;padding:4px 8px}\
+h3{font-size:14px;margin:16px 0 6px}.message{font-weight:600}";
 
 /// `text` with the characters that mean something in HTML replaced, for
 /// element content and quoted attribute values alike.
@@ -1002,6 +1412,7 @@ mod tests {
             current_revision: None,
             last_synced: None,
             triggers: Vec::new(),
+            environments: Vec::new(),
             now_unix_ms: 10,
         };
         let fleet = render_fleet(&view, &FleetFilter::default());
@@ -1048,6 +1459,7 @@ mod tests {
             current_revision: Some("abc".into()),
             last_synced: None,
             triggers: Vec::new(),
+            environments: Vec::new(),
             now_unix_ms: 10,
         };
         let html = render_fleet(&view, &FleetFilter::default());
@@ -1075,6 +1487,7 @@ mod tests {
                 synced_unix_ms: 0,
             }),
             triggers: Vec::new(),
+            environments: Vec::new(),
             now_unix_ms: 10,
         };
         let html = render_fleet(&view, &FleetFilter::default());
@@ -1088,6 +1501,250 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("No triggers in progress."), "{html}");
+    }
+
+    fn outcome(result: &str, failed_resources: &[&str]) -> TriggerOutcome {
+        TriggerOutcome {
+            result: result.into(),
+            run_id: format!("run-{result}"),
+            failed_resources: failed_resources.iter().map(|r| r.to_string()).collect(),
+            revision: String::new(),
+        }
+    }
+
+    fn rolled_back_rollout(diff_summary: &str) -> RolloutRecord {
+        use crate::store::{RolloutPolicyRecord, WaveRecord};
+        RolloutRecord {
+            id: "r1764739200000".into(),
+            environment: "production".into(),
+            from: "3f2a9c1e0b7d11112222333344445555aaaabbbb".into(),
+            to: "8be04d2a99887766554433221100ffeeddccbbaa".into(),
+            state: "rolled_back".into(),
+            message: "wave 2: 2 failures, 1 allowed; rolled back".into(),
+            policy: RolloutPolicyRecord {
+                canary: 1,
+                batch: "50%".into(),
+                bake_ms: 120_000,
+                max_failures: 1,
+                timeout_ms: 600_000,
+            },
+            waves: vec![
+                WaveRecord {
+                    name: "canary".into(),
+                    nodes: vec!["api-1".into()],
+                    outcomes: [("api-1".to_string(), outcome("changed", &[]))].into(),
+                    started_unix_ms: Some(1_000),
+                    finished_unix_ms: Some(2_000),
+                },
+                WaveRecord {
+                    name: "wave 2".into(),
+                    nodes: vec!["api-2".into(), "api-3".into()],
+                    outcomes: [
+                        (
+                            "api-2".to_string(),
+                            outcome("failed", &["java_app:orders <health>"]),
+                        ),
+                        ("api-3".to_string(), outcome("unreachable", &[])),
+                    ]
+                    .into(),
+                    started_unix_ms: Some(3_000),
+                    finished_unix_ms: Some(4_000),
+                },
+                WaveRecord {
+                    name: "wave 3".into(),
+                    nodes: vec!["api-4".into()],
+                    outcomes: BTreeMap::new(),
+                    started_unix_ms: None,
+                    finished_unix_ms: None,
+                },
+            ],
+            waves_started: 2,
+            moved: ["api-1", "api-2", "api-3"].map(String::from).into(),
+            unchanged_nodes: 5,
+            pinned_nodes: vec!["api-9".into()],
+            failures: 2,
+            diff_summary: diff_summary.into(),
+            started_unix_ms: 500,
+            finished_unix_ms: Some(5_000),
+            bake_until_unix_ms: None,
+            rollback: [
+                ("api-1".to_string(), outcome("changed", &[])),
+                (
+                    "api-2".to_string(),
+                    outcome("failed", &["exec:restart-orders"]),
+                ),
+            ]
+            .into(),
+            actions: Vec::new(),
+        }
+    }
+
+    #[track_caller]
+    fn fleet_page_with(environment: EnvironmentView) -> String {
+        let view = FleetView {
+            nodes: Vec::new(),
+            current_revision: None,
+            last_synced: None,
+            triggers: Vec::new(),
+            environments: vec![environment],
+            now_unix_ms: 10_000,
+        };
+        render_fleet(&view, &FleetFilter::default())
+    }
+
+    fn production(record: EnvironmentRecord) -> EnvironmentView {
+        EnvironmentView::new("production", "main", true, None, None, record)
+    }
+
+    #[test]
+    fn a_rollout_shows_each_wave_with_its_nodes_results_failures_and_rollback() {
+        let html = fleet_page_with(production(EnvironmentRecord {
+            name: "production".into(),
+            stable: "3f2a9c1e0b7d11112222333344445555aaaabbbb".into(),
+            pins: Vec::new(),
+            rollouts: vec![rolled_back_rollout("~ 3 nodes change")],
+        }));
+        assert!(html.contains("Environment production"), "{html}");
+        assert!(
+            html.contains("Latest rollout <code>r1764739200000</code> <span class=\"badge failed\">rolled_back</span>"),
+            "{html}"
+        );
+        assert!(html.contains(">3f2a9c1e0b7d</code> → <code"), "{html}");
+        assert!(html.contains(">8be04d2a9988</code>"), "{html}");
+        assert!(
+            html.contains("wave 2: 2 failures, 1 allowed; rolled back"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td>wave 2</td><td>finished 1970-01-01 00:00:04 UTC</td><td>2</td><td>2</td><td>2</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td>wave 3</td><td>pending</td><td>0</td><td>0</td><td>1</td>"),
+            "{html}"
+        );
+        // Each node with its result.
+        assert!(
+            html.contains("<a href=\"/dashboard/nodes/api-1\">api-1</a></td><td><span class=\"badge changed\">changed</span>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<a href=\"/dashboard/nodes/api-3\">api-3</a></td><td><span class=\"badge unreachable\">unreachable</span></td><td>no report</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<a href=\"/dashboard/nodes/api-4\">api-4</a></td><td><span class=\"badge pending\">pending</span>"),
+            "{html}"
+        );
+        // The failures, with why, escaped.
+        let failures = &html[html.find("<h3>Failures</h3>").expect("failures")..];
+        assert!(
+            failures.contains("api-2</a></td><td>wave 2</td><td><span class=\"badge failed\">failed</span></td><td>java_app:orders &lt;health&gt;</td>"),
+            "{failures}"
+        );
+        // The rollback's outcomes.
+        let rollback = &html[html
+            .find("<h3>Rollback to <code>3f2a9c1e0b7d</code>")
+            .expect("rollback")..];
+        assert!(
+            rollback.contains("api-2</a></td><td><span class=\"badge failed\">failed</span></td><td>exec:restart-orders</td>"),
+            "{rollback}"
+        );
+        assert!(
+            html.contains("5 unchanged (moved at once), 1 pinned (passed by), 4 in 3 wave(s) · failures: 2 of 1 allowed"),
+            "{html}"
+        );
+        assert!(
+            html.contains("bake 2m, max_failures 1, timeout 10m"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn the_fleet_diff_of_a_rollout_is_escaped_and_a_long_one_collapsed() {
+        let short_diff = "~ web-1\n  file:/etc/motd\n+<script>alert(1)</script>";
+        let html = fleet_page_with(production(EnvironmentRecord {
+            name: "production".into(),
+            stable: "aaaa".into(),
+            pins: Vec::new(),
+            rollouts: vec![rolled_back_rollout(short_diff)],
+        }));
+        assert!(!html.contains("<script"), "{html}");
+        assert!(
+            html.contains("<h3>Fleet diff</h3><pre class=\"diff\">~ web-1\n  file:/etc/motd\n+&lt;script&gt;alert(1)&lt;/script&gt;</pre>"),
+            "{html}"
+        );
+
+        let long_diff = format!("{}+<script>alert(2)</script>", "~ node\n".repeat(100));
+        let html = fleet_page_with(production(EnvironmentRecord {
+            name: "production".into(),
+            stable: "aaaa".into(),
+            pins: Vec::new(),
+            rollouts: vec![rolled_back_rollout(&long_diff)],
+        }));
+        assert!(!html.contains("<script"), "{html}");
+        assert!(
+            html.contains("<details class=\"diff\"><summary>Fleet diff (101 lines)</summary><pre class=\"diff\">~ node"),
+            "{html}"
+        );
+        assert!(html.contains("+&lt;script&gt;alert(2)&lt;/script&gt;</pre></details>"));
+    }
+
+    #[test]
+    fn an_environment_without_rollouts_shows_its_stable_revision_and_pins() {
+        let html = fleet_page_with(EnvironmentView::new(
+            "staging",
+            "staging<b>",
+            false,
+            Some("8be04d2a99887766554433221100ffeeddccbbaa".into()),
+            None,
+            EnvironmentRecord {
+                name: "staging".into(),
+                stable: "8be04d2a99887766554433221100ffeeddccbbaa".into(),
+                pins: vec![PinRecord {
+                    selector: [("role".to_string(), "api".to_string())].into(),
+                    commit: "3f2a9c1e0b7d11112222333344445555aaaabbbb".into(),
+                    created_unix_ms: 0,
+                    created_by: "alice".into(),
+                }],
+                rollouts: Vec::new(),
+            },
+        ));
+        assert!(
+            html.contains("<h2>Environment staging</h2><p>Branch <code>staging&lt;b&gt;</code> · stable <code class=\"stable\" title=\"8be04d2a99887766554433221100ffeeddccbbaa\">8be04d2a9988</code></p>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<tr><td>role=api</td><td><code title=\"3f2a9c1e0b7d11112222333344445555aaaabbbb\">3f2a9c1e0b7d</code></td><td>alice</td><td>1970-01-01 00:00:00 UTC</td></tr>"),
+            "{html}"
+        );
+        assert!(html.contains("No rollout yet."), "{html}");
+    }
+
+    #[test]
+    fn the_active_rollout_is_shown_as_active_rather_than_an_earlier_finished_one() {
+        let mut done = rolled_back_rollout("");
+        done.id = "r1".into();
+        done.state = "done".into();
+        let mut running = rolled_back_rollout("");
+        running.id = "r2".into();
+        running.state = "baking".into();
+        running.finished_unix_ms = None;
+        running.rollback.clear();
+        let html = fleet_page_with(production(EnvironmentRecord {
+            name: "production".into(),
+            stable: "aaaa".into(),
+            pins: Vec::new(),
+            rollouts: vec![done, running],
+        }));
+        assert!(
+            html.contains(
+                "Active rollout <code>r2</code> <span class=\"badge changed\">baking</span>"
+            ),
+            "{html}"
+        );
+        assert!(!html.contains("<code>r1</code>"), "{html}");
+        assert!(html.contains("No fleet diff stored."), "{html}");
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! reads it like its classic text format).
 //!
 //! Counters and histograms are fed by one-line calls where things happen
-//! (`enrollment`, `catalog_answer`, `run_reported`, `sync_finished`, and the
-//! compile histogram handed to `Catalogs`). What the store already knows —
+//! (`enrollment`, `catalog_answer`, `run_reported`, `sync_finished`, the
+//! rollout calls `rollout_started`, `rollout_wave`, `rollout_ended` and
+//! `pins`, and the compile histogram handed to `Catalogs`). What the store already knows —
 //! nodes by role and status, the current revision, the catalog cache — is
 //! read at scrape time by `render`, so it is never out of date and costs
 //! nothing between scrapes.
@@ -488,5 +489,57 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String does not fail");
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn sample(text: &str, line_start: &str) -> String {
+        text.lines()
+            .find(|line| line.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no {line_start} in:\n{text}"))
+            .to_string()
+    }
+
+    #[test]
+    fn rollouts_and_pins_are_served_per_environment() {
+        let metrics = Metrics::new();
+        metrics.rollout_started("production");
+        metrics.rollout_wave("production", 2);
+        metrics.rollout_started("staging");
+        metrics.rollout_ended("staging", "rolled_back");
+        metrics.pins("production", 3);
+        let text = metrics.render(&Gauges::default());
+
+        for (line, value) in [
+            (
+                "cms_rollouts_started_total{environment=\"production\"}",
+                "1",
+            ),
+            ("cms_rollouts_started_total{environment=\"staging\"}", "1"),
+            (
+                "cms_rollouts_ended_total{environment=\"staging\",outcome=\"rolled_back\"}",
+                "1",
+            ),
+            ("cms_rollout_active{environment=\"production\"}", "1"),
+            ("cms_rollout_active{environment=\"staging\"}", "0"),
+            ("cms_rollout_wave{environment=\"production\"}", "2"),
+            ("cms_rollout_wave{environment=\"staging\"}", "0"),
+            ("cms_pins{environment=\"production\"}", "3"),
+        ] {
+            assert_eq!(sample(&text, line), format!("{line} {value}"), "{text}");
+        }
+        for family in [
+            "# TYPE cms_rollouts_started counter",
+            "# TYPE cms_rollouts_ended counter",
+            "# TYPE cms_rollout_active gauge",
+            "# TYPE cms_rollout_wave gauge",
+            "# TYPE cms_pins gauge",
+        ] {
+            assert!(text.contains(family), "no {family} in:\n{text}");
+        }
     }
 }

@@ -361,6 +361,7 @@ pub async fn run_prepared(
                 store: store.clone(),
                 fleet: fleet.clone(),
                 revision: revision.clone(),
+                environments: environments.clone(),
                 clock: clock.clone(),
                 data_dir: config.data_dir.clone(),
             },
