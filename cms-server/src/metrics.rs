@@ -300,6 +300,18 @@ impl Metrics {
         self.rollout_wave.get_or_create(&label).set(0);
     }
 
+    /// At start: `environment` has a rollout in progress at `wave` (0 before
+    /// its first), or none; counts nothing.
+    pub fn rollout_restored(&self, environment: &str, active: bool, wave: u32) {
+        let label = Self::environment_label(environment);
+        self.rollout_active
+            .get_or_create(&label)
+            .set(i64::from(active));
+        self.rollout_wave
+            .get_or_create(&label)
+            .set(if active { i64::from(wave) } else { 0 });
+    }
+
     /// The active rollout of `environment` started its wave `wave` (1-based).
     pub fn rollout_wave(&self, environment: &str, wave: u32) {
         self.rollout_wave

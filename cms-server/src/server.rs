@@ -291,6 +291,18 @@ pub async fn run_prepared(
         secrets: secrets.clone(),
         nodes: nodes.clone(),
     };
+    // The gauges of rollouts and pins start from what was restored.
+    for environment in environments.iter() {
+        if let Ok(record) = environment.record.try_lock() {
+            let active = record.active();
+            metrics.rollout_restored(
+                &environment.name,
+                active.is_some(),
+                active.map_or(0, |rollout| rollout.waves_started),
+            );
+            metrics.pins(&environment.name, record.pins.len());
+        }
+    }
     let rollouts = Rollouts {
         store: store.clone(),
         fleet: fleet.clone(),
