@@ -196,32 +196,37 @@ async fn sync_all(
         .config()
         .default_name()
         .to_string();
+    // Every environment is synced, whatever another's outcome.
     let mut answer: Option<pb::SyncResponse> = None;
-    let mut others: Vec<(String, anyhow::Result<pb::SyncResponse>)> = Vec::new();
+    let mut others: Vec<(String, pb::SyncResponse)> = Vec::new();
+    let mut failure: Option<anyhow::Error> = None;
     for (environment, syncer) in sources {
-        let outcome = sync_once(state, environment, syncer.clone()).await;
-        if environment.name == default {
-            answer = Some(outcome?);
-        } else {
-            others.push((environment.name.clone(), outcome));
+        match sync_once(state, environment, syncer.clone()).await {
+            Ok(response) if environment.name == default => answer = Some(response),
+            Ok(response) => others.push((environment.name.clone(), response)),
+            Err(error) => {
+                let error =
+                    error.context(format!("Failed to sync environment {}", environment.name));
+                if failure.is_some() {
+                    tracing::warn!("{error:#}");
+                } else {
+                    failure = Some(error);
+                }
+            }
         }
     }
+    if let Some(error) = failure {
+        return Err(error);
+    }
     let mut answer = answer.unwrap_or_default();
-    for (environment, outcome) in others {
-        match outcome {
-            Ok(response) => {
-                answer.accepted &= response.accepted;
-                answer
-                    .errors
-                    .extend(response.errors.into_iter().map(|mut error| {
-                        error.message = format!("[environment {environment}] {}", error.message);
-                        error
-                    }));
-            }
-            Err(error) => {
-                return Err(error.context(format!("Failed to sync environment {environment}")));
-            }
-        }
+    for (environment, response) in others {
+        answer.accepted &= response.accepted;
+        answer
+            .errors
+            .extend(response.errors.into_iter().map(|mut error| {
+                error.message = format!("[environment {environment}] {}", error.message);
+                error
+            }));
     }
     Ok(answer)
 }
