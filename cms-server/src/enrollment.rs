@@ -505,6 +505,39 @@ mod tests {
     }
 
     #[test]
+    fn a_node_is_bound_to_the_environment_its_scoped_tag_names_else_the_default() {
+        let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
+        let environments = crate::environments::EnvironmentsConfig::new(
+            vec![
+                crate::environments::EnvironmentSpec::parse("prod=main").unwrap(),
+                crate::environments::EnvironmentSpec::parse("staging=staging").unwrap(),
+            ],
+            None,
+            "env".into(),
+        )
+        .unwrap();
+        let enrollment = Enrollment {
+            environments,
+            ..enrollment(&clock)
+        };
+        let token = enrollment
+            .create_token(tags(&[("role", "web"), ("env", "*")]), Duration::ZERO, 3)
+            .unwrap()
+            .token;
+        for (node, env, bound) in [
+            ("web-1", "staging", "staging"),
+            ("web-2", "prod", "prod"),
+            ("web-3", "qa", "prod"),
+        ] {
+            let mut asked = request(&token, node, false);
+            asked.tags = tags(&[("role", "web"), ("env", env)]);
+            enrollment.enroll(asked).unwrap();
+            let record = enrollment.store.node(node).unwrap().unwrap();
+            assert_eq!(record.environment, bound, "{node} tagged env={env}");
+        }
+    }
+
+    #[test]
     fn a_live_name_is_taken_by_a_new_instance_only_once_it_is_gone() {
         let clock = Arc::new(ManualClock::at(1_000 * HOUR_MS));
         let enrollment = enrollment(&clock);
