@@ -200,6 +200,7 @@ pub fn from_proto(response: pb::DiffResponse) -> anyhow::Result<FleetDiff> {
         nodes: response.nodes as usize,
         compiles: response.compiles as usize,
         groups,
+        new_roles: BTreeMap::new(),
     })
 }
 
@@ -240,6 +241,11 @@ pub struct FleetDiff {
     /// Failed groups first, then changed ones (largest first), then the
     /// unchanged.
     pub groups: Vec<DiffGroup>,
+    /// Each node's roles at `to`, in the order applied (empty when its
+    /// catalog failed to compile there): a rollout's canaries are chosen
+    /// per role list. Not sent over the admin API.
+    #[serde(default, skip)]
+    pub new_roles: BTreeMap<String, Vec<String>>,
 }
 
 type Compiled = Result<Arc<Catalog>, String>;
@@ -362,12 +368,24 @@ pub fn diff_fleet(from: &DiffSide, to: &DiffSide, nodes: &[Node], threads: usize
             .then(b.node_ids.len().cmp(&a.node_ids.len()))
             .then(a.node_ids.cmp(&b.node_ids))
     });
+    let new_roles = nodes
+        .iter()
+        .zip(&to_keys)
+        .map(|(node, key)| {
+            let roles = match catalog_of(1, key) {
+                Ok(catalog) => catalog.roles.clone(),
+                Err(_) => Vec::new(),
+            };
+            (node.id.clone(), roles)
+        })
+        .collect();
     FleetDiff {
         from: from.commit.clone(),
         to: to.commit.clone(),
         nodes: nodes.len(),
         compiles: results.len(),
         groups,
+        new_roles,
     }
 }
 

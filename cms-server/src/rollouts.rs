@@ -11,8 +11,8 @@
 //! at both revisions (`fleet_diff::diff_fleet`, one compile per compile
 //! key): nodes whose catalog does not change move at once, pinned nodes
 //! are passed by, and the others are planned as waves: the first `canary`
-//! nodes of each group of nodes that change the same way, alone, then the
-//! rest in batches. A wave moves its nodes (their catalog now compiles at
+//! nodes of each role group (nodes whose new catalog applies the same
+//! roles, [`role_groups`]), alone, then the rest in batches. A wave moves its nodes (their catalog now compiles at
 //! the new revision, `Environment::revision_for`), sends them converge-now
 //! over the watch channel and waits for their reports; a node is healthy
 //! when its run failed nothing and ran the new revision. Past the failure
@@ -177,6 +177,25 @@ fn wave(name: &str, nodes: Vec<String>) -> WaveRecord {
         started_unix_ms: None,
         finished_unix_ms: None,
     }
+}
+
+/// `nodes` grouped by the roles of their new catalog (`roles`, by node),
+/// groups in the order their first node comes, nodes in the order given:
+/// the groups a rollout takes its canaries from. Nodes whose changes
+/// differ only by what they render of themselves (a path or a content
+/// holding `{{node.id}}`) are one group, so one canary tries them all.
+pub fn role_groups(nodes: &[String], roles: &BTreeMap<String, Vec<String>>) -> Vec<Vec<String>> {
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    let mut by_roles: HashMap<&[String], usize> = HashMap::new();
+    for node in nodes {
+        let key = roles.get(node).map(Vec::as_slice).unwrap_or_default();
+        let index = *by_roles.entry(key).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[index].push(node.clone());
+    }
+    groups
 }
 
 /// How a node's run reads for a rollout to `to`: a run that failed
@@ -359,14 +378,15 @@ impl Rollouts {
         .await
         .expect("the fleet diff does not panic");
         let mut unchanged = BTreeSet::new();
-        let mut affected = Vec::new();
+        let mut changing = Vec::new();
         for group in &diff.groups {
             if group.changes.is_empty() && group.error.is_empty() {
                 unchanged.extend(group.node_ids.iter().cloned());
             } else {
-                affected.push(group.node_ids.clone());
+                changing.extend(group.node_ids.iter().cloned());
             }
         }
+        let affected = role_groups(&changing, &diff.new_roles);
         let batch = crate::fleet::parse_batch(&policy.batch).unwrap_or(BatchSize::All);
         let waves = plan_waves(&affected, policy.canary as usize, batch);
         let id = new_rollout_id(record, self.clock.now_unix_ms());
@@ -1486,6 +1506,62 @@ mod tests {
             .iter()
             .map(|w| (w.name.clone(), w.nodes.clone()))
             .collect()
+    }
+
+    #[test]
+    fn nodes_whose_changes_differ_only_by_their_own_name_share_one_canary_per_role_list() {
+        let side = |commit: &str, content: &str| {
+            let mut files = cms_roles::RepoFiles::new();
+            files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+            for role in ["web", "api"] {
+                files.insert(
+                    format!("roles/{role}.toml"),
+                    format!("[match]\nrole = \"{role}\"\n[[file]]\npath = \"/srv/{{{{node.id}}}}.conf\"\ncontent = \"{content}\"\n").as_str(),
+                );
+            }
+            DiffSide {
+                commit: commit.into(),
+                repository: Arc::new(cms_roles::Repository::parse(files).expect("valid")),
+                secrets: Arc::default(),
+                generation: 0,
+            }
+        };
+        let nodes: Vec<cms_roles::Node> = ["web-1", "web-2", "web-3", "api-1", "api-2"]
+            .into_iter()
+            .map(|id| cms_roles::Node {
+                id: id.into(),
+                tags: BTreeMap::from([("role".into(), id[..3].to_string())]),
+                facts: BTreeMap::new(),
+                attested: BTreeMap::new(),
+            })
+            .collect();
+        let diff = diff_fleet(&side("aaaa", "v1"), &side("bbbb", "v2"), &nodes, 1);
+        // Each node changes its own path: five change sets.
+        assert_eq!(diff.groups.len(), 5, "{diff:?}");
+        let changing: Vec<String> = diff
+            .groups
+            .iter()
+            .flat_map(|g| g.node_ids.iter().cloned())
+            .collect();
+        let groups = role_groups(&changing, &diff.new_roles);
+        let mut sorted: Vec<Vec<String>> = groups
+            .iter()
+            .map(|g| {
+                let mut g = g.clone();
+                g.sort();
+                g
+            })
+            .collect();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            vec![names("api", 2), names("web", 3)],
+            "grouped by role list"
+        );
+        let waves = plan_waves(&groups, 1, BatchSize::All);
+        assert_eq!(waves[0].name, "canary");
+        assert_eq!(waves[0].nodes.len(), 2, "one canary per role: {waves:?}");
+        assert_eq!(waves[1].nodes.len(), 3, "{waves:?}");
     }
 
     #[test]

@@ -134,6 +134,28 @@ impl TestServer {
         cms_server::admin::connect(&self.address, &self.data).await
     }
 
+    /// One Admin call, made with the server's bootstrap admin credential
+    /// and waited for: `server.call_admin(|mut admin| async move {
+    /// admin.list_environments(pb::ListEnvironmentsRequest {}).await })`.
+    /// A refusal is an error carrying the status's code and message.
+    pub fn call_admin<T, Call, Answer>(&self, call: Call) -> Result<T>
+    where
+        Call: FnOnce(pb::admin_client::AdminClient<tonic::transport::Channel>) -> Answer,
+        Answer: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.runtime.block_on(async {
+            let admin = self.admin().await?;
+            let answer = call(admin).await.map_err(|status| {
+                anyhow::anyhow!(
+                    "the server refused: {:?}: {}",
+                    status.code(),
+                    status.message()
+                )
+            })?;
+            Ok(answer.into_inner())
+        })
+    }
+
     pub async fn sync(&self) -> Result<pb::SyncResponse> {
         Ok(self
             .admin()
