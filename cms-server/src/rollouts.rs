@@ -12,8 +12,9 @@
 //! key): nodes whose catalog does not change move at once, pinned nodes
 //! are passed by, and the others are planned as waves: the first `canary`
 //! nodes of each role group (nodes whose new catalog applies the same
-//! roles, [`role_groups`]), alone, then the rest in batches. A wave moves its nodes (their catalog now compiles at
-//! the new revision, `Environment::revision_for`), sends them converge-now
+//! roles, [`role_groups`]), alone, then the rest in batches. A wave moves
+//! its nodes (their catalog now compiles at the new revision,
+//! `Environment::revision_for`), sends them converge-now
 //! over the watch channel and waits for their reports; a node is healthy
 //! when its run failed nothing and ran the new revision. Past the failure
 //! budget (or any canary failure) the rollout halts and every node it

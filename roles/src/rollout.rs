@@ -23,7 +23,7 @@ use crate::source::SETTINGS_FILE;
 /// so that a commit cannot loosen its own rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RolloutPolicy {
-    /// Canary nodes per group of nodes that change the same way, moved alone in a first wave;
+    /// Canary nodes per affected role group, moved alone in a first wave;
     /// 0: no canary wave.
     pub canary: u32,
     /// How many nodes each later wave moves.
