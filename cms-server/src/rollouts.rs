@@ -905,17 +905,36 @@ impl Rollouts {
         rollout.finished_unix_ms = Some(self.clock.now_unix_ms());
         rollout.bake_until_unix_ms = None;
         let id = rollout.id.clone();
-        let to = environment
-            .placement()
+        let placement = environment.placement();
+        let moved = placement
             .rollout
-            .filter(|moved| moved.rollout_id == id)
-            .map(|moved| moved.to);
-        match to {
-            Some(to) => {
+            .clone()
+            .filter(|moved| moved.rollout_id == id);
+        match moved {
+            Some(moved) => {
                 // Stable first, then the rollout's own list goes: a moved
                 // node sees the new revision all along.
-                self.make_stable(environment, record, to).await;
+                self.make_stable(environment, record, moved.to).await;
                 environment.update_placement(|placement| placement.rollout = None);
+                // Nodes that enrolled during the rollout ran the old stable
+                // revision; the new one reaches them now, not at their next
+                // pull.
+                let late: Vec<String> = self
+                    .nodes_of(&environment.name)
+                    .await
+                    .into_iter()
+                    .filter(|node| {
+                        !moved.nodes.contains(&node.id) && placement.pin_of(&node.tags).is_none()
+                    })
+                    .map(|node| node.id)
+                    .collect();
+                let trigger_id = format!("{id}-late");
+                for node in &late {
+                    self.fleet.converge_now(node, &trigger_id, false);
+                }
+                if !late.is_empty() {
+                    tracing::info!(environment = %environment.name, rollout = %id, nodes = late.len(), "nodes that enrolled during the rollout are asked to converge");
+                }
             }
             None => self.save(record).await,
         }

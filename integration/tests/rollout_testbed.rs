@@ -1,10 +1,11 @@
 //! A rollout through real instances: four `role=web` instances booted from
 //! an image with the agent baked in, converged by a `cms-server` on the
 //! testbed bridge that serves a git roles repository whose `cms.toml` has a
-//! `[rollout]` policy (one canary, then waves of one). A commit that breaks
-//! nginx's site configuration is tried on the canary, whose nginx refuses
-//! to restart; the rollout halts, moves the canary back, and the other
-//! three instances never see the commit.
+//! `[rollout]` policy (one canary, then waves of one). A good commit goes
+//! through the four in waves, one after the other, as their reports show. A
+//! commit that breaks nginx's site configuration is then tried on the
+//! canary, whose nginx refuses to restart; the rollout halts, moves the
+//! canary back, and the other three instances never see the commit.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -64,19 +65,21 @@ require = ["package:nginx"]
 
 const SITE_PATH: &str = "/etc/nginx/conf.d/site.conf";
 const SITE_PORT: u16 = 8080;
-/// What the good site answers.
-const GREETING: &str = "served by the stable revision";
+/// What the first site answers.
+const FIRST: &str = "served by the first revision";
+/// What the second site, rolled out in waves, answers.
+const SECOND: &str = "served by the second revision";
 
-fn good_site() -> String {
+fn site(greeting: &str) -> String {
     format!(
-        "server {{\n    listen {SITE_PORT};\n    location / {{\n        return 200 \"{GREETING}\\n\";\n    }}\n}}\n"
+        "server {{\n    listen {SITE_PORT};\n    location / {{\n        return 200 \"{greeting}\\n\";\n    }}\n}}\n"
     )
 }
 
-/// The good site with a directive nginx does not know: `nginx -t`, which
+/// The second site with a directive nginx does not know: `nginx -t`, which
 /// nginx's unit runs before starting, refuses it, so the restart fails.
 fn broken_site() -> String {
-    good_site().replace(
+    site(SECOND).replace(
         "    location / {",
         "    serve_everything_faster on;\n    location / {",
     )
@@ -87,16 +90,17 @@ const INSTANCES: [&str; 4] = ["web-1", "web-2", "web-3", "web-4"];
 /// How long an instance may take from starting to a finished boot.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How long the rollout may take, from the sync to its end: the canary's
-/// failed run and its rollback run, a few seconds each, with a margin for
-/// a loaded machine (the policy's timeout per node is 3 minutes).
-const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(240);
+/// How long a rollout may take, from the sync to its end: four waves of a
+/// run of a few seconds each, or the canary's failed run and its rollback
+/// run, with a margin for a loaded machine (the policy's timeout per node
+/// is 3 minutes).
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The active states of a rollout.
 const ACTIVE: [&str; 4] = ["running", "baking", "paused", "rolling_back"];
 
 #[test]
-fn a_commit_that_breaks_nginx_fails_on_the_canary_is_rolled_back_there_and_never_reaches_the_other_instances()
+fn a_good_commit_goes_through_the_instances_in_waves_and_one_that_breaks_nginx_is_rolled_back_on_the_canary_and_never_reaches_the_others()
 -> Result<()> {
     let (_alone, settings) = begin_end_to_end_test()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -112,7 +116,7 @@ fn a_commit_that_breaks_nginx_fails_on_the_canary_is_rolled_back_there_and_never
         &[
             ("cms.toml", SETTINGS),
             ("roles/web.toml", ROLE),
-            ("files/site.conf", &good_site()),
+            ("files/site.conf", &site(FIRST)),
         ],
         "web: nginx with our site",
     )?;
@@ -145,23 +149,67 @@ fn a_commit_that_breaks_nginx_fails_on_the_canary_is_rolled_back_there_and_never
             report.revision,
             journal(instance)
         );
-        ensure_site_is_stable(instance)?;
+        ensure_site_serves(instance, FIRST)?;
     }
     wait_until_every_instance_holds_its_watch_channel(&server)?;
 
-    git.commit(
-        &[("files/site.conf", &broken_site())],
+    // A good commit: canary, then one instance a wave, each wave after
+    // the one before has reported.
+    let (second, rollout, summary) = commit_and_roll_out(
+        &git,
+        &server,
+        &instances,
+        &site(SECOND),
+        "site: a new greeting",
+    )?;
+    ensure!(
+        rollout.state == "done" && rollout.from_revision == stable,
+        "the good commit's rollout is done:\n{summary}"
+    );
+    let names: Vec<&str> = rollout.waves.iter().map(|w| w.name.as_str()).collect();
+    ensure!(
+        names == ["canary", "wave 2", "wave 3", "wave 4"]
+            && rollout
+                .waves
+                .iter()
+                .all(|wave| wave.nodes.len() == 1 && wave.nodes[0].result == "changed"),
+        "four waves of one changed instance each:\n{summary}"
+    );
+    // The order shows in the reports: each wave's run of the second
+    // revision starts after the run of the wave before has finished.
+    let mut previous_end: Option<(String, i64)> = None;
+    for wave in &rollout.waves {
+        let node = &wave.nodes[0].node_id;
+        let report = cms_integration::node_reports(&server, node, 5)?
+            .into_iter()
+            .find(|report| report.revision == second && report.run_id == wave.nodes[0].run_id)
+            .with_context(|| format!("{node}'s report of {second}:\n{summary}"))?;
+        if let Some((before, ended)) = &previous_end {
+            ensure!(
+                report.started_at_unix_ms >= *ended,
+                "{node} ({}) started its run at {} before {before}'s ended at {ended}:\n{summary}",
+                wave.name,
+                report.started_at_unix_ms
+            );
+        }
+        previous_end = Some((
+            node.clone(),
+            report.started_at_unix_ms + report.duration_ms as i64,
+        ));
+    }
+    for instance in &instances {
+        ensure_site_serves(instance, SECOND)?;
+    }
+    let stable = second;
+
+    // The broken site is valid for cms: only nginx refuses it.
+    let (broken, rollout, summary) = commit_and_roll_out(
+        &git,
+        &server,
+        &instances,
+        &broken_site(),
         "site: serve everything faster",
     )?;
-    let broken = head(&git)?;
-    let synced = server.runtime.block_on(server.sync())?;
-    ensure!(
-        synced.accepted && synced.revision == broken,
-        "the broken site is valid cms: {synced:?}"
-    );
-    let rollout =
-        wait_until_the_rollout_of(&server, &broken).with_context(|| journals(&instances))?;
-    let summary = format!("{rollout:#?}\n{}", journals(&instances));
 
     ensure!(
         rollout.state == "rolled_back" && rollout.from_revision == stable,
@@ -219,7 +267,7 @@ fn a_commit_that_breaks_nginx_fails_on_the_canary_is_rolled_back_there_and_never
     );
 
     for instance in &instances {
-        ensure_site_is_stable(instance)
+        ensure_site_serves(instance, SECOND)
             .with_context(|| format!("the canary was {canary}\n{}", journal(instance)))?;
     }
 
@@ -232,12 +280,34 @@ fn a_commit_that_breaks_nginx_fails_on_the_canary_is_rolled_back_there_and_never
     Ok(())
 }
 
-/// The good site is on disk and nginx serves it.
-fn ensure_site_is_stable(instance: &Instance) -> Result<()> {
-    let site = instance.run_successfully(&["cat", SITE_PATH])?.stdout;
+/// Commits `site`, syncs (the commit must be accepted) and waits for its
+/// rollout to end: the commit, the rollout, and a summary for messages.
+fn commit_and_roll_out(
+    git: &GitRepo,
+    server: &TestServer,
+    instances: &[Instance],
+    site: &str,
+    message: &str,
+) -> Result<(String, pb::RolloutProgress, String)> {
+    git.commit(&[("files/site.conf", site)], message)?;
+    let commit = head(git)?;
+    let synced = server.runtime.block_on(server.sync())?;
     ensure!(
-        site == good_site(),
-        "{}'s {SITE_PATH} is not the stable one:\n{site}",
+        synced.accepted && synced.revision == commit,
+        "{message}: the commit is accepted: {synced:?}"
+    );
+    let rollout =
+        wait_until_the_rollout_of(server, &commit).with_context(|| journals(instances))?;
+    let summary = format!("{rollout:#?}\n{}", journals(instances));
+    Ok((commit, rollout, summary))
+}
+
+/// The site answering `greeting` is on disk and nginx serves it.
+fn ensure_site_serves(instance: &Instance, greeting: &str) -> Result<()> {
+    let on_disk = instance.run_successfully(&["cat", SITE_PATH])?.stdout;
+    ensure!(
+        on_disk == site(greeting),
+        "{}'s {SITE_PATH} is not the one answering {greeting:?}:\n{on_disk}",
         instance.name()
     );
     let answer = instance.run(&[
@@ -248,7 +318,7 @@ fn ensure_site_is_stable(instance: &Instance) -> Result<()> {
         &format!("http://127.0.0.1:{SITE_PORT}/"),
     ])?;
     ensure!(
-        answer.stdout.trim() == GREETING,
+        answer.stdout.trim() == greeting,
         "nginx on {} answered {answer:?}",
         instance.name()
     );
