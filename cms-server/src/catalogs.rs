@@ -327,6 +327,16 @@ pub fn node(
     }
 }
 
+/// What the compiler sees of a stored node: its tags, its last facts and
+/// what was attested at enrollment.
+pub fn node_of_record(record: &crate::store::NodeRecord) -> Node {
+    let facts = serde_json::from_value(record.facts.clone()).unwrap_or_default();
+    Node {
+        attested: record.attested.clone(),
+        ..node(&record.id, &record.tags, facts)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

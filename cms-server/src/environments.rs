@@ -223,6 +223,9 @@ pub struct Environment {
     pub(crate) record: tokio::sync::Mutex<EnvironmentRecord>,
     /// A newer accepted commit waiting for the active rollout to end.
     pub(crate) pending: std::sync::Mutex<Option<Revision>>,
+    /// When a node's outcome was last written (`rollouts` writes them at
+    /// most once a second; each step after a wave writes the record).
+    pub(crate) outcome_saved: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Environment {
@@ -239,6 +242,7 @@ impl Environment {
             placement: RwLock::new(placement),
             record: tokio::sync::Mutex::new(record),
             pending: std::sync::Mutex::new(None),
+            outcome_saved: std::sync::Mutex::new(None),
         }
     }
 

@@ -83,12 +83,7 @@ impl Differ {
                 record.status != NodeStatus::Gone
                     && self.environments.config().environment_of(record) == environment.name
             })
-            .map(|(record, _)| {
-                let facts = serde_json::from_value(record.facts).unwrap_or_default();
-                let mut node = crate::catalogs::node(&record.id, &record.tags, facts);
-                node.attested = record.attested;
-                node
-            })
+            .map(|(record, _)| crate::catalogs::node_of_record(&record))
             .collect();
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let diff = diff_fleet(&from, &to, &nodes, threads);

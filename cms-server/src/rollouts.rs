@@ -49,6 +49,9 @@ use crate::store::{
     SharedStore, Store, StoreError, TriggerOutcome, WaveRecord,
 };
 
+/// How often nodes' outcomes are written while a wave runs.
+const OUTCOME_SAVE_EVERY: Duration = Duration::from_secs(1);
+
 /// What an operator asks of a running rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -323,28 +326,12 @@ impl Rollouts {
 
     /// The live nodes of `environment`.
     async fn nodes_of(&self, environment: &str) -> Vec<NodeRecord> {
-        let nodes = self.nodes.clone();
-        let config = self.environments.config().clone();
-        let environment = environment.to_string();
-        let listed = tokio::task::spawn_blocking(move || nodes.list(&BTreeMap::new())).await;
-        match listed {
-            Ok(Ok(list)) => list
-                .into_iter()
-                .map(|(record, _)| record)
-                .filter(|record| {
-                    record.status != NodeStatus::Gone
-                        && config.environment_of(record) == environment
-                })
-                .collect(),
-            Ok(Err(error)) => {
-                tracing::warn!("Failed to list the nodes of {environment}: {error}");
-                Vec::new()
-            }
-            Err(error) => {
-                tracing::warn!("Failed to list the nodes of {environment}: {error}");
-                Vec::new()
-            }
-        }
+        let config = self.environments.config();
+        self.nodes_all()
+            .await
+            .into_iter()
+            .filter(|record| config.environment_of(record) == environment)
+            .collect()
     }
 
     /// Plans and starts a rollout from `from` to `to`.
@@ -362,15 +349,8 @@ impl Rollouts {
             .await
             .into_iter()
             .partition(|node| placement.pin_of(&node.tags).is_some());
-        let compile_nodes: Vec<cms_roles::Node> = nodes
-            .iter()
-            .map(|record| {
-                let facts = serde_json::from_value(record.facts.clone()).unwrap_or_default();
-                let mut node = crate::catalogs::node(&record.id, &record.tags, facts);
-                node.attested = record.attested.clone();
-                node
-            })
-            .collect();
+        let compile_nodes: Vec<cms_roles::Node> =
+            nodes.iter().map(crate::catalogs::node_of_record).collect();
         let (from_side, to_side) = (DiffSide::of(&from), DiffSide::of(&to));
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let diff = tokio::task::spawn_blocking(move || {
@@ -746,7 +726,21 @@ impl Rollouts {
                 rollout.rollback.insert(node.to_string(), outcome);
             }
         }
-        self.save(&record).await;
+        // A wave of thousands of nodes writes the record about once a
+        // second, not once per node; the step after the wave (judging it,
+        // finishing the rollback) writes it in any case.
+        let due = {
+            let now = crate::clock::instant();
+            let mut saved = environment.outcome_saved.lock().expect("outcome lock");
+            let due = saved.is_none_or(|at| now.duration_since(at) >= OUTCOME_SAVE_EVERY);
+            if due {
+                *saved = Some(now);
+            }
+            due
+        };
+        if due {
+            self.save(&record).await;
+        }
     }
 
     /// Halts a rollout: every node it moved goes back to the previous
@@ -1253,6 +1247,7 @@ impl Rollouts {
         statuses
     }
 
+    /// Every live node; none when the store cannot be read (logged).
     async fn nodes_all(&self) -> Vec<NodeRecord> {
         let nodes = self.nodes.clone();
         match tokio::task::spawn_blocking(move || nodes.list(&BTreeMap::new())).await {
@@ -1261,7 +1256,14 @@ impl Rollouts {
                 .map(|(record, _)| record)
                 .filter(|record| record.status != NodeStatus::Gone)
                 .collect(),
-            _ => Vec::new(),
+            Ok(Err(error)) => {
+                tracing::warn!("Failed to list the nodes: {error}");
+                Vec::new()
+            }
+            Err(error) => {
+                tracing::warn!("Failed to list the nodes: {error}");
+                Vec::new()
+            }
         }
     }
 }

@@ -243,10 +243,7 @@ impl pb::agent_server::Agent for AgentService {
         let hash = request.into_inner().sha256;
         let node_record = self.nodes.current(&node_id)?;
         let revision = self.environments.revision_for(&node_record)?;
-        let facts: BTreeMap<String, serde_json::Value> =
-            serde_json::from_value(node_record.facts.clone()).unwrap_or_default();
-        let mut node = crate::catalogs::node(&node_id, &node_record.tags, facts);
-        node.attested = node_record.attested.clone();
+        let node = crate::catalogs::node_of_record(&node_record);
         let catalog = compiled(&self.catalogs, &revision, node).await?;
         if !catalog.contents.contains_key(&hash) {
             return Err(CatalogError::NoContent {

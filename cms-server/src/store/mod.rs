@@ -538,7 +538,9 @@ fn environment_key(name: &str) -> String {
 }
 
 /// How many finished rollouts an environment record keeps.
-pub const KEPT_ROLLOUTS: usize = 50;
+/// (A rollout holds each node's outcome: the record of an environment of
+/// 10,000 nodes is some megabytes per rollout kept.)
+pub const KEPT_ROLLOUTS: usize = 20;
 
 /// An environment's stored state, written whole on every change.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
