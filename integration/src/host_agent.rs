@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// One agent: the binary, its state directory and its configuration file.
 #[derive(Clone, Debug)]
@@ -50,6 +50,26 @@ impl HostAgent {
         self.state
             .with_extension("node-exporter")
             .join("cms_agent.prom")
+    }
+
+    /// Starts `cms-agent run` (the daemon: a run on its interval and the
+    /// watch channel), its output going to `log`; it is killed when the
+    /// returned handle is dropped.
+    pub fn start_daemon(&self, log: &Path) -> Result<AgentDaemon> {
+        let log_file = std::fs::File::create(log)?;
+        let child = Command::new(&self.binary)
+            .arg("run")
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--config")
+            .arg(&self.config)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("Failed to start cms-agent run")?;
+        Ok(AgentDaemon(child))
     }
 
     /// Runs `cms-agent ARGS` without colours.
@@ -117,5 +137,16 @@ impl HostAgent {
             );
         }
         Ok(())
+    }
+}
+
+/// A running `cms-agent run`, killed when dropped.
+#[derive(Debug)]
+pub struct AgentDaemon(Child);
+
+impl Drop for AgentDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -62,7 +62,7 @@ pub use cargo_build::{build_agent_package, build_server_package, build_workspace
 pub use example::{EXAMPLE_PACKAGES, EXAMPLE_REPOSITORY, ExampleRun, converge_example_web_role};
 pub use fixtures::{AGENT_CONFIG, bake_agent_for_server, bake_agent_image, begin_end_to_end_test};
 pub use git_repo::GitRepo;
-pub use host_agent::HostAgent;
+pub use host_agent::{AgentDaemon, HostAgent};
 pub use host_command::CommandOutput;
 pub use http_file_server::{AccessLogEntry, HttpFileServer};
 pub use image::{AgentBake, AgentConfigFile, BakedImage, Image, ImageOrigin, ImageRecipe};

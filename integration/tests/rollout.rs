@@ -6,12 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use cms_integration::{
-    GitRepo, HostAgent, TestServer, build_workspace_binary, wait_until_polling_every,
+    AgentDaemon, GitRepo, HostAgent, TestServer, build_workspace_binary, wait_until_polling_every,
 };
 use cms_proto::v1 as pb;
 use cms_server::environments::{EnvironmentSpec, EnvironmentsConfig};
@@ -23,16 +22,6 @@ const ENDED: [&str; 4] = ["done", "promoted", "rolled_back", "aborted"];
 /// node's run is quick, but the machine is shared.
 const ROLLOUT_DEADLINE: Duration = Duration::from_secs(120);
 
-/// `cms-agent run`, the daemon, on this host; killed when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A server following a roles repository whose `web` role writes
 /// `out/NODE.conf`, and enrolled nodes.
 struct Fleet {
@@ -41,7 +30,7 @@ struct Fleet {
     dir: tempfile::TempDir,
     agent_binary: PathBuf,
     agents: BTreeMap<String, HostAgent>,
-    daemons: Vec<Daemon>,
+    daemons: Vec<AgentDaemon>,
 }
 
 impl Fleet {
@@ -113,7 +102,7 @@ impl Fleet {
         for (node, tags) in nodes {
             let agent = self.enroll(&token, node, tags)?;
             let log = self.dir.path().join(format!("{node}.log"));
-            self.daemons.push(daemon(&agent, &log)?);
+            self.daemons.push(agent.start_daemon(&log)?);
         }
         // A daemon opens its watch channel after its first run: until a
         // noop trigger reaches every node, they are not all ready.
@@ -304,23 +293,6 @@ fn web_role(dir: &Path, content: &str, failing: bool) -> String {
     role
 }
 
-fn daemon(agent: &HostAgent, log: &Path) -> Result<Daemon> {
-    let log_file = std::fs::File::create(log)?;
-    let child = Command::new(&agent.binary)
-        .arg("run")
-        .arg("--state-dir")
-        .arg(&agent.state)
-        .arg("--config")
-        .arg(&agent.config)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file)
-        .spawn()
-        .context("Failed to start cms-agent run")?;
-    Ok(Daemon(child))
-}
-
 /// Each node of the rollout's waves and its outcome.
 fn outcomes(rollout: &pb::RolloutProgress) -> BTreeMap<String, String> {
     rollout
@@ -461,7 +433,7 @@ fn an_instance_enrolled_during_a_rollout_gets_the_stable_revision_until_it_is_pr
     );
     // From now on its daemon runs only when told (an hour's interval).
     let log = fleet.dir.path().join("web-late.log");
-    fleet.daemons.push(daemon(&late, &log)?);
+    fleet.daemons.push(late.start_daemon(&log)?);
     wait_until_polling_every(
         Duration::from_millis(300),
         Duration::from_secs(60),

@@ -6,7 +6,6 @@
 //! script reads.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -156,16 +155,6 @@ fn a_trigger_that_selects_no_node_cannot_start_and_exits_3() -> Result<()> {
     fleet.server.stop()
 }
 
-/// `cms-agent run`, the daemon, on this host; killed when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_rollout_stops_once_failing_nodes_exceed_max_failures_and_exits_4() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -205,7 +194,7 @@ fn a_rollout_stops_once_failing_nodes_exceed_max_failures_and_exits_4() -> Resul
             "server = \"{}\"\ninterval = \"1h\"\nsplay = \"0s\"\nmetadata_endpoint = \"127.0.0.1:1\"\n",
             server.address
         ))?;
-        daemons.push(daemon(&agent, &dir.path().join(format!("{node}.log")))?);
+        daemons.push(agent.start_daemon(&dir.path().join(format!("{node}.log")))?);
     }
     let admin = AdminCli::for_server(build_workspace_binary("cms-server", "cms-server")?, &server);
     // The daemons open their watch channels after their first run: until
@@ -260,23 +249,6 @@ fn a_rollout_stops_once_failing_nodes_exceed_max_failures_and_exits_4() -> Resul
     );
     drop(daemons);
     server.stop()
-}
-
-fn daemon(agent: &HostAgent, log: &Path) -> Result<Daemon> {
-    let log_file = std::fs::File::create(log)?;
-    let child = Command::new(&agent.binary)
-        .arg("run")
-        .arg("--state-dir")
-        .arg(&agent.state)
-        .arg("--config")
-        .arg(&agent.config)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file)
-        .spawn()
-        .context("Failed to start cms-agent run")?;
-    Ok(Daemon(child))
 }
 
 fn daemon_logs(dir: &Path) -> String {
