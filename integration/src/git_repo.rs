@@ -50,6 +50,17 @@ impl GitRepo {
     }
 
     /// Writes each `(path, text)` and commits everything with `message`.
+    /// The commit id `HEAD` points to, in hex.
+    pub fn head(&self) -> Result<String> {
+        let output = Command::new("git")
+            .arg("-C")
+            .arg(&self.dir)
+            .args(["rev-parse", "HEAD"])
+            .output()?;
+        ensure!(output.status.success(), "git rev-parse: {output:?}");
+        Ok(String::from_utf8(output.stdout)?.trim().to_string())
+    }
+
     pub fn commit(&self, files: &[(&str, &str)], message: &str) -> Result<()> {
         for (path, text) in files {
             let path = self.dir.join(path);

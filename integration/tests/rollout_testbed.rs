@@ -120,7 +120,7 @@ fn a_good_commit_goes_through_the_instances_in_waves_and_one_that_breaks_nginx_i
         ],
         "web: nginx with our site",
     )?;
-    let stable = head(&git)?;
+    let stable = git.head()?;
     let server = TestServer::start_on(
         &dir.path().join("server"),
         git.path(),
@@ -290,7 +290,7 @@ fn commit_and_roll_out(
     message: &str,
 ) -> Result<(String, pb::RolloutProgress, String)> {
     git.commit(&[("files/site.conf", site)], message)?;
-    let commit = head(git)?;
+    let commit = git.head()?;
     let synced = server.runtime.block_on(server.sync())?;
     ensure!(
         synced.accepted && synced.revision == commit,
@@ -431,14 +431,4 @@ fn journal(instance: &Instance) -> String {
 
 fn journals(instances: &[Instance]) -> String {
     instances.iter().map(journal).collect::<Vec<_>>().join("\n")
-}
-
-fn head(git: &GitRepo) -> Result<String> {
-    let output = std::process::Command::new("git")
-        .arg("-C")
-        .arg(git.path())
-        .args(["rev-parse", "HEAD"])
-        .output()?;
-    ensure!(output.status.success(), "git rev-parse: {output:?}");
-    Ok(String::from_utf8(output.stdout)?.trim().to_string())
 }

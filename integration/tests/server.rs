@@ -355,16 +355,6 @@ fn the_example_web_role_is_served_and_converged_at_boot_and_a_second_run_changes
     Ok(())
 }
 
-fn head(git: &GitRepo) -> Result<String> {
-    let output = std::process::Command::new("git")
-        .arg("-C")
-        .arg(git.path())
-        .args(["rev-parse", "HEAD"])
-        .output()?;
-    ensure!(output.status.success(), "git rev-parse: {output:?}");
-    Ok(String::from_utf8(output.stdout)?.trim().to_string())
-}
-
 #[test]
 fn the_last_good_revision_is_still_served_after_a_server_restart() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -378,7 +368,7 @@ fn the_last_good_revision_is_still_served_after_a_server_restart() -> Result<()>
         ],
         "good",
     )?;
-    let good = head(&git)?;
+    let good = git.head()?;
     let binary = build_workspace_binary("cms-agent", "cms-agent")?;
     let server = TestServer::start(&dir.path().join("server"), git.path(), 0)?;
     let token = server.token(&[("role", "app")])?;

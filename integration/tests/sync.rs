@@ -25,16 +25,6 @@ fn role(text: &str) -> String {
     )
 }
 
-fn head(repo: &GitRepo) -> Result<String> {
-    let output = std::process::Command::new("git")
-        .arg("-C")
-        .arg(repo.path())
-        .args(["rev-parse", "HEAD"])
-        .output()?;
-    ensure!(output.status.success(), "git rev-parse: {output:?}");
-    Ok(String::from_utf8(output.stdout)?.trim().to_string())
-}
-
 /// A repository with one commit, and the server serving it.
 fn start(dir: &Path, sync_interval: &str, extra: &[&str]) -> Result<(GitRepo, ServerProcess)> {
     let repo = GitRepo::init(&dir.join("roles"))?;
@@ -108,27 +98,27 @@ fn the_server_syncs_the_roles_repository_when_it_starts() -> Result<()> {
     let (repo, server) = start(dir.path(), NO_INTERVAL_SYNC, &[])?;
     // Nobody asks for a sync and the interval is an hour: the revision is
     // the one of the start.
-    wait_for_revision(&server, &head(&repo)?, Duration::from_secs(30))
+    wait_for_revision(&server, &repo.head()?, Duration::from_secs(30))
 }
 
 #[test]
 fn the_server_syncs_again_on_its_interval() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (repo, server) = start(dir.path(), "1s", &[])?;
-    wait_for_revision(&server, &head(&repo)?, Duration::from_secs(30))?;
+    wait_for_revision(&server, &repo.head()?, Duration::from_secs(30))?;
     repo.commit(&[("roles/app.toml", &role("two"))], "two")?;
     // No webhook, no `cms-server sync`: only the interval brings it.
-    wait_for_revision(&server, &head(&repo)?, Duration::from_secs(30))
+    wait_for_revision(&server, &repo.head()?, Duration::from_secs(30))
 }
 
 #[test]
 fn a_git_webhook_signed_with_the_secret_syncs_at_once() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (repo, server) = start(dir.path(), NO_INTERVAL_SYNC, &["--webhook-secret", SECRET])?;
-    let first = head(&repo)?;
+    let first = repo.head()?;
     wait_for_revision(&server, &first, Duration::from_secs(30))?;
     repo.commit(&[("roles/app.toml", &role("two"))], "two")?;
-    let second = head(&repo)?;
+    let second = repo.head()?;
     let body = br#"{"ref":"refs/heads/main"}"#;
     let (status, answer) = server.post(
         "/hooks/git",
@@ -147,7 +137,7 @@ fn a_git_webhook_signed_with_the_secret_syncs_at_once() -> Result<()> {
 
     // GitLab's way: the secret itself in X-Gitlab-Token.
     repo.commit(&[("roles/app.toml", &role("three"))], "three")?;
-    let third = head(&repo)?;
+    let third = repo.head()?;
     let (status, answer) = server.post("/hooks/git", &[("X-Gitlab-Token", SECRET)], body)?;
     ensure!(
         status == 200 && answer.trim() == format!("synced {third}"),
@@ -161,7 +151,7 @@ fn a_git_webhook_unsigned_or_signed_with_another_secret_is_refused_and_syncs_not
 {
     let dir = tempfile::tempdir()?;
     let (repo, server) = start(dir.path(), NO_INTERVAL_SYNC, &["--webhook-secret", SECRET])?;
-    let first = head(&repo)?;
+    let first = repo.head()?;
     wait_for_revision(&server, &first, Duration::from_secs(30))?;
     repo.commit(&[("roles/app.toml", &role("two"))], "two")?;
     let body = br#"{"ref":"refs/heads/main"}"#;
@@ -209,7 +199,7 @@ fn a_git_webhook_unsigned_or_signed_with_another_secret_is_refused_and_syncs_not
 fn a_server_without_a_webhook_secret_refuses_every_webhook() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (repo, server) = start(dir.path(), NO_INTERVAL_SYNC, &[])?;
-    let first = head(&repo)?;
+    let first = repo.head()?;
     wait_for_revision(&server, &first, Duration::from_secs(30))?;
     repo.commit(&[("roles/app.toml", &role("two"))], "two")?;
     let body = br#"{"ref":"refs/heads/main"}"#;
