@@ -310,6 +310,20 @@ impl pb::agent_server::Agent for AgentService {
             .await??;
         Ok(Response::new(enroll_response(enrolled)))
     }
+
+    async fn acquire_restart(
+        &self,
+        _request: Request<pb::AcquireRestartRequest>,
+    ) -> Result<Response<pb::AcquireRestartResponse>, Status> {
+        Err(Status::unimplemented("restart budgets are not served yet"))
+    }
+
+    async fn release_restart(
+        &self,
+        _request: Request<pb::ReleaseRestartRequest>,
+    ) -> Result<Response<pb::ReleaseRestartResponse>, Status> {
+        Err(Status::unimplemented("restart budgets are not served yet"))
+    }
 }
 
 /// The admin API: the operators' CLI, each with its own admin credential.
