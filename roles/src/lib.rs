@@ -20,6 +20,7 @@ mod kinds;
 mod node_reads;
 mod reads;
 mod repository;
+mod restarts;
 mod rollout;
 mod secrets;
 mod source;
@@ -43,6 +44,7 @@ pub use repository::{
     DeclaredResource, Hierarchy, MAX_DATA_DEPTH, MAX_INCLUDE_DEPTH, Repository, Role,
     SecretsSettings, Settings,
 };
+pub use restarts::{MaxRestarting, MaxRestartingError, RestartBudgets};
 pub use rollout::{Batch, BatchError, RolloutPolicy};
 pub use secrets::{
     SecretEntry, SecretSource, SecretValues, check_age_armor, check_aws_reference, check_recipient,
@@ -56,6 +58,8 @@ pub use validate::{
     check_catalog_size, example_attested, example_facts, validate, validate_with_secrets,
 };
 
+#[cfg(test)]
+mod restarts_tests;
 #[cfg(test)]
 mod rollout_tests;
 #[cfg(test)]

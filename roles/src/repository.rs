@@ -1,5 +1,5 @@
 //! Parsing a roles repository: `cms.toml` (its `[rollout]` parsed by
-//! `rollout`), `roles/*.toml`, `templates/**`, `files/**`, `data/**.toml` and
+//! `rollout`, its `[restarts]` by `restarts`), `roles/*.toml`, `templates/**`, `files/**`, `data/**.toml` and
 //! `secrets/**.toml` (parsed by `secrets`), into a [`Repository`] that can
 //! compile catalogs for any number of nodes.
 //!
@@ -20,6 +20,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use crate::diagnostic::{Diagnostic, Diagnostics, LineIndex, Position, unknown_key_message};
 use crate::kinds::{RESOURCE_TYPES, ResourceType, Spec};
 use crate::reads::untrusted_read_in_layer;
+use crate::restarts::{RestartBudgets, check_restart_roles, parse_restarts};
 use crate::rollout::{RolloutPolicy, parse_rollout};
 use crate::secrets::{SecretEntry, check_recipient, parse_secret_file};
 use crate::source::{Entry, RepoFiles, SETTINGS_FILE};
@@ -60,10 +61,14 @@ pub struct Settings {
     /// `[rollout]`; `None` without the table: every accepted commit is
     /// served to every node of the environment at once.
     pub rollout: Option<RolloutPolicy>,
+    /// `[restarts]`; `None` without the table: no node waits for a place
+    /// before restarting a service.
+    pub restarts: Option<RestartBudgets>,
 }
 
-/// `cms.toml` as serde reads it. `[rollout]` is only checked to be there
-/// and is read by [`parse_rollout`], key by key.
+/// `cms.toml` as serde reads it. `[rollout]` and `[restarts]` are only
+/// checked to be there and are read by [`parse_rollout`] and
+/// [`parse_restarts`], key by key.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WrittenSettings {
@@ -73,6 +78,8 @@ struct WrittenSettings {
     secrets: SecretsSettings,
     #[serde(default, rename = "rollout")]
     _rollout: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "restarts")]
+    _restarts: Option<serde::de::IgnoredAny>,
 }
 
 /// `[secrets]` of `cms.toml`.
@@ -283,6 +290,13 @@ impl Repository {
             }
         }
         check_includes(&roles, &unparsed_roles, &mut diagnostics);
+        if let Some(Entry::File(bytes)) = files.get(SETTINGS_FILE)
+            && let Ok(text) = std::str::from_utf8(bytes)
+            && settings.as_ref().is_some_and(|s| s.restarts.is_some())
+        {
+            let known = |role: &str| roles.contains_key(role) || unparsed_roles.contains(role);
+            check_restart_roles(text, known, &mut diagnostics);
+        }
         let repository = Repository {
             settings_ok: settings.is_some(),
             settings: settings.unwrap_or_default(),
@@ -356,6 +370,7 @@ fn parse_settings(files: &RepoFiles, diagnostics: &mut Diagnostics) -> Option<Se
                 hierarchy: written.hierarchy,
                 secrets: written.secrets,
                 rollout: parse_rollout(text, diagnostics),
+                restarts: parse_restarts(text, diagnostics),
             };
             if settings.hierarchy.layers.is_empty() {
                 diagnostics.push(Diagnostic::new(
