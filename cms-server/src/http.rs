@@ -37,6 +37,8 @@ pub struct MetricsApi {
     pub fleet: Arc<Fleet>,
     pub catalogs: Arc<Catalogs>,
     pub revision: Arc<ServingRevision>,
+    /// The restart places held, a gauge per role group.
+    pub restart_budget: Arc<crate::restart_budget::RestartBudget>,
     /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
 }
@@ -167,6 +169,7 @@ async fn serve_metrics(State(api): State<Arc<MetricsApi>>, headers: HeaderMap) -
             revision: scrape.revision.current().map(|r| r.commit),
             cached_catalogs: scrape.catalogs.stats().cached,
             watch_channels: scrape.fleet.connected_count(),
+            restart_places: scrape.restart_budget.places_held(),
         }))
     });
     match rendered.await {

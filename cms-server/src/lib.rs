@@ -5,7 +5,7 @@
 //!
 //! The serving half is layered: `server` wires the APIs (`service` for
 //! gRPC, `watch`, `http`, `dashboard`) to the domain (`enrollment`,
-//! `nodes`, `reports`, `triggers`, `operators`, `audit`), which takes narrow handles (`store`,
+//! `nodes`, `reports`, `triggers`, `operators`, `audit`, `restart_budget`), which takes narrow handles (`store`,
 //! `pki`, `fleet`, `clock`, `catalogs`) and returns typed errors that
 //! `status` turns into gRPC statuses.
 
@@ -39,6 +39,7 @@ pub mod pin_cli;
 pub mod pki;
 pub mod reports;
 pub mod resolve;
+pub mod restart_budget;
 pub mod revision;
 pub mod rollout_cli;
 pub mod rollouts;

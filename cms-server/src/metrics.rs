@@ -5,7 +5,8 @@
 //! Counters and histograms are fed by one-line calls where things happen
 //! (`enrollment`, `catalog_answer`, `run_reported`, `sync_finished`, the
 //! rollout calls `rollout_started`, `rollout_wave`, `rollout_ended` and
-//! `pins`, and the compile histogram handed to `Catalogs`). What the store already knows —
+//! `pins`, `restart_acquisition`, and the compile histogram handed to
+//! `Catalogs`). What the store already knows —
 //! nodes by role and status, the current revision, the catalog cache — is
 //! read at scrape time by `render`, so it is never out of date and costs
 //! nothing between scrapes.
@@ -49,6 +50,9 @@ pub struct Gauges {
     pub revision: Option<String>,
     pub cached_catalogs: usize,
     pub watch_channels: usize,
+    /// Restart places held, by (environment, role)
+    /// (`RestartBudget::places_held`).
+    pub restart_places: BTreeMap<(String, String), usize>,
 }
 
 /// The content type of `render`'s output.
@@ -84,6 +88,18 @@ struct EnvironmentLabel {
 struct RolloutOutcomeLabels {
     environment: String,
     outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnvironmentRoleLabels {
+    environment: String,
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnvironmentResultLabels {
+    environment: String,
+    result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,6 +161,8 @@ pub struct Metrics {
     rollout_active: Family<EnvironmentLabel, Gauge>,
     rollout_wave: Family<EnvironmentLabel, Gauge>,
     pins: Family<EnvironmentLabel, Gauge>,
+    restart_acquisitions: Family<EnvironmentResultLabels, Counter>,
+    restart_places_held: Family<EnvironmentRoleLabels, Gauge>,
     /// One scrape at a time: a scrape resets and refills the gauges it
     /// computes.
     scrape: Mutex<()>,
@@ -187,6 +205,8 @@ impl Metrics {
             rollout_active: Family::default(),
             rollout_wave: Family::default(),
             pins: Family::default(),
+            restart_acquisitions: Family::default(),
+            restart_places_held: Family::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -280,6 +300,16 @@ impl Metrics {
             "Pins holding nodes of the environment on a revision",
             metrics.pins.clone(),
         );
+        registry.register(
+            "cms_restart_acquisitions",
+            "Requests for a restart place, by environment and result (granted, refused, no_budget: no budget applied to the node)",
+            metrics.restart_acquisitions.clone(),
+        );
+        registry.register(
+            "cms_restart_places_held",
+            "Restart places held now, by environment and role group",
+            metrics.restart_places_held.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -337,6 +367,23 @@ impl Metrics {
         self.pins
             .get_or_create(&Self::environment_label(environment))
             .set(count as i64);
+    }
+
+    /// A node of `environment` asked for a restart place and got `answer`.
+    pub fn restart_acquisition(&self, environment: &str, answer: &crate::restart_budget::Answer) {
+        let result = match answer {
+            crate::restart_budget::Answer::Granted { lease_id, .. } if lease_id.is_empty() => {
+                "no_budget"
+            }
+            crate::restart_budget::Answer::Granted { .. } => "granted",
+            crate::restart_budget::Answer::Refused { .. } => "refused",
+        };
+        self.restart_acquisitions
+            .get_or_create(&EnvironmentResultLabels {
+                environment: environment.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     /// Registers the fleet machinery's counters (the same atomics the
@@ -497,6 +544,15 @@ impl Metrics {
         self.catalog_cache_entries
             .set(gauges.cached_catalogs as i64);
         self.watch_streams.set(gauges.watch_channels as i64);
+        self.restart_places_held.clear();
+        for ((environment, role), held) in &gauges.restart_places {
+            self.restart_places_held
+                .get_or_create(&EnvironmentRoleLabels {
+                    environment: environment.clone(),
+                    role: role.clone(),
+                })
+                .set(*held as i64);
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String does not fail");
@@ -552,6 +608,59 @@ mod tests {
             "# TYPE cms_pins gauge",
         ] {
             assert!(text.contains(family), "no {family} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn restart_acquisitions_and_places_held_are_served_per_group() {
+        use crate::restart_budget::Answer;
+        let metrics = Metrics::new();
+        let granted = |lease_id: &str| Answer::Granted {
+            lease_id: lease_id.to_string(),
+            expires_unix_ms: 1,
+            reason: String::new(),
+        };
+        metrics.restart_acquisition("production", &granted("ab12"));
+        metrics.restart_acquisition("production", &granted("cd34"));
+        metrics.restart_acquisition("production", &granted(""));
+        metrics.restart_acquisition(
+            "production",
+            &Answer::Refused {
+                retry_after_ms: 2000,
+                reason: String::new(),
+            },
+        );
+        let gauges = Gauges {
+            restart_places: BTreeMap::from([
+                (("production".to_string(), "web".to_string()), 2),
+                (("staging".to_string(), "web".to_string()), 0),
+            ]),
+            ..Gauges::default()
+        };
+        let text = metrics.render(&gauges);
+        for (line, value) in [
+            (
+                "cms_restart_acquisitions_total{environment=\"production\",result=\"granted\"}",
+                "2",
+            ),
+            (
+                "cms_restart_acquisitions_total{environment=\"production\",result=\"refused\"}",
+                "1",
+            ),
+            (
+                "cms_restart_acquisitions_total{environment=\"production\",result=\"no_budget\"}",
+                "1",
+            ),
+            (
+                "cms_restart_places_held{environment=\"production\",role=\"web\"}",
+                "2",
+            ),
+            (
+                "cms_restart_places_held{environment=\"staging\",role=\"web\"}",
+                "0",
+            ),
+        ] {
+            assert_eq!(sample(&text, line), format!("{line} {value}"), "{text}");
         }
     }
 }

@@ -226,6 +226,7 @@ pub async fn run_prepared(
         .observe_compiles(metrics.compile_duration()),
     );
     let metrics = Arc::new(metrics);
+    let restart_budget = Arc::new(crate::restart_budget::RestartBudget::new(clock.clone()));
     // The default environment's stable revision: what the dashboard and
     // the metrics show as served.
     let revision = environments.default_environment().stable.clone();
@@ -359,6 +360,7 @@ pub async fn run_prepared(
                 fleet: fleet.clone(),
                 catalogs: catalogs.clone(),
                 revision: revision.clone(),
+                restart_budget: restart_budget.clone(),
                 token: config.metrics_token.clone(),
             },
             WebhookApi {
@@ -449,6 +451,7 @@ pub async fn run_prepared(
                 metrics: metrics.clone(),
                 blocking: blocking.clone(),
                 report_rate: Arc::new(ReportRate::new(config.report_rate)),
+                restart_budget: restart_budget.clone(),
             })
             .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
             .max_encoding_message_size(limits::MAX_AGENT_RESPONSE_BYTES),

@@ -1,6 +1,6 @@
 //! The gRPC services: each method decodes the request, finds out who is
 //! calling (`auth`), calls the domain (`enrollment`, `nodes`, `reports`,
-//! `triggers`, the catalog cache) and encodes the answer; errors become a
+//! `triggers`, `restart_budget`, the catalog cache) and encodes the answer; errors become a
 //! `Status` in one place (`status`).
 //!
 //! Each service holds only the handles it uses. The TLS layer lets clients
@@ -28,6 +28,7 @@ use crate::nodes::Nodes;
 use crate::operators::Operators;
 use crate::pki::PeerIdentity;
 use crate::reports::{ReportRate, Reports};
+use crate::restart_budget::{Answer, Ask, RestartBudget, budgeted_groups, group_sizes};
 use crate::revision::{CatalogError, SyncRequests, compiled};
 use crate::store::SharedStore;
 use crate::triggers::{TriggerRequest, Triggers};
@@ -167,6 +168,8 @@ pub struct AgentService {
     pub blocking: Blocking,
     /// How many reports each node may send.
     pub report_rate: Arc<ReportRate>,
+    /// The restart places nodes hold.
+    pub restart_budget: Arc<RestartBudget>,
 }
 
 #[tonic::async_trait]
@@ -313,16 +316,87 @@ impl pb::agent_server::Agent for AgentService {
 
     async fn acquire_restart(
         &self,
-        _request: Request<pb::AcquireRestartRequest>,
+        request: Request<pb::AcquireRestartRequest>,
     ) -> Result<Response<pb::AcquireRestartResponse>, Status> {
-        Err(Status::unimplemented("restart budgets are not served yet"))
+        let node_id = node_caller(&self.store, &request)?;
+        let request = request.into_inner();
+        let record = self.nodes.enrolled(&node_id)?;
+        let environment = self.environments.of_node(&record)?.name.clone();
+        // The budget of the revision the node is served, over its
+        // environment's nodes as that revision gives them roles.
+        let revision = self.environments.revision_for(&record)?;
+        let budget = self.restart_budget.clone();
+        let store = self.store.clone();
+        let environments = self.environments.clone();
+        let ask_environment = environment.clone();
+        let answer = self
+            .blocking
+            .run(move || {
+                let groups = match &revision.repository.settings.restarts {
+                    None => Vec::new(),
+                    Some(budgets) => {
+                        let count = || {
+                            let config = environments.config();
+                            let nodes: Vec<_> = store
+                                .nodes()?
+                                .into_iter()
+                                .filter(|node| config.environment_of(node) == ask_environment)
+                                .collect();
+                            Ok::<_, crate::store::StoreError>(group_sizes(
+                                &revision.repository,
+                                &nodes,
+                            ))
+                        };
+                        let sizes =
+                            || budget.group_sizes(&ask_environment, &revision.commit, count);
+                        budgeted_groups(&revision.repository, budgets, &record.tags, sizes)?
+                    }
+                };
+                Ok::<_, crate::store::StoreError>(budget.acquire(&Ask {
+                    node_id: record.id,
+                    environment: ask_environment,
+                    unit: request.unit,
+                    hold_seconds: request.hold_seconds,
+                    groups,
+                }))
+            })
+            .await??;
+        self.metrics.restart_acquisition(&environment, &answer);
+        Ok(Response::new(match answer {
+            Answer::Granted {
+                lease_id,
+                expires_unix_ms,
+                reason,
+            } => pb::AcquireRestartResponse {
+                granted: true,
+                lease_id,
+                retry_after_ms: 0,
+                reason,
+                expires_unix_ms: i64::try_from(expires_unix_ms).unwrap_or(i64::MAX),
+            },
+            Answer::Refused {
+                retry_after_ms,
+                reason,
+            } => pb::AcquireRestartResponse {
+                granted: false,
+                lease_id: String::new(),
+                retry_after_ms,
+                reason,
+                expires_unix_ms: 0,
+            },
+        }))
     }
 
     async fn release_restart(
         &self,
-        _request: Request<pb::ReleaseRestartRequest>,
+        request: Request<pb::ReleaseRestartRequest>,
     ) -> Result<Response<pb::ReleaseRestartResponse>, Status> {
-        Err(Status::unimplemented("restart budgets are not served yet"))
+        let node_id = node_caller(&self.store, &request)?;
+        let lease_id = request.into_inner().lease_id;
+        // Idempotent: a lease released before, expired, or not the node's
+        // own is answered OK and changes nothing.
+        self.restart_budget.release(&node_id, &lease_id);
+        Ok(Response::new(pb::ReleaseRestartResponse {}))
     }
 }
 
