@@ -115,7 +115,8 @@ mod tests {
             }
         );
         assert!(!format!("{credentials:?}").contains("secret\""));
-        let failed = r#"{"Code":"AssumeRoleUnauthorizedAccess","AccessKeyId":"","SecretAccessKey":""}"#;
+        let failed =
+            r#"{"Code":"AssumeRoleUnauthorizedAccess","AccessKeyId":"","SecretAccessKey":""}"#;
         assert!(matches!(
             parse_role_credentials(failed),
             Err(CredentialsError::NotAvailable { code }) if code == "AssumeRoleUnauthorizedAccess"

@@ -151,6 +151,10 @@ impl Url {
 trait Stream: Read + Write {}
 impl<T: Read + Write> Stream for T {}
 
+/// A connection whose answer's head is read: the status, the headers, and
+/// the reader the body follows in.
+type Answered = (BufReader<Box<dyn Stream>>, u16, Vec<(String, String)>);
+
 /// One request for [`Host::http_request`].
 #[derive(Debug, Clone, Copy)]
 pub struct HttpRequest<'a> {
@@ -265,7 +269,7 @@ impl Host {
         headers: &[(&str, &str)],
         body: &[u8],
         timeout: Duration,
-    ) -> Result<(BufReader<Box<dyn Stream>>, u16, Vec<(String, String)>), String> {
+    ) -> Result<Answered, String> {
         let mut reader = BufReader::new(self.connect(url, timeout).map_err(|e| e.to_string())?);
         let mut head = format!(
             "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cms-agent\r\nAccept-Encoding: identity\r\nConnection: close\r\n",
