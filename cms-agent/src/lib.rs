@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod aws;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -9,15 +9,13 @@
 //! sends a packet to the link-local metadata address and never waits for it.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-/// The EC2 instance metadata service.
-pub const EC2_METADATA_ENDPOINT: &str = "169.254.169.254:80";
+pub use crate::aws::imds::EC2_METADATA_ENDPOINT;
+use crate::aws::imds::MetadataClient;
 /// Where tags live off EC2, relative to the root.
 pub const TAGS_FILE: &str = "etc/cms/tags.toml";
 
@@ -56,13 +54,9 @@ pub fn discover(sources: &TagSources<'_>) -> anyhow::Result<Discovered> {
         .or_else(|| looks_like_ec2(sources.root).then(|| EC2_METADATA_ENDPOINT.to_string()));
     let mut warning = None;
     if let Some(endpoint) = endpoint {
-        let client = MetadataClient {
-            endpoint,
-            timeout: sources.metadata_timeout,
-            deadline: crate::clock::instant() + sources.metadata_budget,
-            budget: sources.metadata_budget,
-        };
-        match client.instance_tags() {
+        let client =
+            MetadataClient::new(endpoint, sources.metadata_timeout, sources.metadata_budget);
+        match instance_tags(&client) {
             Ok((tags, instance_id)) => {
                 return Ok(Discovered {
                     tags,
@@ -114,19 +108,14 @@ pub fn instance_identity(sources: &TagSources<'_>) -> anyhow::Result<InstanceIde
         .context(
             "Failed to enroll by attestation: this machine is not an EC2 instance and no metadata_endpoint is configured\nhint: off AWS, enroll with a token",
         )?;
-    let client = MetadataClient {
-        endpoint,
-        timeout: sources.metadata_timeout,
-        deadline: crate::clock::instant() + sources.metadata_budget,
-        budget: sources.metadata_budget,
-    };
+    let client = MetadataClient::new(endpoint, sources.metadata_timeout, sources.metadata_budget);
     let token = client.token()?;
     let read = |path: &str| -> anyhow::Result<String> {
         let response = client.get(&token, path)?;
         if response.status != 200 || response.body.trim().is_empty() {
             bail!(
                 "the instance metadata service at {} answered {} for {path}",
-                client.endpoint,
+                client.endpoint(),
                 response.status
             );
         }
@@ -178,149 +167,32 @@ fn looks_like_ec2(root: &Path) -> bool {
             .starts_with("ec2")
 }
 
-/// A small IMDSv2 client: plain HTTP/1.1 on a link-local address, so a
-/// socket and a few lines of parsing are all it takes.
-struct MetadataClient {
-    endpoint: String,
-    timeout: Duration,
-    /// When the whole discovery gives up.
-    deadline: Instant,
-    budget: Duration,
-}
-
-struct HttpResponse {
-    status: u16,
-    body: String,
-}
-
-impl MetadataClient {
-    fn instance_tags(&self) -> anyhow::Result<(BTreeMap<String, String>, Option<String>)> {
-        let token = self.token()?;
-        let keys = self.get(&token, "/latest/meta-data/tags/instance")?;
-        let keys = match keys.status {
-            200 => keys.body,
-            404 => bail!(
-                "the instance metadata service has no tags for this instance\nhint: allow tags in instance metadata (aws ec2 modify-instance-metadata-options --instance-metadata-tags enabled), or write /etc/cms/tags.toml"
-            ),
-            status => bail!("the instance metadata service answered {status} for the tag list"),
-        };
-        let mut tags = BTreeMap::new();
-        for key in keys.lines().map(str::trim).filter(|k| !k.is_empty()) {
-            let value = self.get(&token, &format!("/latest/meta-data/tags/instance/{key}"))?;
-            if value.status != 200 {
-                bail!(
-                    "the instance metadata service answered {} for tag `{key}`",
-                    value.status
-                );
-            }
-            tags.insert(key.to_string(), value.body);
-        }
-        let id = self.get(&token, "/latest/meta-data/instance-id")?;
-        let instance_id =
-            (id.status == 200 && !id.body.trim().is_empty()).then(|| id.body.trim().to_string());
-        Ok((tags, instance_id))
-    }
-
-    fn token(&self) -> anyhow::Result<String> {
-        let response = self.request(
-            "PUT",
-            "/latest/api/token",
-            &[("X-aws-ec2-metadata-token-ttl-seconds", "300")],
-        )?;
-        if response.status != 200 || response.body.trim().is_empty() {
-            bail!(
-                "the instance metadata service refused a session token (status {})",
-                response.status
-            );
-        }
-        Ok(response.body.trim().to_string())
-    }
-
-    fn get(&self, token: &str, path: &str) -> anyhow::Result<HttpResponse> {
-        self.request("GET", path, &[("X-aws-ec2-metadata-token", token)])
-    }
-
-    /// One request, retried once: the service can be slow to answer right
-    /// after boot, and one retry costs at most one more timeout.
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> anyhow::Result<HttpResponse> {
-        match self.request_once(method, path, headers) {
-            Ok(response) => Ok(response),
-            Err(_) => self.request_once(method, path, headers).with_context(|| {
-                format!(
-                    "Failed to reach the instance metadata service at {} ({method} {path})",
-                    self.endpoint
-                )
-            }),
-        }
-    }
-
-    fn request_once(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> anyhow::Result<HttpResponse> {
-        let left = self
-            .deadline
-            .saturating_duration_since(crate::clock::instant());
-        if left.is_zero() {
-            bail!(
-                "gave up on the instance metadata service after {} ms ({method} {path})",
-                self.budget.as_millis()
-            );
-        }
-        let timeout = self.timeout.min(left);
-        let address: SocketAddr = self
-            .endpoint
-            .to_socket_addrs()?
-            .next()
-            .context("the metadata endpoint resolves to no address")?;
-        let mut stream = TcpStream::connect_timeout(&address, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n",
-            self.endpoint
-        );
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes())?;
-        let mut raw = Vec::new();
-        stream.take(1 << 20).read_to_end(&mut raw)?;
-        parse_response(&raw)
-    }
-}
-
-fn parse_response(raw: &[u8]) -> anyhow::Result<HttpResponse> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    let status_line = head.lines().next().unwrap_or_default();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("malformed HTTP status line `{status_line}`"))?;
-    let length = head.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| value.trim().parse::<usize>().ok())?
-    });
-    let body = match length {
-        Some(length) => body.get(..length).unwrap_or(body),
-        None => body,
+/// The instance's tags and id from the metadata service.
+fn instance_tags(
+    client: &MetadataClient,
+) -> anyhow::Result<(BTreeMap<String, String>, Option<String>)> {
+    let token = client.token()?;
+    let keys = client.get(&token, "/latest/meta-data/tags/instance")?;
+    let keys = match keys.status {
+        200 => keys.body,
+        404 => bail!(
+            "the instance metadata service has no tags for this instance\nhint: allow tags in instance metadata (aws ec2 modify-instance-metadata-options --instance-metadata-tags enabled), or write /etc/cms/tags.toml"
+        ),
+        status => bail!("the instance metadata service answered {status} for the tag list"),
     };
-    Ok(HttpResponse {
-        status,
-        body: body.to_string(),
-    })
+    let mut tags = BTreeMap::new();
+    for key in keys.lines().map(str::trim).filter(|k| !k.is_empty()) {
+        let value = client.get(&token, &format!("/latest/meta-data/tags/instance/{key}"))?;
+        if value.status != 200 {
+            bail!(
+                "the instance metadata service answered {} for tag `{key}`",
+                value.status
+            );
+        }
+        tags.insert(key.to_string(), value.body);
+    }
+    let id = client.get(&token, "/latest/meta-data/instance-id")?;
+    let instance_id =
+        (id.status == 200 && !id.body.trim().is_empty()).then(|| id.body.trim().to_string());
+    Ok((tags, instance_id))
 }

@@ -4,15 +4,14 @@
 //! Secrets Manager `GetSecretValue` (told apart by `X-Amz-Target`), refuses
 //! a request without a SigV4-shaped `Authorization` header, and lets a test
 //! set, rotate and remove values, or make every call fail, as it runs.
-//! One thread accepts; each connection is served on its own thread, one
-//! request, then closed.
+//! Its HTTP is `http_double`'s.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+
+use crate::http_double::{Answer, DoubleServer, ReceivedRequest};
 
 #[derive(Default)]
 struct Values {
@@ -27,55 +26,39 @@ struct Shared {
     failing: AtomicBool,
     calls: AtomicUsize,
     unsigned: AtomicUsize,
-    stopping: AtomicBool,
     /// The `X-Amz-Target` of every call answered, in order.
     targets: Mutex<Vec<String>>,
 }
 
 /// The double, running; stops when dropped.
 pub struct AwsSecretsDouble {
-    address: SocketAddr,
     shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: DoubleServer,
 }
 
 impl AwsSecretsDouble {
     /// Starts on a free loopback port.
     pub fn start() -> std::io::Result<AwsSecretsDouble> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
-        let address = listener.local_addr()?;
         let shared = Arc::new(Shared {
             values: Mutex::new(Values::default()),
             failing: AtomicBool::new(false),
             calls: AtomicUsize::new(0),
             unsigned: AtomicUsize::new(0),
-            stopping: AtomicBool::new(false),
             targets: Mutex::new(Vec::new()),
         });
-        let accepting = shared.clone();
-        let thread = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if accepting.stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(stream) = stream else { continue };
-                let shared = accepting.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(stream, &shared);
-                });
-            }
-        });
-        Ok(AwsSecretsDouble {
-            address,
-            shared,
-            thread: Some(thread),
-        })
+        let serving = shared.clone();
+        let server = DoubleServer::start(
+            listener,
+            Arc::new(move |request: &ReceivedRequest| serve(request, &serving)),
+        )?;
+        Ok(AwsSecretsDouble { shared, server })
     }
 
     /// The base URL of both services (`--ssm-endpoint`,
     /// `--secretsmanager-endpoint`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+        format!("http://{}", self.server.address())
     }
 
     /// Sets (or rotates) an SSM parameter.
@@ -131,68 +114,32 @@ impl AwsSecretsDouble {
     }
 }
 
-impl Drop for AwsSecretsDouble {
-    fn drop(&mut self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wakes the accepting thread.
-        let _ = TcpStream::connect(self.address);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn serve(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    let mut headers = BTreeMap::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
-        }
-    }
-    let length: usize = headers
-        .get("content-length")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; length.min(1 << 20)];
-    reader.read_exact(&mut body)?;
+fn serve(request: &ReceivedRequest, shared: &Shared) -> Answer {
     shared.calls.fetch_add(1, Ordering::SeqCst);
-    let target = headers.get("x-amz-target").cloned().unwrap_or_default();
-    shared.targets.lock().expect("targets").push(target.clone());
-    let (status, answer) = answer(shared, &request_line, &headers, &target, &body);
-    let text = answer.to_string();
-    let mut stream = stream;
-    write!(
-        stream,
-        "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-        text.len()
-    )?;
-    stream.flush()
+    let target = request.header("x-amz-target").unwrap_or_default();
+    shared
+        .targets
+        .lock()
+        .expect("targets")
+        .push(target.to_string());
+    let (status, answer) = answer(shared, request, target);
+    Answer {
+        status,
+        content_type: "application/x-amz-json-1.1",
+        body: answer.to_string(),
+    }
 }
 
-fn answer(
-    shared: &Shared,
-    request_line: &str,
-    headers: &BTreeMap<String, String>,
-    target: &str,
-    body: &[u8],
-) -> (u16, serde_json::Value) {
+fn answer(shared: &Shared, request: &ReceivedRequest, target: &str) -> (u16, serde_json::Value) {
     let error = |code: &str, message: &str| serde_json::json!({"__type": code, "message": message});
-    if !request_line.starts_with("POST ") {
+    if request.method != "POST" {
         return (405, error("MethodNotAllowed", "POST only"));
     }
-    let signed = headers.get("authorization").is_some_and(|value| {
+    let signed = request.header("authorization").is_some_and(|value| {
         value.starts_with("AWS4-HMAC-SHA256 Credential=")
             && value.contains("SignedHeaders=")
             && value.contains("Signature=")
-    }) && headers.contains_key("x-amz-date");
+    }) && request.header("x-amz-date").is_some();
     if !signed {
         shared.unsigned.fetch_add(1, Ordering::SeqCst);
         return (
@@ -203,7 +150,7 @@ fn answer(
     if shared.failing.load(Ordering::SeqCst) {
         return (500, error("InternalFailure", "the double was told to fail"));
     }
-    let Ok(request) = serde_json::from_slice::<serde_json::Value>(body) else {
+    let Ok(request) = serde_json::from_slice::<serde_json::Value>(&request.body) else {
         return (400, error("SerializationException", "not JSON"));
     };
     let values = shared.values.lock().expect("values");

@@ -30,6 +30,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod admin_cli;
+pub mod aws_api_double;
 pub mod aws_secrets_double;
 mod cargo_build;
 mod example;
@@ -38,6 +39,7 @@ mod fixtures;
 mod git_repo;
 mod host_agent;
 mod host_command;
+mod http_double;
 mod http_file_server;
 mod image;
 mod instance;
@@ -57,6 +59,7 @@ mod testbed;
 mod wait;
 
 pub use admin_cli::AdminCli;
+pub use aws_api_double::AwsApiDouble;
 pub use aws_secrets_double::AwsSecretsDouble;
 pub use cargo_build::{build_agent_package, build_server_package, build_workspace_binary};
 pub use example::{EXAMPLE_PACKAGES, EXAMPLE_REPOSITORY, ExampleRun, converge_example_web_role};

@@ -4,37 +4,14 @@
 //! its metadata service with IMDSv2 and kept for a few minutes.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Mutex;
-use std::time::Duration;
 
-use serde::Deserialize;
+pub use cms_aws::Credentials;
+use cms_aws::credentials::{
+    INSTANCE_METADATA_ENDPOINT, ROLE_CREDENTIALS_KEPT, ROLE_CREDENTIALS_PATH,
+};
 
 use crate::clock::SharedClock;
-
-/// The EC2 instance metadata service.
-const METADATA_ENDPOINT: &str = "169.254.169.254:80";
-/// Role credentials are read again this often (AWS rotates them hourly and
-/// serves the new ones well before the old expire).
-const ROLE_CREDENTIALS_KEPT: Duration = Duration::from_secs(300);
-
-/// One set of credentials.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: Option<String>,
-}
-
-impl fmt::Debug for Credentials {
-    /// Leaves the secret out.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .finish()
-    }
-}
 
 /// Where credentials come from.
 #[derive(Debug)]
@@ -46,14 +23,6 @@ pub enum CredentialsSource {
     },
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RoleCredentials {
-    access_key_id: String,
-    secret_access_key: String,
-    token: Option<String>,
-}
-
 impl CredentialsSource {
     /// From the process's environment (as read once at start), else the
     /// instance role through `metadata_endpoint` (EC2's by default).
@@ -61,17 +30,11 @@ impl CredentialsSource {
         environment: &BTreeMap<String, String>,
         metadata_endpoint: Option<String>,
     ) -> CredentialsSource {
-        let var = |name: &str| environment.get(name).filter(|v| !v.is_empty()).cloned();
-        match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-            (Some(access_key_id), Some(secret_access_key)) => {
-                CredentialsSource::Static(Credentials {
-                    access_key_id,
-                    secret_access_key,
-                    session_token: var("AWS_SESSION_TOKEN"),
-                })
-            }
-            _ => CredentialsSource::InstanceRole {
-                endpoint: metadata_endpoint.unwrap_or_else(|| METADATA_ENDPOINT.to_string()),
+        match Credentials::from_environment(|name| environment.get(name).cloned()) {
+            Some(credentials) => CredentialsSource::Static(credentials),
+            None => CredentialsSource::InstanceRole {
+                endpoint: metadata_endpoint
+                    .unwrap_or_else(|| INSTANCE_METADATA_ENDPOINT.to_string()),
                 kept: Mutex::new(None),
             },
         }
@@ -132,20 +95,8 @@ fn role_credentials(
             .and_then(|r| r.text())
             .with_context(failed)
     };
-    let roles = get("/latest/meta-data/iam/security-credentials/")?;
-    let role = roles
-        .lines()
-        .map(str::trim)
-        .find(|line| !line.is_empty())
-        .with_context(|| format!("{}: the instance has no role", failed()))?
-        .to_string();
-    let body = get(&format!(
-        "/latest/meta-data/iam/security-credentials/{role}"
-    ))?;
-    let parsed: RoleCredentials = serde_json::from_str(&body).with_context(failed)?;
-    Ok(Credentials {
-        access_key_id: parsed.access_key_id,
-        secret_access_key: parsed.secret_access_key,
-        session_token: parsed.token,
-    })
+    let roles = get(ROLE_CREDENTIALS_PATH)?;
+    let role = cms_aws::credentials::first_role(&roles).with_context(failed)?;
+    let body = get(&format!("{ROLE_CREDENTIALS_PATH}{role}"))?;
+    cms_aws::credentials::parse_role_credentials(&body).with_context(failed)
 }

@@ -6,12 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use quick_xml::events::Event;
+use cms_aws::retry::{ATTEMPTS, REQUEST_TIMEOUT};
+use cms_aws::xml::walk;
 
 use super::credentials::CredentialsSource;
-use super::{ATTEMPTS, REQUEST_TIMEOUT};
 use crate::clock::SharedClock;
 
 /// The API version of the Query requests.
@@ -90,15 +89,13 @@ impl Ec2Client {
         let mut next_token: Option<String> = None;
         loop {
             let mut parameters = vec![
-                ("Action", "DescribeTags".to_string()),
-                ("Version", API_VERSION.to_string()),
-                ("Filter.1.Name", "resource-id".to_string()),
-                ("Filter.1.Value.1", instance_id.to_string()),
+                ("Filter.1.Name", "resource-id"),
+                ("Filter.1.Value.1", instance_id),
             ];
             if let Some(token) = &next_token {
-                parameters.push(("NextToken", token.clone()));
+                parameters.push(("NextToken", token.as_str()));
             }
-            let (url, body) = self.call(region, &parameters)?;
+            let (url, body) = self.call(region, "DescribeTags", &parameters)?;
             let page = parse_tags(&body, instance_id).map_err(|message| Ec2Error::Malformed {
                 url: url.clone(),
                 message,
@@ -113,12 +110,11 @@ impl Ec2Client {
 
     /// The instance's state name (`running`, `stopped`, …).
     pub fn instance_state(&self, region: &str, instance_id: &str) -> Result<String, Ec2Error> {
-        let parameters = [
-            ("Action", "DescribeInstances".to_string()),
-            ("Version", API_VERSION.to_string()),
-            ("InstanceId.1", instance_id.to_string()),
-        ];
-        let (url, body) = self.call(region, &parameters)?;
+        let (url, body) = self.call(
+            region,
+            "DescribeInstances",
+            &[("InstanceId.1", instance_id)],
+        )?;
         parse_state(&body)
             .map_err(|message| Ec2Error::Malformed { url, message })?
             .ok_or_else(|| Ec2Error::UnknownInstance {
@@ -130,21 +126,17 @@ impl Ec2Client {
     fn call(
         &self,
         region: &str,
-        parameters: &[(&str, String)],
+        action: &str,
+        parameters: &[(&str, &str)],
     ) -> Result<(String, String), Ec2Error> {
         let url = match &self.endpoint {
             Some(endpoint) => format!("{endpoint}/"),
             None => format!("https://ec2.{region}.amazonaws.com/"),
         };
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(parameters.iter().map(|(k, v)| (*k, v.as_str())))
-            .finish();
+        let body = cms_aws::query::form_body(action, API_VERSION, parameters);
         let mut last_error = String::new();
         for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                // 100 ms, then 400 ms: throttling and blips, not outages.
-                std::thread::sleep(Duration::from_millis(100 * 4u64.pow(attempt - 1)));
-            }
+            std::thread::sleep(cms_aws::retry::backoff(attempt));
             let request = self.signed(&url, region, &body)?;
             match request.send() {
                 Ok(response) => {
@@ -153,10 +145,8 @@ impl Ec2Client {
                     if status == 200 {
                         return Ok((url, text));
                     }
-                    let (code, message) = parse_error(&text);
-                    let retry =
-                        status >= 500 || code == "RequestLimitExceeded" || code == "Throttling";
-                    if !retry {
+                    let (code, message) = cms_aws::xml::error_of(&text);
+                    if !cms_aws::retry::is_retryable(status, &code) {
                         return Err(Ec2Error::Refused {
                             url,
                             status,
@@ -185,15 +175,20 @@ impl Ec2Client {
             .credentials
             .credentials(self.http()?, &self.clock)
             .map_err(|e| Ec2Error::Credentials(format!("{e:#}")))?;
-        let content_type = "application/x-www-form-urlencoded; charset=utf-8";
-        let signature = super::signing::signature_headers(
-            credentials,
-            self.clock.now_unix_ms(),
-            region,
-            "ec2",
-            url,
-            &[("content-type", content_type)],
-            body.as_bytes(),
+        let content_type = cms_aws::query::CONTENT_TYPE;
+        let signature = cms_aws::signing::signature_headers(
+            &credentials,
+            cms_aws::signing::Scope {
+                region,
+                service: "ec2",
+                time_unix_ms: self.clock.now_unix_ms(),
+            },
+            cms_aws::signing::Request {
+                method: "POST",
+                url,
+                headers: &[("content-type", content_type)],
+                body: body.as_bytes(),
+            },
         )
         .map_err(Ec2Error::Sign)?;
         let mut request = self
@@ -211,45 +206,6 @@ impl Ec2Client {
 struct TagsPage {
     tags: BTreeMap<String, String>,
     next_token: Option<String>,
-}
-
-/// The text of each element, by its path of names from the root.
-fn walk(xml: &str, mut visit: impl FnMut(&[String], &str)) -> Result<(), String> {
-    let mut reader = quick_xml::Reader::from_str(xml);
-    let mut path: Vec<String> = Vec::new();
-    let mut text = String::new();
-    loop {
-        match reader.read_event().map_err(|e| e.to_string())? {
-            Event::Start(start) => {
-                path.push(start.local_name().as_ref().to_string());
-                text.clear();
-            }
-            Event::Empty(empty) => {
-                path.push(empty.local_name().as_ref().to_string());
-                visit(&path, "");
-                path.pop();
-            }
-            Event::Text(t) => text.push_str(&t.xml10_content()),
-            Event::GeneralRef(reference) => {
-                let name = reference.as_ref().to_string();
-                match reference.resolve_char_ref().map_err(|e| e.to_string())? {
-                    Some(character) => text.push(character),
-                    None => text.push_str(
-                        quick_xml::escape::resolve_predefined_entity(&name)
-                            .ok_or_else(|| format!("unknown entity &{name};"))?,
-                    ),
-                }
-            }
-            Event::CData(data) => text.push_str(data.as_ref()),
-            Event::End(_) => {
-                visit(&path, &text);
-                text.clear();
-                path.pop();
-            }
-            Event::Eof => return Ok(()),
-            _ => {}
-        }
-    }
 }
 
 fn parse_tags(xml: &str, instance_id: &str) -> Result<TagsPage, String> {
@@ -291,21 +247,6 @@ fn parse_state(xml: &str) -> Result<Option<String>, String> {
     Ok(state)
 }
 
-/// The code and message of an EC2 error answer.
-fn parse_error(xml: &str) -> (String, String) {
-    let (mut code, mut message) = (String::new(), String::new());
-    let _ = walk(xml, |path, text| match path.last().map(String::as_str) {
-        Some("Code") => code = text.to_string(),
-        Some("Message") => message = text.to_string(),
-        _ => {}
-    });
-    if code.is_empty() {
-        code = "UnknownError".into();
-        message = xml.chars().take(200).collect();
-    }
-    (code, message)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,13 +274,8 @@ mod tests {
     }
 
     #[test]
-    fn the_state_and_errors_are_read_from_ec2_answers() {
+    fn the_state_is_read_from_a_describe_instances_answer() {
         let xml = "<DescribeInstancesResponse><reservationSet><item><instancesSet><item><instanceId>i-1</instanceId><instanceState><code>16</code><name>running</name></instanceState></item></instancesSet></item></reservationSet></DescribeInstancesResponse>";
         assert_eq!(parse_state(xml).unwrap().as_deref(), Some("running"));
-        let error = "<Response><Errors><Error><Code>AuthFailure</Code><Message>bad signature</Message></Error></Errors></Response>";
-        assert_eq!(
-            parse_error(error),
-            ("AuthFailure".to_string(), "bad signature".to_string())
-        );
     }
 }

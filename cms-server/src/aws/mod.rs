@@ -17,19 +17,21 @@
 //! [`EnrollmentConfig`]). Everything here blocks (HTTP with timeouts and
 //! retries): enrollment runs on the server's blocking threads.
 //!
-//! The same credentials and signing (`signing`) serve the secrets client
-//! (`secrets`: SSM and Secrets Manager values for `secrets::ServerSecrets`).
+//! The same credentials serve the secrets client (`secrets`: SSM and
+//! Secrets Manager values for `secrets::ServerSecrets`). What the agent
+//! shares with the server (SigV4 signing, the `Credentials` type and the
+//! reading of the role's JSON, Query bodies, XML answers, the retry
+//! policy) is in the `cms-aws` crate; here are the server's transport
+//! (reqwest) and its calls.
 
 mod credentials;
 mod document;
 mod ec2;
 mod secrets;
-mod signing;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -288,8 +290,3 @@ pub fn cms_tags(ec2_tags: BTreeMap<String, String>) -> BTreeMap<String, String> 
         .filter(|(key, _)| !key.starts_with("aws:"))
         .collect()
 }
-
-/// How long one EC2 request may take.
-pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Attempts per EC2 request (throttling, 5xx, a failed connection).
-pub(crate) const ATTEMPTS: u32 = 3;

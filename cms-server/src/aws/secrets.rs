@@ -5,12 +5,12 @@
 //! the reference and what AWS answered, never a value.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use base64::Engine as _;
 
+use cms_aws::retry::{ATTEMPTS, REQUEST_TIMEOUT};
+
 use super::credentials::CredentialsSource;
-use super::{ATTEMPTS, REQUEST_TIMEOUT};
 use crate::clock::SharedClock;
 
 /// Where the secrets client sends its calls.
@@ -153,23 +153,26 @@ impl SecretsClient {
         let content_type = "application/x-amz-json-1.1";
         let mut last_error = String::new();
         for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(100 * 4u64.pow(attempt - 1)));
-            }
+            std::thread::sleep(cms_aws::retry::backoff(attempt));
             let http = self.http()?;
             let credentials = self
                 .credentials
                 .credentials(http, &self.clock)
                 .map_err(|e| format!("{e:#}"))?;
             let headers = [("content-type", content_type), ("x-amz-target", target)];
-            let signature = super::signing::signature_headers(
-                credentials,
-                self.clock.now_unix_ms(),
-                region,
-                service,
-                url,
-                &headers,
-                body.as_bytes(),
+            let signature = cms_aws::signing::signature_headers(
+                &credentials,
+                cms_aws::signing::Scope {
+                    region,
+                    service,
+                    time_unix_ms: self.clock.now_unix_ms(),
+                },
+                cms_aws::signing::Request {
+                    method: "POST",
+                    url,
+                    headers: &headers,
+                    body: body.as_bytes(),
+                },
             )
             .map_err(|e| format!("Failed to sign the request: {e}"))?;
             let mut request = http
@@ -189,8 +192,7 @@ impl SecretsClient {
                             .map_err(|e| format!("{url} answered something not JSON: {e}"));
                     }
                     let (code, message) = error_of(&text);
-                    let retry = status >= 500 || code.contains("Throttling");
-                    if !retry {
+                    if !cms_aws::retry::is_retryable(status, &code) {
                         return Err(format!("{url} answered {status}: {code}: {message}"));
                     }
                     last_error = format!("{status}: {code}: {message}");

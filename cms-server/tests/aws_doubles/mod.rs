@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use rustls::pki_types::PrivatePkcs8KeyDer;
@@ -322,74 +322,17 @@ fn escape(text: &str) -> String {
 /// Whether the request carries the SigV4 signature that the double's
 /// credentials give for it at the time it names (`X-Amz-Date`).
 fn signed_correctly(request: &Request, url: &str) -> bool {
-    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-    let (Some(authorization), Some(date)) = (
-        request.headers.get("authorization"),
-        request.headers.get("x-amz-date"),
-    ) else {
-        return false;
-    };
-    let Some(time) = parse_amz_date(date) else {
-        return false;
-    };
-    let region = authorization
-        .split("Credential=")
-        .nth(1)
-        .and_then(|c| c.split('/').nth(2))
-        .unwrap_or_default()
-        .to_string();
-    let identity = aws_credential_types::Credentials::new(
-        ACCESS_KEY_ID,
-        SECRET_ACCESS_KEY,
-        None,
-        None,
-        "ec2-double",
-    )
-    .into();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(&region)
-        .name("ec2")
-        .time(time)
-        .settings(SigningSettings::default())
-        .build()
-        .expect("signing params")
-        .into();
-    let content_type = request
+    let headers: Vec<(String, String)> = request
         .headers
-        .get("content-type")
-        .cloned()
-        .unwrap_or_default();
-    let Ok(signable) = SignableRequest::new(
-        &request.method,
-        url,
-        [("content-type", content_type.as_str())].into_iter(),
-        SignableBody::Bytes(&request.body),
-    ) else {
-        return false;
-    };
-    let Ok(output) = sign(signable, &params) else {
-        return false;
-    };
-    let (instructions, _) = output.into_parts();
-    instructions
-        .headers()
-        .any(|(name, value)| name.eq_ignore_ascii_case("authorization") && value == authorization)
-}
-
-/// `20261202T183400Z`.
-fn parse_amz_date(text: &str) -> Option<SystemTime> {
-    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
-    let (year, month, day) = (number(0..4)?, number(4..6)?, number(6..8)?);
-    let (hour, minute, second) = (number(9..11)?, number(11..13)?, number(13..15)?);
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second;
-    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).ok()?))
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    cms_aws::signing::verify(&request.method, url, &headers, &request.body, |key| {
+        (key == ACCESS_KEY_ID).then(|| cms_aws::Credentials {
+            access_key_id: ACCESS_KEY_ID.into(),
+            secret_access_key: SECRET_ACCESS_KEY.into(),
+            session_token: None,
+        })
+    })
+    .is_ok_and(|verified| verified.service == "ec2")
 }

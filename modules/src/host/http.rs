@@ -1,10 +1,13 @@
 //! A small blocking HTTP/1.1 client for what providers fetch: a java_app's
 //! jar (http or https, streamed into a file as it arrives) and its health
-//! URL. One request per connection (`Connection: close`), bodies framed by
-//! `Content-Length`, chunked encoding or the end of the connection,
-//! redirects followed (never from https down to http). https trusts the
-//! host's CA bundle (`/etc/ssl/certs/ca-certificates.crt`, from the
-//! `ca-certificates` package) through rustls.
+//! URL ([`Host::http_get`], redirects followed, never from https down to
+//! http), and for the agent's calls to APIs such as AWS's
+//! ([`Host::http_request`]: any method, headers and a body, the answer's
+//! status, headers and body, bounded, whatever the status). One request
+//! per connection (`Connection: close`), bodies framed by
+//! `Content-Length`, chunked encoding or the end of the connection. https
+//! trusts the host's CA bundle (`/etc/ssl/certs/ca-certificates.crt`, from
+//! the `ca-certificates` package) through rustls.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -148,7 +151,81 @@ impl Url {
 trait Stream: Read + Write {}
 impl<T: Read + Write> Stream for T {}
 
+/// A connection whose answer's head is read: the status, the headers, and
+/// the reader the body follows in.
+type Answered = (BufReader<Box<dyn Stream>>, u16, Vec<(String, String)>);
+
+/// One request for [`Host::http_request`].
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRequest<'a> {
+    /// `GET`, `PUT`, `POST`, …
+    pub method: &'a str,
+    pub url: &'a str,
+    /// Sent as given, after `Host`, `User-Agent`, `Accept-Encoding`,
+    /// `Connection` and `Content-Length`.
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: &'a [u8],
+    /// Bounds connecting and each wait for data, not the whole exchange.
+    pub timeout: Duration,
+    /// An answer whose body is longer is an error.
+    pub max_body_bytes: usize,
+}
+
+/// The answer to an [`HttpRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// As received, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header of that name, in any case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_of(&self.headers, name)
+    }
+
+    /// The body as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
 impl Host {
+    /// Sends one request and reads the whole answer, whatever its status;
+    /// redirects are not followed. Errors are failures to connect, send
+    /// or read, and a body over `max_body_bytes`.
+    pub fn http_request(&self, request: &HttpRequest<'_>) -> Result<HttpResponse, HostError> {
+        let fail = |message: String| HostError::Http {
+            url: request.url.to_string(),
+            message,
+        };
+        let url = Url::parse(request.url).map_err(|e| fail(e.to_string()))?;
+        let (mut reader, status, headers) = self
+            .exchange(
+                &url,
+                request.method,
+                request.headers,
+                request.body,
+                request.timeout,
+            )
+            .map_err(fail)?;
+        let mut body = BoundedBuffer {
+            bytes: Vec::new(),
+            limit: request.max_body_bytes,
+        };
+        let has_body = request.method != "HEAD" && !matches!(status, 100..=199 | 204 | 304);
+        if has_body {
+            read_body(&mut reader, &headers, &mut body).map_err(fail)?;
+        }
+        Ok(HttpResponse {
+            status,
+            headers,
+            body: body.bytes,
+        })
+    }
+
     /// `GET url`, following redirects. For a 2xx answer the body is written
     /// to `sink` as it arrives; for any other status it is not read.
     /// Returns the final status. `timeout` bounds connecting and each wait
@@ -165,29 +242,11 @@ impl Host {
         };
         let mut current = Url::parse(url).map_err(|e| fail(e.to_string()))?;
         for _ in 0..=MAX_REDIRECTS {
-            let mut reader = BufReader::new(
-                self.connect(&current, timeout)
-                    .map_err(|e| fail(e.to_string()))?,
-            );
-            let request = format!(
-                "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cms-agent\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
-                current.path,
-                current.host_header()
-            );
-            reader
-                .get_mut()
-                .write_all(request.as_bytes())
-                .and_then(|()| reader.get_mut().flush())
-                .map_err(|e| fail(format!("Failed to send the request: {e}")))?;
-            let (status, headers) = read_head(&mut reader).map_err(|e| fail(e.to_string()))?;
-            let header = |name: &str| {
-                headers
-                    .iter()
-                    .find(|(key, _)| key.eq_ignore_ascii_case(name))
-                    .map(|(_, value)| value.as_str())
-            };
+            let (mut reader, status, headers) = self
+                .exchange(&current, "GET", &[], &[], timeout)
+                .map_err(fail)?;
             if matches!(status, 301 | 302 | 303 | 307 | 308)
-                && let Some(location) = header("location")
+                && let Some(location) = header_of(&headers, "location")
             {
                 current = current.join(location).map_err(|e| fail(e.to_string()))?;
                 continue;
@@ -195,36 +254,43 @@ impl Host {
             if !(200..300).contains(&status) {
                 return Ok(status);
             }
-            let chunked = header("transfer-encoding")
-                .is_some_and(|value| value.to_ascii_lowercase().contains("chunked"));
-            let length = header("content-length")
-                .map(|value| {
-                    value
-                        .trim()
-                        .parse::<u64>()
-                        .map_err(|_| fail(format!("invalid Content-Length `{value}`")))
-                })
-                .transpose()?;
-            let copied = if chunked {
-                copy_chunked(&mut reader, sink)
-            } else if let Some(length) = length {
-                io::copy(&mut (&mut reader).take(length), sink).and_then(|copied| {
-                    if copied == length {
-                        Ok(copied)
-                    } else {
-                        Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!("the connection closed after {copied} of {length} bytes"),
-                        ))
-                    }
-                })
-            } else {
-                io::copy(&mut reader, sink)
-            };
-            copied.map_err(|e| fail(format!("Failed to read the body: {e}")))?;
+            read_body(&mut reader, &headers, sink).map_err(fail)?;
             return Ok(status);
         }
         Err(fail(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+
+    /// Connects, sends the request and reads the answer's head; the body
+    /// is left to read from the returned reader.
+    fn exchange(
+        &self,
+        url: &Url,
+        method: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Answered, String> {
+        let mut reader = BufReader::new(self.connect(url, timeout).map_err(|e| e.to_string())?);
+        let mut head = format!(
+            "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cms-agent\r\nAccept-Encoding: identity\r\nConnection: close\r\n",
+            url.path,
+            url.host_header()
+        );
+        if !body.is_empty() || !matches!(method, "GET" | "HEAD") {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let stream = reader.get_mut();
+        stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(body))
+            .and_then(|()| stream.flush())
+            .map_err(|e| format!("Failed to send the request: {e}"))?;
+        let (status, headers) = read_head(&mut reader).map_err(|e| e.to_string())?;
+        Ok((reader, status, headers))
     }
 
     fn connect(&self, url: &Url, timeout: Duration) -> io::Result<Box<dyn Stream>> {
@@ -279,6 +345,73 @@ impl Host {
         .with_root_certificates(roots)
         .with_no_client_auth();
         Ok(Arc::new(config))
+    }
+}
+
+/// The first header of that name, in any case.
+fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.as_str())
+}
+
+/// Copies the body that follows `headers` into `sink`, however it is
+/// framed.
+fn read_body(
+    reader: &mut impl BufRead,
+    headers: &[(String, String)],
+    sink: &mut dyn Write,
+) -> Result<u64, String> {
+    let chunked = header_of(headers, "transfer-encoding")
+        .is_some_and(|value| value.to_ascii_lowercase().contains("chunked"));
+    let length = header_of(headers, "content-length")
+        .map(|value| {
+            value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("invalid Content-Length `{value}`"))
+        })
+        .transpose()?;
+    let copied = if chunked {
+        copy_chunked(reader, sink)
+    } else if let Some(length) = length {
+        io::copy(&mut reader.take(length), sink).and_then(|copied| {
+            if copied == length {
+                Ok(copied)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the connection closed after {copied} of {length} bytes"),
+                ))
+            }
+        })
+    } else {
+        io::copy(reader, sink)
+    };
+    copied.map_err(|e| format!("Failed to read the body: {e}"))
+}
+
+/// A body in memory that refuses to grow past `limit` bytes.
+struct BoundedBuffer {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl Write for BoundedBuffer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.bytes.len() + data.len() > self.limit {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!("the answer is larger than {} bytes", self.limit),
+            ));
+        }
+        self.bytes.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -478,6 +611,65 @@ mod tests {
             crate::error_text(&refused)
         );
         server.join().expect("server");
+    }
+
+    #[test]
+    fn a_post_sends_its_headers_and_body_and_reads_any_answer_bounded() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let port = listener.local_addr().expect("address").port();
+        let server = std::thread::spawn(move || {
+            let mut received = Vec::new();
+            for answer in [
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/xml\r\nContent-Length: 7\r\n\r\n<Error>",
+                "HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n01234567890123456789",
+            ] {
+                let (mut stream, _) = listener.accept().expect("accepts");
+                let mut reader = BufReader::new(stream.try_clone().expect("clones"));
+                let mut head = String::new();
+                while !head.ends_with("\r\n\r\n") {
+                    reader.read_line(&mut head).expect("reads");
+                }
+                let mut body = [0u8; 11];
+                reader.read_exact(&mut body).expect("body");
+                received.push((head, body.to_vec()));
+                stream.write_all(answer.as_bytes()).expect("writes");
+            }
+            received
+        });
+        let host = Host::system();
+        let url = format!("http://127.0.0.1:{port}/");
+        let request = HttpRequest {
+            method: "POST",
+            url: &url,
+            headers: &[("Content-Type", "application/x-www-form-urlencoded")],
+            body: b"Action=Test",
+            timeout: Duration::from_secs(5),
+            max_body_bytes: 10,
+        };
+        let refused = host.http_request(&request).expect("an answer");
+        assert_eq!(
+            (
+                refused.status,
+                refused.header("content-type"),
+                refused.text()
+            ),
+            (400, Some("text/xml"), "<Error>".to_string())
+        );
+        let too_long = host.http_request(&request).expect_err("over the bound");
+        assert!(
+            crate::error_text(&too_long).contains("larger than 10 bytes"),
+            "{}",
+            crate::error_text(&too_long)
+        );
+        let received = server.join().expect("server");
+        let (head, body) = &received[0];
+        assert!(head.starts_with("POST / HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("Content-Length: 11\r\n"), "{head}");
+        assert!(
+            head.contains("Content-Type: application/x-www-form-urlencoded\r\n"),
+            "{head}"
+        );
+        assert_eq!(body, b"Action=Test");
     }
 
     #[test]
