@@ -50,10 +50,20 @@ pub fn build_agent_package() -> Result<PathBuf> {
     if let Some(path) = built.as_ref() {
         return Ok(path.clone());
     }
-    let path = run_package_script(&["--profile", "dev", "--package", "cms-agent"])?
-        .into_iter()
-        .next()
-        .context("Failed to build the agent's package: scripts/package named no package")?;
+    let path = run_package_script(
+        &[
+            "--profile",
+            "dev",
+            "--format",
+            "deb",
+            "--package",
+            "cms-agent",
+        ],
+        ".deb",
+    )?
+    .into_iter()
+    .next()
+    .context("Failed to build the agent's package: scripts/package named no package")?;
     *built = Some(path.clone());
     Ok(path)
 }
@@ -69,18 +79,71 @@ pub fn build_server_package() -> Result<PathBuf> {
     if let Some(path) = built.as_ref() {
         return Ok(path.clone());
     }
-    let path = run_package_script(&["--profile", "dev", "--package", "cms-server"])?
-        .into_iter()
-        .next()
-        .context("Failed to build the server's package: scripts/package named no package")?;
+    let path = run_package_script(
+        &[
+            "--profile",
+            "dev",
+            "--format",
+            "deb",
+            "--package",
+            "cms-server",
+        ],
+        ".deb",
+    )?
+    .into_iter()
+    .next()
+    .context("Failed to build the server's package: scripts/package named no package")?;
     *built = Some(path.clone());
     Ok(path)
 }
 
-/// Runs `scripts/package` with `arguments`; the paths it printed.
-fn run_package_script(arguments: &[&str]) -> Result<Vec<PathBuf>> {
+/// The RPM packages of the agent and the server, built by `scripts/package`.
+#[derive(Clone, Debug)]
+pub struct RpmPackages {
+    pub agent: PathBuf,
+    pub server: PathBuf,
+}
+
+/// Builds the `.rpm` packages of the agent and the server with
+/// `scripts/package --profile dev --format rpm` (needs `rpmbuild`, Debian
+/// package rpm) and returns their paths. Both in one run, as `.ci/run`
+/// builds them: cargo then has nothing to rebuild. Built once per test
+/// process.
+pub fn build_rpm_packages() -> Result<RpmPackages> {
+    static BUILT: std::sync::Mutex<Option<RpmPackages>> = std::sync::Mutex::new(None);
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(packages) = built.as_ref() {
+        return Ok(packages.clone());
+    }
+    let paths = run_package_script(&["--profile", "dev", "--format", "rpm"], ".rpm")?;
+    let named = |name: &str| {
+        paths
+            .iter()
+            .find(|path| {
+                path.file_name()
+                    .is_some_and(|file| file.to_string_lossy().starts_with(&format!("{name}-")))
+            })
+            .cloned()
+            .with_context(|| {
+                format!("Failed to build the RPM packages: scripts/package named no {name} package in {paths:?}")
+            })
+    };
+    let packages = RpmPackages {
+        agent: named("cms-agent")?,
+        server: named("cms-server")?,
+    };
+    *built = Some(packages.clone());
+    Ok(packages)
+}
+
+/// Runs `scripts/package` with `arguments`; the paths it printed that end
+/// with `extension`.
+fn run_package_script(arguments: &[&str], extension: &str) -> Result<Vec<PathBuf>> {
     let mut command = Command::new(workspace_root().join("scripts/package"));
     command.args(arguments).current_dir(workspace_root());
+    without_test_package_environment(&mut command);
     // The cargo running this test, so the script builds with the same one.
     if let Some(cargo) = std::env::var_os("CARGO") {
         let directory = Path::new(&cargo).parent().map(Path::to_path_buf);
@@ -95,16 +158,39 @@ fn run_package_script(arguments: &[&str]) -> Result<Vec<PathBuf>> {
     let output = run_command(command, CARGO_BUILD_TIMEOUT)?;
     if !output.succeeded() {
         bail!(
-            "Failed to build a Debian package: `{command_line}` failed\n{}",
+            "Failed to build a package: `{command_line}` failed\n{}",
             output.stderr.trim_end()
         );
     }
     Ok(output
         .stdout
         .lines()
-        .filter(|line| line.ends_with(".deb"))
+        .filter(|line| line.ends_with(extension))
         .map(PathBuf::from)
         .collect())
+}
+
+/// Removes from `command`'s environment what cargo sets for the running
+/// test about its own package (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, …).
+/// Build scripts such as ring's rerun when these change, so a `cargo build`
+/// started from a test would otherwise recompile them, and again at the
+/// next build from a shell.
+fn without_test_package_environment(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let name_text = name.to_string_lossy();
+        let about_the_test_package = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|prefix| name_text.starts_with(prefix))
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*name_text);
+        if about_the_test_package {
+            command.env_remove(&name);
+        }
+    }
 }
 
 fn workspace_root() -> &'static Path {

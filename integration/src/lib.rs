@@ -50,6 +50,7 @@ mod package_repo;
 mod prerequisites;
 mod process_table;
 mod reports;
+mod rpm_root;
 mod server_process;
 mod settings;
 mod shared_fixture;
@@ -61,7 +62,10 @@ mod wait;
 pub use admin_cli::AdminCli;
 pub use aws_api_double::AwsApiDouble;
 pub use aws_secrets_double::AwsSecretsDouble;
-pub use cargo_build::{build_agent_package, build_server_package, build_workspace_binary};
+pub use cargo_build::{
+    RpmPackages, build_agent_package, build_rpm_packages, build_server_package,
+    build_workspace_binary,
+};
 pub use example::{EXAMPLE_PACKAGES, EXAMPLE_REPOSITORY, ExampleRun, converge_example_web_role};
 pub use fixtures::{AGENT_CONFIG, bake_agent_for_server, bake_agent_image, begin_end_to_end_test};
 pub use git_repo::GitRepo;
@@ -78,6 +82,7 @@ pub use network::{BRIDGE_NAME, NETWORK_PREFIX_LENGTH};
 pub use package_repo::{DebPackageFile, DebPackageSpec, PackageRepo};
 pub use prerequisites::check_prerequisites;
 pub use reports::{FIRST_REPORT_TIMEOUT, node_reports, wait_for_first_report};
+pub use rpm_root::RpmRoot;
 pub use server_process::{ServerProcess, free_loopback_port, http_request, https_request};
 pub use settings::{CACHE_DIRECTORY_VARIABLE, DEBIAN_MIRROR_VARIABLE, TestbedSettings};
 pub use shared_fixture::SharedFixture;
