@@ -800,6 +800,42 @@ limits = { nofile = 65536, memory = "2g" }
 }
 
 #[test]
+fn a_bad_drain_is_an_error_at_its_resources_line_naming_the_field_for_services_and_java_apps() {
+    let errors = compile_err(
+        &[(
+            "roles/web.toml",
+            r#"
+[[service]]
+name = "nginx"
+drain = { target_groups = ["web"] }
+
+[[java_app]]
+name = "api"
+artifact = { url = "http://x/a.jar", sha256 = "0000000000000000000000000000000000000000000000000000000000000000" }
+drain = { target_groups = ["arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/api/1"], timeout = "2h" }
+"#,
+        )],
+        "env=prod",
+    );
+    assert_contains(
+        &errors,
+        "roles/web.toml:4:1: drain.target_groups: `web` is not a target group ARN",
+    );
+    assert_contains(
+        &errors,
+        "roles/web.toml:9:1: drain.timeout = 7200 s is out of range",
+    );
+    let errors = compile_err(
+        &[(
+            "roles/web.toml",
+            "[[service]]\nname = \"nginx\"\ndrain = { target_groups = [], ports = 80 }\n",
+        )],
+        "env=prod",
+    );
+    assert_contains(&errors, "ports");
+}
+
+#[test]
 fn bad_java_app_values_are_errors_naming_the_field() {
     let errors = compile_err(
         &[(

@@ -13,7 +13,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Ensure, Kind, Problems, Resolver, Seconds, check_path};
+use super::{Drain, Ensure, Kind, Problems, Resolver, Seconds, check_drain, check_path};
 use crate::digest::is_sha256_hex;
 
 /// The format of a Java application's configuration file.
@@ -136,6 +136,9 @@ pub struct JavaAppSpec {
     pub restart_delay: Option<Seconds>,
     #[serde(default)]
     pub limits: Limits,
+    /// Take the instance out of these load balancer target groups while the
+    /// app restarts (`drain.rs`).
+    pub drain: Option<Drain>,
 }
 
 /// A Java application as a catalog carries it.
@@ -168,6 +171,8 @@ pub struct JavaApp {
     pub restart: RestartPolicy,
     pub restart_delay: Seconds,
     pub limits: Limits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
 }
 
 impl JavaApp {
@@ -328,6 +333,7 @@ impl Kind for JavaApp {
             restart: spec.restart,
             restart_delay: spec.restart_delay.unwrap_or(Seconds(5)),
             limits: spec.limits,
+            drain: spec.drain,
         })
     }
     fn summary(&self) -> String {
@@ -397,6 +403,9 @@ fn check_java_app(spec: &JavaAppSpec, problems: &mut Problems) {
         if let Some(path) = path {
             check_path(path, field, problems);
         }
+    }
+    if let Some(drain) = &spec.drain {
+        check_drain(drain, problems);
     }
     if let Some(heap) = &spec.heap
         && let Err(error) = validate_heap(heap)

@@ -18,9 +18,12 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+mod drain;
 mod fields;
 mod resolve;
 
+pub(crate) use drain::check_drain;
+pub use drain::{DRAIN_TIMEOUT_DEFAULT, Drain};
 pub use fields::{DurationError, Ensure, Mode, Seconds, parse_duration};
 pub(crate) use fields::{check_name, check_path};
 pub use resolve::{Problems, Resolver};

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Kind, Resolver, check_name};
+use super::{Drain, Kind, Resolver, check_drain, check_name};
 
 /// `running` or `stopped`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +21,10 @@ pub struct Service {
     pub ensure: Option<ServiceEnsure>,
     /// Start at boot; left alone when not given.
     pub enable: Option<bool>,
+    /// Take the instance out of these load balancer target groups while it
+    /// restarts (`drain.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
 }
 
 
@@ -35,6 +39,9 @@ impl Kind for Service {
 
     fn resolve(spec: Service, cx: &mut Resolver<'_>) -> Option<Service> {
         check_name(&spec.name, &mut cx.problems);
+        if let Some(drain) = &spec.drain {
+            check_drain(drain, &mut cx.problems);
+        }
         Some(spec)
     }
 
