@@ -22,6 +22,7 @@ pub mod host;
 
 pub mod java_app;
 pub mod package;
+pub mod restarts;
 pub mod session;
 
 mod account;
@@ -37,6 +38,7 @@ mod user;
 pub use backup::{BackupEntry, BackupError, BackupStore, Restored};
 pub use host::fs::{FileAttributes, FileKind, FileStatus};
 pub use host::{CommandOutput, CommandSpec, Host, HostError};
+pub use restarts::{RestartWindow, Restarts, UNCOORDINATED};
 pub use session::Session;
 
 /// One difference between what the catalog asks for and what the host has.
@@ -250,6 +252,9 @@ pub struct Context<'a> {
     /// owner-only. The engine redacts its changes and errors in any case
     /// ([`redact_changes`], [`report_error`]).
     pub sensitive: bool,
+    /// Whom to ask before a restart ([`restarts`]): the server's restart
+    /// budget and the load balancers to drain.
+    pub restarts: &'a dyn Restarts,
 }
 
 /// A resource that can be checked and applied.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use cms_roles::{Service, ServiceEnsure};
 
+use crate::restarts::hold_for;
 use crate::{Change, CommandSpec, Context, Provider, ProviderError};
 
 /// Starting a unit can wait on its start-up; a broken one must not hang the
@@ -96,6 +97,39 @@ impl ServiceProvider<'_> {
     }
 }
 
+/// How long `systemctl restart` may take: systemd's default start timeout.
+const RESTART_WITHIN: Duration = Duration::from_secs(90);
+
+impl ServiceProvider<'_> {
+    /// Restarts the service within a place of the restart budget, drained
+    /// from its load balancers when it says `drain`; returns what the
+    /// coordination did, if worth saying.
+    fn coordinated_restart(&self, cx: &Context<'_>) -> Result<Option<String>, ProviderError> {
+        let unit = self.unit();
+        let drain = self.0.drain.as_ref();
+        let mut window = cx
+            .restarts
+            .reserve(&unit, hold_for(RESTART_WITHIN, drain))?;
+        if let Some(drain) = drain {
+            window.drain(drain)?;
+        }
+        let restarted = self.act(cx, "restart");
+        let healthy =
+            restarted.is_ok() && systemctl(cx, &["is-active", "--quiet", &unit])?.success();
+        let done = window.end(healthy);
+        restarted?;
+        done
+    }
+}
+
+/// `text`, followed by what the restart's coordination did.
+fn with_note(text: String, note: Option<String>) -> String {
+    match note {
+        Some(note) => format!("{text}; {note}"),
+        None => text,
+    }
+}
+
 impl Provider for ServiceProvider<'_> {
     fn packages(&self) -> Vec<String> {
         Vec::new()
@@ -173,13 +207,24 @@ impl Provider for ServiceProvider<'_> {
             // A service meant to be stopped is not started by a notification.
             Some(ServiceEnsure::Stopped) => Ok(None),
             Some(ServiceEnsure::Running) => {
-                self.act(cx, "restart")?;
-                Ok(Some(format!("restarted {}", self.unit())))
+                let unit = self.unit();
+                // A stopped service interrupts no one: it starts without a
+                // place.
+                if !systemctl(cx, &["is-active", "--quiet", &unit])?.success() {
+                    self.act(cx, "restart")?;
+                    return Ok(Some(format!("started {unit}")));
+                }
+                let done = self.coordinated_restart(cx)?;
+                Ok(Some(with_note(format!("restarted {unit}"), done)))
             }
             // Unmanaged state: restart only if it runs.
             None => {
-                self.act(cx, "try-restart")?;
-                Ok(Some(format!("restarted {} if it was running", self.unit())))
+                let unit = self.unit();
+                if !systemctl(cx, &["is-active", "--quiet", &unit])?.success() {
+                    return Ok(Some(format!("{unit} was not running: not restarted")));
+                }
+                let done = self.coordinated_restart(cx)?;
+                Ok(Some(with_note(format!("restarted {unit}"), done)))
             }
         }
     }

@@ -122,6 +122,7 @@ impl InstallRoot {
             backups: &self.backups,
             managed_paths: &managed,
             session: &session,
+            restarts: &cms_modules::UNCOORDINATED,
             sensitive: false,
         };
         let mut changed = 0;
@@ -262,6 +263,7 @@ fn several_dnf_packages_install_in_one_transaction() {
         backups: &root.backups,
         managed_paths: &managed,
         session: &session,
+        restarts: &cms_modules::UNCOORDINATED,
         sensitive: false,
     };
     let checked: Vec<(&Package, Vec<cms_modules::Change>)> = packages

@@ -122,6 +122,7 @@ impl TestHost {
             backups: &self.backups,
             managed_paths: &managed_paths,
             session: &self.session,
+            restarts: &cms_modules::UNCOORDINATED,
             sensitive: self.sensitive.get(),
         };
         let provider = provider(resource);

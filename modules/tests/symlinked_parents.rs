@@ -125,6 +125,7 @@ impl Attack {
             backups: &self.backups,
             managed_paths,
             session: &self.session,
+            restarts: &cms_modules::UNCOORDINATED,
             sensitive: false,
         }
     }

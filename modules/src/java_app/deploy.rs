@@ -270,6 +270,7 @@ impl JavaAppProvider<'_> {
                 name: self.unit_name(),
                 ensure: Some(ServiceEnsure::Running),
                 enable: Some(true),
+                drain: None,
             },
         })
     }
@@ -316,7 +317,10 @@ impl JavaAppProvider<'_> {
     }
 
     /// `ActiveState`, `SubState` and `NRestarts` of the unit.
-    fn unit_state(&self, cx: &Context<'_>) -> Result<(String, String, u64), ProviderError> {
+    pub(super) fn unit_state(
+        &self,
+        cx: &Context<'_>,
+    ) -> Result<(String, String, u64), ProviderError> {
         let output = systemctl(
             cx,
             &[
@@ -341,6 +345,24 @@ impl JavaAppProvider<'_> {
         ))
     }
 
+    /// How long the app may take to be healthy after a restart.
+    fn health_timeout(&self) -> Duration {
+        self.0
+            .health
+            .as_ref()
+            .and_then(|h| h.timeout)
+            .map_or(DEFAULT_HEALTH_TIMEOUT, |t| Duration::from_secs(t.0))
+    }
+
+    /// A place to restart the app ([`crate::restarts`]).
+    pub(super) fn reserve_restart<'c>(
+        &self,
+        cx: &Context<'c>,
+    ) -> Result<Box<dyn crate::RestartWindow + 'c>, ProviderError> {
+        let hold = crate::restarts::hold_for(self.health_timeout(), self.0.drain.as_ref());
+        cx.restarts.reserve(&self.unit_name(), hold)
+    }
+
     /// Restarts the app and waits until it is healthy; `Err` says why not.
     pub(super) fn restart_and_wait(
         &self,
@@ -356,9 +378,7 @@ impl JavaAppProvider<'_> {
         }
         let (_, _, restarts_at_start) = self.unit_state(cx)?;
         let health = self.0.health.as_ref();
-        let timeout = health
-            .and_then(|h| h.timeout)
-            .map_or(DEFAULT_HEALTH_TIMEOUT, |t| Duration::from_secs(t.0));
+        let timeout = self.health_timeout();
         let started = clock::instant();
         let mut last_problem = ProbeFailure::NoAnswerYet;
         loop {
@@ -593,6 +613,15 @@ impl JavaAppProvider<'_> {
     pub(super) fn deploy(&self, changes: &[Change], cx: &Context<'_>) -> Result<(), ProviderError> {
         let app = self.0;
         let plan = self.plan(cx)?;
+        // The restart's place comes first: when none is free, nothing of
+        // the deployment is made, and the next run tries again. An app that
+        // is not running (a first deployment) interrupts no one: it starts
+        // without a place.
+        let mut window = if restarts_on(changes) && self.unit_state(cx)?.0 == "active" {
+            Some(self.reserve_restart(cx)?)
+        } else {
+            None
+        };
         let contents = WithUnit::new(&plan, cx.contents);
         let with_unit = Context {
             contents: &contents,
@@ -660,9 +689,15 @@ impl JavaAppProvider<'_> {
         if !restarts_on(changes) {
             return Ok(());
         }
+        if let (Some(window), Some(drain)) = (window.as_mut(), &app.drain) {
+            window.drain(drain)?;
+        }
         let restarted_at = clock::now();
         let problem = match self.restart_and_wait(cx)? {
             Ok(()) => {
+                if let Some(window) = window {
+                    window.end(true)?;
+                }
                 if !current.is_empty() || changes.iter().any(|c| c.attribute == "release") {
                     // The release order for pruning is the order in which
                     // releases were made current.
@@ -686,13 +721,15 @@ impl JavaAppProvider<'_> {
         .any(|label| changes.iter().any(|c| part_of(&c.attribute) == *label));
         // The outcome without the second failure's details, for a
         // sensitive app's report.
-        let (outcome, safe_outcome) = match after_failure(&previous, deployment_changed) {
+        let mut healthy_again = false;
+        let (mut outcome, mut safe_outcome) = match after_failure(&previous, deployment_changed) {
             AfterFailure::RollBack => {
                 let release = previous.release.as_deref().unwrap_or_default();
                 let rolled_back =
                     format!("rolled back to release {release} with its configuration and unit");
                 match self.roll_back(cx, &previous)? {
                     Ok(()) => {
+                        healthy_again = true;
                         let text = format!("{rolled_back}; it is healthy again");
                         (text.clone(), text)
                     }
@@ -714,6 +751,19 @@ impl JavaAppProvider<'_> {
                 (text.clone(), text)
             }
         };
+        // Back into its load balancers either way (their own health check
+        // keeps a sick instance out of service), and the place given up.
+        match window.map_or(Ok(None), |window| window.end(healthy_again)) {
+            Ok(Some(note)) => {
+                outcome = format!("{outcome}; {note}");
+                safe_outcome = format!("{safe_outcome}; {note}");
+            }
+            Ok(None) => {}
+            Err(error) => {
+                outcome = format!("{outcome}; {error}");
+                safe_outcome = format!("{safe_outcome}; {}", crate::report_error(&error, true));
+            }
+        }
         Err(ProviderError::FailedWithDetails {
             full: format!(
                 "java_app {} is not healthy after its restart: {problem}; {outcome}\nlast log lines of {}:\n{}",
@@ -777,6 +827,7 @@ mod tests {
                 managed_paths: &managed_paths,
                 session: &session,
                 sensitive,
+                restarts: &crate::UNCOORDINATED,
             };
             JavaAppProvider(&app).plan(&cx).unwrap()
         };

@@ -211,21 +211,40 @@ impl Provider for JavaAppProvider<'_> {
         if cx.session.daemon_reload_pending() {
             self.daemon_reload(cx)?;
         }
+        // A stopped app interrupts no one: it starts without a place.
+        let mut window = if self.unit_state(cx)?.0 == "active" {
+            Some(self.reserve_restart(cx)?)
+        } else {
+            None
+        };
+        if let (Some(window), Some(drain)) = (window.as_mut(), &self.0.drain) {
+            window.drain(drain)?;
+        }
         let restarted_at = clock::now();
         match self.restart_and_wait(cx)? {
-            Ok(()) => Ok(Some(format!(
-                "restarted {}; it is healthy",
-                self.unit_name()
-            ))),
-            Err(problem) => Err(ProviderError::FailedWithDetails {
-                full: format!(
-                    "java_app {} is not healthy after its restart: {problem}\nlast log lines of {}:\n{}",
-                    self.0.name,
-                    self.unit_name(),
-                    self.last_log_lines(cx, restarted_at)
-                ),
-                safe: format!("java_app {} is not healthy after its restart", self.0.name),
-            }),
+            Ok(()) => {
+                let text = format!("restarted {}; it is healthy", self.unit_name());
+                Ok(Some(match window.map_or(Ok(None), |w| w.end(true))? {
+                    Some(note) => format!("{text}; {note}"),
+                    None => text,
+                }))
+            }
+            Err(problem) => {
+                let after = match window.map_or(Ok(None), |w| w.end(false)) {
+                    Ok(Some(note)) => format!("; {note}"),
+                    Ok(None) => String::new(),
+                    Err(error) => format!("; {error}"),
+                };
+                Err(ProviderError::FailedWithDetails {
+                    full: format!(
+                        "java_app {} is not healthy after its restart{after}: {problem}\nlast log lines of {}:\n{}",
+                        self.0.name,
+                        self.unit_name(),
+                        self.last_log_lines(cx, restarted_at)
+                    ),
+                    safe: format!("java_app {} is not healthy after its restart", self.0.name),
+                })
+            }
         }
     }
 
@@ -274,6 +293,7 @@ pub(crate) mod tests {
             keep_releases: 2,
             restart: RestartPolicy::OnFailure,
             restart_delay: Seconds(5),
+            drain: None,
             limits: Limits {
                 nofile: Some(65536),
                 nproc: None,
