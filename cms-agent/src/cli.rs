@@ -11,6 +11,7 @@ use cms_roles::{Node, Repository, compile};
 use crate::converge::{ConvergeOptions, converge};
 use crate::lock::RunLock;
 pub use crate::output::{Format, Terminal, print_report};
+use crate::restarts::AgentRestarts;
 
 /// Exit code when the run could not start (bad repository, bad flags).
 pub const EXIT_ERROR: u8 = 1;
@@ -129,6 +130,10 @@ pub struct ApplyArgs {
     /// The node id to compile for [default: the instance id].
     #[arg(long, value_name = "ID")]
     pub node: Option<String>,
+    /// The agent configuration, for its `[aws]` settings (a resource that
+    /// drains its load balancers); a missing file means the defaults.
+    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG_FILE)]
+    pub config: PathBuf,
     #[command(flatten)]
     pub target: TargetArgs,
     #[command(flatten)]
@@ -289,7 +294,7 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
                 &args.state_dir,
                 &server,
                 args.noop,
-                config.metadata_endpoint.clone(),
+                &config.run,
             ))?;
             crate::textfile::record(&config.textfile, &report);
             print_report(&report, args.format, terminal)?;
@@ -309,6 +314,23 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
 fn observe_node(root: &Path, discovery: &DiscoveryArgs) -> anyhow::Result<crate::node::Observed> {
     let given = discovery.tags.as_deref().map(parse_tags).transpose()?;
     crate::node::observe(root, given, discovery.metadata_endpoint.clone())
+}
+
+/// The AWS settings of `apply`: `[aws]` and `metadata_endpoint` of the
+/// agent configuration, when it can be read (`--metadata-endpoint` wins).
+fn apply_aws_settings(config: &Path, discovery: &DiscoveryArgs) -> crate::aws::AwsSettings {
+    let run = match crate::config::AgentConfig::load(config) {
+        Ok(config) => config.run,
+        Err(error) => {
+            eprintln!("warning: {error:#}; AWS calls use the defaults");
+            crate::config::RunSettings::default()
+        }
+    };
+    let mut settings = crate::remote::aws_settings(&run);
+    if discovery.metadata_endpoint.is_some() {
+        settings.metadata_endpoint = discovery.metadata_endpoint.clone();
+    }
+    settings
 }
 
 fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
@@ -375,6 +397,14 @@ fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
             noop: args.noop,
             run_id: format!("{}-{}", node.id, std::process::id()),
         },
+        // No server, so no restart budget; a resource that says `drain`
+        // drains through the AWS API that agent.toml describes.
+        &AgentRestarts::new(
+            None,
+            std::time::Duration::ZERO,
+            apply_aws_settings(&args.config, &args.discovery),
+            &state_dir,
+        ),
     );
     crate::state::save_report(&state_dir, &report)?;
     print_report(&report, args.format, terminal)?;

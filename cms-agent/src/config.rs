@@ -34,7 +34,96 @@ pub struct RawAgentConfig {
     /// The file node_exporter's textfile collector reads the last run's
     /// figures from; `""` turns it off (see `textfile`).
     pub textfile_collector: Option<String>,
+    /// The systemd target started after the first successful converge
+    /// since boot; `""` turns it off.
+    pub converged_target: Option<String>,
+    #[serde(default)]
+    pub restarts: RawRestarts,
+    /// The launch lifecycle hook of the instance's autoscaling group.
+    pub lifecycle: Option<RawLifecycle>,
+    #[serde(default)]
+    pub aws: RawAws,
 }
+
+/// `[restarts]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRestarts {
+    /// How long to wait for a place in the server's restart budget, e.g.
+    /// "15m".
+    pub wait: Option<String>,
+}
+
+/// `[lifecycle]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLifecycle {
+    /// The launch lifecycle hook's name.
+    pub hook: String,
+    /// The autoscaling group; found from the instance when not given.
+    pub group: Option<String>,
+    /// Failed first converges before the launch is abandoned.
+    pub abandon_after: Option<u32>,
+}
+
+/// `[aws]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAws {
+    /// One base URL for every AWS API (a VPC endpoint, a test double).
+    pub endpoint: Option<String>,
+    /// The region; the instance's, from its metadata, when not given.
+    pub region: Option<String>,
+    /// `host:port` of the metadata service the AWS calls read the instance
+    /// id, region and credentials from; the top-level `metadata_endpoint`
+    /// (or EC2's) when not given.
+    pub metadata_endpoint: Option<String>,
+}
+
+/// How a launch lifecycle hook is completed (`lifecycle`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lifecycle {
+    pub hook: String,
+    pub group: Option<String>,
+    pub abandon_after: u32,
+}
+
+/// What a run needs besides its server: read from agent.toml once.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub metadata_endpoint: Option<String>,
+    /// How long a restart waits for a place in the restart budget.
+    pub restart_wait: Duration,
+    pub lifecycle: Option<Lifecycle>,
+    pub aws_endpoint: Option<String>,
+    pub aws_region: Option<String>,
+    /// `[aws] metadata_endpoint`, else `metadata_endpoint`.
+    pub aws_metadata_endpoint: Option<String>,
+    /// The systemd target started after the first good converge since
+    /// boot, if any.
+    pub converged_target: Option<String>,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings {
+            metadata_endpoint: None,
+            restart_wait: DEFAULT_RESTART_WAIT,
+            lifecycle: None,
+            aws_endpoint: None,
+            aws_region: None,
+            aws_metadata_endpoint: None,
+            converged_target: Some(CONVERGED_TARGET.to_string()),
+        }
+    }
+}
+
+/// The default `[restarts] wait`.
+pub const DEFAULT_RESTART_WAIT: Duration = Duration::from_secs(15 * 60);
+/// The default `[lifecycle] abandon_after`.
+pub const DEFAULT_ABANDON_AFTER: u32 = 3;
+/// The target the packages ship (`cms-agent/cms-converged.target`).
+pub const CONVERGED_TARGET: &str = "cms-converged.target";
 
 /// Resolved.
 #[derive(Debug, Clone)]
@@ -50,6 +139,7 @@ pub struct AgentConfig {
     pub splay: Duration,
     pub metadata_endpoint: Option<String>,
     pub textfile: crate::textfile::Textfile,
+    pub run: RunSettings,
 }
 
 impl AgentConfig {
@@ -99,7 +189,45 @@ impl AgentConfig {
             },
             (None, None) => None,
         };
+        let lifecycle = match raw.lifecycle {
+            Some(lifecycle) => {
+                if lifecycle.hook.trim().is_empty() {
+                    anyhow::bail!(
+                        "Failed to read the agent configuration {}: [lifecycle] hook is empty: write the name of the autoscaling group's launch lifecycle hook",
+                        path.display()
+                    );
+                }
+                Some(Lifecycle {
+                    hook: lifecycle.hook,
+                    group: lifecycle.group.filter(|g| !g.is_empty()),
+                    abandon_after: match lifecycle.abandon_after {
+                        Some(0) => anyhow::bail!(
+                            "Failed to read the agent configuration {}: [lifecycle] abandon_after = 0: write how many failed first converges abandon the launch, 1 or more (default {DEFAULT_ABANDON_AFTER})",
+                            path.display()
+                        ),
+                        Some(n) => n,
+                        None => DEFAULT_ABANDON_AFTER,
+                    },
+                })
+            }
+            None => None,
+        };
+        let run = RunSettings {
+            metadata_endpoint: raw.metadata_endpoint.clone(),
+            restart_wait: duration(raw.restarts.wait.as_deref(), DEFAULT_RESTART_WAIT.as_secs())
+                .with_context(|| format!("Failed to read [restarts] wait in {}", path.display()))?,
+            lifecycle,
+            aws_endpoint: raw.aws.endpoint,
+            aws_region: raw.aws.region,
+            aws_metadata_endpoint: raw.aws.metadata_endpoint.or(raw.metadata_endpoint.clone()),
+            converged_target: match raw.converged_target {
+                Some(target) if target.is_empty() => None,
+                Some(target) => Some(target),
+                None => Some(CONVERGED_TARGET.to_string()),
+            },
+        };
         Ok(AgentConfig {
+            run,
             server: raw.server,
             token,
             ca_fingerprint: raw.ca_fingerprint,

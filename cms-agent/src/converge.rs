@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use cms_modules::package::{PackageProvider, apply_batch};
-use cms_modules::{BackupStore, Change, Context, Host, Provider, Session, provider};
+use cms_modules::{BackupStore, Change, Context, Host, Provider, Restarts, Session, provider};
 use cms_roles::{Catalog, Package, ResourceKind, is_path_type};
 
 use crate::clock;
@@ -33,6 +33,7 @@ pub fn converge(
     host: &Host,
     backups: &BackupStore,
     options: &ConvergeOptions,
+    restarts: &dyn Restarts,
 ) -> RunReport {
     let started = clock::instant();
     let started_at_unix_ms = clock::unix_ms();
@@ -56,6 +57,7 @@ pub fn converge(
         backups,
         managed_paths: &managed_paths,
         session: &session,
+        restarts,
         sensitive: false,
     };
     // Results of packages installed together with an earlier one.

@@ -420,6 +420,7 @@ pub async fn run_daemon(
     let runner = ServerRunner {
         state_dir: state_dir.to_path_buf(),
         metadata_endpoint: config.metadata_endpoint.clone(),
+        settings: config.run.clone(),
         textfile: config.textfile.clone(),
         terminal,
         connectors: Connectors::new(),
@@ -442,6 +443,8 @@ pub async fn run_daemon(
 pub struct ServerRunner {
     state_dir: PathBuf,
     metadata_endpoint: Option<String>,
+    /// What each run needs from agent.toml.
+    settings: crate::config::RunSettings,
     textfile: crate::textfile::Textfile,
     terminal: Terminal,
     connectors: Connectors,
@@ -528,7 +531,7 @@ impl Runner for ServerRunner {
             &self.state_dir,
             server,
             request.noop,
-            self.metadata_endpoint.clone(),
+            &self.settings,
             &request.trigger_id,
             &self.connectors,
         )
@@ -770,6 +773,7 @@ mod tests {
             splay,
             metadata_endpoint: None,
             textfile: crate::textfile::Textfile::Off,
+            run: crate::config::RunSettings::default(),
         }
     }
 

@@ -20,13 +20,24 @@ use cms_roles::Catalog;
 use crate::client::{
     Connectors, ServerAddress, enroll, fetch_contents, fetch_pinned_ca, split_token,
 };
+use crate::config::RunSettings;
 use crate::contents::ContentCache;
 use crate::converge::{ConvergeOptions, converge};
 use crate::identity::{Identity, generate_key_and_csr, load_identity, save_identity};
 use crate::lock::RunLock;
 use crate::report::RunReport;
+use crate::restarts::{AgentRestarts, BudgetServer};
 use crate::schedule::{backoff_delay, jitter_seed};
 use crate::state::{CatalogCache, ReportQueue, record_run, remove_stale_temporary_files};
+
+/// The AWS settings of a run's agent configuration.
+pub fn aws_settings(settings: &RunSettings) -> crate::aws::AwsSettings {
+    crate::aws::AwsSettings {
+        endpoint: settings.aws_endpoint.clone(),
+        region: settings.aws_region.clone(),
+        metadata_endpoint: settings.aws_metadata_endpoint.clone(),
+    }
+}
 
 /// Runs blocking work on tokio's blocking threads and waits for it.
 async fn blocking<T: Send + 'static>(
@@ -151,17 +162,9 @@ pub async fn converge_from_server(
     state_dir: &Path,
     server: &str,
     noop: bool,
-    metadata_endpoint: Option<String>,
+    settings: &RunSettings,
 ) -> anyhow::Result<RunReport> {
-    converge_for_trigger(
-        state_dir,
-        server,
-        noop,
-        metadata_endpoint,
-        "",
-        &Connectors::new(),
-    )
-    .await
+    converge_for_trigger(state_dir, server, noop, settings, "", &Connectors::new()).await
 }
 
 /// One run asked for by a fleet trigger (`trigger_id` empty for a run of
@@ -172,7 +175,7 @@ pub async fn converge_for_trigger(
     state_dir: &Path,
     server: &str,
     noop: bool,
-    metadata_endpoint: Option<String>,
+    settings: &RunSettings,
     trigger_id: &str,
     connectors: &Connectors,
 ) -> anyhow::Result<RunReport> {
@@ -188,6 +191,7 @@ pub async fn converge_for_trigger(
     let address = ServerAddress::parse(server)?;
     // The server compiles for the tags bound at enrollment; the node sends
     // its facts. Facts may wait on the metadata service.
+    let metadata_endpoint = settings.metadata_endpoint.clone();
     let facts =
         blocking(move || Ok(crate::node::observe(Path::new("/"), None, metadata_endpoint)?.facts))
             .await?;
@@ -312,12 +316,38 @@ pub async fn converge_for_trigger(
             revision,
             note,
         } = pulled;
+        let restarts = AgentRestarts::new(
+            Some(BudgetServer {
+                runtime: tokio::runtime::Handle::current(),
+                connectors: connectors.clone(),
+                address: address.clone(),
+                identity: identity.clone(),
+            }),
+            settings.restart_wait,
+            aws_settings(settings),
+            state_dir,
+        );
+        let settings = settings.clone();
         blocking(move || {
             // Temporary files of a killed run: ours only, in our own state
             // directory (the converge sweeps the managed directories).
             remove_stale_temporary_files(&dir);
             let backups = BackupStore::open(dir.join("backups"))?;
-            let report = converge(&catalog, &Host::system(), &backups, &options);
+            let mut notes: Vec<String> = note.into_iter().collect();
+            if !noop {
+                notes.extend(restarts.restore_drained());
+            }
+            let report = converge(&catalog, &Host::system(), &backups, &options, &restarts);
+            if let Some(lifecycle) = &settings.lifecycle {
+                let aws = crate::aws::Aws::new(aws_settings(&settings));
+                notes.extend(crate::lifecycle::after_run(&dir, lifecycle, &aws, &report));
+            }
+            if let Some(target) = &settings.converged_target {
+                notes.extend(crate::lifecycle::reach_converged_target(
+                    &dir, target, &report,
+                ));
+            }
+            let note = (!notes.is_empty()).then(|| notes.join("; "));
             // The report is queued before anything else is written, so a
             // full disk or a broken last_run.json never loses it.
             record_run(

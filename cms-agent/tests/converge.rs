@@ -37,6 +37,7 @@ fn run(dir: &Path, host: &Host, role: &str, noop: bool) -> RunReport {
             noop,
             run_id: "test".into(),
         },
+        &cms_modules::UNCOORDINATED,
     )
 }
 

@@ -54,6 +54,7 @@ fn run(dir: &Path, catalog: &Catalog, noop: bool) -> RunReport {
             noop,
             run_id: "test".into(),
         },
+        &cms_modules::UNCOORDINATED,
     )
 }
 
