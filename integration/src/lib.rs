@@ -60,7 +60,7 @@ mod testbed;
 mod wait;
 
 pub use admin_cli::AdminCli;
-pub use aws_api_double::AwsApiDouble;
+pub use aws_api_double::{AwsApiDouble, TargetEventKind};
 pub use aws_secrets_double::AwsSecretsDouble;
 pub use cargo_build::{
     RpmPackages, build_agent_package, build_rpm_packages, build_server_package,

@@ -165,6 +165,61 @@ impl TestServer {
             .into_inner())
     }
 
+    /// Triggers a run on the nodes whose tags hold `tags` and waits for its
+    /// last progress (every node reported, or `timeout` is over).
+    pub fn trigger(
+        &self,
+        tags: &[(&str, &str)],
+        noop: bool,
+        timeout: Duration,
+    ) -> Result<pb::TriggerProgress> {
+        self.runtime.block_on(async {
+            let mut stream = self
+                .admin()
+                .await?
+                .trigger(pb::TriggerRequest {
+                    selector: Some(pb::Selector {
+                        tags: tags
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    }),
+                    noop,
+                    timeout_seconds: timeout.as_secs() as u32,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let mut last = None;
+            while let Some(progress) = stream.message().await? {
+                last = Some(progress);
+            }
+            last.context("the trigger sent no progress")
+        })
+    }
+
+    /// Waits until a noop trigger of `tags` reaches `count` nodes and each
+    /// answers (a failed noop run answers too), none unreachable: agents open their watch channels after their first
+    /// run, and only then can a trigger or a rollout reach them.
+    pub fn wait_until_watch_channels_held(&self, tags: &[(&str, &str)], count: u32) -> Result<()> {
+        let mut last = None;
+        crate::wait_until_polling_every(
+            Duration::from_millis(500),
+            Duration::from_secs(60),
+            &format!("a noop trigger to reach the {count} nodes"),
+            || {
+                let progress = self.trigger(tags, true, Duration::from_secs(60))?;
+                // A node whose role fails still answered: it holds its
+                // channel.
+                let reached =
+                    progress.total == count && progress.unreachable == 0 && progress.done == count;
+                last = Some(progress);
+                Ok(reached.then_some(()))
+            },
+        )
+        .with_context(|| format!("the last trigger: {last:#?}"))
+    }
+
     pub fn token(&self, scope: &[(&str, &str)]) -> Result<String> {
         self.runtime.block_on(async {
             let response = self

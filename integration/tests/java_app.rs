@@ -28,9 +28,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use cms_integration::{
-    AdminCli, AwsSecretsDouble, GitRepo, HttpFileServer, Image, ImageRecipe, Instance,
-    InstanceConfig, PackageRepo, ServerProcess, SharedFixture, Testbed, TestbedSettings,
-    bake_agent_image, build_workspace_binary, check_prerequisites, wait_until_polling_every,
+    AdminCli, AwsApiDouble, AwsSecretsDouble, GitRepo, HttpFileServer, Image, ImageRecipe,
+    Instance, InstanceConfig, PackageRepo, ServerProcess, SharedFixture, TargetEventKind, Testbed,
+    TestbedSettings, bake_agent_image, build_workspace_binary, check_prerequisites,
+    wait_until_polling_every,
 };
 use sha2::{Digest, Sha256};
 
@@ -459,6 +460,100 @@ fn a_property_change_and_a_notifying_file_restart_the_app_once() -> Result<()> {
         "restarted once for its own change and the notification:\n{output}"
     );
     ensure!(app.get("/greeting")? == "bonjour");
+    app.stop()
+}
+
+/// The target group of the drain test, as the AWS double knows it.
+const TARGET_GROUP: &str =
+    "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/drained/0123456789abcdef";
+
+#[test]
+fn a_restart_deregisters_the_instance_waits_for_the_drain_restarts_passes_its_health_check_and_registers_again_in_that_order()
+-> Result<()> {
+    let fixture = fixture()?;
+    let app = App::new(&fixture, "drained", 8115)?;
+    // The AWS APIs, doubled on the bridge: the instance is i-0java, a
+    // target of the group once its first deployment is done, as its
+    // autoscaling group would register it.
+    let double = AwsApiDouble::start(SocketAddr::from((fixture.testbed.host_address(), 0)))?;
+    double.add_instance(app.instance.address().into(), "i-0java");
+    double.add_target_group(TARGET_GROUP, Duration::from_secs(3), Duration::from_secs(2));
+    let config = app.instance.root_directory().join("srv/drained-agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[aws]\nendpoint = \"{}\"\nmetadata_endpoint = \"{}\"\n",
+            double.endpoint_for_instances(),
+            double.metadata_endpoint_for_instances()
+        ),
+    )?;
+    let role = |greeting: &str| {
+        app.role(
+            1,
+            greeting,
+            "\"serving.file\" = \"/var/lib/drained/serving\"\n",
+        )
+        .replace(
+            "limits = { nofile = 4096 }",
+            &format!(
+                "limits = {{ nofile = 4096 }}\ndrain = {{ target_groups = [\"{TARGET_GROUP}\"], port = 8115, timeout = \"60s\" }}"
+            ),
+        )
+    };
+    let apply = || app.apply_with(&["--config", "/srv/drained-agent.toml"]);
+    // A first deployment starts an app that serves no one: nothing to drain.
+    app.write_roles(&role("hello"))?;
+    let (code, output) = apply()?;
+    ensure!(
+        code == 2,
+        "first deployment (exit 2), got {code}:\n{output}"
+    );
+    ensure!(
+        double.target_events(TARGET_GROUP).is_empty(),
+        "a first deployment leaves the load balancer alone: {:#?}",
+        double.calls()
+    );
+    double.add_healthy_target(TARGET_GROUP, "i-0java", Some(8115));
+
+    app.write_roles(&role("bonjour"))?;
+    let (code, output) = apply()?;
+    ensure!(
+        code == 2,
+        "a property change (exit 2), got {code}:\n{output}"
+    );
+    ensure!(app.get("/greeting")? == "bonjour");
+    let events = double.target_events(TARGET_GROUP);
+    let kinds: Vec<TargetEventKind> = events.iter().map(|e| e.kind).collect();
+    ensure!(
+        kinds == [TargetEventKind::Deregistered, TargetEventKind::Registered]
+            && events
+                .iter()
+                .all(|e| e.instance_id == "i-0java" && e.port == Some(8115)),
+        "deregistered, then registered again, once each: {:#?}",
+        double.calls()
+    );
+    // The app's own record of when it served after the restart falls
+    // between the end of the drain and the registration.
+    let serving: Vec<u64> = app
+        .run("cat /var/lib/drained/serving")?
+        .lines()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    ensure!(serving.len() == 2, "started twice in all: {serving:?}");
+    let (deregistered, registered, restarted) =
+        (events[0].time_unix_ms, events[1].time_unix_ms, serving[1]);
+    ensure!(
+        restarted >= deregistered + 3_000,
+        "the app restarted ({restarted}) only after the 3 s drain that began at {deregistered}"
+    );
+    ensure!(
+        registered >= restarted,
+        "registered again ({registered}) once the restarted app served and passed its health check ({restarted})"
+    );
+    ensure!(
+        app.starts()? == ["start 1", "start 1"],
+        "one restart:\n{output}"
+    );
     app.stop()
 }
 

@@ -151,7 +151,7 @@ fn a_good_commit_goes_through_the_instances_in_waves_and_one_that_breaks_nginx_i
         );
         ensure_site_serves(instance, FIRST)?;
     }
-    wait_until_every_instance_holds_its_watch_channel(&server)?;
+    server.wait_until_watch_channels_held(&[("role", "web")], INSTANCES.len() as u32)?;
 
     // A good commit: canary, then one instance a wave, each wave after
     // the one before has reported.
@@ -323,45 +323,6 @@ fn ensure_site_serves(instance: &Instance, greeting: &str) -> Result<()> {
         instance.name()
     );
     Ok(())
-}
-
-/// The agents open their watch channels after their first run: once a
-/// noop trigger of `role=web` reaches all four, a rollout can reach them.
-fn wait_until_every_instance_holds_its_watch_channel(server: &TestServer) -> Result<()> {
-    let mut last = None;
-    wait_until_polling_every(
-        Duration::from_millis(500),
-        Duration::from_secs(60),
-        "a noop trigger to reach the four instances",
-        || {
-            let progress = server.runtime.block_on(async {
-                let mut stream = server
-                    .admin()
-                    .await?
-                    .trigger(pb::TriggerRequest {
-                        selector: Some(pb::Selector {
-                            tags: [("role".to_string(), "web".to_string())].into(),
-                        }),
-                        noop: true,
-                        timeout_seconds: 60,
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                let mut last = None;
-                while let Some(progress) = stream.message().await? {
-                    last = Some(progress);
-                }
-                anyhow::Ok(last.context("the trigger sent no progress")?)
-            })?;
-            let reached = progress.total == INSTANCES.len() as u32
-                && progress.unreachable == 0
-                && progress.failed == 0;
-            last = Some(progress);
-            Ok(reached.then_some(()))
-        },
-    )
-    .with_context(|| format!("the last trigger: {last:#?}"))
 }
 
 /// Polls the default environment's rollout until the one to `revision`
