@@ -283,6 +283,50 @@ mod tests {
         assert_eq!(load("server = \"cms:7470\"\n").enroll_with(), None);
     }
 
+    fn load_err(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        format!("{:#}", AgentConfig::load(&path).unwrap_err())
+    }
+
+    #[test]
+    fn lifecycle_restarts_and_aws_are_read_with_their_defaults_and_bad_values_refused() {
+        let defaults = load("");
+        assert_eq!(defaults.run.lifecycle, None);
+        assert_eq!(defaults.run.restart_wait, DEFAULT_RESTART_WAIT);
+        assert_eq!(
+            defaults.run.converged_target.as_deref(),
+            Some(CONVERGED_TARGET)
+        );
+        let config = load(
+            "metadata_endpoint = \"10.0.0.1:80\"\nconverged_target = \"\"\n[lifecycle]\nhook = \"launch\"\n[restarts]\nwait = \"2m\"\n[aws]\nregion = \"eu-west-1\"\n",
+        );
+        assert_eq!(
+            config.run.lifecycle,
+            Some(Lifecycle {
+                hook: "launch".into(),
+                group: None,
+                abandon_after: DEFAULT_ABANDON_AFTER,
+            })
+        );
+        assert_eq!(config.run.restart_wait, Duration::from_secs(120));
+        assert_eq!(config.run.converged_target, None);
+        assert_eq!(config.run.aws_region.as_deref(), Some("eu-west-1"));
+        // The AWS calls read the same metadata service unless told apart.
+        assert_eq!(
+            config.run.aws_metadata_endpoint.as_deref(),
+            Some("10.0.0.1:80")
+        );
+        assert!(
+            load_err("[lifecycle]\nhook = \"launch\"\nabandon_after = 0\n")
+                .contains("abandon_after = 0")
+        );
+        assert!(load_err("[lifecycle]\nhook = \" \"\n").contains("hook is empty"));
+        assert!(load_err("[restarts]\nwait = \"soon\"\n").contains("[restarts] wait"));
+        assert!(load_err("[aws]\nendpoints = \"x\"\n").contains("endpoints"));
+    }
+
     #[test]
     fn a_token_read_from_a_file_remembers_the_file_and_forgetting_deletes_it() {
         let dir = tempfile::tempdir().unwrap();

@@ -43,6 +43,9 @@ pub(crate) struct Answer {
     pub body: String,
 }
 
+/// How often the accepting thread looks for a connection.
+const ACCEPT_POLL: Duration = Duration::from_millis(10);
+
 type Handler = dyn Fn(&ReceivedRequest) -> Answer + Send + Sync;
 
 /// The running server; stops when dropped.
@@ -57,16 +60,25 @@ impl DoubleServer {
         let address = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
         let accepting = stopping.clone();
+        // Polled rather than blocking in accept: the address may be gone by
+        // the time the double stops (a testbed bridge shut down first), and
+        // then no connection could wake a blocked accept.
+        listener.set_nonblocking(true)?;
         let thread = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if accepting.load(Ordering::SeqCst) {
-                    return;
+            while !accepting.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let handler = handler.clone();
+                        std::thread::spawn(move || {
+                            let _ = stream.set_nonblocking(false);
+                            let _ = serve(stream, &*handler);
+                        });
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(ACCEPT_POLL);
+                    }
+                    Err(_) => std::thread::sleep(ACCEPT_POLL),
                 }
-                let Ok(stream) = stream else { continue };
-                let handler = handler.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(stream, &*handler);
-                });
             }
         });
         Ok(DoubleServer {
@@ -84,8 +96,6 @@ impl DoubleServer {
 impl Drop for DoubleServer {
     fn drop(&mut self) {
         self.stopping.store(true, Ordering::SeqCst);
-        // Wakes the accepting thread.
-        let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -51,7 +51,7 @@ notify = ["service:timed-restart"]
 
 [[file]]
 path = "/etc/timed-restart.conf"
-content = "{{data.generation}}\n"
+source = "timed-restart.conf"
 mode = "0644"
 notify = ["service:timed-restart"]
 
@@ -81,7 +81,7 @@ fn with_a_budget_of_20_percent_no_more_than_two_of_ten_instances_restart_their_s
             ("cms.toml", SETTINGS),
             ("roles/web.toml", ROLE),
             ("files/timed-restart.service", UNIT),
-            ("data/common.toml", "generation = 1\n"),
+            ("files/timed-restart.conf", "generation 1\n"),
         ],
         "web: a service that takes two seconds to start",
     )?;
@@ -125,7 +125,10 @@ fn with_a_budget_of_20_percent_no_more_than_two_of_ten_instances_restart_their_s
         .map(|instance| starts(instance).map(|s| s.len()))
         .collect::<Result<_>>()?;
 
-    git.commit(&[("data/common.toml", "generation = 2\n")], "generation 2")?;
+    git.commit(
+        &[("files/timed-restart.conf", "generation 2\n")],
+        "generation 2",
+    )?;
     let second = git.head()?;
     let synced = server.runtime.block_on(server.sync())?;
     ensure!(
