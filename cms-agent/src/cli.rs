@@ -323,10 +323,10 @@ fn apply_aws_settings(config: &Path, discovery: &DiscoveryArgs) -> crate::aws::A
         Ok(config) => config.run,
         Err(error) => {
             eprintln!("warning: {error:#}; AWS calls use the defaults");
-            crate::config::RunSettings::default()
+            crate::settings::RunSettings::default()
         }
     };
-    let mut settings = crate::remote::aws_settings(&run);
+    let mut settings = run.aws();
     if discovery.metadata_endpoint.is_some() {
         settings.metadata_endpoint = discovery.metadata_endpoint.clone();
     }

@@ -80,50 +80,9 @@ pub struct RawAws {
     pub metadata_endpoint: Option<String>,
 }
 
-/// How a launch lifecycle hook is completed (`lifecycle`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lifecycle {
-    pub hook: String,
-    pub group: Option<String>,
-    pub abandon_after: u32,
-}
-
-/// What a run needs besides its server: read from agent.toml once.
-#[derive(Debug, Clone)]
-pub struct RunSettings {
-    pub metadata_endpoint: Option<String>,
-    /// How long a restart waits for a place in the restart budget.
-    pub restart_wait: Duration,
-    pub lifecycle: Option<Lifecycle>,
-    pub aws_endpoint: Option<String>,
-    pub aws_region: Option<String>,
-    /// `[aws] metadata_endpoint`, else `metadata_endpoint`.
-    pub aws_metadata_endpoint: Option<String>,
-    /// The systemd target started after the first good converge since
-    /// boot, if any.
-    pub converged_target: Option<String>,
-}
-
-impl Default for RunSettings {
-    fn default() -> Self {
-        RunSettings {
-            metadata_endpoint: None,
-            restart_wait: DEFAULT_RESTART_WAIT,
-            lifecycle: None,
-            aws_endpoint: None,
-            aws_region: None,
-            aws_metadata_endpoint: None,
-            converged_target: Some(CONVERGED_TARGET.to_string()),
-        }
-    }
-}
-
-/// The default `[restarts] wait`.
-pub const DEFAULT_RESTART_WAIT: Duration = Duration::from_secs(15 * 60);
-/// The default `[lifecycle] abandon_after`.
-pub const DEFAULT_ABANDON_AFTER: u32 = 3;
-/// The target the packages ship (`cms-agent/cms-converged.target`).
-pub const CONVERGED_TARGET: &str = "cms-converged.target";
+use crate::settings::{
+    CONVERGED_TARGET, DEFAULT_ABANDON_AFTER, DEFAULT_RESTART_WAIT, Lifecycle, RunSettings,
+};
 
 /// Resolved.
 #[derive(Debug, Clone)]

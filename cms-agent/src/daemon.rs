@@ -444,7 +444,7 @@ pub struct ServerRunner {
     state_dir: PathBuf,
     metadata_endpoint: Option<String>,
     /// What each run needs from agent.toml.
-    settings: crate::config::RunSettings,
+    settings: crate::settings::RunSettings,
     textfile: crate::textfile::Textfile,
     terminal: Terminal,
     connectors: Connectors,
@@ -773,7 +773,7 @@ mod tests {
             splay,
             metadata_endpoint: None,
             textfile: crate::textfile::Textfile::Off,
-            run: crate::config::RunSettings::default(),
+            run: crate::settings::RunSettings::default(),
         }
     }
 

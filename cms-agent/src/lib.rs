@@ -23,6 +23,7 @@ pub mod remote;
 pub mod report;
 pub mod restarts;
 pub mod schedule;
+pub mod settings;
 pub mod state;
 pub mod tags;
 pub mod textfile;

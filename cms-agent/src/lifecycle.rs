@@ -17,8 +17,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::aws::{Aws, LifecycleResult};
-use crate::config::Lifecycle;
 use crate::report::RunReport;
+use crate::settings::Lifecycle;
 
 const LIFECYCLE_FILE: &str = "lifecycle.json";
 const CONVERGED_BOOT_FILE: &str = "converged-boot";

@@ -20,7 +20,6 @@ use cms_roles::Catalog;
 use crate::client::{
     Connectors, ServerAddress, enroll, fetch_contents, fetch_pinned_ca, split_token,
 };
-use crate::config::RunSettings;
 use crate::contents::ContentCache;
 use crate::converge::{ConvergeOptions, converge};
 use crate::identity::{Identity, generate_key_and_csr, load_identity, save_identity};
@@ -28,16 +27,8 @@ use crate::lock::RunLock;
 use crate::report::RunReport;
 use crate::restarts::{AgentRestarts, BudgetServer};
 use crate::schedule::{backoff_delay, jitter_seed};
+use crate::settings::RunSettings;
 use crate::state::{CatalogCache, ReportQueue, record_run, remove_stale_temporary_files};
-
-/// The AWS settings of a run's agent configuration.
-pub fn aws_settings(settings: &RunSettings) -> crate::aws::AwsSettings {
-    crate::aws::AwsSettings {
-        endpoint: settings.aws_endpoint.clone(),
-        region: settings.aws_region.clone(),
-        metadata_endpoint: settings.aws_metadata_endpoint.clone(),
-    }
-}
 
 /// Runs blocking work on tokio's blocking threads and waits for it.
 async fn blocking<T: Send + 'static>(
@@ -324,7 +315,7 @@ pub async fn converge_for_trigger(
                 identity: identity.clone(),
             }),
             settings.restart_wait,
-            aws_settings(settings),
+            settings.aws(),
             state_dir,
         );
         let settings = settings.clone();
@@ -339,7 +330,7 @@ pub async fn converge_for_trigger(
             }
             let report = converge(&catalog, &Host::system(), &backups, &options, &restarts);
             if let Some(lifecycle) = &settings.lifecycle {
-                let aws = crate::aws::Aws::new(aws_settings(&settings));
+                let aws = crate::aws::Aws::new(settings.aws());
                 notes.extend(crate::lifecycle::after_run(&dir, lifecycle, &aws, &report));
             }
             if let Some(target) = &settings.converged_target {

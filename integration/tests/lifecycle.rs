@@ -8,9 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Result, ensure};
 use cms_agent::aws::{Aws, AwsSettings};
-use cms_agent::config::Lifecycle;
 use cms_agent::lifecycle::after_run;
 use cms_agent::report::{ResourceResult, RunReport, Status};
+use cms_agent::settings::Lifecycle;
 use cms_integration::AwsApiDouble;
 use cms_integration::aws_api_double::ApiFailure;
 
