@@ -329,8 +329,20 @@ pub async fn enroll(
     let response = client
         .enroll(request)
         .await
-        .map_err(|status| anyhow::anyhow!("Failed to enroll: {}", status.message()))?;
+        .map_err(|status| enrollment_refused(status.message()))?;
     Ok(response.into_inner())
+}
+
+/// The error of a refused enrollment, saying "Failed to enroll" once: the
+/// server's messages already open with it ("Failed to enroll: the token
+/// is unknown", "Failed to enroll by attestation: …"), a bare reason gets
+/// it here.
+fn enrollment_refused(message: &str) -> anyhow::Error {
+    if message.starts_with("Failed to enroll") {
+        anyhow::anyhow!("{message}")
+    } else {
+        anyhow::anyhow!("Failed to enroll: {message}")
+    }
 }
 
 /// The watch channel (`WatchEvent` in `cms.proto`): TLS 1.3 to the gRPC

@@ -186,6 +186,22 @@ fn a_token_with_two_uses_enrolls_twice_then_is_refused() {
 }
 
 #[test]
+fn a_refused_enrollment_says_failed_to_enroll_once() {
+    let server = Server::start();
+    let token = server.token(&["--tags", "role=api"]);
+    let state = tempfile::tempdir().unwrap();
+    let refused = enroll(
+        &server.address(),
+        &token,
+        "web-1",
+        &state.path().join("web-1"),
+    )
+    .unwrap_err();
+    assert!(refused.starts_with("Failed to enroll: "), "{refused}");
+    assert_eq!(refused.matches("Failed to enroll").count(), 1, "{refused}");
+}
+
+#[test]
 fn an_expired_token_is_refused() {
     let server = Server::start();
     let token = server.token(&["--tags", "role=web", "--ttl", "1s"]);
