@@ -77,7 +77,7 @@ pub async fn connect_with(
                 .domain_name("localhost"),
         )?;
     let channel = endpoint.connect().await.with_context(|| {
-        format!("Failed to connect to the server at {url}: is `cms-server serve` running?")
+        format!("Failed to connect to the server at {url}: is `cms-server serve` running?\nhint: pass its address with --server or CMS_SERVER, or --data with its data directory")
     })?;
     Ok(pb::admin_client::AdminClient::new(channel)
         .max_decoding_message_size(cms_proto::limits::MAX_ADMIN_RESPONSE_BYTES))

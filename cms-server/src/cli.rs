@@ -641,9 +641,10 @@ pub struct UnpinArgs {
 /// Finding the running server and its admin credential.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminArgs {
-    /// The server's gRPC address.
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_SERVER)]
-    pub server: String,
+    /// The server's gRPC address [default: the address the server
+    /// recorded in DATA/admin/server when it started, else 127.0.0.1:7470].
+    #[arg(long, value_name = "ADDR", env = "CMS_SERVER")]
+    pub server: Option<String>,
     /// The server's data directory, where its admin credential is
     /// [default: the current user's state directory, cms-server/, else
     /// /var/lib/cms-server when it holds an admin credential].

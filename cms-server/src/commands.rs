@@ -87,15 +87,19 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
         }
         Invocation::Reports { args, admin } => {
             let mut client = crate::admin::connect_as(&admin).await?;
-            let reports = client
+            let answer = client
                 .get_reports(pb::GetReportsRequest {
                     node_id: args.node.clone(),
                     limit: args.limit,
                 })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .reports;
+                .await;
+            let reports = match answer {
+                Ok(answer) => answer.into_inner().reports,
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    return Ok(no_such_node(&args.node));
+                }
+                Err(status) => return Err(status_error(status)),
+            };
             print_reports(&args.node, &reports, admin.format);
             Ok(ExitCode::SUCCESS)
         }
@@ -308,6 +312,7 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
     let prepared = crate::server::prepare(&config)?;
     let grpc =
         listen(args.listen).with_context(|| format!("Failed to listen on {}", args.listen))?;
+    crate::startup::record_server_address(&config.data_dir, grpc.local_addr()?)?;
     let http = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("Failed to listen on {}", args.http))?;
@@ -392,6 +397,13 @@ async fn shutdown_signal() {
             }
         } => {}
     }
+}
+
+/// An admin command's answer for a node the server does not know: what
+/// is missing, how to find the right name, and exit status 1.
+fn no_such_node(node: &str) -> ExitCode {
+    eprintln!("error: no node {node}\nhint: `cms-server nodes` lists the nodes the server knows");
+    ExitCode::from(crate::cli::EXIT_INVALID)
 }
 
 async fn sync(admin: &AdminTarget) -> anyhow::Result<ExitCode> {

@@ -82,7 +82,10 @@ impl AdminTarget {
     fn resolve(args: AdminArgs, env: &Environment) -> AdminTarget {
         let data_dir = args.data.unwrap_or_else(|| env.admin_data_dir());
         AdminTarget {
-            server: args.server,
+            server: args
+                .server
+                .or_else(|| crate::startup::recorded_server_address(&data_dir))
+                .unwrap_or_else(|| crate::cli::DEFAULT_SERVER.to_owned()),
             credential_dir: args
                 .credential
                 .unwrap_or_else(|| crate::startup::admin_dir(&data_dir)),
@@ -326,7 +329,7 @@ fn rollout_control(
 /// `--data` by mistake.
 fn take_admin(admin: &mut AdminArgs) -> AdminArgs {
     AdminArgs {
-        server: std::mem::take(&mut admin.server),
+        server: admin.server.take(),
         data: admin.data.take(),
         credential: admin.credential.take(),
         format: admin.format,
@@ -501,6 +504,37 @@ mod tests {
         assert_eq!(
             target(&["audit", "--credential", "/home/alice/cms"]),
             PathBuf::from("/home/alice/cms")
+        );
+    }
+
+    #[test]
+    fn the_server_address_is_the_given_one_else_the_one_the_server_recorded_else_the_default() {
+        let machine = machine();
+        let server = |line: &[&str]| {
+            let cli =
+                Cli::try_parse_from(std::iter::once("cms-server").chain(line.iter().copied()))
+                    .unwrap();
+            match resolve(cli.command, &machine.env) {
+                Invocation::Nodes { admin, .. } => admin.server,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(server(&["nodes"]), crate::cli::DEFAULT_SERVER);
+        std::fs::create_dir_all(machine.user.join("admin")).expect("mkdir");
+        crate::startup::record_server_address(&machine.user, "0.0.0.0:7480".parse().unwrap())
+            .expect("record");
+        assert_eq!(server(&["nodes"]), "127.0.0.1:7480");
+        assert_eq!(
+            server(&["nodes", "--server", "cms.internal:7470"]),
+            "cms.internal:7470"
+        );
+        let other = machine._dir.path().join("other");
+        std::fs::create_dir_all(other.join("admin")).expect("mkdir");
+        crate::startup::record_server_address(&other, "10.0.0.5:7490".parse().unwrap())
+            .expect("record");
+        assert_eq!(
+            server(&["nodes", "--data", other.to_str().unwrap()]),
+            "10.0.0.5:7490"
         );
     }
 

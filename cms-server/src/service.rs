@@ -586,13 +586,23 @@ impl pb::admin_server::Admin for AdminService {
         } else {
             request.limit as usize
         };
-        let reports = self.reports.clone();
+        let (reports, nodes) = (self.reports.clone(), self.nodes.clone());
+        // A node without reports is looked up: one the server does not
+        // know is an error (`NOT_FOUND`), not an empty history.
         let stored = self
             .blocking
-            .run(move || reports.list(&request.node_id, limit))
+            .run(move || {
+                let stored = reports
+                    .list(&request.node_id, limit)
+                    .map_err(Status::from)?;
+                if stored.is_empty() {
+                    nodes.enrolled(&request.node_id).map_err(Status::from)?;
+                }
+                Ok::<_, Status>(stored)
+            })
             .await
             .map_err(Status::from)
-            .and_then(|stored| stored.map_err(Status::from));
+            .and_then(std::convert::identity);
         let response = stored.map(|stored| {
             Response::new(pb::GetReportsResponse {
                 reports: stored

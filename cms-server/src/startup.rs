@@ -6,6 +6,7 @@
 //! are its ports bound (`commands::serve`), so a client that finds the port
 //! answering also finds the admin credential.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -91,6 +92,37 @@ pub fn prepare_environments(
 /// Where the admin credential lives in the data directory.
 pub fn admin_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("admin")
+}
+
+/// The file beside the bootstrap operator's credential that records the
+/// server's gRPC address, so admin commands run with `--data` (or on the
+/// server host) need no `--server`.
+const SERVER_ADDRESS_FILE: &str = "server";
+
+/// Records the address the server's gRPC port listens on in
+/// `DATA/admin/server`, on every start (the port may change between
+/// starts). An unspecified address (`0.0.0.0`, `::`) is recorded as
+/// loopback, which reaches it from the server host.
+pub fn record_server_address(data_dir: &Path, listening: SocketAddr) -> anyhow::Result<()> {
+    let mut address = listening;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    write_private_file(
+        &admin_dir(data_dir),
+        SERVER_ADDRESS_FILE,
+        format!("{address}\n").as_bytes(),
+    )
+}
+
+/// The server address recorded in `DATA/admin/server`, when there is one.
+pub fn recorded_server_address(data_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(admin_dir(data_dir).join(SERVER_ADDRESS_FILE)).ok()?;
+    let address = text.trim();
+    (!address.is_empty()).then(|| address.to_owned())
 }
 
 /// The sha256 hex of the DER of the first certificate in `pem`.
