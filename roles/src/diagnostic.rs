@@ -215,4 +215,52 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_line_index_agrees_with_a_rescan_on_crlf_and_multi_byte_text_at_every_offset() {
+        // Two-, three- and four-byte characters, CRLF and LF line ends, a
+        // lone CR, empty lines, and no newline at the end; offsets inside
+        // a character too (a TOML error never points there, but the two
+        // must still agree).
+        let mut text = String::new();
+        for i in 0..200 {
+            text.push_str(match i % 7 {
+                0 => "[[file]]\r\n",
+                1 => "path = \"/etc/é/ü\"\r\n",
+                2 => "content = \"日本語 ✓\"\n",
+                3 => "\r\n",
+                4 => "vars = { name = \"🦀 crab\" }\r\n",
+                5 => "lone\rcarriage return\n",
+                _ => "\n",
+            });
+        }
+        text.push_str("last line, no newline: ß");
+        let index = LineIndex::new(&text);
+        for offset in 0..=text.len() + 3 {
+            assert_eq!(
+                index.position(offset),
+                Position::of_offset(&text, offset),
+                "offset {offset}"
+            );
+        }
+        assert_eq!(
+            index.position(text.len()),
+            Position {
+                line: 201,
+                column: 25
+            }
+        );
+    }
+
+    #[test]
+    fn a_line_index_of_empty_text_puts_everything_at_line_one_column_one() {
+        let index = LineIndex::new("");
+        for offset in 0..3 {
+            assert_eq!(index.position(offset), Position { line: 1, column: 1 });
+            assert_eq!(
+                Position::of_offset("", offset),
+                Position { line: 1, column: 1 }
+            );
+        }
+    }
 }

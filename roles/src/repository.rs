@@ -384,7 +384,8 @@ fn parse_settings(files: &RepoFiles, diagnostics: &mut Diagnostics) -> Option<Se
             Some(settings)
         }
         Err(error) => {
-            let mut diagnostic = toml_diagnostic(SETTINGS_FILE, text, &error);
+            let lines = LineIndex::new(text);
+            let mut diagnostic = toml_diagnostic(SETTINGS_FILE, &lines, &error);
             if error.message().starts_with("unknown field") {
                 diagnostic.message = improve_unknown_field(&diagnostic.message, &[]);
             }
@@ -407,6 +408,7 @@ fn refuse_untrusted_layers(text: &str, settings: &mut Settings, diagnostics: &mu
     struct WrittenHierarchy {
         layers: Vec<Spanned<String>>,
     }
+    let lines = LineIndex::new(text);
     let positions: Vec<Position> = toml::from_str::<Written>(text)
         .ok()
         .and_then(|written| written.hierarchy)
@@ -414,7 +416,7 @@ fn refuse_untrusted_layers(text: &str, settings: &mut Settings, diagnostics: &mu
             hierarchy
                 .layers
                 .iter()
-                .map(|layer| Position::of_offset(text, layer.span().start))
+                .map(|layer| lines.position(layer.span().start))
                 .collect()
         })
         .unwrap_or_default();
@@ -448,11 +450,12 @@ fn check_recipients(text: &str, diagnostics: &mut Diagnostics) {
         .and_then(|written| written.secrets)
         .and_then(|secrets| secrets.recipients)
         .unwrap_or_default();
+    let lines = LineIndex::new(text);
     for recipient in recipients {
         if let Err(message) = check_recipient(recipient.get_ref()) {
             diagnostics.push(Diagnostic::new(
                 SETTINGS_FILE,
-                Position::of_offset(text, recipient.span().start),
+                lines.position(recipient.span().start),
                 message,
             ));
         }
@@ -467,13 +470,14 @@ fn parse_secrets_file(
 ) -> Option<BTreeMap<String, SecretEntry>> {
     let text = utf8(path, bytes, diagnostics)?;
     let (table, errors) = DeTable::parse_recoverable(text);
+    let lines = LineIndex::new(text);
     if !errors.is_empty() {
         for error in &errors {
-            diagnostics.push(toml_diagnostic(path, text, error));
+            diagnostics.push(toml_diagnostic(path, &lines, error));
         }
         return None;
     }
-    if let Err(diagnostic) = check_nesting(path, text, table.get_ref()) {
+    if let Err(diagnostic) = check_nesting(path, &lines, table.get_ref()) {
         diagnostics.push(diagnostic);
         return None;
     }
@@ -494,11 +498,15 @@ fn utf8<'a>(path: &str, bytes: &'a [u8], diagnostics: &mut Diagnostics) -> Optio
     }
 }
 
-/// A TOML error at its position in `text`.
-pub(crate) fn toml_diagnostic(path: &str, text: &str, error: &toml::de::Error) -> Diagnostic {
+/// A TOML error at its position in the text `lines` indexes.
+pub(crate) fn toml_diagnostic(
+    path: &str,
+    lines: &LineIndex<'_>,
+    error: &toml::de::Error,
+) -> Diagnostic {
     let position = error
         .span()
-        .map(|span| Position::of_offset(text, span.start))
+        .map(|span| lines.position(span.start))
         .unwrap_or_default();
     let message = error.message().trim();
     if message == "recursion limit" {
@@ -517,13 +525,14 @@ pub(crate) fn toml_diagnostic(path: &str, text: &str, error: &toml::de::Error) -
 fn parse_data_file(path: &str, bytes: &[u8], diagnostics: &mut Diagnostics) -> Option<Value> {
     let text = utf8(path, bytes, diagnostics)?;
     let (table, errors) = DeTable::parse_recoverable(text);
+    let lines = LineIndex::new(text);
     if !errors.is_empty() {
         for error in &errors {
-            diagnostics.push(toml_diagnostic(path, text, error));
+            diagnostics.push(toml_diagnostic(path, &lines, error));
         }
         return None;
     }
-    if let Err(diagnostic) = check_nesting(path, text, table.get_ref()) {
+    if let Err(diagnostic) = check_nesting(path, &lines, table.get_ref()) {
         diagnostics.push(diagnostic);
         return None;
     }
@@ -570,13 +579,13 @@ pub const MAX_DATA_DEPTH: usize = 64;
 
 /// Refuses tables and arrays nested deeper than [`MAX_DATA_DEPTH`], at the
 /// key or value that passes it. Walks without recursing.
-fn check_nesting(path: &str, text: &str, table: &DeTable<'_>) -> Result<(), Diagnostic> {
+fn check_nesting(path: &str, lines: &LineIndex<'_>, table: &DeTable<'_>) -> Result<(), Diagnostic> {
     let mut pending: Vec<(&DeValue<'_>, usize)> = Vec::new();
     let visit = |offset: usize, depth: usize| {
         if depth > MAX_DATA_DEPTH {
             return Err(Diagnostic::new(
                 path,
-                Position::of_offset(text, offset),
+                lines.position(offset),
                 format!("tables and arrays nested {depth} deep; the limit is {MAX_DATA_DEPTH}"),
             ));
         }
@@ -629,17 +638,17 @@ fn parse_role(
 ) -> Option<Role> {
     let text = utf8(path, bytes, diagnostics)?;
     let (table, errors) = DeTable::parse_recoverable(text);
+    let lines = LineIndex::new(text);
     if !errors.is_empty() {
         for error in &errors {
-            diagnostics.push(toml_diagnostic(path, text, error));
+            diagnostics.push(toml_diagnostic(path, &lines, error));
         }
         return None;
     }
-    if let Err(diagnostic) = check_nesting(path, text, table.get_ref()) {
+    if let Err(diagnostic) = check_nesting(path, &lines, table.get_ref()) {
         diagnostics.push(diagnostic);
         return None;
     }
-    let lines = LineIndex::new(text);
     let at = |offset: usize| lines.position(offset);
     let mut role = Role {
         name: name.to_string(),
@@ -655,11 +664,11 @@ fn parse_role(
         match key_name {
             "description" => match deserialize_value::<String>(value) {
                 Ok(d) => role.description = Some(d),
-                Err(e) => diagnostics.push(toml_diagnostic(path, text, &e)),
+                Err(e) => diagnostics.push(toml_diagnostic(path, &lines, &e)),
             },
             "match" => match deserialize_value::<BTreeMap<String, String>>(value) {
                 Ok(m) => role.matchers = m,
-                Err(e) => diagnostics.push(toml_diagnostic(path, text, &e)),
+                Err(e) => diagnostics.push(toml_diagnostic(path, &lines, &e)),
             },
             "include" => match deserialize_value::<Vec<Spanned<String>>>(value) {
                 Ok(includes) => {
@@ -671,7 +680,7 @@ fn parse_role(
                         })
                         .collect();
                 }
-                Err(e) => diagnostics.push(toml_diagnostic(path, text, &e)),
+                Err(e) => diagnostics.push(toml_diagnostic(path, &lines, &e)),
             },
             other => {
                 let Some(resource_type) = ResourceType::from_name(other) else {
@@ -695,7 +704,7 @@ fn parse_role(
                     continue;
                 };
                 for item in items.iter() {
-                    match parse_resource(resource_type, item, path, text, &lines, diagnostics) {
+                    match parse_resource(resource_type, item, path, &lines, diagnostics) {
                         Some(resource) => declared.push((item.span().start, resource)),
                         None => {
                             if let Some(reference) = attempted_reference(resource_type, item) {
@@ -732,7 +741,6 @@ fn parse_resource(
     resource_type: ResourceType,
     item: &Spanned<DeValue<'_>>,
     path: &str,
-    text: &str,
     lines: &LineIndex<'_>,
     diagnostics: &mut Diagnostics,
 ) -> Option<DeclaredResource> {
@@ -760,21 +768,21 @@ fn parse_resource(
                 Ok(list) if name == "require" => require = list,
                 Ok(list) => notify = list,
                 Err(e) => {
-                    diagnostics.push(toml_diagnostic(path, text, &e));
+                    diagnostics.push(toml_diagnostic(path, lines, &e));
                     failed = true;
                 }
             },
             "for_each" => match deserialize_value::<String>(value) {
                 Ok(expression) => for_each = Some(expression),
                 Err(e) => {
-                    diagnostics.push(toml_diagnostic(path, text, &e));
+                    diagnostics.push(toml_diagnostic(path, lines, &e));
                     failed = true;
                 }
             },
             "sensitive" => match deserialize_value::<bool>(value) {
                 Ok(flag) => sensitive = flag,
                 Err(e) => {
-                    diagnostics.push(toml_diagnostic(path, text, &e));
+                    diagnostics.push(toml_diagnostic(path, lines, &e));
                     failed = true;
                 }
             },
@@ -793,7 +801,7 @@ fn parse_resource(
         Err(error) => {
             let unknown_field = error.message().starts_with("unknown field");
             if !templated || unknown_field {
-                let mut diagnostic = toml_diagnostic(path, text, &error);
+                let mut diagnostic = toml_diagnostic(path, lines, &error);
                 if unknown_field {
                     diagnostic.message = improve_unknown_field(&diagnostic.message, META_KEYS);
                 }

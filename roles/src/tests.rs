@@ -607,6 +607,33 @@ fn a_broken_repository_reports_every_mistake_in_every_file() {
 }
 
 #[test]
+fn every_bad_resource_of_a_long_crlf_file_is_reported_at_its_own_line_and_column() {
+    // 100 resources with CRLF line ends and multi-byte text before each
+    // mistake; every tenth has a mode written as a number, each error at
+    // the line and column of its value.
+    let mut text = String::new();
+    let mut expected = Vec::new();
+    let mut line = 1;
+    for i in 0..100 {
+        text.push_str(&format!(
+            "# ressource n° {i} — réglée\r\n[[file]]\r\npath = \"/etc/é{i}\"\r\ncontent = \"日本 {i}\"\r\n"
+        ));
+        line += 4;
+        if i % 10 == 7 {
+            text.push_str("mode = 644\r\n");
+            expected.push(format!(
+                "roles/r.toml:{line}:8: mode 644 is a number: write it as a string, e.g. mode = \"0644\", so it is read as octal"
+            ));
+            line += 1;
+        }
+        text.push_str("\r\n");
+        line += 1;
+    }
+    let errors = compile_err(&[("roles/r.toml", &text)], "");
+    assert_eq!(errors.lines().collect::<Vec<_>>(), expected, "{errors}");
+}
+
+#[test]
 fn the_same_inputs_give_the_same_catalog_id_whatever_the_file_order() {
     let files = [
         ("files/motd", "hello\n"),
