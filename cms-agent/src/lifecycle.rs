@@ -141,6 +141,11 @@ pub fn reach_converged_target(
     if report.noop || report.summary.failed > 0 {
         return None;
     }
+    // Only where systemd is the running init (sd_booted's test): a
+    // container or a chroot without it has no target to reach.
+    if !Path::new("/run/systemd/system").is_dir() {
+        return None;
+    }
     let boot = boot_id()?;
     let marker = state_dir.join(CONVERGED_BOOT_FILE);
     if std::fs::read_to_string(&marker).is_ok_and(|seen| seen.trim() == boot) {
