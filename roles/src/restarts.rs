@@ -23,6 +23,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::diagnostic::{Diagnostic, Diagnostics, LineIndex, unknown_key_message};
+use crate::rollout::{Batch, BatchError};
 use crate::source::SETTINGS_FILE;
 
 /// `[restarts]` of `cms.toml`: the restart budget of each role group.
@@ -57,20 +58,13 @@ impl MaxRestarting {
     /// Parses the text of a `max_restarting` string; the error says what
     /// was wrong.
     pub fn parse(text: &str) -> Result<MaxRestarting, MaxRestartingError> {
-        let digits = text.strip_suffix('%').unwrap_or(text);
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(MaxRestartingError::NotABudget);
-        }
-        if digits.len() < text.len() {
-            match digits.parse::<u8>() {
-                Ok(percent @ 1..=100) => Ok(MaxRestarting::Percent(percent)),
-                _ => Err(MaxRestartingError::PercentOutOfRange),
-            }
-        } else {
-            match digits.parse::<u32>() {
-                Ok(count @ 1..) => Ok(MaxRestarting::Count(count)),
-                _ => Err(MaxRestartingError::CountOutOfRange),
-            }
+        // The grammar of `[rollout] batch`, without its empty "the rest".
+        match Batch::parse(text) {
+            Ok(Batch::Percent(percent)) => Ok(MaxRestarting::Percent(percent)),
+            Ok(Batch::Count(count)) => Ok(MaxRestarting::Count(count)),
+            Ok(Batch::All) | Err(BatchError::NotABatch) => Err(MaxRestartingError::NotABudget),
+            Err(BatchError::PercentOutOfRange) => Err(MaxRestartingError::PercentOutOfRange),
+            Err(BatchError::CountOutOfRange) => Err(MaxRestartingError::CountOutOfRange),
         }
     }
 
