@@ -39,6 +39,18 @@ pub struct BudgetServer {
     pub identity: Identity,
 }
 
+impl BudgetServer {
+    /// A connection to the server, as this node.
+    async fn connect(
+        &self,
+    ) -> anyhow::Result<pb::agent_client::AgentClient<tonic::transport::Channel>> {
+        self.connectors
+            .for_identity(&self.address, &self.identity)?
+            .connect()
+            .await
+    }
+}
+
 /// The [`Restarts`] of one agent run.
 pub struct AgentRestarts {
     budget: Option<BudgetServer>,
@@ -118,12 +130,7 @@ impl AgentRestarts {
                 hold_seconds: u32::try_from(hold.as_secs()).unwrap_or(u32::MAX),
             };
             let answer = budget.runtime.block_on(async {
-                let mut client = budget
-                    .connectors
-                    .for_identity(&budget.address, &budget.identity)?
-                    .connect()
-                    .await?;
-                anyhow::Ok(client.acquire_restart(request).await)
+                anyhow::Ok(budget.connect().await?.acquire_restart(request).await)
             });
             let response = match answer {
                 Ok(Ok(response)) => response.into_inner(),
@@ -173,12 +180,7 @@ impl AgentRestarts {
             lease_id: lease_id.to_string(),
         };
         let released = budget.runtime.block_on(async {
-            let mut client = budget
-                .connectors
-                .for_identity(&budget.address, &budget.identity)?
-                .connect()
-                .await?;
-            client.release_restart(request).await?;
+            budget.connect().await?.release_restart(request).await?;
             anyhow::Ok(())
         });
         if let Err(error) = released {
