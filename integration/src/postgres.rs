@@ -1,0 +1,263 @@
+//! A real PostgreSQL server for tests of the PostgreSQL store: Debian's
+//! `postgresql` binaries, a cluster made with `initdb` in a temporary
+//! folder, listening on a free loopback port, run as the `postgres` user
+//! (PostgreSQL refuses to run as root). No mock: the store under test talks
+//! the real protocol to the real server.
+//!
+//! Each test takes its own database (`create_database`), so tests of one
+//! binary can share one server. The server is started through a small
+//! shell watchdog that stops it (immediate shutdown) as soon as the test
+//! process is gone, so a test killed mid-way leaves no `postgres` behind;
+//! dropping [`PostgresServer`] stops it at once.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::server_process::free_loopback_port;
+
+/// Where Debian's PostgreSQL binaries are looked for, newest first.
+const BINARY_FOLDERS: &[&str] = &[
+    "/usr/lib/postgresql/17/bin",
+    "/usr/lib/postgresql/16/bin",
+    "/usr/lib/postgresql/15/bin",
+];
+
+/// How long the server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One running PostgreSQL server in a temporary folder.
+#[derive(Debug)]
+pub struct PostgresServer {
+    bin: PathBuf,
+    /// Holds the cluster and the socket folder; removed on drop.
+    folder: tempfile::TempDir,
+    port: u16,
+    uid: u32,
+    gid: u32,
+    running: Mutex<Option<Child>>,
+    databases: AtomicU32,
+}
+
+impl PostgresServer {
+    /// The server shared by the tests of this process, started on first
+    /// use. It stops when the process ends (its watchdog sees to that).
+    pub fn shared() -> anyhow::Result<&'static PostgresServer> {
+        static SHARED: OnceLock<Result<PostgresServer, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| PostgresServer::start().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Makes a fresh cluster and starts it on a free loopback port.
+    pub fn start() -> anyhow::Result<PostgresServer> {
+        let bin = BINARY_FOLDERS
+            .iter()
+            .map(PathBuf::from)
+            .find(|folder| folder.join("initdb").is_file())
+            .with_context(|| {
+                format!(
+                    "PostgreSQL is not installed (no initdb in {}): apt-get install postgresql",
+                    BINARY_FOLDERS.join(", ")
+                )
+            })?;
+        let (uid, gid) = postgres_user()?;
+        let folder = tempfile::Builder::new()
+            .prefix("cms-postgres-")
+            .tempdir()
+            .context("Failed to make a folder for the PostgreSQL cluster")?;
+        std::fs::set_permissions(folder.path(), std::fs::Permissions::from_mode(0o755))?;
+        std::os::unix::fs::chown(folder.path(), Some(uid), Some(gid))?;
+        let server = PostgresServer {
+            bin,
+            folder,
+            port: free_loopback_port()?,
+            uid,
+            gid,
+            running: Mutex::new(None),
+            databases: AtomicU32::new(0),
+        };
+        let output = server
+            .command("initdb")
+            .args(["--auth=trust", "--username=postgres", "--encoding=UTF8"])
+            .arg("--pgdata")
+            .arg(server.data_dir())
+            .output()
+            .context("Failed to run initdb")?;
+        if !output.status.success() {
+            bail!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        server.start_again()?;
+        Ok(server)
+    }
+
+    /// The TCP port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A new, empty database; its connection URL.
+    pub fn create_database(&self) -> anyhow::Result<String> {
+        let number = self.databases.fetch_add(1, Ordering::Relaxed);
+        let name = format!("cms_test_{}_{number}", std::process::id());
+        self.sql("postgres", &format!("CREATE DATABASE {name}"))?;
+        Ok(self.url(&name))
+    }
+
+    /// The connection URL of database `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Runs SQL with `psql` in database `name`; its output (unaligned,
+    /// tuples only).
+    pub fn sql(&self, database: &str, sql: &str) -> anyhow::Result<String> {
+        let output = self
+            .command("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", database])
+            .args(["-c", sql])
+            .output()
+            .context("Failed to run psql")?;
+        if !output.status.success() {
+            bail!(
+                "psql {sql:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+
+    /// The database behind a URL made by [`PostgresServer::url`].
+    pub fn database_of(url: &str) -> &str {
+        url.rsplit('/').next().unwrap_or(url)
+    }
+
+    /// Stops the server at once (as a crash would: no checkpoint), so
+    /// clients find the database unreachable until [`start_again`].
+    ///
+    /// [`start_again`]: PostgresServer::start_again
+    pub fn stop(&self) -> anyhow::Result<()> {
+        let mut running = self.running.lock().expect("postgres lock");
+        if let Some(mut child) = running.take() {
+            // The watchdog forwards SIGTERM as an immediate shutdown.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+        // Wait until the port is free again.
+        let deadline = Instant::now() + START_TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if Instant::now() > deadline {
+                bail!("PostgreSQL on port {} did not stop", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Starts the server (again) on the same port and waits until it
+    /// accepts connections.
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        let mut running = self.running.lock().expect("postgres lock");
+        if running.is_some() {
+            return Ok(());
+        }
+        let log = self.folder.path().join("postgres.log");
+        let postgres = self.bin.join("postgres");
+        // The watchdog: postgres in the background, stopped at once when
+        // the test process (its pid passed in; looked for in /proc, since
+        // the postgres user may not signal it) is gone or the watchdog is
+        // told to stop.
+        let script = r#"
+            "$0" "$@" &
+            pg=$!
+            trap 'kill -QUIT $pg 2>/dev/null; wait $pg; exit 0' TERM INT
+            while [ -d "/proc/$WATCHED" ] && kill -0 $pg 2>/dev/null; do sleep 0.2; done
+            kill -QUIT $pg 2>/dev/null
+            wait $pg
+        "#;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(&postgres)
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-p", &self.port.to_string(), "-h", "127.0.0.1"])
+            .arg("-k")
+            .arg(self.folder.path())
+            .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            .args(["-c", "max_connections=400", "-c", "shared_buffers=64MB"])
+            .env("WATCHED", std::process::id().to_string())
+            .uid(self.uid)
+            .gid(self.gid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("Failed to start postgres")?;
+        *running = Some(child);
+        drop(running);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let ready = self
+                .command("pg_isready")
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .status()
+                .map(|status| status.success())
+                .unwrap_or(false);
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                bail!(
+                    "PostgreSQL did not accept connections on port {} within {START_TIMEOUT:?}: {}",
+                    self.port,
+                    text.trim()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.folder.path().join("data")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(self.bin.join(program));
+        command.uid(self.uid).gid(self.gid).current_dir(self.folder.path());
+        command
+    }
+
+    /// The folder that holds the cluster (for a test's diagnostics).
+    pub fn folder(&self) -> &Path {
+        self.folder.path()
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn postgres_user() -> anyhow::Result<(u32, u32)> {
+    let user = nix::unistd::User::from_name("postgres")
+        .context("Failed to look up the postgres user")?
+        .context("There is no postgres user: apt-get install postgresql")?;
+    Ok((user.uid.as_raw(), user.gid.as_raw()))
+}
