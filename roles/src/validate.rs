@@ -22,26 +22,6 @@ use crate::secrets::SecretValues;
 /// How many tag combinations one role is compiled for at most.
 const MAX_NODES_PER_ROLE: usize = 32;
 
-/// Facts used where no real node is at hand: a small Debian instance.
-pub fn example_facts() -> BTreeMap<String, Value> {
-    let json = serde_json::json!({
-        "hostname": "example",
-        "fqdn": "example.internal",
-        "os": "debian",
-        "os_family": "debian",
-        "os_version": "12",
-        "architecture": "x86_64",
-        "cpus": 2,
-        "memory_mb": 4096,
-        "ipv4": ["192.0.2.10"],
-        "ipv6": [],
-        "instance_id": "i-0123456789abcdef0",
-        "instance_type": "t3.medium",
-        "region": "us-east-1",
-    });
-    serde_json::from_value(json).expect("example facts are an object")
-}
-
 /// Attested values used where no real node is at hand: an EC2 instance
 /// enrolled with its identity document, as `trusted.*` shows them.
 pub fn example_attested() -> BTreeMap<String, String> {
