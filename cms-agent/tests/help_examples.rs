@@ -25,5 +25,8 @@ fn commands_without_examples(command: &clap::Command, path: &str, missing: &mut 
 fn every_command_and_subcommand_has_examples_in_its_help() {
     let mut missing = Vec::new();
     commands_without_examples(&cms_agent::cli::Cli::command(), "", &mut missing);
-    assert!(missing.is_empty(), "no `Examples:` in the help of: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "no `Examples:` in the help of: {missing:?}"
+    );
 }

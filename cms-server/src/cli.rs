@@ -56,10 +56,7 @@ pub enum Command {
     )]
     Reports(ReportsArgs),
     /// Manage one node.
-    #[command(
-        subcommand,
-        after_help = "Examples:\n  cms-server node revoke web-7"
-    )]
+    #[command(subcommand, after_help = "Examples:\n  cms-server node revoke web-7")]
     Node(NodeCommand),
     /// Operators: one admin credential each, revocable on its own.
     #[command(
