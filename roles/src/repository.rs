@@ -519,7 +519,49 @@ pub(crate) fn toml_diagnostic(
             ),
         );
     }
+    if message.starts_with("unexpected leading zero") {
+        let line = error.span().map_or("", |span| lines.line_text(span.start));
+        if let Some((key, value)) = line.split_once('=') {
+            let (key, value) = (key.trim(), value.trim());
+            let hint = if key == "mode" {
+                format!(
+                    "mode {value} is a number with a leading zero, which TOML refuses: write it as a string, mode = \"{value}\", so it is read as octal"
+                )
+            } else {
+                format!(
+                    "{key} = {value}: TOML refuses a number with a leading zero; write {key} = \"{value}\" for text, or the number without its leading zeros"
+                )
+            };
+            return Diagnostic::new(path, position, hint);
+        }
+    }
     Diagnostic::new(path, position, message.to_string())
+}
+
+/// A type error of a resource's field, with the field and the resource
+/// named: serde's `invalid type: string "yes", expected a boolean` says
+/// neither.
+fn name_the_field(
+    message: &str,
+    resource_type: ResourceType,
+    item: &Spanned<DeValue<'_>>,
+    error: &toml::de::Error,
+) -> Option<String> {
+    let rest = message.strip_prefix("invalid type: ")?;
+    let (found, expected) = rest.split_once(", expected ")?;
+    let offset = error.span()?.start;
+    let table = item.get_ref().as_table()?;
+    let (field, _) = table.iter().find(|(_, value)| {
+        let span = value.span();
+        span.start <= offset && offset < span.end.max(span.start + 1)
+    })?;
+    let resource = attempted_reference(resource_type, item)
+        .map(|reference| format!("`{reference}`"))
+        .unwrap_or_else(|| format!("this {resource_type}"));
+    Some(format!(
+        "field `{}` of {resource} must be {expected}, not {found}",
+        field.get_ref()
+    ))
 }
 
 fn parse_data_file(path: &str, bytes: &[u8], diagnostics: &mut Diagnostics) -> Option<Value> {
@@ -804,6 +846,10 @@ fn parse_resource(
                 let mut diagnostic = toml_diagnostic(path, lines, &error);
                 if unknown_field {
                     diagnostic.message = improve_unknown_field(&diagnostic.message, META_KEYS);
+                } else if let Some(named) =
+                    name_the_field(&diagnostic.message, resource_type, item, &error)
+                {
+                    diagnostic.message = named;
                 }
                 diagnostics.push(diagnostic);
                 failed = true;
