@@ -48,6 +48,10 @@ pub struct Repository {
     /// References of resources that failed to parse; references to them are
     /// not reported again as dangling.
     pub failed_references: BTreeSet<String>,
+    /// Data files that could not be parsed (their error is reported): the
+    /// values they hold are unknown, so a value found missing while any
+    /// exist is not reported again as undefined.
+    pub unparsed_data: BTreeSet<String>,
     /// Whether `cms.toml` was read; without it the hierarchy is a guess and
     /// compiling would report errors that are not there.
     pub settings_ok: bool,
@@ -218,6 +222,7 @@ impl Repository {
             diagnostics.push(diagnostic);
         }
         let mut data = BTreeMap::new();
+        let mut unparsed_data = BTreeSet::new();
         for (path, entry) in files.under("data/") {
             let Some(layer) = path
                 .strip_prefix("data/")
@@ -226,11 +231,14 @@ impl Repository {
                 continue;
             };
             match entry {
-                Entry::File(bytes) => {
-                    if let Some(value) = parse_data_file(path, bytes, &mut diagnostics) {
+                Entry::File(bytes) => match parse_data_file(path, bytes, &mut diagnostics) {
+                    Some(value) => {
                         data.insert(layer.to_string(), value);
                     }
-                }
+                    None => {
+                        unparsed_data.insert(path.to_string());
+                    }
+                },
                 Entry::EscapingSymlink(target) => {
                     diagnostics.push(escaping_symlink(path, target));
                 }
@@ -307,6 +315,7 @@ impl Repository {
             files,
             unparsed_roles,
             failed_references,
+            unparsed_data,
         };
         (repository, diagnostics.into_sorted())
     }

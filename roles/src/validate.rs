@@ -22,6 +22,15 @@ use crate::secrets::SecretValues;
 /// How many tag combinations one role is compiled for at most.
 const MAX_NODES_PER_ROLE: usize = 32;
 
+/// Whether a compile error only repeats one loading already reported: a
+/// template refused for its own error, or a value found undefined while a
+/// data file that may hold it did not parse. One root cause, one message.
+fn is_follow_on(repository: &Repository, message: &str) -> bool {
+    message.contains(crate::template::REFUSED_MARK)
+        || (!repository.unparsed_data.is_empty()
+            && message.contains("which is not defined for this node"))
+}
+
 /// Attested values used where no real node is at hand: an EC2 instance
 /// enrolled with its identity document, as `trusted.*` shows them.
 pub fn example_attested() -> BTreeMap<String, String> {
@@ -95,7 +104,13 @@ fn validate_here(
             };
             match compile_here(repository, &node, values) {
                 Ok(catalog) => diagnostics.extend(check_catalog_size(repository, &catalog)),
-                Err(found) => diagnostics.extend(found),
+                Err(found) => {
+                    for diagnostic in found.iter() {
+                        if !is_follow_on(repository, &diagnostic.message) {
+                            diagnostics.push(diagnostic.clone());
+                        }
+                    }
+                }
             }
         }
     }

@@ -50,3 +50,65 @@ fn a_value_of_the_wrong_type_names_the_field_and_the_resource() {
         ["roles/web.toml:3:11: field `content` of `file:/etc/x` must be a string, not integer `5`"]
     );
 }
+
+/// The problems `check` reports for a repository of these files.
+fn problems_of(files: &[(&str, &str)]) -> Vec<String> {
+    let mut repo = RepoFiles::new();
+    repo.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+    for (path, text) in files {
+        repo.insert(*path, text.as_bytes());
+    }
+    let (repository, mut diagnostics) = Repository::load(repo);
+    diagnostics.extend(validate(&repository, &example_facts()));
+    diagnostics
+        .into_sorted()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+const FILE_FROM_TEMPLATE: &str = "[[file]]\npath = \"/etc/app.conf\"\ntemplate = \"app.hbs\"\n";
+
+#[test]
+fn an_unclosed_block_is_one_error_at_the_line_it_was_opened() {
+    assert_eq!(
+        problems_of(&[
+            ("roles/web.toml", FILE_FROM_TEMPLATE),
+            ("templates/app.hbs", "a\n{{#each data.hosts}}\n  {{this}}\n"),
+        ]),
+        [
+            "templates/app.hbs:2:1: `{{#each}}` is never closed: add `{{/each}}` where the block ends"
+        ]
+    );
+}
+
+#[test]
+fn a_block_closed_by_another_names_both() {
+    assert_eq!(
+        problems_of(&[
+            ("roles/web.toml", FILE_FROM_TEMPLATE),
+            (
+                "templates/app.hbs",
+                "{{#each data.hosts}}\n{{#if this}}x{{/each}}\n"
+            ),
+        ]),
+        [
+            "templates/app.hbs:2:14: `{{/each}}` closes `{{#if}}`, opened at line 2, column 1: close it with `{{/if}}` first"
+        ]
+    );
+}
+
+#[test]
+fn a_broken_data_file_is_one_error_not_one_per_value_it_held() {
+    assert_eq!(
+        problems_of(&[
+            ("roles/web.toml", FILE_FROM_TEMPLATE),
+            (
+                "templates/app.hbs",
+                "port={{data.port}}\nname={{data.name}}\n"
+            ),
+            ("data/common.toml", "port = 80\nname = \"unterminated\n"),
+        ]),
+        ["data/common.toml:2:21: invalid basic string, expected `\"`"]
+    );
+}
