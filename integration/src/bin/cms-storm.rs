@@ -25,7 +25,18 @@
 //! It prints each phase's rate and latency, the server's peak RSS, and a
 //! last line with one JSON object.
 //!
+//! With `--store postgres` the servers share a PostgreSQL database that
+//! cms-storm starts itself (Debian's binaries, `initdb` into a temporary
+//! folder, as the tests do); `--replicas N` runs N server processes on it
+//! behind a round-robin TCP load balancer of its own, through which every
+//! agent connects. `--kill-one` SIGKILLs one replica when half of the
+//! agents have reported in phase 2: each simulated agent retries a failed
+//! step through the load balancer (as the agent's daemon does), a run
+//! counts as failed only when every try failed, and at the end the reports
+//! the servers acknowledged are counted in the database (`lost_reports`).
+//!
 //! `cargo run --release --bin cms-storm -- --agents 1000`
+//! `cargo run --release --bin cms-storm -- --agents 2000 --store postgres --replicas 3 --kill-one`
 
 // A test or benchmark measures real time; product code reads it through its clock module.
 #![allow(clippy::disallowed_methods)]
@@ -68,14 +79,21 @@ struct Options {
     contents: usize,
     concurrency: usize,
     file_limit: u64,
+    /// PostgreSQL instead of sled.
+    postgres: bool,
+    replicas: usize,
+    kill_one: bool,
 }
 
 fn usage() -> &'static str {
-    "usage: cms-storm --agents N [--rounds R] [--contents K] [--concurrency C]\n\
+    "usage: cms-storm --agents N [--rounds R] [--contents K] [--concurrency C] [--store sled|postgres] [--replicas N] [--kill-one]\n\
      \n  --agents N       simulated agents (default 100)\
      \n  --rounds R       NotModified rounds per agent (default 3)\
      \n  --contents K     file contents each agent fetches with GetContent (default 5)\
-     \n  --concurrency C  agents in flight at once (default: all of them)"
+     \n  --concurrency C  agents in flight at once (default: all of them)\
+     \n  --store S        sled (default) or postgres (a PostgreSQL started for the run)\
+     \n  --replicas N     server processes behind a TCP load balancer (default 1; more need postgres)\
+     \n  --kill-one       SIGKILL one replica when half the agents have reported (needs 2 replicas)"
 }
 
 fn parse_options(args: &[String]) -> Result<Options> {
@@ -85,6 +103,9 @@ fn parse_options(args: &[String]) -> Result<Options> {
         contents: 5,
         concurrency: 0,
         file_limit: 0,
+        postgres: false,
+        replicas: 1,
+        kill_one: false,
     };
     let mut iter = args.iter();
     while let Some(flag) = iter.next() {
@@ -100,6 +121,17 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--rounds" => options.rounds = value("--rounds")?,
             "--contents" => options.contents = value("--contents")?,
             "--concurrency" => options.concurrency = value("--concurrency")?,
+            "--replicas" => options.replicas = value("--replicas")?,
+            "--kill-one" => options.kill_one = true,
+            "--store" => match iter.next().map(String::as_str) {
+                Some("sled") => options.postgres = false,
+                Some("postgres") => options.postgres = true,
+                other => bail!(
+                    "--store {}: expected sled or postgres\n{}",
+                    other.unwrap_or(""),
+                    usage()
+                ),
+            },
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -109,6 +141,15 @@ fn parse_options(args: &[String]) -> Result<Options> {
     }
     if options.agents == 0 {
         bail!("--agents must be at least 1");
+    }
+    if options.replicas == 0 {
+        bail!("--replicas must be at least 1");
+    }
+    if options.replicas > 1 && !options.postgres {
+        bail!("--replicas {} needs --store postgres: replicas share their store", options.replicas);
+    }
+    if options.kill_one && options.replicas < 2 {
+        bail!("--kill-one needs --replicas 2 or more: the others carry on");
     }
     if options.concurrency == 0 {
         options.concurrency = options.agents;
@@ -151,8 +192,10 @@ fn in_flight_beside_watches(options: &Options) -> usize {
 // ---- the server, in a child process ----
 
 fn serve_child(args: &[String]) -> Result<()> {
-    let [data, repo] = args else {
-        bail!("--serve-child DATA REPO");
+    let (data, repo, store) = match args {
+        [data, repo] => (data, repo, None),
+        [data, repo, url, key] => (data, repo, Some((url.clone(), PathBuf::from(key)))),
+        _ => bail!("--serve-child DATA REPO [POSTGRES_URL KEY_FILE]"),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -169,6 +212,13 @@ fn serve_child(args: &[String]) -> Result<()> {
         // bound stays the default.
         config.connections.per_source_pending = usize::MAX;
         config.connections.per_source_unauthenticated = usize::MAX;
+        if let Some((url, key_file)) = store {
+            config.store = cms_server::store::StoreConfig {
+                location: Some(cms_server::store::StoreLocation::Postgres(url)),
+                key_file: Some(key_file),
+                pool_size: None,
+            };
+        }
         println!("listening {address}");
         std::io::stdout().flush()?;
         // Stops when the parent closes stdin (or dies).
@@ -189,11 +239,13 @@ struct ServerChild {
 }
 
 impl ServerChild {
-    fn start(data: &Path, repo: &Path) -> Result<ServerChild> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("--serve-child")
-            .arg(data)
-            .arg(repo)
+    fn start(data: &Path, repo: &Path, store: Option<&(String, PathBuf)>) -> Result<ServerChild> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command.arg("--serve-child").arg(data).arg(repo);
+        if let Some((url, key_file)) = store {
+            command.arg(url).arg(key_file);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -222,6 +274,87 @@ impl ServerChild {
     /// CPU seconds the server has used so far (user and system).
     fn cpu_seconds(&self) -> f64 {
         cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
+    }
+}
+
+/// The server processes of a run: one, or replicas behind the balancer.
+struct Servers {
+    children: Vec<ServerChild>,
+    /// CPU seconds of the killed replica when it was killed.
+    killed_cpu_s: std::sync::Mutex<f64>,
+    killed: std::sync::atomic::AtomicBool,
+}
+
+impl Servers {
+    fn cpu_seconds(&self) -> f64 {
+        let alive: f64 = self
+            .children
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !(*i == KILLED && self.killed.load(Ordering::SeqCst)))
+            .map(|(_, child)| child.cpu_seconds())
+            .sum();
+        alive + *self.killed_cpu_s.lock().expect("lock")
+    }
+
+    fn rss_mb(&self) -> f64 {
+        self.children.iter().map(ServerChild::rss_mb).sum()
+    }
+
+    fn peak_rss_mb(&self) -> f64 {
+        self.children
+            .iter()
+            .map(ServerChild::peak_rss_mb)
+            .fold(0.0, f64::max)
+    }
+
+    /// SIGKILLs replica [`KILLED`], once.
+    fn kill_one(&self) {
+        if self.killed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let child = &self.children[KILLED];
+        *self.killed_cpu_s.lock().expect("lock") = child.cpu_seconds();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        println!(
+            "killed replica {KILLED} (pid {}, {}) with SIGKILL",
+            child.child.id(),
+            child.address
+        );
+    }
+}
+
+/// The replica `--kill-one` kills: not the first, whose data directory
+/// holds the admin credential the run uses.
+const KILLED: usize = 1;
+
+/// A round-robin TCP load balancer on a loopback port, on this process's
+/// runtime: each connection goes to the next replica that accepts one, as
+/// an NLB with health checks does, and is closed when that replica goes.
+async fn balance(listener: tokio::net::TcpListener, backends: Vec<std::net::SocketAddr>) {
+    let next = Arc::new(AtomicU64::new(0));
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else {
+            continue;
+        };
+        let (backends, next) = (backends.clone(), next.clone());
+        tokio::spawn(async move {
+            for _ in 0..backends.len() {
+                let index = next.fetch_add(1, Ordering::Relaxed) as usize % backends.len();
+                if let Ok(Ok(mut server)) = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    tokio::net::TcpStream::connect(backends[index]),
+                )
+                .await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    return;
+                }
+            }
+        });
     }
 }
 
@@ -303,11 +436,31 @@ fn write_roles(dir: &Path) -> Result<()> {
 struct Phase {
     latencies_us: std::sync::Mutex<Vec<u64>>,
     failures: AtomicU64,
+    /// Steps that failed and were tried again (not failures).
+    retries: AtomicU64,
     not_modified: AtomicU64,
     first_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Phase {
+    /// One try of a step: a failure counts only on the last try, before
+    /// that it is a retry.
+    fn attempt<T, E: std::fmt::Display>(
+        &self,
+        started: Instant,
+        result: Result<T, E>,
+        last: bool,
+    ) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(_) if !last => {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(error) => self.record::<T, _>(started, Err(error)),
+        }
+    }
+
     fn record<T, E: std::fmt::Display>(&self, started: Instant, result: Result<T, E>) -> Option<T> {
         let elapsed = started.elapsed().as_micros() as u64;
         match result {
@@ -331,6 +484,7 @@ struct PhaseResult {
     name: &'static str,
     requests: usize,
     failures: u64,
+    retries: u64,
     seconds: f64,
     latencies_us: Vec<u64>,
     not_modified: u64,
@@ -361,7 +515,7 @@ async fn run_phase<F, Fut>(
     name: &'static str,
     agents: usize,
     concurrency: usize,
-    server: &ServerChild,
+    server: &Servers,
     work: F,
 ) -> PhaseResult
 where
@@ -391,16 +545,17 @@ where
         name,
         requests: latencies_us.len() + failures as usize,
         failures,
+        retries: phase.retries.load(Ordering::Relaxed),
         seconds,
         latencies_us,
         not_modified: phase.not_modified.load(Ordering::Relaxed),
         server_rss_mb: server.rss_mb(),
-        server_cpu_s: server.cpu_seconds() - server_cpu_before,
+        server_cpu_s: (server.cpu_seconds() - server_cpu_before).max(0.0),
         client_cpu_s: cpu_seconds("/proc/self/stat") - own_cpu_before,
         first_error: phase.first_error.lock().expect("lock").clone(),
     };
     println!(
-        "{:<18} {:>7} requests in {:>7.2} s: {:>8.0}/s, p50 {:>8.1} ms, p99 {:>8.1} ms, {} failures, server RSS {:.0} MB, CPU s server {:.1} / agents {:.1}",
+        "{:<18} {:>7} requests in {:>7.2} s: {:>8.0}/s, p50 {:>8.1} ms, p99 {:>8.1} ms, {} failures, {} retries, server RSS {:.0} MB, CPU s server {:.1} / agents {:.1}",
         result.name,
         result.requests,
         result.seconds,
@@ -408,6 +563,7 @@ where
         percentile_ms(&result.latencies_us, 0.50),
         percentile_ms(&result.latencies_us, 0.99),
         result.failures,
+        result.retries,
         result.server_rss_mb,
         result.server_cpu_s,
         result.client_cpu_s,
@@ -454,6 +610,95 @@ async fn get_catalog_timed(
     phase.record(started, answer)
 }
 
+/// A step that failed and will be tried again waits a little longer each
+/// time, as the agent's daemon does.
+async fn backoff(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+}
+
+/// An agent's first run: connect, get the catalog, fetch `contents` file
+/// contents, report. The catalog id when the server acknowledged the
+/// report; the first error otherwise. Each request's latency is recorded.
+async fn first_run(
+    phase: &Phase,
+    connector: &Connector,
+    i: usize,
+    contents: usize,
+) -> Result<String, String> {
+    let timed = |started: Instant| {
+        phase
+            .latencies_us
+            .lock()
+            .expect("lock")
+            .push(started.elapsed().as_micros() as u64);
+    };
+    let started = Instant::now();
+    let mut client = connector
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:#}"))?;
+    timed(started);
+    let started = Instant::now();
+    let answer = client
+        .get_catalog(pb::CatalogRequest {
+            facts_json: facts("storm"),
+            have_catalog_id: String::new(),
+        })
+        .await
+        .map_err(|s| format!("GetCatalog: {}", s.message()))?
+        .into_inner()
+        .result;
+    timed(started);
+    let Some(pb::catalog_response::Result::Catalog(catalog)) = answer else {
+        return Err("GetCatalog: no catalog".into());
+    };
+    let decoded = cms_roles::Catalog::from_canonical_bytes(&catalog.canonical_json)
+        .map_err(|e| format!("catalog: {e}"))?;
+    for hash in decoded.contents.keys().take(contents) {
+        let started = Instant::now();
+        let mut stream = client
+            .get_content(pb::ContentRequest {
+                sha256: hash.clone(),
+            })
+            .await
+            .map_err(|s| format!("GetContent: {}", s.message()))?
+            .into_inner();
+        while stream
+            .message()
+            .await
+            .map_err(|s| format!("GetContent: {}", s.message()))?
+            .is_some()
+        {}
+        timed(started);
+    }
+    let report = pb::RunReport {
+        run_id: format!("storm-{i}-1"),
+        catalog_id: decoded.catalog_id.clone(),
+        revision: catalog.revision.clone(),
+        started_at_unix_ms: 0,
+        duration_ms: 1,
+        noop: false,
+        resources: decoded
+            .resources
+            .iter()
+            .map(|r| pb::ResourceResult {
+                reference: r.reference.clone(),
+                status: pb::ResourceStatus::Changed as i32,
+                ..Default::default()
+            })
+            .collect(),
+        trigger_id: String::new(),
+        note: String::new(),
+    };
+    let started = Instant::now();
+    client
+        .report(report)
+        .await
+        .map_err(|s| format!("Report: {}", s.message()))?;
+    timed(started);
+    Ok(decoded.catalog_id)
+}
+
 struct Agent {
     /// Made once after enrolling, as the daemon keeps one: its later
     /// connections resume their TLS session.
@@ -475,34 +720,95 @@ fn facts(hostname: &str) -> String {
     .to_string()
 }
 
+/// The admin client of a server, once its admin credential exists.
+async fn connect_admin(
+    address: &str,
+    data: &Path,
+) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match cms_server::admin::connect(address, data).await {
+            Ok(admin) => return Ok(admin),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// How many times a simulated agent tries a step that failed (a replica
+/// killed under it), through the load balancer, before its run counts as
+/// failed; the daemon retries much longer.
+const TRIES: u32 = 6;
+
 async fn storm(options: Options) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let scratch = tempfile::tempdir()?;
     let repo = scratch.path().join("roles");
     write_roles(&repo)?;
-    let data = scratch.path().join("server");
-    let server = ServerChild::start(&data, &repo)?;
-    let address = ServerAddress::parse(&server.address)?;
-    let admin_deadline = Instant::now() + Duration::from_secs(30);
-    let mut admin = loop {
-        match cms_server::admin::connect(&server.address, &data).await {
-            Ok(admin) => break admin,
-            Err(_) if Instant::now() < admin_deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => return Err(error),
-        }
+    // The shared database, for --store postgres: started for the run.
+    let postgres = if options.postgres {
+        Some(cms_integration::PostgresServer::start()?)
+    } else {
+        None
     };
-    let synced = admin.sync(pb::SyncRequest {}).await?.into_inner();
-    if !synced.accepted {
-        bail!("the generated roles do not validate: {:?}", synced.errors);
+    let store = match &postgres {
+        Some(postgres) => {
+            let url = postgres.create_database()?;
+            let key_file = scratch.path().join("store.key");
+            std::fs::write(&key_file, cms_server::store::StoreKey::generate_text())?;
+            std::fs::set_permissions(
+                &key_file,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )?;
+            Some((url, key_file))
+        }
+        None => None,
+    };
+    // Replica 0 first: it makes the CA the others then find in the store.
+    let data = scratch.path().join("server");
+    let mut children = vec![ServerChild::start(&data, &repo, store.as_ref())?];
+    let mut admins = vec![connect_admin(&children[0].address, &data).await?];
+    for i in 1..options.replicas {
+        let replica_data = scratch.path().join(format!("server-{i}"));
+        let child = ServerChild::start(&replica_data, &repo, store.as_ref())?;
+        admins.push(connect_admin(&child.address, &replica_data).await?);
+        children.push(child);
     }
-    let token = admin
+    let servers = Arc::new(Servers {
+        children,
+        killed_cpu_s: std::sync::Mutex::new(0.0),
+        killed: std::sync::atomic::AtomicBool::new(false),
+    });
+    // Every replica syncs the roles repository itself.
+    for admin in &mut admins {
+        let synced = admin.sync(pb::SyncRequest {}).await?.into_inner();
+        if !synced.accepted {
+            bail!("the generated roles do not validate: {:?}", synced.errors);
+        }
+    }
+    let server_address = if options.replicas > 1 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let balancer = listener.local_addr()?.to_string();
+        let backends = servers
+            .children
+            .iter()
+            .map(|child| child.address.parse())
+            .collect::<Result<Vec<std::net::SocketAddr>, _>>()?;
+        tokio::spawn(balance(listener, backends));
+        balancer
+    } else {
+        servers.children[0].address.clone()
+    };
+    let address = ServerAddress::parse(&server_address)?;
+    let token = admins[0]
         .create_token(pb::CreateTokenRequest {
             scope: [("role".to_string(), "*".to_string())].into(),
             ttl_seconds: 3600,
             // One use per simulated agent: tokens are single use by default.
-            uses: u32::try_from(options.agents).unwrap_or(u32::MAX),
+            // Twice over, for enrollments tried again after a replica died.
+            uses: u32::try_from(options.agents * 2).unwrap_or(u32::MAX),
         })
         .await?
         .into_inner()
@@ -510,18 +816,26 @@ async fn storm(options: Options) -> Result<()> {
     let ca_pem = std::fs::read_to_string(data.join("admin/ca.pem"))?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "cms-storm: {} agents, {} not-modified rounds, {} contents each, {} in flight; server pid {} at {}; load average before: {}",
+        "cms-storm: {} agents, {} not-modified rounds, {} contents each, {} in flight; store {}, {} server process(es) (pids {}) at {}; load average before: {}",
         options.agents,
         options.rounds,
         options.contents,
         options.concurrency,
-        server.child.id(),
-        server.address,
+        if options.postgres { "postgres" } else { "sled" },
+        options.replicas,
+        servers
+            .children
+            .iter()
+            .map(|c| c.child.id().to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        server_address,
         load.split_whitespace()
             .take(3)
             .collect::<Vec<_>>()
             .join(" ")
     );
+    let acknowledged = Arc::new(AtomicU64::new(0));
 
     // Each instance makes its own key; made here before the clock starts.
     let keys: Vec<_> = (0..options.agents)
@@ -547,7 +861,7 @@ async fn storm(options: Options) -> Result<()> {
             "enroll",
             options.agents,
             options.concurrency,
-            &server,
+            &servers,
             |i, phase| {
                 let (agents, keys, address, ca_pem, token) = (
                     agents.clone(),
@@ -558,32 +872,36 @@ async fn storm(options: Options) -> Result<()> {
                 );
                 async move {
                     let key = &keys[i];
-                    let started = Instant::now();
-                    let response = enroll(
-                        &address,
-                        &ca_pem,
-                        pb::EnrollRequest {
-                            token,
-                            csr_pem: key.csr_pem.clone(),
-                            tags: [("role".to_string(), "web".to_string())].into(),
-                            node_name: format!("storm-{i:05}"),
-                            identity: None,
-                        },
-                    )
-                    .await;
-                    if let Some(response) =
-                        phase.record(started, response.map_err(|e| format!("{e:#}")))
-                    {
-                        let identity = Identity {
-                            private_key_pem: key.private_key_pem.clone(),
-                            certificate_pem: response.certificate_pem,
-                            ca_certificate_pem: response.ca_certificate_pem,
-                        };
-                        match Connector::new(&address, &identity) {
-                            Ok(connector) => agents[i].lock().await.connector = Some(connector),
-                            Err(error) => {
-                                phase.record::<(), _>(started, Err(format!("{error:#}")));
+                    for attempt in 1..=TRIES {
+                        let started = Instant::now();
+                        let enrolled = enroll(
+                            &address,
+                            &ca_pem,
+                            pb::EnrollRequest {
+                                token: token.clone(),
+                                csr_pem: key.csr_pem.clone(),
+                                tags: [("role".to_string(), "web".to_string())].into(),
+                                node_name: format!("storm-{i:05}"),
+                                identity: None,
+                            },
+                        )
+                        .await
+                        .map_err(|e| format!("{e:#}"))
+                        .and_then(|response| {
+                            let identity = Identity {
+                                private_key_pem: key.private_key_pem.clone(),
+                                certificate_pem: response.certificate_pem,
+                                ca_certificate_pem: response.ca_certificate_pem,
+                            };
+                            Connector::new(&address, &identity).map_err(|e| format!("{e:#}"))
+                        });
+                        match phase.attempt(started, enrolled, attempt == TRIES) {
+                            Some(connector) => {
+                                agents[i].lock().await.connector = Some(connector);
+                                return;
                             }
+                            None if attempt < TRIES => backoff(attempt).await,
+                            None => {}
                         }
                     }
                 }
@@ -599,92 +917,51 @@ async fn storm(options: Options) -> Result<()> {
             "catalog+contents",
             options.agents,
             options.concurrency,
-            &server,
+            &servers,
             |i, phase| {
-                let agents = agents.clone();
+                let (agents, acknowledged, servers) =
+                    (agents.clone(), acknowledged.clone(), servers.clone());
+                let (kill_at, agents_count) = (options.kill_one, options.agents);
                 async move {
                     let mut agent = agents[i].lock().await;
                     let Some(connector) = agent.connector.clone() else {
                         return;
                     };
-                    let Some(mut client) = connect_timed(&phase, &connector).await else {
-                        return;
-                    };
-                    let Some(answer) =
-                        get_catalog_timed(&phase, &mut client, facts("storm"), String::new()).await
-                    else {
-                        return;
-                    };
-                    // A failure found after the answer came; its time is
-                    // not a latency.
-                    let started = Instant::now();
-                    let Some(pb::catalog_response::Result::Catalog(catalog)) = answer else {
-                        phase.record::<(), _>(started, Err("GetCatalog: no catalog"));
-                        return;
-                    };
-                    let decoded =
-                        match cms_roles::Catalog::from_canonical_bytes(&catalog.canonical_json) {
-                            Ok(decoded) => decoded,
-                            Err(error) => {
-                                phase.record::<(), _>(started, Err(format!("catalog: {error}")));
-                                return;
-                            }
-                        };
-                    for hash in decoded.contents.keys().take(contents) {
+                    for attempt in 1..=TRIES {
                         let started = Instant::now();
-                        let fetched = async {
-                            let mut stream = client
-                                .get_content(pb::ContentRequest {
-                                    sha256: hash.clone(),
-                                })
-                                .await?
-                                .into_inner();
-                            let mut bytes = 0;
-                            while let Some(chunk) = stream.message().await? {
-                                bytes += chunk.data.len();
+                        let run = first_run(&phase, &connector, i, contents).await;
+                        match phase.attempt(started, run, attempt == TRIES) {
+                            Some(catalog_id) => {
+                                agent.catalog_id = catalog_id;
+                                let acked = acknowledged.fetch_add(1, Ordering::SeqCst) + 1;
+                                if kill_at && acked as usize == agents_count / 2 {
+                                    servers.kill_one();
+                                }
+                                break;
                             }
-                            Ok::<usize, tonic::Status>(bytes)
+                            None if attempt < TRIES => backoff(attempt).await,
+                            None => return,
                         }
-                        .await
-                        .map_err(|s| format!("GetContent: {}", s.message()));
-                        phase.record(started, fetched);
                     }
-                    let report = pb::RunReport {
-                        run_id: format!("storm-{i}-1"),
-                        catalog_id: decoded.catalog_id.clone(),
-                        revision: catalog.revision.clone(),
-                        started_at_unix_ms: 0,
-                        duration_ms: 1,
-                        noop: false,
-                        resources: decoded
-                            .resources
-                            .iter()
-                            .map(|r| pb::ResourceResult {
-                                reference: r.reference.clone(),
-                                status: pb::ResourceStatus::Changed as i32,
-                                ..Default::default()
-                            })
-                            .collect(),
-                        trigger_id: String::new(),
-                        note: String::new(),
-                    };
-                    let started = Instant::now();
-                    let acknowledged = client
-                        .report(report)
-                        .await
-                        .map_err(|s| format!("Report: {}", s.message()));
-                    phase.record(started, acknowledged);
-                    agent.catalog_id = decoded.catalog_id;
-                    // The run's connection closes; the watch channel stays.
-                    drop(client);
-                    let started = Instant::now();
-                    agent.watch = phase.record(
-                        started,
-                        connector
+                    // The run's connection closed; the watch channel stays
+                    // (an agent whose replica dies opens it again later).
+                    for attempt in 1..=TRIES {
+                        let started = Instant::now();
+                        let opened = connector
                             .open_watch()
                             .await
-                            .map_err(|e| format!("watch: {e:#}")),
-                    );
+                            .map_err(|e| format!("watch: {e:#}"));
+                        if let Some(channel) = phase.attempt(started, opened, attempt == TRIES) {
+                            phase
+                                .latencies_us
+                                .lock()
+                                .expect("lock")
+                                .push(started.elapsed().as_micros() as u64);
+                            agent.watch = Some(channel);
+                            break;
+                        }
+                        backoff(attempt).await;
+                    }
                 }
             },
         )
@@ -705,7 +982,7 @@ async fn storm(options: Options) -> Result<()> {
             "not-modified",
             options.agents,
             later_in_flight,
-            &server,
+            &servers,
             |i, phase| {
                 let agents = agents.clone();
                 async move {
@@ -738,7 +1015,7 @@ async fn storm(options: Options) -> Result<()> {
             "distinct-compiles",
             options.agents,
             later_in_flight,
-            &server,
+            &servers,
             |i, phase| {
                 let (agents, distinct) = (agents.clone(), distinct.clone());
                 async move {
@@ -762,7 +1039,7 @@ async fn storm(options: Options) -> Result<()> {
         .await,
     );
 
-    let peak = server.peak_rss_mb();
+    let peak = servers.peak_rss_mb();
     // Every held watch channel must have been served: each has its first
     // heartbeat waiting (read after the peak, outside any phase).
     let mut watching = 0usize;
@@ -788,7 +1065,27 @@ async fn storm(options: Options) -> Result<()> {
     all.sort_unstable();
     let requests: usize = phases.iter().map(|p| p.requests).sum();
     let failures: u64 = phases.iter().map(|p| p.failures).sum();
+    let retries: u64 = phases.iter().map(|p| p.retries).sum();
     let seconds: f64 = phases.iter().map(|p| p.seconds).sum();
+    // Every report a server acknowledged is in the database.
+    let acknowledged = acknowledged.load(Ordering::SeqCst);
+    let stored = match (&postgres, &store) {
+        (Some(postgres), Some((url, _))) => Some(
+            postgres
+                .sql(
+                    cms_integration::PostgresServer::database_of(url),
+                    "SELECT count(*) FROM reports",
+                )?
+                .parse::<u64>()?,
+        ),
+        _ => None,
+    };
+    if let Some(stored) = stored {
+        println!(
+            "reports: {acknowledged} acknowledged, {stored} in the database, {} lost; {retries} steps tried again",
+            acknowledged.saturating_sub(stored)
+        );
+    }
     let enroll = &phases[0];
     let not_modified = &phases[2];
     let compiles = &phases[3];
@@ -803,7 +1100,14 @@ async fn storm(options: Options) -> Result<()> {
     let round = |x: f64| (x * 10.0).round() / 10.0;
     let json = serde_json::json!({
         "agents": options.agents,
+        "store": if options.postgres { "postgres" } else { "sled" },
+        "replicas": options.replicas,
+        "killed_replica": servers.killed.load(Ordering::SeqCst),
         "failures": failures,
+        "retries": retries,
+        "acknowledged_reports": acknowledged,
+        "stored_reports": stored,
+        "lost_reports": stored.map(|stored| acknowledged.saturating_sub(stored)),
         "requests": requests,
         "duration_s": round(seconds),
         "requests_per_s": round(requests as f64 / seconds.max(1e-9)),
@@ -818,6 +1122,7 @@ async fn storm(options: Options) -> Result<()> {
             "phase": p.name,
             "requests": p.requests,
             "failures": p.failures,
+            "retries": p.retries,
             "seconds": round(p.seconds),
             "p50_ms": round(percentile_ms(&p.latencies_us, 0.50)),
             "p99_ms": round(percentile_ms(&p.latencies_us, 0.99)),
@@ -827,7 +1132,8 @@ async fn storm(options: Options) -> Result<()> {
         })).collect::<Vec<_>>(),
     });
     drop(agents);
-    drop(server);
+    drop(servers);
+    drop(postgres);
     println!("{json}");
     Ok(())
 }
