@@ -49,6 +49,9 @@ pub use crate::startup::{Prepared, admin_dir};
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub data_dir: PathBuf,
+    /// Which store (`--store`, `--store-key-file`): by default sled in
+    /// `data_dir`.
+    pub store: crate::store::StoreConfig,
     /// A local path or a git URL.
     pub repo: String,
     /// The branch of the one environment of a server given no
@@ -109,6 +112,7 @@ impl ServeConfig {
     pub fn new(data_dir: PathBuf, repo: String) -> ServeConfig {
         ServeConfig {
             data_dir,
+            store: crate::store::StoreConfig::default(),
             repo,
             branch: "main".into(),
             environments: None,
@@ -181,6 +185,7 @@ pub fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
     }
     crate::startup::prepare_environments(
         &config.data_dir,
+        &config.store,
         environments,
         sources,
         &crate::clock::SystemClock,

@@ -50,13 +50,21 @@ pub fn prepare(
 ) -> anyhow::Result<Prepared> {
     let config = EnvironmentsConfig::single("main");
     let name = config.default_name().to_string();
-    prepare_environments(data_dir, config, vec![(name, source)], clock)
+    prepare_environments(
+        data_dir,
+        &crate::store::StoreConfig::default(),
+        config,
+        vec![(name, source)],
+        clock,
+    )
 }
 
-/// Everything before listening, for a data directory and each
-/// environment's roles source (by name, as `config` lists them).
+/// Everything before listening, for a data directory, the store chosen
+/// (sled in the data directory by default) and each environment's roles
+/// source (by name, as `config` lists them).
 pub fn prepare_environments(
     data_dir: &Path,
+    store: &crate::store::StoreConfig,
     config: EnvironmentsConfig,
     sources: Vec<(String, RolesSource)>,
     clock: &dyn Clock,
@@ -64,7 +72,7 @@ pub fn prepare_environments(
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("Failed to create the data directory {}", data_dir.display()))?;
-    let store = crate::store::open(&data_dir.join("db"))?;
+    let store = crate::store::open_configured(data_dir, store)?;
     crate::triggers::interrupt_running(&*store, clock)?;
     let ca = load_or_create_ca(&*store, data_dir)?;
     write_admin_credential(&*store, &ca, data_dir, clock)?;
@@ -201,9 +209,15 @@ fn load_or_create_ca(store: &dyn Store, data_dir: &Path) -> anyhow::Result<Certi
                 certificate_pem: ca.certificate_pem().to_string(),
                 private_key_pem: ca.private_key_pem(),
             };
-            write_ca_files(&dir, &record)?;
-            store.put_ca(&record)?;
-            Ok(ca)
+            // Of replicas starting together on a new shared store, the
+            // first CA stored wins; the others keep that one, not theirs.
+            let stored = store.put_ca_if_absent(&record)?;
+            write_ca_files(&dir, &stored)?;
+            if stored == record {
+                Ok(ca)
+            } else {
+                Ok(ca_from_record(&stored)?)
+            }
         }
     }
 }
