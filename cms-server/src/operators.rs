@@ -230,6 +230,7 @@ pub fn bootstrap(
     ca: &CertificateAuthority,
     dir: &Path,
     now_unix_ms: u64,
+    shared_store: bool,
     write_private_file: &dyn Fn(&str, &str) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
@@ -261,6 +262,22 @@ pub fn bootstrap(
         audit_bootstrap(store, now_unix_ms, "AdoptCredential")?;
         return Ok(());
     }
+    // Replicas share the store: the first to start makes the bootstrap
+    // credential, and a later one must not replace it (that would refuse
+    // the credential the operator already holds). Its data directory gets
+    // the CA certificate; the operator uses the first replica's credential,
+    // or one `cms-server admin add` made, with any replica.
+    if shared_store
+        && store
+            .operator(BOOTSTRAP_OPERATOR)?
+            .is_some_and(|existing| existing.revoked_unix.is_none())
+    {
+        write_private_file("ca.pem", ca.certificate_pem())?;
+        tracing::info!(
+            "the bootstrap operator `{BOOTSTRAP_OPERATOR}` is in the shared store already: no credential is made here; use the one in the data directory of the replica that made it, or `cms-server admin add NAME`"
+        );
+        return Ok(());
+    }
     let (credential, issued) =
         ca.issue_operator_credential(BOOTSTRAP_OPERATOR, OPERATOR_VALIDITY)?;
     for (name, text) in [
@@ -278,10 +295,21 @@ pub fn bootstrap(
         revoked_unix: None,
         added_by: SERVER_ACTOR.to_owned(),
     };
-    loop {
-        let current = store.operator(BOOTSTRAP_OPERATOR)?;
-        if store.swap_operator(current.as_ref(), &record)? {
-            break;
+    if shared_store {
+        // Two replicas starting at once: only the first record stands, and
+        // the other's credential, never current, is removed again.
+        if !store.swap_operator(None, &record)? {
+            for name in ["admin.pem", "admin.key"] {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+            return Ok(());
+        }
+    } else {
+        loop {
+            let current = store.operator(BOOTSTRAP_OPERATOR)?;
+            if store.swap_operator(current.as_ref(), &record)? {
+                break;
+            }
         }
     }
     audit_bootstrap(store, now_unix_ms, "WriteBootstrapCredential")
@@ -420,12 +448,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = MemoryStore::default();
         let ca = CertificateAuthority::create("test").unwrap();
-        bootstrap(&store, &ca, dir.path(), 5_000, &writer(dir.path())).unwrap();
+        bootstrap(&store, &ca, dir.path(), 5_000, false, &writer(dir.path())).unwrap();
         let first = std::fs::read_to_string(dir.path().join("admin.pem")).unwrap();
         let record = store.operator("admin").unwrap().unwrap();
         assert_eq!(record.serial, serial_of(&first));
         // A restart leaves it alone.
-        bootstrap(&store, &ca, dir.path(), 6_000, &writer(dir.path())).unwrap();
+        bootstrap(&store, &ca, dir.path(), 6_000, false, &writer(dir.path())).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("admin.pem")).unwrap(),
             first
@@ -437,7 +465,7 @@ mod tests {
         };
         assert!(store.swap_operator(Some(&record), &revoked).unwrap());
         std::fs::remove_file(dir.path().join("admin.key")).unwrap();
-        bootstrap(&store, &ca, dir.path(), 8_000, &writer(dir.path())).unwrap();
+        bootstrap(&store, &ca, dir.path(), 8_000, false, &writer(dir.path())).unwrap();
         let second = std::fs::read_to_string(dir.path().join("admin.pem")).unwrap();
         let record = store.operator("admin").unwrap().unwrap();
         assert_eq!(record.serial, serial_of(&second));
@@ -458,6 +486,47 @@ mod tests {
     }
 
     #[test]
+    fn a_second_replica_on_a_shared_store_leaves_the_first_replicas_credential_current() {
+        let store = MemoryStore::default();
+        let ca = CertificateAuthority::create("test").unwrap();
+        let first = tempfile::tempdir().unwrap();
+        bootstrap(
+            &store,
+            &ca,
+            first.path(),
+            5_000,
+            true,
+            &writer(first.path()),
+        )
+        .unwrap();
+        let held = std::fs::read_to_string(first.path().join("admin.pem")).unwrap();
+        let second = tempfile::tempdir().unwrap();
+        bootstrap(
+            &store,
+            &ca,
+            second.path(),
+            6_000,
+            true,
+            &writer(second.path()),
+        )
+        .unwrap();
+        let record = store.operator("admin").unwrap().unwrap();
+        assert_eq!(
+            record.serial,
+            serial_of(&held),
+            "the credential the operator holds stays the current one"
+        );
+        assert!(
+            !second.path().join("admin.key").exists(),
+            "no second credential"
+        );
+        assert!(
+            second.path().join("ca.pem").exists(),
+            "the CA certificate is there"
+        );
+    }
+
+    #[test]
     fn bootstrap_adopts_the_shared_credential_of_an_older_server() {
         let dir = tempfile::tempdir().unwrap();
         let store = MemoryStore::default();
@@ -465,7 +534,7 @@ mod tests {
         let legacy = ca.issue_admin_certificate().unwrap();
         std::fs::write(dir.path().join("admin.pem"), &legacy.certificate_pem).unwrap();
         std::fs::write(dir.path().join("admin.key"), &legacy.private_key_pem).unwrap();
-        bootstrap(&store, &ca, dir.path(), 5_000, &writer(dir.path())).unwrap();
+        bootstrap(&store, &ca, dir.path(), 5_000, false, &writer(dir.path())).unwrap();
         let record = store.operator("admin").unwrap().unwrap();
         assert_eq!(record.serial, serial_of(&legacy.certificate_pem));
         assert_eq!(

@@ -64,7 +64,7 @@ pub fn prepare(
 /// source (by name, as `config` lists them).
 pub fn prepare_environments(
     data_dir: &Path,
-    store: &crate::store::StoreConfig,
+    store_config: &crate::store::StoreConfig,
     config: EnvironmentsConfig,
     sources: Vec<(String, RolesSource)>,
     clock: &dyn Clock,
@@ -72,10 +72,14 @@ pub fn prepare_environments(
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("Failed to create the data directory {}", data_dir.display()))?;
-    let store = crate::store::open_configured(data_dir, store)?;
+    let store = crate::store::open_configured(data_dir, store_config)?;
     crate::triggers::interrupt_running(&*store, clock)?;
     let ca = load_or_create_ca(&*store, data_dir)?;
-    write_admin_credential(&*store, &ca, data_dir, clock)?;
+    let shared_store = matches!(
+        store_config.location,
+        Some(crate::store::StoreLocation::Postgres(_))
+    );
+    write_admin_credential(&*store, &ca, data_dir, shared_store, clock)?;
     let ca_fingerprint = certificate_fingerprint(ca.certificate_pem())?;
     let environments = Arc::new(restore_environments(&*store, &config, &sources, clock));
     let sources = sources
@@ -271,6 +275,7 @@ fn write_admin_credential(
     store: &dyn Store,
     ca: &CertificateAuthority,
     data_dir: &Path,
+    shared_store: bool,
     clock: &dyn Clock,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -280,9 +285,14 @@ fn write_admin_credential(
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("Failed to create {}", dir.display()))?;
-    crate::operators::bootstrap(store, ca, &dir, clock.now_unix_ms(), &|name, text| {
-        write_private_file(&dir, name, text.as_bytes())
-    })
+    crate::operators::bootstrap(
+        store,
+        ca,
+        &dir,
+        clock.now_unix_ms(),
+        shared_store,
+        &|name, text| write_private_file(&dir, name, text.as_bytes()),
+    )
 }
 
 /// Writes `dir/name` owner-only (0600), atomically: a temporary file in
