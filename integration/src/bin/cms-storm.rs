@@ -83,17 +83,20 @@ struct Options {
     postgres: bool,
     replicas: usize,
     kill_one: bool,
+    /// Phases 1 and 2 only (enrollment and first runs).
+    first_runs_only: bool,
 }
 
 fn usage() -> &'static str {
-    "usage: cms-storm --agents N [--rounds R] [--contents K] [--concurrency C] [--store sled|postgres] [--replicas N] [--kill-one]\n\
+    "usage: cms-storm --agents N [--rounds R] [--contents K] [--concurrency C] [--store sled|postgres] [--replicas N] [--kill-one] [--first-runs-only]\n\
      \n  --agents N       simulated agents (default 100)\
      \n  --rounds R       NotModified rounds per agent (default 3)\
      \n  --contents K     file contents each agent fetches with GetContent (default 5)\
      \n  --concurrency C  agents in flight at once (default: all of them)\
      \n  --store S        sled (default) or postgres (a PostgreSQL started for the run)\
      \n  --replicas N     server processes behind a TCP load balancer (default 1; more need postgres)\
-     \n  --kill-one       SIGKILL one replica when half the agents have reported (needs 2 replicas)"
+     \n  --kill-one       SIGKILL one replica when half the agents have reported (needs 2 replicas)\
+     \n  --first-runs-only  stop after enrollment and the first runs (phases 1 and 2)"
 }
 
 fn parse_options(args: &[String]) -> Result<Options> {
@@ -106,6 +109,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         postgres: false,
         replicas: 1,
         kill_one: false,
+        first_runs_only: false,
     };
     let mut iter = args.iter();
     while let Some(flag) = iter.next() {
@@ -123,6 +127,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--concurrency" => options.concurrency = value("--concurrency")?,
             "--replicas" => options.replicas = value("--replicas")?,
             "--kill-one" => options.kill_one = true,
+            "--first-runs-only" => options.first_runs_only = true,
             "--store" => match iter.next().map(String::as_str) {
                 Some("sled") => options.postgres = false,
                 Some("postgres") => options.postgres = true,
@@ -146,7 +151,10 @@ fn parse_options(args: &[String]) -> Result<Options> {
         bail!("--replicas must be at least 1");
     }
     if options.replicas > 1 && !options.postgres {
-        bail!("--replicas {} needs --store postgres: replicas share their store", options.replicas);
+        bail!(
+            "--replicas {} needs --store postgres: replicas share their store",
+            options.replicas
+        );
     }
     if options.kill_one && options.replicas < 2 {
         bail!("--kill-one needs --replicas 2 or more: the others carry on");
@@ -443,6 +451,14 @@ struct Phase {
 }
 
 impl Phase {
+    /// The latency of a request that succeeded.
+    fn latency(&self, started: Instant) {
+        self.latencies_us
+            .lock()
+            .expect("lock")
+            .push(started.elapsed().as_micros() as u64);
+    }
+
     /// One try of a step: a failure counts only on the last try, before
     /// that it is a retry.
     fn attempt<T, E: std::fmt::Display>(
@@ -576,38 +592,53 @@ where
 
 // ---- the agents ----
 
-/// A run's connection, timed as one request.
-async fn connect_timed(
+/// One `GetCatalog`, on `client` or a new connection (through the
+/// balancer), tried again on a new connection when it fails; its answer.
+async fn catalog_with_retries(
     phase: &Phase,
     connector: &Connector,
-) -> Option<pb::agent_client::AgentClient<tonic::transport::Channel>> {
-    let started = Instant::now();
-    phase.record(
-        started,
-        connector
-            .connect()
-            .await
-            .map_err(|e| format!("connect: {e:#}")),
-    )
-}
-
-/// One `GetCatalog`, timed as one request; its answer when it succeeded.
-async fn get_catalog_timed(
-    phase: &Phase,
-    client: &mut pb::agent_client::AgentClient<tonic::transport::Channel>,
-    facts_json: String,
-    have_catalog_id: String,
+    client: &mut Option<pb::agent_client::AgentClient<tonic::transport::Channel>>,
+    facts_json: &str,
+    have_catalog_id: &str,
 ) -> Option<Option<pb::catalog_response::Result>> {
-    let started = Instant::now();
-    let answer = client
-        .get_catalog(pb::CatalogRequest {
-            facts_json,
-            have_catalog_id,
-        })
-        .await
-        .map(|answer| answer.into_inner().result)
-        .map_err(|s| format!("GetCatalog: {}", s.message()));
-    phase.record(started, answer)
+    for attempt in 1..=TRIES {
+        let last = attempt == TRIES;
+        let connection = match client.take() {
+            Some(connection) => Some(connection),
+            None => {
+                let started = Instant::now();
+                let connected = connector
+                    .connect()
+                    .await
+                    .map_err(|e| format!("connect: {e:#}"));
+                let connected = phase.attempt(started, connected, last);
+                if connected.is_some() {
+                    phase.latency(started);
+                }
+                connected
+            }
+        };
+        let Some(mut connection) = connection else {
+            backoff(attempt).await;
+            continue;
+        };
+        let started = Instant::now();
+        let answer = connection
+            .get_catalog(pb::CatalogRequest {
+                facts_json: facts_json.to_string(),
+                have_catalog_id: have_catalog_id.to_string(),
+            })
+            .await
+            .map(|answer| answer.into_inner().result)
+            .map_err(|s| format!("GetCatalog: {}", s.message()));
+        if let Some(answer) = phase.attempt(started, answer, last) {
+            phase.latency(started);
+            *client = Some(connection);
+            return Some(answer);
+        }
+        backoff(attempt).await;
+    }
+    None
 }
 
 /// A step that failed and will be tried again waits a little longer each
@@ -773,7 +804,8 @@ async fn storm(options: Options) -> Result<()> {
     for i in 1..options.replicas {
         let replica_data = scratch.path().join(format!("server-{i}"));
         let child = ServerChild::start(&replica_data, &repo, store.as_ref())?;
-        admins.push(connect_admin(&child.address, &replica_data).await?);
+        // One operator credential for every replica: the first's.
+        admins.push(connect_admin(&child.address, &data).await?);
         children.push(child);
     }
     let servers = Arc::new(Servers {
@@ -897,6 +929,7 @@ async fn storm(options: Options) -> Result<()> {
                         });
                         match phase.attempt(started, enrolled, attempt == TRIES) {
                             Some(connector) => {
+                                phase.latency(started);
                                 agents[i].lock().await.connector = Some(connector);
                                 return;
                             }
@@ -975,12 +1008,18 @@ async fn storm(options: Options) -> Result<()> {
             options.file_limit
         );
     }
+    // Phases 3 and 4 with no agent when only the first runs are asked for.
+    let later_agents = if options.first_runs_only {
+        0
+    } else {
+        options.agents
+    };
     // 3. Not modified.
     let rounds = options.rounds;
     phases.push(
         run_phase(
             "not-modified",
-            options.agents,
+            later_agents,
             later_in_flight,
             &servers,
             |i, phase| {
@@ -991,13 +1030,16 @@ async fn storm(options: Options) -> Result<()> {
                     let Some(connector) = agent.connector.clone() else {
                         return;
                     };
-                    let Some(mut client) = connect_timed(&phase, &connector).await else {
-                        return;
-                    };
+                    let mut client = None;
                     for _ in 0..rounds {
-                        let answer =
-                            get_catalog_timed(&phase, &mut client, facts("storm"), have.clone())
-                                .await;
+                        let answer = catalog_with_retries(
+                            &phase,
+                            &connector,
+                            &mut client,
+                            &facts("storm"),
+                            &have,
+                        )
+                        .await;
                         if let Some(Some(pb::catalog_response::Result::NotModified(_))) = answer {
                             phase.not_modified.fetch_add(1, Ordering::Relaxed);
                         }
@@ -1013,7 +1055,7 @@ async fn storm(options: Options) -> Result<()> {
     phases.push(
         run_phase(
             "distinct-compiles",
-            options.agents,
+            later_agents,
             later_in_flight,
             &servers,
             |i, phase| {
@@ -1024,12 +1066,15 @@ async fn storm(options: Options) -> Result<()> {
                     let Some(connector) = agent.connector.clone() else {
                         return;
                     };
-                    let Some(mut client) = connect_timed(&phase, &connector).await else {
-                        return;
-                    };
                     let hostname = format!("storm-{i:05}.internal");
-                    let answer =
-                        get_catalog_timed(&phase, &mut client, facts(&hostname), have).await;
+                    let answer = catalog_with_retries(
+                        &phase,
+                        &connector,
+                        &mut None,
+                        &facts(&hostname),
+                        &have,
+                    )
+                    .await;
                     if let Some(Some(pb::catalog_response::Result::Catalog(catalog))) = answer {
                         distinct.lock().expect("lock").insert(catalog.catalog_id);
                     }
