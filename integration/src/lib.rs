@@ -88,7 +88,7 @@ pub use rpm_root::RpmRoot;
 pub use server_process::{ServerProcess, free_loopback_port, http_request, https_request};
 pub use settings::{CACHE_DIRECTORY_VARIABLE, DEBIAN_MIRROR_VARIABLE, TestbedSettings};
 pub use shared_fixture::SharedFixture;
-pub use test_server::TestServer;
+pub use test_server::{TEST_STORE_VARIABLE, TestServer};
 pub use testbed::Testbed;
 pub use wait::{wait_until, wait_until_polling_every};
 

@@ -19,6 +19,41 @@ pub struct TestServer {
     pub runtime: tokio::runtime::Runtime,
 }
 
+/// The environment variable that runs the tests' servers on another
+/// store: `postgres` puts each data directory's store in a database of its
+/// own on the PostgreSQL the tests start (`PostgresServer::shared`), so the
+/// server and fleet suites run against both stores (scripts/test runs them
+/// again with it).
+pub const TEST_STORE_VARIABLE: &str = "CMS_TEST_STORE";
+
+/// The store `CMS_TEST_STORE` asks for, for the server of `data`: the same
+/// database every time that data directory's server starts again.
+fn store_from_environment(data: &Path) -> Result<Option<cms_server::store::StoreConfig>> {
+    match std::env::var(TEST_STORE_VARIABLE).as_deref() {
+        Err(_) | Ok("") | Ok("sled") => Ok(None),
+        Ok("postgres") => {
+            std::fs::create_dir_all(data)?;
+            let url_file = data.join("test-store-url");
+            let key_file = data.join("test-store.key");
+            let url = match std::fs::read_to_string(&url_file) {
+                Ok(url) => url,
+                Err(_) => {
+                    let url = crate::postgres::PostgresServer::shared()?.create_database()?;
+                    std::fs::write(&key_file, cms_server::store::StoreKey::generate_text())?;
+                    std::fs::write(&url_file, &url)?;
+                    url
+                }
+            };
+            Ok(Some(cms_server::store::StoreConfig {
+                location: Some(cms_server::store::StoreLocation::Postgres(url)),
+                key_file: Some(key_file),
+                pool_size: Some(4),
+            }))
+        }
+        Ok(other) => anyhow::bail!("{TEST_STORE_VARIABLE}={other}: expected sled or postgres"),
+    }
+}
+
 impl TestServer {
     pub fn start(data: &Path, repo: &Path, port: u16) -> Result<TestServer> {
         TestServer::start_on(
@@ -84,6 +119,9 @@ impl TestServer {
             cms_server::server::ServeConfig::new(data.to_path_buf(), repo.display().to_string());
         config.sync_interval = Duration::from_secs(3600);
         config.certificate_validity = Duration::from_secs(3600);
+        if let Some(store) = store_from_environment(data)? {
+            config.store = store;
+        }
         configure(&mut config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = runtime.handle().clone();
