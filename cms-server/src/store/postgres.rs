@@ -617,9 +617,11 @@ impl Store for PostgresStore {
             async move {
                 let mut client = pool.get().await?;
                 let transaction = client.transaction().await?;
-                certificate.upsert(&transaction).await?;
+                // The node row first, then the certificate: the order
+                // claim_name locks them in, so the two cannot deadlock.
                 let statement = transaction.prepare_cached(UPSERT_NODE).await?;
                 transaction.execute(&statement, &[&id, &record]).await?;
+                certificate.upsert(&transaction).await?;
                 transaction.commit().await?;
                 Ok(())
             },
