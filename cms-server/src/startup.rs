@@ -72,9 +72,13 @@ pub fn prepare_environments(
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("Failed to create the data directory {}", data_dir.display()))?;
+    let store_name = match &store_config.location {
+        Some(location) => location.describe(),
+        None => data_dir.join("db").display().to_string(),
+    };
     let store = crate::store::open_configured(data_dir, store_config)?;
     crate::triggers::interrupt_running(&*store, clock)?;
-    let ca = load_or_create_ca(&*store, data_dir)?;
+    let ca = load_or_create_ca(&*store, &store_name, data_dir)?;
     let shared_store = matches!(
         store_config.location,
         Some(crate::store::StoreLocation::Postgres(_))
@@ -169,7 +173,11 @@ const CA_KEY_FILE: &str = "ca.key";
 /// file; a store-held key without its file (an older server) is copied to
 /// the file; a new server creates it, file first. The two differing is an
 /// error an operator resolves, never a silent choice.
-fn load_or_create_ca(store: &dyn Store, data_dir: &Path) -> anyhow::Result<CertificateAuthority> {
+fn load_or_create_ca(
+    store: &dyn Store,
+    store_name: &str,
+    data_dir: &Path,
+) -> anyhow::Result<CertificateAuthority> {
     let dir = ca_dir(data_dir);
     let from_file = read_ca_files(&dir)?;
     let from_store = match store.ca() {
@@ -188,8 +196,7 @@ fn load_or_create_ca(store: &dyn Store, data_dir: &Path) -> anyhow::Result<Certi
         (Some(stored), Some(file)) => {
             if stored != file {
                 anyhow::bail!(
-                    "Failed to load the CA: the store at {} and {} hold different CAs; keep the one your agents trust (the fingerprint in enrollment tokens) and move the other aside",
-                    data_dir.join("db").display(),
+                    "Failed to load the CA: the store at {store_name} and {} hold different CAs; keep the one your agents trust (the fingerprint in enrollment tokens) and move the other aside",
                     dir.display()
                 );
             }

@@ -1088,6 +1088,45 @@ pub(crate) mod tests {
         assert_eq!(all, listed);
     }
 
+    #[test]
+    fn a_store_location_is_a_postgres_url_or_sled_and_a_data_directory() {
+        assert_eq!(
+            StoreLocation::parse("sled:/var/lib/cms-server").unwrap(),
+            StoreLocation::Sled(PathBuf::from("/var/lib/cms-server/db"))
+        );
+        assert_eq!(
+            StoreLocation::parse("postgresql://cms@db/cms").unwrap(),
+            StoreLocation::Postgres("postgresql://cms@db/cms".into())
+        );
+        let error = StoreLocation::parse("mysql://cms:pw@db/cms").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "Failed to read the store URL: \"mysql://…@db/cms\" is neither a postgres:// URL nor sled:DIR; write postgres://USER:PASSWORD@HOST:PORT/DATABASE, or sled:DIR"
+        );
+    }
+
+    #[test]
+    fn postgres_without_a_store_key_is_refused_saying_how_to_make_one() {
+        let config = StoreConfig {
+            location: Some(StoreLocation::Postgres(
+                "postgres://cms:pw@db.invalid/cms".into(),
+            )),
+            key_file: None,
+            pool_size: None,
+        };
+        let error = open_configured(Path::new("/nonexistent"), &config).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("postgres://cms@db.invalid:5432/cms"),
+            "{text}"
+        );
+        assert!(!text.contains(":pw@"), "{text}");
+        assert!(
+            text.contains("cms-server store keygen > /etc/cms-server/store.key"),
+            "{text}"
+        );
+    }
+
     /// A report as stored before reports were typed (the key was
     /// `report_json`, the value built field by field) still reads.
     #[test]

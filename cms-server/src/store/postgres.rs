@@ -181,8 +181,22 @@ impl PostgresStore {
             pg_config.connect_timeout(config.connect_timeout);
         }
         pg_config.application_name("cms-server");
+        // A database that vanished from the network (no RST: a failover,
+        // a black-holed route) is noticed in seconds, not after the
+        // kernel's default of minutes: an idle connection after 30 s and
+        // three unanswered probes 5 s apart, a sent request after 10 s.
         pg_config.keepalives_idle(Duration::from_secs(30));
+        pg_config.keepalives_interval(Duration::from_secs(5));
+        pg_config.keepalives_retries(3);
+        pg_config.tcp_user_timeout(Duration::from_secs(10));
         let target = describe(&pg_config);
+        if pg_config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(StoreError::InvalidUrl {
+                problem: format!(
+                    "{target} asks for sslmode=require, and this server connects to PostgreSQL without TLS; keep the database on a private network and use sslmode=disable"
+                ),
+            });
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cms-postgres")
@@ -603,9 +617,11 @@ impl Store for PostgresStore {
             async move {
                 let mut client = pool.get().await?;
                 let transaction = client.transaction().await?;
-                certificate.upsert(&transaction).await?;
+                // The node row first, then the certificate: the order
+                // claim_name locks them in, so the two cannot deadlock.
                 let statement = transaction.prepare_cached(UPSERT_NODE).await?;
                 transaction.execute(&statement, &[&id, &record]).await?;
+                certificate.upsert(&transaction).await?;
                 transaction.commit().await?;
                 Ok(())
             },
@@ -1456,5 +1472,52 @@ impl Store for PostgresStore {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> StoreKey {
+        StoreKey::parse(&StoreKey::generate_text()).unwrap()
+    }
+
+    #[test]
+    fn a_url_is_described_with_host_port_and_database_but_never_the_password() {
+        assert_eq!(
+            describe_url("postgres://cms:s3cret@db.internal:6432/fleet?connect_timeout=2").unwrap(),
+            "postgres://cms@db.internal:6432/fleet"
+        );
+        assert_eq!(
+            describe_url("postgres://db.internal/fleet").unwrap(),
+            "postgres://db.internal:5432/fleet"
+        );
+        let error = describe_url("postgres://cms:s3cret@db:port/fleet").unwrap_err();
+        assert!(!error.to_string().contains("s3cret"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("Failed to read the store URL"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_url_asking_for_tls_is_refused_before_connecting() {
+        let config = PostgresConfig::new("postgres://cms@db.invalid/cms?sslmode=require", key());
+        let error = PostgresStore::open(&config).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("connects to PostgreSQL without TLS"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_store_key_stays_out_of_the_stores_debug_output() {
+        let config = PostgresConfig::new("postgres://cms@db.invalid/cms", key());
+        assert!(format!("{config:?}").contains("<redacted>"));
     }
 }
