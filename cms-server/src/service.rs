@@ -220,7 +220,7 @@ impl AgentService {
             result: Some(pb::catalog_response::Result::Catalog(pb::Catalog {
                 catalog_id: catalog.catalog_id.clone(),
                 revision: revision.commit.clone(),
-                canonical_json: catalog.canonical_bytes(),
+                canonical_json: catalog.canonical().to_vec(),
             })),
         };
         // Validation refuses a commit whose catalogs are too large; a node
