@@ -15,7 +15,10 @@
 //! flight), and at most `max_concurrent_compiles` run at once; the others
 //! queue on a semaphore instead of being refused.
 //!
-//! Compiling is CPU work that blocks, so it runs in `spawn_blocking`.
+//! Compiling is CPU work that blocks, so it runs on compile threads of the
+//! cache's own (as many as may compile at once, each with the compile
+//! stack, started once), not on the async workers. A catalog's canonical
+//! bytes are encoded once, with the compile ([`Compiled`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -27,7 +30,41 @@ use cms_roles::{
 use tokio::sync::{Semaphore, watch};
 
 /// What a compile gives: the catalog, or the problems found.
-pub type CompileResult = Result<Arc<Catalog>, Arc<Diagnostics>>;
+pub type CompileResult = Result<Arc<Compiled>, Arc<Diagnostics>>;
+
+/// A compiled catalog and its canonical bytes, encoded once when it is
+/// compiled: every agent served this catalog is sent these bytes, and the
+/// cache counts its size from them, instead of encoding it again (its
+/// contents in base64) for each.
+#[derive(Debug)]
+pub struct Compiled {
+    catalog: Catalog,
+    canonical: Vec<u8>,
+}
+
+impl Compiled {
+    pub fn new(catalog: Catalog) -> Compiled {
+        let canonical = catalog.canonical_bytes();
+        Compiled { catalog, canonical }
+    }
+
+    /// The catalog's canonical bytes ([`Catalog::canonical_bytes`]).
+    pub fn canonical(&self) -> &[u8] {
+        &self.canonical
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+}
+
+impl std::ops::Deref for Compiled {
+    type Target = Catalog;
+
+    fn deref(&self) -> &Catalog {
+        &self.catalog
+    }
+}
 
 /// The cache key of a node's catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -76,10 +113,18 @@ impl CatalogKey {
     }
 }
 
+/// A compile to run on a compile thread.
+type CompileJob = Box<dyn FnOnce() + Send>;
+
 /// The catalog cache of one server.
 #[derive(Debug)]
 pub struct Catalogs {
     permits: Arc<Semaphore>,
+    /// Where compiles go: as many long-lived threads with the compile
+    /// stack (`cms_roles::bounded::spawn_compile_thread`) as compiles may
+    /// run at once, so a compile starts no thread of its own. `None` when
+    /// they could not start: compiles then run on tokio's blocking threads.
+    compile_threads: Option<Mutex<std::sync::mpsc::Sender<CompileJob>>>,
     state: Mutex<State>,
     capacity: usize,
     /// Where each compile's duration goes (`metrics`).
@@ -122,8 +167,10 @@ impl Catalogs {
     /// A cache of at most `capacity` catalogs, compiling at most
     /// `max_concurrent_compiles` at once.
     pub fn new(capacity: usize, max_concurrent_compiles: usize) -> Catalogs {
+        let threads = max_concurrent_compiles.max(1);
         Catalogs {
-            permits: Arc::new(Semaphore::new(max_concurrent_compiles.max(1))),
+            permits: Arc::new(Semaphore::new(threads)),
+            compile_threads: compile_threads(threads),
             state: Mutex::new(State::default()),
             capacity: capacity.max(1),
             compile_duration: None,
@@ -233,24 +280,41 @@ impl Catalogs {
                 .await
                 .expect("the semaphore is never closed");
             let compile_duration = self.compile_duration.clone();
-            tokio::task::spawn_blocking(move || {
+            let compile = move || {
                 let started = crate::clock::instant();
                 let result = compile_with_secrets(&repository, &node, &secrets)
-                    .map(Arc::new)
+                    .map(|catalog| Arc::new(Compiled::new(catalog)))
                     .map_err(Arc::new);
                 if let Some(histogram) = compile_duration {
                     histogram.observe(started.elapsed().as_secs_f64());
                 }
                 result
-            })
-            .await
-            .unwrap_or_else(|panic| {
+            };
+            let stopped = |why: String| {
                 Err(Arc::new(Diagnostics(vec![cms_roles::Diagnostic::new(
                     "(server)",
                     cms_roles::Position::UNKNOWN,
-                    format!("the compiler panicked: {panic}"),
+                    format!("the compiler panicked: {why}"),
                 )])))
-            })
+            };
+            match &self.compile_threads {
+                Some(jobs) => {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    let job: CompileJob = Box::new(move || {
+                        let _ = reply.send(compile());
+                    });
+                    let sent = jobs.lock().expect("compile threads lock").send(job);
+                    match sent {
+                        Ok(()) => answer.await.unwrap_or_else(|_| {
+                            stopped("its thread stopped before answering".to_string())
+                        }),
+                        Err(_) => stopped("no compile thread is running".to_string()),
+                    }
+                }
+                None => tokio::task::spawn_blocking(compile)
+                    .await
+                    .unwrap_or_else(|panic| stopped(panic.to_string())),
+            }
         };
         {
             let mut state = self.state.lock().expect("catalog cache lock");
@@ -285,14 +349,41 @@ impl Catalogs {
     }
 }
 
+/// Starts `count` compile threads taking jobs from one queue; they end
+/// when the cache (the queue's sender) is dropped. `None` when a thread
+/// could not start.
+fn compile_threads(count: usize) -> Option<Mutex<std::sync::mpsc::Sender<CompileJob>>> {
+    let (sender, receiver) = std::sync::mpsc::channel::<CompileJob>();
+    let receiver = Arc::new(Mutex::new(receiver));
+    for index in 0..count {
+        let receiver = receiver.clone();
+        let started =
+            cms_roles::bounded::spawn_compile_thread(format!("cms-compile-{index}"), move || {
+                loop {
+                    let job = receiver.lock().expect("compile queue lock").recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            });
+        if let Err(error) = started {
+            tracing::warn!(%error, "Failed to start a compile thread; compiling on blocking threads");
+            return None;
+        }
+    }
+    Some(Mutex::new(sender))
+}
+
 /// About what a compile result holds in memory. A catalog in memory (its
 /// resources as structs and JSON values, its contents map) takes several
 /// times its canonical JSON; the factor was measured with `cms-storm`,
 /// whose 50-resource catalogs of about 40 KB took about 300 KB each.
 fn estimated_size(result: &CompileResult) -> usize {
     match result {
-        // The parsed catalog and its canonical bytes, as measured.
-        Ok(catalog) => catalog.canonical_bytes().len() * 16,
+        // The parsed catalog as measured (16 times its canonical bytes),
+        // and the canonical bytes kept beside it.
+        Ok(catalog) => catalog.canonical().len() * 17,
         Err(diagnostics) => diagnostics.len() * 256 + 256,
     }
 }

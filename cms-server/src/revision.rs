@@ -99,7 +99,7 @@ pub async fn compiled(
     catalogs: &Catalogs,
     revision: &Revision,
     node: cms_roles::Node,
-) -> Result<Arc<cms_roles::Catalog>, CatalogError> {
+) -> Result<Arc<crate::catalogs::Compiled>, CatalogError> {
     let node_id = node.id.clone();
     let (secrets, generation) = revision.secrets.values();
     catalogs

@@ -33,7 +33,7 @@ use crate::revision::{CatalogError, SyncRequests, compiled};
 use crate::store::SharedStore;
 use crate::triggers::{TriggerRequest, Triggers};
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Size of one `GetContent` chunk.
 const CONTENT_CHUNK: usize = cms_proto::limits::CONTENT_CHUNK_BYTES;
@@ -172,15 +172,17 @@ pub struct AgentService {
     pub restart_budget: Arc<RestartBudget>,
 }
 
-#[tonic::async_trait]
-impl pb::agent_server::Agent for AgentService {
-    async fn get_catalog(
+impl AgentService {
+    /// What `GetCatalog` answers `node_id`, once the caller is known:
+    /// notes its facts, finds the revision it is served and its catalog
+    /// (from the cache or compiled), and answers `NotModified` or the
+    /// catalog's canonical bytes. `answer` counts the outcome.
+    pub async fn catalog_for(
         &self,
-        request: Request<pb::CatalogRequest>,
-    ) -> Result<Response<pb::CatalogResponse>, Status> {
-        let answer = self.metrics.catalog_request();
-        let node_id = node_caller(&self.store, &request)?;
-        let request = request.into_inner();
+        node_id: String,
+        request: pb::CatalogRequest,
+        answer: crate::metrics::CatalogRequest<'_>,
+    ) -> Result<pb::CatalogResponse, Status> {
         let facts: BTreeMap<String, serde_json::Value> = if request.facts_json.trim().is_empty() {
             BTreeMap::new()
         } else {
@@ -207,18 +209,18 @@ impl pb::agent_server::Agent for AgentService {
         let catalog = compiled(&self.catalogs, &revision, node).await?;
         if request.have_catalog_id == catalog.catalog_id {
             answer.answered(CatalogAnswer::NotModified);
-            return Ok(Response::new(pb::CatalogResponse {
+            return Ok(pb::CatalogResponse {
                 result: Some(pb::catalog_response::Result::NotModified(pb::NotModified {
                     catalog_id: catalog.catalog_id.clone(),
                     revision: revision.commit.clone(),
                 })),
-            }));
+            });
         }
         let response = pb::CatalogResponse {
             result: Some(pb::catalog_response::Result::Catalog(pb::Catalog {
                 catalog_id: catalog.catalog_id.clone(),
                 revision: revision.commit.clone(),
-                canonical_json: catalog.canonical_bytes(),
+                canonical_json: catalog.canonical().to_vec(),
             })),
         };
         // Validation refuses a commit whose catalogs are too large; a node
@@ -227,23 +229,16 @@ impl pb::agent_server::Agent for AgentService {
         // and the catalog does not count as served.
         check_deliverable(&catalog, &response, &node_id, &revision.commit)?;
         answer.answered(CatalogAnswer::Catalog);
-        Ok(Response::new(response))
+        Ok(response)
     }
 
-    type GetContentStream = ResponseStream<pb::ContentChunk>;
-
-    /// A content of the caller's current catalog, by hash. Contents are
-    /// derived from the revision, so the server does not store them: they
-    /// live with the compiled catalogs (one compile serves every identical
-    /// instance), and a catalog no longer cached is compiled again from
-    /// the node's tags and last facts. A hash that is not in the caller's
-    /// catalog is not found, whoever else's it is.
-    async fn get_content(
+    /// The chunks `GetContent` streams to `node_id`: the content of
+    /// `hash` in the caller's current catalog.
+    pub async fn content_for(
         &self,
-        request: Request<pb::ContentRequest>,
-    ) -> Result<Response<Self::GetContentStream>, Status> {
-        let node_id = node_caller(&self.store, &request)?;
-        let hash = request.into_inner().sha256;
+        node_id: String,
+        hash: String,
+    ) -> Result<ResponseStream<pb::ContentChunk>, Status> {
         let node_record = self.nodes.current(&node_id)?;
         let revision = self.environments.revision_for(&node_record)?;
         let node = crate::catalogs::node_of_record(&node_record);
@@ -266,18 +261,19 @@ impl pb::agent_server::Agent for AgentService {
                 data: bytes[start..(start + CONTENT_CHUNK).min(bytes.len())].to_vec(),
             })
         });
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        Ok(Box::pin(tokio_stream::iter(chunks)))
     }
 
-    async fn report(
+    /// Stores the run report `node_id` sent and answers its
+    /// acknowledgement, once the report is on disk.
+    pub async fn report_from(
         &self,
-        request: Request<pb::RunReport>,
-    ) -> Result<Response<pb::ReportAck>, Status> {
-        let node_id = node_caller(&self.store, &request)?;
+        node_id: String,
+        report: pb::RunReport,
+    ) -> Result<pb::ReportAck, Status> {
         // Refused beyond its rate, before it is read: the agent keeps it.
         self.report_rate
             .admit(&node_id, self.reports.clock.now_unix_ms())?;
-        let report = request.into_inner();
         crate::reports::check_report_size(&node_id, &report)?;
         let record = RunRecord::from(&report);
         let run_id = record.run_id.clone();
@@ -286,7 +282,48 @@ impl pb::agent_server::Agent for AgentService {
             .run(move || reports.record(&node_id, record))
             .await??;
         // Acknowledged only now that the report is on disk.
-        Ok(Response::new(pb::ReportAck { run_id }))
+        Ok(pb::ReportAck { run_id })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::agent_server::Agent for AgentService {
+    async fn get_catalog(
+        &self,
+        request: Request<pb::CatalogRequest>,
+    ) -> Result<Response<pb::CatalogResponse>, Status> {
+        let answer = self.metrics.catalog_request();
+        let node_id = node_caller(&self.store, &request)?;
+        self.catalog_for(node_id, request.into_inner(), answer)
+            .await
+            .map(Response::new)
+    }
+
+    type GetContentStream = ResponseStream<pb::ContentChunk>;
+
+    /// A content of the caller's current catalog, by hash. Contents are
+    /// derived from the revision, so the server does not store them: they
+    /// live with the compiled catalogs (one compile serves every identical
+    /// instance), and a catalog no longer cached is compiled again from
+    /// the node's tags and last facts. A hash that is not in the caller's
+    /// catalog is not found, whoever else's it is.
+    async fn get_content(
+        &self,
+        request: Request<pb::ContentRequest>,
+    ) -> Result<Response<Self::GetContentStream>, Status> {
+        let node_id = node_caller(&self.store, &request)?;
+        let hash = request.into_inner().sha256;
+        self.content_for(node_id, hash).await.map(Response::new)
+    }
+
+    async fn report(
+        &self,
+        request: Request<pb::RunReport>,
+    ) -> Result<Response<pb::ReportAck>, Status> {
+        let node_id = node_caller(&self.store, &request)?;
+        self.report_from(node_id, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type WatchStream = ResponseStream<pb::WatchEvent>;

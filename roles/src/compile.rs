@@ -28,7 +28,8 @@ use crate::secrets::{
 };
 use crate::source::SETTINGS_FILE;
 use crate::template::{
-    SecretLookup, has_placeholders, mark_secret_used, take_secret_used, with_secret_session,
+    PreparedContext, SecretLookup, has_placeholders, mark_secret_used, take_secret_used,
+    with_secret_session,
 };
 
 /// What the compiler knows of a node.
@@ -436,6 +437,7 @@ fn compile_rendering(
     let mut compiler = Compiler {
         repository,
         context,
+        prepared: PreparedContext::new(context),
         diagnostics,
         resources: Vec::new(),
         origins: Vec::new(),
@@ -506,6 +508,8 @@ struct Origin {
 struct Compiler<'a> {
     repository: &'a Repository,
     context: &'a Value,
+    /// `context` converted once for the templates that render with it.
+    prepared: PreparedContext<'a>,
     diagnostics: Diagnostics,
     resources: Vec<Resource>,
     origins: Vec<Origin>,
@@ -815,6 +819,7 @@ impl Compiler<'_> {
             context,
             item,
             &mut self.contents,
+            Some(&self.prepared),
         );
         let kind = spec.resolve(&mut resolver);
         let problems = resolver.problems;

@@ -256,6 +256,17 @@ impl Templates {
 
     /// Renders a registered template.
     pub fn render(&self, name: &str, context: &Value) -> Result<String, Diagnostic> {
+        self.render_prepared(name, context, None)
+    }
+
+    /// Renders a registered template with `context`, using `prepared`
+    /// when it was made from that very context.
+    pub fn render_prepared(
+        &self,
+        name: &str,
+        context: &Value,
+        prepared: Option<&PreparedContext<'_>>,
+    ) -> Result<String, Diagnostic> {
         if self.refused.contains(name) {
             return Err(Diagnostic::new(
                 name,
@@ -263,9 +274,11 @@ impl Templates {
                 refused_message(name),
             ));
         }
-        self.registry
-            .render(name, context)
-            .map_err(|error| render_diagnostic(name, Position::UNKNOWN, &error))
+        match prepared.and_then(|prepared| prepared.of(context)) {
+            Some(prepared) => self.registry.render_with_context(name, prepared),
+            None => self.registry.render(name, context),
+        }
+        .map_err(|error| render_diagnostic(name, Position::UNKNOWN, &error))
     }
 
     /// Renders a string from a role file (a field of a resource). Errors are
@@ -288,6 +301,28 @@ impl Templates {
 /// The words every "refused template" follow-on error carries, so that
 /// validation leaves them out (the template's own error is reported).
 pub(crate) const REFUSED_MARK: &str = "see the error reported for it";
+
+/// A template context converted once for handlebars, to render many
+/// templates with: handlebars otherwise copies the whole context (the
+/// node's values and its merged data) for every template it renders.
+pub struct PreparedContext<'v> {
+    source: &'v Value,
+    context: handlebars::Context,
+}
+
+impl<'v> PreparedContext<'v> {
+    pub fn new(source: &'v Value) -> PreparedContext<'v> {
+        PreparedContext {
+            source,
+            context: handlebars::Context::wraps(source).expect("a JSON value converts"),
+        }
+    }
+
+    /// The converted context, if `context` is the one it was made from.
+    fn of(&self, context: &Value) -> Option<&handlebars::Context> {
+        std::ptr::eq(self.source, context).then_some(&self.context)
+    }
+}
 
 fn refused_message(name: &str) -> String {
     format!("template `{name}` is refused (see the error reported for it)")

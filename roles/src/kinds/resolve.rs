@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::content::Content;
 use crate::digest::sha256_hex;
 use crate::source::{Entry, RepoFiles, join_inside};
-use crate::template::Templates;
+use crate::template::{PreparedContext, Templates};
 
 /// Problems found in one resource: the field at fault and what is wrong.
 pub type Problems = Vec<(&'static str, String)>;
@@ -25,6 +25,8 @@ pub struct Resolver<'a> {
     context: &'a Value,
     item: Option<&'a Value>,
     contents: &'a mut BTreeMap<String, Content>,
+    /// The compile's context converted once for templates.
+    prepared: Option<&'a PreparedContext<'a>>,
     /// Problems found so far; any problem means the resource is not in the
     /// catalog.
     pub problems: Problems,
@@ -37,6 +39,7 @@ impl<'a> Resolver<'a> {
         context: &'a Value,
         item: Option<&'a Value>,
         contents: &'a mut BTreeMap<String, Content>,
+        prepared: Option<&'a PreparedContext<'a>>,
     ) -> Resolver<'a> {
         Resolver {
             files,
@@ -44,6 +47,7 @@ impl<'a> Resolver<'a> {
             context,
             item,
             contents,
+            prepared,
             problems: Problems::new(),
         }
     }
@@ -113,7 +117,10 @@ impl<'a> Resolver<'a> {
                 .push((field, format!("`{name}` does not exist")));
             return None;
         }
-        match self.templates.render(&name, context) {
+        match self
+            .templates
+            .render_prepared(&name, context, self.prepared)
+        {
             Ok(text) => Some(text.into_bytes()),
             Err(diagnostic) => {
                 // The template's own file and line say where; the resource
