@@ -30,6 +30,7 @@ use crate::dashboard::DashboardApi;
 use crate::enrollment::Enrollment;
 use crate::fleet::Fleet;
 use crate::http::{MetricsApi, WebhookApi};
+use crate::leader::Locks;
 use crate::listener::{
     Accepted, ConnectionLimits, Identify, accept_connections, grpc_tls_from_ca, http_tls_config,
 };
@@ -93,6 +94,11 @@ pub struct ServeConfig {
     pub report_rate: ReportRateLimit,
     /// How AWS secrets are reached and how often fetched again.
     pub secrets: crate::secrets::SecretsConfig,
+    /// The store's URL (`--store`): a `postgres://` URL makes this server
+    /// one replica among others sharing that database (fleet messages over
+    /// LISTEN/NOTIFY, the lifecycle work on the leader only); `None` is
+    /// sled in the data directory, a server alone.
+    pub store: Option<String>,
 }
 
 impl ServeConfig {
@@ -129,7 +135,15 @@ impl ServeConfig {
             connections: ConnectionLimits::default(),
             report_rate: ReportRateLimit::default(),
             secrets: crate::secrets::SecretsConfig::default(),
+            store: None,
         }
+    }
+
+    /// The PostgreSQL URL the replicas share, if the store is one.
+    pub fn shared_database(&self) -> Option<&str> {
+        self.store
+            .as_deref()
+            .filter(|url| url.starts_with("postgres://") || url.starts_with("postgresql://"))
     }
 }
 
@@ -214,10 +228,23 @@ pub async fn run_prepared(
         environments,
     } = prepared;
     let clock: SharedClock = crate::clock::system();
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    // Replicas sharing a database reach each other over it; a server alone
+    // leads and tells no one.
+    let (bus, incoming, locks) = match config.shared_database() {
+        Some(url) => {
+            let (bus, incoming) = crate::bus::Bus::postgres(url, stop.clone());
+            (bus, Some(incoming), Locks::postgres(url, stop.clone()))
+        }
+        None => {
+            crate::triggers::interrupt_running(&*store, &*clock)?;
+            (crate::bus::Bus::local(), None, Locks::local())
+        }
+    };
     let fleet_counters = FleetCounters::default();
     let mut metrics = Metrics::new();
     metrics.register_fleet(&fleet_counters);
-    let fleet = Arc::new(Fleet::new(fleet_counters));
+    let fleet = Arc::new(Fleet::with_bus(fleet_counters, bus));
     let catalogs = Arc::new(
         Catalogs::new(
             10_000,
@@ -256,11 +283,13 @@ pub async fn run_prepared(
         aws: config.aws.clone(),
         environments: environments.config().clone(),
     };
+    let (fleet_for_bus, store_for_bus) = (fleet.clone(), store.clone());
     let triggers = Triggers {
         store: store.clone(),
         fleet: fleet.clone(),
         clock: clock.clone(),
         default_timeout: config.trigger_timeout,
+        locks: locks.clone(),
     };
 
     let mut names = vec!["localhost".to_string()];
@@ -275,7 +304,6 @@ pub async fn run_prepared(
     let server_credential = ca.issue_server_certificate(&names, &addresses)?;
     let tls = grpc_tls_from_ca(&ca, &server_credential)?;
 
-    let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     // Every environment's branch is in the one mirror, read with the one
     // identity: the first source gives both.
@@ -314,12 +342,16 @@ pub async fn run_prepared(
         mirror,
         secrets: secrets.clone(),
         drivers: Default::default(),
+        locks: locks.clone(),
     };
     tasks.spawn(refresh_secrets_loop(
         secrets,
         environments.clone(),
         stop.clone(),
     ));
+    // The first sync decides what a new commit becomes only on the
+    // leader: who leads is known first.
+    locks.settled(Duration::from_secs(5)).await;
     tasks.spawn(crate::sync::sync_loop(
         Syncing {
             store: store.clone(),
@@ -340,8 +372,20 @@ pub async fn run_prepared(
             remove_after: config.remove_after,
             presence_flush: config.presence_flush,
         },
+        locks.clone(),
         stop.clone(),
     ));
+    if let Some(incoming) = incoming {
+        let reload = rollouts.clone();
+        tasks.spawn(async move {
+            crate::fleet::serve_bus(fleet_for_bus, store_for_bus, incoming, move |environment| {
+                reload.environment_changed(environment)
+            })
+            .await;
+            Ok(())
+        });
+        tasks.spawn(orphan_triggers_loop(triggers.clone(), stop.clone()));
+    }
     if let Some(http_listener) = http_listener {
         let http_tls = if config.http_tls {
             Some(http_tls_config(
@@ -493,6 +537,28 @@ pub async fn run_prepared(
         result.context("A server task panicked")??;
     }
     Ok(())
+}
+
+/// On the leading replica, marks interrupted the triggers whose replica
+/// died (`Triggers::interrupt_orphans`), every half `ORPHAN_GRACE`.
+async fn orphan_triggers_loop(
+    triggers: Triggers,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut interval = tokio::time::interval(crate::triggers::ORPHAN_GRACE / 2);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            _ = interval.tick() => {}
+        }
+        if !triggers.locks.is_leader() {
+            continue;
+        }
+        if let Err(error) = triggers.interrupt_orphans().await {
+            tracing::warn!("Failed to look for triggers left by a stopped replica: {error:#}");
+        }
+    }
 }
 
 /// Fetches the serving revision's AWS secrets again when they are older

@@ -1,5 +1,5 @@
-//! What the server does before it listens: opens the store, marks the
-//! triggers of an earlier run interrupted, loads or creates the CA (kept in
+//! What the server does before it listens: opens the store, loads or
+//! creates the CA (kept in
 //! the store and, owner-only, in `<data>/ca/`, see `ca_dir`), writes
 //! the admin credential, and restores each environment: its last good
 //! revision, its rollout (paused where it stood) and its pins. Only then
@@ -65,7 +65,6 @@ pub fn prepare_environments(
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("Failed to create the data directory {}", data_dir.display()))?;
     let store = crate::store::open(&data_dir.join("db"))?;
-    crate::triggers::interrupt_running(&*store, clock)?;
     let ca = load_or_create_ca(&*store, data_dir)?;
     write_admin_credential(&*store, &ca, data_dir, clock)?;
     let ca_fingerprint = certificate_fingerprint(ca.certificate_pem())?;
