@@ -355,6 +355,34 @@ impl Rollouts {
         }
     }
 
+    /// On a replica that just became leader: a rollout the stored records
+    /// show running (or baking, or rolling back) that no driver of this
+    /// replica runs was left by the leader before, which died: it is
+    /// paused (or finished as rolled back) where it stood, as a restarted
+    /// server does (`interrupt_active`), for an operator to resume.
+    pub async fn take_over_rollouts(&self) {
+        for environment in self.environments.iter() {
+            self.follow_store(environment).await;
+            let mut record = environment.record.lock().await;
+            let driven = {
+                let drivers = self.drivers.lock().expect("drivers lock");
+                record
+                    .active()
+                    .is_some_and(|active| drivers.contains_key(&active.id))
+            };
+            if driven || !interrupt_active(&mut record, self.clock.now_unix_ms()) {
+                continue;
+            }
+            if let Some(rollout) = record.rollouts.last_mut() {
+                rollout.message = rollout
+                    .message
+                    .replace("the server restarted", "the replica that led stopped");
+            }
+            tracing::warn!(environment = %environment.name, "a rollout left by the replica that led before is interrupted");
+            self.save(&record).await;
+        }
+    }
+
     /// Another replica changed environment `name`'s record (all of them
     /// for `None`, after the bus reconnected): it is read again in the
     /// background.

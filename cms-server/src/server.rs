@@ -385,6 +385,11 @@ pub async fn run_prepared(
             Ok(())
         });
         tasks.spawn(orphan_triggers_loop(triggers.clone(), stop.clone()));
+        tasks.spawn(take_over_on_leading(
+            rollouts.clone(),
+            locks.leader(),
+            stop.clone(),
+        ));
     }
     if let Some(http_listener) = http_listener {
         let http_tls = if config.http_tls {
@@ -537,6 +542,34 @@ pub async fn run_prepared(
         result.context("A server task panicked")??;
     }
     Ok(())
+}
+
+/// Each time this replica becomes the leader, takes over what the leader
+/// before left (`Rollouts::take_over_rollouts`).
+async fn take_over_on_leading(
+    rollouts: Rollouts,
+    mut leader: tokio::sync::watch::Receiver<bool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            changed = leader.wait_for(|leads| *leads) => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        rollouts.take_over_rollouts().await;
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            changed = leader.wait_for(|leads| !*leads) => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 /// On the leading replica, marks interrupted the triggers whose replica
