@@ -42,6 +42,7 @@ pub mod pki;
 pub mod reports;
 pub mod resolve;
 pub mod restart_budget;
+pub mod restart_leases;
 pub mod revision;
 pub mod rollout_cli;
 pub mod rollouts;

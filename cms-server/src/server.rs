@@ -253,7 +253,11 @@ pub async fn run_prepared(
         .observe_compiles(metrics.compile_duration()),
     );
     let metrics = Arc::new(metrics);
-    let restart_budget = Arc::new(crate::restart_budget::RestartBudget::new(clock.clone()));
+    // Replicas share their restart places through the database.
+    let restart_budget = Arc::new(match config.shared_database() {
+        Some(url) => crate::restart_budget::RestartBudget::shared(clock.clone(), url)?,
+        None => crate::restart_budget::RestartBudget::new(clock.clone()),
+    });
     // The default environment's stable revision: what the dashboard and
     // the metrics show as served.
     let revision = environments.default_environment().stable.clone();

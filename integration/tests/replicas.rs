@@ -3,6 +3,7 @@
 //! at a time under an advisory lock (`cms_server::leader`), and the lock
 //! passes on when its holder's session ends. A real PostgreSQL
 //! (`PostgresServer`), no mock.
+//! Restart places are counted alike by every replica.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -238,4 +239,37 @@ async fn a_leader_whose_connection_is_killed_stops_leading_and_one_replica_leads
         eventually(Duration::from_secs(10), || a.is_leader() != b.is_leader()).await,
         "exactly one replica leads again"
     );
+}
+
+#[test]
+fn replicas_count_the_same_restart_places_and_one_freed_on_one_is_free_on_the_other() {
+    use cms_server::restart_budget::{Answer, Ask, BudgetedGroup, RestartBudget};
+    let url = database();
+    let clock = cms_server::clock::system();
+    let one = RestartBudget::shared(clock.clone(), &url).expect("replica one's leases");
+    let two = RestartBudget::shared(clock, &url).expect("replica two's leases");
+    let ask = |node: &str| Ask {
+        node_id: node.to_string(),
+        environment: "production".into(),
+        unit: "nginx.service".into(),
+        hold_seconds: 60,
+        groups: vec![BudgetedGroup {
+            role: "web".into(),
+            max_restarting: cms_roles::MaxRestarting::Count(1),
+            size: 3,
+        }],
+    };
+    let Answer::Granted { lease_id, .. } = one.acquire(&ask("web-1")) else {
+        panic!("the first place is free");
+    };
+    assert!(
+        matches!(two.acquire(&ask("web-2")), Answer::Refused { ref reason, .. } if reason.contains("1 of 1 places taken")),
+        "the other replica sees the place taken"
+    );
+    assert_eq!(
+        two.release("web-1", &lease_id),
+        cms_server::restart_budget::Released::Released,
+        "a lease is released on any replica"
+    );
+    assert!(matches!(one.acquire(&ask("web-2")), Answer::Granted { .. }));
 }
