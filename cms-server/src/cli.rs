@@ -119,6 +119,10 @@ pub enum Command {
     /// roles repository's `secrets/` files.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// The server's store: move an installation between sled and
+    /// PostgreSQL, or make a store key.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  cms-server completions bash > /etc/bash_completion.d/cms-server\n  cms-server completions zsh > \"${fpath[1]}/_cms-server\"\n  cms-server completions fish > ~/.config/fish/completions/cms-server.fish\n\nThe Debian package installs all three."
@@ -139,6 +143,23 @@ pub struct ServeArgs {
     /// [default: the current user's state directory, cms-server/].
     #[arg(long, value_name = "DIR", env = "CMS_SERVER_DATA")]
     pub data: Option<PathBuf>,
+    /// The store: postgres://USER:PASSWORD@HOST:PORT/DATABASE, shared by
+    /// every replica, or sled:DIR [default: sled in the data directory].
+    #[arg(long, value_name = "URL", env = "CMS_STORE")]
+    pub store: Option<String>,
+    /// The file holding the store key (base64 of 32 bytes, made by
+    /// `cms-server store keygen`), which encrypts the CA's private key in a
+    /// PostgreSQL store; the same file on every replica.
+    #[arg(long, value_name = "FILE", env = "CMS_STORE_KEY_FILE")]
+    pub store_key_file: Option<PathBuf>,
+    /// How many connections to PostgreSQL this server keeps at most.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        env = "CMS_STORE_POOL_SIZE"
+    )]
+    pub store_pool_size: usize,
     /// The roles repository: a git URL (https, ssh, file) or a local path
     /// [default: the example roles repository].
     #[arg(long, value_name = "URL_OR_PATH", env = "CMS_SERVER_REPO")]
@@ -397,6 +418,36 @@ pub struct ServeArgs {
         env = "CMS_SERVER_SECRETS_REFRESH"
     )]
     pub secrets_refresh: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy every record of a stopped server's store into a new, empty
+    /// one (sled to PostgreSQL or back), then compare the counts of each
+    /// kind of record; exits 1 when they differ.
+    #[command(
+        after_help = "Examples:\n  cms-server store migrate --from sled:/var/lib/cms-server --to postgres://cms@db.internal/cms --store-key-file /etc/cms-server/store.key\n  cms-server store migrate --from postgres://cms@db.internal/cms --to sled:/var/lib/cms-server --store-key-file /etc/cms-server/store.key\n\nsled:DIR is a server's data directory (the store is DIR/db). Stop the server first."
+    )]
+    Migrate(StoreMigrateArgs),
+    /// Print a new random store key (base64 of 32 bytes) for
+    /// --store-key-file.
+    #[command(
+        after_help = "Examples:\n  (umask 077; cms-server store keygen > /etc/cms-server/store.key)"
+    )]
+    Keygen,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StoreMigrateArgs {
+    /// The store to copy: sled:DIR or postgres://...
+    #[arg(long, value_name = "STORE")]
+    pub from: String,
+    /// The new, empty store: sled:DIR or postgres://...
+    #[arg(long, value_name = "STORE")]
+    pub to: String,
+    /// The store key of the PostgreSQL side.
+    #[arg(long, value_name = "FILE", env = "CMS_STORE_KEY_FILE")]
+    pub store_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

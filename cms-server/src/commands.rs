@@ -39,6 +39,15 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Invocation::Serve { args, data_dir } => serve(*args, data_dir).await,
+        Invocation::StoreKeygen => {
+            println!("{}", crate::store::StoreKey::generate_text());
+            Ok(ExitCode::SUCCESS)
+        }
+        Invocation::StoreMigrate(args) => {
+            // The stores block (the PostgreSQL one on its own runtime):
+            // off this runtime's workers.
+            tokio::task::spawn_blocking(move || store_migrate(&args)).await?
+        }
         Invocation::TokenCreate { args, admin } => {
             let scope = crate::pki::parse_scope(&args.tags)?;
             // Not given: 0, the server's default (an hour).
@@ -239,6 +248,15 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
         ))
     };
     let mut config = ServeConfig::new(data_dir, repo);
+    config.store = crate::store::StoreConfig {
+        location: args
+            .store
+            .as_deref()
+            .map(crate::store::StoreLocation::parse)
+            .transpose()?,
+        key_file: args.store_key_file.clone(),
+        pool_size: Some(args.store_pool_size),
+    };
     config.connections = connections;
     config.branch = args.branch;
     if args.environments.is_empty() {
@@ -320,6 +338,46 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
     tracing::info!(grpc = %args.listen, http = %args.http, data = %config.data_dir.display(), repo = %config.repo, descriptors, "serving");
     crate::server::run_prepared(prepared, grpc, Some(http), config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cms-server store migrate`: opens both stores, copies, prints the
+/// counts of each kind; exits 1 when a count differs.
+fn store_migrate(args: &crate::cli::StoreMigrateArgs) -> anyhow::Result<ExitCode> {
+    use crate::store::{StoreConfig, StoreLocation};
+    let open = |text: &str, flag: &str| -> anyhow::Result<crate::store::SharedStore> {
+        let location = StoreLocation::parse(text).with_context(|| format!("--{flag}"))?;
+        if let StoreLocation::Sled(dir) = &location
+            && flag == "from"
+            && !dir.is_dir()
+        {
+            bail!(
+                "--from: {} holds no store (no {})",
+                location.describe(),
+                dir.display()
+            );
+        }
+        let config = StoreConfig {
+            location: Some(location.clone()),
+            key_file: args.store_key_file.clone(),
+            pool_size: Some(4),
+        };
+        crate::store::open_configured(std::path::Path::new(""), &config)
+            .with_context(|| format!("--{flag} {}", location.describe()))
+    };
+    let source = open(&args.from, "from")?;
+    let target = open(&args.to, "to")?;
+    let outcome = crate::store::migrate::migrate(&*source, &*target)?;
+    print!("{outcome}");
+    if outcome.matches() {
+        println!(
+            "copied {} records; every count matches",
+            outcome.target.total()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: the counts of the target differ from the source's (MISMATCH above)");
+        Ok(ExitCode::from(1))
+    }
 }
 
 /// The bounds of the gRPC port's connections from `serve`'s flags.

@@ -773,6 +773,19 @@ mod tests {
         fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
             self.inner.get_setting(name)
         }
+        fn settings(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            self.inner.settings()
+        }
+        fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
+            self.inner.certificates()
+        }
+        fn all_reports(
+            &self,
+            after: Option<(&str, &str)>,
+            limit: usize,
+        ) -> Result<Vec<crate::store::StoredReport>, StoreError> {
+            self.inner.all_reports(after, limit)
+        }
     }
 
     #[test]

@@ -13,8 +13,8 @@ use crate::cli::{
     AdminArgs, AdminCommand, AuditArgs, CheckArgs, Command, CompletionsArgs, DiffArgs, Format,
     NodeCommand, NodeRevokeArgs, NodesArgs, OperatorCredentialArgs, OperatorNameArgs, PinArgs,
     ReportsArgs, RolloutCommand, RolloutControlArgs, RolloutListArgs, RolloutStatusArgs,
-    SecretsCommand, SecretsEncryptArgs, SecretsNewIdentityArgs, ServeArgs, TokenCommand,
-    TokenCreateArgs, TriggerArgs, UnpinArgs,
+    SecretsCommand, SecretsEncryptArgs, SecretsNewIdentityArgs, ServeArgs, StoreCommand,
+    StoreMigrateArgs, TokenCommand, TokenCreateArgs, TriggerArgs, UnpinArgs,
 };
 
 /// The packaged server's data directory.
@@ -98,6 +98,8 @@ impl AdminTarget {
 /// A command with every machine-dependent default decided.
 #[derive(Debug)]
 pub enum Invocation {
+    StoreMigrate(StoreMigrateArgs),
+    StoreKeygen,
     Serve {
         args: Box<ServeArgs>,
         data_dir: PathBuf,
@@ -308,6 +310,8 @@ pub fn resolve(command: Command, env: &Environment) -> Invocation {
             repo: args.repo,
         },
         Command::Secrets(SecretsCommand::NewIdentity(args)) => Invocation::SecretsNewIdentity(args),
+        Command::Store(StoreCommand::Migrate(args)) => Invocation::StoreMigrate(args),
+        Command::Store(StoreCommand::Keygen) => Invocation::StoreKeygen,
     }
 }
 
@@ -400,7 +404,9 @@ mod tests {
             Invocation::Check(_)
             | Invocation::Completions(_)
             | Invocation::SecretsEncrypt(_)
-            | Invocation::SecretsNewIdentity(_) => {
+            | Invocation::SecretsNewIdentity(_)
+            | Invocation::StoreMigrate(_)
+            | Invocation::StoreKeygen => {
                 panic!("{line:?} has no data directory")
             }
         }

@@ -1640,6 +1640,7 @@ pub fn restore_environment(
     secrets: &Arc<ServerSecrets>,
     legacy_current: Option<String>,
     now_unix_ms: u64,
+    interrupt_rollouts: bool,
 ) -> Environment {
     let mut record = match store.environment(&spec.name) {
         Ok(Some(record)) => record,
@@ -1660,7 +1661,8 @@ pub fn restore_environment(
             }
         }
     };
-    if interrupt_active(&mut record, now_unix_ms)
+    if interrupt_rollouts
+        && interrupt_active(&mut record, now_unix_ms)
         && let Err(error) = store.put_environment(&record)
     {
         tracing::warn!("Failed to store environment {}: {error}", spec.name);

@@ -50,6 +50,9 @@ pub use crate::startup::{Prepared, admin_dir};
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub data_dir: PathBuf,
+    /// Which store (`--store`, `--store-key-file`): by default sled in
+    /// `data_dir`.
+    pub store: crate::store::StoreConfig,
     /// A local path or a git URL.
     pub repo: String,
     /// The branch of the one environment of a server given no
@@ -94,11 +97,6 @@ pub struct ServeConfig {
     pub report_rate: ReportRateLimit,
     /// How AWS secrets are reached and how often fetched again.
     pub secrets: crate::secrets::SecretsConfig,
-    /// The store's URL (`--store`): a `postgres://` URL makes this server
-    /// one replica among others sharing that database (fleet messages over
-    /// LISTEN/NOTIFY, the lifecycle work on the leader only); `None` is
-    /// sled in the data directory, a server alone.
-    pub store: Option<String>,
 }
 
 impl ServeConfig {
@@ -115,6 +113,7 @@ impl ServeConfig {
     pub fn new(data_dir: PathBuf, repo: String) -> ServeConfig {
         ServeConfig {
             data_dir,
+            store: crate::store::StoreConfig::default(),
             repo,
             branch: "main".into(),
             environments: None,
@@ -135,15 +134,18 @@ impl ServeConfig {
             connections: ConnectionLimits::default(),
             report_rate: ReportRateLimit::default(),
             secrets: crate::secrets::SecretsConfig::default(),
-            store: None,
         }
     }
 
-    /// The PostgreSQL URL the replicas share, if the store is one.
+    /// The PostgreSQL URL the replicas share, if the store is one: this
+    /// server is then one replica among others sharing that database
+    /// (fleet messages over LISTEN/NOTIFY, the lifecycle work on the
+    /// leader only); otherwise a server alone.
     pub fn shared_database(&self) -> Option<&str> {
-        self.store
-            .as_deref()
-            .filter(|url| url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        match &self.store.location {
+            Some(crate::store::StoreLocation::Postgres(url)) => Some(url),
+            _ => None,
+        }
     }
 }
 
@@ -195,6 +197,7 @@ pub fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
     }
     crate::startup::prepare_environments(
         &config.data_dir,
+        &config.store,
         environments,
         sources,
         &crate::clock::SystemClock,

@@ -50,13 +50,21 @@ pub fn prepare(
 ) -> anyhow::Result<Prepared> {
     let config = EnvironmentsConfig::single("main");
     let name = config.default_name().to_string();
-    prepare_environments(data_dir, config, vec![(name, source)], clock)
+    prepare_environments(
+        data_dir,
+        &crate::store::StoreConfig::default(),
+        config,
+        vec![(name, source)],
+        clock,
+    )
 }
 
-/// Everything before listening, for a data directory and each
-/// environment's roles source (by name, as `config` lists them).
+/// Everything before listening, for a data directory, the store chosen
+/// (sled in the data directory by default) and each environment's roles
+/// source (by name, as `config` lists them).
 pub fn prepare_environments(
     data_dir: &Path,
+    store: &crate::store::StoreConfig,
     config: EnvironmentsConfig,
     sources: Vec<(String, RolesSource)>,
     clock: &dyn Clock,
@@ -64,11 +72,20 @@ pub fn prepare_environments(
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("Failed to create the data directory {}", data_dir.display()))?;
-    let store = crate::store::open(&data_dir.join("db"))?;
+    // A replica leaves a rollout as it is: another replica may be driving
+    // it; the leader takes over what a dead one left
+    // (`Rollouts::take_over_rollouts`).
+    let alone = !matches!(
+        store.location,
+        Some(crate::store::StoreLocation::Postgres(_))
+    );
+    let store = crate::store::open_configured(data_dir, store)?;
     let ca = load_or_create_ca(&*store, data_dir)?;
     write_admin_credential(&*store, &ca, data_dir, clock)?;
     let ca_fingerprint = certificate_fingerprint(ca.certificate_pem())?;
-    let environments = Arc::new(restore_environments(&*store, &config, &sources, clock));
+    let environments = Arc::new(restore_environments(
+        &*store, &config, &sources, clock, alone,
+    ));
     let sources = sources
         .into_iter()
         .map(|(name, source)| {
@@ -200,9 +217,15 @@ fn load_or_create_ca(store: &dyn Store, data_dir: &Path) -> anyhow::Result<Certi
                 certificate_pem: ca.certificate_pem().to_string(),
                 private_key_pem: ca.private_key_pem(),
             };
-            write_ca_files(&dir, &record)?;
-            store.put_ca(&record)?;
-            Ok(ca)
+            // Of replicas starting together on a new shared store, the
+            // first CA stored wins; the others keep that one, not theirs.
+            let stored = store.put_ca_if_absent(&record)?;
+            write_ca_files(&dir, &stored)?;
+            if stored == record {
+                Ok(ca)
+            } else {
+                Ok(ca_from_record(&stored)?)
+            }
         }
     }
 }
@@ -302,6 +325,7 @@ fn restore_environments(
     config: &EnvironmentsConfig,
     sources: &[(String, RolesSource)],
     clock: &dyn Clock,
+    interrupt_rollouts: bool,
 ) -> Environments {
     let legacy = store.current_revision().ok().flatten();
     let restored = config
@@ -333,6 +357,7 @@ fn restore_environments(
                             &secrets,
                             legacy,
                             clock.now_unix_ms(),
+                            interrupt_rollouts,
                         )
                     })
                     .join()

@@ -22,11 +22,13 @@ fn internal(error: impl std::fmt::Display) -> Status {
 
 /// A store failure, with its causes in the message (what an agent prints
 /// and an operator acts on): `UNAVAILABLE` when the disk refused the write
-/// (a full disk: the store recovers by itself, so a retry later succeeds),
-/// `INTERNAL` otherwise. `outer` is the error that carries `store`.
+/// (a full disk: the store recovers by itself) or the shared database
+/// cannot be reached (its message ends in a hint to retry), since a retry
+/// later succeeds; `INTERNAL` otherwise. `outer` is the error that carries
+/// `store`.
 fn store_failure(store: &StoreError, outer: &dyn std::error::Error) -> Status {
     let message = crate::store::error_chain(outer);
-    if store.medium_failure().is_some() {
+    if store.is_retryable() {
         Status::unavailable(message)
     } else {
         Status::internal(message)
@@ -271,6 +273,25 @@ mod tests {
                 status
                     .message()
                     .contains("the server's store cannot write: No space left on device (os error 28) (store at /var/lib/cms-server/db)"),
+                "{status:?}"
+            );
+        }
+        // The shared database unreachable: retryable, and the message says
+        // to retry.
+        let unreachable = || StoreError::Unavailable {
+            action: "write report r1 of node n1".into(),
+            target: "postgres://cms@db.internal:5432/cms".into(),
+            detail: "connection closed".into(),
+        };
+        for status in [
+            Status::from(ReportError::Store(unreachable())),
+            Status::from(EnrollError::Store(unreachable())),
+            Status::from(unreachable()),
+        ] {
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            assert_eq!(
+                status.message(),
+                "Failed to write report r1 of node n1: the database postgres://cms@db.internal:5432/cms cannot be reached: connection closed; retry in a few seconds",
                 "{status:?}"
             );
         }

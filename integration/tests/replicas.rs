@@ -4,11 +4,19 @@
 //! passes on when its holder's session ends. A real PostgreSQL
 //! (`PostgresServer`), no mock.
 //! Restart places are counted alike by every replica.
+//!
+//! Then the real thing: three `cms-server serve` processes on one database
+//! behind a TCP load balancer (`TcpProxy`), with `cms-agent run` daemons on
+//! this host that reach them only through it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cms_integration::PostgresServer;
+use anyhow::Context as _;
+use cms_integration::{
+    AdminCli, AgentDaemon, GitRepo, HostAgent, PostgresServer, ServerProcess, TcpProxy,
+    build_workspace_binary, wait_until_polling_every,
+};
 use cms_server::bus::{Bus, Message};
 use cms_server::fleet::{Fleet, WatchSlot};
 use cms_server::leader::Locks;
@@ -272,4 +280,262 @@ fn replicas_count_the_same_restart_places_and_one_freed_on_one_is_free_on_the_ot
         "a lease is released on any replica"
     );
     assert!(matches!(one.acquire(&ask("web-2")), Answer::Granted { .. }));
+}
+
+// ---- three `cms-server serve` replicas behind a TCP load balancer ----
+
+/// Three replicas on one database behind a [`TcpProxy`], and `agents` host
+/// agents (`role=web`) running as daemons that reach the server only
+/// through the proxy.
+struct Cluster {
+    replicas: Vec<Option<ServerProcess>>,
+    proxy: TcpProxy,
+    binary: std::path::PathBuf,
+    _daemons: Vec<AgentDaemon>,
+    dir: tempfile::TempDir,
+}
+
+const AGENTS: usize = 6;
+
+impl Cluster {
+    fn start() -> anyhow::Result<Cluster> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir()?;
+        let url = database();
+        let git = GitRepo::init(&dir.path().join("roles"))?;
+        let converged = dir.path().join("converged");
+        git.commit(
+            &[
+                ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
+                (
+                    "roles/web.toml",
+                    &format!(
+                        "[match]\nrole = \"web\"\n\n[[directory]]\npath = \"{}/{{{{node.id}}}}\"\n",
+                        converged.display()
+                    ),
+                ),
+            ],
+            "roles",
+        )?;
+        std::fs::create_dir_all(&converged)?;
+        let binary = build_workspace_binary("cms-server", "cms-server")?;
+        let key = dir.path().join("store.key");
+        let keygen = std::process::Command::new(&binary)
+            .args(["store", "keygen"])
+            .output()?;
+        anyhow::ensure!(keygen.status.success(), "cms-server store keygen failed");
+        std::fs::write(&key, &keygen.stdout)?;
+        let key_text = key.to_str().context("utf-8")?.to_string();
+        let mut replicas = Vec::new();
+        // One after another: each new data directory's bootstrap admin
+        // credential replaces the one before, so the last one's is used.
+        for index in 1..=3 {
+            let replica = ServerProcess::start(
+                &binary,
+                &dir.path().join(format!("replica-{index}")),
+                git.path(),
+                &[
+                    "--store",
+                    &url,
+                    "--store-key-file",
+                    &key_text,
+                    "--sync-interval",
+                    "1s",
+                ],
+            )?;
+            replicas.push(Some(replica));
+        }
+        let proxy = TcpProxy::start(
+            replicas
+                .iter()
+                .flatten()
+                .map(|replica| replica.grpc)
+                .collect(),
+        )?;
+        let mut cluster = Cluster {
+            replicas,
+            proxy,
+            binary,
+            _daemons: Vec::new(),
+            dir,
+        };
+        let agent_binary = build_workspace_binary("cms-agent", "cms-agent")?;
+        let server = cluster.proxy.address().to_string();
+        for index in 1..=AGENTS {
+            let node = format!("web-{index}");
+            let token = cluster
+                .admin(0)
+                .json(&["token", "create", "--tags", "role=web"])?["token"]
+                .as_str()
+                .context("a token")?
+                .to_string();
+            let agent = HostAgent::in_directory(&agent_binary, cluster.dir.path(), &node)?;
+            let enrolled = agent.enroll(&server, &token, &node, "role=web")?;
+            anyhow::ensure!(
+                enrolled.status.success(),
+                "enroll {node} through the proxy: {}",
+                String::from_utf8_lossy(&enrolled.stderr)
+            );
+            agent.write_config(&format!(
+                "server = \"{server}\"\ninterval = \"1h\"\nsplay = \"0s\"\nmetadata_endpoint = \"127.0.0.1:1\"\n"
+            ))?;
+            let log = cluster.dir.path().join(format!("{node}.log"));
+            cluster._daemons.push(agent.start_daemon(&log)?);
+        }
+        Ok(cluster)
+    }
+
+    /// The admin commands, sent to replica `index` itself (not through
+    /// the proxy), with the last started replica's bootstrap credential.
+    fn admin(&self, index: usize) -> AdminCli {
+        let credential = self
+            .replicas
+            .iter()
+            .flatten()
+            .last()
+            .expect("a replica")
+            .data
+            .clone();
+        let replica = self.replicas[index].as_ref().expect("a live replica");
+        AdminCli::new(self.binary.clone(), &replica.grpc.to_string(), &credential)
+    }
+
+    /// How many watch channels each replica holds (0 for a dead one).
+    fn watch_channels(&self) -> Vec<usize> {
+        self.replicas
+            .iter()
+            .map(|replica| {
+                replica
+                    .as_ref()
+                    .and_then(|replica| replica.get("/metrics", &[]).ok())
+                    .and_then(|(_, text)| {
+                        text.lines().find_map(|line| {
+                            line.strip_prefix("cms_watch_streams ")?.trim().parse().ok()
+                        })
+                    })
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// Waits until the live replicas hold a channel of every agent.
+    fn wait_for_every_channel(&self) -> anyhow::Result<Vec<usize>> {
+        let mut held = Vec::new();
+        wait_until_polling_every(
+            Duration::from_millis(200),
+            Duration::from_secs(90),
+            "every agent to hold a watch channel with a live replica",
+            || {
+                held = self.watch_channels();
+                Ok((held.iter().sum::<usize>() >= AGENTS).then_some(()))
+            },
+        )
+        .with_context(|| format!("held: {:?}\n{}", self.watch_channels(), self.logs()))?;
+        Ok(held)
+    }
+
+    /// Runs a trigger of every `role=web` node on replica `index`: its
+    /// exit code and the results by node.
+    fn trigger_on(&self, index: usize) -> anyhow::Result<(Option<i32>, Vec<String>, String)> {
+        let admin = self.admin(index);
+        let (code, stdout, stderr) =
+            admin.run(&["trigger", "--select", "role=web", "--timeout", "60s"])?;
+        let id = stdout
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("trigger "))
+            .and_then(|rest| rest.split(':').next())
+            .with_context(|| format!("no trigger id in:\n{stdout}{stderr}"))?
+            .to_string();
+        let status = admin.json(&["trigger", "--status", &id])?;
+        let mut results: Vec<String> = status["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|node| node["result"].as_str().unwrap_or("").to_string())
+            .collect();
+        results.sort();
+        Ok((code, results, format!("{stdout}{stderr}")))
+    }
+
+    fn logs(&self) -> String {
+        let mut text: Vec<String> = self
+            .replicas
+            .iter()
+            .flatten()
+            .map(ServerProcess::log_text)
+            .collect();
+        for index in 1..=AGENTS {
+            let log = self.dir.path().join(format!("web-{index}.log"));
+            text.push(format!(
+                "web-{index}'s daemon:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+        text.join("\n")
+    }
+}
+
+/// A trigger's results when every node ran and changed nothing, or
+/// changed its directory on its first run.
+fn all_ran(results: &[String]) -> bool {
+    results.len() == AGENTS
+        && results
+            .iter()
+            .all(|result| result == "unchanged" || result == "changed")
+}
+
+#[test]
+fn a_trigger_given_to_one_replica_reaches_agents_held_by_the_other_two_and_their_outcomes_come_back()
+-> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let held = cluster.wait_for_every_channel()?;
+    // The trigger goes to the replica holding the fewest channels: the
+    // others hold at least the rest.
+    let (giver, _) = held
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, count)| **count)
+        .expect("three replicas");
+    anyhow::ensure!(
+        held.iter().sum::<usize>() - held[giver] >= AGENTS / 2,
+        "the proxy spread the channels: {held:?}"
+    );
+    let (code, results, output) = cluster.trigger_on(giver)?;
+    anyhow::ensure!(
+        code == Some(0) && all_ran(&results),
+        "every node ran, {} of them through another replica (held {held:?}): exit {code:?}, {results:?}\n{output}\n{}",
+        AGENTS - held[giver],
+        cluster.logs()
+    );
+    Ok(())
+}
+
+#[test]
+fn the_agents_of_a_killed_replica_reconnect_through_the_proxy_to_another_and_triggers_reach_them()
+-> anyhow::Result<()> {
+    let mut cluster = Cluster::start()?;
+    let held = cluster.wait_for_every_channel()?;
+    let (victim, _) = held
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, count)| **count)
+        .expect("three replicas");
+    anyhow::ensure!(held[victim] > 0, "{held:?}");
+    // Dropping a ServerProcess kills it with SIGKILL.
+    drop(cluster.replicas[victim].take());
+    let after = cluster.wait_for_every_channel()?;
+    anyhow::ensure!(
+        after[victim] == 0,
+        "the dead replica holds nothing: {after:?}"
+    );
+    let survivor = (0..3).find(|index| *index != victim).expect("a survivor");
+    let (code, results, output) = cluster.trigger_on(survivor)?;
+    anyhow::ensure!(
+        code == Some(0) && all_ran(&results),
+        "every node ran after replica {} was killed (held {held:?}, then {after:?}): exit {code:?}, {results:?}\n{output}\n{}",
+        victim + 1,
+        cluster.logs()
+    );
+    Ok(())
 }

@@ -365,4 +365,41 @@ impl Store for MemoryStore {
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.data().settings.get(name).cloned())
     }
+
+    fn settings(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .data()
+            .settings
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect())
+    }
+
+    fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
+        Ok(self.data().certificates.values().cloned().collect())
+    }
+
+    fn all_reports(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<StoredReport>, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some((node_id, run_id)) => Bound::Excluded((node_id.to_string(), run_id.to_string())),
+            None => Bound::Unbounded,
+        };
+        Ok(self
+            .data()
+            .reports
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, report)| report.clone())
+            .collect())
+    }
+
+    /// Atomic under the one mutex.
+    fn put_ca_if_absent(&self, ca: &CaRecord) -> Result<CaRecord, StoreError> {
+        Ok(self.data().ca.get_or_insert_with(|| ca.clone()).clone())
+    }
 }

@@ -4,11 +4,14 @@
 //! Callers hold a [`SharedStore`] (`Arc<dyn Store>`), whose methods take and
 //! return plain records (the serde structs below), strings and bytes, and
 //! fail with [`StoreError`], whose backend cause is opaque
-//! ([`BackendError`]). No caller sees which engine is behind it: today
+//! ([`BackendError`]). No caller sees which engine is behind it:
 //! [`SledStore`] (`sled.rs`, one embedded sled database in the server's data
-//! folder, the only module that names sled types), and [`MemoryStore`]
-//! (`memory.rs`, for unit tests). A shared backend such as PostgreSQL, for
-//! several servers behind one address, is one more implementation.
+//! folder, the default, the only module that names sled types),
+//! [`PostgresStore`] (`postgres.rs`, one PostgreSQL database shared by
+//! several servers behind one address, `--store postgres://…`) and
+//! [`MemoryStore`] (`memory.rs`, for unit tests). [`open_configured`] picks
+//! one from the server's [`StoreConfig`]. `conformance.rs` holds the
+//! behaviour every engine must show, run against all three.
 //!
 //! Every method is blocking I/O that can fail: from async code, run writes
 //! and bulk work (`nodes`, `prune_reports`, `remove_node`) off the async
@@ -65,22 +68,33 @@
 //! change together in one transaction. `prune_reports` decodes the time
 //! from the keys alone, without parsing any JSON.
 //!
-//! # Moving to a shared store
+//! # The shared store
 //!
-//! In a SQL database each keyspace becomes a table with the same key:
-//! `nodes(id)`, `reports(node_id, run_id)` as the primary key with an index
-//! on `(node_id, received_unix_ms DESC)` (the unique key replaces
-//! `report_index`), `revisions(commit)` plus a one-row table for the current
-//! revision, `certificates(serial)` with an index on `node_id`,
-//! `tokens(id)`, where `consume_token` becomes one
-//! `UPDATE … SET uses_left = uses_left - 1 WHERE id = $1 AND expires_unix > $2
-//! AND (uses_left IS NULL OR uses_left > 0) RETURNING *`, and `settings`.
-//! Contents are immutable and addressed by hash, so they fit an object store
-//! (S3 and the like) keyed by the same sha256. The durable write at the end
-//! of each method becomes the commit of a transaction. The CA's private key
-//! would then belong in a secrets manager rather than in the database.
+//! In PostgreSQL each keyspace is a table with the same key (the schema is
+//! in `docs/store.md` and `cms-server/migrations/`): `reports(node_id,
+//! run_id)` as the primary key with an index on `(node_id,
+//! received_unix_ms DESC)` (the unique key replaces `report_index`),
+//! `revisions(commit)` plus a one-row table for the current revision,
+//! `certificates(serial)` with an index on `node_id`, `tokens(id)`, where
+//! `consume_token` is one `UPDATE … SET uses_left = uses_left - 1 WHERE id =
+//! $1 AND expires_unix > $2 AND (uses_left IS NULL OR uses_left > 0)
+//! RETURNING …`. The durable write at the end of each method is the commit
+//! of a statement or transaction. The CA's private key is encrypted with
+//! the operator's [`StoreKey`] before it reaches the database. A database
+//! that cannot be reached fails calls with [`StoreError::Unavailable`]
+//! within seconds, which the gRPC layer answers with `UNAVAILABLE`.
+//! `migrate.rs` copies every record between any two stores
+//! (`cms-server store migrate`), using the listing methods (`settings`,
+//! `certificates`, `all_reports`). Contents are immutable and addressed by
+//! hash, so they would fit an object store (S3 and the like) keyed by the
+//! same sha256.
 
+#[doc(hidden)]
+pub mod conformance;
+mod key;
 mod memory;
+pub mod migrate;
+mod postgres;
 mod reopen;
 mod sled;
 
@@ -92,20 +106,108 @@ use std::sync::Arc;
 use cms_proto::report::RunRecord;
 use serde::{Deserialize, Serialize};
 
+pub use self::key::{STORE_KEY_BYTES, StoreKey, StoreKeyError};
 pub use self::memory::MemoryStore;
+pub use self::postgres::{PostgresConfig, PostgresStore};
 pub use self::reopen::Reopening;
 pub use self::sled::SledStore;
 
 /// How callers hold the store: one handle, shared by every task.
 pub type SharedStore = Arc<dyn Store>;
 
-/// Opens the server's store in `dir` (today sled's, see [`SledStore::open`]),
+/// Opens the sled store in `dir` (see [`SledStore::open`]),
 /// behind [`Reopening`], which reopens it by itself after the disk failed a
 /// write (a full disk) and takes writes again.
 pub fn open(dir: &Path) -> Result<SharedStore, StoreError> {
     Ok(Arc::new(Reopening::open(dir, |dir| {
         Ok(Arc::new(SledStore::open(dir)?) as SharedStore)
     })?))
+}
+
+/// Which store a server uses: `--store` (`CMS_STORE`) as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// sled in this directory (the database itself, `<data>/db` for a
+    /// server).
+    Sled(PathBuf),
+    /// PostgreSQL at this connection URL.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// Parses `postgres://…` (or `postgresql://…`) and `sled:DIR`; `DIR`
+    /// is a server's data directory, whose store is `DIR/db`.
+    pub fn parse(text: &str) -> Result<StoreLocation, StoreError> {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            postgres::describe_url(text)?;
+            return Ok(StoreLocation::Postgres(text.to_string()));
+        }
+        if let Some(dir) = text.strip_prefix("sled:")
+            && !dir.is_empty()
+        {
+            return Ok(StoreLocation::Sled(Path::new(dir).join("db")));
+        }
+        Err(StoreError::InvalidUrl {
+            problem: format!(
+                "{:?} is neither a postgres:// URL nor sled:DIR",
+                redact_url(text)
+            ),
+        })
+    }
+
+    /// For messages: the directory, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLocation::Sled(dir) => format!("sled:{}", dir.display()),
+            StoreLocation::Postgres(url) => {
+                postgres::describe_url(url).unwrap_or_else(|_| redact_url(url))
+            }
+        }
+    }
+}
+
+/// `text` with anything between `://` and `@` (a password) left out.
+fn redact_url(text: &str) -> String {
+    match (text.find("://"), text.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…{}", &text[..scheme], &text[at..])
+        }
+        _ => text.to_string(),
+    }
+}
+
+/// How the server's store is chosen: `--store` and `--store-key-file`.
+#[derive(Debug, Clone, Default)]
+pub struct StoreConfig {
+    /// `None`: sled in the data directory.
+    pub location: Option<StoreLocation>,
+    /// The file holding the store key; needed for PostgreSQL.
+    pub key_file: Option<PathBuf>,
+    /// The PostgreSQL connection pool's size (`None`: the default, 16).
+    pub pool_size: Option<usize>,
+}
+
+/// Opens the store a server is configured with: sled in `data_dir/db`
+/// (see [`open`]) without a location, else the one given. PostgreSQL needs
+/// the store key; without it this fails saying how to make one.
+pub fn open_configured(data_dir: &Path, config: &StoreConfig) -> Result<SharedStore, StoreError> {
+    match &config.location {
+        None => open(&data_dir.join("db")),
+        Some(StoreLocation::Sled(dir)) => open(dir),
+        Some(StoreLocation::Postgres(url)) => {
+            let Some(key_file) = &config.key_file else {
+                return Err(StoreError::KeyMissing {
+                    target: postgres::describe_url(url)?,
+                });
+            };
+            let key = StoreKey::read(key_file)?;
+            let mut postgres = PostgresConfig::new(url.clone(), key);
+            if let Some(size) = config.pool_size {
+                postgres.pool_size = size;
+            }
+            Ok(Arc::new(PostgresStore::open(&postgres)?))
+        }
+    }
 }
 
 /// An error and its causes on one line, `outer: inner: innermost`, each
@@ -316,6 +418,34 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
 
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    // Listings of everything, for `cms-server store migrate`.
+
+    /// Every setting (environments included), ordered by name.
+    fn settings(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Every certificate record, ordered by serial.
+    fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError>;
+
+    /// Every node's reports ordered by (node id, run id) as bytes, starting
+    /// after `after` (a node id and run id), at most `limit`: a page of a
+    /// walk through all reports.
+    fn all_reports(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<StoredReport>, StoreError>;
+
+    /// Stores `ca` unless a CA is stored already, and returns the stored
+    /// one: of servers starting together on a new shared store, the first
+    /// CA written wins and every server uses it.
+    fn put_ca_if_absent(&self, ca: &CaRecord) -> Result<CaRecord, StoreError> {
+        if let Some(stored) = self.ca()? {
+            return Ok(stored);
+        }
+        self.put_ca(ca)?;
+        Ok(ca.clone())
+    }
 
     // Environments: one record each, kept as a setting (`environment/<name>`).
 
@@ -772,6 +902,39 @@ pub enum StoreError {
     TokenUsedUp,
     #[error("Failed to enroll node {id}: another enrollment took the name meanwhile")]
     NameClaimed { id: String },
+    /// The shared database cannot be reached (down, unreachable, failing
+    /// over, a read-only standby): the call may succeed when retried.
+    #[error(
+        "Failed to {action}: the database {target} cannot be reached: {detail}; retry in a few seconds"
+    )]
+    Unavailable {
+        action: String,
+        /// Where the database is, without the password.
+        target: String,
+        detail: String,
+    },
+    #[error(
+        "Failed to read the store URL: {problem}; write postgres://USER:PASSWORD@HOST:PORT/DATABASE, or sled:DIR"
+    )]
+    InvalidUrl { problem: String },
+    #[error(
+        "Failed to open the store in {target}: its schema is at version {found}, this server knows versions up to {known}; run the newer cms-server that migrated it"
+    )]
+    SchemaTooNew {
+        target: String,
+        found: i32,
+        known: i32,
+    },
+    #[error(
+        "Failed to open the store in {target}: the store key {key_file} is not the key its secrets were encrypted with; give every replica the same key file"
+    )]
+    WrongKey { target: String, key_file: String },
+    #[error(
+        "Failed to open the store in {target}: it needs a store key to encrypt the CA's private key; make one with `cms-server store keygen > /etc/cms-server/store.key` (then chmod 600 it), and pass it with --store-key-file or CMS_STORE_KEY_FILE, the same file on every replica"
+    )]
+    KeyMissing { target: String },
+    #[error(transparent)]
+    Key(#[from] key::StoreKeyError),
     /// The disk under the store refused a write (full, read-only, failing).
     #[error(
         "Failed to {action}: the server's store cannot write: {source} (store at {}); free space there or fix the disk, the store recovers by itself",
@@ -795,6 +958,12 @@ impl StoreError {
             }
             _ => None,
         }
+    }
+
+    /// Whether a retry later may succeed: the disk refused a write (the
+    /// store recovers by itself) or the database cannot be reached.
+    pub fn is_retryable(&self) -> bool {
+        self.medium_failure().is_some() || matches!(self, StoreError::Unavailable { .. })
     }
 }
 
@@ -833,7 +1002,7 @@ impl std::error::Error for BackendError {
 pub(crate) mod tests {
     use super::*;
 
-    use std::sync::Barrier;
+    pub(crate) use super::conformance::{certificate, node, report, revision, tags, token};
 
     /// Runs each check against every implementation of the store.
     macro_rules! for_every_store {
@@ -844,12 +1013,12 @@ pub(crate) mod tests {
                     let dir = tempfile::tempdir().expect("tempdir");
                     let store = crate::store::SledStore::open(&dir.path().join("db"))
                         .expect("open store");
-                    super::$name(&store);
+                    crate::store::conformance::$name(&store);
                 }
 
                 #[test]
                 fn memory() {
-                    super::$name(&crate::store::MemoryStore::default());
+                    crate::store::conformance::$name(&crate::store::MemoryStore::default());
                 }
             }
         )*};
@@ -880,64 +1049,43 @@ pub(crate) mod tests {
         a_token_is_found_by_its_id,
         an_operator_is_written_only_over_the_record_the_writer_read,
         the_audit_log_gives_the_last_records_newest_last,
+        settings_certificates_and_reports_list_everything_for_a_migration,
+        a_ca_put_if_absent_keeps_the_first_one,
     );
 
-    pub(crate) fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    pub(crate) fn node(id: &str) -> NodeRecord {
-        NodeRecord {
-            id: id.to_string(),
-            tags: tags(&[("role", "api"), ("env", "prod")]),
-            facts: serde_json::json!({"os": "debian", "memory_mb": 2048}),
-            certificate_serial: format!("serial-{id}"),
-            first_seen_unix_ms: 1_000,
-            last_seen_unix_ms: 2_000,
-            last_run: Some(RunSummary {
-                run_id: "run-1".to_string(),
-                finished_unix_ms: 1_900,
-                catalog_id: "catalog-abc".to_string(),
-                revision: "0123abcd".to_string(),
-                changed: 3,
-                failed: 0,
-                skipped: 1,
-                noop: false,
-            }),
-            status: NodeStatus::Active,
-            gone_since_unix_ms: None,
-            attested: Default::default(),
-            environment: String::new(),
-        }
-    }
-
-    pub(crate) fn report(node_id: &str, run_id: &str, received_unix_ms: u64) -> StoredReport {
-        StoredReport {
-            node_id: node_id.to_string(),
-            run_id: run_id.to_string(),
-            received_unix_ms,
-            report: RunRecord {
-                version: cms_proto::report::RUN_RECORD_VERSION,
-                run_id: run_id.to_string(),
-                catalog_id: "catalog-abc".to_string(),
-                revision: "0123abcd".to_string(),
-                started_at_unix_ms: received_unix_ms as i64 - 10,
-                duration_ms: 5,
-                noop: false,
-                note: String::new(),
-                trigger_id: String::new(),
-                resources: vec![cms_proto::report::ResourceRecord {
-                    reference: "file:/etc/motd".to_string(),
-                    status: cms_proto::report::ResourceStatus::Changed,
-                    diff: "+hello".to_string(),
-                    error: String::new(),
-                    duration_ms: 1,
-                }],
-            },
-        }
+    /// The macro above lists every check of `conformance::all`.
+    #[test]
+    fn every_conformance_check_runs_against_sled_and_memory() {
+        let listed = [
+            "nodes_round_trip_and_list_in_id_order",
+            "touching_nodes_moves_last_seen_forward_only_and_makes_a_gone_node_active",
+            "triggers_round_trip",
+            "update_node_changes_an_existing_node_and_ignores_an_unknown_one",
+            "a_node_id_with_a_nul_byte_is_refused",
+            "reports_list_newest_first_up_to_the_limit",
+            "a_resent_report_is_stored_once_and_keeps_its_first_copy",
+            "the_same_run_id_on_two_nodes_is_two_reports",
+            "prune_removes_only_older_reports_and_lets_their_run_ids_be_stored_again",
+            "remove_node_removes_its_reports_and_no_one_elses",
+            "revisions_round_trip_newest_first_and_only_an_accepted_one_becomes_current",
+            "ca_and_settings_round_trip_and_the_ca_key_stays_out_of_debug_output",
+            "revoking_a_node_revokes_all_its_certificates_once",
+            "a_limited_token_is_used_up_and_then_refused",
+            "an_unlimited_token_works_until_it_expires",
+            "an_unknown_token_is_refused_and_a_removed_token_is_unknown",
+            "concurrent_enrollments_never_use_a_token_more_than_allowed",
+            "concurrent_claims_of_one_name_let_exactly_one_win",
+            "a_claim_fails_when_the_name_changed_since_it_was_read",
+            "a_fresh_claim_clears_the_history_and_revokes_the_old_certificates",
+            "two_concurrent_uses_of_a_single_use_token_let_exactly_one_win",
+            "a_token_is_found_by_its_id",
+            "an_operator_is_written_only_over_the_record_the_writer_read",
+            "the_audit_log_gives_the_last_records_newest_last",
+            "settings_certificates_and_reports_list_everything_for_a_migration",
+            "a_ca_put_if_absent_keeps_the_first_one",
+        ];
+        let all: Vec<&str> = conformance::all().iter().map(|(name, _)| *name).collect();
+        assert_eq!(all, listed);
     }
 
     /// A report as stored before reports were typed (the key was
@@ -961,549 +1109,11 @@ pub(crate) mod tests {
         assert_eq!(stored.report.resources[0].error, "Failed to write /x");
     }
 
-    pub(crate) fn run_ids(reports: &[StoredReport]) -> Vec<&str> {
-        reports.iter().map(|r| r.run_id.as_str()).collect()
-    }
-
-    pub(crate) fn revision(commit: &str, accepted: bool, synced_unix_ms: u64) -> RevisionRecord {
-        RevisionRecord {
-            commit: commit.to_string(),
-            accepted,
-            errors: if accepted {
-                Vec::new()
-            } else {
-                vec![RevisionError {
-                    file: "roles/api.toml".to_string(),
-                    line: 3,
-                    column: 7,
-                    message: "unknown key `pakage`".to_string(),
-                }]
-            },
-            synced_unix_ms,
-        }
-    }
-
-    pub(crate) fn token(id: &str, uses_left: Option<u32>, expires_unix: u64) -> TokenRecord {
-        TokenRecord {
-            id: id.to_string(),
-            scope: tags(&[("env", "staging"), ("role", "*")]),
-            expires_unix,
-            uses_left,
-            created_unix: 100,
-        }
-    }
-
-    pub(crate) fn certificate(serial: &str, node_id: &str) -> CertificateRecord {
-        CertificateRecord {
-            serial: serial.to_string(),
-            node_id: node_id.to_string(),
-            not_after_unix: 9_999_999_999,
-            revoked: false,
-        }
-    }
-
-    fn nodes_round_trip_and_list_in_id_order(store: &dyn Store) {
-        store.put_node(&node("b")).unwrap();
-        store.put_node(&node("a")).unwrap();
-        assert_eq!(store.node("a").unwrap(), Some(node("a")));
-        assert_eq!(store.node("missing").unwrap(), None);
-        let ids: Vec<String> = store.nodes().unwrap().into_iter().map(|n| n.id).collect();
-        assert_eq!(ids, ["a", "b"]);
-    }
-
-    fn touching_nodes_moves_last_seen_forward_only_and_makes_a_gone_node_active(store: &dyn Store) {
-        store.put_node(&node("a")).unwrap();
-        let mut gone = node("b");
-        gone.status = NodeStatus::Gone;
-        gone.gone_since_unix_ms = Some(2_500);
-        store.put_node(&gone).unwrap();
-        let touched = store
-            .touch_nodes(&[
-                ("a".into(), 1_500),
-                ("b".into(), 3_000),
-                ("unknown".into(), 9_000),
-            ])
-            .unwrap();
-        assert_eq!(touched, 1, "a's stored time is newer; unknown is skipped");
-        assert_eq!(store.node("a").unwrap().unwrap().last_seen_unix_ms, 2_000);
-        let b = store.node("b").unwrap().unwrap();
-        assert_eq!(
-            (b.last_seen_unix_ms, b.status, b.gone_since_unix_ms),
-            (3_000, NodeStatus::Active, None)
-        );
-        assert!(store.node("unknown").unwrap().is_none());
-    }
-
-    fn triggers_round_trip(store: &dyn Store) {
-        let trigger = TriggerRecord {
-            id: "t1".into(),
-            selector: tags(&[("role", "web")]),
-            batch: "50%".into(),
-            canary: 1,
-            noop: false,
-            max_failures: 0,
-            state: "running".into(),
-            message: String::new(),
-            started_unix_ms: 1,
-            finished_unix_ms: None,
-            batches: vec![vec!["web-1".into()], vec!["web-2".into()]],
-            batches_started: 1,
-            outcomes: BTreeMap::new(),
-        };
-        store.put_trigger(&trigger).unwrap();
-        assert_eq!(store.trigger("t1").unwrap(), Some(trigger.clone()));
-        assert_eq!(store.triggers().unwrap(), vec![trigger]);
-        assert_eq!(store.trigger("t2").unwrap(), None);
-    }
-
-    fn update_node_changes_an_existing_node_and_ignores_an_unknown_one(store: &dyn Store) {
-        store.put_node(&node("a")).unwrap();
-        let updated = store
-            .update_node("a", |node| node.last_seen_unix_ms = 5_000)
-            .unwrap()
-            .expect("node exists");
-        assert_eq!(updated.last_seen_unix_ms, 5_000);
-        assert_eq!(store.node("a").unwrap(), Some(updated));
-        assert_eq!(store.update_node("nobody", |_| {}).unwrap(), None);
-        assert_eq!(store.node("nobody").unwrap(), None);
-    }
-
-    fn a_node_id_with_a_nul_byte_is_refused(store: &dyn Store) {
-        let error = store.put_node(&node("a\0b")).unwrap_err();
-        assert!(matches!(error, StoreError::InvalidNodeId { .. }), "{error}");
-    }
-
-    fn reports_list_newest_first_up_to_the_limit(store: &dyn Store) {
-        store.put_report(&report("n1", "old", 1_000)).unwrap();
-        store.put_report(&report("n1", "newest", 3_000)).unwrap();
-        store.put_report(&report("n1", "middle", 2_000)).unwrap();
-        // Another node whose id extends n1's must not leak into n1's list.
-        store.put_report(&report("n10", "other", 2_500)).unwrap();
-
-        assert_eq!(
-            run_ids(&store.reports("n1", 10).unwrap()),
-            ["newest", "middle", "old"]
-        );
-        assert_eq!(
-            run_ids(&store.reports("n1", 2).unwrap()),
-            ["newest", "middle"]
-        );
-        assert_eq!(run_ids(&store.reports("n10", 10).unwrap()), ["other"]);
-        assert_eq!(
-            store.report("n1", "middle").unwrap(),
-            Some(report("n1", "middle", 2_000))
-        );
-    }
-
-    fn a_resent_report_is_stored_once_and_keeps_its_first_copy(store: &dyn Store) {
-        let first = report("n1", "run-7", 1_000);
-        assert_eq!(store.put_report(&first).unwrap(), ReportWrite::Stored);
-        let resent = StoredReport {
-            received_unix_ms: 5_000,
-            ..first.clone()
-        };
-        assert_eq!(
-            store.put_report(&resent).unwrap(),
-            ReportWrite::AlreadyStored
-        );
-        assert_eq!(store.reports("n1", 10).unwrap(), [first]);
-    }
-
-    fn the_same_run_id_on_two_nodes_is_two_reports(store: &dyn Store) {
-        assert_eq!(
-            store.put_report(&report("n1", "run-1", 1_000)).unwrap(),
-            ReportWrite::Stored
-        );
-        assert_eq!(
-            store.put_report(&report("n2", "run-1", 1_000)).unwrap(),
-            ReportWrite::Stored
-        );
-        assert_eq!(store.reports("n1", 10).unwrap().len(), 1);
-        assert_eq!(store.reports("n2", 10).unwrap().len(), 1);
-    }
-
-    fn prune_removes_only_older_reports_and_lets_their_run_ids_be_stored_again(store: &dyn Store) {
-        store.put_report(&report("n1", "a", 1_000)).unwrap();
-        store.put_report(&report("n1", "b", 2_000)).unwrap();
-        store.put_report(&report("n2", "c", 1_500)).unwrap();
-        store.put_report(&report("n2", "d", 3_000)).unwrap();
-
-        assert_eq!(store.prune_reports(2_000).unwrap(), 2);
-        assert_eq!(run_ids(&store.reports("n1", 10).unwrap()), ["b"]);
-        assert_eq!(run_ids(&store.reports("n2", 10).unwrap()), ["d"]);
-        assert_eq!(store.report("n1", "a").unwrap(), None);
-        assert_eq!(
-            store.put_report(&report("n1", "a", 4_000)).unwrap(),
-            ReportWrite::Stored
-        );
-    }
-
-    fn remove_node_removes_its_reports_and_no_one_elses(store: &dyn Store) {
-        store.put_node(&node("n1")).unwrap();
-        store.put_node(&node("n10")).unwrap();
-        store.put_report(&report("n1", "a", 1_000)).unwrap();
-        store.put_report(&report("n1", "b", 2_000)).unwrap();
-        store.put_report(&report("n10", "c", 1_000)).unwrap();
-
-        assert!(store.remove_node("n1").unwrap());
-        assert_eq!(store.node("n1").unwrap(), None);
-        assert!(store.reports("n1", 10).unwrap().is_empty());
-        assert_eq!(store.report("n1", "a").unwrap(), None);
-        assert_eq!(run_ids(&store.reports("n10", 10).unwrap()), ["c"]);
-        assert!(store.node("n10").unwrap().is_some());
-        assert!(!store.remove_node("n1").unwrap());
-    }
-
-    fn revisions_round_trip_newest_first_and_only_an_accepted_one_becomes_current(
-        store: &dyn Store,
-    ) {
-        assert_eq!(store.current_revision().unwrap(), None);
-        store.put_revision(&revision("good1", true, 1_000)).unwrap();
-        store.put_revision(&revision("bad", false, 2_000)).unwrap();
-
-        assert_eq!(
-            store.revision("bad").unwrap(),
-            Some(revision("bad", false, 2_000))
-        );
-        let commits: Vec<String> = store
-            .revisions()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.commit)
-            .collect();
-        assert_eq!(commits, ["bad", "good1"]);
-
-        store.set_current_revision("good1").unwrap();
-        let refused = store.set_current_revision("bad").unwrap_err();
-        assert!(
-            matches!(refused, StoreError::RevisionRefused { .. }),
-            "{refused}"
-        );
-        let unknown = store.set_current_revision("never-synced").unwrap_err();
-        assert!(
-            matches!(unknown, StoreError::RevisionUnknown { .. }),
-            "{unknown}"
-        );
-        assert_eq!(store.current_revision().unwrap().as_deref(), Some("good1"));
-    }
-
-    fn ca_and_settings_round_trip_and_the_ca_key_stays_out_of_debug_output(store: &dyn Store) {
-        assert_eq!(store.ca().unwrap(), None);
-        let ca = CaRecord {
-            certificate_pem: "-----BEGIN CERTIFICATE-----".to_string(),
-            private_key_pem: "-----BEGIN PRIVATE KEY----- secret".to_string(),
-        };
-        store.put_ca(&ca).unwrap();
-        assert_eq!(store.ca().unwrap(), Some(ca.clone()));
-        assert!(!format!("{ca:?}").contains("secret"));
-
-        store.put_setting("admin_credential", b"hash").unwrap();
-        assert_eq!(
-            store.get_setting("admin_credential").unwrap().as_deref(),
-            Some(&b"hash"[..])
-        );
-        assert_eq!(store.get_setting("absent").unwrap(), None);
-    }
-
-    fn revoking_a_node_revokes_all_its_certificates_once(store: &dyn Store) {
-        store.put_certificate(&certificate("s1", "n1")).unwrap();
-        store.put_certificate(&certificate("s2", "n1")).unwrap();
-        store.put_certificate(&certificate("s3", "n2")).unwrap();
-
-        let mut revoked = store.revoke_node("n1").unwrap();
-        revoked.sort();
-        assert_eq!(revoked, ["s1", "s2"]);
-        assert!(store.is_revoked("s1").unwrap());
-        assert!(store.is_revoked("s2").unwrap());
-        assert!(!store.is_revoked("s3").unwrap());
-        assert!(!store.is_revoked("unknown").unwrap());
-        assert_eq!(store.revoke_node("n1").unwrap(), Vec::<String>::new());
-        assert!(store.certificate("s1").unwrap().expect("recorded").revoked);
-    }
-
-    fn a_limited_token_is_used_up_and_then_refused(store: &dyn Store) {
-        let id = cms_roles::digest::sha256_hex(b"secret");
-        store.put_token(&token(&id, Some(2), 1_000)).unwrap();
-
-        assert_eq!(store.consume_token(&id, 500).unwrap().uses_left, Some(1));
-        assert_eq!(store.consume_token(&id, 500).unwrap().uses_left, Some(0));
-        let error = store.consume_token(&id, 500).unwrap_err();
-        assert!(matches!(error, StoreError::TokenUsedUp), "{error}");
-        assert_eq!(store.tokens().unwrap(), [token(&id, Some(0), 1_000)]);
-    }
-
-    fn an_unlimited_token_works_until_it_expires(store: &dyn Store) {
-        store.put_token(&token("t", None, 1_000)).unwrap();
-        for _ in 0..3 {
-            assert_eq!(store.consume_token("t", 999).unwrap().uses_left, None);
-        }
-        let error = store.consume_token("t", 1_000).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                StoreError::TokenExpired {
-                    expires_unix: 1_000
-                }
-            ),
-            "{error}"
-        );
-    }
-
-    fn an_unknown_token_is_refused_and_a_removed_token_is_unknown(store: &dyn Store) {
-        let error = store.consume_token("nope", 0).unwrap_err();
-        assert!(matches!(error, StoreError::TokenUnknown), "{error}");
-
-        store.put_token(&token("t", Some(5), 1_000)).unwrap();
-        assert!(store.remove_token("t").unwrap());
-        let error = store.consume_token("t", 0).unwrap_err();
-        assert!(matches!(error, StoreError::TokenUnknown), "{error}");
-    }
-
-    fn concurrent_enrollments_never_use_a_token_more_than_allowed(store: &dyn Store) {
-        const USES: u32 = 5;
-        const THREADS: usize = 8;
-        const ATTEMPTS_PER_THREAD: usize = 4;
-        store.put_token(&token("t", Some(USES), 1_000)).unwrap();
-
-        let barrier = Barrier::new(THREADS);
-        let outcomes: Vec<Result<TokenRecord, StoreError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..THREADS)
-                .map(|_| {
-                    let barrier = &barrier;
-                    scope.spawn(move || {
-                        barrier.wait();
-                        (0..ATTEMPTS_PER_THREAD)
-                            .map(|_| store.consume_token("t", 10))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|handle| handle.join().expect("thread"))
-                .collect()
-        });
-
-        let mut uses_left_after_each_success: Vec<u32> = outcomes
-            .iter()
-            .filter_map(|outcome| outcome.as_ref().ok())
-            .map(|token| token.uses_left.expect("limited"))
-            .collect();
-        uses_left_after_each_success.sort();
-        assert_eq!(uses_left_after_each_success, [0, 1, 2, 3, 4]);
-        for outcome in &outcomes {
-            if let Err(error) = outcome {
-                assert!(matches!(error, StoreError::TokenUsedUp), "{error}");
-            }
-        }
-        assert_eq!(
-            store.consume_token("t", 10).unwrap_err().to_string(),
-            "Failed to consume the enrollment token: it has no uses left"
-        );
-    }
-
-    fn concurrent_claims_of_one_name_let_exactly_one_win(store: &dyn Store) {
-        const THREADS: usize = 8;
-        let barrier = Barrier::new(THREADS);
-        let outcomes: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..THREADS)
-                .map(|i| {
-                    let barrier = &barrier;
-                    scope.spawn(move || {
-                        let mut claimed = node("web-1");
-                        claimed.certificate_serial = format!("s{i}");
-                        barrier.wait();
-                        store.claim_name(
-                            &certificate(&format!("s{i}"), "web-1"),
-                            &claimed,
-                            None,
-                            true,
-                        )
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|handle| handle.join().expect("thread"))
-                .collect()
-        });
-        let winners: Vec<usize> = (0..THREADS).filter(|i| outcomes[*i].is_ok()).collect();
-        assert_eq!(winners.len(), 1, "{outcomes:?}");
-        for outcome in &outcomes {
-            if let Err(error) = outcome {
-                assert!(matches!(error, StoreError::NameClaimed { .. }), "{error}");
-            }
-        }
-        let winner = format!("s{}", winners[0]);
-        let stored = store.node("web-1").unwrap().expect("claimed");
-        assert_eq!(stored.certificate_serial, winner);
-        assert!(!store.is_revoked(&winner).unwrap());
-        // The losers' certificates were never recorded.
-        for i in (0..THREADS).filter(|i| *i != winners[0]) {
-            assert_eq!(store.certificate(&format!("s{i}")).unwrap(), None);
-        }
-    }
-
-    fn a_claim_fails_when_the_name_changed_since_it_was_read(store: &dyn Store) {
-        let mut first = node("web-1");
-        first.certificate_serial = "s1".into();
-        store
-            .claim_name(&certificate("s1", "web-1"), &first, None, false)
-            .unwrap();
-        // Claimed as if still free: refused, nothing written.
-        let mut second = node("web-1");
-        second.certificate_serial = "s2".into();
-        let error = store
-            .claim_name(&certificate("s2", "web-1"), &second, None, true)
-            .unwrap_err();
-        assert!(matches!(error, StoreError::NameClaimed { .. }), "{error}");
-        assert_eq!(store.certificate("s2").unwrap(), None);
-        assert!(!store.is_revoked("s1").unwrap());
-        // Claimed over what is really there: written.
-        store
-            .claim_name(&certificate("s2", "web-1"), &second, Some("s1"), false)
-            .unwrap();
-        assert_eq!(
-            store.node("web-1").unwrap().unwrap().certificate_serial,
-            "s2"
-        );
-    }
-
-    fn a_fresh_claim_clears_the_history_and_revokes_the_old_certificates(store: &dyn Store) {
-        let mut old = node("web-1");
-        old.certificate_serial = "s1".into();
-        old.attested = tags(&[("instance_id", "i-1")]);
-        store
-            .claim_name(&certificate("s1", "web-1"), &old, None, false)
-            .unwrap();
-        store.put_certificate(&certificate("s0", "web-1")).unwrap();
-        store.put_report(&report("web-1", "run-1", 1_000)).unwrap();
-        store.put_report(&report("web-2", "run-1", 1_000)).unwrap();
-        assert_eq!(
-            store.node("web-1").unwrap().unwrap().attested,
-            tags(&[("instance_id", "i-1")])
-        );
-        let mut new = node("web-1");
-        new.certificate_serial = "s2".into();
-        store
-            .claim_name(&certificate("s2", "web-1"), &new, Some("s1"), true)
-            .unwrap();
-        assert!(store.is_revoked("s0").unwrap());
-        assert!(store.is_revoked("s1").unwrap());
-        assert!(!store.is_revoked("s2").unwrap());
-        assert_eq!(store.reports("web-1", 10).unwrap(), []);
-        assert_eq!(store.reports("web-2", 10).unwrap().len(), 1);
-        assert_eq!(store.node("web-1").unwrap().unwrap(), new);
-    }
-
     #[test]
     fn a_node_record_stored_before_attestation_existed_still_loads() {
         let mut old = serde_json::to_value(node("web-1")).unwrap();
         old.as_object_mut().unwrap().remove("attested");
         let loaded: NodeRecord = serde_json::from_value(old).unwrap();
         assert_eq!(loaded, node("web-1"));
-    }
-
-    fn two_concurrent_uses_of_a_single_use_token_let_exactly_one_win(store: &dyn Store) {
-        for round in 0..20 {
-            let id = format!("single-{round}");
-            store.put_token(&token(&id, Some(1), 1_000)).unwrap();
-            let barrier = Barrier::new(2);
-            let outcomes: Vec<Result<TokenRecord, StoreError>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..2)
-                    .map(|_| {
-                        let (barrier, id) = (&barrier, &id);
-                        scope.spawn(move || {
-                            barrier.wait();
-                            store.consume_token(id, 10)
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|handle| handle.join().expect("thread"))
-                    .collect()
-            });
-            let won = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
-            assert_eq!(won, 1, "round {round}: {outcomes:?}");
-            assert!(
-                outcomes
-                    .iter()
-                    .any(|outcome| matches!(outcome, Err(StoreError::TokenUsedUp))),
-                "round {round}: {outcomes:?}"
-            );
-        }
-    }
-
-    fn a_token_is_found_by_its_id(store: &dyn Store) {
-        store.put_token(&token("a", Some(1), 1_000)).unwrap();
-        store.put_token(&token("b", None, 2_000)).unwrap();
-        assert_eq!(store.token("b").unwrap(), Some(token("b", None, 2_000)));
-        assert_eq!(store.token("c").unwrap(), None);
-    }
-
-    pub(crate) fn operator(name: &str, serial: &str) -> OperatorRecord {
-        OperatorRecord {
-            name: name.to_string(),
-            serial: serial.to_string(),
-            created_unix: 100,
-            not_after_unix: 9_999_999_999,
-            revoked_unix: None,
-            added_by: "admin".to_string(),
-        }
-    }
-
-    fn an_operator_is_written_only_over_the_record_the_writer_read(store: &dyn Store) {
-        let alice = operator("alice", "s1");
-        assert!(store.swap_operator(None, &alice).unwrap());
-        // A second add of the same name finds it taken.
-        assert!(!store.swap_operator(None, &operator("alice", "s9")).unwrap());
-        let revoked = OperatorRecord {
-            revoked_unix: Some(200),
-            ..alice.clone()
-        };
-        assert!(store.swap_operator(Some(&alice), &revoked).unwrap());
-        // A renewal that read the record before the revocation loses.
-        let renewed = operator("alice", "s2");
-        assert!(!store.swap_operator(Some(&alice), &renewed).unwrap());
-        assert_eq!(store.operator("alice").unwrap(), Some(revoked.clone()));
-        store
-            .swap_operator(None, &operator("bob", "s3"))
-            .unwrap()
-            .then_some(())
-            .expect("bob added");
-        let names: Vec<String> = store
-            .operators()
-            .unwrap()
-            .into_iter()
-            .map(|operator| operator.name)
-            .collect();
-        assert_eq!(names, ["alice", "bob"]);
-        assert_eq!(store.operator("carol").unwrap(), None);
-    }
-
-    fn the_audit_log_gives_the_last_records_newest_last(store: &dyn Store) {
-        let record = |time_unix_ms: u64, method: &str| AuditRecord {
-            time_unix_ms,
-            operator: "alice".to_string(),
-            method: method.to_string(),
-            target: String::new(),
-            outcome: "ok".to_string(),
-            message: String::new(),
-        };
-        assert_eq!(store.audit(10).unwrap(), []);
-        store.append_audit(&record(2_000, "ListNodes")).unwrap();
-        store.append_audit(&record(1_000, "CreateToken")).unwrap();
-        // Same millisecond: kept in the order they came.
-        store.append_audit(&record(3_000, "RevokeNode")).unwrap();
-        store.append_audit(&record(3_000, "Sync")).unwrap();
-        let methods = |records: Vec<AuditRecord>| -> Vec<String> {
-            records.into_iter().map(|r| r.method).collect()
-        };
-        assert_eq!(
-            methods(store.audit(10).unwrap()),
-            ["CreateToken", "ListNodes", "RevokeNode", "Sync"]
-        );
-        assert_eq!(methods(store.audit(2).unwrap()), ["RevokeNode", "Sync"]);
     }
 }

@@ -389,4 +389,24 @@ impl Store for Reopening {
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(|s| s.get_setting(name))
     }
+
+    fn settings(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.read(|s| s.settings())
+    }
+
+    fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
+        self.read(|s| s.certificates())
+    }
+
+    fn all_reports(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<StoredReport>, StoreError> {
+        self.read(|s| s.all_reports(after, limit))
+    }
+
+    fn put_ca_if_absent(&self, ca: &CaRecord) -> Result<CaRecord, StoreError> {
+        self.write(|s| s.put_ca_if_absent(ca))
+    }
 }

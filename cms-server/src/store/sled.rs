@@ -841,6 +841,54 @@ impl Store for SledStore {
             .map_err(|e| backend(format!("read setting {name}"), e))?;
         Ok(value.map(|value| value.to_vec()))
     }
+
+    fn settings(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.settings
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(|e| backend("list settings".into(), e))?;
+                let name = String::from_utf8(key.to_vec()).map_err(|_| StoreError::CorruptKey {
+                    tree: SETTINGS,
+                    key: display_key(&key),
+                })?;
+                Ok((name, value.to_vec()))
+            })
+            .collect()
+    }
+
+    fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
+        list_records(&self.certificates, CERTIFICATES, "certificates")
+    }
+
+    /// Walks `report_index`, whose keys (node id, NUL, run id) sort as
+    /// (node id, run id) do, since node ids hold no NUL.
+    fn all_reports(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<StoredReport>, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some((node_id, run_id)) => Bound::Excluded(report_index_key(node_id, run_id)),
+            None => Bound::Unbounded,
+        };
+        let list_error = |e| backend("list reports".into(), e);
+        let mut reports = Vec::new();
+        for entry in self
+            .report_index
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+        {
+            if reports.len() >= limit {
+                break;
+            }
+            let (_, key) = entry.map_err(list_error)?;
+            // An index entry whose report was pruned is skipped.
+            if let Some(value) = self.reports.get(&key).map_err(list_error)? {
+                reports.push(decode(REPORTS, &key, &value)?);
+            }
+        }
+        Ok(reports)
+    }
 }
 
 const META: &str = "meta";
