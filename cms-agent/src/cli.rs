@@ -367,12 +367,16 @@ fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
         .and_then(serde_json::Value::as_str)
         .map(|id| [("instance_id".to_string(), id.to_string())].into())
         .unwrap_or_default();
+    let observed_source = observed.tags_source.clone();
     let node = Node {
         id: crate::node::node_id(args.node.clone(), &observed.facts),
         tags: observed.tags,
         facts: observed.facts,
         attested,
     };
+    if cms_roles::select_roles(&repository, &node.tags).is_empty() {
+        bail!("{}", no_role_matches(&repository, &node, &observed_source));
+    }
     let catalog = match compile(&repository, &node) {
         Ok(catalog) => catalog,
         Err(diagnostics) => {
@@ -409,6 +413,42 @@ fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
     crate::state::save_report(&state_dir, &report)?;
     print_report(&report, args.format, terminal)?;
     Ok(ExitCode::from(report.exit_code()))
+}
+
+/// Why `apply` converges nothing: the node has no tags, or no role's
+/// `[match]` holds for them; with each role's `[match]`, so the user sees
+/// which tag to give or which glob to fix.
+fn no_role_matches(repository: &Repository, node: &Node, tags_source: &str) -> String {
+    let roles: Vec<String> = repository
+        .roles
+        .values()
+        .map(|role| {
+            let matches: Vec<String> = role
+                .matchers
+                .iter()
+                .map(|(name, pattern)| format!("{name}={pattern}"))
+                .collect();
+            format!("  {} matches {}", role.name, matches.join(", "))
+        })
+        .collect();
+    let roles = if roles.is_empty() {
+        "  (the repository has no roles)".to_string()
+    } else {
+        roles.join("\n")
+    };
+    if node.tags.is_empty() {
+        format!(
+            "No role matches node {}: it has no tags (looked in {tags_source})\nhint: give them with --tags role=web,env=prod or write /etc/cms/tags.toml; the roles are:\n{roles}",
+            node.id
+        )
+    } else {
+        let tags: Vec<String> = node.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(
+            "No role matches node {} with tags {} (from {tags_source})\nhint: every entry of a role's [match] must hold; the roles are:\n{roles}",
+            node.id,
+            tags.join(",")
+        )
+    }
 }
 
 fn facts(args: &FactsArgs) -> anyhow::Result<ExitCode> {

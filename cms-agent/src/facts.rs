@@ -1,10 +1,15 @@
 //! Facts: what the agent knows of its instance, gathered in milliseconds
 //! from `/proc`, `/etc/os-release` and the kernel, never by running
-//! programs.
+//! programs of its own; on EC2, the placement facts read with the tags from
+//! the instance metadata (`tags::discover`); and the custom facts of
+//! `/etc/cms/facts.d` (`custom_facts`), the one place where programs the
+//! operator put there run.
 //!
-//! Every fact is read from a file under the host's root or from a syscall,
-//! so gathering costs a handful of reads (slow fact gathering is a top
-//! complaint about Facter and Ohai).
+//! The built-in facts are read from files under the host's root or from
+//! syscalls, so gathering costs a handful of reads (slow fact gathering is
+//! a top complaint about Facter and Ohai). Which facts exist, their types
+//! and when a node has them is one schema, `cms_roles::FACTS`, which
+//! `cms-server check` compiles with and the tests hold this module to.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,10 +23,20 @@ pub struct FactSources<'a> {
     pub root: &'a Path,
     /// The instance id, when the metadata service gave one.
     pub instance_id: Option<String>,
+    /// The EC2 placement facts the metadata service gave (`region`,
+    /// `availability_zone`, ...), empty off EC2.
+    pub ec2: BTreeMap<String, Value>,
+}
+
+/// The facts, and what went wrong gathering the custom ones.
+#[derive(Debug, Clone, Default)]
+pub struct Gathered {
+    pub facts: BTreeMap<String, Value>,
+    pub warnings: Vec<String>,
 }
 
 /// Gathers the facts of the running machine.
-pub fn gather(sources: &FactSources<'_>) -> BTreeMap<String, Value> {
+pub fn gather(sources: &FactSources<'_>) -> Gathered {
     let mut facts = BTreeMap::new();
     let read = |relative: &str| std::fs::read_to_string(sources.root.join(relative)).ok();
 
@@ -101,7 +116,15 @@ pub fn gather(sources: &FactSources<'_>) -> BTreeMap<String, Value> {
     {
         facts.insert("machine_id".into(), json!(machine_id));
     }
-    facts
+    for (name, value) in &sources.ec2 {
+        facts.insert(name.clone(), value.clone());
+    }
+    let custom = crate::custom_facts::read(sources.root, crate::custom_facts::EXECUTABLE_TIMEOUT);
+    facts.insert("custom".into(), Value::Object(custom.facts));
+    Gathered {
+        facts,
+        warnings: custom.warnings,
+    }
 }
 
 fn parse_os_release(text: &str) -> BTreeMap<String, String> {
@@ -186,7 +209,9 @@ mod tests {
         let facts = gather(&FactSources {
             root: root.path(),
             instance_id: None,
-        });
+            ec2: BTreeMap::new(),
+        })
+        .facts;
         assert_eq!(facts["hostname"], "web-1");
         assert_eq!(facts["os"], "debian");
         assert_eq!(facts["os_family"], "debian");
@@ -203,7 +228,9 @@ mod tests {
         let with_metadata = gather(&FactSources {
             root: root.path(),
             instance_id: Some("i-0abc".into()),
-        });
+            ec2: BTreeMap::new(),
+        })
+        .facts;
         assert_eq!(with_metadata["instance_id"], "i-0abc");
     }
 }

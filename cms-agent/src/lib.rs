@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod contents;
 pub mod converge;
+pub mod custom_facts;
 pub mod daemon;
 pub mod facts;
 pub mod identity;

@@ -34,8 +34,8 @@ pub fn observe(
     given: Option<BTreeMap<String, String>>,
     metadata_endpoint: Option<String>,
 ) -> anyhow::Result<Observed> {
-    let (tags, instance_id, tags_source) = match given {
-        Some(tags) => (tags, None, "--tags".to_string()),
+    let (tags, instance_id, ec2, tags_source) = match given {
+        Some(tags) => (tags, None, BTreeMap::new(), "--tags".to_string()),
         None => {
             let found = discover(&TagSources {
                 root,
@@ -43,16 +43,28 @@ pub fn observe(
                 metadata_timeout: METADATA_TIMEOUT,
                 metadata_budget: METADATA_BUDGET,
             })?;
-            if let Some(warning) = &found.warning {
-                eprintln!(
+            match &found.warning {
+                Some(warning) if found.source == "metadata service" => {
+                    eprintln!("warning: {warning}");
+                }
+                Some(warning) => eprintln!(
                     "warning: {warning}\nwarning: using {} instead",
                     found.source
-                );
+                ),
+                None => {}
             }
-            (found.tags, found.instance_id, found.source)
+            (found.tags, found.instance_id, found.ec2, found.source)
         }
     };
-    let facts = gather(&FactSources { root, instance_id });
+    let gathered = gather(&FactSources {
+        root,
+        instance_id,
+        ec2,
+    });
+    for warning in &gathered.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let facts = gathered.facts;
     Ok(Observed {
         tags,
         facts,

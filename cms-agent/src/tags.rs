@@ -39,6 +39,9 @@ pub struct TagSources<'a> {
 pub struct Discovered {
     pub tags: BTreeMap<String, String>,
     pub instance_id: Option<String>,
+    /// The EC2 placement facts (`cms_roles::When::Ec2` in the fact
+    /// schema), empty off EC2.
+    pub ec2: BTreeMap<String, serde_json::Value>,
     /// `metadata service` or the tags file path.
     pub source: String,
     /// Why the metadata service was not used, when it was tried.
@@ -46,24 +49,42 @@ pub struct Discovered {
 }
 
 /// Finds the instance's tags: metadata service first when there is one,
-/// else the tags file, else none.
+/// else the tags file, else none. On EC2 the instance id and the placement
+/// facts come from the metadata service even when its tags are switched
+/// off and the tags file gives the tags.
 pub fn discover(sources: &TagSources<'_>) -> anyhow::Result<Discovered> {
     let endpoint = sources
         .metadata_endpoint
         .clone()
         .or_else(|| looks_like_ec2(sources.root).then(|| EC2_METADATA_ENDPOINT.to_string()));
     let mut warning = None;
+    let mut instance_id = None;
+    let mut ec2 = BTreeMap::new();
     if let Some(endpoint) = endpoint {
         let client =
             MetadataClient::new(endpoint, sources.metadata_timeout, sources.metadata_budget);
-        match instance_tags(&client) {
-            Ok((tags, instance_id)) => {
-                return Ok(Discovered {
-                    tags,
-                    instance_id,
-                    source: "metadata service".into(),
-                    warning: None,
-                });
+        match client.token() {
+            Ok(token) => {
+                let tags = instance_tags(&client, &token);
+                instance_id = read_instance_id(&client, &token);
+                match placement(&client, &token, tags.as_ref().ok()) {
+                    Ok(found) => ec2 = found,
+                    Err(error) => {
+                        warning = Some(format!("no EC2 placement facts: {error:#}"));
+                    }
+                }
+                match tags {
+                    Ok(tags) => {
+                        return Ok(Discovered {
+                            tags,
+                            instance_id,
+                            ec2,
+                            source: "metadata service".into(),
+                            warning,
+                        });
+                    }
+                    Err(error) => warning = Some(format!("{error:#}")),
+                }
             }
             Err(error) => warning = Some(format!("{error:#}")),
         }
@@ -80,7 +101,8 @@ pub fn discover(sources: &TagSources<'_>) -> anyhow::Result<Discovered> {
     };
     Ok(Discovered {
         tags,
-        instance_id: None,
+        instance_id,
+        ec2,
         source: path.display().to_string(),
         warning,
     })
@@ -167,12 +189,9 @@ fn looks_like_ec2(root: &Path) -> bool {
             .starts_with("ec2")
 }
 
-/// The instance's tags and id from the metadata service.
-fn instance_tags(
-    client: &MetadataClient,
-) -> anyhow::Result<(BTreeMap<String, String>, Option<String>)> {
-    let token = client.token()?;
-    let keys = client.get(&token, "/latest/meta-data/tags/instance")?;
+/// The instance's tags from the metadata service.
+fn instance_tags(client: &MetadataClient, token: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let keys = client.get(token, "/latest/meta-data/tags/instance")?;
     let keys = match keys.status {
         200 => keys.body,
         404 => bail!(
@@ -182,7 +201,7 @@ fn instance_tags(
     };
     let mut tags = BTreeMap::new();
     for key in keys.lines().map(str::trim).filter(|k| !k.is_empty()) {
-        let value = client.get(&token, &format!("/latest/meta-data/tags/instance/{key}"))?;
+        let value = client.get(token, &format!("/latest/meta-data/tags/instance/{key}"))?;
         if value.status != 200 {
             bail!(
                 "the instance metadata service answered {} for tag `{key}`",
@@ -191,8 +210,54 @@ fn instance_tags(
         }
         tags.insert(key.to_string(), value.body);
     }
-    let id = client.get(&token, "/latest/meta-data/instance-id")?;
-    let instance_id =
-        (id.status == 200 && !id.body.trim().is_empty()).then(|| id.body.trim().to_string());
-    Ok((tags, instance_id))
+    Ok(tags)
+}
+
+fn read_instance_id(client: &MetadataClient, token: &str) -> Option<String> {
+    let id = client.get(token, "/latest/meta-data/instance-id").ok()?;
+    (id.status == 200 && !id.body.trim().is_empty()).then(|| id.body.trim().to_string())
+}
+
+/// The tag an Auto Scaling group puts on the instances it launches.
+const AUTOSCALING_GROUP_TAG: &str = "aws:autoscaling:groupName";
+
+/// The placement facts: region, zone, type, image and account from the
+/// instance identity document (one request), spot or on-demand, and the
+/// Auto Scaling group from the instance's tags.
+fn placement(
+    client: &MetadataClient,
+    token: &str,
+    tags: Option<&BTreeMap<String, String>>,
+) -> anyhow::Result<BTreeMap<String, serde_json::Value>> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Document {
+        region: String,
+        availability_zone: String,
+        instance_type: String,
+        image_id: String,
+        account_id: String,
+    }
+    let text = client.value(token, "/latest/dynamic/instance-identity/document")?;
+    let document: Document = serde_json::from_str(&text)
+        .context("the instance identity document lacks region, availabilityZone, instanceType, imageId or accountId")?;
+    let lifecycle = client.value(token, "/latest/meta-data/instance-life-cycle")?;
+    let mut facts = BTreeMap::new();
+    for (name, value) in [
+        ("region", document.region),
+        ("availability_zone", document.availability_zone),
+        ("instance_type", document.instance_type),
+        ("image_id", document.image_id),
+        ("account_id", document.account_id),
+        ("lifecycle", lifecycle),
+    ] {
+        facts.insert(name.to_string(), serde_json::Value::String(value));
+    }
+    if let Some(group) = tags.and_then(|tags| tags.get(AUTOSCALING_GROUP_TAG)) {
+        facts.insert(
+            "autoscaling_group".to_string(),
+            serde_json::Value::String(group.clone()),
+        );
+    }
+    Ok(facts)
 }

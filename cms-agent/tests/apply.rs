@@ -446,3 +446,59 @@ fn the_state_directory_is_owner_only() {
         assert_eq!(mode, 0, "{} is readable by others", path.display());
     }
 }
+
+#[test]
+fn apply_with_tags_no_role_matches_exits_1_naming_the_tags_and_each_roles_match() {
+    let fixture = Fixture::new();
+    std::fs::write(
+        fixture.repo.join("roles/app.toml"),
+        format!("[match]\nrole = \"api\"\nenv = \"prod*\"\n{ROLE}"),
+    )
+    .expect("write");
+    let output = fixture.agent(&[
+        "apply",
+        "--repo",
+        fixture.repo.to_str().expect("utf-8"),
+        "--tags",
+        "role=api,env=staging",
+        "--node",
+        "web-7",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("No role matches node web-7 with tags env=staging,role=api (from --tags)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("  app matches env=prod*, role=api"),
+        "{stderr}"
+    );
+    assert!(!fixture.file("/etc/app").exists(), "nothing converged");
+}
+
+#[test]
+fn apply_with_no_tags_at_all_exits_1_and_says_where_it_looked() {
+    let fixture = Fixture::new();
+    std::fs::write(
+        fixture.repo.join("roles/app.toml"),
+        format!("[match]\nrole = \"api\"\n{ROLE}"),
+    )
+    .expect("write");
+    let output = fixture.agent(&[
+        "apply",
+        "--repo",
+        fixture.repo.to_str().expect("utf-8"),
+        "--tags",
+        "",
+        "--node",
+        "web-7",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("No role matches node web-7: it has no tags (looked in --tags)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: give them with --tags"), "{stderr}");
+}

@@ -29,6 +29,9 @@ enum ImdsBehaviour {
     Held,
     /// Serves 40 tags, `tag0` … `tag39`, each answer after this delay.
     SlowWithManyTags(Duration),
+    /// Serves `role=api`, `env=prod` and the tag an Auto Scaling group
+    /// puts on its instances, on a spot instance.
+    AutoScalingSpot,
 }
 
 /// A test double of IMDSv2 on 127.0.0.1: a token from `PUT
@@ -153,6 +156,26 @@ fn serve(stream: TcpStream, behaviour: ImdsBehaviour, waiting: &mpsc::Sender<Mes
         }
         ("GET", path) if path.starts_with("/latest/meta-data/tags/instance/tag") => {
             (200, "value".to_string())
+        }
+        ("GET", "/latest/dynamic/instance-identity/document") => (
+            200,
+            r#"{"accountId": "210987654321", "architecture": "x86_64", "availabilityZone": "eu-west-1b", "imageId": "ami-0fedcba9876543210", "instanceId": "i-0testdouble", "instanceType": "m6i.large", "pendingTime": "2026-12-01T10:00:00Z", "privateIp": "10.0.1.5", "region": "eu-west-1", "version": "2017-09-30"}"#
+                .to_string(),
+        ),
+        ("GET", "/latest/meta-data/instance-life-cycle") => (
+            200,
+            if behaviour == ImdsBehaviour::AutoScalingSpot {
+                "spot"
+            } else {
+                "on-demand"
+            }
+            .to_string(),
+        ),
+        ("GET", "/latest/meta-data/tags/instance") if behaviour == ImdsBehaviour::AutoScalingSpot => {
+            (200, "aws:autoscaling:groupName\nenv\nrole".to_string())
+        }
+        ("GET", "/latest/meta-data/tags/instance/aws:autoscaling:groupName") => {
+            (200, "web-asg".to_string())
         }
         ("GET", "/latest/meta-data/tags/instance") => (200, "env\nrole".to_string()),
         ("GET", "/latest/meta-data/tags/instance/env") => (200, "prod".to_string()),
@@ -304,8 +327,9 @@ fn a_slow_metadata_service_that_answers_within_the_timeout_gives_the_tags() {
             Message::Done(result) => break result.expect("discovered"),
         }
     };
-    // The token, the tag list, two tags and the instance id, each held.
-    assert_eq!(released, 5);
+    // The token, the tag list, two tags, the instance id, the identity
+    // document and the life cycle, each held.
+    assert_eq!(released, 7);
     assert_eq!(found.source, "metadata service");
     assert_eq!(found.tags.get("role").map(String::as_str), Some("api"));
     assert_eq!(found.warning, None);
@@ -330,8 +354,10 @@ fn with_instance_tags_switched_off_no_tag_is_asked_for() {
     let imds = ImdsTestDouble::start(ImdsBehaviour::TagsSwitchedOff);
     let root = root_with_tags_file("role = \"web\"\n");
     discover(&sources(root.path(), Some(imds.address.clone()))).expect("discovered");
-    // The token, then the tag list (404): nothing more, no retry of a 404.
-    assert_eq!(imds.connections.load(Ordering::SeqCst), 2);
+    // The token, then the tag list (404): no tag asked for and no retry of
+    // a 404; then the instance id, the identity document and the life
+    // cycle, which do not depend on tags.
+    assert_eq!(imds.connections.load(Ordering::SeqCst), 5);
 }
 
 #[test]
@@ -350,4 +376,82 @@ fn a_slow_service_with_many_tags_is_given_up_when_the_budget_is_spent() {
     );
     // Fewer requests than the 43 the service wanted.
     assert!(imds.connections.load(Ordering::SeqCst) < 43);
+}
+
+#[test]
+fn placement_facts_come_from_the_identity_document_the_life_cycle_and_the_group_tag() {
+    let imds = ImdsTestDouble::start(ImdsBehaviour::AutoScalingSpot);
+    let root = tempfile::tempdir().expect("tempdir");
+    let found = discover(&sources(root.path(), Some(imds.address.clone()))).expect("discovered");
+    let fact = |name: &str| {
+        found
+            .ec2
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(fact("region").as_deref(), Some("eu-west-1"));
+    assert_eq!(fact("availability_zone").as_deref(), Some("eu-west-1b"));
+    assert_eq!(fact("instance_type").as_deref(), Some("m6i.large"));
+    assert_eq!(fact("image_id").as_deref(), Some("ami-0fedcba9876543210"));
+    assert_eq!(fact("account_id").as_deref(), Some("210987654321"));
+    assert_eq!(fact("lifecycle").as_deref(), Some("spot"));
+    assert_eq!(fact("autoscaling_group").as_deref(), Some("web-asg"));
+    assert_eq!(found.warning, None);
+}
+
+#[test]
+fn with_instance_tags_switched_off_the_id_and_placement_still_come_from_metadata() {
+    let imds = ImdsTestDouble::start(ImdsBehaviour::TagsSwitchedOff);
+    let root = root_with_tags_file("role = \"from-file\"\n");
+    let found = discover(&sources(root.path(), Some(imds.address.clone()))).expect("discovered");
+    assert_eq!(
+        found.tags.get("role").map(String::as_str),
+        Some("from-file")
+    );
+    assert_eq!(found.instance_id.as_deref(), Some("i-0testdouble"));
+    assert_eq!(
+        found.ec2.get("region").and_then(|v| v.as_str()),
+        Some("eu-west-1")
+    );
+    assert!(
+        !found.ec2.contains_key("autoscaling_group"),
+        "no group without the group's tag"
+    );
+}
+
+/// The facts `cms-server check` compiles with are the facts agents really
+/// send: what this agent gathers on this machine (off EC2) and with the
+/// metadata double (on EC2) has exactly the schema's names and types.
+#[test]
+fn the_facts_the_agent_gathers_match_the_schema_check_compiles_with() {
+    let off_ec2 = cms_agent::node::observe(Path::new("/"), None, None).expect("observe");
+    assert_eq!(
+        cms_roles::schema_mismatches(&off_ec2.facts, false),
+        Vec::<String>::new(),
+        "off EC2: {:?}",
+        off_ec2.facts
+    );
+    let imds = ImdsTestDouble::start(ImdsBehaviour::AutoScalingSpot);
+    let on_ec2 = cms_agent::node::observe(Path::new("/"), None, Some(imds.address.clone()))
+        .expect("observe");
+    assert_eq!(
+        cms_roles::schema_mismatches(&on_ec2.facts, true),
+        Vec::<String>::new(),
+        "on EC2: {:?}",
+        on_ec2.facts
+    );
+    let mut names: Vec<&str> = on_ec2.facts.keys().map(String::as_str).collect();
+    names.retain(|name| !["os_codename", "machine_id"].contains(name));
+    let mut schema: Vec<&str> = cms_roles::FACTS.iter().map(|fact| fact.name).collect();
+    schema.retain(|name| !["os_codename", "machine_id"].contains(name));
+    assert_eq!(
+        names,
+        schema
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
 }

@@ -40,7 +40,10 @@ pub enum Command {
     )]
     Serve(Box<ServeArgs>),
     /// Enrollment tokens.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cms-server token create --tags 'env=staging,role=web'\n  cms-server token create --tags 'env=prod,role=api' --ttl 2h --uses 3"
+    )]
     Token(TokenCommand),
     /// List nodes, with their tags, last run and status.
     #[command(
@@ -53,10 +56,13 @@ pub enum Command {
     )]
     Reports(ReportsArgs),
     /// Manage one node.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Examples:\n  cms-server node revoke web-7")]
     Node(NodeCommand),
     /// Operators: one admin credential each, revocable on its own.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cms-server admin add alice\n  cms-server admin list\n  cms-server admin renew alice\n  cms-server admin revoke alice"
+    )]
     Admin(AdminCommand),
     /// Show the audit log of admin calls (who, what, on what, when, and the
     /// outcome), newest last.
@@ -65,6 +71,9 @@ pub enum Command {
     )]
     Audit(AuditArgs),
     /// Sync the roles repository now.
+    #[command(
+        after_help = "Examples:\n  cms-server sync\n  cms-server sync --format json | jq .errors\n\nExit status: 0 the commit was accepted and is served, 1 it was refused (its errors on stderr; the last good revision stays), 3 the server cannot be reached."
+    )]
     Sync(AdminArgs),
     /// Make a login token for the fleet dashboard; prints it once. Run it
     /// where the server's data directory is.
@@ -89,7 +98,10 @@ pub enum Command {
     /// Rollouts of each environment's commits through its nodes, wave
     /// after wave: list them, follow one, pause, resume, abort (roll back)
     /// or promote (finish at once).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cms-server rollout list\n  cms-server rollout status --env staging --follow\n  cms-server rollout pause --env production\n  cms-server rollout promote --env staging"
+    )]
     Rollout(RolloutCommand),
     /// Hold the nodes a selector matches on a revision: rollouts pass them
     /// by until `cms-server unpin`.
@@ -117,7 +129,10 @@ pub enum Command {
     Check(CheckArgs),
     /// Secrets: the server's public key, and encrypting values into a
     /// roles repository's `secrets/` files.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cms-server secrets recipient --data /var/lib/cms-server\n  printf %s \"$DB_PASSWORD\" | cms-server secrets encrypt --repo roles --layer env/prod db_password"
+    )]
     Secrets(SecretsCommand),
     /// The server's store: move an installation between sled and
     /// PostgreSQL, or make a store key.
@@ -751,8 +766,12 @@ pub enum AdminCommand {
     )]
     Renew(OperatorCredentialArgs),
     /// Revoke an operator: its credential is refused on its next call.
+    #[command(after_help = "Examples:\n  cms-server admin revoke alice")]
     Revoke(OperatorNameArgs),
     /// List the operators: name, created, expires, revoked.
+    #[command(
+        after_help = "Examples:\n  cms-server admin list\n  cms-server admin list --format json | jq -r '.[] | select(.revoked_unix == 0) | .name'"
+    )]
     List(AdminArgs),
 }
 
@@ -811,6 +830,9 @@ pub struct ReportsArgs {
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Revoke a node's certificates; it is refused at once.
+    #[command(
+        after_help = "Examples:\n  cms-server node revoke web-7\n  cms-server node revoke i-0123456789abcdef0 --format json\n\nThe node's watch channel is closed at once and its next call refused; it can enroll again only with a new token."
+    )]
     Revoke(NodeRevokeArgs),
 }
 

@@ -527,13 +527,17 @@ fn print_nodes(nodes: &[pb::NodeSummary], format: Format) {
                         "last_run_unix_ms": n.last_run_unix_ms,
                         "changed": n.changed,
                         "failed": n.failed,
+                        "last_run_noop": n.last_run_noop,
                     })
                 })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&json).expect("JSON"));
         }
         Format::Text => {
-            println!("{:<24} {:<10} {:<12} TAGS", "NODE", "STATUS", "REVISION");
+            println!(
+                "{:<24} {:<10} {:<24} {:<12} TAGS",
+                "NODE", "STATUS", "LAST RUN (UTC)", "REVISION"
+            );
             for node in nodes {
                 let tags: Vec<String> = node
                     .tags
@@ -542,16 +546,32 @@ fn print_nodes(nodes: &[pb::NodeSummary], format: Format) {
                     .into_iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
+                let last_run = match node.last_run_unix_ms {
+                    0 => "never".to_string(),
+                    at => format!(
+                        "{}{}",
+                        run_time(at as u64),
+                        if node.last_run_noop { " noop" } else { "" }
+                    ),
+                };
                 println!(
-                    "{:<24} {:<10} {:<12} {}",
+                    "{:<24} {:<10} {:<24} {:<12} {}",
                     node.node_id,
                     node.status,
+                    last_run,
                     node.revision.chars().take(12).collect::<String>(),
                     tags.join(",")
                 );
             }
         }
     }
+}
+
+/// A run's time for listings: `2026-12-03 11:50:12`, UTC.
+fn run_time(unix_ms: u64) -> String {
+    crate::dashboard::format_time(unix_ms)
+        .trim_end_matches(" UTC")
+        .to_string()
 }
 
 fn print_reports(node: &str, reports: &[pb::RunReport], format: Format) {
@@ -587,21 +607,33 @@ fn print_reports(node: &str, reports: &[pb::RunReport], format: Format) {
                         .filter(|r| status(r.status) == s)
                         .count()
                 };
+                let finished =
+                    (report.started_at_unix_ms.max(0) as u64).saturating_add(report.duration_ms);
                 println!(
-                    "run {} ({}): {} changed, {} failed, {} skipped{}",
+                    "{} run {} ({}){}: {} {}, {} failed, {} skipped",
+                    run_time(finished),
                     report.run_id,
                     report.revision.chars().take(12).collect::<String>(),
+                    if report.noop { " noop" } else { "" },
                     count("changed"),
+                    if report.noop {
+                        "would change"
+                    } else {
+                        "changed"
+                    },
                     count("failed"),
                     count("skipped"),
-                    if report.noop { " (noop)" } else { "" }
                 );
                 for resource in report
                     .resources
                     .iter()
                     .filter(|r| status(r.status) != "unchanged")
                 {
-                    println!("  {} {}", status(resource.status), resource.reference);
+                    let said = match status(resource.status) {
+                        "changed" if report.noop => "would change",
+                        other => other,
+                    };
+                    println!("  {said} {}", resource.reference);
                     for line in resource.diff.lines().chain(resource.error.lines()) {
                         println!("    {line}");
                     }

@@ -13,6 +13,9 @@ pub enum NodeState {
     Enrolled,
     /// Its last run changed something.
     Changed,
+    /// Its last run was a `--noop` run that found changes to make, and
+    /// made none.
+    Pending,
     /// Its last run found nothing to do.
     Unchanged,
     /// Retired: the instance is gone.
@@ -20,10 +23,11 @@ pub enum NodeState {
 }
 
 impl NodeState {
-    pub const ALL: [NodeState; 5] = [
+    pub const ALL: [NodeState; 6] = [
         NodeState::Failed,
         NodeState::Enrolled,
         NodeState::Changed,
+        NodeState::Pending,
         NodeState::Unchanged,
         NodeState::Gone,
     ];
@@ -33,6 +37,7 @@ impl NodeState {
             (NodeStatus::Gone, _) => NodeState::Gone,
             (_, None) => NodeState::Enrolled,
             (_, Some(run)) if run.failed > 0 => NodeState::Failed,
+            (_, Some(run)) if run.changed > 0 && run.noop => NodeState::Pending,
             (_, Some(run)) if run.changed > 0 => NodeState::Changed,
             _ => NodeState::Unchanged,
         }
@@ -43,6 +48,7 @@ impl NodeState {
             NodeState::Failed => "failed",
             NodeState::Enrolled => "enrolled",
             NodeState::Changed => "changed",
+            NodeState::Pending => "pending",
             NodeState::Unchanged => "unchanged",
             NodeState::Gone => "gone",
         }
@@ -52,4 +58,48 @@ impl NodeState {
 /// The `role` tag of a node, or `""` when it has none.
 pub fn role_of(node: &NodeRecord) -> &str {
     node.tags.get("role").map_or("", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RunSummary;
+
+    fn node_after(changed: u32, failed: u32, noop: bool) -> NodeRecord {
+        NodeRecord {
+            id: "web-1".into(),
+            tags: Default::default(),
+            facts: serde_json::json!({}),
+            certificate_serial: "01".into(),
+            first_seen_unix_ms: 1,
+            last_seen_unix_ms: 2,
+            last_run: Some(RunSummary {
+                run_id: "r".into(),
+                finished_unix_ms: 3,
+                catalog_id: "c".into(),
+                revision: "abc".into(),
+                changed,
+                failed,
+                skipped: 0,
+                noop,
+            }),
+            status: NodeStatus::Active,
+            gone_since_unix_ms: None,
+            attested: Default::default(),
+            environment: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_noop_run_that_found_changes_is_pending_not_changed() {
+        assert_eq!(NodeState::of(&node_after(3, 0, true)), NodeState::Pending);
+        assert_eq!(NodeState::of(&node_after(3, 0, false)), NodeState::Changed);
+        assert_eq!(NodeState::of(&node_after(0, 0, true)), NodeState::Unchanged);
+        assert_eq!(
+            NodeState::of(&node_after(3, 1, true)),
+            NodeState::Failed,
+            "a failure outranks what a noop run would change"
+        );
+        assert_eq!(NodeState::Pending.as_str(), "pending");
+    }
 }

@@ -570,6 +570,7 @@ impl pb::admin_server::Admin for AdminService {
                             .map_or(0, |r| r.finished_unix_ms as i64),
                         changed: n.last_run.as_ref().map_or(0, |r| r.changed),
                         failed: n.last_run.as_ref().map_or(0, |r| r.failed),
+                        last_run_noop: n.last_run.as_ref().is_some_and(|r| r.noop),
                     })
                     .collect(),
             })

@@ -125,7 +125,14 @@ impl PostgresServer {
         let output = self
             .command("psql")
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", database])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
             .args(["-c", sql])
             .output()
             .context("Failed to run psql")?;
@@ -239,7 +246,10 @@ impl PostgresServer {
 
     fn command(&self, program: &str) -> Command {
         let mut command = Command::new(self.bin.join(program));
-        command.uid(self.uid).gid(self.gid).current_dir(self.folder.path());
+        command
+            .uid(self.uid)
+            .gid(self.gid)
+            .current_dir(self.folder.path());
         command
     }
 

@@ -9,7 +9,10 @@ fn a_started_postgres_answers_sql_and_keeps_data_across_a_restart() {
     let url = server.create_database().expect("create a database");
     let database = PostgresServer::database_of(&url);
     server
-        .sql(database, "CREATE TABLE t (v integer); INSERT INTO t VALUES (42)")
+        .sql(
+            database,
+            "CREATE TABLE t (v integer); INSERT INTO t VALUES (42)",
+        )
         .expect("write");
     server.stop().expect("stop");
     assert!(

@@ -104,6 +104,18 @@ impl<'t> LineIndex<'t> {
             column: column as u32,
         }
     }
+
+    /// The text of the line that holds a byte offset, without its newline.
+    pub fn line_text(&self, offset: usize) -> &'t str {
+        let offset = offset.min(self.text.len());
+        let line = self.starts.partition_point(|&start| start <= offset);
+        let start = self.starts[line - 1];
+        let end = self
+            .starts
+            .get(line)
+            .map_or(self.text.len(), |next| next - 1);
+        &self.text[start..end.max(start)]
+    }
 }
 
 /// All the problems found at once, sorted by file and position.

@@ -48,6 +48,10 @@ pub struct Repository {
     /// References of resources that failed to parse; references to them are
     /// not reported again as dangling.
     pub failed_references: BTreeSet<String>,
+    /// Data files that could not be parsed (their error is reported): the
+    /// values they hold are unknown, so a value found missing while any
+    /// exist is not reported again as undefined.
+    pub unparsed_data: BTreeSet<String>,
     /// Whether `cms.toml` was read; without it the hierarchy is a guess and
     /// compiling would report errors that are not there.
     pub settings_ok: bool,
@@ -218,6 +222,7 @@ impl Repository {
             diagnostics.push(diagnostic);
         }
         let mut data = BTreeMap::new();
+        let mut unparsed_data = BTreeSet::new();
         for (path, entry) in files.under("data/") {
             let Some(layer) = path
                 .strip_prefix("data/")
@@ -226,11 +231,14 @@ impl Repository {
                 continue;
             };
             match entry {
-                Entry::File(bytes) => {
-                    if let Some(value) = parse_data_file(path, bytes, &mut diagnostics) {
+                Entry::File(bytes) => match parse_data_file(path, bytes, &mut diagnostics) {
+                    Some(value) => {
                         data.insert(layer.to_string(), value);
                     }
-                }
+                    None => {
+                        unparsed_data.insert(path.to_string());
+                    }
+                },
                 Entry::EscapingSymlink(target) => {
                     diagnostics.push(escaping_symlink(path, target));
                 }
@@ -307,6 +315,7 @@ impl Repository {
             files,
             unparsed_roles,
             failed_references,
+            unparsed_data,
         };
         (repository, diagnostics.into_sorted())
     }
@@ -519,7 +528,49 @@ pub(crate) fn toml_diagnostic(
             ),
         );
     }
+    if message.starts_with("unexpected leading zero") {
+        let line = error.span().map_or("", |span| lines.line_text(span.start));
+        if let Some((key, value)) = line.split_once('=') {
+            let (key, value) = (key.trim(), value.trim());
+            let hint = if key == "mode" {
+                format!(
+                    "mode {value} is a number with a leading zero, which TOML refuses: write it as a string, mode = \"{value}\", so it is read as octal"
+                )
+            } else {
+                format!(
+                    "{key} = {value}: TOML refuses a number with a leading zero; write {key} = \"{value}\" for text, or the number without its leading zeros"
+                )
+            };
+            return Diagnostic::new(path, position, hint);
+        }
+    }
     Diagnostic::new(path, position, message.to_string())
+}
+
+/// A type error of a resource's field, with the field and the resource
+/// named: serde's `invalid type: string "yes", expected a boolean` says
+/// neither.
+fn name_the_field(
+    message: &str,
+    resource_type: ResourceType,
+    item: &Spanned<DeValue<'_>>,
+    error: &toml::de::Error,
+) -> Option<String> {
+    let rest = message.strip_prefix("invalid type: ")?;
+    let (found, expected) = rest.split_once(", expected ")?;
+    let offset = error.span()?.start;
+    let table = item.get_ref().as_table()?;
+    let (field, _) = table.iter().find(|(_, value)| {
+        let span = value.span();
+        span.start <= offset && offset < span.end.max(span.start + 1)
+    })?;
+    let resource = attempted_reference(resource_type, item)
+        .map(|reference| format!("`{reference}`"))
+        .unwrap_or_else(|| format!("this {resource_type}"));
+    Some(format!(
+        "field `{}` of {resource} must be {expected}, not {found}",
+        field.get_ref()
+    ))
 }
 
 fn parse_data_file(path: &str, bytes: &[u8], diagnostics: &mut Diagnostics) -> Option<Value> {
@@ -804,6 +855,10 @@ fn parse_resource(
                 let mut diagnostic = toml_diagnostic(path, lines, &error);
                 if unknown_field {
                     diagnostic.message = improve_unknown_field(&diagnostic.message, META_KEYS);
+                } else if let Some(named) =
+                    name_the_field(&diagnostic.message, resource_type, item, &error)
+                {
+                    diagnostic.message = named;
                 }
                 diagnostics.push(diagnostic);
                 failed = true;

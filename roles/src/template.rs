@@ -104,6 +104,11 @@ impl Templates {
         self.registry
             .register_template_string(name, text)
             .map_err(|error| {
+                // Refused: whatever uses it says nothing more of it.
+                self.refused.insert(name.to_string());
+                if let Some((position, message)) = unbalanced_block(text) {
+                    return Diagnostic::new(name, position, message);
+                }
                 let (line, column) = error.pos().unwrap_or((0, 0));
                 Diagnostic::new(
                     name,
@@ -111,7 +116,7 @@ impl Templates {
                         line: line as u32,
                         column: column as u32,
                     },
-                    format!("invalid template: {}", error.reason()),
+                    syntax_message(&error.reason().to_string()),
                 )
             })
     }
@@ -280,10 +285,12 @@ impl Templates {
     }
 }
 
+/// The words every "refused template" follow-on error carries, so that
+/// validation leaves them out (the template's own error is reported).
+pub(crate) const REFUSED_MARK: &str = "see the error reported for it";
+
 fn refused_message(name: &str) -> String {
-    format!(
-        "template `{name}` is refused for its nesting or partials (see the error reported for it)"
-    )
+    format!("template `{name}` is refused (see the error reported for it)")
 }
 
 /// What a template's text nests, found without parsing it: handlebars'
@@ -503,6 +510,76 @@ impl AtFieldPosition for Diagnostic {
         self.line = position.line;
         self.column = position.column;
         self
+    }
+}
+
+/// A block opened and never closed, or closed by the end of another
+/// (`{{#each}} … {{/if}}`): where it was opened and what to write. Handlebars
+/// reports these at the end of the text in its grammar's words.
+fn unbalanced_block(text: &str) -> Option<(Position, String)> {
+    let lines = LineIndex::new(text);
+    let mut open: Vec<(String, usize)> = Vec::new();
+    let mut at = 0;
+    while let Some(start) = text[at..].find("{{").map(|i| i + at) {
+        let end = text[start..].find("}}").map_or(text.len(), |i| i + start);
+        let body = text[start + 2..end]
+            .trim_start_matches(['{', '~'])
+            .trim_start();
+        at = (end + 2).min(text.len());
+        if body.starts_with('!') {
+            continue;
+        }
+        let name = |rest: &str| -> String {
+            rest.split(|c: char| c.is_whitespace() || c == '~' || c == '}')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        if let Some(rest) = body.strip_prefix('#').or_else(|| body.strip_prefix('^')) {
+            if !rest.starts_with('>') && !rest.starts_with('*') {
+                open.push((name(rest), start));
+            }
+        } else if let Some(rest) = body.strip_prefix('/') {
+            let closing = name(rest);
+            match open.pop() {
+                Some((opened, _)) if opened == closing => {}
+                Some((opened, offset)) => {
+                    let place = lines.position(offset);
+                    return Some((
+                        lines.position(start),
+                        format!(
+                            "`{{{{/{closing}}}}}` closes `{{{{#{opened}}}}}`, opened at line {}, column {}: close it with `{{{{/{opened}}}}}` first",
+                            place.line, place.column
+                        ),
+                    ));
+                }
+                None => {
+                    return Some((
+                        lines.position(start),
+                        format!(
+                            "`{{{{/{closing}}}}}` closes no open block: remove it or open one with `{{{{#{closing} …}}}}`"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    let (opened, offset) = open.pop()?;
+    Some((
+        lines.position(offset),
+        format!(
+            "`{{{{#{opened}}}}}` is never closed: add `{{{{/{opened}}}}}` where the block ends"
+        ),
+    ))
+}
+
+/// Handlebars' syntax error in our words: its parser lists every rule it
+/// expected (`expected escape, expression, html_expression, …`).
+fn syntax_message(reason: &str) -> String {
+    if reason.contains("expected escape, expression") || reason.contains("html_expression") {
+        "invalid template: a `{{` here starts nothing handlebars knows: write a value such as `{{data.port}}`, a helper call, or a block such as `{{#if …}}`; a literal `{{` is written `\\{{`".to_string()
+    } else {
+        format!("invalid template: {reason}")
     }
 }
 

@@ -22,24 +22,13 @@ use crate::secrets::SecretValues;
 /// How many tag combinations one role is compiled for at most.
 const MAX_NODES_PER_ROLE: usize = 32;
 
-/// Facts used where no real node is at hand: a small Debian instance.
-pub fn example_facts() -> BTreeMap<String, Value> {
-    let json = serde_json::json!({
-        "hostname": "example",
-        "fqdn": "example.internal",
-        "os": "debian",
-        "os_family": "debian",
-        "os_version": "12",
-        "architecture": "x86_64",
-        "cpus": 2,
-        "memory_mb": 4096,
-        "ipv4": ["192.0.2.10"],
-        "ipv6": [],
-        "instance_id": "i-0123456789abcdef0",
-        "instance_type": "t3.medium",
-        "region": "us-east-1",
-    });
-    serde_json::from_value(json).expect("example facts are an object")
+/// Whether a compile error only repeats one loading already reported: a
+/// template refused for its own error, or a value found undefined while a
+/// data file that may hold it did not parse. One root cause, one message.
+fn is_follow_on(repository: &Repository, message: &str) -> bool {
+    message.contains(crate::template::REFUSED_MARK)
+        || (!repository.unparsed_data.is_empty()
+            && message.contains("which is not defined for this node"))
 }
 
 /// Attested values used where no real node is at hand: an EC2 instance
@@ -115,7 +104,13 @@ fn validate_here(
             };
             match compile_here(repository, &node, values) {
                 Ok(catalog) => diagnostics.extend(check_catalog_size(repository, &catalog)),
-                Err(found) => diagnostics.extend(found),
+                Err(found) => {
+                    for diagnostic in found.iter() {
+                        if !is_follow_on(repository, &diagnostic.message) {
+                            diagnostics.push(diagnostic.clone());
+                        }
+                    }
+                }
             }
         }
     }
