@@ -15,6 +15,17 @@
 //! so a `GetCatalog` answered `NotModified` costs no fsync. A crash loses at
 //! most that window of last-seen times, never a node or a report. A node
 //! with an open watch channel counts as seen now.
+//!
+//! Replicas: each replica's `Fleet` holds the channels of the agents
+//! connected to it. What must reach a channel held elsewhere goes over
+//! the fleet message bus (`bus`): a converge-now for a node not connected
+//! here is asked of the others, and [`Fleet::deliver_converge_now`] waits
+//! up to [`PEER_ANSWER_TIMEOUT`] for one to say it was delivered; a
+//! trigger's report arriving at a replica that does not run the trigger is
+//! announced (ids only) and the replica waiting for it reads the report
+//! from the store; a revocation closes the channels of every replica.
+//! [`serve_bus`] acts on the others' messages. A server alone has a local
+//! bus: nothing is sent, nothing is waited for.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,12 +36,16 @@ use cms_proto::report::{ResourceStatus, RunRecord};
 use cms_proto::v1 as pb;
 use tokio::sync::{oneshot, watch};
 
+use crate::bus::{Bus, Incoming, Message};
 use crate::clock::now_unix_ms;
 use crate::metrics::FleetCounters;
 use crate::store::{NodeRecord, NodeStatus, TriggerOutcome, TriggerRecord};
 
 /// How many converge-now commands may wait for one agent's channel.
 pub const WATCH_QUEUE: usize = 4;
+/// How long a converge-now for a node connected to no channel here waits
+/// for another replica to say it delivered it.
+pub const PEER_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where converge-now commands for one held channel wait until its task
 /// writes them. A few bytes while empty (an mpsc channel would allocate a
@@ -59,11 +74,12 @@ impl WatchSlot {
     }
 
     /// Whether the channel was asked to check its certificate again.
-    pub(crate) fn is_closing(&self) -> bool {
+    pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn take(&self) -> Vec<pb::ConvergeNow> {
+    /// The commands waiting, taken out (what the channel writes next).
+    pub fn take(&self) -> Vec<pb::ConvergeNow> {
         self.pending
             .lock()
             .expect("watch slot lock")
@@ -89,6 +105,11 @@ pub struct Fleet {
     /// Progress of the triggers running in this process.
     running: Mutex<HashMap<String, watch::Receiver<pb::TriggerProgress>>>,
     pub counters: FleetCounters,
+    /// The other replicas, if any.
+    bus: Bus,
+    /// Converge-nows asked of the other replicas, waiting for an answer.
+    asks: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    next_ask: AtomicU64,
 }
 
 /// Unregisters a watch channel when dropped.
@@ -135,6 +156,20 @@ impl Fleet {
         }
     }
 
+    /// A registry that reaches the other replicas over `bus`.
+    pub fn with_bus(counters: FleetCounters, bus: Bus) -> Fleet {
+        Fleet {
+            counters,
+            bus,
+            ..Fleet::default()
+        }
+    }
+
+    /// The bus to the other replicas (local for a server alone).
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
     /// Registers an agent's watch channel; it stays registered until the
     /// guard is dropped.
     pub fn register_watch(self: &Arc<Self>, node_id: &str, slot: Arc<WatchSlot>) -> WatchGuard {
@@ -154,9 +189,16 @@ impl Fleet {
         }
     }
 
-    /// Tells a revoked node's channels to check their certificate again
-    /// now rather than at their next heartbeat.
+    /// Tells a revoked node's channels, on every replica, to check their
+    /// certificate again now rather than at their next heartbeat.
     pub fn close_watches(&self, node_id: &str) {
+        self.close_watches_here(node_id);
+        self.bus.publish(Message::CloseWatches {
+            node: node_id.to_string(),
+        });
+    }
+
+    fn close_watches_here(&self, node_id: &str) {
         if let Some(slots) = self.watchers.lock().expect("watchers lock").get(node_id) {
             for (_, slot) in slots {
                 slot.closing.store(true, Ordering::Relaxed);
@@ -176,7 +218,49 @@ impl Fleet {
         self.watchers.lock().expect("watchers lock").len()
     }
 
-    /// Tells a node to converge now; false when it holds no watch channel.
+    /// Tells a node to converge now, through the replica holding its
+    /// channel: true once delivered; false when no replica said so within
+    /// [`PEER_ANSWER_TIMEOUT`] (the node holds no channel).
+    pub async fn deliver_converge_now(&self, node_id: &str, trigger_id: &str, noop: bool) -> bool {
+        if self.converge_now(node_id, trigger_id, noop) {
+            return true;
+        }
+        if !self.bus.is_shared() {
+            return false;
+        }
+        let ask = self.next_ask.fetch_add(1, Ordering::Relaxed) + 1;
+        let (answer, answered) = oneshot::channel();
+        self.asks.lock().expect("asks lock").insert(ask, answer);
+        self.bus.publish(Message::ConvergeNow {
+            from: self.bus.replica().to_string(),
+            ask,
+            node: node_id.to_string(),
+            trigger: trigger_id.to_string(),
+            noop,
+        });
+        let delivered = tokio::time::timeout(PEER_ANSWER_TIMEOUT, answered)
+            .await
+            .is_ok_and(|answer| answer.is_ok());
+        self.asks.lock().expect("asks lock").remove(&ask);
+        delivered
+    }
+
+    /// Tells a node to converge now, here or through another replica,
+    /// without waiting to hear whether it was delivered.
+    pub fn ask_converge_now(&self, node_id: &str, trigger_id: &str, noop: bool) {
+        if !self.converge_now(node_id, trigger_id, noop) {
+            self.bus.publish(Message::ConvergeNow {
+                from: self.bus.replica().to_string(),
+                ask: 0,
+                node: node_id.to_string(),
+                trigger: trigger_id.to_string(),
+                noop,
+            });
+        }
+    }
+
+    /// Tells a node to converge now over a channel held by this replica;
+    /// false when it holds none here.
     pub fn converge_now(&self, node_id: &str, trigger_id: &str, noop: bool) -> bool {
         let slots: Vec<Arc<WatchSlot>> = self
             .watchers
@@ -203,6 +287,20 @@ impl Fleet {
         let mut seen = self.seen.lock().expect("seen lock");
         let entry = seen.entry(node_id.to_string()).or_insert(at_unix_ms);
         *entry = (*entry).max(at_unix_ms);
+    }
+
+    /// Notes every node holding a channel here as seen at `at_unix_ms`.
+    pub fn note_connected_seen(&self, at_unix_ms: u64) {
+        let connected: Vec<String> = self
+            .watchers
+            .lock()
+            .expect("watchers lock")
+            .keys()
+            .cloned()
+            .collect();
+        for node in connected {
+            self.note_seen(&node, at_unix_ms);
+        }
     }
 
     /// Notes a node's new facts (and that it called), written with the next
@@ -273,19 +371,44 @@ impl Fleet {
         }
     }
 
-    /// A report arrived: tell the trigger waiting for it, if any.
+    /// A report arrived: tell the trigger waiting for it, here or on
+    /// another replica (which reads the report from the store).
     pub fn report_arrived(&self, trigger_id: &str, node_id: &str, outcome: TriggerOutcome) {
+        let run = outcome.run_id.clone();
+        if !self.resolve_waiter(trigger_id, node_id, outcome) {
+            self.bus.publish(Message::ReportArrived {
+                trigger: trigger_id.to_string(),
+                node: node_id.to_string(),
+                run,
+            });
+        }
+    }
+
+    /// Hands `outcome` to the trigger of this replica waiting for it; false
+    /// when none waits here.
+    fn resolve_waiter(&self, trigger_id: &str, node_id: &str, outcome: TriggerOutcome) -> bool {
         let waiter = self
             .waiting
             .lock()
             .expect("waiting lock")
             .remove(&(trigger_id.to_string(), node_id.to_string()));
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(outcome);
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(outcome);
+                true
+            }
+            None => false,
         }
     }
 
-    pub(crate) fn wait_for_report(
+    fn is_waiting(&self, trigger_id: &str, node_id: &str) -> bool {
+        self.waiting
+            .lock()
+            .expect("waiting lock")
+            .contains_key(&(trigger_id.to_string(), node_id.to_string()))
+    }
+
+    pub fn wait_for_report(
         &self,
         trigger_id: &str,
         node_id: &str,
@@ -332,6 +455,77 @@ impl Fleet {
             .expect("running lock")
             .get(trigger_id)
             .cloned()
+    }
+}
+
+/// Acts on the other replicas' messages until the bus ends: delivers
+/// converge-nows to the channels held here (and says so), hands reports to
+/// the triggers waiting here, closes revoked nodes' channels, and passes
+/// environment changes to `on_environment` (a name, or `None` for all
+/// after a reconnection).
+pub async fn serve_bus(
+    fleet: Arc<Fleet>,
+    store: crate::store::SharedStore,
+    mut incoming: Incoming,
+    on_environment: impl Fn(Option<String>) + Send + 'static,
+) {
+    while let Some(message) = incoming.recv().await {
+        match message {
+            Message::ConvergeNow {
+                from,
+                ask,
+                node,
+                trigger,
+                noop,
+            } => {
+                if fleet.converge_now(&node, &trigger, noop) && ask != 0 {
+                    fleet.bus.publish(Message::Delivered { to: from, ask });
+                }
+            }
+            Message::Delivered { to, ask } => {
+                if to == fleet.bus.replica()
+                    && let Some(answer) = fleet.asks.lock().expect("asks lock").remove(&ask)
+                {
+                    let _ = answer.send(());
+                }
+            }
+            Message::ReportArrived { trigger, node, run } => {
+                if !fleet.is_waiting(&trigger, &node) {
+                    continue;
+                }
+                let fleet = fleet.clone();
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let read = {
+                        let node = node.clone();
+                        tokio::task::spawn_blocking(move || store.report(&node, &run)).await
+                    };
+                    match read {
+                        Ok(Ok(Some(stored))) => {
+                            fleet.resolve_waiter(&trigger, &node, outcome_of(&stored.report));
+                        }
+                        Ok(Ok(None)) => {
+                            tracing::warn!(
+                                trigger,
+                                node,
+                                "a report announced by another replica is not in the store"
+                            )
+                        }
+                        Ok(Err(error)) => {
+                            tracing::warn!(
+                                trigger,
+                                node,
+                                "Failed to read a report announced by another replica: {error}"
+                            )
+                        }
+                        Err(error) => tracing::warn!("Failed to read a report: {error}"),
+                    }
+                });
+            }
+            Message::CloseWatches { node } => fleet.close_watches_here(&node),
+            Message::EnvironmentChanged { environment } => on_environment(Some(environment)),
+            Message::Reconnected => on_environment(None),
+        }
     }
 }
 

@@ -185,10 +185,14 @@ impl Nodes {
     }
 }
 
-/// Writes last-seen times, marks nodes gone and removes them, until stop.
+/// Writes last-seen times, and on the leading replica (`locks`) marks
+/// nodes gone and removes them, until stop. With replicas, the nodes whose
+/// channel this replica holds are noted seen every pass, so that the
+/// leader, which does not hold their channels, reads them as alive.
 pub async fn lifecycle_loop(
     nodes: Nodes,
     config: LifecycleConfig,
+    locks: crate::leader::Locks,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let tick = (config.gone_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
@@ -207,6 +211,12 @@ pub async fn lifecycle_loop(
         nodes.flush_seen().await;
         if last_check.elapsed() >= tick {
             last_check = tokio::time::Instant::now();
+            if nodes.fleet.bus().is_shared() {
+                nodes.fleet.note_connected_seen(nodes.clock.now_unix_ms());
+            }
+            if !locks.is_leader() {
+                continue;
+            }
             let pass = nodes.clone();
             match tokio::task::spawn_blocking(move || pass.apply_lifecycle(&config)).await {
                 Ok(Ok(())) => {}

@@ -12,11 +12,13 @@
 //!
 //! A place is a **lease**: one per node, renewed by asking again, freed by
 //! release or when it expires, so a node that dies holding one blocks no
-//! one for long. Leases live in this server's memory only: a restarted
+//! one for long. A server alone keeps its leases in memory: a restarted
 //! server starts with every place free (at worst, one more round of
-//! restarts than the budget for up to one hold time), and servers sharing
-//! a fleet would each count their own; keeping them in a shared store is
-//! later work.
+//! restarts than the budget for up to one hold time). Replicas sharing a
+//! PostgreSQL store keep them in the database (`restart_leases`), read,
+//! decided and written back in one transaction under a lock, so every
+//! replica counts the same places; the places-held gauge of a replica
+//! shows the leases as of its last acquire or release.
 //!
 //! The decision ([`RestartBudget::acquire`]) is pure over the groups the
 //! caller hands in; [`group_sizes`] and [`budgeted_groups`] find them from
@@ -127,6 +129,86 @@ pub struct RestartBudget {
     state: Mutex<State>,
     /// Group sizes by (environment, commit).
     sizes: Mutex<HashMap<(String, String), Counted>>,
+    /// Where replicas keep the leases; `None`: in `state`.
+    shared: Option<crate::restart_leases::SharedLeases>,
+}
+
+/// The decision of an acquire over `state`'s leases.
+fn decide_acquire(state: &mut State, ask: &Ask, now: u64, expires_unix_ms: u64) -> Answer {
+    state.leases.retain(|_, lease| lease.expires_unix_ms > now);
+    let roles: Vec<String> = ask.groups.iter().map(|g| g.role.clone()).collect();
+    if let Some(lease) = state.leases.get_mut(&ask.node_id) {
+        lease.expires_unix_ms = expires_unix_ms;
+        lease.environment = ask.environment.clone();
+        lease.roles = roles;
+        let lease_id = lease.id.clone();
+        let reason = format!("renewed: {}", held_text(&ask.groups, state, ask));
+        tracing::debug!(node = %ask.node_id, unit = %ask.unit, lease = %lease_id, "restart place renewed");
+        return Answer::Granted {
+            lease_id,
+            expires_unix_ms,
+            reason,
+        };
+    }
+    let full: Vec<String> = ask
+        .groups
+        .iter()
+        .filter_map(|group| {
+            let taken = taken(state, &ask.environment, &group.role, &ask.node_id);
+            (taken >= group.places()).then(|| {
+                format!(
+                    "role {}: {taken} of {} places taken ({})",
+                    group.role,
+                    group.places(),
+                    group.budget_text()
+                )
+            })
+        })
+        .collect();
+    if !full.is_empty() {
+        let reason = full.join("; ");
+        tracing::info!(node = %ask.node_id, unit = %ask.unit, environment = %ask.environment, "restart refused: {reason}");
+        return Answer::Refused {
+            retry_after_ms: retry_after_ms(),
+            reason,
+        };
+    }
+    let lease_id = new_lease_id();
+    state.leases.insert(
+        ask.node_id.clone(),
+        Lease {
+            id: lease_id.clone(),
+            environment: ask.environment.clone(),
+            roles: roles.clone(),
+            expires_unix_ms,
+        },
+    );
+    for role in roles {
+        state.groups_seen.insert((ask.environment.clone(), role));
+    }
+    let reason = held_text(&ask.groups, state, ask);
+    tracing::info!(node = %ask.node_id, unit = %ask.unit, environment = %ask.environment, lease = %lease_id, "restart granted: {reason}");
+    Answer::Granted {
+        lease_id,
+        expires_unix_ms,
+        reason,
+    }
+}
+
+/// The decision of a release over `state`'s leases.
+fn decide_release(state: &mut State, node_id: &str, lease_id: &str) -> Released {
+    let held = state
+        .leases
+        .get(node_id)
+        .is_some_and(|lease| !lease_id.is_empty() && lease.id == lease_id);
+    if held {
+        state.leases.remove(node_id);
+        tracing::info!(node = %node_id, lease = %lease_id, "restart place released");
+        Released::Released
+    } else {
+        tracing::debug!(node = %node_id, lease = %lease_id, "restart release of a lease not held");
+        Released::NotHeld
+    }
 }
 
 /// Group sizes and when they were counted (unix ms).
@@ -145,14 +227,9 @@ struct State {
     groups_seen: BTreeSet<(String, String)>,
 }
 
-#[derive(Debug, Clone)]
-struct Lease {
-    id: String,
-    environment: String,
-    /// The roles whose groups the lease holds a place in.
-    roles: Vec<String>,
-    expires_unix_ms: u64,
-}
+/// A lease: its id, environment, the roles whose groups it holds a place
+/// in, and when it expires.
+type Lease = crate::restart_leases::StoredLease;
 
 impl RestartBudget {
     pub fn new(clock: SharedClock) -> RestartBudget {
@@ -160,7 +237,41 @@ impl RestartBudget {
             clock,
             state: Mutex::new(State::default()),
             sizes: Mutex::new(HashMap::new()),
+            shared: None,
         }
+    }
+
+    /// Leases shared by the replicas of the PostgreSQL database at `url`.
+    pub fn shared(clock: SharedClock, url: &str) -> std::io::Result<RestartBudget> {
+        Ok(RestartBudget {
+            shared: Some(crate::restart_leases::SharedLeases::new(url)?),
+            ..RestartBudget::new(clock)
+        })
+    }
+
+    /// Runs `decide` over the leases: this server's, or the replicas'
+    /// shared ones (then a copy is kept in `state` for the gauge).
+    fn with_state<T: Send + 'static>(
+        &self,
+        decide: impl FnOnce(&mut State) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let Some(shared) = &self.shared else {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            return Ok(decide(&mut state));
+        };
+        let (answer, leases, seen) = shared.with_leases(move |stored| {
+            let mut state = State {
+                leases: std::mem::take(stored),
+                groups_seen: BTreeSet::new(),
+            };
+            let answer = decide(&mut state);
+            *stored = state.leases.clone();
+            (answer, state.leases, state.groups_seen)
+        })?;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.leases = leases;
+        state.groups_seen.extend(seen);
+        Ok(answer)
     }
 
     /// Grants `ask` a place in every group it names, or refuses it, saying
@@ -181,83 +292,31 @@ impl RestartBudget {
             seconds => Duration::from_secs(u64::from(seconds)).min(MAX_HOLD),
         };
         let expires_unix_ms = now.saturating_add(hold.as_millis() as u64);
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.leases.retain(|_, lease| lease.expires_unix_ms > now);
-        let roles: Vec<String> = ask.groups.iter().map(|g| g.role.clone()).collect();
-        if let Some(lease) = state.leases.get_mut(&ask.node_id) {
-            lease.expires_unix_ms = expires_unix_ms;
-            lease.environment = ask.environment.clone();
-            lease.roles = roles;
-            let lease_id = lease.id.clone();
-            let reason = format!("renewed: {}", held_text(&ask.groups, &state, ask));
-            tracing::debug!(node = %ask.node_id, unit = %ask.unit, lease = %lease_id, "restart place renewed");
-            return Answer::Granted {
-                lease_id,
-                expires_unix_ms,
-                reason,
-            };
-        }
-        let full: Vec<String> = ask
-            .groups
-            .iter()
-            .filter_map(|group| {
-                let taken = taken(&state, &ask.environment, &group.role, &ask.node_id);
-                (taken >= group.places()).then(|| {
-                    format!(
-                        "role {}: {taken} of {} places taken ({})",
-                        group.role,
-                        group.places(),
-                        group.budget_text()
-                    )
-                })
+        let owned = ask.clone();
+        self.with_state(move |state| decide_acquire(state, &owned, now, expires_unix_ms))
+            .unwrap_or_else(|problem| {
+                tracing::warn!(node = %ask.node_id, "restart refused: {problem}");
+                Answer::Refused {
+                    retry_after_ms: retry_after_ms(),
+                    reason: format!(
+                        "the restart places are kept in the database, which cannot be reached now ({problem})"
+                    ),
+                }
             })
-            .collect();
-        if !full.is_empty() {
-            let reason = full.join("; ");
-            tracing::info!(node = %ask.node_id, unit = %ask.unit, environment = %ask.environment, "restart refused: {reason}");
-            return Answer::Refused {
-                retry_after_ms: retry_after_ms(),
-                reason,
-            };
-        }
-        let lease_id = new_lease_id();
-        state.leases.insert(
-            ask.node_id.clone(),
-            Lease {
-                id: lease_id.clone(),
-                environment: ask.environment.clone(),
-                roles: roles.clone(),
-                expires_unix_ms,
-            },
-        );
-        for role in roles {
-            state.groups_seen.insert((ask.environment.clone(), role));
-        }
-        let reason = held_text(&ask.groups, &state, ask);
-        tracing::info!(node = %ask.node_id, unit = %ask.unit, environment = %ask.environment, lease = %lease_id, "restart granted: {reason}");
-        Answer::Granted {
-            lease_id,
-            expires_unix_ms,
-            reason,
-        }
     }
 
     /// Frees `node_id`'s lease `lease_id`. Releasing a lease already
-    /// released or expired, or another node's, changes nothing.
+    /// released or expired, or another node's, changes nothing. Blocks
+    /// when the leases are shared.
     pub fn release(&self, node_id: &str, lease_id: &str) -> Released {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let held = state
-            .leases
-            .get(node_id)
-            .is_some_and(|lease| !lease_id.is_empty() && lease.id == lease_id);
-        if held {
-            state.leases.remove(node_id);
-            tracing::info!(node = %node_id, lease = %lease_id, "restart place released");
-            Released::Released
-        } else {
-            tracing::debug!(node = %node_id, lease = %lease_id, "restart release of a lease not held");
-            Released::NotHeld
-        }
+        let (node_id, lease_id) = (node_id.to_string(), lease_id.to_string());
+        self.with_state(move |state| decide_release(state, &node_id, &lease_id))
+            .unwrap_or_else(|problem| {
+                tracing::warn!(
+                    "Failed to release a restart place (it expires on its own): {problem}"
+                );
+                Released::NotHeld
+            })
     }
 
     /// Places held now, by (environment, role), 0 for a group that held

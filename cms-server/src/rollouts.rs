@@ -125,6 +125,9 @@ pub struct Rollouts {
     pub secrets: Arc<ServerSecrets>,
     /// The control channel of each rollout driven in this process.
     pub(crate) drivers: Arc<Mutex<HashMap<String, watch::Sender<Control>>>>,
+    /// Whether this replica leads: with replicas, only the leader decides
+    /// what a new commit becomes; the others follow the stored record.
+    pub locks: crate::leader::Locks,
 }
 
 /// The policy of a repository's `[rollout]`, as a rollout records it.
@@ -244,6 +247,10 @@ impl Rollouts {
     /// The sync task accepted `revision` for `environment`: make it stable,
     /// start a rollout, or leave it waiting for the active one.
     pub async fn commit_accepted(&self, environment: &Arc<Environment>, revision: Revision) {
+        if !self.decides() {
+            self.follow_store(environment).await;
+            return;
+        }
         let mut record = environment.record.lock().await;
         record.name = environment.name.clone();
         let Some(stable) = environment.stable.current() else {
@@ -308,13 +315,188 @@ impl Rollouts {
         }
     }
 
-    /// Writes `record`; a failure is logged (the rollout goes on in
-    /// memory, as a trigger does).
+    /// Whether this replica decides what new commits become: a server
+    /// alone, or the leading replica.
+    pub fn decides(&self) -> bool {
+        self.locks.is_local() || self.locks.is_leader()
+    }
+
+    /// On a replica that became leader: `commit`, the head of the branch
+    /// its mirror holds, is decided (made stable or rolled out) unless the
+    /// environment already serves it, rolls it out or refused it.
+    pub async fn decide_undecided(&self, environment: &Arc<Environment>, commit: &str) {
+        {
+            let record = environment.record.lock().await;
+            let known = record.stable == commit
+                || record.rollouts.iter().any(|rollout| rollout.to == commit)
+                || environment
+                    .pending
+                    .lock()
+                    .expect("pending lock")
+                    .as_ref()
+                    .is_some_and(|pending| pending.commit == commit);
+            if known {
+                return;
+            }
+        }
+        let Some(mirror) = self.mirror.clone() else {
+            return;
+        };
+        let (secrets, wanted) = (self.secrets.clone(), commit.to_string());
+        match tokio::task::spawn_blocking(move || load_revision(&mirror, &secrets, &wanted)).await {
+            Ok(Ok(revision)) => {
+                tracing::info!(environment = %environment.name, commit, "a commit fetched while another replica led is decided now");
+                self.commit_accepted(environment, revision).await;
+            }
+            Ok(Err(problem)) => {
+                tracing::warn!(environment = %environment.name, "Failed to load commit {commit}: {problem}")
+            }
+            Err(error) => tracing::warn!("Failed to load a commit: {error}"),
+        }
+    }
+
+    /// On a replica that just became leader: a rollout the stored records
+    /// show running (or baking, or rolling back) that no driver of this
+    /// replica runs was left by the leader before, which died: it is
+    /// paused (or finished as rolled back) where it stood, as a restarted
+    /// server does (`interrupt_active`), for an operator to resume.
+    pub async fn take_over_rollouts(&self) {
+        for environment in self.environments.iter() {
+            self.follow_store(environment).await;
+            let mut record = environment.record.lock().await;
+            let driven = {
+                let drivers = self.drivers.lock().expect("drivers lock");
+                record
+                    .active()
+                    .is_some_and(|active| drivers.contains_key(&active.id))
+            };
+            if driven || !interrupt_active(&mut record, self.clock.now_unix_ms()) {
+                continue;
+            }
+            if let Some(rollout) = record.rollouts.last_mut() {
+                rollout.message = rollout
+                    .message
+                    .replace("the server restarted", "the replica that led stopped");
+            }
+            tracing::warn!(environment = %environment.name, "a rollout left by the replica that led before is interrupted");
+            self.save(&record).await;
+        }
+    }
+
+    /// Another replica changed environment `name`'s record (all of them
+    /// for `None`, after the bus reconnected): it is read again in the
+    /// background.
+    pub fn environment_changed(&self, name: Option<String>) {
+        let rollouts = self.clone();
+        tokio::spawn(async move {
+            for environment in rollouts.environments.iter() {
+                if name.as_ref().is_none_or(|name| *name == environment.name) {
+                    rollouts.follow_store(environment).await;
+                }
+            }
+        });
+    }
+
+    /// Makes `environment` serve what its stored record says (stable
+    /// revision, rollout, pins), unless this replica drives its rollout
+    /// (then it is the one writing the record). A revision this replica's
+    /// mirror does not have yet leaves the environment as it is: its next
+    /// sync fetches the commit and calls this again.
+    pub async fn follow_store(&self, environment: &Arc<Environment>) {
+        let mut record = environment.record.lock().await;
+        let driving = {
+            let drivers = self.drivers.lock().expect("drivers lock");
+            record
+                .active()
+                .is_some_and(|active| drivers.contains_key(&active.id))
+        };
+        if driving {
+            return;
+        }
+        let store = self.store.clone();
+        let name = environment.name.clone();
+        let stored = match tokio::task::spawn_blocking(move || store.environment(&name)).await {
+            Ok(Ok(Some(stored))) => stored,
+            Ok(Ok(None)) => return,
+            Ok(Err(error)) => {
+                tracing::warn!(environment = %environment.name, "Failed to read the environment another replica changed: {error}");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!("Failed to read an environment: {error}");
+                return;
+            }
+        };
+        let in_use = environment.revisions_in_use();
+        if stored == *record && in_use.iter().any(|r| r.commit == stored.stable) {
+            return;
+        }
+        let (mirror, secrets) = (self.mirror.clone(), self.secrets.clone());
+        let wanted = stored.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let load = |commit: &str| -> Result<Revision, String> {
+                if let Some(revision) = in_use.iter().find(|r| r.commit == commit) {
+                    return Ok(revision.clone());
+                }
+                let mirror = mirror
+                    .as_ref()
+                    .ok_or_else(|| "a plain folder has only the revision it serves".to_string())?;
+                load_revision(mirror, &secrets, commit)
+            };
+            let stable = (!wanted.stable.is_empty())
+                .then(|| load(&wanted.stable))
+                .transpose()?;
+            let mut placement = crate::environments::Placement::default();
+            if let Some(active) = wanted.active() {
+                placement.rollout = Some(Moved {
+                    rollout_id: active.id.clone(),
+                    to: load(&active.to)?,
+                    nodes: active.moved.clone(),
+                });
+            }
+            for pin in &wanted.pins {
+                placement.pins.push(PinnedRevision {
+                    selector: pin.selector.clone(),
+                    revision: load(&pin.commit)?,
+                });
+            }
+            Ok::<_, String>((stable, placement))
+        })
+        .await;
+        match loaded {
+            Ok(Ok((stable, placement))) => {
+                if let Some(stable) = stable
+                    && environment
+                        .stable
+                        .current()
+                        .is_none_or(|r| r.commit != stable.commit)
+                {
+                    tracing::info!(environment = %environment.name, commit = %stable.commit, "serving the revision another replica made stable");
+                    environment.stable.replace(stable);
+                }
+                environment.update_placement(|current| *current = placement);
+                self.metrics.pins(&environment.name, stored.pins.len());
+                *record = stored;
+            }
+            Ok(Err(problem)) => {
+                tracing::info!(environment = %environment.name, "the environment another replica changed waits for this replica's next sync: {problem}")
+            }
+            Err(error) => tracing::warn!("Failed to load an environment's revisions: {error}"),
+        }
+    }
+
+    /// Writes `record` and tells the other replicas; a failure is logged
+    /// (the rollout goes on in memory, as a trigger does).
     async fn save(&self, record: &EnvironmentRecord) {
         let store = self.store.clone();
         let copy = record.clone();
         match tokio::task::spawn_blocking(move || store.put_environment(&copy)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => self
+                .fleet
+                .bus()
+                .publish(crate::bus::Message::EnvironmentChanged {
+                    environment: record.name.clone(),
+                }),
             Ok(Err(error)) => tracing::warn!(
                 "Failed to store environment {}: {}",
                 record.name,
@@ -659,14 +841,16 @@ impl Rollouts {
         let mut waiting: BTreeSet<String> = BTreeSet::new();
         for node in nodes {
             let receiver = self.fleet.wait_for_report(trigger_id, &node);
-            if !self.fleet.converge_now(&node, trigger_id, false) {
-                self.fleet.stop_waiting(trigger_id, &node);
-                self.record_outcome(environment, id, &node, unreachable_outcome(), slot)
-                    .await;
-                continue;
-            }
             waiting.insert(node.clone());
+            let fleet = self.fleet.clone();
+            let trigger_id = trigger_id.to_string();
+            // Delivered concurrently: a node whose channel another replica
+            // holds takes up to `PEER_ANSWER_TIMEOUT` to confirm; one no
+            // replica holds is unreachable.
             pending.spawn(async move {
+                if !fleet.deliver_converge_now(&node, &trigger_id, false).await {
+                    return (node, None);
+                }
                 let outcome = tokio::time::timeout(timeout, receiver).await;
                 (node, outcome.ok().and_then(Result::ok))
             });
@@ -924,7 +1108,7 @@ impl Rollouts {
                     .collect();
                 let trigger_id = format!("{id}-late");
                 for node in &late {
-                    self.fleet.converge_now(node, &trigger_id, false);
+                    self.fleet.ask_converge_now(node, &trigger_id, false);
                 }
                 if !late.is_empty() {
                     tracing::info!(environment = %environment.name, rollout = %id, nodes = late.len(), "nodes that enrolled during the rollout are asked to converge");
@@ -1108,7 +1292,7 @@ impl Rollouts {
             .map(|node| node.id)
             .collect();
         for node in &nodes {
-            self.fleet.converge_now(node, reason, false);
+            self.fleet.ask_converge_now(node, reason, false);
         }
         nodes
     }
@@ -1456,6 +1640,7 @@ pub fn restore_environment(
     secrets: &Arc<ServerSecrets>,
     legacy_current: Option<String>,
     now_unix_ms: u64,
+    interrupt_rollouts: bool,
 ) -> Environment {
     let mut record = match store.environment(&spec.name) {
         Ok(Some(record)) => record,
@@ -1476,7 +1661,8 @@ pub fn restore_environment(
             }
         }
     };
-    if interrupt_active(&mut record, now_unix_ms)
+    if interrupt_rollouts
+        && interrupt_active(&mut record, now_unix_ms)
         && let Err(error) = store.put_environment(&record)
     {
         tracing::warn!("Failed to store environment {}: {error}", spec.name);

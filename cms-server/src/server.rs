@@ -30,6 +30,7 @@ use crate::dashboard::DashboardApi;
 use crate::enrollment::Enrollment;
 use crate::fleet::Fleet;
 use crate::http::{MetricsApi, WebhookApi};
+use crate::leader::Locks;
 use crate::listener::{
     Accepted, ConnectionLimits, Identify, accept_connections, grpc_tls_from_ca, http_tls_config,
 };
@@ -135,6 +136,17 @@ impl ServeConfig {
             secrets: crate::secrets::SecretsConfig::default(),
         }
     }
+
+    /// The PostgreSQL URL the replicas share, if the store is one: this
+    /// server is then one replica among others sharing that database
+    /// (fleet messages over LISTEN/NOTIFY, the lifecycle work on the
+    /// leader only); otherwise a server alone.
+    pub fn shared_database(&self) -> Option<&str> {
+        match &self.store.location {
+            Some(crate::store::StoreLocation::Postgres(url)) => Some(url),
+            _ => None,
+        }
+    }
 }
 
 /// Node certificates live a day; agents renew them when two thirds of
@@ -219,10 +231,23 @@ pub async fn run_prepared(
         environments,
     } = prepared;
     let clock: SharedClock = crate::clock::system();
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    // Replicas sharing a database reach each other over it; a server alone
+    // leads and tells no one.
+    let (bus, incoming, locks) = match config.shared_database() {
+        Some(url) => {
+            let (bus, incoming) = crate::bus::Bus::postgres(url, stop.clone());
+            (bus, Some(incoming), Locks::postgres(url, stop.clone()))
+        }
+        None => {
+            crate::triggers::interrupt_running(&*store, &*clock)?;
+            (crate::bus::Bus::local(), None, Locks::local())
+        }
+    };
     let fleet_counters = FleetCounters::default();
     let mut metrics = Metrics::new();
     metrics.register_fleet(&fleet_counters);
-    let fleet = Arc::new(Fleet::new(fleet_counters));
+    let fleet = Arc::new(Fleet::with_bus(fleet_counters, bus));
     let catalogs = Arc::new(
         Catalogs::new(
             10_000,
@@ -231,7 +256,11 @@ pub async fn run_prepared(
         .observe_compiles(metrics.compile_duration()),
     );
     let metrics = Arc::new(metrics);
-    let restart_budget = Arc::new(crate::restart_budget::RestartBudget::new(clock.clone()));
+    // Replicas share their restart places through the database.
+    let restart_budget = Arc::new(match config.shared_database() {
+        Some(url) => crate::restart_budget::RestartBudget::shared(clock.clone(), url)?,
+        None => crate::restart_budget::RestartBudget::new(clock.clone()),
+    });
     // The default environment's stable revision: what the dashboard and
     // the metrics show as served.
     let revision = environments.default_environment().stable.clone();
@@ -261,11 +290,13 @@ pub async fn run_prepared(
         aws: config.aws.clone(),
         environments: environments.config().clone(),
     };
+    let (fleet_for_bus, store_for_bus) = (fleet.clone(), store.clone());
     let triggers = Triggers {
         store: store.clone(),
         fleet: fleet.clone(),
         clock: clock.clone(),
         default_timeout: config.trigger_timeout,
+        locks: locks.clone(),
     };
 
     let mut names = vec!["localhost".to_string()];
@@ -280,7 +311,6 @@ pub async fn run_prepared(
     let server_credential = ca.issue_server_certificate(&names, &addresses)?;
     let tls = grpc_tls_from_ca(&ca, &server_credential)?;
 
-    let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     // Every environment's branch is in the one mirror, read with the one
     // identity: the first source gives both.
@@ -319,12 +349,16 @@ pub async fn run_prepared(
         mirror,
         secrets: secrets.clone(),
         drivers: Default::default(),
+        locks: locks.clone(),
     };
     tasks.spawn(refresh_secrets_loop(
         secrets,
         environments.clone(),
         stop.clone(),
     ));
+    // The first sync decides what a new commit becomes only on the
+    // leader: who leads is known first.
+    locks.settled(Duration::from_secs(5)).await;
     tasks.spawn(crate::sync::sync_loop(
         Syncing {
             store: store.clone(),
@@ -345,8 +379,25 @@ pub async fn run_prepared(
             remove_after: config.remove_after,
             presence_flush: config.presence_flush,
         },
+        locks.clone(),
         stop.clone(),
     ));
+    if let Some(incoming) = incoming {
+        let reload = rollouts.clone();
+        tasks.spawn(async move {
+            crate::fleet::serve_bus(fleet_for_bus, store_for_bus, incoming, move |environment| {
+                reload.environment_changed(environment)
+            })
+            .await;
+            Ok(())
+        });
+        tasks.spawn(orphan_triggers_loop(triggers.clone(), stop.clone()));
+        tasks.spawn(take_over_on_leading(
+            rollouts.clone(),
+            locks.leader(),
+            stop.clone(),
+        ));
+    }
     if let Some(http_listener) = http_listener {
         let http_tls = if config.http_tls {
             Some(http_tls_config(
@@ -498,6 +549,56 @@ pub async fn run_prepared(
         result.context("A server task panicked")??;
     }
     Ok(())
+}
+
+/// Each time this replica becomes the leader, takes over what the leader
+/// before left (`Rollouts::take_over_rollouts`).
+async fn take_over_on_leading(
+    rollouts: Rollouts,
+    mut leader: tokio::sync::watch::Receiver<bool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            changed = leader.wait_for(|leads| *leads) => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        rollouts.take_over_rollouts().await;
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            changed = leader.wait_for(|leads| !*leads) => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// On the leading replica, marks interrupted the triggers whose replica
+/// died (`Triggers::interrupt_orphans`), every half `ORPHAN_GRACE`.
+async fn orphan_triggers_loop(
+    triggers: Triggers,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut interval = tokio::time::interval(crate::triggers::ORPHAN_GRACE / 2);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            _ = interval.tick() => {}
+        }
+        if !triggers.locks.is_leader() {
+            continue;
+        }
+        if let Err(error) = triggers.interrupt_orphans().await {
+            tracing::warn!("Failed to look for triggers left by a stopped replica: {error:#}");
+        }
+    }
 }
 
 /// Fetches the serving revision's AWS secrets again when they are older

@@ -431,8 +431,12 @@ impl pb::agent_server::Agent for AgentService {
         let node_id = node_caller(&self.store, &request)?;
         let lease_id = request.into_inner().lease_id;
         // Idempotent: a lease released before, expired, or not the node's
-        // own is answered OK and changes nothing.
-        self.restart_budget.release(&node_id, &lease_id);
+        // own is answered OK and changes nothing. Off the runtime's
+        // workers: replicas' leases are in the database.
+        let budget = self.restart_budget.clone();
+        self.blocking
+            .run(move || budget.release(&node_id, &lease_id))
+            .await?;
         Ok(Response::new(pb::ReleaseRestartResponse {}))
     }
 }

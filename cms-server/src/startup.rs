@@ -1,5 +1,5 @@
-//! What the server does before it listens: opens the store, marks the
-//! triggers of an earlier run interrupted, loads or creates the CA (kept in
+//! What the server does before it listens: opens the store, loads or
+//! creates the CA (kept in
 //! the store and, owner-only, in `<data>/ca/`, see `ca_dir`), writes
 //! the admin credential, and restores each environment: its last good
 //! revision, its rollout (paused where it stood) and its pins. Only then
@@ -76,16 +76,21 @@ pub fn prepare_environments(
         Some(location) => location.describe(),
         None => data_dir.join("db").display().to_string(),
     };
-    let store = crate::store::open_configured(data_dir, store_config)?;
-    crate::triggers::interrupt_running(&*store, clock)?;
-    let ca = load_or_create_ca(&*store, &store_name, data_dir)?;
+    // A replica leaves a rollout as it is: another replica may be driving
+    // it; the leader takes over what a dead one left
+    // (`Rollouts::take_over_rollouts`).
     let shared_store = matches!(
         store_config.location,
         Some(crate::store::StoreLocation::Postgres(_))
     );
+    let alone = !shared_store;
+    let store = crate::store::open_configured(data_dir, store_config)?;
+    let ca = load_or_create_ca(&*store, &store_name, data_dir)?;
     write_admin_credential(&*store, &ca, data_dir, shared_store, clock)?;
     let ca_fingerprint = certificate_fingerprint(ca.certificate_pem())?;
-    let environments = Arc::new(restore_environments(&*store, &config, &sources, clock));
+    let environments = Arc::new(restore_environments(
+        &*store, &config, &sources, clock, alone,
+    ));
     let sources = sources
         .into_iter()
         .map(|(name, source)| {
@@ -334,6 +339,7 @@ fn restore_environments(
     config: &EnvironmentsConfig,
     sources: &[(String, RolesSource)],
     clock: &dyn Clock,
+    interrupt_rollouts: bool,
 ) -> Environments {
     let legacy = store.current_revision().ok().flatten();
     let restored = config
@@ -365,6 +371,7 @@ fn restore_environments(
                             &secrets,
                             legacy,
                             clock.now_unix_ms(),
+                            interrupt_rollouts,
                         )
                     })
                     .join()

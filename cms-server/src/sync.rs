@@ -242,11 +242,23 @@ async fn sync_once(
             .context("The sync task panicked")??;
     let store = state.store.clone();
     let response = match outcome {
-        SyncOutcome::Unchanged { commit } => pb::SyncResponse {
-            revision: commit,
-            accepted: true,
-            errors: Vec::new(),
-        },
+        SyncOutcome::Unchanged { commit } => {
+            // A replica that does not lead serves what the leader stored;
+            // a commit its mirror lacked at the leader's change is loaded
+            // now.
+            if !state.rollouts.decides() {
+                state.rollouts.follow_store(environment).await;
+            } else if !state.rollouts.locks.is_local() {
+                // A replica that now leads may have fetched this commit
+                // while another led, which died before deciding.
+                state.rollouts.decide_undecided(environment, &commit).await;
+            }
+            pb::SyncResponse {
+                revision: commit,
+                accepted: true,
+                errors: Vec::new(),
+            }
+        }
         SyncOutcome::Accepted(revision) => {
             let commit = revision.commit.clone();
             let record = RevisionRecord {

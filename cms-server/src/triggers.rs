@@ -5,6 +5,14 @@
 //!
 //! The rules (`plan`, `over_limit`, `select`, `progress_of`) are pure
 //! functions in `fleet`; this module does the work.
+//!
+//! Replicas: the replica that plans a trigger runs it, and claims
+//! `trigger:<id>` (`leader::Locks::claim`) while it does. A trigger stored
+//! as running whose claim no live replica holds was left by a replica
+//! that died: the leader marks it interrupted ([`Triggers::interrupt_orphans`],
+//! after [`ORPHAN_GRACE`], so that a trigger just planned is not taken
+//! for one). A server alone marks every running trigger interrupted at
+//! start ([`interrupt_running`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +25,11 @@ use crate::clock::{Clock, SharedClock};
 use crate::fleet::{BatchSize, Fleet, over_limit, progress_of};
 use crate::store::{SharedStore, Store, StoreError, TriggerOutcome, TriggerRecord};
 
+/// How old a running trigger must be before a replica that finds no one
+/// claiming it marks it interrupted: more than the time between its plan
+/// and its claim.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(60);
+
 /// What triggers need.
 #[derive(Debug, Clone)]
 pub struct Triggers {
@@ -25,6 +38,13 @@ pub struct Triggers {
     pub clock: SharedClock,
     /// How long a trigger waits for one node's report unless told.
     pub default_timeout: Duration,
+    /// Which triggers the live replicas run.
+    pub locks: crate::leader::Locks,
+}
+
+/// The claim a replica holds while it runs trigger `id`.
+fn claim_name(id: &str) -> String {
+    format!("trigger:{id}")
 }
 
 /// A trigger as asked.
@@ -133,8 +153,12 @@ impl Triggers {
         let triggers = self.clone();
         tokio::spawn(async move {
             let id = record.id.clone();
+            if !triggers.locks.claim(&claim_name(&id)).await {
+                tracing::warn!(trigger = %id, "Failed to claim the trigger for this replica: another replica may take it for one left by a dead replica");
+            }
             run_trigger(&triggers, record, timeout, &sender).await;
             triggers.fleet.forget_trigger(&id);
+            triggers.locks.release(&claim_name(&id));
         });
         receiver
     }
@@ -175,14 +199,70 @@ impl Triggers {
     }
 }
 
+impl Triggers {
+    /// Marks interrupted the triggers stored as running that no live
+    /// replica claims (their replica died), once older than
+    /// [`ORPHAN_GRACE`]. Returns their ids. Run by the leader.
+    pub async fn interrupt_orphans(&self) -> anyhow::Result<Vec<String>> {
+        let store = self.store.clone();
+        let running = tokio::task::spawn_blocking(move || store.triggers()).await??;
+        let now = self.clock.now_unix_ms();
+        let mut interrupted = Vec::new();
+        for trigger in running {
+            let young =
+                now.saturating_sub(trigger.started_unix_ms) < ORPHAN_GRACE.as_millis() as u64;
+            if trigger.state != "running" || young || self.fleet.progress(&trigger.id).is_some() {
+                continue;
+            }
+            let name = claim_name(&trigger.id);
+            if !self.locks.claim(&name).await {
+                continue;
+            }
+            let store = self.store.clone();
+            let id = trigger.id.clone();
+            let marked = tokio::task::spawn_blocking(move || -> Result<bool, StoreError> {
+                // Read again: it may have ended since it was listed.
+                match store.trigger(&id)? {
+                    Some(mut trigger) if trigger.state == "running" => {
+                        mark_interrupted(
+                            &mut trigger,
+                            now,
+                            "the replica running the trigger stopped",
+                        );
+                        store.put_trigger(&trigger)?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
+            })
+            .await;
+            self.locks.release(&name);
+            if matches!(marked, Ok(Ok(true))) {
+                tracing::warn!(trigger = %trigger.id, "a trigger left running by a replica that stopped is marked interrupted");
+                interrupted.push(trigger.id);
+            }
+        }
+        Ok(interrupted)
+    }
+}
+
+fn mark_interrupted(trigger: &mut TriggerRecord, now_unix_ms: u64, message: &str) {
+    trigger.state = "interrupted".into();
+    trigger.message = message.into();
+    trigger.finished_unix_ms = Some(now_unix_ms);
+}
+
 /// A trigger that was running when the server stopped is marked
-/// interrupted: no one waits for its reports any more.
+/// interrupted: no one waits for its reports any more. For a server
+/// alone only: replicas use [`Triggers::interrupt_orphans`].
 pub fn interrupt_running(store: &dyn Store, clock: &dyn Clock) -> Result<(), StoreError> {
     for mut trigger in store.triggers()? {
         if trigger.state == "running" {
-            trigger.state = "interrupted".into();
-            trigger.message = "the server stopped while the trigger ran".into();
-            trigger.finished_unix_ms = Some(clock.now_unix_ms());
+            mark_interrupted(
+                &mut trigger,
+                clock.now_unix_ms(),
+                "the server stopped while the trigger ran",
+            );
             store.put_trigger(&trigger)?;
         }
     }
@@ -204,23 +284,17 @@ async fn run_trigger(
         let _ = progress.send(progress_of(&record));
         let mut pending = tokio::task::JoinSet::new();
         for node in batch {
+            // Waiting starts before the command goes, so that a report
+            // coming back at once finds its waiter.
             let receiver = triggers.fleet.wait_for_report(&record.id, node);
-            if !triggers.fleet.converge_now(node, &record.id, record.noop) {
-                triggers.fleet.stop_waiting(&record.id, node);
-                record.outcomes.insert(
-                    node.clone(),
-                    TriggerOutcome {
-                        result: "unreachable".into(),
-                        run_id: String::new(),
-                        failed_resources: Vec::new(),
-                        revision: String::new(),
-                    },
-                );
-                failures += 1;
-                continue;
-            }
-            let node = node.clone();
+            let fleet = triggers.fleet.clone();
+            let (node, trigger_id, noop) = (node.clone(), record.id.clone(), record.noop);
+            // Delivered concurrently: a node whose channel another replica
+            // holds takes up to `PEER_ANSWER_TIMEOUT` to confirm.
             pending.spawn(async move {
+                if !fleet.deliver_converge_now(&node, &trigger_id, noop).await {
+                    return (node, None);
+                }
                 let outcome = tokio::time::timeout(timeout, receiver).await;
                 (node, outcome.ok().and_then(Result::ok))
             });

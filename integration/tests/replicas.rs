@@ -1,0 +1,512 @@
+//! Replicas of cms-server sharing one PostgreSQL: fleet messages cross
+//! between them over LISTEN/NOTIFY (`cms_server::bus`), one of them leads
+//! at a time under an advisory lock (`cms_server::leader`), and the lock
+//! passes on when its holder's session ends. A real PostgreSQL
+//! (`PostgresServer`), no mock.
+//! Restart places are counted alike by every replica.
+//!
+//! Then the real thing: three `cms-server serve` processes on one database
+//! behind a TCP load balancer (`TcpProxy`), with `cms-agent run` daemons on
+//! this host that reach them only through it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cms_integration::{
+    AdminCli, AgentDaemon, GitRepo, HostAgent, PostgresServer, ServerProcess, TcpProxy,
+    build_workspace_binary, wait_until_polling_every,
+};
+use cms_server::bus::{Bus, Message};
+use cms_server::fleet::{Fleet, WatchSlot};
+use cms_server::leader::Locks;
+use cms_server::metrics::FleetCounters;
+use cms_server::store::{MemoryStore, SharedStore, StoredReport};
+use tokio::sync::watch;
+
+fn database() -> String {
+    PostgresServer::shared()
+        .expect("start PostgreSQL (Debian's postgresql package)")
+        .create_database()
+        .expect("create a database")
+}
+
+/// Waits up to `limit` for `condition`.
+async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    condition()
+}
+
+/// A replica's fleet on `url`, acting on the others' messages, with the
+/// store `store` the replicas share.
+fn replica_fleet(url: &str, store: &SharedStore, stop: &watch::Receiver<bool>) -> Arc<Fleet> {
+    let (bus, incoming) = Bus::postgres(url, stop.clone());
+    let fleet = Arc::new(Fleet::with_bus(FleetCounters::default(), bus));
+    tokio::spawn(cms_server::fleet::serve_bus(
+        fleet.clone(),
+        store.clone(),
+        incoming,
+        |_| {},
+    ));
+    fleet
+}
+
+/// Until both buses listen, a message may go unheard: one is sent from
+/// `a` to `b` until it arrives.
+async fn wait_until_listening(a: &Arc<Fleet>, b: &Arc<Fleet>) {
+    let slot = Arc::new(WatchSlot::default());
+    let _guard = b.register_watch("probe", slot.clone());
+    let heard = async { while !a.deliver_converge_now("probe", "probe", true).await {} };
+    tokio::time::timeout(Duration::from_secs(20), heard)
+        .await
+        .expect("the two buses hear each other within 20 s");
+    slot.take();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_buses_on_one_database_hear_each_others_messages_but_not_their_own() {
+    let url = database();
+    let (_stop_sender, stop) = watch::channel(false);
+    let (a, mut heard_by_a) = Bus::postgres(&url, stop.clone());
+    let (b, mut heard_by_b) = Bus::postgres(&url, stop.clone());
+    assert_ne!(a.replica(), b.replica());
+    let message = Message::CloseWatches {
+        node: "web-1".into(),
+    };
+    // Sent until heard: the second bus may not listen yet.
+    let received = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            a.publish(message.clone());
+            if let Ok(Some(got)) =
+                tokio::time::timeout(Duration::from_millis(200), heard_by_b.recv()).await
+            {
+                return got;
+            }
+        }
+    })
+    .await
+    .expect("b hears a within 20 s");
+    assert_eq!(received, message);
+    b.publish(Message::EnvironmentChanged {
+        environment: "production".into(),
+    });
+    let at_a = tokio::time::timeout(Duration::from_secs(5), heard_by_a.recv())
+        .await
+        .expect("a hears b")
+        .expect("a's bus is open");
+    assert_eq!(
+        at_a,
+        Message::EnvironmentChanged {
+            environment: "production".into()
+        },
+        "a hears b's message and none of its own"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_converge_now_reaches_a_channel_held_by_another_replica_and_its_report_comes_back() {
+    let url = database();
+    let store: SharedStore = Arc::new(MemoryStore::default());
+    let (_stop_sender, stop) = watch::channel(false);
+    let a = replica_fleet(&url, &store, &stop);
+    let b = replica_fleet(&url, &store, &stop);
+    wait_until_listening(&a, &b).await;
+
+    // web-1's channel is held by b; a runs the trigger.
+    let slot = Arc::new(WatchSlot::default());
+    let _guard = b.register_watch("web-1", slot.clone());
+    assert!(!a.is_connected("web-1"));
+    let report_waited = a.clone();
+    let waiting = tokio::spawn(async move {
+        let receiver = {
+            // Registered before the command goes, as triggers do.
+            let fleet = report_waited.clone();
+            fleet.wait_for_report("t1", "web-1")
+        };
+        receiver.await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        a.deliver_converge_now("web-1", "t1", false).await,
+        "b says it delivered the command"
+    );
+    let commands = slot.take();
+    assert_eq!(commands.len(), 1);
+    assert_eq!(commands[0].trigger_id, "t1");
+
+    // The node's report arrives at b (as through a load balancer): it is
+    // stored, and b announces it.
+    let report = cms_proto::v1::RunReport {
+        run_id: "run-1".into(),
+        trigger_id: "t1".into(),
+        revision: "abc".into(),
+        ..Default::default()
+    };
+    let record = cms_proto::report::RunRecord::from(&report);
+    store
+        .put_report(&StoredReport {
+            node_id: "web-1".into(),
+            run_id: "run-1".into(),
+            received_unix_ms: 1,
+            report: record.clone(),
+        })
+        .expect("store the report");
+    b.report_arrived("t1", "web-1", cms_server::fleet::outcome_of(&record));
+    let outcome = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("a hears of the report within 5 s")
+        .expect("the waiting task ends")
+        .expect("the outcome is sent");
+    assert_eq!(
+        (outcome.result.as_str(), outcome.run_id.as_str()),
+        ("unchanged", "run-1")
+    );
+
+    // A node no replica holds is unreachable after the answer timeout.
+    let started = tokio::time::Instant::now();
+    assert!(!a.deliver_converge_now("web-2", "t1", false).await);
+    assert!(started.elapsed() >= cms_server::fleet::PEER_ANSWER_TIMEOUT);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_closes_the_channels_another_replica_holds() {
+    let url = database();
+    let store: SharedStore = Arc::new(MemoryStore::default());
+    let (_stop_sender, stop) = watch::channel(false);
+    let a = replica_fleet(&url, &store, &stop);
+    let b = replica_fleet(&url, &store, &stop);
+    wait_until_listening(&a, &b).await;
+    let slot = Arc::new(WatchSlot::default());
+    let _guard = b.register_watch("web-1", slot.clone());
+    a.close_watches("web-1");
+    assert!(
+        eventually(Duration::from_secs(5), || slot.is_closing()).await,
+        "b's channel of web-1 is told to check its certificate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_lock_passes_to_another_replica_when_its_holders_session_ends() {
+    let url = database();
+    let (stop_a, stopped_a) = watch::channel(false);
+    let (_stop_b, stopped_b) = watch::channel(false);
+    let a = Locks::postgres(&url, stopped_a);
+    assert!(
+        eventually(Duration::from_secs(10), || a.is_leader()).await,
+        "the first replica leads"
+    );
+    let b = Locks::postgres(&url, stopped_b);
+    b.settled(Duration::from_secs(10)).await;
+    assert!(!b.is_leader(), "one leader at a time");
+    assert!(a.claim("trigger:t1").await);
+    assert!(
+        !b.claim("trigger:t1").await,
+        "a claim is held by one replica"
+    );
+
+    // The holder's process dies: its session ends.
+    stop_a.send_replace(true);
+    assert!(
+        eventually(Duration::from_secs(10), || b.is_leader()).await,
+        "the other replica leads once the holder's session ended"
+    );
+    assert!(
+        b.claim("trigger:t1").await,
+        "a dead replica's claims are free"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_whose_connection_is_killed_stops_leading_and_one_replica_leads_again() {
+    let url = database();
+    let server = PostgresServer::shared().expect("postgres");
+    let (_stop_a, stopped_a) = watch::channel(false);
+    let (_stop_b, stopped_b) = watch::channel(false);
+    let a = Locks::postgres(&url, stopped_a);
+    assert!(eventually(Duration::from_secs(10), || a.is_leader()).await);
+    let b = Locks::postgres(&url, stopped_b);
+    b.settled(Duration::from_secs(10)).await;
+    let mut a_leads = a.leader();
+    server
+        .sql(
+            PostgresServer::database_of(&url),
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+        )
+        .expect("terminate the leader's session");
+    tokio::time::timeout(Duration::from_secs(10), a_leads.wait_for(|leads| !*leads))
+        .await
+        .expect("the old leader notices within 10 s")
+        .expect("a's locks run");
+    assert!(
+        eventually(Duration::from_secs(10), || a.is_leader() != b.is_leader()).await,
+        "exactly one replica leads again"
+    );
+}
+
+#[test]
+fn replicas_count_the_same_restart_places_and_one_freed_on_one_is_free_on_the_other() {
+    use cms_server::restart_budget::{Answer, Ask, BudgetedGroup, RestartBudget};
+    let url = database();
+    let clock = cms_server::clock::system();
+    let one = RestartBudget::shared(clock.clone(), &url).expect("replica one's leases");
+    let two = RestartBudget::shared(clock, &url).expect("replica two's leases");
+    let ask = |node: &str| Ask {
+        node_id: node.to_string(),
+        environment: "production".into(),
+        unit: "nginx.service".into(),
+        hold_seconds: 60,
+        groups: vec![BudgetedGroup {
+            role: "web".into(),
+            max_restarting: cms_roles::MaxRestarting::Count(1),
+            size: 3,
+        }],
+    };
+    let Answer::Granted { lease_id, .. } = one.acquire(&ask("web-1")) else {
+        panic!("the first place is free");
+    };
+    assert!(
+        matches!(two.acquire(&ask("web-2")), Answer::Refused { ref reason, .. } if reason.contains("1 of 1 places taken")),
+        "the other replica sees the place taken"
+    );
+    assert_eq!(
+        two.release("web-1", &lease_id),
+        cms_server::restart_budget::Released::Released,
+        "a lease is released on any replica"
+    );
+    assert!(matches!(one.acquire(&ask("web-2")), Answer::Granted { .. }));
+}
+
+// ---- three `cms-server serve` replicas behind a TCP load balancer ----
+
+/// Three replicas on one database behind a [`TcpProxy`], and `agents` host
+/// agents (`role=web`) running as daemons that reach the server only
+/// through the proxy.
+struct Cluster {
+    replicas: Vec<Option<ServerProcess>>,
+    /// The data directory holding the bootstrap admin credential in force.
+    credential: std::path::PathBuf,
+    proxy: TcpProxy,
+    binary: std::path::PathBuf,
+    _daemons: Vec<AgentDaemon>,
+    dir: tempfile::TempDir,
+}
+
+const AGENTS: usize = 6;
+
+impl Cluster {
+    fn start() -> anyhow::Result<Cluster> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir()?;
+        let url = database();
+        let git = GitRepo::init(&dir.path().join("roles"))?;
+        let converged = dir.path().join("converged");
+        git.commit(
+            &[
+                ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
+                (
+                    "roles/web.toml",
+                    &format!(
+                        "[match]\nrole = \"web\"\n\n[[directory]]\npath = \"{}/{{{{node.id}}}}\"\n",
+                        converged.display()
+                    ),
+                ),
+            ],
+            "roles",
+        )?;
+        std::fs::create_dir_all(&converged)?;
+        let binary = build_workspace_binary("cms-server", "cms-server")?;
+        let key = dir.path().join("store.key");
+        let keygen = std::process::Command::new(&binary)
+            .args(["store", "keygen"])
+            .output()?;
+        anyhow::ensure!(keygen.status.success(), "cms-server store keygen failed");
+        std::fs::write(&key, &keygen.stdout)?;
+        let key_text = key.to_str().context("utf-8")?.to_string();
+        let mut replicas = Vec::new();
+        // One after another: each new data directory's bootstrap admin
+        // credential replaces the one before, so the last one's is used.
+        for index in 1..=3 {
+            let replica = ServerProcess::start(
+                &binary,
+                &dir.path().join(format!("replica-{index}")),
+                git.path(),
+                &[
+                    "--store",
+                    &url,
+                    "--store-key-file",
+                    &key_text,
+                    "--sync-interval",
+                    "1s",
+                ],
+            )?;
+            replicas.push(Some(replica));
+        }
+        let proxy = TcpProxy::start(
+            replicas
+                .iter()
+                .flatten()
+                .map(|replica| replica.grpc)
+                .collect(),
+        )?;
+        let credential = dir.path().join("replica-3");
+        let mut cluster = Cluster {
+            replicas,
+            credential,
+            proxy,
+            binary,
+            _daemons: Vec::new(),
+            dir,
+        };
+        let agent_binary = build_workspace_binary("cms-agent", "cms-agent")?;
+        let server = cluster.proxy.address().to_string();
+        for index in 1..=AGENTS {
+            let node = format!("web-{index}");
+            let token = cluster
+                .admin(0)
+                .json(&["token", "create", "--tags", "role=web"])?["token"]
+                .as_str()
+                .context("a token")?
+                .to_string();
+            let agent = HostAgent::in_directory(&agent_binary, cluster.dir.path(), &node)?;
+            let enrolled = agent.enroll(&server, &token, &node, "role=web")?;
+            anyhow::ensure!(
+                enrolled.status.success(),
+                "enroll {node} through the proxy: {}",
+                String::from_utf8_lossy(&enrolled.stderr)
+            );
+            agent.write_config(&format!(
+                "server = \"{server}\"\ninterval = \"1h\"\nsplay = \"0s\"\nmetadata_endpoint = \"127.0.0.1:1\"\n"
+            ))?;
+            let log = cluster.dir.path().join(format!("{node}.log"));
+            cluster._daemons.push(agent.start_daemon(&log)?);
+        }
+        Ok(cluster)
+    }
+
+    /// The admin commands, sent to replica `index` itself (not through
+    /// the proxy), with the last started replica's bootstrap credential.
+    fn admin(&self, index: usize) -> AdminCli {
+        let replica = self.replicas[index].as_ref().expect("a live replica");
+        AdminCli::new(
+            self.binary.clone(),
+            &replica.grpc.to_string(),
+            &self.credential,
+        )
+    }
+
+    /// How many watch channels each replica holds (0 for a dead one).
+    fn watch_channels(&self) -> Vec<usize> {
+        self.replicas
+            .iter()
+            .map(|replica| {
+                replica
+                    .as_ref()
+                    .and_then(|replica| replica.get("/metrics", &[]).ok())
+                    .and_then(|(_, text)| {
+                        text.lines().find_map(|line| {
+                            line.strip_prefix("cms_watch_streams ")?.trim().parse().ok()
+                        })
+                    })
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// Waits until the live replicas hold a channel of every agent.
+    fn wait_for_every_channel(&self) -> anyhow::Result<Vec<usize>> {
+        let mut held = Vec::new();
+        wait_until_polling_every(
+            Duration::from_millis(200),
+            Duration::from_secs(90),
+            "every agent to hold a watch channel with a live replica",
+            || {
+                held = self.watch_channels();
+                Ok((held.iter().sum::<usize>() >= AGENTS).then_some(()))
+            },
+        )
+        .with_context(|| format!("held: {:?}\n{}", self.watch_channels(), self.logs()))?;
+        Ok(held)
+    }
+
+    /// Runs a trigger of every `role=web` node on replica `index`: its
+    /// exit code and the results by node.
+    fn trigger_on(&self, index: usize) -> anyhow::Result<(Option<i32>, Vec<String>, String)> {
+        let admin = self.admin(index);
+        let (code, stdout, stderr) =
+            admin.run(&["trigger", "--select", "role=web", "--timeout", "60s"])?;
+        let id = stdout
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("trigger "))
+            .and_then(|rest| rest.split(':').next())
+            .with_context(|| format!("no trigger id in:\n{stdout}{stderr}"))?
+            .to_string();
+        let status = admin.json(&["trigger", "--status", &id])?;
+        let mut results: Vec<String> = status["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|node| node["result"].as_str().unwrap_or("").to_string())
+            .collect();
+        results.sort();
+        Ok((code, results, format!("{stdout}{stderr}")))
+    }
+
+    fn logs(&self) -> String {
+        let mut text: Vec<String> = self
+            .replicas
+            .iter()
+            .flatten()
+            .map(ServerProcess::log_text)
+            .collect();
+        for index in 1..=AGENTS {
+            let log = self.dir.path().join(format!("web-{index}.log"));
+            text.push(format!(
+                "web-{index}'s daemon:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+        text.join("\n")
+    }
+}
+
+/// A trigger's results when every node ran and changed nothing, or
+/// changed its directory on its first run.
+fn all_ran(results: &[String]) -> bool {
+    results.len() == AGENTS
+        && results
+            .iter()
+            .all(|result| result == "unchanged" || result == "changed")
+}
+
+#[test]
+fn a_trigger_given_to_one_replica_reaches_agents_held_by_the_other_two_and_their_outcomes_come_back()
+-> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let held = cluster.wait_for_every_channel()?;
+    // The trigger goes to the replica holding the fewest channels: the
+    // others hold at least the rest.
+    let (giver, _) = held
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, count)| **count)
+        .expect("three replicas");
+    anyhow::ensure!(
+        held.iter().sum::<usize>() - held[giver] >= AGENTS / 2,
+        "the proxy spread the channels: {held:?}"
+    );
+    let (code, results, output) = cluster.trigger_on(giver)?;
+    anyhow::ensure!(
+        code == Some(0) && all_ran(&results),
+        "every node ran, {} of them through another replica (held {held:?}): exit {code:?}, {results:?}\n{output}\n{}",
+        AGENTS - held[giver],
+        cluster.logs()
+    );
+    Ok(())
+}
