@@ -30,8 +30,11 @@
 //! triggers. Three pieces of server state are deliberately not:
 //!
 //! - the admin credential (`<data>/admin/`) is a file the operator's CLI
-//!   reads on the server host; each replica issues its own from the shared
-//!   CA, and any of them is accepted by all, since trust is the CA's;
+//!   reads on the server host. The operator it names is in the store (its
+//!   current serial), so on a shared store only the first replica makes the
+//!   bootstrap credential (`operators::bootstrap`); the others get the CA
+//!   certificate, and the operator uses that credential, or one
+//!   `cms-server admin add` made, with any replica;
 //! - dashboard tokens (`<data>/admin/dashboard-tokens`) are made by
 //!   `cms-server dashboard-token` on a host, without a running server, so
 //!   they stay a file next to the admin credential; replicas would each be
