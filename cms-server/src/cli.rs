@@ -136,7 +136,10 @@ pub enum Command {
     Secrets(SecretsCommand),
     /// The server's store: move an installation between sled and
     /// PostgreSQL, or make a store key.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  (umask 077; cms-server store keygen > /etc/cms-server/store.key)\n  cms-server store migrate --from sled:/var/lib/cms-server --to postgres://cms@db.internal/cms --store-key-file /etc/cms-server/store.key"
+    )]
     Store(StoreCommand),
     /// Print a shell completion script.
     #[command(

@@ -1,5 +1,5 @@
-//! Every command of `cms-server`, and every subcommand, shows examples in
-//! its `--help`, as the docs promise.
+//! Every command of `cms-server` and `cms-agent`, and every subcommand,
+//! shows examples in its `--help`, as the docs promise.
 
 use clap::CommandFactory as _;
 
@@ -22,9 +22,10 @@ fn commands_without_examples(command: &clap::Command, path: &str, missing: &mut 
 }
 
 #[test]
-fn every_command_and_subcommand_has_examples_in_its_help() {
+fn every_command_and_subcommand_of_both_clis_has_examples_in_its_help() {
     let mut missing = Vec::new();
     commands_without_examples(&cms_server::cli::Cli::command(), "", &mut missing);
+    commands_without_examples(&cms_agent::cli::Cli::command(), "", &mut missing);
     assert!(
         missing.is_empty(),
         "no `Examples:` in the help of: {missing:?}"
