@@ -394,6 +394,7 @@ pub async fn run_prepared(
         tasks.spawn(orphan_triggers_loop(triggers.clone(), stop.clone()));
         tasks.spawn(take_over_on_leading(
             rollouts.clone(),
+            sync_requests.clone(),
             locks.leader(),
             stop.clone(),
         ));
@@ -552,9 +553,13 @@ pub async fn run_prepared(
 }
 
 /// Each time this replica becomes the leader, takes over what the leader
-/// before left (`Rollouts::take_over_rollouts`).
+/// before left (`Rollouts::take_over_rollouts`), and syncs at once: a
+/// commit every replica fetched while none led (replicas starting
+/// together) is decided then (`Rollouts::decide_undecided`), not at the
+/// next sync interval, so followers are not left without a revision.
 async fn take_over_on_leading(
     rollouts: Rollouts,
+    sync: crate::revision::SyncRequests,
     mut leader: tokio::sync::watch::Receiver<bool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -568,6 +573,9 @@ async fn take_over_on_leading(
             }
         }
         rollouts.take_over_rollouts().await;
+        if let Err(error) = sync.sync_now().await {
+            tracing::warn!("Failed to sync on becoming the leader: {error:#}");
+        }
         tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
             changed = leader.wait_for(|leads| !*leads) => {

@@ -435,6 +435,27 @@ fn write_roles(dir: &Path) -> Result<()> {
         ));
     }
     std::fs::write(dir.join("roles/web.toml"), role)?;
+    // A git repository, as the team's is: replicas that follow the leader
+    // load the commit it decided from their own mirror of it.
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=cms-storm",
+            "-c",
+            "user.email=storm@localhost",
+            "commit",
+            "-q",
+            "-m",
+            "storm roles",
+        ],
+    ] {
+        let status = Command::new("git").args(args).current_dir(dir).status()?;
+        if !status.success() {
+            bail!("git {} failed in {}", args.join(" "), dir.display());
+        }
+    }
     Ok(())
 }
 
@@ -801,6 +822,16 @@ async fn storm(options: Options) -> Result<()> {
     let data = scratch.path().join("server");
     let mut children = vec![ServerChild::start(&data, &repo, store.as_ref())?];
     let mut admins = vec![connect_admin(&children[0].address, &data).await?];
+    if options.replicas > 1 {
+        // Replica 0 takes the leader's lock (tried every 2 s) and decides
+        // the first commit before the others start, as a rolling deploy
+        // brings replicas up one after another.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let synced = admins[0].sync(pb::SyncRequest {}).await?.into_inner();
+        if !synced.accepted {
+            bail!("the generated roles do not validate: {:?}", synced.errors);
+        }
+    }
     for i in 1..options.replicas {
         let replica_data = scratch.path().join(format!("server-{i}"));
         let child = ServerChild::start(&replica_data, &repo, store.as_ref())?;
@@ -813,11 +844,33 @@ async fn storm(options: Options) -> Result<()> {
         killed_cpu_s: std::sync::Mutex::new(0.0),
         killed: std::sync::atomic::AtomicBool::new(false),
     });
-    // Every replica syncs the roles repository itself.
+    // Every replica syncs the roles repository itself, and the storm starts
+    // once each serves a revision (a follower serves what the leader
+    // decided, once one leads), as a load balancer's readiness check would.
     for admin in &mut admins {
         let synced = admin.sync(pb::SyncRequest {}).await?.into_inner();
         if !synced.accepted {
             bail!("the generated roles do not validate: {:?}", synced.errors);
+        }
+    }
+    let ready_deadline = Instant::now() + Duration::from_secs(60);
+    for (i, admin) in admins.iter_mut().enumerate() {
+        loop {
+            let serving = admin
+                .list_environments(pb::ListEnvironmentsRequest {})
+                .await?
+                .into_inner()
+                .environments
+                .iter()
+                .all(|environment| !environment.stable_revision.is_empty());
+            if serving {
+                break;
+            }
+            if Instant::now() > ready_deadline {
+                bail!("replica {i} serves no revision a minute after its sync");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            admin.sync(pb::SyncRequest {}).await?;
         }
     }
     let server_address = if options.replicas > 1 {
