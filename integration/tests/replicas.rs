@@ -329,8 +329,9 @@ impl Cluster {
         std::fs::write(&key, &keygen.stdout)?;
         let key_text = key.to_str().context("utf-8")?.to_string();
         let mut replicas = Vec::new();
-        // One after another: each new data directory's bootstrap admin
-        // credential replaces the one before, so the last one's is used.
+        // One after another: the first replica makes the bootstrap admin
+        // credential (the others, on the shared store, make none), and that
+        // one is used with every replica.
         for index in 1..=3 {
             let replica = ServerProcess::start(
                 &binary,
@@ -354,7 +355,7 @@ impl Cluster {
                 .map(|replica| replica.grpc)
                 .collect(),
         )?;
-        let credential = dir.path().join("replica-3");
+        let credential = dir.path().join("replica-1");
         let mut cluster = Cluster {
             replicas,
             credential,
@@ -390,7 +391,7 @@ impl Cluster {
     }
 
     /// The admin commands, sent to replica `index` itself (not through
-    /// the proxy), with the last started replica's bootstrap credential.
+    /// the proxy), with the first replica's bootstrap credential.
     fn admin(&self, index: usize) -> AdminCli {
         let replica = self.replicas[index].as_ref().expect("a live replica");
         AdminCli::new(
