@@ -5,16 +5,7 @@ use cms_roles::{RepoFiles, Repository, example_facts, validate};
 
 /// The problems `check` reports for one role file, one per line.
 fn problems_of_role(role: &str) -> Vec<String> {
-    let mut files = RepoFiles::new();
-    files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
-    files.insert("roles/web.toml", role.as_bytes());
-    let (repository, mut diagnostics) = Repository::load(files);
-    diagnostics.extend(validate(&repository, &example_facts()));
-    diagnostics
-        .into_sorted()
-        .iter()
-        .map(ToString::to_string)
-        .collect()
+    problems_of(&[("roles/web.toml", role)])
 }
 
 #[test]
