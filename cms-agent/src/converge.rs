@@ -9,7 +9,7 @@
 //! never stops the run: independent resources still converge, and the
 //! report says what failed and what was skipped because of it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use cms_modules::package::{PackageProvider, apply_batch};
 use cms_modules::{BackupStore, Change, Context, Host, Provider, Restarts, Session, provider};
@@ -78,6 +78,9 @@ pub fn converge(
     let confined = host.root() != std::path::Path::new("/");
     let mut outcomes: BTreeMap<&str, Outcome> = BTreeMap::new();
     let mut results = Vec::with_capacity(catalog.resources.len());
+    // Under --noop: the directories the real run would create, so that a
+    // path below one is not predicted to fail on its missing parent.
+    let mut would_create: HashSet<&str> = HashSet::new();
     for resource in &catalog.resources {
         let resource_started = clock::instant();
         let reference = resource.reference.as_str();
@@ -159,6 +162,15 @@ pub fn converge(
                     &resource.kind,
                     &mut result,
                 ),
+            }
+            if options.noop && is_path_type(resource.kind.type_name()) {
+                predict_missing_parent(
+                    host,
+                    &resource.kind,
+                    resource.sensitive,
+                    &mut would_create,
+                    &mut result,
+                );
             }
             if result.status == Status::Changed
                 && !options.noop
@@ -253,6 +265,38 @@ fn batch_packages<'c>(
             _ => Ok(changes),
         };
         batched.insert(reference, result);
+    }
+}
+
+/// Under --noop, what the real run of a path resource that would create
+/// its path will find: a parent directory that neither exists nor is
+/// created earlier in the run fails the real run, so the prediction is that
+/// failure, with the real run's message, instead of "would change".
+fn predict_missing_parent<'c>(
+    host: &Host,
+    kind: &'c ResourceKind,
+    sensitive: bool,
+    would_create: &mut HashSet<&'c str>,
+    result: &mut ResourceResult,
+) {
+    let creates = result
+        .changes
+        .iter()
+        .any(|c| c.attribute == "ensure" && c.from == "absent" && c.to != "absent");
+    if result.status != Status::Changed || !creates {
+        return;
+    }
+    let path = kind.name();
+    let parent = cms_modules::host::fs::parent_path(path);
+    if !would_create.contains(parent)
+        && let Err(error) = cms_modules::require_parent_directory(host, path)
+    {
+        result.status = Status::Failed;
+        result.error = Some(cms_modules::report_error(&error, sensitive));
+        return;
+    }
+    if matches!(kind, ResourceKind::Directory(_)) {
+        would_create.insert(path);
     }
 }
 

@@ -201,6 +201,58 @@ fn under_a_root_only_files_are_applied_and_commands_are_skipped_with_a_reason() 
 }
 
 #[test]
+fn noop_predicts_the_missing_parent_the_real_run_fails_on_and_names_the_root() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("etc")).expect("mkdir");
+    // /etc exists in the root; /etc/app is declared, so /etc/app/app.conf
+    // will find its parent; /opt/app (a package's folder) is not there.
+    let role = r#"
+[[directory]]
+path = "/etc/app"
+
+[[file]]
+path = "/etc/app/app.conf"
+content = "a = 1\n"
+
+[[symlink]]
+path = "/etc/app/current"
+target = "/opt/app"
+
+[[file]]
+path = "/opt/app/app.conf"
+content = "b = 2\n"
+"#;
+    let host = Host::new(&root);
+    let noop = run(dir.path(), &host, role, true);
+    let real = run(dir.path(), &host, role, false);
+
+    for report in [&noop, &real] {
+        assert_eq!(status(report, "directory:/etc/app"), &Status::Changed);
+        assert_eq!(status(report, "file:/etc/app/app.conf"), &Status::Changed);
+        assert_eq!(status(report, "symlink:/etc/app/current"), &Status::Changed);
+        assert_eq!(status(report, "file:/opt/app/app.conf"), &Status::Failed);
+    }
+    let error = |report: &RunReport| {
+        report
+            .resources
+            .iter()
+            .find(|r| r.reference == "file:/opt/app/app.conf")
+            .and_then(|r| r.error.clone())
+            .expect("an error")
+    };
+    assert_eq!(error(&noop), error(&real), "noop predicts the real message");
+    assert_eq!(
+        error(&noop),
+        format!(
+            "Failed to create /opt/app/app.conf under the root {root}: its parent directory /opt/app ({root}/opt/app) does not exist; declare /opt/app as a directory resource, or create it in the root first (packages are not installed under --root, so a directory a package would create is missing there)",
+            root = root.display()
+        )
+    );
+    assert_eq!(noop.exit_code(), real.exit_code());
+}
+
+#[test]
 fn a_notified_exec_that_already_ran_in_this_run_does_not_run_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
     let role = r#"

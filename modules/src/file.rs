@@ -304,8 +304,10 @@ pub(crate) fn format_mode(mode: u32) -> String {
 }
 
 /// Fails, naming the parent, when `path`'s parent directory does not exist:
-/// providers never create parents implicitly.
-pub(crate) fn require_parent_directory(host: &Host, path: &str) -> Result<(), ProviderError> {
+/// providers never create parents implicitly. Under a root other than `/`
+/// the message names the real path too, and says that packages (which
+/// often create such directories) are not installed there.
+pub fn require_parent_directory(host: &Host, path: &str) -> Result<(), ProviderError> {
     let parent = parent_path(path);
     if host.is_directory(parent) {
         return Ok(());
@@ -322,9 +324,18 @@ pub(crate) fn require_parent_directory(host: &Host, path: &str) -> Result<(), Pr
         }
         Some(status) => format!("is a {}, not a directory", status.kind.describe()),
     };
-    Err(ProviderError::Failed(format!(
-        "Failed to create {path}: its parent directory {parent} {problem}; declare {parent} as a directory resource"
-    )))
+    let root = host.root();
+    Err(ProviderError::Failed(if root == std::path::Path::new("/") {
+        format!(
+            "Failed to create {path}: its parent directory {parent} {problem}; declare {parent} as a directory resource, or, if a package creates it, add that package to `require` (`require = [\"package:NAME\"]`) so it is installed first"
+        )
+    } else {
+        format!(
+            "Failed to create {path} under the root {root}: its parent directory {parent} ({real}) {problem}; declare {parent} as a directory resource, or create it in the root first (packages are not installed under --root, so a directory a package would create is missing there)",
+            root = root.display(),
+            real = host.path(parent).display(),
+        )
+    }))
 }
 
 /// The owner and group changes of one object. `subject` names an object

@@ -36,6 +36,7 @@ mod symlink;
 mod user;
 
 pub use backup::{BackupEntry, BackupError, BackupStore, Restored};
+pub use file::require_parent_directory;
 pub use host::fs::{FileAttributes, FileKind, FileStatus};
 pub use host::{CommandOutput, CommandSpec, Host, HostError};
 pub use restarts::{RestartWindow, Restarts, UNCOORDINATED};

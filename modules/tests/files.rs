@@ -613,7 +613,11 @@ fn missing_parent_directory_is_an_error_naming_it() {
 
     assert_eq!(
         error,
-        "Failed to create /srv/app/conf/app.toml: its parent directory /srv/app/conf does not exist; declare /srv/app/conf as a directory resource"
+        format!(
+            "Failed to create /srv/app/conf/app.toml under the root {root}: its parent directory /srv/app/conf ({real}) does not exist; declare /srv/app/conf as a directory resource, or create it in the root first (packages are not installed under --root, so a directory a package would create is missing there)",
+            root = test.root.path().display(),
+            real = test.real("/srv/app/conf").display(),
+        )
     );
     assert!(!test.exists("/srv"));
 }
