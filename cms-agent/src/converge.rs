@@ -99,6 +99,7 @@ pub fn converge(
             reference: reference.to_string(),
             status: Status::Unchanged,
             changes: Vec::new(),
+            not_done: Vec::new(),
             refresh: None,
             error: None,
             reason: None,
@@ -300,6 +301,28 @@ fn predict_missing_parent<'c>(
     }
 }
 
+/// After a failed apply: which of the planned `changes` were made before
+/// the failure (a check no longer finds them) and which were not. A check
+/// that fails too leaves every change not done: nothing is claimed that
+/// cannot be seen.
+fn split_done(
+    provider: &dyn Provider,
+    context: &Context<'_>,
+    changes: Vec<Change>,
+) -> (Vec<Change>, Vec<Change>) {
+    if changes.len() < 2 {
+        // One change failed is one change not made; a second check would
+        // only run an exec's guards again.
+        return (Vec::new(), changes);
+    }
+    match provider.check(context) {
+        Ok(still) => changes
+            .into_iter()
+            .partition(|c| !still.iter().any(|s| s.attribute == c.attribute)),
+        Err(_) => (Vec::new(), changes),
+    }
+}
+
 /// Takes every value out of a sensitive resource's result, whatever its
 /// type: the one place where redaction happens, before the result reaches
 /// the output, `--format json`, the logs, `last_run.json`, the report sent
@@ -309,6 +332,7 @@ fn predict_missing_parent<'c>(
 /// ([`cms_modules::report_error`]).
 fn redact(result: &mut ResourceResult, noop: bool) {
     cms_modules::redact_changes(&mut result.changes);
+    cms_modules::redact_changes(&mut result.not_done);
     if result.refresh.is_some() {
         result.refresh = Some(cms_modules::redacted_refresh(noop));
     }
@@ -340,7 +364,7 @@ fn run_resource(
         if !noop && let Err(error) = provider.apply(&changes, context) {
             result.status = Status::Failed;
             result.error = Some(cms_modules::report_error(&error, context.sensitive));
-            result.changes = changes;
+            (result.changes, result.not_done) = split_done(provider, context, changes);
             return;
         }
         result.status = Status::Changed;
@@ -396,5 +420,108 @@ fn remove_stale_temporary_files(host: &Host, managed_paths: &BTreeSet<String>) {
     for directory in directories {
         // Best effort: a path that is not a directory removes nothing.
         host.remove_stale_temporary_files(directory);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use cms_modules::ProviderError;
+
+    use super::*;
+    use crate::report::EXIT_CHANGED_AND_FAILED;
+
+    /// A resource of two steps that makes the first and fails on the
+    /// second, as a Java application that created its user and folders and
+    /// then failed on its release does.
+    struct FailsOnTheSecondStep {
+        first_done: Cell<bool>,
+    }
+
+    impl Provider for FailsOnTheSecondStep {
+        fn check(&self, _cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
+            let mut changes = Vec::new();
+            if !self.first_done.get() {
+                changes.push(Change::new("user", "absent", "present"));
+            }
+            changes.push(Change::new("release", "absent", "r2"));
+            Ok(changes)
+        }
+
+        fn apply(&self, _changes: &[Change], _cx: &Context<'_>) -> Result<(), ProviderError> {
+            self.first_done.set(true);
+            Err(ProviderError::Failed("the release failed".into()))
+        }
+
+        fn packages(&self) -> Vec<String> {
+            Vec::new()
+        }
+
+        fn refreshed_by(&self, _changes: &[Change]) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_resource_that_fails_half_way_reports_what_it_changed_and_what_it_did_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = Host::new(dir.path());
+        let backups = BackupStore::open(dir.path().join("backups")).expect("backups");
+        let contents = std::collections::BTreeMap::new();
+        let managed_paths = BTreeSet::new();
+        let session = Session::new(Vec::new());
+        let context = Context {
+            host: &host,
+            contents: &contents,
+            backups: &backups,
+            managed_paths: &managed_paths,
+            session: &session,
+            restarts: &cms_modules::UNCOORDINATED,
+            sensitive: false,
+        };
+        let provider = FailsOnTheSecondStep {
+            first_done: Cell::new(false),
+        };
+        let kind = ResourceKind::Package(Package {
+            name: "orders".into(),
+            ensure: Default::default(),
+        });
+        let mut result = ResourceResult {
+            reference: "java_app:orders".into(),
+            status: Status::Unchanged,
+            changes: Vec::new(),
+            not_done: Vec::new(),
+            refresh: None,
+            error: None,
+            reason: None,
+            duration_ms: 0.0,
+        };
+
+        run_resource(&provider, &context, false, false, &kind, &mut result);
+
+        assert_eq!(result.status, Status::Failed);
+        assert_eq!(result.changes, [Change::new("user", "absent", "present")]);
+        assert_eq!(result.not_done, [Change::new("release", "absent", "r2")]);
+        let summary = RunReport::summarize(std::slice::from_ref(&result));
+        assert_eq!((summary.failed, summary.failed_after_changes), (1, 1));
+        let report = RunReport {
+            run_id: "r".into(),
+            catalog_id: "c".into(),
+            roles: Vec::new(),
+            noop: false,
+            started_at_unix_ms: 0,
+            duration_ms: 1.0,
+            summary,
+            resources: vec![result],
+        };
+        assert_eq!(report.exit_code(), EXIT_CHANGED_AND_FAILED);
+        let mut text = Vec::new();
+        crate::output::write_text(&mut text, &report, crate::output::Colour::Never)
+            .expect("writes");
+        assert_eq!(
+            String::from_utf8(text).expect("utf-8"),
+            "failed java_app:orders\n    done: user: absent -> present\n    not done: release: absent -> r2\n    the release failed\nsummary: 1 resources, 0 changed, 0 unchanged, 1 failed (1 after changing something), 0 skipped in 1 ms\n"
+        );
     }
 }

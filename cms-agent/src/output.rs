@@ -95,9 +95,14 @@ pub fn write_text(out: &mut impl Write, report: &RunReport, colour: Colour) -> s
                 )?;
             }
         }
+        let failed = resource.status == Status::Failed;
         for change in &resource.changes {
             // `content changed (sensitive)` for a sensitive resource.
-            writeln!(out, "    {change}")?;
+            if failed {
+                writeln!(out, "    done: {change}")?;
+            } else {
+                writeln!(out, "    {change}")?;
+            }
             if let Some(diff) = &change.diff {
                 for line in diff.lines() {
                     let painted = if line.starts_with("+++") || line.starts_with("---") {
@@ -115,6 +120,9 @@ pub fn write_text(out: &mut impl Write, report: &RunReport, colour: Colour) -> s
                 }
             }
         }
+        for change in &resource.not_done {
+            writeln!(out, "    not done: {change}")?;
+        }
         if let Some(refresh) = &resource.refresh {
             writeln!(out, "    refresh: {refresh}")?;
         }
@@ -130,13 +138,17 @@ pub fn write_text(out: &mut impl Write, report: &RunReport, colour: Colour) -> s
     let summary = report.summary;
     writeln!(
         out,
-        "{}: {} resources, {} {}, {} unchanged, {} failed, {} skipped in {:.0} ms{}",
+        "{}: {} resources, {} {}, {} unchanged, {} failed{}, {} skipped in {:.0} ms{}",
         if report.noop { "noop" } else { "summary" },
         summary.total,
         summary.changed,
         would,
         summary.unchanged,
         summary.failed,
+        match summary.failed_after_changes {
+            0 => String::new(),
+            n => format!(" ({n} after changing something)"),
+        },
         summary.skipped,
         report.duration_ms,
         if report.noop {

@@ -31,8 +31,14 @@ pub enum Status {
 pub struct ResourceResult {
     pub reference: String,
     pub status: Status,
+    /// What it changed (with `--noop`, would change). For a failed
+    /// resource: what it changed before it failed, as a check after the
+    /// failure shows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<Change>,
+    /// For a failed resource: the changes still to be made after it failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_done: Vec<Change>,
     /// What a notification made it do (`restarted`), or would make it do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh: Option<String>,
@@ -51,6 +57,10 @@ pub struct Summary {
     pub changed: usize,
     pub failed: usize,
     pub skipped: usize,
+    /// Failed resources that changed something before they failed
+    /// (counted in `failed`, not in `changed`).
+    #[serde(default)]
+    pub failed_after_changes: usize,
 }
 
 /// One converge run.
@@ -76,7 +86,12 @@ impl RunReport {
             match resource.status {
                 Status::Unchanged => summary.unchanged += 1,
                 Status::Changed => summary.changed += 1,
-                Status::Failed => summary.failed += 1,
+                Status::Failed => {
+                    summary.failed += 1;
+                    if !resource.changes.is_empty() {
+                        summary.failed_after_changes += 1;
+                    }
+                }
                 Status::Skipped => summary.skipped += 1,
             }
         }
@@ -87,7 +102,8 @@ impl RunReport {
     /// A resource skipped because a dependency failed counts with the
     /// failure that caused it.
     pub fn exit_code(&self) -> u8 {
-        match (self.summary.changed > 0, self.summary.failed > 0) {
+        let changed = self.summary.changed > 0 || self.summary.failed_after_changes > 0;
+        match (changed, self.summary.failed > 0) {
             (false, false) => EXIT_UNCHANGED,
             (true, false) => EXIT_CHANGED,
             (false, true) => EXIT_FAILED,
@@ -131,6 +147,7 @@ pub fn to_proto(
                         Some(diff) => format!("{c}\n{diff}"),
                         None => c.to_string(),
                     })
+                    .chain(r.not_done.iter().map(|c| format!("not done: {c}")))
                     .chain(
                         r.refresh
                             .iter()

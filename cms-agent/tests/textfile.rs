@@ -17,6 +17,7 @@ fn report(statuses: &[Status]) -> RunReport {
             reference: format!("file:/etc/app-{i}.conf"),
             status: *status,
             changes: Vec::new(),
+            not_done: Vec::new(),
             refresh: None,
             error: None,
             reason: None,

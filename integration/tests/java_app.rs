@@ -700,11 +700,24 @@ properties = { "server.port" = 8199, greeting = "" }
     .replace("SHA", app.sha(2));
     app.write_roles(&app.role(1, "bonjour", &never))?;
     let (code, output) = app.apply()?;
+    // It fails after making its user, folders, release and unit: exit 6
+    // (changes and failures), and the output says what it did and did not.
     ensure!(
-        code == 4,
-        "a first deployment that never becomes healthy fails, got {code}:\n{output}"
+        code == 6,
+        "a first deployment that never becomes healthy fails after changing things, got {code}:\n{output}"
     );
     ensure!(output.contains("failed java_app:never"), "{output}");
+    for expected in [
+        "    done: user",
+        "    done: release",
+        "    not done: service: state",
+        "1 failed (1 after changing something)",
+    ] {
+        ensure!(
+            output.contains(expected),
+            "output lacks {expected:?}:\n{output}"
+        );
+    }
     ensure!(
         output.contains("a first deployment has nothing to roll back to"),
         "{output}"

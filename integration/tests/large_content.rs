@@ -290,6 +290,7 @@ fn big_report(run_id: &str, started: u64, resources: usize, diff_bytes: usize) -
                 to: "present".into(),
                 diff: Some("+a line of a large file\n".repeat(diff_bytes / 24)),
             }],
+            not_done: Vec::new(),
             refresh: None,
             error: None,
             reason: None,

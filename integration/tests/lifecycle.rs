@@ -59,6 +59,7 @@ fn report(failed: &[&str], noop: bool) -> RunReport {
                 Status::Unchanged
             },
             changes: Vec::new(),
+            not_done: Vec::new(),
             refresh: None,
             error: None,
             reason: None,

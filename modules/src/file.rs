@@ -325,17 +325,19 @@ pub fn require_parent_directory(host: &Host, path: &str) -> Result<(), ProviderE
         Some(status) => format!("is a {}, not a directory", status.kind.describe()),
     };
     let root = host.root();
-    Err(ProviderError::Failed(if root == std::path::Path::new("/") {
-        format!(
-            "Failed to create {path}: its parent directory {parent} {problem}; declare {parent} as a directory resource, or, if a package creates it, add that package to `require` (`require = [\"package:NAME\"]`) so it is installed first"
-        )
-    } else {
-        format!(
-            "Failed to create {path} under the root {root}: its parent directory {parent} ({real}) {problem}; declare {parent} as a directory resource, or create it in the root first (packages are not installed under --root, so a directory a package would create is missing there)",
-            root = root.display(),
-            real = host.path(parent).display(),
-        )
-    }))
+    Err(ProviderError::Failed(
+        if root == std::path::Path::new("/") {
+            format!(
+                "Failed to create {path}: its parent directory {parent} {problem}; declare {parent} as a directory resource, or, if a package creates it, add that package to `require` (`require = [\"package:NAME\"]`) so it is installed first"
+            )
+        } else {
+            format!(
+                "Failed to create {path} under the root {root}: its parent directory {parent} ({real}) {problem}; declare {parent} as a directory resource, or create it in the root first (packages are not installed under --root, so a directory a package would create is missing there)",
+                root = root.display(),
+                real = host.path(parent).display(),
+            )
+        },
+    ))
 }
 
 /// The owner and group changes of one object. `subject` names an object
