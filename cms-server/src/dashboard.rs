@@ -1509,6 +1509,7 @@ mod tests {
             run_id: format!("run-{result}"),
             failed_resources: failed_resources.iter().map(|r| r.to_string()).collect(),
             revision: String::new(),
+            reason: String::new(),
         }
     }
 
@@ -1777,6 +1778,7 @@ mod tests {
                     run_id: "r".into(),
                     failed_resources: vec!["exec:x".into()],
                     revision: String::new(),
+                    reason: String::new(),
                 },
             )]
             .into(),

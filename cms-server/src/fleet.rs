@@ -671,6 +671,7 @@ pub fn outcome_of(report: &RunRecord) -> TriggerOutcome {
         run_id: report.run_id.clone(),
         failed_resources: failed,
         revision: report.revision.clone(),
+        reason: String::new(),
     }
 }
 
@@ -719,6 +720,7 @@ pub fn progress_of(record: &TriggerRecord) -> pb::TriggerProgress {
                 result,
                 batch: index as u32 + 1,
                 run_id: outcome.map(|o| o.run_id.clone()).unwrap_or_default(),
+                reason: outcome.map(|o| o.reason.clone()).unwrap_or_default(),
             });
         }
     }
@@ -992,6 +994,7 @@ mod tests {
                 run_id: "r".into(),
                 failed_resources: vec!["exec:boom".into()],
                 revision: String::new(),
+                reason: String::new(),
             },
         );
         let progress = progress_of(&record);

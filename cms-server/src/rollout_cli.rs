@@ -459,6 +459,7 @@ mod tests {
             result: result.to_owned(),
             batch,
             run_id: format!("run-{id}"),
+            reason: String::new(),
         }
     }
 

@@ -230,6 +230,7 @@ fn unreachable_outcome() -> TriggerOutcome {
         run_id: String::new(),
         failed_resources: Vec::new(),
         revision: String::new(),
+        reason: "no report came before the wave's timeout".into(),
     }
 }
 
@@ -813,6 +814,7 @@ impl Rollouts {
                     node_id.clone(),
                     TriggerOutcome {
                         result: "pinned".into(),
+                        reason: String::new(),
                         ..unreachable_outcome()
                     },
                 );
@@ -1573,6 +1575,7 @@ fn outcomes_to_proto(
                 },
                 batch,
                 run_id: outcome.map(|o| o.run_id.clone()).unwrap_or_default(),
+                reason: outcome.map(|o| o.reason.clone()).unwrap_or_default(),
             }
         })
         .collect()
@@ -1819,6 +1822,7 @@ mod tests {
             run_id: "run".into(),
             failed_resources: Vec::new(),
             revision: revision.into(),
+            reason: String::new(),
         }
     }
 

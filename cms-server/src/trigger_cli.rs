@@ -228,6 +228,7 @@ impl ProgressBar {
 pub(crate) fn node_outcome_json(node: &pb::TriggerNodeOutcome) -> serde_json::Value {
     serde_json::json!({
         "node": node.node_id, "batch": node.batch, "result": node.result, "run_id": node.run_id,
+        "reason": node.reason,
     })
 }
 
@@ -282,6 +283,9 @@ fn print_summary(progress: &pb::TriggerProgress, format: Format) {
             println!("  {:<24} {:<6} RESULT", "NODE", "BATCH");
             for node in &progress.nodes {
                 println!("  {:<24} {:<6} {}", node.node_id, node.batch, node.result);
+                if !node.reason.is_empty() {
+                    println!("  {:<24} {:<6}   {}", "", "", node.reason);
+                }
             }
         }
     }

@@ -269,6 +269,56 @@ pub fn interrupt_running(store: &dyn Store, clock: &dyn Clock) -> Result<(), Sto
     Ok(())
 }
 
+/// Why a node of a trigger sent no report.
+#[derive(Debug, Clone, Copy)]
+enum Unreached {
+    /// No replica holds a watch channel of the node: it was never told.
+    NotConnected,
+    /// Told, but its report did not come within the timeout.
+    NoReport,
+}
+
+/// `unreached` in words a person can act on, with the node's last contact.
+async fn unreached_reason(
+    triggers: &Triggers,
+    node: &str,
+    unreached: Unreached,
+    timeout: Duration,
+) -> String {
+    match unreached {
+        Unreached::NotConnected => {
+            let store = triggers.store.clone();
+            let id = node.to_string();
+            let last_seen = tokio::task::spawn_blocking(move || store.node(&id))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .map_or(0, |record| {
+                    let now = triggers.clock.now_unix_ms();
+                    triggers
+                        .fleet
+                        .last_seen(node, record.last_seen_unix_ms, now)
+                });
+            let last = if last_seen == 0 {
+                "it never called the server".to_string()
+            } else {
+                format!(
+                    "its last call was at {}",
+                    crate::dashboard::format_time(last_seen)
+                )
+            };
+            format!(
+                "no agent daemon of it is connected (no watch channel open), so it was never told to converge; {last}. Check that the agent service runs there (`systemctl status cms-agent`, which runs `cms-agent run`) and reaches the server"
+            )
+        }
+        Unreached::NoReport => format!(
+            "it was told to converge, but no report came within {} s: the run may take longer (raise --timeout), or the agent stopped during the run",
+            timeout.as_secs()
+        ),
+    }
+}
+
 async fn run_trigger(
     triggers: &Triggers,
     mut record: TriggerRecord,
@@ -293,10 +343,11 @@ async fn run_trigger(
             // holds takes up to `PEER_ANSWER_TIMEOUT` to confirm.
             pending.spawn(async move {
                 if !fleet.deliver_converge_now(&node, &trigger_id, noop).await {
-                    return (node, None);
+                    return (node, Err(Unreached::NotConnected));
                 }
                 let outcome = tokio::time::timeout(timeout, receiver).await;
-                (node, outcome.ok().and_then(Result::ok))
+                let outcome = outcome.ok().and_then(Result::ok);
+                (node, outcome.ok_or(Unreached::NoReport))
             });
         }
         triggers.save(&record).await;
@@ -305,15 +356,19 @@ async fn run_trigger(
             let Ok((node, outcome)) = joined else {
                 continue;
             };
-            let outcome = outcome.unwrap_or_else(|| {
-                triggers.fleet.stop_waiting(&record.id, &node);
-                TriggerOutcome {
-                    result: "unreachable".into(),
-                    run_id: String::new(),
-                    failed_resources: Vec::new(),
-                    revision: String::new(),
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(unreached) => {
+                    triggers.fleet.stop_waiting(&record.id, &node);
+                    TriggerOutcome {
+                        result: "unreachable".into(),
+                        run_id: String::new(),
+                        failed_resources: Vec::new(),
+                        revision: String::new(),
+                        reason: unreached_reason(triggers, &node, unreached, timeout).await,
+                    }
                 }
-            });
+            };
             if outcome.result == "failed" || outcome.result == "unreachable" {
                 failures += 1;
             }

@@ -138,6 +138,14 @@ fn unreachable_nodes_within_max_failures_let_every_batch_run_and_still_exit_4() 
         node_results(&fleet.admin, &stdout)? == ["unreachable", "unreachable", "unreachable"],
         "{stdout}"
     );
+    // Each unreachable node says why: enrolled (so it called once), but
+    // no daemon holds a channel.
+    let why = "no agent daemon of it is connected (no watch channel open), so it was never told to converge; its last call was at ";
+    ensure!(stdout.matches(why).count() == 3, "{stdout}");
+    ensure!(
+        stdout.contains("Check that the agent service runs there (`systemctl status cms-agent`, which runs `cms-agent run`) and reaches the server"),
+        "{stdout}"
+    );
     fleet.server.stop()
 }
 

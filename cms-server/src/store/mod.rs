@@ -664,6 +664,9 @@ pub struct TriggerOutcome {
     /// report came.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub revision: String,
+    /// Why no report came, for an `unreachable` node, in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 fn environment_key(name: &str) -> String {
