@@ -347,9 +347,10 @@ fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
     let repository = match Repository::read_dir(&args.repo) {
         Ok(repository) => repository,
         Err(diagnostics) => {
-            for diagnostic in diagnostics.iter() {
-                eprintln!("error: {diagnostic}");
-            }
+            eprint!(
+                "{}",
+                cms_roles::render_with_sources(&diagnostics, &args.repo)
+            );
             bail!(
                 "Failed to read the roles repository {}: {}",
                 args.repo.display(),
@@ -380,9 +381,10 @@ fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
     let catalog = match compile(&repository, &node) {
         Ok(catalog) => catalog,
         Err(diagnostics) => {
-            for diagnostic in diagnostics.iter() {
-                eprintln!("error: {diagnostic}");
-            }
+            eprint!(
+                "{}",
+                cms_roles::render_with_sources(&diagnostics, &args.repo)
+            );
             bail!(
                 "Failed to compile the catalog of node {}: {}",
                 node.id,

@@ -230,6 +230,11 @@ fn a_broken_repository_stops_the_run_before_anything_changes() {
         stderr.contains("roles/app.toml:25:1: unknown field `contnet`"),
         "{stderr}"
     );
+    // The line itself, with a caret under the column, as rustc shows it.
+    assert!(
+        stderr.contains("\n   |\n25 | contnet = \"typo\"\n   | ^\n"),
+        "{stderr}"
+    );
     assert!(!fixture.file("/etc/app").exists());
 }
 

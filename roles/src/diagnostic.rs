@@ -36,6 +36,61 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+impl Diagnostic {
+    /// The source line this diagnostic points at, with a caret under its
+    /// column, as rustc shows them (`source` is the whole file):
+    ///
+    /// ```text
+    ///   |
+    /// 3 | mode = 0644
+    ///   |        ^
+    /// ```
+    ///
+    /// `None` when it has no line, or the file has no such line.
+    pub fn snippet(&self, source: &str) -> Option<String> {
+        if self.line == 0 {
+            return None;
+        }
+        let text = source
+            .split('\n')
+            .nth(self.line as usize - 1)?
+            .trim_end_matches('\r');
+        let number = self.line.to_string();
+        let gutter = " ".repeat(number.len());
+        let mut out = format!("{gutter} |\n{number} | {text}");
+        if self.column > 0 {
+            // Tabs stay tabs, so the caret lines up however they are shown.
+            let before: String = text
+                .chars()
+                .take(self.column as usize - 1)
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
+            out.push_str(&format!("\n{gutter} | {before}^"));
+        }
+        Some(out)
+    }
+}
+
+/// Each diagnostic as `error: FILE:LINE:COLUMN: MESSAGE`, followed by its
+/// source line and a caret when the file can be read below `root` (the
+/// repository folder), for people at a terminal. Logs and `--format json`
+/// keep the one-line form.
+pub fn render_with_sources(diagnostics: &Diagnostics, root: &std::path::Path) -> String {
+    let mut sources: std::collections::BTreeMap<&str, Option<String>> = Default::default();
+    let mut out = String::new();
+    for diagnostic in diagnostics.iter() {
+        out.push_str(&format!("error: {diagnostic}\n"));
+        let source = sources
+            .entry(diagnostic.file.as_str())
+            .or_insert_with(|| std::fs::read_to_string(root.join(&diagnostic.file)).ok());
+        if let Some(snippet) = source.as_deref().and_then(|s| diagnostic.snippet(s)) {
+            out.push_str(&snippet);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// A 1-based line and column in a file; zero means unknown.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position {
@@ -214,6 +269,32 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snippet_shows_the_line_with_a_caret_under_the_column_tabs_kept() {
+        let source = "[[file]]\npath = \"/etc/x\"\n\tmode = 0644\n";
+        let at = |line, column| Diagnostic {
+            file: "roles/web.toml".into(),
+            line,
+            column,
+            message: "m".into(),
+        };
+        assert_eq!(
+            at(3, 9).snippet(source).as_deref(),
+            Some("  |\n3 | \tmode = 0644\n  | \t       ^")
+        );
+        assert_eq!(
+            at(2, 0).snippet(source).as_deref(),
+            Some("  |\n2 | path = \"/etc/x\"")
+        );
+        assert_eq!(at(0, 0).snippet(source), None);
+        assert_eq!(at(9, 1).snippet(source), None);
+        let wide = "x\n".repeat(11);
+        assert_eq!(
+            at(11, 1).snippet(&wide).as_deref(),
+            Some("   |\n11 | x\n   | ^")
+        );
+    }
 
     #[test]
     fn a_line_index_gives_the_positions_a_rescan_gives() {

@@ -36,7 +36,7 @@ pub use compile::{
     node_context, parse_tag_list, role_matches, select_roles,
 };
 pub use content::{Content, INLINE_CONTENT_MAX, MAX_CONTENT_BYTES, is_sha256_hex};
-pub use diagnostic::{Diagnostic, Diagnostics, LineIndex, Position};
+pub use diagnostic::{Diagnostic, Diagnostics, LineIndex, Position, render_with_sources};
 pub use digest::sha256_hex;
 pub use facts::{FACTS, Fact, FactType, When, example_facts, fact_named, schema_mismatches};
 pub use kinds::*;
