@@ -1,8 +1,10 @@
 //! Fleet messages between the replicas of one installation: a converge-now
 //! for a node whose watch channel another replica holds, the answer that it
 //! was delivered, a report that answers a trigger run by another replica,
-//! a revocation whose channels every replica must close, and "this
-//! environment's record changed, read it again".
+//! a revocation whose channels every replica must close, "this
+//! environment's record changed, read it again", and an operator's rollout
+//! command (pause, resume, abort, promote, pin, unpin) given to a replica
+//! that does not lead, which the leader runs and answers.
 //!
 //! [`Bus::local`] is the bus of a server alone (sled): there is no one to
 //! tell, publishing does nothing and costs nothing. [`Bus::postgres`]
@@ -22,10 +24,11 @@
 //! reconnection the bus hands its reader [`Message::Reconnected`], so
 //! that whatever is cached is read again from the store.
 //!
-//! The messages are acted on by `replicas::handle_messages`; this module
+//! The messages are acted on by `fleet::serve_bus` (rollout commands and
+//! environment changes by `rollouts::Rollouts::bus_message`); this module
 //! only carries them.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,8 +70,55 @@ pub enum Message {
     /// The stored record of `environment` changed (stable revision, rollout
     /// or pins): read it again.
     EnvironmentChanged { environment: String },
+    /// An operator's rollout command given to replica `from`, which does
+    /// not lead: only the leader runs it (as if given to it), and answers
+    /// [`Message::RolloutCommandDone`] to `from` with `request`.
+    RolloutCommand {
+        from: String,
+        request: u64,
+        environment: String,
+        command: RolloutCommand,
+        /// Who gave it, as the audit log and the rollout's actions name them.
+        operator: String,
+    },
+    /// The leader ran the rollout command `request` of replica `to`.
+    RolloutCommandDone {
+        to: String,
+        request: u64,
+        outcome: CommandOutcome,
+    },
     /// Not sent: the bus reconnected and may have missed messages.
     Reconnected,
+}
+
+/// A rollout command forwarded to the leader (ids and names only: the
+/// leader reads the rest from its own state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum RolloutCommand {
+    /// `pause`, `resume`, `abort` or `promote` rollout `rollout_id` (empty:
+    /// the active one).
+    Control { rollout_id: String, action: String },
+    /// Pin the nodes matching `selector` to `revision` (empty: the stable one).
+    Pin {
+        selector: BTreeMap<String, String>,
+        revision: String,
+    },
+    /// Release the pin with exactly `selector`.
+    Unpin { selector: BTreeMap<String, String> },
+}
+
+/// What the leader answers to a forwarded rollout command: small, since
+/// the asking replica reads the record the leader wrote from the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandOutcome {
+    /// Done: the rollout's id (control), the pinned commit (pin), or
+    /// nothing (unpin).
+    Done { answer: String },
+    /// Refused or failed: the gRPC status code the leader would have
+    /// answered, and its message.
+    Failed { code: i32, message: String },
 }
 
 /// The sending half of the bus, shared by the server's tasks.
@@ -350,6 +400,38 @@ mod tests {
         assert!(text.len() < 200, "{text}");
         let back: Envelope = serde_json::from_str(&text).unwrap();
         assert_eq!((back.by.as_str(), back.message), ("replica-a", message));
+    }
+
+    #[test]
+    fn a_forwarded_rollout_command_and_its_answer_read_back_as_written() {
+        let command = Message::RolloutCommand {
+            from: "replica-b".into(),
+            request: 3,
+            environment: "production".into(),
+            command: RolloutCommand::Pin {
+                selector: BTreeMap::from([("role".to_string(), "web".to_string())]),
+                revision: "abc123".into(),
+            },
+            operator: "alice".into(),
+        };
+        let done = Message::RolloutCommandDone {
+            to: "replica-b".into(),
+            request: 3,
+            outcome: CommandOutcome::Failed {
+                code: 9,
+                message: "rollout r1 is paused: it cannot pause".into(),
+            },
+        };
+        for message in [command, done] {
+            let text = serde_json::to_string(&Envelope {
+                by: "replica-a".into(),
+                message: message.clone(),
+            })
+            .unwrap();
+            assert!(text.len() < 400, "{text}");
+            let back: Envelope = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.message, message);
+        }
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! only its sha256 in `<data>/admin/dashboard-tokens`, like enrollment
 //! tokens) and answers with a session cookie (`Secure`, `HttpOnly`,
 //! `SameSite=Strict`, 12 hours; the server keeps only the session's
-//! sha256, in memory). The dashboard is served only when the HTTP port
+//! sha256 and expiry, in the store, so that every replica of a shared
+//! store honours it and a logout on one ends it on all). The dashboard is served only when the HTTP port
 //! speaks TLS (`--http-tls`, with the server's certificate from its CA), so
 //! neither the token nor the cookie crosses the network in the clear;
 //! without TLS every dashboard page answers 403 saying so. Anything else is
@@ -31,11 +32,11 @@
 //! measured by `cargo bench -p cms-server --bench dashboard`
 //! (docs/BENCHMARKS.md).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Form, Path as UrlPath, Query, State};
@@ -131,30 +132,56 @@ fn token_is_valid(data_dir: &Path, secret: &str) -> bool {
         .any(|stored| stored == hash)
 }
 
-/// Logged-in sessions: the sha256 of the cookie value and when it expires.
-#[derive(Debug, Default)]
-pub struct Sessions(Mutex<HashMap<String, Instant>>);
+/// Logged-in sessions, kept in the store so that every replica of a
+/// shared store knows every session: the sha256 of the cookie value and
+/// when it expires (wall-clock time, which the replicas share).
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    store: SharedStore,
+    clock: SharedClock,
+}
 
 impl Sessions {
-    fn open(&self) -> anyhow::Result<String> {
+    async fn open(&self) -> anyhow::Result<String> {
         let secret = create_session_secret()?;
-        let mut sessions = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let now = crate::clock::instant();
-        sessions.retain(|_, expires| *expires > now);
-        sessions.insert(sha256_hex(secret.as_bytes()), now + SESSION_LIFETIME);
+        let (store, hash) = (self.store.clone(), sha256_hex(secret.as_bytes()));
+        let now = self.clock.now_unix_ms();
+        let expires = now + SESSION_LIFETIME.as_millis() as u64;
+        tokio::task::spawn_blocking(move || store.open_session(&hash, expires, now)).await??;
         Ok(secret)
     }
 
-    fn is_valid(&self, secret: &str) -> bool {
-        let sessions = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        sessions
-            .get(&sha256_hex(secret.as_bytes()))
-            .is_some_and(|expires| *expires > crate::clock::instant())
+    /// Whether `secret` is a live session; a store that cannot answer
+    /// says no (the page asks to sign in, which fails the same way).
+    async fn is_valid(&self, secret: &str) -> bool {
+        let (store, hash) = (self.store.clone(), sha256_hex(secret.as_bytes()));
+        let now = self.clock.now_unix_ms();
+        match tokio::task::spawn_blocking(move || store.session_is_valid(&hash, now)).await {
+            Ok(Ok(valid)) => valid,
+            Ok(Err(error)) => {
+                tracing::warn!(
+                    "Failed to read a dashboard session: {}",
+                    crate::store::error_chain(&error)
+                );
+                false
+            }
+            Err(error) => {
+                tracing::warn!("Failed to read a dashboard session: {error}");
+                false
+            }
+        }
     }
 
-    fn close(&self, secret: &str) {
-        let mut sessions = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.remove(&sha256_hex(secret.as_bytes()));
+    async fn close(&self, secret: &str) {
+        let (store, hash) = (self.store.clone(), sha256_hex(secret.as_bytes()));
+        match tokio::task::spawn_blocking(move || store.close_session(&hash)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(
+                "Failed to end a dashboard session: {}",
+                crate::store::error_chain(&error)
+            ),
+            Err(error) => tracing::warn!("Failed to end a dashboard session: {error}"),
+        }
     }
 }
 
@@ -190,11 +217,11 @@ struct Dashboard {
 
 /// The dashboard's routes, to merge into the HTTP router.
 pub fn router(api: DashboardApi, tls: bool) -> Router {
-    let dashboard = Arc::new(Dashboard {
-        api,
-        sessions: Sessions::default(),
-        tls,
-    });
+    let sessions = Sessions {
+        store: api.store.clone(),
+        clock: api.clock.clone(),
+    };
+    let dashboard = Arc::new(Dashboard { api, sessions, tls });
     Router::new()
         .route("/dashboard", get(fleet_page))
         .route("/dashboard/", get(fleet_page))
@@ -217,7 +244,7 @@ fn session_cookie(headers: &HeaderMap) -> Option<&str> {
 
 /// Why the page is refused, if it is: 403 without TLS, 401 with the login
 /// form without a valid session.
-fn refusal(dashboard: &Dashboard, headers: &HeaderMap) -> Option<Response> {
+async fn refusal(dashboard: &Dashboard, headers: &HeaderMap) -> Option<Response> {
     if !dashboard.tls {
         return Some(page_response(
             StatusCode::FORBIDDEN,
@@ -227,7 +254,7 @@ fn refusal(dashboard: &Dashboard, headers: &HeaderMap) -> Option<Response> {
         ));
     }
     match session_cookie(headers) {
-        Some(secret) if dashboard.sessions.is_valid(secret) => None,
+        Some(secret) if dashboard.sessions.is_valid(secret).await => None,
         _ => Some(login_response(StatusCode::UNAUTHORIZED, None)),
     }
 }
@@ -284,7 +311,9 @@ fn login_response(status: StatusCode, error: Option<&str>) -> Response {
 
 async fn login_page(State(dashboard): State<Arc<Dashboard>>) -> Response {
     if !dashboard.tls {
-        return refusal(&dashboard, &HeaderMap::new()).expect("off without TLS");
+        return refusal(&dashboard, &HeaderMap::new())
+            .await
+            .expect("off without TLS");
     }
     login_response(StatusCode::OK, None)
 }
@@ -296,7 +325,9 @@ struct LoginForm {
 
 async fn login(State(dashboard): State<Arc<Dashboard>>, Form(form): Form<LoginForm>) -> Response {
     if !dashboard.tls {
-        return refusal(&dashboard, &HeaderMap::new()).expect("off without TLS");
+        return refusal(&dashboard, &HeaderMap::new())
+            .await
+            .expect("off without TLS");
     }
     let data_dir = dashboard.api.data_dir.clone();
     let valid = tokio::task::spawn_blocking(move || token_is_valid(&data_dir, &form.token))
@@ -306,7 +337,7 @@ async fn login(State(dashboard): State<Arc<Dashboard>>, Form(form): Form<LoginFo
         tracing::warn!("refused a dashboard login with an unknown token");
         return login_response(StatusCode::UNAUTHORIZED, Some("That token is not valid."));
     }
-    let secret = match dashboard.sessions.open() {
+    let secret = match dashboard.sessions.open().await {
         Ok(secret) => secret,
         Err(error) => {
             return (
@@ -330,7 +361,7 @@ async fn login(State(dashboard): State<Arc<Dashboard>>, Form(form): Form<LoginFo
 
 async fn logout(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
     if let Some(secret) = session_cookie(&headers) {
-        dashboard.sessions.close(secret);
+        dashboard.sessions.close(secret).await;
     }
     let mut response = StatusCode::SEE_OTHER.into_response();
     response.headers_mut().insert(
@@ -357,7 +388,7 @@ async fn fleet_page(
     headers: HeaderMap,
     Query(filter): Query<FleetFilter>,
 ) -> Response {
-    if let Some(refused) = refusal(&dashboard, &headers) {
+    if let Some(refused) = refusal(&dashboard, &headers).await {
         return refused;
     }
     let api = dashboard.api.clone();
@@ -378,7 +409,7 @@ async fn node_page(
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    if let Some(refused) = refusal(&dashboard, &headers) {
+    if let Some(refused) = refusal(&dashboard, &headers).await {
         return refused;
     }
     let api = dashboard.api.clone();

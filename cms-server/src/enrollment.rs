@@ -773,6 +773,20 @@ mod tests {
         fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
             self.inner.get_setting(name)
         }
+        fn open_session(
+            &self,
+            hash: &str,
+            expires_unix_ms: u64,
+            now_unix_ms: u64,
+        ) -> Result<(), StoreError> {
+            self.inner.open_session(hash, expires_unix_ms, now_unix_ms)
+        }
+        fn session_is_valid(&self, hash: &str, now_unix_ms: u64) -> Result<bool, StoreError> {
+            self.inner.session_is_valid(hash, now_unix_ms)
+        }
+        fn close_session(&self, hash: &str) -> Result<bool, StoreError> {
+            self.inner.close_session(hash)
+        }
         fn settings(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
             self.inner.settings()
         }

@@ -461,13 +461,14 @@ impl Fleet {
 /// Acts on the other replicas' messages until the bus ends: delivers
 /// converge-nows to the channels held here (and says so), hands reports to
 /// the triggers waiting here, closes revoked nodes' channels, and passes
-/// environment changes to `on_environment` (a name, or `None` for all
-/// after a reconnection).
+/// what concerns the environments to `on_rollouts`: environment changes,
+/// [`Message::Reconnected`] (read every environment again), rollout
+/// commands forwarded to the leader and their answers.
 pub async fn serve_bus(
     fleet: Arc<Fleet>,
     store: crate::store::SharedStore,
     mut incoming: Incoming,
-    on_environment: impl Fn(Option<String>) + Send + 'static,
+    on_rollouts: impl Fn(Message) + Send + 'static,
 ) {
     while let Some(message) = incoming.recv().await {
         match message {
@@ -523,8 +524,10 @@ pub async fn serve_bus(
                 });
             }
             Message::CloseWatches { node } => fleet.close_watches_here(&node),
-            Message::EnvironmentChanged { environment } => on_environment(Some(environment)),
-            Message::Reconnected => on_environment(None),
+            Message::EnvironmentChanged { .. }
+            | Message::Reconnected
+            | Message::RolloutCommand { .. }
+            | Message::RolloutCommandDone { .. } => on_rollouts(message),
         }
     }
 }

@@ -28,6 +28,12 @@
 //! under its lock and written whole after every step, so `rollout status`
 //! reads progress from the store, and a restart finds the rollout paused
 //! where it was.
+//!
+//! With replicas, only the leader drives rollouts and writes environment
+//! records. An operator's command (`control`, `pin`, `unpin`) given to
+//! another replica is forwarded to the leader over the bus
+//! (`bus::Message::RolloutCommand`), which runs it as if given to it and
+//! answers; the asking replica then reads the record the leader wrote.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -48,6 +54,10 @@ use crate::store::{
     EnvironmentRecord, NodeRecord, NodeStatus, PinRecord, RolloutPolicyRecord, RolloutRecord,
     SharedStore, Store, StoreError, TriggerOutcome, WaveRecord,
 };
+
+/// How long a replica that does not lead waits for the leader to answer a
+/// rollout command it forwarded (a pin may read and validate a commit).
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often nodes' outcomes are written while a wave runs.
 const OUTCOME_SAVE_EVERY: Duration = Duration::from_secs(1);
@@ -108,6 +118,13 @@ pub enum RolloutError {
     CannotRun(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A command forwarded to the leading replica was refused or failed
+    /// there: the gRPC status code it answered, and its message.
+    #[error("{message}")]
+    FromLeader { code: i32, message: String },
+    /// A command forwarded to the leading replica got no answer.
+    #[error("no leading replica answered within {}s; retry", FORWARD_TIMEOUT.as_secs())]
+    NoLeader,
 }
 
 /// What rollouts need.
@@ -128,7 +145,14 @@ pub struct Rollouts {
     /// Whether this replica leads: with replicas, only the leader decides
     /// what a new commit becomes; the others follow the stored record.
     pub locks: crate::leader::Locks,
+    /// The rollout commands this replica forwarded to the leader and waits
+    /// for, by request number.
+    pub(crate) forwarded: Forwarded,
 }
+
+/// Rollout commands forwarded to the leader, waiting for its answer.
+pub(crate) type Forwarded =
+    Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<crate::bus::CommandOutcome>>>>;
 
 /// The policy of a repository's `[rollout]`, as a rollout records it.
 pub fn policy_of(repository: &cms_roles::Repository) -> Option<RolloutPolicyRecord> {
@@ -382,6 +406,157 @@ impl Rollouts {
             tracing::warn!(environment = %environment.name, "a rollout left by the replica that led before is interrupted");
             self.save(&record).await;
         }
+    }
+
+    /// A message of another replica for the environments: a record
+    /// changed (or the bus reconnected: every record is read again), a
+    /// rollout command for the leader, or the leader's answer to one this
+    /// replica forwarded.
+    pub fn bus_message(&self, message: crate::bus::Message) {
+        use crate::bus::Message;
+        match message {
+            Message::EnvironmentChanged { environment } => {
+                self.environment_changed(Some(environment))
+            }
+            Message::Reconnected => self.environment_changed(None),
+            Message::RolloutCommand {
+                from,
+                request,
+                environment,
+                command,
+                operator,
+            } => {
+                if self.locks.is_local() || !self.locks.is_leader() {
+                    return;
+                }
+                let rollouts = self.clone();
+                tokio::spawn(async move {
+                    let outcome = rollouts
+                        .run_forwarded(&environment, command, &operator)
+                        .await;
+                    rollouts.fleet.bus().publish(Message::RolloutCommandDone {
+                        to: from,
+                        request,
+                        outcome,
+                    });
+                });
+            }
+            Message::RolloutCommandDone {
+                to,
+                request,
+                outcome,
+            } => {
+                if to != self.fleet.bus().replica() {
+                    return;
+                }
+                let waiting = self
+                    .forwarded
+                    .lock()
+                    .expect("forwarded lock")
+                    .remove(&request);
+                if let Some(waiting) = waiting {
+                    let _ = waiting.send(outcome);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// On the leader: runs a command another replica forwarded, as
+    /// `control`, `pin` or `unpin` would here.
+    async fn run_forwarded(
+        &self,
+        environment: &str,
+        command: crate::bus::RolloutCommand,
+        operator: &str,
+    ) -> crate::bus::CommandOutcome {
+        use crate::bus::{CommandOutcome, RolloutCommand};
+        tracing::info!(
+            environment,
+            operator,
+            ?command,
+            "a rollout command forwarded by another replica"
+        );
+        let done = match command {
+            RolloutCommand::Control { rollout_id, action } => self
+                .control_here(environment, &rollout_id, &action, operator)
+                .await
+                .map(|rollout| rollout.id),
+            RolloutCommand::Pin { selector, revision } => self
+                .pin_here(environment, selector, &revision, operator)
+                .await
+                .map(|(commit, _)| commit),
+            RolloutCommand::Unpin { selector } => self
+                .unpin_here(environment, selector)
+                .await
+                .map(|_| String::new()),
+        };
+        match done {
+            Ok(answer) => CommandOutcome::Done { answer },
+            Err(error) => {
+                let status = tonic::Status::from(error);
+                CommandOutcome::Failed {
+                    code: status.code() as i32,
+                    message: status.message().to_string(),
+                }
+            }
+        }
+    }
+
+    /// On a replica that does not lead: sends `command` to the leader and
+    /// waits (at most [`FORWARD_TIMEOUT`]) for its answer.
+    async fn forward(
+        &self,
+        environment: &str,
+        command: crate::bus::RolloutCommand,
+        operator: &str,
+    ) -> Result<String, RolloutError> {
+        static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let request = NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.forwarded
+            .lock()
+            .expect("forwarded lock")
+            .insert(request, answer);
+        self.fleet
+            .bus()
+            .publish(crate::bus::Message::RolloutCommand {
+                from: self.fleet.bus().replica().to_string(),
+                request,
+                environment: environment.to_string(),
+                command,
+                operator: operator.to_string(),
+            });
+        let outcome = tokio::time::timeout(FORWARD_TIMEOUT, answered).await;
+        self.forwarded
+            .lock()
+            .expect("forwarded lock")
+            .remove(&request);
+        match outcome {
+            Ok(Ok(crate::bus::CommandOutcome::Done { answer })) => Ok(answer),
+            Ok(Ok(crate::bus::CommandOutcome::Failed { code, message })) => {
+                Err(RolloutError::FromLeader { code, message })
+            }
+            Ok(Err(_)) | Err(_) => Err(RolloutError::NoLeader),
+        }
+    }
+
+    /// On a replica that does not lead, after the leader ran a command:
+    /// the record it wrote, read from the store, which this replica then
+    /// serves.
+    async fn record_from_leader(
+        &self,
+        environment: &Arc<Environment>,
+    ) -> Result<EnvironmentRecord, RolloutError> {
+        let store = self.store.clone();
+        let name = environment.name.clone();
+        let stored = tokio::task::spawn_blocking(move || store.environment(&name))
+            .await
+            .map_err(|e| {
+                RolloutError::CannotRun(format!("Failed to read the environment: {e}"))
+            })??;
+        self.follow_store(environment).await;
+        Ok(stored.unwrap_or_default())
     }
 
     /// Another replica changed environment `name`'s record (all of them
@@ -1124,8 +1299,83 @@ impl Rollouts {
 
     // ---- operators ----
 
-    /// Pauses, resumes, aborts or promotes a rollout.
+    /// Pauses, resumes, aborts or promotes a rollout: here on a replica
+    /// that decides, else on the leader.
     pub async fn control(
+        &self,
+        environment: &str,
+        rollout_id: &str,
+        action: &str,
+        operator: &str,
+    ) -> Result<RolloutRecord, RolloutError> {
+        if self.decides() {
+            return self
+                .control_here(environment, rollout_id, action, operator)
+                .await;
+        }
+        let environment = self.environments.named(environment)?.clone();
+        Control::parse(action)?;
+        let command = crate::bus::RolloutCommand::Control {
+            rollout_id: rollout_id.to_string(),
+            action: action.to_string(),
+        };
+        let id = self.forward(&environment.name, command, operator).await?;
+        let record = self.record_from_leader(&environment).await?;
+        record
+            .rollout(&id)
+            .cloned()
+            .ok_or_else(|| RolloutError::Unknown {
+                environment: environment.name.clone(),
+                id,
+            })
+    }
+
+    /// Pins the nodes of `environment` whose tags match `selector`: here on
+    /// a replica that decides, else on the leader (see [`Rollouts::pin_here`]).
+    pub async fn pin(
+        &self,
+        environment: &str,
+        selector: BTreeMap<String, String>,
+        revision: &str,
+        operator: &str,
+    ) -> Result<(String, Vec<String>), RolloutError> {
+        if self.decides() {
+            return self
+                .pin_here(environment, selector, revision, operator)
+                .await;
+        }
+        let environment = self.environments.named(environment)?.clone();
+        let command = crate::bus::RolloutCommand::Pin {
+            selector: selector.clone(),
+            revision: revision.to_string(),
+        };
+        let commit = self.forward(&environment.name, command, operator).await?;
+        self.record_from_leader(&environment).await?;
+        Ok((commit, self.matching(&environment, &selector).await))
+    }
+
+    /// Releases the pin with exactly `selector`: here on a replica that
+    /// decides, else on the leader (see [`Rollouts::unpin_here`]).
+    pub async fn unpin(
+        &self,
+        environment: &str,
+        selector: BTreeMap<String, String>,
+        operator: &str,
+    ) -> Result<Vec<String>, RolloutError> {
+        if self.decides() {
+            return self.unpin_here(environment, selector).await;
+        }
+        let environment = self.environments.named(environment)?.clone();
+        let command = crate::bus::RolloutCommand::Unpin {
+            selector: selector.clone(),
+        };
+        self.forward(&environment.name, command, operator).await?;
+        self.record_from_leader(&environment).await?;
+        Ok(self.matching(&environment, &selector).await)
+    }
+
+    /// Pauses, resumes, aborts or promotes a rollout, on this replica.
+    async fn control_here(
         &self,
         environment: &str,
         rollout_id: &str,
@@ -1196,9 +1446,9 @@ impl Rollouts {
     }
 
     /// Pins the nodes of `environment` whose tags match `selector` to a
-    /// revision (empty: the stable one). Returns the commit and the live
-    /// nodes held, which are asked to converge.
-    pub async fn pin(
+    /// revision (empty: the stable one), on this replica. Returns the
+    /// commit and the live nodes held, which are asked to converge.
+    async fn pin_here(
         &self,
         environment: &str,
         selector: BTreeMap<String, String>,
@@ -1239,8 +1489,8 @@ impl Rollouts {
     }
 
     /// Releases the pin with exactly `selector`; its nodes follow the
-    /// environment again and are asked to converge.
-    pub async fn unpin(
+    /// environment again and are asked to converge. On this replica.
+    async fn unpin_here(
         &self,
         environment: &str,
         selector: BTreeMap<String, String>,
@@ -1286,17 +1536,25 @@ impl Rollouts {
         selector: &BTreeMap<String, String>,
         reason: &str,
     ) -> Vec<String> {
-        let nodes: Vec<String> = self
-            .nodes_of(&environment.name)
-            .await
-            .into_iter()
-            .filter(|node| crate::environments::selector_matches(selector, &node.tags))
-            .map(|node| node.id)
-            .collect();
+        let nodes = self.matching(environment, selector).await;
         for node in &nodes {
             self.fleet.ask_converge_now(node, reason, false);
         }
         nodes
+    }
+
+    /// The live nodes of `environment` matching `selector`.
+    async fn matching(
+        &self,
+        environment: &Environment,
+        selector: &BTreeMap<String, String>,
+    ) -> Vec<String> {
+        self.nodes_of(&environment.name)
+            .await
+            .into_iter()
+            .filter(|node| crate::environments::selector_matches(selector, &node.tags))
+            .map(|node| node.id)
+            .collect()
     }
 
     /// The revision `text` names for `environment`: empty is the stable

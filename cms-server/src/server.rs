@@ -160,6 +160,14 @@ pub const DEFAULT_REMOVE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Everything before listening: see `startup::prepare`.
 pub fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
+    if config.shared_database().is_some() && crate::sync::is_plain_folder(&config.repo) {
+        // A replica that does not lead serves the commit the leader chose,
+        // loaded from its own mirror: a folder has no commits to load.
+        anyhow::bail!(
+            "--repo {} is a plain folder, not a git repository: replicas sharing a PostgreSQL store serve the commit the leading replica chose, each loading it from its own git mirror, so a plain folder would never serve there. Make it a repository (`git init` in it, then commit) or give the repository's URL; a plain folder serves a server alone, on the sled store",
+            config.repo
+        );
+    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "Failed to create the data directory {}",
@@ -350,6 +358,7 @@ pub async fn run_prepared(
         secrets: secrets.clone(),
         drivers: Default::default(),
         locks: locks.clone(),
+        forwarded: Default::default(),
     };
     tasks.spawn(refresh_secrets_loop(
         secrets,
@@ -385,8 +394,8 @@ pub async fn run_prepared(
     if let Some(incoming) = incoming {
         let reload = rollouts.clone();
         tasks.spawn(async move {
-            crate::fleet::serve_bus(fleet_for_bus, store_for_bus, incoming, move |environment| {
-                reload.environment_changed(environment)
+            crate::fleet::serve_bus(fleet_for_bus, store_for_bus, incoming, move |message| {
+                reload.bus_message(message)
             })
             .await;
             Ok(())
@@ -640,5 +649,38 @@ async fn refresh_secrets_loop(
         }
         let secrets = secrets.clone();
         let _ = tokio::task::spawn_blocking(move || secrets.refresh(&references)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_folder_as_the_roles_source_of_a_shared_store_is_refused_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let roles = dir.path().join("roles");
+        std::fs::create_dir_all(&roles).expect("roles folder");
+        std::fs::write(
+            roles.join("cms.toml"),
+            "[hierarchy]\nlayers = [\"common\"]\n",
+        )
+        .expect("cms.toml");
+        let mut config = ServeConfig::new(
+            dir.path().join("data"),
+            roles.to_str().expect("utf-8").to_string(),
+        );
+        config.store.location = Some(crate::store::StoreLocation::Postgres(
+            "postgres://cms@127.0.0.1:1/cms".into(),
+        ));
+        let Err(error) = prepare(&config) else {
+            panic!("a plain folder on a shared store is refused");
+        };
+        let text = format!("{error:#}");
+        assert!(
+            text.contains(&format!("--repo {} is a plain folder", roles.display()))
+                && text.contains("git init"),
+            "{text}"
+        );
     }
 }

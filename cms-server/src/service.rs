@@ -909,7 +909,7 @@ impl pb::admin_server::Admin for AdminService {
             .unwrap_or_default();
         let answer = self
             .rollouts
-            .unpin(&asked.environment, selector)
+            .unpin(&asked.environment, selector, &operator)
             .await
             .map(|nodes| Response::new(pb::UnpinResponse { nodes }))
             .map_err(Status::from);

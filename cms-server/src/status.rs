@@ -104,6 +104,10 @@ impl From<RolloutError> for Status {
             | RolloutError::NotAllowed { .. }
             | RolloutError::CannotRun(_) => Status::failed_precondition(message),
             RolloutError::Store(store) => store_failure(&store, &store),
+            RolloutError::FromLeader { code, message } => {
+                Status::new(tonic::Code::from_i32(code), message)
+            }
+            RolloutError::NoLeader => Status::unavailable(message),
         }
     }
 }

@@ -34,6 +34,14 @@ pub enum RolesSource {
     },
 }
 
+/// Whether `--repo` names a plain folder (served as it is, without
+/// history) rather than a git repository (a URL, or a local folder holding
+/// `.git` or a bare repository's `HEAD`).
+pub fn is_plain_folder(repo: &str) -> bool {
+    let path = Path::new(repo);
+    path.is_dir() && !path.join(".git").exists() && !path.join("HEAD").exists()
+}
+
 impl RolesSource {
     /// The source for `repo` (a local path or a git URL) and `branch`;
     /// a git mirror lives in `data_dir/git`. Its commits' secrets are read
@@ -45,9 +53,7 @@ impl RolesSource {
         secrets: Arc<ServerSecrets>,
     ) -> RolesSource {
         let path = Path::new(repo);
-        let is_plain_folder =
-            path.is_dir() && !path.join(".git").exists() && !path.join("HEAD").exists();
-        if is_plain_folder {
+        if is_plain_folder(repo) {
             RolesSource::Directory {
                 path: path.to_path_buf(),
                 current: None,

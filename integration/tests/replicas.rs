@@ -293,6 +293,10 @@ struct Cluster {
     credential: std::path::PathBuf,
     proxy: TcpProxy,
     binary: std::path::PathBuf,
+    /// The roles repository every replica follows.
+    git: GitRepo,
+    /// Where the `web` role writes.
+    converged: std::path::PathBuf,
     _daemons: Vec<AgentDaemon>,
     dir: tempfile::TempDir,
 }
@@ -301,6 +305,12 @@ const AGENTS: usize = 6;
 
 impl Cluster {
     fn start() -> anyhow::Result<Cluster> {
+        Cluster::start_with_settings("")
+    }
+
+    /// [`Cluster::start`] with `settings` (e.g. a `[rollout]` table) added
+    /// to the repository's `cms.toml`.
+    fn start_with_settings(settings: &str) -> anyhow::Result<Cluster> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir()?;
         let url = database();
@@ -308,46 +318,20 @@ impl Cluster {
         let converged = dir.path().join("converged");
         git.commit(
             &[
-                ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
                 (
-                    "roles/web.toml",
-                    &format!(
-                        "[match]\nrole = \"web\"\n\n[[directory]]\npath = \"{}/{{{{node.id}}}}\"\n",
-                        converged.display()
-                    ),
+                    "cms.toml",
+                    &format!("[hierarchy]\nlayers = [\"common\"]\n\n{settings}"),
                 ),
+                ("roles/web.toml", &web_role(&converged, "")),
             ],
             "roles",
         )?;
         std::fs::create_dir_all(&converged)?;
         let binary = build_workspace_binary("cms-server", "cms-server")?;
-        let key = dir.path().join("store.key");
-        let keygen = std::process::Command::new(&binary)
-            .args(["store", "keygen"])
-            .output()?;
-        anyhow::ensure!(keygen.status.success(), "cms-server store keygen failed");
-        std::fs::write(&key, &keygen.stdout)?;
-        let key_text = key.to_str().context("utf-8")?.to_string();
-        let mut replicas = Vec::new();
-        // One after another: the first replica makes the bootstrap admin
-        // credential (the others, on the shared store, make none), and that
-        // one is used with every replica.
-        for index in 1..=3 {
-            let replica = ServerProcess::start(
-                &binary,
-                &dir.path().join(format!("replica-{index}")),
-                git.path(),
-                &[
-                    "--store",
-                    &url,
-                    "--store-key-file",
-                    &key_text,
-                    "--sync-interval",
-                    "1s",
-                ],
-            )?;
-            replicas.push(Some(replica));
-        }
+        let replicas = start_replicas(&binary, dir.path(), &url, git.path(), 3, &[])?
+            .into_iter()
+            .map(Some)
+            .collect::<Vec<_>>();
         let proxy = TcpProxy::start(
             replicas
                 .iter()
@@ -361,6 +345,8 @@ impl Cluster {
             credential,
             proxy,
             binary,
+            git,
+            converged,
             _daemons: Vec::new(),
             dir,
         };
@@ -459,6 +445,58 @@ impl Cluster {
         Ok((code, results, format!("{stdout}{stderr}")))
     }
 
+    /// The replica that leads (its log says so) and the two others.
+    fn leader_and_followers(&self) -> anyhow::Result<(usize, Vec<usize>)> {
+        let leading = |index: usize| {
+            self.replicas[index]
+                .as_ref()
+                .is_some_and(|replica| replica.log_text().contains("this replica leads"))
+        };
+        let mut leader = None;
+        wait_until_polling_every(
+            Duration::from_millis(200),
+            Duration::from_secs(30),
+            "one replica to lead",
+            || {
+                leader = (0..self.replicas.len()).find(|index| leading(*index));
+                Ok(leader.map(drop))
+            },
+        )
+        .with_context(|| self.logs())?;
+        let leader = leader.context("a leader")?;
+        let followers = (0..self.replicas.len())
+            .filter(|index| *index != leader)
+            .collect();
+        Ok((leader, followers))
+    }
+
+    /// `cms-server rollout status` on replica `index`, as JSON.
+    fn rollout_status(&self, index: usize) -> anyhow::Result<serde_json::Value> {
+        self.admin(index).json(&["rollout", "status"])
+    }
+
+    /// Polls replica `index` until the rollout's state is one of `states`.
+    fn wait_for_rollout(&self, index: usize, states: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut last = serde_json::Value::Null;
+        wait_until_polling_every(
+            Duration::from_millis(200),
+            Duration::from_secs(120),
+            &format!("the rollout to be {states:?} on replica {}", index + 1),
+            || {
+                let Ok((Some(0), status)) = self.admin(index).json_and_code(&["rollout", "status"])
+                else {
+                    return Ok(None);
+                };
+                last = status;
+                Ok(states
+                    .contains(&last["state"].as_str().unwrap_or(""))
+                    .then_some(()))
+            },
+        )
+        .with_context(|| format!("the last status: {last:#}\n{}", self.logs()))?;
+        Ok(last)
+    }
+
     fn logs(&self) -> String {
         let mut text: Vec<String> = self
             .replicas
@@ -475,6 +513,58 @@ impl Cluster {
         }
         text.join("\n")
     }
+}
+
+/// `count` replicas `serve` on the database at `url` and the repository
+/// `repo`, with data directories `dir/replica-N` and `extra` flags. One
+/// after another: the first replica makes the bootstrap admin credential
+/// (the others, on the shared store, make none), and that one is used with
+/// every replica.
+fn start_replicas(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    url: &str,
+    repo: &std::path::Path,
+    count: usize,
+    extra: &[&str],
+) -> anyhow::Result<Vec<ServerProcess>> {
+    let key = dir.join("store.key");
+    let keygen = std::process::Command::new(binary)
+        .args(["store", "keygen"])
+        .output()?;
+    anyhow::ensure!(keygen.status.success(), "cms-server store keygen failed");
+    std::fs::write(&key, &keygen.stdout)?;
+    let key_text = key.to_str().context("utf-8")?.to_string();
+    let mut flags = vec![
+        "--store",
+        url,
+        "--store-key-file",
+        &key_text,
+        "--sync-interval",
+        "1s",
+    ];
+    flags.extend_from_slice(extra);
+    (1..=count)
+        .map(|index| {
+            ServerProcess::start(binary, &dir.join(format!("replica-{index}")), repo, &flags)
+        })
+        .collect()
+}
+
+/// The `web` role: a directory `converged/NODE`, and with a non-empty
+/// `content` a file `converged/NODE/version` holding it.
+fn web_role(converged: &std::path::Path, content: &str) -> String {
+    let mut role = format!(
+        "[match]\nrole = \"web\"\n\n[[directory]]\npath = \"{}/{{{{node.id}}}}\"\n",
+        converged.display()
+    );
+    if !content.is_empty() {
+        role.push_str(&format!(
+            "\n[[file]]\npath = \"{}/{{{{node.id}}}}/version\"\ncontent = \"{content}\"\n",
+            converged.display()
+        ));
+    }
+    role
 }
 
 /// A trigger's results when every node ran and changed nothing, or
@@ -508,6 +598,156 @@ fn a_trigger_given_to_one_replica_reaches_agents_held_by_the_other_two_and_their
         "every node ran, {} of them through another replica (held {held:?}): exit {code:?}, {results:?}\n{output}\n{}",
         AGENTS - held[giver],
         cluster.logs()
+    );
+    Ok(())
+}
+
+/// How many waves of a rollout (as `rollout status --format json` shows it)
+/// have started.
+fn waves_started(status: &serde_json::Value) -> usize {
+    status["waves"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|wave| wave["started_unix_ms"].as_u64().unwrap_or(0) > 0)
+        .count()
+}
+
+#[test]
+fn rollout_commands_given_to_replicas_that_do_not_lead_reach_the_leaders_rollout_and_a_pin_holds()
+-> anyhow::Result<()> {
+    // One node per wave and a bake between waves: the rollout lasts long
+    // enough to be paused half-way.
+    let cluster = Cluster::start_with_settings(
+        "[rollout]\ncanary = 1\nbatch = \"1\"\nbake = \"6s\"\ntimeout = \"60s\"\n",
+    )?;
+    cluster.wait_for_every_channel()?;
+    let (leader, followers) = cluster.leader_and_followers()?;
+    cluster.git.commit(
+        &[("roles/web.toml", &web_role(&cluster.converged, "v2"))],
+        "v2",
+    )?;
+    cluster.wait_for_rollout(leader, &["running", "baking"])?;
+
+    // Paused through a replica that does not lead: the leader's rollout
+    // stops advancing.
+    let (code, stdout, stderr) = cluster.admin(followers[0]).run(&["rollout", "pause"])?;
+    anyhow::ensure!(
+        code == Some(0),
+        "pause through replica {}: exit {code:?}\n{stdout}{stderr}",
+        followers[0] + 1
+    );
+    let paused = cluster.wait_for_rollout(leader, &["paused"])?;
+    anyhow::ensure!(
+        paused["actions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|action| action.as_str().unwrap_or("").starts_with("pause by admin")),
+        "the rollout names who paused it: {paused:#}"
+    );
+    // A wave in flight finishes; none starts after it, though the bake is
+    // long over.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = waves_started(&cluster.rollout_status(leader)?);
+    std::thread::sleep(Duration::from_secs(8));
+    let still = cluster.rollout_status(leader)?;
+    anyhow::ensure!(
+        still["state"] == "paused" && waves_started(&still) == before,
+        "the leader's rollout stays paused at {before} waves: {still:#}\n{}",
+        cluster.logs()
+    );
+
+    // A pin given to another replica that does not lead, while the
+    // rollout is paused, then resumed there: the rollout completes and
+    // the pin is still in force (the leader's writes kept it).
+    let (code, stdout, stderr) =
+        cluster
+            .admin(followers[1])
+            .run(&["pin", "--select", "role=web,hold=yes"])?;
+    anyhow::ensure!(
+        code == Some(0),
+        "pin through replica {}: exit {code:?}\n{stdout}{stderr}",
+        followers[1] + 1
+    );
+    let (code, stdout, stderr) = cluster.admin(followers[1]).run(&["rollout", "resume"])?;
+    anyhow::ensure!(
+        code == Some(0),
+        "resume through replica {}: exit {code:?}\n{stdout}{stderr}",
+        followers[1] + 1
+    );
+    let done = cluster.wait_for_rollout(leader, &["done"])?;
+    anyhow::ensure!(
+        waves_started(&done) > before,
+        "the resumed rollout went on: {done:#}"
+    );
+    for index in [leader, followers[0], followers[1]] {
+        let environments = cluster.admin(index).json(&["environments"])?;
+        let pins = &environments[0]["pins"];
+        anyhow::ensure!(
+            pins.as_array().map(Vec::len) == Some(1)
+                && pins[0]["selector"]["hold"] == "yes"
+                && pins[0]["created_by"] == "admin",
+            "replica {} shows the pin given to replica {}: {environments:#}",
+            index + 1,
+            followers[1] + 1
+        );
+    }
+    Ok(())
+}
+
+/// Signs in to the dashboard of `replica` with `token`: the session cookie
+/// (`cms_session=…`) it sets.
+fn dashboard_login(replica: &ServerProcess, token: &str) -> anyhow::Result<String> {
+    let output = std::process::Command::new("curl")
+        .args(["--silent", "--insecure", "--include", "--max-time", "30"])
+        .args(["--data", &format!("token={token}")])
+        .arg(format!("https://{}/dashboard/login", replica.http))
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            if !name.eq_ignore_ascii_case("set-cookie") {
+                return None;
+            }
+            let cookie = value.trim().split(';').next()?;
+            cookie
+                .starts_with("cms_session=")
+                .then(|| cookie.to_string())
+        })
+        .with_context(|| format!("no session cookie in the login's answer:\n{text}"))
+}
+
+#[test]
+fn a_dashboard_session_opened_on_one_replica_is_valid_on_another_until_logged_out_on_either()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = database();
+    let git = GitRepo::init(&dir.path().join("roles"))?;
+    git.commit(
+        &[("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n")],
+        "roles",
+    )?;
+    let binary = build_workspace_binary("cms-server", "cms-server")?;
+    let replicas = start_replicas(&binary, dir.path(), &url, git.path(), 2, &["--http-tls"])?;
+    let (one, two) = (&replicas[0], &replicas[1]);
+    let token = cms_server::dashboard::create_token(&one.data)?;
+    let cookie = dashboard_login(one, &token)?;
+    let page = |replica: &ServerProcess| -> anyhow::Result<u16> {
+        Ok(replica.get("/dashboard", &[("Cookie", cookie.as_str())])?.0)
+    };
+    anyhow::ensure!(page(one)? == 200, "the session works where it was opened");
+    anyhow::ensure!(
+        page(two)? == 200,
+        "the session opened on replica 1 works on replica 2\n{}",
+        two.log_text()
+    );
+    let (status, _) = two.post("/dashboard/logout", &[("Cookie", cookie.as_str())], b"")?;
+    anyhow::ensure!(status == 303, "logout on replica 2 answered {status}");
+    anyhow::ensure!(
+        page(one)? == 401 && page(two)? == 401,
+        "a logout on replica 2 ends the session on both"
     );
     Ok(())
 }

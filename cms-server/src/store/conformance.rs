@@ -115,6 +115,10 @@ pub fn all() -> Vec<(&'static str, Check)> {
             "a_ca_put_if_absent_keeps_the_first_one",
             a_ca_put_if_absent_keeps_the_first_one,
         ),
+        (
+            "a_dashboard_session_is_valid_until_it_expires_or_closes_and_expired_ones_are_pruned",
+            a_dashboard_session_is_valid_until_it_expires_or_closes_and_expired_ones_are_pruned,
+        ),
     ]
 }
 
@@ -775,6 +779,25 @@ pub fn a_ca_put_if_absent_keeps_the_first_one(store: &dyn Store) {
     assert_eq!(store.put_ca_if_absent(&first).unwrap(), first);
     assert_eq!(store.put_ca_if_absent(&second).unwrap(), first);
     assert_eq!(store.ca().unwrap(), Some(first));
+}
+
+pub fn a_dashboard_session_is_valid_until_it_expires_or_closes_and_expired_ones_are_pruned(
+    store: &dyn Store,
+) {
+    let (short, long) = ("a".repeat(64), "b".repeat(64));
+    store.open_session(&short, 2_000, 1_000).unwrap();
+    store.open_session(&long, 9_000, 1_000).unwrap();
+    assert!(store.session_is_valid(&short, 1_999).unwrap());
+    assert!(!store.session_is_valid(&short, 2_000).unwrap(), "expired");
+    assert!(!store.session_is_valid(&"c".repeat(64), 1_000).unwrap());
+    // Opening a session at 3,000 prunes the one expired at 2,000: it does
+    // not come back whatever time is asked about.
+    store.open_session(&"d".repeat(64), 9_000, 3_000).unwrap();
+    assert!(!store.session_is_valid(&short, 0).unwrap(), "pruned");
+    assert!(store.session_is_valid(&long, 3_000).unwrap());
+    assert!(store.close_session(&long).unwrap());
+    assert!(!store.session_is_valid(&long, 3_000).unwrap(), "closed");
+    assert!(!store.close_session(&long).unwrap(), "closed once");
 }
 
 /// Puts a record or more of every kind in `store` (1,203 reports, more

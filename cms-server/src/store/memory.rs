@@ -29,6 +29,8 @@ struct Data {
     certificates: BTreeMap<String, CertificateRecord>,
     tokens: BTreeMap<String, TokenRecord>,
     settings: BTreeMap<String, Vec<u8>>,
+    /// Dashboard sessions: hash → expiry (unix ms).
+    sessions: BTreeMap<String, u64>,
     triggers: BTreeMap<String, TriggerRecord>,
     operators: BTreeMap<String, OperatorRecord>,
     /// In order of arrival, which is also time order for one process.
@@ -364,6 +366,32 @@ impl Store for MemoryStore {
 
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.data().settings.get(name).cloned())
+    }
+
+    // Dashboard sessions.
+
+    fn open_session(
+        &self,
+        hash: &str,
+        expires_unix_ms: u64,
+        now_unix_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut data = self.data();
+        data.sessions.retain(|_, expires| *expires > now_unix_ms);
+        data.sessions.insert(hash.to_string(), expires_unix_ms);
+        Ok(())
+    }
+
+    fn session_is_valid(&self, hash: &str, now_unix_ms: u64) -> Result<bool, StoreError> {
+        Ok(self
+            .data()
+            .sessions
+            .get(hash)
+            .is_some_and(|expires| *expires > now_unix_ms))
+    }
+
+    fn close_session(&self, hash: &str) -> Result<bool, StoreError> {
+        Ok(self.data().sessions.remove(hash).is_some())
     }
 
     fn settings(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

@@ -422,6 +422,26 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
+    // Dashboard sessions: the sha256 of each session cookie and when it
+    // expires, so that a session opened on one replica is one on every
+    // replica. Short-lived: `cms-server store migrate` does not carry them.
+
+    /// Records the session `hash` (replacing one with the same hash) until
+    /// `expires_unix_ms`, and removes the sessions expired at `now_unix_ms`.
+    fn open_session(
+        &self,
+        hash: &str,
+        expires_unix_ms: u64,
+        now_unix_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Whether the session `hash` is recorded and not expired at
+    /// `now_unix_ms`.
+    fn session_is_valid(&self, hash: &str, now_unix_ms: u64) -> Result<bool, StoreError>;
+
+    /// Ends the session `hash`: false when there was none.
+    fn close_session(&self, hash: &str) -> Result<bool, StoreError>;
+
     // Listings of everything, for `cms-server store migrate`.
 
     /// Every setting (environments included), ordered by name.
@@ -1057,6 +1077,7 @@ pub(crate) mod tests {
         the_audit_log_gives_the_last_records_newest_last,
         settings_certificates_and_reports_list_everything_for_a_migration,
         a_ca_put_if_absent_keeps_the_first_one,
+        a_dashboard_session_is_valid_until_it_expires_or_closes_and_expired_ones_are_pruned,
     );
 
     /// The macro above lists every check of `conformance::all`.
@@ -1089,6 +1110,7 @@ pub(crate) mod tests {
             "the_audit_log_gives_the_last_records_newest_last",
             "settings_certificates_and_reports_list_everything_for_a_migration",
             "a_ca_put_if_absent_keeps_the_first_one",
+            "a_dashboard_session_is_valid_until_it_expires_or_closes_and_expired_ones_are_pruned",
         ];
         let all: Vec<&str> = conformance::all().iter().map(|(name, _)| *name).collect();
         assert_eq!(all, listed);

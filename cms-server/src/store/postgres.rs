@@ -1442,6 +1442,60 @@ impl Store for PostgresStore {
         })
     }
 
+    // Dashboard sessions (the table `dashboard_sessions`, migration 0002).
+
+    fn open_session(
+        &self,
+        hash: &str,
+        expires_unix_ms: u64,
+        now_unix_ms: u64,
+    ) -> Result<(), StoreError> {
+        let (pool, hash) = (self.pool(), hash.to_string());
+        let (expires, now) = (expires_unix_ms as i64, now_unix_ms as i64);
+        self.call("write a dashboard session", CALL_TIMEOUT, async move {
+            let client = pool.get().await?;
+            client
+                .execute(
+                    "DELETE FROM dashboard_sessions WHERE expires_unix_ms <= $1",
+                    &[&now],
+                )
+                .await?;
+            client
+                .execute(
+                    "INSERT INTO dashboard_sessions (hash, expires_unix_ms) VALUES ($1, $2)
+                     ON CONFLICT (hash) DO UPDATE SET expires_unix_ms = EXCLUDED.expires_unix_ms",
+                    &[&hash, &expires],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn session_is_valid(&self, hash: &str, now_unix_ms: u64) -> Result<bool, StoreError> {
+        let (pool, hash, now) = (self.pool(), hash.to_string(), now_unix_ms as i64);
+        self.call("read a dashboard session", CALL_TIMEOUT, async move {
+            let client = pool.get().await?;
+            let row = client
+                .query_opt(
+                    "SELECT 1 FROM dashboard_sessions WHERE hash = $1 AND expires_unix_ms > $2",
+                    &[&hash, &now],
+                )
+                .await?;
+            Ok(row.is_some())
+        })
+    }
+
+    fn close_session(&self, hash: &str) -> Result<bool, StoreError> {
+        let (pool, hash) = (self.pool(), hash.to_string());
+        self.call("remove a dashboard session", CALL_TIMEOUT, async move {
+            let client = pool.get().await?;
+            let removed = client
+                .execute("DELETE FROM dashboard_sessions WHERE hash = $1", &[&hash])
+                .await?;
+            Ok(removed > 0)
+        })
+    }
+
     fn settings(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let pool = self.pool();
         self.call("list settings", BULK_TIMEOUT, async move {

@@ -386,6 +386,23 @@ impl Store for Reopening {
         self.write(|s| s.put_setting(name, value))
     }
 
+    fn open_session(
+        &self,
+        hash: &str,
+        expires_unix_ms: u64,
+        now_unix_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.write(|s| s.open_session(hash, expires_unix_ms, now_unix_ms))
+    }
+
+    fn session_is_valid(&self, hash: &str, now_unix_ms: u64) -> Result<bool, StoreError> {
+        self.read(|s| s.session_is_valid(hash, now_unix_ms))
+    }
+
+    fn close_session(&self, hash: &str) -> Result<bool, StoreError> {
+        self.write(|s| s.close_session(hash))
+    }
+
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(|s| s.get_setting(name))
     }

@@ -74,6 +74,8 @@ pub struct SledStore {
     certificates: ::sled::Tree,
     tokens: ::sled::Tree,
     settings: ::sled::Tree,
+    /// Dashboard sessions: hash → expiry (unix ms, big-endian).
+    sessions: ::sled::Tree,
     triggers: ::sled::Tree,
     operators: ::sled::Tree,
     audit: ::sled::Tree,
@@ -154,6 +156,7 @@ impl SledStore {
             certificates: tree(CERTIFICATES)?,
             tokens: tree(TOKENS)?,
             settings: tree(SETTINGS)?,
+            sessions: tree(SESSIONS)?,
             triggers: tree(TRIGGERS)?,
             operators: tree(OPERATORS)?,
             audit: tree(AUDIT)?,
@@ -842,6 +845,49 @@ impl Store for SledStore {
         Ok(value.map(|value| value.to_vec()))
     }
 
+    // Dashboard sessions: not flushed on their own (one lost in a crash
+    // means signing in again); the next flush of anything takes them.
+
+    fn open_session(
+        &self,
+        hash: &str,
+        expires_unix_ms: u64,
+        now_unix_ms: u64,
+    ) -> Result<(), StoreError> {
+        let expired: Vec<::sled::IVec> = self
+            .sessions
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, value)| session_expiry(value) <= now_unix_ms)
+            .map(|(key, _)| key)
+            .collect();
+        for key in expired {
+            self.sessions
+                .remove(key)
+                .map_err(|e| backend("remove an expired dashboard session".into(), e))?;
+        }
+        self.sessions
+            .insert(hash.as_bytes(), &expires_unix_ms.to_be_bytes())
+            .map_err(|e| backend("write a dashboard session".into(), e))?;
+        Ok(())
+    }
+
+    fn session_is_valid(&self, hash: &str, now_unix_ms: u64) -> Result<bool, StoreError> {
+        let value = self
+            .sessions
+            .get(hash.as_bytes())
+            .map_err(|e| backend("read a dashboard session".into(), e))?;
+        Ok(value.is_some_and(|value| session_expiry(&value) > now_unix_ms))
+    }
+
+    fn close_session(&self, hash: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .sessions
+            .remove(hash.as_bytes())
+            .map_err(|e| backend("remove a dashboard session".into(), e))?;
+        Ok(removed.is_some())
+    }
+
     fn settings(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.settings
             .iter()
@@ -899,6 +945,13 @@ const REVISIONS: &str = "revisions";
 const CERTIFICATES: &str = "certificates";
 const TOKENS: &str = "tokens";
 const SETTINGS: &str = "settings";
+const SESSIONS: &str = "dashboard_sessions";
+
+/// A stored session's expiry; a value of another length (never written)
+/// reads as expired.
+fn session_expiry(value: &[u8]) -> u64 {
+    value.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
 const TRIGGERS: &str = "triggers";
 const OPERATORS: &str = "operators";
 const AUDIT: &str = "audit";

@@ -22,11 +22,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order; the last is the schema this binary uses.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_initial",
-    sql: include_str!("../../../migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_initial",
+        sql: include_str!("../../../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_dashboard_sessions",
+        sql: include_str!("../../../migrations/0002_dashboard_sessions.sql"),
+    },
+];
 
 /// The advisory lock id held while migrating: "cms" and 1, any fixed
 /// number no other application of the database uses.
