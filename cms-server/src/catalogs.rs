@@ -130,7 +130,32 @@ pub struct Catalogs {
     /// Where each compile's duration goes (`metrics`).
     compile_duration: Option<prometheus_client::metrics::histogram::Histogram>,
     max_bytes: usize,
+    /// The catalog each node was last served (`GetCatalog`), so that its
+    /// `GetContent` calls find it without computing its key again.
+    served: Mutex<Served>,
 }
+
+/// The catalog last served to each node, by node id. Weak: only the cache
+/// keeps a catalog alive, so this holds a few hundred bytes per node; when
+/// it has doubled since the last pruning, entries of catalogs gone are
+/// dropped.
+#[derive(Debug)]
+struct Served {
+    nodes: HashMap<String, ServedCatalog>,
+    prune_at: usize,
+}
+
+#[derive(Debug)]
+struct ServedCatalog {
+    /// The certificate the node called with: a new instance enrolled
+    /// under the name has another and is not served the old one's.
+    certificate_serial: String,
+    commit: String,
+    catalog: std::sync::Weak<Compiled>,
+}
+
+/// Entries of [`Served`] kept before the first pruning.
+const SERVED_PRUNE_AT: usize = 4096;
 
 /// The memory the cache may hold, estimated from catalog sizes: a fleet of
 /// nodes with catalogs of their own must not grow the server without
@@ -175,7 +200,64 @@ impl Catalogs {
             capacity: capacity.max(1),
             compile_duration: None,
             max_bytes: CACHE_BYTES,
+            served: Mutex::new(Served {
+                nodes: HashMap::new(),
+                prune_at: SERVED_PRUNE_AT,
+            }),
         }
+    }
+
+    /// Notes that `node_id`, calling with the certificate
+    /// `certificate_serial`, was served `catalog` of `commit`: its
+    /// `GetContent` calls find it with [`Catalogs::served`].
+    pub fn note_served(
+        &self,
+        node_id: &str,
+        certificate_serial: &str,
+        commit: &str,
+        catalog: &Arc<Compiled>,
+    ) {
+        let mut served = self.served.lock().expect("served catalogs lock");
+        if let Some(entry) = served.nodes.get_mut(node_id) {
+            if entry.certificate_serial != certificate_serial {
+                entry.certificate_serial = certificate_serial.to_string();
+            }
+            if entry.commit != commit {
+                entry.commit = commit.to_string();
+            }
+            entry.catalog = Arc::downgrade(catalog);
+            return;
+        }
+        if served.nodes.len() >= served.prune_at {
+            served
+                .nodes
+                .retain(|_, entry| entry.catalog.strong_count() > 0);
+            served.prune_at = (served.nodes.len() * 2).max(SERVED_PRUNE_AT);
+        }
+        served.nodes.insert(
+            node_id.to_string(),
+            ServedCatalog {
+                certificate_serial: certificate_serial.to_string(),
+                commit: commit.to_string(),
+                catalog: Arc::downgrade(catalog),
+            },
+        );
+    }
+
+    /// The catalog last served to `node_id` with this certificate, if it
+    /// was of `commit` and is still in the cache.
+    pub fn served(
+        &self,
+        node_id: &str,
+        certificate_serial: &str,
+        commit: &str,
+    ) -> Option<Arc<Compiled>> {
+        let served = self.served.lock().expect("served catalogs lock");
+        let entry = served.nodes.get(node_id)?;
+        if entry.certificate_serial != certificate_serial || entry.commit != commit {
+            return None;
+        }
+        entry.catalog.upgrade()
     }
 
     /// Records the duration of every compile in `histogram`.
@@ -346,6 +428,12 @@ impl Catalogs {
         state.order.clear();
         state.bytes = 0;
         state.reads.clear();
+        drop(state);
+        self.served
+            .lock()
+            .expect("served catalogs lock")
+            .nodes
+            .clear();
     }
 }
 
@@ -495,6 +583,43 @@ mod tests {
         }
         // rev1/web, rev2/web (a and b share), rev2/db (c and d share).
         assert_eq!(catalogs.stats().compiles, 3);
+    }
+
+    #[tokio::test]
+    async fn the_catalog_served_to_a_node_is_found_for_that_certificate_and_commit_while_cached() {
+        // Room for one catalog: the second compile evicts the first.
+        let catalogs = Catalogs::new(1, 2);
+        let repository = repository();
+        let served = catalogs
+            .get("rev1", repository.clone(), web_node("a"))
+            .await
+            .expect("compiles");
+        catalogs.note_served("a", "s1", "rev1", &served);
+        let found = catalogs.served("a", "s1", "rev1").expect("served");
+        assert!(Arc::ptr_eq(&found, &served));
+        drop(found);
+        // Another instance enrolled under the name, another commit, another
+        // node: not this catalog.
+        assert!(catalogs.served("a", "s2", "rev1").is_none());
+        assert!(catalogs.served("a", "s1", "rev2").is_none());
+        assert!(catalogs.served("b", "s1", "rev1").is_none());
+        // Evicted from the cache (and held by no one): no longer found.
+        drop(served);
+        catalogs
+            .get("rev3", repository.clone(), web_node("b"))
+            .await
+            .expect("compiles");
+        let other = catalogs
+            .get("rev2", repository, web_node("a"))
+            .await
+            .expect("compiles");
+        assert!(catalogs.served("a", "s1", "rev1").is_none());
+        // Served again: the new one replaces it.
+        catalogs.note_served("a", "s1", "rev2", &other);
+        assert!(Arc::ptr_eq(
+            &catalogs.served("a", "s1", "rev2").expect("served"),
+            &other
+        ));
     }
 
     fn repository_with_template(template: &str) -> Arc<Repository> {

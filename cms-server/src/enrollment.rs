@@ -693,6 +693,13 @@ mod tests {
         ) -> Result<crate::store::ReportWrite, StoreError> {
             self.inner.put_report(report)
         }
+        fn record_run(
+            &self,
+            report: &crate::store::StoredReport,
+            summary: &crate::store::RunSummary,
+        ) -> Result<crate::store::ReportWrite, StoreError> {
+            self.inner.record_run(report, summary)
+        }
         fn report(
             &self,
             node_id: &str,

@@ -83,14 +83,11 @@ impl Reports {
             received_unix_ms: now,
             report,
         };
-        let write = self.store.put_report(&stored)?;
+        // The report and the node's summary in one durable write.
+        let write = self.store.record_run(&stored, &summary)?;
         if write == ReportWrite::Stored {
             self.metrics.run_reported(&stored.report);
         }
-        self.store.update_node(node_id, |node| {
-            node.last_seen_unix_ms = now;
-            node.last_run = Some(summary.clone());
-        })?;
         if let Some((trigger_id, outcome)) = trigger {
             self.fleet.report_arrived(&trigger_id, node_id, outcome);
         }

@@ -207,6 +207,12 @@ impl AgentService {
         let mut node = crate::catalogs::node(&node_id, &node_record.tags, facts);
         node.attested = node_record.attested.clone();
         let catalog = compiled(&self.catalogs, &revision, node).await?;
+        self.catalogs.note_served(
+            &node_id,
+            &node_record.certificate_serial,
+            &revision.commit,
+            &catalog,
+        );
         if request.have_catalog_id == catalog.catalog_id {
             answer.answered(CatalogAnswer::NotModified);
             return Ok(pb::CatalogResponse {
@@ -233,16 +239,29 @@ impl AgentService {
     }
 
     /// The chunks `GetContent` streams to `node_id`: the content of
-    /// `hash` in the caller's current catalog.
+    /// `hash` in the caller's current catalog: the one `GetCatalog` last
+    /// served it at the revision it is served, while the cache holds it,
+    /// else the catalog of its current facts.
     pub async fn content_for(
         &self,
         node_id: String,
         hash: String,
     ) -> Result<ResponseStream<pb::ContentChunk>, Status> {
-        let node_record = self.nodes.current(&node_id)?;
+        let node_record = self.nodes.enrolled(&node_id)?;
         let revision = self.environments.revision_for(&node_record)?;
-        let node = crate::catalogs::node_of_record(&node_record);
-        let catalog = compiled(&self.catalogs, &revision, node).await?;
+        let served = self
+            .catalogs
+            .served(&node_id, &node_record.certificate_serial, &revision.commit)
+            .filter(|catalog| catalog.contents.contains_key(&hash));
+        let catalog = match served {
+            Some(catalog) => catalog,
+            None => {
+                let now = self.nodes.clock.now_unix_ms();
+                let node_record = self.nodes.fleet.current(node_record, now);
+                let node = crate::catalogs::node_of_record(&node_record);
+                compiled(&self.catalogs, &revision, node).await?
+            }
+        };
         if !catalog.contents.contains_key(&hash) {
             return Err(CatalogError::NoContent {
                 hash,

@@ -47,6 +47,10 @@ pub fn all() -> Vec<(&'static str, Check)> {
             the_same_run_id_on_two_nodes_is_two_reports,
         ),
         (
+            "recording_a_run_stores_its_report_once_and_notes_it_on_its_node",
+            recording_a_run_stores_its_report_once_and_notes_it_on_its_node,
+        ),
+        (
             "prune_removes_only_older_reports_and_lets_their_run_ids_be_stored_again",
             prune_removes_only_older_reports_and_lets_their_run_ids_be_stored_again,
         ),
@@ -339,6 +343,81 @@ pub fn the_same_run_id_on_two_nodes_is_two_reports(store: &dyn Store) {
     );
     assert_eq!(store.reports("n1", 10).unwrap().len(), 1);
     assert_eq!(store.reports("n2", 10).unwrap().len(), 1);
+}
+
+pub fn recording_a_run_stores_its_report_once_and_notes_it_on_its_node(store: &dyn Store) {
+    store.put_node(&node("n1")).unwrap();
+    store.put_node(&node("n10")).unwrap();
+    let summary = |run_id: &str, changed: u32| RunSummary {
+        run_id: run_id.to_string(),
+        finished_unix_ms: 4_000,
+        catalog_id: "catalog-def".to_string(),
+        revision: "4567cdef".to_string(),
+        changed,
+        failed: 1,
+        skipped: 0,
+        noop: false,
+    };
+    let first = report("n1", "run-2", 5_000);
+    assert_eq!(
+        store.record_run(&first, &summary("run-2", 7)).unwrap(),
+        ReportWrite::Stored
+    );
+    let noted = store.node("n1").unwrap().expect("n1 is stored");
+    assert_eq!(noted.last_run, Some(summary("run-2", 7)));
+    assert_eq!(noted.last_seen_unix_ms, 5_000);
+    assert_eq!(
+        NodeRecord {
+            last_run: node("n1").last_run,
+            last_seen_unix_ms: node("n1").last_seen_unix_ms,
+            ..noted
+        },
+        node("n1"),
+        "nothing else of the node changes"
+    );
+    assert_eq!(
+        store.reports("n1", 10).unwrap(),
+        std::slice::from_ref(&first)
+    );
+
+    // Re-sent: stored once, its first copy kept, the node noted again.
+    let resent = StoredReport {
+        received_unix_ms: 6_000,
+        ..first.clone()
+    };
+    assert_eq!(
+        store.record_run(&resent, &summary("run-2", 7)).unwrap(),
+        ReportWrite::AlreadyStored
+    );
+    assert_eq!(store.reports("n1", 10).unwrap(), [first]);
+    assert_eq!(store.node("n1").unwrap().unwrap().last_seen_unix_ms, 6_000);
+
+    // A report received earlier becomes the last run, but does not move
+    // the last-seen time back.
+    assert_eq!(
+        store
+            .record_run(&report("n1", "run-1b", 3_000), &summary("run-1b", 0))
+            .unwrap(),
+        ReportWrite::Stored
+    );
+    let noted = store.node("n1").unwrap().unwrap();
+    assert_eq!(noted.last_run, Some(summary("run-1b", 0)));
+    assert_eq!(noted.last_seen_unix_ms, 6_000);
+    assert_eq!(store.reports("n1", 10).unwrap().len(), 2);
+
+    // A node that is not stored: the report is, and no node appears.
+    assert_eq!(
+        store
+            .record_run(&report("ghost", "run-1", 1_000), &summary("run-1", 0))
+            .unwrap(),
+        ReportWrite::Stored
+    );
+    assert_eq!(store.node("ghost").unwrap(), None);
+    assert_eq!(store.reports("ghost", 10).unwrap().len(), 1);
+
+    // Another node, whose id extends n1's, is untouched.
+    assert_eq!(store.node("n10").unwrap(), Some(node("n10")));
+    assert!(store.reports("n10", 10).unwrap().is_empty());
 }
 
 pub fn prune_removes_only_older_reports_and_lets_their_run_ids_be_stored_again(store: &dyn Store) {

@@ -9,7 +9,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{
     AuditRecord, CaRecord, CertificateRecord, NodeRecord, NodeStatus, OperatorRecord, ReportWrite,
-    RevisionRecord, Store, StoreError, StoredReport, TokenRecord, TriggerRecord, check_node_id,
+    RevisionRecord, RunSummary, Store, StoreError, StoredReport, TokenRecord, TriggerRecord,
+    check_node_id, note_run,
 };
 
 /// A store that lives and dies with the process.
@@ -161,6 +162,27 @@ impl Store for MemoryStore {
         }
         data.reports.insert(key, report.clone());
         Ok(ReportWrite::Stored)
+    }
+
+    fn record_run(
+        &self,
+        report: &StoredReport,
+        summary: &RunSummary,
+    ) -> Result<ReportWrite, StoreError> {
+        check_node_id(&report.node_id)?;
+        let key = (report.node_id.clone(), report.run_id.clone());
+        let mut data = self.data();
+        let write = match data.reports.entry(key) {
+            std::collections::btree_map::Entry::Occupied(_) => ReportWrite::AlreadyStored,
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(report.clone());
+                ReportWrite::Stored
+            }
+        };
+        if let Some(node) = data.nodes.get_mut(&report.node_id) {
+            note_run(node, report, summary);
+        }
+        Ok(write)
     }
 
     fn report(&self, node_id: &str, run_id: &str) -> Result<Option<StoredReport>, StoreError> {

@@ -20,7 +20,8 @@
 //! restart. Read-modify-write is atomic where the server needs it:
 //! `consume_token` never lets concurrent enrollments over-use a token,
 //! `update_node` never loses a concurrent change, and `put_report` stores a
-//! re-sent (node, run id) once.
+//! re-sent (node, run id) once. `record_run` writes a run report and its
+//! summary on the node together, in one durable write: one sync per report.
 //!
 //! # What replicas would share
 //!
@@ -303,6 +304,20 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// acknowledge it.
     fn put_report(&self, report: &StoredReport) -> Result<ReportWrite, StoreError>;
 
+    /// What the server does with a run report: stores it as
+    /// [`put_report`](Store::put_report) does (once per node and run id)
+    /// and, in the same atomic, durable write, notes the run on its node:
+    /// `last_run` becomes `summary` and the last-seen time moves forward to
+    /// the report's received time. The node is noted for a re-sent report
+    /// too; an unknown node is skipped and the report still stored. One
+    /// write (one transaction, one flush), so a report costs one sync, and
+    /// the caller may acknowledge it when this returns.
+    fn record_run(
+        &self,
+        report: &StoredReport,
+        summary: &RunSummary,
+    ) -> Result<ReportWrite, StoreError>;
+
     fn report(&self, node_id: &str, run_id: &str) -> Result<Option<StoredReport>, StoreError>;
 
     /// A node's reports, newest first, at most `limit` of them.
@@ -523,6 +538,12 @@ impl dyn Store + '_ {
             .collect();
         self.touch_nodes_with_facts(&with_facts)
     }
+}
+
+/// How [`Store::record_run`] notes a run on its node.
+fn note_run(node: &mut NodeRecord, report: &StoredReport, summary: &RunSummary) {
+    node.last_seen_unix_ms = node.last_seen_unix_ms.max(report.received_unix_ms);
+    node.last_run = Some(summary.clone());
 }
 
 /// Node ids are keys with a NUL separator after them (see the key layout).
@@ -1059,6 +1080,7 @@ pub(crate) mod tests {
         reports_list_newest_first_up_to_the_limit,
         a_resent_report_is_stored_once_and_keeps_its_first_copy,
         the_same_run_id_on_two_nodes_is_two_reports,
+        recording_a_run_stores_its_report_once_and_notes_it_on_its_node,
         prune_removes_only_older_reports_and_lets_their_run_ids_be_stored_again,
         remove_node_removes_its_reports_and_no_one_elses,
         revisions_round_trip_newest_first_and_only_an_accepted_one_becomes_current,
@@ -1092,6 +1114,7 @@ pub(crate) mod tests {
             "reports_list_newest_first_up_to_the_limit",
             "a_resent_report_is_stored_once_and_keeps_its_first_copy",
             "the_same_run_id_on_two_nodes_is_two_reports",
+            "recording_a_run_stores_its_report_once_and_notes_it_on_its_node",
             "prune_removes_only_older_reports_and_lets_their_run_ids_be_stored_again",
             "remove_node_removes_its_reports_and_no_one_elses",
             "revisions_round_trip_newest_first_and_only_an_accepted_one_becomes_current",

@@ -819,6 +819,60 @@ impl Store for PostgresStore {
         )
     }
 
+    /// The report and the node's summary in one transaction: the node row
+    /// is locked (`FOR UPDATE`) while its record changes, so a concurrent
+    /// `update_node` waits rather than being lost; its commit is the one
+    /// durable write.
+    fn record_run(
+        &self,
+        report: &StoredReport,
+        summary: &super::RunSummary,
+    ) -> Result<ReportWrite, StoreError> {
+        check_node_id(&report.node_id)?;
+        let pool = self.pool();
+        let (node_id, run_id) = (report.node_id.clone(), report.run_id.clone());
+        let received = to_db(report.received_unix_ms);
+        let record = encode("report", report)?;
+        let (noted, summary) = (report.clone(), summary.clone());
+        self.call(
+            format!("write report {} of node {}", report.run_id, report.node_id),
+            CALL_TIMEOUT,
+            async move {
+                let mut client = pool.get().await?;
+                let transaction = client.transaction().await?;
+                let statement = transaction
+                    .prepare_cached(
+                        "INSERT INTO reports (node_id, run_id, received_unix_ms, record)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (node_id, run_id) DO NOTHING",
+                    )
+                    .await?;
+                let inserted = transaction
+                    .execute(&statement, &[&node_id, &run_id, &received, &record])
+                    .await?;
+                let statement = transaction
+                    .prepare_cached("SELECT record FROM nodes WHERE id = $1 FOR UPDATE")
+                    .await?;
+                if let Some(row) = transaction.query_opt(&statement, &[&node_id]).await? {
+                    let mut node: NodeRecord = decode("nodes", &node_id, row.get(0))?;
+                    super::note_run(&mut node, &noted, &summary);
+                    let node = encode("node record", &node)?;
+                    let statement = transaction
+                        .prepare_cached(
+                            "UPDATE nodes SET record = $2, version = version + 1 WHERE id = $1",
+                        )
+                        .await?;
+                    transaction.execute(&statement, &[&node_id, &node]).await?;
+                }
+                transaction.commit().await?;
+                Ok(if inserted == 1 {
+                    ReportWrite::Stored
+                } else {
+                    ReportWrite::AlreadyStored
+                })
+            },
+        )
+    }
+
     fn report(&self, node_id: &str, run_id: &str) -> Result<Option<StoredReport>, StoreError> {
         check_node_id(node_id)?;
         let pool = self.pool();

@@ -24,7 +24,8 @@ use std::sync::{Mutex, PoisonError, RwLock};
 
 use super::{
     AuditRecord, CaRecord, CertificateRecord, NodeRecord, OperatorRecord, ReportWrite,
-    RevisionRecord, SharedStore, Store, StoreError, StoredReport, TokenRecord, TriggerRecord,
+    RevisionRecord, RunSummary, SharedStore, Store, StoreError, StoredReport, TokenRecord,
+    TriggerRecord,
 };
 
 /// How much the probe writes before a reopen: about what sled needs to
@@ -292,6 +293,14 @@ impl Store for Reopening {
 
     fn put_report(&self, report: &StoredReport) -> Result<ReportWrite, StoreError> {
         self.write(|s| s.put_report(report))
+    }
+
+    fn record_run(
+        &self,
+        report: &StoredReport,
+        summary: &RunSummary,
+    ) -> Result<ReportWrite, StoreError> {
+        self.write(|s| s.record_run(report, summary))
     }
 
     fn report(&self, node_id: &str, run_id: &str) -> Result<Option<StoredReport>, StoreError> {

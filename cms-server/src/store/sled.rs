@@ -38,7 +38,8 @@
 //! `Send + Sync`. sled calls are synchronous: a read takes microseconds, a
 //! write ends in an fsync that blocks for milliseconds. Read-modify-write
 //! uses compare-and-swap loops (`consume_token`, `update_node_with`) and
-//! sled transactions (`put_report`, `set_current_revision`, `remove_node`).
+//! sled transactions (`put_report`, `record_run`, `set_current_revision`,
+//! `remove_node`).
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -54,8 +55,8 @@ use serde::de::DeserializeOwned;
 
 use super::{
     AuditRecord, BackendError, CaRecord, CertificateRecord, FORMAT_VERSION, NodeRecord, NodeStatus,
-    OperatorRecord, ReportWrite, RevisionRecord, Store, StoreError, StoredReport, TokenRecord,
-    TriggerRecord, check_node_id,
+    OperatorRecord, ReportWrite, RevisionRecord, RunSummary, Store, StoreError, StoredReport,
+    TokenRecord, TriggerRecord, check_node_id, note_run,
 };
 
 /// The server's storage in one sled database. Cheap to clone; all clones
@@ -470,6 +471,52 @@ impl Store for SledStore {
             })?;
         // Flushed even when already stored: the first attempt may have
         // failed at its flush, and this one acknowledges the report.
+        self.flush()?;
+        Ok(write)
+    }
+
+    /// The report, its index entry and the node's summary in one
+    /// transaction over the three trees, then one flush: one sync per
+    /// report, and concurrent reports share it (`GroupCommit`).
+    fn record_run(
+        &self,
+        report: &StoredReport,
+        summary: &RunSummary,
+    ) -> Result<ReportWrite, StoreError> {
+        check_node_id(&report.node_id)?;
+        let key = report_key(&report.node_id, report.received_unix_ms, &report.run_id);
+        let index_key = report_index_key(&report.node_id, &report.run_id);
+        let value = encode("report", report)?;
+        let node_id = report.node_id.as_bytes();
+        let write = (&self.reports, &self.report_index, &self.nodes)
+            .transaction(|(reports, index, nodes)| {
+                if let Some(current) = nodes.get(node_id)? {
+                    let mut node: NodeRecord = match decode(NODES, node_id, &current) {
+                        Ok(node) => node,
+                        Err(error) => return abort(error),
+                    };
+                    note_run(&mut node, report, summary);
+                    match encode("node record", &node) {
+                        Ok(value) => nodes.insert(node_id, value)?,
+                        Err(error) => return abort(error),
+                    };
+                }
+                if let Some(existing) = index.get(&index_key)?
+                    && reports.get(&existing)?.is_some()
+                {
+                    return Ok(ReportWrite::AlreadyStored);
+                }
+                reports.insert(key.as_slice(), value.as_slice())?;
+                index.insert(index_key.as_slice(), key.as_slice())?;
+                Ok::<_, TxError>(ReportWrite::Stored)
+            })
+            .map_err(|e| {
+                transaction_error(
+                    format!("write report {} of node {}", report.run_id, report.node_id),
+                    e,
+                )
+            })?;
+        // Flushed even when already stored, as `put_report` is.
         self.flush()?;
         Ok(write)
     }
