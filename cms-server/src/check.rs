@@ -127,7 +127,7 @@ fn invalid(diagnostics: &Diagnostics, format: Format) -> ExitCode {
 }
 
 /// `role=api,env=prod` → tags.
-fn read_facts(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Value>> {
+pub(crate) fn read_facts(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Value>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("Failed to read facts from {}", path.display()))?;
     let value: Value = serde_json::from_str(&text)
@@ -143,7 +143,7 @@ fn read_facts(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Value>>
 
 /// `{"instance_id": "i-…", …}` → attested values; `{}` is a node enrolled
 /// with a token.
-fn read_attested(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn read_attested(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("Failed to read attested values from {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| {

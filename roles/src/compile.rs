@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 use crate::catalog::{Catalog, Resource};
 use crate::content::Content;
 use crate::diagnostic::{Diagnostic, Diagnostics, Position};
+use crate::explain::tags_text;
 use crate::kinds::{RESOURCE_TYPES, Resolver, ResourceKind, ResourceType, Spec};
 use crate::repository::{DeclaredResource, META_KEYS, Repository, Role, improve_unknown_field};
 use crate::secrets::{
@@ -407,6 +408,7 @@ pub(crate) fn compile_here(
     let (result, used) = with_secret_session(lookup, || {
         compile_rendering(repository, node, &context, diagnostics)
     });
+    let result = result.map_err(|diagnostics| name_the_node(diagnostics, &node.tags));
     if used.is_empty() {
         return result;
     }
@@ -424,6 +426,30 @@ pub(crate) fn compile_here(
                 .collect(),
         )
     })
+}
+
+/// Messages that depend on the node say which node: "for this node"
+/// becomes "for the node with tags env=prod, role=web", since the same
+/// role compiles for many nodes and `check` compiles it for several tag
+/// combinations.
+fn name_the_node(diagnostics: Diagnostics, tags: &BTreeMap<String, String>) -> Diagnostics {
+    let node = match tags_text(tags).as_str() {
+        "no tags" => "the node with no tags".to_string(),
+        tags => format!("the node with tags {tags}"),
+    };
+    Diagnostics(
+        diagnostics
+            .0
+            .into_iter()
+            .map(|mut diagnostic| {
+                diagnostic.message = diagnostic
+                    .message
+                    .replace("for this node", &format!("for {node}"))
+                    .replace("this node's catalog", &format!("the catalog of {node}"));
+                diagnostic
+            })
+            .collect(),
+    )
 }
 
 /// The rest of [`compile_here`], with the secret helpers answering.

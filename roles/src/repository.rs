@@ -36,6 +36,11 @@ pub struct Repository {
     pub templates: Templates,
     /// Data files by layer path (`env/prod` for `data/env/prod.toml`).
     pub data: BTreeMap<String, Value>,
+    /// Where each key of each data file was written, by layer path then
+    /// by key path (`["sysctl", "somaxconn"]`): what `explain` names as a
+    /// value's origin. Elements of lists have none (a list is replaced
+    /// whole, never merged).
+    pub data_positions: BTreeMap<String, BTreeMap<Vec<String>, Position>>,
     /// Secrets by layer path (`env/prod` for `secrets/env/prod.toml`), then
     /// by key. Values are not here: only their armored or AWS sources.
     pub secrets: BTreeMap<String, BTreeMap<String, SecretEntry>>,
@@ -222,6 +227,7 @@ impl Repository {
             diagnostics.push(diagnostic);
         }
         let mut data = BTreeMap::new();
+        let mut data_positions = BTreeMap::new();
         let mut unparsed_data = BTreeSet::new();
         for (path, entry) in files.under("data/") {
             let Some(layer) = path
@@ -232,8 +238,9 @@ impl Repository {
             };
             match entry {
                 Entry::File(bytes) => match parse_data_file(path, bytes, &mut diagnostics) {
-                    Some(value) => {
+                    Some((value, positions)) => {
                         data.insert(layer.to_string(), value);
+                        data_positions.insert(layer.to_string(), positions);
                     }
                     None => {
                         unparsed_data.insert(path.to_string());
@@ -311,6 +318,7 @@ impl Repository {
             roles,
             templates,
             data,
+            data_positions,
             secrets,
             files,
             unparsed_roles,
@@ -573,7 +581,14 @@ fn name_the_field(
     ))
 }
 
-fn parse_data_file(path: &str, bytes: &[u8], diagnostics: &mut Diagnostics) -> Option<Value> {
+/// Where each key of a data file was written, by key path.
+type KeyPositions = BTreeMap<Vec<String>, Position>;
+
+fn parse_data_file(
+    path: &str,
+    bytes: &[u8],
+    diagnostics: &mut Diagnostics,
+) -> Option<(Value, KeyPositions)> {
     let text = utf8(path, bytes, diagnostics)?;
     let (table, errors) = DeTable::parse_recoverable(text);
     let lines = LineIndex::new(text);
@@ -587,7 +602,29 @@ fn parse_data_file(path: &str, bytes: &[u8], diagnostics: &mut Diagnostics) -> O
         diagnostics.push(diagnostic);
         return None;
     }
-    Some(to_json(&DeValue::Table(table.into_inner())))
+    let positions = key_positions(&lines, table.get_ref());
+    Some((to_json(&DeValue::Table(table.into_inner())), positions))
+}
+
+/// The position of every key of a data file's tables, at any depth (the
+/// nesting is bounded by [`check_nesting`], checked before). A key
+/// written twice (an array of tables) keeps its first position.
+fn key_positions(lines: &LineIndex<'_>, table: &DeTable<'_>) -> KeyPositions {
+    let mut positions = KeyPositions::new();
+    let mut pending: Vec<(Vec<String>, &DeTable<'_>)> = vec![(Vec::new(), table)];
+    while let Some((prefix, table)) = pending.pop() {
+        for (key, value) in table.iter() {
+            let mut path = prefix.clone();
+            path.push(key.get_ref().to_string());
+            positions
+                .entry(path.clone())
+                .or_insert_with(|| lines.position(key.span().start));
+            if let DeValue::Table(inner) = value.get_ref() {
+                pending.push((path, inner));
+            }
+        }
+    }
+    positions
 }
 
 /// A TOML value as JSON, the form templates see. Datetimes become strings.

@@ -28,7 +28,7 @@ const MAX_NODES_PER_ROLE: usize = 32;
 fn is_follow_on(repository: &Repository, message: &str) -> bool {
     message.contains(crate::template::REFUSED_MARK)
         || (!repository.unparsed_data.is_empty()
-            && message.contains("which is not defined for this node"))
+            && message.contains("which is not defined for the node"))
 }
 
 /// Attested values used where no real node is at hand: an EC2 instance
