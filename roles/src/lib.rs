@@ -61,7 +61,10 @@ pub use source::{
     Entry, JoinError, ReadError, RepoFiles, SETTINGS_FILE, is_repository_path, join_inside,
 };
 pub use template::{MAX_NESTING, Templates};
-pub use validate::{check_catalog_size, example_attested, validate, validate_with_secrets};
+pub use validate::{
+    check_catalog_size, example_attested, unmatchable_globs, validate, validate_with_secrets,
+    validation_tags,
+};
 
 #[cfg(test)]
 mod restarts_tests;

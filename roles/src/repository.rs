@@ -125,6 +125,8 @@ pub struct Role {
     pub description: Option<String>,
     /// Tag name → value or glob; all must hold.
     pub matchers: BTreeMap<String, String>,
+    /// Where each `[match]` entry's value was written, by tag name.
+    pub match_positions: BTreeMap<String, Position>,
     /// Roles applied before this one, with where each was named.
     pub includes: Vec<(String, Position)>,
     /// In declaration order.
@@ -743,6 +745,7 @@ fn parse_role(
         file: path.to_string(),
         description: None,
         matchers: BTreeMap::new(),
+        match_positions: BTreeMap::new(),
         includes: Vec::new(),
         resources: Vec::new(),
     };
@@ -754,8 +757,14 @@ fn parse_role(
                 Ok(d) => role.description = Some(d),
                 Err(e) => diagnostics.push(toml_diagnostic(path, &lines, &e)),
             },
-            "match" => match deserialize_value::<BTreeMap<String, String>>(value) {
-                Ok(m) => role.matchers = m,
+            "match" => match deserialize_value::<BTreeMap<String, Spanned<String>>>(value) {
+                Ok(m) => {
+                    for (tag, pattern) in m {
+                        role.match_positions
+                            .insert(tag.clone(), at(pattern.span().start));
+                        role.matchers.insert(tag, pattern.into_inner());
+                    }
+                }
                 Err(e) => diagnostics.push(toml_diagnostic(path, &lines, &e)),
             },
             "include" => match deserialize_value::<Vec<Spanned<String>>>(value) {
