@@ -21,7 +21,6 @@ use serde_json::{Map, Value};
 use crate::catalog::{Catalog, Resource};
 use crate::content::Content;
 use crate::diagnostic::{Diagnostic, Diagnostics, Position};
-use crate::explain::tags_text;
 use crate::kinds::{RESOURCE_TYPES, Resolver, ResourceKind, ResourceType, Spec};
 use crate::repository::{DeclaredResource, META_KEYS, Repository, Role, improve_unknown_field};
 use crate::secrets::{
@@ -426,6 +425,17 @@ pub(crate) fn compile_here(
                 .collect(),
         )
     })
+}
+
+/// Tags as `env=prod, role=web`, or `no tags`: how messages name a node.
+pub fn tags_text(tags: &BTreeMap<String, String>) -> String {
+    if tags.is_empty() {
+        return "no tags".to_string();
+    }
+    tags.iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Messages that depend on the node say which node: "for this node"

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::compile::tags_text;
 use crate::compile::{Node, glob_match, node_context, role_matches, select_roles};
 use crate::diagnostic::Position;
 use crate::reads::{Access, DataRead, for_each_access, inline, strings, walk};
@@ -168,17 +169,6 @@ pub fn explain(repository: &Repository, node: &Node) -> Explanation {
         layers,
         values,
     }
-}
-
-/// Tags as `env=prod, role=web`, or `no tags`: how messages name a node.
-pub fn tags_text(tags: &BTreeMap<String, String>) -> String {
-    if tags.is_empty() {
-        return "no tags".to_string();
-    }
-    tags.iter()
-        .map(|(name, value)| format!("{name}={value}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn first_failing_entry(role: &Role, tags: &BTreeMap<String, String>) -> Option<UnmatchedRole> {
