@@ -13,7 +13,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use cms_roles::{
     Catalog, Diagnostics, Node, Repository, Resource, SecretValues, compile_with_secrets,
-    example_attested, example_facts, validate_with_secrets,
+    example_attested, example_facts, tags_text, unmatchable_globs, validate_with_secrets,
+    validation_tags,
 };
 use serde_json::Value;
 
@@ -31,13 +32,27 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         let mut diagnostics = parse_problems;
         diagnostics.extend(validate_with_secrets(&repository, &facts, &stand_ins));
         let diagnostics = diagnostics.into_sorted();
+        // What validation compiled, one tag combination a line.
+        let compiled = validation_tags(&repository);
+        let warnings = unmatchable_globs(&repository);
+        for warning in warnings.iter() {
+            eprintln!("warning: {warning}");
+        }
         if !diagnostics.is_empty() {
+            // Errors that depend on the node name its tags already.
             return Ok(invalid(&diagnostics, args.format));
+        }
+        if args.format == Format::Text {
+            for tags in &compiled {
+                println!("compiled for {}", tags_text(tags));
+            }
         }
         let summary = serde_json::json!({
             "valid": true,
             "roles": repository.roles.keys().collect::<Vec<_>>(),
             "data_layers": repository.data.len(),
+            "compiled": compiled,
+            "warnings": warnings.0,
         });
         match args.format {
             Format::Json => println!("{summary:#}"),
@@ -127,7 +142,7 @@ fn invalid(diagnostics: &Diagnostics, format: Format) -> ExitCode {
 }
 
 /// `role=api,env=prod` → tags.
-fn read_facts(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Value>> {
+pub(crate) fn read_facts(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Value>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("Failed to read facts from {}", path.display()))?;
     let value: Value = serde_json::from_str(&text)
@@ -143,7 +158,7 @@ fn read_facts(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Value>>
 
 /// `{"instance_id": "i-…", …}` → attested values; `{}` is a node enrolled
 /// with a token.
-fn read_attested(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn read_attested(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("Failed to read attested values from {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| {

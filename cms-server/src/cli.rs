@@ -17,7 +17,7 @@ pub const EXIT_ERROR: u8 = 3;
     name = "cms-server",
     version,
     about = "The cms server and its admin commands",
-    after_help = "Examples:\n  cms-server serve --repo https://git.internal/ops/roles.git\n  cms-server token create --tags 'env=prod,role=*'\n  cms-server nodes --select role=api --format json\n  cms-server reports web-1\n  cms-server check --repo roles-repo\n  cms-server rollout status --env staging --follow\n  cms-server completions bash > /etc/bash_completion.d/cms-server\n\nThe admin commands find the server's admin credential in --data, by default the\ncurrent user's state directory, else /var/lib/cms-server (the package's)."
+    after_help = "Examples:\n  cms-server serve --repo https://git.internal/ops/roles.git\n  cms-server token create --tags 'env=prod,role=*'\n  cms-server nodes --select role=api --format json\n  cms-server reports web-1\n  cms-server check --repo roles-repo\n  cms-server explain --repo roles-repo --tags role=api,env=prod\n  cms-server rollout status --env staging --follow\n  cms-server completions bash > /etc/bash_completion.d/cms-server\n\nThe admin commands find the server's admin credential in --data, by default the\ncurrent user's state directory, else /var/lib/cms-server (the package's)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -127,6 +127,15 @@ pub enum Command {
         after_help = "Examples:\n  cms-server check --repo roles-repo\n  cms-server check --repo roles-repo --tags role=api,env=prod\n  cms-server check --repo roles-repo --tags role=web --facts facts.json --format json\n\nExit status: 0 valid, 1 invalid (errors on stderr), 3 the check could not run."
     )]
     Check(CheckArgs),
+    /// Explain why a node gets its roles and data: each role's `[match]`
+    /// entries against the node's tags, the data layers with the files
+    /// found, and every data value its roles read with the file:line it
+    /// comes from. For a repository folder (--repo, --tags), or for a live
+    /// node (NODE) with the revision the server serves it.
+    #[command(
+        after_help = "Examples:\n  cms-server explain --repo roles-repo --tags role=api,env=prod\n  cms-server explain --repo roles-repo --tags role=web --facts facts.json --format json\n  cms-server explain web-1\n\nExit status: 0 the node gets at least one role, 1 it gets none (or the repository is invalid), 3 the explanation could not be made (unreadable input, the server cannot be reached)."
+    )]
+    Explain(ExplainArgs),
     /// Secrets: the server's public key, and encrypting values into a
     /// roles repository's `secrets/` files.
     #[command(
@@ -869,6 +878,35 @@ pub struct CheckArgs {
     pub attested: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// A live node's id: explain it with its stored tags, facts and
+    /// attested values, against the revision the server serves it.
+    #[arg(value_name = "NODE", required_unless_present = "repo", conflicts_with_all = ["repo", "tags", "facts", "attested", "node_id"])]
+    pub node: Option<String>,
+    /// The roles repository folder (the one holding cms.toml).
+    #[arg(long, value_name = "DIR", requires = "tags")]
+    pub repo: Option<PathBuf>,
+    /// The node's tags, e.g. `role=api,env=prod`.
+    #[arg(long, value_name = "K=V,...")]
+    pub tags: Option<String>,
+    /// Facts of the node as a JSON object, as `check` takes them; example
+    /// facts of a small Debian instance are used when not given.
+    #[arg(long, value_name = "FILE.json")]
+    pub facts: Option<PathBuf>,
+    /// The node id (`trusted.id`, `node.id`); default: the attested
+    /// instance id.
+    #[arg(long = "node", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Values the server attested for the node as a JSON object of
+    /// strings, as `check` takes them; `{}` for a node enrolled with a
+    /// token.
+    #[arg(long, value_name = "FILE.json")]
+    pub attested: Option<PathBuf>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

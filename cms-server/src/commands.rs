@@ -33,6 +33,8 @@ pub fn run(invocation: Invocation) -> anyhow::Result<ExitCode> {
 async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
     match invocation {
         Invocation::Check(args) => crate::check::run(&args),
+        Invocation::ExplainRepo(args) => crate::explain::run_repo(&args),
+        Invocation::ExplainNode { args, admin } => crate::explain::run_node(&args, &admin).await,
         Invocation::Completions(CompletionsArgs { shell }) => {
             use std::io::Write;
             std::io::stdout().write_all(&crate::cli::completion_script(shell))?;

@@ -27,6 +27,7 @@ pub mod dashboard;
 pub mod diff_cli;
 pub mod enrollment;
 pub mod environments;
+pub mod explain;
 pub mod fleet;
 pub mod fleet_diff;
 pub mod git_sync;

@@ -10,9 +10,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::cli::{
-    AdminArgs, AdminCommand, AuditArgs, CheckArgs, Command, CompletionsArgs, DiffArgs, Format,
-    NodeCommand, NodeRevokeArgs, NodesArgs, OperatorCredentialArgs, OperatorNameArgs, PinArgs,
-    ReportsArgs, RolloutCommand, RolloutControlArgs, RolloutListArgs, RolloutStatusArgs,
+    AdminArgs, AdminCommand, AuditArgs, CheckArgs, Command, CompletionsArgs, DiffArgs, ExplainArgs,
+    Format, NodeCommand, NodeRevokeArgs, NodesArgs, OperatorCredentialArgs, OperatorNameArgs,
+    PinArgs, ReportsArgs, RolloutCommand, RolloutControlArgs, RolloutListArgs, RolloutStatusArgs,
     SecretsCommand, SecretsEncryptArgs, SecretsNewIdentityArgs, ServeArgs, StoreCommand,
     StoreMigrateArgs, TokenCommand, TokenCreateArgs, TriggerArgs, UnpinArgs,
 };
@@ -105,6 +105,13 @@ pub enum Invocation {
         data_dir: PathBuf,
     },
     Check(CheckArgs),
+    /// `explain --repo DIR --tags …`: no server.
+    ExplainRepo(ExplainArgs),
+    /// `explain NODE`: the server explains its node.
+    ExplainNode {
+        args: ExplainArgs,
+        admin: AdminTarget,
+    },
     Completions(CompletionsArgs),
     TokenCreate {
         args: TokenCreateArgs,
@@ -220,6 +227,11 @@ pub fn resolve(command: Command, env: &Environment) -> Invocation {
             Invocation::Serve { args, data_dir }
         }
         Command::Check(args) => Invocation::Check(args),
+        Command::Explain(args) if args.node.is_none() => Invocation::ExplainRepo(args),
+        Command::Explain(mut args) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            Invocation::ExplainNode { args, admin }
+        }
         Command::Completions(args) => Invocation::Completions(args),
         Command::Token(TokenCommand::Create(mut args)) => {
             let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
@@ -386,6 +398,7 @@ mod tests {
             Invocation::TokenCreate { admin, .. }
             | Invocation::Nodes { admin, .. }
             | Invocation::Reports { admin, .. }
+            | Invocation::ExplainNode { admin, .. }
             | Invocation::NodeRevoke { admin, .. }
             | Invocation::Sync(admin)
             | Invocation::OperatorAdd { admin, .. }
@@ -402,6 +415,7 @@ mod tests {
             | Invocation::Unpin { admin, .. }
             | Invocation::Environments(admin) => admin.data_dir,
             Invocation::Check(_)
+            | Invocation::ExplainRepo(_)
             | Invocation::Completions(_)
             | Invocation::SecretsEncrypt(_)
             | Invocation::SecretsNewIdentity(_)
@@ -417,6 +431,7 @@ mod tests {
         &["token", "create", "--tags", "env=prod,role=*"],
         &["nodes"],
         &["reports", "web-1"],
+        &["explain", "web-1"],
         &["node", "revoke", "web-1"],
         &["sync"],
         &["dashboard-token"],

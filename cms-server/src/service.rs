@@ -675,6 +675,27 @@ impl pb::admin_server::Admin for AdminService {
         self.audited(&operator, METHOD, target, response).await
     }
 
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        const METHOD: &str = "Explain";
+        let target = request.get_ref().node_id.clone();
+        let operator = self.operator(&request, METHOD, &target).await?;
+        let (nodes, environments) = (self.nodes.clone(), self.differ.environments.clone());
+        let node_id = target.clone();
+        // Reading the node is a store call, and explaining renders the
+        // hierarchy's layers: off the runtime's workers.
+        let answer = self
+            .blocking
+            .run(move || crate::explain::explain_node(&nodes, &environments, &node_id))
+            .await
+            .map_err(Status::from)
+            .and_then(std::convert::identity)
+            .map(Response::new);
+        self.audited(&operator, METHOD, target, answer).await
+    }
+
     async fn create_token(
         &self,
         request: Request<pb::CreateTokenRequest>,

@@ -37,7 +37,37 @@ fn the_example_repository_is_valid() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "ok: 4 roles valid (api, base, java, web)\n"
+        "compiled for env=prod, role=api\n\
+         compiled for env=staging, role=api\n\
+         compiled for no tags\n\
+         compiled for never=matched-directly\n\
+         compiled for env=prod, role=web\n\
+         compiled for env=staging, role=web\n\
+         ok: 4 roles valid (api, base, java, web)\n"
+    );
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn a_match_glob_no_known_value_matches_is_a_warning_not_an_error() {
+    let repo = write_repo(&[
+        (
+            "cms.toml",
+            "[hierarchy]\nlayers = [\"env/{{tag.env}}\", \"common\"]\n",
+        ),
+        ("data/env/prod.toml", "x = 1\n"),
+        ("data/env/staging.toml", "x = 2\n"),
+        ("roles/web.toml", "[match]\nenv = \"prd*\"\n"),
+    ]);
+    let out = check(&["--repo", repo.path().to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "compiled for env=prdexample\nok: 1 roles valid (web)\n"
+    );
+    assert_eq!(
+        text(&out.stderr),
+        "warning: roles/web.toml:2:7: [match] env = \"prd*\" matches no value of tag env this repository knows (known: prod, staging; from layer names under data/ and secrets/, secret scopes and [match] values), so it is compiled for env=prdexample; check its spelling, or add a data/ layer file for the value it should match\n"
     );
 }
 

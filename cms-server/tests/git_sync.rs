@@ -76,7 +76,7 @@ fn a_broken_commit_is_refused_with_file_and_line_and_the_last_good_revision_stay
         problems,
         [
             "roles/base.toml:5:1: templates/motd.hbs:2:5: Failed to render: template uses `data.oncall`, \
-             which is not defined for this node: define it in data/, pass it in `vars`, or give a fallback \
+             which is not defined for the node with no tags: define it in data/, pass it in `vars`, or give a fallback \
              with {{default data.oncall \"...\"}}",
             "roles/base.toml:11:1: unknown field `colour`, expected one of path, ensure, content, \
              content_base64, source, template, vars, owner, group, mode, require, notify, for_each, \

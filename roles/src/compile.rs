@@ -407,6 +407,7 @@ pub(crate) fn compile_here(
     let (result, used) = with_secret_session(lookup, || {
         compile_rendering(repository, node, &context, diagnostics)
     });
+    let result = result.map_err(|diagnostics| name_the_node(diagnostics, &node.tags));
     if used.is_empty() {
         return result;
     }
@@ -424,6 +425,41 @@ pub(crate) fn compile_here(
                 .collect(),
         )
     })
+}
+
+/// Tags as `env=prod, role=web`, or `no tags`: how messages name a node.
+pub fn tags_text(tags: &BTreeMap<String, String>) -> String {
+    if tags.is_empty() {
+        return "no tags".to_string();
+    }
+    tags.iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Messages that depend on the node say which node: "for this node"
+/// becomes "for the node with tags env=prod, role=web", since the same
+/// role compiles for many nodes and `check` compiles it for several tag
+/// combinations.
+fn name_the_node(diagnostics: Diagnostics, tags: &BTreeMap<String, String>) -> Diagnostics {
+    let node = match tags_text(tags).as_str() {
+        "no tags" => "the node with no tags".to_string(),
+        tags => format!("the node with tags {tags}"),
+    };
+    Diagnostics(
+        diagnostics
+            .0
+            .into_iter()
+            .map(|mut diagnostic| {
+                diagnostic.message = diagnostic
+                    .message
+                    .replace("for this node", &format!("for {node}"))
+                    .replace("this node's catalog", &format!("the catalog of {node}"));
+                diagnostic
+            })
+            .collect(),
+    )
 }
 
 /// The rest of [`compile_here`], with the secret helpers answering.

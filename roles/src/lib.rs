@@ -16,6 +16,7 @@ mod compile;
 mod content;
 mod diagnostic;
 pub mod digest;
+mod explain;
 mod facts;
 mod kinds;
 mod node_reads;
@@ -38,6 +39,10 @@ pub use compile::{
 pub use content::{Content, INLINE_CONTENT_MAX, MAX_CONTENT_BYTES, is_sha256_hex};
 pub use diagnostic::{Diagnostic, Diagnostics, LineIndex, Position, render_with_sources};
 pub use digest::sha256_hex;
+pub use explain::{
+    ExplainedLayer, ExplainedValue, Explanation, MatchedEntry, MatchedRole, UnmatchedRole, explain,
+    tags_text,
+};
 pub use facts::{FACTS, Fact, FactType, When, example_facts, fact_named, schema_mismatches};
 pub use kinds::*;
 pub use node_reads::aws_references;
@@ -56,7 +61,10 @@ pub use source::{
     Entry, JoinError, ReadError, RepoFiles, SETTINGS_FILE, is_repository_path, join_inside,
 };
 pub use template::{MAX_NESTING, Templates};
-pub use validate::{check_catalog_size, example_attested, validate, validate_with_secrets};
+pub use validate::{
+    check_catalog_size, example_attested, unmatchable_globs, validate, validate_with_secrets,
+    validation_tags,
+};
 
 #[cfg(test)]
 mod restarts_tests;

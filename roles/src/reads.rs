@@ -205,7 +205,44 @@ pub(crate) struct Access {
     secret: Option<Option<String>>,
 }
 
+/// What a read takes of the node's data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DataRead {
+    /// Nothing: another root, a secret, or a value computed by a helper.
+    Nothing,
+    /// The value at this path below `data` (`["sysctl"]` for
+    /// `data.sysctl`), whole; `[]` for all of `data`.
+    At(Vec<String>),
+    /// Anything: the root of the read cannot be told.
+    Everything,
+}
+
 impl Access {
+    /// What this read takes of `data`: a path stops at the first segment
+    /// that can be any element (`{{#each data.apps}}`), so it names the
+    /// value read whole.
+    pub(crate) fn data_read(&self) -> DataRead {
+        if self.derived || self.secret.is_some() {
+            return DataRead::Nothing;
+        }
+        let Some(path) = &self.path else {
+            return DataRead::Everything;
+        };
+        match path.first() {
+            None | Some(Seg::Any) => DataRead::Everything,
+            Some(Seg::Name(root)) if root == "data" => DataRead::At(
+                path[1..]
+                    .iter()
+                    .map_while(|seg| match seg {
+                        Seg::Name(name) => Some(name.clone()),
+                        Seg::Any => None,
+                    })
+                    .collect(),
+            ),
+            Some(Seg::Name(_)) => DataRead::Nothing,
+        }
+    }
+
     /// The secret this read asks for, when it is a `secret` helper: the
     /// literal key, or `None` when it cannot be told.
     pub(crate) fn secret(&self) -> Option<Option<&str>> {

@@ -36,6 +36,11 @@ pub struct Repository {
     pub templates: Templates,
     /// Data files by layer path (`env/prod` for `data/env/prod.toml`).
     pub data: BTreeMap<String, Value>,
+    /// Where each key of each data file was written, by layer path then
+    /// by key path (`["sysctl", "somaxconn"]`): what `explain` names as a
+    /// value's origin. Elements of lists have none (a list is replaced
+    /// whole, never merged).
+    pub data_positions: BTreeMap<String, BTreeMap<Vec<String>, Position>>,
     /// Secrets by layer path (`env/prod` for `secrets/env/prod.toml`), then
     /// by key. Values are not here: only their armored or AWS sources.
     pub secrets: BTreeMap<String, BTreeMap<String, SecretEntry>>,
@@ -120,6 +125,8 @@ pub struct Role {
     pub description: Option<String>,
     /// Tag name → value or glob; all must hold.
     pub matchers: BTreeMap<String, String>,
+    /// Where each `[match]` entry's value was written, by tag name.
+    pub match_positions: BTreeMap<String, Position>,
     /// Roles applied before this one, with where each was named.
     pub includes: Vec<(String, Position)>,
     /// In declaration order.
@@ -222,6 +229,7 @@ impl Repository {
             diagnostics.push(diagnostic);
         }
         let mut data = BTreeMap::new();
+        let mut data_positions = BTreeMap::new();
         let mut unparsed_data = BTreeSet::new();
         for (path, entry) in files.under("data/") {
             let Some(layer) = path
@@ -232,8 +240,9 @@ impl Repository {
             };
             match entry {
                 Entry::File(bytes) => match parse_data_file(path, bytes, &mut diagnostics) {
-                    Some(value) => {
+                    Some((value, positions)) => {
                         data.insert(layer.to_string(), value);
+                        data_positions.insert(layer.to_string(), positions);
                     }
                     None => {
                         unparsed_data.insert(path.to_string());
@@ -311,6 +320,7 @@ impl Repository {
             roles,
             templates,
             data,
+            data_positions,
             secrets,
             files,
             unparsed_roles,
@@ -573,7 +583,14 @@ fn name_the_field(
     ))
 }
 
-fn parse_data_file(path: &str, bytes: &[u8], diagnostics: &mut Diagnostics) -> Option<Value> {
+/// Where each key of a data file was written, by key path.
+type KeyPositions = BTreeMap<Vec<String>, Position>;
+
+fn parse_data_file(
+    path: &str,
+    bytes: &[u8],
+    diagnostics: &mut Diagnostics,
+) -> Option<(Value, KeyPositions)> {
     let text = utf8(path, bytes, diagnostics)?;
     let (table, errors) = DeTable::parse_recoverable(text);
     let lines = LineIndex::new(text);
@@ -587,7 +604,29 @@ fn parse_data_file(path: &str, bytes: &[u8], diagnostics: &mut Diagnostics) -> O
         diagnostics.push(diagnostic);
         return None;
     }
-    Some(to_json(&DeValue::Table(table.into_inner())))
+    let positions = key_positions(&lines, table.get_ref());
+    Some((to_json(&DeValue::Table(table.into_inner())), positions))
+}
+
+/// The position of every key of a data file's tables, at any depth (the
+/// nesting is bounded by [`check_nesting`], checked before). A key
+/// written twice (an array of tables) keeps its first position.
+fn key_positions(lines: &LineIndex<'_>, table: &DeTable<'_>) -> KeyPositions {
+    let mut positions = KeyPositions::new();
+    let mut pending: Vec<(Vec<String>, &DeTable<'_>)> = vec![(Vec::new(), table)];
+    while let Some((prefix, table)) = pending.pop() {
+        for (key, value) in table.iter() {
+            let mut path = prefix.clone();
+            path.push(key.get_ref().to_string());
+            positions
+                .entry(path.clone())
+                .or_insert_with(|| lines.position(key.span().start));
+            if let DeValue::Table(inner) = value.get_ref() {
+                pending.push((path, inner));
+            }
+        }
+    }
+    positions
 }
 
 /// A TOML value as JSON, the form templates see. Datetimes become strings.
@@ -706,6 +745,7 @@ fn parse_role(
         file: path.to_string(),
         description: None,
         matchers: BTreeMap::new(),
+        match_positions: BTreeMap::new(),
         includes: Vec::new(),
         resources: Vec::new(),
     };
@@ -717,8 +757,14 @@ fn parse_role(
                 Ok(d) => role.description = Some(d),
                 Err(e) => diagnostics.push(toml_diagnostic(path, &lines, &e)),
             },
-            "match" => match deserialize_value::<BTreeMap<String, String>>(value) {
-                Ok(m) => role.matchers = m,
+            "match" => match deserialize_value::<BTreeMap<String, Spanned<String>>>(value) {
+                Ok(m) => {
+                    for (tag, pattern) in m {
+                        role.match_positions
+                            .insert(tag.clone(), at(pattern.span().start));
+                        role.matchers.insert(tag, pattern.into_inner());
+                    }
+                }
                 Err(e) => diagnostics.push(toml_diagnostic(path, &lines, &e)),
             },
             "include" => match deserialize_value::<Vec<Spanned<String>>>(value) {

@@ -446,7 +446,7 @@ fn a_missing_key_names_the_layers_looked_in() {
         .expect_err("missing")
         .to_string();
     assert!(
-        errors.contains("roles/r.toml:3:1: Failed to render: secret `nope` is not defined for this node: looked in secrets/node/i-0123456789abcdef0.toml, secrets/env/prod.toml, secrets/common.toml"),
+        errors.contains("roles/r.toml:3:1: Failed to render: secret `nope` is not defined for the node with tags env=prod: looked in secrets/node/i-0123456789abcdef0.toml, secrets/env/prod.toml, secrets/common.toml"),
         "{errors}"
     );
 }

@@ -28,7 +28,7 @@ const MAX_NODES_PER_ROLE: usize = 32;
 fn is_follow_on(repository: &Repository, message: &str) -> bool {
     message.contains(crate::template::REFUSED_MARK)
         || (!repository.unparsed_data.is_empty()
-            && message.contains("which is not defined for this node"))
+            && message.contains("which is not defined for the node"))
 }
 
 /// Attested values used where no real node is at hand: an EC2 instance
@@ -85,30 +85,20 @@ fn validate_here(
         // report missing data that is really there.
         return diagnostics;
     }
-    // Roles written for the same nodes (every role without `[match]`, say)
-    // share their compiles: a compile is a function of the tags, so each
-    // tag set is compiled once, and validating stays linear in the roles.
-    let mut compiled: BTreeSet<BTreeMap<String, String>> = BTreeSet::new();
-    for role in repository.roles.values() {
-        for tags in candidate_tags(repository, role) {
-            if compiled.contains(&tags) {
-                continue;
-            }
-            compiled.insert(tags.clone());
-            let attested = example_attested();
-            let node = Node {
-                id: attested["instance_id"].clone(),
-                tags,
-                facts: facts.clone(),
-                attested,
-            };
-            match compile_here(repository, &node, values) {
-                Ok(catalog) => diagnostics.extend(check_catalog_size(repository, &catalog)),
-                Err(found) => {
-                    for diagnostic in found.iter() {
-                        if !is_follow_on(repository, &diagnostic.message) {
-                            diagnostics.push(diagnostic.clone());
-                        }
+    for tags in validation_tags(repository) {
+        let attested = example_attested();
+        let node = Node {
+            id: attested["instance_id"].clone(),
+            tags,
+            facts: facts.clone(),
+            attested,
+        };
+        match compile_here(repository, &node, values) {
+            Ok(catalog) => diagnostics.extend(check_catalog_size(repository, &catalog)),
+            Err(found) => {
+                for diagnostic in found.iter() {
+                    if !is_follow_on(repository, &diagnostic.message) {
+                        diagnostics.push(diagnostic.clone());
                     }
                 }
             }
@@ -122,6 +112,88 @@ fn validate_here(
         ));
     }
     diagnostics.into_sorted()
+}
+
+/// The tag combinations validation compiles, each once, in the order of
+/// the roles they are written for: what `check` without tags lists.
+/// Roles written for the same nodes (every role without `[match]`, say)
+/// share their compiles: a compile is a function of the tags, so each tag
+/// set is compiled once, and validating stays linear in the roles.
+pub fn validation_tags(repository: &Repository) -> Vec<BTreeMap<String, String>> {
+    let mut seen: BTreeSet<BTreeMap<String, String>> = BTreeSet::new();
+    let mut ordered = Vec::new();
+    for role in repository.roles.values() {
+        for tags in candidate_tags(repository, role) {
+            if seen.insert(tags.clone()) {
+                ordered.push(tags);
+            }
+        }
+    }
+    ordered
+}
+
+/// A warning for each `[match]` glob that matches no value the
+/// repository knows for its tag: no `data/` or `secrets/` layer name, no
+/// secret's scope, no other role's plain `[match]` value. Such a glob is
+/// compiled for a made-up value (`*` as `example`), and is often a typo
+/// (`env = "prd*"`). Token scopes live on the server: a value only a
+/// token binds is not known here.
+pub fn unmatchable_globs(repository: &Repository) -> Diagnostics {
+    let mut warnings = Diagnostics::default();
+    for role in repository.roles.values() {
+        for (tag, pattern) in &role.matchers {
+            if !pattern.contains(['*', '?']) {
+                continue;
+            }
+            let known = known_values(repository, tag);
+            if known.iter().any(|value| glob_match(pattern, value)) {
+                continue;
+            }
+            let known_text = if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.iter().cloned().collect::<Vec<_>>().join(", ")
+            };
+            let position = role
+                .match_positions
+                .get(tag)
+                .copied()
+                .unwrap_or(Position::UNKNOWN);
+            warnings.push(Diagnostic::new(
+                &role.file,
+                position,
+                format!(
+                    "[match] {tag} = {pattern:?} matches no value of tag {tag} this repository knows (known: {known_text}; from layer names under data/ and secrets/, secret scopes and [match] values), so it is compiled for {tag}={}; check its spelling, or add a data/ layer file for the value it should match",
+                    pattern.replace('*', "example").replace('?', "x")
+                ),
+            ));
+        }
+    }
+    warnings
+}
+
+/// The values of a tag the repository names: layer names under `data/`
+/// and `secrets/` for a layer written with `{{tag.NAME}}`, plain values
+/// of secret scopes and of roles' `[match]`.
+fn known_values(repository: &Repository, tag: &str) -> BTreeSet<String> {
+    let mut known: BTreeSet<String> = layer_values(repository, tag).collect();
+    for role in repository.roles.values() {
+        if let Some(value) = role.matchers.get(tag)
+            && !value.contains(['*', '?'])
+        {
+            known.insert(value.clone());
+        }
+    }
+    for secrets in repository.secrets.values() {
+        for entry in secrets.values() {
+            if let Some(value) = entry.scope.get(tag)
+                && !value.contains(['*', '?'])
+            {
+                known.insert(value.clone());
+            }
+        }
+    }
+    known
 }
 
 /// The catalog-size check of validation: a catalog the server could not
@@ -169,33 +241,51 @@ fn candidate_values(repository: &Repository, tag: &str, pattern: &str) -> Vec<St
     if !pattern.contains(['*', '?']) {
         return vec![pattern.to_string()];
     }
-    let placeholders = [
-        format!("{{{{tag.{tag}}}}}"),
-        format!("{{{{trusted.tags.{tag}}}}}"),
-    ];
-    let mut values = BTreeSet::new();
-    for layer in &repository.settings.hierarchy.layers {
-        let Some((before, after)) = placeholders
-            .iter()
-            .find_map(|placeholder| layer.split_once(placeholder.as_str()))
-        else {
-            continue;
-        };
-        for name in repository.data.keys().chain(repository.secrets.keys()) {
-            if let Some(value) = name
-                .strip_prefix(before)
-                .and_then(|rest| rest.strip_suffix(after))
-                && !value.is_empty()
-                && !value.contains('/')
-                && !value.contains("{{")
-                && glob_match(pattern, value)
-            {
-                values.insert(value.to_string());
-            }
-        }
-    }
+    let mut values: BTreeSet<String> = layer_values(repository, tag)
+        .filter(|value| glob_match(pattern, value))
+        .collect();
     if values.is_empty() {
         values.insert(pattern.replace('*', "example").replace('?', "x"));
     }
     values.into_iter().collect()
+}
+
+/// The values of `tag` that `data/` and `secrets/` layer names give, for
+/// layers written exactly with `{{tag.NAME}}` or `{{trusted.tags.NAME}}`.
+fn layer_values<'r>(repository: &'r Repository, tag: &str) -> impl Iterator<Item = String> + 'r {
+    let placeholders = [
+        format!("{{{{tag.{tag}}}}}"),
+        format!("{{{{trusted.tags.{tag}}}}}"),
+    ];
+    let shapes: Vec<(String, String)> = repository
+        .settings
+        .hierarchy
+        .layers
+        .iter()
+        .filter_map(|layer| {
+            placeholders
+                .iter()
+                .find_map(|placeholder| layer.split_once(placeholder.as_str()))
+                .map(|(before, after)| (before.to_string(), after.to_string()))
+        })
+        .collect();
+    let names: Vec<&'r String> = repository
+        .data
+        .keys()
+        .chain(repository.secrets.keys())
+        .collect();
+    shapes.into_iter().flat_map(move |(before, after)| {
+        names
+            .clone()
+            .into_iter()
+            .filter_map(move |name| {
+                name.strip_prefix(before.as_str())
+                    .and_then(|rest| rest.strip_suffix(after.as_str()))
+                    .filter(|value| {
+                        !value.is_empty() && !value.contains('/') && !value.contains("{{")
+                    })
+                    .map(str::to_string)
+            })
+            .collect::<Vec<_>>()
+    })
 }

@@ -103,3 +103,19 @@ fn a_broken_data_file_is_one_error_not_one_per_value_it_held() {
         ["data/common.toml:2:21: invalid basic string, expected `\"`"]
     );
 }
+
+#[test]
+fn a_value_missing_for_a_node_names_the_tags_of_the_node() {
+    assert_eq!(
+        problems_of(&[
+            (
+                "roles/web.toml",
+                "[match]\nrole = \"web\"\n\n[[file]]\npath = \"/etc/app.conf\"\ntemplate = \"app.hbs\"\n",
+            ),
+            ("templates/app.hbs", "port={{data.port}}\n"),
+        ]),
+        [
+            "roles/web.toml:6:1: templates/app.hbs:1:6: Failed to render: template uses `data.port`, which is not defined for the node with tags role=web: define it in data/, pass it in `vars`, or give a fallback with {{default data.port \"...\"}}"
+        ]
+    );
+}
