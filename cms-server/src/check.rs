@@ -40,7 +40,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         }
         if !diagnostics.is_empty() {
             // Errors that depend on the node name its tags already.
-            return Ok(invalid(&diagnostics, args.format));
+            return Ok(invalid(&diagnostics, args));
         }
         if args.format == Format::Text {
             for tags in &compiled {
@@ -87,7 +87,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         attested,
     };
     if !parse_problems.is_empty() {
-        return Ok(invalid(&parse_problems, args.format));
+        return Ok(invalid(&parse_problems, args));
     }
     if args.facts.is_none() {
         eprintln!(
@@ -121,14 +121,18 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(diagnostics) => Ok(invalid(&diagnostics, args.format)),
+        Err(diagnostics) => Ok(invalid(&diagnostics, args)),
     }
 }
 
-fn invalid(diagnostics: &Diagnostics, format: Format) -> ExitCode {
-    for diagnostic in diagnostics.iter() {
-        eprintln!("error: {diagnostic}");
-    }
+/// Every problem on stderr, each with its source line and a caret, then
+/// the count; with `--format json` the list on stdout too.
+fn invalid(diagnostics: &Diagnostics, args: &CheckArgs) -> ExitCode {
+    let format = args.format;
+    eprint!(
+        "{}",
+        cms_roles::render_with_sources(diagnostics, &args.repo)
+    );
     eprintln!(
         "error: Failed to check the repository: {} problem{}",
         diagnostics.len(),

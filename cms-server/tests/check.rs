@@ -157,6 +157,9 @@ fn a_broken_repository_fails_with_every_error_on_stderr() {
     let stderr = text(&out.stderr);
     for expected in [
         "error: roles/a.toml:5:1: unknown field `mdoe`",
+        // Each problem is followed by its line and a caret under the column.
+        "\n  |\n5 | mdoe = \"0644\"\n  | ^\n",
+        "\n  |\n3 | ensure = \"sometimes\"\n  |          ^\n",
         "error: roles/b.toml:3:1: require `package:nginx` refers to no resource",
         "error: roles/c.toml:3:10: invalid package ensure `sometimes`",
         "error: templates/t.hbs:",
