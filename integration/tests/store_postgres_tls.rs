@@ -203,7 +203,11 @@ fn sslmode_require_against_a_server_without_tls_is_refused() {
     let plain = PostgresServer::shared().expect("start postgres");
     let url = url(plain, "127.0.0.1", "sslmode=require");
     let error = open(&url).unwrap_err();
-    assert!(error.contains("server does not support TLS"), "{error}");
+    assert!(
+        error.contains(&format!("127.0.0.1:{}", plain.port()))
+            && error.contains("the server does not support TLS, and the URL's sslmode requires it"),
+        "{error}"
+    );
     assert!(!error.contains("s3cret-password"), "{error}");
 }
 

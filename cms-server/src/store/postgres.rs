@@ -389,6 +389,15 @@ impl Failure {
                 _ => "connecting timed out".to_string(),
             }),
             Failure::Pool(deadpool_postgres::PoolError::Backend(error))
+            | Failure::Database(error)
+                if connection::is_tls_failure(&error) =>
+            {
+                StoreError::Backend {
+                    action: format!("{action} in {target}"),
+                    source: connection::explain_tls_failure(error),
+                }
+            }
+            Failure::Pool(deadpool_postgres::PoolError::Backend(error))
             | Failure::Database(error) => match unreachable_detail(&error) {
                 Some(detail) => unavailable(detail),
                 None => StoreError::Backend {

@@ -175,6 +175,26 @@ impl ConnectionSettings {
     }
 }
 
+/// Whether `error` is a failed TLS negotiation: tokio-postgres's error
+/// kinds have no accessor, its text is the mark.
+pub(super) fn is_tls_failure(error: &tokio_postgres::Error) -> bool {
+    error.to_string() == "error performing TLS handshake"
+}
+
+/// A failed TLS negotiation for a message: our [`HandshakeError`] as it
+/// is, tokio-postgres's bare "server does not support TLS" with what to
+/// do about it.
+pub(super) fn explain_tls_failure(error: tokio_postgres::Error) -> BackendError {
+    let ours = std::error::Error::source(&error)
+        .is_some_and(|source| source.downcast_ref::<HandshakeError>().is_some());
+    if !ours && crate::store::error_chain(&error).contains("server does not support TLS") {
+        return BackendError::new(io::Error::other(
+            "the server does not support TLS, and the URL's sslmode requires it; turn TLS on in the server (ssl = on), or write sslmode=prefer to allow plain TCP",
+        ));
+    }
+    BackendError::new(error)
+}
+
 /// `sslmode` and `sslrootcert` as written, taken out of the URL because
 /// tokio-postgres knows neither `verify-ca`/`verify-full` nor
 /// `sslrootcert`.
