@@ -359,9 +359,10 @@ impl PostgresTls {
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         // As in libpq, a root certificate given to prefer or require makes
-        // them check the chain.
-        let checks_chain = matches!(mode, TlsMode::VerifyCa | TlsMode::VerifyFull)
-            || root_certificates.is_some_and(|value| value != "system");
+        // them check the chain (libpq refuses them with `system`; checking
+        // is the nearer reading of what was asked).
+        let checks_chain =
+            matches!(mode, TlsMode::VerifyCa | TlsMode::VerifyFull) || root_certificates.is_some();
         let (verifier, roots): (Arc<dyn ServerCertVerifier>, Option<Roots>) = if checks_chain {
             let roots = match root_certificates {
                 Some(value) if value != "system" => Roots::File(PathBuf::from(value)),
