@@ -315,7 +315,7 @@ async fn connect_and_listen(
         tokio_postgres::Client,
         mpsc::UnboundedReceiver<(String, Message)>,
     ),
-    tokio_postgres::Error,
+    crate::store::postgres::ConnectError,
 > {
     let (client, connection) = connect(url).await?;
     let (sender, receiver) = mpsc::unbounded_channel();
@@ -333,32 +333,31 @@ async fn connect_and_listen(
 }
 
 /// A connection that gives up after 5 s and notices a dead peer by TCP
-/// keepalive.
+/// keepalive, with the store URL's TLS settings (as every connection:
+/// `store::postgres::ConnectionSettings`).
 pub(crate) async fn connect(
     url: &str,
 ) -> Result<
     (
         tokio_postgres::Client,
-        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+        crate::store::postgres::PostgresConnection,
     ),
-    tokio_postgres::Error,
+    crate::store::postgres::ConnectError,
 > {
-    let mut config: tokio_postgres::Config = url.parse()?;
-    config
+    let mut settings = crate::store::postgres::ConnectionSettings::from_url(url)?;
+    settings
+        .config
         .connect_timeout(Duration::from_secs(5))
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))
         .application_name("cms-server replica");
-    config.connect(tokio_postgres::NoTls).await
+    settings.connect().await
 }
 
 /// Polls `connection` until it ends, handing each notification's payload
 /// on our channel to `on_notification`.
 pub(crate) async fn drive(
-    mut connection: tokio_postgres::Connection<
-        tokio_postgres::Socket,
-        tokio_postgres::tls::NoTlsStream,
-    >,
+    mut connection: crate::store::postgres::PostgresConnection,
     mut on_notification: impl FnMut(&str) + Send + 'static,
 ) {
     loop {

@@ -9,6 +9,10 @@
 //! shell watchdog that stops it (immediate shutdown) as soon as the test
 //! process is gone, so a test killed mid-way leaves no `postgres` behind;
 //! dropping [`PostgresServer`] stops it at once.
+//!
+//! [`PostgresServer::start_with_tls`] starts one with `ssl = on` and a
+//! server certificate, made by [`TestCa`] (rcgen) for the TLS tests; the
+//! default start has no TLS.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
@@ -43,6 +47,70 @@ pub struct PostgresServer {
     gid: u32,
     running: Mutex<Option<Child>>,
     databases: AtomicU32,
+    /// The `-c` settings of `postgres` beyond the common ones (TLS).
+    settings: Vec<String>,
+}
+
+/// A certificate and its private key, PEM.
+#[derive(Debug, Clone)]
+pub struct CertifiedKey {
+    pub certificate_pem: String,
+    pub private_key_pem: String,
+}
+
+/// A CA of a test, made fresh (rcgen, ECDSA P-256): it signs the server
+/// certificates of [`PostgresServer::start_with_tls`].
+#[derive(Debug)]
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    certificate_pem: String,
+}
+
+impl TestCa {
+    /// A new self-signed CA called `name`.
+    pub fn new(name: &str) -> anyhow::Result<TestCa> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let certificate = params.self_signed(&key)?;
+        Ok(TestCa {
+            certificate_pem: certificate.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        })
+    }
+
+    /// The CA's certificate (what a client names as `sslrootcert`).
+    pub fn certificate_pem(&self) -> &str {
+        &self.certificate_pem
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses).
+    pub fn issue_server_certificate(&self, names: &[&str]) -> anyhow::Result<CertifiedKey> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(
+            names
+                .iter()
+                .map(|name| name.to_string())
+                .collect::<Vec<_>>(),
+        )?;
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or("server"),
+        );
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let certificate = params.signed_by(&key, &self.issuer)?;
+        Ok(CertifiedKey {
+            certificate_pem: certificate.pem(),
+            private_key_pem: key.serialize_pem(),
+        })
+    }
 }
 
 impl PostgresServer {
@@ -58,6 +126,20 @@ impl PostgresServer {
 
     /// Makes a fresh cluster and starts it on a free loopback port.
     pub fn start() -> anyhow::Result<PostgresServer> {
+        PostgresServer::start_with(Vec::new(), None)
+    }
+
+    /// As [`PostgresServer::start`], with `ssl = on` and `certificate` as
+    /// the server's (clients may still connect without TLS; `sslmode`
+    /// decides).
+    pub fn start_with_tls(certificate: &CertifiedKey) -> anyhow::Result<PostgresServer> {
+        PostgresServer::start_with(vec!["ssl=on".into()], Some(certificate))
+    }
+
+    fn start_with(
+        mut settings: Vec<String>,
+        certificate: Option<&CertifiedKey>,
+    ) -> anyhow::Result<PostgresServer> {
         let bin = BINARY_FOLDERS
             .iter()
             .map(PathBuf::from)
@@ -75,6 +157,19 @@ impl PostgresServer {
             .context("Failed to make a folder for the PostgreSQL cluster")?;
         std::fs::set_permissions(folder.path(), std::fs::Permissions::from_mode(0o755))?;
         std::os::unix::fs::chown(folder.path(), Some(uid), Some(gid))?;
+        if let Some(certificate) = certificate {
+            // PostgreSQL takes a key file only if its owner alone reads it.
+            for (name, text, setting) in [
+                ("server.crt", &certificate.certificate_pem, "ssl_cert_file"),
+                ("server.key", &certificate.private_key_pem, "ssl_key_file"),
+            ] {
+                let path = folder.path().join(name);
+                std::fs::write(&path, text)?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+                settings.push(format!("{setting}={}", path.display()));
+            }
+        }
         let server = PostgresServer {
             bin,
             folder,
@@ -83,6 +178,7 @@ impl PostgresServer {
             gid,
             running: Mutex::new(None),
             databases: AtomicU32::new(0),
+            settings,
         };
         let output = server
             .command("initdb")
@@ -207,6 +303,11 @@ impl PostgresServer {
             .arg(self.folder.path())
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             .args(["-c", "max_connections=400", "-c", "shared_buffers=64MB"])
+            .args(
+                self.settings
+                    .iter()
+                    .flat_map(|setting| ["-c", setting.as_str()]),
+            )
             .env("WATCHED", std::process::id().to_string())
             .uid(self.uid)
             .gid(self.gid)

@@ -98,7 +98,7 @@ pub mod conformance;
 mod key;
 mod memory;
 pub mod migrate;
-mod postgres;
+pub mod postgres;
 mod reopen;
 mod sled;
 

@@ -43,6 +43,7 @@
 //! value sealed with the key that first opened the database, so a server
 //! given another key is refused at start, not when it first needs the CA.
 
+mod connection;
 mod schema;
 
 use std::future::Future;
@@ -52,13 +53,16 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio_postgres::NoTls;
 
 use super::key::StoreKey;
 use super::{
     AuditRecord, BackendError, CaRecord, CertificateRecord, NodeRecord, NodeStatus, OperatorRecord,
     ReportWrite, RevisionRecord, Store, StoreError, StoredReport, TokenRecord, TriggerRecord,
     check_node_id,
+};
+pub use connection::{
+    ConnectError, ConnectionSettings, HandshakeError, PostgresConnection, PostgresTls,
+    PostgresTlsStream, TlsMode,
 };
 
 /// How many connections a store keeps at most, by default.
@@ -104,8 +108,11 @@ pub fn describe_url(url: &str) -> Result<String, StoreError> {
     parse_url(url).map(|config| describe(&config))
 }
 
+/// The URL's settings for tokio-postgres, without the TLS parameters
+/// (`sslmode`, `sslrootcert`) that [`ConnectionSettings`] reads.
 fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    tokio_postgres::Config::from_str(url).map_err(|error| StoreError::InvalidUrl {
+    let (rest, _) = connection::split_tls_parameters(url)?;
+    tokio_postgres::Config::from_str(&rest).map_err(|error| StoreError::InvalidUrl {
         problem: super::error_chain(&error),
     })
 }
@@ -176,7 +183,10 @@ impl PostgresStore {
     /// store key. Fails with a one-line error naming the database (never
     /// its password) when it cannot be reached.
     pub fn open(config: &PostgresConfig) -> Result<PostgresStore, StoreError> {
-        let mut pg_config = parse_url(&config.url)?;
+        let ConnectionSettings {
+            config: mut pg_config,
+            tls,
+        } = ConnectionSettings::from_url(&config.url)?;
         if pg_config.get_connect_timeout().is_none() {
             pg_config.connect_timeout(config.connect_timeout);
         }
@@ -190,13 +200,6 @@ impl PostgresStore {
         pg_config.keepalives_retries(3);
         pg_config.tcp_user_timeout(Duration::from_secs(10));
         let target = describe(&pg_config);
-        if pg_config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(StoreError::InvalidUrl {
-                problem: format!(
-                    "{target} asks for sslmode=require, and this server connects to PostgreSQL without TLS; keep the database on a private network and use sslmode=disable"
-                ),
-            });
-        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cms-postgres")
@@ -208,7 +211,7 @@ impl PostgresStore {
             })?;
         let manager = Manager::from_config(
             pg_config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -385,6 +388,15 @@ impl Failure {
                 }
                 _ => "connecting timed out".to_string(),
             }),
+            Failure::Pool(deadpool_postgres::PoolError::Backend(error))
+            | Failure::Database(error)
+                if connection::is_tls_failure(&error) =>
+            {
+                StoreError::Backend {
+                    action: format!("{action} in {target}"),
+                    source: connection::explain_tls_failure(error),
+                }
+            }
             Failure::Pool(deadpool_postgres::PoolError::Backend(error))
             | Failure::Database(error) => match unreachable_detail(&error) {
                 Some(detail) => unavailable(detail),
@@ -1612,14 +1624,11 @@ mod tests {
     }
 
     #[test]
-    fn a_url_asking_for_tls_is_refused_before_connecting() {
-        let config = PostgresConfig::new("postgres://cms@db.invalid/cms?sslmode=require", key());
-        let error = PostgresStore::open(&config).unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .contains("connects to PostgreSQL without TLS"),
-            "{error}"
+    fn a_url_with_tls_parameters_is_described_without_them() {
+        assert_eq!(
+            describe_url("postgres://cms:s3cret@db.internal/fleet?sslmode=verify-full&sslrootcert=/etc/rds-ca.pem")
+                .unwrap(),
+            "postgres://cms@db.internal:5432/fleet"
         );
     }
 
