@@ -637,7 +637,7 @@ mod tests {
         assert_eq!(json["waves"][1]["name"], "wave 2");
         assert_eq!(
             json["waves"][1]["nodes"][0],
-            serde_json::json!({"node": "web-2", "batch": 2, "result": "failed", "run_id": "run-web-2"})
+            serde_json::json!({"node": "web-2", "batch": 2, "result": "failed", "run_id": "run-web-2", "reason": ""})
         );
         assert_eq!(json["rollback"][0]["node"], "web-1");
         assert_eq!(json["pinned_nodes"], serde_json::json!(["db-1", "db-2"]));
