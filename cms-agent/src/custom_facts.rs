@@ -186,12 +186,27 @@ fn type_name(value: &Value) -> &'static str {
 /// Runs an executable fact with no arguments and no input; its stdout when
 /// it exits 0 within `timeout`.
 fn run(path: &Path, timeout: Duration) -> Result<String, String> {
-    let mut child = Command::new(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run it: {e}"))?;
+    let spawn = || {
+        Command::new(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    // A file just written (by a package, a configuration run) can still be
+    // open for writing in a process another thread forked in that instant:
+    // exec then fails with "text file busy" until that child execs or
+    // exits, a matter of milliseconds. Try again a few times.
+    let mut tries = 0;
+    let mut child = loop {
+        match spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => break other.map_err(|e| format!("cannot run it: {e}"))?,
+        }
+    };
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let reader = std::thread::spawn(move || {
@@ -278,12 +293,13 @@ mod tests {
         );
         write(root.path(), "notes.txt", "not a fact file", 0o644);
         let found = read(root.path(), EXECUTABLE_TIMEOUT);
+        // Warnings first: a file that could not be read says why there.
+        assert_eq!(found.warnings.len(), 1, "{:?}", found.warnings);
         assert_eq!(found.facts["datacenter"], "eu-1");
         assert_eq!(found.facts["team"], "payments");
         assert_eq!(found.facts["owner"]["email"], "ops@example.com");
         assert_eq!(found.facts["gpu"], false);
         assert_eq!(found.facts["rack"], 7, "the later file wins");
-        assert_eq!(found.warnings.len(), 1, "{:?}", found.warnings);
         assert!(
             found.warnings[0].contains("`rack` is given by 10-site.json and 30-probe"),
             "{:?}",
