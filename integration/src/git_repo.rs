@@ -21,6 +21,28 @@ impl GitRepo {
         Ok(git)
     }
 
+    /// A repository in `dir` holding a copy of the folder `source`, in
+    /// one commit: a plain folder (the example roles) where a server needs
+    /// git, as replicas on a shared store do.
+    pub fn copy_of(source: &Path, dir: &Path) -> Result<GitRepo> {
+        std::fs::create_dir_all(dir)?;
+        let copied = Command::new("cp")
+            .arg("-R")
+            .arg(format!("{}/.", source.display()))
+            .arg(dir)
+            .output()
+            .context("Failed to run cp")?;
+        ensure!(
+            copied.status.success(),
+            "cp {}: {}",
+            source.display(),
+            String::from_utf8_lossy(&copied.stderr)
+        );
+        let git = GitRepo::init(dir)?;
+        git.commit(&[], "a copy")?;
+        Ok(git)
+    }
+
     pub fn path(&self) -> &Path {
         &self.dir
     }

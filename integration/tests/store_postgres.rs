@@ -11,7 +11,8 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use cms_integration::{
-    EXAMPLE_REPOSITORY, PostgresServer, ServerProcess, build_workspace_binary, free_loopback_port,
+    EXAMPLE_REPOSITORY, GitRepo, PostgresServer, ServerProcess, build_workspace_binary,
+    free_loopback_port,
 };
 use cms_server::store::{
     CaRecord, PostgresConfig, PostgresStore, SharedStore, Store, StoreConfig, StoreError, StoreKey,
@@ -121,7 +122,7 @@ fn replicas_opening_a_new_database_together_apply_each_migration_once() {
                 "SELECT version || ':' || name FROM schema_migrations ORDER BY version"
             )
             .unwrap(),
-        "1:0001_initial"
+        "1:0001_initial\n2:0002_dashboard_sessions"
     );
     // A later start applies nothing and still opens.
     open(&url, &key).put_node(&conformance::node("n1")).unwrap();
@@ -143,7 +144,7 @@ fn a_database_migrated_by_a_newer_server_is_refused() {
     assert!(
         error
             .to_string()
-            .contains("its schema is at version 99, this server knows versions up to 1"),
+            .contains("its schema is at version 99, this server knows versions up to 2"),
         "{error}"
     );
 }
@@ -356,9 +357,13 @@ fn serve_with_a_postgres_store_reports_the_database_in_healthz() {
     let folder = tempfile::tempdir().unwrap();
     let key_file = folder.path().join("store.key");
     std::fs::write(&key_file, StoreKey::generate_text()).unwrap();
+    // A shared store needs its roles in git (a plain folder is refused).
+    let roles = GitRepo::copy_of(Path::new(EXAMPLE_REPOSITORY), &folder.path().join("roles"))
+        .expect("the example roles in git");
 
     let refused = Command::new(&binary)
-        .args(["serve", "--store", &url, "--repo", EXAMPLE_REPOSITORY])
+        .args(["serve", "--store", &url, "--repo"])
+        .arg(roles.path())
         .arg("--data")
         .arg(folder.path().join("refused"))
         .env_remove("CMS_STORE_KEY_FILE")
@@ -372,7 +377,7 @@ fn serve_with_a_postgres_store_reports_the_database_in_healthz() {
     let server = ServerProcess::start(
         &binary,
         &folder.path().join("data"),
-        Path::new(EXAMPLE_REPOSITORY),
+        roles.path(),
         &["--store", &url, "--store-key-file", &key_arg],
     )
     .expect("serve on postgres");

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use cms_integration::{
-    EXAMPLE_REPOSITORY, PostgresServer, ServerProcess, TestCa, build_workspace_binary,
+    EXAMPLE_REPOSITORY, GitRepo, PostgresServer, ServerProcess, TestCa, build_workspace_binary,
 };
 use cms_server::store::{PostgresConfig, PostgresStore, Store as _, StoreKey, conformance};
 
@@ -292,10 +292,13 @@ fn a_server_on_a_verify_full_url_opens_every_connection_with_tls() {
     let key_file = folder.path().join("store.key");
     std::fs::write(&key_file, StoreKey::generate_text()).unwrap();
     let key_arg = key_file.display().to_string();
+    // A shared store needs its roles in git (a plain folder is refused).
+    let roles = GitRepo::copy_of(Path::new(EXAMPLE_REPOSITORY), &folder.path().join("roles"))
+        .expect("the example roles in git");
     let server = ServerProcess::start(
         &binary,
         &folder.path().join("data"),
-        Path::new(EXAMPLE_REPOSITORY),
+        roles.path(),
         &["--store", &url, "--store-key-file", &key_arg],
     )
     .expect("serve on postgres over TLS");
