@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use cms_roles::{
     Catalog, Diagnostics, Node, Repository, Resource, SecretValues, compile_with_secrets,
-    example_attested, example_facts, tags_text, unmatchable_globs, validate_with_secrets,
-    validation_tags,
+    example_attested, example_facts, tags_text, unincluded_parameterized_roles, unmatchable_globs,
+    validate_with_secrets, validation_tags,
 };
 use serde_json::Value;
 
@@ -34,7 +34,8 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         let diagnostics = diagnostics.into_sorted();
         // What validation compiled, one tag combination a line.
         let compiled = validation_tags(&repository);
-        let warnings = unmatchable_globs(&repository);
+        let mut warnings = unmatchable_globs(&repository);
+        warnings.extend(unincluded_parameterized_roles(&repository));
         for warning in warnings.iter() {
             eprintln!("warning: {warning}");
         }

@@ -43,7 +43,7 @@ fn the_example_repository_is_valid() {
          compiled for never=matched-directly\n\
          compiled for env=prod, role=web\n\
          compiled for env=staging, role=web\n\
-         ok: 4 roles valid (api, base, java, web)\n"
+         ok: 5 roles valid (api, base, java, java_service, web)\n"
     );
     assert_eq!(text(&out.stderr), "");
 }
@@ -82,8 +82,14 @@ fn with_tags_it_prints_the_catalog_of_such_a_node() {
     ]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("roles   base, java, api"), "{stdout}");
-    assert!(stdout.contains("java_app:orders  [api]"), "{stdout}");
+    assert!(
+        stdout.contains("roles   base, java, java_service, api"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("java_app:orders  [java_service]"),
+        "{stdout}"
+    );
 
     let out = check(&[
         "--repo",
@@ -95,7 +101,10 @@ fn with_tags_it_prints_the_catalog_of_such_a_node() {
     ]);
     assert_eq!(out.status.code(), Some(0));
     let catalog: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
-    assert_eq!(catalog["roles"], serde_json::json!(["base", "java", "api"]));
+    assert_eq!(
+        catalog["roles"],
+        serde_json::json!(["base", "java", "java_service", "api"])
+    );
     assert_eq!(catalog["catalog_id"].as_str().map(str::len), Some(64));
 }
 

@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 use crate::catalog::{Catalog, Resource};
 use crate::content::Content;
 use crate::diagnostic::{Diagnostic, Diagnostics, Position};
+use crate::instances::instances;
 use crate::kinds::{RESOURCE_TYPES, Resolver, ResourceKind, ResourceType, Spec};
 use crate::repository::{DeclaredResource, META_KEYS, Repository, Role, improve_unknown_field};
 use crate::secrets::{
@@ -54,26 +55,39 @@ pub fn select_roles<'r>(
     repository: &'r Repository,
     tags: &BTreeMap<String, String>,
 ) -> Vec<&'r Role> {
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
+    for role in matched_roles(repository, tags) {
+        push_with_includes(repository, role, &mut seen, &mut order);
+    }
+    order
+}
+
+/// The roles a node's tags select on their own, general ones (fewer
+/// `[match]` entries) first, then by name.
+pub(crate) fn matched_roles<'r>(
+    repository: &'r Repository,
+    tags: &BTreeMap<String, String>,
+) -> Vec<&'r Role> {
     let mut matched: Vec<&Role> = repository
         .roles
         .values()
         .filter(|role| role_matches(role, tags))
         .collect();
     matched.sort_by_key(|role| (role.matchers.len(), role.name.as_str()));
-    let mut order = Vec::new();
-    let mut seen = BTreeSet::new();
-    for role in matched {
-        push_with_includes(repository, role, &mut seen, &mut order);
-    }
-    order
+    matched
 }
 
-/// Whether every matcher of the role holds for these tags.
+/// Whether the role applies to these tags on its own: every entry of its
+/// `[match]` holds (a role without one matches every node), unless it
+/// declares `[params]` and has no `[match]`: such a role applies only where
+/// another includes it.
 pub fn role_matches(role: &Role, tags: &BTreeMap<String, String>) -> bool {
-    role.matchers.iter().all(|(name, pattern)| {
-        tags.get(name)
-            .is_some_and(|value| glob_match(pattern, value))
-    })
+    (role.params.is_empty() || !role.matchers.is_empty())
+        && role.matchers.iter().all(|(name, pattern)| {
+            tags.get(name)
+                .is_some_and(|value| glob_match(pattern, value))
+        })
 }
 
 /// Adds `role` to `order` after the roles it includes (depth first, in
@@ -92,13 +106,13 @@ fn push_with_includes<'r>(
     // Each role on the walk with the index of its next include.
     let mut stack: Vec<(&'r Role, usize)> = vec![(role, 0)];
     while let Some((current, next)) = stack.last_mut() {
-        let Some((include, _)) = current.includes.get(*next) else {
+        let Some(include) = current.includes.get(*next) else {
             order.push(current);
             stack.pop();
             continue;
         };
         *next += 1;
-        if let Some(included) = repository.roles.get(include)
+        if let Some(included) = repository.roles.get(&include.role)
             && seen.insert(included.name.as_str())
         {
             stack.push((included, 0));
@@ -469,20 +483,29 @@ fn compile_rendering(
     context: &Value,
     diagnostics: Diagnostics,
 ) -> Result<Catalog, Diagnostics> {
-    let roles = select_roles(repository, &node.tags);
+    let mut diagnostics = diagnostics;
+    let matched = matched_roles(repository, &node.tags);
+    let instances = instances(repository, &matched, context, &mut diagnostics);
     let mut compiler = Compiler {
         repository,
-        context,
-        prepared: PreparedContext::new(context),
         diagnostics,
         resources: Vec::new(),
         origins: Vec::new(),
         by_reference: HashMap::new(),
         contents: BTreeMap::new(),
     };
-    for role in &roles {
-        for declared in &role.resources {
-            compiler.declare(role, declared);
+    let node_prepared = PreparedContext::new(context);
+    for instance in &instances {
+        let own_context = instance.context(context);
+        let own_prepared = own_context.as_ref().map(PreparedContext::new);
+        let scope = Scope {
+            role: instance.role,
+            context: own_context.as_ref().unwrap_or(context),
+            prepared: own_prepared.as_ref().unwrap_or(&node_prepared),
+            label: instance.params.is_some().then(|| instance.label()),
+        };
+        for declared in &instance.role.resources {
+            compiler.declare(&scope, declared);
         }
     }
     let Compiler {
@@ -528,7 +551,13 @@ fn compile_rendering(
         .into_iter()
         .map(|i| slots[i].take().expect("each index once"))
         .collect();
-    let role_names = roles.iter().map(|r| r.name.clone()).collect();
+    // Each role once, though it may apply with several sets of parameters.
+    let mut role_names: Vec<String> = Vec::new();
+    for instance in &instances {
+        if !role_names.contains(&instance.role.name) {
+            role_names.push(instance.role.name.clone());
+        }
+    }
     Ok(Catalog::new(role_names, ordered, contents))
 }
 
@@ -539,13 +568,22 @@ struct Origin {
     position: Position,
     require_position: Position,
     notify_position: Position,
+    /// The instance of a parameterized role that declared it.
+    label: Option<String>,
+}
+
+/// What one role instance's resources render with.
+struct Scope<'s> {
+    role: &'s Role,
+    context: &'s Value,
+    /// `context` converted once for the templates that render with it.
+    prepared: &'s PreparedContext<'s>,
+    /// How messages name a parameterized role's instance.
+    label: Option<String>,
 }
 
 struct Compiler<'a> {
     repository: &'a Repository,
-    context: &'a Value,
-    /// `context` converted once for the templates that render with it.
-    prepared: PreparedContext<'a>,
     diagnostics: Diagnostics,
     resources: Vec<Resource>,
     origins: Vec<Origin>,
@@ -556,13 +594,14 @@ struct Compiler<'a> {
 impl Compiler<'_> {
     /// Declares one resource as written, or one per element of its
     /// `for_each` list.
-    fn declare(&mut self, role: &Role, declared: &DeclaredResource) {
+    fn declare(&mut self, scope: &Scope<'_>, declared: &DeclaredResource) {
+        let role = scope.role;
         let Some(expression) = &declared.for_each else {
-            self.declare_one(role, declared, None);
+            self.declare_one(scope, declared, None);
             return;
         };
         let position = declared.position_of("for_each");
-        let items: Vec<Value> = match lookup_path(self.context, expression) {
+        let items: Vec<Value> = match lookup_path(scope.context, expression) {
             Some(Value::Array(items)) => items.clone(),
             Some(Value::Object(map)) => map
                 .iter()
@@ -592,22 +631,23 @@ impl Compiler<'_> {
             }
         };
         for item in items {
-            self.declare_one(role, declared, Some(item));
+            self.declare_one(scope, declared, Some(item));
         }
     }
 
-    fn declare_one(&mut self, role: &Role, declared: &DeclaredResource, item: Option<Value>) {
+    fn declare_one(&mut self, scope: &Scope<'_>, declared: &DeclaredResource, item: Option<Value>) {
+        let role = scope.role;
         // Whatever this resource renders from here on counts for it alone.
         take_secret_used();
         let local_context;
         let context = match &item {
             Some(item) => {
-                let mut with_item = self.context.clone();
+                let mut with_item = scope.context.clone();
                 with_item["item"] = item.clone();
                 local_context = with_item;
                 &local_context
             }
-            None => self.context,
+            None => scope.context,
         };
         let file = role.file.as_str();
         let spec = match &declared.parsed {
@@ -653,7 +693,7 @@ impl Compiler<'_> {
         let (Some(require), Some(notify)) = (require, notify) else {
             return;
         };
-        let Some(kind) = self.resolve(spec, declared, context, file, item.as_ref()) else {
+        let Some(kind) = self.resolve(spec, declared, context, scope, item.as_ref()) else {
             return;
         };
         let resource = Resource {
@@ -669,6 +709,7 @@ impl Compiler<'_> {
             position: declared.position,
             require_position: declared.position_of("require"),
             notify_position: declared.position_of("notify"),
+            label: scope.label.clone(),
         };
         self.add(resource, origin);
     }
@@ -687,7 +728,23 @@ impl Compiler<'_> {
                 // says so.
                 first.sensitive |= resource.sensitive;
             }
-            if first.role == resource.role {
+            if first.role == resource.role && first_origin.label != origin.label {
+                // Two instances of one parameterized role: like two roles,
+                // they may agree on a resource.
+                if same {
+                    return;
+                }
+                self.diagnostics.push(Diagnostic::new(
+                    &origin.file,
+                    origin.position,
+                    format!(
+                        "duplicate resource `{}`: role {} and role {} both declare it, differently; make its name depend on a parameter, such as `{{{{params.name}}}}`",
+                        resource.reference,
+                        first_origin.label.as_deref().unwrap_or(&first.role),
+                        origin.label.as_deref().unwrap_or(&resource.role),
+                    ),
+                ));
+            } else if first.role == resource.role {
                 self.diagnostics.push(Diagnostic::new(
                     &origin.file,
                     origin.position,
@@ -846,16 +903,19 @@ impl Compiler<'_> {
         spec: Spec,
         declared: &DeclaredResource,
         context: &Value,
-        file: &str,
+        scope: &Scope<'_>,
         item: Option<&Value>,
     ) -> Option<ResourceKind> {
+        let file = scope.role.file.as_str();
+        // The prepared context is the scope's; with a `for_each` item the
+        // context is another value, and the resolver converts it itself.
         let mut resolver = Resolver::new(
             &self.repository.files,
             &self.repository.templates,
             context,
             item,
             &mut self.contents,
-            Some(&self.prepared),
+            Some(scope.prepared),
         );
         let kind = spec.resolve(&mut resolver);
         let problems = resolver.problems;

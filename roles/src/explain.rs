@@ -19,7 +19,8 @@ use serde_json::Value;
 pub use crate::compile::tags_text;
 use crate::compile::{Node, glob_match, node_context, role_matches, select_roles};
 use crate::diagnostic::Position;
-use crate::reads::{Access, DataRead, for_each_access, inline, strings, walk};
+use crate::node_reads::declared_accesses;
+use crate::reads::{Access, DataRead, walk};
 use crate::repository::{Repository, Role};
 use crate::source::{SETTINGS_FILE, join_inside};
 use crate::template::has_placeholders;
@@ -141,7 +142,7 @@ pub fn explain(repository: &Repository, node: &Node) -> Explanation {
                 matched,
                 included_by: selected
                     .iter()
-                    .filter(|other| other.includes.iter().any(|(i, _)| i == &role.name))
+                    .filter(|other| other.includes.iter().any(|i| i.role == role.name))
                     .map(|other| other.name.clone())
                     .collect(),
             }
@@ -256,21 +257,12 @@ fn role_accesses(repository: &Repository, roles: &[&Role]) -> Vec<Access> {
     let mut accesses = Vec::new();
     let mut templates = BTreeSet::new();
     for role in roles {
+        declared_accesses(role, &mut accesses);
         for declared in &role.resources {
-            if let Some(expression) = &declared.for_each {
-                accesses.push(for_each_access(expression));
-            }
-            for reference in declared.require.iter().chain(&declared.notify) {
-                inline(reference, &mut accesses);
-            }
             let Value::Object(fields) = &declared.fields else {
                 continue;
             };
-            let literal = declared.resource_type.literal_fields();
             for (name, value) in fields {
-                if !literal.contains(&name.as_str()) {
-                    strings(value, &mut accesses);
-                }
                 if matches!(name.as_str(), "template" | "config_template")
                     && let Value::String(path) = value
                 {

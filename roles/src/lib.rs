@@ -18,8 +18,10 @@ mod diagnostic;
 pub mod digest;
 mod explain;
 mod facts;
+mod instances;
 mod kinds;
 mod node_reads;
+mod params;
 mod reads;
 mod repository;
 mod restarts;
@@ -27,6 +29,7 @@ mod rollout;
 mod secrets;
 mod source;
 mod template;
+mod toml_json;
 mod validate;
 
 pub use catalog::{
@@ -44,8 +47,10 @@ pub use explain::{
     tags_text,
 };
 pub use facts::{FACTS, Fact, FactType, When, example_facts, fact_named, schema_mismatches};
+pub use instances::{MAX_ROLE_INSTANCES, RoleInstance};
 pub use kinds::*;
 pub use node_reads::aws_references;
+pub use params::{Include, Param, ParamType, ParamValue};
 pub use reads::{ATTESTED_KEYS, NodeReads};
 pub use repository::{
     DeclaredResource, Hierarchy, MAX_DATA_DEPTH, MAX_INCLUDE_DEPTH, Repository, Role,
@@ -62,10 +67,12 @@ pub use source::{
 };
 pub use template::{MAX_NESTING, Templates};
 pub use validate::{
-    check_catalog_size, example_attested, unmatchable_globs, validate, validate_with_secrets,
-    validation_tags,
+    check_catalog_size, example_attested, unincluded_parameterized_roles, unmatchable_globs,
+    validate, validate_with_secrets, validation_tags,
 };
 
+#[cfg(test)]
+mod params_tests;
 #[cfg(test)]
 mod restarts_tests;
 #[cfg(test)]

@@ -10,35 +10,47 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use crate::reads::{Access, NodeReads, for_each_access, inline, strings, walk};
-use crate::repository::Repository;
+use crate::repository::{Repository, Role};
 use crate::secrets::{SecretSource, SecretValues, from_references, is_aws_reference};
 
-/// Every read of every template, field, reference and `for_each` of the
-/// repository.
+/// Every read of every template, field, reference, `for_each` and include
+/// parameter of the repository.
 fn accesses(repository: &Repository) -> Vec<Access> {
     let mut accesses = Vec::new();
     for (_, template) in repository.templates.compiled() {
         walk(template, &mut accesses);
     }
     for role in repository.roles.values() {
-        for declared in &role.resources {
-            if let Some(expression) = &declared.for_each {
-                accesses.push(for_each_access(expression));
-            }
-            for reference in declared.require.iter().chain(&declared.notify) {
-                inline(reference, &mut accesses);
-            }
-            if let Value::Object(fields) = &declared.fields {
-                let literal = declared.resource_type.literal_fields();
-                for (name, value) in fields {
-                    if !literal.contains(&name.as_str()) {
-                        strings(value, &mut accesses);
-                    }
+        declared_accesses(role, &mut accesses);
+    }
+    accesses
+}
+
+/// What a role reads where it is written, templates aside: the values its
+/// includes give, its `for_each` expressions, references and fields
+/// (except the kinds' literal fields).
+pub(crate) fn declared_accesses(role: &Role, accesses: &mut Vec<Access>) {
+    for include in &role.includes {
+        for given in include.params.values() {
+            strings(&given.value, accesses);
+        }
+    }
+    for declared in &role.resources {
+        if let Some(expression) = &declared.for_each {
+            accesses.push(for_each_access(expression));
+        }
+        for reference in declared.require.iter().chain(&declared.notify) {
+            inline(reference, accesses);
+        }
+        if let Value::Object(fields) = &declared.fields {
+            let literal = declared.resource_type.literal_fields();
+            for (name, value) in fields {
+                if !literal.contains(&name.as_str()) {
+                    strings(value, accesses);
                 }
             }
         }
     }
-    accesses
 }
 
 impl NodeReads {

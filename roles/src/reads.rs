@@ -89,8 +89,9 @@ impl NodeReads {
                     }
                 },
                 // `tag` is part of every key, `data` follows from the layers
-                // that apply, `item` from its `for_each` expression and
-                // `vars` from the fields that set them, all read already.
+                // that apply, `item` from its `for_each` expression,
+                // `vars` from the fields that set them and `params` from
+                // the includes that give them, all read already.
                 // Nothing else is in the context.
                 _ => {}
             },

@@ -19,12 +19,14 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::diagnostic::{Diagnostic, Diagnostics, LineIndex, Position, unknown_key_message};
 use crate::kinds::{RESOURCE_TYPES, ResourceType, Spec};
+use crate::params::{Include, Param, include_problems, parse_includes, parse_params};
 use crate::reads::untrusted_read_in_layer;
 use crate::restarts::{RestartBudgets, check_restart_roles, parse_restarts};
 use crate::rollout::{RolloutPolicy, parse_rollout};
 use crate::secrets::{SecretEntry, check_recipient, parse_secret_file};
 use crate::source::{Entry, RepoFiles, SETTINGS_FILE};
 use crate::template::{Templates, has_placeholders};
+use crate::toml_json::to_json;
 
 /// A parsed roles repository.
 #[derive(Debug)]
@@ -127,8 +129,11 @@ pub struct Role {
     pub matchers: BTreeMap<String, String>,
     /// Where each `[match]` entry's value was written, by tag name.
     pub match_positions: BTreeMap<String, Position>,
-    /// Roles applied before this one, with where each was named.
-    pub includes: Vec<(String, Position)>,
+    /// Roles applied before this one, in the order written.
+    pub includes: Vec<Include>,
+    /// `[params]`: what an include gives it. A role with parameters
+    /// applies only where included, unless it has a `[match]`.
+    pub params: BTreeMap<String, Param>,
     /// In declaration order.
     pub resources: Vec<DeclaredResource>,
 }
@@ -307,6 +312,7 @@ impl Repository {
             }
         }
         check_includes(&roles, &unparsed_roles, &mut diagnostics);
+        check_include_params(&roles, &mut diagnostics);
         if let Some(Entry::File(bytes)) = files.get(SETTINGS_FILE)
             && let Ok(text) = std::str::from_utf8(bytes)
             && settings.as_ref().is_some_and(|s| s.restarts.is_some())
@@ -629,38 +635,6 @@ fn key_positions(lines: &LineIndex<'_>, table: &DeTable<'_>) -> KeyPositions {
     positions
 }
 
-/// A TOML value as JSON, the form templates see. Datetimes become strings.
-fn to_json(value: &DeValue<'_>) -> Value {
-    match value {
-        DeValue::String(s) => Value::String(s.to_string()),
-        DeValue::Integer(i) => {
-            let text = i.as_str().replace('_', "");
-            let parsed = match i.radix() {
-                10 => text.parse::<i64>().ok(),
-                radix => i64::from_str_radix(&text[2..], radix).ok(),
-            };
-            parsed.map(Value::from).unwrap_or(Value::String(text))
-        }
-        DeValue::Float(f) => {
-            let text = f.as_str().replace('_', "");
-            text.parse::<f64>()
-                .ok()
-                .and_then(serde_json::Number::from_f64)
-                .map(Value::Number)
-                .unwrap_or(Value::String(text))
-        }
-        DeValue::Boolean(b) => Value::Bool(*b),
-        DeValue::Datetime(d) => Value::String(d.to_string()),
-        DeValue::Array(items) => Value::Array(items.iter().map(|v| to_json(v.get_ref())).collect()),
-        DeValue::Table(table) => Value::Object(
-            table
-                .iter()
-                .map(|(k, v)| (k.get_ref().to_string(), to_json(v.get_ref())))
-                .collect(),
-        ),
-    }
-}
-
 /// How deep tables and arrays may nest in a data or role file. Data is
 /// merged, rendered and serialized recursively; TOML's own parser allows
 /// 80 levels of inline tables and arrays, and any number through dotted
@@ -712,7 +686,7 @@ fn deserialize_value<T: DeserializeOwned>(
 }
 
 /// Keys a role file may have besides resource arrays.
-const ROLE_KEYS: &[&str] = &["description", "match", "include"];
+const ROLE_KEYS: &[&str] = &["description", "match", "include", "params"];
 /// Keys every resource may have besides its own fields.
 pub(crate) const META_KEYS: &[&str] = &["require", "notify", "for_each", "sensitive"];
 
@@ -747,6 +721,7 @@ fn parse_role(
         matchers: BTreeMap::new(),
         match_positions: BTreeMap::new(),
         includes: Vec::new(),
+        params: BTreeMap::new(),
         resources: Vec::new(),
     };
     let mut declared: Vec<(usize, DeclaredResource)> = Vec::new();
@@ -767,18 +742,8 @@ fn parse_role(
                 }
                 Err(e) => diagnostics.push(toml_diagnostic(path, &lines, &e)),
             },
-            "include" => match deserialize_value::<Vec<Spanned<String>>>(value) {
-                Ok(includes) => {
-                    role.includes = includes
-                        .into_iter()
-                        .map(|i| {
-                            let position = at(i.span().start);
-                            (i.into_inner(), position)
-                        })
-                        .collect();
-                }
-                Err(e) => diagnostics.push(toml_diagnostic(path, &lines, &e)),
-            },
+            "include" => role.includes = parse_includes(path, &lines, value, diagnostics),
+            "params" => role.params = parse_params(path, &lines, value, diagnostics),
             other => {
                 let Some(resource_type) = ResourceType::from_name(other) else {
                     let expected: Vec<&str> =
@@ -968,6 +933,37 @@ pub(crate) fn improve_unknown_field(message: &str, extra: &[&str]) -> String {
     unknown_key_message(unknown, &expected)
 }
 
+/// What parsing can tell of each include's parameters: every name known,
+/// every value without placeholders of its type, every parameter without a
+/// default given. And a role with a parameter that has no default may not
+/// have a `[match]`: matched directly, it would have no value for it.
+pub(crate) fn check_include_params(roles: &BTreeMap<String, Role>, diagnostics: &mut Diagnostics) {
+    for role in roles.values() {
+        if !role.matchers.is_empty()
+            && let Some((name, param)) = role.params.iter().find(|(_, p)| p.default.is_none())
+        {
+            diagnostics.push(Diagnostic::new(
+                &role.file,
+                param.position,
+                format!(
+                    "parameter `{name}` has no default, so role `{}` cannot be selected by its [match]: give it a default, or remove the [match] and include the role with params",
+                    role.name
+                ),
+            ));
+        }
+        for include in &role.includes {
+            let Some(included) = roles.get(&include.role) else {
+                continue;
+            };
+            for problem in
+                include_problems(&included.name, &included.file, &included.params, include)
+            {
+                diagnostics.push(Diagnostic::new(&role.file, problem.0, problem.1));
+            }
+        }
+    }
+}
+
 /// Every include names a role, and includes form no cycle.
 fn check_includes(
     roles: &BTreeMap<String, Role>,
@@ -975,7 +971,12 @@ fn check_includes(
     diagnostics: &mut Diagnostics,
 ) {
     for role in roles.values() {
-        for (include, position) in &role.includes {
+        for Include {
+            role: include,
+            position,
+            ..
+        } in &role.includes
+        {
             if !roles.contains_key(include) && !unparsed_roles.contains(include) {
                 diagnostics.push(Diagnostic::new(
                     &role.file,
@@ -1016,9 +1017,9 @@ fn check_include_depth(roles: &BTreeMap<String, Role>, diagnostics: &mut Diagnos
         on_path.insert(start.as_str());
         while let Some((name, next)) = stack.last_mut() {
             let role = &roles[*name];
-            if let Some((include, _)) = role.includes.get(*next) {
+            if let Some(include) = role.includes.get(*next) {
                 *next += 1;
-                if let Some((include, _)) = roles.get_key_value(include)
+                if let Some((include, _)) = roles.get_key_value(&include.role)
                     && !depth.contains_key(include.as_str())
                     && on_path.insert(include.as_str())
                 {
@@ -1030,9 +1031,9 @@ fn check_include_depth(roles: &BTreeMap<String, Role>, diagnostics: &mut Diagnos
             let longest = role
                 .includes
                 .iter()
-                .filter_map(|(include, _)| {
+                .filter_map(|include| {
                     depth
-                        .get_key_value(include.as_str())
+                        .get_key_value(include.role.as_str())
                         .map(|(k, (d, _))| (*d, *k))
                 })
                 .max();
@@ -1053,8 +1054,8 @@ fn check_include_depth(roles: &BTreeMap<String, Role>, diagnostics: &mut Diagnos
         let position = role
             .includes
             .iter()
-            .find(|(include, _)| Some(include.as_str()) == *first)
-            .map_or(Position::UNKNOWN, |(_, position)| *position);
+            .find(|include| Some(include.role.as_str()) == *first)
+            .map_or(Position::UNKNOWN, |include| include.position);
         let mut chain = vec![*name];
         let mut current = *first;
         while let Some(next) = current {
@@ -1098,7 +1099,12 @@ fn find_include_cycle<'a>(
     let mut on_path: BTreeSet<&'a str> = BTreeSet::from([start]);
     while let Some(&(current, next)) = path.last() {
         let role = &roles[current];
-        let Some((include, position)) = role.includes.get(next) else {
+        let Some(Include {
+            role: include,
+            position,
+            ..
+        }) = role.includes.get(next)
+        else {
             explored.insert(current);
             on_path.remove(current);
             path.pop();

@@ -719,3 +719,28 @@ jvm_options = ['-Dpassword={{secret "db_password"}}']
     assert!(!errors.contains("`owner` uses a secret"), "{errors}");
     assert!(!errors.contains("hunter2"), "{errors}");
 }
+
+#[test]
+fn a_secret_given_as_a_parameter_of_an_included_role_is_refused() {
+    let common = secret("db_password", "");
+    let repository = repo(&[
+        ("secrets/common.toml", common.as_str()),
+        (
+            "roles/svc.toml",
+            "[params]\nname = { type = \"string\" }\n[[file]]\npath = \"/etc/svc\"\ncontent = \"x\"\n",
+        ),
+        (
+            "roles/api.toml",
+            "include = [{ role = \"svc\", params = { name = \"{{secret \\\"db_password\\\"}}\" } }]\n",
+        ),
+    ]);
+    let values = values(&[("common", "db_password", b"hunter2")]);
+    let errors = compile_with_secrets(&repository, &node(&[]), &values)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        errors.contains("roles/api.toml:1:39: parameter `name` uses a secret: a parameter's value may show in resource names and messages; read the secret inside role `svc` instead"),
+        "{errors}"
+    );
+    assert!(!errors.contains("hunter2"), "{errors}");
+}

@@ -15,7 +15,7 @@ layers = ["node/{{trusted.instance_id}}", "env/{{tag.env}}", "role/{{tag.role}}"
 "#;
 
 /// A repository from `(path, text)` pairs; `cms.toml` is added unless given.
-fn repo(files: &[(&str, &str)]) -> RepoFiles {
+pub(crate) fn repo(files: &[(&str, &str)]) -> RepoFiles {
     let mut repo = RepoFiles::new();
     if !files.iter().any(|(path, _)| *path == "cms.toml") {
         repo.insert("cms.toml", SETTINGS);
@@ -26,7 +26,7 @@ fn repo(files: &[(&str, &str)]) -> RepoFiles {
     repo
 }
 
-fn node(tags: &str) -> Node {
+pub(crate) fn node(tags: &str) -> Node {
     let tags = tags
         .split(',')
         .filter(|pair| !pair.is_empty())
@@ -44,7 +44,7 @@ fn node(tags: &str) -> Node {
 }
 
 #[track_caller]
-fn compile_ok(files: &[(&str, &str)], tags: &str) -> Catalog {
+pub(crate) fn compile_ok(files: &[(&str, &str)], tags: &str) -> Catalog {
     let repository =
         Repository::parse(repo(files)).unwrap_or_else(|d| panic!("parse failed:\n{d}"));
     compile(&repository, &node(tags)).unwrap_or_else(|d| panic!("compile failed:\n{d}"))
@@ -53,7 +53,7 @@ fn compile_ok(files: &[(&str, &str)], tags: &str) -> Catalog {
 /// Parses and compiles, expecting failure; returns the diagnostics as text,
 /// one per line.
 #[track_caller]
-fn compile_err(files: &[(&str, &str)], tags: &str) -> String {
+pub(crate) fn compile_err(files: &[(&str, &str)], tags: &str) -> String {
     let result =
         Repository::parse(repo(files)).and_then(|repository| compile(&repository, &node(tags)));
     match result {
@@ -65,7 +65,7 @@ fn compile_err(files: &[(&str, &str)], tags: &str) -> String {
     }
 }
 
-fn references(catalog: &Catalog) -> Vec<&str> {
+pub(crate) fn references(catalog: &Catalog) -> Vec<&str> {
     catalog
         .resources
         .iter()
@@ -73,7 +73,7 @@ fn references(catalog: &Catalog) -> Vec<&str> {
         .collect()
 }
 
-fn content<'c>(catalog: &'c Catalog, path: &str) -> &'c str {
+pub(crate) fn content<'c>(catalog: &'c Catalog, path: &str) -> &'c str {
     let reference = format!("file:{path}");
     let resource = catalog
         .resource(&reference)
@@ -86,7 +86,7 @@ fn content<'c>(catalog: &'c Catalog, path: &str) -> &'c str {
 }
 
 #[track_caller]
-fn assert_contains(haystack: &str, needle: &str) {
+pub(crate) fn assert_contains(haystack: &str, needle: &str) {
     assert!(
         haystack.contains(needle),
         "expected to find {needle:?} in:\n{haystack}"
@@ -924,8 +924,10 @@ fn the_example_repository_validates_and_compiles_for_an_api_node() {
         },
     )
     .unwrap_or_else(|d| panic!("{d}"));
-    assert_eq!(catalog.roles, ["base", "java", "api"]);
+    assert_eq!(catalog.roles, ["base", "java", "java_service", "api"]);
+    // One parameterized role, included twice.
     assert!(catalog.resource("java_app:orders").is_some());
+    assert!(catalog.resource("java_app:payments").is_some());
 }
 
 #[test]

@@ -172,6 +172,41 @@ pub fn unmatchable_globs(repository: &Repository) -> Diagnostics {
     warnings
 }
 
+/// A warning for each role with `[params]` and no `[match]` that no role
+/// includes: it never applies, so validation never compiles it and its
+/// mistakes stay unseen.
+pub fn unincluded_parameterized_roles(repository: &Repository) -> Diagnostics {
+    let included: BTreeSet<&str> = repository
+        .roles
+        .values()
+        .flat_map(|role| role.includes.iter().map(|include| include.role.as_str()))
+        .collect();
+    let mut warnings = Diagnostics::default();
+    for role in repository.roles.values() {
+        if role.params.is_empty()
+            || !role.matchers.is_empty()
+            || included.contains(role.name.as_str())
+        {
+            continue;
+        }
+        let position = role
+            .params
+            .values()
+            .map(|param| param.position)
+            .min_by_key(|position| (position.line, position.column))
+            .unwrap_or(Position::UNKNOWN);
+        warnings.push(Diagnostic::new(
+            &role.file,
+            position,
+            format!(
+                "role `{}` has [params] and no [match], and no role includes it: it applies to no node, and check compiles none of it; include it with params = {{ … }}",
+                role.name
+            ),
+        ));
+    }
+    warnings
+}
+
 /// The values of a tag the repository names: layer names under `data/`
 /// and `secrets/` for a layer written with `{{tag.NAME}}`, plain values
 /// of secret scopes and of roles' `[match]`.
