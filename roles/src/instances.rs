@@ -204,8 +204,12 @@ fn given_params(
             given.value.clone()
         };
         if !param.param_type.accepts(&value) {
-            // Literal values were checked at parse time; a rendered list
-            // or table may still hold the wrong thing.
+            ok = false;
+            if !contains_placeholders(&given.value) {
+                // A literal value: reported at parse time.
+                continue;
+            }
+            // A rendered list or table may still hold the wrong thing.
             diagnostics.push(Diagnostic::new(
                 file,
                 given.position,
@@ -216,7 +220,6 @@ fn given_params(
                     value_type(&value)
                 ),
             ));
-            ok = false;
             continue;
         }
         values.insert(name.clone(), value);

@@ -454,13 +454,10 @@ pub(crate) fn include_problems(
         let Some(param) = params.get(name) else {
             problems.push((
                 given.position,
-                format!(
-                    "{} (parameters of role `{role}`)",
-                    unknown_key_message(name, &names).replacen(
-                        "unknown field",
-                        "unknown parameter",
-                        1
-                    )
+                unknown_key_message(name, &names).replacen(
+                    &format!("unknown field `{name}`"),
+                    &format!("unknown parameter `{name}` of role `{role}`"),
+                    1,
                 ),
             ));
             continue;

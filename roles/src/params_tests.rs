@@ -136,7 +136,7 @@ fn unknown_missing_and_mistyped_params_are_errors_at_their_line() {
     );
     assert_contains(
         &errors,
-        "roles/api.toml:2:56: unknown parameter `prot`, expected one of debug, name, port (did you mean `port`?) (parameters of role `java_service`)",
+        "roles/api.toml:2:56: unknown parameter `prot` of role `java_service`, expected one of debug, name, port (did you mean `port`?)",
     );
     assert_contains(
         &errors,

@@ -104,3 +104,17 @@ fn a_value_missing_for_a_node_names_the_tags_of_the_node() {
         ("templates/app.hbs", "port={{data.port}}\n"),
     ]));
 }
+
+#[test]
+fn parameter_mistakes_at_an_include_point_at_the_value_and_name_the_declaration() {
+    insta::assert_snapshot!(problems_of(&[
+        (
+            "roles/java_service.toml",
+            "[params]\nname = { type = \"string\" }\nport = { type = \"integer\", default = 8080 }\n\n[[service]]\nname = \"{{params.name}}\"\n",
+        ),
+        (
+            "roles/web.toml",
+            "include = [\n  { role = \"java_service\", params = { name = \"orders\", prot = 8081 } },\n  { role = \"java_service\", params = { name = \"payments\", port = \"8082\" } },\n  { role = \"java_service\", params = { port = 8083 } },\n]\n",
+        ),
+    ]));
+}
