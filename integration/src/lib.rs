@@ -82,7 +82,7 @@ pub use instance::{
 pub use leftovers::{Leftovers, find_leftovers, find_leftovers_of_instance};
 pub use network::{BRIDGE_NAME, NETWORK_PREFIX_LENGTH};
 pub use package_repo::{DebPackageFile, DebPackageSpec, PackageRepo};
-pub use postgres::{CertifiedKey, PostgresServer, TestCa};
+pub use postgres::{CertifiedKey, PostgresServer, SqlSession, TestCa};
 pub use prerequisites::check_prerequisites;
 pub use reports::{FIRST_REPORT_TIMEOUT, node_reports, wait_for_first_report};
 pub use rpm_root::RpmRoot;

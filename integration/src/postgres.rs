@@ -241,6 +241,44 @@ impl PostgresServer {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     }
 
+    /// An interactive psql session on `database`, as the superuser: for a
+    /// test that holds a transaction open while the code under test runs.
+    pub fn session(&self, database: &str) -> anyhow::Result<SqlSession> {
+        let mut child = self
+            .command("psql")
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+            ])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("Failed to start psql")?;
+        let stdin = child.stdin.take().context("psql's stdin")?;
+        let stdout = std::io::BufReader::new(child.stdout.take().context("psql's stdout")?);
+        Ok(SqlSession {
+            child,
+            stdin,
+            stdout,
+            sent: 0,
+        })
+    }
+
     /// The database behind a URL made by [`PostgresServer::url`].
     pub fn database_of(url: &str) -> &str {
         url.rsplit('/').next().unwrap_or(url)
@@ -357,6 +395,64 @@ impl PostgresServer {
     /// The folder that holds the cluster (for a test's diagnostics).
     pub fn folder(&self) -> &Path {
         self.folder.path()
+    }
+}
+
+/// One psql process kept open ([`PostgresServer::session`]). Statements
+/// are sent, and waited for by a marker psql echoes after them, so that a
+/// test can send one that blocks and wait for it later.
+pub struct SqlSession {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    sent: u32,
+}
+
+impl SqlSession {
+    /// Sends `sql` without waiting; [`wait`](Self::wait) with the number
+    /// returned waits for it.
+    pub fn send(&mut self, sql: &str) -> anyhow::Result<u32> {
+        use std::io::Write as _;
+        self.sent += 1;
+        write!(self.stdin, "{sql}\n\\echo cms-done-{}\n", self.sent)
+            .and_then(|()| self.stdin.flush())
+            .context("Failed to write to psql")?;
+        Ok(self.sent)
+    }
+
+    /// Waits for statement `number` to finish; its output.
+    pub fn wait(&mut self, number: u32) -> anyhow::Result<String> {
+        use std::io::BufRead as _;
+        let marker = format!("cms-done-{number}");
+        let mut output = String::new();
+        loop {
+            let mut line = String::new();
+            if self
+                .stdout
+                .read_line(&mut line)
+                .context("Failed to read psql")?
+                == 0
+            {
+                bail!("psql ended before {marker} (a failed statement ends it):\n{output}");
+            }
+            if line.trim_end() == marker {
+                return Ok(output.trim_end().to_string());
+            }
+            output.push_str(&line);
+        }
+    }
+
+    /// Sends `sql` and waits for it.
+    pub fn run(&mut self, sql: &str) -> anyhow::Result<String> {
+        let number = self.send(sql)?;
+        self.wait(number)
+    }
+}
+
+impl Drop for SqlSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

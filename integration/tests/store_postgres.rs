@@ -5,6 +5,8 @@
 //! once, the CA key encrypted at rest, `store migrate` both ways, and the
 //! database going away and coming back.
 
+#![allow(clippy::disallowed_methods)]
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Barrier};
@@ -91,6 +93,65 @@ fn two_replicas_using_one_token_at_once_never_use_it_more_than_allowed() {
         }
     }
     assert_eq!(replicas[1].token("t").unwrap().unwrap().uses_left, Some(0));
+}
+
+/// A deadlock between the store and another session: the store's
+/// `remove_node` deletes the node's reports, then waits for the node's
+/// row, which the other session holds; the other session then waits for a
+/// report row the store holds. PostgreSQL ends the transaction that waited
+/// longest (the store's: the other session's `deadlock_timeout` is 60 s)
+/// with 40P01, and the store makes it again once the other commits.
+#[test]
+fn a_transaction_postgresql_ends_as_a_deadlock_victim_is_made_again_and_succeeds() {
+    let url = new_database();
+    let store = Arc::new(open(&url, &key()));
+    store.put_node(&conformance::node("n")).unwrap();
+    store
+        .put_report(&conformance::report("n", "r1", 1_000))
+        .unwrap();
+    let server = PostgresServer::shared().unwrap();
+    let database = PostgresServer::database_of(&url).to_string();
+    let mut other = server.session(&database).unwrap();
+    other
+        .run("SET deadlock_timeout = '60s'; BEGIN; UPDATE nodes SET version = version WHERE id = 'n';")
+        .unwrap();
+    let remover = {
+        let store = store.clone();
+        std::thread::spawn(move || store.remove_node("n"))
+    };
+    // The store's transaction now waits for the node row.
+    let waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while server.sql(&database, waiting).unwrap() != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "remove_node never waited for the row lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // This waits for the report row the store holds: a deadlock. It
+    // returns once the store's transaction, its victim, was rolled back.
+    other
+        .run("DELETE FROM reports WHERE node_id = 'n';")
+        .unwrap();
+    other.run("COMMIT;").unwrap();
+    let removed = remover
+        .join()
+        .expect("thread")
+        .map_err(|error| cms_server::store::error_chain(&error));
+    assert_eq!(removed, Ok(true), "the deadlock victim was not made again");
+    assert!(store.node("n").unwrap().is_none());
+    // The deadlock happened (the statistics are flushed within a second
+    // or so).
+    let deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while server.sql(&database, deadlocks).unwrap() == "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PostgreSQL counted no deadlock"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

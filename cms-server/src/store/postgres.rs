@@ -273,6 +273,42 @@ impl PostgresStore {
         outcome.map_err(|failure| failure.into_store_error(action.into(), &self.target))
     }
 
+    /// [`call`](Self::call) for work in a transaction: `work` makes the
+    /// attempt, and an attempt that PostgreSQL ended as a serialization
+    /// failure (40001) or a deadlock victim (40P01) is made again, after a
+    /// short, growing, jittered pause, up to [`CONFLICT_ATTEMPTS`] times,
+    /// all within `limit`. Such an attempt was rolled back whole, so making
+    /// it again is what the caller would do.
+    fn call_retrying<T, F, Fut>(
+        &self,
+        action: impl Into<String>,
+        limit: Duration,
+        work: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, Failure>> + Send + 'static,
+    {
+        let action = action.into();
+        let described = action.clone();
+        self.call(action, limit, async move {
+            let mut attempt = 1;
+            loop {
+                match work().await {
+                    Err(failure) if failure.is_conflict() && attempt < CONFLICT_ATTEMPTS => {
+                        tracing::debug!(
+                            "{described}: attempt {attempt} ended by a conflict ({failure:?}); trying again"
+                        );
+                        tokio::time::sleep(conflict_pause(attempt)).await;
+                        attempt += 1;
+                    }
+                    outcome => return outcome,
+                }
+            }
+        })
+    }
+
     fn pool(&self) -> Pool {
         self.pool.clone()
     }
@@ -368,7 +404,37 @@ impl From<StoreError> for Failure {
     }
 }
 
+/// How many times a transaction ended by a conflict is attempted.
+pub(crate) const CONFLICT_ATTEMPTS: u32 = 8;
+
+/// The pause before attempt `attempt + 1`: 5 ms doubled each time, up to
+/// 320 ms, with up to half again of jitter so that the two sides of a
+/// deadlock do not meet again in step.
+fn conflict_pause(attempt: u32) -> Duration {
+    let base = 5u64 << attempt.min(6);
+    // A fresh RandomState is seeded anew each time: random enough for
+    // jitter, without a clock or a dependency.
+    let noise = {
+        use std::hash::BuildHasher as _;
+        std::collections::hash_map::RandomState::new().hash_one(attempt)
+    };
+    Duration::from_millis(base + noise % (base / 2 + 1))
+}
+
 impl Failure {
+    /// Whether PostgreSQL ended the transaction because it conflicted with
+    /// another (serialization failure, deadlock), so that trying it again
+    /// can succeed.
+    pub(crate) fn is_conflict(&self) -> bool {
+        let Failure::Database(error) = self else {
+            return false;
+        };
+        error.code().is_some_and(|code| {
+            *code == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+        })
+    }
+
     fn into_store_error(self, action: String, target: &str) -> StoreError {
         let unavailable = |detail: String| StoreError::Unavailable {
             action: action.clone(),
@@ -501,6 +567,7 @@ const UPSERT_NODE: &str = "INSERT INTO nodes (id, record) VALUES ($1, $2)
      ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, version = nodes.version + 1";
 
 /// A certificate's columns, owned, for a future.
+#[derive(Clone)]
 struct CertificateRow(String, String, i64, bool);
 
 impl CertificateRow {
@@ -623,19 +690,27 @@ impl Store for PostgresStore {
         let pool = self.pool();
         let certificate = CertificateRow::of(certificate);
         let (id, record) = (node.id.clone(), encode("node record", node)?);
-        self.call(
+        self.call_retrying(
             format!("record the enrollment of {}", node.id),
             CALL_TIMEOUT,
-            async move {
-                let mut client = pool.get().await?;
-                let transaction = client.transaction().await?;
-                // The node row first, then the certificate: the order
-                // claim_name locks them in, so the two cannot deadlock.
-                let statement = transaction.prepare_cached(UPSERT_NODE).await?;
-                transaction.execute(&statement, &[&id, &record]).await?;
-                certificate.upsert(&transaction).await?;
-                transaction.commit().await?;
-                Ok(())
+            move || {
+                let (pool, id, record, certificate) = (
+                    pool.clone(),
+                    id.clone(),
+                    record.clone(),
+                    certificate.clone(),
+                );
+                async move {
+                    let mut client = pool.get().await?;
+                    let transaction = client.transaction().await?;
+                    // The node row first, then the certificate: the order
+                    // claim_name locks them in, so the two cannot deadlock.
+                    let statement = transaction.prepare_cached(UPSERT_NODE).await?;
+                    transaction.execute(&statement, &[&id, &record]).await?;
+                    certificate.upsert(&transaction).await?;
+                    transaction.commit().await?;
+                    Ok(())
+                }
             },
         )
     }
@@ -656,51 +731,60 @@ impl Store for PostgresStore {
         let certificate = CertificateRow::of(certificate);
         let (id, record) = (node.id.clone(), encode("node record", node)?);
         let expected = expected_serial.map(str::to_string);
-        self.call(
+        self.call_retrying(
             format!("record the enrollment of {}", node.id),
             CALL_TIMEOUT,
-            async move {
-                let mut client = pool.get().await?;
-                let transaction = client.transaction().await?;
-                let written = match &expected {
-                    None => {
-                        transaction
-                            .execute(
-                                "INSERT INTO nodes (id, record) VALUES ($1, $2)
+            move || {
+                let (pool, id, record, expected, certificate) = (
+                    pool.clone(),
+                    id.clone(),
+                    record.clone(),
+                    expected.clone(),
+                    certificate.clone(),
+                );
+                async move {
+                    let mut client = pool.get().await?;
+                    let transaction = client.transaction().await?;
+                    let written = match &expected {
+                        None => {
+                            transaction
+                                .execute(
+                                    "INSERT INTO nodes (id, record) VALUES ($1, $2)
                                  ON CONFLICT (id) DO NOTHING",
-                                &[&id, &record],
-                            )
-                            .await?
+                                    &[&id, &record],
+                                )
+                                .await?
+                        }
+                        Some(serial) => {
+                            transaction
+                                .execute(
+                                    "UPDATE nodes SET record = $2, version = version + 1
+                                 WHERE id = $1 AND record->>'certificate_serial' = $3",
+                                    &[&id, &record, serial],
+                                )
+                                .await?
+                        }
+                    };
+                    if written != 1 {
+                        transaction.rollback().await?;
+                        return Err(Failure::Store(StoreError::NameClaimed { id }));
                     }
-                    Some(serial) => {
+                    certificate.upsert(&transaction).await?;
+                    if clear_history {
+                        transaction
+                            .execute("DELETE FROM reports WHERE node_id = $1", &[&id])
+                            .await?;
                         transaction
                             .execute(
-                                "UPDATE nodes SET record = $2, version = version + 1
-                                 WHERE id = $1 AND record->>'certificate_serial' = $3",
-                                &[&id, &record, serial],
-                            )
-                            .await?
-                    }
-                };
-                if written != 1 {
-                    transaction.rollback().await?;
-                    return Err(Failure::Store(StoreError::NameClaimed { id }));
-                }
-                certificate.upsert(&transaction).await?;
-                if clear_history {
-                    transaction
-                        .execute("DELETE FROM reports WHERE node_id = $1", &[&id])
-                        .await?;
-                    transaction
-                        .execute(
-                            "UPDATE certificates SET revoked = true
+                                "UPDATE certificates SET revoked = true
                              WHERE node_id = $1 AND serial <> $2 AND NOT revoked",
-                            &[&id, &certificate.0],
-                        )
-                        .await?;
+                                &[&id, &certificate.0],
+                            )
+                            .await?;
+                    }
+                    transaction.commit().await?;
+                    Ok(())
                 }
-                transaction.commit().await?;
-                Ok(())
             },
         )
     }
@@ -716,57 +800,59 @@ impl Store for PostgresStore {
         }
         let pool = self.pool();
         let seen = seen.to_vec();
-        self.call(
+        self.call_retrying(
             "record when nodes were last seen",
             CALL_TIMEOUT,
-            async move {
-                let mut ids: Vec<String> = seen.iter().map(|(id, _, _)| id.clone()).collect();
-                ids.sort();
-                ids.dedup();
-                let mut client = pool.get().await?;
-                let transaction = client.transaction().await?;
-                let rows = transaction
+            move || {
+                let (pool, seen) = (pool.clone(), seen.clone());
+                async move {
+                    let mut ids: Vec<String> = seen.iter().map(|(id, _, _)| id.clone()).collect();
+                    ids.sort();
+                    ids.dedup();
+                    let mut client = pool.get().await?;
+                    let transaction = client.transaction().await?;
+                    let rows = transaction
                     .query(
                         "SELECT id, record FROM nodes WHERE id = ANY($1) ORDER BY id FOR UPDATE",
                         &[&ids],
                     )
                     .await?;
-                let mut nodes = std::collections::BTreeMap::new();
-                for row in &rows {
-                    let id: String = row.get(0);
-                    let node: NodeRecord = decode("nodes", &id, row.get(1))?;
-                    nodes.insert(id, node);
-                }
-                let mut changed = std::collections::BTreeSet::new();
-                let mut touched = 0;
-                for (id, at, facts) in &seen {
-                    let Some(node) = nodes.get_mut(id) else {
-                        continue;
-                    };
-                    let new_facts = facts.as_ref().filter(|f| **f != node.facts);
-                    if node.last_seen_unix_ms >= *at
-                        && node.status == NodeStatus::Active
-                        && new_facts.is_none()
-                    {
-                        continue;
+                    let mut nodes = std::collections::BTreeMap::new();
+                    for row in &rows {
+                        let id: String = row.get(0);
+                        let node: NodeRecord = decode("nodes", &id, row.get(1))?;
+                        nodes.insert(id, node);
                     }
-                    if let Some(facts) = new_facts {
-                        node.facts = facts.clone();
+                    let mut changed = std::collections::BTreeSet::new();
+                    let mut touched = 0;
+                    for (id, at, facts) in &seen {
+                        let Some(node) = nodes.get_mut(id) else {
+                            continue;
+                        };
+                        let new_facts = facts.as_ref().filter(|f| **f != node.facts);
+                        if node.last_seen_unix_ms >= *at
+                            && node.status == NodeStatus::Active
+                            && new_facts.is_none()
+                        {
+                            continue;
+                        }
+                        if let Some(facts) = new_facts {
+                            node.facts = facts.clone();
+                        }
+                        node.last_seen_unix_ms = node.last_seen_unix_ms.max(*at);
+                        node.status = NodeStatus::Active;
+                        node.gone_since_unix_ms = None;
+                        changed.insert(id.clone());
+                        touched += 1;
                     }
-                    node.last_seen_unix_ms = node.last_seen_unix_ms.max(*at);
-                    node.status = NodeStatus::Active;
-                    node.gone_since_unix_ms = None;
-                    changed.insert(id.clone());
-                    touched += 1;
-                }
-                if !changed.is_empty() {
-                    let mut changed_ids = Vec::new();
-                    let mut records = Vec::new();
-                    for id in changed {
-                        records.push(encode("node record", &nodes[&id])?);
-                        changed_ids.push(id);
-                    }
-                    transaction
+                    if !changed.is_empty() {
+                        let mut changed_ids = Vec::new();
+                        let mut records = Vec::new();
+                        for id in changed {
+                            records.push(encode("node record", &nodes[&id])?);
+                            changed_ids.push(id);
+                        }
+                        transaction
                         .execute(
                             "UPDATE nodes SET record = changed.record, version = nodes.version + 1
                          FROM unnest($1::text[], $2::jsonb[]) AS changed(id, record)
@@ -774,9 +860,10 @@ impl Store for PostgresStore {
                             &[&changed_ids, &records],
                         )
                         .await?;
+                    }
+                    transaction.commit().await?;
+                    Ok(touched)
                 }
-                transaction.commit().await?;
-                Ok(touched)
             },
         )
     }
@@ -784,17 +871,20 @@ impl Store for PostgresStore {
     fn remove_node(&self, id: &str) -> Result<bool, StoreError> {
         check_node_id(id)?;
         let (pool, id_owned) = (self.pool(), id.to_string());
-        self.call(format!("remove node {id}"), BULK_TIMEOUT, async move {
-            let mut client = pool.get().await?;
-            let transaction = client.transaction().await?;
-            transaction
-                .execute("DELETE FROM reports WHERE node_id = $1", &[&id_owned])
-                .await?;
-            let removed = transaction
-                .execute("DELETE FROM nodes WHERE id = $1", &[&id_owned])
-                .await?;
-            transaction.commit().await?;
-            Ok(removed == 1)
+        self.call_retrying(format!("remove node {id}"), BULK_TIMEOUT, move || {
+            let (pool, id_owned) = (pool.clone(), id_owned.clone());
+            async move {
+                let mut client = pool.get().await?;
+                let transaction = client.transaction().await?;
+                transaction
+                    .execute("DELETE FROM reports WHERE node_id = $1", &[&id_owned])
+                    .await?;
+                let removed = transaction
+                    .execute("DELETE FROM nodes WHERE id = $1", &[&id_owned])
+                    .await?;
+                transaction.commit().await?;
+                Ok(removed == 1)
+            }
         })
     }
 
@@ -846,41 +936,51 @@ impl Store for PostgresStore {
         let received = to_db(report.received_unix_ms);
         let record = encode("report", report)?;
         let (noted, summary) = (report.clone(), summary.clone());
-        self.call(
+        self.call_retrying(
             format!("write report {} of node {}", report.run_id, report.node_id),
             CALL_TIMEOUT,
-            async move {
-                let mut client = pool.get().await?;
-                let transaction = client.transaction().await?;
-                let statement = transaction
-                    .prepare_cached(
-                        "INSERT INTO reports (node_id, run_id, received_unix_ms, record)
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (node_id, run_id) DO NOTHING",
-                    )
-                    .await?;
-                let inserted = transaction
-                    .execute(&statement, &[&node_id, &run_id, &received, &record])
-                    .await?;
-                let statement = transaction
-                    .prepare_cached("SELECT record FROM nodes WHERE id = $1 FOR UPDATE")
-                    .await?;
-                if let Some(row) = transaction.query_opt(&statement, &[&node_id]).await? {
-                    let mut node: NodeRecord = decode("nodes", &node_id, row.get(0))?;
-                    super::note_run(&mut node, &noted, &summary);
-                    let node = encode("node record", &node)?;
+            move || {
+                let (pool, node_id, run_id, record, noted, summary) = (
+                    pool.clone(),
+                    node_id.clone(),
+                    run_id.clone(),
+                    record.clone(),
+                    noted.clone(),
+                    summary.clone(),
+                );
+                async move {
+                    let mut client = pool.get().await?;
+                    let transaction = client.transaction().await?;
                     let statement = transaction
                         .prepare_cached(
-                            "UPDATE nodes SET record = $2, version = version + 1 WHERE id = $1",
+                            "INSERT INTO reports (node_id, run_id, received_unix_ms, record)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (node_id, run_id) DO NOTHING",
                         )
                         .await?;
-                    transaction.execute(&statement, &[&node_id, &node]).await?;
+                    let inserted = transaction
+                        .execute(&statement, &[&node_id, &run_id, &received, &record])
+                        .await?;
+                    let statement = transaction
+                        .prepare_cached("SELECT record FROM nodes WHERE id = $1 FOR UPDATE")
+                        .await?;
+                    if let Some(row) = transaction.query_opt(&statement, &[&node_id]).await? {
+                        let mut node: NodeRecord = decode("nodes", &node_id, row.get(0))?;
+                        super::note_run(&mut node, &noted, &summary);
+                        let node = encode("node record", &node)?;
+                        let statement = transaction
+                            .prepare_cached(
+                                "UPDATE nodes SET record = $2, version = version + 1 WHERE id = $1",
+                            )
+                            .await?;
+                        transaction.execute(&statement, &[&node_id, &node]).await?;
+                    }
+                    transaction.commit().await?;
+                    Ok(if inserted == 1 {
+                        ReportWrite::Stored
+                    } else {
+                        ReportWrite::AlreadyStored
+                    })
                 }
-                transaction.commit().await?;
-                Ok(if inserted == 1 {
-                    ReportWrite::Stored
-                } else {
-                    ReportWrite::AlreadyStored
-                })
             },
         )
     }
@@ -1015,38 +1115,41 @@ impl Store for PostgresStore {
 
     fn set_current_revision(&self, commit: &str) -> Result<(), StoreError> {
         let (pool, commit_owned) = (self.pool(), commit.to_string());
-        self.call(
+        self.call_retrying(
             format!("make revision {commit} current"),
             CALL_TIMEOUT,
-            async move {
-                let mut client = pool.get().await?;
-                let transaction = client.transaction().await?;
-                let row = transaction
-                    .query_opt(
-                        "SELECT record FROM revisions WHERE commit = $1 FOR SHARE",
-                        &[&commit_owned],
-                    )
-                    .await?;
-                let Some(row) = row else {
-                    return Err(Failure::Store(StoreError::RevisionUnknown {
-                        commit: commit_owned,
-                    }));
-                };
-                let revision: RevisionRecord = decode("revisions", &commit_owned, row.get(0))?;
-                if !revision.accepted {
-                    return Err(Failure::Store(StoreError::RevisionRefused {
-                        commit: commit_owned,
-                    }));
-                }
-                transaction
-                    .execute(
-                        "INSERT INTO current_revision (commit) VALUES ($1)
+            move || {
+                let (pool, commit_owned) = (pool.clone(), commit_owned.clone());
+                async move {
+                    let mut client = pool.get().await?;
+                    let transaction = client.transaction().await?;
+                    let row = transaction
+                        .query_opt(
+                            "SELECT record FROM revisions WHERE commit = $1 FOR SHARE",
+                            &[&commit_owned],
+                        )
+                        .await?;
+                    let Some(row) = row else {
+                        return Err(Failure::Store(StoreError::RevisionUnknown {
+                            commit: commit_owned,
+                        }));
+                    };
+                    let revision: RevisionRecord = decode("revisions", &commit_owned, row.get(0))?;
+                    if !revision.accepted {
+                        return Err(Failure::Store(StoreError::RevisionRefused {
+                            commit: commit_owned,
+                        }));
+                    }
+                    transaction
+                        .execute(
+                            "INSERT INTO current_revision (commit) VALUES ($1)
                          ON CONFLICT (singleton) DO UPDATE SET commit = EXCLUDED.commit",
-                        &[&commit_owned],
-                    )
-                    .await?;
-                transaction.commit().await?;
-                Ok(())
+                            &[&commit_owned],
+                        )
+                        .await?;
+                    transaction.commit().await?;
+                    Ok(())
+                }
             },
         )
     }
@@ -1403,44 +1506,48 @@ impl Store for PostgresStore {
         let pool = self.pool();
         let expected = expected.cloned();
         let (name, record) = (new.name.clone(), encode("operator record", new)?);
-        self.call(
+        self.call_retrying(
             format!("write operator {}", new.name),
             CALL_TIMEOUT,
-            async move {
-                let mut client = pool.get().await?;
-                let transaction = client.transaction().await?;
-                let Some(expected) = expected else {
-                    let inserted = transaction
-                        .execute(
-                            "INSERT INTO operators (name, record) VALUES ($1, $2)
+            move || {
+                let (pool, expected, name, record) =
+                    (pool.clone(), expected.clone(), name.clone(), record.clone());
+                async move {
+                    let mut client = pool.get().await?;
+                    let transaction = client.transaction().await?;
+                    let Some(expected) = expected else {
+                        let inserted = transaction
+                            .execute(
+                                "INSERT INTO operators (name, record) VALUES ($1, $2)
                              ON CONFLICT (name) DO NOTHING",
+                                &[&name, &record],
+                            )
+                            .await?;
+                        transaction.commit().await?;
+                        return Ok(inserted == 1);
+                    };
+                    let row = transaction
+                        .query_opt(
+                            "SELECT record FROM operators WHERE name = $1 FOR UPDATE",
+                            &[&name],
+                        )
+                        .await?;
+                    let stored: Option<OperatorRecord> = row
+                        .map(|row| decode("operators", &name, row.get(0)))
+                        .transpose()?;
+                    if stored.as_ref() != Some(&expected) {
+                        transaction.rollback().await?;
+                        return Ok(false);
+                    }
+                    transaction
+                        .execute(
+                            "UPDATE operators SET record = $2 WHERE name = $1",
                             &[&name, &record],
                         )
                         .await?;
                     transaction.commit().await?;
-                    return Ok(inserted == 1);
-                };
-                let row = transaction
-                    .query_opt(
-                        "SELECT record FROM operators WHERE name = $1 FOR UPDATE",
-                        &[&name],
-                    )
-                    .await?;
-                let stored: Option<OperatorRecord> = row
-                    .map(|row| decode("operators", &name, row.get(0)))
-                    .transpose()?;
-                if stored.as_ref() != Some(&expected) {
-                    transaction.rollback().await?;
-                    return Ok(false);
+                    Ok(true)
                 }
-                transaction
-                    .execute(
-                        "UPDATE operators SET record = $2 WHERE name = $1",
-                        &[&name, &record],
-                    )
-                    .await?;
-                transaction.commit().await?;
-                Ok(true)
             },
         )
     }
