@@ -40,9 +40,9 @@
 //!   `cms-server dashboard-token` on a host, without a running server, so
 //!   they stay a file next to the admin credential; replicas would each be
 //!   given the file (or the tokens move here, as enrollment tokens did);
-//! - dashboard sessions and noted last-seen times are in memory, per
-//!   process: a session is a login to one replica (12 hours at most), and
-//!   last-seen times are written here in batches.
+//! - noted last-seen times are in memory, per process, and written here in
+//!   batches. (Dashboard sessions are here: signed in on one replica is
+//!   signed in on all.)
 //!
 //! # Key layout
 //!
