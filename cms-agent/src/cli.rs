@@ -231,7 +231,7 @@ pub struct RestoreArgs {
 
 pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Apply(args) => apply(&args, terminal),
+        Command::Apply(args) => apply_on_compile_thread(args, terminal),
         Command::Facts(args) => facts(&args),
         Command::Restore(args) => restore(&args),
         Command::Completions(args) => {
@@ -289,7 +289,12 @@ pub fn run(cli: Cli, terminal: Terminal) -> anyhow::Result<ExitCode> {
                 .or(config.server.clone())
                 .or_else(|| crate::remote::enrolled_server(&args.state_dir))
                 .context("Failed to find the server: pass --server, set `server` in the agent configuration, or enroll first")?;
-            let runtime = tokio::runtime::Runtime::new()?;
+            // One run, one connection at a time: the runtime's own thread is
+            // enough (blocking work still goes to its blocking threads), and
+            // no worker threads (each with its own allocator arena) start.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let report = runtime.block_on(crate::remote::converge_from_server(
                 &args.state_dir,
                 &server,
@@ -331,6 +336,26 @@ fn apply_aws_settings(config: &Path, discovery: &DiscoveryArgs) -> crate::aws::A
         settings.metadata_endpoint = discovery.metadata_endpoint.clone();
     }
     settings
+}
+
+/// Runs `apply` whole on one thread with the compile stack
+/// (`cms_roles::bounded`), so reading the repository and compiling run in
+/// place there instead of each starting a thread of its own while this
+/// one waits: one thread for the run, and one allocator arena.
+fn apply_on_compile_thread(args: ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+    let thread = cms_roles::bounded::spawn_compile_thread("cms-apply".to_string(), move || {
+        let _ = sender.send(apply(&args, terminal));
+    })
+    .context("Failed to start the thread of the run")?;
+    let outcome = receiver.recv();
+    let _ = thread.join();
+    // No answer means the thread panicked, and the panic has been printed.
+    outcome.unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "Failed to apply: the run's thread panicked"
+        ))
+    })
 }
 
 fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {

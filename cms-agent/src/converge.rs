@@ -73,7 +73,7 @@ pub fn converge(
         }
     }
     if !options.noop {
-        remove_stale_temporary_files(host, &managed_paths);
+        remove_stale_temporary_files(host, catalog);
     }
     let confined = host.root() != std::path::Path::new("/");
     let mut outcomes: BTreeMap<&str, Outcome> = BTreeMap::new();
@@ -411,11 +411,20 @@ fn refreshed_by_its_own_change(changes: &[Change], kind: &ResourceKind) -> bool 
 /// in the directory of each file, directory and symlink resource, and in
 /// each managed directory. Only the agent's own `.cms-tmp-<pid>-…` names
 /// of processes that no longer run go; nothing is followed on the way.
-fn remove_stale_temporary_files(host: &Host, managed_paths: &BTreeSet<String>) {
+/// A file or symlink resource's own path is no folder to sweep (a
+/// temporary file is only ever written next to its target), so it is not
+/// opened; the folders swept are the ones the checks then read from.
+fn remove_stale_temporary_files(host: &Host, catalog: &Catalog) {
     let mut directories: BTreeSet<&str> = BTreeSet::new();
-    for path in managed_paths {
+    for resource in &catalog.resources {
+        if !is_path_type(resource.kind.type_name()) {
+            continue;
+        }
+        let path = resource.kind.name();
         directories.insert(cms_modules::host::fs::parent_path(path));
-        directories.insert(path);
+        if matches!(resource.kind, ResourceKind::Directory(_)) {
+            directories.insert(path);
+        }
     }
     for directory in directories {
         // Best effort: a path that is not a directory removes nothing.

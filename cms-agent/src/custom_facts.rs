@@ -219,20 +219,17 @@ fn run(path: &Path, timeout: Duration) -> Result<String, String> {
         let _ = stderr.take(MAX_OUTPUT_BYTES).read_to_string(&mut err);
         err
     });
-    let deadline = crate::clock::instant() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if crate::clock::instant() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "it did not finish within {timeout:?} and was killed"
-                ));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(error) => return Err(format!("cannot wait for it: {error}")),
+    // Blocks until the fact exits or the time is up: no polling sleep.
+    let status = match cms_modules::host::wait_for_exit(&mut child, Some(timeout)) {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "it did not finish within {timeout:?} and was killed"
+            ));
         }
+        Err(error) => return Err(format!("cannot wait for it: {error}")),
     };
     let out = reader.join().unwrap_or_default();
     let err = error_reader.join().unwrap_or_default();

@@ -5,7 +5,10 @@
 //!
 //! The last good catalog is kept on disk; when the server cannot be reached
 //! the agent converges from it and says so in its report. Reports are queued
-//! on disk and leave the queue only when the server has acknowledged them.
+//! on disk and leave the queue only when the server has acknowledged them;
+//! the report of a run that found nothing to do is queued without fsync and
+//! made durable only if its delivery fails (`state.rs`), so a periodic
+//! check that changes nothing flushes nothing to disk.
 //! Work that blocks (facts and the metadata service, key generation, the
 //! state directory, the converge itself) runs on tokio's blocking threads,
 //! never on a runtime worker.
@@ -28,7 +31,9 @@ use crate::report::RunReport;
 use crate::restarts::{AgentRestarts, BudgetServer};
 use crate::schedule::{backoff_delay, jitter_seed};
 use crate::settings::RunSettings;
-use crate::state::{CatalogCache, ReportQueue, record_run, remove_stale_temporary_files};
+use crate::state::{
+    CatalogCache, Durability, ReportQueue, record_run, remove_stale_temporary_files,
+};
 
 /// Runs blocking work on tokio's blocking threads and waits for it.
 async fn blocking<T: Send + 'static>(
@@ -298,7 +303,7 @@ pub async fn converge_for_trigger(
         ),
     };
     let queue = ReportQueue::new(state_dir);
-    let report = {
+    let (report, queued) = {
         let dir: PathBuf = state_dir.to_path_buf();
         let queue = queue.clone();
         let trigger_id = trigger_id.to_string();
@@ -341,7 +346,7 @@ pub async fn converge_for_trigger(
             let note = (!notes.is_empty()).then(|| notes.join("; "));
             // The report is queued before anything else is written, so a
             // full disk or a broken last_run.json never loses it.
-            record_run(
+            let queued = record_run(
                 &dir,
                 &queue,
                 &report,
@@ -352,11 +357,19 @@ pub async fn converge_for_trigger(
             if let Some(note) = &note {
                 eprintln!("warning: {note}");
             }
-            Ok(report)
+            Ok((report, queued))
         })
         .await?
     };
     if let Err(error) = deliver_reports(connectors, &address, &identity, &queue).await {
+        // Not delivered now: the report of a run that found nothing to do,
+        // queued without fsync, must now survive a crash like the others.
+        if let (path, Durability::Atomic) = queued {
+            let queue = queue.clone();
+            if let Err(error) = blocking(move || queue.make_durable(&path)).await {
+                eprintln!("warning: {error:#}");
+            }
+        }
         eprintln!("warning: reports stay queued until the server takes them: {error:#}");
     }
     Ok(report)

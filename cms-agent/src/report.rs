@@ -98,6 +98,13 @@ impl RunReport {
         summary
     }
 
+    /// Whether the run found the machine as its catalog says: nothing
+    /// changed (or, under `--noop`, would change) and nothing failed. The
+    /// state such a run leaves is written without fsync (`state.rs`).
+    pub fn found_nothing_to_do(&self) -> bool {
+        self.exit_code() == EXIT_UNCHANGED
+    }
+
     /// 0 nothing changed, 2 changes, 4 failures, 6 changes and failures.
     /// A resource skipped because a dependency failed counts with the
     /// failure that caused it.

@@ -1,8 +1,19 @@
 //! The agent's state directory: the last run's report, the last good
 //! catalog, and the queue of reports the server has not acknowledged yet.
-//! Everything is written owner-only through a temporary file, fsync and
-//! rename, so a crash or a full disk never leaves half a file, and the last
+//! Everything is written owner-only through a temporary file and a rename,
+//! so a reader, or a failed write, never sees half a file, and the last
 //! good state is never lost to a failed write.
+//!
+//! What must survive a crash of the machine is also fsynced ([`Durability`]):
+//! the catalog, and the report of a run that changed something or failed,
+//! both in the queue and in `last_run.json`. The report of a run that found
+//! nothing to do is written without fsync, so the periodic check flushes
+//! nothing to disk: it is sent to the server at once, and made durable only
+//! when that fails ([`ReportQueue::make_durable`]). A crash of the machine
+//! in the few milliseconds between the run and its delivery can lose that
+//! report (and then only that one: the machine is as the previous report
+//! said, and the next run reports again); the agent being killed cannot,
+//! since the file is written before the delivery and the kernel keeps it.
 //!
 //! The state holds values (the cached catalog and contents carry rendered
 //! secrets): a folder or file of it found wider than owner-only (made by an
@@ -55,8 +66,39 @@ pub fn narrow_to_owner(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("Failed to make {} owner-only", path.display()))
 }
 
-/// Writes `bytes` to `path` owner-only (0600), atomically.
+/// Whether a state file must survive a crash of the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Temporary file, fsync, rename, fsync of the folder: after a crash
+    /// the new content is there.
+    Durable,
+    /// Temporary file and rename, no fsync: readers see the old content or
+    /// the new, never half; after a crash of the machine the file may hold
+    /// the older content (or, on a filesystem that does not write data
+    /// before a rename, nothing).
+    Atomic,
+}
+
+impl Durability {
+    /// What a run's report needs: durable when the run changed something
+    /// or failed, atomic when it found nothing to do.
+    pub fn of_report(report: &RunReport) -> Durability {
+        if report.found_nothing_to_do() {
+            Durability::Atomic
+        } else {
+            Durability::Durable
+        }
+    }
+}
+
+/// Writes `bytes` to `path` owner-only (0600), atomically and durably.
 pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_private(path, bytes, Durability::Durable)
+}
+
+/// Writes `bytes` to `path` owner-only (0600), atomically; fsynced when
+/// `durability` says so.
+pub fn write_private(path: &Path, bytes: &[u8], durability: Durability) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let directory = path.parent().context("a state file has a folder")?;
     create_private_dir(directory)?;
@@ -73,9 +115,14 @@ pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()>
             .mode(0o600)
             .open(&temporary)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durability == Durability::Durable {
+            file.sync_all()?;
+        }
         std::fs::rename(&temporary, path)?;
-        std::fs::File::open(directory)?.sync_all()
+        if durability == Durability::Durable {
+            std::fs::File::open(directory)?.sync_all()?;
+        }
+        Ok(())
     };
     write()
         .inspect_err(|_| {
@@ -84,17 +131,25 @@ pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()>
         .with_context(|| format!("Failed to write {}", path.display()))
 }
 
-/// Writes `last_run.json`.
+/// Writes `last_run.json`: fsynced when the run changed something or
+/// failed, not when it found nothing to do ([`Durability::of_report`]).
 pub fn save_report(state_dir: &Path, report: &RunReport) -> anyhow::Result<()> {
     let bytes = serde_json::to_vec_pretty(report).context("Failed to encode the run report")?;
-    write_private_atomically(&state_dir.join("last_run.json"), &bytes)
+    write_private(
+        &state_dir.join("last_run.json"),
+        &bytes,
+        Durability::of_report(report),
+    )
 }
 
 /// Records a finished run: queues its report for the server first, so
 /// nothing written after it (a full disk, a `last_run.json` that cannot be
 /// replaced) can keep the server from learning of the run; then writes
 /// `last_run.json`, whose failure is only a warning. Only a failure to
-/// queue is an error.
+/// queue is an error. Returns where the report is queued, and whether it
+/// is durable yet: the report of a run that found nothing to do is not
+/// ([`Durability::of_report`]), and the caller makes it durable with
+/// [`ReportQueue::make_durable`] if delivering it fails.
 pub fn record_run(
     state_dir: &Path,
     queue: &ReportQueue,
@@ -102,12 +157,21 @@ pub fn record_run(
     revision: &str,
     note: Option<&str>,
     trigger_id: &str,
-) -> anyhow::Result<()> {
-    queue.enqueue_for_trigger(report, revision, note, trigger_id)?;
+) -> anyhow::Result<(PathBuf, Durability)> {
+    let durability = Durability::of_report(report);
+    let queued = queue.write(
+        QueuedReport {
+            report: report.clone(),
+            revision: revision.to_string(),
+            note: note.map(str::to_string),
+            trigger_id: trigger_id.to_string(),
+        },
+        durability,
+    )?;
     if let Err(error) = save_report(state_dir, report) {
         eprintln!("warning: {error:#}; the report is queued for the server all the same");
     }
-    Ok(())
+    Ok((queued, durability))
 }
 
 /// The last catalog that was fetched and verified, for converging while the
@@ -268,12 +332,15 @@ impl ReportQueue {
         note: Option<&str>,
         trigger_id: &str,
     ) -> anyhow::Result<PathBuf> {
-        self.write(QueuedReport {
-            report: report.clone(),
-            revision: revision.to_string(),
-            note: note.map(str::to_string),
-            trigger_id: trigger_id.to_string(),
-        })
+        self.write(
+            QueuedReport {
+                report: report.clone(),
+                revision: revision.to_string(),
+                note: note.map(str::to_string),
+                trigger_id: trigger_id.to_string(),
+            },
+            Durability::Durable,
+        )
     }
 
     /// Queues a report with the revision its catalog came from and a note
@@ -284,15 +351,18 @@ impl ReportQueue {
         revision: &str,
         note: Option<&str>,
     ) -> anyhow::Result<PathBuf> {
-        self.write(QueuedReport {
-            report: report.clone(),
-            revision: revision.to_string(),
-            note: note.map(str::to_string),
-            trigger_id: String::new(),
-        })
+        self.write(
+            QueuedReport {
+                report: report.clone(),
+                revision: revision.to_string(),
+                note: note.map(str::to_string),
+                trigger_id: String::new(),
+            },
+            Durability::Durable,
+        )
     }
 
-    fn write(&self, queued: QueuedReport) -> anyhow::Result<PathBuf> {
+    fn write(&self, queued: QueuedReport, durability: Durability) -> anyhow::Result<PathBuf> {
         let report = &queued.report;
         let bytes = serde_json::to_vec(&queued).context("Failed to encode the run report")?;
         // Start time first, so names sort oldest first.
@@ -301,8 +371,25 @@ impl ReportQueue {
             report.started_at_unix_ms,
             sanitize(&report.run_id)
         ));
-        write_private_atomically(&path, &bytes)?;
+        write_private(&path, &bytes, durability)?;
         Ok(path)
+    }
+
+    /// Flushes a report queued without fsync ([`Durability::Atomic`]) to
+    /// disk, with the folder's entry: its delivery failed, so it must now
+    /// survive a crash until the server takes it. A report already
+    /// delivered (the file is gone) needs nothing.
+    pub fn make_durable(&self, path: &Path) -> anyhow::Result<()> {
+        let file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => {
+                return Err(error).with_context(|| format!("Failed to open {}", path.display()));
+            }
+        };
+        file.sync_all()
+            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all())
+            .with_context(|| format!("Failed to flush {} to disk", path.display()))
     }
 
     /// Every queued report, oldest first. A file that does not decode is
@@ -374,13 +461,12 @@ impl ReportQueue {
             .with_context(|| format!("Failed to set {} aside", path.display()))
     }
 
-    /// The server stored it: drop it from the queue.
+    /// The server stored it: drop it from the queue. The removal is not
+    /// fsynced: should a crash bring the file back, the report is sent
+    /// again, and the server stores a run id once (it answers a repeat as
+    /// stored, and the file goes then).
     pub fn acknowledge(&self, path: &Path) -> anyhow::Result<()> {
-        std::fs::remove_file(path)
-            .with_context(|| format!("Failed to remove {}", path.display()))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("Failed to sync {}", self.dir.display()))
+        std::fs::remove_file(path).with_context(|| format!("Failed to remove {}", path.display()))
     }
 }
 
@@ -486,6 +572,36 @@ mod tests {
             .map(|(_, q)| q.report.run_id)
             .collect();
         assert_eq!(queued, ["run-1"], "record_run said {recorded:?}");
+    }
+
+    #[test]
+    fn the_report_of_a_run_that_found_nothing_to_do_is_queued_and_made_durable_only_on_demand() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let queue = ReportQueue::new(dir.path());
+        let mut changed = report("changed", 1);
+        changed.summary.changed = 1;
+
+        let (quiet, quiet_durability) =
+            record_run(dir.path(), &queue, &report("quiet", 2), "rev", None, "").expect("queued");
+        let (_, changed_durability) =
+            record_run(dir.path(), &queue, &changed, "rev", None, "").expect("queued");
+
+        assert_eq!(
+            (quiet_durability, changed_durability),
+            (Durability::Atomic, Durability::Durable)
+        );
+        let queued: Vec<String> = queue
+            .pending()
+            .expect("pending")
+            .into_iter()
+            .map(|(_, q)| q.report.run_id)
+            .collect();
+        assert_eq!(queued, ["changed", "quiet"], "both wait for the server");
+        queue.make_durable(&quiet).expect("flushed");
+        queue.acknowledge(&quiet).expect("acknowledged");
+        queue
+            .make_durable(&quiet)
+            .expect("a report already delivered needs nothing");
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! (version 0.0.4, what the collector reads): when the run started, how long
 //! it took, its resources by status, its exit code, and the catalog it
 //! applied. The file is replaced atomically (temporary file in the same
-//! folder, fsync, rename), so the collector never reads half of it, and it
+//! folder, rename), so the collector never reads half of it; it is fsynced
+//! when the run changed something or failed, not after a run that found
+//! nothing to do (`state::Durability`), and it
 //! is world-readable (0644): node_exporter runs as its own user and the
 //! figures hold no secret.
 //!
@@ -65,7 +67,8 @@ pub fn record(textfile: &Textfile, report: &RunReport) {
     let Some(path) = textfile.target() else {
         return;
     };
-    if let Err(error) = write(path, &render(report)) {
+    let durability = crate::state::Durability::of_report(report);
+    if let Err(error) = write(path, &render(report), durability) {
         eprintln!(
             "warning: Failed to write the run's metrics to {}: {error}",
             path.display()
@@ -139,8 +142,10 @@ fn escape_label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Replaces `path` with `text` atomically, world-readable.
-pub fn write(path: &Path, text: &str) -> std::io::Result<()> {
+/// Replaces `path` with `text` atomically, world-readable; fsynced when
+/// `durability` says so.
+pub fn write(path: &Path, text: &str, durability: crate::state::Durability) -> std::io::Result<()> {
+    let durable = durability == crate::state::Durability::Durable;
     use std::io::Write as _;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let directory = path.parent().unwrap_or(Path::new("."));
@@ -159,9 +164,14 @@ pub fn write(path: &Path, text: &str) -> std::io::Result<()> {
         // Whatever the umask.
         file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         file.write_all(text.as_bytes())?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         std::fs::rename(&temporary, path)?;
-        std::fs::File::open(directory)?.sync_all()
+        if durable {
+            std::fs::File::open(directory)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temporary);

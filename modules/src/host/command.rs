@@ -1,11 +1,15 @@
 //! Running commands, with a timeout, an environment and optionally another
 //! user. Output is captured whole; a command that outlives its timeout is
 //! killed with its process group.
+//!
+//! The wait for a command blocks on a pidfd ([`wait_for_exit`]), so a run
+//! learns of the exit at once and never sleeps: a `dpkg-query` of 3 ms costs
+//! 3 ms, not a 5 ms polling period.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use super::{Host, HostError};
@@ -75,6 +79,9 @@ impl Host {
     /// Runs a command to completion and captures its output. A non-zero exit
     /// is not an error here; the caller decides what it means.
     pub fn run(&self, spec: &CommandSpec) -> Result<CommandOutput, HostError> {
+        // A command can change any file (a package brings its folders):
+        // directories kept open for reads are reopened afterwards.
+        self.forget_opened_directories();
         let (program, args) = spec.argv.split_first().ok_or_else(|| HostError::Spawn {
             command: String::new(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
@@ -121,25 +128,17 @@ impl Host {
             let _ = stderr_pipe.read_to_end(&mut buffer);
             buffer
         });
-        let started = super::clock::instant();
-        let status = loop {
-            if let Some(status) = child.try_wait().map_err(spawn_error)? {
-                break status;
-            }
-            if let Some(timeout) = spec.timeout
-                && started.elapsed() >= timeout
-            {
+        let status = match wait_for_exit(&mut child, spec.timeout).map_err(spawn_error)? {
+            Some(status) => status,
+            None => {
                 let group = nix::unistd::Pid::from_raw(child.id() as i32);
                 let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
                 let _ = child.wait();
                 return Err(HostError::Timeout {
                     command: spec.display(),
-                    seconds: timeout.as_secs(),
+                    seconds: spec.timeout.unwrap_or_default().as_secs(),
                 });
             }
-            // Polling keeps this free of signal handling; commands run by an
-            // agent take milliseconds to minutes, so 5 ms is cheap.
-            std::thread::sleep(Duration::from_millis(5));
         };
         let stdout = stdout_reader.join().unwrap_or_default();
         let stderr = stderr_reader.join().unwrap_or_default();
@@ -150,3 +149,51 @@ impl Host {
         })
     }
 }
+
+/// Waits until `child` exits, for at most `timeout` (`None`: as long as it
+/// takes); `Ok(None)` when it still runs then (it is neither killed nor
+/// reaped, so its pid stays its own). Where the kernel has pidfds (Linux
+/// 5.3 and later) it blocks in `poll` on one, waking when the child exits,
+/// with no signal handling and no sleep; elsewhere it checks every 5 ms.
+pub fn wait_for_exit(
+    child: &mut Child,
+    timeout: Option<Duration>,
+) -> std::io::Result<Option<ExitStatus>> {
+    let started = super::clock::instant();
+    let left = |started: std::time::Instant| match timeout {
+        None => Some(None),
+        Some(timeout) => timeout.checked_sub(started.elapsed()).map(Some),
+    };
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_child(child),
+        rustix::process::PidfdFlags::empty(),
+    );
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        let Some(left) = left(started) else {
+            return Ok(None);
+        };
+        match &pidfd {
+            Ok(pidfd) => {
+                // Readable once the child has exited (a zombie counts).
+                let wait = left.and_then(|left| rustix::event::Timespec::try_from(left).ok());
+                let mut fds = [rustix::event::PollFd::new(
+                    pidfd,
+                    rustix::event::PollFlags::IN,
+                )];
+                match rustix::event::poll(&mut fds, wait.as_ref()) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(errno) => return Err(errno.into()),
+                }
+            }
+            // No pidfd (an older kernel): polling keeps this free of signal
+            // handling; commands take milliseconds to minutes.
+            Err(_) => std::thread::sleep(left.map_or(POLL_PERIOD, |left| left.min(POLL_PERIOD))),
+        }
+    }
+}
+
+/// How often [`wait_for_exit`] checks a child where there are no pidfds.
+const POLL_PERIOD: Duration = Duration::from_millis(5);

@@ -31,12 +31,25 @@
 //! to the old file keep the old content, and extended attributes (ACLs,
 //! SELinux labels) are not carried over.
 //!
+//! Reads reuse the directories they reached. A directory opened on the way
+//! to a path that is only read (status, content, a link's target, a listing)
+//! is kept open, by its path below the root, and the next read in the same
+//! folder starts from it instead of walking from the root again: a check of
+//! a role's 250 files opens each folder once. Every change made through the
+//! host (a write, a removal, a new directory or link, an owner or mode, a
+//! command run) first forgets them all, and a change always reaches its
+//! path afresh, so what a change acts on is resolved as described above, at
+//! the moment of the change. A kept directory was reached without following
+//! a symlink; a read from it sees the folder that was there when it was
+//! opened, as a read made at that moment would.
+//!
 //! Temporary files are named `.cms-tmp-<pid>-<counter>-<name>`. A process
 //! killed mid-write leaves one behind; the next write to the same target
 //! removes those whose process is gone, and
 //! [`Host::remove_stale_temporary_files`] sweeps a whole managed directory
 //! at the start of a run.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -44,6 +57,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 
 use cms_roles::digest::Sha256Hasher;
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
@@ -95,6 +109,22 @@ pub struct FileStatus {
 }
 
 impl FileStatus {
+    fn from_stat(stat: &rustix::fs::Stat) -> FileStatus {
+        let kind = match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
+            rustix::fs::FileType::Symlink => FileKind::Symlink,
+            rustix::fs::FileType::Directory => FileKind::Directory,
+            rustix::fs::FileType::RegularFile => FileKind::File,
+            _ => FileKind::Other,
+        };
+        FileStatus {
+            kind,
+            mode: stat.st_mode & 0o7777,
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            size: u64::try_from(stat.st_size).unwrap_or(0),
+        }
+    }
+
     fn from_metadata(metadata: &std::fs::Metadata) -> FileStatus {
         let file_type = metadata.file_type();
         let kind = if file_type.is_symlink() {
@@ -144,7 +174,7 @@ pub struct DirectoryEntry {
 pub struct AtomicFile {
     /// `None` once committed.
     file: Option<std::fs::File>,
-    directory: OwnedFd,
+    directory: Arc<OwnedFd>,
     temporary_name: OsString,
     target_path: PathBuf,
     attributes: FileAttributes,
@@ -154,14 +184,49 @@ pub struct AtomicFile {
 /// A path reached without following a symlink: its parent directory, open,
 /// and its last component.
 struct Reached {
-    directory: OwnedFd,
+    directory: Arc<OwnedFd>,
     name: OsString,
     /// Where the path is on this host, for messages.
     host_path: PathBuf,
 }
 
+/// What [`Host::open_directory_below`] found.
+enum Opened {
+    Directory(Arc<OwnedFd>),
+    /// The directory could not be opened: `errno`, and the root, from
+    /// which [`Host::explain_unreachable`] looks for the reason.
+    Unreachable {
+        root: Arc<OwnedFd>,
+        errno: rustix::io::Errno,
+    },
+}
+
 /// Set once `openat2` answered ENOSYS: later resolutions walk directly.
 static OPENAT2_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// How many directories a host keeps open for reads; past that they are
+/// all forgotten and reopened as needed, so a catalog of thousands of
+/// folders never holds thousands of descriptors.
+const OPENED_DIRECTORIES_KEPT: usize = 64;
+
+/// The directories a [`Host`] reached for reading, by their path below the
+/// root (`""` is the root itself): see the module documentation.
+#[derive(Debug, Default)]
+pub(crate) struct OpenedDirectories {
+    by_path: HashMap<String, Arc<OwnedFd>>,
+    /// Counts the changes; a directory opened before a change is not kept
+    /// after it, even when another thread opened it.
+    changes: u64,
+}
+
+/// Whether a path is reached to read it or to change something there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Directories on the way may come from those kept open.
+    Read,
+    /// Forgets the kept directories and reaches the path afresh.
+    Change,
+}
 
 impl Host {
     /// What is at `path` (not following a symlink there), or `None` when
@@ -170,12 +235,11 @@ impl Host {
     pub fn status(&self, path: &str) -> Result<Option<FileStatus>, HostError> {
         if self.components(path)?.is_empty() {
             // The root itself.
-            return std::fs::File::from(self.open_root()?)
-                .metadata()
-                .map(|metadata| Some(FileStatus::from_metadata(&metadata)))
-                .map_err(|e| HostError::io("read the status of", self.root(), e));
+            return rustix::fs::fstat(&*self.open_root(Access::Read)?)
+                .map(|stat| Some(FileStatus::from_stat(&stat)))
+                .map_err(|errno| HostError::io("read the status of", self.root(), errno.into()));
         }
-        let Some(reached) = self.reach(path)? else {
+        let Some(reached) = self.reach(path, Access::Read)? else {
             return Ok(None);
         };
         status_in(&reached)
@@ -192,7 +256,12 @@ impl Host {
     /// Opens a regular file for reading, without following a symlink on
     /// the way or at the path; anything but a regular file is refused.
     pub fn open_file(&self, path: &str) -> Result<std::fs::File, HostError> {
-        let reached = self.reach_parent(path, "read")?;
+        self.open_regular_file(path).map(|(file, _)| file)
+    }
+
+    /// [`Host::open_file`], with the file's size when it was opened.
+    fn open_regular_file(&self, path: &str) -> Result<(std::fs::File, u64), HostError> {
+        let reached = self.reach_parent(path, "read", Access::Read)?;
         let read_error = |e| HostError::io("read", &reached.host_path, e);
         let fd = rustix::fs::openat(
             &reached.directory,
@@ -209,16 +278,13 @@ impl Host {
                 "it is not a regular file",
             )));
         }
-        Ok(file)
+        Ok((file, metadata.len()))
     }
 
     /// The whole content of a file.
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>, HostError> {
-        let mut file = self.open_file(path)?;
-        let mut content = Vec::new();
-        file.read_to_end(&mut content)
-            .map_err(|e| HostError::io("read", &self.path(path), e))?;
-        Ok(content)
+        let (mut file, size) = self.open_regular_file(path)?;
+        read_whole(&mut file, size).map_err(|e| HostError::io("read", &self.path(path), e))
     }
 
     /// The sha256 of a file's content (lowercase hex), read in pieces so a
@@ -243,7 +309,7 @@ impl Host {
 
     /// The target of a symbolic link, as written in the link.
     pub fn read_symlink(&self, path: &str) -> Result<String, HostError> {
-        let reached = self.reach_parent(path, "read the symlink")?;
+        let reached = self.reach_parent(path, "read the symlink", Access::Read)?;
         let target =
             rustix::fs::readlinkat(&reached.directory, reached.name.as_os_str(), Vec::new())
                 .map_err(|errno| {
@@ -273,7 +339,7 @@ impl Host {
         path: &str,
         attributes: FileAttributes,
     ) -> Result<AtomicFile, HostError> {
-        let reached = self.reach_parent(path, "write")?;
+        let reached = self.reach_parent(path, "write", Access::Change)?;
         AtomicFile::create_in(reached.directory, &reached.host_path, attributes)
     }
 
@@ -285,7 +351,7 @@ impl Host {
         path: &str,
         attributes: FileAttributes,
     ) -> Result<(), HostError> {
-        let reached = self.reach_parent(path, "create the directory")?;
+        let reached = self.reach_parent(path, "create the directory", Access::Change)?;
         let host_path = &reached.host_path;
         rustix::fs::mkdirat(
             &reached.directory,
@@ -312,7 +378,7 @@ impl Host {
 
     /// Removes a file, symlink or special file (never a directory).
     pub fn remove_file(&self, path: &str) -> Result<(), HostError> {
-        let reached = self.reach_parent(path, "remove")?;
+        let reached = self.reach_parent(path, "remove", Access::Change)?;
         rustix::fs::unlinkat(
             &reached.directory,
             reached.name.as_os_str(),
@@ -324,7 +390,7 @@ impl Host {
 
     /// Removes an empty directory.
     pub fn remove_empty_directory(&self, path: &str) -> Result<(), HostError> {
-        let reached = self.reach_parent(path, "remove the directory")?;
+        let reached = self.reach_parent(path, "remove the directory", Access::Change)?;
         rustix::fs::unlinkat(
             &reached.directory,
             reached.name.as_os_str(),
@@ -338,7 +404,7 @@ impl Host {
     /// each directory is opened `O_NOFOLLOW` from the one above it, and
     /// symlinks inside are removed, never followed.
     pub fn remove_recursively(&self, path: &str) -> Result<(), HostError> {
-        let reached = self.reach_parent(path, "remove the directory")?;
+        let reached = self.reach_parent(path, "remove the directory", Access::Change)?;
         remove_tree(&reached.directory, &reached.name, &reached.host_path)?;
         sync_fd(&reached.directory, &reached.host_path)
     }
@@ -346,7 +412,7 @@ impl Host {
     /// The entries of a directory (not `.` and `..`), sorted by path.
     pub fn list_directory(&self, path: &str) -> Result<Vec<DirectoryEntry>, HostError> {
         let host_path = self.path(path);
-        let directory = self.open_directory(path, "list the directory")?;
+        let directory = self.open_directory(path, "list the directory", Access::Read)?;
         let mut entries = Vec::new();
         for name in entry_names(&directory, &host_path)? {
             let entry_path = host_path.join(&name);
@@ -385,7 +451,7 @@ impl Host {
         target: &str,
         attributes: FileAttributes,
     ) -> Result<(), HostError> {
-        let reached = self.reach_parent(path, "create the symlink")?;
+        let reached = self.reach_parent(path, "create the symlink", Access::Change)?;
         let directory = &reached.directory;
         let target_path = &reached.host_path;
         remove_stale_temporary_files_in(directory.as_fd(), Some(&reached.name));
@@ -434,7 +500,7 @@ impl Host {
     /// When a file's content last changed (or [`Host::touch`] was called),
     /// not following a symlink at the path.
     pub fn modified(&self, path: &str) -> Result<std::time::SystemTime, HostError> {
-        let reached = self.reach_parent(path, "read the status of")?;
+        let reached = self.reach_parent(path, "read the status of", Access::Read)?;
         open_path_fd(&reached)
             .and_then(|fd| std::fs::File::from(fd).metadata())
             .and_then(|metadata| metadata.modified())
@@ -443,7 +509,7 @@ impl Host {
 
     /// Sets a regular file's modification time to now, leaving its content.
     pub fn touch(&self, path: &str) -> Result<(), HostError> {
-        let reached = self.reach_parent(path, "set the modification time of")?;
+        let reached = self.reach_parent(path, "set the modification time of", Access::Change)?;
         rustix::fs::openat(
             &reached.directory,
             reached.name.as_os_str(),
@@ -459,7 +525,7 @@ impl Host {
     /// Sets the permission bits (including setuid, setgid and sticky) of a
     /// file or directory. Fails on a symlink rather than following it.
     pub fn set_mode(&self, path: &str, mode: u32) -> Result<(), HostError> {
-        let reached = self.reach_parent(path, "set the mode of")?;
+        let reached = self.reach_parent(path, "set the mode of", Access::Change)?;
         set_mode_of(&reached, mode)
     }
 
@@ -471,7 +537,7 @@ impl Host {
         uid: Option<u32>,
         gid: Option<u32>,
     ) -> Result<(), HostError> {
-        let reached = self.reach_parent(path, "set the owner of")?;
+        let reached = self.reach_parent(path, "set the owner of", Access::Change)?;
         rustix::fs::chownat(
             &reached.directory,
             reached.name.as_os_str(),
@@ -487,9 +553,18 @@ impl Host {
     /// links whose process no longer runs). Returns how many went. Nothing
     /// there, or a symlink there or on the way, removes nothing.
     pub fn remove_stale_temporary_files(&self, path: &str) -> usize {
-        match self.open_directory(path, "list the directory") {
-            Ok(directory) => remove_stale_temporary_files_in(directory.as_fd(), None),
-            Err(_) => 0,
+        // Removing a dead process's temporary file changes no directory on
+        // the way to a managed path, so the folder may be a kept one. A
+        // folder that cannot be opened removes nothing: why it could not is
+        // not asked (no `explain_unreachable`), nobody would read it.
+        let Ok(components) = self.components(path) else {
+            return 0;
+        };
+        match self.open_directory_below(&components, Access::Read) {
+            Ok(Opened::Directory(directory)) => {
+                remove_stale_temporary_files_in(directory.as_fd(), None)
+            }
+            Ok(Opened::Unreachable { .. }) | Err(_) => 0,
         }
     }
     /// The uid of a user name (or of a number written as text). On a host
@@ -588,16 +663,96 @@ impl Host {
         Ok(components)
     }
 
+    /// Forgets the directories kept open for reads: called before every
+    /// change made through this host (module documentation).
+    pub(crate) fn forget_opened_directories(&self) {
+        let mut opened = self.opened.lock().unwrap_or_else(PoisonError::into_inner);
+        opened.by_path.clear();
+        opened.changes += 1;
+    }
+
+    /// The directory kept open at `key` (its path below the root), if any.
+    fn kept_directory(&self, key: &str) -> Option<Arc<OwnedFd>> {
+        let opened = self.opened.lock().unwrap_or_else(PoisonError::into_inner);
+        opened.by_path.get(key).cloned()
+    }
+
+    /// How many changes were made through this host so far.
+    fn changes_so_far(&self) -> u64 {
+        self.opened
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .changes
+    }
+
+    /// Keeps `directory`, opened at `key` when `changes` changes had been
+    /// made, unless a change was made since.
+    fn keep_directory(&self, key: &str, directory: &Arc<OwnedFd>, changes: u64) {
+        let mut opened = self.opened.lock().unwrap_or_else(PoisonError::into_inner);
+        if opened.changes != changes {
+            return;
+        }
+        if opened.by_path.len() >= OPENED_DIRECTORIES_KEPT {
+            opened.by_path.clear();
+        }
+        opened
+            .by_path
+            .insert(key.to_string(), Arc::clone(directory));
+    }
+
     /// The root directory, open. The root itself is the operator's choice
     /// (`/`, or a test's directory), so symlinks in its own path are
     /// followed; nothing below it is.
-    fn open_root(&self) -> Result<OwnedFd, HostError> {
-        rustix::fs::open(
+    fn open_root(&self, access: Access) -> Result<Arc<OwnedFd>, HostError> {
+        if access == Access::Read
+            && let Some(root) = self.kept_directory("")
+        {
+            return Ok(root);
+        }
+        let changes = self.changes_so_far();
+        let root = rustix::fs::open(
             self.root(),
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|errno| HostError::io("open the root directory", self.root(), errno.into()))
+        .map(Arc::new)
+        .map_err(|errno| HostError::io("open the root directory", self.root(), errno.into()))?;
+        if access == Access::Read {
+            self.keep_directory("", &root, changes);
+        }
+        Ok(root)
+    }
+
+    /// Opens the directory `components` lead to below the root, following
+    /// no symlink (for a read, a kept one when there is); when it cannot be
+    /// opened, the root and the error, for [`Host::explain_unreachable`].
+    /// A change forgets the kept directories first.
+    fn open_directory_below(
+        &self,
+        components: &[&str],
+        access: Access,
+    ) -> Result<Opened, HostError> {
+        if access == Access::Change {
+            self.forget_opened_directories();
+        }
+        let key = components.join("/");
+        if access == Access::Read
+            && let Some(directory) = self.kept_directory(&key)
+        {
+            return Ok(Opened::Directory(directory));
+        }
+        let changes = self.changes_so_far();
+        let root = self.open_root(access)?;
+        match self.open_below(&root, components) {
+            Ok(directory) => {
+                let directory = Arc::new(directory);
+                if access == Access::Read {
+                    self.keep_directory(&key, &directory, changes);
+                }
+                Ok(Opened::Directory(directory))
+            }
+            Err(errno) => Ok(Opened::Unreachable { root, errno }),
+        }
     }
 
     /// Opens the directory `components` lead to below `root`, following no
@@ -698,7 +853,7 @@ impl Host {
 
     /// Opens the parent directory of `path` without following a symlink;
     /// `None` when a parent is missing or not a directory.
-    fn reach(&self, path: &str) -> Result<Option<Reached>, HostError> {
+    fn reach(&self, path: &str, access: Access) -> Result<Option<Reached>, HostError> {
         let components = self.components(path)?;
         let Some((name, parents)) = components.split_last() else {
             return Err(HostError::io(
@@ -707,20 +862,26 @@ impl Host {
                 io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
             ));
         };
-        let root = self.open_root()?;
-        match self.open_below(&root, parents) {
-            Ok(directory) => Ok(Some(Reached {
+        match self.open_directory_below(parents, access)? {
+            Opened::Directory(directory) => Ok(Some(Reached {
                 directory,
                 name: OsString::from(*name),
                 host_path: self.path(path),
             })),
-            Err(errno) => self.explain_unreachable(path, &root, parents, errno),
+            Opened::Unreachable { root, errno } => {
+                self.explain_unreachable(path, &root, parents, errno)
+            }
         }
     }
 
     /// [`Host::reach`] for a change or read: a missing parent is an error.
-    fn reach_parent(&self, path: &str, action: &'static str) -> Result<Reached, HostError> {
-        self.reach(path)?.ok_or_else(|| {
+    fn reach_parent(
+        &self,
+        path: &str,
+        action: &'static str,
+        access: Access,
+    ) -> Result<Reached, HostError> {
+        self.reach(path, access)?.ok_or_else(|| {
             HostError::io(
                 action,
                 &self.path(path),
@@ -734,12 +895,16 @@ impl Host {
 
     /// Opens the directory at `path` itself, following no symlink on the
     /// way or at the path.
-    fn open_directory(&self, path: &str, action: &'static str) -> Result<OwnedFd, HostError> {
+    fn open_directory(
+        &self,
+        path: &str,
+        action: &'static str,
+        access: Access,
+    ) -> Result<Arc<OwnedFd>, HostError> {
         let components = self.components(path)?;
-        let root = self.open_root()?;
-        match self.open_below(&root, &components) {
-            Ok(directory) => Ok(directory),
-            Err(errno) => {
+        match self.open_directory_below(&components, access)? {
+            Opened::Directory(directory) => Ok(directory),
+            Opened::Unreachable { root, errno } => {
                 self.explain_unreachable(path, &root, &components, errno)?;
                 Err(HostError::io(action, &self.path(path), errno.into()))
             }
@@ -762,13 +927,13 @@ impl AtomicFile {
             Mode::empty(),
         )
         .map_err(|errno| HostError::io("open the directory", directory_path, errno.into()))?;
-        AtomicFile::create_in(directory, target_path, attributes)
+        AtomicFile::create_in(Arc::new(directory), target_path, attributes)
     }
 
     /// Starts an atomic write of the file named like `target_path` in the
     /// open `directory`.
     fn create_in(
-        directory: OwnedFd,
+        directory: Arc<OwnedFd>,
         target_path: &Path,
         attributes: FileAttributes,
     ) -> Result<AtomicFile, HostError> {
@@ -914,7 +1079,7 @@ pub(crate) fn sync_directory(directory: &Path) -> Result<(), HostError> {
 }
 
 /// fsyncs an open directory; `path` names what changed in it, for messages.
-fn sync_fd(directory: &OwnedFd, path: &Path) -> Result<(), HostError> {
+fn sync_fd(directory: impl AsFd, path: &Path) -> Result<(), HostError> {
     rustix::fs::fsync(directory).map_err(|errno| {
         HostError::io(
             "flush to disk the directory of",
@@ -922,6 +1087,29 @@ fn sync_fd(directory: &OwnedFd, path: &Path) -> Result<(), HostError> {
             io::Error::from(errno),
         )
     })
+}
+
+/// The whole content of an open file of `size` bytes (when it was opened),
+/// read into a buffer of that size: no second status or seek, as
+/// `read_to_end` on a `File` would make.
+fn read_whole(file: &mut std::fs::File, size: u64) -> io::Result<Vec<u8>> {
+    // One byte more than the size, so the read that finds the end needs no
+    // bigger buffer; a file that grew meanwhile grows the buffer.
+    let mut content = vec![0; usize::try_from(size).unwrap_or(0).saturating_add(1)];
+    let mut filled = 0;
+    loop {
+        if filled == content.len() {
+            content.resize(content.len().saturating_mul(2), 0);
+        }
+        match file.read(&mut content[filled..]) {
+            Ok(0) => break,
+            Ok(count) => filled += count,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    content.truncate(filled);
+    Ok(content)
 }
 
 /// The status of the last component of a reached path.
@@ -936,17 +1124,10 @@ fn status_at_fd(
     name: &OsStr,
     host_path: &Path,
 ) -> Result<Option<FileStatus>, HostError> {
-    let opened = rustix::fs::openat(
-        directory,
-        name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    );
-    match opened {
-        Ok(fd) => std::fs::File::from(fd)
-            .metadata()
-            .map(|metadata| Some(FileStatus::from_metadata(&metadata)))
-            .map_err(|e| HostError::io("read the status of", host_path, e)),
+    // One `fstatat(AT_SYMLINK_NOFOLLOW)` of a single component in the
+    // open directory: the lstat of the name, nothing followed.
+    match rustix::fs::statat(directory, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => Ok(Some(FileStatus::from_stat(&stat))),
         Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => Ok(None),
         Err(errno) => Err(HostError::io("read the status of", host_path, errno.into())),
     }

@@ -7,13 +7,14 @@
 //! `systemctl` or `apt-get` are tested in testbed instances, not here.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub mod clock;
 mod command;
 pub mod fs;
 pub mod http;
 
-pub use command::{CommandOutput, CommandSpec};
+pub use command::{CommandOutput, CommandSpec, wait_for_exit};
 
 /// Why an operation on the host failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,10 @@ pub struct Host {
     /// Resolve paths by the `O_NOFOLLOW` walk even where `openat2` exists:
     /// how tests cover the fallback for kernels older than 5.6.
     resolve_by_walk: bool,
+    /// Directories reached for reading, kept until the host changes
+    /// (`fs::OpenedDirectories`); shared by the clones of this host, so a
+    /// change through one forgets them for all.
+    opened: Arc<Mutex<fs::OpenedDirectories>>,
 }
 
 impl Host {
@@ -75,6 +80,7 @@ impl Host {
         Host {
             root: root.into(),
             resolve_by_walk: false,
+            opened: Arc::default(),
         }
     }
 
