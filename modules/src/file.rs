@@ -259,7 +259,7 @@ impl FileProvider<'_> {
 
 /// A unified diff from the host's content to the catalog's, or a line
 /// naming both hashes when either side is binary or large.
-fn content_diff(
+pub(crate) fn content_diff(
     path: &str,
     current_content: Option<&[u8]>,
     current_sha256: &str,
