@@ -1227,6 +1227,11 @@ path = "etc/d.yaml"
 [[properties]]
 path = "/etc/e.properties"
 settings = { k = { } }
+
+[[line]]
+path = "/etc/f"
+settings = { a = 1 }
+lines = [{ line = "x" }]
 "#,
         )],
         "",
@@ -1242,6 +1247,7 @@ settings = { k = { } }
         "roles/bad.toml:16:1: path `etc/d.yaml` must be absolute",
         "roles/bad.toml:15:1: a yaml resource sets or removes at least one key: add `settings = { KEY = VALUE }` or `remove = [\"KEY\"]`",
         "roles/bad.toml:20:1: settings: `k` is an empty table; give it keys, or leave it out",
+        "roles/bad.toml:24:1: a line resource has no `settings`: it takes `lines`",
     ] {
         assert_contains(&errors, expected);
     }

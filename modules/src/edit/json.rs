@@ -271,38 +271,23 @@ impl Parser<'_> {
         let start = self.at;
         match self.bytes.get(self.at) {
             Some(b'{') => {
-                self.at += 1;
                 let mut members = Vec::new();
-                self.blanks();
-                if self.bytes.get(self.at) == Some(&b'}') {
-                    self.at += 1;
-                } else {
-                    loop {
-                        self.blanks();
-                        let key_start = self.at;
-                        let key_node = self.string()?;
-                        let key: String = serde_json::from_str(&self.text[key_node.0..key_node.1])
-                            .map_err(|_| self.error("a key that is not a valid string"))?;
-                        self.blanks();
-                        self.expect(b':', "expected `:` after a key")?;
-                        self.blanks();
-                        let value = self.value(depth + 1)?;
-                        members.push(Member {
-                            key,
-                            key_start,
-                            value,
-                        });
-                        self.blanks();
-                        match self.bytes.get(self.at) {
-                            Some(b',') => self.at += 1,
-                            Some(b'}') => {
-                                self.at += 1;
-                                break;
-                            }
-                            _ => return Err(self.error("expected `,` or `}` after a value")),
-                        }
-                    }
-                }
+                self.sequence(b'}', |parser| {
+                    let key_start = parser.at;
+                    let (key_from, key_to) = parser.string()?;
+                    let key: String = serde_json::from_str(&parser.text[key_from..key_to])
+                        .map_err(|_| parser.error("a key that is not a valid string"))?;
+                    parser.blanks();
+                    parser.expect(b':', "expected `:` after a key")?;
+                    parser.blanks();
+                    let value = parser.value(depth + 1)?;
+                    members.push(Member {
+                        key,
+                        key_start,
+                        value,
+                    });
+                    Ok(())
+                })?;
                 Ok(Node {
                     start,
                     end: self.at,
@@ -310,25 +295,7 @@ impl Parser<'_> {
                 })
             }
             Some(b'[') => {
-                self.at += 1;
-                self.blanks();
-                if self.bytes.get(self.at) == Some(&b']') {
-                    self.at += 1;
-                } else {
-                    loop {
-                        self.blanks();
-                        self.value(depth + 1)?;
-                        self.blanks();
-                        match self.bytes.get(self.at) {
-                            Some(b',') => self.at += 1,
-                            Some(b']') => {
-                                self.at += 1;
-                                break;
-                            }
-                            _ => return Err(self.error("expected `,` or `]` after a value")),
-                        }
-                    }
-                }
+                self.sequence(b']', |parser| parser.value(depth + 1).map(drop))?;
                 Ok(Node {
                     start,
                     end: self.at,
@@ -363,6 +330,39 @@ impl Parser<'_> {
                 })
             }
             None => Err(self.error("the file ends where a value was expected")),
+        }
+    }
+
+    /// The items of an object or array from its opening byte to `close`,
+    /// separated by commas; `item` reads one.
+    fn sequence(
+        &mut self,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Result<(), FormatError>,
+    ) -> Result<(), FormatError> {
+        self.at += 1;
+        self.blanks();
+        if self.bytes.get(self.at) == Some(&close) {
+            self.at += 1;
+            return Ok(());
+        }
+        loop {
+            self.blanks();
+            item(self)?;
+            self.blanks();
+            match self.bytes.get(self.at) {
+                Some(b',') => self.at += 1,
+                Some(&byte) if byte == close => {
+                    self.at += 1;
+                    return Ok(());
+                }
+                _ => {
+                    return Err(self.error(&format!(
+                        "expected `,` or `{}` after a value",
+                        close as char
+                    )));
+                }
+            }
         }
     }
 

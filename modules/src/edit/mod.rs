@@ -22,8 +22,8 @@
 use cms_roles::EditedFile;
 
 use crate::file::{
-    OwnershipAndMode, apply_ownership_and_mode, content_diff, format_mode, ownership_changes,
-    require_parent_directory,
+    OwnershipAndMode, apply_ownership_and_mode, content_diff, metadata_changes,
+    require_parent_directory, wanted_ownership,
 };
 use crate::host::fs::{FileAttributes, FileKind, sha256_hex};
 use crate::{Change, Context, Provider, ProviderError, SENSITIVE};
@@ -172,22 +172,13 @@ impl<'a, E> EditProvider<'a, E> {
         }
         if exists {
             let status = cx.host.status(path)?.expect("the file was just read");
-            changes.extend(ownership_changes(
+            changes.extend(metadata_changes(
                 cx.host,
                 &status,
                 file.owner.as_deref(),
                 file.group.as_deref(),
-                None,
+                file.mode,
             )?);
-            if let Some(mode) = file.mode
-                && status.mode != mode.0
-            {
-                changes.push(Change::new(
-                    "mode",
-                    format_mode(status.mode),
-                    mode.to_string(),
-                ));
-            }
         }
         Ok(Plan {
             exists,
@@ -200,18 +191,11 @@ impl<'a, E> EditProvider<'a, E> {
     fn wanted_attributes(&self, cx: &Context<'_>) -> Result<FileAttributes, ProviderError> {
         Ok(FileAttributes {
             mode: self.file.mode.map(|mode| mode.0),
-            uid: self
-                .file
-                .owner
-                .as_deref()
-                .map(|name| cx.host.user_id(name))
-                .transpose()?,
-            gid: self
-                .file
-                .group
-                .as_deref()
-                .map(|name| cx.host.group_id(name))
-                .transpose()?,
+            ..wanted_ownership(
+                cx.host,
+                self.file.owner.as_deref(),
+                self.file.group.as_deref(),
+            )?
         })
     }
 }

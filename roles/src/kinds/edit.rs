@@ -5,8 +5,9 @@
 //! One resource owns a set of lines or keys of one file and is named by
 //! its path (`ini:/etc/php.ini`). The catalog carries an [`EditedFile`]:
 //! the path, whether to create a missing file, the owner, group and mode to
-//! enforce, and the edits. The four key-value kinds share their spec
-//! ([`KeysSpec`]: `settings` to set, `remove` to remove) and differ only in
+//! enforce, and the edits. Every editing kind is declared with an
+//! [`EditSpec`]; the four key-value kinds (`settings` to set, `remove` to
+//! remove) differ only in
 //! how a settings table names keys and which values a key may hold
 //! ([`KeyRules`]); [`keyed_kind!`] declares such a kind. A file declared by
 //! a `[[file]]` and edited by one of these, or edited by two of them, is a
@@ -17,7 +18,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{Mode, Problems, check_path};
+use super::{LineEdit, Mode, Problems, check_path};
 
 /// A file edited in place, as a catalog carries it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,10 +63,12 @@ impl KeyEdit {
     }
 }
 
-/// A key-value kind as a role declares it.
+/// An editing kind as a role declares it: the fields of every edited
+/// file, and its edits: `lines` for `line`, `settings` and `remove` for
+/// the key-value kinds (a field of the other sort is an error naming it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KeysSpec {
+pub struct EditSpec {
     pub path: String,
     #[serde(default)]
     pub create: bool,
@@ -73,11 +76,54 @@ pub struct KeysSpec {
     pub group: Option<String>,
     pub mode: Option<Mode>,
     /// Keys to set, as a table (nested tables name nested keys).
-    #[serde(default)]
-    pub settings: Map<String, Value>,
+    pub settings: Option<Map<String, Value>>,
     /// Keys to remove, dotted.
-    #[serde(default)]
-    pub remove: Vec<String>,
+    pub remove: Option<Vec<String>>,
+    /// A `line` resource's entries.
+    pub lines: Option<Vec<LineEdit>>,
+}
+
+impl EditSpec {
+    /// The catalog's file with these edits; checks the path, and refuses
+    /// the fields of the other sort of kind.
+    pub(crate) fn into_file<E>(
+        self,
+        kind: &str,
+        edits: Vec<E>,
+        problems: &mut Problems,
+    ) -> EditedFile<E> {
+        check_path(&self.path, "path", problems);
+        let (own, foreign): (&str, &[(&'static str, bool)]) = if kind == "line" {
+            (
+                "`lines`",
+                &[
+                    ("settings", self.settings.is_some()),
+                    ("remove", self.remove.is_some()),
+                ],
+            )
+        } else {
+            (
+                "`settings` and `remove`",
+                &[("lines", self.lines.is_some())],
+            )
+        };
+        for (field, written) in foreign {
+            if *written {
+                problems.push((
+                    field,
+                    format!("a {kind} resource has no `{field}`: it takes {own}"),
+                ));
+            }
+        }
+        EditedFile {
+            path: self.path,
+            create: self.create,
+            owner: self.owner,
+            group: self.group,
+            mode: self.mode,
+            edits,
+        }
+    }
 }
 
 /// How a key-value kind reads `settings` and `remove`.
@@ -117,16 +163,16 @@ pub enum KeyValues {
 
 /// Resolves a key-value kind's spec, pushing every problem with its field.
 pub fn resolve_keys(
-    spec: KeysSpec,
+    spec: EditSpec,
     rules: KeyRules,
     problems: &mut Problems,
 ) -> Option<EditedFile<KeyEdit>> {
     let kind = rules.kind;
     let mut edits = Vec::new();
-    for (name, value) in &spec.settings {
+    for (name, value) in spec.settings.iter().flatten() {
         flatten(rules, Vec::new(), name, value, &mut edits, problems);
     }
-    for dotted in &spec.remove {
+    for dotted in spec.remove.iter().flatten() {
         let key = match rules.keys {
             KeyNaming::Sections => match dotted.split_once('.') {
                 Some((section, key)) => vec![section.to_string(), key.to_string()],
@@ -153,16 +199,7 @@ pub fn resolve_keys(
         ));
     }
     check_distinct(rules, &edits, problems);
-    let file = EditedFile {
-        path: spec.path,
-        create: spec.create,
-        owner: spec.owner,
-        group: spec.group,
-        mode: spec.mode,
-        edits,
-    };
-    check_path(&file.path, "path", problems);
-    Some(file)
+    Some(spec.into_file(kind, edits, problems))
 }
 
 /// Turns one entry of `settings` into key edits.
@@ -323,7 +360,7 @@ macro_rules! keyed_kind {
         pub struct $kind(pub super::edit::EditedFile<super::edit::KeyEdit>);
 
         impl super::Kind for $kind {
-            type Spec = super::edit::KeysSpec;
+            type Spec = super::edit::EditSpec;
             const PATH_NAMED: bool = true;
             const REFRESHABLE: bool = false;
 
@@ -331,7 +368,7 @@ macro_rules! keyed_kind {
                 &self.0.path
             }
 
-            fn resolve(spec: super::edit::KeysSpec, cx: &mut super::Resolver<'_>) -> Option<$kind> {
+            fn resolve(spec: super::edit::EditSpec, cx: &mut super::Resolver<'_>) -> Option<$kind> {
                 super::edit::resolve_keys(spec, $rules, &mut cx.problems).map($kind)
             }
 

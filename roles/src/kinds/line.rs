@@ -6,22 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::edit::EditedFile;
-use super::{Ensure, Kind, Mode, Resolver, check_path};
-
-/// A `line` resource as a role declares it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LineSpec {
-    pub path: String,
-    #[serde(default)]
-    pub create: bool,
-    pub owner: Option<String>,
-    pub group: Option<String>,
-    pub mode: Option<Mode>,
-    #[serde(default)]
-    pub lines: Vec<LineEdit>,
-}
+use super::edit::{EditSpec, EditedFile};
+use super::{Ensure, Kind, Resolver};
 
 /// One line to make present or absent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,7 +38,7 @@ pub struct LineEdit {
 pub struct Line(pub EditedFile<LineEdit>);
 
 impl Kind for Line {
-    type Spec = LineSpec;
+    type Spec = EditSpec;
     const PATH_NAMED: bool = true;
     const REFRESHABLE: bool = false;
 
@@ -60,15 +46,15 @@ impl Kind for Line {
         &self.0.path
     }
 
-    fn resolve(spec: LineSpec, cx: &mut Resolver<'_>) -> Option<Line> {
-        check_path(&spec.path, "path", &mut cx.problems);
-        if spec.lines.is_empty() {
+    fn resolve(mut spec: EditSpec, cx: &mut Resolver<'_>) -> Option<Line> {
+        let lines = spec.lines.take().unwrap_or_default();
+        if lines.is_empty() {
             cx.problems.push((
                 "lines",
                 "a line resource needs at least one entry: `lines = [{ line = \"...\" }]`".into(),
             ));
         }
-        for (index, edit) in spec.lines.iter().enumerate() {
+        for (index, edit) in lines.iter().enumerate() {
             let number = index + 1;
             let mut problem = |message: String| {
                 cx.problems
@@ -100,14 +86,7 @@ impl Kind for Line {
                 }
             }
         }
-        Some(Line(EditedFile {
-            path: spec.path,
-            create: spec.create,
-            owner: spec.owner,
-            group: spec.group,
-            mode: spec.mode,
-            edits: spec.lines,
-        }))
+        Some(Line(spec.into_file("line", lines, &mut cx.problems)))
     }
 
     fn summary(&self) -> String {

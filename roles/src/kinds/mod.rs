@@ -25,7 +25,7 @@ mod resolve;
 
 pub(crate) use drain::check_drain;
 pub use drain::{DRAIN_TIMEOUT_DEFAULT, Drain};
-pub use edit::{EditedFile, KeyEdit, KeysSpec};
+pub use edit::{EditSpec, EditedFile, KeyEdit};
 pub use fields::{DurationError, Ensure, Mode, Seconds, parse_duration};
 pub(crate) use fields::{check_name, check_path};
 pub use resolve::{Problems, Resolver};
