@@ -20,6 +20,9 @@ struct Root {
     host: Host,
     backups: BackupStore,
     session: Session,
+    /// The catalog's contents and managed paths: editing kinds use neither.
+    contents: BTreeMap<String, cms_roles::Content>,
+    managed_paths: BTreeSet<String>,
 }
 
 impl Root {
@@ -35,6 +38,20 @@ impl Root {
             host,
             backups,
             session: Session::default(),
+            contents: BTreeMap::new(),
+            managed_paths: BTreeSet::new(),
+        }
+    }
+
+    fn context(&self, sensitive: bool) -> Context<'_> {
+        Context {
+            host: &self.host,
+            contents: &self.contents,
+            backups: &self.backups,
+            managed_paths: &self.managed_paths,
+            session: &self.session,
+            restarts: &cms_modules::UNCOORDINATED,
+            sensitive,
         }
     }
 
@@ -75,23 +92,22 @@ impl Root {
         apply: bool,
         sensitive: bool,
     ) -> Result<Vec<Change>, String> {
-        let managed_paths = BTreeSet::from([resource.name().to_string()]);
-        let contents: BTreeMap<String, cms_roles::Content> = BTreeMap::new();
-        let cx = Context {
-            host: &self.host,
-            contents: &contents,
-            backups: &self.backups,
-            managed_paths: &managed_paths,
-            session: &self.session,
-            restarts: &cms_modules::UNCOORDINATED,
-            sensitive,
-        };
+        let cx = self.context(sensitive);
         let provider = provider(resource);
         let changes = provider.check(&cx).map_err(|e| error_text(&e))?;
         if apply && !changes.is_empty() {
             provider.apply(&changes, &cx).map_err(|e| error_text(&e))?;
         }
         Ok(changes)
+    }
+
+    /// The error of a check as a report shows it, for a sensitive
+    /// resource or not.
+    fn provider_error(&self, resource: &ResourceKind, sensitive: bool) -> String {
+        let error = provider(resource)
+            .check(&self.context(sensitive))
+            .expect_err("the check fails");
+        cms_modules::report_error(&error, sensitive)
     }
 
     /// Converges `resource` and checks that a second run finds nothing:
@@ -611,6 +627,25 @@ fn a_check_changes_nothing_and_a_sensitive_resource_shows_no_value_or_diff() {
         ["key password changed (sensitive)"]
     );
     assert!(changes.iter().all(|c| c.diff.is_none()));
+}
+
+#[test]
+fn a_sensitive_resources_error_still_says_where_and_what_to_do() {
+    let root = Root::new();
+    root.write(
+        "/etc/app.yaml",
+        "a: {b: 1}
+",
+    );
+    let yaml =
+        resource("[[yaml]]\npath = \"/etc/app.yaml\"\nsettings = { \"a.b\" = \"hunter2\" }\n");
+    let error = root.provider_error(&yaml, true);
+    assert!(
+        error
+            .starts_with("Failed to edit /etc/app.yaml: line 1: `a` holds a flow-style value here"),
+        "{error}"
+    );
+    assert!(!error.contains("hunter2"));
 }
 
 #[test]

@@ -1288,3 +1288,59 @@ fn a_file_declared_whole_and_edited_in_place_is_an_error_naming_both() {
         "roles/b.toml:5:1: `line:/etc/php.ini` edits /etc/php.ini, which `ini:/etc/php.ini` (role `b`, roles/b.toml:1) also manages; one resource edits a file: put every edit of it in one resource",
     );
 }
+
+#[test]
+fn edit_kinds_keep_their_catalog_encoding() {
+    let catalog = compile_ok(
+        &[(
+            "roles/all.toml",
+            r#"
+[[line]]
+path = "/etc/a"
+lines = [{ line = "x = 1", match = "^x", after = "^y" }, { match = "^z", ensure = "absent" }]
+
+[[ini]]
+path = "/etc/b.ini"
+create = true
+mode = "0640"
+settings = { s = { k = 1 } }
+remove = ["s.old"]
+
+[[properties]]
+path = "/etc/c.properties"
+settings = { "a.b" = true }
+
+[[json]]
+path = "/etc/d.json"
+owner = "root"
+settings = { a = { b = [1, "x"] } }
+
+[[yaml]]
+path = "/etc/e.yaml"
+group = "root"
+settings = { a = 1.5 }
+"#,
+        )],
+        "",
+    );
+    let encoded: Vec<String> = catalog
+        .resources
+        .iter()
+        .map(|r| serde_json::to_string(&r.kind).expect("encodes"))
+        .collect();
+    assert_eq!(
+        encoded,
+        [
+            r#"{"type":"line","path":"/etc/a","edits":[{"line":"x = 1","match":"^x","ensure":"present","after":"^y"},{"match":"^z","ensure":"absent"}]}"#,
+            r#"{"type":"ini","path":"/etc/b.ini","create":true,"mode":"0640","edits":[{"key":["s","k"],"value":"1"},{"key":["s","old"]}]}"#,
+            r#"{"type":"properties","path":"/etc/c.properties","edits":[{"key":["a.b"],"value":"true"}]}"#,
+            r#"{"type":"json","path":"/etc/d.json","owner":"root","edits":[{"key":["a","b"],"value":[1,"x"]}]}"#,
+            r#"{"type":"yaml","path":"/etc/e.yaml","group":"root","edits":[{"key":["a"],"value":1.5}]}"#,
+        ]
+    );
+    for resource in &catalog.resources {
+        let json = serde_json::to_string(&resource.kind).expect("encodes");
+        let decoded: ResourceKind = serde_json::from_str(&json).expect("decodes");
+        assert_eq!(decoded, resource.kind, "{json}");
+    }
+}

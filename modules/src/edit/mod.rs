@@ -48,7 +48,8 @@ pub struct Edited {
 
 /// Why a file cannot be edited as it is: the line (1-based) when there is
 /// one, and what is wrong and what to do. It never quotes the file's
-/// content, which may hold a secret.
+/// content nor a value, which may hold a secret: a sensitive resource's
+/// report shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FormatError {
     pub line: Option<usize>,
@@ -104,13 +105,13 @@ impl<'a, E> EditProvider<'a, E> {
         let (exists, before) = match status {
             None if file.create => (false, String::new()),
             None => {
-                return Err(ProviderError::Failed(format!(
+                return Err(value_free_error(format!(
                     "Failed to edit {path}: the file does not exist; if a package installs it, add that package to `require` (`require = [\"package:NAME\"]`) so it is installed first, or set `create = true` to create it"
                 )));
             }
             Some(status) => match status.kind {
                 FileKind::File if status.size > MAX_EDITED_BYTES => {
-                    return Err(ProviderError::Failed(format!(
+                    return Err(value_free_error(format!(
                         "Failed to edit {path}: it is {} bytes, more than the {} a {} resource edits; manage it with a `file` resource instead",
                         status.size, MAX_EDITED_BYTES, self.kind
                     )));
@@ -118,7 +119,7 @@ impl<'a, E> EditProvider<'a, E> {
                 FileKind::File => {
                     let bytes = cx.host.read_file(path)?;
                     let text = String::from_utf8(bytes).map_err(|_| {
-                        ProviderError::Failed(format!(
+                        value_free_error(format!(
                             "Failed to edit {path}: it is not UTF-8 text; a {} resource edits text files only",
                             self.kind
                         ))
@@ -126,13 +127,13 @@ impl<'a, E> EditProvider<'a, E> {
                     (true, text)
                 }
                 FileKind::Symlink => {
-                    return Err(ProviderError::Failed(format!(
+                    return Err(value_free_error(format!(
                         "Failed to edit {path}: it is a symlink to {}; an edit never follows a link: edit the path it points to",
                         cx.host.read_symlink(path)?
                     )));
                 }
                 kind => {
-                    return Err(ProviderError::Failed(format!(
+                    return Err(value_free_error(format!(
                         "Failed to edit {path}: a {} is there, not a file",
                         kind.describe()
                     )));
@@ -144,7 +145,7 @@ impl<'a, E> EditProvider<'a, E> {
                 Some(line) => format!("Failed to edit {path}: line {line}: {}", error.message),
                 None => format!("Failed to edit {path}: {}", error.message),
             };
-            ProviderError::Failed(message)
+            value_free_error(message)
         })?;
         let mut changes = Vec::new();
         if !exists {
@@ -254,6 +255,16 @@ impl<E> Provider for EditProvider<'_, E> {
                     .filter(|_| changed("mode")),
             },
         )
+    }
+}
+
+/// An error of this module: its messages name paths, lines and keys (which
+/// no secret can be rendered into), never a value or the file's content,
+/// so a sensitive resource's report shows them whole.
+fn value_free_error(message: String) -> ProviderError {
+    ProviderError::FailedWithDetails {
+        full: message.clone(),
+        safe: message,
     }
 }
 
