@@ -660,3 +660,43 @@ fn a_symlink_at_the_path_is_never_followed() {
     );
     assert_eq!(root.read("/etc/real.ini"), "[s]\nk = 1\n");
 }
+
+#[test]
+fn line_breaks_and_document_markers_of_the_file_are_kept() {
+    let root = Root::new();
+    root.write("/etc/win.ini", "[s]\r\nk = 1\r\n");
+    let ini = resource("[[ini]]\npath = \"/etc/win.ini\"\nsettings = { s = { k = 2, new = 3 } }\n");
+    root.converge_twice(&ini);
+    assert_eq!(root.read("/etc/win.ini"), "[s]\r\nk = 2\r\nnew = 3\r\n");
+
+    root.write("/etc/doc.yaml", "%YAML 1.2\n---\n# settings\na: 1");
+    let yaml = resource("[[yaml]]\npath = \"/etc/doc.yaml\"\nsettings = { a = 2, b = \"x\" }\n");
+    root.converge_twice(&yaml);
+    assert_eq!(
+        root.read("/etc/doc.yaml"),
+        "%YAML 1.2\n---\n# settings\na: 2\nb: x"
+    );
+}
+
+#[test]
+fn a_created_file_of_each_format_holds_only_the_keys_set() {
+    let root = Root::new();
+    for (kind, path, expected) in [
+        ("yaml", "/etc/new.yaml", "a:\n  b: 1\n"),
+        ("properties", "/etc/new.properties", "a.b=1\n"),
+        ("line", "/etc/new.conf", "a.b\n"),
+    ] {
+        let body = if kind == "line" {
+            "lines = [{ line = \"a.b\" }]"
+        } else {
+            "settings = { \"a.b\" = 1 }"
+        };
+        let created = resource(&format!(
+            "[[{kind}]]\npath = \"{path}\"\ncreate = true\n{body}\n"
+        ));
+        let changes = root.converge_twice(&created);
+        assert_eq!(changes[0], "ensure: absent -> present", "{kind}");
+        assert_eq!(root.read(path), expected, "{kind}");
+        assert_eq!(root.mode(path), 0o644, "{kind}");
+    }
+}
