@@ -700,3 +700,21 @@ fn a_created_file_of_each_format_holds_only_the_keys_set() {
         assert_eq!(root.mode(path), 0o644, "{kind}");
     }
 }
+
+#[test]
+fn removing_a_key_that_is_not_there_changes_nothing_in_any_format() {
+    let root = Root::new();
+    for (kind, path, text) in [
+        ("yaml", "/etc/r.yaml", "a: 1\nc:\n  d: 2\n"),
+        ("json", "/etc/r.json", "{\"a\": 1, \"c\": {\"d\": 2}}\n"),
+        ("ini", "/etc/r.ini", "a = 1\n[c]\nd = 2\n"),
+        ("properties", "/etc/r.properties", "a=1\nc.d=2\n"),
+    ] {
+        root.write(path, text);
+        let absent = resource(&format!(
+            "[[{kind}]]\npath = \"{path}\"\nremove = [\"a.b\", \"c.x\", \"z\"]\n"
+        ));
+        assert_eq!(root.converge_twice(&absent), Vec::<String>::new(), "{kind}");
+        assert_eq!(root.read(path), text, "{kind}");
+    }
+}

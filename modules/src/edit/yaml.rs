@@ -67,6 +67,11 @@ pub fn edit(text: &str, edits: &[KeyEdit]) -> Result<Edited, FormatError> {
                 Some(index) if depth + 1 == edit.key.len() => found = Some(index),
                 Some(index) => {
                     let value = value_text(&document.lines[index], &parsed[index]);
+                    if !value.is_empty() && edit.value.is_none() {
+                        // Nothing below a scalar: the key to remove is not
+                        // there.
+                        break;
+                    }
                     if !value.is_empty() {
                         return Err(FormatError::at(
                             index + 1,
