@@ -114,9 +114,15 @@ fn write_roles(instance: &Instance, role_text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cms-agent apply` in the instance; returns the exit code and
-/// output (stdout then stderr).
-fn apply(instance: &Instance, extra: &[&str]) -> Result<(i32, String)> {
+/// Runs `cms-agent apply` in the instance and checks its exit code
+/// (0 nothing changed, 1 refused, 2 changed); returns its output (stdout
+/// then stderr).
+fn apply_expecting(
+    instance: &Instance,
+    extra: &[&str],
+    expected: i32,
+    what: &str,
+) -> Result<String> {
     let mut args = vec![
         "cms-agent",
         "apply",
@@ -128,7 +134,12 @@ fn apply(instance: &Instance, extra: &[&str]) -> Result<(i32, String)> {
     args.extend_from_slice(extra);
     let output = instance.run(&args)?;
     let text = format!("{}{}", output.stdout, output.stderr);
-    Ok((output.exit_code.unwrap_or(-1), text))
+    let code = output.exit_code.unwrap_or(-1);
+    ensure!(
+        code == expected,
+        "{what} (exit {expected}), got {code}:\n{text}"
+    );
+    Ok(text)
 }
 
 fn run(instance: &Instance, command: &str) -> Result<String> {
@@ -157,11 +168,7 @@ fn exercise(case: &Case) -> Result<()> {
     // Applied: the package installs the file, the edit follows and
     // notifies the exec once; the file keeps the package's mode.
     write_roles(&instance, &role(case.resource))?;
-    let (code, output) = apply(&instance, &[])?;
-    ensure!(
-        code == 2,
-        "the first run changes things (exit 2), got {code}:\n{output}"
-    );
+    let output = apply_expecting(&instance, &[], 2, "the first run changes things")?;
     ensure!(
         output.contains(&format!("changed {}", case.reference)),
         "the first run names the edit:\n{output}"
@@ -185,22 +192,14 @@ fn exercise(case: &Case) -> Result<()> {
     ensure!(reloads(&instance)? == 1, "the edit notified the exec once");
 
     // A second run: nothing to do, nothing notified.
-    let (code, output) = apply(&instance, &[])?;
-    ensure!(
-        code == 0,
-        "the second run changes nothing (exit 0), got {code}:\n{output}"
-    );
+    apply_expecting(&instance, &[], 0, "the second run changes nothing")?;
     ensure!(reloads(&instance)? == 1, "the second run notified nothing");
 
     // Drift, then --noop: the change is reported, nothing is written.
     run(&instance, case.drift)?;
     let drifted = run(&instance, &cat)?;
     ensure!(drifted != case.converged, "the drift changed the file");
-    let (code, output) = apply(&instance, &["--noop"])?;
-    ensure!(
-        code == 2,
-        "--noop with drift exits 2, got {code}:\n{output}"
-    );
+    let output = apply_expecting(&instance, &["--noop"], 2, "--noop with drift")?;
     ensure!(
         output.contains(&format!("would change {}", case.reference)),
         "--noop names the resource:\n{output}"
@@ -215,11 +214,7 @@ fn exercise(case: &Case) -> Result<()> {
     ensure!(reloads(&instance)? == 1, "--noop ran nothing");
 
     // A real run repairs the drift and notifies again.
-    let (code, output) = apply(&instance, &[])?;
-    ensure!(
-        code == 2,
-        "the repair changes the file (exit 2), got {code}:\n{output}"
-    );
+    let output = apply_expecting(&instance, &[], 2, "the repair changes the file")?;
     ensure!(
         run(&instance, &cat)? == case.converged,
         "the drift is repaired:\n{output}"
@@ -228,11 +223,7 @@ fn exercise(case: &Case) -> Result<()> {
 
     // A bad value: refused with its file, line and field; nothing runs.
     write_roles(&instance, &role(case.bad_resource))?;
-    let (code, output) = apply(&instance, &[])?;
-    ensure!(
-        code == 1,
-        "a bad value stops the run (exit 1), got {code}:\n{output}"
-    );
+    let output = apply_expecting(&instance, &[], 1, "a bad value stops the run")?;
     ensure!(
         output.contains(case.refused_with),
         "the refusal says {:?}:\n{output}",
