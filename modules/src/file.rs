@@ -26,7 +26,7 @@
 //! - `ensure = "absent"` removes a file or symlink, backing up a file first;
 //!   it refuses to remove a directory.
 
-use cms_roles::{Ensure, File};
+use cms_roles::{Ensure, File, Mode};
 use similar::TextDiff;
 
 use crate::host::fs::{FileAttributes, FileKind, FileStatus, parent_path, sha256_hex};
@@ -200,22 +200,13 @@ impl FileProvider<'_> {
                 );
             }
         }
-        changes.extend(ownership_changes(
+        changes.extend(metadata_changes(
             cx.host,
             status,
             file.owner.as_deref(),
             file.group.as_deref(),
-            None,
+            file.mode,
         )?);
-        if let Some(mode) = file.mode
-            && status.mode != mode.0
-        {
-            changes.push(Change::new(
-                "mode",
-                format_mode(status.mode),
-                mode.to_string(),
-            ));
-        }
         Ok(changes)
     }
 
@@ -239,27 +230,27 @@ impl FileProvider<'_> {
     }
 
     fn wanted_ownership(&self, host: &Host) -> Result<FileAttributes, ProviderError> {
-        Ok(FileAttributes {
-            mode: None,
-            uid: self
-                .0
-                .owner
-                .as_deref()
-                .map(|name| host.user_id(name))
-                .transpose()?,
-            gid: self
-                .0
-                .group
-                .as_deref()
-                .map(|name| host.group_id(name))
-                .transpose()?,
-        })
+        wanted_ownership(host, self.0.owner.as_deref(), self.0.group.as_deref())
     }
+}
+
+/// The ids of a resource's owner and group, to give a file as it is
+/// written; `None` keeps what the file has.
+pub(crate) fn wanted_ownership(
+    host: &Host,
+    owner: Option<&str>,
+    group: Option<&str>,
+) -> Result<FileAttributes, ProviderError> {
+    Ok(FileAttributes {
+        mode: None,
+        uid: owner.map(|name| host.user_id(name)).transpose()?,
+        gid: group.map(|name| host.group_id(name)).transpose()?,
+    })
 }
 
 /// A unified diff from the host's content to the catalog's, or a line
 /// naming both hashes when either side is binary or large.
-fn content_diff(
+pub(crate) fn content_diff(
     path: &str,
     current_content: Option<&[u8]>,
     current_sha256: &str,
@@ -388,6 +379,28 @@ pub(crate) fn ownership_changes(
             )),
             Err(error) => return Err(error.into()),
         }
+    }
+    Ok(changes)
+}
+
+/// The owner, group and mode changes of a file resource itself, for what
+/// the resource sets.
+pub(crate) fn metadata_changes(
+    host: &Host,
+    status: &FileStatus,
+    owner: Option<&str>,
+    group: Option<&str>,
+    mode: Option<Mode>,
+) -> Result<Vec<Change>, ProviderError> {
+    let mut changes = ownership_changes(host, status, owner, group, None)?;
+    if let Some(mode) = mode
+        && status.mode != mode.0
+    {
+        changes.push(Change::new(
+            "mode",
+            format_mode(status.mode),
+            mode.to_string(),
+        ));
     }
     Ok(changes)
 }

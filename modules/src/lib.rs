@@ -27,6 +27,7 @@ pub mod session;
 
 mod account;
 mod directory;
+mod edit;
 mod exec;
 mod file;
 mod group;
@@ -307,6 +308,15 @@ pub fn provider(kind: &ResourceKind) -> Box<dyn Provider + '_> {
         ResourceKind::User(u) => Box::new(user::UserProvider(u)),
         ResourceKind::Group(g) => Box::new(group::GroupProvider(g)),
         ResourceKind::JavaApp(j) => Box::new(java_app::JavaAppProvider(j)),
+        ResourceKind::Line(l) => Box::new(edit::EditProvider::new(&l.0, "line", edit::line::edit)),
+        ResourceKind::Ini(i) => Box::new(edit::EditProvider::new(&i.0, "ini", edit::ini::edit)),
+        ResourceKind::Properties(p) => Box::new(edit::EditProvider::new(
+            &p.0,
+            "properties",
+            edit::properties::edit,
+        )),
+        ResourceKind::Json(j) => Box::new(edit::EditProvider::new(&j.0, "json", edit::json::edit)),
+        ResourceKind::Yaml(y) => Box::new(edit::EditProvider::new(&y.0, "yaml", edit::yaml::edit)),
     }
 }
 

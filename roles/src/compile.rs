@@ -523,6 +523,7 @@ fn compile_rendering(
         &by_reference,
         &mut diagnostics,
     );
+    check_edited_files(&resources, &origins, &mut diagnostics);
     if !diagnostics.is_empty() {
         return Err(diagnostics.into_sorted());
     }
@@ -954,6 +955,49 @@ fn lookup_path<'v>(context: &'v Value, path: &str) -> Option<&'v Value> {
             Value::Array(items) => part.parse::<usize>().ok().and_then(|i| items.get(i)),
             _ => None,
         })
+}
+
+/// Refuses a file both declared by a `file` resource and edited in place
+/// (`line`, `ini`, ...), or edited by two resources: each would undo the
+/// other's work on every run.
+fn check_edited_files(resources: &[Resource], origins: &[Origin], diagnostics: &mut Diagnostics) {
+    let mut claimed: HashMap<&str, usize> = HashMap::new();
+    for (index, resource) in resources.iter().enumerate() {
+        if let ResourceKind::File(file) = &resource.kind {
+            claimed.entry(file.path.as_str()).or_insert(index);
+        }
+    }
+    for (index, resource) in resources.iter().enumerate() {
+        let Some(path) = resource.kind.edited_path() else {
+            continue;
+        };
+        match claimed.get(path) {
+            None => {
+                claimed.insert(path, index);
+            }
+            Some(&first) => {
+                let (other, other_origin) = (&resources[first], &origins[first]);
+                let origin = &origins[index];
+                let hint = if matches!(other.kind, ResourceKind::File(_)) {
+                    "a file is either declared whole by `file` or edited in place: drop the edit and put the change in the file's content, or drop the file resource"
+                } else {
+                    "one resource edits a file: put every edit of it in one resource"
+                };
+                diagnostics.push(Diagnostic::new(
+                    &origin.file,
+                    origin.position,
+                    format!(
+                        "`{}` edits {path}, which `{}` (role `{}`, {}:{}) also manages; {hint}",
+                        resource.reference,
+                        other.reference,
+                        other.role,
+                        other_origin.file,
+                        other_origin.position.line
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 fn check_references(

@@ -286,6 +286,23 @@ fn resources_that_render_a_secret_are_sensitive_whichever_way_they_render_it() {
 }
 
 #[test]
+fn an_edited_files_value_rendered_from_a_secret_makes_it_sensitive() {
+    let common = secret("db_password", "");
+    let repository = repo(&[
+        ("secrets/common.toml", common.as_str()),
+        (
+            "roles/r.toml",
+            "[[properties]]\npath = \"/etc/app.properties\"\nsettings = { db = { password = '{{secret \"db_password\"}}', user = \"app\" } }\n\n[[ini]]\npath = \"/etc/plain.ini\"\nsettings = { s = { k = \"v\" } }\n",
+        ),
+    ]);
+    let values = values(&[("common", "db_password", b"hunter2")]);
+    let catalog = compile_with_secrets(&repository, &node(&[]), &values)
+        .unwrap_or_else(|d| panic!("compile failed:\n{d}"));
+    assert!(sensitive(&catalog, "properties:/etc/app.properties"));
+    assert!(!sensitive(&catalog, "ini:/etc/plain.ini"));
+}
+
+#[test]
 fn binary_secrets_round_trip_through_content_base64_and_are_refused_as_text() {
     let binary: Vec<u8> = vec![0, 159, 146, 150, 255, 10];
     let common = secret("keystore", "");

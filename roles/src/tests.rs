@@ -1137,3 +1137,212 @@ fn templates_see_trusted_values_apart_from_reported_facts() {
         "i-0aaaaaaaaaaaaaaaa web i-0aaaaaaaaaaaaaaaa eu-west-1 i-0aaaaaaaaaaaaaaaa web i-0forged\n"
     );
 }
+
+#[test]
+fn edit_kinds_compile_settings_into_keys_and_are_named_by_their_path() {
+    let catalog = compile_ok(
+        &[(
+            "roles/db.toml",
+            r#"
+[[ini]]
+path = "/etc/my.cnf"
+remove = ["mysqld.bind-address", "old"]
+settings = { top = 1, mysqld = { max_connections = 200, opcache = { enable = true } } }
+
+[[json]]
+path = "/etc/app.json"
+settings = { "server.port" = 8080, server = { tls = { ciphers = ["a"] } } }
+
+[[line]]
+path = "/etc/ssh/sshd_config"
+lines = [{ line = "PermitRootLogin no", match = "^#?PermitRootLogin" }]
+"#,
+        )],
+        "",
+    );
+    assert_eq!(
+        references(&catalog),
+        [
+            "ini:/etc/my.cnf",
+            "json:/etc/app.json",
+            "line:/etc/ssh/sshd_config"
+        ]
+    );
+    let keys = |kind: &ResourceKind| -> Vec<String> {
+        let edits = match kind {
+            ResourceKind::Ini(ini) => &ini.0.edits,
+            ResourceKind::Json(json) => &json.0.edits,
+            _ => panic!("a key-value kind"),
+        };
+        edits
+            .iter()
+            .map(|e| {
+                format!(
+                    "{:?}={}",
+                    e.key,
+                    e.value.as_ref().map_or("-".to_string(), |v| v.to_string())
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        keys(&catalog.resources[0].kind),
+        [
+            r#"["mysqld", "max_connections"]="200""#,
+            r#"["mysqld", "opcache.enable"]="true""#,
+            r#"["", "top"]="1""#,
+            r#"["mysqld", "bind-address"]=-"#,
+            r#"["", "old"]=-"#,
+        ]
+    );
+    assert_eq!(
+        keys(&catalog.resources[1].kind),
+        [
+            r#"["server", "tls", "ciphers"]=["a"]"#,
+            r#"["server", "port"]=8080"#,
+        ]
+    );
+}
+
+#[test]
+fn edit_kinds_refuse_bad_values_naming_the_field_and_line() {
+    let errors = compile_err(
+        &[(
+            "roles/bad.toml",
+            r#"
+[[line]]
+path = "/etc/a"
+lines = [{ line = "x", match = "([" }, { ensure = "absent" }]
+
+[[ini]]
+path = "/etc/b.ini"
+settings = { s = { list = ["a", "b"], padded = " x", comment = "a ; b" } }
+
+[[json]]
+path = "/etc/c.json"
+settings = { a = 1, "a.b" = 2 }
+remove = ["a"]
+
+[[yaml]]
+path = "etc/d.yaml"
+
+[[properties]]
+path = "/etc/e.properties"
+settings = { k = { } }
+
+[[line]]
+path = "/etc/f"
+settings = { a = 1 }
+lines = [{ line = "x" }]
+"#,
+        )],
+        "",
+    );
+    for expected in [
+        "roles/bad.toml:4:1: lines entry 1: `match` is not a valid regular expression: regex parse error:",
+        "roles/bad.toml:4:1: lines entry 2: an absent entry needs `line` (the line to remove) or `match`",
+        "roles/bad.toml:8:1: settings: `s.list` is a list, but ini values are strings, numbers or booleans; write it as one string",
+        "roles/bad.toml:8:1: settings: the value of `s.padded` starts or ends with a blank, which ini readers drop; write it without",
+        "roles/bad.toml:8:1: settings: the value of `s.comment` holds ` ;` or ` #`, which ini readers take for the start of a comment",
+        "roles/bad.toml:12:1: `a` is set to a value and `a.b` is a key inside it: set one or the other",
+        "roles/bad.toml:13:1: `a` is both in settings and in remove (or twice): keep it in one place",
+        "roles/bad.toml:16:1: path `etc/d.yaml` must be absolute",
+        "roles/bad.toml:15:1: a yaml resource sets or removes at least one key: add `settings = { KEY = VALUE }` or `remove = [\"KEY\"]`",
+        "roles/bad.toml:20:1: settings: `k` is an empty table; give it keys, or leave it out",
+        "roles/bad.toml:24:1: a line resource has no `settings`: it takes `lines`",
+    ] {
+        assert_contains(&errors, expected);
+    }
+}
+
+#[test]
+fn a_file_declared_whole_and_edited_in_place_is_an_error_naming_both() {
+    let errors = compile_err(
+        &[
+            (
+                "roles/a.toml",
+                "[[file]]\npath = \"/etc/php.ini\"\ncontent = \"x\"\n",
+            ),
+            (
+                "roles/b.toml",
+                "[[ini]]\npath = \"/etc/php.ini\"\nsettings = { PHP = { memory_limit = \"1G\" } }\n\n[[line]]\npath = \"/etc/php.ini\"\nlines = [{ line = \"x\" }]\n",
+            ),
+        ],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/b.toml:1:1: `ini:/etc/php.ini` edits /etc/php.ini, which `file:/etc/php.ini` (role `a`, roles/a.toml:1) also manages; a file is either declared whole by `file` or edited in place",
+    );
+    assert_contains(
+        &errors,
+        "roles/b.toml:5:1: `line:/etc/php.ini` edits /etc/php.ini, which `file:/etc/php.ini` (role `a`, roles/a.toml:1) also manages",
+    );
+    let errors = compile_err(
+        &[(
+            "roles/b.toml",
+            "[[ini]]\npath = \"/etc/php.ini\"\nsettings = { PHP = { memory_limit = \"1G\" } }\n\n[[line]]\npath = \"/etc/php.ini\"\nlines = [{ line = \"x\" }]\n",
+        )],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/b.toml:5:1: `line:/etc/php.ini` edits /etc/php.ini, which `ini:/etc/php.ini` (role `b`, roles/b.toml:1) also manages; one resource edits a file: put every edit of it in one resource",
+    );
+}
+
+#[test]
+fn edit_kinds_keep_their_catalog_encoding() {
+    let catalog = compile_ok(
+        &[(
+            "roles/all.toml",
+            r#"
+[[line]]
+path = "/etc/a"
+lines = [{ line = "x = 1", match = "^x", after = "^y" }, { match = "^z", ensure = "absent" }]
+
+[[ini]]
+path = "/etc/b.ini"
+create = true
+mode = "0640"
+settings = { s = { k = 1 } }
+remove = ["s.old"]
+
+[[properties]]
+path = "/etc/c.properties"
+settings = { "a.b" = true }
+
+[[json]]
+path = "/etc/d.json"
+owner = "root"
+settings = { a = { b = [1, "x"] } }
+
+[[yaml]]
+path = "/etc/e.yaml"
+group = "root"
+settings = { a = 1.5 }
+"#,
+        )],
+        "",
+    );
+    let encoded: Vec<String> = catalog
+        .resources
+        .iter()
+        .map(|r| serde_json::to_string(&r.kind).expect("encodes"))
+        .collect();
+    assert_eq!(
+        encoded,
+        [
+            r#"{"type":"line","path":"/etc/a","edits":[{"line":"x = 1","match":"^x","ensure":"present","after":"^y"},{"match":"^z","ensure":"absent"}]}"#,
+            r#"{"type":"ini","path":"/etc/b.ini","create":true,"mode":"0640","edits":[{"key":["s","k"],"value":"1"},{"key":["s","old"]}]}"#,
+            r#"{"type":"properties","path":"/etc/c.properties","edits":[{"key":["a.b"],"value":"true"}]}"#,
+            r#"{"type":"json","path":"/etc/d.json","owner":"root","edits":[{"key":["a","b"],"value":[1,"x"]}]}"#,
+            r#"{"type":"yaml","path":"/etc/e.yaml","group":"root","edits":[{"key":["a"],"value":1.5}]}"#,
+        ]
+    );
+    for resource in &catalog.resources {
+        let json = serde_json::to_string(&resource.kind).expect("encodes");
+        let decoded: ResourceKind = serde_json::from_str(&json).expect("decodes");
+        assert_eq!(decoded, resource.kind, "{json}");
+    }
+}

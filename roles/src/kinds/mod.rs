@@ -19,11 +19,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 mod drain;
+mod edit;
 mod fields;
 mod resolve;
 
 pub(crate) use drain::check_drain;
 pub use drain::{DRAIN_TIMEOUT_DEFAULT, Drain};
+pub use edit::{EditSpec, EditedFile, KeyEdit};
 pub use fields::{DurationError, Ensure, Mode, Seconds, parse_duration};
 pub(crate) use fields::{check_name, check_path};
 pub use resolve::{Problems, Resolver};
@@ -69,6 +71,12 @@ pub trait Kind: Named + Sized {
     /// A short summary of what the resource asks for, for `cms-server
     /// check` (`" ensure=present"`); empty when the reference says it all.
     fn summary(&self) -> String;
+
+    /// The path of the file it edits in place (`line`, `ini`, ...): such a
+    /// file may not also be a `file` resource nor edited by another.
+    fn edited_path(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Declares the kinds' modules and generates everything that lists kinds.
@@ -167,6 +175,13 @@ macro_rules! registry {
                     $(ResourceKind::$variant(resource) => Kind::summary(resource),)+
                 }
             }
+
+            /// See [`Kind::edited_path`].
+            pub fn edited_path(&self) -> Option<&str> {
+                match self {
+                    $(ResourceKind::$variant(resource) => Kind::edited_path(resource),)+
+                }
+            }
         }
 
         /// A typed resource as a role declares it.
@@ -217,6 +232,11 @@ registry! {
     Exec = "exec" => exec::Exec,
     Repository = "repository" => repository::PackageRepository,
     JavaApp = "java_app" => java_app::JavaApp,
+    Line = "line" => line::Line,
+    Ini = "ini" => ini::Ini,
+    Properties = "properties" => properties::Properties,
+    Json = "json" => json::Json,
+    Yaml = "yaml" => yaml::Yaml,
 }
 
 impl ResourceType {
