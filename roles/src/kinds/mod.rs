@@ -21,12 +21,14 @@ use serde::{Deserialize, Serialize};
 mod drain;
 mod fields;
 mod resolve;
+mod systemd_fields;
 
 pub(crate) use drain::check_drain;
 pub use drain::{DRAIN_TIMEOUT_DEFAULT, Drain};
 pub use fields::{DurationError, Ensure, Mode, Seconds, parse_duration};
 pub(crate) use fields::{check_name, check_path};
 pub use resolve::{Problems, Resolver};
+pub use systemd_fields::{UNIT_DIRECTORY, calendar_problem, dropin_path};
 
 /// The name of a kind, as role files write it (`[[java_app]]`) and
 /// references start (`java_app:api`). Implemented by [`registry!`] only, so
@@ -217,6 +219,10 @@ registry! {
     Exec = "exec" => exec::Exec,
     Repository = "repository" => repository::PackageRepository,
     JavaApp = "java_app" => java_app::JavaApp,
+    SystemdTimer = "systemd_timer" => systemd_timer::SystemdTimer,
+    SystemdDropin = "systemd_dropin" => systemd_dropin::SystemdDropin,
+    Mount = "mount" => mount::Mount,
+    Limits = "limits" => limits::ResourceLimits,
 }
 
 impl ResourceType {
