@@ -44,6 +44,7 @@ mod http_file_server;
 mod image;
 mod instance;
 mod leftovers;
+mod local_roles;
 mod machine_lock;
 mod network;
 mod package_repo;
@@ -80,6 +81,7 @@ pub use instance::{
     TAGS_FILE_PATH,
 };
 pub use leftovers::{Leftovers, find_leftovers, find_leftovers_of_instance};
+pub use local_roles::{LOCAL_ROLES_PATH, apply_local_roles, shell_output, write_local_roles};
 pub use network::{BRIDGE_NAME, NETWORK_PREFIX_LENGTH};
 pub use package_repo::{DebPackageFile, DebPackageSpec, PackageRepo};
 pub use postgres::{CertifiedKey, PostgresServer, TestCa};
