@@ -187,11 +187,26 @@ fn a_systemd_timer_is_written_enabled_started_repaired_and_removed() -> Result<(
         run(&instance, "systemctl show -p TimersCalendar cms-tick.timer")?.contains("05:30:00")
     );
 
+    // Refused when the repository is compiled…
     refused_naming(
         &instance,
         &TIMER.replace("*-*-* 04:00:00", "every day"),
-        "on_calendar",
+        "on_calendar `every day` has `every` where a weekday",
     )?;
+    // …or, where only systemd knows (a time zone), by systemd-analyze on
+    // the instance, before anything is written.
+    refused_naming(
+        &instance,
+        &TIMER.replace("*-*-* 04:00:00", "*-*-* 04:00:00 Mars/Olympus"),
+        "on_calendar `*-*-* 04:00:00 Mars/Olympus` is refused by `systemd-analyze calendar`",
+    )?;
+    ensure!(
+        run(
+            &instance,
+            "grep -c Mars /etc/systemd/system/cms-tick.timer || true"
+        )? == "0",
+        "a refused schedule is not written"
+    );
 
     converge(
         &instance,

@@ -107,28 +107,35 @@ pub fn calendar_problem(expression: &str) -> Option<String> {
     if text.is_empty() {
         return Some("is empty".into());
     }
-    if CALENDAR_SHORTHANDS.contains(&text.to_ascii_lowercase().as_str()) {
-        return None;
+    // Seconds since the epoch.
+    if let Some(seconds) = text.strip_prefix('@') {
+        return (seconds.is_empty() || !seconds.chars().all(|c| c.is_ascii_digit()))
+            .then(|| format!("has `@{seconds}`: after `@` come the seconds since 1970"));
     }
     let mut words: Vec<&str> = text.split_whitespace().collect();
     // A time zone comes last: `UTC` or an area name with a `/`.
     if let Some(last) = words.last()
         && words.len() > 1
-        && (*last == "UTC"
+        && (last.eq_ignore_ascii_case("UTC")
             || (last.contains('/')
+                && last.starts_with(|c: char| c.is_ascii_alphabetic())
                 && last
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c))
-                && last.starts_with(|c: char| c.is_ascii_uppercase())))
+                    .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c))))
     {
         words.pop();
+    }
+    if let [word] = words.as_slice()
+        && CALENDAR_SHORTHANDS.contains(&word.to_ascii_lowercase().as_str())
+    {
+        return None;
     }
     let mut words = words.into_iter().peekable();
     if let Some(first) = words.peek()
         && first.starts_with(|c: char| c.is_ascii_alphabetic())
     {
         for part in first.split(',') {
-            for day in part.split("..") {
+            for day in part.split("..").flat_map(|day| day.split('-')) {
                 if !WEEKDAYS.contains(&day.to_ascii_lowercase().as_str()) {
                     return Some(format!(
                         "has `{day}` where a weekday (Mon … Sun) or a shorthand (daily, weekly, …) belongs"
@@ -246,6 +253,12 @@ mod tests {
             "*-*-* *:*:00/10.5",
             "quarterly",
             "12:00",
+            "Mon-Fri 10:00",
+            "*-*-* 00/2:00",
+            "@1700000000",
+            "Sun *-*-* 00:00:00 America/New_York",
+            "*-*-* 00:00:00 utc",
+            "hourly UTC",
         ] {
             assert_eq!(calendar_problem(expression), None, "{expression}");
         }
@@ -261,6 +274,7 @@ mod tests {
             ("Mon 04:x0", "minute `x0` is not a number"),
             ("04:00 tomorrow", "`tomorrow` where a date"),
             ("*:0/", "repetition"),
+            ("@soon", "seconds since 1970"),
         ] {
             let problem = calendar_problem(expression).expect(expression);
             assert!(problem.contains(words), "{expression}: {problem}");
