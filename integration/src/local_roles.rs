@@ -1,11 +1,15 @@
 //! Converging an instance from a roles repository written into it: the
 //! repository goes to `/srv/roles` of the instance, and `cms-agent apply
 //! --repo /srv/roles` compiles and applies it there, no server involved.
-//! What the testbed tests of resource kinds share.
+//! What the testbed tests of resource kinds share, with the testbed and
+//! baked image they boot their instances from ([`AgentImageTestbed`]).
 
 use anyhow::{Context, Result};
 
-use crate::Instance;
+use crate::{
+    BakedImage, Instance, InstanceConfig, Testbed, TestbedSettings, bake_agent_image,
+    check_prerequisites, find_leftovers_of_instance,
+};
 
 /// Where [`write_local_roles`] puts the repository in the instance.
 pub const LOCAL_ROLES_PATH: &str = "/srv/roles";
@@ -50,4 +54,44 @@ pub fn shell_output(instance: &Instance, command: &str) -> Result<String> {
         .stdout
         .trim()
         .to_string())
+}
+
+/// The testbed and an image with the agent baked in: all a test of
+/// resource kinds needs to boot instances (share it with
+/// [`SharedFixture`](crate::SharedFixture)).
+pub struct AgentImageTestbed {
+    pub testbed: Testbed,
+    pub baked: BakedImage,
+}
+
+impl AgentImageTestbed {
+    /// Checks the machine, bakes the agent into the image, starts the
+    /// testbed.
+    pub fn start() -> Result<AgentImageTestbed> {
+        check_prerequisites()?;
+        let settings = TestbedSettings::from_environment();
+        let baked = bake_agent_image(&settings)?;
+        let testbed = Testbed::start(&settings)?;
+        Ok(AgentImageTestbed { testbed, baked })
+    }
+
+    /// An instance of its own for one test, with these tags.
+    pub fn boot(&self, name: &str, tags: &[(&str, &str)]) -> Result<Instance> {
+        let config = tags
+            .iter()
+            .fold(InstanceConfig::new(name), |config, (key, value)| {
+                config.with_tag(key, value)
+            });
+        self.testbed.boot(&self.baked, config)
+    }
+}
+
+/// Shuts a test's instance down and checks that nothing of it is left on
+/// the host (the testbed itself lives on for the other tests).
+pub fn shut_down_leaving_nothing(testbed: &Testbed, instance: Instance) -> Result<()> {
+    let name = instance.name().to_string();
+    instance.shutdown()?;
+    let leftovers = find_leftovers_of_instance(testbed.settings(), &name)?;
+    anyhow::ensure!(leftovers.is_empty(), "after {name}'s teardown, {leftovers}");
+    Ok(())
 }

@@ -14,7 +14,7 @@ use anyhow::{Result, ensure};
 use cms_integration::{
     BakedImage, DebPackageSpec, HttpFileServer, Instance, InstanceConfig, PackageRepo,
     SharedFixture, Testbed, TestbedSettings, apply_local_roles, bake_agent_image,
-    check_prerequisites, find_leftovers_of_instance, shell_output, write_local_roles,
+    check_prerequisites, shell_output, write_local_roles,
 };
 
 /// What the tests share: the testbed, the internal repository holding the
@@ -52,11 +52,7 @@ fn fixture() -> Result<Arc<Fixture>> {
 /// Shuts the test's instance down and checks that nothing of it is left on
 /// the host (the testbed itself lives on for the other tests).
 fn shut_down_leaving_nothing(fixture: &Fixture, instance: Instance) -> Result<()> {
-    let name = instance.name().to_string();
-    instance.shutdown()?;
-    let leftovers = find_leftovers_of_instance(fixture.testbed.settings(), &name)?;
-    ensure!(leftovers.is_empty(), "after {name}'s teardown, {leftovers}");
-    Ok(())
+    cms_integration::shut_down_leaving_nothing(&fixture.testbed, instance)
 }
 
 /// An instance of its own for one test, tagged `role=app`.

@@ -12,50 +12,29 @@ use std::sync::Arc;
 
 use anyhow::{Result, ensure};
 use cms_integration::{
-    BakedImage, Instance, InstanceConfig, SharedFixture, Testbed, TestbedSettings,
-    apply_local_roles, bake_agent_image, check_prerequisites, find_leftovers_of_instance,
-    shell_output as run, write_local_roles,
+    AgentImageTestbed, Instance, SharedFixture, apply_local_roles, shell_output as run,
+    write_local_roles,
 };
 
-struct Fixture {
-    testbed: Testbed,
-    baked: BakedImage,
+static FIXTURE: SharedFixture<AgentImageTestbed> = SharedFixture::new();
+
+fn fixture() -> Result<Arc<AgentImageTestbed>> {
+    FIXTURE.get_or_start(AgentImageTestbed::start)
 }
 
-static FIXTURE: SharedFixture<Fixture> = SharedFixture::new();
-
-fn fixture() -> Result<Arc<Fixture>> {
-    FIXTURE.get_or_start(|| {
-        check_prerequisites()?;
-        let settings = TestbedSettings::from_environment();
-        let baked = bake_agent_image(&settings)?;
-        let testbed = Testbed::start(&settings)?;
-        Ok(Fixture { testbed, baked })
-    })
+fn boot(fixture: &AgentImageTestbed, name: &str) -> Result<Instance> {
+    fixture.boot(name, &[("role", "app")])
 }
 
-fn boot(fixture: &Fixture, name: &str) -> Result<Instance> {
-    fixture.testbed.boot(
-        &fixture.baked,
-        InstanceConfig::new(name).with_tag("role", "app"),
-    )
-}
-
-fn shut_down_leaving_nothing(fixture: &Fixture, instance: Instance) -> Result<()> {
-    let name = instance.name().to_string();
-    instance.shutdown()?;
-    let leftovers = find_leftovers_of_instance(fixture.testbed.settings(), &name)?;
-    ensure!(leftovers.is_empty(), "after {name}'s teardown, {leftovers}");
-    Ok(())
+fn shut_down_leaving_nothing(fixture: &AgentImageTestbed, instance: Instance) -> Result<()> {
+    cms_integration::shut_down_leaving_nothing(&fixture.testbed, instance)
 }
 
 const SETTINGS: &str = "[hierarchy]\nlayers = [\"common\"]\n";
 
-fn write_roles(instance: &Instance, role_text: &str) -> Result<()> {
-    write_local_roles(
-        instance,
-        &[("cms.toml", SETTINGS), ("roles/app.toml", role_text)],
-    )
+/// The repository of the tests: the settings and one role, `app`.
+fn repository(role: &str) -> [(&'static str, &str); 2] {
+    [("cms.toml", SETTINGS), ("roles/app.toml", role)]
 }
 
 fn apply(instance: &Instance, extra: &[&str]) -> Result<(i32, String)> {
@@ -75,7 +54,7 @@ fn apply_expecting(instance: &Instance, extra: &[&str], code: i32, what: &str) -
 
 /// Writes a role, applies it (a change), and applies again (no change).
 fn converge(instance: &Instance, role: &str, what: &str) -> Result<String> {
-    write_roles(instance, role)?;
+    write_local_roles(instance, &repository(role))?;
     let output = apply_expecting(instance, &[], 2, what)?;
     apply_expecting(instance, &[], 0, &format!("{what}, second run"))?;
     Ok(output)
@@ -83,7 +62,7 @@ fn converge(instance: &Instance, role: &str, what: &str) -> Result<String> {
 
 /// A bad value is refused before anything is done, naming its field.
 fn refused_naming(instance: &Instance, role: &str, field: &str) -> Result<()> {
-    write_roles(instance, role)?;
+    write_local_roles(instance, &repository(role))?;
     let (code, output) = apply(instance, &[])?;
     ensure!(
         code != 0 && code != 2,
