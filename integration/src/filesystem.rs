@@ -4,6 +4,7 @@
 //! atomic writes, and scratch directories that remove themselves.
 
 use anyhow::{Context, Result};
+use cms_modules::unescape_mountinfo_field;
 use nix::mount::MntFlags;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,31 +48,6 @@ fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
         source,
         super_options,
     })
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo` octal.
-fn unescape_mountinfo_field(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut unescaped = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let octal = bytes.get(index + 1..index + 4).and_then(|digits| {
-            std::str::from_utf8(digits)
-                .ok()
-                .and_then(|digits| u8::from_str_radix(digits, 8).ok())
-        });
-        match (bytes[index], octal) {
-            (b'\\', Some(value)) => {
-                unescaped.push(value);
-                index += 4;
-            }
-            (byte, _) => {
-                unescaped.push(byte);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&unescaped).into_owned()
 }
 
 /// Mount points at or below `directory`, deepest first (the order in which

@@ -36,10 +36,17 @@ mod service;
 mod symlink;
 mod user;
 
+mod limits;
+mod mount;
+mod systemd;
+mod systemd_dropin;
+mod systemd_timer;
+
 pub use backup::{BackupEntry, BackupError, BackupStore, Restored};
 pub use file::require_parent_directory;
 pub use host::fs::{FileAttributes, FileKind, FileStatus};
 pub use host::{CommandOutput, CommandSpec, Host, HostError};
+pub use mount::unescape_mountinfo_field;
 pub use restarts::{RestartWindow, Restarts, UNCOORDINATED};
 pub use session::Session;
 
@@ -317,6 +324,10 @@ pub fn provider(kind: &ResourceKind) -> Box<dyn Provider + '_> {
         )),
         ResourceKind::Json(j) => Box::new(edit::EditProvider::new(&j.0, "json", edit::json::edit)),
         ResourceKind::Yaml(y) => Box::new(edit::EditProvider::new(&y.0, "yaml", edit::yaml::edit)),
+        ResourceKind::SystemdTimer(t) => Box::new(systemd_timer::SystemdTimerProvider(t)),
+        ResourceKind::SystemdDropin(d) => Box::new(systemd_dropin::dropin_provider(d)),
+        ResourceKind::Mount(m) => Box::new(mount::MountProvider(m)),
+        ResourceKind::Limits(l) => Box::new(limits::limits_provider(l)),
     }
 }
 

@@ -12,24 +12,8 @@ use std::time::Duration;
 use cms_roles::{Service, ServiceEnsure};
 
 use crate::restarts::hold_for;
+use crate::systemd::{daemon_reload_if_pending, systemctl};
 use crate::{Change, CommandSpec, Context, Provider, ProviderError};
-
-/// Starting a unit can wait on its start-up; a broken one must not hang the
-/// run.
-const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Runs `systemctl ARGS` on the host, with a timeout long enough for a unit
-/// that starts slowly.
-pub(crate) fn systemctl(
-    cx: &Context<'_>,
-    args: &[&str],
-) -> Result<crate::CommandOutput, ProviderError> {
-    let mut argv = vec!["systemctl"];
-    argv.extend_from_slice(args);
-    Ok(cx
-        .host
-        .run(&CommandSpec::new(argv).timeout(SYSTEMCTL_TIMEOUT))?)
-}
 
 pub struct ServiceProvider<'a>(pub &'a Service);
 
@@ -43,21 +27,9 @@ impl ServiceProvider<'_> {
         }
     }
 
-    fn reload_units_if_needed(&self, cx: &Context<'_>) -> Result<(), ProviderError> {
-        if cx.session.daemon_reload_pending() {
-            let output = systemctl(cx, &["daemon-reload"])?;
-            if !output.success() {
-                return Err(ProviderError::Failed(format!(
-                    "`systemctl daemon-reload` failed:\n{}",
-                    output.tail(10)
-                )));
-            }
-            cx.session.daemon_reload_pending.set(false);
-        }
-        Ok(())
-    }
-
-    fn act(&self, cx: &Context<'_>, verb: &str) -> Result<(), ProviderError> {
+    /// `systemctl VERB UNIT`; a failure says why, with the unit's last log
+    /// lines.
+    pub(crate) fn act(&self, cx: &Context<'_>, verb: &str) -> Result<(), ProviderError> {
         let unit = self.unit();
         let output = systemctl(cx, &[verb, &unit])?;
         if output.success() {
@@ -144,7 +116,7 @@ impl Provider for ServiceProvider<'_> {
     }
 
     fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
-        self.reload_units_if_needed(cx)?;
+        daemon_reload_if_pending(cx)?;
         let unit = self.unit();
         let mut changes = Vec::new();
         if let Some(ensure) = self.0.ensure {
@@ -202,7 +174,7 @@ impl Provider for ServiceProvider<'_> {
     }
 
     fn refresh(&self, cx: &Context<'_>) -> Result<Option<String>, ProviderError> {
-        self.reload_units_if_needed(cx)?;
+        daemon_reload_if_pending(cx)?;
         match self.0.ensure {
             // A service meant to be stopped is not started by a notification.
             Some(ServiceEnsure::Stopped) => Ok(None),

@@ -1346,3 +1346,192 @@ settings = { a = 1.5 }
         assert_eq!(decoded, resource.kind, "{json}");
     }
 }
+
+#[test]
+fn systemd_kinds_compile_to_their_references_with_drop_in_text_from_settings() {
+    let catalog = compile_ok(
+        &[(
+            "roles/base.toml",
+            r#"
+[[systemd_timer]]
+name = "backup"
+command = "/usr/local/bin/backup"
+on_calendar = "Mon..Fri *-*-* 04:00:00"
+randomized_delay = "10m"
+
+[[systemd_dropin]]
+unit = "nginx.service"
+name = "50-cms"
+notify = ["service:nginx"]
+[systemd_dropin.settings.Service]
+LimitNOFILE = 65536
+ExecStart = ["", "/usr/sbin/nginx -g 'daemon off;'"]
+Restart = "always"
+
+[[service]]
+name = "nginx"
+
+[[mount]]
+path = "/srv/scratch"
+device = "tmpfs"
+fstype = "tmpfs"
+options = "size=64m,noexec"
+
+[[limits]]
+name = "app"
+user = "app"
+nofile = { soft = 1024, hard = 65536 }
+nproc = "unlimited"
+"#,
+        )],
+        "env=prod",
+    );
+    for reference in [
+        "systemd_timer:backup",
+        "systemd_dropin:nginx.service/50-cms",
+        "mount:/srv/scratch",
+        "limits:app",
+    ] {
+        assert!(catalog.resource(reference).is_some(), "{reference}");
+    }
+    let dropin = catalog
+        .resource("systemd_dropin:nginx.service/50-cms")
+        .expect("declared");
+    let ResourceKind::SystemdDropin(dropin) = &dropin.kind else {
+        panic!("{dropin:?}")
+    };
+    assert_eq!(
+        dropin.path(),
+        "/etc/systemd/system/nginx.service.d/50-cms.conf"
+    );
+    assert_eq!(
+        dropin.content.as_deref(),
+        Some(
+            "# Written by cms; local changes are overwritten.\n\n[Service]\nExecStart=\nExecStart=/usr/sbin/nginx -g 'daemon off;'\nLimitNOFILE=65536\nRestart=always\n"
+        )
+    );
+    let ResourceKind::Limits(limits) = &catalog.resource("limits:app").expect("declared").kind
+    else {
+        panic!()
+    };
+    assert_eq!(limits.path(), "/etc/security/limits.d/app.conf");
+    assert_eq!(
+        limits.file_text(),
+        "# Written by cms for limits app; local changes are overwritten.\n\
+         app soft nofile 1024\napp hard nofile 65536\n\
+         app soft nproc unlimited\napp hard nproc unlimited\n"
+    );
+}
+
+#[test]
+fn unit_limits_are_a_drop_in_of_the_unit() {
+    let catalog = compile_ok(
+        &[(
+            "roles/base.toml",
+            "[[limits]]\nname = \"nginx\"\nunit = \"nginx.service\"\nnofile = 65536\n",
+        )],
+        "env=prod",
+    );
+    let ResourceKind::Limits(limits) = &catalog.resource("limits:nginx").expect("declared").kind
+    else {
+        panic!()
+    };
+    assert_eq!(
+        limits.path(),
+        "/etc/systemd/system/nginx.service.d/limits-nginx.conf"
+    );
+    assert!(
+        limits
+            .file_text()
+            .ends_with("[Service]\nLimitNOFILE=65536:65536\n")
+    );
+}
+
+#[test]
+fn bad_systemd_timer_values_are_errors_naming_the_field_at_its_line() {
+    let errors = compile_err(
+        &[(
+            "roles/base.toml",
+            r#"
+[[systemd_timer]]
+name = "backup.timer"
+command = "run"
+on_calendar = "every day"
+
+[[systemd_timer]]
+name = "report"
+command = ""
+on_calendar = "*-*-* 25:00"
+
+[[systemd_timer]]
+name = "nothing"
+command = "true"
+"#,
+        )],
+        "env=prod",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:3:1: name `backup.timer` ends in `.timer`: write the name without it",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:5:1: on_calendar `every day` has `every` where a weekday",
+    );
+    assert_contains(&errors, "roles/base.toml:9:1: command is empty");
+    assert_contains(
+        &errors,
+        "roles/base.toml:10:1: on_calendar `*-*-* 25:00` has time `25:00`: hour 25 is out of range",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:13:1: a systemd_timer needs `on_calendar`, `on_boot_sec` or `on_unit_active_sec`",
+    );
+}
+
+#[test]
+fn bad_dropin_mount_and_limits_values_are_errors_naming_the_field_at_its_line() {
+    let errors = compile_err(
+        &[(
+            "roles/base.toml",
+            r#"
+[[systemd_dropin]]
+unit = "nginx"
+name = "50-cms.conf"
+content = "[Service]\n"
+
+[[mount]]
+path = "/srv/data"
+device = "/dev/xvdf"
+fstype = "ext 4"
+options = "noatime, nodev"
+
+[[limits]]
+name = "app"
+user = "app"
+nofile = { soft = 65536, hard = 1024 }
+"#,
+        )],
+        "env=prod",
+    );
+    for expected in [
+        "roles/base.toml:3:1: unit `nginx` has no unit type: write the whole unit name, e.g. `nginx.service`",
+        "roles/base.toml:4:1: name `50-cms.conf` is not a drop-in name",
+        "roles/base.toml:10:1: fstype `ext 4` is not a file system type",
+        "roles/base.toml:11:1: options `noatime, nodev` must be comma-separated options without spaces",
+        "roles/base.toml:16:1: nofile: the soft limit 65536 is above the hard limit 1024",
+    ] {
+        assert_contains(&errors, expected);
+    }
+    let errors = compile_err(
+        &[(
+            "roles/base.toml",
+            "[[limits]]\nname = \"web\"\nunit = \"nginx.service\"\nnproc = \"lots\"\n",
+        )],
+        "env=prod",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:4:9: invalid limit `lots`: write a number, \"unlimited\", or { soft = 1024, hard = 65536 }",
+    );
+}

@@ -124,20 +124,9 @@ fn the_example_repository_keeps_its_catalog_ids() {
 
 #[test]
 fn a_sensitive_resource_adds_only_its_flag_to_the_encoding() {
-    let mut files = RepoFiles::new();
-    files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
-    files.insert(
-        "roles/r.toml",
+    let catalog = compile_one_role(
         "[[file]]\npath = \"/etc/plain\"\ncontent = \"a\"\n[[file]]\npath = \"/etc/s\"\ncontent = \"a\"\nsensitive = true\n",
     );
-    let repository = Repository::parse(files).expect("parses");
-    let node = Node {
-        id: "i-1".into(),
-        tags: BTreeMap::new(),
-        facts: example_facts(),
-        attested: BTreeMap::new(),
-    };
-    let catalog = compile(&repository, &node).expect("compiles");
     let json = String::from_utf8(catalog.canonical_bytes()).expect("utf-8");
     let hash = sha256_hex(b"a");
     assert!(
@@ -150,4 +139,64 @@ fn a_sensitive_resource_adds_only_its_flag_to_the_encoding() {
         cms_roles::Catalog::from_canonical_bytes(&catalog.canonical_bytes()).expect("decodes");
     assert_eq!(decoded, catalog);
     assert!(decoded.resources[1].sensitive && !decoded.resources[0].sensitive);
+}
+
+/// The catalog of a repository with this one role, for a node without tags.
+fn compile_one_role(role: &str) -> cms_roles::Catalog {
+    let mut files = RepoFiles::new();
+    files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+    files.insert("roles/r.toml", role);
+    let repository = Repository::parse(files).expect("parses");
+    let node = Node {
+        id: "i-1".into(),
+        tags: BTreeMap::new(),
+        facts: example_facts(),
+        attested: BTreeMap::new(),
+    };
+    compile(&repository, &node).expect("compiles")
+}
+
+/// The systemd kinds' encoding is a contract as the older kinds' is: an
+/// agent of another version reads these resources.
+#[test]
+fn the_systemd_kinds_keep_their_catalog_encoding() {
+    let catalog = compile_one_role(
+        r#"
+[[systemd_timer]]
+name = "backup"
+command = "backup"
+on_calendar = "daily"
+on_boot_sec = "5m"
+randomized_delay = 60
+
+[[systemd_dropin]]
+unit = "nginx.service"
+name = "50-cms"
+settings = { Service = { LimitNOFILE = 65536, Restart = "always", PrivateTmp = true } }
+
+[[mount]]
+path = "/srv/data"
+device = "/dev/xvdf"
+fstype = "xfs"
+options = "noatime"
+
+[[limits]]
+name = "app"
+user = "@app"
+nofile = { soft = 1024, hard = "unlimited" }
+nproc = 4096
+"#,
+    );
+    let json = String::from_utf8(catalog.canonical_bytes()).expect("utf-8");
+    for resource in [
+        r#"{"type":"systemd_timer","name":"backup","ensure":"present","command":"backup","on_calendar":"daily","on_boot_sec":300,"persistent":false,"randomized_delay":60,"enable":true,"active":true}"#,
+        r##"{"type":"systemd_dropin","key":"nginx.service/50-cms","unit":"nginx.service","name":"50-cms","ensure":"present","content":"# Written by cms; local changes are overwritten.\n\n[Service]\nLimitNOFILE=65536\nPrivateTmp=yes\nRestart=always\n"}"##,
+        r#"{"type":"mount","path":"/srv/data","ensure":"mounted","device":"/dev/xvdf","fstype":"xfs","options":"noatime"}"#,
+        r#"{"type":"limits","name":"app","ensure":"present","user":"@app","nofile":{"soft":1024,"hard":"unlimited"},"nproc":{"soft":4096,"hard":4096}}"#,
+    ] {
+        assert!(json.contains(resource), "{resource}\nnot in\n{json}");
+    }
+    let decoded =
+        cms_roles::Catalog::from_canonical_bytes(&catalog.canonical_bytes()).expect("decodes");
+    assert_eq!(decoded, catalog);
 }

@@ -13,8 +13,8 @@ use cms_roles::{
 
 use super::unit::{environment_file, heap_option, memory_mb_from_meminfo, unit_file};
 use super::{
-    DEFAULT_HEALTH_TIMEOUT, JavaAppProvider, LOG_LINES, SETTLE_WITHOUT_HEALTH_CHECK, labelled,
-    part, part_of, restarts_on,
+    DEFAULT_HEALTH_TIMEOUT, JavaAppProvider, LOG_LINES, SETTLE_WITHOUT_HEALTH_CHECK, part_of,
+    restarts_on,
 };
 use crate::directory::DirectoryProvider;
 use crate::file::FileProvider;
@@ -22,10 +22,13 @@ use crate::group::GroupProvider;
 use crate::host::clock;
 use crate::host::fs::{FileAttributes, FileKind, sha256_hex};
 use crate::package::PackageProvider;
-use crate::service::{ServiceProvider, systemctl};
+use crate::service::ServiceProvider;
 use crate::symlink::SymlinkProvider;
+use crate::systemd::{
+    GeneratedContents, daemon_reload, daemon_reload_if_pending, labelled, part, systemctl,
+};
 use crate::user::UserProvider;
-use crate::{Change, CommandSpec, ContentStore, Context, Provider, ProviderError};
+use crate::{Change, CommandSpec, Context, Provider, ProviderError};
 
 /// The app's parts as the resources the other providers manage.
 struct Plan {
@@ -43,39 +46,6 @@ struct Plan {
     unit: File,
     unit_text: String,
     service: Service,
-}
-
-/// The catalog's contents plus the generated unit and environment file.
-struct WithUnit<'a> {
-    generated: [(String, &'a [u8]); 2],
-    inner: &'a dyn ContentStore,
-}
-
-impl<'a> WithUnit<'a> {
-    fn new(plan: &'a Plan, inner: &'a dyn ContentStore) -> WithUnit<'a> {
-        WithUnit {
-            generated: [
-                (
-                    sha256_hex(plan.unit_text.as_bytes()),
-                    plan.unit_text.as_bytes(),
-                ),
-                (
-                    sha256_hex(plan.environment_text.as_bytes()),
-                    plan.environment_text.as_bytes(),
-                ),
-            ],
-            inner,
-        }
-    }
-}
-
-impl ContentStore for WithUnit<'_> {
-    fn get(&self, sha256: &str) -> Option<&[u8]> {
-        match self.generated.iter().find(|(hash, _)| hash == sha256) {
-            Some((_, bytes)) => Some(bytes),
-            None => self.inner.get(sha256),
-        }
-    }
 }
 
 /// What was deployed before this run changed it: what a rollback restores.
@@ -304,18 +274,6 @@ impl JavaAppProvider<'_> {
         })
     }
 
-    pub(super) fn daemon_reload(&self, cx: &Context<'_>) -> Result<(), ProviderError> {
-        let output = systemctl(cx, &["daemon-reload"])?;
-        if !output.success() {
-            return Err(ProviderError::Failed(format!(
-                "`systemctl daemon-reload` failed:\n{}",
-                output.tail(10)
-            )));
-        }
-        cx.session.daemon_reload_pending.set(false);
-        Ok(())
-    }
-
     /// `ActiveState`, `SubState` and `NRestarts` of the unit.
     pub(super) fn unit_state(
         &self,
@@ -519,7 +477,7 @@ impl JavaAppProvider<'_> {
                 }
             }
         }
-        self.daemon_reload(cx)?;
+        daemon_reload(cx)?;
         self.restart_and_wait(cx)
     }
 
@@ -549,7 +507,7 @@ impl JavaAppProvider<'_> {
             let _ = systemctl(cx, &["disable", "--now", &self.unit_name()])?;
             cx.backups.save_from_host(cx.host, &unit_path)?;
             cx.host.remove_file(&unit_path)?;
-            self.daemon_reload(cx)?;
+            daemon_reload(cx)?;
         }
         if cx.host.status(&self.0.config_path())?.is_some() {
             cx.backups.save_from_host(cx.host, &self.0.config_path())?;
@@ -570,7 +528,8 @@ impl JavaAppProvider<'_> {
     /// What differs for a present app: every part, labelled.
     pub(super) fn check_present(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
         let plan = self.plan(cx)?;
-        let contents = WithUnit::new(&plan, cx.contents);
+        let contents =
+            GeneratedContents::new(&[&plan.unit_text, &plan.environment_text], cx.contents);
         let with_unit = Context {
             contents: &contents,
             ..*cx
@@ -622,7 +581,8 @@ impl JavaAppProvider<'_> {
         } else {
             None
         };
-        let contents = WithUnit::new(&plan, cx.contents);
+        let contents =
+            GeneratedContents::new(&[&plan.unit_text, &plan.environment_text], cx.contents);
         let with_unit = Context {
             contents: &contents,
             ..*cx
@@ -676,9 +636,7 @@ impl JavaAppProvider<'_> {
             FileProvider(&plan.unit).apply(&unit, &with_unit)?;
             cx.session.file_changed(&plan.unit.path);
         }
-        if cx.session.daemon_reload_pending() {
-            self.daemon_reload(cx)?;
-        }
+        daemon_reload_if_pending(cx)?;
         let enable: Vec<Change> = part(changes, "service")
             .into_iter()
             .filter(|c| c.attribute == "enabled")

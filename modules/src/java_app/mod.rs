@@ -67,6 +67,7 @@ use std::time::Duration;
 use cms_roles::{Ensure, JavaApp};
 
 use crate::host::clock;
+use crate::systemd::daemon_reload_if_pending;
 use crate::{Change, Context, Provider, ProviderError};
 
 mod deploy;
@@ -78,7 +79,7 @@ pub use release::releases_to_remove;
 pub use unit::{HeapError, environment_file, heap_option, memory_mb_from_meminfo, unit_file};
 
 /// Where generated units go.
-pub const UNIT_DIRECTORY: &str = "/etc/systemd/system";
+pub use cms_roles::UNIT_DIRECTORY;
 
 /// Without a health check, the app counts as healthy once it has stayed
 /// active this long after its start.
@@ -150,34 +151,6 @@ impl JavaAppProvider<'_> {
     }
 }
 
-/// Prefixes a part's changes with its name.
-fn labelled(label: &str, changes: Vec<Change>) -> Vec<Change> {
-    changes
-        .into_iter()
-        .map(|mut change| {
-            change.attribute = format!("{label}: {}", change.attribute);
-            change
-        })
-        .collect()
-}
-
-/// The changes of one part, with the part's name taken off again.
-fn part(changes: &[Change], label: &str) -> Vec<Change> {
-    let prefix = format!("{label}: ");
-    changes
-        .iter()
-        .filter_map(|change| {
-            change
-                .attribute
-                .strip_prefix(&prefix)
-                .map(|attribute| Change {
-                    attribute: attribute.to_string(),
-                    ..change.clone()
-                })
-        })
-        .collect()
-}
-
 impl Provider for JavaAppProvider<'_> {
     /// The runtime is read in the same query as the catalog's packages.
     fn packages(&self) -> Vec<String> {
@@ -208,9 +181,7 @@ impl Provider for JavaAppProvider<'_> {
         if self.0.ensure == Ensure::Absent {
             return Ok(None);
         }
-        if cx.session.daemon_reload_pending() {
-            self.daemon_reload(cx)?;
-        }
+        daemon_reload_if_pending(cx)?;
         // A stopped app interrupts no one: it starts without a place.
         let mut window = if self.unit_state(cx)?.0 == "active" {
             Some(self.reserve_restart(cx)?)

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use cms_roles::JavaApp;
 
+use crate::systemd::{escape_quoted, exec_word};
+
 /// A heap the host cannot turn into `-Xmx`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeapError {
@@ -144,35 +146,6 @@ pub fn environment_file(app: &JavaApp) -> String {
             out.push(c);
         }
         out.push_str("\"\n");
-    }
-    out
-}
-
-/// One word of `ExecStart=`: quoted when it holds anything but plain
-/// characters; `%` (specifiers) and `$` (variables) are escaped always.
-fn exec_word(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=+,@%$".contains(c));
-    if plain {
-        word.replace('%', "%%").replace('$', "$$")
-    } else {
-        format!("\"{}\"", escape_quoted(word, true))
-    }
-}
-
-/// The inside of a double-quoted systemd value.
-fn escape_quoted(text: &str, dollar: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '%' => out.push_str("%%"),
-            '$' if dollar => out.push_str("$$"),
-            c => out.push(c),
-        }
     }
     out
 }

@@ -22,6 +22,7 @@ mod drain;
 mod edit;
 mod fields;
 mod resolve;
+mod systemd_fields;
 
 pub(crate) use drain::check_drain;
 pub use drain::{DRAIN_TIMEOUT_DEFAULT, Drain};
@@ -29,6 +30,7 @@ pub use edit::{EditSpec, EditedFile, KeyEdit};
 pub use fields::{DurationError, Ensure, Mode, Seconds, parse_duration};
 pub(crate) use fields::{check_name, check_path};
 pub use resolve::{Problems, Resolver};
+pub use systemd_fields::{UNIT_DIRECTORY, calendar_problem, dropin_path};
 
 /// The name of a kind, as role files write it (`[[java_app]]`) and
 /// references start (`java_app:api`). Implemented by [`registry!`] only, so
@@ -237,6 +239,10 @@ registry! {
     Properties = "properties" => properties::Properties,
     Json = "json" => json::Json,
     Yaml = "yaml" => yaml::Yaml,
+    SystemdTimer = "systemd_timer" => systemd_timer::SystemdTimer,
+    SystemdDropin = "systemd_dropin" => systemd_dropin::SystemdDropin,
+    Mount = "mount" => mount::Mount,
+    Limits = "limits" => limits::ResourceLimits,
 }
 
 impl ResourceType {
