@@ -35,6 +35,11 @@ mod service;
 mod symlink;
 mod user;
 
+mod authorized_keys;
+mod kernel_module;
+mod parts;
+mod sysctl;
+
 pub use backup::{BackupEntry, BackupError, BackupStore, Restored};
 pub use file::require_parent_directory;
 pub use host::fs::{FileAttributes, FileKind, FileStatus};
@@ -307,6 +312,9 @@ pub fn provider(kind: &ResourceKind) -> Box<dyn Provider + '_> {
         ResourceKind::User(u) => Box::new(user::UserProvider(u)),
         ResourceKind::Group(g) => Box::new(group::GroupProvider(g)),
         ResourceKind::JavaApp(j) => Box::new(java_app::JavaAppProvider(j)),
+        ResourceKind::Sysctl(s) => Box::new(sysctl::SysctlProvider(s)),
+        ResourceKind::KernelModule(k) => Box::new(kernel_module::KernelModuleProvider(k)),
+        ResourceKind::AuthorizedKeys(a) => Box::new(authorized_keys::AuthorizedKeysProvider(a)),
     }
 }
 

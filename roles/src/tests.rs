@@ -1135,3 +1135,172 @@ fn templates_see_trusted_values_apart_from_reported_facts() {
         "i-0aaaaaaaaaaaaaaaa web i-0aaaaaaaaaaaaaaaa eu-west-1 i-0aaaaaaaaaaaaaaaa web i-0forged\n"
     );
 }
+
+// ---------------------------------------------------------------------------
+// sysctl, kernel_module, authorized_keys and package holds
+
+const ALICE_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFUh4JBMfA3A/DaZSoJd1GFLVHrwOHl1oRQ3imfXwEWd alice@laptop";
+
+#[test]
+fn sysctl_kernel_module_and_authorized_keys_compile_under_their_references() {
+    let role = format!(
+        r#"
+[[sysctl]]
+name = "net.core.somaxconn"
+value = 4096
+
+[[sysctl]]
+name = "net/ipv4/conf/eth0.100/forwarding"
+value = "1"
+
+[[kernel_module]]
+name = "br_netfilter"
+
+[[authorized_keys]]
+user = "deploy"
+keys = ["{ALICE_KEY}"]
+
+[[package]]
+name = "nginx"
+hold = true
+"#
+    );
+    let catalog = compile_ok(&[("roles/base.toml", &role)], "");
+    assert_eq!(
+        references(&catalog),
+        [
+            "sysctl:net.core.somaxconn",
+            "sysctl:net/ipv4/conf/eth0.100/forwarding",
+            "kernel_module:br_netfilter",
+            "authorized_keys:deploy",
+            "package:nginx",
+        ]
+    );
+    let ResourceKind::Sysctl(sysctl) = &catalog.resources[0].kind else {
+        panic!("a sysctl");
+    };
+    assert_eq!(sysctl.value.as_ref().map(|v| v.0.as_str()), Some("4096"));
+    assert_eq!(sysctl.proc_path(), "/proc/sys/net/core/somaxconn");
+    let ResourceKind::Sysctl(slashed) = &catalog.resources[1].kind else {
+        panic!("a sysctl");
+    };
+    assert_eq!(
+        slashed.proc_path(),
+        "/proc/sys/net/ipv4/conf/eth0.100/forwarding"
+    );
+    assert_eq!(
+        slashed.persisted_path(),
+        "/etc/sysctl.d/90-cms-net.ipv4.conf.eth0.100.forwarding.conf"
+    );
+}
+
+#[test]
+fn bad_sysctl_names_and_missing_values_are_refused_naming_the_field() {
+    let errors = compile_err(
+        &[(
+            "roles/base.toml",
+            r#"
+[[sysctl]]
+name = "net.core..somaxconn"
+value = "1"
+
+[[sysctl]]
+name = "net/../../etc/shadow"
+value = "1"
+
+[[sysctl]]
+name = "net.core.somaxconn"
+"#,
+        )],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:3:1: invalid sysctl name `net.core..somaxconn`",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:7:1: invalid sysctl name `net/../../etc/shadow`",
+    );
+    assert_contains(
+        &errors,
+        "sysctl net.core.somaxconn has no value: write value = \"...\"",
+    );
+}
+
+#[test]
+fn bad_kernel_module_names_are_refused_naming_the_field() {
+    let errors = compile_err(
+        &[(
+            "roles/base.toml",
+            "[[kernel_module]]\nname = \"../evil.ko\"\n",
+        )],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:2:1: invalid kernel module name `../evil.ko`",
+    );
+    let errors = compile_err(
+        &[(
+            "roles/base.toml",
+            "[[kernel_module]]\nname = \"dummy\"\nensure = \"unloaded\"\n",
+        )],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:3:10: unknown variant `unloaded`, expected `loaded` or `absent`",
+    );
+}
+
+#[test]
+fn an_authorized_key_that_is_not_a_key_is_refused_naming_its_index() {
+    let truncated = &ALICE_KEY[..60];
+    let role = format!(
+        r#"
+[[authorized_keys]]
+user = "deploy"
+keys = [
+  "{ALICE_KEY}",
+  "ssh-ed25519 not*base64",
+  "{truncated}",
+  "ssh-rsa {}",
+  "from=\"10.0.0.1\" {ALICE_KEY}",
+]
+"#,
+        ALICE_KEY.split_whitespace().nth(1).expect("base64")
+    );
+    let errors = compile_err(&[("roles/base.toml", &role)], "");
+    assert_contains(
+        &errors,
+        "keys[1]: the base64 part of the ssh-ed25519 key is not valid base64",
+    );
+    assert_contains(&errors, "keys[2]: the base64 part");
+    assert_contains(
+        &errors,
+        "keys[3]: the base64 part does not hold a ssh-rsa key",
+    );
+    assert_contains(
+        &errors,
+        "keys[4]: `from=\"10.0.0.1\"` is not an SSH key type",
+    );
+    assert!(!errors.contains("keys[0]"), "{errors}");
+    assert_contains(&errors, "roles/base.toml:4:1: keys[1]");
+}
+
+#[test]
+fn a_held_package_that_is_absent_is_refused_naming_hold() {
+    let errors = compile_err(
+        &[(
+            "roles/base.toml",
+            "[[package]]\nname = \"nginx\"\nensure = \"absent\"\nhold = true\n",
+        )],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:4:1: a package that is absent cannot be held",
+    );
+}

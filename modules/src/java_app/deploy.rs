@@ -207,6 +207,8 @@ impl JavaAppProvider<'_> {
             package: app.runtime_package.as_ref().map(|name| Package {
                 name: name.clone(),
                 ensure: PackageEnsure::Present,
+                // The runtime's holds are the operator's.
+                hold: None,
             }),
             group: Group {
                 name: app.group.clone(),

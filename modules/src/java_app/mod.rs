@@ -67,6 +67,7 @@ use std::time::Duration;
 use cms_roles::{Ensure, JavaApp};
 
 use crate::host::clock;
+use crate::parts::{labelled, part};
 use crate::{Change, Context, Provider, ProviderError};
 
 mod deploy;
@@ -148,34 +149,6 @@ impl JavaAppProvider<'_> {
     pub(super) fn environment_path(&self) -> String {
         format!("{}/{}.env", self.0.config_dir, self.0.name)
     }
-}
-
-/// Prefixes a part's changes with its name.
-fn labelled(label: &str, changes: Vec<Change>) -> Vec<Change> {
-    changes
-        .into_iter()
-        .map(|mut change| {
-            change.attribute = format!("{label}: {}", change.attribute);
-            change
-        })
-        .collect()
-}
-
-/// The changes of one part, with the part's name taken off again.
-fn part(changes: &[Change], label: &str) -> Vec<Change> {
-    let prefix = format!("{label}: ");
-    changes
-        .iter()
-        .filter_map(|change| {
-            change
-                .attribute
-                .strip_prefix(&prefix)
-                .map(|attribute| Change {
-                    attribute: attribute.to_string(),
-                    ..change.clone()
-                })
-        })
-        .collect()
 }
 
 impl Provider for JavaAppProvider<'_> {

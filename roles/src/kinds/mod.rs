@@ -217,6 +217,9 @@ registry! {
     Exec = "exec" => exec::Exec,
     Repository = "repository" => repository::PackageRepository,
     JavaApp = "java_app" => java_app::JavaApp,
+    Sysctl = "sysctl" => sysctl::Sysctl,
+    KernelModule = "kernel_module" => kernel_module::KernelModule,
+    AuthorizedKeys = "authorized_keys" => authorized_keys::AuthorizedKeys,
 }
 
 impl ResourceType {
@@ -282,6 +285,7 @@ mod tests {
         let package = ResourceKind::Package(Package {
             name: "nginx".into(),
             ensure: PackageEnsure::Present,
+            hold: Some(false),
         });
         let json = serde_json::to_string(&package).expect("serializes");
         assert_eq!(

@@ -1,0 +1,448 @@
+//! `sysctl`, `kernel_module`, `authorized_keys` and package holds, applied
+//! by `cms-agent apply` inside real instances: each converged from scratch,
+//! unchanged on the second run, repaired after drift, reported and left
+//! alone by `--noop`, and refused with its field named when a value is bad.
+//!
+//! One test per kind, each on an instance of its own (booting is what
+//! costs). What an instance cannot do is said where it matters: it has its
+//! own network namespace, so `net.*` parameters are writable and the rest
+//! of `/proc/sys` is read-only; it has no `CAP_SYS_MODULE`, so only a
+//! module the host has already loaded can be declared `loaded` (the test
+//! reads the host's `/proc/modules` for one), and loading another fails.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, ensure};
+use cms_integration::{
+    BakedImage, DebPackageSpec, HttpFileServer, Instance, InstanceConfig, PackageRepo,
+    SharedFixture, Testbed, TestbedSettings, bake_agent_image, check_prerequisites,
+    find_leftovers_of_instance,
+};
+
+/// The testbed, the internal repository with a package to hold, and the
+/// image with the agent baked in, shared by the tests of this binary.
+struct Fixture {
+    // Declared in teardown order.
+    _package_server: HttpFileServer,
+    testbed: Testbed,
+    _repo: PackageRepo,
+    baked: BakedImage,
+}
+
+static FIXTURE: SharedFixture<Fixture> = SharedFixture::new();
+
+const HELD_PACKAGE: &str = "cms-access-held";
+
+fn fixture() -> Result<Arc<Fixture>> {
+    FIXTURE.get_or_start(|| {
+        check_prerequisites()?;
+        let settings = TestbedSettings::from_environment();
+        let baked = bake_agent_image(&settings)?;
+        let testbed = Testbed::start(&settings)?;
+        let mut repo = PackageRepo::create(&settings)?;
+        repo.build_package(&DebPackageSpec::new(HELD_PACKAGE, "1.0").with_file(
+            &format!("/usr/bin/{HELD_PACKAGE}"),
+            "#!/bin/sh\necho held\n",
+            0o755,
+        ))?;
+        let package_server = testbed.serve_package_repo(&repo)?;
+        Ok(Fixture {
+            _package_server: package_server,
+            testbed,
+            _repo: repo,
+            baked,
+        })
+    })
+}
+
+fn boot(fixture: &Fixture, name: &str) -> Result<Instance> {
+    fixture.testbed.boot(
+        &fixture.baked,
+        InstanceConfig::new(name).with_tag("role", "app"),
+    )
+}
+
+fn shut_down_leaving_nothing(fixture: &Fixture, instance: Instance) -> Result<()> {
+    let name = instance.name().to_string();
+    instance.shutdown()?;
+    let leftovers = find_leftovers_of_instance(fixture.testbed.settings(), &name)?;
+    ensure!(leftovers.is_empty(), "after {name}'s teardown, {leftovers}");
+    Ok(())
+}
+
+fn write_role(instance: &Instance, role_text: &str) -> Result<()> {
+    let repo = instance.root_directory().join("srv/roles");
+    for (path, text) in [
+        ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
+        ("roles/app.toml", role_text),
+    ] {
+        let path = repo.join(path);
+        std::fs::create_dir_all(path.parent().context("parent")?)?;
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `cms-agent apply` in the instance: the exit code and all output.
+fn apply(instance: &Instance, extra: &[&str]) -> Result<(i32, String)> {
+    let mut args = vec![
+        "cms-agent",
+        "apply",
+        "--repo",
+        "/srv/roles",
+        "--tags",
+        "role=app",
+    ];
+    args.extend_from_slice(extra);
+    let output = instance.run(&args)?;
+    Ok((
+        output.exit_code.unwrap_or(-1),
+        format!("{}{}", output.stdout, output.stderr),
+    ))
+}
+
+fn run(instance: &Instance, command: &str) -> Result<String> {
+    Ok(instance
+        .run_successfully(&["sh", "-c", command])?
+        .stdout
+        .trim()
+        .to_string())
+}
+
+/// Applies `role` and expects `code` (0: nothing changed, 2: changed).
+#[track_caller]
+fn apply_expecting(instance: &Instance, extra: &[&str], code: i32, what: &str) -> Result<String> {
+    let (actual, output) = apply(instance, extra)?;
+    ensure!(
+        actual == code,
+        "{what}: expected exit {code}, got {actual}:\n{output}"
+    );
+    Ok(output)
+}
+
+/// `--noop` on a drifted instance: exit 2, every `expected` line in the
+/// report, and `probe` (a shell command) prints the same before and after.
+fn noop_reports_and_changes_nothing(
+    instance: &Instance,
+    expected: &[&str],
+    probe: &str,
+) -> Result<()> {
+    let before = run(instance, probe)?;
+    let output = apply_expecting(instance, &["--noop"], 2, "--noop on drift")?;
+    for line in expected {
+        ensure!(output.contains(line), "--noop lacks {line:?}:\n{output}");
+    }
+    ensure!(
+        run(instance, probe)? == before,
+        "--noop changed what `{probe}` shows:\n{output}"
+    );
+    Ok(())
+}
+
+/// A role that does not compile: the agent refuses it, naming the file,
+/// line and problem, and changes nothing.
+fn refused(instance: &Instance, role_text: &str, expected: &str) -> Result<()> {
+    write_role(instance, role_text)?;
+    let (code, output) = apply(instance, &[])?;
+    ensure!(
+        code != 0 && code != 2,
+        "a bad role must fail, got {code}:\n{output}"
+    );
+    ensure!(
+        output.contains(expected),
+        "the refusal lacks {expected:?}:\n{output}"
+    );
+    Ok(())
+}
+
+const SYSCTL_ROLE: &str = r#"
+[[directory]]
+path = "/etc/sysctl.d"
+
+[[sysctl]]
+name = "net.core.somaxconn"
+value = 3072
+require = ["directory:/etc/sysctl.d"]
+"#;
+
+#[test]
+fn sysctl_sets_a_net_parameter_persists_it_repairs_drift_and_refuses_bad_names() -> Result<()> {
+    let fixture = fixture()?;
+    let instance = boot(&fixture, "access-sysctl")?;
+    let persisted = "/etc/sysctl.d/90-cms-net.core.somaxconn.conf";
+    write_role(&instance, SYSCTL_ROLE)?;
+
+    apply_expecting(&instance, &[], 2, "first run")?;
+    ensure!(run(&instance, "cat /proc/sys/net/core/somaxconn")? == "3072");
+    ensure!(
+        run(&instance, &format!("cat {persisted}"))?.ends_with("net.core.somaxconn = 3072"),
+        "persisted"
+    );
+    apply_expecting(&instance, &[], 0, "second run")?;
+
+    run(
+        &instance,
+        &format!("echo 100 > /proc/sys/net/core/somaxconn; echo edited > {persisted}"),
+    )?;
+    noop_reports_and_changes_nothing(
+        &instance,
+        &[
+            "would change sysctl:net.core.somaxconn",
+            "value: 100 -> 3072",
+            "persisted: content",
+        ],
+        &format!("cat /proc/sys/net/core/somaxconn {persisted}"),
+    )?;
+    apply_expecting(&instance, &[], 2, "repair")?;
+    ensure!(run(&instance, "cat /proc/sys/net/core/somaxconn")? == "3072");
+    apply_expecting(&instance, &[], 0, "after the repair")?;
+
+    // Outside its network namespace, /proc/sys is read-only here.
+    write_role(
+        &instance,
+        &format!(
+            "{SYSCTL_ROLE}\n[[sysctl]]\nname = \"vm.swappiness\"\nvalue = 7\nrequire = [\"directory:/etc/sysctl.d\"]\n"
+        ),
+    )?;
+    let (code, output) = apply(&instance, &[])?;
+    ensure!(
+        code != 0 && code != 2,
+        "a read-only parameter fails the run, got {code}:\n{output}"
+    );
+    ensure!(
+        output.contains(
+            "Failed to set sysctl vm.swappiness = 7: /proc/sys/vm/swappiness is read-only here"
+        ),
+        "{output}"
+    );
+    ensure!(
+        run(
+            &instance,
+            "test -e /etc/sysctl.d/90-cms-vm.swappiness.conf && echo yes || echo no"
+        )? == "no",
+        "a value the kernel did not take is not persisted"
+    );
+
+    refused(
+        &instance,
+        "[[sysctl]]\nname = \"net.core/../somaxconn\"\nvalue = 1\n",
+        "roles/app.toml:2:1: invalid sysctl name `net.core/../somaxconn`",
+    )?;
+    shut_down_leaving_nothing(&fixture, instance)
+}
+
+/// A module the host has loaded (the instance shares its kernel).
+fn a_module_the_host_has_loaded() -> Result<String> {
+    let modules = std::fs::read_to_string("/proc/modules").context("read /proc/modules")?;
+    modules
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .next()
+        .map(str::to_string)
+        .context("the host has no loadable module loaded (/proc/modules is empty), so no kernel_module can be tested in a container, which cannot load one")
+}
+
+#[test]
+fn kernel_module_persists_a_loaded_module_and_fails_clearly_on_one_it_cannot_load() -> Result<()> {
+    let fixture = fixture()?;
+    let instance = boot(&fixture, "access-kmod")?;
+    let module = a_module_the_host_has_loaded()?;
+    let load_file = format!("/etc/modules-load.d/{module}.conf");
+    let role = format!(
+        r#"
+[[directory]]
+path = "/etc/modules-load.d"
+
+[[directory]]
+path = "/etc/modprobe.d"
+
+[[kernel_module]]
+name = "{module}"
+require = ["directory:/etc/modules-load.d", "directory:/etc/modprobe.d"]
+"#
+    );
+    write_role(&instance, &role)?;
+
+    // Loaded already: the run writes the persistence only.
+    let output = apply_expecting(&instance, &[], 2, "first run")?;
+    ensure!(
+        !output.contains("state:"),
+        "no load for a loaded module:\n{output}"
+    );
+    ensure!(
+        run(&instance, &format!("tail -n 1 {load_file}"))? == module,
+        "persisted in {load_file}"
+    );
+    apply_expecting(&instance, &[], 0, "second run")?;
+
+    run(
+        &instance,
+        &format!(
+            "rm {load_file}; echo 'blacklist {module}' > /etc/modprobe.d/cms-blacklist-{module}.conf"
+        ),
+    )?;
+    noop_reports_and_changes_nothing(
+        &instance,
+        &[
+            &format!("would change kernel_module:{module}"),
+            "load: ensure: absent -> present",
+            "blacklist: ensure: present -> absent",
+        ],
+        "ls /etc/modules-load.d /etc/modprobe.d",
+    )?;
+    apply_expecting(&instance, &[], 2, "repair")?;
+    ensure!(run(&instance, &format!("tail -n 1 {load_file}"))? == module);
+    apply_expecting(&instance, &[], 0, "after the repair")?;
+
+    // One that is not loaded: the container cannot load it, and says so;
+    // nothing is persisted for it.
+    write_role(
+        &instance,
+        &format!(
+            "{role}\n[[kernel_module]]\nname = \"cms_no_such_module\"\nrequire = [\"directory:/etc/modules-load.d\"]\n"
+        ),
+    )?;
+    let (code, output) = apply(&instance, &[])?;
+    ensure!(
+        code != 0 && code != 2,
+        "loading fails the run, got {code}:\n{output}"
+    );
+    ensure!(
+        output.contains("failed kernel_module:cms_no_such_module")
+            && output.contains("Failed to load kernel module cms_no_such_module: "),
+        "{output}"
+    );
+    ensure!(
+        run(
+            &instance,
+            "test -e /etc/modules-load.d/cms_no_such_module.conf && echo yes || echo no"
+        )? == "no",
+        "a module that did not load is not persisted"
+    );
+
+    refused(
+        &instance,
+        "[[kernel_module]]\nname = \"/lib/modules/x.ko\"\n",
+        "roles/app.toml:2:1: invalid kernel module name `/lib/modules/x.ko`",
+    )?;
+    shut_down_leaving_nothing(&fixture, instance)
+}
+
+const ALICE: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFUh4JBMfA3A/DaZSoJd1GFLVHrwOHl1oRQ3imfXwEWd alice@laptop";
+const INTRUDER: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZzTVJOI9Fm9Rqr0QXerV99bTueBjnNHKJULJfLETKK intruder";
+
+#[test]
+fn authorized_keys_holds_exactly_the_listed_keys_owner_only_and_refuses_a_bad_key() -> Result<()> {
+    let fixture = fixture()?;
+    let instance = boot(&fixture, "access-keys")?;
+    let role = format!(
+        r#"
+[[user]]
+name = "deploy"
+home = "/home/deploy"
+manage_home = true
+shell = "/bin/sh"
+
+[[authorized_keys]]
+user = "deploy"
+keys = ["{ALICE}"]
+require = ["user:deploy"]
+"#
+    );
+    let keys = "/home/deploy/.ssh/authorized_keys";
+    write_role(&instance, &role)?;
+
+    apply_expecting(&instance, &[], 2, "first run")?;
+    ensure!(run(&instance, &format!("cat {keys}"))? == ALICE);
+    ensure!(
+        run(
+            &instance,
+            &format!("stat -c '%U:%G %a' /home/deploy/.ssh {keys}")
+        )? == "deploy:deploy 700\ndeploy:deploy 600",
+        "owner and modes"
+    );
+    apply_expecting(&instance, &[], 0, "second run")?;
+
+    run(
+        &instance,
+        &format!("echo '{INTRUDER}' >> {keys}; chmod 0644 {keys}; chmod 0755 /home/deploy/.ssh"),
+    )?;
+    noop_reports_and_changes_nothing(
+        &instance,
+        &[
+            "would change authorized_keys:deploy",
+            "directory: mode: 0755 -> 0700",
+            "keys: content",
+            &format!("-{INTRUDER}"),
+            "keys: mode: 0644 -> 0600",
+        ],
+        &format!("cat {keys}; stat -c %a /home/deploy/.ssh {keys}"),
+    )?;
+    apply_expecting(&instance, &[], 2, "repair")?;
+    ensure!(
+        run(&instance, &format!("cat {keys}"))? == ALICE,
+        "the intruder's key is gone"
+    );
+    ensure!(
+        run(&instance, &format!("stat -c %a /home/deploy/.ssh {keys}"))? == "700\n600",
+        "modes repaired"
+    );
+    apply_expecting(&instance, &[], 0, "after the repair")?;
+
+    refused(
+        &instance,
+        &format!(
+            "[[authorized_keys]]\nuser = \"deploy\"\nkeys = [\"{ALICE}\", \"ssh-rsa AAAA\"]\n"
+        ),
+        "roles/app.toml:3:1: keys[1]: the base64 part does not hold a ssh-rsa key",
+    )?;
+    shut_down_leaving_nothing(&fixture, instance)
+}
+
+fn held_role(hold: &str) -> String {
+    format!("[[package]]\nname = \"{HELD_PACKAGE}\"\n{hold}\n")
+}
+
+#[test]
+fn package_hold_is_set_with_apt_mark_repaired_released_when_removed_and_refused_when_absent()
+-> Result<()> {
+    let fixture = fixture()?;
+    let instance = boot(&fixture, "access-hold")?;
+    write_role(&instance, &held_role("hold = true"))?;
+
+    apply_expecting(&instance, &[], 2, "first run")?;
+    ensure!(run(&instance, "apt-mark showhold")? == HELD_PACKAGE, "held");
+    apply_expecting(&instance, &[], 0, "second run")?;
+
+    run(&instance, &format!("apt-mark unhold {HELD_PACKAGE}"))?;
+    noop_reports_and_changes_nothing(
+        &instance,
+        &[
+            &format!("would change package:{HELD_PACKAGE}"),
+            "hold: not held -> held",
+        ],
+        "apt-mark showhold",
+    )?;
+    apply_expecting(&instance, &[], 2, "repair")?;
+    ensure!(
+        run(&instance, "apt-mark showhold")? == HELD_PACKAGE,
+        "held again"
+    );
+    apply_expecting(&instance, &[], 0, "after the repair")?;
+
+    // Removing `hold` releases it.
+    write_role(&instance, &held_role(""))?;
+    let output = apply_expecting(&instance, &[], 2, "hold removed")?;
+    ensure!(output.contains("hold: held -> not held"), "{output}");
+    ensure!(run(&instance, "apt-mark showhold")?.is_empty(), "released");
+    apply_expecting(&instance, &[], 0, "released, second run")?;
+
+    refused(
+        &instance,
+        &held_role("ensure = \"absent\"\nhold = true"),
+        "roles/app.toml:4:1: a package that is absent cannot be held",
+    )?;
+    shut_down_leaving_nothing(&fixture, instance)
+}
