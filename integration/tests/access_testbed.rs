@@ -5,10 +5,11 @@
 //!
 //! One test per kind, each on an instance of its own (booting is what
 //! costs). What an instance cannot do is said where it matters: it has its
-//! own network namespace, so `net.*` parameters are writable and the rest
-//! of `/proc/sys` is read-only; it has no `CAP_SYS_MODULE`, so only a
-//! module the host has already loaded can be declared `loaded` (the test
-//! reads the host's `/proc/modules` for one), and loading another fails.
+//! own network namespace, whose `net.*` parameters the test makes writable
+//! ([`open_proc_sys_net`]), and the rest of `/proc/sys` is read-only; it
+//! has no `CAP_SYS_MODULE`, so only a module the kernel already has can be
+//! declared `loaded` (the test reads the host's `/proc/modules`, or
+//! `/sys/module` for a built-in one), and loading another fails.
 
 use std::sync::Arc;
 
@@ -155,6 +156,28 @@ fn refused(instance: &Instance, role_text: &str, expected: &str) -> Result<()> {
     Ok(())
 }
 
+/// Makes the instance's `/proc/sys/net` writable, as `systemd-nspawn
+/// --private-network` does: the testbed joins a network namespace made
+/// beforehand (`--network-namespace-path`), for which nspawn leaves all of
+/// `/proc/sys` read-only. Done from the host, in the instance's mount
+/// namespace; the rest of `/proc/sys` stays read-only.
+fn open_proc_sys_net(instance: &Instance) -> Result<()> {
+    let pid = instance
+        .init_pid()
+        .context("the instance's init has a pid")?;
+    let output = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "--", "sh", "-c"])
+        .arg("mount --bind /proc/sys/net /proc/sys/net && mount -o remount,bind,rw /proc/sys/net")
+        .output()
+        .context("run nsenter")?;
+    ensure!(
+        output.status.success(),
+        "making /proc/sys/net writable in the instance failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
 const SYSCTL_ROLE: &str = r#"
 [[directory]]
 path = "/etc/sysctl.d"
@@ -169,6 +192,7 @@ require = ["directory:/etc/sysctl.d"]
 fn sysctl_sets_a_net_parameter_persists_it_repairs_drift_and_refuses_bad_names() -> Result<()> {
     let fixture = fixture()?;
     let instance = boot(&fixture, "access-sysctl")?;
+    open_proc_sys_net(&instance)?;
     let persisted = "/etc/sysctl.d/90-cms-net.core.somaxconn.conf";
     write_role(&instance, SYSCTL_ROLE)?;
 
@@ -231,22 +255,37 @@ fn sysctl_sets_a_net_parameter_persists_it_repairs_drift_and_refuses_bad_names()
     shut_down_leaving_nothing(&fixture, instance)
 }
 
-/// A module the host has loaded (the instance shares its kernel).
-fn a_module_the_host_has_loaded() -> Result<String> {
-    let modules = std::fs::read_to_string("/proc/modules").context("read /proc/modules")?;
-    modules
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .next()
-        .map(str::to_string)
-        .context("the host has no loadable module loaded (/proc/modules is empty), so no kernel_module can be tested in a container, which cannot load one")
+/// A module the host's kernel has, which the instance shares: a loaded one
+/// from `/proc/modules`, or, on a kernel without loadable modules (no
+/// `/proc/modules`), a built-in one (a folder of `/sys/module` without
+/// `initstate`).
+fn a_module_the_kernel_has_loaded() -> Result<String> {
+    if let Ok(modules) = std::fs::read_to_string("/proc/modules")
+        && let Some(name) = modules
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .next()
+    {
+        return Ok(name.to_string());
+    }
+    let mut built_in: Vec<String> = std::fs::read_dir("/sys/module")
+        .context("read /sys/module")?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| !entry.path().join("initstate").exists())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .collect();
+    built_in.sort();
+    built_in.into_iter().next().context(
+        "the kernel has neither a loaded module (/proc/modules) nor a built-in one (/sys/module), so no kernel_module can be tested in a container, which cannot load one",
+    )
 }
 
 #[test]
 fn kernel_module_persists_a_loaded_module_and_fails_clearly_on_one_it_cannot_load() -> Result<()> {
     let fixture = fixture()?;
     let instance = boot(&fixture, "access-kmod")?;
-    let module = a_module_the_host_has_loaded()?;
+    let module = a_module_the_kernel_has_loaded()?;
     let load_file = format!("/etc/modules-load.d/{module}.conf");
     let role = format!(
         r#"
@@ -263,7 +302,7 @@ require = ["directory:/etc/modules-load.d", "directory:/etc/modprobe.d"]
     );
     write_role(&instance, &role)?;
 
-    // Loaded already: the run writes the persistence only.
+    // Loaded already (or built in): the run writes the persistence only.
     let output = apply_expecting(&instance, &[], 2, "first run")?;
     ensure!(
         !output.contains("state:"),

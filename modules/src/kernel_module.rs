@@ -1,9 +1,10 @@
 //! `kernel_module`: a kernel module loaded now and at boot, or unloaded
 //! and kept from loading.
 //!
-//! - `check` reads `/proc/modules` (the loaded modules) and `/sys/module`
-//!   (a module built into the kernel has a folder there and no
-//!   `initstate`; it counts as loaded and cannot be unloaded).
+//! - `check` reads `/proc/modules` (the loaded modules; a kernel without
+//!   loadable modules has none) and `/sys/module` (a module built into the
+//!   kernel has a folder there and no `initstate`; it counts as loaded and
+//!   cannot be unloaded).
 //! - `ensure = "loaded"`: `modprobe NAME` when it is not loaded, then
 //!   `/etc/modules-load.d/NAME.conf` (part `load`), and no blacklist file.
 //! - `ensure = "absent"`: `modprobe -r NAME` when it is loaded, then
@@ -119,7 +120,12 @@ impl KernelModuleProvider<'_> {
 
     fn state(&self, cx: &Context<'_>) -> Result<State, ProviderError> {
         let kernel_name = self.0.kernel_name();
-        let modules = String::from_utf8_lossy(&cx.host.read_file("/proc/modules")?).into_owned();
+        // A kernel without loadable modules has no /proc/modules: only
+        // built-in ones, in /sys/module.
+        let modules = match cx.host.status("/proc/modules")? {
+            Some(_) => String::from_utf8_lossy(&cx.host.read_file("/proc/modules")?).into_owned(),
+            None => String::new(),
+        };
         if modules
             .lines()
             .filter_map(|line| line.split_whitespace().next())

@@ -36,6 +36,7 @@ mod symlink;
 mod user;
 
 mod authorized_keys;
+mod java_truststore;
 mod kernel_module;
 mod parts;
 mod sysctl;
@@ -315,6 +316,7 @@ pub fn provider(kind: &ResourceKind) -> Box<dyn Provider + '_> {
         ResourceKind::Sysctl(s) => Box::new(sysctl::SysctlProvider(s)),
         ResourceKind::KernelModule(k) => Box::new(kernel_module::KernelModuleProvider(k)),
         ResourceKind::AuthorizedKeys(a) => Box::new(authorized_keys::AuthorizedKeysProvider(a)),
+        ResourceKind::JavaTruststore(t) => Box::new(java_truststore::JavaTruststoreProvider(t)),
     }
 }
 

@@ -1772,3 +1772,134 @@ fn authorized_keys_of_a_user_not_yet_created_are_a_change_and_an_error_on_apply(
         "{error}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// java_truststore, with the host's keytool (the JDK the tests build with)
+
+const CA_ONE: &str = include_str!("data/ca-one.pem");
+const CA_TWO: &str = include_str!("data/ca-two.pem");
+const TRUSTSTORE: &str = "/srv/app/truststore.p12";
+
+impl TestHost {
+    /// The names in a folder, sorted.
+    fn read_dir_names(&self, path: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.real(path))
+            .expect("lists")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The truststore a role declares with these certificates (alias →
+    /// PEM) and password, compiled as the server would; its contents join
+    /// the host's.
+    fn truststore(&mut self, certificates: &[(&str, &str)], password: &str) -> ResourceKind {
+        let mut files = cms_roles::RepoFiles::new();
+        files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+        let mut role = format!(
+            "[[java_truststore]]\npath = \"{TRUSTSTORE}\"\npassword = \"{password}\"\nmode = \"0640\"\n[java_truststore.certificates]\n"
+        );
+        for (alias, pem) in certificates {
+            files.insert(format!("files/{alias}.pem"), *pem);
+            role.push_str(&format!("{alias} = {{ source = \"{alias}.pem\" }}\n"));
+        }
+        files.insert("roles/app.toml", role);
+        let repository = cms_roles::Repository::parse(files).expect("parses");
+        let node = cms_roles::Node {
+            id: "i-1".into(),
+            tags: BTreeMap::new(),
+            facts: cms_roles::example_facts(),
+            attested: BTreeMap::new(),
+        };
+        let catalog = cms_roles::compile(&repository, &node).expect("compiles");
+        self.contents.extend(catalog.contents);
+        catalog
+            .resources
+            .into_iter()
+            .next()
+            .expect("a resource")
+            .kind
+    }
+}
+
+#[test]
+fn a_truststore_holds_exactly_the_catalogs_certificates_and_never_shows_its_password() {
+    let mut test = TestHost::new();
+    test.mkdir("/srv/app");
+    let password = "store-secret-1";
+    let both = test.truststore(&[("one", CA_ONE), ("two", CA_TWO)], password);
+
+    let planned = test.check(std::slice::from_ref(&both));
+    assert!(!test.exists(TRUSTSTORE), "check wrote nothing");
+    let created = test.converge(std::slice::from_ref(&both));
+
+    assert_eq!(planned, created);
+    assert_eq!(
+        created,
+        ["java_truststore:/srv/app/truststore.p12 ensure: absent -> present with 2 certificates"]
+    );
+    assert_eq!(test.mode(TRUSTSTORE), 0o640);
+    assert!(test.converge(std::slice::from_ref(&both)).is_empty());
+    assert!(
+        test.read_dir_names("/srv/app") == ["truststore.p12"],
+        "no work file is left: {:?}",
+        test.read_dir_names("/srv/app")
+    );
+
+    // One replaced, one removed.
+    let only_one = test.truststore(&[("one", CA_TWO)], password);
+    let before = std::fs::read(test.real(TRUSTSTORE)).expect("reads");
+    let planned = test.check(std::slice::from_ref(&only_one));
+    assert_eq!(std::fs::read(test.real(TRUSTSTORE)).expect("reads"), before);
+    let changed = test.converge(std::slice::from_ref(&only_one));
+    assert_eq!(planned, changed);
+    assert_eq!(changed.len(), 2, "{changed:?}");
+    assert!(
+        changed[0].starts_with("java_truststore:/srv/app/truststore.p12 certificate one: SHA256 ")
+    );
+    assert!(
+        changed[1].starts_with("java_truststore:/srv/app/truststore.p12 certificate two: SHA256 ")
+    );
+    assert!(changed[1].ends_with(" -> absent"));
+    assert!(test.converge(std::slice::from_ref(&only_one)).is_empty());
+
+    // Another password: the store is rebuilt with it.
+    let new_password = test.truststore(&[("one", CA_TWO)], "store-secret-2");
+    let rebuilt = test.converge(std::slice::from_ref(&new_password));
+    assert_eq!(
+        rebuilt,
+        [
+            "java_truststore:/srv/app/truststore.p12 content: not a PKCS#12 store the catalog's password opens -> rebuilt with 1 certificates"
+        ]
+    );
+    assert!(test.converge(&[new_password]).is_empty());
+
+    for line in created.iter().chain(&changed).chain(&rebuilt) {
+        assert!(!line.contains("store-secret"), "{line}");
+    }
+}
+
+#[test]
+fn a_truststore_repairs_its_mode_without_rebuilding() {
+    let mut test = TestHost::new();
+    test.mkdir("/srv/app");
+    let store = test.truststore(&[("one", CA_ONE)], "store-secret");
+    test.converge(std::slice::from_ref(&store));
+    let before = std::fs::read(test.real(TRUSTSTORE)).expect("reads");
+    test.chmod(TRUSTSTORE, 0o666);
+
+    let repaired = test.converge(std::slice::from_ref(&store));
+
+    assert_eq!(
+        repaired,
+        ["java_truststore:/srv/app/truststore.p12 mode: 0666 -> 0640"]
+    );
+    assert_eq!(std::fs::read(test.real(TRUSTSTORE)).expect("reads"), before);
+}

@@ -1304,3 +1304,67 @@ fn a_held_package_that_is_absent_is_refused_naming_hold() {
         "roles/base.toml:4:1: a package that is absent cannot be held",
     );
 }
+
+const TEST_CA: &str = include_str!("../../modules/tests/data/ca-one.pem");
+
+#[test]
+fn a_truststore_carries_each_certificates_fingerprint_and_its_pem_by_hash() {
+    let role = "[[java_truststore]]\npath = \"/srv/app/truststore.p12\"\npassword = \"changeit\"\ncertificates = { internal-ca = { source = \"ca.pem\" } }\n";
+    let catalog = compile_ok(&[("files/ca.pem", TEST_CA), ("roles/base.toml", role)], "");
+    assert_eq!(
+        references(&catalog),
+        ["java_truststore:/srv/app/truststore.p12"]
+    );
+    let ResourceKind::JavaTruststore(store) = &catalog.resources[0].kind else {
+        panic!("a truststore");
+    };
+    let certificate = &store.certificates["internal-ca"];
+    // As `openssl x509 -noout -fingerprint -sha256 -in modules/tests/data/ca-one.pem` prints it.
+    assert_eq!(
+        certificate.fingerprint,
+        "08:E6:0A:66:61:BE:97:58:59:89:7A:6C:FE:7A:F6:11:2D:8A:64:D9:A8:EB:0E:71:B1:2C:98:C1:1C:7D:57:5C"
+    );
+    assert_eq!(
+        catalog.contents[&certificate.pem_sha256].0,
+        TEST_CA.as_bytes()
+    );
+}
+
+#[test]
+fn bad_truststore_passwords_and_certificates_are_refused_naming_the_field() {
+    let two = format!("{TEST_CA}{TEST_CA}");
+    let role = r#"
+[[java_truststore]]
+path = "/srv/app/truststore.p12"
+password = "short"
+
+[java_truststore.certificates]
+Upper = { source = "ca.pem" }
+both = { source = "ca.pem", content = "x" }
+chain = { source = "two.pem" }
+garbage = { content = "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n" }
+"#;
+    let errors = compile_err(
+        &[
+            ("files/ca.pem", TEST_CA),
+            ("files/two.pem", &two),
+            ("roles/base.toml", role),
+        ],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:4:1: the truststore password must have at least 6 characters",
+    );
+    assert!(!errors.contains("\"short\""), "{errors}");
+    assert_contains(&errors, "certificates.Upper: an alias is lowercase letters");
+    assert_contains(&errors, "certificates.both: write exactly one of source");
+    assert_contains(
+        &errors,
+        "certificates.chain: holds 2 PEM certificates (-----BEGIN CERTIFICATE-----); give each certificate its own alias",
+    );
+    assert_contains(
+        &errors,
+        "certificates.garbage: the certificate's base64 is not valid",
+    );
+}

@@ -220,6 +220,7 @@ registry! {
     Sysctl = "sysctl" => sysctl::Sysctl,
     KernelModule = "kernel_module" => kernel_module::KernelModule,
     AuthorizedKeys = "authorized_keys" => authorized_keys::AuthorizedKeys,
+    JavaTruststore = "java_truststore" => java_truststore::JavaTruststore,
 }
 
 impl ResourceType {
