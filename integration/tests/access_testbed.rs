@@ -3,7 +3,8 @@
 //! unchanged on the second run, repaired after drift, reported and left
 //! alone by `--noop`, and refused with its field named when a value is bad.
 //!
-//! One test per kind, each on an instance of its own (booting is what
+//! `java_truststore` runs the JRE's keytool (`openjdk-17-jre-headless`
+//! from the internal repository). One test per kind, each on an instance of its own (booting is what
 //! costs). What an instance cannot do is said where it matters: it has its
 //! own network namespace, whose `net.*` parameters the test makes writable
 //! ([`open_proc_sys_net`]), and the rest of `/proc/sys` is read-only; it
@@ -15,9 +16,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
 use cms_integration::{
-    BakedImage, DebPackageSpec, HttpFileServer, Instance, InstanceConfig, PackageRepo,
-    SharedFixture, Testbed, TestbedSettings, bake_agent_image, check_prerequisites,
-    find_leftovers_of_instance,
+    BakedImage, DebPackageSpec, HttpFileServer, Image, ImageRecipe, Instance, InstanceConfig,
+    PackageRepo, SharedFixture, Testbed, TestbedSettings, bake_agent_image, check_prerequisites,
 };
 
 /// The testbed, the internal repository with a package to hold, and the
@@ -33,14 +33,18 @@ struct Fixture {
 static FIXTURE: SharedFixture<Fixture> = SharedFixture::new();
 
 const HELD_PACKAGE: &str = "cms-access-held";
+/// The JRE, for keytool, from the internal repository.
+const RUNTIME: &str = "openjdk-17-jre-headless";
 
 fn fixture() -> Result<Arc<Fixture>> {
     FIXTURE.get_or_start(|| {
         check_prerequisites()?;
         let settings = TestbedSettings::from_environment();
         let baked = bake_agent_image(&settings)?;
+        let image = Image::build_or_reuse(&ImageRecipe::debian_bookworm(), &settings)?;
         let testbed = Testbed::start(&settings)?;
         let mut repo = PackageRepo::create(&settings)?;
+        repo.download_with_dependencies(&image, &[RUNTIME])?;
         repo.build_package(&DebPackageSpec::new(HELD_PACKAGE, "1.0").with_file(
             &format!("/usr/bin/{HELD_PACKAGE}"),
             "#!/bin/sh\necho held\n",
@@ -64,50 +68,23 @@ fn boot(fixture: &Fixture, name: &str) -> Result<Instance> {
 }
 
 fn shut_down_leaving_nothing(fixture: &Fixture, instance: Instance) -> Result<()> {
-    let name = instance.name().to_string();
-    instance.shutdown()?;
-    let leftovers = find_leftovers_of_instance(fixture.testbed.settings(), &name)?;
-    ensure!(leftovers.is_empty(), "after {name}'s teardown, {leftovers}");
-    Ok(())
+    fixture.testbed.shut_down_leaving_nothing(instance)
 }
 
 fn write_role(instance: &Instance, role_text: &str) -> Result<()> {
-    let repo = instance.root_directory().join("srv/roles");
-    for (path, text) in [
+    instance.write_roles_repository(&[
         ("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n"),
         ("roles/app.toml", role_text),
-    ] {
-        let path = repo.join(path);
-        std::fs::create_dir_all(path.parent().context("parent")?)?;
-        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
-    }
-    Ok(())
+    ])
 }
 
 /// `cms-agent apply` in the instance: the exit code and all output.
 fn apply(instance: &Instance, extra: &[&str]) -> Result<(i32, String)> {
-    let mut args = vec![
-        "cms-agent",
-        "apply",
-        "--repo",
-        "/srv/roles",
-        "--tags",
-        "role=app",
-    ];
-    args.extend_from_slice(extra);
-    let output = instance.run(&args)?;
-    Ok((
-        output.exit_code.unwrap_or(-1),
-        format!("{}{}", output.stdout, output.stderr),
-    ))
+    instance.apply_roles_repository("role=app", extra)
 }
 
 fn run(instance: &Instance, command: &str) -> Result<String> {
-    Ok(instance
-        .run_successfully(&["sh", "-c", command])?
-        .stdout
-        .trim()
-        .to_string())
+    instance.shell(command)
 }
 
 /// Applies `role` and expects `code` (0: nothing changed, 2: changed).
@@ -140,20 +117,27 @@ fn noop_reports_and_changes_nothing(
     Ok(())
 }
 
-/// A role that does not compile: the agent refuses it, naming the file,
-/// line and problem, and changes nothing.
-fn refused(instance: &Instance, role_text: &str, expected: &str) -> Result<()> {
-    write_role(instance, role_text)?;
+/// A run that fails (exit neither 0 nor 2) and says each of `expected`.
+fn fails(instance: &Instance, expected: &[&str]) -> Result<()> {
     let (code, output) = apply(instance, &[])?;
     ensure!(
         code != 0 && code != 2,
-        "a bad role must fail, got {code}:\n{output}"
+        "the run must fail, got {code}:\n{output}"
     );
-    ensure!(
-        output.contains(expected),
-        "the refusal lacks {expected:?}:\n{output}"
-    );
+    for line in expected {
+        ensure!(
+            output.contains(line),
+            "the failure lacks {line:?}:\n{output}"
+        );
+    }
     Ok(())
+}
+
+/// A role that does not compile: the agent refuses it, naming the file,
+/// line and problem.
+fn refused(instance: &Instance, role_text: &str, expected: &str) -> Result<()> {
+    write_role(instance, role_text)?;
+    fails(instance, &[expected])
 }
 
 /// Makes the instance's `/proc/sys/net` writable, as `systemd-nspawn
@@ -228,17 +212,10 @@ fn sysctl_sets_a_net_parameter_persists_it_repairs_drift_and_refuses_bad_names()
             "{SYSCTL_ROLE}\n[[sysctl]]\nname = \"vm.swappiness\"\nvalue = 7\nrequire = [\"directory:/etc/sysctl.d\"]\n"
         ),
     )?;
-    let (code, output) = apply(&instance, &[])?;
-    ensure!(
-        code != 0 && code != 2,
-        "a read-only parameter fails the run, got {code}:\n{output}"
-    );
-    ensure!(
-        output.contains(
-            "Failed to set sysctl vm.swappiness = 7: /proc/sys/vm/swappiness is read-only here"
-        ),
-        "{output}"
-    );
+    fails(
+        &instance,
+        &["Failed to set sysctl vm.swappiness = 7: /proc/sys/vm/swappiness is read-only here"],
+    )?;
     ensure!(
         run(
             &instance,
@@ -341,16 +318,13 @@ require = ["directory:/etc/modules-load.d", "directory:/etc/modprobe.d"]
             "{role}\n[[kernel_module]]\nname = \"cms_no_such_module\"\nrequire = [\"directory:/etc/modules-load.d\"]\n"
         ),
     )?;
-    let (code, output) = apply(&instance, &[])?;
-    ensure!(
-        code != 0 && code != 2,
-        "loading fails the run, got {code}:\n{output}"
-    );
-    ensure!(
-        output.contains("failed kernel_module:cms_no_such_module")
-            && output.contains("Failed to load kernel module cms_no_such_module: "),
-        "{output}"
-    );
+    fails(
+        &instance,
+        &[
+            "failed kernel_module:cms_no_such_module",
+            "Failed to load kernel module cms_no_such_module: ",
+        ],
+    )?;
     ensure!(
         run(
             &instance,
@@ -482,6 +456,105 @@ fn package_hold_is_set_with_apt_mark_repaired_released_when_removed_and_refused_
         &instance,
         &held_role("ensure = \"absent\"\nhold = true"),
         "roles/app.toml:4:1: a package that is absent cannot be held",
+    )?;
+    shut_down_leaving_nothing(&fixture, instance)
+}
+
+const CA_ONE: &str = include_str!("../../modules/tests/data/ca-one.pem");
+const CA_TWO: &str = include_str!("../../modules/tests/data/ca-two.pem");
+const STORE_PASSWORD: &str = "cms-store-pass-7";
+
+fn truststore_role(password: &str) -> String {
+    format!(
+        r#"
+[[package]]
+name = "{RUNTIME}"
+
+[[directory]]
+path = "/srv/app"
+
+[[java_truststore]]
+path = "/srv/app/truststore.p12"
+password = "{password}"
+mode = "0640"
+certificates = {{ one = {{ source = "ca-one.pem" }} }}
+require = ["package:{RUNTIME}", "directory:/srv/app"]
+notify = ["exec:trust-changed"]
+
+[[exec]]
+name = "trust-changed"
+command = "echo changed >> /var/tmp/trust-changed"
+refreshonly = true
+"#
+    )
+}
+
+/// The store's entries as keytool lists them: `alias fingerprint` lines.
+fn truststore_entries(instance: &Instance) -> Result<String> {
+    run(
+        instance,
+        &format!(
+            "STOREPASS={STORE_PASSWORD} keytool -list -storetype PKCS12 -keystore /srv/app/truststore.p12 -storepass:env STOREPASS | grep -i trustedCertEntry | cut -d, -f1 | sort"
+        ),
+    )
+}
+
+#[test]
+fn java_truststore_holds_exactly_its_certificates_notifies_and_never_shows_its_password()
+-> Result<()> {
+    let fixture = fixture()?;
+    let instance = boot(&fixture, "access-trust")?;
+    instance.write_roles_repository(&[("files/ca-one.pem", CA_ONE)])?;
+    write_role(&instance, &truststore_role(STORE_PASSWORD))?;
+    let notified = "cat /var/tmp/trust-changed 2>/dev/null | wc -l";
+
+    let output = apply_expecting(&instance, &[], 2, "first run")?;
+    ensure!(
+        !output.contains(STORE_PASSWORD),
+        "the password shows:\n{output}"
+    );
+    ensure!(truststore_entries(&instance)? == "one", "one certificate");
+    ensure!(
+        run(&instance, "stat -c %a /srv/app/truststore.p12")? == "640",
+        "mode"
+    );
+    ensure!(run(&instance, notified)? == "1", "notified once");
+    apply_expecting(&instance, &[], 0, "second run")?;
+
+    // Drift: the certificate removed by hand, another one added.
+    std::fs::write(instance.root_directory().join("var/tmp/ca-two.pem"), CA_TWO)?;
+    run(
+        &instance,
+        &format!(
+            "export STOREPASS={STORE_PASSWORD}; keytool -delete -alias one -storetype PKCS12 -keystore /srv/app/truststore.p12 -storepass:env STOREPASS && keytool -importcert -noprompt -alias intruder -file /var/tmp/ca-two.pem -storetype PKCS12 -keystore /srv/app/truststore.p12 -storepass:env STOREPASS"
+        ),
+    )?;
+    noop_reports_and_changes_nothing(
+        &instance,
+        &[
+            "would change java_truststore:/srv/app/truststore.p12",
+            "certificate intruder: SHA256 ",
+            " -> absent",
+            "certificate one: absent -> SHA256 ",
+        ],
+        "sha256sum /srv/app/truststore.p12; cat /var/tmp/trust-changed",
+    )?;
+    let output = apply_expecting(&instance, &[], 2, "repair")?;
+    ensure!(
+        !output.contains(STORE_PASSWORD),
+        "the password shows:\n{output}"
+    );
+    ensure!(
+        truststore_entries(&instance)? == "one",
+        "repaired:\n{output}"
+    );
+    ensure!(run(&instance, notified)? == "2", "notified by the repair");
+    apply_expecting(&instance, &[], 0, "after the repair")?;
+
+    refused(
+        &instance,
+        &truststore_role("short"),
+        "the truststore password must have at least 6 characters",
     )?;
     shut_down_leaving_nothing(&fixture, instance)
 }

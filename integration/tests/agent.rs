@@ -10,11 +10,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use cms_integration::{
     BakedImage, DebPackageSpec, HttpFileServer, Instance, InstanceConfig, PackageRepo,
     SharedFixture, Testbed, TestbedSettings, bake_agent_image, check_prerequisites,
-    find_leftovers_of_instance,
 };
 
 /// What the tests share: the testbed, the internal repository holding the
@@ -52,11 +51,7 @@ fn fixture() -> Result<Arc<Fixture>> {
 /// Shuts the test's instance down and checks that nothing of it is left on
 /// the host (the testbed itself lives on for the other tests).
 fn shut_down_leaving_nothing(fixture: &Fixture, instance: Instance) -> Result<()> {
-    let name = instance.name().to_string();
-    instance.shutdown()?;
-    let leftovers = find_leftovers_of_instance(fixture.testbed.settings(), &name)?;
-    ensure!(leftovers.is_empty(), "after {name}'s teardown, {leftovers}");
-    Ok(())
+    fixture.testbed.shut_down_leaving_nothing(instance)
 }
 
 /// An instance of its own for one test, tagged `role=app`.
@@ -148,37 +143,16 @@ creates = "/var/tmp/first-boot"
 }
 
 fn write_roles(instance: &Instance, role_text: &str) -> Result<()> {
-    let repo = instance.root_directory().join("srv/roles");
-    for (path, text) in [("cms.toml", SETTINGS), ("roles/app.toml", role_text)] {
-        let path = repo.join(path);
-        std::fs::create_dir_all(path.parent().context("parent")?)?;
-        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
-    }
-    Ok(())
+    instance.write_roles_repository(&[("cms.toml", SETTINGS), ("roles/app.toml", role_text)])
 }
 
 /// Runs `cms-agent apply` in the instance; returns the exit code and output.
 fn apply(instance: &Instance, extra: &[&str]) -> Result<(i32, String)> {
-    let mut args = vec![
-        "cms-agent",
-        "apply",
-        "--repo",
-        "/srv/roles",
-        "--tags",
-        "role=app",
-    ];
-    args.extend_from_slice(extra);
-    let output = instance.run(&args)?;
-    let text = format!("{}{}", output.stdout, output.stderr);
-    Ok((output.exit_code.unwrap_or(-1), text))
+    instance.apply_roles_repository("role=app", extra)
 }
 
 fn run(instance: &Instance, command: &str) -> Result<String> {
-    Ok(instance
-        .run_successfully(&["sh", "-c", command])?
-        .stdout
-        .trim()
-        .to_string())
+    instance.shell(command)
 }
 
 fn starts(instance: &Instance) -> Result<usize> {

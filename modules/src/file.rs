@@ -147,19 +147,19 @@ impl Provider for FileProvider<'_> {
                 .write_file_atomically(&file.path, content, attributes)?;
             return Ok(());
         }
-        apply_ownership_and_mode(
-            cx.host,
-            &file.path,
-            OwnershipAndMode {
-                owner: file.owner.as_deref().filter(|_| changed("owner")),
-                group: file.group.as_deref().filter(|_| changed("group")),
-                mode: file.mode.map(|mode| mode.0).filter(|_| changed("mode")),
-            },
-        )
+        apply_metadata_changes(cx.host, &file.path, self.metadata(), changes)
     }
 }
 
 impl FileProvider<'_> {
+    fn metadata(&self) -> OwnershipAndMode<'_> {
+        OwnershipAndMode {
+            owner: self.0.owner.as_deref(),
+            group: self.0.group.as_deref(),
+            mode: self.0.mode.map(|mode| mode.0),
+        }
+    }
+
     fn check_existing(
         &self,
         status: &FileStatus,
@@ -200,22 +200,7 @@ impl FileProvider<'_> {
                 );
             }
         }
-        changes.extend(ownership_changes(
-            cx.host,
-            status,
-            file.owner.as_deref(),
-            file.group.as_deref(),
-            None,
-        )?);
-        if let Some(mode) = file.mode
-            && status.mode != mode.0
-        {
-            changes.push(Change::new(
-                "mode",
-                format_mode(status.mode),
-                mode.to_string(),
-            ));
-        }
+        changes.extend(metadata_changes(cx.host, status, &self.metadata())?);
         Ok(changes)
     }
 
@@ -390,6 +375,45 @@ pub(crate) fn ownership_changes(
         }
     }
     Ok(changes)
+}
+
+/// The owner, group and mode changes of an existing object, for what
+/// `wanted` sets.
+pub(crate) fn metadata_changes(
+    host: &Host,
+    status: &FileStatus,
+    wanted: &OwnershipAndMode<'_>,
+) -> Result<Vec<Change>, ProviderError> {
+    let mut changes = ownership_changes(host, status, wanted.owner, wanted.group, None)?;
+    if let Some(mode) = wanted.mode
+        && status.mode != mode
+    {
+        changes.push(Change::new(
+            "mode",
+            format_mode(status.mode),
+            format_mode(mode),
+        ));
+    }
+    Ok(changes)
+}
+
+/// Applies the `owner`, `group` and `mode` changes among `changes`.
+pub(crate) fn apply_metadata_changes(
+    host: &Host,
+    path: &str,
+    wanted: OwnershipAndMode<'_>,
+    changes: &[Change],
+) -> Result<(), ProviderError> {
+    let changed = |attribute: &str| changes.iter().any(|c| c.attribute == attribute);
+    apply_ownership_and_mode(
+        host,
+        path,
+        OwnershipAndMode {
+            owner: wanted.owner.filter(|_| changed("owner")),
+            group: wanted.group.filter(|_| changed("group")),
+            mode: wanted.mode.filter(|_| changed("mode")),
+        },
+    )
 }
 
 /// What to set on an existing object; `None` leaves it as it is.

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use cms_roles::JavaTruststore;
 
-use crate::file::{OwnershipAndMode, apply_ownership_and_mode, format_mode, ownership_changes};
+use crate::file::{
+    OwnershipAndMode, SENSITIVE_FILE_MODE, apply_metadata_changes, metadata_changes,
+};
 use crate::host::fs::{FileAttributes, FileKind, parent_path};
 use crate::{
     Change, CommandOutput, CommandSpec, Context, HostError, Provider, ProviderError,
@@ -76,22 +78,7 @@ impl Provider for JavaTruststoreProvider<'_> {
             Current::Entries(entries) => self.certificate_changes(&entries),
         };
         if let Some(status) = status {
-            changes.extend(ownership_changes(
-                cx.host,
-                &status,
-                store.owner.as_deref(),
-                store.group.as_deref(),
-                None,
-            )?);
-            if let Some(mode) = store.mode
-                && status.mode != mode.0
-            {
-                changes.push(Change::new(
-                    "mode",
-                    format_mode(status.mode),
-                    mode.to_string(),
-                ));
-            }
+            changes.extend(metadata_changes(cx.host, &status, &self.metadata())?);
         }
         Ok(changes)
     }
@@ -107,19 +94,19 @@ impl Provider for JavaTruststoreProvider<'_> {
         if rebuild {
             return self.rebuild(cx);
         }
-        apply_ownership_and_mode(
-            cx.host,
-            &store.path,
-            OwnershipAndMode {
-                owner: store.owner.as_deref().filter(|_| changed("owner")),
-                group: store.group.as_deref().filter(|_| changed("group")),
-                mode: store.mode.map(|mode| mode.0).filter(|_| changed("mode")),
-            },
-        )
+        apply_metadata_changes(cx.host, &store.path, self.metadata(), changes)
     }
 }
 
 impl JavaTruststoreProvider<'_> {
+    fn metadata(&self) -> OwnershipAndMode<'_> {
+        OwnershipAndMode {
+            owner: self.0.owner.as_deref(),
+            group: self.0.group.as_deref(),
+            mode: self.0.mode.map(|mode| mode.0),
+        }
+    }
+
     /// One change per alias to import, replace or remove.
     fn certificate_changes(&self, entries: &BTreeMap<String, String>) -> Vec<Change> {
         let wanted = &self.0.certificates;
@@ -235,7 +222,11 @@ impl JavaTruststoreProvider<'_> {
             mode: store
                 .mode
                 .map(|mode| mode.0)
-                .or((!exists).then_some(crate::host::fs::DEFAULT_FILE_MODE)),
+                .or((!exists).then_some(if cx.sensitive {
+                    SENSITIVE_FILE_MODE
+                } else {
+                    crate::host::fs::DEFAULT_FILE_MODE
+                })),
             uid: store
                 .owner
                 .as_deref()

@@ -89,15 +89,8 @@ impl GeneratedFile {
         label: &str,
         cx: &Context<'_>,
     ) -> Result<Vec<Change>, ProviderError> {
-        let contents = WithGenerated {
-            file: self,
-            inner: cx.contents,
-        };
-        let cx = Context {
-            contents: &contents,
-            ..*cx
-        };
-        Ok(labelled(label, FileProvider(&self.file).check(&cx)?))
+        let changes = self.with_content(cx, |cx| FileProvider(&self.file).check(cx))?;
+        Ok(labelled(label, changes))
     }
 
     /// Applies the changes labelled `label` among `changes`; returns
@@ -112,16 +105,24 @@ impl GeneratedFile {
         if own.is_empty() {
             return Ok(false);
         }
+        self.with_content(cx, |cx| FileProvider(&self.file).apply(&own, cx))?;
+        Ok(true)
+    }
+
+    /// Runs `action` with a context whose contents hold this file's.
+    fn with_content<T>(
+        &self,
+        cx: &Context<'_>,
+        action: impl FnOnce(&Context<'_>) -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
         let contents = WithGenerated {
             file: self,
             inner: cx.contents,
         };
-        let cx = Context {
+        action(&Context {
             contents: &contents,
             ..*cx
-        };
-        FileProvider(&self.file).apply(&own, &cx)?;
-        Ok(true)
+        })
     }
 }
 
