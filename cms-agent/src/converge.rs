@@ -495,6 +495,7 @@ mod tests {
         let kind = ResourceKind::Package(Package {
             name: "orders".into(),
             ensure: Default::default(),
+            hold: Some(false),
         });
         let mut result = ResourceResult {
             reference: "java_app:orders".into(),

@@ -66,6 +66,10 @@ pub enum RootFilesystemStrategy {
     FullCopy,
 }
 
+/// Where [`Instance::write_roles_repository`] writes a roles repository in
+/// an instance, for `cms-agent apply --repo`.
+pub const LOCAL_ROLES_REPOSITORY: &str = "/srv/roles";
+
 /// What makes an instance different from the others booted from an image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstanceConfig {
@@ -269,6 +273,51 @@ impl Instance {
     /// whatever its exit status.
     pub fn run(&self, program_and_arguments: &[&str]) -> Result<CommandOutput> {
         self.run_with_timeout(program_and_arguments, DEFAULT_COMMAND_TIMEOUT)
+    }
+
+    /// Runs a shell command line inside the instance (`sh -c`) and returns
+    /// its stdout, trimmed; fails unless it exits with 0.
+    pub fn shell(&self, command: &str) -> Result<String> {
+        Ok(self
+            .run_successfully(&["sh", "-c", command])?
+            .stdout
+            .trim()
+            .to_string())
+    }
+
+    /// Writes a roles repository into the instance, at
+    /// [`LOCAL_ROLES_REPOSITORY`]: `(path, text)` pairs relative to it
+    /// (`cms.toml`, `roles/app.toml`, `files/ca.pem`).
+    pub fn write_roles_repository(&self, files: &[(&str, &str)]) -> Result<()> {
+        let repository = self
+            .root_directory()
+            .join(LOCAL_ROLES_REPOSITORY.trim_start_matches('/'));
+        for (path, text) in files {
+            let path = repository.join(path);
+            std::fs::create_dir_all(path.parent().context("a parent folder")?)?;
+            std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `cms-agent apply` on the [`LOCAL_ROLES_REPOSITORY`] with `tags`
+    /// (`role=app`) and `extra` arguments; returns its exit code (-1 when
+    /// killed) and its stdout followed by its stderr.
+    pub fn apply_roles_repository(&self, tags: &str, extra: &[&str]) -> Result<(i32, String)> {
+        let mut args = vec![
+            "cms-agent",
+            "apply",
+            "--repo",
+            LOCAL_ROLES_REPOSITORY,
+            "--tags",
+            tags,
+        ];
+        args.extend_from_slice(extra);
+        let output = self.run(&args)?;
+        Ok((
+            output.exit_code.unwrap_or(-1),
+            format!("{}{}", output.stdout, output.stderr),
+        ))
     }
 
     /// Runs a command inside the instance and fails unless it exits with 0;

@@ -81,10 +81,7 @@ pub use instance::{
     TAGS_FILE_PATH,
 };
 pub use leftovers::{Leftovers, find_leftovers, find_leftovers_of_instance};
-pub use local_roles::{
-    AgentImageTestbed, LOCAL_ROLES_PATH, apply_local_roles, shell_output,
-    shut_down_leaving_nothing, write_local_roles,
-};
+pub use local_roles::AgentImageTestbed;
 pub use network::{BRIDGE_NAME, NETWORK_PREFIX_LENGTH};
 pub use package_repo::{DebPackageFile, DebPackageSpec, PackageRepo};
 pub use postgres::{CertifiedKey, PostgresServer, SqlSession, TestCa};

@@ -6,7 +6,7 @@
 use crate::http_file_server::HttpFileServer;
 use crate::image::BakedImage;
 use crate::instance::{Instance, InstanceConfig};
-use crate::leftovers::remove_leftovers;
+use crate::leftovers::{find_leftovers_of_instance, remove_leftovers};
 use crate::machine_lock::MachineLock;
 use crate::network::{Bridge, TestbedAddresses, choose_host_address};
 use crate::package_repo::PackageRepo;
@@ -108,6 +108,17 @@ impl Testbed {
             .wait_until_booted(DEFAULT_BOOT_TIMEOUT)
             .with_context(|| format!("Failed to boot instance {name}"))?;
         Ok(instance)
+    }
+
+    /// Shuts an instance down and fails if anything of it is left on the
+    /// host (its processes, mounts, network namespace, directory); the
+    /// testbed itself lives on for the other tests.
+    pub fn shut_down_leaving_nothing(&self, instance: Instance) -> Result<()> {
+        let name = instance.name().to_string();
+        instance.shutdown()?;
+        let leftovers = find_leftovers_of_instance(self.settings(), &name)?;
+        anyhow::ensure!(leftovers.is_empty(), "after {name}'s teardown, {leftovers}");
+        Ok(())
     }
 
     /// Starts booting an instance and returns once its systemd runs, without

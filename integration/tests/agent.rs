@@ -13,8 +13,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Result, ensure};
 use cms_integration::{
     BakedImage, DebPackageSpec, HttpFileServer, Instance, InstanceConfig, PackageRepo,
-    SharedFixture, Testbed, TestbedSettings, apply_local_roles, bake_agent_image,
-    check_prerequisites, shell_output, write_local_roles,
+    SharedFixture, Testbed, TestbedSettings, bake_agent_image, check_prerequisites,
 };
 
 /// What the tests share: the testbed, the internal repository holding the
@@ -52,7 +51,7 @@ fn fixture() -> Result<Arc<Fixture>> {
 /// Shuts the test's instance down and checks that nothing of it is left on
 /// the host (the testbed itself lives on for the other tests).
 fn shut_down_leaving_nothing(fixture: &Fixture, instance: Instance) -> Result<()> {
-    cms_integration::shut_down_leaving_nothing(&fixture.testbed, instance)
+    fixture.testbed.shut_down_leaving_nothing(instance)
 }
 
 /// An instance of its own for one test, tagged `role=app`.
@@ -144,19 +143,16 @@ creates = "/var/tmp/first-boot"
 }
 
 fn write_roles(instance: &Instance, role_text: &str) -> Result<()> {
-    write_local_roles(
-        instance,
-        &[("cms.toml", SETTINGS), ("roles/app.toml", role_text)],
-    )
+    instance.write_roles_repository(&[("cms.toml", SETTINGS), ("roles/app.toml", role_text)])
 }
 
 /// Runs `cms-agent apply` in the instance; returns the exit code and output.
 fn apply(instance: &Instance, extra: &[&str]) -> Result<(i32, String)> {
-    apply_local_roles(instance, "role=app", extra)
+    instance.apply_roles_repository("role=app", extra)
 }
 
 fn run(instance: &Instance, command: &str) -> Result<String> {
-    shell_output(instance, command)
+    instance.shell(command)
 }
 
 fn starts(instance: &Instance) -> Result<usize> {

@@ -11,12 +11,15 @@
 use std::sync::Arc;
 
 use anyhow::{Result, ensure};
-use cms_integration::{
-    AgentImageTestbed, Instance, SharedFixture, apply_local_roles, shell_output as run,
-    write_local_roles,
-};
+use cms_integration::{AgentImageTestbed, Instance, SharedFixture};
 
 static FIXTURE: SharedFixture<AgentImageTestbed> = SharedFixture::new();
+
+/// Runs a shell command in the instance, which must succeed; its output,
+/// trimmed.
+fn run(instance: &Instance, command: &str) -> Result<String> {
+    instance.shell(command)
+}
 
 fn fixture() -> Result<Arc<AgentImageTestbed>> {
     FIXTURE.get_or_start(AgentImageTestbed::start)
@@ -27,7 +30,7 @@ fn boot(fixture: &AgentImageTestbed, name: &str) -> Result<Instance> {
 }
 
 fn shut_down_leaving_nothing(fixture: &AgentImageTestbed, instance: Instance) -> Result<()> {
-    cms_integration::shut_down_leaving_nothing(&fixture.testbed, instance)
+    fixture.testbed.shut_down_leaving_nothing(instance)
 }
 
 const SETTINGS: &str = "[hierarchy]\nlayers = [\"common\"]\n";
@@ -38,7 +41,7 @@ fn repository(role: &str) -> [(&'static str, &str); 2] {
 }
 
 fn apply(instance: &Instance, extra: &[&str]) -> Result<(i32, String)> {
-    apply_local_roles(instance, "role=app", extra)
+    instance.apply_roles_repository("role=app", extra)
 }
 
 /// Applies expecting `code` (2: changed, 0: nothing to do).
@@ -54,7 +57,7 @@ fn apply_expecting(instance: &Instance, extra: &[&str], code: i32, what: &str) -
 
 /// Writes a role, applies it (a change), and applies again (no change).
 fn converge(instance: &Instance, role: &str, what: &str) -> Result<String> {
-    write_local_roles(instance, &repository(role))?;
+    instance.write_roles_repository(&repository(role))?;
     let output = apply_expecting(instance, &[], 2, what)?;
     apply_expecting(instance, &[], 0, &format!("{what}, second run"))?;
     Ok(output)
@@ -62,7 +65,7 @@ fn converge(instance: &Instance, role: &str, what: &str) -> Result<String> {
 
 /// A bad value is refused before anything is done, naming its field.
 fn refused_naming(instance: &Instance, role: &str, field: &str) -> Result<()> {
-    write_local_roles(instance, &repository(role))?;
+    instance.write_roles_repository(&repository(role))?;
     let (code, output) = apply(instance, &[])?;
     ensure!(
         code != 0 && code != 2,

@@ -26,7 +26,7 @@
 //! - `ensure = "absent"` removes a file or symlink, backing up a file first;
 //!   it refuses to remove a directory.
 
-use cms_roles::{Ensure, File, Mode};
+use cms_roles::{Ensure, File};
 use similar::TextDiff;
 
 use crate::host::fs::{FileAttributes, FileKind, FileStatus, parent_path, sha256_hex};
@@ -147,19 +147,19 @@ impl Provider for FileProvider<'_> {
                 .write_file_atomically(&file.path, content, attributes)?;
             return Ok(());
         }
-        apply_ownership_and_mode(
-            cx.host,
-            &file.path,
-            OwnershipAndMode {
-                owner: file.owner.as_deref().filter(|_| changed("owner")),
-                group: file.group.as_deref().filter(|_| changed("group")),
-                mode: file.mode.map(|mode| mode.0).filter(|_| changed("mode")),
-            },
-        )
+        apply_metadata_changes(cx.host, &file.path, self.metadata(), changes)
     }
 }
 
 impl FileProvider<'_> {
+    fn metadata(&self) -> OwnershipAndMode<'_> {
+        OwnershipAndMode {
+            owner: self.0.owner.as_deref(),
+            group: self.0.group.as_deref(),
+            mode: self.0.mode.map(|mode| mode.0),
+        }
+    }
+
     fn check_existing(
         &self,
         status: &FileStatus,
@@ -200,13 +200,7 @@ impl FileProvider<'_> {
                 );
             }
         }
-        changes.extend(metadata_changes(
-            cx.host,
-            status,
-            file.owner.as_deref(),
-            file.group.as_deref(),
-            file.mode,
-        )?);
+        changes.extend(metadata_changes(cx.host, status, &self.metadata())?);
         Ok(changes)
     }
 
@@ -383,26 +377,43 @@ pub(crate) fn ownership_changes(
     Ok(changes)
 }
 
-/// The owner, group and mode changes of a file resource itself, for what
-/// the resource sets.
+/// The owner, group and mode changes of an existing object, for what
+/// `wanted` sets.
 pub(crate) fn metadata_changes(
     host: &Host,
     status: &FileStatus,
-    owner: Option<&str>,
-    group: Option<&str>,
-    mode: Option<Mode>,
+    wanted: &OwnershipAndMode<'_>,
 ) -> Result<Vec<Change>, ProviderError> {
-    let mut changes = ownership_changes(host, status, owner, group, None)?;
-    if let Some(mode) = mode
-        && status.mode != mode.0
+    let mut changes = ownership_changes(host, status, wanted.owner, wanted.group, None)?;
+    if let Some(mode) = wanted.mode
+        && status.mode != mode
     {
         changes.push(Change::new(
             "mode",
             format_mode(status.mode),
-            mode.to_string(),
+            format_mode(mode),
         ));
     }
     Ok(changes)
+}
+
+/// Applies the `owner`, `group` and `mode` changes among `changes`.
+pub(crate) fn apply_metadata_changes(
+    host: &Host,
+    path: &str,
+    wanted: OwnershipAndMode<'_>,
+    changes: &[Change],
+) -> Result<(), ProviderError> {
+    let changed = |attribute: &str| changes.iter().any(|c| c.attribute == attribute);
+    apply_ownership_and_mode(
+        host,
+        path,
+        OwnershipAndMode {
+            owner: wanted.owner.filter(|_| changed("owner")),
+            group: wanted.group.filter(|_| changed("group")),
+            mode: wanted.mode.filter(|_| changed("mode")),
+        },
+    )
 }
 
 /// What to set on an existing object; `None` leaves it as it is.

@@ -36,8 +36,13 @@ mod service;
 mod symlink;
 mod user;
 
+mod authorized_keys;
+mod java_truststore;
+mod kernel_module;
 mod limits;
 mod mount;
+mod parts;
+mod sysctl;
 mod systemd;
 mod systemd_dropin;
 mod systemd_timer;
@@ -328,6 +333,10 @@ pub fn provider(kind: &ResourceKind) -> Box<dyn Provider + '_> {
         ResourceKind::SystemdDropin(d) => Box::new(systemd_dropin::dropin_provider(d)),
         ResourceKind::Mount(m) => Box::new(mount::MountProvider(m)),
         ResourceKind::Limits(l) => Box::new(limits::limits_provider(l)),
+        ResourceKind::Sysctl(s) => Box::new(sysctl::SysctlProvider(s)),
+        ResourceKind::KernelModule(k) => Box::new(kernel_module::KernelModuleProvider(k)),
+        ResourceKind::AuthorizedKeys(a) => Box::new(authorized_keys::AuthorizedKeysProvider(a)),
+        ResourceKind::JavaTruststore(t) => Box::new(java_truststore::JavaTruststoreProvider(t)),
     }
 }
 

@@ -13,8 +13,9 @@
 
 use cms_roles::{Mount, MountEnsure, NETWORK_FSTYPES, Service, UNIT_DIRECTORY};
 
+use crate::parts::{labelled, part};
 use crate::service::ServiceProvider;
-use crate::systemd::{GeneratedFile, daemon_reload_if_pending, escape_path, labelled, part};
+use crate::systemd::{GeneratedFile, daemon_reload_if_pending, escape_path};
 use crate::{Change, CommandSpec, Context, Provider, ProviderError};
 
 /// The text of the mount unit.

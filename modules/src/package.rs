@@ -7,7 +7,7 @@
 //! go in one transaction ([`apply_batch`]). The package manager is chosen
 //! by what the host has: `dpkg` first, then `rpm`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use cms_roles::{Package, PackageEnsure};
@@ -62,6 +62,27 @@ impl Provider for PackageProvider<'_> {
 
     fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
         let manager = manager(cx.host)?;
+        let mut changes = self.version_changes(cx, manager)?;
+        if let Some(hold) = self.0.hold {
+            let held = held_packages(cx, manager)?.contains(&self.0.name);
+            if hold != held {
+                changes.push(Change::new("hold", held_word(held), held_word(hold)));
+            }
+        }
+        Ok(changes)
+    }
+
+    fn apply(&self, changes: &[Change], cx: &Context<'_>) -> Result<(), ProviderError> {
+        apply_batch(&[(self.0, changes)], cx)
+    }
+}
+
+impl PackageProvider<'_> {
+    fn version_changes(
+        &self,
+        cx: &Context<'_>,
+        manager: Manager,
+    ) -> Result<Vec<Change>, ProviderError> {
         let installed = installed_version(cx, manager, &self.0.name)?;
         let wanted = &self.0.ensure;
         let change = |to: String| {
@@ -95,10 +116,10 @@ impl Provider for PackageProvider<'_> {
             _ => Ok(Vec::new()),
         }
     }
+}
 
-    fn apply(&self, changes: &[Change], cx: &Context<'_>) -> Result<(), ProviderError> {
-        apply_batch(&[(self.0, changes)], cx)
-    }
+fn held_word(held: bool) -> &'static str {
+    if held { "held" } else { "not held" }
 }
 
 /// Installs, upgrades and removes several packages in as few transactions
@@ -112,9 +133,32 @@ pub fn apply_batch(
     let mut install = Vec::new();
     let mut remove = Vec::new();
     let mut purge = Vec::new();
+    // A held package is released before its version changes (a hold
+    // refuses that) and held again after.
+    let held = if packages
+        .iter()
+        .any(|(package, changes)| package.hold.is_some() && !changes.is_empty())
+    {
+        held_packages(cx, manager)?
+    } else {
+        BTreeSet::new()
+    };
+    let mut release = Vec::new();
+    let mut hold = Vec::new();
     for (package, changes) in packages {
         if changes.is_empty() {
             continue;
+        }
+        let version_changes = changes.iter().any(|c| c.attribute == "version");
+        let is_held = held.contains(&package.name);
+        match package.hold {
+            Some(false) if is_held => release.push(package.name.clone()),
+            Some(true) if is_held && version_changes => {
+                release.push(package.name.clone());
+                hold.push(package.name.clone());
+            }
+            Some(true) if !is_held => hold.push(package.name.clone()),
+            _ => {}
         }
         let target = changes
             .iter()
@@ -133,6 +177,9 @@ pub fn apply_batch(
             (_, None) => {}
         }
     }
+    if !release.is_empty() {
+        set_holds(cx, manager, false, &release)?;
+    }
     if !install.is_empty() {
         install_packages(cx, manager, &install)?;
     }
@@ -142,9 +189,96 @@ pub fn apply_batch(
     if !purge.is_empty() {
         run_manager(cx, manager, "purge", &purge)?;
     }
+    if !hold.is_empty() {
+        set_holds(cx, manager, true, &hold)?;
+    }
     // What changed is read again on the next check.
     *cx.session.installed.borrow_mut() = None;
+    *cx.session.held.borrow_mut() = None;
     Ok(())
+}
+
+/// The packages held at their version, read once per run: `apt-mark
+/// showhold`, or dnf's versionlock list (`/etc/dnf/plugins/versionlock.list`,
+/// entries `NAME-[EPOCH:]VERSION-RELEASE.*`).
+fn held_packages(cx: &Context<'_>, manager: Manager) -> Result<BTreeSet<String>, ProviderError> {
+    if let Some(held) = cx.session.held.borrow().as_ref() {
+        return Ok(held.clone());
+    }
+    let held: BTreeSet<String> = match manager {
+        Manager::Apt => {
+            let spec = CommandSpec::new(["apt-mark", "showhold"]).timeout(Duration::from_secs(60));
+            let output = cx.host.run(&spec)?;
+            let names = output.stdout.clone();
+            check_output(&spec, output)?;
+            names
+                .lines()
+                .map(|line| {
+                    line.trim()
+                        .split(':')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .filter(|name| !name.is_empty())
+                .collect()
+        }
+        Manager::Dnf => {
+            let list = "/etc/dnf/plugins/versionlock.list";
+            let text = match cx.host.status(list)? {
+                Some(_) => String::from_utf8_lossy(&cx.host.read_file(list)?).into_owned(),
+                None => String::new(),
+            };
+            text.lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with(['#', '!']))
+                .filter_map(|line| {
+                    let mut parts = line.rsplitn(3, '-');
+                    let (_release, _version) = (parts.next()?, parts.next()?);
+                    parts.next().map(str::to_string)
+                })
+                .collect()
+        }
+    };
+    *cx.session.held.borrow_mut() = Some(held.clone());
+    Ok(held)
+}
+
+/// Holds or releases packages: `apt-mark hold|unhold`, `dnf versionlock
+/// add|delete` (its plugin is `python3-dnf-plugin-versionlock`).
+fn set_holds(
+    cx: &Context<'_>,
+    manager: Manager,
+    hold: bool,
+    names: &[String],
+) -> Result<(), ProviderError> {
+    let spec = match manager {
+        Manager::Apt => {
+            let mut argv = vec![
+                "apt-mark".to_string(),
+                if hold { "hold" } else { "unhold" }.into(),
+            ];
+            argv.extend(names.iter().cloned());
+            CommandSpec::new(argv).timeout(Duration::from_secs(120))
+        }
+        Manager::Dnf => {
+            let mut args = vec!["versionlock", if hold { "add" } else { "delete" }];
+            args.extend(names.iter().map(String::as_str));
+            dnf_command(cx.host, &args).timeout(Duration::from_secs(300))
+        }
+    };
+    let output = cx.host.run(&spec)?;
+    if manager == Manager::Dnf
+        && !output.success()
+        && (output.stderr.contains("No such command") || output.stdout.contains("No such command"))
+    {
+        return Err(ProviderError::Failed(format!(
+            "Failed to {} {}: dnf has no versionlock command; declare [[package]] name = \"python3-dnf-plugin-versionlock\" and require it",
+            if hold { "hold" } else { "release" },
+            names.join(", ")
+        )));
+    }
+    check_output(&spec, output)
 }
 
 fn manager(host: &Host) -> Result<Manager, ProviderError> {

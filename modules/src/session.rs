@@ -6,7 +6,7 @@
 //! `&Context`; a run is single-threaded, resource after resource.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What one run has learned and must remember between resources.
 #[derive(Debug, Default)]
@@ -16,6 +16,9 @@ pub struct Session {
     pub(crate) installed: RefCell<Option<BTreeMap<String, Option<String>>>>,
     /// The newest version the sources offer, for `latest` packages.
     pub(crate) candidates: RefCell<Option<BTreeMap<String, Option<String>>>>,
+    /// The packages held at their version (`apt-mark showhold`, dnf's
+    /// versionlock list), read once for the run.
+    pub(crate) held: RefCell<Option<BTreeSet<String>>>,
     /// Every package name of the catalog, so the first query covers them.
     pub(crate) package_names: Vec<String>,
     /// A package source changed: refresh the index before the next install.

@@ -13,7 +13,7 @@ use cms_roles::{Ensure, File, Mode};
 
 use crate::file::FileProvider;
 use crate::host::fs::sha256_hex;
-use crate::{Change, CommandSpec, ContentStore, Context, Provider, ProviderError};
+use crate::{Change, CommandSpec, Context, Provider, ProviderError};
 
 /// Starting a unit can wait on its start-up; a broken one must not hang the
 /// run.
@@ -53,62 +53,6 @@ pub(crate) fn daemon_reload_if_pending(cx: &Context<'_>) -> Result<(), ProviderE
     Ok(())
 }
 
-/// Each change with its part's name in front (`unit: content`).
-pub(crate) fn labelled(label: &str, changes: Vec<Change>) -> Vec<Change> {
-    changes
-        .into_iter()
-        .map(|mut change| {
-            change.attribute = format!("{label}: {}", change.attribute);
-            change
-        })
-        .collect()
-}
-
-/// The changes of one part, with the part's name taken off again.
-pub(crate) fn part(changes: &[Change], label: &str) -> Vec<Change> {
-    let prefix = format!("{label}: ");
-    changes
-        .iter()
-        .filter_map(|change| {
-            change
-                .attribute
-                .strip_prefix(&prefix)
-                .map(|attribute| Change {
-                    attribute: attribute.to_string(),
-                    ..change.clone()
-                })
-        })
-        .collect()
-}
-
-/// The catalog's contents plus texts a provider generated, found by their
-/// sha256 as the `file` provider asks for them.
-pub(crate) struct GeneratedContents<'a> {
-    generated: Vec<(String, &'a [u8])>,
-    inner: &'a dyn ContentStore,
-}
-
-impl<'a> GeneratedContents<'a> {
-    pub(crate) fn new(texts: &[&'a str], inner: &'a dyn ContentStore) -> GeneratedContents<'a> {
-        GeneratedContents {
-            generated: texts
-                .iter()
-                .map(|text| (sha256_hex(text.as_bytes()), text.as_bytes()))
-                .collect(),
-            inner,
-        }
-    }
-}
-
-impl ContentStore for GeneratedContents<'_> {
-    fn get(&self, sha256: &str) -> Option<&[u8]> {
-        match self.generated.iter().find(|(hash, _)| hash == sha256) {
-            Some((_, bytes)) => Some(bytes),
-            None => self.inner.get(sha256),
-        }
-    }
-}
-
 /// A root-owned 0644 file whose text the provider generates (a unit, a
 /// drop-in), or its absence.
 pub(crate) struct GeneratedFile {
@@ -136,7 +80,7 @@ impl GeneratedFile {
     }
 
     pub(crate) fn check(&self, cx: &Context<'_>) -> Result<Vec<Change>, ProviderError> {
-        let contents = GeneratedContents::new(&[&self.text], cx.contents);
+        let contents = crate::parts::GeneratedContents::new(&[&self.text], cx.contents);
         FileProvider(&self.file).check(&Context {
             contents: &contents,
             ..*cx
@@ -149,7 +93,7 @@ impl GeneratedFile {
         if changes.is_empty() {
             return Ok(());
         }
-        let contents = GeneratedContents::new(&[&self.text], cx.contents);
+        let contents = crate::parts::GeneratedContents::new(&[&self.text], cx.contents);
         FileProvider(&self.file).apply(
             changes,
             &Context {

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use cms_roles::{Ensure, Service, ServiceEnsure, SystemdTimer, UNIT_DIRECTORY};
 
+use crate::parts::{labelled, part};
 use crate::service::ServiceProvider;
-use crate::systemd::{GeneratedFile, daemon_reload_if_pending, exec_word, labelled, part};
+use crate::systemd::{GeneratedFile, daemon_reload_if_pending, exec_word};
 use crate::{Change, CommandSpec, Context, Provider, ProviderError};
 
 /// The oneshot service that runs the command.

@@ -116,15 +116,7 @@ impl InstallRoot {
                 .collect(),
         );
         let managed = BTreeSet::new();
-        let cx = Context {
-            host: &self.host,
-            contents: &self.contents,
-            backups: &self.backups,
-            managed_paths: &managed,
-            session: &session,
-            restarts: &cms_modules::UNCOORDINATED,
-            sensitive: false,
-        };
+        let cx = self.context(&session, &managed);
         let mut changed = 0;
         for kind in kinds {
             let provider = provider(kind);
@@ -190,6 +182,7 @@ fn package(name: &str, ensure: PackageEnsure) -> ResourceKind {
     ResourceKind::Package(Package {
         name: name.into(),
         ensure,
+        hold: Some(false),
     })
 }
 
@@ -253,6 +246,7 @@ fn several_dnf_packages_install_in_one_transaction() {
         .map(|name| Package {
             name: name.into(),
             ensure: PackageEnsure::Present,
+            hold: Some(false),
         })
         .collect();
     let session = Session::new(packages.iter().map(|p| p.name.clone()).collect());
@@ -283,4 +277,82 @@ fn several_dnf_packages_install_in_one_transaction() {
         before + 1,
         "three packages, one transaction"
     );
+}
+
+fn held_package(name: &str, hold: bool) -> ResourceKind {
+    ResourceKind::Package(Package {
+        name: name.into(),
+        ensure: PackageEnsure::Present,
+        hold: Some(hold),
+    })
+}
+
+/// The versionlock plugin is not on this machine (Debian's
+/// dnf-plugins-core brings a `local` plugin that breaks the other tests):
+/// what is tested is the hold read from the root's versionlock list, and
+/// the error that names the plugin's package.
+#[test]
+fn a_dnf_hold_is_read_from_the_versionlock_list_and_a_missing_plugin_is_named() {
+    let root = InstallRoot::new();
+    build_rpm(&root.topdir, "cms-held", "1.0");
+    publish(&root.topdir, &root.repo);
+    root.converge(&[root.repository(), held_package("cms-held", false)]);
+    let locklist = root.host.path("/etc/dnf/plugins/versionlock.list");
+    std::fs::create_dir_all(locklist.parent().expect("parent")).expect("mkdir");
+    std::fs::write(
+        &locklist,
+        "# comment\ncms-held-0:1.0-1.*\n!cms-excluded-0:2-1.*\n",
+    )
+    .expect("write");
+
+    assert_eq!(root.check(&held_package("cms-held", true)), "");
+    assert_eq!(
+        root.check(&held_package("cms-held", false)),
+        "hold: held -> not held"
+    );
+
+    std::fs::write(&locklist, "").expect("write");
+    let error = root.apply_error(&held_package("cms-held", true));
+    assert!(
+        error.starts_with("Failed to hold cms-held: dnf has no versionlock command; declare [[package]] name = \"python3-dnf-plugin-versionlock\""),
+        "{error}"
+    );
+}
+
+impl InstallRoot {
+    fn context<'a>(&'a self, session: &'a Session, managed: &'a BTreeSet<String>) -> Context<'a> {
+        Context {
+            host: &self.host,
+            contents: &self.contents,
+            backups: &self.backups,
+            managed_paths: managed,
+            session,
+            restarts: &cms_modules::UNCOORDINATED,
+            sensitive: false,
+        }
+    }
+
+    /// What `check` reports for one resource, one change a line.
+    fn check(&self, kind: &ResourceKind) -> String {
+        let (session, managed) = (Session::default(), BTreeSet::new());
+        let changes = provider(kind)
+            .check(&self.context(&session, &managed))
+            .expect("checks");
+        changes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The error applying one resource gives.
+    fn apply_error(&self, kind: &ResourceKind) -> String {
+        let (session, managed) = (Session::default(), BTreeSet::new());
+        let cx = self.context(&session, &managed);
+        let changes = provider(kind).check(&cx).expect("checks");
+        match provider(kind).apply(&changes, &cx) {
+            Ok(()) => panic!("expected an error applying {changes:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
 }

@@ -18,7 +18,10 @@ use cms_modules::host::fs::{FileAttributes, FileKind, TEMPORARY_FILE_PREFIX, sha
 use cms_modules::{
     BackupStore, Change, Context, Host, ProviderError, Session, backup::BackupError, provider,
 };
-use cms_roles::{Content, Directory, Ensure, File, Mode, ResourceKind, Symlink};
+use cms_roles::{
+    AuthorizedKeys, Content, Directory, Ensure, File, KernelModule, Mode, ModuleEnsure,
+    ResourceKind, Symlink, Sysctl, SysctlValue,
+};
 use tempfile::TempDir;
 
 // ---------------------------------------------------------------------------
@@ -1467,4 +1470,436 @@ fn a_backup_store_found_wider_than_private_is_narrowed_on_open() {
         ),
         (0o700, 0o700, 0o600)
     );
+}
+
+// ---------------------------------------------------------------------------
+// sysctl, kernel_module and authorized_keys: the files they generate, and
+// the kernel's files (`/proc/sys`, `/proc/modules`, `/sys/module`), faked
+// under the temporary root.
+
+fn sysctl(name: &str, value: &str) -> ResourceKind {
+    ResourceKind::Sysctl(Sysctl {
+        name: name.into(),
+        value: Some(SysctlValue(value.into())),
+        ensure: Ensure::Present,
+    })
+}
+
+#[test]
+fn a_sysctl_is_set_in_proc_sys_and_persisted_then_repaired_after_drift() {
+    let test = TestHost::new();
+    test.write("/proc/sys/net/ipv4/ip_local_port_range", b"32768\t60999\n");
+    test.mkdir("/etc/sysctl.d");
+    let resource = sysctl("net.ipv4.ip_local_port_range", "1024  65000");
+
+    let planned = test.check(std::slice::from_ref(&resource));
+    assert_eq!(
+        test.read("/proc/sys/net/ipv4/ip_local_port_range"),
+        "32768\t60999\n"
+    );
+    let changes = test.converge(std::slice::from_ref(&resource));
+
+    assert_eq!(planned, changes);
+    assert_eq!(
+        changes,
+        [
+            "sysctl:net.ipv4.ip_local_port_range value: 32768 60999 -> 1024 65000",
+            "sysctl:net.ipv4.ip_local_port_range persisted: ensure: absent -> present",
+        ]
+    );
+    assert_eq!(
+        test.read("/proc/sys/net/ipv4/ip_local_port_range"),
+        "1024 65000\n"
+    );
+    assert_eq!(
+        test.read("/etc/sysctl.d/90-cms-net.ipv4.ip_local_port_range.conf"),
+        "# Managed by cms (sysctl:net.ipv4.ip_local_port_range); changes here are replaced.\nnet.ipv4.ip_local_port_range = 1024 65000\n"
+    );
+    assert_eq!(
+        test.mode("/etc/sysctl.d/90-cms-net.ipv4.ip_local_port_range.conf"),
+        0o644
+    );
+    // The kernel's tabs are the same value.
+    test.write("/proc/sys/net/ipv4/ip_local_port_range", b"1024\t65000\n");
+    assert!(test.converge(std::slice::from_ref(&resource)).is_empty());
+
+    test.write("/proc/sys/net/ipv4/ip_local_port_range", b"1\t2\n");
+    test.write(
+        "/etc/sysctl.d/90-cms-net.ipv4.ip_local_port_range.conf",
+        b"edited\n",
+    );
+    let repaired = test.converge(std::slice::from_ref(&resource));
+    assert_eq!(repaired.len(), 2, "{repaired:?}");
+    assert!(repaired[1].starts_with("sysctl:net.ipv4.ip_local_port_range persisted: content: "));
+    assert_eq!(
+        test.read("/proc/sys/net/ipv4/ip_local_port_range"),
+        "1024 65000\n"
+    );
+    assert!(test.converge(&[resource]).is_empty());
+}
+
+#[test]
+fn an_absent_sysctl_removes_only_its_persisted_file() {
+    let test = TestHost::new();
+    test.write("/proc/sys/net/core/somaxconn", b"4096\n");
+    test.write(
+        "/etc/sysctl.d/90-cms-net.core.somaxconn.conf",
+        b"net.core.somaxconn = 8192\n",
+    );
+    let resource = ResourceKind::Sysctl(Sysctl {
+        name: "net.core.somaxconn".into(),
+        value: None,
+        ensure: Ensure::Absent,
+    });
+
+    let changes = test.converge(std::slice::from_ref(&resource));
+
+    assert_eq!(
+        changes,
+        ["sysctl:net.core.somaxconn persisted: ensure: present -> absent"]
+    );
+    assert!(!test.exists("/etc/sysctl.d/90-cms-net.core.somaxconn.conf"));
+    assert_eq!(test.read("/proc/sys/net/core/somaxconn"), "4096\n");
+}
+
+#[test]
+fn a_sysctl_the_kernel_does_not_have_is_an_error_naming_its_proc_path() {
+    let test = TestHost::new();
+    test.mkdir("/proc/sys/net/core");
+    test.mkdir("/etc/sysctl.d");
+
+    let error = test.converge_error(&sysctl("net.core.no_such_key", "1"));
+
+    assert!(
+        error.starts_with("Failed to read sysctl net.core.no_such_key: /proc/sys/net/core/no_such_key does not exist"),
+        "{error}"
+    );
+    assert!(!test.exists("/etc/sysctl.d/90-cms-net.core.no_such_key.conf"));
+}
+
+fn kernel_module(name: &str, ensure: ModuleEnsure) -> ResourceKind {
+    ResourceKind::KernelModule(KernelModule {
+        name: name.into(),
+        ensure,
+    })
+}
+
+#[test]
+fn a_loaded_kernel_module_is_persisted_in_modules_load_d_and_its_blacklist_removed() {
+    let test = TestHost::new();
+    test.write(
+        "/proc/modules",
+        b"br_netfilter 32768 0 - Live 0x0000000000000000\nbridge 311296 1 br_netfilter, Live 0x0\n",
+    );
+    test.mkdir("/etc/modules-load.d");
+    test.write(
+        "/etc/modprobe.d/cms-blacklist-br-netfilter.conf",
+        b"blacklist br-netfilter\n",
+    );
+    // The name as modprobe takes it: `-` and `_` are the same module.
+    let resource = kernel_module("br-netfilter", ModuleEnsure::Loaded);
+
+    let changes = test.converge(std::slice::from_ref(&resource));
+
+    assert_eq!(
+        changes,
+        [
+            "kernel_module:br-netfilter load: ensure: absent -> present",
+            "kernel_module:br-netfilter blacklist: ensure: present -> absent",
+        ]
+    );
+    assert_eq!(
+        test.read("/etc/modules-load.d/br-netfilter.conf"),
+        "# Managed by cms (kernel_module:br-netfilter); changes here are replaced.\nbr-netfilter\n"
+    );
+    assert!(!test.exists("/etc/modprobe.d/cms-blacklist-br-netfilter.conf"));
+    assert!(test.converge(&[resource]).is_empty());
+}
+
+#[test]
+fn a_built_in_kernel_module_counts_as_loaded_and_cannot_be_made_absent() {
+    let test = TestHost::new();
+    test.write("/proc/modules", b"");
+    test.mkdir("/sys/module/unix/parameters");
+    test.mkdir("/etc/modules-load.d");
+    test.mkdir("/etc/modprobe.d");
+
+    let loaded = test.converge(&[kernel_module("unix", ModuleEnsure::Loaded)]);
+    let error = test.converge_error(&kernel_module("unix", ModuleEnsure::Absent));
+
+    assert_eq!(
+        loaded,
+        ["kernel_module:unix load: ensure: absent -> present"]
+    );
+    assert!(
+        error.starts_with("Failed to unload kernel module unix: it is built into the kernel"),
+        "{error}"
+    );
+    assert!(!test.exists("/etc/modprobe.d/cms-blacklist-unix.conf"));
+}
+
+const ED25519_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFUh4JBMfA3A/DaZSoJd1GFLVHrwOHl1oRQ3imfXwEWd alice@laptop";
+const OTHER_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZzTVJOI9Fm9Rqr0QXerV99bTueBjnNHKJULJfLETKK other";
+
+/// A root with a user `deploy` (uid 4242, group 4243) whose home exists.
+fn host_with_deploy_user() -> TestHost {
+    let test = TestHost::new();
+    test.write(
+        "/etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\ndeploy:x:4242:4243::/home/deploy:/bin/sh\n",
+    );
+    test.write("/etc/group", b"root:x:0:\ndeploy:x:4243:\n");
+    test.mkdir("/home/deploy");
+    test
+}
+
+fn authorized_keys(keys: &[&str], exclusive: bool) -> ResourceKind {
+    ResourceKind::AuthorizedKeys(AuthorizedKeys {
+        user: "deploy".into(),
+        keys: keys.iter().map(|key| key.to_string()).collect(),
+        exclusive,
+    })
+}
+
+#[test]
+fn authorized_keys_are_written_owner_only_in_the_users_home_and_others_removed() {
+    require_root();
+    let test = host_with_deploy_user();
+    let resource = authorized_keys(&[ED25519_KEY], true);
+
+    let changes = test.converge(std::slice::from_ref(&resource));
+
+    assert_eq!(
+        changes,
+        [
+            "authorized_keys:deploy directory: ensure: absent -> present",
+            "authorized_keys:deploy keys: ensure: absent -> present",
+        ]
+    );
+    assert_eq!(
+        test.read("/home/deploy/.ssh/authorized_keys"),
+        format!("{ED25519_KEY}\n")
+    );
+    assert_eq!(test.mode("/home/deploy/.ssh"), 0o700);
+    assert_eq!(test.mode("/home/deploy/.ssh/authorized_keys"), 0o600);
+    assert_eq!(test.owner("/home/deploy/.ssh"), (4242, 4243));
+    assert_eq!(
+        test.owner("/home/deploy/.ssh/authorized_keys"),
+        (4242, 4243)
+    );
+    assert!(test.converge(std::slice::from_ref(&resource)).is_empty());
+
+    // Drift: a key added by hand, the file opened to everyone.
+    test.write(
+        "/home/deploy/.ssh/authorized_keys",
+        format!("{ED25519_KEY}\n{OTHER_KEY}\n").as_bytes(),
+    );
+    test.chmod("/home/deploy/.ssh/authorized_keys", 0o644);
+    let repaired = test.converge(std::slice::from_ref(&resource));
+    assert_eq!(repaired.len(), 2, "{repaired:?}");
+    assert!(repaired[0].starts_with("authorized_keys:deploy keys: content: "));
+    assert_eq!(
+        repaired[1],
+        "authorized_keys:deploy keys: mode: 0644 -> 0600"
+    );
+    assert_eq!(
+        test.read("/home/deploy/.ssh/authorized_keys"),
+        format!("{ED25519_KEY}\n")
+    );
+    assert_eq!(test.mode("/home/deploy/.ssh/authorized_keys"), 0o600);
+}
+
+#[test]
+fn non_exclusive_authorized_keys_keep_the_keys_already_there() {
+    require_root();
+    let test = host_with_deploy_user();
+    test.mkdir("/home/deploy/.ssh");
+    test.write(
+        "/home/deploy/.ssh/authorized_keys",
+        format!("{OTHER_KEY}\n").as_bytes(),
+    );
+    // The same key with another comment counts as present.
+    let renamed = ED25519_KEY.replace("alice@laptop", "alice@desktop");
+    let resource = authorized_keys(&[&renamed, OTHER_KEY], false);
+    test.write(
+        "/home/deploy/.ssh/authorized_keys",
+        format!("{OTHER_KEY}\n{ED25519_KEY}\n").as_bytes(),
+    );
+
+    let changes = test.converge(std::slice::from_ref(&resource));
+
+    assert!(
+        changes
+            .iter()
+            .all(|change| !change.contains("keys: content")),
+        "{changes:?}"
+    );
+    assert_eq!(
+        test.read("/home/deploy/.ssh/authorized_keys"),
+        format!("{OTHER_KEY}\n{ED25519_KEY}\n")
+    );
+    let added = authorized_keys(&[ED25519_KEY], false);
+    test.write(
+        "/home/deploy/.ssh/authorized_keys",
+        format!("{OTHER_KEY}\n").as_bytes(),
+    );
+    test.converge(&[added]);
+    assert_eq!(
+        test.read("/home/deploy/.ssh/authorized_keys"),
+        format!("{OTHER_KEY}\n{ED25519_KEY}\n")
+    );
+}
+
+#[test]
+fn authorized_keys_of_a_user_not_yet_created_are_a_change_and_an_error_on_apply() {
+    let test = TestHost::new();
+    test.write("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n");
+    let resource = authorized_keys(&[ED25519_KEY], true);
+
+    let planned = test.check(std::slice::from_ref(&resource));
+    let error = test.converge_error(&resource);
+
+    assert_eq!(
+        planned,
+        ["authorized_keys:deploy ensure: absent -> 1 keys (user deploy is not on this host yet)"]
+    );
+    assert!(
+        error.starts_with(
+            "Failed to write the authorized keys of deploy: there is no user deploy in /etc/passwd"
+        ),
+        "{error}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// java_truststore, with the host's keytool (the JDK the tests build with)
+
+const CA_ONE: &str = include_str!("data/ca-one.pem");
+const CA_TWO: &str = include_str!("data/ca-two.pem");
+const TRUSTSTORE: &str = "/srv/app/truststore.p12";
+
+impl TestHost {
+    /// The names in a folder, sorted.
+    fn read_dir_names(&self, path: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.real(path))
+            .expect("lists")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The truststore a role declares with these certificates (alias →
+    /// PEM) and password, compiled as the server would; its contents join
+    /// the host's.
+    fn truststore(&mut self, certificates: &[(&str, &str)], password: &str) -> ResourceKind {
+        let mut files = cms_roles::RepoFiles::new();
+        files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+        let mut role = format!(
+            "[[java_truststore]]\npath = \"{TRUSTSTORE}\"\npassword = \"{password}\"\nmode = \"0640\"\n[java_truststore.certificates]\n"
+        );
+        for (alias, pem) in certificates {
+            files.insert(format!("files/{alias}.pem"), *pem);
+            role.push_str(&format!("{alias} = {{ source = \"{alias}.pem\" }}\n"));
+        }
+        files.insert("roles/app.toml", role);
+        let repository = cms_roles::Repository::parse(files).expect("parses");
+        let node = cms_roles::Node {
+            id: "i-1".into(),
+            tags: BTreeMap::new(),
+            facts: cms_roles::example_facts(),
+            attested: BTreeMap::new(),
+        };
+        let catalog = cms_roles::compile(&repository, &node).expect("compiles");
+        self.contents.extend(catalog.contents);
+        catalog
+            .resources
+            .into_iter()
+            .next()
+            .expect("a resource")
+            .kind
+    }
+}
+
+#[test]
+fn a_truststore_holds_exactly_the_catalogs_certificates_and_never_shows_its_password() {
+    let mut test = TestHost::new();
+    test.mkdir("/srv/app");
+    let password = "store-secret-1";
+    let both = test.truststore(&[("one", CA_ONE), ("two", CA_TWO)], password);
+
+    let planned = test.check(std::slice::from_ref(&both));
+    assert!(!test.exists(TRUSTSTORE), "check wrote nothing");
+    let created = test.converge(std::slice::from_ref(&both));
+
+    assert_eq!(planned, created);
+    assert_eq!(
+        created,
+        ["java_truststore:/srv/app/truststore.p12 ensure: absent -> present with 2 certificates"]
+    );
+    assert_eq!(test.mode(TRUSTSTORE), 0o640);
+    assert!(test.converge(std::slice::from_ref(&both)).is_empty());
+    assert!(
+        test.read_dir_names("/srv/app") == ["truststore.p12"],
+        "no work file is left: {:?}",
+        test.read_dir_names("/srv/app")
+    );
+
+    // One replaced, one removed.
+    let only_one = test.truststore(&[("one", CA_TWO)], password);
+    let before = std::fs::read(test.real(TRUSTSTORE)).expect("reads");
+    let planned = test.check(std::slice::from_ref(&only_one));
+    assert_eq!(std::fs::read(test.real(TRUSTSTORE)).expect("reads"), before);
+    let changed = test.converge(std::slice::from_ref(&only_one));
+    assert_eq!(planned, changed);
+    assert_eq!(changed.len(), 2, "{changed:?}");
+    assert!(
+        changed[0].starts_with("java_truststore:/srv/app/truststore.p12 certificate one: SHA256 ")
+    );
+    assert!(
+        changed[1].starts_with("java_truststore:/srv/app/truststore.p12 certificate two: SHA256 ")
+    );
+    assert!(changed[1].ends_with(" -> absent"));
+    assert!(test.converge(std::slice::from_ref(&only_one)).is_empty());
+
+    // Another password: the store is rebuilt with it.
+    let new_password = test.truststore(&[("one", CA_TWO)], "store-secret-2");
+    let rebuilt = test.converge(std::slice::from_ref(&new_password));
+    assert_eq!(
+        rebuilt,
+        [
+            "java_truststore:/srv/app/truststore.p12 content: not a PKCS#12 store the catalog's password opens -> rebuilt with 1 certificates"
+        ]
+    );
+    assert!(test.converge(&[new_password]).is_empty());
+
+    for line in created.iter().chain(&changed).chain(&rebuilt) {
+        assert!(!line.contains("store-secret"), "{line}");
+    }
+}
+
+#[test]
+fn a_truststore_repairs_its_mode_without_rebuilding() {
+    let mut test = TestHost::new();
+    test.mkdir("/srv/app");
+    let store = test.truststore(&[("one", CA_ONE)], "store-secret");
+    test.converge(std::slice::from_ref(&store));
+    let before = std::fs::read(test.real(TRUSTSTORE)).expect("reads");
+    test.chmod(TRUSTSTORE, 0o666);
+
+    let repaired = test.converge(std::slice::from_ref(&store));
+
+    assert_eq!(
+        repaired,
+        ["java_truststore:/srv/app/truststore.p12 mode: 0666 -> 0640"]
+    );
+    assert_eq!(std::fs::read(test.real(TRUSTSTORE)).expect("reads"), before);
 }

@@ -1535,3 +1535,236 @@ nofile = { soft = 65536, hard = 1024 }
         "roles/base.toml:4:9: invalid limit `lots`: write a number, \"unlimited\", or { soft = 1024, hard = 65536 }",
     );
 }
+
+// ---------------------------------------------------------------------------
+// sysctl, kernel_module, authorized_keys and package holds
+
+const ALICE_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFUh4JBMfA3A/DaZSoJd1GFLVHrwOHl1oRQ3imfXwEWd alice@laptop";
+
+#[test]
+fn sysctl_kernel_module_and_authorized_keys_compile_under_their_references() {
+    let role = format!(
+        r#"
+[[sysctl]]
+name = "net.core.somaxconn"
+value = 4096
+
+[[sysctl]]
+name = "net/ipv4/conf/eth0.100/forwarding"
+value = "1"
+
+[[kernel_module]]
+name = "br_netfilter"
+
+[[authorized_keys]]
+user = "deploy"
+keys = ["{ALICE_KEY}"]
+
+[[package]]
+name = "nginx"
+hold = true
+"#
+    );
+    let catalog = compile_ok(&[("roles/base.toml", &role)], "");
+    assert_eq!(
+        references(&catalog),
+        [
+            "sysctl:net.core.somaxconn",
+            "sysctl:net/ipv4/conf/eth0.100/forwarding",
+            "kernel_module:br_netfilter",
+            "authorized_keys:deploy",
+            "package:nginx",
+        ]
+    );
+    let ResourceKind::Sysctl(sysctl) = &catalog.resources[0].kind else {
+        panic!("a sysctl");
+    };
+    assert_eq!(sysctl.value.as_ref().map(|v| v.0.as_str()), Some("4096"));
+    assert_eq!(sysctl.proc_path(), "/proc/sys/net/core/somaxconn");
+    let ResourceKind::Sysctl(slashed) = &catalog.resources[1].kind else {
+        panic!("a sysctl");
+    };
+    assert_eq!(
+        slashed.proc_path(),
+        "/proc/sys/net/ipv4/conf/eth0.100/forwarding"
+    );
+    assert_eq!(
+        slashed.persisted_path(),
+        "/etc/sysctl.d/90-cms-net.ipv4.conf.eth0.100.forwarding.conf"
+    );
+}
+
+#[test]
+fn bad_sysctl_names_and_missing_values_are_refused_naming_the_field() {
+    let errors = compile_err(
+        &[(
+            "roles/base.toml",
+            r#"
+[[sysctl]]
+name = "net.core..somaxconn"
+value = "1"
+
+[[sysctl]]
+name = "net/../../etc/shadow"
+value = "1"
+
+[[sysctl]]
+name = "net.core.somaxconn"
+"#,
+        )],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:3:1: invalid sysctl name `net.core..somaxconn`",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:7:1: invalid sysctl name `net/../../etc/shadow`",
+    );
+    assert_contains(
+        &errors,
+        "sysctl net.core.somaxconn has no value: write value = \"...\"",
+    );
+}
+
+#[test]
+fn bad_kernel_module_names_are_refused_naming_the_field() {
+    let errors = compile_err(
+        &[(
+            "roles/base.toml",
+            "[[kernel_module]]\nname = \"../evil.ko\"\n",
+        )],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:2:1: invalid kernel module name `../evil.ko`",
+    );
+    let errors = compile_err(
+        &[(
+            "roles/base.toml",
+            "[[kernel_module]]\nname = \"dummy\"\nensure = \"unloaded\"\n",
+        )],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:3:10: unknown variant `unloaded`, expected `loaded` or `absent`",
+    );
+}
+
+#[test]
+fn an_authorized_key_that_is_not_a_key_is_refused_naming_its_index() {
+    let truncated = &ALICE_KEY[..60];
+    let role = format!(
+        r#"
+[[authorized_keys]]
+user = "deploy"
+keys = [
+  "{ALICE_KEY}",
+  "ssh-ed25519 not*base64",
+  "{truncated}",
+  "ssh-rsa {}",
+  "from=\"10.0.0.1\" {ALICE_KEY}",
+]
+"#,
+        ALICE_KEY.split_whitespace().nth(1).expect("base64")
+    );
+    let errors = compile_err(&[("roles/base.toml", &role)], "");
+    assert_contains(
+        &errors,
+        "keys[1]: the base64 part of the ssh-ed25519 key is not valid base64",
+    );
+    assert_contains(&errors, "keys[2]: the base64 part");
+    assert_contains(
+        &errors,
+        "keys[3]: the base64 part does not hold a ssh-rsa key",
+    );
+    assert_contains(
+        &errors,
+        "keys[4]: `from=\"10.0.0.1\"` is not an SSH key type",
+    );
+    assert!(!errors.contains("keys[0]"), "{errors}");
+    assert_contains(&errors, "roles/base.toml:4:1: keys[1]");
+}
+
+#[test]
+fn a_held_package_that_is_absent_is_refused_naming_hold() {
+    let errors = compile_err(
+        &[(
+            "roles/base.toml",
+            "[[package]]\nname = \"nginx\"\nensure = \"absent\"\nhold = true\n",
+        )],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:4:1: a package that is absent cannot be held",
+    );
+}
+
+const TEST_CA: &str = include_str!("../../modules/tests/data/ca-one.pem");
+
+#[test]
+fn a_truststore_carries_each_certificates_fingerprint_and_its_pem_by_hash() {
+    let role = "[[java_truststore]]\npath = \"/srv/app/truststore.p12\"\npassword = \"changeit\"\ncertificates = { internal-ca = { source = \"ca.pem\" } }\n";
+    let catalog = compile_ok(&[("files/ca.pem", TEST_CA), ("roles/base.toml", role)], "");
+    assert_eq!(
+        references(&catalog),
+        ["java_truststore:/srv/app/truststore.p12"]
+    );
+    let ResourceKind::JavaTruststore(store) = &catalog.resources[0].kind else {
+        panic!("a truststore");
+    };
+    let certificate = &store.certificates["internal-ca"];
+    // As `openssl x509 -noout -fingerprint -sha256 -in modules/tests/data/ca-one.pem` prints it.
+    assert_eq!(
+        certificate.fingerprint,
+        "08:E6:0A:66:61:BE:97:58:59:89:7A:6C:FE:7A:F6:11:2D:8A:64:D9:A8:EB:0E:71:B1:2C:98:C1:1C:7D:57:5C"
+    );
+    assert_eq!(
+        catalog.contents[&certificate.pem_sha256].0,
+        TEST_CA.as_bytes()
+    );
+}
+
+#[test]
+fn bad_truststore_passwords_and_certificates_are_refused_naming_the_field() {
+    let two = format!("{TEST_CA}{TEST_CA}");
+    let role = r#"
+[[java_truststore]]
+path = "/srv/app/truststore.p12"
+password = "short"
+
+[java_truststore.certificates]
+Upper = { source = "ca.pem" }
+both = { source = "ca.pem", content = "x" }
+chain = { source = "two.pem" }
+garbage = { content = "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n" }
+"#;
+    let errors = compile_err(
+        &[
+            ("files/ca.pem", TEST_CA),
+            ("files/two.pem", &two),
+            ("roles/base.toml", role),
+        ],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:4:1: the truststore password must have at least 6 characters",
+    );
+    assert!(!errors.contains("\"short\""), "{errors}");
+    assert_contains(&errors, "certificates.Upper: an alias is lowercase letters");
+    assert_contains(&errors, "certificates.both: write exactly one of source");
+    assert_contains(
+        &errors,
+        "certificates.chain: holds 2 PEM certificates (-----BEGIN CERTIFICATE-----); give each certificate its own alias",
+    );
+    assert_contains(
+        &errors,
+        "certificates.garbage: the certificate's base64 is not valid",
+    );
+}

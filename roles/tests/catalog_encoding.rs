@@ -5,7 +5,21 @@
 
 use std::collections::BTreeMap;
 
-use cms_roles::{Node, RepoFiles, Repository, compile, example_facts, parse_tag_list, sha256_hex};
+use cms_roles::{
+    Catalog, Node, RepoFiles, Repository, compile, example_facts, parse_tag_list, sha256_hex,
+};
+
+/// The catalog of an untagged node `id` with the example facts.
+fn compile_untagged(files: RepoFiles, id: &str) -> Catalog {
+    let repository = Repository::parse(files).expect("parses");
+    let node = Node {
+        id: id.into(),
+        tags: BTreeMap::new(),
+        facts: example_facts(),
+        attested: BTreeMap::new(),
+    };
+    compile(&repository, &node).expect("compiles")
+}
 
 #[test]
 fn a_catalog_of_every_kind_keeps_its_id_and_encoding() {
@@ -64,17 +78,7 @@ health = { tcp = 8080 }
 limits = { memory = "1g" }
 "#,
     );
-    let repository = Repository::parse(files).expect("parses");
-    let catalog = compile(
-        &repository,
-        &Node {
-            id: "n1".into(),
-            tags: BTreeMap::new(),
-            facts: example_facts(),
-            attested: BTreeMap::new(),
-        },
-    )
-    .expect("compiles");
+    let catalog = compile_untagged(files, "n1");
     assert_eq!(
         catalog.catalog_id,
         "3ae92119648d77a3dcc3e212b393ec40b1bb9264603910314666a4f16a17cefd"
@@ -146,14 +150,7 @@ fn compile_one_role(role: &str) -> cms_roles::Catalog {
     let mut files = RepoFiles::new();
     files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
     files.insert("roles/r.toml", role);
-    let repository = Repository::parse(files).expect("parses");
-    let node = Node {
-        id: "i-1".into(),
-        tags: BTreeMap::new(),
-        facts: example_facts(),
-        attested: BTreeMap::new(),
-    };
-    compile(&repository, &node).expect("compiles")
+    compile_untagged(files, "i-1")
 }
 
 /// The systemd kinds' encoding is a contract as the older kinds' is: an
@@ -199,4 +196,54 @@ nproc = 4096
     let decoded =
         cms_roles::Catalog::from_canonical_bytes(&catalog.canonical_bytes()).expect("decodes");
     assert_eq!(decoded, catalog);
+}
+
+/// The encoding of `sysctl`, `kernel_module`, `authorized_keys`,
+/// `java_truststore` and a held package, pinned apart from the catalog of
+/// the older kinds so that adding them left its id as it was.
+#[test]
+fn the_access_kinds_keep_their_encoding() {
+    let mut files = RepoFiles::new();
+    files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+    files.insert(
+        "files/ca.pem",
+        include_str!("../../modules/tests/data/ca-one.pem"),
+    );
+    files.insert(
+        "roles/access.toml",
+        r#"
+[[package]]
+name = "nginx"
+hold = true
+[[sysctl]]
+name = "net.core.somaxconn"
+value = 4096
+[[kernel_module]]
+name = "br_netfilter"
+ensure = "absent"
+[[authorized_keys]]
+user = "deploy"
+keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFUh4JBMfA3A/DaZSoJd1GFLVHrwOHl1oRQ3imfXwEWd alice@laptop"]
+exclusive = false
+[[java_truststore]]
+path = "/srv/app/truststore.p12"
+password = "changeit"
+mode = "0640"
+certificates = { internal-ca = { source = "ca.pem" } }
+"#,
+    );
+    let catalog = compile_untagged(files, "n1");
+    let json = String::from_utf8(catalog.canonical_bytes()).expect("utf-8");
+    for kind in [
+        r#"{"type":"package","name":"nginx","ensure":"present","hold":true}"#,
+        r#"{"type":"sysctl","name":"net.core.somaxconn","value":"4096","ensure":"present"}"#,
+        r#"{"type":"kernel_module","name":"br_netfilter","ensure":"absent"}"#,
+        r#"{"type":"authorized_keys","user":"deploy","keys":["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFUh4JBMfA3A/DaZSoJd1GFLVHrwOHl1oRQ3imfXwEWd alice@laptop"],"exclusive":false}"#,
+    ] {
+        assert!(json.contains(kind), "{kind} in {json}");
+    }
+    assert_eq!(
+        catalog.catalog_id,
+        "b4ad6cd446a048bb09a747e7a9cf1958ba182383f3077934404ec0077a367d06"
+    );
 }

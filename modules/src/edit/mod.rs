@@ -176,9 +176,11 @@ impl<'a, E> EditProvider<'a, E> {
             changes.extend(metadata_changes(
                 cx.host,
                 &status,
-                file.owner.as_deref(),
-                file.group.as_deref(),
-                file.mode,
+                &OwnershipAndMode {
+                    owner: file.owner.as_deref(),
+                    group: file.group.as_deref(),
+                    mode: file.mode.map(|mode| mode.0),
+                },
             )?);
         }
         Ok(Plan {

@@ -522,6 +522,25 @@ impl Host {
         .map_err(|e| HostError::io("set the modification time of", &reached.host_path, e))
     }
 
+    /// Writes `content` into an existing file in one `write`, without a
+    /// temporary file: for kernel files (`/proc/sys/...`), which cannot be
+    /// created or renamed over and take a value in a single write. Never
+    /// creates the file nor follows a symlink. (`O_TRUNC`, as `echo >`
+    /// does: the kernel's files ignore it, a regular file is emptied.)
+    pub fn write_existing_file(&self, path: &str, content: &[u8]) -> Result<(), HostError> {
+        let reached = self.reach_parent(path, "write", Access::Change)?;
+        let write_error = |e| HostError::io("write", &reached.host_path, e);
+        let fd = rustix::fs::openat(
+            &reached.directory,
+            reached.name.as_os_str(),
+            OFlags::WRONLY | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| write_error(symlink_at_path_error(errno)))?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(content).map_err(write_error)
+    }
+
     /// Sets the permission bits (including setuid, setgid and sticky) of a
     /// file or directory. Fails on a symlink rather than following it.
     pub fn set_mode(&self, path: &str, mode: u32) -> Result<(), HostError> {

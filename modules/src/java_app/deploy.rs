@@ -22,11 +22,10 @@ use crate::group::GroupProvider;
 use crate::host::clock;
 use crate::host::fs::{FileAttributes, FileKind, sha256_hex};
 use crate::package::PackageProvider;
+use crate::parts::{GeneratedContents, labelled, part};
 use crate::service::ServiceProvider;
 use crate::symlink::SymlinkProvider;
-use crate::systemd::{
-    GeneratedContents, daemon_reload, daemon_reload_if_pending, labelled, part, systemctl,
-};
+use crate::systemd::{daemon_reload, daemon_reload_if_pending, systemctl};
 use crate::user::UserProvider;
 use crate::{Change, CommandSpec, Context, Provider, ProviderError};
 
@@ -177,6 +176,8 @@ impl JavaAppProvider<'_> {
             package: app.runtime_package.as_ref().map(|name| Package {
                 name: name.clone(),
                 ensure: PackageEnsure::Present,
+                // The runtime's holds are the operator's.
+                hold: None,
             }),
             group: Group {
                 name: app.group.clone(),

@@ -243,6 +243,10 @@ registry! {
     SystemdDropin = "systemd_dropin" => systemd_dropin::SystemdDropin,
     Mount = "mount" => mount::Mount,
     Limits = "limits" => limits::ResourceLimits,
+    Sysctl = "sysctl" => sysctl::Sysctl,
+    KernelModule = "kernel_module" => kernel_module::KernelModule,
+    AuthorizedKeys = "authorized_keys" => authorized_keys::AuthorizedKeys,
+    JavaTruststore = "java_truststore" => java_truststore::JavaTruststore,
 }
 
 impl ResourceType {
@@ -308,6 +312,7 @@ mod tests {
         let package = ResourceKind::Package(Package {
             name: "nginx".into(),
             ensure: PackageEnsure::Present,
+            hold: Some(false),
         });
         let json = serde_json::to_string(&package).expect("serializes");
         assert_eq!(

@@ -71,6 +71,20 @@ pub struct Package {
     pub name: String,
     #[serde(default)]
     pub ensure: PackageEnsure,
+    /// `Some(true)`: held at its version (`apt-mark hold`, `dnf
+    /// versionlock`); `Some(false)`, what a role that does not write
+    /// `hold` gets: not held, so that removing `hold` releases it; `None`:
+    /// holds are left as they are (a java_app's runtime).
+    #[serde(default = "not_held", skip_serializing_if = "is_not_held")]
+    pub hold: Option<bool>,
+}
+
+fn not_held() -> Option<bool> {
+    Some(false)
+}
+
+fn is_not_held(hold: &Option<bool>) -> bool {
+    *hold == Some(false)
 }
 
 
@@ -85,10 +99,24 @@ impl Kind for Package {
 
     fn resolve(spec: Package, cx: &mut Resolver<'_>) -> Option<Package> {
         check_name(&spec.name, &mut cx.problems);
+        if spec.hold == Some(true)
+            && matches!(spec.ensure, PackageEnsure::Absent | PackageEnsure::Purged)
+        {
+            cx.problems.push((
+                "hold",
+                format!(
+                    "a package that is {} cannot be held: remove `hold = true`, or ensure it is present",
+                    spec.ensure
+                ),
+            ));
+        }
         Some(spec)
     }
 
     fn summary(&self) -> String {
-        format!(" ensure={}", self.ensure)
+        match self.hold {
+            Some(true) => format!(" ensure={} hold=true", self.ensure),
+            _ => format!(" ensure={}", self.ensure),
+        }
     }
 }
