@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use cms_integration::{
     BakedImage, DebPackageSpec, HttpFileServer, Instance, InstanceConfig, PackageRepo,
     SharedFixture, Testbed, TestbedSettings, bake_agent_image, check_prerequisites,
@@ -105,13 +105,7 @@ refreshonly = true
 }
 
 fn write_roles(instance: &Instance, role_text: &str) -> Result<()> {
-    let repo = instance.root_directory().join("srv/roles");
-    for (path, text) in [("cms.toml", SETTINGS), ("roles/app.toml", role_text)] {
-        let path = repo.join(path);
-        std::fs::create_dir_all(path.parent().context("parent")?)?;
-        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
-    }
-    Ok(())
+    instance.write_roles_repository(&[("cms.toml", SETTINGS), ("roles/app.toml", role_text)])
 }
 
 /// Runs `cms-agent apply` in the instance and checks its exit code
@@ -123,18 +117,7 @@ fn apply_expecting(
     expected: i32,
     what: &str,
 ) -> Result<String> {
-    let mut args = vec![
-        "cms-agent",
-        "apply",
-        "--repo",
-        "/srv/roles",
-        "--tags",
-        "role=app",
-    ];
-    args.extend_from_slice(extra);
-    let output = instance.run(&args)?;
-    let text = format!("{}{}", output.stdout, output.stderr);
-    let code = output.exit_code.unwrap_or(-1);
+    let (code, text) = instance.apply_roles_repository("role=app", extra)?;
     ensure!(
         code == expected,
         "{what} (exit {expected}), got {code}:\n{text}"
