@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{
-    AuditRecord, CaRecord, CertificateRecord, NodeRecord, NodeStatus, OperatorRecord, ReportWrite,
+    AuditRecord, CaRecord, CertificateRecord, NodeRecord, OperatorRecord, ReportWrite,
     RevisionRecord, RunSummary, Store, StoreError, StoredReport, TokenRecord, TriggerRecord,
     check_node_id, note_run,
 };
@@ -128,19 +128,9 @@ impl Store for MemoryStore {
             let Some(node) = data.nodes.get_mut(id) else {
                 continue;
             };
-            let new_facts = facts.as_ref().filter(|f| **f != node.facts);
-            if node.last_seen_unix_ms >= *at
-                && node.status == NodeStatus::Active
-                && new_facts.is_none()
-            {
+            if !node.note_seen(*at, facts.as_ref()) {
                 continue;
             }
-            if let Some(facts) = new_facts {
-                node.facts = facts.clone();
-            }
-            node.last_seen_unix_ms = node.last_seen_unix_ms.max(*at);
-            node.status = NodeStatus::Active;
-            node.gone_since_unix_ms = None;
             touched += 1;
         }
         Ok(touched)

@@ -582,6 +582,27 @@ pub struct NodeRecord {
     pub environment: String,
 }
 
+impl NodeRecord {
+    /// Notes that the node was seen at `at`, with `facts` when it sent
+    /// them: the last-seen time moves forward only, the node is active
+    /// again, new facts replace the old. Whether anything changed, so that
+    /// a store writes only the nodes that did.
+    pub fn note_seen(&mut self, at: u64, facts: Option<&serde_json::Value>) -> bool {
+        let new_facts = facts.filter(|f| **f != self.facts);
+        if self.last_seen_unix_ms >= at && self.status == NodeStatus::Active && new_facts.is_none()
+        {
+            return false;
+        }
+        if let Some(facts) = new_facts {
+            self.facts = facts.clone();
+        }
+        self.last_seen_unix_ms = self.last_seen_unix_ms.max(at);
+        self.status = NodeStatus::Active;
+        self.gone_since_unix_ms = None;
+        true
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {

@@ -56,7 +56,7 @@ use serde::de::DeserializeOwned;
 
 use super::key::StoreKey;
 use super::{
-    AuditRecord, BackendError, CaRecord, CertificateRecord, NodeRecord, NodeStatus, OperatorRecord,
+    AuditRecord, BackendError, CaRecord, CertificateRecord, NodeRecord, OperatorRecord,
     ReportWrite, RevisionRecord, Store, StoreError, StoredReport, TokenRecord, TriggerRecord,
     check_node_id,
 };
@@ -829,19 +829,9 @@ impl Store for PostgresStore {
                         let Some(node) = nodes.get_mut(id) else {
                             continue;
                         };
-                        let new_facts = facts.as_ref().filter(|f| **f != node.facts);
-                        if node.last_seen_unix_ms >= *at
-                            && node.status == NodeStatus::Active
-                            && new_facts.is_none()
-                        {
+                        if !node.note_seen(*at, facts.as_ref()) {
                             continue;
                         }
-                        if let Some(facts) = new_facts {
-                            node.facts = facts.clone();
-                        }
-                        node.last_seen_unix_ms = node.last_seen_unix_ms.max(*at);
-                        node.status = NodeStatus::Active;
-                        node.gone_since_unix_ms = None;
                         changed.insert(id.clone());
                         touched += 1;
                     }

@@ -54,7 +54,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AuditRecord, BackendError, CaRecord, CertificateRecord, FORMAT_VERSION, NodeRecord, NodeStatus,
+    AuditRecord, BackendError, CaRecord, CertificateRecord, FORMAT_VERSION, NodeRecord,
     OperatorRecord, ReportWrite, RevisionRecord, RunSummary, Store, StoreError, StoredReport,
     TokenRecord, TriggerRecord, check_node_id, note_run,
 };
@@ -376,19 +376,9 @@ impl Store for SledStore {
                     break;
                 };
                 let mut node: NodeRecord = decode(NODES, id.as_bytes(), &current)?;
-                let new_facts = facts.as_ref().filter(|f| **f != node.facts);
-                if node.last_seen_unix_ms >= *at
-                    && node.status == NodeStatus::Active
-                    && new_facts.is_none()
-                {
+                if !node.note_seen(*at, facts.as_ref()) {
                     break;
                 }
-                if let Some(facts) = new_facts {
-                    node.facts = facts.clone();
-                }
-                node.last_seen_unix_ms = node.last_seen_unix_ms.max(*at);
-                node.status = NodeStatus::Active;
-                node.gone_since_unix_ms = None;
                 let value = encode("node record", &node)?;
                 let swapped = self
                     .nodes
