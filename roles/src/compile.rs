@@ -961,41 +961,51 @@ fn lookup_path<'v>(context: &'v Value, path: &str) -> Option<&'v Value> {
 /// (`line`, `ini`, ...), or edited by two resources: each would undo the
 /// other's work on every run.
 fn check_edited_files(resources: &[Resource], origins: &[Origin], diagnostics: &mut Diagnostics) {
-    let mut claimed: HashMap<&str, usize> = HashMap::new();
+    let mut claimed: HashMap<String, usize> = HashMap::new();
     for (index, resource) in resources.iter().enumerate() {
         if let ResourceKind::File(file) = &resource.kind {
-            claimed.entry(file.path.as_str()).or_insert(index);
+            claimed.entry(file.path.clone()).or_insert(index);
         }
     }
     for (index, resource) in resources.iter().enumerate() {
-        let Some(path) = resource.kind.edited_path() else {
-            continue;
-        };
-        match claimed.get(path) {
-            None => {
+        let edited = resource
+            .kind
+            .edited_path()
+            .map(|path| (path.to_string(), true));
+        let written = resource
+            .kind
+            .written_files()
+            .into_iter()
+            .map(|path| (path, false));
+        for (path, edits) in edited.into_iter().chain(written) {
+            let Some(&first) = claimed.get(&path) else {
                 claimed.insert(path, index);
-            }
-            Some(&first) => {
-                let (other, other_origin) = (&resources[first], &origins[first]);
-                let origin = &origins[index];
-                let hint = if matches!(other.kind, ResourceKind::File(_)) {
+                continue;
+            };
+            let (other, other_origin) = (&resources[first], &origins[first]);
+            let origin = &origins[index];
+            let hint = match (edits, matches!(other.kind, ResourceKind::File(_))) {
+                (true, true) => {
                     "a file is either declared whole by `file` or edited in place: drop the edit and put the change in the file's content, or drop the file resource"
-                } else {
-                    "one resource edits a file: put every edit of it in one resource"
-                };
-                diagnostics.push(Diagnostic::new(
-                    &origin.file,
-                    origin.position,
-                    format!(
-                        "`{}` edits {path}, which `{}` (role `{}`, {}:{}) also manages; {hint}",
-                        resource.reference,
-                        other.reference,
-                        other.role,
-                        other_origin.file,
-                        other_origin.position.line
-                    ),
-                ));
-            }
+                }
+                (true, false) => "one resource edits a file: put every edit of it in one resource",
+                (false, _) => {
+                    "a file has one owner: drop the other resource, or give this one another name"
+                }
+            };
+            diagnostics.push(Diagnostic::new(
+                &origin.file,
+                origin.position,
+                format!(
+                    "`{}` {} {path}, which `{}` (role `{}`, {}:{}) also manages; {hint}",
+                    resource.reference,
+                    if edits { "edits" } else { "writes" },
+                    other.reference,
+                    other.role,
+                    other_origin.file,
+                    other_origin.position.line
+                ),
+            ));
         }
     }
 }

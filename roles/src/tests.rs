@@ -1768,3 +1768,38 @@ garbage = { content = "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIF
         "certificates.garbage: the certificate's base64 is not valid",
     );
 }
+
+#[test]
+fn a_file_a_kind_writes_itself_declared_by_file_too_is_an_error_naming_both() {
+    let errors = compile_err(
+        &[(
+            "roles/base.toml",
+            r#"[[systemd_dropin]]
+unit = "nginx.service"
+name = "50-cms"
+content = "[Service]\nLimitNOFILE=65536\n"
+
+[[file]]
+path = "/etc/systemd/system/nginx.service.d/50-cms.conf"
+content = "x"
+
+[[sysctl]]
+name = "net.core.somaxconn"
+value = 4096
+
+[[file]]
+path = "/etc/sysctl.d/90-cms-net.core.somaxconn.conf"
+content = "y"
+"#,
+        )],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:1:1: `systemd_dropin:nginx.service/50-cms` writes /etc/systemd/system/nginx.service.d/50-cms.conf, which `file:/etc/systemd/system/nginx.service.d/50-cms.conf` (role `base`, roles/base.toml:6) also manages; a file has one owner",
+    );
+    assert_contains(
+        &errors,
+        "roles/base.toml:10:1: `sysctl:net.core.somaxconn` writes /etc/sysctl.d/90-cms-net.core.somaxconn.conf, which `file:/etc/sysctl.d/90-cms-net.core.somaxconn.conf`",
+    );
+}

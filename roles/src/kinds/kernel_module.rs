@@ -75,4 +75,8 @@ impl Kind for KernelModule {
             ModuleEnsure::Absent => " ensure=absent".into(),
         }
     }
+
+    fn written_files(&self) -> Vec<String> {
+        vec![self.load_path(), self.blacklist_path()]
+    }
 }

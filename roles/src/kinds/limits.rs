@@ -270,4 +270,8 @@ impl Kind for ResourceLimits {
         }
         text
     }
+
+    fn written_files(&self) -> Vec<String> {
+        vec![self.path()]
+    }
 }

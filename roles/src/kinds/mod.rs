@@ -79,6 +79,13 @@ pub trait Kind: Named + Sized {
     fn edited_path(&self) -> Option<&str> {
         None
     }
+
+    /// The files it writes whole itself (a drop-in, a unit, a file in
+    /// `/etc/sysctl.d`): such a file may not also be a `file` resource nor
+    /// another's.
+    fn written_files(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Declares the kinds' modules and generates everything that lists kinds.
@@ -175,6 +182,13 @@ macro_rules! registry {
             pub fn summary(&self) -> String {
                 match self {
                     $(ResourceKind::$variant(resource) => Kind::summary(resource),)+
+                }
+            }
+
+            /// See [`Kind::written_files`].
+            pub fn written_files(&self) -> Vec<String> {
+                match self {
+                    $(ResourceKind::$variant(resource) => Kind::written_files(resource),)+
                 }
             }
 

@@ -121,6 +121,10 @@ impl Kind for Sysctl {
             (None, _) => String::new(),
         }
     }
+
+    fn written_files(&self) -> Vec<String> {
+        vec![self.persisted_path()]
+    }
 }
 
 /// A name is parts of letters, digits, `_`, `-`, `:` or `@`, separated by

@@ -184,4 +184,8 @@ impl Kind for SystemdDropin {
     fn summary(&self) -> String {
         format!(" ensure={:?}", self.ensure).to_lowercase()
     }
+
+    fn written_files(&self) -> Vec<String> {
+        vec![self.path()]
+    }
 }

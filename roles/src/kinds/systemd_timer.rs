@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::systemd_fields::{calendar_problem, check_unit_name};
+use super::systemd_fields::{UNIT_DIRECTORY, calendar_problem, check_unit_name};
 use super::{Ensure, Kind, Resolver, Seconds, check_name};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,5 +117,11 @@ impl Kind for SystemdTimer {
             text.push_str(&format!(" on_calendar={calendar:?}"));
         }
         text
+    }
+
+    fn written_files(&self) -> Vec<String> {
+        ["timer", "service"]
+            .map(|suffix| format!("{UNIT_DIRECTORY}/{}.{suffix}", self.name))
+            .to_vec()
     }
 }
