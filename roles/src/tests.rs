@@ -1803,3 +1803,18 @@ content = "y"
         "roles/base.toml:10:1: `sysctl:net.core.somaxconn` writes /etc/sysctl.d/90-cms-net.core.somaxconn.conf, which `file:/etc/sysctl.d/90-cms-net.core.somaxconn.conf`",
     );
 }
+
+#[test]
+fn a_timer_named_as_a_java_app_would_overwrite_its_unit_and_is_refused() {
+    let errors = compile_err(
+        &[(
+            "roles/api.toml",
+            "[[java_app]]\nname = \"orders\"\nartifact = { url = \"http://x/a.jar\", sha256 = \"abababababababababababababababababababababababababababababababab\" }\n\n[[systemd_timer]]\nname = \"orders\"\ncommand = \"true\"\non_calendar = \"daily\"\n",
+        )],
+        "",
+    );
+    assert_contains(
+        &errors,
+        "`systemd_timer:orders` writes /etc/systemd/system/orders.service, which `java_app:orders` (role `api`, roles/api.toml:1) also manages",
+    );
+}

@@ -343,6 +343,12 @@ impl Kind for JavaApp {
             self.heap.as_deref().unwrap_or("default")
         )
     }
+
+    /// Its unit: a `systemd_timer` or a `file` of the same name would
+    /// overwrite it.
+    fn written_files(&self) -> Vec<String> {
+        vec![format!("{}/{}.service", super::UNIT_DIRECTORY, self.name)]
+    }
 }
 
 /// The checks of a Java application's fields that need nothing but the
