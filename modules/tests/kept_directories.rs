@@ -66,3 +66,14 @@ fn a_folder_a_command_replaced_is_read_afresh() {
         std::fs::remove_dir_all(host.path("/srv")).expect("cleans up");
     }
 }
+
+/// Kernel files say they hold 0 bytes, and an integer sysctl answers only
+/// a read that starts at 0: the whole value must come in the first read.
+#[test]
+fn a_kernel_file_that_says_it_is_empty_is_read_whole() {
+    let path = "/proc/sys/kernel/pid_max";
+    let expected = std::fs::read(path).expect("the kernel has pid_max");
+    assert!(expected.len() > 2, "{expected:?}");
+    let host = Host::new(std::path::Path::new("/"));
+    assert_eq!(host.read_file(path).expect("read"), expected);
+}

@@ -1111,10 +1111,21 @@ fn sync_fd(directory: impl AsFd, path: &Path) -> Result<(), HostError> {
 /// The whole content of an open file of `size` bytes (when it was opened),
 /// read into a buffer of that size: no second status or seek, as
 /// `read_to_end` on a `File` would make.
+/// The first read of a file whose size is 0: kernel files answer a read in
+/// one call, and a page holds any of them.
+const KERNEL_FILE_READ: usize = 4096;
+
 fn read_whole(file: &mut std::fs::File, size: u64) -> io::Result<Vec<u8>> {
     // One byte more than the size, so the read that finds the end needs no
-    // bigger buffer; a file that grew meanwhile grows the buffer.
-    let mut content = vec![0; usize::try_from(size).unwrap_or(0).saturating_add(1)];
+    // bigger buffer; a file that grew meanwhile grows the buffer. A kernel
+    // file (`/proc/sys/...`) says 0 bytes and must be read in one call: an
+    // integer sysctl answers a read that does not start at 0 with nothing,
+    // so a 1-byte buffer would read "3" of "3072".
+    let capacity = match usize::try_from(size).unwrap_or(0) {
+        0 => KERNEL_FILE_READ,
+        size => size.saturating_add(1),
+    };
+    let mut content = vec![0; capacity];
     let mut filled = 0;
     loop {
         if filled == content.len() {
