@@ -219,16 +219,7 @@ impl PostgresServer {
     /// tuples only).
     pub fn sql(&self, database: &str, sql: &str) -> anyhow::Result<String> {
         let output = self
-            .command("psql")
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                database,
-            ])
+            .psql(database)
             .args(["-c", sql])
             .output()
             .context("Failed to run psql")?;
@@ -241,21 +232,12 @@ impl PostgresServer {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     }
 
-    /// An interactive psql session on `database`, as the superuser: for a
-    /// test that holds a transaction open while the code under test runs.
-    pub fn session(&self, database: &str) -> anyhow::Result<SqlSession> {
-        let mut child = self
-            .command("psql")
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-            ])
+    /// `psql` on `database` as the superuser, over TCP: no `.psqlrc`,
+    /// unaligned tuples only, stopping at the first error.
+    fn psql(&self, database: &str) -> Command {
+        let mut command = self.command("psql");
+        command
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
             .args([
                 "-p",
                 &self.port.to_string(),
@@ -263,7 +245,16 @@ impl PostgresServer {
                 "postgres",
                 "-d",
                 database,
-            ])
+            ]);
+        command
+    }
+
+    /// An interactive psql session on `database`, as the superuser: for a
+    /// test that holds a transaction open while the code under test runs.
+    pub fn session(&self, database: &str) -> anyhow::Result<SqlSession> {
+        let mut child = self
+            .psql(database)
+            .arg("-q")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
