@@ -7,8 +7,10 @@
 //! Each test takes its own database (`create_database`), so tests of one
 //! binary can share one server. The server is started through a small
 //! shell watchdog that stops it (immediate shutdown) as soon as the test
-//! process is gone, so a test killed mid-way leaves no `postgres` behind;
-//! dropping [`PostgresServer`] stops it at once.
+//! process is gone and removes the cluster's folder, so a test killed
+//! mid-way (or a binary's shared server, a static that is never dropped)
+//! leaves neither a `postgres` nor its files behind; dropping
+//! [`PostgresServer`] stops it at once.
 //!
 //! [`PostgresServer::start_with_tls`] starts one with `ssl = on` and a
 //! server certificate, made by [`TestCa`] (rcgen) for the TLS tests; the
@@ -312,7 +314,10 @@ impl PostgresServer {
         // The watchdog: postgres in the background, stopped at once when
         // the test process (its pid passed in; looked for in /proc, since
         // the postgres user may not signal it) is gone or the watchdog is
-        // told to stop.
+        // told to stop. When the test process is gone, nobody will drop
+        // the folder (the shared server is a static, never dropped; a
+        // killed test drops nothing), so the watchdog removes the cluster
+        // itself: a folder of about 400 MB per test binary otherwise.
         let script = r#"
             "$0" "$@" &
             pg=$!
@@ -320,6 +325,7 @@ impl PostgresServer {
             while [ -d "/proc/$WATCHED" ] && kill -0 $pg 2>/dev/null; do sleep 0.2; done
             kill -QUIT $pg 2>/dev/null
             wait $pg
+            [ -d "/proc/$WATCHED" ] || rm -rf "$CLUSTER"
         "#;
         let child = Command::new("sh")
             .arg("-c")
@@ -338,6 +344,7 @@ impl PostgresServer {
                     .flat_map(|setting| ["-c", setting.as_str()]),
             )
             .env("WATCHED", std::process::id().to_string())
+            .env("CLUSTER", self.folder.path())
             .uid(self.uid)
             .gid(self.gid)
             .stdin(Stdio::null())
