@@ -28,10 +28,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
-use crate::client::{Connectors, ServerAddress};
+use crate::client::ServerAddress;
 use crate::clock::WallClock;
 use crate::config::AgentConfig;
 use crate::output::{Format, Terminal, print_report};
+use crate::remote::RunMemory;
 use crate::schedule::{
     ENROLL_BACKOFF_START, FAR, MAX_ATTEMPT, NOTHING_QUEUED, between_runs, delivery_retry_wait,
     enroll_retry_wait, expired, next_enroll_backoff, renewal_retry_wait, renewal_wait, reseed,
@@ -313,8 +314,16 @@ impl<R: Runner> Daemon<R> {
                 if request.noop { " (noop)" } else { "" }
             );
         }
-        if let Err(error) = self.runner.converge(&server, &request).await {
-            tracing::error!("{error:#}");
+        let started = tokio::time::Instant::now();
+        match self.runner.converge(&server, &request).await {
+            // From the pull to the report acknowledged (or queued): what a
+            // periodic check costs the instance, the figure the periodic-run
+            // benchmark reads.
+            Ok(()) => tracing::info!(
+                "run finished in {:.1} ms",
+                started.elapsed().as_secs_f64() * 1000.0
+            ),
+            Err(error) => tracing::error!("{error:#}"),
         }
         // The first run at boot is never delayed; later ones come every
         // interval plus this node's splay, or at once when asked.
@@ -423,7 +432,7 @@ pub async fn run_daemon(
         settings: config.run.clone(),
         textfile: config.textfile.clone(),
         terminal,
-        connectors: Connectors::new(),
+        memory: RunMemory::default(),
         token_file: config.token_file.clone(),
     };
     Daemon::new(
@@ -438,8 +447,9 @@ pub async fn run_daemon(
 }
 
 /// The daemon's I/O with the real server and state directory. Its one
-/// [`Connectors`] serves every run, delivery, renewal and watch channel, so
-/// they resume each other's TLS sessions.
+/// [`RunMemory`] serves every run, delivery, renewal and watch channel, so
+/// they resume each other's TLS sessions, and keeps the last verified
+/// catalog from one run to the next.
 pub struct ServerRunner {
     state_dir: PathBuf,
     metadata_endpoint: Option<String>,
@@ -447,7 +457,7 @@ pub struct ServerRunner {
     settings: crate::settings::RunSettings,
     textfile: crate::textfile::Textfile,
     terminal: Terminal,
-    connectors: Connectors,
+    memory: RunMemory,
     /// The file the enrollment token came from, deleted once enrolled.
     token_file: Option<PathBuf>,
 }
@@ -521,7 +531,7 @@ impl Runner for ServerRunner {
         tokio::spawn(crate::watch::watch_loop(
             self.state_dir.clone(),
             server.to_string(),
-            self.connectors.clone(),
+            self.memory.connectors.clone(),
             requests,
         ))
     }
@@ -533,7 +543,7 @@ impl Runner for ServerRunner {
             request.noop,
             &self.settings,
             &request.trigger_id,
-            &self.connectors,
+            &self.memory,
         )
         .await?;
         let (textfile, terminal) = (self.textfile.clone(), self.terminal);
@@ -564,11 +574,14 @@ impl Runner for ServerRunner {
             return Ok(Ok(0));
         };
         let queue = crate::state::ReportQueue::new(&self.state_dir);
-        Ok(crate::remote::deliver_reports(&self.connectors, &address, &identity, &queue).await)
+        Ok(
+            crate::remote::deliver_reports(&self.memory.connectors, &address, &identity, &queue)
+                .await,
+        )
     }
 
     async fn renew(&mut self, server: &str) -> anyhow::Result<i64> {
-        crate::remote::renew_certificate(&self.state_dir, server, &self.connectors).await
+        crate::remote::renew_certificate(&self.state_dir, server, &self.memory.connectors).await
     }
 }
 

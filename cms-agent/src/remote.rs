@@ -143,6 +143,61 @@ pub fn enrolled_server(state_dir: &Path) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// The most file content a daemon keeps in memory with its last catalog
+/// between runs; a catalog holding more is read again from the cache on
+/// disk at each run instead (an idle daemon stays small).
+pub const KEPT_CONTENTS_LIMIT: usize = 4 << 20;
+
+/// What a daemon keeps from one run to the next: its connectors, so that
+/// its runs, deliveries, renewals and watch channels resume each other's TLS
+/// sessions, and the last catalog it converged, verified and with its
+/// contents, so that a periodic check the server answers "not modified"
+/// neither reads nor verifies the cache on disk again. The kept catalog is
+/// one the run verified (from the server or from the cache) and saved; the
+/// server is asked for a newer one by its id, as with the cache on disk.
+/// A one-off run (`cms-agent converge`) starts from an empty one.
+#[derive(Clone, Default)]
+pub struct RunMemory {
+    pub connectors: Connectors,
+    catalog: std::sync::Arc<std::sync::Mutex<Option<Catalog>>>,
+}
+
+impl std::fmt::Debug for RunMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunMemory").finish_non_exhaustive()
+    }
+}
+
+impl RunMemory {
+    /// The kept catalog, taken: a run owns it while it converges.
+    fn take_catalog(&self) -> Option<Catalog> {
+        self.catalog
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    /// Keeps `catalog` for the next run, unless its contents exceed
+    /// [`KEPT_CONTENTS_LIMIT`].
+    fn keep_catalog(&self, catalog: Catalog) {
+        let contents: usize = catalog.contents.values().map(|c| c.0.len()).sum();
+        if contents <= KEPT_CONTENTS_LIMIT {
+            *self
+                .catalog
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(catalog);
+        }
+    }
+
+    /// Whether a catalog is kept (for tests).
+    pub fn keeps_a_catalog(&self) -> bool {
+        self.catalog
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_some()
+    }
+}
+
 /// Where the catalog of a run came from.
 pub struct Pulled {
     pub catalog: Catalog,
@@ -160,21 +215,24 @@ pub async fn converge_from_server(
     noop: bool,
     settings: &RunSettings,
 ) -> anyhow::Result<RunReport> {
-    converge_for_trigger(state_dir, server, noop, settings, "", &Connectors::new()).await
+    converge_for_trigger(state_dir, server, noop, settings, "", &RunMemory::default()).await
 }
 
 /// One run asked for by a fleet trigger (`trigger_id` empty for a run of
 /// the agent's own schedule): the report names the trigger, so the server
 /// can tell the trigger this node's outcome. Connections come from
-/// `connectors`, so a daemon's runs resume each other's TLS sessions.
+/// `memory`'s connectors, so a daemon's runs resume each other's TLS
+/// sessions, and the catalog it kept from its last run is used instead of
+/// the cache on disk.
 pub async fn converge_for_trigger(
     state_dir: &Path,
     server: &str,
     noop: bool,
     settings: &RunSettings,
     trigger_id: &str,
-    connectors: &Connectors,
+    memory: &RunMemory,
 ) -> anyhow::Result<RunReport> {
+    let connectors = &memory.connectors;
     let lock_dir = state_dir.to_path_buf();
     let _lock = blocking(move || {
         RunLock::acquire(&lock_dir, |holder| {
@@ -195,26 +253,26 @@ pub async fn converge_for_trigger(
     let contents = ContentCache::new(state_dir);
     // A damaged cache is moved aside and the run pulls a fresh catalog; the
     // note goes into the report, so the operator learns the disk lied.
-    let (cached, cache_note) = {
-        let (cache, contents) = (cache.clone(), contents.clone());
-        blocking(move || {
-            let (mut cached, note) = cache.load_or_set_aside()?;
-            if let Some(catalog) = &mut cached {
-                contents.fill(catalog);
-            }
-            Ok((cached, note))
-        })
-        .await?
+    let (cached, cache_note) = match memory.take_catalog() {
+        Some(kept) => (Some(kept), None),
+        None => {
+            let (cache, contents) = (cache.clone(), contents.clone());
+            blocking(move || {
+                let (mut cached, note) = cache.load_or_set_aside()?;
+                if let Some(catalog) = &mut cached {
+                    contents.fill(catalog);
+                }
+                Ok((cached, note))
+            })
+            .await?
+        }
     };
-    let client = match connectors.for_identity(&address, &identity) {
+    let mut client = match connectors.for_identity(&address, &identity) {
         Ok(connector) => connector.connect().await,
         Err(error) => Err(error),
     };
-    // The pull's connection closes before the converge, which can take
-    // minutes (packages): the server keeps few gRPC connections open
-    // (`MAX_GRPC_CONNECTIONS`), and the report goes over a new one.
-    let pulled = match client {
-        Ok(mut client) => {
+    let pulled = match &mut client {
+        Ok(client) => {
             let request = pb::CatalogRequest {
                 facts_json: serde_json::to_string(&facts)?,
                 have_catalog_id: cached
@@ -222,7 +280,7 @@ pub async fn converge_for_trigger(
                     .map(|c| c.catalog_id.clone())
                     .unwrap_or_default(),
             };
-            match get_catalog_with_retries(&mut client, request).await {
+            match get_catalog_with_retries(client, request).await {
                 Ok(response) => match response.into_inner().result {
                     Some(pb::catalog_response::Result::Catalog(catalog)) => {
                         let json = catalog.canonical_json;
@@ -232,7 +290,7 @@ pub async fn converge_for_trigger(
                         })
                         .await?;
                         // Saved only once every content it names is at hand.
-                        match fetch_contents(&mut client, &mut decoded, &contents).await {
+                        match fetch_contents(client, &mut decoded, &contents).await {
                             Ok(()) => {
                                 let (cache, contents) = (cache.clone(), contents.clone());
                                 blocking(move || {
@@ -254,10 +312,10 @@ pub async fn converge_for_trigger(
                         }
                     }
                     Some(pb::catalog_response::Result::NotModified(not_modified)) => {
-                        let mut catalog = cached.clone().context(
+                        let mut catalog = cached.context(
                             "the server says the catalog is unchanged, but none is cached",
                         )?;
-                        let note = fetch_contents(&mut client, &mut catalog, &contents)
+                        let note = fetch_contents(client, &mut catalog, &contents)
                             .await
                             .err()
                             .map(|error| format!("{error:#}"));
@@ -294,6 +352,13 @@ pub async fn converge_for_trigger(
             cache_note.as_deref(),
         )?,
     };
+    // The pull's connection carries the report too when the converge is
+    // quick (a periodic check that changes nothing: one connection a run),
+    // and is closed once the converge has taken `REUSE_PULL_CONNECTION`:
+    // a converge can take minutes (packages), and the server keeps few
+    // gRPC connections open (`MAX_GRPC_CONNECTIONS`); the report then goes
+    // over a new one.
+    let mut held = client.ok();
     let options = ConvergeOptions {
         noop,
         run_id: format!(
@@ -303,7 +368,7 @@ pub async fn converge_for_trigger(
         ),
     };
     let queue = ReportQueue::new(state_dir);
-    let (report, queued) = {
+    let (report, queued, catalog) = {
         let dir: PathBuf = state_dir.to_path_buf();
         let queue = queue.clone();
         let trigger_id = trigger_id.to_string();
@@ -324,7 +389,7 @@ pub async fn converge_for_trigger(
             state_dir,
         );
         let settings = settings.clone();
-        blocking(move || {
+        let converged = blocking(move || {
             // Temporary files of a killed run: ours only, in our own state
             // directory (the converge sweeps the managed directories).
             remove_stale_temporary_files(&dir);
@@ -357,11 +422,19 @@ pub async fn converge_for_trigger(
             if let Some(note) = &note {
                 eprintln!("warning: {note}");
             }
-            Ok((report, queued))
-        })
-        .await?
+            Ok((report, queued, catalog))
+        });
+        tokio::pin!(converged);
+        tokio::select! {
+            result = &mut converged => result?,
+            () = tokio::time::sleep(REUSE_PULL_CONNECTION) => {
+                held = None;
+                converged.await?
+            }
+        }
     };
-    if let Err(error) = deliver_reports(connectors, &address, &identity, &queue).await {
+    memory.keep_catalog(catalog);
+    if let Err(error) = deliver_reports_over(held, connectors, &address, &identity, &queue).await {
         // Not delivered now: the report of a run that found nothing to do,
         // queued without fsync, must now survive a crash like the others.
         if let (path, Durability::Atomic) = queued {
@@ -399,6 +472,18 @@ pub async fn deliver_reports(
     identity: &Identity,
     queue: &ReportQueue,
 ) -> anyhow::Result<usize> {
+    deliver_reports_over(None, connectors, address, identity, queue).await
+}
+
+/// [`deliver_reports`] over `client` when there is one (the run's pull
+/// connection), else over a new connection.
+async fn deliver_reports_over(
+    client: Option<pb::agent_client::AgentClient<tonic::transport::Channel>>,
+    connectors: &Connectors,
+    address: &ServerAddress,
+    identity: &Identity,
+    queue: &ReportQueue,
+) -> anyhow::Result<usize> {
     let pending = {
         let queue = queue.clone();
         blocking(move || queue.pending_proto()).await?
@@ -406,10 +491,15 @@ pub async fn deliver_reports(
     if pending.is_empty() {
         return Ok(0);
     }
-    let mut client = connectors
-        .for_identity(address, identity)?
-        .connect()
-        .await?;
+    let mut client = match client {
+        Some(client) => client,
+        None => {
+            connectors
+                .for_identity(address, identity)?
+                .connect()
+                .await?
+        }
+    };
     let mut delivered = 0;
     for (path, report) in pending {
         let queue = queue.clone();
@@ -471,6 +561,10 @@ pub async fn renew_certificate(
     .await?;
     Ok(not_after)
 }
+
+/// How long a run's converge may take for the report to go over the pull's
+/// connection; a longer one closes it when this has passed.
+pub const REUSE_PULL_CONNECTION: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Status codes that mean "busy, try again": a server shedding load in a
 /// boot storm, or restarting.

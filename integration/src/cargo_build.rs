@@ -15,6 +15,16 @@ const CARGO_BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Builds binary `binary` of workspace package `package` (debug profile)
 /// and returns the path of the executable.
 pub fn build_workspace_binary(package: &str, binary: &str) -> Result<PathBuf> {
+    build_workspace_binary_with_profile(package, binary, "dev")
+}
+
+/// [`build_workspace_binary`] with cargo profile `profile` (`release` for a
+/// benchmark that runs the shipped binary).
+pub fn build_workspace_binary_with_profile(
+    package: &str,
+    binary: &str,
+    profile: &str,
+) -> Result<PathBuf> {
     // The cargo running this test, if cargo runs it; else the one on PATH.
     let cargo = std::env::var_os("CARGO")
         .or_else(|| option_env!("CARGO").map(Into::into))
@@ -22,8 +32,10 @@ pub fn build_workspace_binary(package: &str, binary: &str) -> Result<PathBuf> {
     let mut command = Command::new(cargo);
     command
         .args(["build", "--package", package, "--bin", binary])
+        .args(["--profile", profile])
         .arg("--message-format=json-render-diagnostics")
         .current_dir(workspace_root());
+    without_test_package_environment(&mut command);
     let command_line = describe_command(&command);
     let output = run_command(command, CARGO_BUILD_TIMEOUT)?;
     if !output.succeeded() {

@@ -43,6 +43,13 @@ impl GitRepo {
         Ok(git)
     }
 
+    /// The repository already in `dir` (made by [`GitRepo::init`]).
+    pub fn open(dir: &Path) -> GitRepo {
+        GitRepo {
+            dir: dir.to_path_buf(),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.dir
     }

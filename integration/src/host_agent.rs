@@ -144,6 +144,13 @@ impl HostAgent {
 #[derive(Debug)]
 pub struct AgentDaemon(Child);
 
+impl AgentDaemon {
+    /// Its process id (for its figures in /proc).
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for AgentDaemon {
     fn drop(&mut self) {
         let _ = self.0.kill();

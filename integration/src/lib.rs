@@ -67,7 +67,7 @@ pub use aws_api_double::{AwsApiDouble, TargetEventKind};
 pub use aws_secrets_double::AwsSecretsDouble;
 pub use cargo_build::{
     RpmPackages, build_agent_package, build_rpm_packages, build_server_package,
-    build_workspace_binary,
+    build_workspace_binary, build_workspace_binary_with_profile,
 };
 pub use example::{EXAMPLE_PACKAGES, EXAMPLE_REPOSITORY, ExampleRun, converge_example_web_role};
 pub use fixtures::{AGENT_CONFIG, bake_agent_for_server, bake_agent_image, begin_end_to_end_test};

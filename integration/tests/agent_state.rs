@@ -1,11 +1,14 @@
 //! The agent's own state under faults, with a real server over mTLS on
 //! loopback and the real `cms-agent` binary: a damaged cached catalog is
 //! set aside and replaced by a fresh pull, and a run whose `last_run.json`
-//! cannot be written is still reported to the server.
+//! cannot be written is still reported to the server; a daemon's periodic
+//! check uses the catalog it kept in memory, and still takes a new commit.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
+use cms_agent::remote::RunMemory;
+use cms_agent::report::RunReport;
 use cms_integration::{GitRepo, HostAgent, TestServer, build_workspace_binary};
 
 fn role(out: &Path) -> String {
@@ -91,6 +94,87 @@ fn a_run_whose_last_run_file_cannot_be_written_is_still_reported() -> Result<()>
     ensure!(
         after == before + 1,
         "the run's report reached the server ({before} reports before, {after} after)"
+    );
+    server.stop()
+}
+
+/// One periodic run of a daemon (`cms-agent run`): in this process, with the
+/// run memory the daemon keeps between its runs.
+fn daemon_run(agent: &HostAgent, server: &TestServer, memory: &RunMemory) -> Result<RunReport> {
+    let settings = cms_agent::settings::RunSettings {
+        // Off a booted instance: no `systemctl start` of the target.
+        converged_target: None,
+        ..Default::default()
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(cms_agent::remote::converge_for_trigger(
+            &agent.state,
+            &server.address,
+            false,
+            &settings,
+            "",
+            memory,
+        ))
+}
+
+#[test]
+fn a_daemon_checks_against_the_catalog_it_kept_and_still_takes_a_new_commit() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (server, agent) = enrolled_agent(dir.path())?;
+    let memory = RunMemory::default();
+    let first = daemon_run(&agent, &server, &memory)?;
+    ensure!(first.exit_code() == 0, "nothing to change: {first:?}");
+    ensure!(
+        memory.keeps_a_catalog(),
+        "the run kept its verified catalog"
+    );
+    // The cache on disk damaged after the daemon read it: its next periodic
+    // check neither reads nor verifies it again.
+    let cached = agent.state.join("catalog.json");
+    let bytes = std::fs::read(&cached)?;
+    std::fs::write(&cached, &bytes[..bytes.len() / 2])?;
+
+    let second = daemon_run(&agent, &server, &memory)?;
+
+    ensure!(second.exit_code() == 0, "nothing to change: {second:?}");
+    ensure!(
+        !agent.state.join("catalog.json.corrupt").exists(),
+        "the kept catalog served the run; the cache on disk was not read"
+    );
+    // A new commit: the server is asked by the kept catalog's id, which is
+    // no longer current, and the new catalog is pulled, converged, cached
+    // and kept.
+    let git = GitRepo::open(&dir.path().join("roles"));
+    let out = dir.path().join("out");
+    git.commit(
+        &[(
+            "roles/app.toml",
+            &role(&out).replace("content = \"managed\\n\"", "content = \"managed, v2\\n\""),
+        )],
+        "v2",
+    )?;
+    server.runtime.block_on(server.sync())?;
+
+    let third = daemon_run(&agent, &server, &memory)?;
+
+    ensure!(
+        third.exit_code() == 2,
+        "the new commit changes the file: {third:?}"
+    );
+    ensure!(std::fs::read_to_string(out.join("app.conf"))? == "managed, v2\n");
+    ensure!(
+        std::fs::read(&cached)? != bytes[..bytes.len() / 2],
+        "the new catalog is cached on disk"
+    );
+    // A new daemon (a restart) has no memory: it reads the cache on disk.
+    std::fs::write(&cached, b"{")?;
+    let after_restart = daemon_run(&agent, &server, &RunMemory::default())?;
+    ensure!(after_restart.exit_code() == 0, "{after_restart:?}");
+    ensure!(
+        agent.state.join("catalog.json.corrupt").exists(),
+        "a new daemon reads the cache on disk (and sets a damaged one aside)"
     );
     server.stop()
 }
