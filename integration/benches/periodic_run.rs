@@ -13,7 +13,9 @@
 //! peak and current resident set.
 //!
 //! Run with `cargo bench -p cms-integration --bench periodic_run [RUNS]`
-//! (default 31). Nothing leaves a temporary folder; nothing is installed.
+//! (default 31); `CMS_BENCH_AGENT=PATH` measures another `cms-agent`
+//! binary (an earlier commit's) against the same server. Nothing leaves a
+//! temporary folder; nothing is installed.
 
 // A benchmark measures real time; product code reads it through its clock module.
 #![allow(clippy::disallowed_methods)]
@@ -27,6 +29,9 @@ use cms_integration::{GitRepo, HostAgent, TestServer, build_workspace_binary_wit
 #[path = "../../cms-agent/benches/support/bench_role.rs"]
 mod bench_role;
 
+/// Names the `cms-agent` binary to measure instead of this workspace's.
+const AGENT_VARIABLE: &str = "CMS_BENCH_AGENT";
+
 /// Runs before the measured ones: the first converges the role, the
 /// second is the first with everything in place (caches warm).
 const WARM_UP_RUNS: usize = 2;
@@ -39,7 +44,12 @@ fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(31);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let agent_binary = build_workspace_binary_with_profile("cms-agent", "cms-agent", "release")?;
+    // Another build of the agent (an earlier commit's, for a before and
+    // after) can be named; else this workspace's release build.
+    let agent_binary = match std::env::var_os(AGENT_VARIABLE) {
+        Some(path) => std::path::PathBuf::from(path),
+        None => build_workspace_binary_with_profile("cms-agent", "cms-agent", "release")?,
+    };
     let scratch = tempfile::tempdir()?;
     let repo = GitRepo::init(&scratch.path().join("roles"))?;
     let target = scratch.path().join("target");

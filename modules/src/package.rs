@@ -64,7 +64,7 @@ impl Provider for PackageProvider<'_> {
         let manager = manager(cx.host)?;
         let mut changes = self.version_changes(cx, manager)?;
         if let Some(hold) = self.0.hold {
-            let held = held_packages(cx, manager)?.contains(&self.0.name);
+            let held = held_packages(cx, manager, &self.0.name)?.contains(&self.0.name);
             if hold != held {
                 changes.push(Change::new("hold", held_word(held), held_word(hold)));
             }
@@ -135,14 +135,12 @@ pub fn apply_batch(
     let mut purge = Vec::new();
     // A held package is released before its version changes (a hold
     // refuses that) and held again after.
-    let held = if packages
-        .iter()
-        .any(|(package, changes)| package.hold.is_some() && !changes.is_empty())
-    {
-        held_packages(cx, manager)?
-    } else {
-        BTreeSet::new()
-    };
+    let mut held = BTreeSet::new();
+    for (package, changes) in packages {
+        if package.hold.is_some() && !changes.is_empty() {
+            held.extend(held_packages(cx, manager, &package.name)?);
+        }
+    }
     let mut release = Vec::new();
     let mut hold = Vec::new();
     for (package, changes) in packages {
@@ -198,31 +196,26 @@ pub fn apply_batch(
     Ok(())
 }
 
-/// The packages held at their version, read once per run: `apt-mark
-/// showhold`, or dnf's versionlock list (`/etc/dnf/plugins/versionlock.list`,
-/// entries `NAME-[EPOCH:]VERSION-RELEASE.*`).
-fn held_packages(cx: &Context<'_>, manager: Manager) -> Result<BTreeSet<String>, ProviderError> {
+/// The packages among `name` and the catalog's that are held at their
+/// version, read once per run: with dpkg, from the one `dpkg-query` that
+/// reads the installed versions (the selection `hold`, which `apt-mark
+/// hold` sets; running `apt-mark showhold` each run cost 50 ms to seconds,
+/// as it loads apt's whole cache); with dnf, its versionlock list
+/// (`/etc/dnf/plugins/versionlock.list`, entries
+/// `NAME-[EPOCH:]VERSION-RELEASE.*`).
+fn held_packages(
+    cx: &Context<'_>,
+    manager: Manager,
+    name: &str,
+) -> Result<BTreeSet<String>, ProviderError> {
+    if manager == Manager::Apt {
+        installed_version(cx, manager, name)?;
+    }
     if let Some(held) = cx.session.held.borrow().as_ref() {
         return Ok(held.clone());
     }
     let held: BTreeSet<String> = match manager {
-        Manager::Apt => {
-            let spec = CommandSpec::new(["apt-mark", "showhold"]).timeout(Duration::from_secs(60));
-            let output = cx.host.run(&spec)?;
-            let names = output.stdout.clone();
-            check_output(&spec, output)?;
-            names
-                .lines()
-                .map(|line| {
-                    line.trim()
-                        .split(':')
-                        .next()
-                        .unwrap_or_default()
-                        .to_string()
-                })
-                .filter(|name| !name.is_empty())
-                .collect()
-        }
+        Manager::Apt => BTreeSet::new(),
         Manager::Dnf => {
             let list = "/etc/dnf/plugins/versionlock.list";
             let text = match cx.host.status(list)? {
@@ -301,7 +294,11 @@ fn installed_version(
         if !names.iter().any(|n| n == name) {
             names.push(name.to_string());
         }
-        *cache = Some(query_installed(cx.host, manager, &names)?);
+        let (installed, held) = query_packages(cx.host, manager, &names)?;
+        *cache = Some(installed);
+        if let Some(held) = held {
+            *cx.session.held.borrow_mut() = Some(held);
+        }
     }
     Ok(cache
         .as_ref()
@@ -315,10 +312,26 @@ pub fn query_installed(
     manager: Manager,
     names: &[String],
 ) -> Result<BTreeMap<String, Option<String>>, ProviderError> {
+    Ok(query_packages(host, manager, names)?.0)
+}
+
+/// Installed version by package name, `None` when not installed.
+type InstalledVersions = BTreeMap<String, Option<String>>;
+
+/// The installed version of each package and, with dpkg, which of them are
+/// held (their selection is `hold`, the first letter of
+/// `db:Status-Abbrev`: what `apt-mark hold` sets and `apt-mark showhold`
+/// lists), in one process. dnf's holds are a file of their own (`None`).
+fn query_packages(
+    host: &Host,
+    manager: Manager,
+    names: &[String],
+) -> Result<(InstalledVersions, Option<BTreeSet<String>>), ProviderError> {
     let mut versions: BTreeMap<String, Option<String>> =
         names.iter().map(|n| (n.clone(), None)).collect();
+    let mut held = BTreeSet::new();
     if names.is_empty() {
-        return Ok(versions);
+        return Ok((versions, (manager == Manager::Apt).then_some(held)));
     }
     match manager {
         Manager::Apt => {
@@ -345,6 +358,9 @@ pub fn query_installed(
                 if status.trim().starts_with("ii") || status.trim().starts_with("hi") {
                     versions.insert(name.to_string(), Some(version.to_string()));
                 }
+                if status.trim().starts_with('h') {
+                    held.insert(name.to_string());
+                }
             }
         }
         Manager::Dnf => {
@@ -363,9 +379,10 @@ pub fn query_installed(
                     versions.insert(name.to_string(), Some(version.to_string()));
                 }
             }
+            return Ok((versions, None));
         }
     }
-    Ok(versions)
+    Ok((versions, Some(held)))
 }
 
 fn candidate_version(

@@ -16,8 +16,9 @@ pub struct Session {
     pub(crate) installed: RefCell<Option<BTreeMap<String, Option<String>>>>,
     /// The newest version the sources offer, for `latest` packages.
     pub(crate) candidates: RefCell<Option<BTreeMap<String, Option<String>>>>,
-    /// The packages held at their version (`apt-mark showhold`, dnf's
-    /// versionlock list), read once for the run.
+    /// The packages held at their version (dpkg's selection `hold`, read
+    /// by the same query as `installed`; dnf's versionlock list), read once
+    /// for the run.
     pub(crate) held: RefCell<Option<BTreeSet<String>>>,
     /// Every package name of the catalog, so the first query covers them.
     pub(crate) package_names: Vec<String>,
