@@ -183,7 +183,7 @@ fn replicas_opening_a_new_database_together_apply_each_migration_once() {
                 "SELECT version || ':' || name FROM schema_migrations ORDER BY version"
             )
             .unwrap(),
-        "1:0001_initial\n2:0002_dashboard_sessions"
+        "1:0001_initial\n2:0002_dashboard_sessions\n3:0003_dashboard_tokens"
     );
     // A later start applies nothing and still opens.
     open(&url, &key).put_node(&conformance::node("n1")).unwrap();
@@ -205,7 +205,7 @@ fn a_database_migrated_by_a_newer_server_is_refused() {
     assert!(
         error
             .to_string()
-            .contains("its schema is at version 99, this server knows versions up to 2"),
+            .contains("its schema is at version 99, this server knows versions up to 3"),
         "{error}"
     );
 }
@@ -397,6 +397,13 @@ fn store_migrate_copies_sled_to_postgres_and_back_with_equal_counts() {
     assert_eq!(a.nodes().unwrap(), b.nodes().unwrap());
     assert_eq!(a.ca().unwrap(), b.ca().unwrap());
     assert_eq!(a.tokens().unwrap(), b.tokens().unwrap());
+    assert_eq!(a.dashboard_tokens().unwrap(), b.dashboard_tokens().unwrap());
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line.starts_with("revoked dashboard tokens") && line.contains(" 1 ")),
+        "{stdout}"
+    );
     assert_eq!(a.audit(100).unwrap(), b.audit(100).unwrap());
     assert_eq!(a.settings().unwrap(), b.settings().unwrap());
     assert_eq!(a.certificates().unwrap(), b.certificates().unwrap());
