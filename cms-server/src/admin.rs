@@ -2,8 +2,9 @@
 //! operator's credential (a folder with `ca.pem`, `admin.pem`,
 //! `admin.key`: the bootstrap operator's in `<data>/admin`, another's
 //! wherever `cms-server admin add` wrote it, chosen with `--credential`),
-//! `status_error`, and the operator and audit commands (`admin add`,
-//! `admin renew`, `admin revoke`, `admin list`, `audit`). The other admin
+//! `status_error`, and the operator, audit and dashboard token commands
+//! (`admin add`, `admin renew`, `admin revoke`, `admin list`, `audit`,
+//! `dashboard-token`). The other admin
 //! commands (`token create`, `nodes`, `reports`, `node revoke`, `sync`) are
 //! in `commands`, `cms-server trigger` in `trigger_cli`, `rollout` in
 //! `rollout_cli`, `pin`, `unpin` and `environments` in `pin_cli`; all use
@@ -18,7 +19,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::cli::{Format, OperatorCredentialArgs};
 use crate::dashboard::format_time;
-use crate::resolve::AdminTarget;
+use crate::resolve::{AdminTarget, DashboardTokenAction};
 
 /// The files of an admin credential folder.
 const CA_FILE: &str = "ca.pem";
@@ -360,6 +361,122 @@ pub async fn audit(limit: u32, admin: &AdminTarget) -> anyhow::Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `dashboard-token`: make a token (printed alone on stdout, once), list
+/// them (`--list`) or revoke one (`--revoke ID`), through the server.
+pub async fn dashboard_token(
+    action: &DashboardTokenAction,
+    admin: &AdminTarget,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect_as(admin).await?;
+    let answer = match action {
+        DashboardTokenAction::Create => client
+            .create_dashboard_token(pb::CreateDashboardTokenRequest {})
+            .await
+            .map(|made| print_made_dashboard_token(made.into_inner(), admin.format)),
+        DashboardTokenAction::List => client
+            .list_dashboard_tokens(pb::ListDashboardTokensRequest {})
+            .await
+            .map(|listed| print_dashboard_tokens(&listed.into_inner().tokens, admin.format)),
+        DashboardTokenAction::Revoke(id) => client
+            .revoke_dashboard_token(pb::RevokeDashboardTokenRequest { id: id.clone() })
+            .await
+            .map(|revoked| print_revoked_dashboard_token(revoked.into_inner(), admin.format)),
+    };
+    match answer {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(status) => refusal(status),
+    }
+}
+
+/// A dashboard token's fields as JSON; `null` for a revocation not made.
+fn dashboard_token_json(token: &pb::DashboardToken) -> serde_json::Value {
+    let revoked = token.revoked_unix_ms > 0;
+    serde_json::json!({
+        "id": token.id,
+        "created_unix_ms": token.created_unix_ms,
+        "created_by": token.created_by,
+        "revoked_unix_ms": revoked.then_some(token.revoked_unix_ms),
+        "revoked_by": revoked.then_some(&token.revoked_by),
+    })
+}
+
+fn print_made_dashboard_token(made: pb::CreateDashboardTokenResponse, format: Format) {
+    match format {
+        Format::Json => {
+            let mut json = made
+                .record
+                .as_ref()
+                .map(dashboard_token_json)
+                .unwrap_or_else(|| serde_json::json!({}));
+            json["token"] = serde_json::Value::String(made.token);
+            println!("{json}");
+        }
+        Format::Text => {
+            println!("{}", made.token);
+            if let Some(record) = &made.record {
+                eprintln!(
+                    "made dashboard token {}: it is shown this once; `cms-server dashboard-token --revoke {}` revokes it",
+                    record.id, record.id
+                );
+            }
+        }
+    }
+}
+
+fn print_dashboard_tokens(tokens: &[pb::DashboardToken], format: Format) {
+    let time = |unix_ms: i64| format_time(unix_ms.max(0) as u64);
+    match format {
+        Format::Json => {
+            let json: Vec<serde_json::Value> = tokens.iter().map(dashboard_token_json).collect();
+            println!("{}", serde_json::to_string_pretty(&json).expect("JSON"));
+        }
+        Format::Text => {
+            println!(
+                "{:<12}  {:<23}  {:<20}  REVOKED",
+                "ID", "CREATED", "OPERATOR"
+            );
+            for token in tokens {
+                let revoked = if token.revoked_unix_ms > 0 {
+                    format!("{} by {}", time(token.revoked_unix_ms), token.revoked_by)
+                } else {
+                    "-".to_owned()
+                };
+                println!(
+                    "{:<12}  {:<23}  {:<20}  {revoked}",
+                    token.id,
+                    time(token.created_unix_ms),
+                    token.created_by
+                );
+            }
+        }
+    }
+}
+
+fn print_revoked_dashboard_token(revoked: pb::RevokeDashboardTokenResponse, format: Format) {
+    let Some(token) = revoked.token else {
+        return;
+    };
+    match format {
+        Format::Json => {
+            let mut json = dashboard_token_json(&token);
+            json["revoked_now"] = serde_json::Value::Bool(revoked.revoked_now);
+            println!("{json}");
+        }
+        Format::Text if revoked.revoked_now => println!(
+            "revoked dashboard token {} (made {} by {}): no login accepts it from now on; sessions it opened last until logout or their 12 hours end",
+            token.id,
+            format_time(token.created_unix_ms.max(0) as u64),
+            token.created_by
+        ),
+        Format::Text => println!(
+            "dashboard token {} was revoked already, at {} by {}",
+            token.id,
+            format_time(token.revoked_unix_ms.max(0) as u64),
+            token.revoked_by
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -75,10 +75,12 @@ pub enum Command {
         after_help = "Examples:\n  cms-server sync\n  cms-server sync --format json | jq .errors\n\nExit status: 0 the commit was accepted and is served, 1 it was refused (its errors on stderr; the last good revision stays), 3 the server cannot be reached."
     )]
     Sync(AdminArgs),
-    /// Make a login token for the fleet dashboard; prints it once. Run it
-    /// where the server's data directory is.
+    /// Make a login token for the fleet dashboard, printed once; or list
+    /// the tokens, or revoke one. Asks the running server, as an operator:
+    /// the tokens are in its store, so every replica of a shared store
+    /// honours them.
     #[command(
-        after_help = "Examples:\n  cms-server dashboard-token --data /var/lib/cms-server\n\nThe dashboard is at https://SERVER:7471/dashboard when the server runs with --http-tls."
+        after_help = "Examples:\n  cms-server dashboard-token --data /var/lib/cms-server\n  cms-server dashboard-token --list\n  cms-server dashboard-token --list --format json | jq -r '.[] | select(.revoked_unix_ms == null) | .id'\n  cms-server dashboard-token --revoke 3f2a9c1e8b4d\n\nThe server keeps only each token's sha256, with when it was made and by which\noperator; the token is shown once. A revoked token signs in nowhere from then on;\nsessions it opened last until logout or their 12 hours end. The dashboard is at\nhttps://SERVER:7471/dashboard when the server runs with --http-tls."
     )]
     DashboardToken(DashboardTokenArgs),
     /// Converge a selection of the fleet now: the canary first, then batch
@@ -555,9 +557,17 @@ pub struct SecretsNewIdentityArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct DashboardTokenArgs {
-    /// The server's data directory, where the token's hash is kept.
-    #[arg(long, value_name = "DIR")]
-    pub data: Option<PathBuf>,
+    /// List the tokens instead of making one: id (the first 12 hex digits
+    /// of its sha256), when it was made (UTC), by which operator, and its
+    /// revocation.
+    #[arg(long, conflicts_with = "revoke")]
+    pub list: bool,
+    /// Revoke the token with this id (as --list shows it, or more hex
+    /// digits of its sha256) instead of making one.
+    #[arg(long, value_name = "ID")]
+    pub revoke: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 #[derive(Debug, clap::Args)]

@@ -148,9 +148,8 @@ async fn run_async(invocation: Invocation) -> anyhow::Result<ExitCode> {
         }
         Invocation::OperatorList(admin) => crate::admin::list_operators(&admin).await,
         Invocation::Audit { args, admin } => crate::admin::audit(args.limit, &admin).await,
-        Invocation::DashboardToken { data_dir } => {
-            println!("{}", crate::dashboard::create_token(&data_dir)?);
-            Ok(ExitCode::SUCCESS)
+        Invocation::DashboardToken { action, admin } => {
+            crate::admin::dashboard_token(&action, &admin).await
         }
         Invocation::Trigger { args, admin } => crate::trigger_cli::run(args, &admin).await,
         Invocation::Diff { args, admin } => crate::diff_cli::run(args, &admin).await,

@@ -11,16 +11,21 @@
 //! - `GET`/`POST /dashboard/login`, `POST /dashboard/logout`.
 //!
 //! **Access.** Only an admin may look: the login form takes a dashboard
-//! token (made by `cms-server dashboard-token`, shown once; the server keeps
-//! only its sha256 in `<data>/admin/dashboard-tokens`, like enrollment
-//! tokens) and answers with a session cookie (`Secure`, `HttpOnly`,
-//! `SameSite=Strict`, 12 hours; the server keeps only the session's
-//! sha256 and expiry, in the store, so that every replica of a shared
-//! store honours it and a logout on one ends it on all). The dashboard is served only when the HTTP port
-//! speaks TLS (`--http-tls`, with the server's certificate from its CA), so
-//! neither the token nor the cookie crosses the network in the clear;
-//! without TLS every dashboard page answers 403 saying so. Anything else is
-//! 401 with the login form.
+//! token (made by `cms-server dashboard-token`, an admin call, shown once;
+//! the server keeps only its sha256, in the store, so a token made through
+//! one replica signs in on all and one revoked on any signs in on none:
+//! see `dashboard_tokens`) and answers with a session cookie (`Secure`,
+//! `HttpOnly`, `SameSite=Strict`, 12 hours; the server keeps only the
+//! session's sha256 and expiry, in the store, so that every replica of a
+//! shared store honours it and a logout on one ends it on all). A session
+//! is not tied to its token: revoking a token refuses its next logins, and
+//! a session it opened lasts until logout or its 12 hours end. A store
+//! that cannot answer refuses the login, with a warning in the log. The
+//! dashboard is served only when the HTTP port speaks TLS (`--http-tls`,
+//! with the server's certificate from its CA), so neither the token nor
+//! the cookie crosses the network in the clear; without TLS every
+//! dashboard page answers 403 saying so. Anything else is 401 with the
+//! login form.
 //!
 //! **Untrusted input.** Tags, facts, diffs, errors and node ids come from
 //! nodes; branch names, commit ids, wave names, rollout messages and the
@@ -34,7 +39,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +51,7 @@ use axum::routing::{get, post};
 use cms_proto::report::ResourceStatus;
 
 use crate::clock::SharedClock;
+use crate::dashboard_tokens::DashboardTokens;
 use crate::fleet::Fleet;
 use crate::node_state::{NodeState, role_of};
 use crate::revision::ServingRevision;
@@ -62,74 +67,34 @@ use crate::store::{
 pub const SESSION_COOKIE: &str = "cms_session";
 /// How long a login lasts.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// The prefix of dashboard tokens, so a leaked one is recognisable.
-pub const DASHBOARD_TOKEN_PREFIX: &str = "cmsd_";
 /// At most this many nodes are listed on the fleet page; filters narrow it.
 pub const NODE_ROWS: usize = 2000;
 /// Runs shown on a node's page.
 pub const NODE_RUNS: usize = 10;
 
-/// The name of the file of dashboard token hashes in the admin folder.
-const TOKENS_FILE: &str = "dashboard-tokens";
+/// Checks login tokens against the store off the async workers: a store
+/// that cannot answer says no, with a warning, as [`Sessions`] does.
+#[derive(Debug, Clone)]
+struct Tokens(DashboardTokens);
 
-/// Where the hashes of dashboard tokens are kept.
-pub fn tokens_file(data_dir: &Path) -> PathBuf {
-    crate::startup::admin_dir(data_dir).join(TOKENS_FILE)
-}
-
-/// Makes a dashboard token: adds its sha256 to `tokens_file` (atomically,
-/// owner-only) and returns the secret, which is not kept anywhere.
-pub fn create_token(data_dir: &Path) -> anyhow::Result<String> {
-    use anyhow::Context as _;
-    use base64::Engine as _;
-    use std::io::Read as _;
-    use std::os::unix::fs::DirBuilderExt;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("Failed to read random bytes from /dev/urandom")?;
-    let secret = format!(
-        "{DASHBOARD_TOKEN_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    );
-    let path = tokens_file(data_dir);
-    let dir = path.parent().expect("the tokens file is in a folder");
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("Failed to create {}", dir.display()))?;
-    let mut text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(error) => {
-            return Err(error).with_context(|| format!("Failed to read {}", path.display()));
+impl Tokens {
+    async fn is_valid(&self, secret: String) -> bool {
+        let tokens = self.0.clone();
+        match tokio::task::spawn_blocking(move || tokens.is_valid(&secret)).await {
+            Ok(Ok(valid)) => valid,
+            Ok(Err(error)) => {
+                tracing::warn!(
+                    "Failed to read a dashboard token: {}",
+                    crate::store::error_chain(&error)
+                );
+                false
+            }
+            Err(error) => {
+                tracing::warn!("Failed to read a dashboard token: {error}");
+                false
+            }
         }
-    };
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
     }
-    let _ = writeln!(
-        text,
-        "{} created {}",
-        sha256_hex(secret.as_bytes()),
-        format_time(crate::clock::now_unix_ms())
-    );
-    crate::startup::write_private_file(dir, TOKENS_FILE, text.as_bytes())?;
-    Ok(secret)
-}
-
-/// Whether `secret` is a dashboard token: its sha256 is the first word of a
-/// line of `tokens_file`. Read at each login, so a token made while the
-/// server runs works at once and one removed from the file stops working.
-fn token_is_valid(data_dir: &Path, secret: &str) -> bool {
-    let Ok(text) = std::fs::read_to_string(tokens_file(data_dir)) else {
-        return false;
-    };
-    let hash = sha256_hex(secret.trim().as_bytes());
-    text.lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .any(|stored| stored == hash)
 }
 
 /// Logged-in sessions, kept in the store so that every replica of a
@@ -193,8 +158,7 @@ fn create_session_secret() -> anyhow::Result<String> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// What the dashboard reads: narrow handles and the data directory, where
-/// the dashboard tokens are.
+/// What the dashboard reads: narrow handles.
 #[derive(Debug, Clone)]
 pub struct DashboardApi {
     pub store: SharedStore,
@@ -204,12 +168,14 @@ pub struct DashboardApi {
     /// serves; their rollouts and pins are read from the store.
     pub environments: Arc<Environments>,
     pub clock: SharedClock,
-    pub data_dir: PathBuf,
+    /// The login tokens, in the store.
+    pub tokens: DashboardTokens,
 }
 
 #[derive(Debug)]
 struct Dashboard {
     api: DashboardApi,
+    tokens: Tokens,
     sessions: Sessions,
     /// Whether the HTTP port speaks TLS; the dashboard is off without it.
     tls: bool,
@@ -221,7 +187,13 @@ pub fn router(api: DashboardApi, tls: bool) -> Router {
         store: api.store.clone(),
         clock: api.clock.clone(),
     };
-    let dashboard = Arc::new(Dashboard { api, sessions, tls });
+    let tokens = Tokens(api.tokens.clone());
+    let dashboard = Arc::new(Dashboard {
+        api,
+        tokens,
+        sessions,
+        tls,
+    });
     Router::new()
         .route("/dashboard", get(fleet_page))
         .route("/dashboard/", get(fleet_page))
@@ -329,11 +301,7 @@ async fn login(State(dashboard): State<Arc<Dashboard>>, Form(form): Form<LoginFo
             .await
             .expect("off without TLS");
     }
-    let data_dir = dashboard.api.data_dir.clone();
-    let valid = tokio::task::spawn_blocking(move || token_is_valid(&data_dir, &form.token))
-        .await
-        .unwrap_or(false);
-    if !valid {
+    if !dashboard.tokens.is_valid(form.token).await {
         tracing::warn!("refused a dashboard login with an unknown token");
         return login_response(StatusCode::UNAUTHORIZED, Some("That token is not valid."));
     }

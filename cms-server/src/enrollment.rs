@@ -794,6 +794,27 @@ mod tests {
         fn close_session(&self, hash: &str) -> Result<bool, StoreError> {
             self.inner.close_session(hash)
         }
+        fn add_dashboard_token(
+            &self,
+            token: &crate::store::DashboardTokenRecord,
+        ) -> Result<bool, StoreError> {
+            self.inner.add_dashboard_token(token)
+        }
+        fn dashboard_token_is_valid(&self, hash: &str) -> Result<bool, StoreError> {
+            self.inner.dashboard_token_is_valid(hash)
+        }
+        fn dashboard_tokens(&self) -> Result<Vec<crate::store::DashboardTokenRecord>, StoreError> {
+            self.inner.dashboard_tokens()
+        }
+        fn revoke_dashboard_token(
+            &self,
+            hash: &str,
+            revoked_unix_ms: u64,
+            revoked_by: &str,
+        ) -> Result<crate::store::DashboardTokenRevocation, StoreError> {
+            self.inner
+                .revoke_dashboard_token(hash, revoked_unix_ms, revoked_by)
+        }
         fn settings(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
             self.inner.settings()
         }

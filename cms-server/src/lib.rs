@@ -5,7 +5,8 @@
 //!
 //! The serving half is layered: `server` wires the APIs (`service` for
 //! gRPC, `watch`, `http`, `dashboard`) to the domain (`enrollment`,
-//! `nodes`, `reports`, `triggers`, `operators`, `audit`, `restart_budget`), which takes narrow handles (`store`,
+//! `nodes`, `reports`, `triggers`, `operators`, `audit`, `dashboard_tokens`,
+//! `restart_budget`), which takes narrow handles (`store`,
 //! `pki`, `fleet`, `clock`, `catalogs`) and returns typed errors that
 //! `status` turns into gRPC statuses.
 
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod dashboard;
+pub mod dashboard_tokens;
 pub mod diff_cli;
 pub mod enrollment;
 pub mod environments;

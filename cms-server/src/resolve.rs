@@ -148,7 +148,8 @@ pub enum Invocation {
         admin: AdminTarget,
     },
     DashboardToken {
-        data_dir: PathBuf,
+        action: DashboardTokenAction,
+        admin: AdminTarget,
     },
     Trigger {
         args: TriggerArgs,
@@ -193,6 +194,15 @@ pub enum Invocation {
         identity: PathBuf,
     },
     SecretsNewIdentity(SecretsNewIdentityArgs),
+}
+
+/// What `dashboard-token` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DashboardTokenAction {
+    Create,
+    List,
+    /// Revoke the token with this id.
+    Revoke(String),
 }
 
 /// What `rollout pause|resume|abort|promote` asks of a rollout.
@@ -269,9 +279,15 @@ pub fn resolve(command: Command, env: &Environment) -> Invocation {
             let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
             Invocation::Audit { args, admin }
         }
-        Command::DashboardToken(args) => Invocation::DashboardToken {
-            data_dir: args.data.unwrap_or_else(|| env.admin_data_dir()),
-        },
+        Command::DashboardToken(mut args) => {
+            let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
+            let action = match (args.list, args.revoke) {
+                (_, Some(id)) => DashboardTokenAction::Revoke(id),
+                (true, None) => DashboardTokenAction::List,
+                (false, None) => DashboardTokenAction::Create,
+            };
+            Invocation::DashboardToken { action, admin }
+        }
         Command::Trigger(mut args) => {
             let admin = AdminTarget::resolve(take_admin(&mut args.admin), env);
             Invocation::Trigger { args, admin }
@@ -387,9 +403,9 @@ mod tests {
         let cli = Cli::try_parse_from(std::iter::once("cms-server").chain(line.iter().copied()))
             .unwrap_or_else(|e| panic!("{line:?} parses: {e}"));
         match resolve(cli.command, &machine.env) {
-            Invocation::Serve { data_dir, .. }
-            | Invocation::DashboardToken { data_dir }
-            | Invocation::SecretsRecipient { data_dir } => data_dir,
+            Invocation::Serve { data_dir, .. } | Invocation::SecretsRecipient { data_dir } => {
+                data_dir
+            }
             Invocation::SecretsReencrypt { identity, .. } => identity
                 .parent()
                 .and_then(Path::parent)
@@ -406,6 +422,7 @@ mod tests {
             | Invocation::OperatorRevoke { admin, .. }
             | Invocation::OperatorList(admin)
             | Invocation::Audit { admin, .. }
+            | Invocation::DashboardToken { admin, .. }
             | Invocation::Trigger { admin, .. }
             | Invocation::Diff { admin, .. }
             | Invocation::RolloutList { admin, .. }
@@ -435,6 +452,8 @@ mod tests {
         &["node", "revoke", "web-1"],
         &["sync"],
         &["dashboard-token"],
+        &["dashboard-token", "--list"],
+        &["dashboard-token", "--revoke", "3f2a9c1e8b4d"],
         &["trigger", "--select", "role=web"],
         &["trigger", "--status", "t1"],
         &["diff", "--from", "3f2a9c1", "--env", "staging"],
@@ -556,6 +575,36 @@ mod tests {
         assert_eq!(
             server(&["nodes", "--data", other.to_str().unwrap()]),
             "10.0.0.5:7490"
+        );
+    }
+
+    #[test]
+    fn dashboard_token_makes_one_lists_them_or_revokes_one_and_not_two_at_once() {
+        let machine = machine();
+        let action = |line: &[&str]| {
+            let cli =
+                Cli::try_parse_from(std::iter::once("cms-server").chain(line.iter().copied()))
+                    .map_err(|e| e.kind())?;
+            match resolve(cli.command, &machine.env) {
+                Invocation::DashboardToken { action, .. } => Ok(action),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            action(&["dashboard-token"]),
+            Ok(DashboardTokenAction::Create)
+        );
+        assert_eq!(
+            action(&["dashboard-token", "--list", "--format", "json"]),
+            Ok(DashboardTokenAction::List)
+        );
+        assert_eq!(
+            action(&["dashboard-token", "--revoke", "3f2a9c1e8b4d"]),
+            Ok(DashboardTokenAction::Revoke("3f2a9c1e8b4d".into()))
+        );
+        assert_eq!(
+            action(&["dashboard-token", "--list", "--revoke", "3f2a9c1e8b4d"]),
+            Err(clap::error::ErrorKind::ArgumentConflict)
         );
     }
 

@@ -256,6 +256,12 @@ pub async fn run_prepared(
     let mut metrics = Metrics::new();
     metrics.register_fleet(&fleet_counters);
     let fleet = Arc::new(Fleet::with_bus(fleet_counters, bus));
+    // The dashboard's login checks them, the admin API makes, lists and
+    // revokes them: both through the store, which every replica shares.
+    let dashboard_tokens = crate::dashboard_tokens::DashboardTokens {
+        store: store.clone(),
+        clock: clock.clone(),
+    };
     let catalogs = Arc::new(
         Catalogs::new(
             10_000,
@@ -443,7 +449,7 @@ pub async fn run_prepared(
                 revision: revision.clone(),
                 environments: environments.clone(),
                 clock: clock.clone(),
-                data_dir: config.data_dir.clone(),
+                tokens: dashboard_tokens.clone(),
             },
             http_tls,
             stop.clone(),
@@ -542,6 +548,7 @@ pub async fn run_prepared(
                 blocking,
                 differ,
                 rollouts,
+                dashboard_tokens,
             })
             .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
             .max_encoding_message_size(limits::MAX_ADMIN_RESPONSE_BYTES),

@@ -477,6 +477,20 @@ pub struct AdminService {
     pub differ: crate::fleet_diff::Differ,
     /// Environments, rollouts and pins.
     pub rollouts: crate::rollouts::Rollouts,
+    /// The dashboard's login tokens.
+    pub dashboard_tokens: crate::dashboard_tokens::DashboardTokens,
+}
+
+/// A dashboard token as the admin API shows it: its id, never its hash
+/// in full nor (the store never has it) its secret.
+fn dashboard_token_message(record: &crate::store::DashboardTokenRecord) -> pb::DashboardToken {
+    pb::DashboardToken {
+        id: record.id().to_owned(),
+        created_unix_ms: record.created_unix_ms as i64,
+        created_by: record.created_by.clone(),
+        revoked_unix_ms: record.revoked_unix_ms.unwrap_or(0) as i64,
+        revoked_by: record.revoked_by.clone().unwrap_or_default(),
+    }
 }
 
 /// A gRPC code as the audit log writes it: `permission_denied`.
@@ -1077,6 +1091,82 @@ impl pb::admin_server::Admin for AdminService {
                 })
             });
         self.audited(&operator, METHOD, String::new(), listed).await
+    }
+
+    /// The token is made only for an operator; the audit record names the
+    /// new token's id (the start of its sha256), never the token.
+    async fn create_dashboard_token(
+        &self,
+        request: Request<pb::CreateDashboardTokenRequest>,
+    ) -> Result<Response<pb::CreateDashboardTokenResponse>, Status> {
+        const METHOD: &str = "CreateDashboardToken";
+        let operator = self.operator(&request, METHOD, "").await?;
+        let (tokens, by) = (self.dashboard_tokens.clone(), operator.clone());
+        let created = self
+            .blocking
+            .run(move || tokens.create(&by))
+            .await
+            .map_err(Status::from)
+            .and_then(|created| created.map_err(Status::from));
+        let target = created
+            .as_ref()
+            .map(|created| created.record.id().to_owned())
+            .unwrap_or_default();
+        let response = created.map(|created| {
+            Response::new(pb::CreateDashboardTokenResponse {
+                record: Some(dashboard_token_message(&created.record)),
+                token: created.secret,
+            })
+        });
+        self.audited(&operator, METHOD, target, response).await
+    }
+
+    async fn list_dashboard_tokens(
+        &self,
+        request: Request<pb::ListDashboardTokensRequest>,
+    ) -> Result<Response<pb::ListDashboardTokensResponse>, Status> {
+        const METHOD: &str = "ListDashboardTokens";
+        let operator = self.operator(&request, METHOD, "").await?;
+        let tokens = self.dashboard_tokens.clone();
+        let listed = self
+            .blocking
+            .run(move || tokens.list())
+            .await
+            .map_err(Status::from)
+            .and_then(|listed| listed.map_err(Status::from))
+            .map(|listed| {
+                Response::new(pb::ListDashboardTokensResponse {
+                    tokens: listed.iter().map(dashboard_token_message).collect(),
+                })
+            });
+        self.audited(&operator, METHOD, String::new(), listed).await
+    }
+
+    async fn revoke_dashboard_token(
+        &self,
+        request: Request<pb::RevokeDashboardTokenRequest>,
+    ) -> Result<Response<pb::RevokeDashboardTokenResponse>, Status> {
+        const METHOD: &str = "RevokeDashboardToken";
+        let target = request.get_ref().id.clone();
+        let operator = self.operator(&request, METHOD, &target).await?;
+        let (tokens, by, id) = (
+            self.dashboard_tokens.clone(),
+            operator.clone(),
+            target.clone(),
+        );
+        let revoked = self
+            .blocking
+            .run(move || tokens.revoke(&id, &by))
+            .await
+            .map_err(Status::from)
+            .and_then(|revoked| revoked.map_err(Status::from))
+            .map(|revoked| {
+                Response::new(pb::RevokeDashboardTokenResponse {
+                    token: Some(dashboard_token_message(&revoked.record)),
+                    revoked_now: revoked.now,
+                })
+            });
+        self.audited(&operator, METHOD, target, revoked).await
     }
 
     async fn get_audit(

@@ -1,7 +1,9 @@
 //! What the server does before it listens: opens the store, loads or
 //! creates the CA (kept in
 //! the store and, owner-only, in `<data>/ca/`, see `ca_dir`), writes
-//! the admin credential, and restores each environment: its last good
+//! the admin credential, imports the dashboard tokens an older server kept
+//! in a file (`dashboard_tokens::import_at_start`), and restores each
+//! environment: its last good
 //! revision, its rollout (paused where it stood) and its pins. Only then
 //! are its ports bound (`commands::serve`), so a client that finds the port
 //! answering also finds the admin credential.
@@ -87,6 +89,9 @@ pub fn prepare_environments(
     let store = crate::store::open_configured(data_dir, store_config)?;
     let ca = load_or_create_ca(&*store, &store_name, data_dir)?;
     write_admin_credential(&*store, &ca, data_dir, shared_store, clock)?;
+    // Tokens an older server kept in `<data>/admin/dashboard-tokens` sign
+    // in from the first login on.
+    crate::dashboard_tokens::import_at_start(data_dir, &*store, clock.now_unix_ms())?;
     let ca_fingerprint = certificate_fingerprint(ca.certificate_pem())?;
     let environments = Arc::new(restore_environments(
         &*store, &config, &sources, clock, alone,

@@ -6,6 +6,7 @@ use tonic::Status;
 
 use crate::auth::AuthError;
 use crate::blocking::BlockingFailed;
+use crate::dashboard_tokens::DashboardTokenError;
 use crate::enrollment::EnrollError;
 use crate::fleet_diff::DiffError;
 use crate::nodes::NodesError;
@@ -127,6 +128,20 @@ impl From<OperatorError> for Status {
                 Status::failed_precondition(message)
             }
             OperatorError::Store(_) => Status::internal(message),
+        }
+    }
+}
+
+impl From<DashboardTokenError> for Status {
+    fn from(error: DashboardTokenError) -> Status {
+        let message = error.to_string();
+        match error {
+            DashboardTokenError::InvalidId { .. } | DashboardTokenError::Ambiguous { .. } => {
+                Status::invalid_argument(message)
+            }
+            DashboardTokenError::Unknown { .. } => Status::not_found(message),
+            DashboardTokenError::Random(_) => Status::internal(message),
+            DashboardTokenError::Store(ref store) => store_failure(store, &error),
         }
     }
 }

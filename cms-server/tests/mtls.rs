@@ -5,8 +5,9 @@
 //!
 //! Refused: a client certificate from another CA, the server's own
 //! certificate presented as a client certificate, no certificate (for
-//! everything but `Enroll`), a node certificate on any admin method, and a
-//! node asking for a content of another node's catalog. A certificate
+//! everything but `Enroll`), a node certificate on any admin method (the
+//! dashboard token calls among them, which no certificate reaches either),
+//! and a node asking for a content of another node's catalog. A certificate
 //! refused by the handshake shows, under TLS 1.3, only as a failed call:
 //! those tests assert that no answer came back, never on error text.
 
@@ -266,6 +267,29 @@ async fn a_node_certificate_is_denied_every_admin_method() {
                 .await
                 .map(|_| ()),
         ),
+        (
+            "create_dashboard_token",
+            admin
+                .create_dashboard_token(pb::CreateDashboardTokenRequest {})
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "list_dashboard_tokens",
+            admin
+                .list_dashboard_tokens(pb::ListDashboardTokensRequest {})
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "revoke_dashboard_token",
+            admin
+                .revoke_dashboard_token(pb::RevokeDashboardTokenRequest {
+                    id: "0123456789ab".into(),
+                })
+                .await
+                .map(|_| ()),
+        ),
     ];
     for (method, result) in codes.drain(..) {
         let status = result.expect_err(method);
@@ -290,6 +314,103 @@ async fn a_node_certificate_is_denied_every_admin_method() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.nodes.len(), 2);
+}
+
+/// What a client presenting `client` (a node's certificate and key) or
+/// no certificate gets from each dashboard token call: the code of each
+/// refusal, or `Ok` for an answer.
+async fn dashboard_token_calls_as(
+    server: &Server,
+    client: Option<(&str, &str)>,
+    id: &str,
+) -> Vec<(&'static str, Result<(), Code>)> {
+    let channel = channel_with(server, &server.ca_pem, client).await.unwrap();
+    let mut admin = pb::admin_client::AdminClient::new(channel);
+    vec![
+        (
+            "create",
+            admin
+                .create_dashboard_token(pb::CreateDashboardTokenRequest {})
+                .await
+                .map(|_| ())
+                .map_err(|status| status.code()),
+        ),
+        (
+            "list",
+            admin
+                .list_dashboard_tokens(pb::ListDashboardTokensRequest {})
+                .await
+                .map(|_| ())
+                .map_err(|status| status.code()),
+        ),
+        (
+            "revoke",
+            admin
+                .revoke_dashboard_token(pb::RevokeDashboardTokenRequest { id: id.to_owned() })
+                .await
+                .map(|_| ())
+                .map_err(|status| status.code()),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neither_a_node_certificate_nor_no_certificate_makes_lists_or_revokes_dashboard_tokens() {
+    let server = Server::start(|_| {}).await;
+    let node = server.enroll("web-1", WEB).await;
+    let made = server
+        .admin()
+        .await
+        .unwrap()
+        .create_dashboard_token(pb::CreateDashboardTokenRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let id = made.record.expect("a record").id;
+    let as_node = dashboard_token_calls_as(
+        &server,
+        Some((
+            &node.identity.certificate_pem,
+            &node.identity.private_key_pem,
+        )),
+        &id,
+    )
+    .await;
+    let anonymous = dashboard_token_calls_as(&server, None, &id).await;
+    assert_eq!(
+        as_node,
+        [
+            ("create", Err(Code::PermissionDenied)),
+            ("list", Err(Code::PermissionDenied)),
+            ("revoke", Err(Code::PermissionDenied)),
+        ]
+    );
+    assert_eq!(
+        anonymous,
+        [
+            ("create", Err(Code::Unauthenticated)),
+            ("list", Err(Code::Unauthenticated)),
+            ("revoke", Err(Code::Unauthenticated)),
+        ]
+    );
+    // Nothing was made and nothing revoked: the operator's token is the
+    // only one, and it still signs in.
+    let listed = server
+        .admin()
+        .await
+        .unwrap()
+        .list_dashboard_tokens(pb::ListDashboardTokensRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0].id.as_str(), listed[0].revoked_unix_ms),
+        (id.as_str(), 0)
+    );
+    let hash = cms_roles::digest::sha256_hex(made.token.as_bytes());
+    assert!(server.store.dashboard_token_is_valid(&hash).unwrap());
 }
 
 /// The sha256 hashes (64 hex digits) in a catalog's canonical JSON.

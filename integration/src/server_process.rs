@@ -148,6 +148,29 @@ impl ServerProcess {
         }))
     }
 
+    /// A new dashboard login token, made through the server's admin API
+    /// with the bootstrap credential of its data directory, as
+    /// `cms-server dashboard-token --data DATA` makes it.
+    pub fn dashboard_token(&self) -> Result<String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let mut admin = cms_server::admin::connect(&self.grpc.to_string(), &self.data).await?;
+            let made = admin
+                .create_dashboard_token(cms_proto::v1::CreateDashboardTokenRequest {})
+                .await
+                .map_err(|status| {
+                    anyhow::anyhow!(
+                        "the server refused to make a dashboard token: {:?}: {}",
+                        status.code(),
+                        status.message()
+                    )
+                })?;
+            Ok(made.into_inner().token)
+        })
+    }
+
     /// What the server has logged so far.
     pub fn log_text(&self) -> String {
         format!(

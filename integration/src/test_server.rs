@@ -278,6 +278,18 @@ impl TestServer {
         })
     }
 
+    /// A new dashboard login token, made through the admin API as
+    /// `cms-server dashboard-token` makes it.
+    pub fn dashboard_token(&self) -> Result<String> {
+        Ok(self
+            .call_admin(|mut admin| async move {
+                admin
+                    .create_dashboard_token(pb::CreateDashboardTokenRequest {})
+                    .await
+            })?
+            .token)
+    }
+
     pub fn stop(mut self) -> Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

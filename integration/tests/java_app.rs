@@ -900,7 +900,7 @@ fn files_under(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
 /// The dashboard's fleet page and a node's page, as an operator logged in
 /// with a dashboard token sees them.
 fn dashboard_pages(server: &ServerProcess, work: &Path, node: &str) -> Result<String> {
-    let token = cms_server::dashboard::create_token(&server.data)?;
+    let token = server.dashboard_token()?;
     let jar = work.join("dashboard-cookies");
     let base = format!("https://{}", server.http);
     let curl = |args: &[&str]| -> Result<String> {

@@ -305,7 +305,7 @@ fn the_dashboard_in_chromium_shows_a_converged_node_lists_the_failed_one_first_a
     );
     let fleet = fleet(|config| config.http_tls = true)?;
     let address = fleet.server.http_address.clone().context("an HTTP port")?;
-    let token = cms_server::dashboard::create_token(&fleet.server.data)?;
+    let token = fleet.server.dashboard_token()?;
     let artifacts = std::env::var_os("CMS_TEST_ARTIFACTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-artifacts"));

@@ -732,7 +732,7 @@ fn a_dashboard_session_opened_on_one_replica_is_valid_on_another_until_logged_ou
     let binary = build_workspace_binary("cms-server", "cms-server")?;
     let replicas = start_replicas(&binary, dir.path(), &url, git.path(), 2, &["--http-tls"])?;
     let (one, two) = (&replicas[0], &replicas[1]);
-    let token = cms_server::dashboard::create_token(&one.data)?;
+    let token = one.dashboard_token()?;
     let cookie = dashboard_login(one, &token)?;
     let page = |replica: &ServerProcess| -> anyhow::Result<u16> {
         Ok(replica.get("/dashboard", &[("Cookie", cookie.as_str())])?.0)
@@ -748,6 +748,160 @@ fn a_dashboard_session_opened_on_one_replica_is_valid_on_another_until_logged_ou
     anyhow::ensure!(
         page(one)? == 401 && page(two)? == 401,
         "a logout on replica 2 ends the session on both"
+    );
+    Ok(())
+}
+
+/// Two `--http-tls` replicas on a new database, the first holding the
+/// bootstrap admin credential; the database's URL.
+fn dashboard_replicas(dir: &std::path::Path) -> anyhow::Result<(Vec<ServerProcess>, String)> {
+    let url = database();
+    let git = GitRepo::init(&dir.join("roles"))?;
+    git.commit(
+        &[("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n")],
+        "roles",
+    )?;
+    let binary = build_workspace_binary("cms-server", "cms-server")?;
+    let replicas = start_replicas(&binary, dir, &url, git.path(), 2, &["--http-tls"])?;
+    Ok((replicas, url))
+}
+
+/// `cms-server ARGS` sent to `replica` with the bootstrap credential of
+/// `credential` (a data directory): exit code, stdout, stderr.
+fn cms_server_on(
+    replica: &ServerProcess,
+    credential: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<(Option<i32>, String, String)> {
+    let binary = build_workspace_binary("cms-server", "cms-server")?;
+    AdminCli::new(binary, &replica.grpc.to_string(), credential).run(args)
+}
+
+/// `POST /dashboard/login` on `replica` with `token`: 303 signs in, 401
+/// refuses.
+fn login_status(replica: &ServerProcess, token: &str) -> anyhow::Result<u16> {
+    Ok(replica
+        .post("/dashboard/login", &[], format!("token={token}").as_bytes())?
+        .0)
+}
+
+/// Every row of every table of the database at `url`, as text (a bytea
+/// column as hex): what a dump of the database would show.
+fn every_row_of(url: &str) -> anyhow::Result<String> {
+    let server = PostgresServer::shared()?;
+    let database = PostgresServer::database_of(url);
+    let tables = server.sql(
+        database,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+    )?;
+    let mut text = String::new();
+    for table in tables.lines() {
+        text.push_str(&server.sql(
+            database,
+            &format!("SELECT coalesce(string_agg(t::text, ' '), '') FROM {table} AS t"),
+        )?);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+#[test]
+fn a_dashboard_token_made_through_one_replica_signs_in_on_another_and_the_database_holds_only_its_hash()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (replicas, url) = dashboard_replicas(dir.path())?;
+    let (one, two) = (&replicas[0], &replicas[1]);
+    // The documented command, through replica 1.
+    let (code, stdout, stderr) = cms_server_on(one, &one.data, &["dashboard-token"])?;
+    anyhow::ensure!(code == Some(0), "dashboard-token on replica 1: {stderr}");
+    let token = stdout.trim().to_string();
+    anyhow::ensure!(token.starts_with("cmsd_"), "{stdout}");
+    anyhow::ensure!(
+        login_status(two, &token)? == 303,
+        "the token made through replica 1 signs in on replica 2\n{}",
+        two.log_text()
+    );
+    let cookie = dashboard_login(two, &token)?;
+    let page = two.get("/dashboard", &[("Cookie", cookie.as_str())])?.0;
+    anyhow::ensure!(page == 200, "the fleet page answered {page}");
+
+    let hash = cms_roles::digest::sha256_hex(token.as_bytes());
+    let rows = every_row_of(&url)?;
+    let secret_hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+    anyhow::ensure!(
+        !rows.contains(token.trim_start_matches("cmsd_")) && !rows.contains(&secret_hex),
+        "the database holds the token:\n{rows}"
+    );
+    let stored = PostgresServer::shared()?.sql(
+        PostgresServer::database_of(&url),
+        "SELECT hash || ' ' || created_by || ' ' || (revoked_unix_ms IS NULL) FROM dashboard_tokens",
+    )?;
+    anyhow::ensure!(
+        stored == format!("{hash} admin true"),
+        "the table holds the hash and its maker: {stored}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_dashboard_token_revoked_through_one_replica_signs_in_on_none() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (replicas, _url) = dashboard_replicas(dir.path())?;
+    let (one, two) = (&replicas[0], &replicas[1]);
+    let credential = one.data.clone();
+    let token = one.dashboard_token()?;
+    let kept = one.dashboard_token()?;
+    for replica in [one, two] {
+        anyhow::ensure!(login_status(replica, &token)? == 303, "signs in before");
+    }
+    // Listed and revoked through replica 2, by the id it lists.
+    let id = cms_roles::digest::sha256_hex(token.as_bytes())[..12].to_string();
+    let (code, listed, stderr) = cms_server_on(
+        two,
+        &credential,
+        &["dashboard-token", "--list", "--format", "json"],
+    )?;
+    anyhow::ensure!(code == Some(0), "--list on replica 2: {stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&listed)?;
+    anyhow::ensure!(
+        listed.as_array().map(Vec::len) == Some(2)
+            && listed
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| t["id"] == id.as_str()),
+        "replica 2 lists both tokens: {listed:#}"
+    );
+    let (code, stdout, stderr) =
+        cms_server_on(two, &credential, &["dashboard-token", "--revoke", &id])?;
+    anyhow::ensure!(code == Some(0), "--revoke on replica 2: {stdout}{stderr}");
+    for (index, replica) in [one, two].into_iter().enumerate() {
+        anyhow::ensure!(
+            login_status(replica, &token)? == 401,
+            "the revoked token is refused by replica {}",
+            index + 1
+        );
+        anyhow::ensure!(
+            login_status(replica, &kept)? == 303,
+            "the other token still signs in on replica {}",
+            index + 1
+        );
+    }
+    let (_, listed, _) = cms_server_on(
+        one,
+        &credential,
+        &["dashboard-token", "--list", "--format", "json"],
+    )?;
+    let listed: serde_json::Value = serde_json::from_str(&listed)?;
+    let revoked = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["id"] == id.as_str())
+        .context("listed on replica 1")?;
+    anyhow::ensure!(
+        revoked["revoked_by"] == "admin",
+        "replica 1 shows the revocation: {revoked:#}"
     );
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! trait promises (`cms_server::store::conformance`), then what only a
 //! shared database brings: two replicas on one database, migrations applied
 //! once, the CA key encrypted at rest, `store migrate` both ways, and the
-//! database going away and coming back.
+//! database going away and coming back (`/healthz`, a dashboard login).
 
 #![allow(clippy::disallowed_methods)]
 
@@ -183,7 +183,7 @@ fn replicas_opening_a_new_database_together_apply_each_migration_once() {
                 "SELECT version || ':' || name FROM schema_migrations ORDER BY version"
             )
             .unwrap(),
-        "1:0001_initial\n2:0002_dashboard_sessions"
+        "1:0001_initial\n2:0002_dashboard_sessions\n3:0003_dashboard_tokens"
     );
     // A later start applies nothing and still opens.
     open(&url, &key).put_node(&conformance::node("n1")).unwrap();
@@ -205,7 +205,7 @@ fn a_database_migrated_by_a_newer_server_is_refused() {
     assert!(
         error
             .to_string()
-            .contains("its schema is at version 99, this server knows versions up to 2"),
+            .contains("its schema is at version 99, this server knows versions up to 3"),
         "{error}"
     );
 }
@@ -397,6 +397,13 @@ fn store_migrate_copies_sled_to_postgres_and_back_with_equal_counts() {
     assert_eq!(a.nodes().unwrap(), b.nodes().unwrap());
     assert_eq!(a.ca().unwrap(), b.ca().unwrap());
     assert_eq!(a.tokens().unwrap(), b.tokens().unwrap());
+    assert_eq!(a.dashboard_tokens().unwrap(), b.dashboard_tokens().unwrap());
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line.starts_with("revoked dashboard tokens") && line.contains(" 1 ")),
+        "{stdout}"
+    );
     assert_eq!(a.audit(100).unwrap(), b.audit(100).unwrap());
     assert_eq!(a.settings().unwrap(), b.settings().unwrap());
     assert_eq!(a.certificates().unwrap(), b.certificates().unwrap());
@@ -464,4 +471,49 @@ fn serve_with_a_postgres_store_reports_the_database_in_healthz() {
     postgres.start_again().unwrap();
     let (status, body) = server.get("/healthz", &[]).unwrap();
     assert_eq!(status, 200, "{body}\n{}", server.log_text());
+}
+
+/// The dashboard's login asks the store whether a token is valid: while
+/// the database cannot answer, a valid token is refused (401, never a
+/// session) and the server logs why; once the database is back, the same
+/// token signs in.
+#[test]
+fn a_dashboard_login_while_the_database_is_down_is_refused_with_a_warning_and_works_once_it_is_back()
+ {
+    let binary = build_workspace_binary("cms-server", "cms-server").expect("build cms-server");
+    let postgres = PostgresServer::start().expect("start postgres");
+    let url = postgres.create_database().unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let key_file = folder.path().join("store.key");
+    std::fs::write(&key_file, StoreKey::generate_text()).unwrap();
+    let roles = GitRepo::copy_of(Path::new(EXAMPLE_REPOSITORY), &folder.path().join("roles"))
+        .expect("the example roles in git");
+    let key_arg = key_file.display().to_string();
+    let server = ServerProcess::start(
+        &binary,
+        &folder.path().join("data"),
+        roles.path(),
+        &["--store", &url, "--store-key-file", &key_arg, "--http-tls"],
+    )
+    .expect("serve on postgres");
+    let token = server.dashboard_token().expect("a dashboard token");
+    let login = |server: &ServerProcess| {
+        server
+            .post("/dashboard/login", &[], format!("token={token}").as_bytes())
+            .unwrap()
+            .0
+    };
+    assert_eq!(login(&server), 303, "{}", server.log_text());
+
+    postgres.stop().unwrap();
+    assert_eq!(login(&server), 401, "{}", server.log_text());
+    assert!(
+        server
+            .log_text()
+            .contains("Failed to read a dashboard token"),
+        "{}",
+        server.log_text()
+    );
+    postgres.start_again().unwrap();
+    assert_eq!(login(&server), 303, "{}", server.log_text());
 }

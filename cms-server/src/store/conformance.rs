@@ -123,6 +123,18 @@ pub fn all() -> Vec<(&'static str, Check)> {
             "a_dashboard_session_is_valid_until_it_expires_or_closes_and_expired_ones_are_pruned",
             a_dashboard_session_is_valid_until_it_expires_or_closes_and_expired_ones_are_pruned,
         ),
+        (
+            "a_dashboard_token_is_valid_until_revoked_and_stays_revoked_when_added_again",
+            a_dashboard_token_is_valid_until_revoked_and_stays_revoked_when_added_again,
+        ),
+        (
+            "dashboard_tokens_list_in_hash_order_with_their_revocations",
+            dashboard_tokens_list_in_hash_order_with_their_revocations,
+        ),
+        (
+            "concurrent_revocations_of_a_dashboard_token_let_exactly_one_revoke_it",
+            concurrent_revocations_of_a_dashboard_token_let_exactly_one_revoke_it,
+        ),
     ]
 }
 
@@ -879,6 +891,133 @@ pub fn a_dashboard_session_is_valid_until_it_expires_or_closes_and_expired_ones_
     assert!(!store.close_session(&long).unwrap(), "closed once");
 }
 
+/// A dashboard token record, made by `alice` at `created_unix_ms`, not
+/// revoked.
+pub fn dashboard_token(hash: &str, created_unix_ms: u64) -> DashboardTokenRecord {
+    DashboardTokenRecord {
+        hash: hash.to_string(),
+        created_unix_ms,
+        created_by: "alice".to_string(),
+        revoked_unix_ms: None,
+        revoked_by: None,
+    }
+}
+
+pub fn a_dashboard_token_is_valid_until_revoked_and_stays_revoked_when_added_again(
+    store: &dyn Store,
+) {
+    let (a, b) = ("a".repeat(64), "b".repeat(64));
+    assert!(
+        store
+            .add_dashboard_token(&dashboard_token(&a, 1_000))
+            .unwrap()
+    );
+    assert!(
+        store
+            .add_dashboard_token(&dashboard_token(&b, 2_000))
+            .unwrap()
+    );
+    assert!(store.dashboard_token_is_valid(&a).unwrap());
+    assert!(store.dashboard_token_is_valid(&b).unwrap());
+    assert!(!store.dashboard_token_is_valid(&"c".repeat(64)).unwrap());
+    // A prefix of a hash is not the hash.
+    assert!(!store.dashboard_token_is_valid(&a[..12]).unwrap());
+
+    let mut revoked = dashboard_token(&a, 1_000);
+    revoked.revoked_unix_ms = Some(5_000);
+    revoked.revoked_by = Some("bob".into());
+    assert_eq!(
+        store.revoke_dashboard_token(&a, 5_000, "bob").unwrap(),
+        DashboardTokenRevocation::Revoked(revoked.clone())
+    );
+    assert!(!store.dashboard_token_is_valid(&a).unwrap(), "revoked");
+    assert!(store.dashboard_token_is_valid(&b).unwrap(), "only a");
+    // Revoked again: the first revocation stands.
+    assert_eq!(
+        store.revoke_dashboard_token(&a, 9_000, "carol").unwrap(),
+        DashboardTokenRevocation::AlreadyRevoked(revoked.clone())
+    );
+    assert_eq!(
+        store
+            .revoke_dashboard_token(&"c".repeat(64), 9_000, "carol")
+            .unwrap(),
+        DashboardTokenRevocation::Unknown
+    );
+    // Adding it again (a second import of an old file) changes nothing.
+    assert!(
+        !store
+            .add_dashboard_token(&dashboard_token(&a, 7_000))
+            .unwrap()
+    );
+    assert!(
+        !store.dashboard_token_is_valid(&a).unwrap(),
+        "still revoked"
+    );
+    assert_eq!(store.dashboard_tokens().unwrap()[0], revoked);
+}
+
+pub fn dashboard_tokens_list_in_hash_order_with_their_revocations(store: &dyn Store) {
+    assert_eq!(store.dashboard_tokens().unwrap(), []);
+    let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+    // Added as a migration copies them: a revoked one stays revoked.
+    let mut revoked = dashboard_token(&b, 2_000);
+    revoked.revoked_unix_ms = Some(3_000);
+    revoked.revoked_by = Some("bob".into());
+    let mut imported = dashboard_token(&c, 500);
+    imported.created_by = IMPORTED_DASHBOARD_TOKEN.into();
+    for token in [&imported, &revoked, &dashboard_token(&a, 1_000)] {
+        assert!(store.add_dashboard_token(token).unwrap());
+    }
+    assert_eq!(
+        store.dashboard_tokens().unwrap(),
+        [dashboard_token(&a, 1_000), revoked, imported]
+    );
+    assert!(!store.dashboard_token_is_valid(&b).unwrap());
+    assert!(store.dashboard_token_is_valid(&c).unwrap());
+}
+
+pub fn concurrent_revocations_of_a_dashboard_token_let_exactly_one_revoke_it(store: &dyn Store) {
+    for round in 0..20u64 {
+        let hash = format!("{round:064x}");
+        store
+            .add_dashboard_token(&dashboard_token(&hash, 1_000))
+            .unwrap();
+        let barrier = Barrier::new(2);
+        let outcomes: Vec<DashboardTokenRevocation> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ["bob", "carol"]
+                .into_iter()
+                .map(|operator| {
+                    let (barrier, hash) = (&barrier, &hash);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        store.revoke_dashboard_token(hash, 2_000, operator).unwrap()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().expect("thread"))
+                .collect()
+        });
+        let winner = outcomes
+            .iter()
+            .find_map(|outcome| match outcome {
+                DashboardTokenRevocation::Revoked(token) => Some(token.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("round {round}: none revoked it: {outcomes:?}"));
+        assert!(
+            outcomes.contains(&DashboardTokenRevocation::AlreadyRevoked(winner.clone())),
+            "round {round}: the other sees the winner's revocation: {outcomes:?}"
+        );
+        assert_eq!(
+            store.dashboard_tokens().unwrap().last(),
+            Some(&winner),
+            "round {round}"
+        );
+    }
+}
+
 /// Puts a record or more of every kind in `store` (1,203 reports, more
 /// than two pages of a migration), as `store migrate` tests copy them.
 pub fn fill_with_every_kind(store: &dyn Store) {
@@ -916,6 +1055,15 @@ pub fn fill_with_every_kind(store: &dyn Store) {
             })
             .unwrap();
     }
+    store
+        .add_dashboard_token(&dashboard_token(&"d".repeat(64), 1_000))
+        .unwrap();
+    store
+        .add_dashboard_token(&dashboard_token(&"e".repeat(64), 2_000))
+        .unwrap();
+    store
+        .revoke_dashboard_token(&"e".repeat(64), 3_000, "alice")
+        .unwrap();
     store.put_setting("admin_credential", b"x").unwrap();
     store
         .put_environment(&EnvironmentRecord {

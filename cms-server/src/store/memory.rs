@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{
-    AuditRecord, CaRecord, CertificateRecord, NodeRecord, OperatorRecord, ReportWrite,
-    RevisionRecord, RunSummary, Store, StoreError, StoredReport, TokenRecord, TriggerRecord,
-    check_node_id, note_run,
+    AuditRecord, CaRecord, CertificateRecord, DashboardTokenRecord, DashboardTokenRevocation,
+    NodeRecord, OperatorRecord, ReportWrite, RevisionRecord, RunSummary, Store, StoreError,
+    StoredReport, TokenRecord, TriggerRecord, check_node_id, note_run,
 };
 
 /// A store that lives and dies with the process.
@@ -32,6 +32,8 @@ struct Data {
     settings: BTreeMap<String, Vec<u8>>,
     /// Dashboard sessions: hash → expiry (unix ms).
     sessions: BTreeMap<String, u64>,
+    /// Dashboard tokens by hash.
+    dashboard_tokens: BTreeMap<String, DashboardTokenRecord>,
     triggers: BTreeMap<String, TriggerRecord>,
     operators: BTreeMap<String, OperatorRecord>,
     /// In order of arrival, which is also time order for one process.
@@ -404,6 +406,48 @@ impl Store for MemoryStore {
 
     fn close_session(&self, hash: &str) -> Result<bool, StoreError> {
         Ok(self.data().sessions.remove(hash).is_some())
+    }
+
+    // Dashboard tokens.
+
+    fn add_dashboard_token(&self, token: &DashboardTokenRecord) -> Result<bool, StoreError> {
+        let mut data = self.data();
+        if data.dashboard_tokens.contains_key(&token.hash) {
+            return Ok(false);
+        }
+        data.dashboard_tokens
+            .insert(token.hash.clone(), token.clone());
+        Ok(true)
+    }
+
+    fn dashboard_token_is_valid(&self, hash: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .data()
+            .dashboard_tokens
+            .get(hash)
+            .is_some_and(|token| !token.is_revoked()))
+    }
+
+    fn dashboard_tokens(&self) -> Result<Vec<DashboardTokenRecord>, StoreError> {
+        Ok(self.data().dashboard_tokens.values().cloned().collect())
+    }
+
+    fn revoke_dashboard_token(
+        &self,
+        hash: &str,
+        revoked_unix_ms: u64,
+        revoked_by: &str,
+    ) -> Result<DashboardTokenRevocation, StoreError> {
+        let mut data = self.data();
+        let Some(token) = data.dashboard_tokens.get_mut(hash) else {
+            return Ok(DashboardTokenRevocation::Unknown);
+        };
+        if token.is_revoked() {
+            return Ok(DashboardTokenRevocation::AlreadyRevoked(token.clone()));
+        }
+        token.revoked_unix_ms = Some(revoked_unix_ms);
+        token.revoked_by = Some(revoked_by.to_string());
+        Ok(DashboardTokenRevocation::Revoked(token.clone()))
     }
 
     fn settings(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

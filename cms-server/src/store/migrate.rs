@@ -6,7 +6,9 @@
 //! and no table or tree layout is repeated here. Reports are copied in
 //! pages (`all_reports`), so a store with millions of them does not have
 //! to fit in memory; received times, revocations, token uses and the order
-//! of the audit log are kept as they are. The server must be stopped
+//! of the audit log are kept as they are. Dashboard tokens (their hashes
+//! and revocations) are credentials and are carried; dashboard sessions
+//! last hours and are not (whoever was signed in signs in again). The server must be stopped
 //! while it runs: a sled store is locked by its server anyway, and a
 //! PostgreSQL one would keep changing under the copy.
 
@@ -47,11 +49,11 @@ impl fmt::Display for Outcome {
     /// A table: kind, source count, target count, and `MISMATCH` where
     /// they differ.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<22} {:>10} {:>10}", "KIND", "SOURCE", "TARGET")?;
+        writeln!(f, "{:<26} {:>10} {:>10}", "KIND", "SOURCE", "TARGET")?;
         for (kind, source) in &self.source.0 {
             let target = self.target.0.get(kind).copied().unwrap_or(0);
             let flag = if target == *source { "" } else { "  MISMATCH" };
-            writeln!(f, "{kind:<22} {source:>10} {target:>10}{flag}")?;
+            writeln!(f, "{kind:<26} {source:>10} {target:>10}{flag}")?;
         }
         Ok(())
     }
@@ -104,6 +106,12 @@ pub fn count(store: &dyn Store) -> Result<Counts, StoreError> {
         certificates.iter().filter(|c| c.revoked).count(),
     );
     put("tokens", store.tokens()?.len());
+    let dashboard_tokens = store.dashboard_tokens()?;
+    put("dashboard tokens", dashboard_tokens.len());
+    put(
+        "revoked dashboard tokens",
+        dashboard_tokens.iter().filter(|t| t.is_revoked()).count(),
+    );
     put("triggers", store.triggers()?.len());
     put("operators", store.operators()?.len());
     put("audit records", store.audit(usize::MAX)?.len());
@@ -179,6 +187,11 @@ fn copy(source: &dyn Store, target: &dyn Store) -> Result<(), MigrateError> {
     for token in source.tokens().map_err(Source)? {
         target.put_token(&token).map_err(Target)?;
     }
+    // Credentials, revocations included: a token revoked on the source
+    // stays revoked on the target.
+    for token in source.dashboard_tokens().map_err(Source)? {
+        target.add_dashboard_token(&token).map_err(Target)?;
+    }
     for trigger in source.triggers().map_err(Source)? {
         target.put_trigger(&trigger).map_err(Target)?;
     }
@@ -212,6 +225,12 @@ mod tests {
         assert_eq!(outcome.target.0["reports"], 1_203);
         assert_eq!(outcome.target.0["revoked certificates"], 1);
         assert_eq!(target.tokens().unwrap(), source.tokens().unwrap());
+        assert_eq!(outcome.target.0["dashboard tokens"], 2);
+        assert_eq!(outcome.target.0["revoked dashboard tokens"], 1);
+        assert_eq!(
+            target.dashboard_tokens().unwrap(),
+            source.dashboard_tokens().unwrap()
+        );
         assert_eq!(target.audit(10).unwrap(), source.audit(10).unwrap());
         assert_eq!(target.current_revision().unwrap().as_deref(), Some("c1"));
         assert_eq!(
@@ -246,7 +265,7 @@ mod tests {
         assert!(
             outcome
                 .to_string()
-                .contains("nodes                           2          1  MISMATCH"),
+                .contains("nodes                               2          1  MISMATCH"),
             "{outcome}"
         );
     }

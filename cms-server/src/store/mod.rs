@@ -1,5 +1,6 @@
 //! The server's storage, as a trait: nodes, run reports, revisions, the
-//! CA, certificates, enrollment tokens, fleet triggers and small settings.
+//! CA, certificates, enrollment tokens, fleet triggers, dashboard tokens
+//! and sessions, and small settings.
 //!
 //! Callers hold a [`SharedStore`] (`Arc<dyn Store>`), whose methods take and
 //! return plain records (the serde structs below), strings and bytes, and
@@ -27,8 +28,9 @@
 //!
 //! Everything a second server behind the same address must see is here:
 //! nodes, reports, revisions and the current revision, the CA (certificate
-//! and key), certificates and their revocation, enrollment tokens and
-//! triggers. Three pieces of server state are deliberately not:
+//! and key), certificates and their revocation, enrollment tokens,
+//! dashboard tokens and sessions, and triggers. Two pieces of server state
+//! are deliberately not:
 //!
 //! - the admin credential (`<data>/admin/`) is a file the operator's CLI
 //!   reads on the server host. The operator it names is in the store (its
@@ -36,13 +38,14 @@
 //!   bootstrap credential (`operators::bootstrap`); the others get the CA
 //!   certificate, and the operator uses that credential, or one
 //!   `cms-server admin add` made, with any replica;
-//! - dashboard tokens (`<data>/admin/dashboard-tokens`) are made by
-//!   `cms-server dashboard-token` on a host, without a running server, so
-//!   they stay a file next to the admin credential; replicas would each be
-//!   given the file (or the tokens move here, as enrollment tokens did);
 //! - noted last-seen times are in memory, per process, and written here in
-//!   batches. (Dashboard sessions are here: signed in on one replica is
-//!   signed in on all.)
+//!   batches.
+//!
+//! Dashboard tokens and sessions are here: a token made through one
+//! replica signs in on all, one revoked on any is refused by all, and
+//! signed in on one replica is signed in on all. (Servers before this kept
+//! the tokens in `<data>/admin/dashboard-tokens`; a server imports that
+//! file into the store at start, see `dashboard_tokens::import_file`.)
 //!
 //! # Key layout
 //!
@@ -62,6 +65,8 @@
 //! | `triggers`     | trigger id                                                  | `TriggerRecord`              |
 //! | `operators`    | operator name                                               | `OperatorRecord`             |
 //! | `audit`        | `time_unix_ms` (8 bytes big-endian), a unique sequence number (8 bytes big-endian) | `AuditRecord` |
+//! | `dashboard_sessions` | sha256 hex of the session cookie              | its expiry, unix ms (8 bytes big-endian) |
+//! | `dashboard_tokens` | sha256 hex of the token, never the token        | `DashboardTokenRecord`       |
 //!
 //! A node's reports share the prefix `node id, 0x00`, and the inverted time
 //! makes a forward scan of that prefix list them newest first, so "the last
@@ -89,7 +94,7 @@
 //! within seconds, which the gRPC layer answers with `UNAVAILABLE`.
 //! `migrate.rs` copies every record between any two stores
 //! (`cms-server store migrate`), using the listing methods (`settings`,
-//! `certificates`, `all_reports`). Contents are immutable and addressed by
+//! `certificates`, `all_reports`, `dashboard_tokens`). Contents are immutable and addressed by
 //! hash, so they would fit an object store (S3 and the like) keyed by the
 //! same sha256.
 
@@ -456,6 +461,33 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Ends the session `hash`: false when there was none.
     fn close_session(&self, hash: &str) -> Result<bool, StoreError>;
+
+    // Dashboard tokens: the sha256 of each login token, when it was made
+    // and by whom, and its revocation, so that a token made through one
+    // replica signs in on every replica and one revoked on any is refused
+    // by all. Credentials: `cms-server store migrate` carries them. Every
+    // write is durable when it returns.
+
+    /// Stores `token` as given (a revocation included) unless a token with
+    /// its hash is stored already, which then stays as it is: adding never
+    /// brings a revoked token back. Returns whether it was stored.
+    fn add_dashboard_token(&self, token: &DashboardTokenRecord) -> Result<bool, StoreError>;
+
+    /// Whether the token whose sha256 is `hash` is stored and not revoked.
+    fn dashboard_token_is_valid(&self, hash: &str) -> Result<bool, StoreError>;
+
+    /// Every dashboard token, revoked ones included, ordered by hash.
+    fn dashboard_tokens(&self) -> Result<Vec<DashboardTokenRecord>, StoreError>;
+
+    /// Revokes the token `hash` at `revoked_unix_ms` on `revoked_by`'s
+    /// word, atomically: of two revocations at once one revokes it, and a
+    /// revoked token keeps its first revocation.
+    fn revoke_dashboard_token(
+        &self,
+        hash: &str,
+        revoked_unix_ms: u64,
+        revoked_by: &str,
+    ) -> Result<DashboardTokenRevocation, StoreError>;
 
     // Listings of everything, for `cms-server store migrate`.
 
@@ -864,6 +896,55 @@ pub struct TokenRecord {
     pub created_unix: u64,
 }
 
+/// A login token of the fleet dashboard. The store never sees the secret,
+/// only its sha256; a revoked token stays listed, and stays revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DashboardTokenRecord {
+    /// sha256 hex of the secret, never the secret.
+    pub hash: String,
+    pub created_unix_ms: u64,
+    /// The operator who made it, or [`IMPORTED_DASHBOARD_TOKEN`] for one
+    /// imported from a data directory's `admin/dashboard-tokens` file.
+    pub created_by: String,
+    /// When it was revoked; a revoked token signs no one in.
+    pub revoked_unix_ms: Option<u64>,
+    /// The operator who revoked it.
+    pub revoked_by: Option<String>,
+}
+
+/// Who made a dashboard token imported from the file older servers kept:
+/// not an operator's name (those never start with a parenthesis).
+pub const IMPORTED_DASHBOARD_TOKEN: &str = "(imported)";
+
+/// How many hex digits of its sha256 name a dashboard token in listings,
+/// the audit log and `--revoke`.
+pub const DASHBOARD_TOKEN_ID_DIGITS: usize = 12;
+
+impl DashboardTokenRecord {
+    /// The token's short id: the first [`DASHBOARD_TOKEN_ID_DIGITS`] hex
+    /// digits of its sha256.
+    pub fn id(&self) -> &str {
+        self.hash
+            .get(..DASHBOARD_TOKEN_ID_DIGITS)
+            .unwrap_or(&self.hash)
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_unix_ms.is_some()
+    }
+}
+
+/// What [`Store::revoke_dashboard_token`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DashboardTokenRevocation {
+    /// This call revoked it; the record as stored now.
+    Revoked(DashboardTokenRecord),
+    /// It was revoked before, and stays as it was.
+    AlreadyRevoked(DashboardTokenRecord),
+    /// No token has that hash.
+    Unknown,
+}
+
 /// An operator: a person (or a tool) with an admin credential of its own.
 /// Admin calls are accepted from the certificate whose serial is `serial`
 /// only, and from none once the operator is revoked.
@@ -1121,6 +1202,9 @@ pub(crate) mod tests {
         settings_certificates_and_reports_list_everything_for_a_migration,
         a_ca_put_if_absent_keeps_the_first_one,
         a_dashboard_session_is_valid_until_it_expires_or_closes_and_expired_ones_are_pruned,
+        a_dashboard_token_is_valid_until_revoked_and_stays_revoked_when_added_again,
+        dashboard_tokens_list_in_hash_order_with_their_revocations,
+        concurrent_revocations_of_a_dashboard_token_let_exactly_one_revoke_it,
     );
 
     /// The macro above lists every check of `conformance::all`.
@@ -1155,6 +1239,9 @@ pub(crate) mod tests {
             "settings_certificates_and_reports_list_everything_for_a_migration",
             "a_ca_put_if_absent_keeps_the_first_one",
             "a_dashboard_session_is_valid_until_it_expires_or_closes_and_expired_ones_are_pruned",
+            "a_dashboard_token_is_valid_until_revoked_and_stays_revoked_when_added_again",
+            "dashboard_tokens_list_in_hash_order_with_their_revocations",
+            "concurrent_revocations_of_a_dashboard_token_let_exactly_one_revoke_it",
         ];
         let all: Vec<&str> = conformance::all().iter().map(|(name, _)| *name).collect();
         assert_eq!(all, listed);

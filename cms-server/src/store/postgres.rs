@@ -24,7 +24,8 @@
 //! `claim_name` inserts or updates the node only where it still holds the
 //! expected serial, in the transaction that writes the certificate;
 //! `update_node_with` compares and swaps the node's `version` column;
-//! `swap_operator` reads the operator `FOR UPDATE`.
+//! `swap_operator` reads the operator `FOR UPDATE`; `revoke_dashboard_token`
+//! is one `UPDATE … WHERE revoked_unix_ms IS NULL … RETURNING`.
 //!
 //! # The database unreachable
 //!
@@ -56,9 +57,9 @@ use serde::de::DeserializeOwned;
 
 use super::key::StoreKey;
 use super::{
-    AuditRecord, BackendError, CaRecord, CertificateRecord, NodeRecord, OperatorRecord,
-    ReportWrite, RevisionRecord, Store, StoreError, StoredReport, TokenRecord, TriggerRecord,
-    check_node_id,
+    AuditRecord, BackendError, CaRecord, CertificateRecord, DashboardTokenRecord,
+    DashboardTokenRevocation, NodeRecord, OperatorRecord, ReportWrite, RevisionRecord, Store,
+    StoreError, StoredReport, TokenRecord, TriggerRecord, check_node_id,
 };
 pub use connection::{
     ConnectError, ConnectionSettings, HandshakeError, PostgresConnection, PostgresTls,
@@ -533,6 +534,22 @@ fn decode<T: DeserializeOwned>(
             source,
         })
     })
+}
+
+/// The columns of `dashboard_tokens`, in the order
+/// [`dashboard_token_from_row`] reads them.
+const DASHBOARD_TOKEN_COLUMNS: &str =
+    "hash, created_unix_ms, created_by, revoked_unix_ms, revoked_by";
+
+fn dashboard_token_from_row(row: &tokio_postgres::Row) -> DashboardTokenRecord {
+    let revoked_unix_ms: Option<i64> = row.get("revoked_unix_ms");
+    DashboardTokenRecord {
+        hash: row.get("hash"),
+        created_unix_ms: from_db(row.get("created_unix_ms")),
+        created_by: row.get("created_by"),
+        revoked_unix_ms: revoked_unix_ms.map(from_db),
+        revoked_by: row.get("revoked_by"),
+    }
 }
 
 fn token_from_row(row: &tokio_postgres::Row) -> Result<TokenRecord, Failure> {
@@ -1656,6 +1673,109 @@ impl Store for PostgresStore {
                 .execute("DELETE FROM dashboard_sessions WHERE hash = $1", &[&hash])
                 .await?;
             Ok(removed > 0)
+        })
+    }
+
+    // Dashboard tokens (the table `dashboard_tokens`, migration 0003).
+
+    /// One `INSERT … ON CONFLICT DO NOTHING`: a stored token, revoked or
+    /// not, stays as it is.
+    fn add_dashboard_token(&self, token: &DashboardTokenRecord) -> Result<bool, StoreError> {
+        let pool = self.pool();
+        let token = token.clone();
+        self.call("write a dashboard token", CALL_TIMEOUT, async move {
+            let client = pool.get().await?;
+            let inserted = client
+                .execute(
+                    "INSERT INTO dashboard_tokens
+                         (hash, created_unix_ms, created_by, revoked_unix_ms, revoked_by)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (hash) DO NOTHING",
+                    &[
+                        &token.hash,
+                        &to_db(token.created_unix_ms),
+                        &token.created_by,
+                        &token.revoked_unix_ms.map(to_db),
+                        &token.revoked_by,
+                    ],
+                )
+                .await?;
+            Ok(inserted == 1)
+        })
+    }
+
+    fn dashboard_token_is_valid(&self, hash: &str) -> Result<bool, StoreError> {
+        let (pool, hash) = (self.pool(), hash.to_string());
+        self.call("read a dashboard token", CALL_TIMEOUT, async move {
+            let client = pool.get().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT 1 FROM dashboard_tokens WHERE hash = $1 AND revoked_unix_ms IS NULL",
+                )
+                .await?;
+            Ok(client.query_opt(&statement, &[&hash]).await?.is_some())
+        })
+    }
+
+    fn dashboard_tokens(&self) -> Result<Vec<DashboardTokenRecord>, StoreError> {
+        let pool = self.pool();
+        self.call("list dashboard tokens", BULK_TIMEOUT, async move {
+            let client = pool.get().await?;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {DASHBOARD_TOKEN_COLUMNS} FROM dashboard_tokens ORDER BY hash"
+                    ),
+                    &[],
+                )
+                .await?;
+            Ok(rows.iter().map(dashboard_token_from_row).collect())
+        })
+    }
+
+    /// One conditional `UPDATE … WHERE revoked_unix_ms IS NULL RETURNING`:
+    /// of revocations at once, on any replica, one finds the row to
+    /// update. When it updates nothing, a read says why (rows are never
+    /// deleted, so the token is then either revoked or unknown).
+    fn revoke_dashboard_token(
+        &self,
+        hash: &str,
+        revoked_unix_ms: u64,
+        revoked_by: &str,
+    ) -> Result<DashboardTokenRevocation, StoreError> {
+        let (pool, hash) = (self.pool(), hash.to_string());
+        let (at, by) = (to_db(revoked_unix_ms), revoked_by.to_string());
+        self.call("revoke a dashboard token", CALL_TIMEOUT, async move {
+            let client = pool.get().await?;
+            let revoked = client
+                .query_opt(
+                    &format!(
+                        "UPDATE dashboard_tokens SET revoked_unix_ms = $2, revoked_by = $3
+                         WHERE hash = $1 AND revoked_unix_ms IS NULL
+                         RETURNING {DASHBOARD_TOKEN_COLUMNS}"
+                    ),
+                    &[&hash, &at, &by],
+                )
+                .await?;
+            if let Some(row) = revoked {
+                return Ok(DashboardTokenRevocation::Revoked(dashboard_token_from_row(
+                    &row,
+                )));
+            }
+            let stored = client
+                .query_opt(
+                    &format!(
+                        "SELECT {DASHBOARD_TOKEN_COLUMNS} FROM dashboard_tokens WHERE hash = $1"
+                    ),
+                    &[&hash],
+                )
+                .await?;
+            Ok(match stored {
+                Some(row) => {
+                    DashboardTokenRevocation::AlreadyRevoked(dashboard_token_from_row(&row))
+                }
+                None => DashboardTokenRevocation::Unknown,
+            })
         })
     }
 

@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use super::{
-    AuditRecord, CaRecord, CertificateRecord, NodeRecord, OperatorRecord, ReportWrite,
-    RevisionRecord, RunSummary, SharedStore, Store, StoreError, StoredReport, TokenRecord,
-    TriggerRecord,
+    AuditRecord, CaRecord, CertificateRecord, DashboardTokenRecord, DashboardTokenRevocation,
+    NodeRecord, OperatorRecord, ReportWrite, RevisionRecord, RunSummary, SharedStore, Store,
+    StoreError, StoredReport, TokenRecord, TriggerRecord,
 };
 
 /// How much the probe writes before a reopen: about what sled needs to
@@ -410,6 +410,27 @@ impl Store for Reopening {
 
     fn close_session(&self, hash: &str) -> Result<bool, StoreError> {
         self.write(|s| s.close_session(hash))
+    }
+
+    fn add_dashboard_token(&self, token: &DashboardTokenRecord) -> Result<bool, StoreError> {
+        self.write(|s| s.add_dashboard_token(token))
+    }
+
+    fn dashboard_token_is_valid(&self, hash: &str) -> Result<bool, StoreError> {
+        self.read(|s| s.dashboard_token_is_valid(hash))
+    }
+
+    fn dashboard_tokens(&self) -> Result<Vec<DashboardTokenRecord>, StoreError> {
+        self.read(|s| s.dashboard_tokens())
+    }
+
+    fn revoke_dashboard_token(
+        &self,
+        hash: &str,
+        revoked_unix_ms: u64,
+        revoked_by: &str,
+    ) -> Result<DashboardTokenRevocation, StoreError> {
+        self.write(|s| s.revoke_dashboard_token(hash, revoked_unix_ms, revoked_by))
     }
 
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {

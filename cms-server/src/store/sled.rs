@@ -37,7 +37,8 @@
 //! `SledStore` is `Clone` (sled's handles are reference-counted) and
 //! `Send + Sync`. sled calls are synchronous: a read takes microseconds, a
 //! write ends in an fsync that blocks for milliseconds. Read-modify-write
-//! uses compare-and-swap loops (`consume_token`, `update_node_with`) and
+//! uses compare-and-swap loops (`consume_token`, `update_node_with`,
+//! `revoke_dashboard_token`) and
 //! sled transactions (`put_report`, `record_run`, `set_current_revision`,
 //! `remove_node`).
 
@@ -54,9 +55,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AuditRecord, BackendError, CaRecord, CertificateRecord, FORMAT_VERSION, NodeRecord,
-    OperatorRecord, ReportWrite, RevisionRecord, RunSummary, Store, StoreError, StoredReport,
-    TokenRecord, TriggerRecord, check_node_id, note_run,
+    AuditRecord, BackendError, CaRecord, CertificateRecord, DashboardTokenRecord,
+    DashboardTokenRevocation, FORMAT_VERSION, NodeRecord, OperatorRecord, ReportWrite,
+    RevisionRecord, RunSummary, Store, StoreError, StoredReport, TokenRecord, TriggerRecord,
+    check_node_id, note_run,
 };
 
 /// The server's storage in one sled database. Cheap to clone; all clones
@@ -77,6 +79,8 @@ pub struct SledStore {
     settings: ::sled::Tree,
     /// Dashboard sessions: hash → expiry (unix ms, big-endian).
     sessions: ::sled::Tree,
+    /// Dashboard tokens: hash → `DashboardTokenRecord`.
+    dashboard_tokens: ::sled::Tree,
     triggers: ::sled::Tree,
     operators: ::sled::Tree,
     audit: ::sled::Tree,
@@ -158,6 +162,7 @@ impl SledStore {
             tokens: tree(TOKENS)?,
             settings: tree(SETTINGS)?,
             sessions: tree(SESSIONS)?,
+            dashboard_tokens: tree(DASHBOARD_TOKENS)?,
             triggers: tree(TRIGGERS)?,
             operators: tree(OPERATORS)?,
             audit: tree(AUDIT)?,
@@ -925,6 +930,71 @@ impl Store for SledStore {
         Ok(removed.is_some())
     }
 
+    // Dashboard tokens: credentials, so every write is flushed. Adding is
+    // a compare-and-swap from nothing, revoking one from the record read.
+
+    fn add_dashboard_token(&self, token: &DashboardTokenRecord) -> Result<bool, StoreError> {
+        let value = encode("dashboard token record", token)?;
+        let swapped = self
+            .dashboard_tokens
+            .compare_and_swap(token.hash.as_bytes(), None as Option<&[u8]>, Some(value))
+            .map_err(|e| backend("write a dashboard token".into(), e))?;
+        if swapped.is_err() {
+            return Ok(false);
+        }
+        self.flush()?;
+        Ok(true)
+    }
+
+    fn dashboard_token_is_valid(&self, hash: &str) -> Result<bool, StoreError> {
+        let token: Option<DashboardTokenRecord> = get_record(
+            &self.dashboard_tokens,
+            DASHBOARD_TOKENS,
+            "dashboard token",
+            hash,
+        )?;
+        Ok(token.is_some_and(|token| !token.is_revoked()))
+    }
+
+    fn dashboard_tokens(&self) -> Result<Vec<DashboardTokenRecord>, StoreError> {
+        list_records(&self.dashboard_tokens, DASHBOARD_TOKENS, "dashboard tokens")
+    }
+
+    fn revoke_dashboard_token(
+        &self,
+        hash: &str,
+        revoked_unix_ms: u64,
+        revoked_by: &str,
+    ) -> Result<DashboardTokenRevocation, StoreError> {
+        let write_error = |e| backend("revoke a dashboard token".into(), e);
+        loop {
+            let Some(current) = self
+                .dashboard_tokens
+                .get(hash.as_bytes())
+                .map_err(write_error)?
+            else {
+                return Ok(DashboardTokenRevocation::Unknown);
+            };
+            let mut token: DashboardTokenRecord =
+                decode(DASHBOARD_TOKENS, hash.as_bytes(), &current)?;
+            if token.is_revoked() {
+                return Ok(DashboardTokenRevocation::AlreadyRevoked(token));
+            }
+            token.revoked_unix_ms = Some(revoked_unix_ms);
+            token.revoked_by = Some(revoked_by.to_string());
+            let value = encode("dashboard token record", &token)?;
+            let swapped = self
+                .dashboard_tokens
+                .compare_and_swap(hash.as_bytes(), Some(&current), Some(value))
+                .map_err(write_error)?;
+            if swapped.is_ok() {
+                self.flush()?;
+                return Ok(DashboardTokenRevocation::Revoked(token));
+            }
+            // Changed meanwhile: read it again.
+        }
+    }
+
     fn settings(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.settings
             .iter()
@@ -983,6 +1053,7 @@ const CERTIFICATES: &str = "certificates";
 const TOKENS: &str = "tokens";
 const SETTINGS: &str = "settings";
 const SESSIONS: &str = "dashboard_sessions";
+const DASHBOARD_TOKENS: &str = "dashboard_tokens";
 
 /// A stored session's expiry; a value of another length (never written)
 /// reads as expired.

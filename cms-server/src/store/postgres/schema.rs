@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_dashboard_sessions",
         sql: include_str!("../../../migrations/0002_dashboard_sessions.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_dashboard_tokens",
+        sql: include_str!("../../../migrations/0003_dashboard_tokens.sql"),
+    },
 ];
 
 /// The advisory lock id held while migrating: "cms" and 1, any fixed
