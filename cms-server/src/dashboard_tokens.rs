@@ -168,9 +168,10 @@ fn new_secret() -> Result<String, DashboardTokenError> {
     ))
 }
 
-/// The file of token hashes a server before the store kept in `data_dir`.
-pub fn old_tokens_file(data_dir: &Path) -> PathBuf {
-    crate::startup::admin_dir(data_dir).join(OLD_TOKENS_FILE)
+/// The file of token hashes a server before the store kept in its admin
+/// folder `admin_dir` (`<data>/admin`, `startup::admin_dir`).
+pub fn old_tokens_file(admin_dir: &Path) -> PathBuf {
+    admin_dir.join(OLD_TOKENS_FILE)
 }
 
 /// What [`import_file`] did.
@@ -198,12 +199,12 @@ pub struct Imported {
 /// Idempotent: a token stored already stays as it is, revoked or not.
 /// `None` when there is no such file.
 pub fn import_file(
-    data_dir: &Path,
+    admin_dir: &Path,
     store: &dyn Store,
     now_unix_ms: u64,
 ) -> anyhow::Result<Option<Imported>> {
     use anyhow::Context as _;
-    let path = old_tokens_file(data_dir);
+    let path = old_tokens_file(admin_dir);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -278,8 +279,12 @@ pub fn import_file(
 /// Imports the old tokens file at a server's start (see [`import_file`])
 /// and logs what it did; nothing when there is no file, so it is logged
 /// once, at the start that renames it.
-pub fn import_at_start(data_dir: &Path, store: &dyn Store, now_unix_ms: u64) -> anyhow::Result<()> {
-    let Some(imported) = import_file(data_dir, store, now_unix_ms)? else {
+pub fn import_at_start(
+    admin_dir: &Path,
+    store: &dyn Store,
+    now_unix_ms: u64,
+) -> anyhow::Result<()> {
+    let Some(imported) = import_file(admin_dir, store, now_unix_ms)? else {
         return Ok(());
     };
     for problem in &imported.skipped {
@@ -428,8 +433,8 @@ mod tests {
 
     /// The file `cms-server dashboard-token` wrote before tokens moved to
     /// the store, holding the hashes of `secrets`.
-    fn old_file(data_dir: &Path, lines: &[String]) -> PathBuf {
-        let path = old_tokens_file(data_dir);
+    fn old_file(admin_dir: &Path, lines: &[String]) -> PathBuf {
+        let path = old_tokens_file(admin_dir);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         path

@@ -91,7 +91,7 @@ pub fn prepare_environments(
     write_admin_credential(&*store, &ca, data_dir, shared_store, clock)?;
     // Tokens an older server kept in `<data>/admin/dashboard-tokens` sign
     // in from the first login on.
-    crate::dashboard_tokens::import_at_start(data_dir, &*store, clock.now_unix_ms())?;
+    crate::dashboard_tokens::import_at_start(&admin_dir(data_dir), &*store, clock.now_unix_ms())?;
     let ca_fingerprint = certificate_fingerprint(ca.certificate_pem())?;
     let environments = Arc::new(restore_environments(
         &*store, &config, &sources, clock, alone,
