@@ -3,61 +3,30 @@
 //! the server when `--server` is not given, and what they say about a node
 //! the server does not know.
 
-// A test waits for its server's port in real time; product code reads the
-// clock through its clock module.
-#![allow(clippy::disallowed_methods)]
+mod serve_process;
+use serve_process::{ServeProcess, free_port};
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::process::{Command, Output};
 
 /// A `cms-server serve` process on loopback with a data directory of its
 /// own, killed when the test ends however it ends.
 struct Server {
-    child: Child,
+    /// Held: the server is killed when the test's `Server` drops.
+    _process: ServeProcess,
     data: tempfile::TempDir,
     grpc: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A loopback port free at the moment of asking.
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("its address")
 }
 
 impl Server {
     fn start() -> Server {
         let data = tempfile::tempdir().expect("tempdir");
-        let (grpc, http) = (free_port(), free_port());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cms-server"))
-            .arg("serve")
-            .arg("--data")
-            .arg(data.path())
-            .arg("--repo")
-            .arg(cms_server::commands::EXAMPLE_REPOSITORY)
-            .args(["--listen", &grpc.to_string(), "--http", &http.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cms-server serve");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while TcpStream::connect_timeout(&grpc, Duration::from_millis(200)).is_err() {
-            if let Some(status) = child.try_wait().expect("the server's status") {
-                panic!("cms-server serve exited before its port answered: {status}");
-            }
-            assert!(Instant::now() < deadline, "the gRPC port did not answer");
-            std::thread::sleep(Duration::from_millis(50));
+        let process = ServeProcess::start(data.path(), &[]);
+        Server {
+            grpc: process.grpc,
+            _process: process,
+            data,
         }
-        Server { child, data, grpc }
     }
 
     /// `cms-server ARGS --data DATA`, without `--server` and with

@@ -6,14 +6,12 @@
 //! `<data>/admin/dashboard-tokens` are imported at start, once, and sign in
 //! after the upgrade.
 
-// A test waits for its server's port in real time; product code reads the
-// clock through its clock module.
-#![allow(clippy::disallowed_methods)]
+mod serve_process;
+use serve_process::ServeProcess;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use cms_roles::digest::sha256_hex;
 
@@ -21,64 +19,24 @@ use cms_roles::digest::sha256_hex;
 /// directory `data`, its output in `data.log` (appended to, so that two
 /// starts share one log); killed when dropped.
 struct Server {
-    child: Child,
+    process: ServeProcess,
     http: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("its address")
 }
 
 impl Server {
     fn start(data: &Path) -> Server {
-        let (grpc, http) = (free_port(), free_port());
         std::fs::create_dir_all(data).expect("the data directory");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.with_extension("log"))
-            .expect("the log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cms-server"))
-            .arg("serve")
-            .arg("--data")
-            .arg(data)
-            .arg("--repo")
-            .arg(cms_server::commands::EXAMPLE_REPOSITORY)
-            .args(["--listen", &grpc.to_string(), "--http", &http.to_string()])
-            .arg("--http-tls")
-            .env("NO_COLOR", "1")
-            .stdout(log.try_clone().expect("the log"))
-            .stderr(log)
-            .spawn()
-            .expect("start cms-server serve");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while TcpStream::connect_timeout(&grpc, Duration::from_millis(200)).is_err() {
-            if let Some(status) = child.try_wait().expect("the server's status") {
-                panic!(
-                    "cms-server serve exited before its port answered: {status}\n{}",
-                    log_text(data)
-                );
-            }
-            assert!(Instant::now() < deadline, "the gRPC port did not answer");
-            std::thread::sleep(Duration::from_millis(50));
+        let process =
+            ServeProcess::start_logging(data, &["--http-tls"], &data.with_extension("log"));
+        Server {
+            http: process.http,
+            process,
         }
-        Server { child, http }
     }
 
     /// Stops the server at once (SIGKILL): what it acknowledged is durable.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn kill(self) {
+        self.process.kill();
     }
 
     /// `POST /dashboard/login` with `token`: the status, and the session

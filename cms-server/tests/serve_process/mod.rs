@@ -1,0 +1,97 @@
+//! `cms-server serve` as a child process on loopback, for the tests that
+//! drive the real binary (its admin CLI, its dashboard): started on free
+//! gRPC and HTTP ports with the example roles repository, waited for until
+//! its gRPC port answers, killed when dropped.
+
+// A test waits for its server's port in real time; product code reads the
+// clock through its clock module.
+#![allow(clippy::disallowed_methods, dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `cms-server serve`, killed when dropped.
+pub struct ServeProcess {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port free at the moment of asking.
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("its address")
+}
+
+impl ServeProcess {
+    /// `cms-server serve --data DATA … EXTRA`, its output dropped.
+    pub fn start(data: &Path, extra: &[&str]) -> ServeProcess {
+        ServeProcess::start_with_output(data, extra, None)
+    }
+
+    /// [`ServeProcess::start`] with its output appended to `log` (so that
+    /// two starts share one log), shown when it exits before its port
+    /// answers.
+    pub fn start_logging(data: &Path, extra: &[&str], log: &Path) -> ServeProcess {
+        ServeProcess::start_with_output(data, extra, Some(log.to_path_buf()))
+    }
+
+    fn start_with_output(data: &Path, extra: &[&str], log: Option<PathBuf>) -> ServeProcess {
+        let (grpc, http) = (free_port(), free_port());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cms-server"));
+        command
+            .arg("serve")
+            .arg("--data")
+            .arg(data)
+            .arg("--repo")
+            .arg(cms_server::commands::EXAMPLE_REPOSITORY)
+            .args(["--listen", &grpc.to_string(), "--http", &http.to_string()])
+            .args(extra)
+            .env("NO_COLOR", "1");
+        match &log {
+            Some(log) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .expect("the log");
+                command
+                    .stdout(file.try_clone().expect("the log"))
+                    .stderr(file);
+            }
+            None => {
+                command.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        let mut child = command.spawn().expect("start cms-server serve");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while TcpStream::connect_timeout(&grpc, Duration::from_millis(200)).is_err() {
+            if let Some(status) = child.try_wait().expect("the server's status") {
+                let output = log
+                    .as_deref()
+                    .and_then(|log| std::fs::read_to_string(log).ok())
+                    .unwrap_or_default();
+                panic!("cms-server serve exited before its port answered: {status}\n{output}");
+            }
+            assert!(Instant::now() < deadline, "the gRPC port did not answer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ServeProcess { child, grpc, http }
+    }
+
+    /// Stops the server at once (SIGKILL): what it acknowledged is durable.
+    pub fn kill(self) {
+        drop(self);
+    }
+}
