@@ -80,19 +80,28 @@ struct Tokens(DashboardTokens);
 impl Tokens {
     async fn is_valid(&self, secret: String) -> bool {
         let tokens = self.0.clone();
-        match tokio::task::spawn_blocking(move || tokens.is_valid(&secret)).await {
-            Ok(Ok(valid)) => valid,
-            Ok(Err(error)) => {
-                tracing::warn!(
-                    "Failed to read a dashboard token: {}",
-                    crate::store::error_chain(&error)
-                );
-                false
-            }
-            Err(error) => {
-                tracing::warn!("Failed to read a dashboard token: {error}");
-                false
-            }
+        store_says_yes("a dashboard token", move || tokens.is_valid(&secret)).await
+    }
+}
+
+/// Asks the store a yes-or-no question (`check`) off the async workers; a
+/// store that cannot answer says no, and the warning names `what` was read.
+async fn store_says_yes(
+    what: &str,
+    check: impl FnOnce() -> Result<bool, crate::store::StoreError> + Send + 'static,
+) -> bool {
+    match tokio::task::spawn_blocking(check).await {
+        Ok(Ok(yes)) => yes,
+        Ok(Err(error)) => {
+            tracing::warn!(
+                "Failed to read {what}: {}",
+                crate::store::error_chain(&error)
+            );
+            false
+        }
+        Err(error) => {
+            tracing::warn!("Failed to read {what}: {error}");
+            false
         }
     }
 }
@@ -121,20 +130,10 @@ impl Sessions {
     async fn is_valid(&self, secret: &str) -> bool {
         let (store, hash) = (self.store.clone(), sha256_hex(secret.as_bytes()));
         let now = self.clock.now_unix_ms();
-        match tokio::task::spawn_blocking(move || store.session_is_valid(&hash, now)).await {
-            Ok(Ok(valid)) => valid,
-            Ok(Err(error)) => {
-                tracing::warn!(
-                    "Failed to read a dashboard session: {}",
-                    crate::store::error_chain(&error)
-                );
-                false
-            }
-            Err(error) => {
-                tracing::warn!("Failed to read a dashboard session: {error}");
-                false
-            }
-        }
+        store_says_yes("a dashboard session", move || {
+            store.session_is_valid(&hash, now)
+        })
+        .await
     }
 
     async fn close(&self, secret: &str) {
