@@ -82,12 +82,10 @@ fn main() -> Result<()> {
     let stat = format!("/proc/{}/stat", daemon.pid());
     let status = format!("/proc/{}/status", daemon.pid());
 
-    let wall = wait_for_runs(&log, WARM_UP_RUNS)?;
+    // The CPU counted from here covers the runs after those logged now.
+    let warm = wait_for_runs(&log, WARM_UP_RUNS)?.len();
     let cpu_before = cpu_seconds(&stat)?;
-    let wall = {
-        let all = wait_for_runs(&log, WARM_UP_RUNS + runs)?;
-        all[wall.len()..WARM_UP_RUNS + runs].to_vec()
-    };
+    let wall = wait_for_runs(&log, warm + runs)?[warm..warm + runs].to_vec();
     let cpu = (cpu_seconds(&stat)? - cpu_before) / runs as f64;
     let text = std::fs::read_to_string(&log)?;
     if text.contains("ERROR") {
