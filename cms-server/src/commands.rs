@@ -329,12 +329,17 @@ async fn serve(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
     // are bound: a script that waits for the port and then runs
     // `cms-server token create` finds the credential.
     let prepared = crate::server::prepare(&config)?;
-    let grpc =
-        listen(args.listen).with_context(|| format!("Failed to listen on {}", args.listen))?;
-    crate::startup::record_server_address(&config.data_dir, grpc.local_addr()?)?;
+    // The HTTP port listens and the address is recorded before the gRPC
+    // port listens: whoever waits for the gRPC port to answer (a script,
+    // a unit's readiness check) then finds both.
     let http = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("Failed to listen on {}", args.http))?;
+    let grpc = bind(args.listen).with_context(|| format!("Failed to listen on {}", args.listen))?;
+    crate::startup::record_server_address(&config.data_dir, grpc.local_addr()?)?;
+    let grpc = grpc
+        .listen(GRPC_ACCEPT_QUEUE)
+        .with_context(|| format!("Failed to listen on {}", args.listen))?;
     let descriptors = raise_descriptor_limit();
     tracing::info!(grpc = %args.listen, http = %args.http, data = %config.data_dir.display(), repo = %config.repo, descriptors, "serving");
     crate::server::run_prepared(prepared, grpc, Some(http), config, shutdown_signal()).await?;
@@ -415,9 +420,6 @@ fn connection_limits(args: &ServeArgs) -> anyhow::Result<crate::listener::Connec
     Ok(limits)
 }
 
-/// Binds the gRPC address with a long accept queue: in a boot storm
-/// thousands of agents connect at once, and a short queue (tokio's default
-/// is 1024) drops their SYNs, which costs each a second or more.
 /// Every agent holds a watch channel, one descriptor each: the soft limit
 /// (often 1,024) is raised to the hard one, as far as the process may.
 /// Returns the limit in force.
@@ -432,7 +434,14 @@ fn raise_descriptor_limit() -> u64 {
     soft
 }
 
-fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+/// The gRPC port's accept queue: in a boot storm thousands of agents
+/// connect at once, and a short queue (tokio's default is 1024) drops
+/// their SYNs, which costs each a second or more.
+const GRPC_ACCEPT_QUEUE: u32 = 8192;
+
+/// Binds the gRPC address, not yet listening, so that its address can be
+/// recorded before a client can connect.
+fn bind(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     let socket = if address.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -440,7 +449,7 @@ fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListe
     };
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;
-    socket.listen(8192)
+    Ok(socket)
 }
 
 /// Ctrl-C or SIGTERM (systemd's stop).

@@ -87,6 +87,16 @@ impl ServeProcess {
             assert!(Instant::now() < deadline, "the gRPC port did not answer");
             std::thread::sleep(Duration::from_millis(50));
         }
+        // What serve promises once its gRPC port answers: the HTTP port
+        // listens and the address is recorded for the admin commands.
+        assert!(
+            TcpStream::connect_timeout(&http, Duration::from_secs(1)).is_ok(),
+            "the gRPC port answered before the HTTP port listened"
+        );
+        assert!(
+            data.join("admin/server").is_file(),
+            "the gRPC port answered before the address was recorded"
+        );
         ServeProcess { child, grpc, http }
     }
 
