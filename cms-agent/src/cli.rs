@@ -427,6 +427,7 @@ fn apply(args: &ApplyArgs, terminal: Terminal) -> anyhow::Result<ExitCode> {
         &ConvergeOptions {
             noop: args.noop,
             run_id: format!("{}-{}", node.id, std::process::id()),
+            package_memory: None,
         },
         // No server, so no restart budget; a resource that says `drain`
         // drains through the AWS API that agent.toml describes.

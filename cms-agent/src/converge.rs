@@ -25,6 +25,9 @@ pub struct ConvergeOptions {
     pub noop: bool,
     /// A name for the run in its report.
     pub run_id: String,
+    /// What earlier runs of this process learned of the package database
+    /// (a daemon keeps it from run to run); `None` asks afresh.
+    pub package_memory: Option<std::sync::Arc<cms_modules::package::PackageMemory>>,
 }
 
 /// Converges `catalog` onto `host` and reports every resource.
@@ -50,7 +53,7 @@ pub fn converge(
         // runtime is read in the same query as the packages).
         .flat_map(|r| cms_modules::packages_of(&r.kind))
         .collect();
-    let session = Session::new(package_names);
+    let session = Session::new(package_names).remembering(options.package_memory.clone());
     let context = Context {
         host,
         contents: &catalog.contents,

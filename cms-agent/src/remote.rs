@@ -160,6 +160,9 @@ pub const KEPT_CONTENTS_LIMIT: usize = 4 << 20;
 pub struct RunMemory {
     pub connectors: Connectors,
     catalog: std::sync::Arc<std::sync::Mutex<Option<Catalog>>>,
+    /// What dpkg answered the last run, used while its database is
+    /// unchanged.
+    pub packages: std::sync::Arc<cms_modules::package::PackageMemory>,
 }
 
 impl std::fmt::Debug for RunMemory {
@@ -366,6 +369,7 @@ pub async fn converge_for_trigger(
             crate::node::node_id(None, &facts),
             crate::clock::unix_ms()
         ),
+        package_memory: Some(memory.packages.clone()),
     };
     let queue = ReportQueue::new(state_dir);
     let (report, queued, catalog) = {

@@ -36,6 +36,7 @@ fn run(dir: &Path, host: &Host, role: &str, noop: bool) -> RunReport {
         &ConvergeOptions {
             noop,
             run_id: "test".into(),
+            package_memory: None,
         },
         &cms_modules::UNCOORDINATED,
     )

@@ -53,6 +53,7 @@ fn run(dir: &Path, catalog: &Catalog, noop: bool) -> RunReport {
         &ConvergeOptions {
             noop,
             run_id: "test".into(),
+            package_memory: None,
         },
         &cms_modules::UNCOORDINATED,
     )

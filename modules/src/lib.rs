@@ -49,7 +49,7 @@ mod systemd_timer;
 
 pub use backup::{BackupEntry, BackupError, BackupStore, Restored};
 pub use file::require_parent_directory;
-pub use host::fs::{FileAttributes, FileKind, FileStatus};
+pub use host::fs::{FileAttributes, FileIdentity, FileKind, FileStatus};
 pub use host::{CommandOutput, CommandSpec, Host, HostError};
 pub use mount::unescape_mountinfo_field;
 pub use restarts::{RestartWindow, Restarts, UNCOORDINATED};

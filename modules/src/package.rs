@@ -294,7 +294,7 @@ fn installed_version(
         if !names.iter().any(|n| n == name) {
             names.push(name.to_string());
         }
-        let (installed, held) = query_packages(cx.host, manager, &names)?;
+        let (installed, held) = query_remembered(cx, manager, &names)?;
         *cache = Some(installed);
         if let Some(held) = held {
             *cx.session.held.borrow_mut() = Some(held);
@@ -304,6 +304,103 @@ fn installed_version(
         .as_ref()
         .and_then(|known| known.get(name).cloned())
         .flatten())
+}
+
+/// What dpkg answered an earlier run, kept by a long-running agent (the
+/// daemon) so that a run on an unchanged database starts no `dpkg-query`:
+/// that process reads dpkg's whole status file, 5 to 10 ms of a periodic
+/// run that changes nothing. An answer is used again only while dpkg's
+/// database is the one it was read from ([`DpkgDatabase`]) and it covers
+/// every package asked for. dnf's database is always asked.
+#[derive(Debug, Default)]
+pub struct PackageMemory {
+    kept: std::sync::Mutex<Option<KeptAnswer>>,
+}
+
+#[derive(Debug)]
+struct KeptAnswer {
+    root: std::path::PathBuf,
+    database: DpkgDatabase,
+    installed: InstalledVersions,
+    held: BTreeSet<String>,
+}
+
+/// The identity of dpkg's database: its status file and the folder of
+/// its journal (`updates/`), each by [`crate::FileIdentity`]. dpkg replaces
+/// the status file by a rename (a new inode) and journals into new files
+/// of `updates/` before it does, and `apt-mark hold` goes through dpkg, so
+/// any change to what `dpkg-query` reads changes this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DpkgDatabase([crate::FileIdentity; 2]);
+
+impl DpkgDatabase {
+    /// `None` when either is missing or unreadable: then nothing is kept.
+    fn of(host: &Host) -> Option<DpkgDatabase> {
+        let identity = |path: &str| host.identity(path).ok().flatten();
+        Some(DpkgDatabase([
+            identity("/var/lib/dpkg/status")?,
+            identity("/var/lib/dpkg/updates")?,
+        ]))
+    }
+}
+
+impl PackageMemory {
+    fn kept(&self) -> std::sync::MutexGuard<'_, Option<KeptAnswer>> {
+        self.kept
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The kept answer, if it was read from this database and covers
+    /// `names`.
+    fn recall(
+        &self,
+        root: &std::path::Path,
+        database: &DpkgDatabase,
+        names: &[String],
+    ) -> Option<(InstalledVersions, BTreeSet<String>)> {
+        let kept = self.kept();
+        let answer = kept.as_ref()?;
+        (answer.root == root
+            && answer.database == *database
+            && names.iter().all(|name| answer.installed.contains_key(name)))
+        .then(|| (answer.installed.clone(), answer.held.clone()))
+    }
+
+    /// Whether an answer is kept (for tests).
+    pub fn keeps_an_answer(&self) -> bool {
+        self.kept().is_some()
+    }
+}
+
+/// [`query_packages`], answered from the session's [`PackageMemory`] when
+/// dpkg's database has not changed since it was kept.
+fn query_remembered(
+    cx: &Context<'_>,
+    manager: Manager,
+    names: &[String],
+) -> Result<(InstalledVersions, Option<BTreeSet<String>>), ProviderError> {
+    let memory = match (&cx.session.package_memory, manager) {
+        (Some(memory), Manager::Apt) => memory,
+        _ => return query_packages(cx.host, manager, names),
+    };
+    // Read before the query: a change made while it runs is seen next run.
+    let Some(database) = DpkgDatabase::of(cx.host) else {
+        return query_packages(cx.host, manager, names);
+    };
+    if let Some((installed, held)) = memory.recall(cx.host.root(), &database, names) {
+        return Ok((installed, Some(held)));
+    }
+    let (installed, held) = query_packages(cx.host, manager, names)?;
+    if let Some(held) = &held {
+        *memory.kept() = Some(KeptAnswer {
+            root: cx.host.root().to_path_buf(),
+            database,
+            installed: installed.clone(),
+            held: held.clone(),
+        });
+    }
+    Ok((installed, held))
 }
 
 /// The installed version of each package, in one process.

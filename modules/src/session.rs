@@ -22,6 +22,8 @@ pub struct Session {
     pub(crate) held: RefCell<Option<BTreeSet<String>>>,
     /// Every package name of the catalog, so the first query covers them.
     pub(crate) package_names: Vec<String>,
+    /// What earlier runs of this process learned of dpkg's database.
+    pub(crate) package_memory: Option<std::sync::Arc<crate::package::PackageMemory>>,
     /// A package source changed: refresh the index before the next install.
     pub(crate) index_stale: Cell<bool>,
     /// A unit file changed: `systemctl daemon-reload` before the next
@@ -35,6 +37,19 @@ impl Session {
         Session {
             package_names,
             ..Session::default()
+        }
+    }
+
+    /// The session, answering package queries from what earlier runs kept
+    /// in `memory` while dpkg's database is unchanged, and keeping its own
+    /// answers there.
+    pub fn remembering(
+        self,
+        memory: Option<std::sync::Arc<crate::package::PackageMemory>>,
+    ) -> Session {
+        Session {
+            package_memory: memory,
+            ..self
         }
     }
 

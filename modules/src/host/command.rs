@@ -82,6 +82,8 @@ impl Host {
         // A command can change any file (a package brings its folders):
         // directories kept open for reads are reopened afterwards.
         self.forget_opened_directories();
+        self.commands
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (program, args) = spec.argv.split_first().ok_or_else(|| HostError::Spawn {
             command: String::new(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),

@@ -96,6 +96,19 @@ impl FileKind {
     }
 }
 
+/// Which file a path is and which version of it: device, inode, size,
+/// modification and change time (to the nanosecond). A file replaced by a
+/// rename, or changed in place, has another identity; what a long-running
+/// agent keys an answer by (dpkg's database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    device: u64,
+    inode: u64,
+    size: i64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
 /// The `lstat` of a path, reduced to what providers compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStatus {
@@ -243,6 +256,29 @@ impl Host {
             return Ok(None);
         };
         status_in(&reached)
+    }
+
+    /// The [`FileIdentity`] of `path`, not following a symlink; `None`
+    /// when nothing is there.
+    pub fn identity(&self, path: &str) -> Result<Option<FileIdentity>, HostError> {
+        let Some(reached) = self.reach(path, Access::Read)? else {
+            return Ok(None);
+        };
+        match rustix::fs::statat(&reached.directory, &reached.name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => Ok(Some(FileIdentity {
+                device: stat.st_dev,
+                inode: stat.st_ino,
+                size: stat.st_size,
+                modified: (stat.st_mtime, stat.st_mtime_nsec as i64),
+                changed: (stat.st_ctime, stat.st_ctime_nsec as i64),
+            })),
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => Ok(None),
+            Err(errno) => Err(HostError::io(
+                "read the status of",
+                &reached.host_path,
+                errno.into(),
+            )),
+        }
     }
 
     /// Whether `path` is a directory, following symlinks: a question only

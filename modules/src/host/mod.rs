@@ -72,6 +72,8 @@ pub struct Host {
     /// (`fs::OpenedDirectories`); shared by the clones of this host, so a
     /// change through one forgets them for all.
     opened: Arc<Mutex<fs::OpenedDirectories>>,
+    /// Commands started through this host and its clones.
+    commands: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Host {
@@ -81,7 +83,14 @@ impl Host {
             root: root.into(),
             resolve_by_walk: false,
             opened: Arc::default(),
+            commands: Arc::default(),
         }
+    }
+
+    /// How many commands this host (and its clones) started so far: what
+    /// a run cost in processes, for its log and for tests.
+    pub fn commands_started(&self) -> u64 {
+        self.commands.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This host, resolving paths by the `O_NOFOLLOW` walk that kernels
