@@ -16,10 +16,10 @@
 //! one replica signs in on all and one revoked on any signs in on none:
 //! see `dashboard_tokens`) and answers with a session cookie (`Secure`,
 //! `HttpOnly`, `SameSite=Strict`, 12 hours; the server keeps only the
-//! session's sha256 and expiry, in the store, so that every replica of a
-//! shared store honours it and a logout on one ends it on all). A session
-//! is not tied to its token: revoking a token refuses its next logins, and
-//! a session it opened lasts until logout or its 12 hours end. A store
+//! session's sha256, expiry and token's hash, in the store, so that every
+//! replica of a shared store honours it and a logout on one ends it on
+//! all). A session is tied to its token: revoking the token refuses its
+//! next logins and ends the sessions it opened, on every replica. A store
 //! that cannot answer refuses the login, with a warning in the log. The
 //! dashboard is served only when the HTTP port speaks TLS (`--http-tls`,
 //! with the server's certificate from its CA), so neither the token nor
@@ -116,12 +116,15 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    async fn open(&self) -> anyhow::Result<String> {
+    /// Opens a session for whoever signed in with the token whose hash is
+    /// `token_hash`: it ends when that token is revoked.
+    async fn open(&self, token_hash: String) -> anyhow::Result<String> {
         let secret = create_session_secret()?;
         let (store, hash) = (self.store.clone(), sha256_hex(secret.as_bytes()));
         let now = self.clock.now_unix_ms();
         let expires = now + SESSION_LIFETIME.as_millis() as u64;
-        tokio::task::spawn_blocking(move || store.open_session(&hash, expires, now)).await??;
+        tokio::task::spawn_blocking(move || store.open_session(&hash, &token_hash, expires, now))
+            .await??;
         Ok(secret)
     }
 
@@ -300,11 +303,12 @@ async fn login(State(dashboard): State<Arc<Dashboard>>, Form(form): Form<LoginFo
             .await
             .expect("off without TLS");
     }
+    let token_hash = crate::dashboard_tokens::token_hash(&form.token);
     if !dashboard.tokens.is_valid(form.token).await {
         tracing::warn!("refused a dashboard login with an unknown token");
         return login_response(StatusCode::UNAUTHORIZED, Some("That token is not valid."));
     }
-    let secret = match dashboard.sessions.open().await {
+    let secret = match dashboard.sessions.open(token_hash).await {
         Ok(secret) => secret,
         Err(error) => {
             return (

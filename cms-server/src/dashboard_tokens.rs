@@ -149,9 +149,14 @@ impl DashboardTokens {
     /// Whether `secret` (surrounding blanks ignored) is a token the store
     /// holds and nobody revoked.
     pub fn is_valid(&self, secret: &str) -> Result<bool, StoreError> {
-        self.store
-            .dashboard_token_is_valid(&sha256_hex(secret.trim().as_bytes()))
+        self.store.dashboard_token_is_valid(&token_hash(secret))
     }
+}
+
+/// What the store knows a token by: the sha256 (hex) of `secret`,
+/// surrounding blanks ignored.
+pub fn token_hash(secret: &str) -> String {
+    sha256_hex(secret.trim().as_bytes())
 }
 
 /// A new token: the prefix and 32 random bytes, URL-safe base64.

@@ -783,10 +783,12 @@ mod tests {
         fn open_session(
             &self,
             hash: &str,
+            token_hash: &str,
             expires_unix_ms: u64,
             now_unix_ms: u64,
         ) -> Result<(), StoreError> {
-            self.inner.open_session(hash, expires_unix_ms, now_unix_ms)
+            self.inner
+                .open_session(hash, token_hash, expires_unix_ms, now_unix_ms)
         }
         fn session_is_valid(&self, hash: &str, now_unix_ms: u64) -> Result<bool, StoreError> {
             self.inner.session_is_valid(hash, now_unix_ms)

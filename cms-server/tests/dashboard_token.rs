@@ -63,6 +63,21 @@ impl Server {
         });
         (status, cookie)
     }
+
+    /// The status of `GET /dashboard` with the session `cookie`.
+    fn page(&self, cookie: &str) -> u16 {
+        let output = Command::new("curl")
+            .args(["--silent", "--insecure", "--max-time", "30"])
+            .args(["--output", "/dev/null", "--write-out", "%{http_code}"])
+            .args(["--cookie", cookie])
+            .arg(format!("https://{}/dashboard", self.http))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no HTTP status from curl: {output:?}"))
+    }
 }
 
 fn log_text(data: &Path) -> String {
@@ -225,14 +240,18 @@ fn a_dashboard_token_is_made_through_the_running_server_printed_once_and_only_it
 }
 
 #[test]
-fn a_revoked_dashboard_token_signs_in_no_more_and_revoking_it_again_says_so() {
+fn a_revoked_dashboard_token_signs_in_no_more_its_sessions_end_and_revoking_it_again_says_so() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let data = scratch.path().join("server");
     let server = Server::start(&data);
     let token = make_token(&data);
     let kept = make_token(&data);
     let id = sha256_hex(token.as_bytes())[..12].to_owned();
-    assert_eq!(server.login(&token).0, 303);
+    let (status, session) = server.login(&token);
+    assert_eq!(status, 303);
+    let session = session.expect("a session cookie");
+    let kept_session = server.login(&kept).1.expect("a session cookie");
+    assert_eq!(server.page(&session), 200);
 
     let output = cli(&data, &["dashboard-token", "--revoke", &id]);
     assert!(output.status.success(), "{}", stderr(&output));
@@ -242,6 +261,12 @@ fn a_revoked_dashboard_token_signs_in_no_more_and_revoking_it_again_says_so() {
         stdout(&output)
     );
     assert_eq!(server.login(&token), (401, None), "revoked");
+    assert_eq!(
+        server.page(&session),
+        401,
+        "the session the revoked token opened is over"
+    );
+    assert_eq!(server.page(&kept_session), 200, "the other's goes on");
     assert_eq!(server.login(&kept).0, 303, "the other token still works");
     let tokens = listed(&data);
     let revoked = tokens

@@ -844,7 +844,8 @@ fn a_dashboard_token_made_through_one_replica_signs_in_on_another_and_the_databa
 }
 
 #[test]
-fn a_dashboard_token_revoked_through_one_replica_signs_in_on_none() -> anyhow::Result<()> {
+fn a_dashboard_token_revoked_through_one_replica_signs_in_on_none_and_its_sessions_end_on_all()
+-> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (replicas, _url) = dashboard_replicas(dir.path())?;
     let (one, two) = (&replicas[0], &replicas[1]);
@@ -854,6 +855,12 @@ fn a_dashboard_token_revoked_through_one_replica_signs_in_on_none() -> anyhow::R
     for replica in [one, two] {
         anyhow::ensure!(login_status(replica, &token)? == 303, "signs in before");
     }
+    // A session the token opened on replica 1, and one of the other token.
+    let session = dashboard_login(one, &token)?;
+    let kept_session = dashboard_login(one, &kept)?;
+    let page = |replica: &ServerProcess, cookie: &str| -> anyhow::Result<u16> {
+        Ok(replica.get("/dashboard", &[("Cookie", cookie)])?.0)
+    };
     // Listed and revoked through replica 2, by the id it lists.
     let id = cms_roles::digest::sha256_hex(token.as_bytes())[..12].to_string();
     let (code, listed, stderr) = cms_server_on(
@@ -884,6 +891,16 @@ fn a_dashboard_token_revoked_through_one_replica_signs_in_on_none() -> anyhow::R
         anyhow::ensure!(
             login_status(replica, &kept)? == 303,
             "the other token still signs in on replica {}",
+            index + 1
+        );
+        anyhow::ensure!(
+            page(replica, &session)? == 401,
+            "the session the revoked token opened is over on replica {}",
+            index + 1
+        );
+        anyhow::ensure!(
+            page(replica, &kept_session)? == 200,
+            "the other token's session goes on on replica {}",
             index + 1
         );
     }

@@ -183,7 +183,7 @@ fn replicas_opening_a_new_database_together_apply_each_migration_once() {
                 "SELECT version || ':' || name FROM schema_migrations ORDER BY version"
             )
             .unwrap(),
-        "1:0001_initial\n2:0002_dashboard_sessions\n3:0003_dashboard_tokens"
+        "1:0001_initial\n2:0002_dashboard_sessions\n3:0003_dashboard_tokens\n4:0004_dashboard_session_tokens"
     );
     // A later start applies nothing and still opens.
     open(&url, &key).put_node(&conformance::node("n1")).unwrap();
@@ -205,7 +205,7 @@ fn a_database_migrated_by_a_newer_server_is_refused() {
     assert!(
         error
             .to_string()
-            .contains("its schema is at version 99, this server knows versions up to 3"),
+            .contains("its schema is at version 99, this server knows versions up to 4"),
         "{error}"
     );
 }

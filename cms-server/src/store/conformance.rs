@@ -124,6 +124,10 @@ pub fn all() -> Vec<(&'static str, Check)> {
             a_dashboard_session_is_valid_until_it_expires_or_closes_and_expired_ones_are_pruned,
         ),
         (
+            "revoking_a_dashboard_token_ends_the_sessions_it_opened_and_no_others",
+            revoking_a_dashboard_token_ends_the_sessions_it_opened_and_no_others,
+        ),
+        (
             "a_dashboard_token_is_valid_until_revoked_and_stays_revoked_when_added_again",
             a_dashboard_token_is_valid_until_revoked_and_stays_revoked_when_added_again,
         ),
@@ -875,20 +879,64 @@ pub fn a_ca_put_if_absent_keeps_the_first_one(store: &dyn Store) {
 pub fn a_dashboard_session_is_valid_until_it_expires_or_closes_and_expired_ones_are_pruned(
     store: &dyn Store,
 ) {
+    let token = "e".repeat(64);
+    assert!(
+        store
+            .add_dashboard_token(&dashboard_token(&token, 500))
+            .unwrap()
+    );
     let (short, long) = ("a".repeat(64), "b".repeat(64));
-    store.open_session(&short, 2_000, 1_000).unwrap();
-    store.open_session(&long, 9_000, 1_000).unwrap();
+    store.open_session(&short, &token, 2_000, 1_000).unwrap();
+    store.open_session(&long, &token, 9_000, 1_000).unwrap();
     assert!(store.session_is_valid(&short, 1_999).unwrap());
     assert!(!store.session_is_valid(&short, 2_000).unwrap(), "expired");
     assert!(!store.session_is_valid(&"c".repeat(64), 1_000).unwrap());
     // Opening a session at 3,000 prunes the one expired at 2,000: it does
     // not come back whatever time is asked about.
-    store.open_session(&"d".repeat(64), 9_000, 3_000).unwrap();
+    store
+        .open_session(&"d".repeat(64), &token, 9_000, 3_000)
+        .unwrap();
     assert!(!store.session_is_valid(&short, 0).unwrap(), "pruned");
     assert!(store.session_is_valid(&long, 3_000).unwrap());
     assert!(store.close_session(&long).unwrap());
     assert!(!store.session_is_valid(&long, 3_000).unwrap(), "closed");
     assert!(!store.close_session(&long).unwrap(), "closed once");
+}
+
+pub fn revoking_a_dashboard_token_ends_the_sessions_it_opened_and_no_others(store: &dyn Store) {
+    let (revoked, kept, unknown) = ("1".repeat(64), "2".repeat(64), "3".repeat(64));
+    for token in [&revoked, &kept] {
+        assert!(
+            store
+                .add_dashboard_token(&dashboard_token(token, 500))
+                .unwrap()
+        );
+    }
+    let sessions = ["a".repeat(64), "b".repeat(64), "c".repeat(64)];
+    store
+        .open_session(&sessions[0], &revoked, 9_000, 1_000)
+        .unwrap();
+    store
+        .open_session(&sessions[1], &kept, 9_000, 1_000)
+        .unwrap();
+    // A session naming a token the store does not hold is no session.
+    store
+        .open_session(&sessions[2], &unknown, 9_000, 1_000)
+        .unwrap();
+    assert!(store.session_is_valid(&sessions[0], 2_000).unwrap());
+    assert!(store.session_is_valid(&sessions[1], 2_000).unwrap());
+    assert!(!store.session_is_valid(&sessions[2], 2_000).unwrap());
+    store
+        .revoke_dashboard_token(&revoked, 3_000, "bob")
+        .unwrap();
+    assert!(
+        !store.session_is_valid(&sessions[0], 3_000).unwrap(),
+        "the session of the revoked token ended"
+    );
+    assert!(
+        store.session_is_valid(&sessions[1], 3_000).unwrap(),
+        "the other token's session goes on"
+    );
 }
 
 /// A dashboard token record, made by `alice` at `created_unix_ms`, not

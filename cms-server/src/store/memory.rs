@@ -30,8 +30,8 @@ struct Data {
     certificates: BTreeMap<String, CertificateRecord>,
     tokens: BTreeMap<String, TokenRecord>,
     settings: BTreeMap<String, Vec<u8>>,
-    /// Dashboard sessions: hash → expiry (unix ms).
-    sessions: BTreeMap<String, u64>,
+    /// Dashboard sessions: hash → (expiry (unix ms), hash of its token).
+    sessions: BTreeMap<String, (u64, String)>,
     /// Dashboard tokens by hash.
     dashboard_tokens: BTreeMap<String, DashboardTokenRecord>,
     triggers: BTreeMap<String, TriggerRecord>,
@@ -387,21 +387,26 @@ impl Store for MemoryStore {
     fn open_session(
         &self,
         hash: &str,
+        token_hash: &str,
         expires_unix_ms: u64,
         now_unix_ms: u64,
     ) -> Result<(), StoreError> {
         let mut data = self.data();
-        data.sessions.retain(|_, expires| *expires > now_unix_ms);
-        data.sessions.insert(hash.to_string(), expires_unix_ms);
+        data.sessions
+            .retain(|_, (expires, _)| *expires > now_unix_ms);
+        data.sessions
+            .insert(hash.to_string(), (expires_unix_ms, token_hash.to_string()));
         Ok(())
     }
 
     fn session_is_valid(&self, hash: &str, now_unix_ms: u64) -> Result<bool, StoreError> {
-        Ok(self
-            .data()
+        let data = self.data();
+        Ok(data
             .sessions
             .get(hash)
-            .is_some_and(|expires| *expires > now_unix_ms))
+            .filter(|(expires, _)| *expires > now_unix_ms)
+            .and_then(|(_, token)| data.dashboard_tokens.get(token))
+            .is_some_and(|token| !token.is_revoked()))
     }
 
     fn close_session(&self, hash: &str) -> Result<bool, StoreError> {

@@ -65,7 +65,7 @@
 //! | `triggers`     | trigger id                                                  | `TriggerRecord`              |
 //! | `operators`    | operator name                                               | `OperatorRecord`             |
 //! | `audit`        | `time_unix_ms` (8 bytes big-endian), a unique sequence number (8 bytes big-endian) | `AuditRecord` |
-//! | `dashboard_sessions` | sha256 hex of the session cookie              | its expiry, unix ms (8 bytes big-endian) |
+//! | `dashboard_sessions` | sha256 hex of the session cookie              | its expiry, unix ms (8 bytes big-endian), then the sha256 hex of the token it was opened with |
 //! | `dashboard_tokens` | sha256 hex of the token, never the token        | `DashboardTokenRecord`       |
 //!
 //! A node's reports share the prefix `node id, 0x00`, and the inverted time
@@ -442,21 +442,27 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
-    // Dashboard sessions: the sha256 of each session cookie and when it
-    // expires, so that a session opened on one replica is one on every
-    // replica. Short-lived: `cms-server store migrate` does not carry them.
+    // Dashboard sessions: the sha256 of each session cookie, the dashboard
+    // token it was opened with and when it expires, so that a session
+    // opened on one replica is one on every replica, and revoking a token
+    // ends the sessions it opened. Short-lived: `cms-server store migrate`
+    // does not carry them.
 
-    /// Records the session `hash` (replacing one with the same hash) until
-    /// `expires_unix_ms`, and removes the sessions expired at `now_unix_ms`.
+    /// Records the session `hash`, opened with the dashboard token
+    /// `token_hash`, until `expires_unix_ms` (replacing one with the same
+    /// hash), and removes the sessions expired at `now_unix_ms`.
     fn open_session(
         &self,
         hash: &str,
+        token_hash: &str,
         expires_unix_ms: u64,
         now_unix_ms: u64,
     ) -> Result<(), StoreError>;
 
-    /// Whether the session `hash` is recorded and not expired at
-    /// `now_unix_ms`.
+    /// Whether the session `hash` is recorded, not expired at
+    /// `now_unix_ms`, and the token it was opened with is stored and not
+    /// revoked (a session recorded without its token, by an older server,
+    /// is not valid: its user signs in again).
     fn session_is_valid(&self, hash: &str, now_unix_ms: u64) -> Result<bool, StoreError>;
 
     /// Ends the session `hash`: false when there was none.
@@ -1202,6 +1208,7 @@ pub(crate) mod tests {
         settings_certificates_and_reports_list_everything_for_a_migration,
         a_ca_put_if_absent_keeps_the_first_one,
         a_dashboard_session_is_valid_until_it_expires_or_closes_and_expired_ones_are_pruned,
+        revoking_a_dashboard_token_ends_the_sessions_it_opened_and_no_others,
         a_dashboard_token_is_valid_until_revoked_and_stays_revoked_when_added_again,
         dashboard_tokens_list_in_hash_order_with_their_revocations,
         concurrent_revocations_of_a_dashboard_token_let_exactly_one_revoke_it,
@@ -1239,6 +1246,7 @@ pub(crate) mod tests {
             "settings_certificates_and_reports_list_everything_for_a_migration",
             "a_ca_put_if_absent_keeps_the_first_one",
             "a_dashboard_session_is_valid_until_it_expires_or_closes_and_expired_ones_are_pruned",
+            "revoking_a_dashboard_token_ends_the_sessions_it_opened_and_no_others",
             "a_dashboard_token_is_valid_until_revoked_and_stays_revoked_when_added_again",
             "dashboard_tokens_list_in_hash_order_with_their_revocations",
             "concurrent_revocations_of_a_dashboard_token_let_exactly_one_revoke_it",

@@ -1622,15 +1622,18 @@ impl Store for PostgresStore {
         })
     }
 
-    // Dashboard sessions (the table `dashboard_sessions`, migration 0002).
+    // Dashboard sessions (the table `dashboard_sessions`, migrations 0002
+    // and 0004).
 
     fn open_session(
         &self,
         hash: &str,
+        token_hash: &str,
         expires_unix_ms: u64,
         now_unix_ms: u64,
     ) -> Result<(), StoreError> {
         let (pool, hash) = (self.pool(), hash.to_string());
+        let token_hash = token_hash.to_string();
         let (expires, now) = (expires_unix_ms as i64, now_unix_ms as i64);
         self.call("write a dashboard session", CALL_TIMEOUT, async move {
             let client = pool.get().await?;
@@ -1642,9 +1645,11 @@ impl Store for PostgresStore {
                 .await?;
             client
                 .execute(
-                    "INSERT INTO dashboard_sessions (hash, expires_unix_ms) VALUES ($1, $2)
-                     ON CONFLICT (hash) DO UPDATE SET expires_unix_ms = EXCLUDED.expires_unix_ms",
-                    &[&hash, &expires],
+                    "INSERT INTO dashboard_sessions (hash, expires_unix_ms, token_hash)
+                     VALUES ($1, $2, $3)
+                     ON CONFLICT (hash) DO UPDATE SET expires_unix_ms = EXCLUDED.expires_unix_ms,
+                         token_hash = EXCLUDED.token_hash",
+                    &[&hash, &expires, &token_hash],
                 )
                 .await?;
             Ok(())
@@ -1657,7 +1662,9 @@ impl Store for PostgresStore {
             let client = pool.get().await?;
             let row = client
                 .query_opt(
-                    "SELECT 1 FROM dashboard_sessions WHERE hash = $1 AND expires_unix_ms > $2",
+                    "SELECT 1 FROM dashboard_sessions s
+                     JOIN dashboard_tokens t ON t.hash = s.token_hash
+                     WHERE s.hash = $1 AND s.expires_unix_ms > $2 AND t.revoked_unix_ms IS NULL",
                     &[&hash, &now],
                 )
                 .await?;

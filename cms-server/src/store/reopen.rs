@@ -398,10 +398,11 @@ impl Store for Reopening {
     fn open_session(
         &self,
         hash: &str,
+        token_hash: &str,
         expires_unix_ms: u64,
         now_unix_ms: u64,
     ) -> Result<(), StoreError> {
-        self.write(|s| s.open_session(hash, expires_unix_ms, now_unix_ms))
+        self.write(|s| s.open_session(hash, token_hash, expires_unix_ms, now_unix_ms))
     }
 
     fn session_is_valid(&self, hash: &str, now_unix_ms: u64) -> Result<bool, StoreError> {

@@ -893,6 +893,7 @@ impl Store for SledStore {
     fn open_session(
         &self,
         hash: &str,
+        token_hash: &str,
         expires_unix_ms: u64,
         now_unix_ms: u64,
     ) -> Result<(), StoreError> {
@@ -908,8 +909,10 @@ impl Store for SledStore {
                 .remove(key)
                 .map_err(|e| backend("remove an expired dashboard session".into(), e))?;
         }
+        let mut value = expires_unix_ms.to_be_bytes().to_vec();
+        value.extend_from_slice(token_hash.as_bytes());
         self.sessions
-            .insert(hash.as_bytes(), &expires_unix_ms.to_be_bytes())
+            .insert(hash.as_bytes(), value)
             .map_err(|e| backend("write a dashboard session".into(), e))?;
         Ok(())
     }
@@ -919,7 +922,15 @@ impl Store for SledStore {
             .sessions
             .get(hash.as_bytes())
             .map_err(|e| backend("read a dashboard session".into(), e))?;
-        Ok(value.is_some_and(|value| session_expiry(&value) > now_unix_ms))
+        let Some(value) = value else {
+            return Ok(false);
+        };
+        match session_token(&value) {
+            Some(token_hash) if session_expiry(&value) > now_unix_ms => {
+                self.dashboard_token_is_valid(token_hash)
+            }
+            _ => Ok(false),
+        }
     }
 
     fn close_session(&self, hash: &str) -> Result<bool, StoreError> {
@@ -1055,10 +1066,22 @@ const SETTINGS: &str = "settings";
 const SESSIONS: &str = "dashboard_sessions";
 const DASHBOARD_TOKENS: &str = "dashboard_tokens";
 
-/// A stored session's expiry; a value of another length (never written)
-/// reads as expired.
+/// A stored session's expiry, its first 8 bytes; a shorter value (never
+/// written) reads as expired.
 fn session_expiry(value: &[u8]) -> u64 {
-    value.try_into().map(u64::from_be_bytes).unwrap_or(0)
+    value
+        .get(..8)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// The hash of the token a stored session was opened with, after its
+/// expiry; `None` for a session an older server wrote (its expiry alone).
+fn session_token(value: &[u8]) -> Option<&str> {
+    std::str::from_utf8(value.get(8..)?)
+        .ok()
+        .filter(|token| !token.is_empty())
 }
 const TRIGGERS: &str = "triggers";
 const OPERATORS: &str = "operators";

@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_dashboard_tokens",
         sql: include_str!("../../../migrations/0003_dashboard_tokens.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_dashboard_session_tokens",
+        sql: include_str!("../../../migrations/0004_dashboard_session_tokens.sql"),
+    },
 ];
 
 /// The advisory lock id held while migrating: "cms" and 1, any fixed
