@@ -28,6 +28,20 @@ fn write_status(root: &Path, stanzas: &[String]) {
     std::fs::rename(dir.join("status-new"), dir.join("status")).expect("rename status");
 }
 
+/// A host whose dpkg database holds alpha 1.0 and beta 2.0, held.
+fn host_with_alpha_and_held_beta() -> (tempfile::TempDir, Host) {
+    let root = tempfile::tempdir().expect("tempdir");
+    write_status(
+        root.path(),
+        &[
+            stanza("alpha", "install", "1.0"),
+            stanza("beta", "hold", "2.0"),
+        ],
+    );
+    let host = Host::new(root.path());
+    (root, host)
+}
+
 fn packages() -> Vec<Package> {
     vec![
         Package {
@@ -48,8 +62,8 @@ fn packages() -> Vec<Package> {
 fn check_run(
     host: &Host,
     memory: Option<&Arc<PackageMemory>>,
+    packages: &[Package],
 ) -> (BTreeMap<String, Vec<Change>>, u64) {
-    let packages = packages();
     let session = Session::new(packages.iter().map(|p| p.name.clone()).collect())
         .remembering(memory.cloned());
     let backups_dir = tempfile::tempdir().expect("tempdir");
@@ -91,23 +105,15 @@ fn changed(changes: &BTreeMap<String, Vec<Change>>) -> Vec<String> {
 
 #[test]
 fn a_kept_dpkg_answer_is_used_while_the_database_is_unchanged_and_read_again_once_it_changes() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let host = Host::new(root.path());
-    write_status(
-        root.path(),
-        &[
-            stanza("alpha", "install", "1.0"),
-            stanza("beta", "hold", "2.0"),
-        ],
-    );
+    let (root, host) = host_with_alpha_and_held_beta();
     let memory = Arc::new(PackageMemory::default());
 
     // The first run asks dpkg and keeps its answer; the next asks nobody.
-    let (changes, commands) = check_run(&host, Some(&memory));
+    let (changes, commands) = check_run(&host, Some(&memory), &packages());
     assert_eq!(changed(&changes), Vec::<String>::new());
     assert_eq!(commands, 1, "one dpkg-query for both packages");
     assert!(memory.keeps_an_answer());
-    let (changes, commands) = check_run(&host, Some(&memory));
+    let (changes, commands) = check_run(&host, Some(&memory), &packages());
     assert_eq!(changed(&changes), Vec::<String>::new());
     assert_eq!(commands, 0, "the database is unchanged: no dpkg-query");
 
@@ -124,10 +130,10 @@ fn a_kept_dpkg_answer_is_used_while_the_database_is_unchanged_and_read_again_onc
         "alpha version: 1.1 -> 1.0".to_string(),
         "beta hold: not held -> held".to_string(),
     ];
-    let (changes, commands) = check_run(&host, Some(&memory));
+    let (changes, commands) = check_run(&host, Some(&memory), &packages());
     assert_eq!(changed(&changes), expected);
     assert_eq!(commands, 1);
-    let (changes, commands) = check_run(&host, Some(&memory));
+    let (changes, commands) = check_run(&host, Some(&memory), &packages());
     assert_eq!(changed(&changes), expected);
     assert_eq!(commands, 0);
 
@@ -138,7 +144,7 @@ fn a_kept_dpkg_answer_is_used_while_the_database_is_unchanged_and_read_again_onc
         stanza("alpha", "install", "1.0"),
     )
     .expect("write the journal");
-    let (changes, commands) = check_run(&host, Some(&memory));
+    let (changes, commands) = check_run(&host, Some(&memory), &packages());
     assert_eq!(
         changed(&changes),
         vec!["beta hold: not held -> held".to_string()]
@@ -148,17 +154,9 @@ fn a_kept_dpkg_answer_is_used_while_the_database_is_unchanged_and_read_again_onc
 
 #[test]
 fn a_run_without_memory_asks_dpkg_every_time() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let host = Host::new(root.path());
-    write_status(
-        root.path(),
-        &[
-            stanza("alpha", "install", "1.0"),
-            stanza("beta", "hold", "2.0"),
-        ],
-    );
+    let (_root, host) = host_with_alpha_and_held_beta();
     for _ in 0..2 {
-        let (changes, commands) = check_run(&host, None);
+        let (changes, commands) = check_run(&host, None, &packages());
         assert_eq!(changed(&changes), Vec::<String>::new());
         assert_eq!(commands, 1);
     }
@@ -170,31 +168,14 @@ fn a_package_the_kept_answer_does_not_cover_is_asked_for() {
     let host = Host::new(root.path());
     write_status(root.path(), &[stanza("alpha", "install", "1.0")]);
     let memory = Arc::new(PackageMemory::default());
-    let session = Session::new(vec!["alpha".into()]).remembering(Some(memory.clone()));
-    let backups_dir = tempfile::tempdir().expect("tempdir");
-    let backups = BackupStore::open(backups_dir.path()).expect("backups");
-    let contents: BTreeMap<String, Content> = BTreeMap::new();
-    let managed = BTreeSet::new();
-    let cx = Context {
-        host: &host,
-        contents: &contents,
-        backups: &backups,
-        managed_paths: &managed,
-        session: &session,
-        restarts: &cms_modules::UNCOORDINATED,
-        sensitive: false,
-    };
     let alpha = packages().remove(0);
-    assert!(
-        PackageProvider(&alpha)
-            .check(&cx)
-            .expect("check")
-            .is_empty()
-    );
+    let (changes, commands) = check_run(&host, Some(&memory), &[alpha]);
+    assert_eq!(changed(&changes), Vec::<String>::new());
+    assert_eq!(commands, 1);
     assert!(memory.keeps_an_answer());
     // The next run's catalog has beta too, which the kept answer never
     // asked about: dpkg is asked again and beta found absent.
-    let (changes, commands) = check_run(&host, Some(&memory));
+    let (changes, commands) = check_run(&host, Some(&memory), &packages());
     assert_eq!(commands, 1);
     assert_eq!(
         changed(&changes),
