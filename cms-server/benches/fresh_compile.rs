@@ -42,6 +42,10 @@ use cms_server::service::AgentService;
 use cms_server::store::{EnvironmentRecord, NodeRecord, NodeStatus, SharedStore};
 use prost::Message as _;
 
+/// The allocator of the `cms-server` binary (`src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Resources of the role: a directory and `RESOURCES - 1` files.
 const RESOURCES: usize = 50;
 /// Contents an agent fetches apart, as `cms-storm` does.
