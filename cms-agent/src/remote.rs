@@ -282,6 +282,7 @@ pub async fn converge_for_trigger(
                     .as_ref()
                     .map(|c| c.catalog_id.clone())
                     .unwrap_or_default(),
+                trigger_id: trigger_id.to_string(),
             };
             match get_catalog_with_retries(client, request).await {
                 Ok(response) => match response.into_inner().result {

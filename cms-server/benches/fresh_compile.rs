@@ -169,6 +169,7 @@ fn service(store: SharedStore, repository: Arc<Repository>) -> AgentService {
         blocking: Blocking::default(),
         report_rate: Arc::new(ReportRate::new(ReportRateLimit::default())),
         restart_budget: Arc::new(cms_server::restart_budget::RestartBudget::new(clock)),
+        rollouts: None,
     }
 }
 
@@ -306,6 +307,7 @@ fn pass(
             let request = pb::CatalogRequest {
                 facts_json: facts(&format!("{pass}-{i:05}.internal")),
                 have_catalog_id: "0".repeat(64),
+                trigger_id: String::new(),
             };
             (i, request.encode_to_vec())
         })

@@ -59,6 +59,13 @@ impl SyncRequests {
             .context("Failed to reach the sync task")?;
         answer.await.context("The sync task stopped")?
     }
+
+    /// Asks for a sync without waiting for it; a request while the queue
+    /// is full is dropped (a sync is coming anyway).
+    pub fn ask_soon(&self) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.0.try_send(reply);
+    }
 }
 
 /// Why a node gets no catalog.

@@ -59,6 +59,11 @@ use crate::store::{
 /// rollout command it forwarded (a pin may read and validate a commit).
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a replica that does not lead waits for its sync to fetch a
+/// commit the leader's record names, before a triggered run is answered
+/// Unavailable (the agent asks again).
+const CATCH_UP_SYNC_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How often nodes' outcomes are written while a wave runs.
 const OUTCOME_SAVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -125,6 +130,25 @@ pub enum RolloutError {
     /// A command forwarded to the leading replica got no answer.
     #[error("no leading replica answered within {}s; retry", FORWARD_TIMEOUT.as_secs())]
     NoLeader,
+    /// A replica that does not lead cannot serve what the leader's record
+    /// of an environment says yet (a commit its mirror lacks, or the
+    /// record unread).
+    #[error(
+        "this replica does not serve the leader's latest record of environment {environment} yet ({reason}); retry"
+    )]
+    Behind { environment: String, reason: String },
+}
+
+/// Where an environment stands after [`Rollouts::follow_store`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Followed {
+    /// It serves what its stored record says (or none is stored, or this
+    /// replica drives its rollout and writes the record).
+    Current,
+    /// The stored record names a commit this replica's mirror lacks.
+    LacksCommit(String),
+    /// The stored record could not be read or loaded.
+    Unread(String),
 }
 
 /// What rollouts need.
@@ -148,7 +172,18 @@ pub struct Rollouts {
     /// The rollout commands this replica forwarded to the leader and waits
     /// for, by request number.
     pub(crate) forwarded: Forwarded,
+    /// Asks this replica's sync task to fetch now: a replica that does not
+    /// lead does when the leader's record names a commit its mirror lacks.
+    /// None where no sync task runs.
+    pub sync: Option<crate::revision::SyncRequests>,
+    /// When the last catch-up of each environment started
+    /// ([`Rollouts::catch_up`]); held while one runs, so that a wave of
+    /// triggered runs reads the record once, not once per node.
+    pub(crate) caught_up: CaughtUp,
 }
+
+/// When each environment's last catch-up started, by name.
+pub(crate) type CaughtUp = Arc<tokio::sync::Mutex<HashMap<String, std::time::Instant>>>;
 
 /// Rollout commands forwarded to the leader, waiting for its answer.
 pub(crate) type Forwarded =
@@ -566,8 +601,13 @@ impl Rollouts {
         let rollouts = self.clone();
         tokio::spawn(async move {
             for environment in rollouts.environments.iter() {
-                if name.as_ref().is_none_or(|name| *name == environment.name) {
-                    rollouts.follow_store(environment).await;
+                if name.as_ref().is_none_or(|name| *name == environment.name)
+                    && let Followed::LacksCommit(_) = rollouts.follow_store(environment).await
+                    && let Some(sync) = &rollouts.sync
+                {
+                    // Fetched now rather than at the next interval; the
+                    // sync then follows the record again.
+                    sync.ask_soon();
                 }
             }
         });
@@ -578,7 +618,7 @@ impl Rollouts {
     /// (then it is the one writing the record). A revision this replica's
     /// mirror does not have yet leaves the environment as it is: its next
     /// sync fetches the commit and calls this again.
-    pub async fn follow_store(&self, environment: &Arc<Environment>) {
+    pub async fn follow_store(&self, environment: &Arc<Environment>) -> Followed {
         let mut record = environment.record.lock().await;
         let driving = {
             let drivers = self.drivers.lock().expect("drivers lock");
@@ -587,37 +627,40 @@ impl Rollouts {
                 .is_some_and(|active| drivers.contains_key(&active.id))
         };
         if driving {
-            return;
+            return Followed::Current;
         }
         let store = self.store.clone();
         let name = environment.name.clone();
         let stored = match tokio::task::spawn_blocking(move || store.environment(&name)).await {
             Ok(Ok(Some(stored))) => stored,
-            Ok(Ok(None)) => return,
+            Ok(Ok(None)) => return Followed::Current,
             Ok(Err(error)) => {
                 tracing::warn!(environment = %environment.name, "Failed to read the environment another replica changed: {error}");
-                return;
+                return Followed::Unread(format!("Failed to read its record: {error}"));
             }
             Err(error) => {
                 tracing::warn!("Failed to read an environment: {error}");
-                return;
+                return Followed::Unread(format!("Failed to read its record: {error}"));
             }
         };
         let in_use = environment.revisions_in_use();
         if stored == *record && in_use.iter().any(|r| r.commit == stored.stable) {
-            return;
+            return Followed::Current;
         }
         let (mirror, secrets) = (self.mirror.clone(), self.secrets.clone());
         let wanted = stored.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            let load = |commit: &str| -> Result<Revision, String> {
+            let load = |commit: &str| -> Result<Revision, Followed> {
                 if let Some(revision) = in_use.iter().find(|r| r.commit == commit) {
                     return Ok(revision.clone());
                 }
-                let mirror = mirror
-                    .as_ref()
-                    .ok_or_else(|| "a plain folder has only the revision it serves".to_string())?;
-                load_revision(mirror, &secrets, commit)
+                let mirror = mirror.as_ref().ok_or_else(|| {
+                    Followed::Unread("a plain folder has only the revision it serves".to_string())
+                })?;
+                load_revision(mirror, &secrets, commit).map_err(|problem| {
+                    tracing::info!(commit, "{problem}");
+                    Followed::LacksCommit(commit.to_string())
+                })
             };
             let stable = (!wanted.stable.is_empty())
                 .then(|| load(&wanted.stable))
@@ -636,7 +679,7 @@ impl Rollouts {
                     revision: load(&pin.commit)?,
                 });
             }
-            Ok::<_, String>((stable, placement))
+            Ok::<_, Followed>((stable, placement))
         })
         .await;
         match loaded {
@@ -653,11 +696,68 @@ impl Rollouts {
                 environment.update_placement(|current| *current = placement);
                 self.metrics.pins(&environment.name, stored.pins.len());
                 *record = stored;
+                Followed::Current
             }
-            Ok(Err(problem)) => {
-                tracing::info!(environment = %environment.name, "the environment another replica changed waits for this replica's next sync: {problem}")
+            Ok(Err(behind)) => {
+                tracing::info!(environment = %environment.name, "the environment another replica changed waits for this replica's sync: {behind:?}");
+                behind
             }
-            Err(error) => tracing::warn!("Failed to load an environment's revisions: {error}"),
+            Err(error) => {
+                tracing::warn!("Failed to load an environment's revisions: {error}");
+                Followed::Unread(format!("Failed to load its revisions: {error}"))
+            }
+        }
+    }
+
+    /// On a replica that does not lead, before it answers a run a trigger
+    /// asked for (a pin's, a rollout wave's, an operator's): reads the
+    /// leader's record of `environment` again, and fetches a commit it
+    /// names that this replica's mirror lacks, so that the node gets the
+    /// revision the leader gave it before triggering it, whichever replica
+    /// answers. The record was written before the trigger was sent, so a
+    /// read that starts after the run's request arrived is enough: one
+    /// read serves every request that arrived before it started. Nothing
+    /// to do on the replica that decides. `Behind` (Unavailable, the agent
+    /// asks again) when the record cannot be served yet.
+    pub async fn catch_up(&self, environment: &Arc<Environment>) -> Result<(), RolloutError> {
+        if self.decides() {
+            return Ok(());
+        }
+        let arrived = crate::clock::instant();
+        let mut caught_up = self.caught_up.lock().await;
+        if caught_up
+            .get(&environment.name)
+            .is_some_and(|started| *started >= arrived)
+        {
+            return Ok(());
+        }
+        let started = crate::clock::instant();
+        let mut followed = self.follow_store(environment).await;
+        if let (Followed::LacksCommit(_), Some(sync)) = (&followed, &self.sync) {
+            match tokio::time::timeout(CATCH_UP_SYNC_TIMEOUT, sync.sync_now()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(environment = %environment.name, "Failed to fetch a commit the leader's record names: {error:#}")
+                }
+                Err(_) => {
+                    tracing::warn!(environment = %environment.name, "the sync fetching a commit the leader's record names took over {}s", CATCH_UP_SYNC_TIMEOUT.as_secs())
+                }
+            }
+            followed = self.follow_store(environment).await;
+        }
+        match followed {
+            Followed::Current => {
+                caught_up.insert(environment.name.clone(), started);
+                Ok(())
+            }
+            Followed::LacksCommit(commit) => Err(RolloutError::Behind {
+                environment: environment.name.clone(),
+                reason: format!("its mirror lacks commit {commit}"),
+            }),
+            Followed::Unread(reason) => Err(RolloutError::Behind {
+                environment: environment.name.clone(),
+                reason,
+            }),
         }
     }
 

@@ -365,6 +365,8 @@ pub async fn run_prepared(
         drivers: Default::default(),
         locks: locks.clone(),
         forwarded: Default::default(),
+        sync: Some(sync_requests.clone()),
+        caught_up: Default::default(),
     };
     tasks.spawn(refresh_secrets_loop(
         secrets,
@@ -524,6 +526,7 @@ pub async fn run_prepared(
                 blocking: blocking.clone(),
                 report_rate: Arc::new(ReportRate::new(config.report_rate)),
                 restart_budget: restart_budget.clone(),
+                rollouts: Some(rollouts.clone()),
             })
             .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
             .max_encoding_message_size(limits::MAX_AGENT_RESPONSE_BYTES),

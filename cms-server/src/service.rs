@@ -170,6 +170,10 @@ pub struct AgentService {
     pub report_rate: Arc<ReportRate>,
     /// The restart places nodes hold.
     pub restart_budget: Arc<RestartBudget>,
+    /// On a replica that does not lead, a triggered run waits for
+    /// [`crate::rollouts::Rollouts::catch_up`]. None where no rollouts
+    /// run (benches).
+    pub rollouts: Option<crate::rollouts::Rollouts>,
 }
 
 impl AgentService {
@@ -193,6 +197,12 @@ impl AgentService {
         // A read, no fsync: the common case (same facts, node active) only
         // notes the time in memory; the lifecycle task writes it in batches.
         let node_record = self.nodes.enrolled(&node_id)?;
+        if let Some(rollouts) = &self.rollouts
+            && !request.trigger_id.is_empty()
+        {
+            let environment = self.environments.of_node(&node_record)?;
+            rollouts.catch_up(environment).await?;
+        }
         let revision = self.environments.revision_for(&node_record)?;
         if !self
             .nodes

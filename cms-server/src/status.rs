@@ -108,7 +108,7 @@ impl From<RolloutError> for Status {
             RolloutError::FromLeader { code, message } => {
                 Status::new(tonic::Code::from_i32(code), message)
             }
-            RolloutError::NoLeader => Status::unavailable(message),
+            RolloutError::NoLeader | RolloutError::Behind { .. } => Status::unavailable(message),
         }
     }
 }

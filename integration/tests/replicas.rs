@@ -311,6 +311,11 @@ impl Cluster {
     /// [`Cluster::start`] with `settings` (e.g. a `[rollout]` table) added
     /// to the repository's `cms.toml`.
     fn start_with_settings(settings: &str) -> anyhow::Result<Cluster> {
+        Cluster::start_with(settings, &[])
+    }
+
+    /// [`Cluster::start_with_settings`], the replicas given `flags` too.
+    fn start_with(settings: &str, flags: &[&str]) -> anyhow::Result<Cluster> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir()?;
         let url = database();
@@ -328,7 +333,7 @@ impl Cluster {
         )?;
         std::fs::create_dir_all(&converged)?;
         let binary = build_workspace_binary("cms-server", "cms-server")?;
-        let replicas = start_replicas(&binary, dir.path(), &url, git.path(), 3, &[])?
+        let replicas = start_replicas(&binary, dir.path(), &url, git.path(), 3, flags)?
             .into_iter()
             .map(Some)
             .collect::<Vec<_>>();
@@ -516,7 +521,8 @@ impl Cluster {
 }
 
 /// `count` replicas `serve` on the database at `url` and the repository
-/// `repo`, with data directories `dir/replica-N` and `extra` flags. One
+/// `repo`, with data directories `dir/replica-N` and `extra` flags (a sync
+/// every second unless `extra` gives `--sync-interval`). One
 /// after another: the first replica makes the bootstrap admin credential
 /// (the others, on the shared store, make none), and that one is used with
 /// every replica.
@@ -535,14 +541,10 @@ fn start_replicas(
     anyhow::ensure!(keygen.status.success(), "cms-server store keygen failed");
     std::fs::write(&key, &keygen.stdout)?;
     let key_text = key.to_str().context("utf-8")?.to_string();
-    let mut flags = vec![
-        "--store",
-        url,
-        "--store-key-file",
-        &key_text,
-        "--sync-interval",
-        "1s",
-    ];
+    let mut flags = vec!["--store", url, "--store-key-file", &key_text];
+    if !extra.contains(&"--sync-interval") {
+        flags.extend(["--sync-interval", "1s"]);
+    }
     flags.extend_from_slice(extra);
     (1..=count)
         .map(|index| {
@@ -599,6 +601,44 @@ fn a_trigger_given_to_one_replica_reaches_agents_held_by_the_other_two_and_their
         AGENTS - held[giver],
         cluster.logs()
     );
+    Ok(())
+}
+
+#[test]
+fn a_trigger_right_after_a_commit_only_the_leader_fetched_gets_that_commit_on_every_replica()
+-> anyhow::Result<()> {
+    // Replicas that fetch once an hour: only the leader, told to sync,
+    // has the new commit when it makes it stable and triggers the fleet.
+    let cluster = Cluster::start_with("", &["--sync-interval", "1h"])?;
+    cluster.wait_for_every_channel()?;
+    let (leader, _) = cluster.leader_and_followers()?;
+    cluster.git.commit(
+        &[("roles/web.toml", &web_role(&cluster.converged, "v2"))],
+        "v2",
+    )?;
+    let (code, stdout, stderr) = cluster.admin(leader).run(&["sync"])?;
+    anyhow::ensure!(
+        code == Some(0),
+        "sync on the leader: exit {code:?}\n{stdout}{stderr}"
+    );
+    let commit = cluster.git.head()?;
+    let (code, results, output) = cluster.trigger_on(leader)?;
+    anyhow::ensure!(
+        code == Some(0) && results.iter().all(|result| result == "changed"),
+        "every node ran and changed (its version file): exit {code:?}, {results:?}\n{output}\n{}",
+        cluster.logs()
+    );
+    // Each node's run went through the proxy to any replica: every one
+    // served the commit the leader made stable, none the one before.
+    for index in 1..=AGENTS {
+        let version = cluster.converged.join(format!("web-{index}/version"));
+        let content = std::fs::read_to_string(&version).unwrap_or_default();
+        anyhow::ensure!(
+            content == "v2",
+            "web-{index} converged commit {commit}'s role: {version:?} holds {content:?}\n{}",
+            cluster.logs()
+        );
+    }
     Ok(())
 }
 

@@ -244,6 +244,7 @@ pub fn catalog_request(node: &Node) -> pb::CatalogRequest {
     pb::CatalogRequest {
         facts_json: facts(&node.id),
         have_catalog_id: String::new(),
+        trigger_id: String::new(),
     }
 }
 

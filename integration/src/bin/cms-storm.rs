@@ -648,6 +648,7 @@ async fn catalog_with_retries(
             .get_catalog(pb::CatalogRequest {
                 facts_json: facts_json.to_string(),
                 have_catalog_id: have_catalog_id.to_string(),
+                trigger_id: String::new(),
             })
             .await
             .map(|answer| answer.into_inner().result)
@@ -695,6 +696,7 @@ async fn first_run(
         .get_catalog(pb::CatalogRequest {
             facts_json: facts("storm"),
             have_catalog_id: String::new(),
+            trigger_id: String::new(),
         })
         .await
         .map_err(|s| format!("GetCatalog: {}", s.message()))?
