@@ -11,12 +11,14 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+mod serve_process;
 
 const BASE_ROLE: &str = "[[package]]\nname = \"curl\"\n";
 
@@ -269,14 +271,6 @@ fn every_file(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-/// A loopback port free at the moment of asking.
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("its address")
-}
-
 /// `cms-server serve`, killed when dropped.
 struct Server {
     child: Child,
@@ -294,7 +288,7 @@ impl Drop for Server {
 
 impl Server {
     fn start(data: &Path, repo: &Path) -> Server {
-        let (grpc, http) = (free_port(), free_port());
+        let (grpc, http) = serve_process::two_free_ports();
         // The log is kept in the data directory: a test that looks for a
         // secret there finds it in the log too.
         std::fs::create_dir_all(data).unwrap();

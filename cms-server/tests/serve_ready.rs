@@ -6,9 +6,11 @@
 // A test or benchmark measures real time; product code reads it through its clock module.
 #![allow(clippy::disallowed_methods)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod serve_process;
 
 /// The server process, killed when the test ends however it ends.
 struct Server(Child);
@@ -20,18 +22,10 @@ impl Drop for Server {
     }
 }
 
-/// A loopback port free at the moment of asking.
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("its address")
-}
-
 #[test]
 fn token_create_works_the_moment_the_grpc_port_answers() {
     let data = tempfile::tempdir().expect("tempdir");
-    let (grpc, http) = (free_port(), free_port());
+    let (grpc, http) = serve_process::two_free_ports();
     let mut server = Server(
         Command::new(env!("CARGO_BIN_EXE_cms-server"))
             .arg("serve")

@@ -58,8 +58,9 @@ impl ServerProcess {
         extra: &[&str],
         environment: &[(&str, &str)],
     ) -> Result<ServerProcess> {
-        let grpc = SocketAddr::from((grpc_address, free_loopback_port()?));
-        let http = SocketAddr::from(([127, 0, 0, 1], free_loopback_port()?));
+        let [grpc_port, http_port] = free_loopback_ports()?;
+        let grpc = SocketAddr::from((grpc_address, grpc_port));
+        let http = SocketAddr::from(([127, 0, 0, 1], http_port));
         std::fs::create_dir_all(data)?;
         let log = data.with_extension("log");
         let log_file = std::fs::File::create(&log)
@@ -194,6 +195,14 @@ impl Drop for ServerProcess {
 pub fn free_loopback_port() -> Result<u16> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).context("Failed to find a free port")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Two distinct [`free_loopback_port`]s: the first is held while the
+/// second is found (two calls in a row may answer the same port).
+pub fn free_loopback_ports() -> Result<[u16; 2]> {
+    let first = TcpListener::bind(("127.0.0.1", 0)).context("Failed to find a free port")?;
+    let second = TcpListener::bind(("127.0.0.1", 0)).context("Failed to find a free port")?;
+    Ok([first.local_addr()?.port(), second.local_addr()?.port()])
 }
 
 /// One HTTPS request with the system's `curl`, which trusts any

@@ -26,6 +26,18 @@ impl Drop for ServeProcess {
     }
 }
 
+/// Two distinct loopback ports, free at the moment of asking: the first
+/// is held while the second is chosen (two `free_port` calls in a row may
+/// answer the same port).
+pub fn two_free_ports() -> (SocketAddr, SocketAddr) {
+    let first = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let second = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    (
+        first.local_addr().expect("its address"),
+        second.local_addr().expect("its address"),
+    )
+}
+
 /// A loopback port free at the moment of asking.
 pub fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -47,8 +59,29 @@ impl ServeProcess {
         ServeProcess::start_with_output(data, extra, Some(log.to_path_buf()))
     }
 
+    /// Starts it on two fresh ports; a server that exits while starting
+    /// (another process may have taken a port between its choice and the
+    /// server's bind) is started again on others, twice at most.
     fn start_with_output(data: &Path, extra: &[&str], log: Option<PathBuf>) -> ServeProcess {
-        let (grpc, http) = (free_port(), free_port());
+        let mut attempt = 1;
+        loop {
+            match ServeProcess::try_start(data, extra, log.as_deref()) {
+                Ok(server) => return server,
+                Err(exited) if attempt < 3 => {
+                    eprintln!("{exited}; starting it again on other ports");
+                    attempt += 1;
+                }
+                Err(exited) => panic!("{exited}"),
+            }
+        }
+    }
+
+    /// One start: the server, or why it exited before it served. Once its
+    /// gRPC port answers and it still runs, what serve promises holds: the
+    /// HTTP port listens and the address is recorded for the admin
+    /// commands.
+    fn try_start(data: &Path, extra: &[&str], log: Option<&Path>) -> Result<ServeProcess, String> {
+        let (grpc, http) = two_free_ports();
         let mut command = Command::new(env!("CARGO_BIN_EXE_cms-server"));
         command
             .arg("serve")
@@ -59,7 +92,7 @@ impl ServeProcess {
             .args(["--listen", &grpc.to_string(), "--http", &http.to_string()])
             .args(extra)
             .env("NO_COLOR", "1");
-        match &log {
+        match log {
             Some(log) => {
                 let file = std::fs::OpenOptions::new()
                     .create(true)
@@ -74,30 +107,41 @@ impl ServeProcess {
                 command.stdout(Stdio::null()).stderr(Stdio::null());
             }
         }
-        let mut child = command.spawn().expect("start cms-server serve");
+        let child = command.spawn().expect("start cms-server serve");
+        let mut server = ServeProcess { child, grpc, http };
+        let exited = |server: &mut ServeProcess| {
+            let status = server.child.try_wait().expect("the server's status")?;
+            let output = log
+                .and_then(|log| std::fs::read_to_string(log).ok())
+                .unwrap_or_default();
+            Some(format!(
+                "cms-server serve on {grpc} and {http} exited while starting: {status}\n{output}"
+            ))
+        };
         let deadline = Instant::now() + Duration::from_secs(120);
         while TcpStream::connect_timeout(&grpc, Duration::from_millis(200)).is_err() {
-            if let Some(status) = child.try_wait().expect("the server's status") {
-                let output = log
-                    .as_deref()
-                    .and_then(|log| std::fs::read_to_string(log).ok())
-                    .unwrap_or_default();
-                panic!("cms-server serve exited before its port answered: {status}\n{output}");
+            if let Some(exited) = exited(&mut server) {
+                return Err(exited);
             }
             assert!(Instant::now() < deadline, "the gRPC port did not answer");
             std::thread::sleep(Duration::from_millis(50));
         }
-        // What serve promises once its gRPC port answers: the HTTP port
-        // listens and the address is recorded for the admin commands.
+        let http_listens = TcpStream::connect_timeout(&http, Duration::from_secs(1)).is_ok();
+        let recorded = data.join("admin/server").is_file();
+        // What answered may have been another process on a port this
+        // server then failed to bind.
+        if let Some(exited) = exited(&mut server) {
+            return Err(exited);
+        }
         assert!(
-            TcpStream::connect_timeout(&http, Duration::from_secs(1)).is_ok(),
+            http_listens,
             "the gRPC port answered before the HTTP port listened"
         );
         assert!(
-            data.join("admin/server").is_file(),
+            recorded,
             "the gRPC port answered before the address was recorded"
         );
-        ServeProcess { child, grpc, http }
+        Ok(server)
     }
 
     /// Stops the server at once (SIGKILL): what it acknowledged is durable.
