@@ -304,7 +304,7 @@ impl AgentService {
         self.report_rate
             .admit(&node_id, self.reports.clock.now_unix_ms())?;
         crate::reports::check_report_size(&node_id, &report)?;
-        let record = RunRecord::from(&report);
+        let record = RunRecord::from(report);
         let run_id = record.run_id.clone();
         let reports = self.reports.clone();
         self.blocking

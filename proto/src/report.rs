@@ -118,24 +118,31 @@ impl RunRecord {
 
 impl From<&pb::RunReport> for RunRecord {
     fn from(report: &pb::RunReport) -> RunRecord {
+        RunRecord::from(report.clone())
+    }
+}
+
+impl From<pb::RunReport> for RunRecord {
+    /// The wire's report as kept, its strings moved rather than copied.
+    fn from(report: pb::RunReport) -> RunRecord {
         RunRecord {
             version: RUN_RECORD_VERSION,
-            run_id: report.run_id.clone(),
-            catalog_id: report.catalog_id.clone(),
-            revision: report.revision.clone(),
+            run_id: report.run_id,
+            catalog_id: report.catalog_id,
+            revision: report.revision,
             started_at_unix_ms: report.started_at_unix_ms,
             duration_ms: report.duration_ms,
             noop: report.noop,
-            note: report.note.clone(),
-            trigger_id: report.trigger_id.clone(),
+            note: report.note,
+            trigger_id: report.trigger_id,
             resources: report
                 .resources
-                .iter()
+                .into_iter()
                 .map(|r| ResourceRecord {
-                    reference: r.reference.clone(),
+                    reference: r.reference,
                     status: ResourceStatus::from(r.status),
-                    diff: r.diff.clone(),
-                    error: r.error.clone(),
+                    diff: r.diff,
+                    error: r.error,
                     duration_ms: r.duration_ms,
                 })
                 .collect(),
