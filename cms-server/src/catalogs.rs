@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use cms_roles::{
-    Catalog, Diagnostics, Node, NodeReads, Repository, SecretValues, compile_with_secrets,
+    Catalog, Diagnostics, Node, NodeReads, Repository, SecretValues, compile_encoded_with_secrets,
     data_layers, node_context, sha256_hex,
 };
 use tokio::sync::{Semaphore, watch};
@@ -43,8 +43,9 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    pub fn new(catalog: Catalog) -> Compiled {
-        let canonical = catalog.canonical_bytes();
+    /// A catalog and the canonical bytes its compile made with it
+    /// ([`cms_roles::compile_encoded_with_secrets`]).
+    fn encoded((catalog, canonical): (Catalog, Vec<u8>)) -> Compiled {
         Compiled { catalog, canonical }
     }
 
@@ -364,8 +365,8 @@ impl Catalogs {
             let compile_duration = self.compile_duration.clone();
             let compile = move || {
                 let started = crate::clock::instant();
-                let result = compile_with_secrets(&repository, &node, &secrets)
-                    .map(|catalog| Arc::new(Compiled::new(catalog)))
+                let result = compile_encoded_with_secrets(&repository, &node, &secrets)
+                    .map(|encoded| Arc::new(Compiled::encoded(encoded)))
                     .map_err(Arc::new);
                 if let Some(histogram) = compile_duration {
                     histogram.observe(started.elapsed().as_secs_f64());

@@ -99,6 +99,83 @@ impl Catalog {
         catalog
     }
 
+    /// [`Catalog::new`] and the catalog's [`Catalog::canonical_bytes`],
+    /// with the roles and resources encoded once: the identity encoding
+    /// is hashed for the id and spliced into the canonical one, which
+    /// holds it whole between the id and the contents (`WireOut`'s field
+    /// order). A server sends every catalog it compiles, so it needs both.
+    pub fn new_encoded(
+        roles: Vec<String>,
+        resources: Vec<Resource>,
+        contents: BTreeMap<String, Content>,
+    ) -> (Catalog, Vec<u8>) {
+        let identity = serde_json::to_vec(&Identity {
+            roles: &roles,
+            resources: &resources,
+        })
+        .expect("a catalog always serializes");
+        let catalog = Catalog {
+            catalog_id: sha256_hex(&identity),
+            roles,
+            resources,
+            contents,
+            to_fetch: BTreeMap::new(),
+        };
+        // `{"roles":…,"resources":…}` without its braces.
+        let members = &identity[1..identity.len() - 1];
+        let mut bytes = Vec::with_capacity(identity.len() + catalog.inline_len_hint() + 128);
+        bytes.extend_from_slice(b"{\"catalog_id\":");
+        serde_json::to_writer(&mut bytes, &catalog.catalog_id).expect("a string serializes");
+        bytes.push(b',');
+        bytes.extend_from_slice(members);
+        bytes.extend_from_slice(b",\"contents\":{");
+        let inline = catalog.contents.iter().filter(|(_, c)| c.is_inline());
+        for (i, (hash, content)) in inline.enumerate() {
+            if i > 0 {
+                bytes.push(b',');
+            }
+            serde_json::to_writer(&mut bytes, hash).expect("a string serializes");
+            bytes.extend_from_slice(b":\"");
+            // base64 needs no JSON escaping: encoded in place.
+            append_base64(&mut bytes, &content.0);
+            bytes.push(b'"');
+        }
+        bytes.push(b'}');
+        let large_contents = catalog.large_contents();
+        if !large_contents.is_empty() {
+            bytes.extend_from_slice(b",\"large_contents\":");
+            serde_json::to_writer(&mut bytes, &large_contents).expect("sizes serialize");
+        }
+        bytes.push(b'}');
+        debug_assert_eq!(bytes, catalog.canonical_bytes(), "spliced encoding");
+        (catalog, bytes)
+    }
+
+    /// About the size of the inline contents in base64.
+    fn inline_len_hint(&self) -> usize {
+        self.contents
+            .iter()
+            .filter(|(_, content)| content.is_inline())
+            .map(|(hash, content)| hash.len() + 6 + content.0.len().div_ceil(3) * 4)
+            .sum()
+    }
+
+    /// sha256 → size of the contents that travel by hash: those not yet
+    /// fetched and those at hand over the inline limit.
+    fn large_contents(&self) -> BTreeMap<&str, u64> {
+        let mut large_contents: BTreeMap<&str, u64> = self
+            .to_fetch
+            .iter()
+            .map(|(hash, size)| (hash.as_str(), *size))
+            .collect();
+        for (hash, content) in &self.contents {
+            if !content.is_inline() {
+                large_contents.insert(hash, content.0.len() as u64);
+            }
+        }
+        large_contents
+    }
+
     /// The bytes the id is the hash of: compact JSON of the roles and
     /// resources, with object keys in a fixed order. The same catalog gives
     /// the same bytes on any machine.
@@ -252,6 +329,18 @@ impl Catalog {
     }
 }
 
+/// Appends `data` in standard base64 (as [`Content`] serializes it).
+fn append_base64(bytes: &mut Vec<u8>, data: &[u8]) {
+    use base64::Engine as _;
+    let start = bytes.len();
+    let len = base64::encoded_len(data.len(), true).expect("a content's base64 fits in memory");
+    bytes.resize(start + len, 0);
+    let written = base64::engine::general_purpose::STANDARD
+        .encode_slice(data, &mut bytes[start..])
+        .expect("the length was computed for it");
+    bytes.truncate(start + written);
+}
+
 /// Calls `f` with every string in `value`.
 fn for_each_string(value: &serde_json::Value, f: &mut impl FnMut(&str)) {
     match value {
@@ -384,22 +473,12 @@ impl Serialize for InlineContents<'_> {
 
 impl Serialize for Catalog {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut large_contents: BTreeMap<&str, u64> = self
-            .to_fetch
-            .iter()
-            .map(|(hash, size)| (hash.as_str(), *size))
-            .collect();
-        for (hash, content) in &self.contents {
-            if !content.is_inline() {
-                large_contents.insert(hash, content.0.len() as u64);
-            }
-        }
         WireOut {
             catalog_id: &self.catalog_id,
             roles: &self.roles,
             resources: &self.resources,
             contents: InlineContents(&self.contents),
-            large_contents,
+            large_contents: self.large_contents(),
         }
         .serialize(serializer)
     }

@@ -394,16 +394,43 @@ pub fn compile_with_secrets(
     node: &Node,
     values: &SecretValues,
 ) -> Result<Catalog, Diagnostics> {
-    crate::bounded::on_compile_stack(|| compile_here(repository, node, values)).unwrap_or_else(
-        |message| {
-            Err(Diagnostics(vec![Diagnostic::new(
-                "(compiler)",
-                Position::UNKNOWN,
-                format!("Failed to compile the catalog of {}: {message}", node.id),
-            )]))
-        },
-    )
+    on_compile_stack(node, || compile_here(repository, node, values))
 }
+
+/// [`compile_with_secrets`] and the catalog's canonical bytes
+/// ([`Catalog::new_encoded`]): what a server compiles to send, the id and
+/// the encoding made from one encoding of the resources.
+pub fn compile_encoded_with_secrets(
+    repository: &Repository,
+    node: &Node,
+    values: &SecretValues,
+) -> Result<(Catalog, Vec<u8>), Diagnostics> {
+    on_compile_stack(node, || {
+        compile_parts_here(repository, node, values)
+            .map(|(roles, resources, contents)| Catalog::new_encoded(roles, resources, contents))
+    })
+}
+
+/// Runs a compile on the compile stack; a panic becomes a diagnostic.
+fn on_compile_stack<T>(
+    node: &Node,
+    compile: impl FnOnce() -> Result<T, Diagnostics> + Send,
+) -> Result<T, Diagnostics>
+where
+    T: Send,
+{
+    crate::bounded::on_compile_stack(compile).unwrap_or_else(|message| {
+        Err(Diagnostics(vec![Diagnostic::new(
+            "(compiler)",
+            Position::UNKNOWN,
+            format!("Failed to compile the catalog of {}: {message}", node.id),
+        )]))
+    })
+}
+
+/// What a compile makes a catalog of: the roles applied, the resources in
+/// apply order and their contents.
+type CatalogParts = (Vec<String>, Vec<Resource>, BTreeMap<String, Content>);
 
 /// [`compile_with_secrets`] on the caller's stack.
 pub(crate) fn compile_here(
@@ -411,6 +438,16 @@ pub(crate) fn compile_here(
     node: &Node,
     values: &SecretValues,
 ) -> Result<Catalog, Diagnostics> {
+    compile_parts_here(repository, node, values)
+        .map(|(roles, resources, contents)| Catalog::new(roles, resources, contents))
+}
+
+/// [`compile_here`] up to the parts of the catalog.
+fn compile_parts_here(
+    repository: &Repository,
+    node: &Node,
+    values: &SecretValues,
+) -> Result<CatalogParts, Diagnostics> {
     let mut diagnostics = Diagnostics::default();
     let mut context = node_context(node);
     // Layers are named from trusted values only, never from `data`.
@@ -482,7 +519,7 @@ fn compile_rendering(
     node: &Node,
     context: &Value,
     diagnostics: Diagnostics,
-) -> Result<Catalog, Diagnostics> {
+) -> Result<CatalogParts, Diagnostics> {
     let mut diagnostics = diagnostics;
     let matched = matched_roles(repository, &node.tags);
     let instances = instances(repository, &matched, context, &mut diagnostics);
@@ -559,7 +596,7 @@ fn compile_rendering(
             role_names.push(instance.role.name.clone());
         }
     }
-    Ok(Catalog::new(role_names, ordered, contents))
+    Ok((role_names, ordered, contents))
 }
 
 /// Where a resource of the catalog was declared.

@@ -36,8 +36,8 @@ pub use catalog::{
     Catalog, CatalogDecodeError, MAX_CATALOG_BYTES, Resource, RoleWeight, SizeProblem, human_size,
 };
 pub use compile::{
-    Node, TagListError, compile, compile_with_secrets, data_layers, deep_merge, glob_match,
-    node_context, parse_tag_list, role_matches, select_roles,
+    Node, TagListError, compile, compile_encoded_with_secrets, compile_with_secrets, data_layers,
+    deep_merge, glob_match, node_context, parse_tag_list, role_matches, select_roles,
 };
 pub use content::{Content, INLINE_CONTENT_MAX, MAX_CONTENT_BYTES, is_sha256_hex};
 pub use diagnostic::{Diagnostic, Diagnostics, LineIndex, Position, render_with_sources};

@@ -247,3 +247,58 @@ certificates = { internal-ca = { source = "ca.pem" } }
         "b4ad6cd446a048bb09a747e7a9cf1958ba182383f3077934404ec0077a367d06"
     );
 }
+
+/// A server sends the encoding made with the compile
+/// (`compile_encoded_with_secrets` splices the id's encoding into it):
+/// byte for byte the catalog's canonical encoding, with contents inline
+/// and by hash, text that looks like the encoding's own keys, and no
+/// resources at all.
+#[test]
+fn the_encoding_made_with_the_compile_is_the_canonical_encoding() {
+    let mut big = "x".repeat(cms_roles::INLINE_CONTENT_MAX);
+    big.push_str(r#"","contents":{"#);
+    let mut files = RepoFiles::new();
+    files.insert("cms.toml", "[hierarchy]\nlayers = [\"common\"]\n");
+    files.insert("files/big", big.as_str());
+    files.insert(
+        "roles/r.toml",
+        r#"
+[[file]]
+path = "/etc/big"
+source = "big"
+[[file]]
+path = "/etc/quoted"
+content = "say \"},\"contents\":{\" and é ☃ \\ \u0001"
+[[exec]]
+name = "e"
+command = "echo ',\"large_contents\":{}'"
+refreshonly = true
+"#,
+    );
+    files.insert("roles/empty.toml", "");
+    let repository = Repository::parse(files).expect("parses");
+    let node = Node {
+        id: "i-1".into(),
+        tags: BTreeMap::new(),
+        facts: example_facts(),
+        attested: BTreeMap::new(),
+    };
+    let secrets = cms_roles::SecretValues::default();
+    let (catalog, bytes) =
+        cms_roles::compile_encoded_with_secrets(&repository, &node, &secrets).expect("compiles");
+    assert_eq!(catalog, compile(&repository, &node).expect("compiles"));
+    assert_eq!(
+        String::from_utf8(bytes.clone()).expect("utf-8"),
+        String::from_utf8(catalog.canonical_bytes()).expect("utf-8")
+    );
+    let decoded = Catalog::from_canonical_bytes(&bytes).expect("decodes");
+    assert_eq!(decoded.to_fetch.len(), 1, "the big content travels by hash");
+    assert_eq!(decoded.catalog_id, catalog.catalog_id);
+
+    let (empty, bytes) = Catalog::new_encoded(Vec::new(), Vec::new(), BTreeMap::new());
+    assert_eq!(bytes, empty.canonical_bytes());
+    assert_eq!(
+        Catalog::from_canonical_bytes(&bytes).expect("decodes"),
+        empty
+    );
+}
