@@ -189,20 +189,32 @@ impl Drop for ServerProcess {
     }
 }
 
-/// A TCP port on 127.0.0.1 that nothing listens on now: the kernel picks it
-/// from its ephemeral range, so two test runs never pick the same one while
-/// both use it.
+/// A TCP port on 127.0.0.1 that nothing listens on now and that this
+/// process has not given out before: the kernel picks it from its
+/// ephemeral range, so two test runs never pick the same one while both
+/// use it, and within one process (tests in parallel threads) a port the
+/// kernel answers again once its first asker closed it is skipped.
 pub fn free_loopback_port() -> Result<u16> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).context("Failed to find a free port")?;
-    Ok(listener.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Held until one is found, so the kernel does not answer them again.
+    let mut held = Vec::new();
+    loop {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).context("Failed to find a free port")?;
+        let port = listener.local_addr()?.port();
+        if given.insert(port) {
+            return Ok(port);
+        }
+        held.push(listener);
+    }
 }
 
-/// Two distinct [`free_loopback_port`]s: the first is held while the
-/// second is found (two calls in a row may answer the same port).
+/// Two distinct [`free_loopback_port`]s.
 pub fn free_loopback_ports() -> Result<[u16; 2]> {
-    let first = TcpListener::bind(("127.0.0.1", 0)).context("Failed to find a free port")?;
-    let second = TcpListener::bind(("127.0.0.1", 0)).context("Failed to find a free port")?;
-    Ok([first.local_addr()?.port(), second.local_addr()?.port()])
+    Ok([free_loopback_port()?, free_loopback_port()?])
 }
 
 /// One HTTPS request with the system's `curl`, which trusts any

@@ -26,24 +26,46 @@ impl Drop for ServeProcess {
     }
 }
 
-/// Two distinct loopback ports, free at the moment of asking: the first
-/// is held while the second is chosen (two `free_port` calls in a row may
-/// answer the same port).
+/// Two distinct loopback ports, free at the moment of asking and never
+/// given before in this process ([`unused_port`]).
 pub fn two_free_ports() -> (SocketAddr, SocketAddr) {
-    let first = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let second = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    (
-        first.local_addr().expect("its address"),
-        second.local_addr().expect("its address"),
-    )
+    (unused_port(), unused_port())
 }
 
-/// A loopback port free at the moment of asking.
+/// A loopback port free at the moment of asking ([`unused_port`]).
 pub fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("its address")
+    unused_port()
+}
+
+/// A loopback port that nothing listens on now and that this process has
+/// not given out before. The kernel may answer a port it answered a moment
+/// ago (it is free again once the asker closed it), and the tests of one
+/// binary run in parallel: two servers started on the same port, and the
+/// harness waited on the other one's.
+fn unused_port() -> SocketAddr {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Held until one is found, so the kernel does not answer them again.
+    let mut held = Vec::new();
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let address = listener.local_addr().expect("its address");
+        if given.insert(address.port()) {
+            return address;
+        }
+        held.push(listener);
+    }
+}
+
+/// Whether something listens on `address`. A connection to a loopback
+/// port in the ephemeral range that nothing listens on can be given that
+/// same port as its own and connect to itself; that is not an answer.
+fn answers(address: SocketAddr, timeout: Duration) -> bool {
+    TcpStream::connect_timeout(&address, timeout)
+        .is_ok_and(|stream| stream.local_addr().ok() != Some(address))
 }
 
 impl ServeProcess {
@@ -119,14 +141,14 @@ impl ServeProcess {
             ))
         };
         let deadline = Instant::now() + Duration::from_secs(120);
-        while TcpStream::connect_timeout(&grpc, Duration::from_millis(200)).is_err() {
+        while !answers(grpc, Duration::from_millis(200)) {
             if let Some(exited) = exited(&mut server) {
                 return Err(exited);
             }
             assert!(Instant::now() < deadline, "the gRPC port did not answer");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let http_listens = TcpStream::connect_timeout(&http, Duration::from_secs(1)).is_ok();
+        let http_listens = answers(http, Duration::from_secs(1));
         let recorded = data.join("admin/server").is_file();
         // What answered may have been another process on a port this
         // server then failed to bind.
