@@ -6,7 +6,6 @@
 // A test or benchmark measures real time; product code reads it through its clock module.
 #![allow(clippy::disallowed_methods)]
 
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -40,7 +39,7 @@ fn token_create_works_the_moment_the_grpc_port_answers() {
             .expect("start cms-server serve"),
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect_timeout(&grpc, Duration::from_millis(200)).is_err() {
+    while !serve_process::answers(grpc, Duration::from_millis(200)) {
         if let Some(status) = server.0.try_wait().expect("the server's status") {
             panic!("cms-server serve exited before its port answered: {status}");
         }

@@ -48,6 +48,7 @@ mod local_roles;
 mod machine_lock;
 mod network;
 mod package_repo;
+mod ports;
 mod postgres;
 mod prerequisites;
 mod process_table;

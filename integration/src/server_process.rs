@@ -5,7 +5,7 @@
 //! runs never collide; the process is killed when dropped.
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -190,26 +190,9 @@ impl Drop for ServerProcess {
 }
 
 /// A TCP port on 127.0.0.1 that nothing listens on now and that this
-/// process has not given out before: the kernel picks it from its
-/// ephemeral range, so two test runs never pick the same one while both
-/// use it, and within one process (tests in parallel threads) a port the
-/// kernel answers again once its first asker closed it is skipped.
+/// process has not given out before ([`crate::ports::unused_loopback_port`]).
 pub fn free_loopback_port() -> Result<u16> {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // Held until one is found, so the kernel does not answer them again.
-    let mut held = Vec::new();
-    loop {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).context("Failed to find a free port")?;
-        let port = listener.local_addr()?.port();
-        if given.insert(port) {
-            return Ok(port);
-        }
-        held.push(listener);
-    }
+    crate::ports::unused_loopback_port().context("Failed to find a free port")
 }
 
 /// Two distinct [`free_loopback_port`]s.

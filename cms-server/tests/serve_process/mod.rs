@@ -7,7 +7,7 @@
 // clock through its clock module.
 #![allow(clippy::disallowed_methods, dead_code)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,44 +26,26 @@ impl Drop for ServeProcess {
     }
 }
 
+#[path = "../../../integration/src/ports.rs"]
+mod ports;
+
 /// Two distinct loopback ports, free at the moment of asking and never
-/// given before in this process ([`unused_port`]).
+/// given before in this process ([`free_port`]).
 pub fn two_free_ports() -> (SocketAddr, SocketAddr) {
-    (unused_port(), unused_port())
+    (free_port(), free_port())
 }
 
-/// A loopback port free at the moment of asking ([`unused_port`]).
+/// A loopback port free at the moment of asking that this process has not
+/// given out before ([`ports::unused_loopback_port`]).
 pub fn free_port() -> SocketAddr {
-    unused_port()
-}
-
-/// A loopback port that nothing listens on now and that this process has
-/// not given out before. The kernel may answer a port it answered a moment
-/// ago (it is free again once the asker closed it), and the tests of one
-/// binary run in parallel: two servers started on the same port, and the
-/// harness waited on the other one's.
-fn unused_port() -> SocketAddr {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // Held until one is found, so the kernel does not answer them again.
-    let mut held = Vec::new();
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-        let address = listener.local_addr().expect("its address");
-        if given.insert(address.port()) {
-            return address;
-        }
-        held.push(listener);
-    }
+    let port = ports::unused_loopback_port().expect("bind a free port");
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// Whether something listens on `address`. A connection to a loopback
 /// port in the ephemeral range that nothing listens on can be given that
 /// same port as its own and connect to itself; that is not an answer.
-fn answers(address: SocketAddr, timeout: Duration) -> bool {
+pub fn answers(address: SocketAddr, timeout: Duration) -> bool {
     TcpStream::connect_timeout(&address, timeout)
         .is_ok_and(|stream| stream.local_addr().ok() != Some(address))
 }
