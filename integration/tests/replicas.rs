@@ -236,7 +236,11 @@ async fn a_leader_whose_connection_is_killed_stops_leading_and_one_replica_leads
     server
         .sql(
             PostgresServer::database_of(&url),
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+            // pg_locks is the whole server's: without the database, this
+            // killed other tests' replicas (one while it migrated its
+            // schema under its lock).
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
         )
         .expect("terminate the leader's session");
     tokio::time::timeout(Duration::from_secs(10), a_leads.wait_for(|leads| !*leads))

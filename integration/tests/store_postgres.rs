@@ -120,7 +120,10 @@ fn a_transaction_postgresql_ends_as_a_deadlock_victim_is_made_again_and_succeeds
         std::thread::spawn(move || store.remove_node("n"))
     };
     // The store's transaction now waits for the node row.
-    let waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted";
+    // Of sessions on this test's database: pg_locks is the whole server's,
+    // which the other tests share (a row lock's wait names no database).
+    let waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted \
+                   AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())";
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while server.sql(&database, waiting).unwrap() != "1" {
         assert!(
