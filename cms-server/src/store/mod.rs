@@ -54,9 +54,9 @@
 //!
 //! | keyspace       | key                                                         | value                        |
 //! |----------------|-------------------------------------------------------------|------------------------------|
-//! | `meta`         | `format`, `current_revision`, `ca`                          | `1`, the commit id as a JSON string, `CaRecord` |
+//! | `meta`         | `format`, `current_revision`, `ca`, `report_log_applied`    | `1`, the commit id as a JSON string, `CaRecord`, sled's report log position (segment, offset: 2 × 8 bytes big-endian) |
 //! | `nodes`        | node id                                                     | `NodeRecord`                 |
-//! | `reports`      | node id, `0x00`, `u64::MAX - received_unix_ms` (8 bytes big-endian), run id | `StoredReport` |
+//! | `reports`      | node id, `0x00`, `u64::MAX - received_unix_ms` (8 bytes big-endian), run id | `StoredReport`; in sled, a pointer into its report log (`0x01`, segment, offset, length: 21 bytes), or the JSON of reports stored before it |
 //! | `report_index` | node id, `0x00`, run id                                     | the key in `reports`         |
 //! | `revisions`    | commit id                                                   | `RevisionRecord`             |
 //! | `certificates` | serial                                                      | `CertificateRecord`          |
@@ -73,8 +73,9 @@
 //! 20 runs of a node" reads 20 values. Node ids may therefore not contain a
 //! NUL byte. `report_index` makes re-sending a report idempotent: an agent
 //! that did not see the acknowledgement sends the same run id again, and the
-//! index finds the stored copy without knowing when it was received. Both
-//! change together in one transaction. `prune_reports` decodes the time
+//! index finds the stored copy without knowing when it was received. The
+//! report is written before its index entry, so whoever finds the one finds
+//! the other. `prune_reports` decodes the time
 //! from the keys alone, without parsing any JSON.
 //!
 //! # The shared store
@@ -105,6 +106,7 @@ mod memory;
 pub mod migrate;
 pub mod postgres;
 mod reopen;
+mod report_log;
 mod sled;
 
 use std::collections::{BTreeMap, BTreeSet};

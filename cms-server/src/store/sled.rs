@@ -28,6 +28,15 @@
 //! per fsync, a slow disk tens. Writers flushing at the same time share one
 //! flush (`GroupCommit`); never acknowledge before the flush.
 //!
+//! Run reports are not flushed through sled: their bodies are appended
+//! to the store's report log (`report_log.rs`, in `report-log/` of the
+//! database directory) and synced there, shared by the writers of the
+//! moment, and only then does sled get a pointer to each, unflushed. Every
+//! flush of sled first notes how far the log is applied
+//! (`report_log_applied` in `meta`), and opening the store applies the
+//! entries after that point again, so a crash loses no acknowledged report
+//! and brings back none that a flushed removal or prune took away.
+//!
 //! The database directory is created owner-only (0700) when it does not
 //! exist yet, because it holds the CA's private key; an existing
 //! directory's permissions are left as they are.
@@ -54,6 +63,7 @@ use ::sled::Transactional;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::report_log::{Appended, Pointer, Position, ReportLog};
 use super::{
     AuditRecord, BackendError, CaRecord, CertificateRecord, DashboardTokenRecord,
     DashboardTokenRevocation, FORMAT_VERSION, NodeRecord, OperatorRecord, ReportWrite,
@@ -69,6 +79,10 @@ pub struct SledStore {
     db: ::sled::Db,
     durability: Arc<Durability>,
     flushes: Arc<GroupCommit>,
+    /// The bodies of the reports (`report_log`); `reports` holds pointers.
+    report_log: Arc<ReportLog>,
+    /// Syncs of the report log, shared as `flushes` are.
+    log_syncs: Arc<GroupCommit>,
     meta: ::sled::Tree,
     nodes: ::sled::Tree,
     reports: ::sled::Tree,
@@ -140,6 +154,11 @@ impl SledStore {
     /// does, this waits a few seconds (see `LOCK_WAIT`) and then fails with
     /// `StoreError::Locked`.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_with(dir, super::report_log::SEGMENT_BYTES)
+    }
+
+    /// `open`, with report log segments closed at `segment_bytes`.
+    fn open_with(dir: &Path, segment_bytes: u64) -> Result<SledStore, StoreError> {
         create_private_directory(dir)?;
         let db = open_database(dir, LOCK_WAIT)?;
         let durability = Durability::open(dir).map_err(|source| StoreError::Sync {
@@ -151,6 +170,14 @@ impl SledStore {
             source: BackendError::new(source),
         };
         let tree = |name: &str| db.open_tree(name).map_err(open_error);
+        let report_log =
+            ReportLog::open_with(&dir.join(REPORT_LOG), segment_bytes).map_err(|source| {
+                StoreError::Unwritable {
+                    action: "open the report log".into(),
+                    path: dir.join(REPORT_LOG),
+                    source,
+                }
+            })?;
         let store = SledStore {
             path: Arc::from(dir),
             meta: tree(META)?,
@@ -169,8 +196,11 @@ impl SledStore {
             db,
             durability: Arc::new(durability),
             flushes: Arc::new(GroupCommit::default()),
+            report_log: Arc::new(report_log),
+            log_syncs: Arc::new(GroupCommit::default()),
         };
         store.check_format()?;
+        store.replay_report_log()?;
         Ok(store)
     }
 
@@ -189,8 +219,13 @@ impl SledStore {
 
     /// One flush: sled's writes its log (one for all trees) and waits for it
     /// with `sync_file_range`; `Durability` then adds the fsyncs sled leaves
-    /// out (see the module docs).
+    /// out (see the module docs). It first notes how far the report log is
+    /// applied, which the flush makes durable with what it applied.
     fn flush_now(&self) -> Result<(), StoreError> {
+        let applied = self.report_log.applied_through();
+        self.meta
+            .insert(REPORT_LOG_APPLIED, &applied.to_bytes())
+            .map_err(|e| backend("note how far the report log is applied".into(), e))?;
         self.db
             .flush()
             .map_err(|e| backend("flush the store to disk".into(), e))?;
@@ -221,6 +256,228 @@ impl SledStore {
             }
         }
     }
+
+    /// Applies again the report log's entries after the point the last
+    /// flush recorded (a crash may have lost sled's copy of their
+    /// pointers), then flushes. Applying an entry twice stores it once.
+    fn replay_report_log(&self) -> Result<(), StoreError> {
+        let from = self
+            .meta
+            .get(REPORT_LOG_APPLIED)
+            .map_err(|e| backend("read how far the report log is applied".into(), e))?
+            .and_then(|bytes| Position::from_bytes(&bytes))
+            .unwrap_or(Position {
+                segment: 0,
+                offset: 0,
+            });
+        let entries = self
+            .report_log
+            .entries_from(from)
+            .map_err(|source| self.log_error("read the report log", source))?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for (pointer, payload) in &entries {
+            let entry: LogEntry = decode(REPORT_LOG, &pointer.to_bytes(), payload)?;
+            self.apply_logged(&entry.report, entry.summary.as_ref(), Some(*pointer))?;
+        }
+        tracing::info!(
+            "applied {} reports from the report log that the store had not flushed",
+            entries.len()
+        );
+        self.flush()
+    }
+
+    fn log_error(&self, action: &str, source: std::io::Error) -> StoreError {
+        StoreError::Unwritable {
+            action: action.to_string(),
+            path: self.report_log.dir().to_path_buf(),
+            source,
+        }
+    }
+
+    /// Makes the report log durable up to what was appended before this
+    /// call (one `fdatasync` for the writers of the moment).
+    fn sync_report_log(&self) -> Result<(), StoreError> {
+        self.log_syncs.run(|| {
+            self.report_log
+                .sync()
+                .map_err(|source| self.log_error("make a report durable", source))
+        })
+    }
+
+    /// Stores a report (and with `summary`, the node's last run): its body
+    /// appended to the report log and synced, then its pointer, index
+    /// entry and the node's summary in one sled transaction, not flushed
+    /// (the log is what makes it durable). A report already stored, or on
+    /// its way, is not written again.
+    fn write_report(
+        &self,
+        report: &StoredReport,
+        summary: Option<&RunSummary>,
+    ) -> Result<ReportWrite, StoreError> {
+        check_node_id(&report.node_id)?;
+        let index_key = report_index_key(&report.node_id, &report.run_id);
+        let payload = encode("report", &LogEntryRef { report, summary })?;
+        let stored = || -> Result<bool, StoreError> {
+            let read_error = |e| {
+                backend(
+                    format!("read report {} of node {}", report.run_id, report.node_id),
+                    e,
+                )
+            };
+            Ok(
+                match self.report_index.get(&index_key).map_err(read_error)? {
+                    Some(key) => self.reports.get(&key).map_err(read_error)?.is_some(),
+                    None => false,
+                },
+            )
+        };
+        let appended = self.report_log.append(
+            &report.node_id,
+            &report.run_id,
+            &payload,
+            stored,
+            |source| self.log_error("write a report to the report log", source),
+        )?;
+        let pointer = match appended {
+            // Its entry was synced before sled had it; the node is noted
+            // again.
+            None => return self.apply_logged(report, summary, None),
+            // Acknowledged again once the first copy is durable.
+            Some(Appended::InFlight) => {
+                self.sync_report_log()?;
+                return self.apply_logged(report, summary, None);
+            }
+            Some(Appended::Written(pointer)) => pointer,
+        };
+        let result = self
+            .sync_report_log()
+            .and_then(|()| self.apply_logged(report, summary, Some(pointer)));
+        self.report_log.applied(pointer.at);
+        if result.is_ok() && pointer.at.offset == 0 {
+            // A new segment: record how far the log is applied, so that a
+            // start replays at most about one segment.
+            self.flush()?;
+        }
+        result
+    }
+
+    /// Puts a logged report's pointer, index entry and (with `summary`) the
+    /// node's last run into sled; not flushed. Without a pointer (a report
+    /// stored already), notes the node alone.
+    ///
+    /// Plain writes, not a sled transaction: every sled transaction seals
+    /// and writes sled's I/O buffer (`pin_log`), which cost more than the
+    /// rest of the report together. The log makes it whole instead: an
+    /// entry counts as applied (`ReportLog::applied`) only after all three
+    /// writes, so a crash between them is replayed at the next start. The
+    /// pointer is written before the index entry, so that whoever finds
+    /// the one finds the other.
+    fn apply_logged(
+        &self,
+        report: &StoredReport,
+        summary: Option<&RunSummary>,
+        pointer: Option<Pointer>,
+    ) -> Result<ReportWrite, StoreError> {
+        check_node_id(&report.node_id)?;
+        let write_error = |e| {
+            backend(
+                format!("write report {} of node {}", report.run_id, report.node_id),
+                e,
+            )
+        };
+        let node_id = report.node_id.as_bytes();
+        if let Some(summary) = summary {
+            // The node may change meanwhile (its facts, a revocation): noted
+            // on the record as it is then.
+            while let Some(current) = self.nodes.get(node_id).map_err(write_error)? {
+                let mut node: NodeRecord = decode(NODES, node_id, &current)?;
+                note_run(&mut node, report, summary);
+                let value = encode("node record", &node)?;
+                let swapped = self
+                    .nodes
+                    .compare_and_swap(node_id, Some(&current), Some(value))
+                    .map_err(write_error)?;
+                if swapped.is_ok() {
+                    break;
+                }
+            }
+        }
+        let Some(pointer) = pointer else {
+            return Ok(ReportWrite::AlreadyStored);
+        };
+        let index_key = report_index_key(&report.node_id, &report.run_id);
+        if let Some(existing) = self.report_index.get(&index_key).map_err(write_error)?
+            && self.reports.get(&existing).map_err(write_error)?.is_some()
+        {
+            return Ok(ReportWrite::AlreadyStored);
+        }
+        let key = report_key(&report.node_id, report.received_unix_ms, &report.run_id);
+        self.reports
+            .insert(key.as_slice(), &pointer.to_bytes()[..])
+            .map_err(write_error)?;
+        self.report_index
+            .insert(index_key.as_slice(), key.as_slice())
+            .map_err(write_error)?;
+        Ok(ReportWrite::Stored)
+    }
+
+    /// Removes the report log's closed segments that no stored report points
+    /// into (pruned, or of removed nodes), keeping those a start would
+    /// replay (from the point the last flush recorded).
+    fn remove_unreferenced_log_segments(&self) -> Result<usize, StoreError> {
+        let mut referenced = BTreeSet::new();
+        for value in self.reports.iter().values() {
+            let value = value.map_err(|e| backend("list reports".into(), e))?;
+            if let Some(pointer) = Pointer::from_bytes(&value) {
+                referenced.insert(pointer.at.segment);
+            }
+        }
+        let keep_from = self
+            .meta
+            .get(REPORT_LOG_APPLIED)
+            .map_err(|e| backend("read how far the report log is applied".into(), e))?
+            .and_then(|bytes| Position::from_bytes(&bytes))
+            .map_or(0, |at| at.segment);
+        self.report_log
+            .remove_unreferenced(keep_from, &referenced)
+            .map_err(|source| self.log_error("remove pruned report log segments", source))
+    }
+
+    /// A stored report: JSON in sled (stored before the report log), or a
+    /// pointer into the log. `None` when the log's segment was pruned
+    /// meanwhile.
+    fn read_report(&self, key: &[u8], value: &[u8]) -> Result<Option<StoredReport>, StoreError> {
+        let Some(pointer) = Pointer::from_bytes(value) else {
+            return decode(REPORTS, key, value).map(Some);
+        };
+        let payload = self.report_log.read(pointer).map_err(|source| {
+            self.log_error(
+                &format!("read report {} from the report log", display_key(key)),
+                source,
+            )
+        })?;
+        payload
+            .map(|payload| decode::<LogEntry>(REPORT_LOG, key, &payload).map(|entry| entry.report))
+            .transpose()
+    }
+}
+
+/// A report log entry as written.
+#[derive(Serialize)]
+struct LogEntryRef<'a> {
+    report: &'a StoredReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary: Option<&'a RunSummary>,
+}
+
+/// A report log entry as read.
+#[derive(serde::Deserialize)]
+struct LogEntry {
+    report: StoredReport,
+    #[serde(default)]
+    summary: Option<RunSummary>,
 }
 
 impl Store for SledStore {
@@ -443,77 +700,18 @@ impl Store for SledStore {
     /// the report is on disk when this returns, so the caller may
     /// acknowledge it.
     fn put_report(&self, report: &StoredReport) -> Result<ReportWrite, StoreError> {
-        check_node_id(&report.node_id)?;
-        let key = report_key(&report.node_id, report.received_unix_ms, &report.run_id);
-        let index_key = report_index_key(&report.node_id, &report.run_id);
-        let value = encode("report", report)?;
-        let write = (&self.reports, &self.report_index)
-            .transaction(|(reports, index)| {
-                if let Some(existing) = index.get(&index_key)?
-                    && reports.get(&existing)?.is_some()
-                {
-                    return Ok(ReportWrite::AlreadyStored);
-                }
-                reports.insert(key.as_slice(), value.as_slice())?;
-                index.insert(index_key.as_slice(), key.as_slice())?;
-                Ok::<_, TxError>(ReportWrite::Stored)
-            })
-            .map_err(|e| {
-                transaction_error(
-                    format!("write report {} of node {}", report.run_id, report.node_id),
-                    e,
-                )
-            })?;
-        // Flushed even when already stored: the first attempt may have
-        // failed at its flush, and this one acknowledges the report.
-        self.flush()?;
-        Ok(write)
+        self.write_report(report, None)
     }
 
-    /// The report, its index entry and the node's summary in one
-    /// transaction over the three trees, then one flush: one sync per
-    /// report, and concurrent reports share it (`GroupCommit`).
+    /// The report, its index entry and the node's summary: the body
+    /// appended to the report log and synced (one sync for the reports of
+    /// the moment), the rest in one sled transaction (`write_report`).
     fn record_run(
         &self,
         report: &StoredReport,
         summary: &RunSummary,
     ) -> Result<ReportWrite, StoreError> {
-        check_node_id(&report.node_id)?;
-        let key = report_key(&report.node_id, report.received_unix_ms, &report.run_id);
-        let index_key = report_index_key(&report.node_id, &report.run_id);
-        let value = encode("report", report)?;
-        let node_id = report.node_id.as_bytes();
-        let write = (&self.reports, &self.report_index, &self.nodes)
-            .transaction(|(reports, index, nodes)| {
-                if let Some(current) = nodes.get(node_id)? {
-                    let mut node: NodeRecord = match decode(NODES, node_id, &current) {
-                        Ok(node) => node,
-                        Err(error) => return abort(error),
-                    };
-                    note_run(&mut node, report, summary);
-                    match encode("node record", &node) {
-                        Ok(value) => nodes.insert(node_id, value)?,
-                        Err(error) => return abort(error),
-                    };
-                }
-                if let Some(existing) = index.get(&index_key)?
-                    && reports.get(&existing)?.is_some()
-                {
-                    return Ok(ReportWrite::AlreadyStored);
-                }
-                reports.insert(key.as_slice(), value.as_slice())?;
-                index.insert(index_key.as_slice(), key.as_slice())?;
-                Ok::<_, TxError>(ReportWrite::Stored)
-            })
-            .map_err(|e| {
-                transaction_error(
-                    format!("write report {} of node {}", report.run_id, report.node_id),
-                    e,
-                )
-            })?;
-        // Flushed even when already stored, as `put_report` is.
-        self.flush()?;
-        Ok(write)
+        self.write_report(report, Some(summary))
     }
 
     fn report(&self, node_id: &str, run_id: &str) -> Result<Option<StoredReport>, StoreError> {
@@ -523,8 +721,10 @@ impl Store for SledStore {
         let Some(key) = self.report_index.get(&index_key).map_err(read_error)? else {
             return Ok(None);
         };
-        let value = self.reports.get(&key).map_err(read_error)?;
-        value.map(|value| decode(REPORTS, &key, &value)).transpose()
+        match self.reports.get(&key).map_err(read_error)? {
+            Some(value) => self.read_report(&key, &value),
+            None => Ok(None),
+        }
     }
 
     /// A node's reports, newest first, at most `limit` of them.
@@ -533,10 +733,11 @@ impl Store for SledStore {
         self.reports
             .scan_prefix(node_prefix(node_id))
             .take(limit)
-            .map(|entry| {
-                let (key, value) =
-                    entry.map_err(|e| backend(format!("list the reports of node {node_id}"), e))?;
-                decode(REPORTS, &key, &value)
+            .filter_map(|entry| {
+                let read = entry
+                    .map_err(|e| backend(format!("list the reports of node {node_id}"), e))
+                    .and_then(|(key, value)| self.read_report(&key, &value));
+                read.transpose()
             })
             .collect()
     }
@@ -576,6 +777,7 @@ impl Store for SledStore {
                 .map_err(|e| transaction_error("prune reports".into(), e))?;
         }
         self.flush()?;
+        self.remove_unreferenced_log_segments()?;
         Ok(expired.len())
     }
 
@@ -1047,8 +1249,10 @@ impl Store for SledStore {
             }
             let (_, key) = entry.map_err(list_error)?;
             // An index entry whose report was pruned is skipped.
-            if let Some(value) = self.reports.get(&key).map_err(list_error)? {
-                reports.push(decode(REPORTS, &key, &value)?);
+            if let Some(value) = self.reports.get(&key).map_err(list_error)?
+                && let Some(report) = self.read_report(&key, &value)?
+            {
+                reports.push(report);
             }
         }
         Ok(reports)
@@ -1059,6 +1263,10 @@ const META: &str = "meta";
 const NODES: &str = "nodes";
 const REPORTS: &str = "reports";
 const REPORT_INDEX: &str = "report_index";
+/// The report log's directory in the database directory.
+const REPORT_LOG: &str = "report-log";
+/// The meta key of how far the report log is applied (`Position`).
+const REPORT_LOG_APPLIED: &str = "report_log_applied";
 const REVISIONS: &str = "revisions";
 const CERTIFICATES: &str = "certificates";
 const TOKENS: &str = "tokens";
@@ -1627,6 +1835,116 @@ mod tests {
             store.get_setting("admin").unwrap().as_deref(),
             Some(&b"x"[..])
         );
+    }
+
+    #[test]
+    fn a_report_is_kept_in_the_report_log_and_sled_holds_a_pointer_to_it() {
+        let (_dir, store) = fresh_store();
+        store.put_node(&node("n1")).unwrap();
+        store.put_report(&report("n1", "r1", 1_000)).unwrap();
+        let (_, value) = store.reports.iter().next().unwrap().unwrap();
+        assert!(Pointer::from_bytes(&value).is_some(), "{value:?}");
+        assert_eq!(
+            store.report("n1", "r1").unwrap(),
+            Some(report("n1", "r1", 1_000))
+        );
+    }
+
+    #[test]
+    fn a_report_stored_as_json_before_the_report_log_still_reads() {
+        let (_dir, store) = fresh_store();
+        let old = report("n1", "old", 1_000);
+        let key = report_key("n1", 1_000, "old");
+        store
+            .reports
+            .insert(key.as_slice(), serde_json::to_vec(&old).unwrap())
+            .unwrap();
+        store
+            .report_index
+            .insert(report_index_key("n1", "old"), key.as_slice())
+            .unwrap();
+        store.put_report(&report("n1", "new", 2_000)).unwrap();
+        assert_eq!(store.report("n1", "old").unwrap(), Some(old.clone()));
+        assert_eq!(
+            store.reports("n1", 10).unwrap(),
+            [report("n1", "new", 2_000), old]
+        );
+    }
+
+    #[test]
+    fn a_start_applies_the_logged_reports_sled_lost_and_not_those_removed_since() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        {
+            let store = SledStore::open(&path).unwrap();
+            store.put_node(&node("n1")).unwrap();
+            store.put_node(&node("n2")).unwrap();
+            store.put_report(&report("n1", "kept", 1_000)).unwrap();
+            store.put_report(&report("n2", "removed", 1_000)).unwrap();
+            // Flushed: what the log holds of n2 must not come back.
+            assert!(store.remove_node("n2").unwrap());
+            // Logged, not flushed into sled.
+            store.put_report(&report("n1", "logged", 2_000)).unwrap();
+            // What a crash loses: sled's pointer to the last report.
+            store
+                .reports
+                .remove(report_key("n1", 2_000, "logged"))
+                .unwrap();
+            store
+                .report_index
+                .remove(report_index_key("n1", "logged"))
+                .unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = SledStore::open(&path).unwrap();
+        assert_eq!(
+            store.reports("n1", 10).unwrap(),
+            [report("n1", "logged", 2_000), report("n1", "kept", 1_000)]
+        );
+        assert_eq!(store.reports("n2", 10).unwrap(), []);
+        assert_eq!(store.report("n2", "removed").unwrap(), None);
+    }
+
+    #[test]
+    fn pruning_and_removing_nodes_free_the_report_log_segments_no_report_points_into() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open_with(&dir.path().join("db"), 1024).unwrap();
+        let segments = || std::fs::read_dir(store.report_log.dir()).unwrap().count();
+        for node_id in ["old", "kept", "removed"] {
+            store.put_node(&node(node_id)).unwrap();
+        }
+        for run in 0..20u64 {
+            store
+                .put_report(&report("old", &format!("r{run}"), 1_000 + run))
+                .unwrap();
+        }
+        for run in 0..20u64 {
+            store
+                .put_report(&report("removed", &format!("r{run}"), 5_000 + run))
+                .unwrap();
+        }
+        for run in 0..20u64 {
+            store
+                .put_report(&report("kept", &format!("r{run}"), 9_000 + run))
+                .unwrap();
+        }
+        let before = segments();
+        assert!(before > 10, "{before} segments");
+        assert!(store.remove_node("removed").unwrap());
+        assert_eq!(store.prune_reports(2_000).unwrap(), 20);
+        let after = segments();
+        assert!(
+            after < before / 2,
+            "{before} segments before, {after} after"
+        );
+        let kept = store.reports("kept", 100).unwrap();
+        assert_eq!(kept.len(), 20);
+        assert_eq!(kept[19], report("kept", "r0", 9_000));
+        drop(store);
+        let store = SledStore::open_with(&dir.path().join("db"), 1024).unwrap();
+        assert_eq!(store.reports("kept", 100).unwrap().len(), 20);
+        assert_eq!(store.reports("old", 100).unwrap(), []);
+        assert_eq!(store.reports("removed", 100).unwrap(), []);
     }
 
     #[test]

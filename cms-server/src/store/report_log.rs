@@ -1,0 +1,546 @@
+//! The sled store's report log: the bodies of run reports, appended to
+//! segment files of the store's own (`report-log/` in the database
+//! directory) and made durable by one `fdatasync` shared by the writers of
+//! the moment, instead of written into sled's trees and flushed there.
+//!
+//! Why: a report is a few kilobytes that is written once and read rarely.
+//! In sled, each one was copied into its log buffers, rewritten with its
+//! leaf page and flushed through sled's thread pool; that made the report
+//! the most expensive step of an agent's run on the server (see
+//! docs/BENCHMARKS.md, "The report log"). Here it costs one `pwrite` and a
+//! share of one `fdatasync`; sled keeps a 21-byte pointer to it and the
+//! report index, without a flush of its own.
+//!
+//! # Format
+//!
+//! Segments are named by a counter (`00000000000000000001.log`) and written
+//! one after another; a segment is closed (synced) when it passes
+//! `SEGMENT_BYTES` and never written again. Each entry is a frame:
+//! payload length (u32, little-endian), CRC-32 of the payload (u32,
+//! little-endian), payload (the JSON of a `LogEntry`). A frame that is cut
+//! short or whose CRC does not match ends the segment: it is what a crash
+//! during a write leaves, and opening the log cuts it off.
+//!
+//! # What makes it durable
+//!
+//! An entry is acknowledged only after a sync that started after it was
+//! written (`GroupCommit`). sled receives the pointer only after that, and
+//! is not flushed for it; the store's own flushes record in sled how far
+//! the log is applied (`Position`), and opening the store applies again
+//! what follows that point (`SledStore::replay_report_log`).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// A segment is closed once it holds this much.
+pub(super) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Frame header: payload length, then its CRC-32.
+const HEADER: u64 = 8;
+/// The largest payload a frame may claim; a longer claim is damage.
+const MAX_PAYLOAD: u64 = 1 << 30;
+/// The first byte of a pointer stored in sled in place of a report's JSON
+/// (JSON starts with `{`).
+const POINTER_TAG: u8 = 1;
+const POINTER_LEN: usize = 1 + 8 + 8 + 4;
+
+/// A place in the log: a segment and an offset in it. Ordered as the log
+/// is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Position {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+impl Position {
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&self.segment.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.offset.to_be_bytes());
+        bytes
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<Position> {
+        let bytes: &[u8; 16] = bytes.try_into().ok()?;
+        Some(Position {
+            segment: u64::from_be_bytes(bytes[..8].try_into().ok()?),
+            offset: u64::from_be_bytes(bytes[8..].try_into().ok()?),
+        })
+    }
+}
+
+/// Where one entry is: what sled keeps in place of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Pointer {
+    pub at: Position,
+    /// The payload's length.
+    pub len: u32,
+}
+
+impl Pointer {
+    pub fn to_bytes(self) -> [u8; POINTER_LEN] {
+        let mut bytes = [0; POINTER_LEN];
+        bytes[0] = POINTER_TAG;
+        bytes[1..17].copy_from_slice(&self.at.to_bytes());
+        bytes[17..].copy_from_slice(&self.len.to_be_bytes());
+        bytes
+    }
+
+    /// `None` for a value that is not a pointer (a report stored as JSON
+    /// in sled, as every report was before the log).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Pointer> {
+        if bytes.len() != POINTER_LEN || bytes[0] != POINTER_TAG {
+            return None;
+        }
+        Some(Pointer {
+            at: Position::from_bytes(&bytes[1..17])?,
+            len: u32::from_be_bytes(bytes[17..].try_into().ok()?),
+        })
+    }
+}
+
+/// The log of one store. One writer appends at a time (the state's lock);
+/// syncs are shared.
+#[derive(Debug)]
+pub(super) struct ReportLog {
+    dir: PathBuf,
+    segment_bytes: u64,
+    state: Mutex<LogState>,
+}
+
+#[derive(Debug)]
+struct LogState {
+    segment: u64,
+    file: Arc<File>,
+    len: u64,
+    /// Entries written but not yet in sled, with their (node id, run id):
+    /// how far the log is applied, and which re-sent reports are on their
+    /// way already.
+    in_flight: Vec<(Position, String, String)>,
+}
+
+/// What `append` did.
+pub(super) enum Appended {
+    Written(Pointer),
+    /// The same (node id, run id) is being written by another caller.
+    InFlight,
+}
+
+impl ReportLog {
+    /// Opens the log in `dir` (created owner-only if missing), cutting off
+    /// a frame a crash left unfinished at the end of the last segment;
+    /// segments close at `segment_bytes` (`SEGMENT_BYTES`).
+    pub fn open_with(dir: &Path, segment_bytes: u64) -> io::Result<ReportLog> {
+        if !dir.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            sync_directory(dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_directory(parent)?;
+            }
+        }
+        let segments = segments(dir)?;
+        let segment = segments.last().copied().unwrap_or(1);
+        let path = segment_path(dir, segment);
+        let file = open_segment(&path)?;
+        if segments.is_empty() {
+            sync_directory(dir)?;
+        }
+        let len = valid_length(&file)?;
+        if file.metadata()?.len() != len {
+            tracing::warn!(
+                "cut off the end of {} after byte {len}: a report write that a crash or a full disk left unfinished (it was never acknowledged)",
+                path.display()
+            );
+            file.set_len(len)?;
+            file.sync_all()?;
+        }
+        Ok(ReportLog {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            state: Mutex::new(LogState {
+                segment,
+                file: Arc::new(file),
+                len,
+                in_flight: Vec::new(),
+            }),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends `payload` for (node id, run id) unless `stored` says the
+    /// report is stored already (`Ok(None)`) or the same report is being
+    /// written (`InFlight`). Not durable until `sync`; `applied` must
+    /// follow, whatever happens next.
+    pub fn append<E>(
+        &self,
+        node_id: &str,
+        run_id: &str,
+        payload: &[u8],
+        stored: impl FnOnce() -> Result<bool, E>,
+        io_error: impl Fn(io::Error) -> E,
+    ) -> Result<Option<Appended>, E> {
+        let mut state = self.state();
+        if state
+            .in_flight
+            .iter()
+            .any(|(_, node, run)| node == node_id && run == run_id)
+        {
+            return Ok(Some(Appended::InFlight));
+        }
+        if stored()? {
+            return Ok(None);
+        }
+        if state.len >= self.segment_bytes {
+            self.rotate(&mut state).map_err(&io_error)?;
+        }
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|&len| u64::from(len) <= MAX_PAYLOAD)
+            .ok_or_else(|| {
+                io_error(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a report of over 1 GiB",
+                ))
+            })?;
+        let mut frame = Vec::with_capacity(HEADER as usize + payload.len());
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        frame.extend_from_slice(payload);
+        let at = Position {
+            segment: state.segment,
+            offset: state.len,
+        };
+        if let Err(error) = state.file.write_all_at(&frame, at.offset) {
+            // What was written of it is cut, or overwritten by the next
+            // entry; opening the log would cut it too.
+            let _ = state.file.set_len(at.offset);
+            return Err(io_error(error));
+        }
+        state.len += frame.len() as u64;
+        state
+            .in_flight
+            .push((at, node_id.to_string(), run_id.to_string()));
+        Ok(Some(Appended::Written(Pointer { at, len })))
+    }
+
+    /// The entry at `at` is in sled now (or never will be).
+    pub fn applied(&self, at: Position) {
+        self.state().in_flight.retain(|(p, _, _)| *p != at);
+    }
+
+    /// Every entry before this position is in sled; what a flush records.
+    pub fn applied_through(&self) -> Position {
+        let state = self.state();
+        state
+            .in_flight
+            .iter()
+            .map(|(p, _, _)| *p)
+            .min()
+            .unwrap_or(Position {
+                segment: state.segment,
+                offset: state.len,
+            })
+    }
+
+    /// Makes what was appended durable: the open segment's data (closed
+    /// segments were synced when they were closed).
+    pub fn sync(&self) -> io::Result<()> {
+        let file = self.state().file.clone();
+        file.sync_data()
+    }
+
+    fn rotate(&self, state: &mut LogState) -> io::Result<()> {
+        state.file.sync_data()?;
+        let segment = state.segment + 1;
+        let file = open_segment(&segment_path(&self.dir, segment))?;
+        sync_directory(&self.dir)?;
+        state.segment = segment;
+        state.file = Arc::new(file);
+        state.len = 0;
+        Ok(())
+    }
+
+    /// The payload `pointer` points to, checked against its CRC; `None`
+    /// when its segment was removed (pruned meanwhile).
+    pub fn read(&self, pointer: Pointer) -> io::Result<Option<Vec<u8>>> {
+        let file = match File::open(segment_path(&self.dir, pointer.at.segment)) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let mut frame = vec![0; HEADER as usize + pointer.len as usize];
+        file.read_exact_at(&mut frame, pointer.at.offset)?;
+        match payload_of(&frame) {
+            Some(payload) if payload.len() == pointer.len as usize => Ok(Some(payload.to_vec())),
+            _ => Err(damaged(
+                &segment_path(&self.dir, pointer.at.segment),
+                pointer.at.offset,
+            )),
+        }
+    }
+
+    /// Every entry from `from` on, in order, with its pointer.
+    pub fn entries_from(&self, from: Position) -> io::Result<Vec<(Pointer, Vec<u8>)>> {
+        let mut entries = Vec::new();
+        for segment in segments(&self.dir)? {
+            if segment < from.segment {
+                continue;
+            }
+            let path = segment_path(&self.dir, segment);
+            let bytes = std::fs::read(&path)?;
+            let mut offset = if segment == from.segment {
+                from.offset
+            } else {
+                0
+            };
+            while let Some(payload) = bytes
+                .get(offset as usize..)
+                .and_then(|rest| payload_of_prefix(rest))
+            {
+                entries.push((
+                    Pointer {
+                        at: Position { segment, offset },
+                        len: payload.len() as u32,
+                    },
+                    payload.to_vec(),
+                ));
+                offset += HEADER + payload.len() as u64;
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Removes the closed segments before `keep_from` that no pointer in
+    /// `referenced` points into. Returns how many.
+    pub fn remove_unreferenced(
+        &self,
+        keep_from: u64,
+        referenced: &std::collections::BTreeSet<u64>,
+    ) -> io::Result<usize> {
+        let open = self.state().segment;
+        let mut removed = 0;
+        for segment in segments(&self.dir)? {
+            if segment >= keep_from || segment >= open || referenced.contains(&segment) {
+                continue;
+            }
+            std::fs::remove_file(segment_path(&self.dir, segment))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            sync_directory(&self.dir)?;
+        }
+        Ok(removed)
+    }
+}
+
+fn damaged(path: &Path, offset: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "the report log entry at byte {offset} of {} is damaged (its checksum does not match)",
+            path.display()
+        ),
+    )
+}
+
+/// The payload of a whole frame, if its header matches it.
+fn payload_of(frame: &[u8]) -> Option<&[u8]> {
+    let payload = payload_of_prefix(frame)?;
+    (HEADER as usize + payload.len() == frame.len()).then_some(payload)
+}
+
+/// The payload of the frame at the start of `bytes`, if it is complete and
+/// its CRC matches.
+fn payload_of_prefix(bytes: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
+    // No entry is empty: a zero length is a region the file system left
+    // zeroed, not a frame (the CRC of nothing is 0).
+    if len == 0 || len as u64 > MAX_PAYLOAD {
+        return None;
+    }
+    let payload = bytes.get(8..8 + len)?;
+    (crc32fast::hash(payload) == crc).then_some(payload)
+}
+
+/// The length of the valid frames at the start of `file`.
+fn valid_length(file: &File) -> io::Result<u64> {
+    let bytes = {
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut &*file, &mut bytes)?;
+        bytes
+    };
+    let mut offset = 0usize;
+    while let Some(payload) = payload_of_prefix(&bytes[offset..]) {
+        offset += HEADER as usize + payload.len();
+    }
+    Ok(offset as u64)
+}
+
+fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}.log"))
+}
+
+/// The segments in `dir`, in order.
+fn segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some(number) = name
+            .to_str()
+            .and_then(|name| name.strip_suffix(".log"))
+            .filter(|stem| stem.len() == 20)
+            .and_then(|stem| stem.parse::<u64>().ok())
+        {
+            segments.push(number);
+        }
+    }
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+fn open_segment(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+}
+
+fn sync_directory(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(log: &ReportLog, run: &str, payload: &[u8]) -> Pointer {
+        match log.append("n1", run, payload, || Ok(false), |e| e).unwrap() {
+            Some(Appended::Written(pointer)) => {
+                log.applied(pointer.at);
+                pointer
+            }
+            _ => panic!("appended"),
+        }
+    }
+
+    #[test]
+    fn an_entry_reads_back_by_its_pointer_after_the_log_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ReportLog::open_with(dir.path(), SEGMENT_BYTES).unwrap();
+        let first = append(&log, "r1", b"first");
+        let second = append(&log, "r2", b"second entry");
+        log.sync().unwrap();
+        drop(log);
+        let log = ReportLog::open_with(dir.path(), SEGMENT_BYTES).unwrap();
+        assert_eq!(log.read(first).unwrap().unwrap(), b"first");
+        assert_eq!(log.read(second).unwrap().unwrap(), b"second entry");
+        assert_eq!(Pointer::from_bytes(&second.to_bytes()), Some(second));
+        assert_eq!(Pointer::from_bytes(b"{\"node_id\":1}"), None);
+    }
+
+    #[test]
+    fn zeros_or_a_frame_cut_short_by_a_crash_are_cut_off_at_open_and_the_next_entry_follows_the_last_whole_one()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ReportLog::open_with(dir.path(), SEGMENT_BYTES).unwrap();
+        let whole = append(&log, "r1", b"whole");
+        drop(log);
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // What a file system may leave after a crash: its size grown,
+        // zeros where the data was to be.
+        bytes.extend_from_slice(&[0; 64]);
+        let mut torn = Vec::new();
+        torn.extend_from_slice(&100u32.to_le_bytes());
+        torn.extend_from_slice(&0u32.to_le_bytes());
+        torn.extend_from_slice(b"only part of it");
+        bytes.extend_from_slice(&torn);
+        std::fs::write(&path, &bytes).unwrap();
+
+        let log = ReportLog::open_with(dir.path(), SEGMENT_BYTES).unwrap();
+        let next = append(&log, "r2", b"next");
+        assert_eq!(next.at.offset, HEADER + 5);
+        assert_eq!(log.read(whole).unwrap().unwrap(), b"whole");
+        let entries = log
+            .entries_from(Position {
+                segment: 1,
+                offset: 0,
+            })
+            .unwrap();
+        let payloads: Vec<&[u8]> = entries.iter().map(|(_, p)| p.as_slice()).collect();
+        assert_eq!(payloads, [&b"whole"[..], &b"next"[..]]);
+    }
+
+    #[test]
+    fn a_damaged_entry_is_an_error_naming_its_file_not_another_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ReportLog::open_with(dir.path(), SEGMENT_BYTES).unwrap();
+        let pointer = append(&log, "r1", b"the report");
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[10] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let error = log.read(pointer).unwrap_err().to_string();
+        assert!(
+            error.contains("damaged") && error.contains(&path.display().to_string()),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn segments_close_at_their_size_and_only_unreferenced_closed_ones_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ReportLog::open_with(dir.path(), 64).unwrap();
+        let pointers: Vec<Pointer> = (0..6)
+            .map(|i| append(&log, &format!("r{i}"), &[b'x'; 40]))
+            .collect();
+        let used: Vec<u64> = pointers.iter().map(|p| p.at.segment).collect();
+        assert_eq!(used, [1, 1, 2, 2, 3, 3]);
+        let referenced = std::collections::BTreeSet::from([2]);
+        assert_eq!(log.remove_unreferenced(4, &referenced).unwrap(), 1);
+        assert_eq!(log.read(pointers[0]).unwrap(), None);
+        assert!(log.read(pointers[2]).unwrap().is_some());
+        // The open segment stays, referenced or not.
+        assert!(log.read(pointers[5]).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_report_on_its_way_is_not_appended_twice_and_how_far_the_log_is_applied_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ReportLog::open_with(dir.path(), SEGMENT_BYTES).unwrap();
+        let Some(Appended::Written(first)) =
+            log.append("n1", "r1", b"one", || Ok(false), |e| e).unwrap()
+        else {
+            panic!("appended");
+        };
+        assert!(matches!(
+            log.append("n1", "r1", b"one", || Ok(false), |e| e).unwrap(),
+            Some(Appended::InFlight)
+        ));
+        let second = append(&log, "r2", b"two");
+        assert_eq!(log.applied_through(), first.at);
+        log.applied(first.at);
+        assert!(log.applied_through() > second.at);
+        assert!(
+            log.append("n1", "r1", b"one", || Ok(true), |e| e)
+                .unwrap()
+                .is_none()
+        );
+    }
+}
