@@ -119,6 +119,12 @@ struct LogState {
     /// how far the log is applied, and which re-sent reports are on their
     /// way already.
     in_flight: Vec<(Position, String, String)>,
+    /// A sync failed: what was written since the last good one may be
+    /// lost while a later sync succeeds (the kernel may drop the failed
+    /// pages), so nothing more is appended to this open log; the store is
+    /// opened again (`Reopening`), which cuts the log after its last whole
+    /// entry.
+    failed_sync: bool,
 }
 
 /// What `append` did.
@@ -167,6 +173,7 @@ impl ReportLog {
                 file: Arc::new(file),
                 len,
                 in_flight: Vec::new(),
+                failed_sync: false,
             }),
         })
     }
@@ -192,6 +199,11 @@ impl ReportLog {
         io_error: impl Fn(io::Error) -> E,
     ) -> Result<Option<Appended>, E> {
         let mut state = self.state();
+        if state.failed_sync {
+            return Err(io_error(io::Error::other(
+                "an earlier sync of the report log failed, so it takes no more reports until the store is opened again",
+            )));
+        }
         if state
             .in_flight
             .iter()
@@ -256,9 +268,30 @@ impl ReportLog {
 
     /// Makes what was appended durable: the open segment's data (closed
     /// segments were synced when they were closed).
+    ///
+    /// After one failure every later sync of this open log fails too: a
+    /// second `fdatasync` may succeed without the pages the first lost.
     pub fn sync(&self) -> io::Result<()> {
-        let file = self.state().file.clone();
+        let file = {
+            let state = self.state();
+            if state.failed_sync {
+                return Err(io::Error::other(
+                    "an earlier sync of the report log failed, so what was written since may be lost; the store opens it again",
+                ));
+            }
+            state.file.clone()
+        };
         file.sync_data()
+            .inspect_err(|_| self.state().failed_sync = true)
+    }
+
+    /// Where the next entry goes.
+    pub fn end(&self) -> Position {
+        let state = self.state();
+        Position {
+            segment: state.segment,
+            offset: state.len,
+        }
     }
 
     fn rotate(&self, state: &mut LogState) -> io::Result<()> {
@@ -485,6 +518,24 @@ mod tests {
             .unwrap();
         let payloads: Vec<&[u8]> = entries.iter().map(|(_, p)| p.as_slice()).collect();
         assert_eq!(payloads, [&b"whole"[..], &b"next"[..]]);
+    }
+
+    #[test]
+    fn after_a_failed_sync_the_open_log_takes_no_more_entries_and_no_later_sync_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ReportLog::open_with(dir.path(), SEGMENT_BYTES).unwrap();
+        append(&log, "r1", b"before");
+        // What `sync` notes when fdatasync fails.
+        log.state().failed_sync = true;
+        let error = log
+            .append("n1", "r2", b"after", || Ok(false), |e| e)
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("opened again"), "{error}");
+        assert!(log.sync().is_err(), "a later sync acknowledges nothing");
+        drop(log);
+        let log = ReportLog::open_with(dir.path(), SEGMENT_BYTES).unwrap();
+        append(&log, "r2", b"after");
     }
 
     #[test]

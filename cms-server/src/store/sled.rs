@@ -270,6 +270,12 @@ impl SledStore {
                 segment: 0,
                 offset: 0,
             });
+        if from > self.report_log.end() {
+            // The log was cut after what the last flush counted as applied
+            // (entries whose sync failed): count from its end again, or the
+            // next entries, written where those were, would be skipped.
+            return self.flush();
+        }
         let entries = self
             .report_log
             .entries_from(from)
@@ -1945,6 +1951,46 @@ mod tests {
         assert_eq!(store.reports("kept", 100).unwrap().len(), 20);
         assert_eq!(store.reports("old", 100).unwrap(), []);
         assert_eq!(store.reports("removed", 100).unwrap(), []);
+    }
+
+    #[test]
+    fn a_log_cut_before_the_applied_point_a_flush_recorded_replays_what_is_written_there_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        {
+            let store = SledStore::open(&path).unwrap();
+            store.put_node(&node("n1")).unwrap();
+            store.put_report(&report("n1", "first", 1_000)).unwrap();
+            // A flush counted entries that a failed sync then lost.
+            let beyond = Position {
+                segment: store.report_log.end().segment,
+                offset: 1 << 20,
+            };
+            store
+                .meta
+                .insert(REPORT_LOG_APPLIED, &beyond.to_bytes())
+                .unwrap();
+            store.db.flush().unwrap();
+        }
+        {
+            let store = SledStore::open(&path).unwrap();
+            store.put_report(&report("n1", "next", 2_000)).unwrap();
+            // A crash loses sled's pointer to it.
+            store
+                .reports
+                .remove(report_key("n1", 2_000, "next"))
+                .unwrap();
+            store
+                .report_index
+                .remove(report_index_key("n1", "next"))
+                .unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = SledStore::open(&path).unwrap();
+        assert_eq!(
+            store.report("n1", "next").unwrap(),
+            Some(report("n1", "next", 2_000))
+        );
     }
 
     #[test]
