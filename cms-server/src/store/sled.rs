@@ -1877,6 +1877,25 @@ mod tests {
         );
     }
 
+    /// What a crash after a report was acknowledged may lose: sled's
+    /// pointer and index entry (written, never flushed); sled's other
+    /// writes are flushed, without noting the log's applied point.
+    fn lose_sleds_pointer(store: &SledStore, lost: &StoredReport) {
+        store
+            .reports
+            .remove(report_key(
+                &lost.node_id,
+                lost.received_unix_ms,
+                &lost.run_id,
+            ))
+            .unwrap();
+        store
+            .report_index
+            .remove(report_index_key(&lost.node_id, &lost.run_id))
+            .unwrap();
+        store.db.flush().unwrap();
+    }
+
     #[test]
     fn a_start_applies_the_logged_reports_sled_lost_and_not_those_removed_since() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1891,16 +1910,7 @@ mod tests {
             assert!(store.remove_node("n2").unwrap());
             // Logged, not flushed into sled.
             store.put_report(&report("n1", "logged", 2_000)).unwrap();
-            // What a crash loses: sled's pointer to the last report.
-            store
-                .reports
-                .remove(report_key("n1", 2_000, "logged"))
-                .unwrap();
-            store
-                .report_index
-                .remove(report_index_key("n1", "logged"))
-                .unwrap();
-            store.db.flush().unwrap();
+            lose_sleds_pointer(&store, &report("n1", "logged", 2_000));
         }
         let store = SledStore::open(&path).unwrap();
         assert_eq!(
@@ -1975,16 +1985,7 @@ mod tests {
         {
             let store = SledStore::open(&path).unwrap();
             store.put_report(&report("n1", "next", 2_000)).unwrap();
-            // A crash loses sled's pointer to it.
-            store
-                .reports
-                .remove(report_key("n1", 2_000, "next"))
-                .unwrap();
-            store
-                .report_index
-                .remove(report_index_key("n1", "next"))
-                .unwrap();
-            store.db.flush().unwrap();
+            lose_sleds_pointer(&store, &report("n1", "next", 2_000));
         }
         let store = SledStore::open(&path).unwrap();
         assert_eq!(
