@@ -88,6 +88,15 @@ impl Catalog {
         resources: Vec<Resource>,
         contents: BTreeMap<String, Content>,
     ) -> Catalog {
+        Catalog::with_identity(roles, resources, contents).0
+    }
+
+    /// [`Catalog::new`] and the identity bytes its id was hashed from.
+    fn with_identity(
+        roles: Vec<String>,
+        resources: Vec<Resource>,
+        contents: BTreeMap<String, Content>,
+    ) -> (Catalog, Vec<u8>) {
         let mut catalog = Catalog {
             catalog_id: String::new(),
             roles,
@@ -95,8 +104,9 @@ impl Catalog {
             contents,
             to_fetch: BTreeMap::new(),
         };
-        catalog.catalog_id = sha256_hex(&catalog.identity_bytes());
-        catalog
+        let identity = catalog.identity_bytes();
+        catalog.catalog_id = sha256_hex(&identity);
+        (catalog, identity)
     }
 
     /// [`Catalog::new`] and the catalog's [`Catalog::canonical_bytes`],
@@ -109,18 +119,7 @@ impl Catalog {
         resources: Vec<Resource>,
         contents: BTreeMap<String, Content>,
     ) -> (Catalog, Vec<u8>) {
-        let identity = serde_json::to_vec(&Identity {
-            roles: &roles,
-            resources: &resources,
-        })
-        .expect("a catalog always serializes");
-        let catalog = Catalog {
-            catalog_id: sha256_hex(&identity),
-            roles,
-            resources,
-            contents,
-            to_fetch: BTreeMap::new(),
-        };
+        let (catalog, identity) = Catalog::with_identity(roles, resources, contents);
         // `{"roles":…,"resources":…}` without its braces.
         let members = &identity[1..identity.len() - 1];
         let mut bytes = Vec::with_capacity(identity.len() + catalog.inline_len_hint() + 128);
