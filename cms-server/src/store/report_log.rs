@@ -331,26 +331,29 @@ impl ReportLog {
             if segment < from.segment {
                 continue;
             }
-            let path = segment_path(&self.dir, segment);
-            let bytes = std::fs::read(&path)?;
-            let mut offset = if segment == from.segment {
+            let start = if segment == from.segment {
                 from.offset
             } else {
                 0
             };
-            while let Some(payload) = bytes
-                .get(offset as usize..)
-                .and_then(|rest| payload_of_prefix(rest))
-            {
-                entries.push((
+            // Only what follows `start`: a start reads nothing it already
+            // applied.
+            let mut file = File::open(segment_path(&self.dir, segment))?;
+            io::Seek::seek(&mut file, io::SeekFrom::Start(start))?;
+            let mut bytes = Vec::new();
+            io::Read::read_to_end(&mut file, &mut bytes)?;
+            entries.extend(whole_frames(&bytes).map(|(offset, payload)| {
+                (
                     Pointer {
-                        at: Position { segment, offset },
+                        at: Position {
+                            segment,
+                            offset: start + offset,
+                        },
                         len: payload.len() as u32,
                     },
                     payload.to_vec(),
-                ));
-                offset += HEADER + payload.len() as u64;
-            }
+                )
+            }));
         }
         Ok(entries)
     }
@@ -415,11 +418,21 @@ fn valid_length(file: &File) -> io::Result<u64> {
         io::Read::read_to_end(&mut &*file, &mut bytes)?;
         bytes
     };
-    let mut offset = 0usize;
-    while let Some(payload) = payload_of_prefix(&bytes[offset..]) {
-        offset += HEADER as usize + payload.len();
-    }
-    Ok(offset as u64)
+    Ok(whole_frames(&bytes).last().map_or(0, |(offset, payload)| {
+        offset + HEADER + payload.len() as u64
+    }))
+}
+
+/// The whole frames at the start of `bytes`, each with its offset and
+/// payload, up to the first that is cut short or damaged.
+fn whole_frames(bytes: &[u8]) -> impl Iterator<Item = (u64, &[u8])> {
+    let mut offset = 0u64;
+    std::iter::from_fn(move || {
+        let payload = payload_of_prefix(bytes.get(offset as usize..)?)?;
+        let at = offset;
+        offset += HEADER + payload.len() as u64;
+        Some((at, payload))
+    })
 }
 
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {

@@ -261,15 +261,10 @@ impl SledStore {
     /// flush recorded (a crash may have lost sled's copy of their
     /// pointers), then flushes. Applying an entry twice stores it once.
     fn replay_report_log(&self) -> Result<(), StoreError> {
-        let from = self
-            .meta
-            .get(REPORT_LOG_APPLIED)
-            .map_err(|e| backend("read how far the report log is applied".into(), e))?
-            .and_then(|bytes| Position::from_bytes(&bytes))
-            .unwrap_or(Position {
-                segment: 0,
-                offset: 0,
-            });
+        let from = self.report_log_applied()?.unwrap_or(Position {
+            segment: 0,
+            offset: 0,
+        });
         if from > self.report_log.end() {
             // The log was cut after what the last flush counted as applied
             // (entries whose sync failed): count from its end again, or the
@@ -294,6 +289,27 @@ impl SledStore {
         self.flush()
     }
 
+    /// How far the report log is applied, as the last flush recorded it.
+    fn report_log_applied(&self) -> Result<Option<Position>, StoreError> {
+        Ok(self
+            .meta
+            .get(REPORT_LOG_APPLIED)
+            .map_err(|e| backend("read how far the report log is applied".into(), e))?
+            .and_then(|bytes| Position::from_bytes(&bytes)))
+    }
+
+    /// The key and value of the report `index_key` names, if both are
+    /// there (a pruned report may leave its index entry behind).
+    fn indexed_report(
+        &self,
+        index_key: &[u8],
+    ) -> Result<Option<(::sled::IVec, ::sled::IVec)>, ::sled::Error> {
+        let Some(key) = self.report_index.get(index_key)? else {
+            return Ok(None);
+        };
+        Ok(self.reports.get(&key)?.map(|value| (key, value)))
+    }
+
     fn log_error(&self, action: &str, source: std::io::Error) -> StoreError {
         StoreError::Unwritable {
             action: action.to_string(),
@@ -314,9 +330,9 @@ impl SledStore {
 
     /// Stores a report (and with `summary`, the node's last run): its body
     /// appended to the report log and synced, then its pointer, index
-    /// entry and the node's summary in one sled transaction, not flushed
-    /// (the log is what makes it durable). A report already stored, or on
-    /// its way, is not written again.
+    /// entry and the node's summary written to sled, not flushed
+    /// (`apply_logged`: the log is what makes it durable). A report already
+    /// stored, or on its way, is not written again.
     fn write_report(
         &self,
         report: &StoredReport,
@@ -325,19 +341,15 @@ impl SledStore {
         check_node_id(&report.node_id)?;
         let index_key = report_index_key(&report.node_id, &report.run_id);
         let payload = encode("report", &LogEntryRef { report, summary })?;
-        let stored = || -> Result<bool, StoreError> {
-            let read_error = |e| {
-                backend(
-                    format!("read report {} of node {}", report.run_id, report.node_id),
-                    e,
-                )
-            };
-            Ok(
-                match self.report_index.get(&index_key).map_err(read_error)? {
-                    Some(key) => self.reports.get(&key).map_err(read_error)?.is_some(),
-                    None => false,
-                },
-            )
+        let stored = || {
+            self.indexed_report(&index_key)
+                .map(|found| found.is_some())
+                .map_err(|e| {
+                    backend(
+                        format!("read report {} of node {}", report.run_id, report.node_id),
+                        e,
+                    )
+                })
         };
         let appended = self.report_log.append(
             &report.node_id,
@@ -414,8 +426,10 @@ impl SledStore {
             return Ok(ReportWrite::AlreadyStored);
         };
         let index_key = report_index_key(&report.node_id, &report.run_id);
-        if let Some(existing) = self.report_index.get(&index_key).map_err(write_error)?
-            && self.reports.get(&existing).map_err(write_error)?.is_some()
+        if self
+            .indexed_report(&index_key)
+            .map_err(write_error)?
+            .is_some()
         {
             return Ok(ReportWrite::AlreadyStored);
         }
@@ -440,12 +454,7 @@ impl SledStore {
                 referenced.insert(pointer.at.segment);
             }
         }
-        let keep_from = self
-            .meta
-            .get(REPORT_LOG_APPLIED)
-            .map_err(|e| backend("read how far the report log is applied".into(), e))?
-            .and_then(|bytes| Position::from_bytes(&bytes))
-            .map_or(0, |at| at.segment);
+        let keep_from = self.report_log_applied()?.map_or(0, |at| at.segment);
         self.report_log
             .remove_unreferenced(keep_from, &referenced)
             .map_err(|source| self.log_error("remove pruned report log segments", source))
@@ -711,7 +720,7 @@ impl Store for SledStore {
 
     /// The report, its index entry and the node's summary: the body
     /// appended to the report log and synced (one sync for the reports of
-    /// the moment), the rest in one sled transaction (`write_report`).
+    /// the moment), the rest written to sled after it (`write_report`).
     fn record_run(
         &self,
         report: &StoredReport,
@@ -724,11 +733,8 @@ impl Store for SledStore {
         check_node_id(node_id)?;
         let read_error = |e| backend(format!("read report {run_id} of node {node_id}"), e);
         let index_key = report_index_key(node_id, run_id);
-        let Some(key) = self.report_index.get(&index_key).map_err(read_error)? else {
-            return Ok(None);
-        };
-        match self.reports.get(&key).map_err(read_error)? {
-            Some(value) => self.read_report(&key, &value),
+        match self.indexed_report(&index_key).map_err(read_error)? {
+            Some((key, value)) => self.read_report(&key, &value),
             None => Ok(None),
         }
     }
