@@ -83,7 +83,7 @@ pub use instance::{
 };
 pub use leftovers::{Leftovers, find_leftovers, find_leftovers_of_instance};
 pub use local_roles::AgentImageTestbed;
-pub use network::{BRIDGE_NAME, NETWORK_PREFIX_LENGTH};
+pub use network::{BRIDGE_NAME, NETWORK_PREFIX_LENGTH, current_bridge_hardware_address};
 pub use package_repo::{DebPackageFile, DebPackageSpec, PackageRepo};
 pub use postgres::{CertifiedKey, PostgresServer, SqlSession, TestCa};
 pub use prerequisites::check_prerequisites;

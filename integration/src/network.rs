@@ -82,6 +82,23 @@ fn host_link_name(slot: u8) -> String {
     format!("{}v{slot}", crate::NAME_PREFIX)
 }
 
+/// The bridge's hardware address: locally administered (`02:00:`), then
+/// the host's four address bytes, so that testbeds on different subnets
+/// differ.
+pub(crate) fn bridge_hardware_address(host: Ipv4Addr) -> String {
+    let [a, b, c, d] = host.octets();
+    format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// The bridge's hardware address as the kernel reports it now.
+pub fn current_bridge_hardware_address() -> Result<String> {
+    let path = format!("/sys/class/net/{BRIDGE_NAME}/address");
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("Failed to read {path}"))?
+        .trim()
+        .to_string())
+}
+
 /// The bridge; removed when dropped.
 #[derive(Debug)]
 pub(crate) struct Bridge {
@@ -92,10 +109,29 @@ impl Bridge {
     /// Creates the bridge with the host's address `host`, after checking
     /// that no interface or route of this machine already uses its subnet:
     /// sharing it could send test traffic to a real network.
+    ///
+    /// The bridge gets a hardware address of its own
+    /// ([`bridge_hardware_address`]): a bridge without one takes the lowest
+    /// of its ports' addresses, so it would change whenever an instance
+    /// leaves, and the other instances would send to the old one until
+    /// their neighbour entry for the host expires, their connections to the
+    /// host timing out meanwhile.
     pub fn create(host: Ipv4Addr) -> Result<Bridge> {
         refuse_if_subnet_is_in_use(host)?;
-        run_host_tool("ip", ["link", "add", BRIDGE_NAME, "type", "bridge"])
-            .context("Failed to create the testbed bridge")?;
+        let hardware_address = bridge_hardware_address(host);
+        run_host_tool(
+            "ip",
+            [
+                "link",
+                "add",
+                BRIDGE_NAME,
+                "address",
+                &hardware_address,
+                "type",
+                "bridge",
+            ],
+        )
+        .context("Failed to create the testbed bridge")?;
         let bridge = Bridge { removed: false };
         let address = format!("{host}/{NETWORK_PREFIX_LENGTH}");
         run_host_tool("ip", ["address", "add", &address, "dev", BRIDGE_NAME])
@@ -316,6 +352,14 @@ mod tests {
             "2: eth0 inet 110.213.1.5/24 scope global\n10.213.10.0/24 dev x\n10.213.1.0/24 dev y\n";
         assert_eq!(subnet_users(&host, in_use), ["10.213.1.0/24 dev y"]);
         assert!(subnet_users(&Ipv4Addr::new(10, 213, 2, 1), in_use).is_empty());
+    }
+
+    #[test]
+    fn the_bridge_hardware_address_is_locally_administered_and_names_the_host() {
+        assert_eq!(
+            bridge_hardware_address(Ipv4Addr::new(10, 213, 4, 1)),
+            "02:00:0a:d5:04:01"
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ use anyhow::{Context, Result, ensure};
 use cms_integration::{
     AGENT_CONFIG, DebPackageSpec, Image, ImageOrigin, ImageRecipe, Instance, InstanceConfig,
     PackageRepo, RootFilesystemStrategy, SystemState, TAGS_FILE_PATH, Testbed, bake_agent_image,
-    begin_end_to_end_test, find_leftovers, find_leftovers_of_instance, wait_until_polling_every,
+    begin_end_to_end_test, current_bridge_hardware_address, find_leftovers,
+    find_leftovers_of_instance, wait_until_polling_every,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -97,6 +98,33 @@ fn two_tagged_instances_boot_stay_separate_install_from_the_internal_repository_
 
     let leftovers = find_leftovers(&settings)?;
     ensure!(leftovers.is_empty(), "after teardown, {leftovers}");
+    Ok(())
+}
+
+/// Instances keep reaching the host when others leave: the bridge's
+/// hardware address, which every instance's neighbour table holds for the
+/// host, is the same before the first instance, while instances run, and
+/// after each leaves.
+#[test]
+fn the_bridge_keeps_its_hardware_address_while_instances_come_and_go() -> Result<()> {
+    let (_alone, settings) = begin_end_to_end_test()?;
+    let baked = bake_agent_image(&settings)?;
+    let testbed = Testbed::start(&settings)?;
+    let before = current_bridge_hardware_address()?;
+    let first = testbed.boot(&baked, InstanceConfig::new("first"))?;
+    let second = testbed.boot(&baked, InstanceConfig::new("second"))?;
+    let mut seen = vec![("both running", current_bridge_hardware_address()?)];
+    first.shutdown()?;
+    seen.push(("the first gone", current_bridge_hardware_address()?));
+    second.shutdown()?;
+    seen.push(("both gone", current_bridge_hardware_address()?));
+    testbed.shutdown()?;
+    for (when, address) in seen {
+        ensure!(
+            address == before,
+            "the bridge's hardware address was {before} before the instances, {address} with {when}"
+        );
+    }
     Ok(())
 }
 
