@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use cms_integration::{
     BakedImage, DebPackageSpec, HttpFileServer, Instance, InstanceConfig, PackageRepo,
     SharedFixture, Testbed, TestbedSettings, bake_agent_image, check_prerequisites,
@@ -428,6 +428,56 @@ fn a_declared_package_source_brings_a_new_version_and_a_package_is_removed() -> 
     ensure!(
         code == 0,
         "after the upgrade nothing is left to do, got {code}:\n{output}"
+    );
+    shut_down_leaving_nothing(&fixture, instance)
+}
+
+/// apt-get update only warns, and exits 0, when a source cannot be
+/// reached; a package version the index then lacks fails with what the
+/// refresh could not fetch, not only with apt's "not found".
+#[test]
+fn a_package_missing_after_a_refresh_names_the_source_that_could_not_be_fetched() -> Result<()> {
+    let fixture = fixture()?;
+    let instance = boot(&fixture, "unreachable")?;
+    // The host's bridge address, on a port nothing listens on.
+    let repo_url = fixture.testbed.package_repo_url();
+    let host = repo_url
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .context("the repository's URL names its host")?;
+    let unreachable = format!("http://{host}:1/");
+    write_roles(
+        &instance,
+        &format!(
+            r#"
+[[repository]]
+name = "elsewhere"
+uri = "{unreachable}"
+suite = "./"
+trusted = true
+
+[[package]]
+name = "cms-test-daemon"
+ensure = "9.9"
+require = ["repository:elsewhere"]
+"#
+        ),
+    )?;
+    let (code, output) = apply(&instance, &[])?;
+    ensure!(
+        code == 6,
+        "the source written, the package failed (exit 6), got {code}:\n{output}"
+    );
+    ensure!(
+        output.contains("failed package:cms-test-daemon")
+            && output.contains("which could not be fetched")
+            && output.contains(&format!("W: Failed to fetch {unreachable}")),
+        "the failure names the source the refresh could not fetch:\n{output}"
+    );
+    ensure!(
+        output.contains("apt-get -y -q install --allow-downgrades cms-test-daemon=9.9"),
+        "the failed command is shown without apt's options:\n{output}"
     );
     shut_down_leaving_nothing(&fixture, instance)
 }

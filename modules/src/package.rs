@@ -577,10 +577,29 @@ fn refresh_index(cx: &Context<'_>, manager: Manager) -> Result<(), ProviderError
         Manager::Apt => apt_command(&["update"], &[]),
         Manager::Dnf => dnf_command(cx.host, &["makecache", "--refresh"]).timeout(PACKAGE_TIMEOUT),
     };
-    check_output(&spec, cx.host.run(&spec)?)?;
+    let output = cx.host.run(&spec)?;
+    let fetch_failures = fetch_failures(&output);
+    check_output(&spec, output)?;
     cx.session.index_stale.set(false);
     *cx.session.candidates.borrow_mut() = None;
+    *cx.session.index_fetch_failures.borrow_mut() = fetch_failures;
     Ok(())
+}
+
+/// The lines in which a refresh of the index says a source could not be
+/// fetched: apt-get update treats an unreachable source as transient, warns
+/// (`W: Failed to fetch …`) and keeps the old index, exiting 0.
+fn fetch_failures(output: &CommandOutput) -> Vec<String> {
+    output
+        .stdout
+        .lines()
+        .chain(output.stderr.lines())
+        .map(str::trim)
+        .filter(|line| {
+            line.starts_with("W: Failed to fetch") || line.starts_with("E: Failed to fetch")
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 fn install_packages(
@@ -615,7 +634,19 @@ fn install_packages(
         // may have gained a version since they were read: refresh once and
         // try again.
         refresh_index(cx, manager)?;
-        return check_output(&spec, cx.host.run(&spec)?);
+        return check_output(&spec, cx.host.run(&spec)?).map_err(|error| {
+            let failures = cx.session.index_fetch_failures.borrow();
+            match error {
+                ProviderError::Failed(message) if !failures.is_empty() => {
+                    ProviderError::Failed(format!(
+                        "{message}\nthe package index was refreshed without these sources, \
+                         which could not be fetched:\n{}",
+                        failures.join("\n")
+                    ))
+                }
+                error => error,
+            }
+        });
     }
     check_output(&spec, output)
 }
@@ -637,22 +668,71 @@ fn run_manager(
     check_output(&spec, cx.host.run(&spec)?)
 }
 
+/// The command as an error names it: without the `-o Dpkg::Options::=…`
+/// pairs every apt command carries.
+fn shown_command(argv: &[String]) -> String {
+    let mut shown: Vec<&str> = Vec::new();
+    let mut arguments = argv.iter().peekable();
+    while let Some(argument) = arguments.next() {
+        if argument == "-o"
+            && arguments
+                .peek()
+                .is_some_and(|next| next.starts_with("Dpkg::"))
+        {
+            arguments.next();
+            continue;
+        }
+        shown.push(argument);
+    }
+    shown.join(" ")
+}
+
 fn check_output(spec: &CommandSpec, output: CommandOutput) -> Result<(), ProviderError> {
     if output.success() {
         Ok(())
     } else {
         Err(ProviderError::Failed(format!(
             "`{}` failed ({}):\n{}",
-            spec.argv
-                .iter()
-                .filter(|a| !a.starts_with("Dpkg::"))
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(" "),
+            shown_command(&spec.argv),
             output
                 .code
                 .map_or("killed".to_string(), |c| format!("status {c}")),
             output.tail(15)
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shown_apt_command_leaves_out_the_dpkg_options_and_their_flags() {
+        let spec = apt_command(&["install", "--allow-downgrades"], &["nginx=1.2".into()]);
+        assert_eq!(
+            shown_command(&spec.argv),
+            "apt-get -y -q install --allow-downgrades nginx=1.2"
+        );
+        let other = ["apt-get", "-o", "Acquire::Retries=3", "update"].map(String::from);
+        assert_eq!(
+            shown_command(&other),
+            "apt-get -o Acquire::Retries=3 update"
+        );
+    }
+
+    #[test]
+    fn the_sources_a_refresh_could_not_fetch_are_read_from_its_warnings() {
+        let output = CommandOutput {
+            code: Some(0),
+            stdout: "Err:1 http://10.0.0.1:1 ./ InRelease\n  Could not connect\nReading package lists...\n".into(),
+            stderr: "W: Failed to fetch http://10.0.0.1:1/./InRelease  Could not connect to 10.0.0.1:1\n\
+                     W: Some index files failed to download. They have been ignored, or old ones used instead.\n\
+                     W: Target Packages (Packages) is configured multiple times\n"
+                .into(),
+        };
+        assert_eq!(
+            fetch_failures(&output),
+            ["W: Failed to fetch http://10.0.0.1:1/./InRelease  Could not connect to 10.0.0.1:1"]
+        );
     }
 }

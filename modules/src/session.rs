@@ -26,6 +26,10 @@ pub struct Session {
     pub(crate) package_memory: Option<std::sync::Arc<crate::package::PackageMemory>>,
     /// A package source changed: refresh the index before the next install.
     pub(crate) index_stale: Cell<bool>,
+    /// What the last refresh of the index could not fetch (apt-get update
+    /// only warns, and exits 0, when a source cannot be reached), said
+    /// with a package the index then does not know.
+    pub(crate) index_fetch_failures: RefCell<Vec<String>>,
     /// A unit file changed: `systemctl daemon-reload` before the next
     /// service action.
     pub(crate) daemon_reload_pending: Cell<bool>,
