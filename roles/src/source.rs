@@ -236,3 +236,36 @@ pub fn join_inside(folder: &str, user_path: &str) -> Result<String, JoinError> {
     }
     Ok(format!("{folder}/{}", parts.join("/")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_path_joins_inside_its_folder_and_one_that_leaves_it_is_refused() {
+        let joined = |path| join_inside("templates", path);
+        assert_eq!(joined("a.hbs").as_deref(), Ok("templates/a.hbs"));
+        assert_eq!(joined("x/y/a.hbs").as_deref(), Ok("templates/x/y/a.hbs"));
+        // Written another way, the same file.
+        assert_eq!(
+            joined("./x//y/./a.hbs/").as_deref(),
+            Ok("templates/x/y/a.hbs")
+        );
+        assert_eq!(joined("x/../a.hbs").as_deref(), Ok("templates/a.hbs"));
+        assert!(matches!(joined("../a.hbs"), Err(JoinError::Climbs { .. })));
+        assert!(matches!(
+            joined("x/../../a.hbs"),
+            Err(JoinError::Climbs { .. })
+        ));
+        assert!(matches!(
+            joined("/etc/passwd"),
+            Err(JoinError::Absolute { .. })
+        ));
+        assert!(matches!(joined(""), Err(JoinError::NamesNothing { .. })));
+        assert!(matches!(joined("./"), Err(JoinError::NamesNothing { .. })));
+        assert!(matches!(
+            joined("x/.."),
+            Err(JoinError::NamesNothing { .. })
+        ));
+    }
+}
