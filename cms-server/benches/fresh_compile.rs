@@ -343,7 +343,19 @@ fn pass(
     let wall = started.elapsed();
     let cpu = process_cpu() - started_cpu - agent;
     let compiles = (service.catalogs.stats().compiles - compiled_before) as usize;
-    assert_eq!(compiles, runs, "every run compiled its own catalog");
+    // A `GetContent` whose catalog the cache evicted since its `GetCatalog`
+    // (it holds a few dozen; a run descheduled meanwhile can lose its own)
+    // compiles it again, as the server does for an agent: counted, and said.
+    assert!(
+        compiles >= runs,
+        "every run compiled its own catalog: {compiles} compiles for {runs} runs"
+    );
+    if compiles > runs {
+        println!(
+            "fresh_compile: {pass}: {} catalogs compiled again for GetContent after the cache evicted them (their CPU is counted)",
+            compiles - runs
+        );
+    }
     let per_run = cpu.as_secs_f64() * 1000.0 / runs as f64;
     let what = match steps {
         Steps::Catalog => "GetCatalog".to_string(),
