@@ -310,6 +310,38 @@ impl SledStore {
         Ok(self.reports.get(&key)?.map(|value| (key, value)))
     }
 
+    /// Reads node `id`, lets `change` change it (false: leave it as it
+    /// is) and compare-and-swaps it in, from the read again when another
+    /// writer changed it meanwhile; not flushed. The record as written, or
+    /// `None` when there is no such node or `change` left it.
+    fn swap_node(
+        &self,
+        id: &str,
+        change: &mut dyn FnMut(&mut NodeRecord) -> bool,
+    ) -> Result<Option<NodeRecord>, StoreError> {
+        loop {
+            let Some(current) = self
+                .nodes
+                .get(id.as_bytes())
+                .map_err(|e| backend(format!("read node {id}"), e))?
+            else {
+                return Ok(None);
+            };
+            let mut node: NodeRecord = decode(NODES, id.as_bytes(), &current)?;
+            if !change(&mut node) {
+                return Ok(None);
+            }
+            let value = encode("node record", &node)?;
+            let swapped = self
+                .nodes
+                .compare_and_swap(id.as_bytes(), Some(&current), Some(value))
+                .map_err(|e| backend(format!("write node {id}"), e))?;
+            if swapped.is_ok() {
+                return Ok(Some(node));
+            }
+        }
+    }
+
     fn log_error(&self, action: &str, source: std::io::Error) -> StoreError {
         StoreError::Unwritable {
             action: action.to_string(),
@@ -405,22 +437,13 @@ impl SledStore {
                 e,
             )
         };
-        let node_id = report.node_id.as_bytes();
         if let Some(summary) = summary {
             // The node may change meanwhile (its facts, a revocation): noted
             // on the record as it is then.
-            while let Some(current) = self.nodes.get(node_id).map_err(write_error)? {
-                let mut node: NodeRecord = decode(NODES, node_id, &current)?;
-                note_run(&mut node, report, summary);
-                let value = encode("node record", &node)?;
-                let swapped = self
-                    .nodes
-                    .compare_and_swap(node_id, Some(&current), Some(value))
-                    .map_err(write_error)?;
-                if swapped.is_ok() {
-                    break;
-                }
-            }
+            self.swap_node(&report.node_id, &mut |node| {
+                note_run(node, report, summary);
+                true
+            })?;
         }
         let Some(pointer) = pointer else {
             return Ok(ReportWrite::AlreadyStored);
@@ -523,28 +546,16 @@ impl Store for SledStore {
         id: &str,
         change: &mut dyn FnMut(&mut NodeRecord),
     ) -> Result<Option<NodeRecord>, StoreError> {
-        loop {
-            let current = self
-                .nodes
-                .get(id.as_bytes())
-                .map_err(|e| backend(format!("read node {id}"), e))?;
-            let Some(current) = current else {
-                return Ok(None);
-            };
-            let mut node: NodeRecord = decode(NODES, id.as_bytes(), &current)?;
-            change(&mut node);
+        let written = self.swap_node(id, &mut |node| {
+            change(node);
             // The id is the key: a change cannot move the record elsewhere.
             node.id = id.to_string();
-            let value = encode("node record", &node)?;
-            let swapped = self
-                .nodes
-                .compare_and_swap(id.as_bytes(), Some(&current), Some(value))
-                .map_err(|e| backend(format!("write node {id}"), e))?;
-            if swapped.is_ok() {
-                self.flush()?;
-                return Ok(Some(node));
-            }
+            true
+        })?;
+        if written.is_some() {
+            self.flush()?;
         }
+        Ok(written)
     }
 
     /// Records an enrollment: the certificate issued and the node record,
@@ -644,27 +655,11 @@ impl Store for SledStore {
     ) -> Result<usize, StoreError> {
         let mut touched = 0;
         for (id, at, facts) in seen {
-            loop {
-                let Some(current) = self
-                    .nodes
-                    .get(id.as_bytes())
-                    .map_err(|e| backend(format!("read node {id}"), e))?
-                else {
-                    break;
-                };
-                let mut node: NodeRecord = decode(NODES, id.as_bytes(), &current)?;
-                if !node.note_seen(*at, facts.as_ref()) {
-                    break;
-                }
-                let value = encode("node record", &node)?;
-                let swapped = self
-                    .nodes
-                    .compare_and_swap(id.as_bytes(), Some(&current), Some(value))
-                    .map_err(|e| backend(format!("write node {id}"), e))?;
-                if swapped.is_ok() {
-                    touched += 1;
-                    break;
-                }
+            if self
+                .swap_node(id, &mut |node| node.note_seen(*at, facts.as_ref()))?
+                .is_some()
+            {
+                touched += 1;
             }
         }
         if touched > 0 {
