@@ -127,6 +127,16 @@ struct LogState {
     failed_sync: bool,
 }
 
+impl LogState {
+    /// Where the next entry goes.
+    fn end(&self) -> Position {
+        Position {
+            segment: self.segment,
+            offset: self.len,
+        }
+    }
+}
+
 /// What `append` did.
 pub(super) enum Appended {
     Written(Pointer),
@@ -230,10 +240,7 @@ impl ReportLog {
         frame.extend_from_slice(&len.to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         frame.extend_from_slice(payload);
-        let at = Position {
-            segment: state.segment,
-            offset: state.len,
-        };
+        let at = state.end();
         if let Err(error) = state.file.write_all_at(&frame, at.offset) {
             // What was written of it is cut, or overwritten by the next
             // entry; opening the log would cut it too.
@@ -260,10 +267,7 @@ impl ReportLog {
             .iter()
             .map(|(p, _, _)| *p)
             .min()
-            .unwrap_or(Position {
-                segment: state.segment,
-                offset: state.len,
-            })
+            .unwrap_or(state.end())
     }
 
     /// Makes what was appended durable: the open segment's data (closed
@@ -287,11 +291,7 @@ impl ReportLog {
 
     /// Where the next entry goes.
     pub fn end(&self) -> Position {
-        let state = self.state();
-        Position {
-            segment: state.segment,
-            offset: state.len,
-        }
+        self.state().end()
     }
 
     fn rotate(&self, state: &mut LogState) -> io::Result<()> {
