@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use cms_integration::{
     BakedImage, DebPackageSpec, HttpFileServer, Instance, InstanceConfig, PackageRepo,
     SharedFixture, Testbed, TestbedSettings, bake_agent_image, check_prerequisites,
@@ -440,13 +440,7 @@ fn a_package_missing_after_a_refresh_names_the_source_that_could_not_be_fetched(
     let fixture = fixture()?;
     let instance = boot(&fixture, "unreachable")?;
     // The host's bridge address, on a port nothing listens on.
-    let repo_url = fixture.testbed.package_repo_url();
-    let host = repo_url
-        .trim_start_matches("http://")
-        .split(':')
-        .next()
-        .context("the repository's URL names its host")?;
-    let unreachable = format!("http://{host}:1/");
+    let unreachable = format!("http://{}:1/", fixture.testbed.host_address());
     write_roles(
         &instance,
         &format!(
