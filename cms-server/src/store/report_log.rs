@@ -19,7 +19,17 @@
 //! payload length (u32, little-endian), CRC-32 of the payload (u32,
 //! little-endian), payload (the JSON of a `LogEntry`). A frame that is cut
 //! short or whose CRC does not match ends the segment: it is what a crash
-//! during a write leaves, and opening the log cuts it off.
+//! during a write leaves, and opening the log clears it (writes zeros over
+//! it).
+//!
+//! Zeros follow the frames: the open segment is extended with zeros
+//! `ZERO_AHEAD` at a time, before frames are written there, as PostgreSQL
+//! fills its WAL segments. A frame written over zeros leaves the file's
+//! size and blocks as they were, so the `fdatasync` that makes it durable
+//! writes its data and nothing else; a frame that grows the file makes the
+//! sync commit the file system's journal too, which costs about half again
+//! as much CPU per sync (docs/BENCHMARKS.md, "Zeros ahead of the report
+//! log"). A zero length is no frame, so the zeros read as the end.
 //!
 //! # What makes it durable
 //!
@@ -39,6 +49,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub(super) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Frame header: payload length, then its CRC-32.
 const HEADER: u64 = 8;
+/// How far ahead of the frames the open segment is filled with zeros, at
+/// most to the segment's size.
+const ZERO_AHEAD: u64 = 1024 * 1024;
 /// The largest payload a frame may claim; a longer claim is damage.
 const MAX_PAYLOAD: u64 = 1 << 30;
 /// The first byte of a pointer stored in sled in place of a report's JSON
@@ -114,7 +127,10 @@ pub(super) struct ReportLog {
 struct LogState {
     segment: u64,
     file: Arc<File>,
+    /// Where the frames end.
     len: u64,
+    /// The file's size: frames, then zeros.
+    zeroed: u64,
     /// Entries written but not yet in sled, with their (node id, run id):
     /// how far the log is applied, and which re-sent reports are on their
     /// way already.
@@ -166,15 +182,7 @@ impl ReportLog {
         if segments.is_empty() {
             sync_directory(dir)?;
         }
-        let len = valid_length(&file)?;
-        if file.metadata()?.len() != len {
-            tracing::warn!(
-                "cut off the end of {} after byte {len}: a report write that a crash or a full disk left unfinished (it was never acknowledged)",
-                path.display()
-            );
-            file.set_len(len)?;
-            file.sync_all()?;
-        }
+        let (len, zeroed) = clear_after_frames(&file, &path)?;
         Ok(ReportLog {
             dir: dir.to_path_buf(),
             segment_bytes,
@@ -182,6 +190,7 @@ impl ReportLog {
                 segment,
                 file: Arc::new(file),
                 len,
+                zeroed,
                 in_flight: Vec::new(),
                 failed_sync: false,
             }),
@@ -241,13 +250,21 @@ impl ReportLog {
         frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         frame.extend_from_slice(payload);
         let at = state.end();
+        let end = at.offset + frame.len() as u64;
+        if let Err(error) = self.zero_ahead(&mut state, end) {
+            // The zeros save work, they are not needed: on a disk too full
+            // for them, the frame grows the file itself.
+            tracing::debug!(%error, "could not lay zeros ahead in the report log");
+        }
         if let Err(error) = state.file.write_all_at(&frame, at.offset) {
             // What was written of it is cut, or overwritten by the next
-            // entry; opening the log would cut it too.
+            // entry; opening the log would clear it too.
             let _ = state.file.set_len(at.offset);
+            state.zeroed = at.offset;
             return Err(io_error(error));
         }
-        state.len += frame.len() as u64;
+        state.len = end;
+        state.zeroed = state.zeroed.max(end);
         state
             .in_flight
             .push((at, node_id.to_string(), run_id.to_string()));
@@ -294,6 +311,19 @@ impl ReportLog {
         self.state().end()
     }
 
+    /// Fills the open segment with zeros past `end`, where the next frame
+    /// ends, when it is not already: `ZERO_AHEAD` on, at most to the
+    /// segment's size (a frame that passes it grows the file itself).
+    fn zero_ahead(&self, state: &mut LogState, end: u64) -> io::Result<()> {
+        if end <= state.zeroed {
+            return Ok(());
+        }
+        let to = (state.zeroed + ZERO_AHEAD).min(self.segment_bytes).max(end);
+        write_zeros(&state.file, state.zeroed, to)?;
+        state.zeroed = to;
+        Ok(())
+    }
+
     fn rotate(&self, state: &mut LogState) -> io::Result<()> {
         state.file.sync_data()?;
         let segment = state.segment + 1;
@@ -302,6 +332,7 @@ impl ReportLog {
         state.segment = segment;
         state.file = Arc::new(file);
         state.len = 0;
+        state.zeroed = 0;
         Ok(())
     }
 
@@ -411,16 +442,39 @@ fn payload_of_prefix(bytes: &[u8]) -> Option<&[u8]> {
     (crc32fast::hash(payload) == crc).then_some(payload)
 }
 
-/// The length of the valid frames at the start of `file`.
-fn valid_length(file: &File) -> io::Result<u64> {
-    let bytes = {
-        let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut &*file, &mut bytes)?;
-        bytes
-    };
-    Ok(whole_frames(&bytes).last().map_or(0, |(offset, payload)| {
+/// Where the whole frames at the start of `file` end, and the file's size.
+/// Whatever follows them that is not zeros (a frame that a crash or a full
+/// disk left unfinished, never acknowledged) is overwritten with zeros and
+/// synced, so that no later frame written there can be read together with
+/// what is left of it.
+fn clear_after_frames(file: &File, path: &Path) -> io::Result<(u64, u64)> {
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut &*file, &mut bytes)?;
+    let len = whole_frames(&bytes).last().map_or(0, |(offset, payload)| {
         offset + HEADER + payload.len() as u64
-    }))
+    });
+    let rest = &bytes[len as usize..];
+    if let Some(last) = rest.iter().rposition(|&byte| byte != 0) {
+        tracing::warn!(
+            "cleared the end of {} after byte {len}: a report write that a crash or a full disk left unfinished (it was never acknowledged)",
+            path.display()
+        );
+        write_zeros(file, len, len + last as u64 + 1)?;
+        file.sync_data()?;
+    }
+    Ok((len, bytes.len() as u64))
+}
+
+/// Writes zeros over `from..to` of `file`.
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64);
+        file.write_all_at(&ZEROS[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
 }
 
 /// The whole frames at the start of `bytes`, each with its offset and
@@ -501,7 +555,7 @@ mod tests {
     }
 
     #[test]
-    fn zeros_or_a_frame_cut_short_by_a_crash_are_cut_off_at_open_and_the_next_entry_follows_the_last_whole_one()
+    fn zeros_or_a_frame_cut_short_by_a_crash_are_cleared_at_open_and_the_next_entry_follows_the_last_whole_one()
      {
         let dir = tempfile::tempdir().unwrap();
         let log = ReportLog::open_with(dir.path(), SEGMENT_BYTES).unwrap();
@@ -531,6 +585,63 @@ mod tests {
             .unwrap();
         let payloads: Vec<&[u8]> = entries.iter().map(|(_, p)| p.as_slice()).collect();
         assert_eq!(payloads, [&b"whole"[..], &b"next"[..]]);
+        // What is left of the cut frame after `next` reads as zeros, not as
+        // the rest of a frame.
+        let bytes = std::fs::read(&path).unwrap();
+        let after_next = (2 * HEADER + 5 + 4) as usize;
+        assert!(bytes[after_next..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn entries_are_written_over_zeros_laid_ahead_which_read_as_the_end_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_path(dir.path(), 1);
+        let log = ReportLog::open_with(dir.path(), SEGMENT_BYTES).unwrap();
+        let first = append(&log, "r1", b"first");
+        // The file is grown once, ahead of the frames, not by each frame.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), ZERO_AHEAD);
+        let second = append(&log, "r2", b"second");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), ZERO_AHEAD);
+        log.sync().unwrap();
+        drop(log);
+        let log = ReportLog::open_with(dir.path(), SEGMENT_BYTES).unwrap();
+        assert_eq!(
+            log.end(),
+            Position {
+                segment: 1,
+                offset: 2 * HEADER + 5 + 6
+            }
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), ZERO_AHEAD);
+        let third = append(&log, "r3", b"third");
+        let entries = log.entries_from(first.at).unwrap();
+        let pointers: Vec<Pointer> = entries.iter().map(|(p, _)| *p).collect();
+        assert_eq!(pointers, [first, second, third]);
+        assert_eq!(log.read(third).unwrap().unwrap(), b"third");
+    }
+
+    #[test]
+    fn zeros_are_laid_ahead_again_when_the_frames_reach_them_and_never_past_the_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_path(dir.path(), 1);
+        let segment_bytes = ZERO_AHEAD + ZERO_AHEAD / 2;
+        let log = ReportLog::open_with(dir.path(), segment_bytes).unwrap();
+        let big = vec![b'x'; (ZERO_AHEAD - 2 * HEADER) as usize];
+        append(&log, "r1", &big);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), ZERO_AHEAD);
+        // This one passes the zeros: they go on to the segment's size.
+        let second = append(&log, "r2", b"second one");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), segment_bytes);
+        // A frame longer than what is left grows the file itself.
+        let third = append(&log, "r3", &big);
+        assert_eq!(third.at.segment, 1);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            third.at.offset + HEADER + big.len() as u64
+        );
+        let next = append(&log, "r4", b"next");
+        assert_eq!(next.at.segment, 2);
+        assert_eq!(log.read(second).unwrap().unwrap(), b"second one");
     }
 
     #[test]
