@@ -399,6 +399,10 @@ impl Catalogs {
                     .unwrap_or_else(|panic| stopped(panic.to_string())),
             }
         };
+        // What the cache lets go of is dropped after its lock is released:
+        // freeing a catalog (its resources and contents, a few hundred
+        // allocations) under the lock kept every other request waiting.
+        let mut evicted = Vec::new();
         {
             let mut state = self.state.lock().expect("catalog cache lock");
             state.compiles += 1;
@@ -407,17 +411,20 @@ impl Catalogs {
             while (state.done.len() >= self.capacity || state.bytes + size > self.max_bytes)
                 && let Some(oldest) = state.order.pop_front()
             {
-                if let Some(evicted) = state.done.remove(&oldest) {
-                    state.bytes = state.bytes.saturating_sub(estimated_size(&evicted));
+                if let Some(old) = state.done.remove(&oldest) {
+                    state.bytes = state.bytes.saturating_sub(estimated_size(&old));
+                    evicted.push(old);
                 }
             }
             if let Some(previous) = state.done.insert(key.clone(), result.clone()) {
                 state.bytes = state.bytes.saturating_sub(estimated_size(&previous));
+                evicted.push(previous);
             } else {
                 state.order.push_back(key);
             }
             state.bytes += size;
         }
+        drop(evicted);
         let _ = sender.send(Some(result.clone()));
         result
     }

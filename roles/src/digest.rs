@@ -20,12 +20,12 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// Lowercase hex of any bytes.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
+    let mut text = Vec::with_capacity(bytes.len() * 2);
     for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+        text.push(DIGITS[usize::from(byte >> 4)]);
+        text.push(DIGITS[usize::from(byte & 0xf)]);
     }
-    text
+    String::from_utf8(text).expect("hex digits are ASCII")
 }
 
 /// Whether `text` has the shape of a sha256 in hex: 64 hex digits (either
