@@ -177,6 +177,48 @@ fn on_a_full_disk_writes_fail_with_the_cause_and_work_again_by_themselves_once_s
 }
 
 #[test]
+fn a_report_that_fits_on_a_nearly_full_disk_is_stored_though_the_zeros_laid_ahead_of_it_do_not() {
+    let Some(disk) = SmallDisk::mount("24m") else {
+        return;
+    };
+    let db = disk.path().join("db");
+    let store = cms_server::store::open(&db).expect("open the store");
+    store.put_node(&node("n1")).unwrap();
+    // The first report lays the log's zeros a megabyte ahead.
+    store.put_report(&report(0)).unwrap();
+    let filler = disk.fill();
+    // Room for a frame that passes the zeros by about 120 KiB, not for the
+    // next megabyte of zeros.
+    let free = 320 * 1024;
+    let filled = std::fs::metadata(&filler).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(filled - free)
+        .unwrap();
+    let mut large = report(1);
+    large.report.note = "y".repeat(1024 * 1024 + 100 * 1024);
+    store
+        .put_report(&large)
+        .expect("a report that fits is stored on a nearly full disk");
+    // The zeros that did not fit were given back: the rest of the free
+    // space is still there for sled and the other files.
+    std::fs::write(disk.path().join("after"), vec![0u8; 128 * 1024])
+        .expect("the space the report did not use is free");
+    drop(store);
+    // Opening sled needs room of its own.
+    std::fs::remove_file(&filler).unwrap();
+    let reopened = cms_server::store::open(&db).expect("reopen");
+    let read = reopened
+        .report("n1", "run-1")
+        .unwrap()
+        .expect("the report survives a restart");
+    assert_eq!(read.report.note.len(), large.report.note.len());
+    assert!(reopened.report("n1", "run-0").unwrap().is_some());
+}
+
+#[test]
 fn on_a_full_disk_a_write_that_recovers_by_itself_needs_no_health_check_first() {
     let Some(disk) = SmallDisk::mount("24m") else {
         return;

@@ -319,7 +319,13 @@ impl ReportLog {
             return Ok(());
         }
         let to = (state.zeroed + ZERO_AHEAD).min(self.segment_bytes).max(end);
-        write_zeros(&state.file, state.zeroed, to)?;
+        if let Err(error) = write_zeros(&state.file, state.zeroed, to) {
+            // On a disk too full for them, the zeros written so far are
+            // given back: what the frame does not need stays free for
+            // the rest of the store.
+            let _ = state.file.set_len(state.zeroed);
+            return Err(error);
+        }
         state.zeroed = to;
         Ok(())
     }
