@@ -432,11 +432,15 @@ impl Catalogs {
     /// Forgets every catalog: a new revision makes them stale.
     pub fn clear(&self) {
         let mut state = self.state.lock().expect("catalog cache lock");
-        state.done.clear();
+        // Freed after the lock is released, as evicted catalogs are: the
+        // whole cache (up to its byte budget) would otherwise be freed
+        // while every request waits.
+        let forgotten = std::mem::take(&mut state.done);
         state.order.clear();
         state.bytes = 0;
         state.reads.clear();
         drop(state);
+        drop(forgotten);
         self.served
             .lock()
             .expect("served catalogs lock")
